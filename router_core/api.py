@@ -1,0 +1,124 @@
+"""The query API: ``GET /api/v1/events`` and ``GET /api/v1/events/{message_id}``.
+
+Both require ``Authorization: Bearer <admin token>`` and read through the store query
+layer (:mod:`router_core.store`), the same one the admin dashboard uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from datetime import datetime
+
+import falcon
+import falcon.asgi
+import msgspec
+
+from router_core.errors import APIError
+from router_core.store import DEFAULT_LIMIT, EventFilter, EventStore, InvalidQuery
+
+_PARAMS = frozenset(
+    {"type", "event", "user_id", "anonymous_id", "session_id", "source", "since", "until",
+     "limit", "cursor"}
+)
+_encoder = msgspec.json.Encoder()
+
+
+class AdminAuth:
+    """Checks the bearer token with a constant-time comparison."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token.encode()
+
+    def check(self, req: falcon.asgi.Request) -> None:
+        header = req.auth or ""
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value:
+            raise APIError(
+                401,
+                "unauthorized",
+                "Authorization: send 'Bearer <admin token>'",
+                headers={"WWW-Authenticate": 'Bearer realm="eventrouter"'},
+            )
+        if not hmac.compare_digest(value.strip().encode(), self.token):
+            raise APIError(
+                401,
+                "unauthorized",
+                "Authorization: the admin token is not valid",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            )
+
+
+def _time_param(req: falcon.asgi.Request, name: str) -> datetime | None:
+    value = req.get_param(name)
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00").replace(" ", "+"))
+    except ValueError:
+        raise APIError(400, "invalid_param", f"{name}: {value!r} is not an ISO 8601 time") from None
+
+
+def parse_filter(req: falcon.asgi.Request) -> tuple[EventFilter, int, str | None]:
+    """Query parameters → filter, limit, cursor; 400 naming any bad or unknown parameter."""
+    unknown = sorted(set(req.params) - _PARAMS)
+    if unknown:
+        raise APIError(400, "invalid_param", f"{unknown[0]}: unknown parameter")
+    for name, value in req.params.items():
+        if isinstance(value, list):
+            raise APIError(400, "invalid_param", f"{name}: given more than once")
+    where = EventFilter(
+        type=req.get_param("type"),
+        event=req.get_param("event"),
+        user_id=req.get_param("user_id"),
+        anonymous_id=req.get_param("anonymous_id"),
+        session_id=req.get_param("session_id"),
+        source=req.get_param("source"),
+        since=_time_param(req, "since"),
+        until=_time_param(req, "until"),
+    )
+    raw_limit = req.get_param("limit")
+    limit = DEFAULT_LIMIT
+    if raw_limit is not None:
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            raise APIError(400, "invalid_param", f"limit: {raw_limit!r} is not a number") from None
+    return where, limit, req.get_param("cursor") or None
+
+
+class EventsResource:
+    def __init__(self, auth: AdminAuth, store: EventStore | None) -> None:
+        self.auth = auth
+        self.store = store
+
+    def _store(self) -> EventStore:
+        if self.store is None:
+            raise APIError(503, "no_store", "no SQL sink is configured to query")
+        return self.store
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        self.auth.check(req)
+        store = self._store()
+        where, limit, cursor = parse_filter(req)
+        try:
+            page = await asyncio.to_thread(store.query, where, limit, cursor)
+        except InvalidQuery as exc:
+            raise APIError(400, "invalid_param", str(exc)) from None
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = _encoder.encode(page)
+
+    async def on_get_one(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, message_id: str
+    ) -> None:
+        self.auth.check(req)
+        event = await asyncio.to_thread(self._store().get, message_id)
+        if event is None:
+            raise APIError(404, "not_found", f"message_id: no event {message_id!r}")
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = _encoder.encode(event)
+
+
+def add_routes(app: falcon.asgi.App, resource: EventsResource) -> None:
+    app.add_route("/api/v1/events", resource)
+    app.add_route("/api/v1/events/{message_id}", resource, suffix="one")

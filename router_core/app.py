@@ -1,0 +1,153 @@
+"""The Falcon ASGI application factory.
+
+``create_app(config)`` builds every dependency (plugin manager, bus, sinks, store) and
+returns a ``falcon.asgi.App``; ``router_core.asgi`` holds only ``app = create_app()``.
+Tests build an app from a test config instead of patching anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import falcon
+import falcon.asgi
+import msgspec
+
+from router_core import api, ingest
+from router_core import config as config_module
+from router_core.bus import Bus, make_plugin_manager
+from router_core.config import Config
+from router_core.errors import APIError
+from router_core.store import EventStore
+
+log = logging.getLogger("eventrouter.app")
+_encoder = msgspec.json.Encoder()
+
+
+class Lifespan:
+    """Starts the bus (sinks open connections, writer threads start) and stops it after
+    the last request, flushing whatever is in flight."""
+
+    def __init__(self, bus: Bus, store: EventStore | None, config: Config) -> None:
+        self.bus = bus
+        self.store = store
+        self.config = config
+
+    async def process_startup(self, scope: dict, event: dict) -> None:
+        await self.bus.start()
+        if not self.config.sources:
+            log.warning(
+                "no [[sources]] configured: ingestion is open and accepts any or no writeKey"
+            )
+
+    async def process_shutdown(self, scope: dict, event: dict) -> None:
+        await self.bus.stop()
+        if self.store is not None:
+            self.store.close()
+
+
+class HealthResource:
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        components = await self.bus.health()
+        down_required = [c.name for c in components if c.required and not c.up]
+        resp.status = 503 if down_required else 200
+        resp.content_type = falcon.MEDIA_JSON
+        resp.data = _encoder.encode(
+            {
+                "status": "down" if down_required else "ok",
+                "components": {
+                    c.name: {
+                        "status": "up" if c.up else "down",
+                        "required": c.required,
+                        "detail": c.detail,
+                        **({"stats": c.stats} if c.stats else {}),
+                    }
+                    for c in components
+                },
+            }
+        )
+
+
+class EventRouterApp(falcon.asgi.App):
+    """A Falcon ASGI app that also exposes the bus and config it was built with."""
+
+    bus: Bus
+    config: Config
+    store: EventStore | None
+
+
+def _snake(title: str) -> str:
+    title = re.sub(r"^\d+\s*", "", title)  # Falcon titles read "404 Not Found"
+    return re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_") or "error"
+
+
+def _serialize_http_error(req: Any, resp: Any, exc: falcon.HTTPError) -> None:
+    resp.content_type = falcon.MEDIA_JSON
+    message = exc.description or exc.title or "error"
+    resp.data = _encoder.encode({"code": _snake(exc.title or "error"), "message": message})
+
+
+async def _handle_api_error(req: Any, resp: Any, exc: APIError, params: Any, **_: Any) -> None:
+    resp.status = exc.status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = _encoder.encode(exc.body())
+    for name, value in exc.headers.items():
+        resp.set_header(name, value)
+
+
+async def _handle_unexpected(req: Any, resp: Any, exc: Exception, params: Any, **_: Any) -> None:
+    log.exception("unhandled error on %s %s", req.method, req.path)
+    resp.status = 500
+    resp.content_type = falcon.MEDIA_JSON
+    resp.data = _encoder.encode({"code": "internal_error", "message": "internal server error"})
+
+
+def admin_token(config: Config) -> str:
+    """The configured admin token, or one generated now and printed once."""
+    if config.admin.token:
+        return config.admin.token
+    token = secrets.token_urlsafe(24)
+    config.admin.token = token
+    log.warning("no admin token configured; generated one for this process: %s", token)
+    return token
+
+
+def create_app(
+    config: Config | None = None,
+    *,
+    plugins: Sequence[Any] = (),
+    entry_points: bool = True,
+) -> EventRouterApp:
+    """Build the application. ``plugins`` are registered after the entry-point plugins."""
+    config = config if config is not None else config_module.load()
+    pm = make_plugin_manager(config, entry_points=entry_points, plugins=plugins)
+    bus = Bus(config, pm)
+    store_sink = bus.store_sink()
+    store = EventStore.from_url(store_sink.url) if store_sink is not None else None
+
+    origins = config.server.cors_origins
+    cors = falcon.CORSMiddleware(
+        allow_origins="*" if "*" in origins else origins,
+        expose_headers=["Retry-After"],
+    )
+    app = EventRouterApp(middleware=[Lifespan(bus, store, config), cors])
+    app.req_options.auto_parse_qs_csv = False
+    app.resp_options.secure_cookies_by_default = True
+    app.set_error_serializer(_serialize_http_error)
+    app.add_error_handler(Exception, _handle_unexpected)
+    app.add_error_handler(APIError, _handle_api_error)
+
+    ingest.add_routes(app, ingest.Ingestor(config, bus))
+    api.add_routes(app, api.EventsResource(api.AdminAuth(admin_token(config)), store))
+    app.add_route("/health", HealthResource(bus))
+    app.bus = bus  # for tests and plugins that need the running bus
+    app.config = config
+    app.store = store
+    return app

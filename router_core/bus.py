@@ -1,0 +1,282 @@
+"""The bus: a pluggy PluginManager built from config, behind a small typed facade.
+
+Nothing else in the code base calls ``pm.hook.*`` for dispatch. pluggy stops a hook call
+at the first exception, so the bus calls every implementation of
+``eventrouter_write_batch`` on its own, with a timeout, records what happened to it, and
+goes on: one broken sink never holds the others back or fails the request path.
+
+Sinks named in config with ``acknowledgements = true`` are *acknowledging*: the request
+awaits them and answers 503 if one fails. Every other implementation is an observer,
+called in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pluggy
+
+from router_core import hookspecs
+from router_core.commands import Command
+from router_core.config import Config, ConfigError, convert
+from router_core.errors import APIError
+from router_core.health import ComponentHealth
+from router_core.sink import Sink
+
+log = logging.getLogger("eventrouter.bus")
+
+ENTRY_POINT_GROUP = "eventrouter"
+
+
+def make_plugin_manager(
+    config: Config, *, entry_points: bool = True, plugins: Sequence[Any] = ()
+) -> pluggy.PluginManager:
+    """Build a fresh PluginManager: hookspecs, entry-point plugins, then ``plugins``.
+
+    Plugins named in ``[plugins] disabled`` are blocked before loading. Every test gets
+    its own manager; there is no import-time global.
+    """
+    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    pm.add_hookspecs(hookspecs)
+    for name in config.plugins.disabled:
+        pm.set_blocked(name)
+    if entry_points:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for plugin in plugins:
+        pm.register(plugin)
+    pm.check_pending()
+    return pm
+
+
+class NotDurable(APIError):
+    """An acknowledging sink could not take the batch: the client must retry."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            503,
+            "unavailable",
+            f"events were not stored, retry later: {detail}",
+            headers={"Retry-After": "5"},
+        )
+
+
+@dataclass
+class PluginStats:
+    """What happened to one hook implementation (shown in ``/health``)."""
+
+    batches: int = 0
+    events: int = 0
+    failures: int = 0
+    timeouts: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+
+    def failed(self, error: str, timed_out: bool = False) -> None:
+        self.failures += 1
+        self.timeouts += timed_out
+        self.last_error = error
+        self.last_error_at = time.time()
+
+
+class Bus:
+    """Dispatches batches of commands through the pipeline and out to the sinks."""
+
+    def __init__(self, config: Config, pm: pluggy.PluginManager) -> None:
+        self.config = config
+        self.pm = pm
+        self.sinks: dict[str, Sink] = {}
+        self.stats: dict[str, PluginStats] = {}
+        self._acknowledging: set[str] = set()
+        self._executors: dict[str, ThreadPoolExecutor] = {}
+        self._background: set[asyncio.Task] = set()
+        self._is_async: dict[Any, bool] = {}
+        self.build_sinks()
+
+    # -- construction ------------------------------------------------------------------
+    def sink_types(self) -> dict[str, type[Sink]]:
+        types: dict[str, type[Sink]] = {}
+        for impl in self.pm.hook.eventrouter_sink_types.get_hookimpls():
+            for name, cls in (impl.function() or {}).items():
+                types.setdefault(name, cls)
+        return types
+
+    def build_sinks(self) -> None:
+        """Instantiate every ``[sinks.NAME]`` and register it as plugin ``sink:NAME``."""
+        types = self.sink_types()
+        file = self.config.path
+        for name, sink_config in self.config.sinks.items():
+            cls = types.get(sink_config.type)
+            if cls is None:
+                known = ", ".join(sorted(types)) or "none"
+                raise ConfigError(
+                    file,
+                    f"sinks.{name}.type",
+                    f"unknown sink type {sink_config.type!r} (installed: {known})",
+                )
+            options = convert(sink_config.options, cls.Options, file, f"sinks.{name}")
+            sink = cls(name, sink_config, options)
+            self.sinks[name] = sink
+            self.pm.register(sink, name=f"sink:{name}")
+            if sink_config.acknowledgements:
+                self._acknowledging.add(f"sink:{name}")
+
+    def store_sink(self) -> Sink | None:
+        """The sink whose store the query API reads: ``[admin] store``, else the first SQL one."""
+        wanted = self.config.admin.store
+        if wanted:
+            return self.sinks[wanted]
+        return next((s for s in self.sinks.values() if s.queryable), None)
+
+    # -- calling one implementation in isolation ---------------------------------------
+    def _executor(self, plugin_name: str) -> ThreadPoolExecutor:
+        executor = self._executors.get(plugin_name)
+        if executor is None:
+            executor = ThreadPoolExecutor(4, thread_name_prefix=f"hook-{plugin_name}")
+            self._executors[plugin_name] = executor
+        return executor
+
+    async def _invoke(self, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
+        function = impl.function
+        args = {name: kwargs[name] for name in impl.argnames}
+        is_async = self._is_async.get(function)
+        if is_async is None:
+            is_async = self._is_async[function] = inspect.iscoroutinefunction(function)
+        if is_async:
+            return await function(**args)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            self._executor(impl.plugin_name), partial(function, **args)
+        )
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _guarded(
+        self, impl: pluggy.HookImpl, commands: Sequence[Command], timeout: float
+    ) -> BaseException | None:
+        """Deliver to one implementation; return the failure instead of raising it."""
+        stats = self.stats.setdefault(impl.plugin_name, PluginStats())
+        stats.batches += 1
+        stats.events += len(commands)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._invoke(impl, {"commands": commands})
+        except TimeoutError as exc:
+            stats.failed(f"timed out after {timeout:g}s", timed_out=True)
+            log.error("%s: write timed out after %gs", impl.plugin_name, timeout)
+            return exc
+        except Exception as exc:
+            stats.failed(f"{type(exc).__name__}: {exc}")
+            log.exception("%s: write failed", impl.plugin_name)
+            return exc
+        return None
+
+    # -- the request path --------------------------------------------------------------
+    async def process(self, commands: Sequence[Command]) -> Sequence[Command]:
+        """Run the pipeline hooks (dedup, enrichment, ...) in order, each isolated."""
+        for impl in reversed(self.pm.hook.eventrouter_process_batch.get_hookimpls()):
+            try:
+                result = await self._invoke(impl, {"commands": commands})
+            except Exception as exc:
+                self.stats.setdefault(impl.plugin_name, PluginStats()).failed(repr(exc))
+                log.exception("%s: pipeline stage failed; batch passed on unchanged",
+                              impl.plugin_name)
+                continue
+            if result is not None:
+                commands = result
+            if not commands:
+                break
+        return commands
+
+    async def dispatch(self, commands: Sequence[Command]) -> None:
+        """Deliver a batch; return once every acknowledging sink holds it.
+
+        :raises NotDurable: an acknowledging sink failed or timed out (answer 503).
+        """
+        commands = await self.process(commands)
+        if not commands:
+            return
+        acknowledging = []
+        server = self.config.server
+        for impl in self.pm.hook.eventrouter_write_batch.get_hookimpls():
+            if impl.plugin_name in self._acknowledging:
+                acknowledging.append(impl)
+            else:
+                task = asyncio.create_task(
+                    self._guarded(impl, commands, server.observer_timeout)
+                )
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        if len(acknowledging) == 1:
+            failures = [await self._guarded(acknowledging[0], commands, server.dispatch_timeout)]
+        else:
+            failures = await asyncio.gather(
+                *(self._guarded(i, commands, server.dispatch_timeout) for i in acknowledging)
+            )
+        failed = [
+            (impl.plugin_name, exc)
+            for impl, exc in zip(acknowledging, failures, strict=True)
+            if exc is not None
+        ]
+        if failed:
+            name, exc = failed[0]
+            raise NotDurable(f"{name}: {type(exc).__name__}")
+
+    # -- lifecycle and health ----------------------------------------------------------
+    async def start(self) -> None:
+        for impl in reversed(self.pm.hook.eventrouter_startup.get_hookimpls()):
+            await self._invoke(impl, {"bus": self})
+
+    async def stop(self, grace: float = 10.0) -> None:
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=grace)
+        for impl in reversed(self.pm.hook.eventrouter_shutdown.get_hookimpls()):
+            try:
+                await self._invoke(impl, {})
+            except Exception:
+                log.exception("%s: shutdown failed", impl.plugin_name)
+        for executor in self._executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+        self._executors.clear()
+
+    async def health(self, timeout: float = 5.0) -> list[ComponentHealth]:
+        """Every component's state; a probe that raises or hangs reports it as down."""
+        components: list[ComponentHealth] = []
+        reported: set[str] = set()
+        for impl in self.pm.hook.eventrouter_health.get_hookimpls():
+            required = impl.plugin_name in self._acknowledging
+            try:
+                async with asyncio.timeout(timeout):
+                    result = await self._invoke(impl, {})
+            except Exception as exc:
+                detail = "health check timed out" if isinstance(exc, TimeoutError) else repr(exc)
+                result = ComponentHealth(
+                    name=impl.plugin_name, up=False, required=required, detail=detail
+                )
+            for component in result if isinstance(result, list) else [result]:
+                if component is None:
+                    continue
+                stats = self.stats.get(impl.plugin_name)
+                if stats is not None:
+                    component.stats = {**vars(stats), **component.stats}
+                components.append(component)
+            reported.add(impl.plugin_name)
+        for name, stats in self.stats.items():
+            if name not in reported:
+                components.append(
+                    ComponentHealth(
+                        name=name,
+                        up=stats.last_error is None,
+                        detail=stats.last_error or "",
+                        stats=vars(stats),
+                    )
+                )
+        return components

@@ -1,0 +1,144 @@
+"""Commands: one immutable, serialisable object per accepted event.
+
+A Command is the normalised form of a Segment call, carrying exactly what a sink needs
+to store it (the stored column names of DESIGN.md) plus ``integrations`` for routing.
+Commands are frozen msgspec Structs tagged by ``type``, so any of them round-trips
+through :func:`encode` / :func:`decode` (JSON or MessagePack) unchanged: a command read
+back from a queue, a dead-letter queue or a replay file is executed exactly as the
+original was. Payload dicts are shared, not copied: a plugin that wants to change a
+command builds a new one with :func:`msgspec.structs.replace`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar
+
+import msgspec
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Fields shared by every command."""
+
+    message_id: str
+    source: str
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    session_id: str | None = None
+    context: dict[str, Any] = {}
+    integrations: dict[str, Any] = {}
+    #: Event time corrected for client clock skew (UTC).
+    timestamp: datetime
+    #: The client's own clock reading, as sent (UTC).
+    original_timestamp: datetime | None = None
+    sent_at: datetime | None = None
+    #: Server clock when the request arrived (UTC).
+    received_at: datetime
+
+    kind: ClassVar[str] = ""
+
+    def row(self) -> dict[str, Any]:
+        """The stored columns of DESIGN.md for this command."""
+        return {
+            "message_id": self.message_id,
+            "type": self.kind,
+            "event": getattr(self, "event", None),
+            "name": getattr(self, "name", None),
+            "user_id": self.user_id,
+            "anonymous_id": self.anonymous_id,
+            "group_id": getattr(self, "group_id", None),
+            "previous_id": getattr(self, "previous_id", None),
+            "session_id": self.session_id,
+            "source": self.source,
+            "properties": getattr(self, "properties", None),
+            "traits": getattr(self, "traits", None),
+            "context": self.context,
+            "timestamp": self.timestamp,
+            "original_timestamp": self.original_timestamp,
+            "sent_at": self.sent_at,
+            "received_at": self.received_at,
+        }
+
+
+class TrackCommand(Command, tag="track"):
+    kind: ClassVar[str] = "track"
+    event: str
+    properties: dict[str, Any] = {}
+
+
+class IdentifyCommand(Command, tag="identify"):
+    kind: ClassVar[str] = "identify"
+    traits: dict[str, Any] = {}
+
+
+class PageCommand(Command, tag="page"):
+    kind: ClassVar[str] = "page"
+    name: str | None = None
+    properties: dict[str, Any] = {}
+
+
+class ScreenCommand(Command, tag="screen"):
+    kind: ClassVar[str] = "screen"
+    name: str | None = None
+    properties: dict[str, Any] = {}
+
+
+class GroupCommand(Command, tag="group"):
+    kind: ClassVar[str] = "group"
+    group_id: str
+    traits: dict[str, Any] = {}
+
+
+class AliasCommand(Command, tag="alias"):
+    kind: ClassVar[str] = "alias"
+    previous_id: str
+
+
+AnyCommand = (
+    TrackCommand | IdentifyCommand | PageCommand | ScreenCommand | GroupCommand | AliasCommand
+)
+
+STORED_COLUMNS: tuple[str, ...] = (
+    "message_id",
+    "type",
+    "event",
+    "name",
+    "user_id",
+    "anonymous_id",
+    "group_id",
+    "previous_id",
+    "session_id",
+    "source",
+    "properties",
+    "traits",
+    "context",
+    "timestamp",
+    "original_timestamp",
+    "sent_at",
+    "received_at",
+)
+
+_json_encoder = msgspec.json.Encoder()
+_json_decoder = msgspec.json.Decoder(AnyCommand)
+_msgpack_encoder = msgspec.msgpack.Encoder()
+_msgpack_decoder = msgspec.msgpack.Decoder(list[AnyCommand])
+
+
+def encode(command: Command) -> bytes:
+    """Serialise one command to JSON (the ``type`` tag is included)."""
+    return _json_encoder.encode(command)
+
+
+def decode(data: bytes) -> Command:
+    """Inverse of :func:`encode`."""
+    return _json_decoder.decode(data)
+
+
+def encode_many(commands: list[Command]) -> bytes:
+    """Serialise a batch of commands to MessagePack."""
+    return _msgpack_encoder.encode(commands)
+
+
+def decode_many(data: bytes) -> list[Command]:
+    """Inverse of :func:`encode_many`."""
+    return _msgpack_decoder.decode(data)

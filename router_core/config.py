@@ -1,0 +1,267 @@
+"""Configuration: one TOML file, validated at start with errors naming the file and key.
+
+Loading is two pure steps after reading the file: :func:`parse` checks the shared
+schema below; :meth:`Bus.build_sinks <router_core.bus.Bus>` checks each sink's own keys
+against its type's ``Options`` (which needs the plugins). Neither does any I/O beyond
+reading the file. String values may reference environment variables as ``${NAME}`` or
+``${NAME:-default}`` (``$$`` is a literal ``$``), so secrets stay out of the file.
+The reference for every key is ``docs/configuration.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+ENV_CONFIG = "EVENTROUTER_CONFIG"
+ENV_ADMIN_TOKEN = "EVENTROUTER_ADMIN_TOKEN"
+ENV_DATA_DIR = "EVENTROUTER_DATA_DIR"
+ENV_PORT = "EVENTROUTER_PORT"
+DEFAULT_DATA_DIR = "./eventrouter-data"
+
+
+class ConfigError(Exception):
+    """A configuration problem, naming the file and the key."""
+
+    def __init__(self, file: str | None, key: str, message: str) -> None:
+        self.file = file or "<defaults>"
+        self.key = key
+        self.message = message
+        super().__init__(f"{self.file}: {key}: {message}" if key else f"{self.file}: {message}")
+
+
+class Duration(float):
+    """Seconds; written as a number or a string with a unit: ``500ms``, ``1s``, ``5m``, ``24h``."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> Duration:
+    if isinstance(value, bool):
+        raise TypeError("expected a duration such as 500ms, 1s, 5m or 24h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    else:
+        raise ValueError(f"{value!r} is not a duration such as 500ms, 1s, 5m or 24h")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return Duration(seconds)
+
+
+def _dec_hook(type_: type, obj: Any) -> Any:
+    if type_ is Duration:
+        return parse_duration(obj)
+    raise NotImplementedError
+
+
+PositiveInt = Annotated[int, msgspec.Meta(gt=0)]
+SinkName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,62}$")]
+
+
+class _Strict(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class SourceConfig(_Strict):
+    """A source: who may send, identified by its writeKey."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    write_key: Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class ServerConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8000
+    #: gunicorn worker processes; default: the number of CPUs.
+    workers: PositiveInt | None = None
+    #: Peers (addresses or CIDR networks) whose X-Forwarded-For is believed.
+    trusted_proxies: list[str] = []
+    #: Origins allowed by CORS; ``["*"]`` allows any.
+    cors_origins: list[str] = msgspec.field(default_factory=lambda: ["*"])
+    #: How long a request waits for its acknowledging sinks before answering 503.
+    dispatch_timeout: Duration = Duration(10.0)
+    #: How long a fire-and-forget observer may take per batch before it is counted as hung.
+    observer_timeout: Duration = Duration(30.0)
+
+
+class AdminConfig(_Strict):
+    #: Bearer token for /api/v1 and the dashboard; EVENTROUTER_ADMIN_TOKEN overrides it.
+    token: str | None = None
+    #: The sink whose store the query API and dashboard read; default: the first SQL sink.
+    store: str | None = None
+
+
+class BatchConfig(_Strict):
+    max_events: PositiveInt = 10_000
+    max_bytes: PositiveInt | None = None
+    timeout: Duration = Duration(0.0)
+
+
+class BufferConfig(_Strict):
+    type: Literal["memory"] = "memory"
+    max_events: PositiveInt = 100_000
+    when_full: Literal["block", "drop_newest"] = "block"
+
+
+class RetryConfig(_Strict):
+    attempts: PositiveInt = 5
+    initial_backoff: Duration = Duration(0.1)
+    max_duration: Duration = Duration(30.0)
+
+
+class SinkConfig(msgspec.Struct, kw_only=True):
+    """The keys every sink shares; the rest of its table is its type's own ``Options``."""
+
+    type: Annotated[str, msgspec.Meta(min_length=1)]
+    #: When true the client's 200 waits for this sink; its failure answers 503.
+    acknowledgements: bool = True
+    batch: BatchConfig = msgspec.field(default_factory=BatchConfig)
+    buffer: BufferConfig = msgspec.field(default_factory=BufferConfig)
+    retry: RetryConfig = msgspec.field(default_factory=RetryConfig)
+    options: dict[str, Any] = {}
+
+
+SHARED_SINK_KEYS = frozenset({"type", "acknowledgements", "batch", "buffer", "retry"})
+
+
+class PluginsConfig(_Strict):
+    #: Plugin names (as `eventrouter plugins` lists them) not to load.
+    disabled: list[str] = []
+
+
+class Config(_Strict):
+    sources: list[SourceConfig] = []
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
+    sinks: dict[SinkName, SinkConfig] = {}
+    #: The file this came from (not a TOML key).
+    path: str | None = None
+
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(value: Any, key: str, file: str | None, env: dict[str, str]) -> Any:
+    if isinstance(value, str):
+
+        def sub(match: re.Match) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            raise ConfigError(file, key, f"environment variable {name} is not set")
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, f"{key}.{k}" if key else k, file, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, f"{key}[{i}]", file, env) for i, v in enumerate(value)]
+    return value
+
+
+_AT = re.compile(r"\s*- at `\$\.?([^`]*)`$")
+
+
+def convert(obj: Any, type_: Any, file: str | None, prefix: str = "") -> Any:
+    """``msgspec.convert`` with errors turned into :class:`ConfigError` naming the key."""
+    try:
+        return msgspec.convert(obj, type_, dec_hook=_dec_hook)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        match = _AT.search(text)
+        path = match.group(1) if match else ""
+        message = _AT.sub("", text)
+        if missing := re.match(r"Object missing required field `([^`]+)`", message):
+            path = f"{path}.{missing.group(1)}" if path else missing.group(1)
+            message = "required key is missing"
+        elif unknown := re.match(r"Object contains unknown field `([^`]+)`", message):
+            path = f"{path}.{unknown.group(1)}" if path else unknown.group(1)
+            message = "unknown key"
+        key = ".".join(p for p in (prefix, path) if p)
+        raise ConfigError(file, key, message) from None
+
+
+def default_sinks(env: dict[str, str]) -> dict[str, dict[str, Any]]:
+    data_dir = env.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
+    return {"local": {"type": "sqlite", "url": f"sqlite:///{data_dir}/events.db"}}
+
+
+def parse(raw: dict[str, Any], file: str | None = None, env: dict[str, str] | None = None) -> Config:
+    """Validate a decoded TOML document. Pure: no I/O."""
+    env = dict(os.environ) if env is None else env
+    raw = _interpolate(raw, "", file, env)
+    sinks_raw = raw.pop("sinks", None)
+    if sinks_raw is None or sinks_raw == {}:
+        sinks_raw = default_sinks(env)
+    if not isinstance(sinks_raw, dict):
+        raise ConfigError(file, "sinks", "expected a table of [sinks.NAME] tables")
+    config = convert(raw, Config, file)
+    sinks: dict[str, SinkConfig] = {}
+    for name, table in sinks_raw.items():
+        convert(name, SinkName, file, f"sinks.{name}")
+        if not isinstance(table, dict):
+            raise ConfigError(file, f"sinks.{name}", "expected a table")
+        shared = {k: v for k, v in table.items() if k in SHARED_SINK_KEYS}
+        sink = convert(shared, SinkConfig, file, f"sinks.{name}")
+        sink.options = {k: v for k, v in table.items() if k not in SHARED_SINK_KEYS}
+        sinks[name] = sink
+    config.sinks = sinks
+    config.path = file
+    names = [s.name for s in config.sources]
+    for i, name in enumerate(names):
+        if names.index(name) != i:
+            raise ConfigError(file, f"sources[{i}].name", f"duplicate source name {name!r}")
+    keys = [s.write_key for s in config.sources]
+    for i, key in enumerate(keys):
+        if keys.index(key) != i:
+            raise ConfigError(file, f"sources[{i}].write_key", "duplicate write_key")
+    if config.admin.store is not None and config.admin.store not in sinks:
+        raise ConfigError(file, "admin.store", f"no sink named {config.admin.store!r}")
+    if token := env.get(ENV_ADMIN_TOKEN):
+        config.admin.token = token
+    if port := env.get(ENV_PORT):
+        try:
+            config.server.port = int(port)
+        except ValueError:
+            raise ConfigError(file, ENV_PORT, f"{port!r} is not a port number") from None
+    for i, network in enumerate(config.server.trusted_proxies):
+        import ipaddress
+
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError:
+            raise ConfigError(
+                file, f"server.trusted_proxies[{i}]", f"{network!r} is not an address or network"
+            ) from None
+    return config
+
+
+def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read and validate the config file (``path``, else ``$EVENTROUTER_CONFIG``, else defaults)."""
+    env = dict(os.environ) if env is None else env
+    path = path or env.get(ENV_CONFIG) or None
+    if path is None:
+        return parse({}, None, env)
+    file = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(file, "", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(file, "", f"invalid TOML: {exc}") from None
+    return parse(raw, file, env)

@@ -1,0 +1,309 @@
+"""Ingestion resources: ``POST /track``, ``/v1/{track,...,batch,import}`` and the short paths.
+
+Each request is read with a size cap (gunzipped with the same cap), decoded by a
+prebuilt msgspec decoder, authenticated by writeKey, normalised into Commands and
+dispatched; the ``200 {"success": true}`` is sent only after the acknowledging sinks
+(in embedded mode: the SQLite commit) hold every accepted event.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import logging
+import zlib
+from datetime import UTC, datetime
+from typing import Any
+
+import falcon
+import falcon.asgi
+import msgspec
+
+from router_core import model
+from router_core.bus import Bus
+from router_core.config import Config
+from router_core.errors import APIError, InvalidEvent, from_validation_error
+from router_core.normalise import Envelope, legacy_to_command, to_command
+
+log = logging.getLogger("eventrouter.ingest")
+
+#: Segment's limits.
+MAX_EVENT_BYTES = 32 * 1024
+MAX_BATCH_BYTES = 500 * 1024
+MAX_BATCH_EVENTS = 2500
+
+SUCCESS = b'{"success":true}'
+_ACCEPTED_TYPES = ("application/json", "text/plain")
+_LEGACY_PROBE = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+class Ingestor:
+    """What every ingestion resource shares: limits, body reading, auth, client IP."""
+
+    def __init__(self, config: Config, bus: Bus) -> None:
+        self.bus = bus
+        self.sources = {s.write_key: s.name for s in config.sources}
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.server.trusted_proxies]
+        self._trust_cache: dict[str, bool] = {}
+
+    # -- body --------------------------------------------------------------------------
+    async def read(self, req: falcon.asgi.Request, limit: int) -> bytes:
+        content_type = req.content_type
+        if content_type:
+            media = content_type.split(";", 1)[0].strip().lower()
+            if media not in _ACCEPTED_TYPES:
+                raise APIError(
+                    415,
+                    "unsupported_media_type",
+                    f"Content-Type {media!r} is not accepted; send application/json or text/plain",
+                )
+        if req.content_length is not None and req.content_length > limit:
+            raise _too_large(limit)
+        chunks = []
+        size = 0
+        async for chunk in req.stream:
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        encoding = (req.get_header("Content-Encoding") or "identity").strip().lower()
+        if encoding == "gzip":
+            body = _gunzip(body, limit)
+        elif encoding != "identity":
+            raise APIError(
+                415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip"
+            )
+        if not body:
+            raise InvalidEvent("empty_body", "body: the request body is empty")
+        return body
+
+    # -- writeKey ----------------------------------------------------------------------
+    def source(self, req: falcon.asgi.Request, body_key: str | None) -> str:
+        """The source name for this request; 401 when sources are configured and the key
+        is missing or unknown. With no sources configured ingestion is open."""
+        key = _basic_username(req) or body_key
+        if not self.sources:
+            return "default"
+        if not key:
+            raise APIError(
+                401,
+                "missing_write_key",
+                "writeKey: send it as the Basic-auth username or as writeKey in the body",
+                headers={"WWW-Authenticate": 'Basic realm="eventrouter"'},
+            )
+        name = self.sources.get(key)
+        if name is None:
+            raise APIError(401, "invalid_write_key", "writeKey: not the key of any source")
+        return name
+
+    def check_header_key(self, req: falcon.asgi.Request) -> None:
+        """Refuse a wrong Basic-auth key before reading the body."""
+        key = _basic_username(req)
+        if key and self.sources and key not in self.sources:
+            raise APIError(401, "invalid_write_key", "writeKey: not the key of any source")
+
+    # -- client address ----------------------------------------------------------------
+    def client_ip(self, req: falcon.asgi.Request) -> str | None:
+        peer = req.remote_addr
+        if not self.trusted or not self._is_trusted(peer):
+            return peer
+        forwarded = req.get_header("X-Forwarded-For")
+        if not forwarded:
+            return peer
+        # Walk from the nearest hop back; the first address we do not trust is the client.
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self._is_trusted(hop):
+                return hop
+        return hops[0] if hops else peer
+
+    def _is_trusted(self, address: str | None) -> bool:
+        if address is None:
+            return False
+        cached = self._trust_cache.get(address)
+        if cached is None:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                cached = False
+            else:
+                cached = any(ip in network for network in self.trusted)
+            if len(self._trust_cache) < 10_000:
+                self._trust_cache[address] = cached
+        return cached
+
+    def envelope(self, req: falcon.asgi.Request, source: str, **batch: Any) -> Envelope:
+        return Envelope(
+            received_at=datetime.now(UTC), source=source, ip=self.client_ip(req), **batch
+        )
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, "payload_too_large", f"body: larger than the {limit // 1024} KB limit")
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Decompress at most ``limit`` bytes: a gzip bomb costs us ``limit``, not its size."""
+    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = decompressor.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise InvalidEvent("invalid_gzip", f"body: not valid gzip ({exc})") from None
+    if len(out) > limit or decompressor.unconsumed_tail:
+        raise APIError(
+            413, "payload_too_large", f"body: decompresses to more than the {limit // 1024} KB limit"
+        )
+    if not decompressor.eof:
+        raise InvalidEvent("invalid_gzip", "body: gzip stream is truncated")
+    return out
+
+
+def _basic_username(req: falcon.asgi.Request) -> str | None:
+    header = req.auth
+    if not header:
+        return None
+    scheme, _, credentials = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise APIError(401, "invalid_authorization", "Authorization: malformed Basic credentials") from None
+    return decoded.partition(":")[0] or None
+
+
+class SingleEventResource:
+    """``POST /v1/{type}`` and its short path: one event of the type the path names."""
+
+    def __init__(self, ingestor: Ingestor, kind: str) -> None:
+        self.ingestor = ingestor
+        self.kind = kind
+        self.decoder = model.SINGLE_DECODERS[kind]
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        ingestor = self.ingestor
+        ingestor.check_header_key(req)
+        body = await ingestor.read(req, MAX_EVENT_BYTES)
+        try:
+            message = self.decoder.decode(body)
+        except msgspec.MsgspecError as exc:
+            raise from_validation_error(exc) from None
+        source = ingestor.source(req, message.write_key)
+        command = to_command(message, ingestor.envelope(req, source), self.kind)
+        await ingestor.bus.dispatch((command,))
+        resp.data = SUCCESS
+
+
+class BatchResource:
+    """``POST /v1/batch``, ``/v1/import`` and ``/v1/b``: valid items are stored even when
+    others are rejected; the response lists each rejected index with its reason."""
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        self.ingestor = ingestor
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        ingestor = self.ingestor
+        ingestor.check_header_key(req)
+        body = await ingestor.read(req, MAX_BATCH_BYTES)
+        try:
+            envelope = model.BATCH_DECODER.decode(body)
+        except msgspec.MsgspecError as exc:
+            raise from_validation_error(exc) from None
+        items = envelope.batch
+        if not items:
+            raise InvalidEvent("empty_batch", "batch: contains no events")
+        if len(items) > MAX_BATCH_EVENTS:
+            raise InvalidEvent(
+                "too_many_events", f"batch: {len(items)} events, at most {MAX_BATCH_EVENTS} allowed"
+            )
+        source = ingestor.source(req, envelope.write_key)
+        env = ingestor.envelope(
+            req,
+            source,
+            context=envelope.context,
+            integrations=envelope.integrations,
+            sent_at=envelope.sent_at,
+        )
+        accepted = []
+        rejected = []
+        decode = model.ANY_DECODER.decode
+        for index, raw in enumerate(items):
+            try:
+                if len(raw) > MAX_EVENT_BYTES:
+                    raise APIError(
+                        413, "event_too_large", f"event: larger than the {MAX_EVENT_BYTES // 1024} KB limit"
+                    )
+                try:
+                    message = decode(raw)
+                except msgspec.MsgspecError as exc:
+                    raise from_validation_error(exc) from None
+                accepted.append(to_command(message, env))
+            except APIError as exc:
+                rejected.append({"index": index, "code": exc.code, "message": exc.message})
+        if not accepted:
+            raise APIError(
+                400, "invalid_batch", "batch: no valid events", extra={"rejected": rejected}
+            )
+        await ingestor.bus.dispatch(accepted)
+        if rejected:
+            resp.media = {"success": True, "accepted": len(accepted), "rejected": rejected}
+        else:
+            resp.data = SUCCESS
+
+
+class LegacyTrackResource:
+    """``POST /track``: the original ``{event_type, properties, timestamp, user_id,
+    session_id}`` payload, or a Segment track body."""
+
+    def __init__(self, ingestor: Ingestor) -> None:
+        self.ingestor = ingestor
+        self.segment = model.SINGLE_DECODERS["track"]
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        ingestor = self.ingestor
+        ingestor.check_header_key(req)
+        body = await ingestor.read(req, MAX_EVENT_BYTES)
+        try:
+            keys = _LEGACY_PROBE.decode(body)
+            if "event_type" in keys:
+                message = model.LEGACY_DECODER.decode(body)
+                source = ingestor.source(req, message.write_key)
+                command = legacy_to_command(message, ingestor.envelope(req, source))
+            else:
+                message = self.segment.decode(body)
+                source = ingestor.source(req, message.write_key)
+                command = to_command(message, ingestor.envelope(req, source), "track")
+        except msgspec.MsgspecError as exc:
+            raise from_validation_error(exc) from None
+        await ingestor.bus.dispatch((command,))
+        resp.data = SUCCESS
+
+
+#: ``/v1/<path>`` → event type; the one-letter paths are what @segment/analytics-next uses.
+SINGLE_PATHS = {
+    "track": "track",
+    "identify": "identify",
+    "page": "page",
+    "screen": "screen",
+    "group": "group",
+    "alias": "alias",
+    "t": "track",
+    "i": "identify",
+    "p": "page",
+    "s": "screen",
+    "g": "group",
+    "a": "alias",
+}
+BATCH_PATHS = ("batch", "import", "b")
+
+
+def add_routes(app: falcon.asgi.App, ingestor: Ingestor) -> None:
+    app.add_route("/track", LegacyTrackResource(ingestor))
+    resources = {kind: SingleEventResource(ingestor, kind) for kind in set(SINGLE_PATHS.values())}
+    for path, kind in SINGLE_PATHS.items():
+        app.add_route(f"/v1/{path}", resources[kind])
+    batch = BatchResource(ingestor)
+    for path in BATCH_PATHS:
+        app.add_route(f"/v1/{path}", batch)

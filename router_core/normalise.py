@@ -1,0 +1,182 @@
+"""Normalisation: inbound messages become immutable Commands.
+
+Segment's rules, applied here once for every entry point:
+
+* ``messageId`` is kept when given (< 100 chars, checked at decode) and generated otherwise;
+* ``receivedAt`` is the server clock when the request arrived;
+* ``originalTimestamp`` is the client's clock: ``originalTimestamp`` if sent, else
+  ``timestamp``; with ``sentAt`` the event time is corrected for client clock skew,
+  ``timestamp = receivedAt − (sentAt − originalTimestamp)``; without ``sentAt`` a given
+  timestamp is trusted as is (server-side libraries and imports set it on purpose);
+  with neither, ``timestamp = receivedAt``;
+* batch-level ``context``, ``integrations`` and ``sentAt`` apply to every item, the
+  item's own keys winning;
+* ``context.ip`` is filled from the connection when the client did not set it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from router_core import commands as c
+from router_core import model as m
+from router_core.errors import InvalidEvent
+
+#: Timestamps outside this range are rejected: every store can hold what is inside it.
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class Envelope:
+    """What a request contributes to each event it carries."""
+
+    received_at: datetime
+    source: str
+    ip: str | None = None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+    sent_at: datetime | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def utc(value: datetime | None) -> datetime | None:
+    """Aware UTC; a naive timestamp is taken to be UTC already."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    if value.utcoffset():
+        return value.astimezone(UTC)
+    return value if value.tzinfo is UTC else value.replace(tzinfo=UTC)
+
+
+def _ident(value: str | int | None) -> str | None:
+    if value is None or value == "":
+        return None
+    return value if isinstance(value, str) else str(value)
+
+
+def _checked(value: datetime, name: str) -> datetime:
+    if not EARLIEST <= value < LATEST:
+        raise InvalidEvent("invalid_timestamp", f"{name}: {value.isoformat()} is out of range")
+    return value
+
+
+def event_times(
+    timestamp: datetime | None,
+    original: datetime | None,
+    sent_at: datetime | None,
+    received_at: datetime,
+) -> tuple[datetime, datetime | None]:
+    """Return ``(timestamp, original_timestamp)`` by Segment's clock-skew rule."""
+    original = utc(original) or utc(timestamp)
+    sent_at = utc(sent_at)
+    if original is None:
+        return received_at, None
+    _checked(original, "originalTimestamp")
+    if sent_at is None:
+        return original, original
+    _checked(sent_at, "sentAt")
+    try:
+        corrected = received_at - (sent_at - original)
+    except OverflowError:
+        raise InvalidEvent("invalid_timestamp", "timestamp: skew correction overflows") from None
+    return _checked(corrected, "timestamp"), original
+
+
+def _context(msg_context: dict | None, env: Envelope) -> dict:
+    if env.context:
+        ctx = {**env.context, **msg_context} if msg_context else dict(env.context)
+    else:
+        ctx = msg_context if msg_context is not None else {}
+    if env.ip and "ip" not in ctx:
+        ctx["ip"] = env.ip
+    return ctx
+
+
+def _integrations(msg_integrations: dict | None, env: Envelope) -> dict:
+    if env.integrations:
+        return {**env.integrations, **msg_integrations} if msg_integrations else env.integrations
+    return msg_integrations if msg_integrations is not None else {}
+
+
+def to_command(msg: m.AnyMessage, env: Envelope, kind: str | None = None) -> c.Command:
+    """Validate the cross-field rules of one message and build its Command.
+
+    ``kind`` is the type implied by the endpoint (``/v1/track``); batch items carry
+    their own ``type``.
+    """
+    user_id = _ident(msg.user_id)
+    anonymous_id = _ident(msg.anonymous_id)
+    if user_id is None and anonymous_id is None:
+        raise InvalidEvent("missing_field", "userId or anonymousId: one of them is required")
+    timestamp, original = event_times(
+        msg.timestamp, msg.original_timestamp, msg.sent_at or env.sent_at, env.received_at
+    )
+    context = _context(msg.context, env)
+    session_id = _ident(msg.session_id)
+    if session_id is None:
+        session_id = _ident(context.get("sessionId"))
+    common = {
+        "message_id": msg.message_id or str(uuid.uuid4()),
+        "source": env.source,
+        "user_id": user_id,
+        "anonymous_id": anonymous_id,
+        "session_id": session_id,
+        "context": context,
+        "integrations": _integrations(msg.integrations, env),
+        "timestamp": timestamp,
+        "original_timestamp": original,
+        "sent_at": utc(msg.sent_at or env.sent_at),
+        "received_at": env.received_at,
+    }
+    kind = kind or type(msg).__struct_config__.tag
+    if kind == "track":
+        return c.TrackCommand(event=msg.event, properties=msg.properties or {}, **common)
+    if kind == "identify":
+        return c.IdentifyCommand(traits=msg.traits or {}, **common)
+    if kind in ("page", "screen"):
+        properties = msg.properties or {}
+        if msg.category is not None:
+            properties.setdefault("category", msg.category)
+        if msg.name is not None:
+            properties.setdefault("name", msg.name)
+        cls = c.PageCommand if kind == "page" else c.ScreenCommand
+        return cls(name=msg.name, properties=properties, **common)
+    if kind == "group":
+        group_id = _ident(msg.group_id)
+        if group_id is None:
+            raise InvalidEvent("missing_field", "groupId: required field is missing")
+        return c.GroupCommand(group_id=group_id, traits=msg.traits or {}, **common)
+    if kind == "alias":
+        previous_id = _ident(msg.previous_id)
+        if previous_id is None:
+            raise InvalidEvent("missing_field", "previousId: required field is missing")
+        return c.AliasCommand(previous_id=previous_id, **common)
+    raise InvalidEvent("invalid_type", f"type: unknown event type {kind!r}")
+
+
+def legacy_to_command(msg: m.LegacyTrack, env: Envelope) -> c.TrackCommand:
+    """The original ``/track`` payload as a track command (``event_type`` → ``event``)."""
+    user_id = _ident(msg.user_id)
+    anonymous_id = _ident(msg.anonymous_id)
+    if user_id is None and anonymous_id is None:
+        raise InvalidEvent("missing_field", "user_id or anonymous_id: one of them is required")
+    timestamp, original = event_times(msg.timestamp, None, None, env.received_at)
+    return c.TrackCommand(
+        message_id=msg.message_id or str(uuid.uuid4()),
+        source=env.source,
+        event=msg.event_type,
+        properties=msg.properties or {},
+        user_id=user_id,
+        anonymous_id=anonymous_id,
+        session_id=_ident(msg.session_id),
+        context=_context(msg.context, env),
+        timestamp=timestamp,
+        original_timestamp=original,
+        received_at=env.received_at,
+    )

@@ -1,0 +1,105 @@
+"""The base class for sinks: destinations that observe batches of commands.
+
+A sink type is a subclass of :class:`Sink` returned by a plugin's
+``eventrouter_sink_types`` hook. For every ``[sinks.NAME]`` table in the config, the bus
+builds one instance and registers it on the plugin manager as ``sink:NAME``; the hook
+implementations below adapt pluggy's calls to four plain methods a sink author writes:
+:meth:`start`, :meth:`write`, :meth:`health` and :meth:`stop`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
+
+from router_core.config import SinkConfig
+from router_core.health import ComponentHealth
+from router_core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from router_core.bus import Bus
+    from router_core.commands import Command
+
+
+class Sink:
+    """A destination. Subclasses set :attr:`Options` and override :meth:`write`.
+
+    ``write`` may be ``async def`` (awaited on the event loop: it must not block) or a
+    plain method (run in a thread of the sink's own).
+    """
+
+    #: The msgspec Struct validating this sink's own config keys (beside the shared
+    #: ``type``, ``acknowledgements``, ``batch``, ``buffer`` and ``retry`` blocks).
+    Options: ClassVar[type[msgspec.Struct]] = msgspec.Struct
+    #: True when the sink is an SQL store the query API and dashboard can read.
+    queryable: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # The bus awaits ``async def`` hook implementations on the loop and runs plain
+        # ones in a thread; give an async ``write``/``start``/``stop`` an async adapter.
+        super().__init_subclass__(**kwargs)
+        for method, (hook, adapter) in _ASYNC_ADAPTERS.items():
+            if inspect.iscoroutinefunction(getattr(cls, method)):
+                setattr(cls, hook, adapter)
+
+    def __init__(self, name: str, config: SinkConfig, options: Any) -> None:
+        self.name = name
+        self.config = config
+        self.options = options
+
+    # -- the methods a sink author writes ---------------------------------------------
+    def start(self, bus: Bus) -> Any:
+        """Open connections, start threads. Called once per process."""
+
+    def write(self, commands: Sequence[Command]) -> Any:
+        """Deliver ``commands``; return once durable, raise on failure."""
+        raise NotImplementedError
+
+    def health(self) -> ComponentHealth:
+        return ComponentHealth(name=f"sink:{self.name}", up=True)
+
+    def stop(self) -> Any:
+        """Flush and close. Called once per process at shutdown."""
+
+    # -- pluggy adapters ---------------------------------------------------------------
+    @hookimpl
+    def eventrouter_startup(self, bus: Bus) -> Any:
+        return self.start(bus)
+
+    @hookimpl
+    def eventrouter_write_batch(self, commands: Sequence[Command]) -> Any:
+        return self.write(commands)
+
+    @hookimpl
+    def eventrouter_health(self) -> ComponentHealth:
+        return self.health()
+
+    @hookimpl
+    def eventrouter_shutdown(self) -> Any:
+        return self.stop()
+
+
+
+@hookimpl
+async def _async_startup(self: Sink, bus: Bus) -> Any:
+    return await self.start(bus)
+
+
+@hookimpl
+async def _async_write(self: Sink, commands: Sequence[Command]) -> Any:
+    return await self.write(commands)
+
+
+@hookimpl
+async def _async_shutdown(self: Sink) -> Any:
+    return await self.stop()
+
+
+_ASYNC_ADAPTERS = {
+    "start": ("eventrouter_startup", _async_startup),
+    "write": ("eventrouter_write_batch", _async_write),
+    "stop": ("eventrouter_shutdown", _async_shutdown),
+}

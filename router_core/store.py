@@ -1,0 +1,146 @@
+"""The store query layer: one API over every SQL store (SQLite now; PostgreSQL and
+ClickHouse plug into the same SQLAlchemy Core expressions).
+
+It serves ``GET /api/v1/events`` and the admin dashboard. Results come newest first by
+``(timestamp, message_id)`` with keyset pagination: the cursor is the last row's key,
+so a page costs the same however deep it is and rows arriving meanwhile never shift
+it. Every filter value is a bound parameter.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import Engine, and_, or_, select
+
+from router_core.db import make_engine
+from router_core.schema import events
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+FILTER_COLUMNS = ("type", "event", "user_id", "anonymous_id", "session_id", "source")
+
+
+class InvalidQuery(ValueError):
+    """A filter value the store cannot use; ``field`` names the parameter."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class EventFilter(msgspec.Struct, kw_only=True):
+    type: str | None = None
+    event: str | None = None
+    user_id: str | None = None
+    anonymous_id: str | None = None
+    session_id: str | None = None
+    source: str | None = None
+    #: Inclusive lower bound on ``timestamp``.
+    since: datetime | None = None
+    #: Exclusive upper bound on ``timestamp``.
+    until: datetime | None = None
+
+
+class Page(msgspec.Struct):
+    events: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+def encode_cursor(timestamp: datetime, message_id: str) -> str:
+    raw = msgspec.json.encode([timestamp.isoformat(), message_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        timestamp, message_id = msgspec.json.decode(raw, type=tuple[str, str])
+        return datetime.fromisoformat(timestamp), message_id
+    except (ValueError, msgspec.DecodeError):
+        raise InvalidQuery("cursor", "not a cursor returned by this API") from None
+
+
+def _naive_utc(value: datetime) -> datetime:
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC).replace(tzinfo=None)
+    return value.isoformat(timespec="milliseconds") + "Z"
+
+
+_TIME_COLUMNS = ("timestamp", "original_timestamp", "sent_at", "received_at")
+
+
+def row_to_event(row: Any) -> dict[str, Any]:
+    """A stored row as the API shows it: JSON columns as objects, times ISO 8601 UTC."""
+    event = dict(row._mapping)
+    for column in _TIME_COLUMNS:
+        event[column] = _iso(event[column])
+    return event
+
+
+class EventStore:
+    """Reads stored events. Blocking: call it from a thread in async code."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str) -> EventStore:
+        return cls(make_engine(url))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def query(
+        self, where: EventFilter, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> Page:
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidQuery("limit", f"must be between 1 and {MAX_LIMIT}")
+        conditions = [
+            events.c[name] == value
+            for name in FILTER_COLUMNS
+            if (value := getattr(where, name)) is not None
+        ]
+        if where.since is not None:
+            conditions.append(events.c.timestamp >= _naive_utc(where.since))
+        if where.until is not None:
+            conditions.append(events.c.timestamp < _naive_utc(where.until))
+        if cursor:
+            timestamp, message_id = decode_cursor(cursor)
+            timestamp = _naive_utc(timestamp)
+            conditions.append(
+                or_(
+                    events.c.timestamp < timestamp,
+                    and_(events.c.timestamp == timestamp, events.c.message_id < message_id),
+                )
+            )
+        statement = (
+            select(events)
+            .where(*conditions)
+            .order_by(events.c.timestamp.desc(), events.c.message_id.desc())
+            .limit(limit + 1)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = None
+        if more:
+            last = rows[-1]
+            next_cursor = encode_cursor(last.timestamp, last.message_id)
+        return Page(events=[row_to_event(row) for row in rows], next_cursor=next_cursor)
+
+    def get(self, message_id: str) -> dict[str, Any] | None:
+        statement = select(events).where(events.c.message_id == message_id)
+        with self.engine.connect() as connection:
+            row = connection.execute(statement).first()
+        return row_to_event(row) if row is not None else None
