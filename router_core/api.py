@@ -18,8 +18,18 @@ from router_core.errors import APIError
 from router_core.store import DEFAULT_LIMIT, EventFilter, EventStore, InvalidQuery
 
 _PARAMS = frozenset(
-    {"type", "event", "user_id", "anonymous_id", "session_id", "source", "since", "until",
-     "limit", "cursor"}
+    {
+        "type",
+        "event",
+        "user_id",
+        "anonymous_id",
+        "session_id",
+        "source",
+        "since",
+        "until",
+        "limit",
+        "cursor",
+    }
 )
 _encoder = msgspec.json.Encoder()
 

@@ -187,8 +187,9 @@ class Bus:
                 result = await self._invoke(impl, {"commands": commands})
             except Exception as exc:
                 self.stats.setdefault(impl.plugin_name, PluginStats()).failed(repr(exc))
-                log.exception("%s: pipeline stage failed; batch passed on unchanged",
-                              impl.plugin_name)
+                log.exception(
+                    "%s: pipeline stage failed; batch passed on unchanged", impl.plugin_name
+                )
                 continue
             if result is not None:
                 commands = result
@@ -210,9 +211,7 @@ class Bus:
             if impl.plugin_name in self._acknowledging:
                 acknowledging.append(impl)
             else:
-                task = asyncio.create_task(
-                    self._guarded(impl, commands, server.observer_timeout)
-                )
+                task = asyncio.create_task(self._guarded(impl, commands, server.observer_timeout))
                 self._background.add(task)
                 task.add_done_callback(self._background.discard)
         if len(acknowledging) == 1:

@@ -199,7 +199,9 @@ def default_sinks(env: dict[str, str]) -> dict[str, dict[str, Any]]:
     return {"local": {"type": "sqlite", "url": f"sqlite:///{data_dir}/events.db"}}
 
 
-def parse(raw: dict[str, Any], file: str | None = None, env: dict[str, str] | None = None) -> Config:
+def parse(
+    raw: dict[str, Any], file: str | None = None, env: dict[str, str] | None = None
+) -> Config:
     """Validate a decoded TOML document. Pure: no I/O."""
     env = dict(os.environ) if env is None else env
     raw = _interpolate(raw, "", file, env)

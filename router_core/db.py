@@ -23,7 +23,10 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
     group commit amortises the fsync across every event in the transaction.
     """
     parsed = make_url(url)
-    kwargs: dict[str, Any] = {"json_serializer": _json_dumps, "json_deserializer": msgspec.json.decode}
+    kwargs: dict[str, Any] = {
+        "json_serializer": _json_dumps,
+        "json_deserializer": msgspec.json.decode,
+    }
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed, **kwargs)

@@ -44,7 +44,9 @@ class Ingestor:
     def __init__(self, config: Config, bus: Bus) -> None:
         self.bus = bus
         self.sources = {s.write_key: s.name for s in config.sources}
-        self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.server.trusted_proxies]
+        self.trusted = [
+            ipaddress.ip_network(n, strict=False) for n in config.server.trusted_proxies
+        ]
         self._trust_cache: dict[str, bool] = {}
 
     # -- body --------------------------------------------------------------------------
@@ -73,7 +75,9 @@ class Ingestor:
             body = _gunzip(body, limit)
         elif encoding != "identity":
             raise APIError(
-                415, "unsupported_encoding", f"Content-Encoding {encoding!r} is not supported; use gzip"
+                415,
+                "unsupported_encoding",
+                f"Content-Encoding {encoding!r} is not supported; use gzip",
             )
         if not body:
             raise InvalidEvent("empty_body", "body: the request body is empty")
@@ -153,7 +157,9 @@ def _gunzip(data: bytes, limit: int) -> bytes:
         raise InvalidEvent("invalid_gzip", f"body: not valid gzip ({exc})") from None
     if len(out) > limit or decompressor.unconsumed_tail:
         raise APIError(
-            413, "payload_too_large", f"body: decompresses to more than the {limit // 1024} KB limit"
+            413,
+            "payload_too_large",
+            f"body: decompresses to more than the {limit // 1024} KB limit",
         )
     if not decompressor.eof:
         raise InvalidEvent("invalid_gzip", "body: gzip stream is truncated")
@@ -170,7 +176,9 @@ def _basic_username(req: falcon.asgi.Request) -> str | None:
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        raise APIError(401, "invalid_authorization", "Authorization: malformed Basic credentials") from None
+        raise APIError(
+            401, "invalid_authorization", "Authorization: malformed Basic credentials"
+        ) from None
     return decoded.partition(":")[0] or None
 
 
@@ -233,7 +241,9 @@ class BatchResource:
             try:
                 if len(raw) > MAX_EVENT_BYTES:
                     raise APIError(
-                        413, "event_too_large", f"event: larger than the {MAX_EVENT_BYTES // 1024} KB limit"
+                        413,
+                        "event_too_large",
+                        f"event: larger than the {MAX_EVENT_BYTES // 1024} KB limit",
                     )
                 try:
                     message = decode(raw)

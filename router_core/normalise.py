@@ -6,7 +6,7 @@ Segment's rules, applied here once for every entry point:
 * ``receivedAt`` is the server clock when the request arrived;
 * ``originalTimestamp`` is the client's clock: ``originalTimestamp`` if sent, else
   ``timestamp``; with ``sentAt`` the event time is corrected for client clock skew,
-  ``timestamp = receivedAt − (sentAt − originalTimestamp)``; without ``sentAt`` a given
+  ``timestamp = receivedAt - (sentAt - originalTimestamp)``; without ``sentAt`` a given
   timestamp is trusted as is (server-side libraries and imports set it on purpose);
   with neither, ``timestamp = receivedAt``;
 * batch-level ``context``, ``integrations`` and ``sentAt`` apply to every item, the

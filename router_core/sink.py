@@ -82,7 +82,6 @@ class Sink:
         return self.stop()
 
 
-
 @hookimpl
 async def _async_startup(self: Sink, bus: Bus) -> Any:
     return await self.start(bus)

@@ -124,7 +124,9 @@ class SQLiteSink(Sink):
                 while count < max_events:
                     try:
                         wait = deadline - time.monotonic()
-                        item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                        item = (
+                            self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
+                        )
                     except queue.Empty:
                         break
                     if item is _STOP:

@@ -1,0 +1,133 @@
+"""The ``eventrouter`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+
+import msgspec
+
+from router_core import __version__
+from router_core import config as config_module
+from router_core.bus import Bus, make_plugin_manager
+from router_core.config import Config, ConfigError
+
+
+def _load(path: str | None) -> Config:
+    config = config_module.load(path)
+    # Building the bus validates every sink's own keys against its type; no I/O happens.
+    Bus(config, make_plugin_manager(config))
+    return config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from router_core.server import Server, gunicorn_options
+
+    config = _load(args.config)
+    if args.config:
+        os.environ[config_module.ENV_CONFIG] = os.path.abspath(args.config)
+    if args.host:
+        config.server.host = args.host
+    if args.port is not None:
+        config.server.port = args.port
+    if not config.admin.token:
+        # Generated once here, before the fork, so every worker accepts the same token.
+        config.admin.token = secrets.token_urlsafe(24)
+        os.environ[config_module.ENV_ADMIN_TOKEN] = config.admin.token
+        print(
+            f"eventrouter: no admin token configured; generated for this run: {config.admin.token}",
+            file=sys.stderr,
+            flush=True,
+        )
+    Server(config, gunicorn_options(config, workers=args.workers)).run()
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    config = config_module.load(args.config)
+    pm = make_plugin_manager(config)
+    distributions = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    rows = []
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
+        dist = distributions.get(id(plugin))
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
+        sink_types = []
+        if hasattr(plugin, "eventrouter_sink_types"):
+            sink_types = sorted(plugin.eventrouter_sink_types() or {})
+        rows.append(
+            {
+                "name": name,
+                "distribution": dist.project_name if dist else None,
+                "version": dist.version if dist else None,
+                "hooks": hooks,
+                "sink_types": sink_types,
+            }
+        )
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
+        return 0
+    width = max((len(r["name"]) for r in rows), default=4)
+    print(f"{'plugin':<{width}}  {'distribution':<24} {'version':<10} hooks")
+    for r in rows:
+        dist = r["distribution"] or "-"
+        version = r["version"] or "-"
+        extra = f"  [sink types: {', '.join(r['sink_types'])}]" if r["sink_types"] else ""
+        print(f"{r['name']:<{width}}  {dist:<24} {version:<10} {', '.join(r['hooks'])}{extra}")
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    sinks = ", ".join(f"{name} ({sink.type})" for name, sink in config.sinks.items())
+    sources = ", ".join(s.name for s in config.sources) or "none (open ingestion)"
+    print(f"{args.file}: OK")
+    print(f"  sources: {sources}")
+    print(f"  sinks:   {sinks}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="eventrouter", description="Self-hosted, Segment-compatible event router."
+    )
+    parser.add_argument("--version", action="version", version=f"eventrouter {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the ingestion server (gunicorn + uvicorn)")
+    serve.add_argument("--config", help="TOML config file (default: $EVENTROUTER_CONFIG)")
+    serve.add_argument("--host", help="address to bind (default: server.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: $EVENTROUTER_PORT or 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
+    serve.set_defaults(func=cmd_serve)
+
+    plugins = commands.add_parser("plugins", help="list discovered plugins and their versions")
+    plugins.add_argument("--config", help="TOML config file (for [plugins] disabled)")
+    plugins.add_argument("--json", action="store_true", help="print JSON")
+    plugins.set_defaults(func=cmd_plugins)
+
+    config = commands.add_parser("config", help="configuration tools")
+    config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_commands.add_parser("check", help="validate a config file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_config_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"eventrouter: config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Running the app under gunicorn with uvicorn workers on uvloop and httptools."""
+
+from __future__ import annotations
+
+import multiprocessing
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+from uvicorn_worker import UvicornWorker
+
+from router_core.config import Config
+
+
+class UvloopWorker(UvicornWorker):
+    """uvicorn's gunicorn worker, pinned to uvloop and httptools with lifespan on, so a
+    sink that cannot start stops the worker instead of serving without a store."""
+
+    CONFIG_KWARGS = {"loop": "uvloop", "http": "httptools", "lifespan": "on"}
+
+
+WORKER_CLASS = f"{UvloopWorker.__module__}.{UvloopWorker.__qualname__}"
+
+
+def default_workers() -> int:
+    return max(1, multiprocessing.cpu_count())
+
+
+class Server(BaseApplication):
+    """gunicorn's arbiter serving ``create_app(config)`` in each worker (built after
+    the fork, so each process opens its own connections and writer threads)."""
+
+    def __init__(self, config: Config, options: dict[str, Any]) -> None:
+        self.app_config = config
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            if key in self.cfg.settings:  # settings newer than the installed gunicorn are skipped
+                self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from router_core.app import create_app
+
+        return create_app(self.app_config)
+
+
+def gunicorn_options(config: Config, *, workers: int | None = None) -> dict[str, Any]:
+    server = config.server
+    return {
+        "bind": f"[{server.host}]:{server.port}"
+        if ":" in server.host
+        else f"{server.host}:{server.port}",
+        "workers": workers or server.workers or default_workers(),
+        "worker_class": WORKER_CLASS,
+        # SIGTERM: stop accepting, finish in-flight requests (their commits), then exit.
+        "graceful_timeout": 30,
+        "timeout": 60,
+        "keepalive": 5,
+        "backlog": 2048,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "info",
+        "proc_name": "eventrouter",
+        # gunicorn >= 24 opens a control socket at a fixed path under $HOME; several
+        # servers on one machine (tests, benchmarks) would fight over it.
+        "control_socket_disable": True,
+    }

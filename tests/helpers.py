@@ -1,0 +1,156 @@
+"""Test helpers: real servers on free loopback ports, nothing mocked."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import uvicorn
+
+from router_core import config as config_module
+from router_core.app import create_app
+from router_core.config import Config
+
+ADMIN_TOKEN = "test-admin-token"
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_config(data_dir: Path, raw: dict[str, Any] | None = None, **env: str) -> Config:
+    """A validated config whose default SQLite store lives in ``data_dir``."""
+    raw = dict(raw or {})
+    raw.setdefault("admin", {}).setdefault("token", ADMIN_TOKEN)
+    return config_module.parse(raw, "test.toml", {"EVENTROUTER_DATA_DIR": str(data_dir), **env})
+
+
+class LiveServer:
+    """The app under a real uvicorn server in a thread, spoken to over HTTP."""
+
+    def __init__(self, config: Config, plugins: Sequence[Any] = ()) -> None:
+        self.config = config
+        self.app = create_app(config, plugins=plugins)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+            )
+        )
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self.client = httpx.Client(base_url=self.url, timeout=30)
+
+    def start(self) -> LiveServer:
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.client.close()
+        self._server.should_exit = True
+        self._thread.join(timeout=30)
+
+    # -- conveniences ------------------------------------------------------------------
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
+        if body is not None:
+            kwargs["json"] = body
+        return self.client.post(path, **kwargs)
+
+    def events(self, **params: Any) -> list[dict[str, Any]]:
+        """Every stored event matching ``params``, newest first, following cursors."""
+        found: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            query = {**params, "limit": 1000, **({"cursor": cursor} if cursor else {})}
+            response = self.client.get(
+                "/api/v1/events", params=query, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            )
+            assert response.status_code == 200, response.text
+            page = response.json()
+            found.extend(page["events"])
+            cursor = page["next_cursor"]
+            if not cursor:
+                return found
+
+
+class ServeProcess:
+    """A real ``eventrouter serve`` (gunicorn + uvicorn workers) in a subprocess."""
+
+    def __init__(
+        self,
+        cwd: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        port: int | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = cwd / f"serve-{self.port}.log"
+        full_env = {**os.environ, **(env or {})}
+        full_env.setdefault("EVENTROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [
+                str(VENV_BIN / "eventrouter"),
+                "serve",
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+                *args,
+            ],
+            cwd=cwd,
+            env=full_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 30) -> ServeProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"eventrouter serve exited:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"eventrouter serve did not become healthy:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def send(self, sig: int) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        self.send(sig)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.send(signal.SIGKILL)
+            code = self.process.wait()
+        self._log.close()
+        return code
