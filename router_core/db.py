@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
 
 _encoder = msgspec.json.Encoder()
 
@@ -27,8 +28,13 @@ def make_engine(url: str, *, synchronous: str = "FULL") -> Engine:
         "json_serializer": _json_dumps,
         "json_deserializer": msgspec.json.decode,
     }
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            # An in-memory database exists per connection: share one across threads.
+            kwargs["poolclass"] = StaticPool
+            kwargs["connect_args"] = {"check_same_thread": False}
+        else:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite":
 

@@ -100,12 +100,15 @@ class ServeProcess:
         env: dict[str, str] | None = None,
         workers: int = 1,
         port: int | None = None,
+        clear_env: dict[str, str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = cwd / f"serve-{self.port}.log"
-        full_env = {**os.environ, **(env or {})}
-        full_env.setdefault("EVENTROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
+        base = os.environ if clear_env is None else clear_env
+        full_env = {**base, **(env or {})}
+        if clear_env is None:
+            full_env.setdefault("EVENTROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [

@@ -1,0 +1,49 @@
+"""Config loading rules that the CLI tests do not reach."""
+
+from __future__ import annotations
+
+import pytest
+
+from router_core import config
+
+
+def test_no_file_is_the_embedded_default(tmp_path):
+    loaded = config.load(env={"EVENTROUTER_DATA_DIR": str(tmp_path)})
+    assert list(loaded.sinks) == ["local"]
+    assert loaded.sinks["local"].type == "sqlite"
+    assert loaded.sinks["local"].options == {"url": f"sqlite:///{tmp_path}/events.db"}
+    assert loaded.server.port == 8000
+
+
+def test_environment_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[admin]\ntoken = 'from-file'\n[server]\nport = 9000\n")
+    loaded = config.load(
+        env={
+            "EVENTROUTER_CONFIG": str(path),
+            "EVENTROUTER_ADMIN_TOKEN": "from-env",
+            "EVENTROUTER_PORT": "9100",
+        }
+    )
+    assert loaded.path == str(path)
+    assert loaded.admin.token == "from-env"
+    assert loaded.server.port == 9100
+
+
+def test_interpolation_defaults_and_escapes():
+    raw = {"sinks": {"a": {"type": "sqlite", "url": "${DB:-sqlite:///x.db}", "note": "$$HOME"}}}
+    loaded = config.parse(raw, "c.toml", env={})
+    assert loaded.sinks["a"].options == {"url": "sqlite:///x.db", "note": "$HOME"}
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [("500ms", 0.5), ("1s", 1), ("5m", 300), ("24h", 86400), (2, 2)]
+)
+def test_durations(value, seconds):
+    assert config.parse_duration(value) == seconds
+
+
+def test_duplicate_write_keys_are_rejected():
+    raw = {"sources": [{"name": "a", "write_key": "k"}, {"name": "b", "write_key": "k"}]}
+    with pytest.raises(config.ConfigError, match=r"sources\[1\]\.write_key: duplicate"):
+        config.parse(raw, "c.toml", env={})

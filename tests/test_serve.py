@@ -1,0 +1,157 @@
+"""A real `eventrouter serve` (gunicorn + uvicorn workers): the embedded default end to
+end, several workers, and durability of acknowledged events across SIGTERM and SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import ADMIN_TOKEN, ServeProcess
+
+pytestmark = pytest.mark.slow
+
+TRACK = {
+    "event_type": "page_view",
+    "properties": {"path": "/home"},
+    "timestamp": "2025-05-28T09:47:35+05:30",
+    "user_id": "u1",
+    "session_id": "s1",
+}
+
+
+@pytest.fixture
+def serve(tmp_path):
+    processes: list[ServeProcess] = []
+
+    def start(*args: str, **kwargs) -> ServeProcess:
+        process = ServeProcess(tmp_path, *args, **kwargs).wait_ready()
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.stop(signal.SIGKILL, timeout=10)
+
+
+def stored_ids(database: Path) -> set[str]:
+    with sqlite3.connect(database) as connection:
+        return {row[0] for row in connection.execute("SELECT message_id FROM events")}
+
+
+def test_embedded_default_end_to_end(serve, tmp_path):
+    process = serve(workers=2)
+    response = httpx.post(f"{process.url}/track", json=TRACK)
+    assert response.status_code == 200
+    assert response.json() == {"success": True}
+
+    page = httpx.get(
+        f"{process.url}/api/v1/events", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    ).json()
+    [event] = page["events"]
+    assert event["event"] == "page_view"
+    assert event["user_id"] == "u1"
+    assert event["timestamp"] == "2025-05-28T04:17:35.000Z"
+    assert (tmp_path / "eventrouter-data" / "events.db").exists()
+    assert process.stop() == 0
+
+
+def test_generated_admin_token_is_printed_once_and_valid_in_every_worker(serve):
+    env = {k: v for k, v in os.environ.items() if k != "EVENTROUTER_ADMIN_TOKEN"}
+    process = serve(workers=2, clear_env=env)
+    log = process.log()
+    tokens = re.findall(r"generated for this run: (\S+)", log)
+    assert len(tokens) == 1, log
+    headers = {"Authorization": f"Bearer {tokens[0]}"}
+    with httpx.Client(base_url=process.url) as client:
+        # New connections spread over both workers; each must accept the same token.
+        statuses = {
+            httpx.get(f"{process.url}/api/v1/events", headers=headers).status_code
+            for _ in range(20)
+        }
+        assert statuses == {200}
+        assert client.get("/api/v1/events").status_code == 401
+
+
+class Load:
+    """Threads posting uniquely identified events until stopped; remembers every 200."""
+
+    def __init__(self, url: str, threads: int = 8) -> None:
+        self.url = url
+        self.acknowledged: set[str] = set()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self.run) for _ in range(threads)]
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            while not self.stopping.is_set():
+                message_id = str(uuid.uuid4())
+                batch = {
+                    "batch": [
+                        {"type": "track", "event": "e", "userId": "u", "messageId": message_id},
+                        {
+                            "type": "track",
+                            "event": "e",
+                            "userId": "u",
+                            "messageId": message_id + "-2",
+                        },
+                    ]
+                }
+                try:
+                    response = client.post("/v1/batch", json=batch)
+                except httpx.HTTPError:
+                    if self.stopping.is_set():
+                        return
+                    time.sleep(0.01)
+                    continue
+                if response.status_code == 200:
+                    with self.lock:
+                        self.acknowledged.update({message_id, message_id + "-2"})
+
+    def __enter__(self) -> Load:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def wait_for(self, count: int, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.acknowledged) < count:
+            assert time.monotonic() < deadline, "load made no progress"
+            time.sleep(0.01)
+
+    def __exit__(self, *exc) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_no_acknowledged_event_is_lost_when_the_server_stops(serve, tmp_path, sig):
+    process = serve(workers=2)
+    with Load(process.url) as load:
+        load.wait_for(400)
+        process.send(sig)  # the whole process group: master and workers
+        process.process.wait(timeout=60)
+    acknowledged = set(load.acknowledged)
+    assert len(acknowledged) >= 400
+    missing = acknowledged - stored_ids(tmp_path / "eventrouter-data" / "events.db")
+    assert not missing, f"{len(missing)} acknowledged events were lost"
+
+
+def test_several_workers_share_one_store(serve, tmp_path):
+    process = serve(workers=2)
+    with Load(process.url, threads=6) as load:
+        load.wait_for(1000)
+    stored = stored_ids(tmp_path / "eventrouter-data" / "events.db")
+    assert load.acknowledged <= stored
+    counts = httpx.get(f"{process.url}/health").json()["components"]["sink:local"]["stats"]
+    assert counts["committed_events"] > 0
