@@ -151,7 +151,6 @@ def test_several_workers_share_one_store(serve, tmp_path):
     process = serve(workers=2)
     with Load(process.url, threads=6) as load:
         load.wait_for(1000)
-    stored = stored_ids(tmp_path / "eventrouter-data" / "events.db")
-    assert load.acknowledged <= stored
-    counts = httpx.get(f"{process.url}/health").json()["components"]["sink:local"]["stats"]
-    assert counts["committed_events"] > 0
+    # Every request was answered (the load stopped cleanly), so the store holds exactly
+    # the acknowledged events: none lost, none stored twice or without an answer.
+    assert stored_ids(tmp_path / "eventrouter-data" / "events.db") == load.acknowledged
