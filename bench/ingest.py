@@ -1,0 +1,689 @@
+"""Ingestion benchmark: eventrouter's embedded server against a bare Falcon endpoint.
+
+Starts each server on 127.0.0.1 in turn, both on gunicorn with the same uvicorn worker
+class (``router_core.server.UvloopWorker``) and worker count, drives them with wrk, counts
+the rows eventrouter actually stored in SQLite, and prints a markdown report (also written
+to ``bench/results/latest.md``). See bench/README.md for what the numbers mean.
+
+    .venv/bin/python bench/ingest.py [--duration S] [--connections N] [--workers N]
+                                     [--warmup S] [--only single|batch]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import secrets
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Sequence
+from contextlib import closing, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from router_core.server import WORKER_CLASS
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO_ROOT = BENCH_DIR.parent
+RESULTS_DIR = BENCH_DIR / "results"
+POST_SCRIPT = BENCH_DIR / "post.lua"
+#: The venv's bin directory (not resolved: the interpreter is a symlink out of the venv).
+VENV_BIN = Path(sys.executable).parent
+
+HOST = "127.0.0.1"
+WRK_THREADS = 2
+BATCH_SIZE = 100
+STARTUP_TIMEOUT = 60.0
+STOP_TIMEOUT = 40.0  # gunicorn's graceful_timeout is 30 s
+
+#: The targets, for embedded mode on a 2-core machine (bench/README.md).
+SINGLE_RATIO_TARGET = 0.45
+SINGLE_P99_TARGET_MS = 20.0
+BATCH_EVENTS_TARGET = 50_000
+
+_LOG_PROBLEM = re.compile(r"\[(ERROR|CRITICAL)\]|Traceback|WORKER TIMEOUT|Exception in ASGI")
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr; stdout carries only the report."""
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# -- payloads ------------------------------------------------------------------------------
+_PRODUCTS = [
+    ("sku-48213", "Trail Runner 3", "Shoes", 89.95),
+    ("sku-10577", "Merino Crew Socks", "Socks", 14.5),
+    ("sku-73302", "Packable Rain Shell", "Jackets", 129.0),
+    ("sku-22946", "Insulated Bottle 750 ml", "Accessories", 29.99),
+]
+_USER_AGENT = (
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 "
+    "(KHTML, like Gecko) Chrome/126.0.0.0 Safari/537.36"
+)
+
+
+def track_event(index: int, now: datetime) -> dict[str, Any]:
+    """A track call as @segment/analytics-next sends it from a shop page, without a
+    ``messageId`` so that the server generates one and every request stores new rows."""
+    sku, name, category, price = _PRODUCTS[index % len(_PRODUCTS)]
+    sent_at = now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {
+        "type": "track",
+        "event": "Product Viewed",
+        "userId": f"user-{100_000 + index * 7919 % 900_000}",
+        "anonymousId": f"5b3f2c1e-8d4a-4f6b-9c2e-{index:012d}",
+        "properties": {
+            "product_id": sku,
+            "name": name,
+            "category": category,
+            "price": price,
+            "currency": "EUR",
+            "position": index % 24 + 1,
+        },
+        "context": {
+            "library": {"name": "analytics.js", "version": "npm:next-1.70.0"},
+            "page": {
+                "path": f"/products/{sku}",
+                "referrer": "https://www.google.com/",
+                "search": "?utm_source=newsletter",
+                "title": f"{name} | Example Shop",
+                "url": f"https://shop.example.com/products/{sku}?utm_source=newsletter",
+            },
+            "userAgent": _USER_AGENT,
+            "locale": "en-US",
+        },
+        "integrations": {},
+        "timestamp": sent_at,
+        "sentAt": sent_at,
+    }
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One kind of request: where it goes, its body and how many events it carries."""
+
+    name: str
+    path: str
+    body: bytes
+    events_per_request: int
+
+
+def make_scenarios(now: datetime) -> list[Scenario]:
+    """``single``: one track event per request; ``batch``: 100 per ``/v1/batch`` request."""
+    single = json.dumps(track_event(0, now), separators=(",", ":")).encode()
+    batch = {"batch": [track_event(i, now) for i in range(BATCH_SIZE)]}
+    return [
+        Scenario("single", "/v1/track", single, 1),
+        Scenario("batch", "/v1/batch", json.dumps(batch, separators=(",", ":")).encode(), 100),
+    ]
+
+
+# -- servers -------------------------------------------------------------------------------
+def free_port() -> int:
+    """A port that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def gunicorn_supports(flag: str) -> bool:
+    """Whether the installed gunicorn has a command-line flag (they vary by version)."""
+    result = subprocess.run(
+        [str(VENV_BIN / "gunicorn"), "--help"], capture_output=True, text=True, check=True
+    )
+    return flag in result.stdout
+
+
+class Server:
+    """A server process in its own session, so that it and its gunicorn workers form one
+    process group that is stopped, and measured, as a whole and never touches others."""
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        port: int,
+        cwd: Path,
+        env: dict[str, str],
+        ready: urllib.request.Request,
+        log_path: Path,
+        db_path: Path | None = None,
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.base_url = f"http://{HOST}:{port}"
+        self.cwd = cwd
+        self.env = env
+        self.ready = ready
+        self.log_path = log_path
+        #: The SQLite store whose rows are counted; None for a target that stores nothing.
+        self.db_path = db_path
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> Server:
+        log(f"starting {self.name}: {' '.join(self.argv)}")
+        with self.log_path.open("wb") as log_file:
+            self._process = subprocess.Popen(
+                self.argv,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None, "server not started"
+        return self._process.pid
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process is not None and self._process.poll() is not None:
+                raise RuntimeError(f"{self.name} exited at start:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(self.ready, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:  # refused while binding, or 503 while a component starts
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(
+            f"{self.name} not ready after {STARTUP_TIMEOUT:.0f} s:\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        """SIGTERM to our own process group (gunicorn stops gracefully); SIGKILL if it hangs."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        with suppress(ProcessLookupError):  # the group exited meanwhile
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            log(f"{self.name} did not stop within {STOP_TIMEOUT:.0f} s; killing it")
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    def cpu_by_process(self) -> dict[int, float]:
+        """CPU seconds so far of each live process in the group (arbiter and workers),
+        including the children each has reaped (a worker gunicorn replaced)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        found: dict[int, float] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:  # exited meanwhile
+                continue
+            # Fields after "(comm)": state ppid pgrp ...; utime is field 14 of the line.
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if int(fields[2]) == self.pid:
+                found[int(entry.name)] = sum(int(f) for f in fields[11:15]) / ticks
+        return found
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def log_problems(self) -> list[str]:
+        """Lines of the server's log that report errors, worker timeouts or tracebacks."""
+        text = self.log_path.read_text(errors="replace")
+        return [line for line in text.splitlines() if _LOG_PROBLEM.search(line)]
+
+
+def eventrouter_server(workdir: Path, workers: int) -> Server:
+    """``eventrouter serve`` in embedded mode: no config file, a fresh data directory."""
+    port = free_port()
+    data_dir = workdir / "eventrouter-data"
+    env = dict(os.environ)
+    env.pop("EVENTROUTER_CONFIG", None)
+    env.pop("EVENTROUTER_PORT", None)
+    env["EVENTROUTER_DATA_DIR"] = str(data_dir)
+    env["EVENTROUTER_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
+    argv = [str(VENV_BIN / "eventrouter"), "serve", "--host", HOST, "--port", str(port)]
+    argv += ["--workers", str(workers)]
+    return Server(
+        "eventrouter",
+        argv,
+        port=port,
+        cwd=workdir,
+        env=env,
+        ready=urllib.request.Request(f"http://{HOST}:{port}/health"),
+        log_path=RESULTS_DIR / "eventrouter.log",
+        db_path=data_dir / "events.db",
+    )
+
+
+def bare_server(workdir: Path, workers: int, probe_body: bytes) -> Server:
+    """bench/bare_app.py on gunicorn with eventrouter's worker class and socket settings."""
+    port = free_port()
+    argv = [
+        str(VENV_BIN / "gunicorn"),
+        *("-k", WORKER_CLASS, "-w", str(workers), "-b", f"{HOST}:{port}"),
+        # As in router_core.server.gunicorn_options.
+        *("--keep-alive", "5", "--backlog", "2048"),
+        *(["--no-control-socket"] if gunicorn_supports("--no-control-socket") else []),
+        *("--pythonpath", str(BENCH_DIR), "bare_app:app"),
+    ]
+    probe = urllib.request.Request(
+        f"http://{HOST}:{port}/v1/track",
+        data=probe_body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    return Server(
+        "bare",
+        argv,
+        port=port,
+        cwd=workdir,
+        env=dict(os.environ),
+        ready=probe,
+        log_path=RESULTS_DIR / "bare.log",
+    )
+
+
+# -- measuring -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class WrkResult:
+    """What post.lua's done() reports; times in microseconds."""
+
+    duration_us: int
+    requests: int
+    bytes: int
+    connect: int
+    read: int
+    write: int
+    timeout: int
+    status: int  # responses with a status >= 400
+    p50_us: int
+    p99_us: int
+    max_us: int
+
+    @property
+    def seconds(self) -> float:
+        return self.duration_us / 1e6
+
+    @property
+    def socket_errors(self) -> int:
+        return self.connect + self.read + self.write + self.timeout
+
+
+def run_wrk(url: str, body_file: Path, seconds: float, connections: int) -> tuple[WrkResult, str]:
+    """One wrk run; returns the parsed numbers and wrk's full output."""
+    threads = min(WRK_THREADS, connections)
+    argv = [
+        shutil.which("wrk") or "wrk",
+        *(f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency"),
+        *("-s", str(POST_SCRIPT), url, "--", str(body_file)),
+    ]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    match = re.search(r"^WRK_RESULT (\{.*\})$", done.stdout, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no WRK_RESULT line in wrk's output:\n{done.stdout}{done.stderr}")
+    return WrkResult(**json.loads(match.group(1))), done.stdout
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU time of every child this process has waited for (wrk runs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def idle_cpu_seconds() -> float:
+    """Machine-wide idle and I/O-wait time so far, summed over all CPUs (/proc/stat)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_snapshot(server: Server) -> tuple[dict[int, float], float, float]:
+    """CPU seconds so far: per server process, of finished wrk runs, idle machine-wide."""
+    return server.cpu_by_process(), children_cpu_seconds(), idle_cpu_seconds()
+
+
+def count_rows(db_path: Path) -> int:
+    with closing(sqlite3.connect(f"{db_path.as_uri()}?mode=ro", uri=True, timeout=30)) as db:
+        return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+
+
+def settled_rows(db_path: Path, timeout: float = 10.0) -> int:
+    """The row count once requests still in flight when wrk stopped have been committed."""
+    deadline = time.monotonic() + timeout
+    previous = count_rows(db_path)
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        current = count_rows(db_path)
+        if current == previous:
+            break
+        previous = current
+    return previous
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One scenario against one target."""
+
+    scenario: Scenario
+    target: str
+    wrk: WrkResult
+    stored: int | None  # rows added to the store during the run; None for the bare app
+    server_cpu: float  # CPU seconds of the server's processes during the run
+    wrk_cpu: float
+    idle_cpu: float  # CPU seconds nobody used (idle + I/O wait) during the run
+    restarted_workers: int  # server processes that went away during the run
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.wrk.requests / self.wrk.seconds
+
+    @property
+    def stored_per_s(self) -> float | None:
+        return None if self.stored is None else self.stored / self.wrk.seconds
+
+    @property
+    def acknowledged_events(self) -> int:
+        return (self.wrk.requests - self.wrk.status) * self.scenario.events_per_request
+
+
+def measure(
+    server: Server,
+    scenario: Scenario,
+    body_file: Path,
+    args: argparse.Namespace,
+) -> tuple[Measurement, str]:
+    """Warm up (discarded), then one measured wrk run with rows and CPU counted around it."""
+    url = server.base_url + scenario.path
+    log(f"{server.name} {scenario.name}: warm-up {args.warmup:g} s")
+    run_wrk(url, body_file, args.warmup, args.connections)
+    before = settled_rows(server.db_path) if server.db_path else None
+    log(f"{server.name} {scenario.name}: {args.duration:g} s at {args.connections} connections")
+    cpu_before, wrk_cpu_before, idle_before = cpu_snapshot(server)
+    result, output = run_wrk(url, body_file, args.duration, args.connections)
+    cpu_after, wrk_cpu_after, idle_after = cpu_snapshot(server)
+    after = settled_rows(server.db_path) if server.db_path else None
+    server_cpu = sum(cpu_after.values()) - sum(
+        cpu for pid, cpu in cpu_before.items() if pid in cpu_after
+    )
+    measurement = Measurement(
+        scenario=scenario,
+        target=server.name,
+        wrk=result,
+        stored=None if before is None or after is None else after - before,
+        server_cpu=server_cpu,
+        wrk_cpu=wrk_cpu_after - wrk_cpu_before,
+        idle_cpu=idle_after - idle_before,
+        restarted_workers=len(cpu_before.keys() - cpu_after.keys()),
+    )
+    return measurement, output
+
+
+@dataclass(frozen=True)
+class TargetRun:
+    """Every scenario against one server, and what its log and store hold afterwards."""
+
+    target: str
+    measurements: list[Measurement]
+    log_problems: list[str]
+    store_rows: int | None = None
+    store_bytes: int | None = None  # database + WAL + shared-memory files
+
+
+def run_target(
+    server: Server, scenarios: Sequence[Scenario], bodies: dict[str, Path], args: argparse.Namespace
+) -> TargetRun:
+    """Runs every scenario against one server, saving wrk's output per scenario."""
+    measurements = []
+    with server:
+        for scenario in scenarios:
+            measurement, output = measure(server, scenario, bodies[scenario.name], args)
+            (RESULTS_DIR / f"wrk-{server.name}-{scenario.name}.txt").write_text(output)
+            measurements.append(measurement)
+        if server.db_path is None:
+            return TargetRun(server.name, measurements, server.log_problems())
+        rows = count_rows(server.db_path)
+        files = server.db_path.parent.glob(f"{server.db_path.name}*")
+        size = sum(path.stat().st_size for path in files if not path.name.endswith(".lock"))
+    return TargetRun(server.name, measurements, server.log_problems(), rows, size)
+
+
+# -- report --------------------------------------------------------------------------------
+def _number(value: float) -> str:
+    return f"{value:,.0f}"
+
+
+def _ms(microseconds: int) -> str:
+    return f"{microseconds / 1000:.2f}"
+
+
+def _met(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+def table(measurements: Sequence[Measurement]) -> list[str]:
+    rows = [
+        "| scenario | target | req/s | events/s stored | p50 ms | p99 ms | max ms | non-2xx "
+        "| socket errors | CPU server / wrk / idle |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for m in measurements:
+        stored = "—" if m.stored_per_s is None else _number(m.stored_per_s)
+        cpu = " / ".join(
+            f"{seconds / m.wrk.seconds:.0%}" for seconds in (m.server_cpu, m.wrk_cpu, m.idle_cpu)
+        )
+        rows.append(
+            f"| {m.scenario.name} | {m.target} | {_number(m.requests_per_s)} | {stored} "
+            f"| {_ms(m.wrk.p50_us)} | {_ms(m.wrk.p99_us)} | {_ms(m.wrk.max_us)} "
+            f"| {m.wrk.status} | {m.wrk.socket_errors} | {cpu} |"
+        )
+    return rows
+
+
+def verdicts(measurements: Sequence[Measurement]) -> list[str]:
+    """The target lines, for the scenarios that ran against both targets."""
+    by_key = {(m.scenario.name, m.target): m for m in measurements}
+    lines = []
+    bare, ours = by_key.get(("single", "bare")), by_key.get(("single", "eventrouter"))
+    if bare and ours:
+        ratio = ours.requests_per_s / bare.requests_per_s
+        p99_ms = ours.wrk.p99_us / 1000
+        lines.append(
+            f"- single events: eventrouter req/s = {ratio:.0%} of bare "
+            f"(target >= {SINGLE_RATIO_TARGET:.0%}: {_met(ratio >= SINGLE_RATIO_TARGET)}), "
+            f"p99 = {p99_ms:.1f} ms "
+            f"(target <= {SINGLE_P99_TARGET_MS:g} ms: {_met(p99_ms <= SINGLE_P99_TARGET_MS)})"
+        )
+    batch = by_key.get(("batch", "eventrouter"))
+    if batch and batch.stored_per_s is not None:
+        lines.append(
+            f"- batch: {_number(batch.stored_per_s)} events/s stored "
+            f"(target >= {_number(BATCH_EVENTS_TARGET)}: "
+            f"{_met(batch.stored_per_s >= BATCH_EVENTS_TARGET)})"
+        )
+    return lines
+
+
+def store_line(runs: Sequence[TargetRun]) -> list[str]:
+    """Size of eventrouter's store at the end, warm-ups included."""
+    return [
+        f"- store at the end: {run.store_rows:,} rows, {run.store_bytes / 1e6:,.0f} MB on disk "
+        f"({run.store_bytes / max(run.store_rows, 1):,.0f} bytes per row)"
+        for run in runs
+        if run.store_rows is not None and run.store_bytes is not None
+    ]
+
+
+def anomalies(runs: Sequence[TargetRun]) -> list[str]:
+    """Everything a reader should not miss: errors, lost events, restarted workers."""
+    notes = []
+    for m in (m for run in runs for m in run.measurements):
+        label = f"{m.scenario.name}/{m.target}"
+        w = m.wrk
+        if w.status:
+            notes.append(f"- {label}: {w.status:,} responses with status >= 400")
+        if w.socket_errors:
+            notes.append(
+                f"- {label}: socket errors: connect {w.connect}, read {w.read}, "
+                f"write {w.write}, timeout {w.timeout}"
+            )
+        if m.stored is not None and m.stored < m.acknowledged_events:
+            notes.append(
+                f"- {label}: {m.acknowledged_events:,} events acknowledged but only "
+                f"{m.stored:,} rows stored"
+            )
+        if m.restarted_workers:
+            notes.append(f"- {label}: {m.restarted_workers} server process(es) exited mid-run")
+    for run in runs:
+        if run.log_problems:
+            notes.append(
+                f"- {run.target} log: {len(run.log_problems)} error line(s) in "
+                f"bench/results/{run.target}.log, first: `{run.log_problems[0].strip()[:160]}`"
+            )
+    return notes
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+def machine_info() -> list[str]:
+    cpu_model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "?",
+    )
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split("\n")[0]
+    git = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
+    packages = ", ".join(
+        f"{name} {_version(name)}"
+        for name in ("gunicorn", "uvicorn", "uvloop", "httptools", "falcon", "SQLAlchemy")
+    )
+    return [
+        f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC",
+        f"- nproc: {os.cpu_count()} ({cpu_model}); load average at start: {load}",
+        f"- python: {platform.python_version()} ({platform.python_implementation()})",
+        f"- {wrk}",
+        f"- {packages}",
+        f"- eventrouter: {_version('eventrouter')} at {git or '?'}",
+    ]
+
+
+def setup_line(args: argparse.Namespace, scenarios: Sequence[Scenario]) -> str:
+    sizes = ", ".join(
+        f"{s.name} {len(s.body):,} B ({s.events_per_request} event(s))" for s in scenarios
+    )
+    return (
+        f"wrk: {min(WRK_THREADS, args.connections)} threads, {args.connections} connections, "
+        f"{args.duration:g} s per run after a {args.warmup:g} s warm-up; "
+        f"servers: {args.workers} gunicorn worker(s) of `{WORKER_CLASS}`; "
+        f"eventrouter in embedded mode (SQLite); bodies: {sizes}."
+    )
+
+
+# -- main ----------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=15, help="seconds per run [15]")
+    parser.add_argument("--warmup", type=float, default=2, help="discarded seconds first [2]")
+    parser.add_argument("--connections", type=int, default=64, help="wrk connections [64]")
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="gunicorn workers [nproc]"
+    )
+    parser.add_argument("--only", choices=["single", "batch"], help="run one scenario only")
+    args = parser.parse_args(argv)
+    for name in ("duration", "warmup", "connections", "workers"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name} must be positive")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if shutil.which("wrk") is None:
+        log("wrk not found; `make bench` installs it (apt-get install wrk)")
+        return 2
+    # A SIGTERM (a CI timeout) unwinds like Ctrl-C, so the servers are stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    RESULTS_DIR.mkdir(exist_ok=True)
+    info = machine_info()
+    all_scenarios = make_scenarios(datetime.now(UTC))
+    scenarios = [s for s in all_scenarios if args.only in (None, s.name)]
+    runs: list[TargetRun] = []
+    with tempfile.TemporaryDirectory(prefix="eventrouter-bench-") as tmp:
+        workdir = Path(tmp)
+        bodies = {s.name: workdir / f"{s.name}.json" for s in scenarios}
+        for scenario in scenarios:
+            bodies[scenario.name].write_bytes(scenario.body)
+        for server in (
+            bare_server(workdir, args.workers, probe_body=all_scenarios[0].body),
+            eventrouter_server(workdir, args.workers),
+        ):
+            runs.append(run_target(server, scenarios, bodies, args))
+    measurements = [m for run in runs for m in run.measurements]
+
+    report = [
+        setup_line(args, scenarios),
+        "",
+        *table(measurements),
+        "",
+        *verdicts(measurements),
+        *store_line(runs),
+    ]
+    notes = anomalies(runs)
+    if notes:
+        report += ["", "Anomalies:", *notes]
+    print("\n".join(report))
+    latest = RESULTS_DIR / "latest.md"
+    latest.write_text("\n".join(["# Ingestion benchmark", "", *info, "", *report, ""]))
+    log(f"report written to {latest.relative_to(REPO_ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
