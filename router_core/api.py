@@ -59,8 +59,13 @@ class AdminAuth:
             )
 
 
+def _param(req: falcon.asgi.Request, name: str) -> str | None:
+    """A query parameter; a blank one (``name=``, as HTML forms send it) is not given."""
+    return req.get_param(name) or None
+
+
 def _time_param(req: falcon.asgi.Request, name: str) -> datetime | None:
-    value = req.get_param(name)
+    value = _param(req, name)
     if value is None:
         return None
     try:
@@ -78,23 +83,23 @@ def parse_filter(req: falcon.asgi.Request) -> tuple[EventFilter, int, str | None
         if isinstance(value, list):
             raise APIError(400, "invalid_param", f"{name}: given more than once")
     where = EventFilter(
-        type=req.get_param("type"),
-        event=req.get_param("event"),
-        user_id=req.get_param("user_id"),
-        anonymous_id=req.get_param("anonymous_id"),
-        session_id=req.get_param("session_id"),
-        source=req.get_param("source"),
+        type=_param(req, "type"),
+        event=_param(req, "event"),
+        user_id=_param(req, "user_id"),
+        anonymous_id=_param(req, "anonymous_id"),
+        session_id=_param(req, "session_id"),
+        source=_param(req, "source"),
         since=_time_param(req, "since"),
         until=_time_param(req, "until"),
     )
-    raw_limit = req.get_param("limit")
+    raw_limit = _param(req, "limit")
     limit = DEFAULT_LIMIT
     if raw_limit is not None:
         try:
             limit = int(raw_limit)
         except ValueError:
             raise APIError(400, "invalid_param", f"limit: {raw_limit!r} is not a number") from None
-    return where, limit, req.get_param("cursor") or None
+    return where, limit, _param(req, "cursor")
 
 
 class EventsResource:
@@ -131,4 +136,5 @@ class EventsResource:
 
 def add_routes(app: falcon.asgi.App, resource: EventsResource) -> None:
     app.add_route("/api/v1/events", resource)
-    app.add_route("/api/v1/events/{message_id}", resource, suffix="one")
+    # ``path``: a client-chosen messageId may contain "/" (sent percent-encoded).
+    app.add_route("/api/v1/events/{message_id:path}", resource, suffix="one")

@@ -87,9 +87,9 @@ class Ingestor:
     def source(self, req: falcon.asgi.Request, body_key: str | None) -> str:
         """The source name for this request; 401 when sources are configured and the key
         is missing or unknown. With no sources configured ingestion is open."""
-        key = _basic_username(req) or body_key
         if not self.sources:
             return "default"
+        key = _basic_username(req) or body_key
         if not key:
             raise APIError(
                 401,
@@ -104,8 +104,10 @@ class Ingestor:
 
     def check_header_key(self, req: falcon.asgi.Request) -> None:
         """Refuse a wrong Basic-auth key before reading the body."""
+        if not self.sources:
+            return
         key = _basic_username(req)
-        if key and self.sources and key not in self.sources:
+        if key and key not in self.sources:
             raise APIError(401, "invalid_write_key", "writeKey: not the key of any source")
 
     # -- client address ----------------------------------------------------------------

@@ -16,7 +16,9 @@ Segment's rules, applied here once for every entry point:
 
 from __future__ import annotations
 
+import os
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +30,24 @@ from router_core.errors import InvalidEvent
 #: Timestamps outside this range are rejected: every store can hold what is inside it.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+_ids: deque[str] = deque()
+# A forked worker must never hand out ids its parent (or a sibling) also holds.
+os.register_at_fork(after_in_child=_ids.clear)
+
+
+def new_message_id() -> str:
+    """A random UUID v4 string. Randomness is read from the OS 512 ids at a time: a
+    ``getrandom`` call per id costs more than the rest, and releases the GIL."""
+    try:
+        return _ids.popleft()
+    except IndexError:
+        raw = os.urandom(16 * 512)
+        _ids.extend(
+            str(uuid.UUID(bytes=raw[i : i + 16], version=4)) for i in range(0, len(raw), 16)
+        )
+        return _ids.popleft()
 
 
 @dataclass(slots=True)
@@ -122,7 +142,7 @@ def to_command(msg: m.AnyMessage, env: Envelope, kind: str | None = None) -> c.C
     if session_id is None:
         session_id = _ident(context.get("sessionId"))
     common = {
-        "message_id": msg.message_id or str(uuid.uuid4()),
+        "message_id": msg.message_id or new_message_id(),
         "source": env.source,
         "user_id": user_id,
         "anonymous_id": anonymous_id,
@@ -168,7 +188,7 @@ def legacy_to_command(msg: m.LegacyTrack, env: Envelope) -> c.TrackCommand:
         raise InvalidEvent("missing_field", "user_id or anonymous_id: one of them is required")
     timestamp, original = event_times(msg.timestamp, None, None, env.received_at)
     return c.TrackCommand(
-        message_id=msg.message_id or str(uuid.uuid4()),
+        message_id=msg.message_id or new_message_id(),
         source=env.source,
         event=msg.event_type,
         properties=msg.properties or {},

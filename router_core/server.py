@@ -13,9 +13,19 @@ from router_core.config import Config
 
 class UvloopWorker(UvicornWorker):
     """uvicorn's gunicorn worker, pinned to uvloop and httptools with lifespan on, so a
-    sink that cannot start stops the worker instead of serving without a store."""
+    sink that cannot start stops the worker instead of serving without a store.
 
-    CONFIG_KWARGS = {"loop": "uvloop", "http": "httptools", "lifespan": "on"}
+    uvicorn's own X-Forwarded-For handling is off: it trusts loopback peers by default,
+    which would let any local client choose its ``context.ip``. The app applies
+    ``server.trusted_proxies`` itself.
+    """
+
+    CONFIG_KWARGS = {
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "proxy_headers": False,
+    }
 
 
 WORKER_CLASS = f"{UvloopWorker.__module__}.{UvloopWorker.__qualname__}"

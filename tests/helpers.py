@@ -47,7 +47,12 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = uvicorn.Server(
             uvicorn.Config(
-                self.app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+                self.app,
+                host="127.0.0.1",
+                port=self.port,
+                log_level="warning",
+                lifespan="on",
+                proxy_headers=False,  # as in production: the app applies trusted_proxies
             )
         )
         self._thread = threading.Thread(target=self._server.run, daemon=True)
