@@ -56,6 +56,31 @@ def make_plugin_manager(
     return pm
 
 
+async def _within(timeout: float, awaitable: Any) -> Any:
+    """Await ``awaitable`` in the current task, raising TimeoutError after ``timeout``.
+
+    ``asyncio.timeout`` does the same with more machinery; on the request path, once per
+    event batch, one timer handle is all it takes.
+    """
+    task = asyncio.current_task()
+    fired = False
+
+    def expire() -> None:
+        nonlocal fired
+        fired = True
+        task.cancel()
+
+    handle = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if fired and task.uncancel() == 0:
+            raise TimeoutError from None
+        raise
+    finally:
+        handle.cancel()
+
+
 class NotDurable(APIError):
     """An acknowledging sink could not take the batch: the client must retry."""
 
@@ -167,8 +192,7 @@ class Bus:
         stats.batches += 1
         stats.events += len(commands)
         try:
-            async with asyncio.timeout(timeout):
-                await self._invoke(impl, {"commands": commands})
+            await _within(timeout, self._invoke(impl, {"commands": commands}))
         except TimeoutError as exc:
             stats.failed(f"timed out after {timeout:g}s", timed_out=True)
             log.error("%s: write timed out after %gs", impl.plugin_name, timeout)
@@ -202,9 +226,10 @@ class Bus:
 
         :raises NotDurable: an acknowledging sink failed or timed out (answer 503).
         """
-        commands = await self.process(commands)
-        if not commands:
-            return
+        if self.pm.hook.eventrouter_process_batch.get_hookimpls():
+            commands = await self.process(commands)
+            if not commands:
+                return
         acknowledging = []
         server = self.config.server
         for impl in self.pm.hook.eventrouter_write_batch.get_hookimpls():

@@ -60,16 +60,21 @@ class Ingestor:
                     "unsupported_media_type",
                     f"Content-Type {media!r} is not accepted; send application/json or text/plain",
                 )
-        if req.content_length is not None and req.content_length > limit:
-            raise _too_large(limit)
-        chunks = []
-        size = 0
-        async for chunk in req.stream:
-            size += len(chunk)
-            if size > limit:
+        length = req.content_length
+        if length is not None:
+            if length > limit:
                 raise _too_large(limit)
-            chunks.append(chunk)
-        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            # The stream is bounded by Content-Length: read it in one go.
+            body = await req.stream.read()
+        else:  # chunked: count as it arrives, so an endless body is cut at the limit
+            chunks = []
+            size = 0
+            async for chunk in req.stream:
+                size += len(chunk)
+                if size > limit:
+                    raise _too_large(limit)
+                chunks.append(chunk)
+            body = b"".join(chunks)
         encoding = (req.get_header("Content-Encoding") or "identity").strip().lower()
         if encoding == "gzip":
             body = _gunzip(body, limit)

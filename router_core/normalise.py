@@ -67,11 +67,14 @@ def utc(value: datetime | None) -> datetime | None:
     """Aware UTC; a naive timestamp is taken to be UTC already."""
     if value is None:
         return None
-    if value.tzinfo is None:
+    tzinfo = value.tzinfo
+    if tzinfo is UTC:  # what msgspec returns for "Z" and "+00:00": the common case
+        return value
+    if tzinfo is None:
         return value.replace(tzinfo=UTC)
     if value.utcoffset():
         return value.astimezone(UTC)
-    return value if value.tzinfo is UTC else value.replace(tzinfo=UTC)
+    return value.replace(tzinfo=UTC)
 
 
 def _ident(value: str | int | None) -> str | None:

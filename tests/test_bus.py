@@ -251,3 +251,34 @@ def test_disabled_plugin_is_not_loaded(tmp_path):
     config = make_config(tmp_path, {"plugins": {"disabled": ["sqlite"]}})
     with pytest.raises(ConfigError, match="unknown sink type 'sqlite'"):
         LiveServer(config)
+
+
+def _indexes(path) -> set[str]:
+    import sqlite3
+
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        return {name for (name,) in rows if not name.startswith("sqlite_")}
+
+
+def test_sqlite_indexes_follow_the_config(start_server, tmp_path):
+    database = tmp_path / "indexed.db"
+
+    def sink(indexes):
+        return {
+            "sinks": {
+                "local": {"type": "sqlite", "url": f"sqlite:///{database}", "indexes": indexes}
+            }
+        }
+
+    server = start_server(sink(["message_id", "anonymous_id"]))
+    assert _indexes(database) == {
+        "ix_events_timestamp",
+        "ux_events_message_id",
+        "ix_events_anonymous_id",
+    }
+    server.stop()
+    server = start_server(sink(["user_id"]))
+    assert _indexes(database) == {"ix_events_timestamp", "ix_events_user_id"}
+    assert server.post("/v1/track", EVENT).status_code == 200
+    assert len(server.events(user_id="u1")) == 1

@@ -131,7 +131,11 @@ def documented_keys(text: str) -> set[str]:
 def test_config_keys_are_found():
     for key in ("server.port", "sources[].write_key", "sinks.<name>.batch.max_events"):
         assert key in CONFIG_KEYS
-    assert SQLITE_KEYS == ["sinks.<name>.synchronous", "sinks.<name>.url"]
+    assert SQLITE_KEYS == [
+        "sinks.<name>.indexes",
+        "sinks.<name>.synchronous",
+        "sinks.<name>.url",
+    ]
 
 
 @pytest.mark.parametrize("key", CONFIG_KEYS + SQLITE_KEYS)

@@ -27,6 +27,24 @@ def shared(tmp_path_factory):
         yield server
 
 
+IDEMPOTENT = {
+    "sinks": {
+        "local": {
+            "type": "sqlite",
+            "url": "sqlite:///${EVENTROUTER_DATA_DIR}/events.db",
+            "indexes": ["message_id", "user_id"],
+        }
+    }
+}
+
+
+@pytest.fixture(scope="module")
+def idempotent(tmp_path_factory):
+    """A store with the unique message_id index: redelivered events are stored once."""
+    with running(tmp_path_factory.mktemp("idempotent"), IDEMPOTENT) as server:
+        yield server
+
+
 def ok(response):
     assert response.status_code == 200, response.text
     assert response.json() == {"success": True}
@@ -581,7 +599,8 @@ def test_message_id_is_generated_and_unique_when_missing(shared):
 
 
 @pytest.mark.parametrize("path", ["/v1/track", "/track"])
-def test_repeated_message_id_is_stored_once(shared, path):
+def test_repeated_message_id_is_stored_once(idempotent, path):
+    shared = idempotent
     user = uid()
     message_id = f"dup-{user}"
     if path == "/track":
@@ -597,7 +616,8 @@ def test_repeated_message_id_is_stored_once(shared, path):
     assert event["event"] == "first"
 
 
-def test_repeated_message_id_within_one_batch_is_stored_once(shared):
+def test_repeated_message_id_within_one_batch_is_stored_once(idempotent):
+    shared = idempotent
     user = uid()
     message_id = f"dup-{user}"
     batch = [
