@@ -266,10 +266,16 @@ class Server:
         return [line for line in text.splitlines() if _LOG_PROBLEM.search(line)]
 
 
-def eventrouter_server(workdir: Path, workers: int) -> Server:
-    """``eventrouter serve`` in embedded mode: no config file, a fresh data directory."""
+def eventrouter_server(workdir: Path, workers: int, *, fsync: bool = False) -> Server:
+    """``eventrouter serve`` in embedded mode: no config file, a fresh data directory.
+
+    With ``fsync`` the same store runs with ``synchronous = "full"`` (every commit
+    fsynced before its 200) instead of the default ``"normal"``, named
+    ``eventrouter-fsync`` in the table.
+    """
     port = free_port()
-    data_dir = workdir / "eventrouter-data"
+    name = "eventrouter-fsync" if fsync else "eventrouter"
+    data_dir = workdir / f"{name}-data"
     env = dict(os.environ)
     env.pop("EVENTROUTER_CONFIG", None)
     env.pop("EVENTROUTER_PORT", None)
@@ -277,14 +283,21 @@ def eventrouter_server(workdir: Path, workers: int) -> Server:
     env["EVENTROUTER_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
     argv = [str(VENV_BIN / "eventrouter"), "serve", "--host", HOST, "--port", str(port)]
     argv += ["--workers", str(workers)]
+    if fsync:
+        config = workdir / "fsync.toml"
+        config.write_text(
+            '[sinks.local]\ntype = "sqlite"\nurl = "sqlite:///${EVENTROUTER_DATA_DIR}/events.db"\n'
+            'synchronous = "full"\n'
+        )
+        argv += ["--config", str(config)]
     return Server(
-        "eventrouter",
+        name,
         argv,
         port=port,
         cwd=workdir,
         env=env,
         ready=urllib.request.Request(f"http://{HOST}:{port}/health"),
-        log_path=RESULTS_DIR / "eventrouter.log",
+        log_path=RESULTS_DIR / f"{name}.log",
         db_path=data_dir / "events.db",
     )
 
@@ -535,6 +548,20 @@ def verdicts(measurements: Sequence[Measurement]) -> list[str]:
             f"(target >= {_number(BATCH_EVENTS_TARGET)}: "
             f"{_met(batch.stored_per_s >= BATCH_EVENTS_TARGET)})"
         )
+    # The targets are for the default; the fsync row shows what power-loss durability costs.
+    fsync_single = by_key.get(("single", "eventrouter-fsync"))
+    if bare and fsync_single:
+        lines.append(
+            f'- with synchronous = "full" (no target): single events '
+            f"{fsync_single.requests_per_s / bare.requests_per_s:.0%} of bare, "
+            f"p99 {fsync_single.wrk.p99_us / 1000:.1f} ms"
+        )
+    fsync_batch = by_key.get(("batch", "eventrouter-fsync"))
+    if fsync_batch and fsync_batch.stored_per_s is not None:
+        lines.append(
+            f'- with synchronous = "full" (no target): batch '
+            f"{_number(fsync_batch.stored_per_s)} events/s stored"
+        )
     return lines
 
 
@@ -636,6 +663,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--workers", type=int, default=os.cpu_count() or 1, help="gunicorn workers [nproc]"
     )
     parser.add_argument("--only", choices=["single", "batch"], help="run one scenario only")
+    parser.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help='skip the eventrouter-fsync target (synchronous = "full")',
+    )
     args = parser.parse_args(argv)
     for name in ("duration", "warmup", "connections", "workers"):
         if getattr(args, name) <= 0:
@@ -660,10 +692,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         bodies = {s.name: workdir / f"{s.name}.json" for s in scenarios}
         for scenario in scenarios:
             bodies[scenario.name].write_bytes(scenario.body)
-        for server in (
+        servers = [
             bare_server(workdir, args.workers, probe_body=all_scenarios[0].body),
             eventrouter_server(workdir, args.workers),
-        ):
+        ]
+        if not args.no_fsync:
+            servers.append(eventrouter_server(workdir, args.workers, fsync=True))
+        for server in servers:
             runs.append(run_target(server, scenarios, bodies, args))
     measurements = [m for run in runs for m in run.measurements]
 
