@@ -88,7 +88,7 @@ class NotDurable(APIError):
         super().__init__(
             503,
             "unavailable",
-            f"events were not stored, retry later: {detail}",
+            f"events may not have been stored, retry later: {detail}",
             headers={"Retry-After": "5"},
         )
 
@@ -103,12 +103,23 @@ class PluginStats:
     timeouts: int = 0
     last_error: str | None = None
     last_error_at: float | None = None
+    last_success_at: float | None = None
+
+    @property
+    def up(self) -> bool:
+        """No failure since the last success (the counters keep the history)."""
+        if self.last_error_at is None:
+            return True
+        return self.last_success_at is not None and self.last_success_at > self.last_error_at
 
     def failed(self, error: str, timed_out: bool = False) -> None:
         self.failures += 1
         self.timeouts += timed_out
         self.last_error = error
         self.last_error_at = time.time()
+
+    def succeeded(self) -> None:
+        self.last_success_at = time.time()
 
 
 class Bus:
@@ -127,10 +138,23 @@ class Bus:
 
     # -- construction ------------------------------------------------------------------
     def sink_types(self) -> dict[str, type[Sink]]:
+        """Every installed sink type by name; of two plugins offering one name, the first
+        registered wins (with a warning naming both)."""
         types: dict[str, type[Sink]] = {}
+        owners: dict[str, str] = {}
         for impl in self.pm.hook.eventrouter_sink_types.get_hookimpls():
             for name, cls in (impl.function() or {}).items():
-                types.setdefault(name, cls)
+                if name in owners:
+                    log.warning(
+                        "sink type %r is provided by plugins %r and %r; using %r's",
+                        name,
+                        owners[name],
+                        impl.plugin_name,
+                        owners[name],
+                    )
+                    continue
+                types[name] = cls
+                owners[name] = impl.plugin_name
         return types
 
     def build_sinks(self) -> None:
@@ -148,17 +172,36 @@ class Bus:
                 )
             options = convert(sink_config.options, cls.Options, file, f"sinks.{name}")
             sink = cls(name, sink_config, options)
+            if self.pm.register(sink, name=f"sink:{name}") is None:
+                # pluggy refuses a blocked name silently: the sink would never be called.
+                raise ConfigError(
+                    file,
+                    "plugins.disabled",
+                    f"sink {name!r} is configured but blocked by plugins.disabled "
+                    f"(remove [sinks.{name}] to turn it off)",
+                )
             self.sinks[name] = sink
-            self.pm.register(sink, name=f"sink:{name}")
             if sink_config.acknowledgements:
                 self._acknowledging.add(f"sink:{name}")
+        self.store_sink()
 
     def store_sink(self) -> Sink | None:
-        """The sink whose store the query API reads: ``[admin] store``, else the first SQL one."""
+        """The sink whose store the query API reads: ``[admin] store``, else the first SQL one.
+
+        :raises ConfigError: ``[admin] store`` names a sink that is not queryable.
+        """
         wanted = self.config.admin.store
-        if wanted:
-            return self.sinks[wanted]
-        return next((s for s in self.sinks.values() if s.queryable), None)
+        if not wanted:
+            return next((s for s in self.sinks.values() if s.queryable), None)
+        sink = self.sinks[wanted]
+        if not sink.queryable:
+            raise ConfigError(
+                self.config.path,
+                "admin.store",
+                f"sink {wanted!r} has type {sink.config.type!r}, which is not queryable "
+                "(the query API needs an SQL store)",
+            )
+        return sink
 
     # -- calling one implementation in isolation ---------------------------------------
     def _executor(self, plugin_name: str) -> ThreadPoolExecutor:
@@ -193,6 +236,7 @@ class Bus:
         stats.events += len(commands)
         try:
             await _within(timeout, self._invoke(impl, {"commands": commands}))
+            stats.succeeded()
         except TimeoutError as exc:
             stats.failed(f"timed out after {timeout:g}s", timed_out=True)
             log.error("%s: write timed out after %gs", impl.plugin_name, timeout)
@@ -205,16 +249,28 @@ class Bus:
 
     # -- the request path --------------------------------------------------------------
     async def process(self, commands: Sequence[Command]) -> Sequence[Command]:
-        """Run the pipeline hooks (dedup, enrichment, ...) in order, each isolated."""
+        """Run the pipeline hooks (dedup, enrichment, ...) in order, each isolated.
+
+        A stage that raises or takes longer than ``server.dispatch_timeout`` is counted,
+        logged and skipped: the batch passes on unchanged.
+        """
+        timeout = self.config.server.dispatch_timeout
         for impl in reversed(self.pm.hook.eventrouter_process_batch.get_hookimpls()):
+            name = impl.plugin_name
             try:
-                result = await self._invoke(impl, {"commands": commands})
-            except Exception as exc:
-                self.stats.setdefault(impl.plugin_name, PluginStats()).failed(repr(exc))
-                log.exception(
-                    "%s: pipeline stage failed; batch passed on unchanged", impl.plugin_name
+                result = await _within(timeout, self._invoke(impl, {"commands": commands}))
+            except TimeoutError:
+                self.stats.setdefault(name, PluginStats()).failed(
+                    f"timed out after {timeout:g}s", timed_out=True
                 )
+                log.error("%s: pipeline stage timed out after %gs; batch passed on", name, timeout)
                 continue
+            except Exception as exc:
+                self.stats.setdefault(name, PluginStats()).failed(repr(exc))
+                log.exception("%s: pipeline stage failed; batch passed on unchanged", name)
+                continue
+            if (stats := self.stats.get(name)) is not None:
+                stats.succeeded()  # only stages that failed before are tracked in /health
             if result is not None:
                 commands = result
             if not commands:
@@ -298,7 +354,7 @@ class Bus:
                 components.append(
                     ComponentHealth(
                         name=name,
-                        up=stats.last_error is None,
+                        up=stats.up,
                         detail=stats.last_error or "",
                         stats=vars(stats),
                     )

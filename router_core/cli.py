@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import secrets
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
+import pluggy
 
 from router_core import __version__
 from router_core import config as config_module
-from router_core.bus import Bus, make_plugin_manager
+from router_core.bus import ENTRY_POINT_GROUP, Bus, make_plugin_manager
 from router_core.config import Config, ConfigError
 
 
@@ -47,12 +50,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plugins(args: argparse.Namespace) -> int:
-    config = config_module.load(args.config)
-    pm = make_plugin_manager(config)
+def _disabled_row(name: str) -> dict[str, Any]:
+    """A plugin blocked by ``[plugins] disabled``: never imported, so only its entry point
+    (if any) tells where it comes from."""
+    entry_point = next(
+        iter(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP, name=name)), None
+    )
+    dist = entry_point.dist if entry_point is not None else None
+    return {
+        "name": name,
+        "distribution": dist.name if dist else None,
+        "version": dist.version if dist else None,
+        "hooks": [],
+        "sink_types": [],
+        "disabled": True,
+    }
+
+
+def _plugin_rows(pm: pluggy.PluginManager) -> list[dict[str, Any]]:
     distributions = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
     rows = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
+        if plugin is None or pm.is_blocked(name):
+            rows.append(_disabled_row(name))
+            continue
         dist = distributions.get(id(plugin))
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         sink_types = []
@@ -65,15 +86,22 @@ def cmd_plugins(args: argparse.Namespace) -> int:
                 "version": dist.version if dist else None,
                 "hooks": hooks,
                 "sink_types": sink_types,
+                "disabled": False,
             }
         )
+    return rows
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    config = config_module.load(args.config)
+    rows = _plugin_rows(make_plugin_manager(config))
     if args.json:
         sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
         return 0
     width = max((len(r["name"]) for r in rows), default=4)
     print(f"{'plugin':<{width}}  {'distribution':<24} {'version':<10} hooks")
     for r in rows:
-        dist = r["distribution"] or "-"
+        dist = "(disabled)" if r["disabled"] else r["distribution"] or "-"
         version = r["version"] or "-"
         extra = f"  [sink types: {', '.join(r['sink_types'])}]" if r["sink_types"] else ""
         print(f"{r['name']:<{width}}  {dist:<24} {version:<10} {', '.join(r['hooks'])}{extra}")

@@ -4,7 +4,8 @@ Loading is two pure steps after reading the file: :func:`parse` checks the share
 schema below; :meth:`Bus.build_sinks <router_core.bus.Bus>` checks each sink's own keys
 against its type's ``Options`` (which needs the plugins). Neither does any I/O beyond
 reading the file. String values may reference environment variables as ``${NAME}`` or
-``${NAME:-default}`` (``$$`` is a literal ``$``), so secrets stay out of the file.
+``${NAME:-default}`` (the default when NAME is unset or empty; ``$$`` is a literal ``$``),
+so secrets stay out of the file.
 The reference for every key is ``docs/configuration.md``.
 """
 
@@ -158,11 +159,12 @@ def _interpolate(value: Any, key: str, file: str | None, env: dict[str, str]) ->
             if match.group(0) == "$$":
                 return "$"
             name, default = match.group(1), match.group(2)
-            if name in env:
-                return env[name]
-            if default is not None:
+            value = env.get(name)
+            if default is not None and not value:  # shell ``:-``: unset or empty
                 return default
-            raise ConfigError(file, key, f"environment variable {name} is not set")
+            if value is None:
+                raise ConfigError(file, key, f"environment variable {name} is not set")
+            return value
 
         return _VAR.sub(sub, value)
     if isinstance(value, dict):
@@ -199,11 +201,24 @@ def default_sinks(env: dict[str, str]) -> dict[str, dict[str, Any]]:
     return {"local": {"type": "sqlite", "url": f"sqlite:///{data_dir}/events.db"}}
 
 
+def _env_port(value: str, file: str | None) -> int:
+    """``EVENTROUTER_PORT`` as a port number, 0-65535."""
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise ConfigError(file, ENV_PORT, f"{value!r} is not a port number (0-65535)")
+    return port
+
+
 def parse(
     raw: dict[str, Any], file: str | None = None, env: dict[str, str] | None = None
 ) -> Config:
     """Validate a decoded TOML document. Pure: no I/O."""
     env = dict(os.environ) if env is None else env
+    if "path" in raw:  # ``Config.path`` records the file; it is not a key of it
+        raise ConfigError(file, "path", "unknown key")
     raw = _interpolate(raw, "", file, env)
     sinks_raw = raw.pop("sinks", None)
     if sinks_raw is None or sinks_raw == {}:
@@ -235,10 +250,7 @@ def parse(
     if token := env.get(ENV_ADMIN_TOKEN):
         config.admin.token = token
     if port := env.get(ENV_PORT):
-        try:
-            config.server.port = int(port)
-        except ValueError:
-            raise ConfigError(file, ENV_PORT, f"{port!r} is not a port number") from None
+        config.server.port = _env_port(port, file)
     for i, network in enumerate(config.server.trusted_proxies):
         import ipaddress
 

@@ -96,6 +96,13 @@ class LegacyTrack(msgspec.Struct, kw_only=True):
     message_id: MessageId | None = None
     context: dict[str, Any] | None = None
     write_key: str | None = None
+    #: Segment's spelling, accepted too; :attr:`key` is whichever was sent.
+    write_key_camel: str | None = msgspec.field(default=None, name="writeKey")
+
+    @property
+    def key(self) -> str | None:
+        """The writeKey from the body, spelt ``write_key`` or ``writeKey``."""
+        return self.write_key or self.write_key_camel
 
 
 SINGLE_DECODERS: dict[str, msgspec.json.Decoder] = {

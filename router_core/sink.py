@@ -59,7 +59,11 @@ class Sink:
         raise NotImplementedError
 
     def health(self) -> ComponentHealth:
-        return ComponentHealth(name=f"sink:{self.name}", up=True)
+        """Up; required when acknowledging, so an override that reports it down (or a
+        probe that raises) makes ``/health`` answer 503."""
+        return ComponentHealth(
+            name=f"sink:{self.name}", up=True, required=self.config.acknowledgements
+        )
 
     def stop(self) -> Any:
         """Flush and close. Called once per process at shutdown."""
