@@ -50,8 +50,8 @@ def eventrouter_process_batch(commands: Sequence[Command]) -> Sequence[Command] 
     :returns: a new sequence to replace the batch (drop or rewrite commands with
         :func:`msgspec.structs.replace`), or ``None`` to leave it unchanged.
     Implementations run one after another, each seeing the previous one's output. An
-    implementation that raises is skipped (counted and logged): a broken enrichment must
-    not lose events.
+    implementation that raises, or takes longer than ``server.dispatch_timeout``, is
+    skipped (counted and logged): a broken enrichment must not lose events.
     """
 
 

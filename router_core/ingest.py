@@ -286,7 +286,7 @@ class LegacyTrackResource:
             keys = _LEGACY_PROBE.decode(body)
             if "event_type" in keys:
                 message = model.LEGACY_DECODER.decode(body)
-                source = ingestor.source(req, message.write_key)
+                source = ingestor.source(req, message.key)
                 command = legacy_to_command(message, ingestor.envelope(req, source))
             else:
                 message = self.segment.decode(body)
