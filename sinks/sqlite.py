@@ -283,36 +283,34 @@ class SQLiteSink(Sink):
             connection.close()
 
     def _next_group(self) -> list | None:
-        """Block for the next write, then take everything else already queued (up to
+        """Block for the next write, then take what else is queued (up to
         ``batch.max_events``, waiting at most ``batch.timeout`` for more)."""
         item = self._queue.get()
         if item is _STOP:
             return None
         pending = [item]
-        count = item[0]
         deadline = time.monotonic() + self.config.batch.timeout
+        self._drain(pending, deadline)
+        return pending
+
+    def _drain(self, pending: list, deadline: float = 0.0) -> None:
+        """Append queued writes to ``pending`` up to ``batch.max_events`` events."""
+        count = sum(item[0] for item in pending)
         while count < self.config.batch.max_events:
             wait = deadline - time.monotonic()
             try:
                 item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
             except queue.Empty:
-                break
+                return
             if item is _STOP:
                 self._queue.put(_STOP)  # commit this group, then stop
-                break
+                return
             pending.append(item)
             count += item[0]
-        return pending
 
     def _commit(self, connection: Any, pending: list) -> BaseException | None:
-        if len(pending) == 1:
-            rows, values, _ = pending[0]
-        else:
-            rows = 0
-            values = []
-            for count, group_values, _ in pending:
-                rows += count
-                values += group_values
+        """Insert and commit ``pending`` (extended in place with the writes that queued
+        up while this writer waited for the lock); return the error, if any."""
         retry = self.config.retry
         backoff = retry.initial_backoff
         give_up = time.monotonic() + retry.max_duration
@@ -323,6 +321,11 @@ class SQLiteSink(Sink):
                 started = time.monotonic()
                 with self._exclusive(), _gil_priority():
                     locked = time.monotonic()
+                    if attempt == 1:
+                        # Whatever arrived while another worker held the lock joins
+                        # this commit: fewer, bigger commits under contention.
+                        self._drain(pending)
+                    rows, values = _concatenate(pending)
                     cursor = connection.cursor()
                     try:
                         insert_values(cursor, values, rows)
@@ -452,6 +455,18 @@ def _gil_priority() -> Iterator[None]:
             _priority_holders -= 1
             if _priority_holders == 0:
                 sys.setswitchinterval(_normal_switch_interval)
+
+
+def _concatenate(pending: list) -> tuple[int, list]:
+    """The rows and the flat values of every write in ``pending``."""
+    if len(pending) == 1:
+        return pending[0][0], pending[0][1]
+    rows = 0
+    values: list = []
+    for count, group_values, _ in pending:
+        rows += count
+        values += group_values
+    return rows, values
 
 
 def _fsync(path: Path) -> None:
