@@ -1,13 +1,14 @@
 """The embedded store: SQLite (WAL) written by group commit.
 
-Requests hand their commands to one writer thread per process and wait on a future.
-The writer takes everything queued since its last commit, inserts it in one
-transaction, commits (fsync), and only then resolves the futures: a request's ``200``
-means its events are on disk, and a commit is shared by every request that arrived
-while the previous one was being written. Several gunicorn workers write the same file;
-an exclusive ``flock`` on ``<db>.lock`` serialises their transactions in the kernel,
-waking the next writer the moment the lock is free instead of SQLite's sleeping
-busy-retry loop.
+Requests hand their row values to one writer thread per process and wait on a future.
+The writer takes the write lock, takes everything queued by then, inserts it in one
+transaction, commits, and only then resolves the futures: a request's ``200`` means its
+events are committed (in the OS with ``synchronous = "normal"``, fsynced with
+``"full"``), and one commit serves every request that arrived meanwhile. Several
+gunicorn workers write the same file; an exclusive ``flock`` on ``<db>.lock`` serialises
+their transactions in the kernel, waking the next writer the moment the lock is free
+instead of SQLite's sleeping busy-retry loop. A second thread fsyncs and checkpoints the
+WAL in the background. docs/architecture.md explains each choice and what it bought.
 """
 
 from __future__ import annotations
@@ -424,7 +425,7 @@ class SQLiteSink(Sink):
             component.detail = f"{type(exc).__name__}: {exc}"
             return component
         component.up = True
-        component.detail = self.last_error or ""
+        component.detail = f"last error: {self.last_error}" if self.last_error else ""
         return component
 
 
