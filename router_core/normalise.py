@@ -17,7 +17,6 @@ Segment's rules, applied here once for every entry point:
 from __future__ import annotations
 
 import os
-import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,15 +36,21 @@ _ids: deque[str] = deque()
 os.register_at_fork(after_in_child=_ids.clear)
 
 
+_VARIANT = "89ab"  # RFC 4122 variant: the top two bits of byte 8 are 10
+
+
 def new_message_id() -> str:
-    """A random UUID v4 string. Randomness is read from the OS 512 ids at a time: a
-    ``getrandom`` call per id costs more than the rest, and releases the GIL."""
+    """A random UUID v4 string. Randomness is read from the OS 512 ids at a time (a
+    ``getrandom`` call per id costs more than the rest, and releases the GIL) and the
+    ids are cut straight from its hex digits, version and variant set."""
     try:
         return _ids.popleft()
     except IndexError:
-        raw = os.urandom(16 * 512)
+        h = os.urandom(16 * 512).hex()
         _ids.extend(
-            str(uuid.UUID(bytes=raw[i : i + 16], version=4)) for i in range(0, len(raw), 16)
+            f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
+            f"{_VARIANT[int(h[i + 16], 16) & 3]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
+            for i in range(0, len(h), 32)
         )
         return _ids.popleft()
 
