@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import logging
 import re
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -116,13 +115,12 @@ async def _handle_unexpected(req: Any, resp: Any, exc: Exception, params: Any, *
 
 
 def admin_token(config: Config) -> str:
-    """The configured admin token, or one generated now and printed once."""
-    if config.admin.token:
-        return config.admin.token
-    token = secrets.token_urlsafe(24)
-    config.admin.token = token
-    log.warning("no admin token configured; generated one for this process: %s", token)
-    return token
+    """The configured admin token, or one generated now and logged once."""
+    if config_module.ensure_admin_token(config):
+        log.warning(
+            "no admin token configured; generated one for this process: %s", config.admin.token
+        )
+    return config.admin.token
 
 
 def create_app(

@@ -248,14 +248,19 @@ class Bus:
         return None
 
     # -- the request path --------------------------------------------------------------
-    async def process(self, commands: Sequence[Command]) -> Sequence[Command]:
+    async def process(
+        self, commands: Sequence[Command], stages: Sequence[pluggy.HookImpl] | None = None
+    ) -> Sequence[Command]:
         """Run the pipeline hooks (dedup, enrichment, ...) in order, each isolated.
 
         A stage that raises or takes longer than ``server.dispatch_timeout`` is counted,
-        logged and skipped: the batch passes on unchanged.
+        logged and skipped: the batch passes on unchanged. ``stages`` defaults to every
+        ``eventrouter_process_batch`` implementation.
         """
+        if stages is None:
+            stages = self.pm.hook.eventrouter_process_batch.get_hookimpls()
         timeout = self.config.server.dispatch_timeout
-        for impl in reversed(self.pm.hook.eventrouter_process_batch.get_hookimpls()):
+        for impl in reversed(stages):
             name = impl.plugin_name
             try:
                 result = await _within(timeout, self._invoke(impl, {"commands": commands}))
@@ -282,8 +287,8 @@ class Bus:
 
         :raises NotDurable: an acknowledging sink failed or timed out (answer 503).
         """
-        if self.pm.hook.eventrouter_process_batch.get_hookimpls():
-            commands = await self.process(commands)
+        if stages := self.pm.hook.eventrouter_process_batch.get_hookimpls():
+            commands = await self.process(commands, stages)
             if not commands:
                 return
         acknowledging = []
@@ -334,8 +339,7 @@ class Bus:
         for impl in self.pm.hook.eventrouter_health.get_hookimpls():
             required = impl.plugin_name in self._acknowledging
             try:
-                async with asyncio.timeout(timeout):
-                    result = await self._invoke(impl, {})
+                result = await _within(timeout, self._invoke(impl, {}))
             except Exception as exc:
                 detail = "health check timed out" if isinstance(exc, TimeoutError) else repr(exc)
                 result = ComponentHealth(

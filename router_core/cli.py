@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import logging
-import os
-import secrets
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -31,16 +29,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from router_core.server import Server, gunicorn_options
 
     config = _load(args.config)
-    if args.config:
-        os.environ[config_module.ENV_CONFIG] = os.path.abspath(args.config)
     if args.host:
         config.server.host = args.host
     if args.port is not None:
         config.server.port = args.port
-    if not config.admin.token:
-        # Generated once here, before the fork, so every worker accepts the same token.
-        config.admin.token = secrets.token_urlsafe(24)
-        os.environ[config_module.ENV_ADMIN_TOKEN] = config.admin.token
+    # Generated here, before the fork: the workers inherit this config, so they all
+    # accept the same token.
+    if config_module.ensure_admin_token(config):
         print(
             f"eventrouter: no admin token configured; generated for this run: {config.admin.token}",
             file=sys.stderr,

@@ -37,27 +37,32 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
     kind: ClassVar[str] = ""
 
+    def values(self) -> tuple:
+        """The stored columns of DESIGN.md for this command, in :data:`STORED_COLUMNS`
+        order: the one place that maps command fields to columns."""
+        return (
+            self.message_id,
+            self.kind,
+            getattr(self, "event", None),
+            getattr(self, "name", None),
+            self.user_id,
+            self.anonymous_id,
+            getattr(self, "group_id", None),
+            getattr(self, "previous_id", None),
+            self.session_id,
+            self.source,
+            getattr(self, "properties", None),
+            getattr(self, "traits", None),
+            self.context,
+            self.timestamp,
+            self.original_timestamp,
+            self.sent_at,
+            self.received_at,
+        )
+
     def row(self) -> dict[str, Any]:
-        """The stored columns of DESIGN.md for this command."""
-        return {
-            "message_id": self.message_id,
-            "type": self.kind,
-            "event": getattr(self, "event", None),
-            "name": getattr(self, "name", None),
-            "user_id": self.user_id,
-            "anonymous_id": self.anonymous_id,
-            "group_id": getattr(self, "group_id", None),
-            "previous_id": getattr(self, "previous_id", None),
-            "session_id": self.session_id,
-            "source": self.source,
-            "properties": getattr(self, "properties", None),
-            "traits": getattr(self, "traits", None),
-            "context": self.context,
-            "timestamp": self.timestamp,
-            "original_timestamp": self.original_timestamp,
-            "sent_at": self.sent_at,
-            "received_at": self.received_at,
-        }
+        """The stored columns by name."""
+        return dict(zip(STORED_COLUMNS, self.values(), strict=True))
 
 
 class TrackCommand(Command, tag="track"):

@@ -11,8 +11,10 @@ The reference for every key is ``docs/configuration.md``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+import secrets
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -252,8 +254,6 @@ def parse(
     if port := env.get(ENV_PORT):
         config.server.port = _env_port(port, file)
     for i, network in enumerate(config.server.trusted_proxies):
-        import ipaddress
-
         try:
             ipaddress.ip_network(network, strict=False)
         except ValueError:
@@ -279,3 +279,12 @@ def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = Non
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(file, "", f"invalid TOML: {exc}") from None
     return parse(raw, file, env)
+
+
+def ensure_admin_token(config: Config) -> bool:
+    """Give ``config`` an admin token when it has none; True when one was generated
+    (the caller shows it once: nobody could use the query API otherwise)."""
+    if config.admin.token:
+        return False
+    config.admin.token = secrets.token_urlsafe(24)
+    return True

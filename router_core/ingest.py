@@ -89,12 +89,21 @@ class Ingestor:
         return body
 
     # -- writeKey ----------------------------------------------------------------------
-    def source(self, req: falcon.asgi.Request, body_key: str | None) -> str:
-        """The source name for this request; 401 when sources are configured and the key
-        is missing or unknown. With no sources configured ingestion is open."""
+    def header_key(self, req: falcon.asgi.Request) -> str | None:
+        """The Basic-auth writeKey, read once per request; a wrong one is refused (401)
+        before the body is read. None when absent or when ingestion is open."""
+        if not self.sources:
+            return None
+        key = _basic_username(req)
+        if key and key not in self.sources:
+            raise APIError(401, "invalid_write_key", "writeKey: not the key of any source")
+        return key
+
+    def source(self, key: str | None) -> str:
+        """The source name for the writeKey (header first, else body); 401 when sources
+        are configured and the key is missing or unknown. Open ingestion: "default"."""
         if not self.sources:
             return "default"
-        key = _basic_username(req) or body_key
         if not key:
             raise APIError(
                 401,
@@ -106,14 +115,6 @@ class Ingestor:
         if name is None:
             raise APIError(401, "invalid_write_key", "writeKey: not the key of any source")
         return name
-
-    def check_header_key(self, req: falcon.asgi.Request) -> None:
-        """Refuse a wrong Basic-auth key before reading the body."""
-        if not self.sources:
-            return
-        key = _basic_username(req)
-        if key and key not in self.sources:
-            raise APIError(401, "invalid_write_key", "writeKey: not the key of any source")
 
     # -- client address ----------------------------------------------------------------
     def client_ip(self, req: falcon.asgi.Request) -> str | None:
@@ -199,13 +200,13 @@ class SingleEventResource:
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         ingestor = self.ingestor
-        ingestor.check_header_key(req)
+        header_key = ingestor.header_key(req)
         body = await ingestor.read(req, MAX_EVENT_BYTES)
         try:
             message = self.decoder.decode(body)
         except msgspec.MsgspecError as exc:
             raise from_validation_error(exc) from None
-        source = ingestor.source(req, message.write_key)
+        source = ingestor.source(header_key or message.write_key)
         command = to_command(message, ingestor.envelope(req, source), self.kind)
         await ingestor.bus.dispatch((command,))
         resp.data = SUCCESS
@@ -220,7 +221,7 @@ class BatchResource:
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         ingestor = self.ingestor
-        ingestor.check_header_key(req)
+        header_key = ingestor.header_key(req)
         body = await ingestor.read(req, MAX_BATCH_BYTES)
         try:
             envelope = model.BATCH_DECODER.decode(body)
@@ -233,7 +234,7 @@ class BatchResource:
             raise InvalidEvent(
                 "too_many_events", f"batch: {len(items)} events, at most {MAX_BATCH_EVENTS} allowed"
             )
-        source = ingestor.source(req, envelope.write_key)
+        source = ingestor.source(header_key or envelope.write_key)
         env = ingestor.envelope(
             req,
             source,
@@ -280,17 +281,17 @@ class LegacyTrackResource:
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         ingestor = self.ingestor
-        ingestor.check_header_key(req)
+        header_key = ingestor.header_key(req)
         body = await ingestor.read(req, MAX_EVENT_BYTES)
         try:
             keys = _LEGACY_PROBE.decode(body)
             if "event_type" in keys:
                 message = model.LEGACY_DECODER.decode(body)
-                source = ingestor.source(req, message.key)
+                source = ingestor.source(header_key or message.key)
                 command = legacy_to_command(message, ingestor.envelope(req, source))
             else:
                 message = self.segment.decode(body)
-                source = ingestor.source(req, message.write_key)
+                source = ingestor.source(header_key or message.write_key)
                 command = to_command(message, ingestor.envelope(req, source), "track")
         except msgspec.MsgspecError as exc:
             raise from_validation_error(exc) from None

@@ -115,30 +115,25 @@ class _TimeText(dict):
 
 
 def flat_values(commands: Sequence[Command]) -> list:
-    """The commands as one flat list of ``events`` column values, row after row."""
+    """The commands as one flat list of ``events`` column values, row after row, in
+    the form the driver stores: JSON columns as text, times as SQLAlchemy's text."""
     times = _TimeText()
     values: list = []
     extend = values.extend
     for command in commands:
+        (*plain, properties, traits, context, timestamp, original, sent_at, received_at) = (
+            command.values()
+        )
+        extend(plain)
         extend(
             (
-                command.message_id,
-                command.kind,
-                getattr(command, "event", None),
-                getattr(command, "name", None),
-                command.user_id,
-                command.anonymous_id,
-                getattr(command, "group_id", None),
-                getattr(command, "previous_id", None),
-                command.session_id,
-                command.source,
-                _json_text(getattr(command, "properties", None)),
-                _json_text(getattr(command, "traits", None)),
-                _json_text(command.context),
-                times[command.timestamp],
-                times[command.original_timestamp],
-                times[command.sent_at],
-                times[command.received_at],
+                _json_text(properties),
+                _json_text(traits),
+                _json_text(context),
+                times[timestamp],
+                times[original],
+                times[sent_at],
+                times[received_at],
             )
         )
     return values
