@@ -9,11 +9,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import uvicorn
 
 from router_core import config as config_module
@@ -21,7 +22,29 @@ from router_core.app import create_app
 from router_core.config import Config
 
 ADMIN_TOKEN = "test-admin-token"
+
+#: The original ``/track`` payload, exactly as the README's curl sends it.
+ORIGINAL_TRACK = {
+    "event_type": "page_view",
+    "properties": {"path": "/home"},
+    "timestamp": "2025-05-28T09:47:35+05:30",
+    "user_id": "u1",
+    "session_id": "s1",
+}
+
+#: A hang guard, not a speed claim: a background effect that has not happened after
+#: this long never will, and the test must fail instead of hanging CI.
+HANG_GUARD = 60.0
 VENV_BIN = Path(sys.executable).parent
+
+
+def eventually(predicate: Callable[[], object], what: str) -> None:
+    """Wait for a background effect (an observer called, a counter in /health)."""
+    deadline = time.monotonic() + HANG_GUARD
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"never happened: {what}")
+        time.sleep(0.02)
 
 
 def free_port() -> int:

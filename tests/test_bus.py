@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import msgspec
 import pytest
@@ -13,7 +12,7 @@ from router_core.config import ConfigError
 from router_core.health import ComponentHealth
 from router_core.hookspecs import hookimpl
 from router_core.sink import Sink
-from tests.helpers import LiveServer, make_config
+from tests.helpers import LiveServer, eventually, make_config
 
 EVENT = {"event": "Signed Up", "userId": "u1"}
 
@@ -65,13 +64,6 @@ class RecordingAsyncObserver:
         self.batches.append(list(commands))
 
 
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
-
-
 def test_failing_observer_does_not_stop_the_store_or_the_request(start_server):
     failing = FailingObserver()
     recording = RecordingAsyncObserver()
@@ -81,7 +73,9 @@ def test_failing_observer_does_not_stop_the_store_or_the_request(start_server):
 
     assert response.status_code == 200
     assert [e["event"] for e in server.events()] == ["Signed Up"]
-    wait_for(lambda: failing.calls == 1 and len(recording.batches) == 1)
+    eventually(
+        lambda: failing.calls == 1 and len(recording.batches) == 1, "both observers called once"
+    )
     health = server.client.get("/health")
     assert health.status_code == 200  # observers are not required components
     [failed] = [c for c in health.json()["components"].values() if c["stats"].get("failures")]
@@ -100,13 +94,14 @@ def test_hanging_observers_neither_block_the_request_nor_other_sinks(start_serve
         for i in range(3):
             assert server.post("/v1/track", {**EVENT, "messageId": f"m{i}"}).status_code == 200
         assert len(server.events()) == 3
-        wait_for(lambda: len(recording.batches) == 3)
+        eventually(lambda: len(recording.batches) == 3, "the healthy observer got 3 batches")
 
         def timeouts() -> int:
             components = server.client.get("/health").json()["components"].values()
             return sum(c.get("stats", {}).get("timeouts", 0) for c in components)
 
-        wait_for(lambda: timeouts() == 6)  # 3 batches x 2 hanging observers
+        # 3 batches x 2 hanging observers, each cut off by observer_timeout
+        eventually(lambda: timeouts() == 6, "6 observer timeouts counted in /health")
     finally:
         sync_hang.release.set()
 
@@ -119,7 +114,7 @@ def test_sync_observers_run_off_the_event_loop_and_async_ones_on_it(start_server
         "/v1/batch", {"batch": [{"type": "track", **EVENT}, {"type": "identify", "userId": "u1"}]}
     )
     assert response.status_code == 200
-    wait_for(lambda: sync_observer.batches and async_observer.batches)
+    eventually(lambda: sync_observer.batches and async_observer.batches, "both observers called")
     assert [c.kind for c in sync_observer.batches[0]] == ["track", "identify"]
     assert [c.kind for c in async_observer.batches[0]] == ["track", "identify"]
     assert all(name.startswith("hook-") for name in sync_observer.threads)

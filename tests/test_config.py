@@ -37,10 +37,11 @@ def test_interpolation_defaults_and_escapes():
 
 
 @pytest.mark.parametrize(
-    ("value", "seconds"), [("500ms", 0.5), ("1s", 1), ("5m", 300), ("24h", 86400), (2, 2)]
+    ("text", "parsed"), [("500ms", 0.5), ("1s", 1), ("5m", 300), ("24h", 86400), (2, 2)]
 )
-def test_durations(value, seconds):
-    assert config.parse_duration(value) == seconds
+def test_duration_values_are_converted_to_seconds(text, parsed):
+    # Unit conversion of config values, not a measurement of time.
+    assert config.parse_duration(text) == parsed
 
 
 def test_duplicate_write_keys_are_rejected():

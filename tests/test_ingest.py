@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from tests.helpers import ORIGINAL_TRACK
 from tests.ingest_support import (
     assert_error,
     gz,
@@ -54,14 +55,7 @@ def ok(response):
 
 
 def test_track_original_payload_exactly(server):
-    body = {
-        "event_type": "page_view",
-        "properties": {"path": "/home"},
-        "timestamp": "2025-05-28T09:47:35+05:30",
-        "user_id": "u1",
-        "session_id": "s1",
-    }
-    ok(server.post("/track", body))
+    ok(server.post("/track", ORIGINAL_TRACK))
     [event] = server.events()
     assert event["type"] == "track"
     assert event["event"] == "page_view"

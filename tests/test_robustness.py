@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import pytest
 from router_core.config import ConfigError
 from router_core.hookspecs import hookimpl
 from router_core.sink import Sink
-from tests.helpers import VENV_BIN, LiveServer, make_config
+from tests.helpers import VENV_BIN, LiveServer, eventually, make_config
 
 EVENT = {"event": "Signed Up", "userId": "u1"}
 
@@ -29,13 +28,6 @@ def eventrouter(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
         env={**os.environ, **(env or {})},
         timeout=60,
     )
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 SINK_MODULE = """\
@@ -276,11 +268,14 @@ def test_observer_is_up_again_after_a_success(start_server):
         return server.client.get("/health").json()["components"].get(name, {})
 
     assert server.post("/v1/track", {**EVENT, "messageId": "m1"}).status_code == 200
-    wait_for(lambda: component().get("stats", {}).get("failures") == 1)
+    eventually(lambda: component().get("stats", {}).get("failures") == 1, "the failure counted")
     assert component()["status"] == "down"
 
     assert server.post("/v1/track", {**EVENT, "messageId": "m2"}).status_code == 200
-    wait_for(lambda: component().get("stats", {}).get("last_success_at") is not None)
+    eventually(
+        lambda: component().get("stats", {}).get("last_success_at") is not None,
+        "the later success recorded",
+    )
     state = component()
     assert state["status"] == "up"
     assert state["stats"]["failures"] == 1

@@ -15,17 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ADMIN_TOKEN, ServeProcess
+from tests.helpers import ADMIN_TOKEN, HANG_GUARD, ORIGINAL_TRACK, ServeProcess
 
 pytestmark = pytest.mark.slow
-
-TRACK = {
-    "event_type": "page_view",
-    "properties": {"path": "/home"},
-    "timestamp": "2025-05-28T09:47:35+05:30",
-    "user_id": "u1",
-    "session_id": "s1",
-}
 
 
 @pytest.fixture
@@ -49,7 +41,7 @@ def stored_ids(database: Path) -> set[str]:
 
 def test_embedded_default_end_to_end(serve, tmp_path):
     process = serve(workers=2)
-    response = httpx.post(f"{process.url}/track", json=TRACK)
+    response = httpx.post(f"{process.url}/track", json=ORIGINAL_TRACK)
     assert response.status_code == 200
     assert response.json() == {"success": True}
 
@@ -87,7 +79,7 @@ class Load:
     def __init__(self, url: str, threads: int = 8) -> None:
         self.url = url
         self.acknowledged: set[str] = set()
-        self.lock = threading.Lock()
+        self.progress = threading.Condition()
         self.stopping = threading.Event()
         self.threads = [threading.Thread(target=self.run) for _ in range(threads)]
 
@@ -114,19 +106,20 @@ class Load:
                     time.sleep(0.01)
                     continue
                 if response.status_code == 200:
-                    with self.lock:
+                    with self.progress:
                         self.acknowledged.update({message_id, message_id + "-2"})
+                        self.progress.notify_all()
 
     def __enter__(self) -> Load:
         for thread in self.threads:
             thread.start()
         return self
 
-    def wait_for(self, count: int, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.acknowledged) < count:
-            assert time.monotonic() < deadline, "load made no progress"
-            time.sleep(0.01)
+    def wait_for(self, count: int) -> None:
+        """Block until ``count`` events are acknowledged (HANG_GUARD: never, fail)."""
+        with self.progress:
+            if not self.progress.wait_for(lambda: len(self.acknowledged) >= count, HANG_GUARD):
+                pytest.fail(f"the server never acknowledged {count} events")
 
     def __exit__(self, *exc) -> None:
         self.stopping.set()
@@ -141,7 +134,8 @@ def test_no_acknowledged_event_is_lost_when_the_server_stops(serve, tmp_path, si
         load.wait_for(400)
         process.send(sig)  # the whole process group: master and workers
         process.process.wait(timeout=60)
-    acknowledged = set(load.acknowledged)
+    with load.progress:
+        acknowledged = set(load.acknowledged)
     assert len(acknowledged) >= 400
     missing = acknowledged - stored_ids(tmp_path / "eventrouter-data" / "events.db")
     assert not missing, f"{len(missing)} acknowledged events were lost"
