@@ -8,6 +8,11 @@ goes on: one broken sink never holds the others back or fails the request path.
 Sinks named in config with ``acknowledgements = true`` are *acknowledging*: the request
 awaits them and answers 503 if one fails. Every other implementation is an observer,
 called in the background.
+
+A bus has a role. On the *edge* (``eventrouter serve``) it runs the configured sinks
+itself (embedded mode) or, with ``[queue]`` configured, only the queue publisher: the
+sinks then run in ``eventrouter worker``, whose bus (role *worker*) delivers each
+queue's batches to its one sink with :meth:`Bus.deliver`.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import pluggy
 
 from router_core import hookspecs
 from router_core.commands import Command
-from router_core.config import Config, ConfigError, convert
+from router_core.config import Config, ConfigError, SinkConfig, convert
 from router_core.errors import APIError
 from router_core.health import ComponentHealth
 from router_core.sink import Sink
@@ -34,6 +39,12 @@ from router_core.sink import Sink
 log = logging.getLogger("eventrouter.bus")
 
 ENTRY_POINT_GROUP = "eventrouter"
+EDGE = "edge"
+WORKER = "worker"
+#: Sink type of the edge's queue publisher (provided by ``sinks.queue``).
+QUEUE_PLUGIN = "queue"
+#: Plugin name it is registered under (not ``sink:...``: it is not a [sinks] entry).
+PUBLISHER_NAME = "broker"
 
 
 def make_plugin_manager(
@@ -125,16 +136,31 @@ class PluginStats:
 class Bus:
     """Dispatches batches of commands through the pipeline and out to the sinks."""
 
-    def __init__(self, config: Config, pm: pluggy.PluginManager) -> None:
+    def __init__(
+        self,
+        config: Config,
+        pm: pluggy.PluginManager,
+        *,
+        role: str = EDGE,
+        only: Sequence[str] | None = None,
+    ) -> None:
+        """:param role: ``EDGE`` or ``WORKER``.
+        :param only: worker: run just these sinks (default: every configured sink)."""
         self.config = config
         self.pm = pm
+        self.role = role
+        #: Every configured sink, built and validated (whether or not it runs here).
         self.sinks: dict[str, Sink] = {}
+        #: The sinks this process runs (registered on the plugin manager).
+        self.running: dict[str, Sink] = {}
+        #: The edge's queue publisher, when ``[queue]`` is configured.
+        self.publisher: Sink | None = None
         self.stats: dict[str, PluginStats] = {}
         self._acknowledging: set[str] = set()
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._background: set[asyncio.Task] = set()
         self._is_async: dict[Any, bool] = {}
-        self.build_sinks()
+        self.build_sinks(only)
 
     # -- construction ------------------------------------------------------------------
     def sink_types(self) -> dict[str, type[Sink]]:
@@ -157,33 +183,64 @@ class Bus:
                 owners[name] = impl.plugin_name
         return types
 
-    def build_sinks(self) -> None:
-        """Instantiate every ``[sinks.NAME]`` and register it as plugin ``sink:NAME``."""
+    @property
+    def queued(self) -> bool:
+        """True on an edge that hands events to the queue instead of running the sinks."""
+        return self.role == EDGE and self.config.queue is not None
+
+    def build_sinks(self, only: Sequence[str] | None = None) -> None:
+        """Instantiate every ``[sinks.NAME]``; register the ones this process runs as
+        plugin ``sink:NAME`` (and, on a queued edge, the queue publisher)."""
         types = self.sink_types()
         file = self.config.path
+        for name in only or ():
+            if name not in self.config.sinks:
+                known = ", ".join(self.config.sinks) or "none"
+                raise ConfigError(file, "sinks", f"no sink named {name!r} (configured: {known})")
         for name, sink_config in self.config.sinks.items():
+            if sink_config.type == QUEUE_PLUGIN:
+                raise ConfigError(
+                    file,
+                    f"sinks.{name}.type",
+                    "the queue is configured in the [queue] table, not as a sink",
+                )
             cls = types.get(sink_config.type)
             if cls is None:
-                known = ", ".join(sorted(types)) or "none"
+                known = ", ".join(sorted(t for t in types if t != QUEUE_PLUGIN)) or "none"
                 raise ConfigError(
                     file,
                     f"sinks.{name}.type",
                     f"unknown sink type {sink_config.type!r} (installed: {known})",
                 )
             options = convert(sink_config.options, cls.Options, file, f"sinks.{name}")
-            sink = cls(name, sink_config, options)
-            if self.pm.register(sink, name=f"sink:{name}") is None:
-                # pluggy refuses a blocked name silently: the sink would never be called.
-                raise ConfigError(
-                    file,
-                    "plugins.disabled",
-                    f"sink {name!r} is configured but blocked by plugins.disabled "
-                    f"(remove [sinks.{name}] to turn it off)",
-                )
-            self.sinks[name] = sink
-            if sink_config.acknowledgements:
-                self._acknowledging.add(f"sink:{name}")
+            self.sinks[name] = cls(name, sink_config, options)
+        if self.queued:
+            cls = types.get(QUEUE_PLUGIN)
+            if cls is None:
+                raise ConfigError(file, "queue", "the queue plugin (sinks.queue) is not installed")
+            self.publisher = cls(QUEUE_PLUGIN, SinkConfig(type=QUEUE_PLUGIN), self.config.queue)
+            self._register(PUBLISHER_NAME, self.publisher, acknowledging=True)
+        else:
+            for name, sink in self.sinks.items():
+                if self.role == EDGE or not only or name in only:
+                    self._register(f"sink:{name}", sink, sink.config.acknowledgements)
+                    self.running[name] = sink
         self.store_sink()
+
+    def _register(self, plugin_name: str, sink: Sink, acknowledging: bool) -> None:
+        if self.pm.register(sink, name=plugin_name) is None:
+            # pluggy refuses a blocked name silently: the sink would never be called.
+            what = f"sink {plugin_name[5:]!r}" if plugin_name.startswith("sink:") else plugin_name
+            raise ConfigError(
+                self.config.path,
+                "plugins.disabled",
+                f"{what} is configured but blocked by plugins.disabled "
+                f"(remove [sinks.{plugin_name[5:]}] to turn it off)"
+                if plugin_name.startswith("sink:")
+                else f"{what} is configured but blocked by plugins.disabled",
+            )
+        if acknowledging:
+            self._acknowledging.add(plugin_name)
 
     def store_sink(self) -> Sink | None:
         """The sink whose store the query API reads: ``[admin] store``, else the first SQL one.
@@ -249,13 +306,16 @@ class Bus:
 
     # -- the request path --------------------------------------------------------------
     async def process(
-        self, commands: Sequence[Command], stages: Sequence[pluggy.HookImpl] | None = None
+        self,
+        commands: Sequence[Command],
+        stages: Sequence[pluggy.HookImpl] | None = None,
+        sink: str | None = None,
     ) -> Sequence[Command]:
         """Run the pipeline hooks (dedup, enrichment, ...) in order, each isolated.
 
         A stage that raises or takes longer than ``server.dispatch_timeout`` is counted,
         logged and skipped: the batch passes on unchanged. ``stages`` defaults to every
-        ``eventrouter_process_batch`` implementation.
+        ``eventrouter_process_batch`` implementation; ``sink`` is passed on to them.
         """
         if stages is None:
             stages = self.pm.hook.eventrouter_process_batch.get_hookimpls()
@@ -263,7 +323,9 @@ class Bus:
         for impl in reversed(stages):
             name = impl.plugin_name
             try:
-                result = await _within(timeout, self._invoke(impl, {"commands": commands}))
+                result = await _within(
+                    timeout, self._invoke(impl, {"commands": commands, "sink": sink})
+                )
             except TimeoutError:
                 self.stats.setdefault(name, PluginStats()).failed(
                     f"timed out after {timeout:g}s", timed_out=True
@@ -314,6 +376,45 @@ class Bus:
         if failed:
             name, exc = failed[0]
             raise NotDurable(f"{name}: {type(exc).__name__}")
+        await self.committed(commands, None)
+
+    async def deliver(self, sink: str, commands: Sequence[Command]) -> Sequence[Command]:
+        """Worker: run the pipeline for ``sink``, write the batch to it, then report it
+        committed. Returns the commands written (dedup may have dropped some).
+
+        :raises Exception: the sink's failure (or ``TimeoutError``), for the worker to
+            retry or dead-letter.
+        """
+        if stages := self.pm.hook.eventrouter_process_batch.get_hookimpls():
+            commands = await self.process(commands, stages, sink)
+            if not commands:
+                return commands
+        plugin_name = f"sink:{sink}"
+        impl = next(
+            i
+            for i in self.pm.hook.eventrouter_write_batch.get_hookimpls()
+            if i.plugin_name == plugin_name
+        )
+        queue = self.config.queue
+        timeout = queue.write_timeout if queue is not None else self.config.server.dispatch_timeout
+        error = await self._guarded(impl, commands, timeout)
+        if error is not None:
+            raise error
+        await self.committed(commands, sink)
+        return commands
+
+    async def committed(self, commands: Sequence[Command], sink: str | None) -> None:
+        """Call every ``eventrouter_batch_committed`` implementation, each isolated."""
+        if not commands:
+            return
+        timeout = self.config.server.dispatch_timeout
+        for impl in self.pm.hook.eventrouter_batch_committed.get_hookimpls():
+            try:
+                await _within(timeout, self._invoke(impl, {"commands": commands, "sink": sink}))
+            except Exception as exc:
+                detail = "timed out" if isinstance(exc, TimeoutError) else repr(exc)
+                self.stats.setdefault(impl.plugin_name, PluginStats()).failed(detail)
+                log.error("%s: batch_committed failed: %s", impl.plugin_name, detail)
 
     # -- lifecycle and health ----------------------------------------------------------
     async def start(self) -> None:

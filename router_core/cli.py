@@ -45,6 +45,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    from router_core.worker import Worker
+
+    config = config_module.load(args.config)
+    Worker(config, sinks=args.sink or None).serve_forever()
+    return 0
+
+
+def cmd_dead_letters(args: argparse.Namespace) -> int:
+    from router_core import deadletters
+
+    config = _load(args.config)
+    if args.action == "list":
+        letters = deadletters.list_dead_letters(config, args.sink, args.limit)
+    else:
+        letters = deadletters.replay(config, args.sink, args.limit)
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(letters).decode() + "\n")
+    else:
+        for i, letter in enumerate(letters, 1):
+            more = " ..." if len(letter.message_ids) > 3 else ""
+            ids = ", ".join(letter.message_ids[:3]) + more
+            events = "?" if letter.events is None else letter.events
+            print(f"{i:>4}  {letter.dead_lettered_at or '-'}  events={events}  {letter.reason}")
+            if ids:
+                print(f"      message ids: {ids}")
+            if letter.outcome:
+                print(f"      {letter.outcome}")
+        replayed = sum(letter.outcome == "replayed" for letter in letters)
+        summary = f"{len(letters)} dead letter(s) for sink {args.sink!r}"
+        if args.action == "replay":
+            summary += f": {replayed} replayed, {len(letters) - replayed} kept"
+        print(summary)
+    if args.action == "replay" and any(letter.outcome != "replayed" for letter in letters):
+        return 1
+    return 0
+
+
 def _disabled_row(name: str) -> dict[str, Any]:
     """A plugin blocked by ``[plugins] disabled``: never imported, so only its entry point
     (if any) tells where it comes from."""
@@ -126,6 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port (default: $EVENTROUTER_PORT or 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
     serve.set_defaults(func=cmd_serve)
+
+    worker = commands.add_parser("worker", help="consume the queue and feed the sinks")
+    worker.add_argument("--config", help="TOML config file (default: $EVENTROUTER_CONFIG)")
+    worker.add_argument(
+        "--sink",
+        action="append",
+        metavar="NAME",
+        help="consume only this sink's queue (repeatable; default: every sink)",
+    )
+    worker.set_defaults(func=cmd_worker)
+
+    dead = commands.add_parser("dead-letters", help="list or replay a sink's dead letters")
+    dead.add_argument("action", choices=["list", "replay"])
+    dead.add_argument("--sink", required=True, metavar="NAME")
+    dead.add_argument("--config", help="TOML config file (default: $EVENTROUTER_CONFIG)")
+    dead.add_argument("--limit", type=int, help="at most this many messages")
+    dead.add_argument("--json", action="store_true", help="print JSON")
+    dead.set_defaults(func=cmd_dead_letters)
 
     plugins = commands.add_parser("plugins", help="list discovered plugins and their versions")
     plugins.add_argument("--config", help="TOML config file (for [plugins] disabled)")

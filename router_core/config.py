@@ -136,6 +136,54 @@ class SinkConfig(msgspec.Struct, kw_only=True):
 SHARED_SINK_KEYS = frozenset({"type", "acknowledgements", "batch", "buffer", "retry"})
 
 
+QUEUE_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss")
+
+
+class QueueConfig(_Strict):
+    """``[queue]``: the broker between the edge and the workers (absent = embedded mode)."""
+
+    #: ``amqp://user:pass@host:5672/vhost`` (RabbitMQ) or ``redis://host:6379/db``.
+    url: Annotated[str, msgspec.Meta(min_length=1)]
+    #: Prefix of every exchange and queue name (several deployments can share a broker).
+    prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")] = "eventrouter"
+    #: Publisher threads per server process, each with its own connection and channel.
+    publishers: PositiveInt = 1
+    #: Most events one AMQP message carries; a group commit larger than this is split.
+    max_events_per_message: PositiveInt = 1000
+    #: Extra time a publisher waits for more events before publishing (0: publish what
+    #: is queued now; the confirm round trip itself gathers the next group).
+    linger: Duration = Duration(0.0)
+    #: How long the edge waits for the broker's confirm before answering 503.
+    confirm_timeout: Duration = Duration(5.0)
+    #: TCP connect timeout to the broker (edge and worker).
+    connect_timeout: Duration = Duration(2.0)
+    #: Worker: unacknowledged messages the broker hands one consumer at a time.
+    prefetch: PositiveInt = 64
+    #: Worker: how long one sink write may take before it counts as failed.
+    write_timeout: Duration = Duration(60.0)
+    #: RabbitMQ queue type of the per-sink queues (``quorum`` replicates across a cluster).
+    queue_type: Literal["classic", "quorum"] = "classic"
+
+    @property
+    def transport(self) -> str:
+        """``amqp`` or ``redis``."""
+        return "redis" if self.url.split(":", 1)[0].startswith("redis") else "amqp"
+
+
+class DedupConfig(_Strict):
+    """``[dedup]``: drop a ``messageId`` already stored within ``window`` (Redis)."""
+
+    #: ``redis://host:6379/db``.
+    url: Annotated[str, msgspec.Meta(min_length=1)]
+    #: How long a stored messageId is remembered.
+    window: Duration = Duration(86400.0)
+    #: Prefix of the Redis keys.
+    prefix: Annotated[str, msgspec.Meta(min_length=1)] = "eventrouter:dedup"
+    #: Redis connect and read timeout; past it, dedup is skipped for the batch (the
+    #: stores' own idempotency still applies) rather than holding events up.
+    timeout: Duration = Duration(0.5)
+
+
 class PluginsConfig(_Strict):
     #: Plugin names (as `eventrouter plugins` lists them) not to load.
     disabled: list[str] = []
@@ -147,6 +195,8 @@ class Config(_Strict):
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     sinks: dict[SinkName, SinkConfig] = {}
+    queue: QueueConfig | None = None
+    dedup: DedupConfig | None = None
     #: The file this came from (not a TOML key).
     path: str | None = None
 
@@ -249,6 +299,16 @@ def parse(
             raise ConfigError(file, f"sources[{i}].write_key", "duplicate write_key")
     if config.admin.store is not None and config.admin.store not in sinks:
         raise ConfigError(file, "admin.store", f"no sink named {config.admin.store!r}")
+    if config.queue is not None:
+        scheme = config.queue.url.split("://", 1)[0] if "://" in config.queue.url else ""
+        if scheme not in QUEUE_SCHEMES:
+            raise ConfigError(
+                file,
+                "queue.url",
+                f"expected an amqp:// or redis:// URL, not {scheme or 'no'} scheme",
+            )
+    if config.dedup is not None and not config.dedup.url.startswith(("redis://", "rediss://")):
+        raise ConfigError(file, "dedup.url", "expected a redis:// URL")
     if token := env.get(ENV_ADMIN_TOKEN):
         config.admin.token = token
     if port := env.get(ENV_PORT):

@@ -43,15 +43,33 @@ def eventrouter_startup(bus: Bus) -> Any:
 
 
 @hookspec
-def eventrouter_process_batch(commands: Sequence[Command]) -> Sequence[Command] | None:
+def eventrouter_process_batch(
+    commands: Sequence[Command], sink: str | None
+) -> Sequence[Command] | None:
     """Pipeline stage run before any sink sees a batch (dedup, enrichment, scrubbing).
 
     :param commands: the accepted commands of one request (or one queue batch).
+    :param sink: the name of the one sink the batch is for (in ``eventrouter worker``,
+        which feeds each sink from its own queue), or ``None`` on the edge, where the
+        batch goes to every sink (embedded mode) or to the queue.
     :returns: a new sequence to replace the batch (drop or rewrite commands with
         :func:`msgspec.structs.replace`), or ``None`` to leave it unchanged.
     Implementations run one after another, each seeing the previous one's output. An
     implementation that raises, or takes longer than ``server.dispatch_timeout``, is
     skipped (counted and logged): a broken enrichment must not lose events.
+    """
+
+
+@hookspec
+def eventrouter_batch_committed(commands: Sequence[Command], sink: str | None) -> Any:
+    """Called after a batch is durable: every acknowledging sink (or the queue) holds it.
+
+    :param commands: the commands that were delivered (after the pipeline stages).
+    :param sink: as for :func:`eventrouter_process_batch`: the sink that committed them
+        in ``eventrouter worker``, or ``None`` on the edge.
+    Dedup marks message ids as seen here, never earlier, so an id whose write failed is
+    stored when it comes again. Failures are logged and counted; they never undo the
+    commit or change the response.
     """
 
 

@@ -1,0 +1,295 @@
+"""``eventrouter worker``: consume each sink's queue and deliver its batches to the sink.
+
+One consumer thread per sink, each with its own broker connection (kombu is blocking and
+not thread-safe), feeds the bus running on this process's event loop. A consumer
+gathers messages until it holds ``batch.max_events`` events or ``[queue] prefetch``
+messages, or no further message comes within ``batch.timeout`` (at least 1 ms); then it
+decodes them, hands the commands to :meth:`Bus.deliver` (pipeline stages such as dedup,
+then the sink) and acknowledges the messages only once the sink has committed them.
+
+Failures:
+
+- a message that cannot be decoded goes straight to the sink's dead-letter queue;
+- a failed write is retried with exponential backoff per the sink's ``retry`` block
+  (``attempts``, ``initial_backoff``, ``max_duration``); when the retries are spent,
+  each message of the batch is tried once on its own, and those that still fail are
+  dead-lettered with the reason in their headers, the rest acknowledged;
+- a lost broker connection drops the batch in hand unacknowledged (the broker delivers
+  it again) and the consumer reconnects with backoff.
+
+SIGTERM or SIGINT: the consumers stop taking messages, finish and acknowledge the batch
+in hand (a write still being retried is abandoned unacknowledged, for redelivery), close
+their connections, and the process exits. Several workers on one queue share its load:
+the broker hands each message to one consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from kombu import Consumer, Producer
+
+from router_core import queue as broker
+from router_core.bus import WORKER, Bus, make_plugin_manager
+from router_core.commands import Command
+from router_core.config import Config, ConfigError
+
+log = logging.getLogger("eventrouter.worker")
+
+#: Shortest wait for more messages before a batch is delivered (seconds).
+MIN_LINGER = 0.001
+#: Seconds between checks of the stop flag while the queue is idle.
+IDLE_POLL = 0.25
+#: Reconnection backoff bounds (seconds).
+RECONNECT_MIN, RECONNECT_MAX = 0.5, 5.0
+
+
+class Abandoned(Exception):
+    """The worker is stopping in the middle of retries: leave the batch unacknowledged."""
+
+
+class Worker:
+    """Consumes the queues of ``sinks`` (default: every configured sink)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        sinks: Sequence[str] | None = None,
+        plugins: Sequence[Any] = (),
+        entry_points: bool = True,
+    ) -> None:
+        if config.queue is None:
+            raise ConfigError(
+                config.path, "queue", "eventrouter worker needs a [queue] table (its broker)"
+            )
+        self.config = config
+        pm = make_plugin_manager(config, entry_points=entry_points, plugins=plugins)
+        self.bus = Bus(config, pm, role=WORKER, only=sinks)
+        self.topology = broker.Topology(config.queue, config.sinks)
+        self.stopping = threading.Event()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.consumers = [SinkConsumer(self, name) for name in self.bus.running]
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start the bus and the consumers; return after ``stop`` is set and they drained."""
+        self.loop = asyncio.get_running_loop()
+        await self.bus.start()
+        try:
+            for consumer in self.consumers:
+                consumer.start()
+            log.info(
+                "worker consuming %s from %s",
+                ", ".join(self.topology.queue(c.sink).name for c in self.consumers),
+                broker.describe(self.config.queue.url),
+            )
+            await stop.wait()
+        finally:
+            self.stopping.set()
+            for consumer in self.consumers:
+                if consumer.is_alive():
+                    await asyncio.to_thread(consumer.join)
+            await self.bus.stop()
+        for consumer in self.consumers:
+            log.info("%s", consumer.summary())
+        log.info("worker stopped")
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT (the ``eventrouter worker`` command)."""
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            await self.run(stop)
+
+        asyncio.run(main())
+
+    def deliver(self, sink: str, commands: Sequence[Command]) -> Sequence[Command]:
+        """From a consumer thread: deliver on the loop and wait for the outcome."""
+        future = asyncio.run_coroutine_threadsafe(self.bus.deliver(sink, commands), self.loop)
+        return future.result()
+
+
+class SinkConsumer(threading.Thread):
+    """Feeds one sink from its queue."""
+
+    def __init__(self, worker: Worker, sink: str) -> None:
+        super().__init__(name=f"consumer-{sink}", daemon=True)
+        self.worker = worker
+        self.sink = sink
+        self.options = worker.config.queue
+        self.sink_config = worker.config.sinks[sink]
+        self.queue = worker.topology.queue(sink)
+        self.buffer: list[Any] = []
+        self.buffered_events = 0
+        self.deadline = 0.0
+        self.dead_producer: Producer | None = None
+        self.messages = 0
+        self.written = 0
+        self.dropped = 0
+        self.retries = 0
+        self.dead_lettered = 0
+        self.last_error: str | None = None
+
+    def summary(self) -> str:
+        return (
+            f"sink {self.sink}: {self.messages} messages, {self.written} events written, "
+            f"{self.dropped} dropped as duplicates, {self.retries} retries, "
+            f"{self.dead_lettered} dead-lettered"
+        )
+
+    # -- connection loop ---------------------------------------------------------------
+    def run(self) -> None:
+        backoff = RECONNECT_MIN
+        while not self.worker.stopping.is_set():
+            try:
+                self._consume()
+                backoff = RECONNECT_MIN
+            except Abandoned:
+                return
+            except Exception as exc:
+                self.buffer.clear()  # unacknowledged: the broker delivers them again
+                self.buffered_events = 0
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "%s: broker connection lost (%s); reconnecting in %.1fs",
+                    self.sink,
+                    self.last_error,
+                    backoff,
+                )
+                self.worker.stopping.wait(backoff)
+                backoff = min(backoff * 2, RECONNECT_MAX)
+
+    def _consume(self) -> None:
+        with broker.connect(self.options) as connection:
+            connection.connect()
+            channel = connection.channel()
+            self.worker.topology.declare(channel)
+            channel.basic_qos(0, self.options.prefetch, False)
+            self.dead_producer = Producer(
+                connection.channel(), exchange=self.worker.topology.dead_exchange
+            )
+            consumer = Consumer(channel, queues=[self.queue], on_message=self._buffer)
+            with consumer:
+                log.info("%s: consuming %s", self.sink, self.queue.name)
+                while not self.worker.stopping.is_set():
+                    self._pump(connection)
+                # Stopping: no new deliveries, then finish the batch in hand.
+                consumer.cancel()
+                if self.buffer:
+                    self._flush()
+
+    def _buffer(self, message: Any) -> None:
+        if not self.buffer:
+            self.deadline = time.monotonic() + max(self.sink_config.batch.timeout, MIN_LINGER)
+        self.buffer.append(message)
+        count = (message.headers or {}).get(broker.EVENTS_HEADER)
+        self.buffered_events += count if isinstance(count, int) else 1
+
+    def _pump(self, connection: Any) -> None:
+        """Wait for one delivery (or the batch deadline) and deliver a full batch."""
+        timeout = max(self.deadline - time.monotonic(), 0.0005) if self.buffer else IDLE_POLL
+        try:
+            connection.drain_events(timeout=timeout)
+        except TimeoutError:  # socket.timeout is TimeoutError
+            if self.buffer:
+                self._flush()
+            return
+        if self.buffer and (
+            self.buffered_events >= self.sink_config.batch.max_events
+            or len(self.buffer) >= self.options.prefetch
+            or time.monotonic() >= self.deadline
+        ):
+            self._flush()
+
+    # -- delivering a batch ------------------------------------------------------------
+    def _flush(self) -> None:
+        messages, self.buffer = self.buffer, []
+        self.buffered_events = 0
+        self.messages += len(messages)
+        decoded: list[tuple[Any, list[Command]]] = []
+        for message in messages:
+            try:
+                decoded.append((message, broker.decode(message.body, message.headers)))
+            except broker.UndecodableMessage as exc:
+                self._dead_letter(message, f"undecodable: {exc}", attempts=0)
+        if not decoded:
+            return
+        commands = [command for _, batch in decoded for command in batch]
+        error, attempts = self._deliver(commands, retry=True)
+        if error is None:
+            for message, _ in decoded:
+                message.ack()
+            return
+        if len(decoded) == 1:
+            self._dead_letter(decoded[0][0], _describe(error), attempts)
+            return
+        # Retries spent: find the messages that fail on their own; keep the rest.
+        for message, batch in decoded:
+            single_error, _ = self._deliver(batch, retry=False)
+            if single_error is None:
+                message.ack()
+            else:
+                self._dead_letter(message, _describe(single_error), attempts + 1)
+
+    def _deliver(self, commands: list[Command], *, retry: bool) -> tuple[BaseException | None, int]:
+        """Deliver with the sink's retry policy: ``(error or None, attempts made)``."""
+        policy = self.sink_config.retry
+        attempts_allowed = policy.attempts if retry else 1
+        give_up = time.monotonic() + policy.max_duration
+        backoff = policy.initial_backoff
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                written = self.worker.deliver(self.sink, commands)
+            except Exception as exc:
+                error = exc
+                self.last_error = _describe(exc)
+            else:
+                self.written += len(written)
+                self.dropped += len(commands) - len(written)
+                return None, attempt
+            if attempt >= attempts_allowed or time.monotonic() + backoff > give_up:
+                return error, attempt
+            self.retries += 1
+            log.warning(
+                "%s: write of %d events failed (%s); retry %d in %.2fs",
+                self.sink,
+                len(commands),
+                self.last_error,
+                attempt,
+                backoff,
+            )
+            if self.worker.stopping.wait(backoff):
+                raise Abandoned
+            backoff *= 2
+
+    def _dead_letter(self, message: Any, reason: str, attempts: int) -> None:
+        """Move ``message`` to the sink's dead-letter queue with ``reason``, then ack it."""
+        self.dead_producer.publish(
+            message.body,
+            routing_key=self.sink,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            delivery_mode=2,
+            headers=broker.dead_letter_headers(message.headers, self.sink, reason, attempts),
+            timeout=self.options.confirm_timeout,
+        )
+        message.ack()
+        self.dead_lettered += 1
+        log.error("%s: message dead-lettered after %d attempts: %s", self.sink, attempts, reason)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, TimeoutError):
+        return "sink write timed out"
+    return f"{type(error).__name__}: {error}"
