@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 from datetime import datetime
+from typing import Any
 
 import falcon
 import falcon.asgi
 import msgspec
+import sqlalchemy.exc
 
 from router_core.errors import APIError
 from router_core.store import DEFAULT_LIMIT, EventFilter, EventStore, InvalidQuery
@@ -32,6 +35,7 @@ _PARAMS = frozenset(
     }
 )
 _encoder = msgspec.json.Encoder()
+log = logging.getLogger("eventrouter.api")
 
 
 class AdminAuth:
@@ -112,12 +116,26 @@ class EventsResource:
             raise APIError(503, "no_store", "no SQL sink is configured to query")
         return self.store
 
+    async def _read(self, method: Any, *args: Any) -> Any:
+        """Run a store read in a thread; a store that cannot be read (down, or its
+        schema not created yet by a worker or ``eventrouter migrate``) answers 503."""
+        try:
+            return await asyncio.to_thread(method, *args)
+        except sqlalchemy.exc.DBAPIError as exc:
+            log.error("store read failed: %s", exc)
+            raise APIError(
+                503,
+                "store_unavailable",
+                f"the store cannot be read ({type(exc.orig).__name__}); retry later",
+                headers={"Retry-After": "5"},
+            ) from None
+
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         self.auth.check(req)
         store = self._store()
         where, limit, cursor = parse_filter(req)
         try:
-            page = await asyncio.to_thread(store.query, where, limit, cursor)
+            page = await self._read(store.query, where, limit, cursor)
         except InvalidQuery as exc:
             raise APIError(400, "invalid_param", str(exc)) from None
         resp.content_type = falcon.MEDIA_JSON
@@ -127,7 +145,7 @@ class EventsResource:
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, message_id: str
     ) -> None:
         self.auth.check(req)
-        event = await asyncio.to_thread(self._store().get, message_id)
+        event = await self._read(self._store().get, message_id)
         if event is None:
             raise APIError(404, "not_found", f"message_id: no event {message_id!r}")
         resp.content_type = falcon.MEDIA_JSON

@@ -7,6 +7,7 @@ Tests build an app from a test config instead of patching anything.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import re
@@ -39,6 +40,9 @@ class Lifespan:
 
     async def process_startup(self, scope: dict, event: dict) -> None:
         await self.bus.start()
+        if self.bus.queued and self.store is not None:
+            # The sinks run in workers; the dashboard may be read before one has started.
+            await asyncio.to_thread(self.store.ensure_schema)
         # Everything allocated so far (modules, app, plugins) lives as long as the process:
         # keep it out of the cyclic GC's full collections, which otherwise walk it all and
         # hold the GIL for tens of milliseconds at a time under load.

@@ -148,6 +148,16 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     print(f"{args.file}: OK")
     print(f"  sources: {sources}")
     print(f"  sinks:   {sinks}")
+    if config.queue is not None:
+        from router_core.queue import describe
+
+        print(f"  queue:   {describe(config.queue.url)} (sinks run in `eventrouter worker`)")
+    else:
+        print("  queue:   none (embedded: sinks run in the server)")
+    if config.dedup is not None:
+        from router_core.queue import describe
+
+        print(f"  dedup:   {describe(config.dedup.url)}, window {config.dedup.window:g}s")
     return 0
 
 

@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+import sqlalchemy.exc
 from sqlalchemy import Engine, and_, or_, select
 
 from router_core.db import make_engine
-from router_core.schema import events
+from router_core.schema import events, metadata
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
@@ -99,6 +100,17 @@ class EventStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def ensure_schema(self) -> None:
+        """Create the ``events`` table if it is missing (SQLite only: a queued edge may
+        serve queries before any worker created it; server stores are migrated)."""
+        if self.engine.dialect.name != "sqlite":
+            return
+        try:
+            metadata.create_all(self.engine, tables=[events])
+        except sqlalchemy.exc.OperationalError as exc:  # a worker created it meanwhile
+            if "already exists" not in str(exc):
+                raise
 
     def query(
         self, where: EventFilter, limit: int = DEFAULT_LIMIT, cursor: str | None = None

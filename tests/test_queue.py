@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
-from tests.helpers import LiveServer, eventually
-from tests.queue_support import WorkerThread, queue_env, unique  # noqa: F401 - fixture
+import sqlite3
+import subprocess
+
+import pytest
+
+from router_core.bus import Bus, make_plugin_manager
+from router_core.config import ConfigError
+from tests.helpers import VENV_BIN, LiveServer, eventually, make_config
+from tests.ingest_support import AUTH
+from tests.queue_support import (  # noqa: F401 - fixtures
+    AMQP_URL,
+    WorkerThread,
+    amqp_env,
+    queue_env,
+    unique,
+)
 
 # ruff: noqa: F811 - pytest fixtures are parameters
 
@@ -28,3 +42,53 @@ def test_accepted_events_reach_the_store_through_the_worker(queue_env):
         assert {e["message_id"] for e in stored} == set(ids)
     finally:
         server.stop()
+
+
+def test_a_queued_edge_answers_queries_before_any_worker_ran(queue_env):
+    """The sinks run in workers; the query API still reads the store (empty so far)."""
+    server = LiveServer(queue_env.config()).start()
+    try:
+        assert server.post("/v1/track", {"userId": "u1", "event": "x"}).status_code == 200
+        assert server.events() == []
+    finally:
+        server.stop()
+
+
+def test_a_store_that_cannot_be_read_answers_503_not_500(amqp_env):
+    server = LiveServer(amqp_env.config()).start()
+    try:
+        with sqlite3.connect(amqp_env.db_path) as connection:
+            connection.execute("DROP TABLE events")
+        response = server.client.get("/api/v1/events", headers=AUTH)
+        assert response.status_code == 503
+        assert response.json()["code"] == "store_unavailable"
+        assert response.headers["Retry-After"]
+        response = server.client.get("/api/v1/events/some-id", headers=AUTH)
+        assert response.status_code == 503
+    finally:
+        server.stop()
+
+
+def test_the_queue_is_not_a_sink_type(tmp_path):
+    raw = {
+        "queue": {"url": AMQP_URL},
+        "sinks": {"q": {"type": "queue", "url": AMQP_URL}},
+    }
+    with pytest.raises(ConfigError, match=r"sinks\.q\.type: the queue is configured in the"):
+        Bus(make_config(tmp_path, raw), make_plugin_manager(make_config(tmp_path, raw)))
+
+
+def test_config_check_shows_the_queue_without_its_password(queue_env):
+    path = queue_env.write_config(queue_env.raw(dedup=True))
+    result = subprocess.run(
+        [str(VENV_BIN / "eventrouter"), "config", "check", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "queue:" in result.stdout and "eventrouter worker" in result.stdout
+    assert "dedup:   redis://127.0.0.1:6379/6, window 86400s" in result.stdout
+    if queue_env.transport == "amqp":
+        assert "amqp://guest:***@127.0.0.1:5672//" in result.stdout
+        assert "guest:guest" not in result.stdout
