@@ -55,3 +55,8 @@ OPTIONAL_INDEXES: dict[str, Index] = {
     "type": Index("ix_events_type", events.c.type, events.c.timestamp),
     "source": Index("ix_events_source", events.c.source, events.c.timestamp),
 }
+# Building an Index from the table's columns attaches it to the table, and create_all
+# would then create every one of them on a fresh database (only for the store to drop
+# the unwanted ones at once). Detached, each is created when a store asks for it.
+for _index in OPTIONAL_INDEXES.values():
+    events.indexes.discard(_index)
