@@ -1,12 +1,16 @@
 """Ingestion benchmark: eventrouter's embedded server against a bare Falcon endpoint.
 
-Starts each server on 127.0.0.1 in turn, both on gunicorn with the same uvicorn worker
+Starts each server on 127.0.0.1 in turn, all on gunicorn with the same uvicorn worker
 class (``router_core.server.UvloopWorker``) and worker count, drives them with wrk, counts
 the rows eventrouter actually stored in SQLite, and prints a markdown report (also written
-to ``bench/results/latest.md``). See bench/README.md for what the numbers mean.
+to ``bench/results/latest.md``). With ``--queue`` it also measures queue mode (the edge
+publishing to RabbitMQ with confirms: the events the broker holds are counted) and how
+fast ``eventrouter worker`` drains that queue into SQLite. See bench/README.md for what
+the numbers mean.
 
     .venv/bin/python bench/ingest.py [--duration S] [--connections N] [--workers N]
-                                     [--warmup S] [--only single|batch]
+                                     [--warmup S] [--only single|batch] [--no-fsync]
+                                     [--queue] [--targets T,...] [--broker URL]
 """
 
 from __future__ import annotations
@@ -29,12 +33,15 @@ import time
 import urllib.request
 from collections.abc import Sequence
 from contextlib import closing, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+import queue_mode
+from queue_mode import BenchQueue, Drain, Held
 
 from router_core.server import WORKER_CLASS
 
@@ -42,6 +49,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 RESULTS_DIR = BENCH_DIR / "results"
 POST_SCRIPT = BENCH_DIR / "post.lua"
+WORKER_LOG = RESULTS_DIR / "eventrouter-queue-worker.log"
 #: The venv's bin directory (not resolved: the interpreter is a symlink out of the venv).
 VENV_BIN = Path(sys.executable).parent
 
@@ -55,8 +63,22 @@ STOP_TIMEOUT = 40.0  # gunicorn's graceful_timeout is 30 s
 SINGLE_RATIO_TARGET = 0.45
 SINGLE_P99_TARGET_MS = 20.0
 BATCH_EVENTS_TARGET = 50_000
+#: The targets for queue mode (issue 3): single events/s durably enqueued against the bare
+#: endpoint's req/s, batched events/s, and the worker's drain against single ingest.
+QUEUE_SINGLE_RATIO_TARGET = 0.60
+QUEUE_SINGLE_P99_TARGET_MS = 20.0
+QUEUE_BATCH_EVENTS_TARGET = 100_000
 
-_LOG_PROBLEM = re.compile(r"\[(ERROR|CRITICAL)\]|Traceback|WORKER TIMEOUT|Exception in ASGI")
+TARGETS = ("bare", "eventrouter", "eventrouter-fsync", "eventrouter-queue")
+DEFAULT_TARGETS = ("bare", "eventrouter", "eventrouter-fsync")
+DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672//"
+
+#: gunicorn's "[ERROR]" and eventrouter's own "ERROR eventrouter.x:" log lines, tracebacks.
+_LOG_PROBLEM = re.compile(
+    r"\[(ERROR|CRITICAL)\]| (ERROR|CRITICAL) [\w.]+: |Traceback|WORKER TIMEOUT|Exception in ASGI"
+)
+#: The worker's retries and reconnections: each one slows the drain being timed.
+_WORKER_WARNING = re.compile(r" WARNING eventrouter\.worker: ")
 
 
 def log(message: str) -> None:
@@ -149,6 +171,16 @@ def gunicorn_supports(flag: str) -> bool:
     return flag in result.stdout
 
 
+@dataclass(frozen=True)
+class QueueTarget:
+    """Queue mode: the run's topology on the broker, the config file that the edge and
+    the worker both read, and the SQLite store that only the worker writes."""
+
+    broker: BenchQueue
+    config: Path
+    store: Path
+
+
 class Server:
     """A server process in its own session, so that it and its gunicorn workers form one
     process group that is stopped, and measured, as a whole and never touches others."""
@@ -164,6 +196,7 @@ class Server:
         ready: urllib.request.Request,
         log_path: Path,
         db_path: Path | None = None,
+        queue: QueueTarget | None = None,
     ) -> None:
         self.name = name
         self.argv = argv
@@ -174,6 +207,8 @@ class Server:
         self.log_path = log_path
         #: The SQLite store whose rows are counted; None for a target that stores nothing.
         self.db_path = db_path
+        #: Queue mode: the broker holds what the edge acknowledged; None otherwise.
+        self.queue = queue
         self._process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
@@ -261,9 +296,15 @@ class Server:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def log_problems(self) -> list[str]:
-        """Lines of the server's log that report errors, worker timeouts or tracebacks."""
-        text = self.log_path.read_text(errors="replace")
-        return [line for line in text.splitlines() if _LOG_PROBLEM.search(line)]
+        return log_problems(self.log_path)
+
+
+def log_problems(path: Path, *also: re.Pattern[str]) -> list[str]:
+    """Lines of a log that report errors, worker timeouts or tracebacks (or match one of
+    the ``also`` patterns)."""
+    patterns = (_LOG_PROBLEM, *also)
+    text = path.read_text(errors="replace")
+    return [line for line in text.splitlines() if any(p.search(line) for p in patterns)]
 
 
 def eventrouter_server(workdir: Path, workers: int, *, fsync: bool = False) -> Server:
@@ -299,6 +340,39 @@ def eventrouter_server(workdir: Path, workers: int, *, fsync: bool = False) -> S
         ready=urllib.request.Request(f"http://{HOST}:{port}/health"),
         log_path=RESULTS_DIR / f"{name}.log",
         db_path=data_dir / "events.db",
+    )
+
+
+def eventrouter_queue_server(workdir: Path, workers: int, broker_url: str) -> Server:
+    """``eventrouter serve --config F`` in queue mode, named ``eventrouter-queue``: every
+    accepted event is published to RabbitMQ (``200`` after the broker's confirm) under a
+    prefix unique to this run; ``eventrouter worker --config F`` later drains it into
+    SQLite (:func:`queue_mode.drain`)."""
+    port = free_port()
+    name = "eventrouter-queue"
+    data_dir = workdir / f"{name}-data"
+    data_dir.mkdir()
+    prefix = f"bench-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
+    config = workdir / "queue.toml"
+    store = data_dir / "events.db"
+    queue_mode.write_config(config, url=broker_url, prefix=prefix, db_path=store)
+    env = dict(os.environ)
+    env.pop("EVENTROUTER_CONFIG", None)
+    env.pop("EVENTROUTER_PORT", None)
+    env["EVENTROUTER_DATA_DIR"] = str(data_dir)
+    env["EVENTROUTER_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
+    argv = [str(VENV_BIN / "eventrouter"), "serve", "--config", str(config)]
+    argv += ["--host", HOST, "--port", str(port), "--workers", str(workers)]
+    return Server(
+        name,
+        argv,
+        port=port,
+        cwd=workdir,
+        env=env,
+        # 200 once the broker is reachable: /health declares the topology (idempotent).
+        ready=urllib.request.Request(f"http://{HOST}:{port}/health"),
+        log_path=RESULTS_DIR / f"{name}.log",
+        queue=QueueTarget(BenchQueue(broker_url, prefix), config, store),
     )
 
 
@@ -385,9 +459,15 @@ def idle_cpu_seconds() -> float:
     return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_snapshot(server: Server) -> tuple[dict[int, float], float, float]:
-    """CPU seconds so far: per server process, of finished wrk runs, idle machine-wide."""
-    return server.cpu_by_process(), children_cpu_seconds(), idle_cpu_seconds()
+def cpu_snapshot(server: Server) -> tuple[dict[int, float], float, dict[int, float], float]:
+    """CPU seconds so far: per server process, of finished wrk runs, per process of the
+    RabbitMQ node (empty if it does not run here), idle machine-wide."""
+    return (
+        server.cpu_by_process(),
+        children_cpu_seconds(),
+        queue_mode.broker_cpu_seconds(),
+        idle_cpu_seconds(),
+    )
 
 
 def count_rows(db_path: Path) -> int:
@@ -409,17 +489,33 @@ def settled_rows(db_path: Path, timeout: float = 10.0) -> int:
 
 
 @dataclass(frozen=True)
+class QueueCheck:
+    """Queue mode: what the broker holds after one measured run (the warm-up's messages
+    were purged before it)."""
+
+    held: Held
+    dead_lettered: int  # messages in the sink's dead-letter queue
+    #: Mean publish + confirm time of whichever edge worker answered /health, since its
+    #: start (warm-ups included); None if /health did not answer.
+    publish_ms_mean: float | None
+
+
+@dataclass(frozen=True)
 class Measurement:
     """One scenario against one target."""
 
     scenario: Scenario
     target: str
     wrk: WrkResult
-    stored: int | None  # rows added to the store during the run; None for the bare app
+    #: Events made durable during the run: rows added to the SQLite store (embedded), or
+    #: events the broker holds (queue mode); None for the bare app.
+    stored: int | None
     server_cpu: float  # CPU seconds of the server's processes during the run
     wrk_cpu: float
+    broker_cpu: float | None  # CPU seconds of the RabbitMQ node (whoever used it)
     idle_cpu: float  # CPU seconds nobody used (idle + I/O wait) during the run
     restarted_workers: int  # server processes that went away during the run
+    queue: QueueCheck | None = None
 
     @property
     def requests_per_s(self) -> float:
@@ -433,6 +529,37 @@ class Measurement:
     def acknowledged_events(self) -> int:
         return (self.wrk.requests - self.wrk.status) * self.scenario.events_per_request
 
+    @property
+    def durable_per_s(self) -> float | None:
+        """Events/s both acknowledged and found durable (stored or held by the broker)."""
+        if self.stored is None:
+            return None
+        return min(self.stored, self.acknowledged_events) / self.wrk.seconds
+
+
+def broker_stats(server: Server) -> dict[str, Any]:
+    """The ``broker`` component's stats from the edge's ``GET /health`` ({} if it fails)."""
+    try:
+        with urllib.request.urlopen(server.base_url + "/health", timeout=10) as response:
+            return json.load(response)["components"]["broker"]["stats"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def queue_check(server: Server) -> QueueCheck:
+    """Wait for publishes in flight to be confirmed, then count what the broker holds."""
+    assert server.queue is not None
+    broker = server.queue.broker
+    broker.settled_depth()
+    started = time.monotonic()
+    held = broker.held()
+    log(f"{server.name}: read {held.messages:,} messages in {time.monotonic() - started:.1f} s")
+    return QueueCheck(
+        held=held,
+        dead_lettered=broker.depth(broker.dead_queue),
+        publish_ms_mean=broker_stats(server).get("publish_ms_mean"),
+    )
+
 
 def measure(
     server: Server,
@@ -445,11 +572,24 @@ def measure(
     log(f"{server.name} {scenario.name}: warm-up {args.warmup:g} s")
     run_wrk(url, body_file, args.warmup, args.connections)
     before = settled_rows(server.db_path) if server.db_path else None
+    if server.queue is not None:
+        server.queue.broker.settled_depth()
+        purged = server.queue.broker.purge()
+        log(f"{server.name} {scenario.name}: purged the warm-up's {purged:,} messages")
     log(f"{server.name} {scenario.name}: {args.duration:g} s at {args.connections} connections")
-    cpu_before, wrk_cpu_before, idle_before = cpu_snapshot(server)
+    cpu_before, wrk_cpu_before, broker_before, idle_before = cpu_snapshot(server)
     result, output = run_wrk(url, body_file, args.duration, args.connections)
-    cpu_after, wrk_cpu_after, idle_after = cpu_snapshot(server)
+    cpu_after, wrk_cpu_after, broker_after, idle_after = cpu_snapshot(server)
     after = settled_rows(server.db_path) if server.db_path else None
+    check = queue_check(server) if server.queue is not None else None
+    if check is not None:
+        log(
+            f"{server.name} {scenario.name}: the broker holds {check.held.events:,} events "
+            f"in {check.held.messages:,} messages"
+        )
+        stored: int | None = check.held.events
+    else:
+        stored = None if before is None or after is None else after - before
     server_cpu = sum(cpu_after.values()) - sum(
         cpu for pid, cpu in cpu_before.items() if pid in cpu_after
     )
@@ -457,11 +597,13 @@ def measure(
         scenario=scenario,
         target=server.name,
         wrk=result,
-        stored=None if before is None or after is None else after - before,
+        stored=stored,
         server_cpu=server_cpu,
         wrk_cpu=wrk_cpu_after - wrk_cpu_before,
+        broker_cpu=queue_mode.cpu_used(broker_before, broker_after),
         idle_cpu=idle_after - idle_before,
         restarted_workers=len(cpu_before.keys() - cpu_after.keys()),
+        queue=check,
     )
     return measurement, output
 
@@ -475,24 +617,71 @@ class TargetRun:
     log_problems: list[str]
     store_rows: int | None = None
     store_bytes: int | None = None  # database + WAL + shared-memory files
+    drain: Drain | None = None  # queue mode, after the single scenario
+    worker_log_problems: list[str] = field(default_factory=list)
+
+
+def drain_queue(server: Server, single: Measurement) -> Drain:
+    """Queue mode: ``eventrouter worker`` empties what the single run left in the queue
+    into SQLite, timed by polling the store's row count."""
+    assert server.queue is not None and single.queue is not None
+    result = queue_mode.drain(
+        [str(VENV_BIN / "eventrouter"), "worker", "--config", str(server.queue.config)],
+        cwd=server.cwd,
+        env=server.env,
+        log_path=WORKER_LOG,
+        db_path=server.queue.store,
+        queue=server.queue.broker,
+        events=single.queue.held.events,
+        progress=log,
+    )
+    log(
+        f"worker drained {result.rows:,} of {result.events:,} events in {result.done_s:.1f} s "
+        f"({result.steady_per_s:,.0f} events/s after its first rows)"
+    )
+    return result
 
 
 def run_target(
     server: Server, scenarios: Sequence[Scenario], bodies: dict[str, Path], args: argparse.Namespace
 ) -> TargetRun:
-    """Runs every scenario against one server, saving wrk's output per scenario."""
+    """Runs every scenario against one server, saving wrk's output per scenario. In queue
+    mode the worker drains the single run's events, the queue is purged after each
+    scenario, and the run's queues and exchanges are deleted once the edge has stopped
+    (its /health would declare them again)."""
     measurements = []
-    with server:
-        for scenario in scenarios:
-            measurement, output = measure(server, scenario, bodies[scenario.name], args)
-            (RESULTS_DIR / f"wrk-{server.name}-{scenario.name}.txt").write_text(output)
-            measurements.append(measurement)
-        if server.db_path is None:
-            return TargetRun(server.name, measurements, server.log_problems())
-        rows = count_rows(server.db_path)
-        files = server.db_path.parent.glob(f"{server.db_path.name}*")
-        size = sum(path.stat().st_size for path in files if not path.name.endswith(".lock"))
-    return TargetRun(server.name, measurements, server.log_problems(), rows, size)
+    drain = None
+    try:
+        with server:
+            for scenario in scenarios:
+                measurement, output = measure(server, scenario, bodies[scenario.name], args)
+                (RESULTS_DIR / f"wrk-{server.name}-{scenario.name}.txt").write_text(output)
+                measurements.append(measurement)
+                if server.queue is not None:
+                    if scenario.name == "single":
+                        drain = drain_queue(server, measurement)
+                    server.queue.broker.purge()
+            if server.db_path is None:
+                return TargetRun(
+                    server.name,
+                    measurements,
+                    server.log_problems(),
+                    drain=drain,
+                    worker_log_problems=log_problems(WORKER_LOG, _WORKER_WARNING) if drain else [],
+                )
+            rows = count_rows(server.db_path)
+            files = server.db_path.parent.glob(f"{server.db_path.name}*")
+            size = sum(path.stat().st_size for path in files if not path.name.endswith(".lock"))
+        return TargetRun(server.name, measurements, server.log_problems(), rows, size)
+    finally:
+        if server.queue is not None:
+            prefix = server.queue.broker.prefix
+            try:
+                server.queue.broker.delete()
+            except Exception as exc:  # do not hide the error that brought us here
+                log(f"could not delete the queues and exchanges {prefix}.*: {exc}")
+            else:
+                log(f"deleted the queues and exchanges {prefix}.*")
 
 
 # -- report --------------------------------------------------------------------------------
@@ -505,19 +694,24 @@ def _ms(microseconds: int) -> str:
 
 
 def _met(ok: bool) -> str:
-    return "met" if ok else "MISSED"
+    return "met" if ok else "NOT met"
+
+
+def _percent_of_run(seconds: float | None, m: Measurement) -> str:
+    return "—" if seconds is None else f"{seconds / m.wrk.seconds:.0%}"
 
 
 def table(measurements: Sequence[Measurement]) -> list[str]:
     rows = [
-        "| scenario | target | req/s | events/s stored | p50 ms | p99 ms | max ms | non-2xx "
-        "| socket errors | CPU server / wrk / idle |",
+        "| scenario | target | req/s | events/s durable | p50 ms | p99 ms | max ms | non-2xx "
+        "| socket errors | CPU server / broker / wrk / idle |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for m in measurements:
         stored = "—" if m.stored_per_s is None else _number(m.stored_per_s)
         cpu = " / ".join(
-            f"{seconds / m.wrk.seconds:.0%}" for seconds in (m.server_cpu, m.wrk_cpu, m.idle_cpu)
+            _percent_of_run(seconds, m)
+            for seconds in (m.server_cpu, m.broker_cpu, m.wrk_cpu, m.idle_cpu)
         )
         rows.append(
             f"| {m.scenario.name} | {m.target} | {_number(m.requests_per_s)} | {stored} "
@@ -565,10 +759,122 @@ def verdicts(measurements: Sequence[Measurement]) -> list[str]:
     return lines
 
 
+def queue_tables(runs: Sequence[TargetRun]) -> list[str]:
+    """Queue mode: what the broker held after each run, and the worker's drain."""
+    lines: list[str] = []
+    for run in runs:
+        checked = [m for m in run.measurements if m.queue is not None]
+        if not checked:
+            continue
+        lines += [
+            "",
+            f"{run.target}: what RabbitMQ held after each measured run "
+            "(the warm-up's messages purged before it):",
+            "",
+            "| scenario | events acknowledged | events held | messages | events/message "
+            "| bytes/event | dead-lettered | broker CPU µs/event | publish+confirm ms |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for m in checked:
+            assert m.queue is not None
+            held = m.queue.held
+            per_event = (
+                "—"
+                if m.broker_cpu is None or not held.events
+                else f"{m.broker_cpu / held.events * 1e6:.1f}"
+            )
+            publish = "—" if m.queue.publish_ms_mean is None else f"{m.queue.publish_ms_mean:.2f}"
+            lines.append(
+                f"| {m.scenario.name} | {m.acknowledged_events:,} | {held.events:,} "
+                f"| {held.messages:,} | {held.events / max(held.messages, 1):,.1f} "
+                f"| {held.body_bytes / max(held.events, 1):,.0f} | {m.queue.dead_lettered:,} "
+                f"| {per_event} | {publish} |"
+            )
+        drain = run.drain
+        if drain is None:
+            continue
+        broker = "—" if drain.broker_cpu is None else f"{drain.broker_cpu / drain.done_s:.0%}"
+        lines += [
+            "",
+            "Worker drain: `eventrouter worker` (one process) from the single run's queue "
+            "into SQLite:",
+            "",
+            "| events queued | rows stored | first rows after s | done after s "
+            "| events/s (first rows → done) | events/s (incl. start-up) | CPU worker / broker |",
+            "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+            f"| {drain.events:,} | {drain.rows:,} | {drain.first_row_s:.2f} | {drain.done_s:.2f} "
+            f"| {_number(drain.steady_per_s)} | {_number(drain.overall_per_s)} "
+            f"| {drain.worker_cpu / drain.done_s:.0%} / {broker} |",
+        ]
+        if drain.summary:
+            lines.append(f"- the worker's own count: {drain.summary}")
+    return lines
+
+
+def queue_verdicts(runs: Sequence[TargetRun], connections: int) -> list[str]:
+    """The issue's targets for queue mode, each met or NOT met, from this run alone."""
+    by_key = {(m.scenario.name, m.target): m for run in runs for m in run.measurements}
+    queue_runs = [run for run in runs if run.target == "eventrouter-queue"]
+    if not queue_runs:
+        return []
+    bare = by_key.get(("single", "bare"))
+    single = by_key.get(("single", "eventrouter-queue"))
+    batch = by_key.get(("batch", "eventrouter-queue"))
+    lines = []
+    for m in (single, batch):
+        if m is not None and m.stored is not None:
+            lines.append(
+                f"- queue {m.scenario.name}: the broker holds every acknowledged event "
+                f"({m.stored:,} held, {m.acknowledged_events:,} acknowledged): "
+                f"{_met(m.stored >= m.acknowledged_events)}"
+            )
+    single_rate = single.durable_per_s if single is not None else None
+    if single is not None and single_rate is not None:
+        if bare is None:
+            lines.append(
+                f"- queue single: {_number(single_rate)} events/s durably enqueued; "
+                "ratio to bare not evaluated (bare not in this run)"
+            )
+        else:
+            ratio = single_rate / bare.requests_per_s
+            lines.append(
+                f"- queue single: {_number(single_rate)} events/s durably enqueued = "
+                f"{ratio:.0%} of bare's {_number(bare.requests_per_s)} req/s "
+                f"(target >= {QUEUE_SINGLE_RATIO_TARGET:.0%}: "
+                f"{_met(ratio >= QUEUE_SINGLE_RATIO_TARGET)})"
+            )
+        p99_ms = single.wrk.p99_us / 1000
+        lines.append(
+            f"- queue single: p99 = {p99_ms:.1f} ms at {connections} connections "
+            f"(target <= {QUEUE_SINGLE_P99_TARGET_MS:g} ms at 64: "
+            f"{_met(p99_ms <= QUEUE_SINGLE_P99_TARGET_MS and connections == 64)})"
+        )
+    batch_rate = batch.durable_per_s if batch is not None else None
+    if batch_rate is not None:
+        lines.append(
+            f"- queue batch of {BATCH_SIZE}: {_number(batch_rate)} events/s durably enqueued "
+            f"(target >= {_number(QUEUE_BATCH_EVENTS_TARGET)}: "
+            f"{_met(batch_rate >= QUEUE_BATCH_EVENTS_TARGET)})"
+        )
+    drain = queue_runs[0].drain
+    if drain is not None and single_rate is not None:
+        ok = drain.complete and drain.steady_per_s >= single_rate
+        incomplete = "" if drain.complete else f", INCOMPLETE: {drain.rows:,}/{drain.events:,}"
+        lines.append(
+            f"- worker drain: {_number(drain.steady_per_s)} events/s into SQLite vs single "
+            f"ingest {_number(single_rate)} events/s{incomplete} "
+            f"(target drain >= ingest: {_met(ok)})"
+        )
+    else:
+        lines.append("- worker drain: not measured (it follows the single scenario)")
+    return lines
+
+
 def store_line(runs: Sequence[TargetRun]) -> list[str]:
     """Size of eventrouter's store at the end, warm-ups included."""
     return [
-        f"- store at the end: {run.store_rows:,} rows, {run.store_bytes / 1e6:,.0f} MB on disk "
+        f"- {run.target} store at the end: {run.store_rows:,} rows, "
+        f"{run.store_bytes / 1e6:,.0f} MB on disk "
         f"({run.store_bytes / max(run.store_rows, 1):,.0f} bytes per row)"
         for run in runs
         if run.store_rows is not None and run.store_bytes is not None
@@ -589,10 +895,13 @@ def anomalies(runs: Sequence[TargetRun]) -> list[str]:
                 f"write {w.write}, timeout {w.timeout}"
             )
         if m.stored is not None and m.stored < m.acknowledged_events:
+            where = "events held by the broker" if m.queue is not None else "rows stored"
             notes.append(
                 f"- {label}: {m.acknowledged_events:,} events acknowledged but only "
-                f"{m.stored:,} rows stored"
+                f"{m.stored:,} {where}"
             )
+        if m.queue is not None and m.queue.dead_lettered:
+            notes.append(f"- {label}: {m.queue.dead_lettered:,} dead-lettered messages")
         if m.restarted_workers:
             notes.append(f"- {label}: {m.restarted_workers} server process(es) exited mid-run")
     for run in runs:
@@ -601,6 +910,29 @@ def anomalies(runs: Sequence[TargetRun]) -> list[str]:
                 f"- {run.target} log: {len(run.log_problems)} error line(s) in "
                 f"bench/results/{run.target}.log, first: `{run.log_problems[0].strip()[:160]}`"
             )
+        if run.worker_log_problems:
+            notes.append(
+                f"- worker log: {len(run.worker_log_problems)} error or retry line(s) in "
+                f"bench/results/{WORKER_LOG.name}, "
+                f"first: `{run.worker_log_problems[0].strip()[:160]}`"
+            )
+        drain = run.drain
+        if drain is not None:
+            if not drain.complete:
+                notes.append(
+                    f"- worker drain: only {drain.rows:,} of {drain.events:,} events stored "
+                    f"after {drain.done_s:.0f} s"
+                )
+            elif drain.rows > drain.events:
+                notes.append(
+                    f"- worker drain: {drain.rows:,} rows stored for {drain.events:,} events "
+                    "queued (duplicates?)"
+                )
+            if drain.left_in_queue or drain.dead_lettered:
+                notes.append(
+                    f"- worker drain: {drain.left_in_queue:,} messages left in the queue, "
+                    f"{drain.dead_lettered:,} dead-lettered"
+                )
     return notes
 
 
@@ -611,7 +943,18 @@ def _version(distribution: str) -> str:
         return "?"
 
 
-def machine_info() -> list[str]:
+def rabbitmq_version() -> str:
+    """The local RabbitMQ node's version, from ``rabbitmqctl`` ("?" if it cannot say)."""
+    try:
+        done = subprocess.run(
+            ["rabbitmqctl", "version"], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return done.stdout.strip() or "?"
+
+
+def machine_info(args: argparse.Namespace) -> list[str]:
     cpu_model = next(
         (
             line.split(":", 1)[1].strip()
@@ -631,6 +974,9 @@ def machine_info() -> list[str]:
         f"{name} {_version(name)}"
         for name in ("gunicorn", "uvicorn", "uvloop", "httptools", "falcon", "SQLAlchemy")
     )
+    if "eventrouter-queue" in args.targets:
+        packages += f", kombu {_version('kombu')}, amqp {_version('amqp')}"
+        packages += f"; RabbitMQ {rabbitmq_version()}"
     return [
         f"- date: {datetime.now(UTC):%Y-%m-%d %H:%M:%S} UTC",
         f"- nproc: {os.cpu_count()} ({cpu_model}); load average at start: {load}",
@@ -649,7 +995,7 @@ def setup_line(args: argparse.Namespace, scenarios: Sequence[Scenario]) -> str:
         f"wrk: {min(WRK_THREADS, args.connections)} threads, {args.connections} connections, "
         f"{args.duration:g} s per run after a {args.warmup:g} s warm-up; "
         f"servers: {args.workers} gunicorn worker(s) of `{WORKER_CLASS}`; "
-        f"eventrouter in embedded mode (SQLite); bodies: {sizes}."
+        f"targets: {', '.join(args.targets)}; bodies: {sizes}."
     )
 
 
@@ -668,10 +1014,42 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help='skip the eventrouter-fsync target (synchronous = "full")',
     )
+    parser.add_argument(
+        "--queue",
+        action="store_true",
+        help="add the eventrouter-queue target (edge -> RabbitMQ) and the worker drain",
+    )
+    parser.add_argument(
+        "--targets",
+        metavar="T,...",
+        help=f"comma-separated targets from {', '.join(TARGETS)} [{','.join(DEFAULT_TARGETS)}]",
+    )
+    parser.add_argument(
+        "--broker",
+        default=DEFAULT_BROKER,
+        metavar="URL",
+        help=f"RabbitMQ on loopback for eventrouter-queue [{DEFAULT_BROKER}]",
+    )
     args = parser.parse_args(argv)
     for name in ("duration", "warmup", "connections", "workers"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name} must be positive")
+    chosen = set(args.targets.split(",") if args.targets else DEFAULT_TARGETS)
+    unknown = chosen - set(TARGETS)
+    if unknown:
+        parser.error(f"unknown target(s) {', '.join(sorted(unknown))}; choose from {TARGETS}")
+    if args.queue:
+        chosen.add("eventrouter-queue")
+    if args.no_fsync:
+        chosen.discard("eventrouter-fsync")
+    if not chosen:
+        parser.error("no target left to run")
+    args.targets = [name for name in TARGETS if name in chosen]
+    if "eventrouter-queue" in args.targets:
+        try:
+            queue_mode.check_loopback(args.broker)
+        except ValueError as exc:
+            parser.error(f"--broker: {exc}")
     return args
 
 
@@ -683,7 +1061,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A SIGTERM (a CI timeout) unwinds like Ctrl-C, so the servers are stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     RESULTS_DIR.mkdir(exist_ok=True)
-    info = machine_info()
+    if "eventrouter-queue" in args.targets:
+        try:
+            BenchQueue(args.broker, "check").check()
+        except Exception as exc:  # kombu raises several kinds; say which and stop
+            log(f"RabbitMQ not reachable at {args.broker}: {exc} (DESIGN.md: how to start it)")
+            return 2
+    info = machine_info(args)
     all_scenarios = make_scenarios(datetime.now(UTC))
     scenarios = [s for s in all_scenarios if args.only in (None, s.name)]
     runs: list[TargetRun] = []
@@ -692,14 +1076,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         bodies = {s.name: workdir / f"{s.name}.json" for s in scenarios}
         for scenario in scenarios:
             bodies[scenario.name].write_bytes(scenario.body)
-        servers = [
-            bare_server(workdir, args.workers, probe_body=all_scenarios[0].body),
-            eventrouter_server(workdir, args.workers),
-        ]
-        if not args.no_fsync:
-            servers.append(eventrouter_server(workdir, args.workers, fsync=True))
-        for server in servers:
-            runs.append(run_target(server, scenarios, bodies, args))
+        servers = {
+            "bare": lambda: bare_server(workdir, args.workers, probe_body=all_scenarios[0].body),
+            "eventrouter": lambda: eventrouter_server(workdir, args.workers),
+            "eventrouter-fsync": lambda: eventrouter_server(workdir, args.workers, fsync=True),
+            "eventrouter-queue": lambda: eventrouter_queue_server(
+                workdir, args.workers, args.broker
+            ),
+        }
+        for target in args.targets:
+            runs.append(run_target(servers[target](), scenarios, bodies, args))
     measurements = [m for run in runs for m in run.measurements]
 
     report = [
@@ -708,7 +1094,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         *table(measurements),
         "",
         *verdicts(measurements),
+        *queue_verdicts(runs, args.connections),
         *store_line(runs),
+        *queue_tables(runs),
     ]
     notes = anomalies(runs)
     if notes:
