@@ -16,6 +16,7 @@ from router_core import __version__
 from router_core import config as config_module
 from router_core.bus import ENTRY_POINT_GROUP, Bus, make_plugin_manager
 from router_core.config import Config, ConfigError
+from router_core.queue import BROKER_ERRORS, describe
 
 
 def _load(path: str | None) -> Config:
@@ -57,10 +58,15 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     from router_core import deadletters
 
     config = _load(args.config)
-    if args.action == "list":
-        letters = deadletters.list_dead_letters(config, args.sink, args.limit)
-    else:
-        letters = deadletters.replay(config, args.sink, args.limit)
+    try:
+        if args.action == "list":
+            letters = deadletters.list_dead_letters(config, args.sink, args.limit)
+        else:
+            letters = deadletters.replay(config, args.sink, args.limit)
+    except BROKER_ERRORS as exc:
+        where = describe(config.queue.url)
+        print(f"eventrouter: broker unreachable at {where}: {exc}", file=sys.stderr)
+        return 3
     if args.json:
         sys.stdout.write(msgspec.json.encode(letters).decode() + "\n")
     else:
@@ -149,14 +155,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     print(f"  sources: {sources}")
     print(f"  sinks:   {sinks}")
     if config.queue is not None:
-        from router_core.queue import describe
-
         print(f"  queue:   {describe(config.queue.url)} (sinks run in `eventrouter worker`)")
     else:
         print("  queue:   none (embedded: sinks run in the server)")
     if config.dedup is not None:
-        from router_core.queue import describe
-
         print(f"  dedup:   {describe(config.dedup.url)}, window {config.dedup.window:g}s")
     return 0
 

@@ -29,6 +29,9 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import amqp.exceptions
+import kombu.exceptions
+import redis.exceptions
 from kombu import Connection, Exchange, Queue, binding
 
 from router_core.commands import Command, decode_many, encode_many
@@ -44,6 +47,13 @@ DEAD_AT_HEADER = "x-eventrouter-dead-lettered-at"
 CONTENT_TYPE = "application/x-msgpack"
 #: Routing key that reaches every sink's queue.
 ALL = "all"
+#: What a broker that is down or unreachable raises, on either transport.
+BROKER_ERRORS = (
+    OSError,
+    kombu.exceptions.OperationalError,
+    amqp.exceptions.ConnectionError,
+    redis.exceptions.ConnectionError,
+)
 
 
 class UndecodableMessage(ValueError):

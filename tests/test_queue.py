@@ -9,7 +9,7 @@ import pytest
 
 from router_core.bus import Bus, make_plugin_manager
 from router_core.config import ConfigError
-from tests.helpers import VENV_BIN, LiveServer, eventually, make_config
+from tests.helpers import VENV_BIN, LiveServer, eventually, free_port, make_config
 from tests.ingest_support import AUTH
 from tests.queue_support import (  # noqa: F401 - fixtures
     AMQP_URL,
@@ -92,3 +92,22 @@ def test_config_check_shows_the_queue_without_its_password(queue_env):
     if queue_env.transport == "amqp":
         assert "amqp://guest:***@127.0.0.1:5672//" in result.stdout
         assert "guest:guest" not in result.stdout
+
+
+def test_dead_letters_against_an_unreachable_broker_is_a_clean_error(tmp_path):
+    path = tmp_path / "down.toml"
+    path.write_text(
+        f'[queue]\nurl = "amqp://guest:secret@127.0.0.1:{free_port()}//"\n'
+        f'[sinks.local]\ntype = "sqlite"\nurl = "sqlite:///{tmp_path}/e.db"\n'
+    )
+    command = ["dead-letters", "list", "--sink", "local", "--config", str(path)]
+    result = subprocess.run(
+        [str(VENV_BIN / "eventrouter"), *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3, result.stderr
+    assert "broker unreachable at amqp://guest:***@127.0.0.1:" in result.stderr
+    assert "secret" not in result.stderr
+    assert "Traceback" not in result.stderr
