@@ -68,13 +68,31 @@ def _messages(config: Config, sink: str, limit: int | None):
         channel = connection.channel()
         topology.declare(channel)
         queue = topology.dead_queue(sink)(channel)
-        count = 0
-        while limit is None or count < limit:
-            message = queue.get(no_ack=False)
-            if message is None:
-                break
-            count += 1
-            yield message
+        taken = []
+        try:
+            while limit is None or len(taken) < limit:
+                message = queue.get(no_ack=False)
+                if message is None:
+                    break
+                taken.append(message)
+                yield message
+        finally:
+            if config.queue.transport == "redis":
+                _put_back_in_order(channel, taken)
+
+
+def _put_back_in_order(channel: Any, messages: list) -> None:
+    """Return the unacknowledged ``messages`` to the head of a Redis queue, oldest first.
+
+    kombu's Redis transport would put them back one by one at the head in the order they
+    were taken, which reverses them: each ``list`` turned the dead-letter queue around
+    and the next showed it newest first (tests/test_deadletters.py, [redis]). Putting
+    them back newest first leaves the oldest at the head again; the close then finds
+    nothing left to restore.
+    """
+    for message in reversed(messages):
+        if not message.acknowledged:
+            channel.qos.restore_by_tag(message.delivery_tag)
 
 
 def list_dead_letters(config: Config, sink: str, limit: int | None = None) -> list[DeadLetter]:

@@ -196,11 +196,16 @@ class SinkConsumer(threading.Thread):
 
     def _pump(self, connection: Any) -> None:
         """Wait for one delivery (or the batch deadline) and deliver a full batch."""
-        timeout = max(self.deadline - time.monotonic(), 0.0005) if self.buffer else IDLE_POLL
+        timeout = IDLE_POLL
+        if self.buffer:
+            # Capped at IDLE_POLL so that the stop flag is seen: waiting out a long
+            # ``batch.timeout`` here kept SIGTERM from finishing the batch in hand until
+            # the deadline (tests/test_worker.py::test_stop_finishes_the_batch_in_hand).
+            timeout = min(max(self.deadline - time.monotonic(), 0.0005), IDLE_POLL)
         try:
             connection.drain_events(timeout=timeout)
         except TimeoutError:  # socket.timeout is TimeoutError
-            if self.buffer:
+            if self.buffer and time.monotonic() >= self.deadline:
                 self._flush()
             return
         if self.buffer and (

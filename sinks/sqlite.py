@@ -31,6 +31,7 @@ import msgspec
 from sqlalchemy import Engine, insert, text
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
+from router_core.bus import WORKER
 from router_core.commands import STORED_COLUMNS, Command
 from router_core.db import make_engine, sqlite_path
 from router_core.health import ComponentHealth
@@ -172,6 +173,7 @@ class SQLiteSink(Sink):
         self._thread: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._linger = config.batch.timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine: Engine | None = None
         self._lock_file: BinaryIO | None = None
@@ -183,6 +185,10 @@ class SQLiteSink(Sink):
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self, bus: Any) -> None:
         self._loop = asyncio.get_running_loop()
+        # Under ``eventrouter worker`` the consumer has gathered each batch already and
+        # waits for its commit before taking more: lingering for writes that cannot come
+        # would only delay every commit (and a SIGTERM) by ``batch.timeout``.
+        self._linger = 0.0 if getattr(bus, "role", None) == WORKER else self.config.batch.timeout
         await asyncio.to_thread(self._open)
         self._thread = threading.Thread(
             target=self._run, name=f"sqlite-writer-{self.name}", daemon=True
@@ -285,7 +291,7 @@ class SQLiteSink(Sink):
         if item is _STOP:
             return None
         pending = [item]
-        deadline = time.monotonic() + self.config.batch.timeout
+        deadline = time.monotonic() + self._linger
         self._drain(pending, deadline)
         return pending
 

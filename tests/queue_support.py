@@ -210,7 +210,8 @@ class WorkerProcess:
         )
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def send(self, sig: int) -> None:

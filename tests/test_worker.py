@@ -1,0 +1,484 @@
+"""``eventrouter worker`` against the real RabbitMQ and Redis of this machine.
+
+What a user of the queue pipeline relies on, each case on both transports unless it needs
+RabbitMQ itself: the message format on the wire, group commit at the edge, one queue per
+sink, retries with backoff, two workers sharing a queue, a stop (SIGTERM) finishing the
+batch in hand and losing or repeating nothing, a SIGKILLed worker losing nothing, and the
+command line refusing a bad setup.
+
+Workers run in a thread of the test process (:class:`WorkerThread`: test-only sink types
+are passed as plugins) or as real ``eventrouter worker`` subprocesses
+(:class:`WorkerProcess`: signals, two processes on one queue). The helpers at the top
+(a scripted sink type, raw publishing, queue depths) are shared with
+``tests/test_deadletters.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import msgspec
+from kombu import Exchange, Producer, Queue
+
+from router_core import queue as broker
+from router_core.commands import Command, TrackCommand, decode_many
+from router_core.hookspecs import hookimpl
+from router_core.sink import Sink
+from tests.helpers import HANG_GUARD, VENV_BIN, LiveServer, eventually
+from tests.queue_support import (  # noqa: F401 - fixtures
+    AMQP_URL,
+    QueueEnv,
+    WorkerProcess,
+    WorkerThread,
+    amqp_env,
+    queue_env,
+    to_toml,
+    unique,
+)
+
+# ruff: noqa: F811 - pytest fixtures are parameters
+
+#: Retries fast enough for a test, bounded like production.
+FAST_RETRY = {"attempts": 5, "initial_backoff": "10ms", "max_duration": "5s"}
+
+
+# -- shared helpers ----------------------------------------------------------------------
+class ScriptedSinks:
+    """A plugin offering sink type ``scripted``: ``fail(commands)`` decides, per write,
+    whether it raises (return an error message) or stores in memory (return None).
+
+    A write is all or nothing, like a store's transaction; ``stored`` keeps every stored
+    ``message_id`` in order, duplicates included, so a double delivery shows.
+    """
+
+    def __init__(self, fail: Callable[[Sequence[Command]], str | None]) -> None:
+        self.fail = fail
+        self.stored: list[str] = []
+        self.writes = 0
+        self._lock = threading.Lock()
+        plugin = self
+
+        class Scripted(Sink):
+            class Options(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+                pass
+
+            def write(self, commands: Sequence[Command]) -> None:
+                plugin.write(commands)
+
+        self.sink_type = Scripted
+
+    def write(self, commands: Sequence[Command]) -> None:
+        with self._lock:
+            self.writes += 1
+            error = self.fail(commands)
+            if error is not None:
+                raise RuntimeError(error)
+            self.stored.extend(c.message_id for c in commands)
+
+    @hookimpl
+    def eventrouter_sink_types(self) -> dict[str, type[Sink]]:
+        return {"scripted": self.sink_type}
+
+
+def track(message_id: str, event: str = "Signed Up") -> dict[str, Any]:
+    return {"userId": "u1", "event": event, "messageId": message_id}
+
+
+def post_each(server: LiveServer, ids: Sequence[str], event: str = "Signed Up") -> None:
+    """One request per event, one after the other: one broker message each."""
+    for message_id in ids:
+        response = server.post("/v1/track", track(message_id, event))
+        assert response.status_code == 200, response.text
+
+
+def post_batches(server: LiveServer, ids: Sequence[str], size: int) -> None:
+    for start in range(0, len(ids), size):
+        batch = [{"type": "track", **track(m)} for m in ids[start : start + size]]
+        response = server.post("/v1/batch", {"batch": batch})
+        assert response.status_code == 200, response.text
+
+
+def command(message_id: str, event: str = "Signed Up") -> TrackCommand:
+    now = datetime.now(UTC)
+    return TrackCommand(
+        message_id=message_id,
+        source="test",
+        user_id="u1",
+        event=event,
+        timestamp=now,
+        received_at=now,
+    )
+
+
+def publish_raw(
+    env: QueueEnv,
+    body: bytes,
+    *,
+    exchange: str,
+    routing_key: str,
+    headers: dict[str, Any] | None = None,
+    content_type: str | None = broker.CONTENT_TYPE,
+) -> None:
+    """Publish ``body`` as another producer would, after declaring the topology.
+
+    Without ``content_type`` the message goes out bare, as from a client that is not
+    kombu (kombu's ``Producer`` would serialise the bytes as JSON instead)."""
+    config = env.config()
+    with env.connection() as connection:
+        channel = connection.channel()
+        broker.Topology(config.queue, config.sinks).declare(channel)
+        if content_type is None:
+            message = channel.prepare_message(body, headers=headers or {})
+            channel.basic_publish(message, exchange=exchange, routing_key=routing_key)
+            return
+        Producer(channel).publish(
+            body,
+            exchange=Exchange(exchange, "direct", durable=True),
+            routing_key=routing_key,
+            headers=headers or {},
+            content_type=content_type,
+            content_encoding="binary",
+            delivery_mode=2,
+        )
+
+
+def ready(env: QueueEnv, queue_name: str) -> int:
+    """Messages ready (not delivered to a consumer) in ``queue_name``."""
+    with env.connection() as connection:
+        channel = connection.channel()
+        if env.transport == "redis":
+            return channel.client.llen(queue_name)
+        return channel.queue_declare(queue=queue_name, passive=True).message_count
+
+
+def take_all(env: QueueEnv, queue_name: str) -> list[Any]:
+    """Every message of ``queue_name``, removed from it (acknowledged)."""
+    messages = []
+    with env.connection() as connection:
+        queue = Queue(queue_name, channel=connection.channel())
+        while (message := queue.get(no_ack=False)) is not None:
+            message.ack()
+            messages.append(message)
+    return messages
+
+
+def log_of(worker: WorkerProcess) -> str:
+    """The worker's output so far, also after ``stop()`` (which closes its log file)."""
+    return worker.log_path.read_text(errors="replace")
+
+
+def wait_consuming(worker: WorkerProcess) -> None:
+    eventually(lambda: ": consuming " in log_of(worker), "worker consuming")
+
+
+def summary(log: str, sink: str = "local") -> dict[str, int]:
+    """The numbers of a worker's stop-summary line for ``sink``."""
+    match = re.search(
+        rf"sink {sink}: (\d+) messages, (\d+) events written, (\d+) dropped as duplicates, "
+        r"(\d+) retries, (\d+) dead-lettered",
+        log,
+    )
+    assert match, f"no summary line for sink {sink} in:\n{log}"
+    keys = ("messages", "written", "dropped", "retries", "dead_lettered")
+    return dict(zip(keys, map(int, match.groups()), strict=True))
+
+
+# -- the edge's side: what goes on the wire ----------------------------------------------
+def test_message_format_on_the_wire(queue_env):
+    """One request of three events is one persistent message in format commands/1."""
+    ids = [unique("m") for _ in range(3)]
+    server = LiveServer(queue_env.config()).start()
+    try:
+        response = server.post("/v1/batch", {"batch": [{"type": "track", **track(m)} for m in ids]})
+        assert response.status_code == 200, response.text
+    finally:
+        server.stop()
+    [message] = take_all(queue_env, queue_env.queue_name())
+    assert message.headers[broker.FORMAT_HEADER] == "commands/1"
+    assert message.headers[broker.EVENTS_HEADER] == 3
+    assert message.content_type == "application/x-msgpack"
+    assert message.properties["delivery_mode"] == 2  # persistent
+    commands = decode_many(message.body)
+    assert [c.message_id for c in commands] == ids
+    assert {c.event for c in commands} == {"Signed Up"}
+
+
+def test_group_commit_shares_messages_between_concurrent_requests(queue_env):
+    """200 concurrent single-event requests: every one is published, in fewer messages."""
+    ids = [unique("m") for _ in range(200)]
+    server = LiveServer(queue_env.config()).start()
+
+    async def send_all() -> list[int]:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits, timeout=30) as client:
+            responses = await asyncio.gather(
+                *(client.post("/v1/track", json=track(m)) for m in ids)
+            )
+        return [r.status_code for r in responses]
+
+    try:
+        assert asyncio.run(send_all()) == [200] * 200
+        health = server.client.get("/health").json()
+    finally:
+        server.stop()
+    stats = health["components"]["broker"]["stats"]
+    assert stats["published_events"] == 200
+    assert stats["published_messages"] < 200
+    assert stats["failed_messages"] == 0
+    messages = take_all(queue_env, queue_env.queue_name())
+    assert len(messages) == stats["published_messages"]
+    published = [c.message_id for m in messages for c in decode_many(m.body)]
+    assert sorted(published) == sorted(ids)
+
+
+# -- the worker ------------------------------------------------------------------------
+def test_each_sink_has_its_own_queue(queue_env):
+    """A worker for sink a leaves sink b's copy of the events in b's queue."""
+    db = {name: queue_env.tmp_path / f"{name}.db" for name in "ab"}
+    sinks = {
+        name: {"type": "sqlite", "url": f"sqlite:///{path}", "indexes": ["message_id"]}
+        for name, path in db.items()
+    }
+    config = queue_env.config(sinks=sinks)
+    ids = [unique("m") for _ in range(5)]
+    server = LiveServer(config).start()
+    try:
+        post_each(server, ids)
+    finally:
+        server.stop()
+    with WorkerThread(config, sinks=["a"]) as worker:
+        eventually(lambda: len(queue_env.stored_ids(db["a"])) == 5, "5 events stored in a")
+        assert [c.sink for c in worker.worker.consumers] == ["a"]
+    assert sorted(queue_env.stored_ids(db["a"])) == sorted(ids)
+    assert queue_env.stored_ids(db["b"]) == []
+    assert ready(queue_env, queue_env.queue_name("b")) == 5
+    assert ready(queue_env, queue_env.queue_name("a")) == 0
+    with WorkerThread(config, sinks=["b"]):
+        eventually(lambda: len(queue_env.stored_ids(db["b"])) == 5, "5 events stored in b")
+    assert sorted(queue_env.stored_ids(db["b"])) == sorted(ids)
+    assert ready(queue_env, queue_env.queue_name("b")) == 0
+    assert len(queue_env.stored_ids(db["a"])) == 5  # a got nothing twice
+
+
+def test_sink_failing_twice_then_succeeding_stores_every_event_once(queue_env):
+    """Retried with backoff, nothing dead-lettered; with dedup on, the failed writes did
+    not mark their ids as seen (dedup never causes loss)."""
+    plugin = ScriptedSinks(lambda commands: "store is down" if plugin.writes <= 2 else None)
+    sinks = {"local": {"type": "scripted", "retry": FAST_RETRY}}
+    config = queue_env.config(dedup=True, sinks=sinks)
+    ids = [unique("m") for _ in range(12)]
+    server = LiveServer(config, plugins=[plugin]).start()
+    try:
+        post_each(server, ids[:2])
+        post_batches(server, ids[2:], 5)
+    finally:
+        server.stop()
+    with WorkerThread(config, plugins=[plugin]) as worker:
+        eventually(lambda: len(plugin.stored) >= 12, "12 events stored")
+    consumer = worker.worker.consumers[0]
+    assert sorted(plugin.stored) == sorted(ids)  # each once: the list keeps duplicates
+    assert consumer.retries == 2
+    assert (consumer.written, consumer.dropped, consumer.dead_lettered) == (12, 0, 0)
+    assert ready(queue_env, queue_env.queue_name()) == 0
+    assert ready(queue_env, queue_env.dead_queue_name()) == 0
+
+
+def test_two_worker_processes_share_a_queue_and_store_each_event_once(queue_env):
+    """The store here has no unique ``message_id`` index, so an event consumed by both
+    workers would show as two rows."""
+    raw = queue_env.raw()
+    raw["sinks"]["local"]["indexes"] = ["user_id"]
+    path = queue_env.write_config(raw)
+    workers = [WorkerProcess(path), WorkerProcess(path)]
+    ids = [unique("m") for _ in range(2000)]
+    try:
+        for worker in workers:
+            wait_consuming(worker)
+        server = LiveServer(queue_env.config(sinks=raw["sinks"])).start()
+        try:
+            post_batches(server, ids, 20)
+            published = server.client.get("/health").json()["components"]["broker"]["stats"]
+        finally:
+            server.stop()
+        eventually(lambda: len(queue_env.stored_ids()) >= 2000, "2000 events stored")
+    finally:
+        codes = [worker.stop() for worker in workers]
+    assert codes == [0, 0], [log_of(w) for w in workers]
+    stored = queue_env.stored_ids()
+    assert len(stored) == len(set(stored)) == 2000
+    assert set(stored) == set(ids)
+    counts = [summary(log_of(worker)) for worker in workers]
+    assert all(c["messages"] > 0 for c in counts), counts
+    assert sum(c["messages"] for c in counts) == published["published_messages"]
+    assert sum(c["written"] for c in counts) == 2000
+
+
+#: A batch the worker would hold for 30 s more: only a stop makes it write now.
+HOLD = {"max_events": 100000, "timeout": "30s"}
+
+
+def test_stop_finishes_the_batch_in_hand(queue_env):
+    """What SIGTERM sets (the worker's stop event) while a batch waits out its timeout:
+    the batch is written and acknowledged at once, not 30 s later."""
+    plugin = ScriptedSinks(lambda commands: None)
+    config = queue_env.config(sinks={"local": {"type": "scripted", "batch": HOLD}})
+    ids = [unique("m") for _ in range(20)]
+    server = LiveServer(config, plugins=[plugin]).start()
+    try:
+        post_each(server, ids)
+    finally:
+        server.stop()
+    worker = WorkerThread(config, plugins=[plugin]).start()
+    try:
+        eventually(lambda: ready(queue_env, queue_env.queue_name()) == 0, "messages delivered")
+        consumer = worker.worker.consumers[0]
+        eventually(lambda: len(consumer.buffer) == 20, "20 messages in hand")
+        time.sleep(0.3)
+        assert plugin.stored == []
+        started = time.monotonic()
+    finally:
+        worker.stop()
+    elapsed = time.monotonic() - started
+    # Not a speed claim: it must not have waited out the 30 s batch timeout.
+    assert elapsed < 20, f"the worker took {elapsed:.1f}s to stop"
+    assert sorted(plugin.stored) == sorted(ids)
+    assert (consumer.messages, consumer.written) == (20, 20)
+    assert ready(queue_env, queue_env.queue_name()) == 0  # acknowledged, not requeued
+
+
+def test_sigterm_finishes_the_batch_in_hand(queue_env):
+    """``eventrouter worker`` with an SQLite sink holding a batch exits 0 soon after
+    SIGTERM, the batch stored and acknowledged. (The SQLite sink used to apply
+    ``batch.timeout`` a second time to the batch the worker hands it, waiting for writes
+    that cannot come, so the write and the exit took the whole timeout.)"""
+    raw = queue_env.raw()
+    raw["sinks"]["local"]["batch"] = {"max_events": 100000, "timeout": "30s"}
+    worker = WorkerProcess(queue_env.write_config(raw))
+    ids = [unique("m") for _ in range(20)]
+    try:
+        wait_consuming(worker)
+        server = LiveServer(queue_env.config()).start()
+        try:
+            post_each(server, ids)
+        finally:
+            server.stop()
+        # Every message delivered to the worker, none written: the batch is in its hand.
+        eventually(lambda: ready(queue_env, queue_env.queue_name()) == 0, "messages delivered")
+        time.sleep(0.3)
+        assert queue_env.stored_ids() == []
+        started = time.monotonic()
+    finally:
+        code = worker.stop(signal.SIGTERM)
+    elapsed = time.monotonic() - started
+    assert code == 0, log_of(worker)
+    assert sorted(queue_env.stored_ids()) == sorted(ids)
+    assert ready(queue_env, queue_env.queue_name()) == 0  # acknowledged, not requeued
+    expected = {"messages": 20, "written": 20, "dropped": 0, "retries": 0, "dead_lettered": 0}
+    assert summary(log_of(worker)) == expected
+    # Not a speed claim: it must not have waited out the 30 s batch timeout.
+    assert elapsed < 20, f"worker took {elapsed:.1f}s to stop:\n{log_of(worker)}"
+
+
+def test_stopping_while_events_flow_loses_and_repeats_nothing(queue_env):
+    """A worker stopped (what SIGTERM does) while events arrive acknowledges what it wrote
+    and leaves the rest to the next worker: the in-memory sink sees each event once."""
+    plugin = ScriptedSinks(lambda commands: None)
+    batch = {"max_events": 200, "timeout": "50ms"}
+    config = queue_env.config(sinks={"local": {"type": "scripted", "batch": batch}})
+    ids = [unique("m") for _ in range(2000)]
+    server = LiveServer(config, plugins=[plugin]).start()
+    try:
+        first = WorkerThread(config, plugins=[plugin]).start()
+        sender = threading.Thread(target=post_batches, args=(server, ids, 20))
+        sender.start()
+        eventually(lambda: len(plugin.stored) >= 200, "some events stored")
+        first.stop()
+        at_stop = len(plugin.stored)
+        sender.join(HANG_GUARD)
+        assert not sender.is_alive()
+    finally:
+        server.stop()
+    assert at_stop < 2000, "the worker was not stopped mid-stream"
+    with WorkerThread(config, plugins=[plugin]):
+        eventually(lambda: len(plugin.stored) >= 2000, "2000 events stored")
+    assert sorted(plugin.stored) == sorted(ids)
+    assert ready(queue_env, queue_env.queue_name()) == 0
+
+
+def test_worker_killed_mid_stream_loses_nothing(amqp_env):
+    """SIGKILL while events flow: the unacknowledged messages come back to the next
+    worker, and dedup plus the unique ``message_id`` index store each once.
+
+    RabbitMQ only: kombu's Redis transport hands a dead consumer's messages back after
+    its visibility timeout (60 s), too long for this suite.
+    """
+    raw = amqp_env.raw(dedup=True)
+    # Batches held for up to 200 ms: the killed worker has messages in hand.
+    raw["sinks"]["local"]["batch"] = {"max_events": 400, "timeout": "200ms"}
+    path = amqp_env.write_config(raw)
+    ids = [unique("m") for _ in range(3000)]
+    server = LiveServer(amqp_env.config(dedup=True)).start()
+    first = WorkerProcess(path)
+    try:
+        wait_consuming(first)
+        sender = threading.Thread(target=post_batches, args=(server, ids, 50))
+        sender.start()
+        eventually(lambda: len(amqp_env.stored_ids()) >= 300, "some events stored")
+        first.stop(signal.SIGKILL)
+        at_kill = len(amqp_env.stored_ids())
+        sender.join(60)
+        assert not sender.is_alive()
+    finally:
+        server.stop()
+        first.stop(signal.SIGKILL)
+    assert at_kill < 3000, "the worker was not killed mid-stream"
+    second = WorkerProcess(path)
+    try:
+        eventually(lambda: len(amqp_env.stored_ids()) >= 3000, "3000 events stored")
+    finally:
+        assert second.stop() == 0, log_of(second)
+    stored = amqp_env.stored_ids()
+    assert len(stored) == len(set(stored)) == 3000
+    assert set(stored) == set(ids)
+    assert ready(amqp_env, amqp_env.queue_name()) == 0
+
+
+# -- the command line ------------------------------------------------------------------
+def run_worker(config_path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(VENV_BIN / "eventrouter"), "worker", "--config", str(config_path), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_worker_without_queue_table_exits_2_naming_it(tmp_path):
+    path = tmp_path / "eventrouter.toml"
+    path.write_text(to_toml({"sinks": {"local": {"type": "sqlite", "url": "sqlite:///x.db"}}}))
+    result = run_worker(path)
+    assert result.returncode == 2, result
+    assert "queue" in result.stderr
+    assert str(path) in result.stderr
+
+
+def test_worker_for_unknown_sink_exits_2_naming_it(tmp_path):
+    path = tmp_path / "eventrouter.toml"
+    raw = {
+        "queue": {"url": AMQP_URL, "prefix": unique("ert")},
+        "sinks": {"local": {"type": "sqlite", "url": "sqlite:///x.db"}},
+    }
+    path.write_text(to_toml(raw))
+    result = run_worker(path, "--sink", "nosuch")
+    assert result.returncode == 2, result
+    assert "'nosuch'" in result.stderr
+    assert "local" in result.stderr  # the sinks it knows
