@@ -249,7 +249,10 @@ class SinkConsumer(threading.Thread):
         """Deliver with the sink's retry policy: ``(error or None, attempts made)``."""
         policy = self.sink_config.retry
         attempts_allowed = policy.attempts if retry else 1
-        give_up = time.monotonic() + policy.max_duration
+        # Counted from the first failure, not the first attempt: a write that timed out
+        # after ``write_timeout`` (longer than ``max_duration`` by default) is still
+        # retried rather than dead-lettered at once.
+        give_up: float | None = None
         backoff = policy.initial_backoff
         attempt = 0
         while True:
@@ -263,6 +266,8 @@ class SinkConsumer(threading.Thread):
                 self.written += len(written)
                 self.dropped += len(commands) - len(written)
                 return None, attempt
+            if give_up is None:
+                give_up = time.monotonic() + policy.max_duration
             if attempt >= attempts_allowed or time.monotonic() + backoff > give_up:
                 return error, attempt
             self.retries += 1

@@ -292,6 +292,36 @@ def test_sink_failing_twice_then_succeeding_stores_every_event_once(queue_env):
     assert ready(queue_env, queue_env.dead_queue_name()) == 0
 
 
+def test_a_write_that_times_out_is_retried_not_dead_lettered(queue_env):
+    """``write_timeout`` here is longer than the retry policy's ``max_duration``, which
+    counts from the first failure: the hung write is retried, the batch stored once."""
+
+    def hang_once(commands: Sequence[Command]) -> str | None:
+        if plugin.writes == 1:
+            time.sleep(0.6)  # past write_timeout: the worker has given up on this write
+            return "hung, then failed"
+        return None
+
+    plugin = ScriptedSinks(hang_once)
+    retry = {"attempts": 3, "initial_backoff": "10ms", "max_duration": "100ms"}
+    config = queue_env.config(
+        sinks={"local": {"type": "scripted", "retry": retry}},
+        queue={"write_timeout": "300ms"},
+    )
+    ids = [unique("m") for _ in range(3)]
+    server = LiveServer(config, plugins=[plugin]).start()
+    try:
+        post_batches(server, ids, 3)
+    finally:
+        server.stop()
+    with WorkerThread(config, plugins=[plugin]) as worker:
+        eventually(lambda: len(plugin.stored) >= 3, "3 events stored")
+    consumer = worker.worker.consumers[0]
+    assert sorted(plugin.stored) == sorted(ids)
+    assert (consumer.retries, consumer.dead_lettered) == (1, 0)
+    assert ready(queue_env, queue_env.dead_queue_name()) == 0
+
+
 def test_two_worker_processes_share_a_queue_and_store_each_event_once(queue_env):
     """The store here has no unique ``message_id`` index, so an event consumed by both
     workers would show as two rows."""
