@@ -163,6 +163,10 @@ class QueueConfig(_Strict):
     write_timeout: Duration = Duration(60.0)
     #: RabbitMQ queue type of the per-sink queues (``quorum`` replicates across a cluster).
     queue_type: Literal["classic", "quorum"] = "classic"
+    #: Redis transport only: a message left unacknowledged this long (its worker died) is
+    #: delivered again. Keep it above the longest a worker may hold a batch (its writes,
+    #: up to ``write_timeout`` each, and retries), or a slow batch is delivered twice.
+    visibility_timeout: Duration = Duration(300.0)
 
     @property
     def transport(self) -> str:

@@ -67,8 +67,8 @@ def connect(config: QueueConfig, *, confirm: bool = True) -> Connection:
     if config.transport == "amqp":
         options["confirm_publish"] = confirm
     else:
-        # Restore a dead consumer's unacknowledged messages after a minute, not an hour.
-        options["visibility_timeout"] = 60
+        # kombu's default is an hour: a dead consumer's messages would wait that long.
+        options["visibility_timeout"] = config.visibility_timeout
     return Connection(config.url, connect_timeout=config.connect_timeout, transport_options=options)
 
 
