@@ -148,6 +148,11 @@ class RedisDedup:
     def eventrouter_batch_committed(self, commands: Sequence[Command], sink: str | None) -> None:
         if self.downstream is not None:
             return  # the workers mark, once their sink committed
+        if not self._available():
+            # Redis just failed: skip the mark as the check is skipped. Trying it anyway
+            # cost every committed batch (in embedded mode, every request) the full
+            # ``timeout`` while Redis hung. An unmarked id can only be stored again.
+            return
         pipeline = self.client.pipeline(transaction=False)
         for command in commands:
             pipeline.set(self.key(sink, command.message_id), 1, ex=self.window)

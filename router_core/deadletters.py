@@ -61,10 +61,11 @@ def _describe(message: Any) -> tuple[DeadLetter, list | None]:
 
 
 def _messages(config: Config, sink: str, limit: int | None):
-    """Yield ``(connection, message)`` for up to ``limit`` dead letters, unacknowledged."""
+    """Yield up to ``limit`` dead letters, unacknowledged (closing the connection puts
+    back every one not acknowledged meanwhile)."""
     topology = broker.Topology(config.queue, config.sinks)
-    with broker.connect(config.queue) as connection:
-        connection.connect()
+    connection = broker.open_connection(config.queue)
+    try:
         channel = connection.channel()
         topology.declare(channel)
         queue = topology.dead_queue(sink)(channel)
@@ -79,6 +80,8 @@ def _messages(config: Config, sink: str, limit: int | None):
         finally:
             if config.queue.transport == "redis":
                 _put_back_in_order(channel, taken)
+    finally:
+        broker.close(connection, config.queue.connect_timeout)
 
 
 def _put_back_in_order(channel: Any, messages: list) -> None:

@@ -25,6 +25,7 @@ guessing. Dead-lettered messages keep body and headers and gain
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -62,14 +63,53 @@ class UndecodableMessage(ValueError):
 
 def connect(config: QueueConfig, *, confirm: bool = True) -> Connection:
     """A new (not yet connected) kombu connection; publishes wait for the broker's
-    confirm on AMQP. Redis has no confirms: its reply to the push is the acknowledgement."""
+    confirm on AMQP. Redis has no confirms: its reply to the push is the acknowledgement.
+
+    Every socket operation is bounded: kombu's Redis transport ignores ``connect_timeout``
+    and sets no socket timeout, so a Redis that accepted the connection but stopped
+    answering held a publisher, a worker or ``/health`` forever.
+    """
     options: dict[str, Any] = {}
     if config.transport == "amqp":
         options["confirm_publish"] = confirm
     else:
         # kombu's default is an hour: a dead consumer's messages would wait that long.
         options["visibility_timeout"] = config.visibility_timeout
+        options["socket_connect_timeout"] = config.connect_timeout
+        # Above the 1 s BRPOP a consuming worker blocks in.
+        options["socket_timeout"] = max(config.confirm_timeout, 2.0)
     return Connection(config.url, connect_timeout=config.connect_timeout, transport_options=options)
+
+
+def open_connection(config: QueueConfig, *, confirm: bool = True) -> Connection:
+    """:func:`connect`, connected with a single attempt. (``Connection.connect()``
+    retries once after sleeping 2 s: each attempt on a dead broker, and each ``/health``
+    probe, took 2 s more than the refusal did. Callers have their own retry policy.)"""
+    connection = connect(config, confirm=confirm)
+    try:
+        connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+    except BaseException:
+        drop(connection)
+        raise
+    return connection
+
+
+def drop(connection: Connection) -> None:
+    """Close a failed connection without the close handshake (py-amqp waits for the
+    broker's Close-Ok with no timeout: on a hung broker that never returns)."""
+    with contextlib.suppress(Exception):  # already broken
+        connection.collect(socket_timeout=0.1)
+
+
+def close(connection: Connection, timeout: float) -> None:
+    """Close politely (consumers cancelled, pending acks flushed) within ``timeout``
+    seconds, else drop the connection."""
+    with contextlib.suppress(Exception):  # not connected, or not AMQP
+        connection.connection.sock.settimeout(timeout)
+    try:
+        connection.release()
+    except Exception:
+        drop(connection)
 
 
 def describe(url: str) -> str:

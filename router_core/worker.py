@@ -169,8 +169,8 @@ class SinkConsumer(threading.Thread):
                 backoff = min(backoff * 2, RECONNECT_MAX)
 
     def _consume(self) -> None:
-        with broker.connect(self.options) as connection:
-            connection.connect()
+        connection = broker.open_connection(self.options)
+        try:
             channel = connection.channel()
             self.worker.topology.declare(channel)
             channel.basic_qos(0, self.options.prefetch, False)
@@ -178,14 +178,17 @@ class SinkConsumer(threading.Thread):
                 connection.channel(), exchange=self.worker.topology.dead_exchange
             )
             consumer = Consumer(channel, queues=[self.queue], on_message=self._buffer)
-            with consumer:
-                log.info("%s: consuming %s", self.sink, self.queue.name)
-                while not self.worker.stopping.is_set():
-                    self._pump(connection)
-                # Stopping: no new deliveries, then finish the batch in hand.
-                consumer.cancel()
-                if self.buffer:
-                    self._flush()
+            consumer.consume()
+            log.info("%s: consuming %s", self.sink, self.queue.name)
+            while not self.worker.stopping.is_set():
+                self._pump(connection)
+            # Stopping: finish the batch in hand. Messages delivered after it stay
+            # unacknowledged and go back to the queue when the connection closes.
+            if self.buffer:
+                self._flush()
+        finally:
+            # Bounded: a hung broker must not keep SIGTERM from ending the worker.
+            broker.close(connection, self.options.connect_timeout)
 
     def _buffer(self, message: Any) -> None:
         if not self.buffer:

@@ -18,7 +18,6 @@ The topology (``router_core.queue``) is declared on every new connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import threading
@@ -154,18 +153,21 @@ class QueueSink(Sink):
             },
         )
         where = broker.describe(self.options.url)
+        connection = None
         try:
-            with broker.connect(self.options) as connection:
-                connection.connect()
-                channel = connection.channel()
-                self.topology.declare(channel)  # idempotent; the first publish may be ahead
-                for sink in self.topology.sinks:
-                    depth = self.topology.depth
-                    component.stats[f"queue:{sink}"] = depth(channel, self.topology.queue(sink))
-                    component.stats[f"dead:{sink}"] = depth(channel, self.topology.dead_queue(sink))
+            connection = broker.open_connection(self.options)
+            channel = connection.channel()
+            self.topology.declare(channel)  # idempotent; the first publish may be ahead
+            for sink in self.topology.sinks:
+                depth = self.topology.depth
+                component.stats[f"queue:{sink}"] = depth(channel, self.topology.queue(sink))
+                component.stats[f"dead:{sink}"] = depth(channel, self.topology.dead_queue(sink))
         except Exception as exc:
+            if connection is not None:
+                broker.drop(connection)
             component.detail = f"{where}: {type(exc).__name__}: {exc}"
             return component
+        broker.close(connection, self.options.connect_timeout)
         component.up = True
         component.detail = where + (f"; last error: {self.last_error}" if self.last_error else "")
         return component
@@ -180,20 +182,24 @@ class _Publisher:
         self.connection: Any = None
         self.producer: Producer | None = None
         self.retry_at = 0.0
+        self.connect_error: str | None = None
 
     def _producer(self) -> Producer:
         if self.producer is not None:
             return self.producer
         if time.monotonic() < self.retry_at:
-            raise ConnectionError(f"broker unreachable ({self.sink.last_error})")
+            # Quote the connect error itself, not ``last_error``: that may already be one
+            # of these messages, and quoting it nested one more "broker unreachable (...)"
+            # per failed group for as long as the broker stayed down.
+            raise ConnectionError(f"broker unreachable ({self.connect_error})")
         try:
-            self.connection = broker.connect(self.options)
-            self.connection.connect()
+            self.connection = broker.open_connection(self.options)
             channel = self.connection.channel()
             self.sink.topology.declare(channel)
             self.producer = Producer(channel, exchange=self.sink.topology.exchange)
-        except Exception:
-            self.close()
+        except Exception as exc:
+            self.close(graceful=False)
+            self.connect_error = f"{type(exc).__name__}: {exc}"
             self.retry_at = time.monotonic() + RECONNECT_INTERVAL
             raise
         log.info("publisher connected to %s", broker.describe(self.options.url))
@@ -227,15 +233,19 @@ class _Publisher:
             self.sink.last_error = f"{type(exc).__name__}: {exc}"
             log.error("publish failed: %s", self.sink.last_error)
             # The channel may hold a publish whose confirm never came: start afresh.
-            self.close()
+            self.close(graceful=False)
             return exc
         return None
 
-    def close(self) -> None:
+    def close(self, graceful: bool = True) -> None:
         self.producer = None
         if self.connection is not None:
-            with contextlib.suppress(Exception):  # already broken
-                self.connection.release()
+            if graceful:
+                broker.close(self.connection, self.options.connect_timeout)
+            else:
+                # The channel may hold a publish whose confirm never came, on a broker
+                # that may not answer a polite close either.
+                broker.drop(self.connection)
             self.connection = None
 
 
