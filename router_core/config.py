@@ -309,7 +309,8 @@ def parse(
             raise ConfigError(
                 file,
                 "queue.url",
-                f"expected an amqp:// or redis:// URL, not {scheme or 'no'} scheme",
+                "expected an amqp:// or redis:// URL"
+                + (f", not a {scheme}:// one" if scheme else " (it has no scheme)"),
             )
     if config.dedup is not None and not config.dedup.url.startswith(("redis://", "rediss://")):
         raise ConfigError(file, "dedup.url", "expected a redis:// URL")
