@@ -277,20 +277,7 @@ class Server:
     def cpu_by_process(self) -> dict[int, float]:
         """CPU seconds so far of each live process in the group (arbiter and workers),
         including the children each has reaped (a worker gunicorn replaced)."""
-        ticks = os.sysconf("SC_CLK_TCK")
-        found: dict[int, float] = {}
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:  # exited meanwhile
-                continue
-            # Fields after "(comm)": state ppid pgrp ...; utime is field 14 of the line.
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) == self.pid:
-                found[int(entry.name)] = sum(int(f) for f in fields[11:15]) / ticks
-        return found
+        return queue_mode.cpu_seconds_where(lambda _, __, fields: int(fields[2]) == self.pid)
 
     def log_tail(self, lines: int = 30) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

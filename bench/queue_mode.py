@@ -149,10 +149,11 @@ class BenchQueue:
                     channel.exchange_delete(name)
 
 
-def broker_cpu_seconds() -> dict[int, float]:
-    """CPU seconds so far of each process of the RabbitMQ node (the ``beam.smp`` started
-    with ``-s rabbit boot``, and the children it has reaped); empty if none runs here.
-    ``rabbitmqctl`` runs a short-lived ``beam.smp`` of its own: not counted. Read-only."""
+def cpu_seconds_where(select: Callable[[Path, str, list[str]], bool]) -> dict[int, float]:
+    """CPU seconds so far (user + system, with reaped children) of every process for
+    which ``select(proc_dir, comm, fields)`` is true; ``fields`` are the ``stat`` fields
+    after ``(comm)`` (state, ppid, pgrp, ...). Read-only; a process that exits meanwhile
+    is skipped."""
     ticks = os.sysconf("SC_CLK_TCK")
     found: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
@@ -160,15 +161,25 @@ def broker_cpu_seconds() -> dict[int, float]:
             continue
         try:
             stat = (entry / "stat").read_text()
-            if stat[stat.index("(") + 1 : stat.rindex(")")] != "beam.smp":
-                continue
-            if b"\0-s\0rabbit\0boot\0" not in (entry / "cmdline").read_bytes():
+            comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            if not select(entry, comm, fields):
                 continue
         except OSError:  # exited meanwhile
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()
         found[int(entry.name)] = sum(int(f) for f in fields[11:15]) / ticks
     return found
+
+
+def _is_rabbitmq_node(entry: Path, comm: str, fields: list[str]) -> bool:
+    # ``rabbitmqctl`` runs a short-lived ``beam.smp`` of its own: not the node.
+    return comm == "beam.smp" and b"\0-s\0rabbit\0boot\0" in (entry / "cmdline").read_bytes()
+
+
+def broker_cpu_seconds() -> dict[int, float]:
+    """CPU seconds so far of each process of the RabbitMQ node (the ``beam.smp`` started
+    with ``-s rabbit boot``); empty if none runs here."""
+    return cpu_seconds_where(_is_rabbitmq_node)
 
 
 def cpu_used(before: dict[int, float], after: dict[int, float]) -> float | None:

@@ -102,43 +102,26 @@ class RedisDedup:
     ) -> Sequence[Command] | None:
         if not self._available():
             return None
-        if self.downstream is not None:
-            return self._drop_stored_everywhere(commands)
-        keys = [self.key(sink, command.message_id) for command in commands]
+        # Where sinks run, the one sink's marks; on a queued edge, every downstream sink's
+        # (an id is dropped there only once all of them stored it).
+        scopes = [sink] if self.downstream is None else self.downstream
+        if not scopes:
+            return None
+        keys = [self.key(scope, c.message_id) for c in commands for scope in scopes]
         try:
-            seen = self.client.mget(keys)
+            marks = self.client.mget(keys)
         except redis.RedisError as exc:
             self._failed(exc, "check")
             return None
         self.checked += len(commands)
+        width = len(scopes)
         kept: list[Command] = []
         taken: set[str] = set()
-        for command, key, was_seen in zip(commands, keys, seen, strict=True):
-            if was_seen is None and key not in taken:
-                taken.add(key)
+        for i, command in enumerate(commands):
+            stored = all(mark is not None for mark in marks[i * width : (i + 1) * width])
+            if not stored and command.message_id not in taken:
+                taken.add(command.message_id)
                 kept.append(command)
-        if len(kept) == len(commands):
-            return None
-        self.dropped += len(commands) - len(kept)
-        return kept
-
-    def _drop_stored_everywhere(self, commands: Sequence[Command]) -> Sequence[Command] | None:
-        sinks = self.downstream
-        if not sinks:
-            return None
-        keys = [self.key(sink, c.message_id) for c in commands for sink in sinks]
-        try:
-            seen = self.client.mget(keys)
-        except redis.RedisError as exc:
-            self._failed(exc, "check")
-            return None
-        self.checked += len(commands)
-        width = len(sinks)
-        kept = [
-            command
-            for i, command in enumerate(commands)
-            if any(mark is None for mark in seen[i * width : (i + 1) * width])
-        ]
         if len(kept) == len(commands):
             return None
         self.dropped += len(commands) - len(kept)

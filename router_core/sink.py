@@ -86,6 +86,20 @@ class Sink:
         return self.stop()
 
 
+def resolve_waiters(entries: Sequence[tuple], error: BaseException | None) -> None:
+    """For sinks that group-commit from a thread: on the event loop (via
+    ``loop.call_soon_threadsafe``), settle the future that ends each of ``entries``
+    with the group's outcome. A request that gave up meanwhile (timeout, disconnect) has
+    its future done already and is skipped."""
+    for *_, future in entries:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
+
+
 @hookimpl
 async def _async_startup(self: Sink, bus: Bus) -> Any:
     return await self.start(bus)

@@ -32,7 +32,7 @@ from router_core.commands import Command, encode_many
 from router_core.config import QueueConfig
 from router_core.health import ComponentHealth
 from router_core.hookspecs import hookimpl
-from router_core.sink import Sink
+from router_core.sink import Sink, resolve_waiters
 
 log = logging.getLogger("eventrouter.sinks.queue")
 
@@ -109,7 +109,7 @@ class QueueSink(Sink):
         try:
             while (group := self._next_group()) is not None:
                 error = publisher.publish(group)
-                self._loop.call_soon_threadsafe(_resolve, group, error)
+                self._loop.call_soon_threadsafe(resolve_waiters, group, error)
         finally:
             publisher.close()
 
@@ -247,16 +247,6 @@ class _Publisher:
                 # that may not answer a polite close either.
                 broker.drop(self.connection)
             self.connection = None
-
-
-def _resolve(group: list, error: BaseException | None) -> None:
-    for _, _, future in group:
-        if future.done():  # the request gave up (timeout) or was cancelled
-            continue
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
 
 
 @hookimpl

@@ -37,7 +37,7 @@ from router_core.db import make_engine, sqlite_path
 from router_core.health import ComponentHealth
 from router_core.hookspecs import hookimpl
 from router_core.schema import OPTIONAL_INDEXES, events, metadata
-from router_core.sink import Sink
+from router_core.sink import Sink, resolve_waiters
 
 log = logging.getLogger("eventrouter.sinks.sqlite")
 
@@ -280,7 +280,7 @@ class SQLiteSink(Sink):
         try:
             while (pending := self._next_group()) is not None:
                 error = self._commit(connection, pending)
-                self._loop.call_soon_threadsafe(_resolve, pending, error)
+                self._loop.call_soon_threadsafe(resolve_waiters, pending, error)
         finally:
             connection.close()
 
@@ -481,16 +481,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _resolve(pending: list, error: BaseException | None) -> None:
-    for _, _, future in pending:
-        if future.done():  # the request gave up (timeout) or was cancelled
-            continue
-        if error is None:
-            future.set_result(None)
-        else:
-            future.set_exception(error)
 
 
 @hookimpl

@@ -118,7 +118,43 @@ class LiveServer:
                 return found
 
 
-class ServeProcess:
+class CommandProcess:
+    """An ``eventrouter`` command in its own subprocess and session, logging to a file;
+    stopped by signalling its process group (only what the test started)."""
+
+    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [str(VENV_BIN / "eventrouter"), *argv],
+            cwd=cwd,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def send(self, sig: int) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, sig)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = HANG_GUARD) -> int:
+        self.send(sig)
+        try:
+            code = self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.send(signal.SIGKILL)
+            code = self.process.wait()
+        self._log.close()
+        return code
+
+
+class ServeProcess(CommandProcess):
     """A real ``eventrouter serve`` (gunicorn + uvicorn workers) in a subprocess."""
 
     def __init__(
@@ -132,28 +168,12 @@ class ServeProcess:
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = cwd / f"serve-{self.port}.log"
         base = os.environ if clear_env is None else clear_env
         full_env = {**base, **(env or {})}
         if clear_env is None:
             full_env.setdefault("EVENTROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [
-                str(VENV_BIN / "eventrouter"),
-                "serve",
-                "--port",
-                str(self.port),
-                "--workers",
-                str(workers),
-                *args,
-            ],
-            cwd=cwd,
-            env=full_env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        argv = ["serve", "--port", str(self.port), "--workers", str(workers), *args]
+        super().__init__(argv, cwd, full_env, cwd / f"serve-{self.port}.log")
 
     def wait_ready(self, timeout: float = 30) -> ServeProcess:
         deadline = time.monotonic() + timeout
@@ -167,21 +187,3 @@ class ServeProcess:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"eventrouter serve did not become healthy:\n{self.log()}")
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def send(self, sig: int) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        self.send(sig)
-        try:
-            code = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.send(signal.SIGKILL)
-            code = self.process.wait()
-        self._log.close()
-        return code

@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import sqlite3
-import subprocess
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -27,7 +25,7 @@ from kombu import Connection
 
 from router_core.config import Config
 from router_core.worker import Worker
-from tests.helpers import ADMIN_TOKEN, HANG_GUARD, VENV_BIN, make_config
+from tests.helpers import ADMIN_TOKEN, HANG_GUARD, CommandProcess, make_config
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 #: Redis databases: 5 for the Redis transport, 6 for dedup keys.
@@ -194,39 +192,16 @@ class WorkerThread:
         self.stop()
 
 
-class WorkerProcess:
+class WorkerProcess(CommandProcess):
     """A real ``eventrouter worker`` in a subprocess."""
 
     def __init__(self, config_path: Path, *args: str) -> None:
-        self.log_path = config_path.parent / f"worker-{unique()}.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [str(VENV_BIN / "eventrouter"), "worker", "--config", str(config_path), *args],
-            cwd=config_path.parent,
-            env={**os.environ, "EVENTROUTER_ADMIN_TOKEN": ADMIN_TOKEN},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        super().__init__(
+            ["worker", "--config", str(config_path), *args],
+            config_path.parent,
+            {**os.environ, "EVENTROUTER_ADMIN_TOKEN": ADMIN_TOKEN},
+            config_path.parent / f"worker-{unique()}.log",
         )
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def send(self, sig: int) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, sig)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = HANG_GUARD) -> int:
-        self.send(sig)
-        try:
-            code = self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.send(signal.SIGKILL)
-            code = self.process.wait()
-        self._log.close()
-        return code
 
 
 def to_toml(data: dict[str, Any], prefix: str = "") -> str:

@@ -48,3 +48,26 @@ def test_duplicate_write_keys_are_rejected():
     raw = {"sources": [{"name": "a", "write_key": "k"}, {"name": "b", "write_key": "k"}]}
     with pytest.raises(config.ConfigError, match=r"sources\[1\]\.write_key: duplicate"):
         config.parse(raw, "c.toml", env={})
+
+
+@pytest.mark.parametrize(
+    ("table", "value", "key"),
+    [
+        ("queue", {"url": "http://guest:hunter2@127.0.0.1:5672/"}, "queue.url"),
+        ("queue", {"url": "guest:hunter2@127.0.0.1:5672"}, "queue.url"),
+        ("queue", {"url": "amqp://guest:hunter2@127.0.0.1//", "publisher": 2}, "queue.publisher"),
+        ("queue", {"url": "amqp://guest:hunter2@127.0.0.1//", "publishers": 0}, "queue.publishers"),
+        ("queue", {"url": "amqp://guest:hunter2@127.0.0.1//", "linger": "soon"}, "queue.linger"),
+        ("queue", {"prefix": "x"}, "queue.url"),
+        ("dedup", {"url": "amqp://guest:hunter2@127.0.0.1//"}, "dedup.url"),
+        ("dedup", {"url": "http://:hunter2@127.0.0.1:6379/6"}, "dedup.url"),
+        ("dedup", {"url": "redis://:hunter2@127.0.0.1:6379/6", "window": "a day"}, "dedup.window"),
+        ("dedup", {"url": "redis://:hunter2@127.0.0.1:6379/6", "windw": "1h"}, "dedup.windw"),
+        ("dedup", {"window": "1h"}, "dedup.url"),
+    ],
+)
+def test_queue_and_dedup_errors_name_the_key_not_the_password(table, value, key):
+    with pytest.raises(config.ConfigError, match=rf"^test\.toml: {key}: ") as raised:
+        config.parse({table: value}, "test.toml", {})
+    assert raised.value.key == key
+    assert "hunter2" not in str(raised.value)
