@@ -89,6 +89,21 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    """Create or upgrade the schema of every configured sink (or of ``--sink``)."""
+    config = config_module.load(args.config)
+    bus = Bus(config, make_plugin_manager(config))
+    names = args.sink or list(bus.sinks)
+    for name in names:
+        if name not in bus.sinks:
+            raise ConfigError(config.path, "sinks", f"no sink named {name!r}")
+    for name in names:
+        sink = bus.sinks[name]
+        done = sink.migrate()
+        print(f"{name} ({sink.config.type}): {done or 'nothing to migrate'}")
+    return 0
+
+
 def _disabled_row(name: str) -> dict[str, Any]:
     """A plugin blocked by ``[plugins] disabled``: never imported, so only its entry point
     (if any) tells where it comes from."""
@@ -186,6 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="consume only this sink's queue (repeatable; default: every sink)",
     )
     worker.set_defaults(func=cmd_worker)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the sinks' schemas")
+    migrate.add_argument("--config", help="TOML config file (default: $EVENTROUTER_CONFIG)")
+    migrate.add_argument("--sink", action="append", metavar="NAME", help="only this sink")
+    migrate.set_defaults(func=cmd_migrate)
 
     dead = commands.add_parser("dead-letters", help="list or replay a sink's dead letters")
     dead.add_argument("action", choices=["list", "replay"])

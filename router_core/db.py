@@ -36,6 +36,10 @@ def make_engine(url: str, *, synchronous: str = "NORMAL") -> Engine:
             kwargs["connect_args"] = {"check_same_thread": False}
         else:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    elif parsed.get_backend_name() == "postgresql":
+        # Times are UTC everywhere; a naive bound parameter means UTC too.
+        kwargs["connect_args"] = {"options": "-c timezone=UTC"}
+        kwargs["pool_pre_ping"] = True
     engine = create_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite":
 

@@ -68,6 +68,13 @@ class Sink:
     def stop(self) -> Any:
         """Flush and close. Called once per process at shutdown."""
 
+    def migrate(self) -> str | None:
+        """Create or upgrade this sink's schema, idempotently (``eventrouter migrate``).
+
+        Blocking; runs outside any server. Returns a one-line description of the schema
+        now in place, or ``None`` when the sink has no schema to manage."""
+        return None
+
     # -- pluggy adapters ---------------------------------------------------------------
     @hookimpl
     def eventrouter_startup(self, bus: Bus) -> Any:

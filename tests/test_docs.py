@@ -117,6 +117,20 @@ def nested_keys(type_: mi.Type, key: str) -> Iterator[str]:
 
 CONFIG_KEYS = sorted(struct_keys(mi.type_info(Config)))
 SQLITE_KEYS = sorted(struct_keys(mi.type_info(SQLiteSink.Options), "sinks.<name>."))
+#: The own keys of every built-in sink type (the queue publisher is configured in [queue]).
+SINK_TYPE_KEYS = sorted(
+    {
+        key
+        for name, cls in Bus(
+            config_module.parse({}, None, {}),
+            make_plugin_manager(config_module.parse({}, None, {})),
+        )
+        .sink_types()
+        .items()
+        if name != "queue"
+        for key in struct_keys(mi.type_info(cls.Options), "sinks.<name>.")
+    }
+)
 
 
 def documented_keys(text: str) -> set[str]:
@@ -138,7 +152,7 @@ def test_config_keys_are_found():
     ]
 
 
-@pytest.mark.parametrize("key", CONFIG_KEYS + SQLITE_KEYS)
+@pytest.mark.parametrize("key", CONFIG_KEYS + SINK_TYPE_KEYS)
 def test_every_config_key_is_documented(key):
     assert key in documented_keys(read("docs/configuration.md")), (
         f"docs/configuration.md needs `{key}` in a heading or a table cell"

@@ -1,0 +1,294 @@
+"""The PostgreSQL sink against this machine's PostgreSQL: partitions, COPY writes,
+idempotent redelivery, the normalised identity tables, ``eventrouter migrate``, and the
+query API reading it. Each test gets a database of its own, dropped afterwards."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from router_core.bus import Bus, make_plugin_manager
+from router_core.config import ConfigError
+from tests.helpers import VENV_BIN, LiveServer, make_config
+from tests.queue_support import WorkerThread, amqp_env, to_toml, unique  # noqa: F401
+
+# ruff: noqa: F811 - pytest fixtures are parameters
+
+ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """An SQLAlchemy URL of a fresh database, dropped after the test."""
+    name = unique("ert_")
+    with psycopg.connect(ADMIN, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(ADMIN, autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def sql(url: str, query: str, *params) -> list[tuple]:
+    with psycopg.connect(url.replace("+psycopg", "")) as connection:
+        return connection.execute(query, params).fetchall()
+
+
+def pg_sink(url: str, **options) -> dict:
+    return {"type": "postgres", "url": url, **options}
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def track(user: str, event: str = "Signed Up", **extra) -> dict:
+    return {"userId": user, "event": event, "messageId": unique("m"), **extra}
+
+
+@pytest.fixture
+def pg_server(pg_url, tmp_path) -> Iterator[tuple[LiveServer, str]]:
+    """Embedded mode with the PostgreSQL sink as the store."""
+    config = make_config(tmp_path, {"sinks": {"warehouse": pg_sink(pg_url)}})
+    server = LiveServer(config).start()
+    try:
+        yield server, pg_url
+    finally:
+        server.stop()
+
+
+def test_rows_land_with_every_column_right(pg_server):
+    server, url = pg_server
+    body = {
+        "userId": "u1",
+        "anonymousId": "a1",
+        "event": "Order Completed",
+        "messageId": "msg-1",
+        "properties": {"plan": "pro", "total": 42.5, "items": [1, 2]},
+        "context": {"page": {"path": "/checkout"}, "sessionId": "s1"},
+        # No sentAt: with one, the timestamp would be corrected for clock skew.
+        "timestamp": "2026-11-01T10:00:00.123Z",
+    }
+    assert server.post("/v1/track", body).status_code == 200
+    rows = sql(
+        url,
+        "SELECT message_id, type, event, user_id, anonymous_id, session_id, source, "
+        "properties, context->'page', timestamp, received_at IS NOT NULL FROM events",
+    )
+    assert len(rows) == 1
+    message_id, kind, event, user, anon, session, source, props, page, ts, received = rows[0]
+    assert (message_id, kind, event, user, anon, session) == (
+        "msg-1",
+        "track",
+        "Order Completed",
+        "u1",
+        "a1",
+        "s1",
+    )
+    assert source == "default" or source
+    assert props == {"plan": "pro", "total": 42.5, "items": [1, 2]}
+    assert page == {"path": "/checkout"}
+    assert received is True
+    assert ts.astimezone(UTC).isoformat().startswith("2026-11-01T10:00:00")
+    stored = server.events()
+    assert [e["message_id"] for e in stored] == ["msg-1"]
+    assert stored[0]["properties"]["plan"] == "pro"
+    assert stored[0]["timestamp"].startswith("2026-11-01T10:00:00")
+
+
+def test_partitions_exist_ahead_and_are_created_for_late_and_early_events(pg_server):
+    server, url = pg_server
+    now = datetime.now(UTC)
+    last_year = now - timedelta(days=365)
+    next_month = now + timedelta(days=35)
+    for moment in (now, last_year, next_month):
+        body = track("u-part", timestamp=iso(moment))
+        assert server.post("/v1/track", body).status_code == 200
+    partitions = {
+        row[0]
+        for row in sql(
+            url,
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'events'",
+        )
+    }
+    for moment in (now, now + timedelta(days=3), last_year, next_month):
+        assert f"events_p{moment:%Y%m%d}" in partitions, sorted(partitions)
+    assert "events_default" in partitions
+    # Each event sits in its own day's partition, none in the default one.
+    assert sql(url, "SELECT count(*) FROM events_default") == [(0,)]
+    for moment in (now, last_year, next_month):
+        assert sql(url, f"SELECT count(*) FROM events_p{moment:%Y%m%d}") == [(1,)]
+
+
+def test_an_absurd_timestamp_lands_in_the_default_partition(pg_server):
+    server, url = pg_server
+    body = track("u-1970", timestamp="1971-01-01T00:00:00Z")
+    assert server.post("/v1/track", body).status_code == 200
+    assert sql(url, "SELECT count(*) FROM events_default") == [(1,)]
+    assert not sql(url, "SELECT 1 FROM pg_class WHERE relname = 'events_p19710101'")
+
+
+def test_a_redelivered_batch_is_stored_once(pg_url, tmp_path):
+    config = make_config(tmp_path, {"sinks": {"warehouse": pg_sink(pg_url)}})
+    server = LiveServer(config).start()
+    try:
+        batch = {"batch": [{"type": "track", **track("u-dup")} for _ in range(20)]}
+        for _ in range(3):  # an SDK retrying the same batch
+            assert server.post("/v1/batch", batch).status_code == 200
+    finally:
+        server.stop()
+    assert sql(pg_url, "SELECT count(*), count(DISTINCT message_id) FROM events") == [(20, 20)]
+
+
+def test_identify_group_and_alias_keep_the_identity_tables_current(pg_server):
+    server, url = pg_server
+
+    def at(minutes: int) -> str:
+        return iso(datetime(2026, 11, 1, 10, tzinfo=UTC) + timedelta(minutes=minutes))
+
+    calls = [
+        (
+            "identify",
+            {
+                "userId": "u1",
+                "anonymousId": "anon-1",
+                "traits": {"plan": "free", "a": 1},
+                "timestamp": at(0),
+            },
+        ),
+        ("identify", {"userId": "u1", "traits": {"plan": "pro"}, "timestamp": at(5)}),
+        # Late: older than the call above, so its "plan" must not win.
+        ("identify", {"userId": "u1", "traits": {"plan": "trial", "b": 2}, "timestamp": at(1)}),
+        ("track", {"userId": "u1", "anonymousId": "anon-2", "event": "x", "timestamp": at(9)}),
+        (
+            "group",
+            {"userId": "u1", "groupId": "g1", "traits": {"name": "Acme"}, "timestamp": at(2)},
+        ),
+        ("group", {"userId": "u1", "groupId": "g1", "traits": {"seats": 5}, "timestamp": at(3)}),
+        ("alias", {"userId": "u1", "previousId": "old-u1", "timestamp": at(4)}),
+    ]
+    for kind, body in calls:
+        response = server.post(f"/v1/{kind}", body)
+        assert response.status_code == 200, response.text
+    [(traits, first, last)] = sql(
+        url, "SELECT traits, first_seen, last_seen FROM users WHERE user_id = 'u1'"
+    )
+    assert traits == {"plan": "pro", "a": 1, "b": 2}
+    assert iso(first.astimezone(UTC)) == at(0)
+    assert iso(last.astimezone(UTC)) == at(9)
+    assert sql(url, "SELECT traits FROM groups WHERE group_id = 'g1'") == [
+        ({"name": "Acme", "seats": 5},)
+    ]
+    links = set(sql(url, "SELECT kind, identity, user_id FROM identities"))
+    assert links == {
+        ("anonymous_id", "anon-1", "u1"),
+        ("anonymous_id", "anon-2", "u1"),
+        ("previous_id", "old-u1", "u1"),
+    }
+
+
+def test_retention_drops_old_partitions_only(pg_url, tmp_path):
+    config = make_config(tmp_path, {"sinks": {"warehouse": pg_sink(pg_url, retention="30d")}})
+    bus = Bus(config, make_plugin_manager(config))
+    sink = bus.sinks["warehouse"]
+    sink.migrate()
+    old = datetime.now(UTC) - timedelta(days=60)
+    recent = datetime.now(UTC) - timedelta(days=2)
+    sink.ensure_partitions([sink_bounds(sink, old), sink_bounds(sink, recent)])
+    assert f"events_p{old:%Y%m%d}" in partitions_of(pg_url)
+    dropped = sink.drop_partitions_before(datetime.now(UTC) - timedelta(days=30))
+    assert dropped == [f"events_p{old:%Y%m%d}"]
+    remaining = partitions_of(pg_url)
+    assert f"events_p{old:%Y%m%d}" not in remaining
+    assert f"events_p{recent:%Y%m%d}" in remaining
+    sink.stop()
+
+
+def sink_bounds(sink, moment):
+    from sinks.postgres import partition_bounds
+
+    return partition_bounds(moment, sink.options.partition)
+
+
+def partitions_of(url: str) -> set[str]:
+    return {
+        row[0]
+        for row in sql(
+            url,
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+            "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'events'",
+        )
+    }
+
+
+def test_monthly_partitions(pg_server_monthly):
+    server, url = pg_server_monthly
+    moment = datetime.now(UTC) - timedelta(days=400)
+    assert server.post("/v1/track", track("u-m", timestamp=iso(moment))).status_code == 200
+    assert f"events_p{moment:%Y%m}" in partitions_of(url)
+
+
+@pytest.fixture
+def pg_server_monthly(pg_url, tmp_path):
+    config = make_config(tmp_path, {"sinks": {"warehouse": pg_sink(pg_url, partition="month")}})
+    server = LiveServer(config).start()
+    try:
+        yield server, pg_url
+    finally:
+        server.stop()
+
+
+def test_migrate_command_creates_the_schema_idempotently(pg_url, tmp_path):
+    path = tmp_path / "pg.toml"
+    path.write_text(to_toml({"sinks": {"warehouse": pg_sink(pg_url, migrate_on_start=False)}}))
+    for _ in range(2):
+        result = subprocess.run(
+            [str(VENV_BIN / "eventrouter"), "migrate", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "warehouse (postgres): schema version 1" in result.stdout
+    tables = {row[0] for row in sql(pg_url, "SELECT tablename FROM pg_tables")}
+    assert {"events", "events_default", "users", "groups", "identities"} <= tables
+    assert sql(pg_url, "SELECT version FROM eventrouter_schema") == [(1,)]
+
+
+def test_through_the_queue_and_worker(amqp_env, pg_url):
+    raw = amqp_env.raw(sinks={"warehouse": pg_sink(pg_url)})
+    config = make_config(amqp_env.tmp_path, raw)
+    server = LiveServer(config).start()
+    try:
+        ids = []
+        for _ in range(5):
+            body = track("u-q")
+            ids.append(body["messageId"])
+            assert server.post("/v1/track", body).status_code == 200
+        with WorkerThread(make_config(amqp_env.tmp_path, raw)) as worker:
+            from tests.helpers import eventually
+
+            eventually(
+                lambda: (
+                    sql(pg_url, "SELECT count(*) FROM events") == [(5,)]
+                    if partitions_of(pg_url)
+                    else False
+                ),
+                "5 events in PostgreSQL",
+            )
+            assert worker.worker.consumers[0].written == 5
+        assert {e["message_id"] for e in server.events()} == set(ids)
+    finally:
+        server.stop()
+
+
+def test_unknown_option_is_a_config_error(tmp_path):
+    config = make_config(tmp_path, {"sinks": {"w": pg_sink("postgresql+psycopg://x/y", part=1)}})
+    with pytest.raises(ConfigError, match=r"sinks\.w\.part: unknown key"):
+        Bus(config, make_plugin_manager(config))
