@@ -18,7 +18,14 @@ import msgspec
 import sqlalchemy.exc
 
 from router_core.errors import APIError
-from router_core.store import DEFAULT_LIMIT, EventFilter, EventStore, InvalidQuery
+from router_core.store import (
+    DEFAULT_LIMIT,
+    PATH_COLUMNS,
+    EventFilter,
+    EventStore,
+    InvalidQuery,
+    PathCondition,
+)
 
 _PARAMS = frozenset(
     {
@@ -80,12 +87,21 @@ def _time_param(req: falcon.asgi.Request, name: str) -> datetime | None:
 
 def parse_filter(req: falcon.asgi.Request) -> tuple[EventFilter, int, str | None]:
     """Query parameters → filter, limit, cursor; 400 naming any bad or unknown parameter."""
-    unknown = sorted(set(req.params) - _PARAMS)
+    paths = [name for name in req.params if name.partition(".")[0] in PATH_COLUMNS]
+    unknown = sorted(set(req.params) - _PARAMS - set(paths))
     if unknown:
         raise APIError(400, "invalid_param", f"{unknown[0]}: unknown parameter")
     for name, value in req.params.items():
         if isinstance(value, list):
             raise APIError(400, "invalid_param", f"{name}: given more than once")
+    try:
+        conditions = [
+            PathCondition.parse(name, req.params[name])
+            for name in sorted(paths)
+            if req.params[name]  # blank, as HTML forms send it: not given
+        ]
+    except InvalidQuery as exc:
+        raise APIError(400, "invalid_param", str(exc)) from None
     where = EventFilter(
         type=_param(req, "type"),
         event=_param(req, "event"),
@@ -95,6 +111,7 @@ def parse_filter(req: falcon.asgi.Request) -> tuple[EventFilter, int, str | None
         source=_param(req, "source"),
         since=_time_param(req, "since"),
         until=_time_param(req, "until"),
+        paths=conditions,
     )
     raw_limit = _param(req, "limit")
     limit = DEFAULT_LIMIT

@@ -10,12 +10,15 @@ it. Every filter value is a bound parameter.
 from __future__ import annotations
 
 import base64
+import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import sqlalchemy.exc
-from sqlalchemy import Engine, and_, or_, select
+from sqlalchemy import ColumnElement, Engine, Text, and_, case, cast, func, literal, or_, select
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from router_core.db import make_engine
 from router_core.schema import events, metadata
@@ -33,6 +36,38 @@ class InvalidQuery(ValueError):
         self.field = field
 
 
+#: JSON columns a path condition may address, and the shape of one path segment.
+PATH_COLUMNS = ("properties", "traits", "context")
+_SEGMENT = re.compile(r"^[A-Za-z0-9_$@:-]{1,100}$")
+#: Most path conditions in one query.
+MAX_PATH_CONDITIONS = 10
+
+
+class PathCondition(msgspec.Struct, frozen=True):
+    """``properties.plan = "pro"``: the JSON value at ``path`` under ``column``, as text
+    (strings as they are, numbers and booleans as JSON writes them), equals ``value``."""
+
+    column: str
+    path: tuple[str, ...]
+    value: str
+
+    @classmethod
+    def parse(cls, name: str, value: str) -> PathCondition:
+        """From a query parameter such as ``properties.plan`` = ``pro``.
+
+        :raises InvalidQuery: an unknown column or a malformed path."""
+        column, _, rest = name.partition(".")
+        segments = tuple(rest.split(".")) if rest else ()
+        if column not in PATH_COLUMNS or not segments:
+            raise InvalidQuery(name, "write properties.KEY, traits.KEY or context.KEY")
+        for segment in segments:
+            if not _SEGMENT.match(segment):
+                raise InvalidQuery(
+                    name, f"path segment {segment!r}: letters, digits and _$@:- only"
+                )
+        return cls(column, segments, value)
+
+
 class EventFilter(msgspec.Struct, kw_only=True):
     type: str | None = None
     event: str | None = None
@@ -44,6 +79,8 @@ class EventFilter(msgspec.Struct, kw_only=True):
     since: datetime | None = None
     #: Exclusive upper bound on ``timestamp``.
     until: datetime | None = None
+    #: Conditions on JSON paths, all of which must hold.
+    paths: list[PathCondition] = []
 
 
 class Page(msgspec.Struct):
@@ -88,6 +125,28 @@ def row_to_event(row: Any) -> dict[str, Any]:
     return event
 
 
+def json_text(dialect: str, column: str, path: Sequence[str]) -> ColumnElement:
+    """The JSON value at ``path`` in ``column`` as text, in the dialect's own JSON access.
+
+    The path is always a bound parameter (its segments are validated besides), never
+    SQL text: PostgreSQL gets ``column #>> :path`` with a text array; SQLite gets
+    ``json_extract`` with a JSON-path string, with booleans spelled as JSON spells them
+    (``json_extract`` alone gives 1 and 0).
+    """
+    target = events.c[column]
+    if dialect == "postgresql":
+        return target.op("#>>")(literal(list(path), ARRAY(Text)))
+    if dialect == "sqlite":
+        json_path = literal("$" + "".join(f'."{segment}"' for segment in path))
+        kind = func.json_type(target, json_path)
+        return case(
+            (kind == "true", "true"),
+            (kind == "false", "false"),
+            else_=cast(func.json_extract(target, json_path), Text),
+        )
+    raise InvalidQuery("paths", f"path conditions are not supported on {dialect}")
+
+
 class EventStore:
     """Reads stored events. Blocking: call it from a thread in async code."""
 
@@ -122,6 +181,10 @@ class EventStore:
             for name in FILTER_COLUMNS
             if (value := getattr(where, name)) is not None
         ]
+        if len(where.paths) > MAX_PATH_CONDITIONS:
+            raise InvalidQuery("paths", f"at most {MAX_PATH_CONDITIONS} path conditions")
+        dialect = self.engine.dialect.name
+        conditions += [json_text(dialect, c.column, c.path) == c.value for c in where.paths]
         if where.since is not None:
             conditions.append(events.c.timestamp >= _naive_utc(where.since))
         if where.until is not None:
