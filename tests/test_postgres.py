@@ -14,6 +14,7 @@ import pytest
 from router_core.bus import Bus, make_plugin_manager
 from router_core.config import ConfigError
 from tests.helpers import VENV_BIN, LiveServer, make_config
+from tests.ingest_support import AUTH
 from tests.queue_support import WorkerThread, amqp_env, to_toml, unique  # noqa: F401
 
 # ruff: noqa: F811 - pytest fixtures are parameters
@@ -292,3 +293,29 @@ def test_unknown_option_is_a_config_error(tmp_path):
     config = make_config(tmp_path, {"sinks": {"w": pg_sink("postgresql+psycopg://x/y", part=1)}})
     with pytest.raises(ConfigError, match=r"sinks\.w\.part: unknown key"):
         Bus(config, make_plugin_manager(config))
+
+
+def test_the_query_api_pages_and_filters_a_postgres_store(pg_server):
+    server, _ = pg_server
+    base = datetime(2026, 10, 1, 12, tzinfo=UTC)
+    ids = []
+    for i in range(7):
+        body = track("u-pages", timestamp=iso(base + timedelta(minutes=i % 3)))
+        ids.append(body["messageId"])
+        assert server.post("/v1/track", body).status_code == 200
+    seen, cursor = [], None
+    while True:
+        params = {"user_id": "u-pages", "limit": 2, **({"cursor": cursor} if cursor else {})}
+        response = server.client.get("/api/v1/events", params=params, headers=AUTH)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        seen += [e["message_id"] for e in page["events"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert sorted(seen) == sorted(ids) and len(seen) == 7  # each exactly once
+    stamps = [e["timestamp"] for e in server.events(user_id="u-pages")]
+    assert stamps == sorted(stamps, reverse=True)
+    minute = iso(base + timedelta(minutes=1))
+    window = server.events(user_id="u-pages", since=minute, until=iso(base + timedelta(minutes=2)))
+    assert len(window) == 2 and {e["timestamp"] for e in window} == {minute}
