@@ -1,0 +1,681 @@
+"""The ``s3`` sink: an archive of gzip NDJSON (or Parquet) objects in S3 or any
+S3-compatible store (MinIO, Ceph, moto), under Hive-style keys::
+
+    {prefix}/source={source}/dt=YYYY-MM-DD/hour=HH/{uuid}.ndjson.gz
+
+partitioned by each event's ``timestamp`` in UTC. Each line is one event with exactly
+the stored columns of DESIGN.md (:data:`router_core.commands.STORED_COLUMNS`).
+
+Durability: :meth:`S3Sink.write` returns only once every object holding the batch is
+uploaded; nothing acknowledged is ever held in memory. Concurrent writes (embedded mode)
+are group-committed: they join one upload, which waits up to ``batch.timeout`` for more
+and takes up to ``batch.max_events`` events. Under ``eventrouter worker`` the worker has
+gathered the batch already, so it is uploaded at once. A batch that spans several
+partitions becomes one object per partition (more when one exceeds ``batch.max_bytes``).
+
+The object name is a UUIDv5 of the message ids it holds, so a batch written again (a
+retry after a partial failure, a redelivery of the same messages) overwrites its own
+objects instead of archiving the events twice.
+
+Operator's guide: ``docs/s3.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import io
+import logging
+import os
+import struct
+import threading
+import time
+import uuid
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+import msgspec
+
+from router_core.bus import WORKER
+from router_core.commands import STORED_COLUMNS, Command
+from router_core.config import Duration, SinkConfig
+from router_core.health import ComponentHealth
+from router_core.hookspecs import hookimpl
+from router_core.sink import Sink
+
+log = logging.getLogger("eventrouter.sinks.s3")
+
+MiB = 1024 * 1024
+#: S3's smallest part of a multipart upload (all but the last).
+MIN_PART_SIZE = 5 * MiB
+#: Events encoded (and compressed on the pool) per piece of an object.
+PIECE_EVENTS = 2000
+#: Timeouts of the health probe (seconds); it is never retried.
+HEALTH_TIMEOUT = 2.0
+#: The namespace of the object names (UUIDv5 of the message ids an object holds).
+OBJECT_NAMESPACE = uuid.UUID("5f0c8a52-4c3e-4d7b-9a8e-0e6f1b2c3d4e")
+
+#: S3 bucket naming rules (also MinIO's).
+BUCKET_NAME = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+
+
+class S3Options(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """``[sinks.NAME]`` keys of ``type = "s3"``; see docs/s3.md."""
+
+    bucket: Annotated[str, msgspec.Meta(pattern=BUCKET_NAME)]
+    #: Key prefix; slashes at either end are ignored, ``""`` writes at the bucket's root.
+    prefix: str = "events"
+    #: ``https://...`` of an S3-compatible store; unset: AWS S3 of ``region``.
+    endpoint_url: Annotated[str, msgspec.Meta(pattern=r"^https?://[^\s]+$")] | None = None
+    region: Annotated[str, msgspec.Meta(min_length=1)] = "us-east-1"
+    #: A profile of ~/.aws/config; unset: the standard chain (env vars, profile, role).
+    profile: str | None = None
+    #: ``path`` for stores without virtual-host buckets (MinIO behind one hostname).
+    addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    format: Literal["ndjson", "parquet"] = "ndjson"
+    #: gzip level of NDJSON objects, 1 (fastest) to 9 (smallest).
+    compression_level: Annotated[int, msgspec.Meta(ge=1, le=9)] = 3
+    #: Codec of Parquet objects.
+    parquet_compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+    #: Objects of at least this many bytes (compressed) go up as multipart uploads.
+    multipart_threshold: Annotated[int, msgspec.Meta(ge=1)] = 16 * MiB
+    #: Part size of multipart uploads (S3: 5 MiB to 5 GiB).
+    multipart_chunksize: Annotated[int, msgspec.Meta(ge=MIN_PART_SIZE, le=5 * 1024 * MiB)] = (
+        16 * MiB
+    )
+    #: Uploads in flight at once per write: objects, and parts of one multipart object.
+    max_concurrency: Annotated[int, msgspec.Meta(ge=1, le=64)] = 8
+    #: ``STANDARD_IA``, ``GLACIER_IR``, ...; unset: the bucket's default (STANDARD).
+    storage_class: str | None = None
+    server_side_encryption: Literal["AES256", "aws:kms"] | None = None
+    #: KMS key for ``server_side_encryption = "aws:kms"``; unset: the AWS-managed key.
+    kms_key_id: str | None = None
+    #: Attempts of each S3 request by botocore (standard retry mode) within one write.
+    request_attempts: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
+    connect_timeout: Duration = Duration(5.0)
+    read_timeout: Duration = Duration(60.0)
+
+
+class S3WriteError(Exception):
+    """An object of the batch could not be uploaded."""
+
+
+# -- what goes in an object ---------------------------------------------------------------
+TIME_COLUMNS = ("timestamp", "original_timestamp", "sent_at", "received_at")
+#: One line of an NDJSON object: the stored columns, in order, nulls included.
+StoredEvent = msgspec.defstruct("StoredEvent", [(column, Any) for column in STORED_COLUMNS])
+_encoder = msgspec.json.Encoder()
+
+
+#: The time columns close :meth:`Command.values`; ``timestamp`` and ``received_at`` are
+#: never None.
+_FIRST_TIME = STORED_COLUMNS.index("timestamp")
+assert STORED_COLUMNS[_FIRST_TIME:] == TIME_COLUMNS
+
+
+def stored_event(command: Command) -> Any:
+    """The line of one command, times in UTC: commands carry UTC already, unless a plugin
+    replaced a time with one at another offset. (Spelled out: this runs per event.)"""
+    values = command.values()
+    timestamp, original, sent_at, received_at = values[_FIRST_TIME:]
+    if (
+        timestamp.tzinfo is not UTC
+        or received_at.tzinfo is not UTC
+        or (original is not None and original.tzinfo is not UTC)
+        or (sent_at is not None and sent_at.tzinfo is not UTC)
+    ):
+        times = (None if value is None else utc(value) for value in values[_FIRST_TIME:])
+        values = (*values[:_FIRST_TIME], *times)
+    return StoredEvent(*values)
+
+
+def ndjson_lines(commands: Sequence[Command]) -> bytes:
+    """One JSON object per command, each ended by ``\\n``: exactly the stored columns,
+    times in RFC 3339 UTC (``2025-05-28T04:17:35.250000Z``)."""
+    return _encoder.encode_lines([stored_event(command) for command in commands])
+
+
+def utc(value: datetime) -> datetime:
+    """Aware UTC; a naive time is taken to be UTC already (as ``router_core.normalise``)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+@dataclass
+class Partition:
+    source: str
+    day: date
+    hour: int
+    commands: list[Command] = field(default_factory=list)
+
+    def key(self, prefix: str, name: str) -> str:
+        """The Hive-style key of an object of this partition. The source is
+        percent-encoded as Hive escapes partition values (``/``, ``=``, spaces...)."""
+        path = (
+            f"source={quote(self.source, safe='')}/dt={self.day.isoformat()}/hour={self.hour:02d}/"
+            f"{name}"
+        )
+        return f"{prefix}/{path}" if prefix else path
+
+
+def partitions(commands: Sequence[Command]) -> list[Partition]:
+    """The commands by (source, UTC day, UTC hour) of their ``timestamp``, each in arrival
+    order."""
+    found: dict[tuple[str, date, int], Partition] = {}
+    for command in commands:
+        timestamp = command.timestamp
+        if timestamp.tzinfo is not UTC:
+            timestamp = utc(timestamp)
+        where = (command.source, timestamp.date(), timestamp.hour)
+        partition = found.get(where)
+        if partition is None:
+            partition = found[where] = Partition(*where)
+        partition.commands.append(command)
+    return list(found.values())
+
+
+def object_name(message_ids: Sequence[str]) -> str:
+    """Deterministic: the same events, written again, land in the same object."""
+    return str(uuid.uuid5(OBJECT_NAMESPACE, "\n".join(message_ids)))
+
+
+class ParallelGzip:
+    """One gzip member, compressed piece by piece on a thread pool, as pigz does.
+
+    Each piece is a raw deflate stream primed with the previous piece's last 32 KiB (so
+    the ratio is that of one stream) and ended with a sync flush; the pieces, an empty
+    final block and the gzip header and trailer make one member that every gzip reader
+    takes (some, Athena's among them, stop at the end of the first member of a file).
+    zlib releases the GIL, so pieces compress while the next one is encoded.
+    """
+
+    HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, mtime 0, OS unknown
+    WINDOW = 32 * 1024
+
+    def __init__(self, level: int, pool: ThreadPoolExecutor) -> None:
+        self.level = level
+        self.pool = pool
+        self.pieces: list[Future[bytes]] = []
+        self.crc = 0
+        self.size = 0
+        self._tail = b""
+
+    def add(self, data: bytes) -> None:
+        self.pieces.append(self.pool.submit(self._deflate, data, self._tail))
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+        self._tail = data[-self.WINDOW :]
+
+    def _deflate(self, data: bytes, primer: bytes) -> bytes:
+        if primer:
+            compressor = zlib.compressobj(self.level, zlib.DEFLATED, -15, zdict=primer)
+        else:
+            compressor = zlib.compressobj(self.level, zlib.DEFLATED, -15)
+        return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+    def finish(self) -> bytes:
+        """The gzip member (waits for the pieces)."""
+        final = zlib.compressobj(self.level, zlib.DEFLATED, -15).flush(zlib.Z_FINISH)
+        trailer = struct.pack("<II", self.crc & 0xFFFFFFFF, self.size & 0xFFFFFFFF)
+        return b"".join([self.HEADER, *(piece.result() for piece in self.pieces), final, trailer])
+
+
+@dataclass
+class PlannedObject:
+    """An object to upload: its key, its event count, and how to produce its body (run
+    in an upload thread, so that the next object is encoded meanwhile)."""
+
+    key: str
+    events: int
+    body: Callable[[], bytes]
+
+
+def ndjson_objects(
+    partition: Partition, prefix: str, level: int, max_bytes: int | None, pool: ThreadPoolExecutor
+) -> Iterator[PlannedObject]:
+    """The gzip NDJSON objects of one partition: one, or several of at most ``max_bytes``
+    of NDJSON each (cut between events; an event larger than that gets an object of its
+    own)."""
+    limit = max_bytes or float("inf")
+    ids: list[str] = []
+    gz = ParallelGzip(level, pool)
+
+    def close() -> PlannedObject:
+        key = partition.key(prefix, f"{object_name(ids)}.ndjson.gz")
+        return PlannedObject(key, len(ids), gz.finish)
+
+    commands = partition.commands
+    for start in range(0, len(commands), PIECE_EVENTS):
+        piece = commands[start : start + PIECE_EVENTS]
+        data = ndjson_lines(piece)
+        done = 0  # events of ``piece`` placed in an object
+        while data:
+            room = limit - gz.size
+            if len(data) <= room:
+                gz.add(data)
+                ids.extend(c.message_id for c in piece[done:])
+                break
+            cut = data.rfind(b"\n", 0, int(room)) + 1  # after the last whole line that fits
+            if cut == 0:
+                if gz.size:  # nothing more fits: the next object takes it
+                    yield close()
+                    ids, gz = [], ParallelGzip(level, pool)
+                    continue
+                cut = data.index(b"\n") + 1  # one event larger than max_bytes: alone
+            count = data.count(b"\n", 0, cut)
+            gz.add(data[:cut])
+            ids.extend(c.message_id for c in piece[done : done + count])
+            done += count
+            data = data[cut:]
+            yield close()
+            ids, gz = [], ParallelGzip(level, pool)
+    if ids:
+        yield close()
+
+
+#: Parquet columns that hold JSON objects (their schemas differ from event to event).
+JSON_COLUMNS = frozenset({"properties", "traits", "context"})
+
+
+def parquet_body(commands: Sequence[Command], compression: str) -> bytes:
+    """One Parquet file of ``commands``: the stored columns, JSON objects as JSON text,
+    times as ``timestamp[us, tz=UTC]``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = list(zip(*(command.values() for command in commands), strict=True))
+    arrays = []
+    fields = []
+    for name, values in zip(STORED_COLUMNS, columns, strict=True):
+        if name in JSON_COLUMNS:
+            values = [None if v is None else _encoder.encode(v) for v in values]
+            kind = pa.string()  # from UTF-8 bytes
+        elif name in TIME_COLUMNS:
+            kind = pa.timestamp("us", tz="UTC")  # pyarrow converts aware times to UTC
+        else:
+            kind = pa.string()
+        arrays.append(pa.array(values, type=kind))
+        fields.append(pa.field(name, kind, nullable=name not in ("message_id", "type")))
+    table = pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+    # An Arrow buffer, not a Python file object: Arrow's thread pool and Python file
+    # objects can hang or abort the interpreter at exit (apache/arrow#50482).
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression=compression)
+    return sink.getvalue().to_pybytes()
+
+
+# -- the sink -------------------------------------------------------------------------------
+@dataclass
+class _Write:
+    """One ``write()`` waiting for its group's upload."""
+
+    commands: Sequence[Command]
+    waiter: asyncio.Future
+    arrived: float
+
+
+class S3Sink(Sink):
+    """Archive every event to S3; see the module docstring and docs/s3.md."""
+
+    Options = S3Options
+
+    def __init__(self, name: str, config: SinkConfig, options: S3Options) -> None:
+        super().__init__(name, config, options)
+        self.prefix = options.prefix.strip("/")
+        self.extension = "ndjson.gz" if options.format == "ndjson" else "parquet"
+        self._client: Any = None
+        self._probe: Any = None
+        self._transfer: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._uploads: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: deque[_Write] = deque()
+        self._pending_events = 0
+        self._arrived: asyncio.Event | None = None
+        self._flusher: asyncio.Task | None = None
+        self._closing = False
+        self._linger = 0.0
+        self._attempts = 1
+        self._stats_lock = threading.Lock()
+        self.objects = 0
+        self.multipart_objects = 0
+        self.uploaded_events = 0
+        self.uploaded_bytes = 0
+        self.failed_writes = 0
+        self.last_error: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self, bus: Any) -> None:
+        options = self.options
+        if options.format == "parquet" and importlib.util.find_spec("pyarrow") is None:
+            raise RuntimeError(
+                f"sinks.{self.name}.format = 'parquet' needs pyarrow, which is not installed "
+                "(pip install pyarrow), or use format = 'ndjson'"
+            )
+        self._loop = asyncio.get_running_loop()
+        worker = getattr(bus, "role", None) == WORKER
+        # Under ``eventrouter worker`` the consumer gathered the batch and retries a failed
+        # write per ``retry`` itself: waiting for more, or retrying here too, would only
+        # delay its commit and multiply the attempts.
+        self._linger = 0.0 if worker else self.config.batch.timeout
+        self._attempts = 1 if worker else self.config.retry.attempts
+        await asyncio.to_thread(self._open)
+        self._pool = ThreadPoolExecutor(
+            max(2, os.cpu_count() or 2), thread_name_prefix=f"s3-gzip-{self.name}"
+        )
+        self._uploads = ThreadPoolExecutor(
+            options.max_concurrency, thread_name_prefix=f"s3-upload-{self.name}"
+        )
+        self._arrived = asyncio.Event()
+        self._closing = False
+        self._flusher = asyncio.create_task(self._flush_forever(), name=f"s3-flush-{self.name}")
+        where = options.endpoint_url or f"AWS S3 ({options.region})"
+        log.info(
+            "%s: archiving to s3://%s/%s at %s as %s",
+            self.name,
+            options.bucket,
+            self.prefix,
+            where,
+            self.extension,
+        )
+        if not worker and self._linger >= bus.config.server.dispatch_timeout:
+            log.warning(
+                "%s: batch.timeout (%gs) is not below server.dispatch_timeout (%gs): "
+                "requests will time out waiting for the upload",
+                self.name,
+                self._linger,
+                bus.config.server.dispatch_timeout,
+            )
+
+    def _open(self) -> None:
+        # Imported here, not at the top: every eventrouter process loads this plugin, and
+        # boto3 takes a noticeable part of a second to import.
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config as BotoConfig
+
+        options = self.options
+        session = boto3.session.Session(profile_name=options.profile)
+        common = {
+            "region_name": options.region,
+            "s3": {"addressing_style": options.addressing_style},
+        }
+        self._client = session.client(
+            "s3",
+            endpoint_url=options.endpoint_url,
+            config=BotoConfig(
+                retries={"mode": "standard", "total_max_attempts": options.request_attempts},
+                connect_timeout=options.connect_timeout,
+                read_timeout=options.read_timeout,
+                max_pool_connections=4 * options.max_concurrency,
+                **common,
+            ),
+        )
+        self._probe = session.client(
+            "s3",
+            endpoint_url=options.endpoint_url,
+            config=BotoConfig(
+                retries={"mode": "standard", "total_max_attempts": 1},
+                connect_timeout=HEALTH_TIMEOUT,
+                read_timeout=HEALTH_TIMEOUT,
+                **common,
+            ),
+        )
+        self._transfer = TransferConfig(
+            multipart_threshold=options.multipart_threshold,
+            multipart_chunksize=options.multipart_chunksize,
+            max_concurrency=options.max_concurrency,
+        )
+        try:
+            self._probe.head_bucket(Bucket=options.bucket)
+        except Exception as exc:  # the store may come back: writes fail (and retry) until then
+            log.warning("%s: bucket %s is not reachable yet: %s", self.name, options.bucket, exc)
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            # Every request has been answered by now; finish an upload still in hand.
+            self._closing = True
+            self._arrived.set()
+            await self._flusher
+            self._flusher = None
+        for pool in (self._uploads, self._pool):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._uploads = self._pool = None
+        for client in (self._client, self._probe):
+            if client is not None:
+                client.close()
+        self._client = self._probe = None
+
+    # -- group commit on the event loop ------------------------------------------------
+    async def write(self, commands: Sequence[Command]) -> None:
+        if self._flusher is None or self._flusher.done() or self._closing:
+            raise RuntimeError(f"sink {self.name} is not running")
+        waiter = self._loop.create_future()
+        self._pending.append(_Write(commands, waiter, self._loop.time()))
+        self._pending_events += len(commands)
+        self._arrived.set()
+        # Cancelled (the request timed out): the future is cancelled with it, and the
+        # group leaves these events out unless its upload had begun.
+        await waiter
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._arrived.wait()
+            if not self._pending:
+                if self._closing:
+                    return
+                self._arrived.clear()
+                continue
+            await self._linger_for_more()
+            group = self._take_group()
+            if not self._pending:
+                self._arrived.clear()
+            await self._commit(group)
+
+    async def _linger_for_more(self) -> None:
+        """Wait until ``batch.max_events`` events are pending or the oldest pending write
+        has waited ``batch.timeout``."""
+        deadline = self._pending[0].arrived + self._linger
+        while self._pending_events < self.config.batch.max_events and not self._closing:
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take_group(self) -> list[_Write]:
+        """Whole writes from the oldest, up to ``batch.max_events`` events (at least one)."""
+        group: list[_Write] = []
+        events = 0
+        while self._pending:
+            size = len(self._pending[0].commands)
+            if group and events + size > self.config.batch.max_events:
+                break
+            group.append(self._pending.popleft())
+            events += size
+        self._pending_events -= events
+        return group
+
+    async def _commit(self, group: list[_Write]) -> None:
+        if all(entry.waiter.done() for entry in group):
+            return  # every request gave up before the upload: their clients retry
+        try:
+            await asyncio.to_thread(self._upload_with_retries, group)
+        except Exception as exc:
+            error: BaseException | None = exc
+        else:
+            error = None
+        for entry in group:
+            if entry.waiter.done():
+                continue
+            if error is None:
+                entry.waiter.set_result(None)
+            else:
+                entry.waiter.set_exception(error)
+
+    # -- uploads, in a thread ----------------------------------------------------------
+    def _upload_with_retries(self, group: list[_Write]) -> None:
+        """Upload the events of the writes still waiting; retried per ``retry`` on the
+        edge. Objects uploaded by an earlier attempt are not uploaded again."""
+        policy = self.config.retry
+        uploaded: set[str] = set()
+        backoff = policy.initial_backoff
+        give_up: float | None = None
+        attempt = 0
+        while True:
+            attempt += 1
+            # ``done()`` is a read of the future's state: safe from this thread.
+            commands = [c for entry in group if not entry.waiter.done() for c in entry.commands]
+            if not commands:
+                return
+            try:
+                self._upload(commands, uploaded)
+                return
+            except Exception as exc:
+                with self._stats_lock:
+                    self.failed_writes += 1
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                if give_up is None:
+                    give_up = time.monotonic() + policy.max_duration
+                if attempt >= self._attempts or time.monotonic() + backoff > give_up:
+                    raise
+                log.warning(
+                    "%s: upload of %d events failed (%s); retry %d in %.2fs",
+                    self.name,
+                    len(commands),
+                    self.last_error,
+                    attempt,
+                    backoff,
+                )
+                time.sleep(backoff)
+                backoff *= 2
+
+    def _upload(self, commands: Sequence[Command], uploaded: set[str]) -> None:
+        """Upload ``commands`` as one object per partition (or more, by ``max_bytes``);
+        return once every one is stored, else raise the first failure."""
+        futures: list[tuple[PlannedObject, Future]] = []
+        for planned in self._plan(commands):
+            if planned.key not in uploaded:
+                futures.append((planned, self._uploads.submit(self._put, planned)))
+        errors = []
+        for planned, future in futures:
+            try:
+                future.result()
+            except Exception as exc:
+                errors.append((planned, exc))
+            else:
+                uploaded.add(planned.key)
+        if errors:
+            planned, exc = errors[0]
+            raise S3WriteError(
+                f"{len(errors)} of {len(futures)} objects not uploaded; "
+                f"s3://{self.options.bucket}/{planned.key}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _plan(self, commands: Sequence[Command]) -> Iterator[PlannedObject]:
+        """The objects of a batch. NDJSON is encoded here, piece by piece, while the pool
+        compresses the pieces already encoded and earlier objects upload."""
+        options = self.options
+        for partition in partitions(commands):
+            if options.format == "ndjson":
+                yield from ndjson_objects(
+                    partition,
+                    self.prefix,
+                    options.compression_level,
+                    self.config.batch.max_bytes,
+                    self._pool,
+                )
+            else:
+                ids = [c.message_id for c in partition.commands]
+                key = partition.key(self.prefix, f"{object_name(ids)}.parquet")
+                compression = options.parquet_compression
+
+                def body(batch: list[Command] = partition.commands, codec: str = compression):
+                    return parquet_body(batch, codec)
+
+                yield PlannedObject(key, len(ids), body)
+
+    def _put(self, planned: PlannedObject) -> None:
+        body = planned.body()
+        options = self.options
+        extra: dict[str, Any] = {
+            "ContentType": "application/gzip"
+            if options.format == "ndjson"
+            else "application/vnd.apache.parquet",
+            "Metadata": {"events": str(planned.events)},
+        }
+        if options.storage_class:
+            extra["StorageClass"] = options.storage_class
+        if options.server_side_encryption:
+            extra["ServerSideEncryption"] = options.server_side_encryption
+            if options.kms_key_id:
+                extra["SSEKMSKeyId"] = options.kms_key_id
+        multipart = len(body) >= options.multipart_threshold
+        if multipart:
+            # boto3's managed transfer: parts of ``multipart_chunksize`` in parallel, each
+            # retried on its own by botocore, the upload aborted if it fails for good.
+            self._client.upload_fileobj(
+                io.BytesIO(body),
+                options.bucket,
+                planned.key,
+                ExtraArgs=extra,
+                Config=self._transfer,
+            )
+        else:
+            self._client.put_object(Bucket=options.bucket, Key=planned.key, Body=body, **extra)
+        log.debug(
+            "%s: uploaded s3://%s/%s (%d events, %d bytes%s)",
+            self.name,
+            options.bucket,
+            planned.key,
+            planned.events,
+            len(body),
+            ", multipart" if multipart else "",
+        )
+        with self._stats_lock:
+            self.objects += 1
+            self.multipart_objects += multipart
+            self.uploaded_events += planned.events
+            self.uploaded_bytes += len(body)
+
+    # -- health ------------------------------------------------------------------------
+    def health(self) -> ComponentHealth:
+        component = ComponentHealth(
+            name=f"sink:{self.name}",
+            up=False,
+            required=self.config.acknowledgements,
+            stats={
+                "objects": self.objects,
+                "multipart_objects": self.multipart_objects,
+                "uploaded_events": self.uploaded_events,
+                "uploaded_bytes": self.uploaded_bytes,
+                "failed_writes": self.failed_writes,
+            },
+        )
+        if self._probe is None:
+            component.detail = "not running"
+            return component
+        try:
+            self._probe.head_bucket(Bucket=self.options.bucket)
+        except Exception as exc:
+            component.detail = f"s3://{self.options.bucket}: {type(exc).__name__}: {exc}"
+            return component
+        component.up = True
+        component.detail = f"last error: {self.last_error}" if self.last_error else ""
+        return component
+
+
+@hookimpl
+def eventrouter_sink_types() -> dict[str, type[Sink]]:
+    return {"s3": S3Sink}
