@@ -151,6 +151,37 @@ def s3_target(args: argparse.Namespace, stack: ExitStack) -> Target:
     )
 
 
+@target("postgres")
+def postgres_target(args: argparse.Namespace, stack: ExitStack) -> Target:
+    """This machine's PostgreSQL (127.0.0.1:5432, trust auth) and a new database, dropped
+    afterwards; the sink migrates it at start (partitions, indexes, identity tables)."""
+    import psycopg
+
+    database = f"bench_{os.getpid()}"
+    admin = "postgresql://postgres@127.0.0.1:5432/test"
+    with psycopg.connect(admin, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {database}")
+        version = connection.execute("SHOW server_version").fetchone()[0]
+
+    def drop() -> None:
+        with psycopg.connect(admin, autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+
+    stack.callback(drop)
+    pids = [
+        int(proc.name)
+        for proc in Path("/proc").iterdir()
+        if proc.name.isdigit() and _comm(proc) == "postgres"
+    ]
+    return Target(
+        sink={"type": "postgres", "url": f"postgresql+psycopg://postgres@{HOST}/{database}"},
+        goal=50_000,
+        columns=lambda sink: {"rows written": f"{sink.written:,}"},
+        store_pids=pids,
+        store=f"PostgreSQL {version} (this machine's server), psycopg {_version('psycopg')}",
+    )
+
+
 @target("clickhouse")
 def clickhouse_target(args: argparse.Namespace, stack: ExitStack) -> Target:
     """This machine's ClickHouse server (native protocol on loopback; ``.ci/services``

@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 import msgspec
+import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import (
     Column,
@@ -86,18 +87,21 @@ events = Table(
     Column("sent_at", _TZ),
     Column("received_at", _TZ, nullable=False),
     PrimaryKeyConstraint("message_id", "timestamp", name="events_pkey"),
-    # Newest-first keyset pages, and the filters of the query API and dashboard.
+    # Newest-first keyset pages and time ranges; the others are OPTIONAL_INDEXES.
     Index("ix_events_timestamp", "timestamp", "message_id"),
-    # Redelivered events are recognised by their message id (see _MOVE_STAGED).
-    Index("ix_events_message_id", "message_id"),
-    Index("ix_events_user_id", "user_id", "timestamp"),
-    Index("ix_events_anonymous_id", "anonymous_id", "timestamp"),
-    Index("ix_events_event", "event", "timestamp"),
-    Index("ix_events_session_id", "session_id", "timestamp"),
-    Index("ix_events_properties", "properties", postgresql_using="gin"),
     postgresql_partition_by="RANGE (timestamp)",
 )
 assert tuple(events.c.keys()) == STORED_COLUMNS
+
+IndexName = Literal["user_id", "anonymous_id", "session_id", "event", "type", "source"]
+#: Indexes for the query API's and dashboard's filters, each ``(column, timestamp)``,
+#: chosen with the ``indexes`` option: each costs write throughput.
+OPTIONAL_INDEXES = {
+    column: Index(f"ix_events_{column}", events.c[column], events.c.timestamp)
+    for column in ("user_id", "anonymous_id", "session_id", "event", "type", "source")
+}
+for _index in OPTIONAL_INDEXES.values():  # created by migrate() as configured
+    events.indexes.discard(_index)
 
 users = Table(
     "users",
@@ -142,7 +146,12 @@ class PostgresOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     partitions_ahead: Annotated[int, msgspec.Meta(ge=0)] = 3
     #: Drop partitions whose whole range is older than this (``"90d"``); none by default.
     retention: Duration | None = None
-    #: Keep ``users``, ``groups`` and ``identities`` current from the events.
+    #: Indexes besides the primary key and ``(timestamp, message_id)``, each on
+    #: ``(column, timestamp)``; created and dropped by ``migrate`` to match.
+    indexes: list[IndexName] = msgspec.field(
+        default_factory=lambda: ["user_id", "anonymous_id", "event"]
+    )
+    #: Keep ``users``, ``groups`` and ``identities`` current from the identity calls.
     normalise: bool = True
     #: Create or upgrade the schema when the sink starts (else: ``eventrouter migrate``).
     migrate_on_start: bool = True
@@ -183,6 +192,8 @@ class PostgresSink(Sink):
         self._next_maintenance = 0.0
         self.written = 0
         self.duplicates = 0
+        #: Writes whose COPY met rows another writer committed meanwhile.
+        self.races = 0
         self.last_error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -210,6 +221,11 @@ class PostgresSink(Sink):
             connection.execute(
                 text("CREATE TABLE IF NOT EXISTS eventrouter_schema (version integer NOT NULL)")
             )
+            for column, index in OPTIONAL_INDEXES.items():
+                if column in self.options.indexes:
+                    index.create(connection, checkfirst=True)
+                else:
+                    index.drop(connection, checkfirst=True)
             current = connection.execute(text("SELECT max(version) FROM eventrouter_schema"))
             if (current.scalar() or 0) < SCHEMA_VERSION:
                 connection.execute(
@@ -311,20 +327,24 @@ class PostgresSink(Sink):
     def write(self, commands: Sequence[Command]) -> None:
         self.maintain()
         self.ensure_partitions(self._ranges(commands))
-        rows = [_copy_row(command.values()) for command in commands]
+        fresh = list({c.message_id: c for c in reversed(commands)}.values())[::-1]
         raw = self.engine.raw_connection()
         try:
             with raw.cursor() as cursor:
-                cursor.execute(
-                    "CREATE TEMP TABLE IF NOT EXISTS events_staging "
-                    "(LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-                )
-                columns = ", ".join(f'"{c}"' for c in STORED_COLUMNS)
-                with cursor.copy(f"COPY events_staging ({columns}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
-                cursor.execute(_MOVE_STAGED.format(columns=columns))
-                inserted = cursor.rowcount
+                stored = _already_stored(cursor, fresh)
+                if stored:
+                    fresh = [c for c in fresh if c.message_id not in stored]
+                try:
+                    # The common case: nothing stored yet, one pass straight into the
+                    # partitions.
+                    with raw.driver_connection.transaction():
+                        copy_rows(cursor, _COPY_EVENTS, fresh)
+                    inserted = len(fresh)
+                except psycopg.errors.UniqueViolation:
+                    # Another writer stored some of them meanwhile (a redelivery racing
+                    # its original): through the staging table, skipping those.
+                    inserted = _insert_skipping_stored(cursor, fresh)
+                    self.races += 1
                 if self.options.normalise:
                     _upsert_identities(cursor, commands)
             raw.commit()
@@ -335,7 +355,7 @@ class PostgresSink(Sink):
         finally:
             raw.close()
         self.written += inserted
-        self.duplicates += len(rows) - inserted
+        self.duplicates += len(commands) - inserted
 
     def _ranges(self, commands: Sequence[Command]) -> set[tuple[datetime, datetime]]:
         now = datetime.now(UTC)
@@ -353,7 +373,7 @@ class PostgresSink(Sink):
             name=f"sink:{self.name}",
             up=False,
             required=self.config.acknowledgements,
-            stats={"written": self.written, "duplicates": self.duplicates},
+            stats={"written": self.written, "duplicates": self.duplicates, "races": self.races},
         )
         try:
             with self.engine.connect() as connection:
@@ -366,33 +386,65 @@ class PostgresSink(Sink):
         return component
 
 
-#: Staged rows into ``events``, once per ``message_id``: the primary key must include the
-#: partition key, and an SDK's retry of an event gets another skew-corrected
-#: ``timestamp`` (``receivedAt`` moved on), so the key alone would let it in twice. An
-#: event already stored with a timestamp within ``REDELIVERY_WINDOW`` of the new copy's
-#: is skipped (the timestamp bounds let PostgreSQL look only at those partitions, through
-#: ``ix_events_message_id``); repeats within the batch keep their first copy.
-REDELIVERY_WINDOW = "1 day"
+#: An SDK's retry of an event is normalised again, and its skew-corrected ``timestamp``
+#: moves with the new ``receivedAt``: the primary key ``(message_id, timestamp)`` (it
+#: must contain the partition key) would take both copies. So an event whose message id
+#: is already stored with a timestamp within ``REDELIVERY_WINDOW`` of the batch's is
+#: skipped; the bounds let PostgreSQL probe only those partitions' primary keys.
+REDELIVERY_WINDOW = timedelta(days=1)
+_COLUMNS = ", ".join(f'"{c}"' for c in STORED_COLUMNS)
+_COPY_EVENTS = f"COPY events ({_COLUMNS}) FROM STDIN"
+_ALREADY_STORED = (
+    "SELECT message_id FROM events WHERE message_id = ANY(%s) AND timestamp BETWEEN %s AND %s"
+)
 _MOVE_STAGED = (
-    "INSERT INTO events ({columns}) "
-    "SELECT DISTINCT ON (s.message_id) {columns} FROM events_staging s "
-    "WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.message_id = s.message_id "
-    f"AND e.timestamp BETWEEN s.timestamp - interval '{REDELIVERY_WINDOW}' "
-    f"AND s.timestamp + interval '{REDELIVERY_WINDOW}') "
-    "ORDER BY s.message_id "
-    "ON CONFLICT DO NOTHING"
+    f"INSERT INTO events ({_COLUMNS}) SELECT {_COLUMNS} FROM events_staging ON CONFLICT DO NOTHING"
 )
 
-_JSON_COLUMNS = frozenset(("properties", "traits", "context"))
-_JSON_INDEXES = tuple(i for i, c in enumerate(STORED_COLUMNS) if c in _JSON_COLUMNS)
+
+def _already_stored(cursor: Any, commands: Sequence[Command]) -> set[str]:
+    if not commands:
+        return set()
+    stamps = [c.timestamp for c in commands]
+    cursor.execute(
+        _ALREADY_STORED,
+        (
+            [c.message_id for c in commands],
+            min(stamps) - REDELIVERY_WINDOW,
+            max(stamps) + REDELIVERY_WINDOW,
+        ),
+    )
+    return {row[0] for row in cursor.fetchall()}
 
 
-def _copy_row(values: tuple) -> list:
-    row = list(values)
-    for i in _JSON_INDEXES:
-        if row[i] is not None:
-            row[i] = Jsonb(row[i])
-    return row
+def _insert_skipping_stored(cursor: Any, commands: Sequence[Command]) -> int:
+    cursor.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS events_staging "
+        "(LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    )
+    cursor.execute("TRUNCATE events_staging")
+    copy_rows(cursor, f"COPY events_staging ({_COLUMNS}) FROM STDIN", commands)
+    cursor.execute(_MOVE_STAGED)
+    return cursor.rowcount
+
+
+_json = msgspec.json.Encoder().encode
+_JSON_INDEXES = tuple(
+    i for i, c in enumerate(STORED_COLUMNS) if c in ("properties", "traits", "context")
+)
+
+
+def copy_rows(cursor: Any, sql: str, commands: Sequence[Command]) -> None:
+    """COPY ``commands``: JSON columns as JSON text encoded by msgspec (PostgreSQL parses
+    it into ``jsonb``; psycopg's ``Jsonb`` would go through the slower ``json``
+    module), every other value adapted by psycopg."""
+    with cursor.copy(sql) as copy:
+        for command in commands:
+            row = list(command.values())
+            for i in _JSON_INDEXES:
+                if row[i] is not None:
+                    row[i] = _json(row[i]).decode()
+            copy.write_row(row)
 
 
 def _merge_traits(commands: Iterable[Command], key: str) -> dict[str, tuple]:
@@ -443,31 +495,28 @@ def _columns(rows: list[tuple]) -> list[list]:
 def _upsert_identities(cursor: Any, commands: Sequence[Command]) -> None:
     """Keep ``users``, ``groups`` and ``identities`` current from one batch, set-wise.
 
-    Every event with a user id counts as the user being seen; identify merges its
-    traits into the user's (newer calls win key by key, whatever order batches arrive
-    in); group does the same for the group; an event carrying both an anonymous id and a
-    user id links them, and alias links ``previous_id`` to the user.
+    As in Segment's warehouse schema, the identity tables come from the identity calls:
+    identify upserts the user and merges its traits (newer calls win key by key,
+    whatever order batches arrive in; ``first_seen``/``last_seen`` span the user's
+    identify calls); group does the same for the group; an identify carrying an
+    anonymous id links it to the user, and alias links ``previous_id`` to the user.
+    Track, page and screen events leave them alone: one upsert per event would double
+    the write volume, and a user's activity is in ``events`` already.
     """
-    seen_users: dict[str, tuple] = {}
-    for command in commands:
-        if command.user_id is None:
-            continue
-        first, last = seen_users.get(command.user_id, (command.timestamp, command.timestamp))
-        seen_users[command.user_id] = (min(first, command.timestamp), max(last, command.timestamp))
     identify = _merge_traits((c for c in commands if c.kind == "identify"), "user_id")
-    user_rows = []
-    for user_id, (first, last) in seen_users.items():
-        traits, updated, _, _ = identify.get(user_id, ({}, None, None, None))
-        user_rows.append((user_id, Jsonb(traits), updated, first, last))
-    if user_rows:
-        cursor.execute(_UPSERT_TRAITS.format(table="users", key="user_id"), _columns(user_rows))
+    if identify:
+        rows = [
+            (uid, Jsonb(t), updated, first, last)
+            for uid, (t, updated, first, last) in identify.items()
+        ]
+        cursor.execute(_UPSERT_TRAITS.format(table="users", key="user_id"), _columns(rows))
     group = _merge_traits((c for c in commands if c.kind == "group"), "group_id")
     if group:
         rows = [(gid, Jsonb(t), upd, first, last) for gid, (t, upd, first, last) in group.items()]
         cursor.execute(_UPSERT_TRAITS.format(table="groups", key="group_id"), _columns(rows))
     links: dict[tuple[str, str, str], tuple] = {}
     for command in commands:
-        if command.user_id is None:
+        if command.user_id is None or command.kind not in ("identify", "alias"):
             continue
         pairs = []
         if command.anonymous_id is not None:

@@ -181,17 +181,15 @@ def test_identify_group_and_alias_keep_the_identity_tables_current(pg_server):
         url, "SELECT traits, first_seen, last_seen FROM users WHERE user_id = 'u1'"
     )
     assert traits == {"plan": "pro", "a": 1, "b": 2}
+    # As in Segment's warehouse schema, users come from identify calls (the track at
+    # minute 9 is in events, not here).
     assert iso(first.astimezone(UTC)) == at(0)
-    assert iso(last.astimezone(UTC)) == at(9)
+    assert iso(last.astimezone(UTC)) == at(5)
     assert sql(url, "SELECT traits FROM groups WHERE group_id = 'g1'") == [
         ({"name": "Acme", "seats": 5},)
     ]
     links = set(sql(url, "SELECT kind, identity, user_id FROM identities"))
-    assert links == {
-        ("anonymous_id", "anon-1", "u1"),
-        ("anonymous_id", "anon-2", "u1"),
-        ("previous_id", "old-u1", "u1"),
-    }
+    assert links == {("anonymous_id", "anon-1", "u1"), ("previous_id", "old-u1", "u1")}
 
 
 def test_retention_drops_old_partitions_only(pg_url, tmp_path):
@@ -319,3 +317,48 @@ def test_the_query_api_pages_and_filters_a_postgres_store(pg_server):
     minute = iso(base + timedelta(minutes=1))
     window = server.events(user_id="u-pages", since=minute, until=iso(base + timedelta(minutes=2)))
     assert len(window) == 2 and {e["timestamp"] for e in window} == {minute}
+
+
+def test_two_writers_of_one_batch_store_it_once(pg_url, tmp_path):
+    """A redelivery racing its original (two workers, one batch): whichever commits
+    second finds the rows taken, by the pre-check or by the primary key, and stores
+    nothing more; neither write fails."""
+    import threading
+
+    from router_core.commands import TrackCommand
+
+    config = make_config(tmp_path, {"sinks": {"warehouse": pg_sink(pg_url)}})
+    sink = Bus(config, make_plugin_manager(config)).sinks["warehouse"]
+    sink.migrate()
+    now = datetime.now(UTC)
+    batch = [
+        TrackCommand(
+            message_id=unique("m"),
+            source="s",
+            user_id="u",
+            event="e",
+            timestamp=now,
+            received_at=now,
+        )
+        for _ in range(2000)
+    ]
+    errors = []
+
+    def write() -> None:
+        try:
+            sink.write(batch)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    sink.stop()
+    assert errors == []
+    assert sql(pg_url, "SELECT count(*), count(DISTINCT message_id) FROM events") == [(2000, 2000)]
+    assert (sink.written, sink.duplicates) == (2000, 2000)
+    # Usually (not always: timing) the second COPY met the first's rows and went the
+    # staging-table way; either way, the counts above hold.
+    assert sink.races in (0, 1)
