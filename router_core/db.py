@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
 _encoder = msgspec.json.Encoder()
@@ -25,6 +25,8 @@ def make_engine(url: str, *, synchronous: str = "NORMAL") -> Engine:
     fsyncs each commit, so it survives power loss.
     """
     parsed = make_url(url)
+    if parsed.get_backend_name() == "clickhouse":
+        return _clickhouse_engine(parsed)
     kwargs: dict[str, Any] = {
         "json_serializer": _json_dumps,
         "json_deserializer": msgspec.json.decode,
@@ -51,6 +53,20 @@ def make_engine(url: str, *, synchronous: str = "NORMAL") -> Engine:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
+    return engine
+
+
+def _json_or_none(value: str) -> Any:
+    return msgspec.json.decode(value) if value else None
+
+
+def _clickhouse_engine(url: URL) -> Engine:
+    """clickhouse-sqlalchemy's engine takes no JSON hooks: JSON columns are ``String``
+    there (``''`` when absent), decoded by the generic JSON type with the dialect's
+    ``_json_deserializer``, which that dialect leaves unset."""
+    engine = create_engine(url, pool_pre_ping=True)
+    engine.dialect._json_serializer = _json_dumps
+    engine.dialect._json_deserializer = _json_or_none
     return engine
 
 

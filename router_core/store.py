@@ -1,5 +1,5 @@
-"""The store query layer: one API over every SQL store (SQLite now; PostgreSQL and
-ClickHouse plug into the same SQLAlchemy Core expressions).
+"""The store query layer: one API over every SQL store (SQLite, PostgreSQL, ClickHouse:
+the same SQLAlchemy Core expressions, with each dialect's own JSON access).
 
 It serves ``GET /api/v1/events`` and the admin dashboard. Results come newest first by
 ``(timestamp, message_id)`` with keyset pagination: the cursor is the last row's key,
@@ -10,6 +10,7 @@ it. Every filter value is a bound parameter.
 from __future__ import annotations
 
 import base64
+import functools
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -17,7 +18,20 @@ from typing import Any
 
 import msgspec
 import sqlalchemy.exc
-from sqlalchemy import ColumnElement, Engine, Text, and_, case, cast, func, literal, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Text,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    null,
+    or_,
+    select,
+    text,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from router_core.db import make_engine
@@ -125,13 +139,17 @@ def row_to_event(row: Any) -> dict[str, Any]:
     return event
 
 
-def json_text(dialect: str, column: str, path: Sequence[str]) -> ColumnElement:
+def json_text(
+    dialect: str, column: str, path: Sequence[str], *, json_extract: bool = True
+) -> ColumnElement:
     """The JSON value at ``path`` in ``column`` as text, in the dialect's own JSON access.
 
     The path is always a bound parameter (its segments are validated besides), never
     SQL text: PostgreSQL gets ``column #>> :path`` with a text array; SQLite gets
     ``json_extract`` with a JSON-path string, with booleans spelled as JSON spells them
-    (``json_extract`` alone gives 1 and 0).
+    (``json_extract`` alone gives 1 and 0). ClickHouse gets ``JSONExtract*`` with one
+    argument per segment, or, on servers without them (``json_extract=False``: before
+    19.x), a chain of ``visitParamExtract*`` (see :func:`_clickhouse_json_text`).
     """
     target = events.c[column]
     if dialect == "postgresql":
@@ -144,7 +162,85 @@ def json_text(dialect: str, column: str, path: Sequence[str]) -> ColumnElement:
             (kind == "false", "false"),
             else_=cast(func.json_extract(target, json_path), Text),
         )
+    if dialect == "clickhouse":
+        return _clickhouse_json_text(target, path, json_extract)
     raise InvalidQuery("paths", f"path conditions are not supported on {dialect}")
+
+
+def _clickhouse_json_text(
+    target: ColumnElement, path: Sequence[str], json_extract: bool
+) -> ColumnElement:
+    """Strings unquoted, numbers and booleans as the stored JSON writes them, NULL for a
+    missing key or a JSON null: the text the other dialects give.
+
+    ``visitParamExtract*`` (all that ClickHouse had before 19.x) looks a key up at any
+    depth and takes its first occurrence: ``properties.id`` of
+    ``{"items": [{"id": 1}], "id": 2}`` is 1 there. Nested segments are a chain of
+    ``visitParamExtractRaw``, each searching the object text the previous one returned.
+    """
+    segments = [literal(segment) for segment in path]
+    if json_extract:
+        kind = func.JSONType(target, *segments)
+        return case(
+            (kind == literal("String"), func.JSONExtractString(target, *segments)),
+            (kind == literal("Null"), null()),
+            else_=func.JSONExtractRaw(target, *segments),
+        )
+    parent = target
+    for segment in segments[:-1]:
+        parent = func.visitParamExtractRaw(parent, segment)
+    raw = func.visitParamExtractRaw(parent, segments[-1])
+    return case(
+        (
+            func.substring(raw, 1, 1) == literal('"'),
+            func.visitParamExtractString(parent, segments[-1]),
+        ),
+        (raw.in_([literal(""), literal("null")]), null()),
+        else_=raw,
+    )
+
+
+class _ClickHouseFlavour(msgspec.Struct, frozen=True):
+    """What the query layer adapts to on one ClickHouse database."""
+
+    #: ``events.timestamp`` is ``DateTime64(3)`` (else ``DateTime``: whole seconds).
+    datetime64: bool
+    #: The server has ``JSONExtract*`` (19.x on), else only ``visitParamExtract*``.
+    json_extract: bool
+
+
+CLICKHOUSE_TIME_TYPE_SQL = (
+    "SELECT type FROM system.columns WHERE database = currentDatabase() "
+    "AND table = 'events' AND name = 'timestamp'"
+)
+CLICKHOUSE_JSON_EXTRACT_SQL = "SELECT count() FROM system.functions WHERE name = 'JSONExtractRaw'"
+
+#: Text columns ClickHouse stores as ``''`` when absent (``String``, not ``Nullable``).
+_CLICKHOUSE_OPTIONAL_TEXT = (
+    "event",
+    "name",
+    "user_id",
+    "anonymous_id",
+    "group_id",
+    "previous_id",
+    "session_id",
+)
+
+
+@functools.cache
+def _clickhouse_select() -> type:
+    """clickhouse-sqlalchemy's ``Select`` (it has ``.final()``), imported on first use.
+    Its compiled form is not cached: its cache key would leave ``FINAL`` out."""
+    from clickhouse_sqlalchemy.sql.selectable import Select
+
+    return type("ClickHouseSelect", (Select,), {"inherit_cache": False})
+
+
+def _clickhouse_event(event: dict[str, Any]) -> dict[str, Any]:
+    for column in _CLICKHOUSE_OPTIONAL_TEXT:
+        if event[column] == "":
+            event[column] = None
+    return event
 
 
 class EventStore:
@@ -152,6 +248,7 @@ class EventStore:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self._flavour: _ClickHouseFlavour | None = None
 
     @classmethod
     def from_url(cls, url: str) -> EventStore:
@@ -184,14 +281,19 @@ class EventStore:
         if len(where.paths) > MAX_PATH_CONDITIONS:
             raise InvalidQuery("paths", f"at most {MAX_PATH_CONDITIONS} path conditions")
         dialect = self.engine.dialect.name
-        conditions += [json_text(dialect, c.column, c.path) == c.value for c in where.paths]
+        flavour = self._clickhouse() if dialect == "clickhouse" else None
+        json_extract = flavour.json_extract if flavour else True
+        conditions += [
+            json_text(dialect, c.column, c.path, json_extract=json_extract) == c.value
+            for c in where.paths
+        ]
         if where.since is not None:
-            conditions.append(events.c.timestamp >= _naive_utc(where.since))
+            conditions.append(events.c.timestamp >= self._time(where.since))
         if where.until is not None:
-            conditions.append(events.c.timestamp < _naive_utc(where.until))
+            conditions.append(events.c.timestamp < self._time(where.until))
         if cursor:
             timestamp, message_id = decode_cursor(cursor)
-            timestamp = _naive_utc(timestamp)
+            timestamp = self._time(timestamp)
             conditions.append(
                 or_(
                     events.c.timestamp < timestamp,
@@ -199,7 +301,7 @@ class EventStore:
                 )
             )
         statement = (
-            select(events)
+            self._select()
             .where(*conditions)
             .order_by(events.c.timestamp.desc(), events.c.message_id.desc())
             .limit(limit + 1)
@@ -212,10 +314,52 @@ class EventStore:
         if more:
             last = rows[-1]
             next_cursor = encode_cursor(last.timestamp, last.message_id)
-        return Page(events=[row_to_event(row) for row in rows], next_cursor=next_cursor)
+        return Page(events=[self._event(row) for row in rows], next_cursor=next_cursor)
 
     def get(self, message_id: str) -> dict[str, Any] | None:
-        statement = select(events).where(events.c.message_id == message_id)
+        statement = self._select().where(events.c.message_id == message_id)
+        if self.engine.dialect.name == "clickhouse":
+            statement = statement.limit(1)
         with self.engine.connect() as connection:
             row = connection.execute(statement).first()
-        return row_to_event(row) if row is not None else None
+        return self._event(row) if row is not None else None
+
+    # -- dialect differences -------------------------------------------------------------
+    def _select(self) -> Any:
+        """``SELECT`` every column; on ClickHouse ``FROM events FINAL``: copies of a
+        redelivered event that no merge has collapsed yet are read as one."""
+        if self.engine.dialect.name != "clickhouse":
+            return select(events)
+        return _clickhouse_select()(events).final()
+
+    def _event(self, row: Any) -> dict[str, Any]:
+        event = row_to_event(row)
+        return _clickhouse_event(event) if self.engine.dialect.name == "clickhouse" else event
+
+    def _time(self, value: datetime) -> Any:
+        """A time to compare ``timestamp`` with. ClickHouse gets it converted to the
+        column's type: compared with a string, 18.16 fails on a key holding
+        ``toDate(timestamp)``, and clickhouse-driver drops the milliseconds of a
+        ``datetime`` parameter."""
+        value = _naive_utc(value)
+        if self.engine.dialect.name != "clickhouse":
+            return value
+        if self._clickhouse().datetime64:
+            moment = literal(value.isoformat(sep=" ", timespec="milliseconds"))
+            return func.toDateTime64(moment, 3, "UTC")
+        return func.toDateTime(literal(value.isoformat(sep=" ", timespec="seconds")), "UTC")
+
+    def _clickhouse(self) -> _ClickHouseFlavour:
+        """Probed once the ``events`` table exists (until then, every query fails)."""
+        if self._flavour is not None:
+            return self._flavour
+        with self.engine.connect() as connection:
+            column = connection.execute(text(CLICKHOUSE_TIME_TYPE_SQL)).scalar()
+            functions = connection.execute(text(CLICKHOUSE_JSON_EXTRACT_SQL)).scalar()
+        flavour = _ClickHouseFlavour(
+            datetime64=bool(column and column.startswith("DateTime64")),
+            json_extract=bool(functions),
+        )
+        if column is not None:
+            self._flavour = flavour
+        return flavour

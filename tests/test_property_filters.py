@@ -7,12 +7,14 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+from clickhouse_driver import Client
 
 from tests.helpers import LiveServer, make_config
 from tests.ingest_support import AUTH
 from tests.queue_support import unique
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+CLICKHOUSE = "clickhouse://default:@127.0.0.1:9000/default"
 
 EVENTS = [
     ("e-pro", {"plan": "pro", "total": 42.5, "trial": False, "seats": 5}, "/pricing"),
@@ -22,13 +24,16 @@ EVENTS = [
 ]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+@pytest.fixture(scope="module", params=["sqlite", "postgres", "clickhouse"])
 def store(request, tmp_path_factory) -> Iterator[LiveServer]:
     """A server in embedded mode on one store, holding EVENTS (user ``u-paths``)."""
     tmp_path = tmp_path_factory.mktemp(request.param)
     database = None
     if request.param == "sqlite":
         sink = {"type": "sqlite", "url": f"sqlite:///{tmp_path}/events.db"}
+    elif request.param == "clickhouse":
+        database = unique("ert_")  # created by the sink's start-up
+        sink = {"type": "clickhouse", "url": f"clickhouse+native://default:@127.0.0.1/{database}"}
     else:
         database = unique("ert_")
         with psycopg.connect(ADMIN, autocommit=True) as connection:
@@ -50,7 +55,11 @@ def store(request, tmp_path_factory) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
-        if database is not None:
+        if database is not None and request.param == "clickhouse":
+            client = Client.from_url(CLICKHOUSE)
+            client.execute(f"DROP DATABASE IF EXISTS {database}")
+            client.disconnect()
+        elif database is not None:
             with psycopg.connect(ADMIN, autocommit=True) as connection:
                 connection.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 

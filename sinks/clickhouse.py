@@ -1,0 +1,454 @@
+"""ClickHouse sink: ``events`` in a ``ReplacingMergeTree`` table, one columnar insert per batch.
+
+Schema (``eventrouter migrate`` or the sink's start-up creates it, idempotently, through
+clickhouse-sqlalchemy): the stored columns of DESIGN.md, text and JSON as ``String``
+(``''`` when absent: ClickHouse keeps no null map for them, and any of them may be part of
+the sorting key), times as ``DateTime64(3, 'UTC')`` on servers that have it (20.1 on) and
+``DateTime('UTC')`` before. ``PARTITION BY toYYYYMM(timestamp)`` and
+``ORDER BY (toDate(timestamp), source, type, event, message_id)`` by default; the engine
+is ``ReplacingMergeTree(received_at)``, so rows with the same sorting key collapse to
+the copy received last when parts merge (``OPTIMIZE TABLE ... FINAL`` forces it; the
+query layer reads with ``FINAL``). The key holds the event's *day*, not its time: an
+SDK's retry of an event gets another skew-corrected ``timestamp`` (``receivedAt`` moved
+on), and with the exact time in the key the two copies would never collapse.
+docs/clickhouse.md explains each choice and the differences between server versions.
+
+A write is one ``INSERT ... VALUES`` with the batch as columns (clickhouse-driver's
+native columnar insert). ClickHouse wants few, large inserts (at least 1,000 rows, about
+one per second per table; every insert is a part on disk, merged later), so this sink
+belongs under ``eventrouter worker`` with ``batch = { max_events = 50000, timeout = "1s" }``;
+in embedded mode every request becomes an insert of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any, get_args
+
+import msgspec
+from clickhouse_driver import Client
+from clickhouse_sqlalchemy import Table, engines, types
+from sqlalchemy import Column, Engine, MetaData, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.schema import CreateTable
+
+from router_core.bus import EDGE
+from router_core.commands import STORED_COLUMNS, AnyCommand, Command
+from router_core.config import Duration
+from router_core.db import make_engine
+from router_core.health import ComponentHealth
+from router_core.hookspecs import hookimpl
+from router_core.sink import Sink
+
+log = logging.getLogger("eventrouter.sinks.clickhouse")
+
+#: Schema version this code creates; ``eventrouter_schema`` records what a database has.
+SCHEMA_VERSION = 1
+#: Server versions that brought what the schema uses when it can.
+DATETIME64_SINCE = (20, 1)
+TTL_SINCE = (19, 6)
+#: The sorting key: the day first (time-range filters prune whole days), then the
+#: low-cardinality columns the dashboard filters on, then ``message_id`` so that every
+#: event has a key of its own and the copies of a redelivered one collapse into one row.
+DEFAULT_ORDER_BY = "toDate(timestamp), source, type, event, message_id"
+DEFAULT_PARTITION_BY = "toYYYYMM(timestamp)"
+
+_TIME_COLUMNS = ("timestamp", "original_timestamp", "sent_at", "received_at")
+_NULLABLE_TIMES = ("original_timestamp", "sent_at")
+INSERT_SQL = f"INSERT INTO events ({', '.join(STORED_COLUMNS)}) VALUES"
+#: The keys and definition of an existing ``events`` table.
+TABLE_KEYS_SQL = (
+    "SELECT partition_key, sorting_key, create_table_query FROM system.tables "
+    "WHERE database = currentDatabase() AND name = 'events'"
+)
+
+
+def ttl_expression(seconds: float) -> str:
+    # toDateTime: a TTL must be a DateTime, and DateTime64 arithmetic gives a DateTime64.
+    return f"toDateTime(timestamp) + INTERVAL {int(seconds)} SECOND"
+
+
+def ttl_sql(seconds: float) -> str:
+    return f"ALTER TABLE events MODIFY TTL {ttl_expression(seconds)}"
+
+
+def split_keys(expression: str) -> list[str]:
+    """``"(a, f(b, c))"`` → ``["a", "f(b, c)"]``: the top-level items of a key tuple."""
+    expression = expression.strip()
+    if expression.startswith("(") and _closing(expression, 0) == len(expression) - 1:
+        expression = expression[1:-1]
+    items, depth, start, quote = [], 0, 0, ""
+    for i, char in enumerate(expression):
+        if quote:
+            quote = "" if char == quote and expression[i - 1] != "\\" else quote
+        elif char in "'`\"":
+            quote = char
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "," and depth == 0:
+            items.append(expression[start:i].strip())
+            start = i + 1
+    items.append(expression[start:].strip())
+    return [item for item in items if item]
+
+
+def _closing(expression: str, start: int) -> int:
+    depth = 0
+    for i in range(start, len(expression)):
+        depth += {"(": 1, ")": -1}.get(expression[i], 0)
+        if depth == 0:
+            return i
+    return -1
+
+
+class ClickHouseOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    #: SQLAlchemy URL of the native protocol: ``clickhouse+native://user:pass@host:9000/db``.
+    url: str
+    #: ``PARTITION BY`` expression (ClickHouse SQL, from the operator's config).
+    partition_by: str = DEFAULT_PARTITION_BY
+    #: ``ORDER BY`` (sorting key) items, comma-separated; must contain ``message_id``.
+    order_by: str = DEFAULT_ORDER_BY
+    #: Rows whose ``timestamp`` is older than this are deleted by merges (``"400d"``);
+    #: needs ClickHouse 19.6 or later. None by default.
+    ttl: Duration | None = None
+    #: Create or upgrade the schema when the sink starts (else: ``eventrouter migrate``).
+    migrate_on_start: bool = True
+    #: ClickHouse settings sent with every insert, e.g. ``{ async_insert = 1 }`` on 21.11+.
+    insert_settings: dict[str, int | float | str | bool] = {}
+
+    def __post_init__(self) -> None:
+        url = make_url(self.url)
+        if url.get_backend_name() != "clickhouse" or url.get_driver_name() != "native":
+            raise ValueError(
+                "url: the clickhouse sink speaks the native protocol: write "
+                "clickhouse+native://user:password@host:9000/database"
+            )
+        keys = split_keys(self.order_by)
+        if not any(re.search(r"\bmessage_id\b", key) for key in keys):
+            raise ValueError(
+                "order_by: must contain message_id (rows collapse on the whole sorting key)"
+            )
+        if self.ttl is not None and self.ttl < 1:
+            raise ValueError("ttl: at least 1s")
+
+
+def driver_url(url: str) -> str:
+    """The clickhouse-driver URL for an SQLAlchemy ``clickhouse+native://`` URL."""
+    return make_url(url).set(drivername="clickhouse").render_as_string(hide_password=False)
+
+
+def server_version(client: Client) -> tuple[int, ...]:
+    version = client.execute("SELECT version()")[0][0]
+    return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
+
+
+def events_table(
+    metadata: MetaData,
+    *,
+    datetime64: bool,
+    partition_by: str = DEFAULT_PARTITION_BY,
+    order_by: str = DEFAULT_ORDER_BY,
+    ttl: float | None = None,
+) -> Table:
+    """The ``events`` table as clickhouse-sqlalchemy declares it."""
+    time = types.DateTime64(3, "UTC") if datetime64 else types.DateTime("UTC")
+    columns = []
+    for name in STORED_COLUMNS:
+        if name in _NULLABLE_TIMES:
+            columns.append(Column(name, types.Nullable(time)))
+        elif name in _TIME_COLUMNS:
+            columns.append(Column(name, time, nullable=False))
+        else:
+            columns.append(Column(name, types.String, nullable=False))
+    engine = engines.ReplacingMergeTree(
+        version="received_at",
+        partition_by=text(partition_by),
+        order_by=[text(key) for key in split_keys(order_by)],
+        ttl=text(ttl_expression(ttl)) if ttl else None,
+    )
+    return Table("events", metadata, *columns, engine)
+
+
+def schema_table(metadata: MetaData) -> Table:
+    return Table(
+        "eventrouter_schema",
+        metadata,
+        Column("version", types.UInt32, nullable=False),
+        engines.MergeTree(order_by=text("version")),
+    )
+
+
+class _EpochCache(dict):
+    """UTC datetime → the integer clickhouse-driver stores for it (seconds or ms since
+    1970), memoised: the events of one request share ``received_at`` and often ``sent_at``."""
+
+    _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+    def __init__(self, unit: timedelta) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def __missing__(self, value: datetime) -> int:
+        number = (value - self._EPOCH) // self.unit
+        self[value] = number
+        return number
+
+
+_encode_json = msgspec.json.Encoder().encode
+#: Per column, the command classes that have the field (``Command.values()`` gives None
+#: for the others). Looked up by class: ``getattr`` with a default pays for an
+#: AttributeError on every missing field, the most of ``values()``'s 9 µs per event.
+_CLASSES_WITH = {
+    name: frozenset(cls for cls in get_args(AnyCommand) if name in cls.__struct_fields__)
+    for name in ("event", "name", "group_id", "previous_id", "properties", "traits")
+}
+
+
+def columns_of(commands: Sequence[Command], *, datetime64: bool) -> list[list]:
+    """The batch as one list per column of ``events``, in :data:`STORED_COLUMNS` order
+    and in the form the driver writes without converting: text with ``''`` for absent,
+    JSON as UTF-8 bytes (``b''`` for absent), times as integers since 1970 (ms, or
+    seconds for ``DateTime``). The same values as ``Command.values()``, column-wise
+    (tests/test_clickhouse.py checks that they agree)."""
+    epoch = _EpochCache(timedelta(milliseconds=1) if datetime64 else timedelta(seconds=1))
+    encode = _encode_json
+
+    def optional_text(name: str) -> list:
+        has = _CLASSES_WITH[name]
+        return [(getattr(c, name) or "") if type(c) in has else "" for c in commands]
+
+    def optional_json(name: str) -> list:
+        has = _CLASSES_WITH[name]
+        return [encode(getattr(c, name)) if type(c) in has else b"" for c in commands]
+
+    columns = {
+        "message_id": [c.message_id for c in commands],
+        "type": [c.kind for c in commands],
+        "event": optional_text("event"),
+        "name": optional_text("name"),
+        "user_id": [c.user_id or "" for c in commands],
+        "anonymous_id": [c.anonymous_id or "" for c in commands],
+        "group_id": optional_text("group_id"),
+        "previous_id": optional_text("previous_id"),
+        "session_id": [c.session_id or "" for c in commands],
+        "source": [c.source for c in commands],
+        "properties": optional_json("properties"),
+        "traits": optional_json("traits"),
+        "context": [encode(c.context) for c in commands],
+        "timestamp": [epoch[c.timestamp] for c in commands],
+        "original_timestamp": [
+            None if c.original_timestamp is None else epoch[c.original_timestamp] for c in commands
+        ],
+        "sent_at": [None if c.sent_at is None else epoch[c.sent_at] for c in commands],
+        "received_at": [epoch[c.received_at] for c in commands],
+    }
+    return [columns[name] for name in STORED_COLUMNS]
+
+
+class ClickHouseSink(Sink):
+    """Stores every command into the ``events`` table of a ClickHouse database."""
+
+    Options = ClickHouseOptions
+    queryable = True
+
+    def __init__(self, name: str, config: Any, options: ClickHouseOptions) -> None:
+        super().__init__(name, config, options)
+        self.url = options.url
+        self.database = make_url(options.url).database or "default"
+        self._clients: queue.SimpleQueue[Client] = queue.SimpleQueue()
+        self.datetime64: bool | None = None
+        self.version: tuple[int, ...] = ()
+        self.written = 0
+        self.inserts = 0
+        self.last_error: str | None = None
+
+    # -- connections ---------------------------------------------------------------------
+    @contextmanager
+    def client(self) -> Iterator[Client]:
+        """A native-protocol client of this sink's own (clickhouse-driver clients are not
+        thread-safe, and the bus may run writes in several threads); a client that
+        failed is dropped rather than reused."""
+        try:
+            client = self._clients.get_nowait()
+        except queue.Empty:
+            client = Client.from_url(driver_url(self.url))
+        try:
+            yield client
+        except BaseException:
+            client.disconnect()
+            raise
+        self._clients.put(client)
+
+    def _engine(self, database: str | None = None) -> Engine:
+        url = make_url(self.url)
+        if database is not None:
+            url = url.set(database=database)
+        return make_engine(url.render_as_string(hide_password=False))
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self, bus: Any) -> None:
+        if getattr(bus, "role", None) == EDGE:
+            log.warning(
+                "%s: ClickHouse in embedded mode: every request becomes an insert of its own, "
+                "and ClickHouse wants about one insert per second per table; configure "
+                "[queue] and run `eventrouter worker` (docs/clickhouse.md)",
+                self.name,
+            )
+        if self.options.migrate_on_start:
+            self.migrate()
+        else:
+            self._detect()
+
+    def stop(self) -> None:
+        while True:
+            try:
+                self._clients.get_nowait().disconnect()
+            except queue.Empty:
+                return
+
+    def _detect(self) -> None:
+        """Server version, and the time type of an existing ``events`` table (a table
+        created before an upgrade keeps its ``DateTime``)."""
+        with self.client() as client:
+            self.version = server_version(client)
+            rows = client.execute(
+                "SELECT type FROM system.columns WHERE database = %(db)s "
+                "AND table = 'events' AND name = 'timestamp'",
+                {"db": self.database},
+            )
+        if rows:
+            self.datetime64 = rows[0][0].startswith("DateTime64")
+        else:
+            self.datetime64 = self.version >= DATETIME64_SINCE
+        if self.options.ttl is not None and self.version < TTL_SINCE:
+            raise RuntimeError(
+                f"sinks.{self.name}.ttl needs ClickHouse 19.6 or later; this server is "
+                f"{'.'.join(map(str, self.version))} (remove ttl, or drop old partitions "
+                "with ALTER TABLE events DROP PARTITION)"
+            )
+
+    def migrate(self) -> str:
+        """Create the database, ``events`` and ``eventrouter_schema`` if missing
+        (idempotent; ``eventrouter migrate`` calls it)."""
+        server = self._engine("default")
+        try:
+            with server.connect() as connection:
+                quoted = server.dialect.identifier_preparer.quote(self.database)
+                connection.execute(text(f"CREATE DATABASE IF NOT EXISTS {quoted}"))
+        finally:
+            server.dispose()
+        self._detect()
+        metadata = MetaData()
+        events = events_table(
+            metadata,
+            datetime64=self.datetime64,
+            partition_by=self.options.partition_by,
+            order_by=self.options.order_by,
+            ttl=self.options.ttl,
+        )
+        schema = schema_table(metadata)
+        engine = self._engine()
+        try:
+            with engine.connect() as connection:
+                for table in (events, schema):
+                    connection.execute(CreateTable(table, if_not_exists=True))
+                current = connection.execute(text("SELECT max(version) FROM eventrouter_schema"))
+                if (current.scalar() or 0) < SCHEMA_VERSION:
+                    with self.client() as client:
+                        client.execute(
+                            "INSERT INTO eventrouter_schema (version) VALUES", [(SCHEMA_VERSION,)]
+                        )
+                self._check_table(connection)
+        finally:
+            engine.dispose()
+        time_type = "DateTime64(3)" if self.datetime64 else "DateTime"
+        return (
+            f"schema version {SCHEMA_VERSION}, ReplacingMergeTree, {time_type}, "
+            f"ClickHouse {'.'.join(map(str, self.version))}"
+        )
+
+    def _check_table(self, connection: Any) -> None:
+        """Keys cannot change on an existing table: say so when the config differs. A
+        ``ttl`` can: set it when the table lacks this one."""
+        row = connection.execute(text(TABLE_KEYS_SQL)).one()
+        partition_key, sorting_key, create = row
+        for key, actual, wanted in (
+            ("partition_by", partition_key, self.options.partition_by),
+            ("order_by", sorting_key, self.options.order_by),
+        ):
+            if _normalised(actual) != _normalised(wanted):
+                log.warning(
+                    "%s: events exists with %s %r, not the configured %r; a table's keys "
+                    "cannot be changed (create a new table and INSERT ... SELECT)",
+                    self.name,
+                    key.upper().replace("_", " "),
+                    actual,
+                    wanted,
+                )
+        ttl = self.options.ttl
+        if ttl is None:
+            if " TTL " in create:
+                log.warning(
+                    "%s: events has a TTL, and ttl is not configured: rows still expire",
+                    self.name,
+                )
+            return
+        if f"toIntervalSecond({int(ttl)})" not in create:
+            log.info("%s: setting TTL of events to %ds", self.name, int(ttl))
+            connection.execute(text(ttl_sql(ttl)))
+
+    # -- writing -----------------------------------------------------------------------
+    def write(self, commands: Sequence[Command]) -> None:
+        if not commands:
+            return
+        if self.datetime64 is None:
+            self._detect()
+        columns = columns_of(commands, datetime64=self.datetime64)
+        try:
+            with self.client() as client:
+                client.execute(
+                    INSERT_SQL,
+                    columns,
+                    columnar=True,
+                    types_check=False,
+                    settings=self.options.insert_settings or None,
+                )
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise
+        self.inserts += 1
+        self.written += len(commands)
+
+    # -- health ------------------------------------------------------------------------
+    def health(self) -> ComponentHealth:
+        component = ComponentHealth(
+            name=f"sink:{self.name}",
+            up=False,
+            required=self.config.acknowledgements,
+            stats={"written": self.written, "inserts": self.inserts},
+        )
+        try:
+            with self.client() as client:
+                client.execute("SELECT 1")
+        except Exception as exc:
+            component.detail = f"{type(exc).__name__}: {exc}"
+            return component
+        component.up = True
+        component.detail = f"last error: {self.last_error}" if self.last_error else ""
+        return component
+
+
+def _normalised(expression: str) -> list[str]:
+    return [re.sub(r"\s+", "", key) for key in split_keys(expression)]
+
+
+@hookimpl
+def eventrouter_sink_types() -> dict[str, type[Sink]]:
+    return {"clickhouse": ClickHouseSink}
