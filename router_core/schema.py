@@ -9,6 +9,8 @@ chooses them itself (see :data:`OPTIONAL_INDEXES`).
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import JSON, Column, DateTime, Index, MetaData, String, Table, Text
 
 metadata = MetaData()
@@ -19,26 +21,34 @@ def _json() -> JSON:
     return JSON(none_as_null=True)
 
 
+def event_columns(json_type: Any, time_type: Any) -> list[Column]:
+    """The stored columns of DESIGN.md, in order, with a store's JSON and time types
+    (each SQL sink declares its own ``events`` table from these)."""
+    return [
+        Column("message_id", String(100), nullable=False),
+        Column("type", String(16), nullable=False),
+        Column("event", Text),
+        Column("name", Text),
+        Column("user_id", Text),
+        Column("anonymous_id", Text),
+        Column("group_id", Text),
+        Column("previous_id", Text),
+        Column("session_id", Text),
+        Column("source", Text, nullable=False),
+        Column("properties", json_type),
+        Column("traits", json_type),
+        Column("context", json_type),
+        Column("timestamp", time_type, nullable=False),
+        Column("original_timestamp", time_type),
+        Column("sent_at", time_type),
+        Column("received_at", time_type, nullable=False),
+    ]
+
+
 events = Table(
     "events",
     metadata,
-    Column("message_id", String(100), nullable=False),
-    Column("type", String(16), nullable=False),
-    Column("event", Text),
-    Column("name", Text),
-    Column("user_id", Text),
-    Column("anonymous_id", Text),
-    Column("group_id", Text),
-    Column("previous_id", Text),
-    Column("session_id", Text),
-    Column("source", Text, nullable=False),
-    Column("properties", _json()),
-    Column("traits", _json()),
-    Column("context", _json()),
-    Column("timestamp", DateTime, nullable=False),
-    Column("original_timestamp", DateTime),
-    Column("sent_at", DateTime),
-    Column("received_at", DateTime, nullable=False),
+    *event_columns(_json(), DateTime),
     # Newest-first keyset pagination and the time-range filter.
     Index("ix_events_timestamp", "timestamp", "message_id"),
 )

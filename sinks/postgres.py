@@ -48,6 +48,7 @@ from router_core.config import Duration
 from router_core.db import make_engine
 from router_core.health import ComponentHealth
 from router_core.hookspecs import hookimpl
+from router_core.schema import event_columns
 from router_core.sink import Sink
 
 log = logging.getLogger("eventrouter.sinks.postgres")
@@ -69,23 +70,7 @@ _TZ = DateTime(timezone=True)
 events = Table(
     "events",
     metadata,
-    Column("message_id", String(100), nullable=False),
-    Column("type", String(16), nullable=False),
-    Column("event", Text),
-    Column("name", Text),
-    Column("user_id", Text),
-    Column("anonymous_id", Text),
-    Column("group_id", Text),
-    Column("previous_id", Text),
-    Column("session_id", Text),
-    Column("source", Text, nullable=False),
-    Column("properties", JSONB),
-    Column("traits", JSONB),
-    Column("context", JSONB),
-    Column("timestamp", _TZ, nullable=False),
-    Column("original_timestamp", _TZ),
-    Column("sent_at", _TZ),
-    Column("received_at", _TZ, nullable=False),
+    *event_columns(JSONB, _TZ),
     PrimaryKeyConstraint("message_id", "timestamp", name="events_pkey"),
     # Newest-first keyset pages and time ranges; the others are OPTIONAL_INDEXES.
     Index("ix_events_timestamp", "timestamp", "message_id"),
