@@ -353,7 +353,10 @@ def test_two_worker_processes_share_a_queue_and_store_each_event_once(queue_env)
 
 
 #: A batch the worker would hold for 30 s more: only a stop makes it write now.
-HOLD = {"max_events": 100000, "timeout": "30s"}
+#: A batch the worker would hold for an hour: only a stop makes it write before the
+#: hang guard (HANG_GUARD) of WorkerThread.stop / WorkerProcess.stop runs out, so a
+#: worker that waited out its batch timeout fails those, with no clock in the test.
+HOLD = {"max_events": 100000, "timeout": "1h"}
 
 
 def test_stop_finishes_the_batch_in_hand(queue_env):
@@ -374,12 +377,8 @@ def test_stop_finishes_the_batch_in_hand(queue_env):
         eventually(lambda: len(consumer.buffer) == 20, "20 messages in hand")
         time.sleep(0.3)
         assert plugin.stored == []
-        started = time.monotonic()
     finally:
-        worker.stop()
-    elapsed = time.monotonic() - started
-    # Not a speed claim: it must not have waited out the 30 s batch timeout.
-    assert elapsed < 20, f"the worker took {elapsed:.1f}s to stop"
+        worker.stop()  # fails if the worker is still running after HANG_GUARD
     assert sorted(plugin.stored) == sorted(ids)
     assert (consumer.messages, consumer.written) == (20, 20)
     assert ready(queue_env, queue_env.queue_name()) == 0  # acknowledged, not requeued
@@ -391,7 +390,7 @@ def test_sigterm_finishes_the_batch_in_hand(queue_env):
     ``batch.timeout`` a second time to the batch the worker hands it, waiting for writes
     that cannot come, so the write and the exit took the whole timeout.)"""
     raw = queue_env.raw()
-    raw["sinks"]["local"]["batch"] = {"max_events": 100000, "timeout": "30s"}
+    raw["sinks"]["local"]["batch"] = HOLD
     worker = WorkerProcess(queue_env.write_config(raw))
     ids = [unique("m") for _ in range(20)]
     try:
@@ -405,17 +404,14 @@ def test_sigterm_finishes_the_batch_in_hand(queue_env):
         eventually(lambda: ready(queue_env, queue_env.queue_name()) == 0, "messages delivered")
         time.sleep(0.3)
         assert queue_env.stored_ids() == []
-        started = time.monotonic()
     finally:
+        # After HANG_GUARD the worker is SIGKILLed: the exit code is then not 0.
         code = worker.stop(signal.SIGTERM)
-    elapsed = time.monotonic() - started
     assert code == 0, log_of(worker)
     assert sorted(queue_env.stored_ids()) == sorted(ids)
     assert ready(queue_env, queue_env.queue_name()) == 0  # acknowledged, not requeued
     expected = {"messages": 20, "written": 20, "dropped": 0, "retries": 0, "dead_lettered": 0}
     assert summary(log_of(worker)) == expected
-    # Not a speed claim: it must not have waited out the 30 s batch timeout.
-    assert elapsed < 20, f"worker took {elapsed:.1f}s to stop:\n{log_of(worker)}"
 
 
 def test_stopping_while_events_flow_loses_and_repeats_nothing(queue_env):
