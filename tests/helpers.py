@@ -118,6 +118,20 @@ class LiveServer:
                 return found
 
 
+def run_eventrouter(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    """Run one ``eventrouter`` command to completion (output captured as text)."""
+    return subprocess.run(
+        [str(VENV_BIN / "eventrouter"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=HANG_GUARD,
+    )
+
+
 class CommandProcess:
     """An ``eventrouter`` command in its own subprocess and session, logging to a file;
     stopped by signalling its process group (only what the test started)."""

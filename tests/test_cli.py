@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import VENV_BIN
+from tests.helpers import run_eventrouter
 
 PLUGIN_SETUP = """\
 [metadata]
@@ -48,15 +47,7 @@ def eventrouter_sink_types():
 '''
 
 
-def run(*args: str, env: dict | None = None, cwd: Path | None = None):
-    return subprocess.run(
-        [str(VENV_BIN / "eventrouter"), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        cwd=cwd,
-        timeout=60,
-    )
+run = run_eventrouter
 
 
 @pytest.fixture(scope="module")

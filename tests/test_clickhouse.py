@@ -7,7 +7,6 @@ afterwards."""
 from __future__ import annotations
 
 import logging
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -31,7 +30,7 @@ from router_core.config import ConfigError
 from router_core.store import EventFilter, EventStore, PathCondition, encode_cursor
 from sinks import clickhouse as sink_module
 from sinks.clickhouse import driver_url, events_table, schema_table, server_version, split_keys
-from tests.helpers import VENV_BIN, LiveServer, eventually, make_config
+from tests.helpers import LiveServer, eventually, make_config, run_eventrouter
 from tests.ingest_support import AUTH, iso
 from tests.queue_support import WorkerThread, amqp_env, to_toml, unique  # noqa: F401
 
@@ -325,12 +324,7 @@ def test_migrate_command_creates_the_schema_idempotently(ch_url, tmp_path, versi
     path = tmp_path / "ch.toml"
     path.write_text(to_toml({"sinks": {"warehouse": ch_sink(ch_url, migrate_on_start=False)}}))
     for _ in range(2):
-        result = subprocess.run(
-            [str(VENV_BIN / "eventrouter"), "migrate", "--config", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = run_eventrouter("migrate", "--config", str(path))
         assert result.returncode == 0, result.stderr
         assert "warehouse (clickhouse): schema version 1, ReplacingMergeTree" in result.stdout
     [(engine, partition_key, sorting_key)] = ch(

@@ -19,7 +19,7 @@ from kombu import Queue
 from router_core import queue as broker
 from router_core.commands import decode_many, encode_many
 from router_core.deadletters import list_dead_letters, replay
-from tests.helpers import VENV_BIN, LiveServer, eventually
+from tests.helpers import LiveServer, eventually, run_eventrouter
 from tests.queue_support import QueueEnv, WorkerThread, queue_env, unique  # noqa: F401
 from tests.test_worker import ScriptedSinks, command, post_each, publish_raw, ready
 
@@ -39,12 +39,7 @@ def peek(env: QueueEnv, queue_name: str) -> list[Any]:
 
 
 def cli(config_path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(VENV_BIN / "eventrouter"), "dead-letters", *args, "--config", str(config_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_eventrouter("dead-letters", *args, "--config", str(config_path))
 
 
 def test_poison_message_is_dead_lettered_listed_and_replayed(queue_env):

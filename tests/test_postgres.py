@@ -4,7 +4,6 @@ query API reading it. Each test gets a database of its own, dropped afterwards."
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +12,7 @@ import pytest
 
 from router_core.bus import Bus, make_plugin_manager
 from router_core.config import ConfigError
-from tests.helpers import VENV_BIN, LiveServer, make_config
+from tests.helpers import LiveServer, make_config, run_eventrouter
 from tests.ingest_support import AUTH
 from tests.queue_support import WorkerThread, amqp_env, to_toml, unique  # noqa: F401
 
@@ -247,12 +246,7 @@ def test_migrate_command_creates_the_schema_idempotently(pg_url, tmp_path):
     path = tmp_path / "pg.toml"
     path.write_text(to_toml({"sinks": {"warehouse": pg_sink(pg_url, migrate_on_start=False)}}))
     for _ in range(2):
-        result = subprocess.run(
-            [str(VENV_BIN / "eventrouter"), "migrate", "--config", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = run_eventrouter("migrate", "--config", str(path))
         assert result.returncode == 0, result.stderr
         assert "warehouse (postgres): schema version 1" in result.stdout
     tables = {row[0] for row in sql(pg_url, "SELECT tablename FROM pg_tables")}

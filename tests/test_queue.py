@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 
 import pytest
 
 from router_core.bus import Bus, make_plugin_manager
 from router_core.config import ConfigError
-from tests.helpers import VENV_BIN, LiveServer, eventually, free_port, make_config
+from tests.helpers import LiveServer, eventually, free_port, make_config, run_eventrouter
 from tests.ingest_support import AUTH
 from tests.queue_support import (  # noqa: F401 - fixtures
     AMQP_URL,
@@ -80,12 +79,7 @@ def test_the_queue_is_not_a_sink_type(tmp_path):
 
 def test_config_check_shows_the_queue_without_its_password(queue_env):
     path = queue_env.write_config(queue_env.raw(dedup=True))
-    result = subprocess.run(
-        [str(VENV_BIN / "eventrouter"), "config", "check", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_eventrouter("config", "check", str(path))
     assert result.returncode == 0, result.stderr
     assert "queue:" in result.stdout and "eventrouter worker" in result.stdout
     assert "dedup:   redis://127.0.0.1:6379/6, window 86400s" in result.stdout
@@ -100,13 +94,7 @@ def test_dead_letters_against_an_unreachable_broker_is_a_clean_error(tmp_path):
         f'[queue]\nurl = "amqp://guest:secret@127.0.0.1:{free_port()}//"\n'
         f'[sinks.local]\ntype = "sqlite"\nurl = "sqlite:///{tmp_path}/e.db"\n'
     )
-    command = ["dead-letters", "list", "--sink", "local", "--config", str(path)]
-    result = subprocess.run(
-        [str(VENV_BIN / "eventrouter"), *command],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_eventrouter("dead-letters", "list", "--sink", "local", "--config", str(path))
     assert result.returncode == 3, result.stderr
     assert "broker unreachable at amqp://guest:***@127.0.0.1:" in result.stderr
     assert "secret" not in result.stderr

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import threading
 from pathlib import Path
 
@@ -15,19 +13,12 @@ import pytest
 from router_core.config import ConfigError
 from router_core.hookspecs import hookimpl
 from router_core.sink import Sink
-from tests.helpers import VENV_BIN, LiveServer, eventually, make_config
+from tests.helpers import LiveServer, eventually, make_config, run_eventrouter
 
 EVENT = {"event": "Signed Up", "userId": "u1"}
 
 
-def eventrouter(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(VENV_BIN / "eventrouter"), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=60,
-    )
+eventrouter = run_eventrouter
 
 
 SINK_MODULE = """\

@@ -33,7 +33,7 @@ from router_core import queue as broker
 from router_core.commands import Command, TrackCommand, decode_many
 from router_core.hookspecs import hookimpl
 from router_core.sink import Sink
-from tests.helpers import HANG_GUARD, VENV_BIN, LiveServer, eventually
+from tests.helpers import HANG_GUARD, LiveServer, eventually, run_eventrouter
 from tests.queue_support import (  # noqa: F401 - fixtures
     AMQP_URL,
     QueueEnv,
@@ -485,12 +485,7 @@ def test_worker_killed_mid_stream_loses_nothing(queue_env):
 
 # -- the command line ------------------------------------------------------------------
 def run_worker(config_path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(VENV_BIN / "eventrouter"), "worker", "--config", str(config_path), *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    return run_eventrouter("worker", "--config", str(config_path), *args)
 
 
 def test_worker_without_queue_table_exits_2_naming_it(tmp_path):
