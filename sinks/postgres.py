@@ -88,25 +88,22 @@ OPTIONAL_INDEXES = {
 for _index in OPTIONAL_INDEXES.values():  # created by migrate() as configured
     events.indexes.discard(_index)
 
-users = Table(
-    "users",
-    metadata,
-    Column("user_id", Text, primary_key=True),
-    Column("traits", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    Column("traits_updated_at", _TZ),
-    Column("first_seen", _TZ, nullable=False),
-    Column("last_seen", _TZ, nullable=False),
-)
 
-groups = Table(
-    "groups",
-    metadata,
-    Column("group_id", Text, primary_key=True),
-    Column("traits", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
-    Column("traits_updated_at", _TZ),
-    Column("first_seen", _TZ, nullable=False),
-    Column("last_seen", _TZ, nullable=False),
-)
+def _traits_table(name: str, key: str) -> Table:
+    """``users`` and ``groups``: one row per id, traits merged across its calls."""
+    return Table(
+        name,
+        metadata,
+        Column(key, Text, primary_key=True),
+        Column("traits", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
+        Column("traits_updated_at", _TZ),
+        Column("first_seen", _TZ, nullable=False),
+        Column("last_seen", _TZ, nullable=False),
+    )
+
+
+users = _traits_table("users", "user_id")
+groups = _traits_table("groups", "group_id")
 
 identities = Table(
     "identities",
