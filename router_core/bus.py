@@ -184,6 +184,14 @@ class Bus:
         return types
 
     @property
+    def gathers_batches(self) -> bool:
+        """True in ``eventrouter worker``: each write is a whole batch its consumer
+        gathered (up to ``batch.max_events`` / ``batch.timeout``) and retries itself on
+        failure (``retry``), so a sink must neither linger for more writes nor retry the
+        write again. False on the edge, where each write is one request's events."""
+        return self.role == WORKER
+
+    @property
     def queued(self) -> bool:
         """True on an edge that hands events to the queue instead of running the sinks."""
         return self.role == EDGE and self.config.queue is not None

@@ -61,9 +61,12 @@ class UndecodableMessage(ValueError):
     """A message that is not a batch of commands in a format this version reads."""
 
 
-def connect(config: QueueConfig, *, confirm: bool = True) -> Connection:
-    """A new (not yet connected) kombu connection; publishes wait for the broker's
-    confirm on AMQP. Redis has no confirms: its reply to the push is the acknowledgement.
+def open_connection(config: QueueConfig) -> Connection:
+    """A kombu connection to the broker, connected with a single attempt
+    (``Connection.connect()`` retries once after sleeping 2 s: each attempt on a dead
+    broker, and each ``/health`` probe, took 2 s more than the refusal did; callers have
+    their own retry policy). Publishes wait for the broker's confirm on AMQP; Redis has
+    no confirms: its reply to the push is the acknowledgement.
 
     Every socket operation is bounded: kombu's Redis transport ignores ``connect_timeout``
     and sets no socket timeout, so a Redis that accepted the connection but stopped
@@ -71,21 +74,16 @@ def connect(config: QueueConfig, *, confirm: bool = True) -> Connection:
     """
     options: dict[str, Any] = {}
     if config.transport == "amqp":
-        options["confirm_publish"] = confirm
+        options["confirm_publish"] = True
     else:
         # kombu's default is an hour: a dead consumer's messages would wait that long.
         options["visibility_timeout"] = config.visibility_timeout
         options["socket_connect_timeout"] = config.connect_timeout
         # Above the 1 s BRPOP a consuming worker blocks in.
         options["socket_timeout"] = max(config.confirm_timeout, 2.0)
-    return Connection(config.url, connect_timeout=config.connect_timeout, transport_options=options)
-
-
-def open_connection(config: QueueConfig, *, confirm: bool = True) -> Connection:
-    """:func:`connect`, connected with a single attempt. (``Connection.connect()``
-    retries once after sleeping 2 s: each attempt on a dead broker, and each ``/health``
-    probe, took 2 s more than the refusal did. Callers have their own retry policy.)"""
-    connection = connect(config, confirm=confirm)
+    connection = Connection(
+        config.url, connect_timeout=config.connect_timeout, transport_options=options
+    )
     try:
         connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
     except BaseException:

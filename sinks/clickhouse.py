@@ -37,7 +37,6 @@ from sqlalchemy import Column, Engine, MetaData, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.schema import CreateTable
 
-from router_core.bus import EDGE
 from router_core.commands import STORED_COLUMNS, AnyCommand, Command
 from router_core.config import Duration
 from router_core.db import make_engine
@@ -294,7 +293,7 @@ class ClickHouseSink(Sink):
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self, bus: Any) -> None:
-        if getattr(bus, "role", None) == EDGE:
+        if not bus.gathers_batches:
             log.warning(
                 "%s: ClickHouse in embedded mode: every request becomes an insert of its own, "
                 "and ClickHouse wants about one insert per second per table; configure "

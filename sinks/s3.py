@@ -42,7 +42,6 @@ from urllib.parse import quote
 
 import msgspec
 
-from router_core.bus import WORKER
 from router_core.commands import STORED_COLUMNS, Command
 from router_core.config import Duration, SinkConfig
 from router_core.health import ComponentHealth
@@ -360,7 +359,7 @@ class S3Sink(Sink):
                 "(pip install pyarrow), or use format = 'ndjson'"
             )
         self._loop = asyncio.get_running_loop()
-        worker = getattr(bus, "role", None) == WORKER
+        worker = bus.gathers_batches
         # Under ``eventrouter worker`` the consumer gathered the batch and retries a failed
         # write per ``retry`` itself: waiting for more, or retrying here too, would only
         # delay its commit and multiply the attempts.

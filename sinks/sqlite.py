@@ -31,7 +31,6 @@ import msgspec
 from sqlalchemy import Engine, insert, text
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from router_core.bus import WORKER
 from router_core.commands import STORED_COLUMNS, Command
 from router_core.db import make_engine, sqlite_path
 from router_core.health import ComponentHealth
@@ -188,7 +187,7 @@ class SQLiteSink(Sink):
         # Under ``eventrouter worker`` the consumer has gathered each batch already and
         # waits for its commit before taking more: lingering for writes that cannot come
         # would only delay every commit (and a SIGTERM) by ``batch.timeout``.
-        self._linger = 0.0 if getattr(bus, "role", None) == WORKER else self.config.batch.timeout
+        self._linger = 0.0 if bus.gathers_batches else self.config.batch.timeout
         await asyncio.to_thread(self._open)
         self._thread = threading.Thread(
             target=self._run, name=f"sqlite-writer-{self.name}", daemon=True
