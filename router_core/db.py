@@ -70,6 +70,12 @@ def _clickhouse_engine(url: URL) -> Engine:
     return engine
 
 
+def select_one(engine: Engine) -> None:
+    """A round trip to the database (health probes)."""
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SELECT 1")
+
+
 def sqlite_path(url: str) -> Path | None:
     """The database file of an SQLite URL, or None for memory/non-SQLite URLs."""
     parsed = make_url(url)

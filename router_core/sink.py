@@ -10,7 +10,7 @@ implementations below adapt pluggy's calls to four plain methods a sink author w
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
@@ -67,6 +67,34 @@ class Sink:
 
     def stop(self) -> Any:
         """Flush and close. Called once per process at shutdown."""
+
+    def probed_health(
+        self,
+        probe: Callable[[], Any],
+        stats: dict[str, Any],
+        *,
+        last_error: str | None = None,
+        where: str = "",
+        not_running: str | None = None,
+    ) -> ComponentHealth:
+        """The usual :meth:`health` of a sink with a store to reach: up when ``probe()``
+        (a cheap round trip: ``SELECT 1``, ``HeadBucket``) returns, down with the error
+        (prefixed by ``where``) when it raises; ``last_error`` is shown while up. With
+        ``not_running`` (why the sink cannot write), down with that, unprobed."""
+        component = ComponentHealth(
+            name=f"sink:{self.name}", up=False, required=self.config.acknowledgements, stats=stats
+        )
+        if not_running is not None:
+            component.detail = not_running
+            return component
+        try:
+            probe()
+        except Exception as exc:
+            component.detail = f"{where}{type(exc).__name__}: {exc}"
+            return component
+        component.up = True
+        component.detail = f"last error: {last_error}" if last_error else ""
+        return component
 
     def migrate(self) -> str | None:
         """Create or upgrade this sink's schema, idempotently (``eventrouter migrate``).

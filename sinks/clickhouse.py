@@ -427,21 +427,12 @@ class ClickHouseSink(Sink):
 
     # -- health ------------------------------------------------------------------------
     def health(self) -> ComponentHealth:
-        component = ComponentHealth(
-            name=f"sink:{self.name}",
-            up=False,
-            required=self.config.acknowledgements,
-            stats={"written": self.written, "inserts": self.inserts},
-        )
-        try:
+        def probe() -> None:
             with self.client() as client:
                 client.execute("SELECT 1")
-        except Exception as exc:
-            component.detail = f"{type(exc).__name__}: {exc}"
-            return component
-        component.up = True
-        component.detail = f"last error: {self.last_error}" if self.last_error else ""
-        return component
+
+        stats = {"written": self.written, "inserts": self.inserts}
+        return self.probed_health(probe, stats, last_error=self.last_error)
 
 
 def _normalised(expression: str) -> list[str]:

@@ -45,7 +45,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from router_core.commands import STORED_COLUMNS, Command
 from router_core.config import Duration
-from router_core.db import make_engine
+from router_core.db import make_engine, select_one
 from router_core.health import ComponentHealth
 from router_core.hookspecs import hookimpl
 from router_core.schema import event_columns
@@ -351,21 +351,10 @@ class PostgresSink(Sink):
 
     # -- health ------------------------------------------------------------------------
     def health(self) -> ComponentHealth:
-        component = ComponentHealth(
-            name=f"sink:{self.name}",
-            up=False,
-            required=self.config.acknowledgements,
-            stats={"written": self.written, "duplicates": self.duplicates, "races": self.races},
+        stats = {"written": self.written, "duplicates": self.duplicates, "races": self.races}
+        return self.probed_health(
+            lambda: select_one(self.engine), stats, last_error=self.last_error
         )
-        try:
-            with self.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except Exception as exc:
-            component.detail = f"{type(exc).__name__}: {exc}"
-            return component
-        component.up = True
-        component.detail = f"last error: {self.last_error}" if self.last_error else ""
-        return component
 
 
 #: An SDK's retry of an event is normalised again, and its skew-corrected ``timestamp``

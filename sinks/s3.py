@@ -650,29 +650,20 @@ class S3Sink(Sink):
 
     # -- health ------------------------------------------------------------------------
     def health(self) -> ComponentHealth:
-        component = ComponentHealth(
-            name=f"sink:{self.name}",
-            up=False,
-            required=self.config.acknowledgements,
-            stats={
-                "objects": self.objects,
-                "multipart_objects": self.multipart_objects,
-                "uploaded_events": self.uploaded_events,
-                "uploaded_bytes": self.uploaded_bytes,
-                "failed_writes": self.failed_writes,
-            },
+        stats = {
+            "objects": self.objects,
+            "multipart_objects": self.multipart_objects,
+            "uploaded_events": self.uploaded_events,
+            "uploaded_bytes": self.uploaded_bytes,
+            "failed_writes": self.failed_writes,
+        }
+        return self.probed_health(
+            lambda: self._probe.head_bucket(Bucket=self.options.bucket),
+            stats,
+            last_error=self.last_error,
+            where=f"s3://{self.options.bucket}: ",
+            not_running="not running" if self._probe is None else None,
         )
-        if self._probe is None:
-            component.detail = "not running"
-            return component
-        try:
-            self._probe.head_bucket(Bucket=self.options.bucket)
-        except Exception as exc:
-            component.detail = f"s3://{self.options.bucket}: {type(exc).__name__}: {exc}"
-            return component
-        component.up = True
-        component.detail = f"last error: {self.last_error}" if self.last_error else ""
-        return component
 
 
 @hookimpl

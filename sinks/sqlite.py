@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import msgspec
-from sqlalchemy import Engine, insert, text
+from sqlalchemy import Engine, insert
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from router_core.commands import STORED_COLUMNS, Command
-from router_core.db import make_engine, sqlite_path
+from router_core.db import make_engine, select_one, sqlite_path
 from router_core.health import ComponentHealth
 from router_core.hookspecs import hookimpl
 from router_core.schema import OPTIONAL_INDEXES, events, metadata
@@ -409,24 +409,14 @@ class SQLiteSink(Sink):
 
     # -- health ------------------------------------------------------------------------
     def health(self) -> ComponentHealth:
-        component = ComponentHealth(
-            name=f"sink:{self.name}",
-            up=False,
-            required=self.config.acknowledgements,
-            stats={"commits": self.commits, "committed_events": self.committed_events},
+        stats = {"commits": self.commits, "committed_events": self.committed_events}
+        running = self._thread is not None and self._thread.is_alive()
+        return self.probed_health(
+            lambda: select_one(self._engine),
+            stats,
+            last_error=self.last_error,
+            not_running=None if running else "writer thread is not running",
         )
-        if self._thread is None or not self._thread.is_alive():
-            component.detail = "writer thread is not running"
-            return component
-        try:
-            with self._engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except Exception as exc:
-            component.detail = f"{type(exc).__name__}: {exc}"
-            return component
-        component.up = True
-        component.detail = f"last error: {self.last_error}" if self.last_error else ""
-        return component
 
 
 _priority_lock = threading.Lock()
