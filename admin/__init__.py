@@ -1,1 +1,52 @@
-"""The htmx + Jinja2 admin dashboard, served under ``/admin`` (see issue #5)."""
+"""The htmx + Jinja2 admin dashboard, served by the same Falcon app under ``/admin``.
+
+``add_routes`` mounts every page, fragment and the live-tail socket on an app; the
+dashboard reads the configured store through :mod:`router_core.store`, exactly as
+``GET /api/v1/events`` does. See ``docs/admin.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import falcon.asgi
+
+from admin import views
+from admin.render import Renderer, make_environment
+from admin.tail import TailHub
+from router_core.auth import AdminAuth
+from router_core.bus import Bus
+from router_core.config import Config
+from router_core.store import EventStore
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def add_routes(
+    app: falcon.asgi.App,
+    config: Config,
+    bus: Bus,
+    store: EventStore | None,
+    auth: AdminAuth,
+) -> TailHub:
+    """Mount the dashboard on ``app``; returns its live-tail hub (closed at shutdown)."""
+    renderer = Renderer(make_environment(config.admin.templates))
+    hub = TailHub(config, store)
+    d = views.Dashboard(config, bus, store, auth, renderer, hub)
+    app.add_route("/admin", views.RootView(d))
+    app.add_route("/admin/login", views.LoginView(d))
+    app.add_route("/admin/logout", views.LogoutView(d))
+    app.add_route("/admin/events", views.EventsView(d))
+    # ``path``: a client-chosen messageId may contain "/" (sent percent-encoded).
+    app.add_route("/admin/events/{message_id:path}", views.EventView(d))
+    app.add_route("/admin/chart", views.ChartView(d))
+    app.add_route("/admin/breakdown", views.BreakdownView(d))
+    app.add_route("/admin/event-names", views.EventNamesView(d))
+    app.add_route("/admin/condition-row", views.ConditionRowView(d))
+    app.add_route("/admin/live", views.LiveView(d))
+    app.add_route("/admin/live/ws", views.LiveView(d))
+    app.add_route("/admin/users/{user_id:path}", views.UserView(d))
+    app.add_route("/admin/status", views.StatusView(d))
+    app.add_route("/admin/sources", views.SourcesView(d))
+    app.add_static_route("/admin/static", str(STATIC_DIR))
+    return hub

@@ -18,8 +18,10 @@ import falcon
 import falcon.asgi
 import msgspec
 
+import admin
 from router_core import api, ingest
 from router_core import config as config_module
+from router_core.auth import AdminAuth
 from router_core.bus import Bus, make_plugin_manager
 from router_core.config import Config
 from router_core.errors import APIError
@@ -37,6 +39,8 @@ class Lifespan:
         self.bus = bus
         self.store = store
         self.config = config
+        #: The dashboard's live-tail hub, closed before the bus stops.
+        self.tail: Any = None
 
     async def process_startup(self, scope: dict, event: dict) -> None:
         await self.bus.start()
@@ -54,6 +58,8 @@ class Lifespan:
             )
 
     async def process_shutdown(self, scope: dict, event: dict) -> None:
+        if self.tail is not None:
+            await self.tail.close()
         await self.bus.stop()
         if self.store is not None:
             self.store.close()
@@ -145,7 +151,8 @@ def create_app(
         allow_origins="*" if "*" in origins else origins,
         expose_headers=["Retry-After"],
     )
-    app = EventRouterApp(middleware=[Lifespan(bus, store, config), cors])
+    lifespan = Lifespan(bus, store, config)
+    app = EventRouterApp(middleware=[lifespan, cors])
     app.req_options.auto_parse_qs_csv = False
     app.resp_options.secure_cookies_by_default = True
     app.set_error_serializer(_serialize_http_error)
@@ -153,7 +160,9 @@ def create_app(
     app.add_error_handler(APIError, _handle_api_error)
 
     ingest.add_routes(app, ingest.Ingestor(config, bus))
-    api.add_routes(app, api.EventsResource(api.AdminAuth(admin_token(config)), store))
+    auth = AdminAuth(admin_token(config))
+    api.add_routes(app, api.EventsResource(auth, store))
+    lifespan.tail = admin.add_routes(app, config, bus, store, auth)
     app.add_route("/health", HealthResource(bus))
     app.bus = bus  # for tests and plugins that need the running bus
     app.config = config

@@ -101,6 +101,8 @@ class AdminConfig(_Strict):
     token: str | None = None
     #: The sink whose store the query API and dashboard read; default: the first SQL sink.
     store: str | None = None
+    #: Directories searched before the built-in templates (operator overrides).
+    templates: list[str] = []
 
 
 class BatchConfig(_Strict):

@@ -13,20 +13,23 @@ import base64
 import functools
 import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 import sqlalchemy.exc
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Engine,
+    Integer,
     Text,
     and_,
     case,
     cast,
     func,
     literal,
+    literal_column,
     null,
     or_,
     select,
@@ -97,6 +100,45 @@ class EventFilter(msgspec.Struct, kw_only=True):
     paths: list[PathCondition] = []
 
 
+class StoreSize(msgspec.Struct):
+    dialect: str
+    events: int
+    #: On-disk bytes of the events (and, on PostgreSQL, of every partition and index).
+    bytes: int | None
+
+
+_POSTGRES_SIZE_SQL = (
+    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+    "WHERE c.relkind = 'r' AND (c.relname = 'events' OR c.relname LIKE 'events\\_%') "
+    "AND c.relnamespace = to_regnamespace(current_schema())"
+)
+_CLICKHOUSE_SIZE_SQL = (
+    "SELECT sum(bytes) FROM system.parts WHERE database = currentDatabase() "
+    "AND table = 'events' AND active"
+)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
+def _aware(value: datetime) -> datetime:
+    """A stored time as an aware UTC datetime (stores hand back naive UTC or aware)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+#: How far back a tail of a server store looks for rows committed after later ones.
+TAIL_LOOKBACK = timedelta(seconds=5)
+
+
+class TailPosition(msgspec.Struct, kw_only=True):
+    """How far a live tail has read a store (see :meth:`EventStore.stored_since`)."""
+
+    rowid: int = 0
+    received_at: datetime = datetime.min.replace(tzinfo=UTC)
+    seen: dict[str, datetime] = {}
+
+
 class Page(msgspec.Struct):
     events: list[dict[str, Any]]
     next_cursor: str | None
@@ -120,7 +162,7 @@ def _naive_utc(value: datetime) -> datetime:
     return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso_utc(value: datetime | None) -> str | None:
     if value is None:
         return None
     if value.tzinfo is not None:
@@ -135,7 +177,7 @@ def row_to_event(row: Any) -> dict[str, Any]:
     """A stored row as the API shows it: JSON columns as objects, times ISO 8601 UTC."""
     event = dict(row._mapping)
     for column in _TIME_COLUMNS:
-        event[column] = _iso(event[column])
+        event[column] = iso_utc(event[column])
     return event
 
 
@@ -268,11 +310,10 @@ class EventStore:
             if "already exists" not in str(exc):
                 raise
 
-    def query(
-        self, where: EventFilter, limit: int = DEFAULT_LIMIT, cursor: str | None = None
-    ) -> Page:
-        if not 1 <= limit <= MAX_LIMIT:
-            raise InvalidQuery("limit", f"must be between 1 and {MAX_LIMIT}")
+    def conditions(self, where: EventFilter) -> list[ColumnElement]:
+        """``where`` as SQL conditions, every value a bound parameter.
+
+        :raises InvalidQuery: too many path conditions, or a dialect without JSON access."""
         conditions = [
             events.c[name] == value
             for name in FILTER_COLUMNS
@@ -280,17 +321,19 @@ class EventStore:
         ]
         if len(where.paths) > MAX_PATH_CONDITIONS:
             raise InvalidQuery("paths", f"at most {MAX_PATH_CONDITIONS} path conditions")
-        dialect = self.engine.dialect.name
-        flavour = self._clickhouse() if dialect == "clickhouse" else None
-        json_extract = flavour.json_extract if flavour else True
-        conditions += [
-            json_text(dialect, c.column, c.path, json_extract=json_extract) == c.value
-            for c in where.paths
-        ]
+        conditions += [self._json_text(c.column, c.path) == c.value for c in where.paths]
         if where.since is not None:
             conditions.append(events.c.timestamp >= self._time(where.since))
         if where.until is not None:
             conditions.append(events.c.timestamp < self._time(where.until))
+        return conditions
+
+    def query(
+        self, where: EventFilter, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+    ) -> Page:
+        if not 1 <= limit <= MAX_LIMIT:
+            raise InvalidQuery("limit", f"must be between 1 and {MAX_LIMIT}")
+        conditions = self.conditions(where)
         if cursor:
             timestamp, message_id = decode_cursor(cursor)
             timestamp = self._time(timestamp)
@@ -324,13 +367,197 @@ class EventStore:
             row = connection.execute(statement).first()
         return self._event(row) if row is not None else None
 
+    # -- aggregates (the dashboard's charts) ----------------------------------------------
+    def dimension(self, name: str) -> ColumnElement:
+        """What events can be counted by: a filter column (``event``, ``source``, ...) or
+        a JSON path (``properties.plan``), as an SQL expression.
+
+        :raises InvalidQuery: anything else."""
+        if name in FILTER_COLUMNS:
+            return events.c[name]
+        condition = PathCondition.parse(name, "")
+        return self._json_text(condition.column, condition.path)
+
+    def count_by_time(self, where: EventFilter, step: int) -> list[tuple[datetime, int]]:
+        """Events matching ``where`` per ``step`` seconds of ``timestamp``, oldest first;
+        buckets start at multiples of ``step`` since the epoch and empty ones are left out."""
+        step = int(step)
+        if step < 1:
+            raise InvalidQuery("step", "must be at least one second")
+        epoch = self._epoch()
+        # The step is an int written into the SQL, not a parameter: PostgreSQL matches a
+        # GROUP BY expression to the selected one only when their texts are identical.
+        bucket = (epoch - epoch % literal_column(str(step))).label("bucket")
+        statement = (
+            self._select(bucket, func.count().label("n"))
+            .where(*self.conditions(where))
+            .group_by(bucket)
+            .order_by(bucket)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        return [(datetime.fromtimestamp(int(start), UTC), int(n)) for start, n in rows]
+
+    def top(self, where: EventFilter, dimension: str, limit: int = 10) -> list[tuple[Any, int]]:
+        """The ``limit`` most frequent values of ``dimension`` among events matching
+        ``where``, with their counts, most frequent first (``None``: no value)."""
+        value = self.dimension(dimension).label("value")
+        count = func.count().label("n")
+        statement = (
+            self._select(value, count)
+            .where(*self.conditions(where))
+            .group_by(value)
+            .order_by(count.desc(), value)
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        dialect = self.engine.dialect.name
+        return [(None if dialect == "clickhouse" and v == "" else v, int(n)) for v, n in rows]
+
+    def count(self, where: EventFilter) -> int:
+        statement = self._select(func.count().label("n")).where(*self.conditions(where))
+        with self.engine.connect() as connection:
+            return int(connection.execute(statement).scalar() or 0)
+
+    def time_span(self, where: EventFilter) -> tuple[datetime, datetime] | None:
+        """The oldest and newest ``timestamp`` among events matching ``where``."""
+        statement = self._select(
+            func.min(events.c.timestamp).label("oldest"),
+            func.max(events.c.timestamp).label("newest"),
+            func.count().label("n"),
+        ).where(*self.conditions(where))
+        with self.engine.connect() as connection:
+            oldest, newest, n = connection.execute(statement).one()
+        if not n:
+            return None
+        return _aware(oldest), _aware(newest)
+
+    def event_names(self, since: datetime | None = None, limit: int = 500) -> list[str]:
+        """Distinct ``event`` names of track calls, most frequent first."""
+        return [
+            name
+            for name, _ in self.top(EventFilter(type="track", since=since), "event", limit)
+            if name
+        ]
+
+    def identify_traits(self, user_id: str, limit: int = 1000) -> dict[str, Any]:
+        """A user's traits: the ``traits`` of their identify calls merged oldest first,
+        as every store has them (PostgreSQL's ``users`` table is one store's copy)."""
+        statement = (
+            self._select(events.c.traits)
+            .where(events.c.user_id == user_id, events.c.type == "identify")
+            .order_by(events.c.timestamp.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        traits: dict[str, Any] = {}
+        for (value,) in reversed(rows):
+            if isinstance(value, dict):
+                traits.update(value)
+        return traits
+
+    def size(self) -> StoreSize:
+        """How many events the store holds and, where the database tells, its bytes."""
+        dialect = self.engine.dialect.name
+        with self.engine.connect() as connection:
+            rows = connection.execute(self._select(func.count())).scalar() or 0
+            if dialect == "postgresql":
+                nbytes = connection.execute(text(_POSTGRES_SIZE_SQL)).scalar()
+            elif dialect == "clickhouse":
+                nbytes = connection.execute(text(_CLICKHOUSE_SIZE_SQL)).scalar()
+            elif dialect == "sqlite":
+                page_count = connection.exec_driver_sql("PRAGMA page_count").scalar()
+                page_size = connection.exec_driver_sql("PRAGMA page_size").scalar()
+                nbytes = page_count * page_size
+            else:
+                nbytes = None
+        return StoreSize(dialect=dialect, events=int(rows), bytes=_int_or_none(nbytes))
+
+    # -- the live tail (stores written at the edge: no broker to tap) ----------------------
+    def tail_position(self) -> TailPosition:
+        """Where a tail starts: after everything stored now."""
+        with self.engine.connect() as connection:
+            if self.engine.dialect.name == "sqlite":
+                rowid = connection.exec_driver_sql("SELECT max(rowid) FROM events").scalar()
+                return TailPosition(rowid=rowid or 0)
+        return TailPosition(received_at=datetime.now(UTC))
+
+    def stored_since(self, position: TailPosition, limit: int = 1000) -> list[dict[str, Any]]:
+        """Events stored after ``position``, oldest first; ``position`` moves past them.
+
+        SQLite reads by ``rowid``, which grows with every insert: an index lookup however
+        large the table. Other stores read by ``received_at`` (no index of its own), within
+        the last day of ``timestamp`` so that the time-ordered key bounds the scan, and
+        look :data:`TAIL_LOOKBACK` back for rows committed late, remembering which ids
+        they have shown."""
+        if self.engine.dialect.name == "sqlite":
+            rowid = literal_column("rowid")
+            statement = (
+                select(events, rowid.label("_rowid"))
+                .where(rowid > position.rowid)
+                .order_by(rowid)
+                .limit(limit)
+            )
+            with self.engine.connect() as connection:
+                rows = connection.execute(statement).all()
+            if rows:
+                position.rowid = rows[-1]._rowid
+            return [{k: v for k, v in self._event(row).items() if k != "_rowid"} for row in rows]
+        now = datetime.now(UTC)
+        start = position.received_at - TAIL_LOOKBACK
+        statement = (
+            self._select()
+            .where(
+                events.c.received_at >= self._time(start),
+                events.c.timestamp >= self._time(now - timedelta(days=1)),
+            )
+            .order_by(events.c.received_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        fresh = []
+        for row in rows:
+            if row.message_id in position.seen:
+                continue
+            position.seen[row.message_id] = _aware(row.received_at)
+            fresh.append(self._event(row))
+        if rows:
+            position.received_at = max(position.received_at, _aware(rows[-1].received_at))
+        horizon = position.received_at - 2 * TAIL_LOOKBACK
+        position.seen = {k: t for k, t in position.seen.items() if t >= horizon}
+        return fresh
+
     # -- dialect differences -------------------------------------------------------------
-    def _select(self) -> Any:
-        """``SELECT`` every column; on ClickHouse ``FROM events FINAL``: copies of a
-        redelivered event that no merge has collapsed yet are read as one."""
+    def _select(self, *columns: Any) -> Any:
+        """``SELECT`` ``columns`` (default: every column) ``FROM events``; on ClickHouse
+        ``FROM events FINAL``: copies of a redelivered event that no merge has collapsed
+        yet are read (and counted) as one."""
         if self.engine.dialect.name != "clickhouse":
-            return select(events)
+            return select(*columns).select_from(events) if columns else select(events)
+        if columns:
+            return _clickhouse_select()(*columns).select_from(events).final()
         return _clickhouse_select()(events).final()
+
+    def _json_text(self, column: str, path: Sequence[str]) -> ColumnElement:
+        dialect = self.engine.dialect.name
+        flavour = self._clickhouse() if dialect == "clickhouse" else None
+        json_extract = flavour.json_extract if flavour else True
+        return json_text(dialect, column, path, json_extract=json_extract)
+
+    def _epoch(self) -> ColumnElement:
+        """``timestamp`` as whole seconds since the epoch (UTC), per dialect."""
+        dialect = self.engine.dialect.name
+        column = events.c.timestamp
+        if dialect == "postgresql":
+            return cast(func.floor(func.extract("epoch", column)), BigInteger)
+        if dialect == "clickhouse":
+            return func.toUInt32(func.toDateTime(column))
+        if dialect == "sqlite":
+            return cast(func.strftime("%s", column), Integer)
+        raise InvalidQuery("step", f"time buckets are not supported on {dialect}")
 
     def _event(self, row: Any) -> dict[str, Any]:
         event = row_to_event(row)
