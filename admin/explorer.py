@@ -203,7 +203,7 @@ def _check_dimension(name: str) -> None:
 
 def choose_step(since: datetime, until: datetime) -> int:
     """The bucket width, in seconds, for a chart from ``since`` to ``until``."""
-    span = max((until - since).total_seconds(), 1.0)
+    span = max(int((until - since).total_seconds()), 1)  # whole seconds: 1h is 60 bars
     return next((step for step in STEPS if span / step <= MAX_BUCKETS), STEPS[-1])
 
 

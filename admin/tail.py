@@ -35,7 +35,7 @@ from kombu import Queue, binding
 from router_core import queue as broker
 from router_core.commands import Command
 from router_core.config import Config
-from router_core.store import EventFilter, EventStore, iso_utc
+from router_core.store import EventFilter, EventStore, TailPosition, iso_utc
 
 log = logging.getLogger("eventrouter.admin.tail")
 
@@ -122,7 +122,7 @@ class TailHub:
     async def subscribe(self) -> Subscription:
         subscription = Subscription()
         self.subscribers.add(subscription)
-        if self._feed is None:
+        if self._feed is None or self._feed.stopped:  # none, or the last one is stopping
             loop = asyncio.get_running_loop()
             if self.source == "broker":
                 self._feed = _BrokerFeed(self.config, self._publish_threadsafe(loop))
@@ -134,8 +134,10 @@ class TailHub:
     async def unsubscribe(self, subscription: Subscription) -> None:
         self.subscribers.discard(subscription)
         if not self.subscribers and self._feed is not None:
-            feed, self._feed = self._feed, None
+            feed = self._feed
             await feed.stop()
+            if self._feed is feed:  # not replaced by a subscriber that came meanwhile
+                self._feed = None
 
     async def close(self) -> None:
         self.subscribers.clear()
@@ -156,6 +158,9 @@ class TailHub:
 
 
 class _Feed:
+    #: Set as soon as stopping begins: a new subscriber then starts a new feed.
+    stopped = False
+
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
@@ -168,10 +173,16 @@ class _StoreFeed(_Feed):
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        """Returns once the position is taken: an event stored after ``subscribe``
+        returned is always shown."""
+        try:
+            position = await asyncio.to_thread(self.store.tail_position)
+        except Exception as exc:  # the store is down: the feed starts when it is back
+            log.warning("live tail: reading the store failed: %s", exc)
+            position = None
+        self._task = asyncio.create_task(self._run(position))
 
-    async def _run(self) -> None:
-        position = None
+    async def _run(self, position: TailPosition | None) -> None:
         while True:
             try:
                 if position is None:
@@ -187,6 +198,7 @@ class _StoreFeed(_Feed):
             await asyncio.sleep(POLL_INTERVAL)
 
     async def stop(self) -> None:
+        self.stopped = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -202,6 +214,7 @@ class _BrokerFeed(_Feed):
         self.topology = broker.Topology(config.queue, config.sinks)
         self.publish = publish
         self._stopping = threading.Event()
+        self._consuming = threading.Event()
         self._thread: threading.Thread | None = None
         name = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
         self.queue = Queue(
@@ -214,10 +227,14 @@ class _BrokerFeed(_Feed):
         )
 
     async def start(self) -> None:
+        """Returns once the tail queue is bound (or the broker could not be reached in
+        time): every event published after ``subscribe`` returned is shown."""
         self._thread = threading.Thread(target=self._run, name="eventrouter-tail", daemon=True)
         self._thread.start()
+        await asyncio.to_thread(self._consuming.wait, self.options.connect_timeout + 1)
 
     async def stop(self) -> None:
+        self.stopped = True
         self._stopping.set()
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, 5)
@@ -229,20 +246,25 @@ class _BrokerFeed(_Feed):
                 connection = broker.open_connection(self.options)
                 channel = connection.channel()
                 self.topology.exchange(channel).declare()
+                # on_message: the raw message (callbacks would have kombu decode the body)
                 with connection.Consumer(
-                    self.queue, callbacks=[self._on_message], no_ack=True, channel=channel
+                    self.queue, on_message=self._on_message, no_ack=True, channel=channel
                 ):
+                    self._consuming.set()
                     while not self._stopping.is_set():
                         with contextlib.suppress(socket.timeout, TimeoutError):
                             connection.drain_events(timeout=0.5)
             except broker.BROKER_ERRORS as exc:
                 log.warning("live tail: broker: %s", exc)
                 self._stopping.wait(2)
+            except Exception:  # never let the feed die silently: log it, reconnect
+                log.exception("live tail: the broker feed failed")
+                self._stopping.wait(2)
             finally:
                 if connection is not None:
                     broker.close(connection, self.options.connect_timeout)
 
-    def _on_message(self, body: Any, message: Any) -> None:
+    def _on_message(self, message: Any) -> None:
         try:
             commands = broker.decode(message.body, message.headers)
         except broker.UndecodableMessage as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import logging
 import secrets
 from datetime import UTC, datetime
@@ -84,7 +85,9 @@ class Dashboard:
         self.auth = auth
         self.renderer = renderer
         self.hub = hub
-        self._trusted_proxies = bool(config.server.trusted_proxies)
+        self._trusted_proxies = [
+            ipaddress.ip_network(n, strict=False) for n in config.server.trusted_proxies
+        ]
 
     # -- auth --------------------------------------------------------------------------------
     def require(self, req: falcon.asgi.Request) -> Session | None:

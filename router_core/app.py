@@ -96,6 +96,8 @@ class EventRouterApp(falcon.asgi.App):
     bus: Bus
     config: Config
     store: EventStore | None
+    #: The dashboard's live-tail hub (admin.tail.TailHub).
+    tail: Any
 
 
 def _snake(title: str) -> str:
@@ -165,6 +167,7 @@ def create_app(
     lifespan.tail = admin.add_routes(app, config, bus, store, auth)
     app.add_route("/health", HealthResource(bus))
     app.bus = bus  # for tests and plugins that need the running bus
+    app.tail = lifespan.tail
     app.config = config
     app.store = store
     return app

@@ -16,11 +16,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 import falcon.asgi
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+IPNetwork = IPv4Network | IPv6Network
 
 SESSION_COOKIE = "eventrouter_session"
 #: Double-submit token for the sign-in form, which comes before any session.
@@ -110,11 +116,18 @@ def _cookie(req: Any, name: str) -> str | None:
     return values[0] if values else None
 
 
-def is_https(req: falcon.asgi.Request, trusted_proxy: bool) -> bool:
-    """The browser reached us over https (its cookies must then be ``Secure``)."""
+def is_https(req: falcon.asgi.Request, trusted_proxies: Sequence[IPNetwork]) -> bool:
+    """The browser reached us over https (its cookies must then be ``Secure``): directly,
+    or through a proxy in ``server.trusted_proxies`` that says so in X-Forwarded-Proto."""
     if req.scheme == "https":
         return True
-    return trusted_proxy and (req.get_header("X-Forwarded-Proto") or "").lower() == "https"
+    if (req.get_header("X-Forwarded-Proto") or "").lower() != "https":
+        return False
+    try:
+        peer = ipaddress.ip_address(req.remote_addr or "")
+    except ValueError:
+        return False
+    return any(peer in network for network in trusted_proxies)
 
 
 def set_cookie(resp: falcon.asgi.Response, name: str, value: str, *, secure: bool, max_age: int):
@@ -130,7 +143,16 @@ def set_cookie(resp: falcon.asgi.Response, name: str, value: str, *, secure: boo
 
 
 def clear_cookie(resp: falcon.asgi.Response, name: str, *, secure: bool) -> None:
-    set_cookie(resp, name, "", secure=secure, max_age=0)
+    """Expire the cookie (Falcon writes no ``Max-Age=0``: an expiry in the past does it)."""
+    resp.set_cookie(
+        name,
+        "",
+        expires=datetime(1970, 1, 1, tzinfo=UTC),
+        path="/",
+        secure=secure,
+        http_only=True,
+        same_site="Strict",
+    )
 
 
 def login_csrf(req: Any) -> str | None:

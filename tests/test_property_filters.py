@@ -5,16 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import psycopg
 import pytest
-from clickhouse_driver import Client
 
 from tests.helpers import LiveServer, make_config
 from tests.ingest_support import AUTH
-from tests.queue_support import unique
-
-ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-CLICKHOUSE = "clickhouse://default:@127.0.0.1:9000/default"
+from tests.store_support import STORES, store_sink
 
 EVENTS = [
     ("e-pro", {"plan": "pro", "total": 42.5, "trial": False, "seats": 5}, "/pricing"),
@@ -24,44 +19,27 @@ EVENTS = [
 ]
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres", "clickhouse"])
+@pytest.fixture(scope="module", params=STORES)
 def store(request, tmp_path_factory) -> Iterator[LiveServer]:
     """A server in embedded mode on one store, holding EVENTS (user ``u-paths``)."""
     tmp_path = tmp_path_factory.mktemp(request.param)
-    database = None
-    if request.param == "sqlite":
-        sink = {"type": "sqlite", "url": f"sqlite:///{tmp_path}/events.db"}
-    elif request.param == "clickhouse":
-        database = unique("ert_")  # created by the sink's start-up
-        sink = {"type": "clickhouse", "url": f"clickhouse+native://default:@127.0.0.1/{database}"}
-    else:
-        database = unique("ert_")
-        with psycopg.connect(ADMIN, autocommit=True) as connection:
-            connection.execute(f"CREATE DATABASE {database}")
-        sink = {"type": "postgres", "url": f"postgresql+psycopg://postgres@127.0.0.1/{database}"}
-    server = LiveServer(make_config(tmp_path, {"sinks": {"store": sink}})).start()
-    try:
-        for message_id, properties, path in EVENTS:
-            body = {
-                "userId": "u-paths",
-                "event": "Viewed",
-                "messageId": message_id,
-                "properties": properties,
-                "context": {"page": {"path": path}},
-            }
-            assert server.post("/v1/track", body).status_code == 200
-        identify = {"userId": "u-paths", "messageId": "i-1", "traits": {"email": "a@b.c"}}
-        assert server.post("/v1/identify", identify).status_code == 200
-        yield server
-    finally:
-        server.stop()
-        if database is not None and request.param == "clickhouse":
-            client = Client.from_url(CLICKHOUSE)
-            client.execute(f"DROP DATABASE IF EXISTS {database}")
-            client.disconnect()
-        elif database is not None:
-            with psycopg.connect(ADMIN, autocommit=True) as connection:
-                connection.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+    with store_sink(request.param, tmp_path) as sink:
+        server = LiveServer(make_config(tmp_path, {"sinks": {"store": sink}})).start()
+        try:
+            for message_id, properties, path in EVENTS:
+                body = {
+                    "userId": "u-paths",
+                    "event": "Viewed",
+                    "messageId": message_id,
+                    "properties": properties,
+                    "context": {"page": {"path": path}},
+                }
+                assert server.post("/v1/track", body).status_code == 200
+            identify = {"userId": "u-paths", "messageId": "i-1", "traits": {"email": "a@b.c"}}
+            assert server.post("/v1/identify", identify).status_code == 200
+            yield server
+        finally:
+            server.stop()
 
 
 def found(server: LiveServer, **params: str) -> set[str]:
