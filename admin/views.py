@@ -12,7 +12,8 @@ import hmac
 import ipaddress
 import logging
 import secrets
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
@@ -50,6 +51,9 @@ from snippet import loader_snippet
 log = logging.getLogger("eventrouter.admin")
 LOGIN_PATH = "/admin/login"
 HOME_PATH = "/admin/events"
+#: How far back event names are suggested from, and how long a process keeps the list.
+EVENT_NAMES_WINDOW = timedelta(days=30)
+EVENT_NAMES_TTL = 60.0
 #: Dead letters read (and put back) per sink to find the newest reason.
 DEAD_LETTER_PEEK = 100
 
@@ -392,15 +396,28 @@ class BreakdownView(_View):
 
 
 class EventNamesView(_View):
-    """``/admin/event-names``: a ``<datalist>`` of the track event names seen."""
+    """``/admin/event-names``: a ``<datalist>`` of the track event names seen in the last
+    :data:`EVENT_NAMES_WINDOW`, most frequent first. Every explorer page asks for it, and
+    a full GROUP BY is not cheap on a large store: each process keeps the list for
+    :data:`EVENT_NAMES_TTL` seconds."""
+
+    def __init__(self, dashboard: Dashboard) -> None:
+        super().__init__(dashboard)
+        self._names: list[str] = []
+        self._fetched_at = float("-inf")
+        self._lock = asyncio.Lock()
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         session = self.d.require(req)
-        try:
-            names = await self.d.read(self.d.store_or_error().event_names)
-        except APIError:
-            names = []  # suggestions are a convenience: no store, no suggestions
-        self.d.render(req, resp, "_event_names.html", names=names, session=session)
+        async with self._lock:  # one query refreshes it for every waiting request
+            if time.monotonic() - self._fetched_at > EVENT_NAMES_TTL:
+                since = datetime.now(UTC) - EVENT_NAMES_WINDOW
+                try:
+                    self._names = await self.d.read(self.d.store_or_error().event_names, since)
+                    self._fetched_at = time.monotonic()
+                except APIError:
+                    pass  # suggestions are a convenience: no store, no suggestions
+        self.d.render(req, resp, "_event_names.html", names=self._names, session=session)
 
 
 class ConditionRowView(_View):
