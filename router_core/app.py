@@ -19,6 +19,7 @@ import falcon.asgi
 import msgspec
 
 import admin
+import snippet.origin
 from router_core import api, ingest
 from router_core import config as config_module
 from router_core.auth import AdminAuth
@@ -165,6 +166,7 @@ def create_app(
     auth = AdminAuth(admin_token(config))
     api.add_routes(app, api.EventsResource(auth, store))
     lifespan.tail = admin.add_routes(app, config, bus, store, auth)
+    snippet.origin.add_routes(app, config)
     app.add_route("/health", HealthResource(bus))
     app.bus = bus  # for tests and plugins that need the running bus
     app.tail = lifespan.tail

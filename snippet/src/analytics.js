@@ -1,0 +1,2 @@
+/*! __LIBRARY_NAME__ __LIBRARY_VERSION__ (placeholder: being written) */
+(function () {})();
