@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import ipaddress
 import logging
 import secrets
 import time
@@ -25,7 +24,7 @@ from falcon import WebSocketDisconnected
 from admin import explorer, tail
 from admin.charts import chart_geometry
 from admin.render import Renderer
-from router_core import deadletters
+from router_core import deadletters, proxies
 from router_core import queue as broker
 from router_core.api import read_store
 from router_core.auth import (
@@ -89,9 +88,7 @@ class Dashboard:
         self.auth = auth
         self.renderer = renderer
         self.hub = hub
-        self._trusted_proxies = [
-            ipaddress.ip_network(n, strict=False) for n in config.server.trusted_proxies
-        ]
+        self.trusted_proxies = proxies.networks(config.server.trusted_proxies)
 
     # -- auth --------------------------------------------------------------------------------
     def require(self, req: falcon.asgi.Request) -> Session | None:
@@ -116,7 +113,7 @@ class Dashboard:
             ) from None
 
     def https(self, req: falcon.asgi.Request) -> bool:
-        return is_https(req, self._trusted_proxies)
+        return is_https(req, self.trusted_proxies)
 
     def render(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, template: str, **context: Any
@@ -659,7 +656,7 @@ class SourcesView(_View):
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         session = self.d.require(req)
-        origin = f"{req.forwarded_scheme}://{req.forwarded_host}"
+        origin = proxies.public_origin(req, self.d.trusted_proxies)
         sources = [
             {
                 "name": source.name,

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import ipaddress
 import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from ipaddress import IPv4Network, IPv6Network
 from typing import Any
 
 import falcon.asgi
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-IPNetwork = IPv4Network | IPv6Network
+from router_core.proxies import IPNetwork, public_scheme
 
 SESSION_COOKIE = "eventrouter_session"
 #: Double-submit token for the sign-in form, which comes before any session.
@@ -119,15 +117,7 @@ def _cookie(req: Any, name: str) -> str | None:
 def is_https(req: falcon.asgi.Request, trusted_proxies: Sequence[IPNetwork]) -> bool:
     """The browser reached us over https (its cookies must then be ``Secure``): directly,
     or through a proxy in ``server.trusted_proxies`` that says so in X-Forwarded-Proto."""
-    if req.scheme == "https":
-        return True
-    if (req.get_header("X-Forwarded-Proto") or "").lower() != "https":
-        return False
-    try:
-        peer = ipaddress.ip_address(req.remote_addr or "")
-    except ValueError:
-        return False
-    return any(peer in network for network in trusted_proxies)
+    return public_scheme(req, trusted_proxies) == "https"
 
 
 def set_cookie(resp: falcon.asgi.Response, name: str, value: str, *, secure: bool, max_age: int):

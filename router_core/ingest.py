@@ -20,7 +20,7 @@ import falcon
 import falcon.asgi
 import msgspec
 
-from router_core import model
+from router_core import model, proxies
 from router_core.bus import Bus
 from router_core.config import Config
 from router_core.errors import APIError, InvalidEvent, from_validation_error
@@ -44,9 +44,7 @@ class Ingestor:
     def __init__(self, config: Config, bus: Bus) -> None:
         self.bus = bus
         self.sources = {s.write_key: s.name for s in config.sources}
-        self.trusted = [
-            ipaddress.ip_network(n, strict=False) for n in config.server.trusted_proxies
-        ]
+        self.trusted = proxies.networks(config.server.trusted_proxies)
         self._trust_cache: dict[str, bool] = {}
 
     # -- body --------------------------------------------------------------------------

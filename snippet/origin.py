@@ -22,6 +22,7 @@ import falcon
 import falcon.asgi
 import msgspec
 
+from router_core import proxies
 from router_core.config import Config
 from snippet import library
 
@@ -109,6 +110,7 @@ class Origin:
     def __init__(self, config: Config) -> None:
         self.asset = library.build()
         self.write_keys = {source.write_key for source in config.sources}
+        self.trusted_proxies = proxies.networks(config.server.trusted_proxies)
 
     def known(self, write_key: str) -> bool:
         return not self.write_keys or write_key in self.write_keys
@@ -157,7 +159,10 @@ class ProjectSettings:
         if not self.origin.known(write_key):
             _not_found(resp, "writeKey: not the key of any source")
             return
-        asset = _settings_asset(write_key, req.forwarded_host, req.forwarded_scheme)
+        trusted = self.origin.trusted_proxies
+        asset = _settings_asset(
+            write_key, proxies.public_host(req, trusted), proxies.public_scheme(req, trusted)
+        )
         serve_asset(req, resp, asset, SHORT)
 
     on_head = on_get
