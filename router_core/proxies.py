@@ -1,7 +1,8 @@
 """What a request says about the browser's side of any proxies in front of us.
 
 ``X-Forwarded-*`` headers are believed only from peers in ``server.trusted_proxies``:
-anyone else could write them.
+anyone else could write them. Of a list, the last value is the one the nearest proxy
+(the trusted peer) wrote; a proxy that appends leaves the client's own value first.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def public_scheme(req: falcon.asgi.Request, trusted: Sequence[IPNetwork]) -> str
     """``https`` or ``http``, as the browser reached the first proxy (or us)."""
     if req.scheme == "https":
         return "https"
-    forwarded = (req.get_header("X-Forwarded-Proto") or "").split(",")[0].strip().lower()
+    forwarded = (req.get_header("X-Forwarded-Proto") or "").split(",")[-1].strip().lower()
     if forwarded in ("http", "https") and from_trusted_proxy(req, trusted):
         return forwarded
     return req.scheme
@@ -43,7 +44,7 @@ def public_scheme(req: falcon.asgi.Request, trusted: Sequence[IPNetwork]) -> str
 def public_host(req: falcon.asgi.Request, trusted: Sequence[IPNetwork]) -> str:
     """``host[:port]`` as the browser addressed it: ``X-Forwarded-Host`` from a trusted
     proxy, else the ``Host`` header (with its port, which ``req.host`` drops)."""
-    forwarded = (req.get_header("X-Forwarded-Host") or "").split(",")[0].strip()
+    forwarded = (req.get_header("X-Forwarded-Host") or "").split(",")[-1].strip()
     if forwarded and from_trusted_proxy(req, trusted):
         return forwarded
     return req.get_header("Host") or req.netloc
