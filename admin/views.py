@@ -606,7 +606,7 @@ class StatusView(_View):
         dead_reasons = await asyncio.to_thread(self._dead_letter_reasons, broker_stats)
         sinks = []
         for name, sink_config in self.d.config.sinks.items():
-            component = next((c for c in components if c.name == name), None)
+            component = next((c for c in components if c.name == f"sink:{name}"), None)
             sinks.append(
                 {
                     "name": name,
@@ -619,7 +619,8 @@ class StatusView(_View):
                     "stats": component.stats if component else {},
                 }
             )
-        others = [c for c in components if c.name not in self.d.config.sinks]
+        sink_components = {f"sink:{name}" for name in self.d.config.sinks}
+        others = [c for c in components if c.name not in sink_components]
         self.d.render(
             req,
             resp,

@@ -554,7 +554,9 @@ def test_user_page_shows_merged_traits_and_timeline(client, session):
 def test_status_page_shows_each_sink_and_the_store(client, session):
     page = get(client, session, "/admin/status")
     assert page.status_code == 200
-    assert 'data-sink="local"' in page.text
+    row = page.text[page.text.index('data-sink="local"') :].split("</tr>")[0]
+    assert '<td class="state state-up">up</td>' in row  # the embedded sink runs here
+    assert "<td>sink:local</td>" not in page.text  # not listed again among components
     assert re.search(r'class="events">154<', page.text)
     assert re.search(r'class="bytes">[\d.]+ (KB|MB)<', page.text)
 
