@@ -17,12 +17,15 @@ def _json_dumps(value: Any) -> str:
     return _encoder.encode(value).decode()
 
 
-def make_engine(url: str, *, synchronous: str = "NORMAL") -> Engine:
+def make_engine(
+    url: str, *, synchronous: str = "NORMAL", postgres_settings: dict[str, str] | None = None
+) -> Engine:
     """An engine whose JSON columns use msgspec; SQLite files get WAL and a busy timeout.
 
     In WAL mode ``synchronous=NORMAL`` makes a commit durable against any crash of the
     process (the WAL frames are in the OS before ``commit()`` returns); ``FULL`` also
-    fsyncs each commit, so it survives power loss.
+    fsyncs each commit, so it survives power loss. ``postgres_settings`` are set on every
+    PostgreSQL connection of the engine (``-c name=value``).
     """
     parsed = make_url(url)
     if parsed.get_backend_name() == "clickhouse":
@@ -40,7 +43,8 @@ def make_engine(url: str, *, synchronous: str = "NORMAL") -> Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     elif parsed.get_backend_name() == "postgresql":
         # Times are UTC everywhere; a naive bound parameter means UTC too.
-        kwargs["connect_args"] = {"options": "-c timezone=UTC"}
+        settings = {"timezone": "UTC", **(postgres_settings or {})}
+        kwargs["connect_args"] = {"options": " ".join(f"-c {k}={v}" for k, v in settings.items())}
         kwargs["pool_pre_ping"] = True
     engine = create_engine(parsed, **kwargs)
     if parsed.get_backend_name() == "sqlite":

@@ -377,6 +377,10 @@ def _already_stored(cursor: Any, commands: Sequence[Command]) -> set[str]:
     if not commands:
         return set()
     stamps = [c.timestamp for c in commands]
+    # Never prepared: psycopg prepares a statement after its fifth run, and PostgreSQL's
+    # generic plan for it scans the whole time window and searches the 10,000-id array
+    # linearly for every row (seconds per batch once the table is large); a custom plan
+    # probes the primary key once per id (bench/README.md, "Dashboard queries").
     cursor.execute(
         _ALREADY_STORED,
         (
@@ -384,6 +388,7 @@ def _already_stored(cursor: Any, commands: Sequence[Command]) -> set[str]:
             min(stamps) - REDELIVERY_WINDOW,
             max(stamps) + REDELIVERY_WINDOW,
         ),
+        prepare=False,
     )
     return {row[0] for row in cursor.fetchall()}
 
