@@ -1,7 +1,7 @@
 """Dashboard query latency: the admin explorer and chart over 1,000,000 stored events.
 
     .venv/bin/python bench/dashboard.py [--events 1000000] [--stores clickhouse,postgres]
-                                        [--requests 20] [--reload] [--generic-plans]
+                                        [--requests 20] [--reload]
 
 For each store, one after the other (ClickHouse, then PostgreSQL):
 
@@ -15,10 +15,8 @@ For each store, one after the other (ClickHouse, then PostgreSQL):
    ``--reload``, the database is dropped and loaded again. After a load, what the
    store would have done by itself before anyone looked: PostgreSQL ``VACUUM (ANALYZE)``
    (this machine's server runs with ``autovacuum = off``), ClickHouse ``OPTIMIZE TABLE
-   events FINAL`` (background merges). While loading PostgreSQL, the database has
-   ``plan_cache_mode = force_custom_plan``: the sink's redelivery pre-check degrades
-   under a generic plan (bench/README.md, "Dashboard queries"); ``--generic-plans``
-   loads without that.
+   events FINAL`` (background merges). Nothing else is set for the load: the database
+   has the server's defaults, as an operator's would.
 2. **Server.** ``eventrouter serve --workers 1`` on a free loopback port with a config
    of ``[sinks.warehouse]`` (the store) and ``[admin] store = "warehouse"``, no
    ``[queue]`` (so no broker), ready once ``GET /health`` answers 200; stopped with
@@ -287,9 +285,6 @@ class Store:
     settle: Callable[[], str]
     #: Store-specific facts for the report (version, size, parts).
     facts: Callable[[], str]
-    #: Server settings for the load only: called with True before it (returning what it
-    #: set, for the report) and with False after it, whatever happened.
-    load_settings: Callable[[bool], str] = lambda on: ""
 
     @property
     def url(self) -> str:
@@ -310,20 +305,6 @@ def postgres_store() -> Store:
     def drop() -> None:
         with psycopg.connect(PG_SERVER, autocommit=True) as connection:
             connection.execute(f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)")
-
-    def load_settings(on: bool) -> str:
-        # The sink's redelivery pre-check (``message_id = ANY(%s) AND timestamp BETWEEN``)
-        # turns quadratic once psycopg prepares it and PostgreSQL switches to a generic
-        # plan: a 1,000,000-event load took 25 minutes instead of about 2. Custom plans
-        # for this database while loading step around it (--generic-plans: as is).
-        with psycopg.connect(PG_SERVER, autocommit=True) as connection:
-            if on:
-                connection.execute(
-                    f"ALTER DATABASE {PG_DATABASE} SET plan_cache_mode = force_custom_plan"
-                )
-                return "plan_cache_mode = force_custom_plan while loading"
-            connection.execute(f"ALTER DATABASE {PG_DATABASE} RESET plan_cache_mode")
-            return ""
 
     def settle() -> str:
         # Autovacuum would vacuum and analyse the insert-only partitions by itself (and
@@ -349,7 +330,17 @@ def postgres_store() -> Store:
                 f"{name} {connection.execute(f'SHOW {name}').fetchone()[0]}"
                 for name in ("shared_buffers", "jit", "autovacuum")
             )
-        return f"PostgreSQL {version} ({settings}), {partitions} partitions; indexes: {indexes}"
+        # The dashboard reads through EventStore, whose connections set their own jit.
+        reader = EventStore.from_url(PG_URL)
+        try:
+            with reader.engine.connect() as connection:
+                store_jit = connection.exec_driver_sql("SHOW jit").scalar()
+        finally:
+            reader.close()
+        return (
+            f"PostgreSQL {version} ({settings}; the store's connections: jit {store_jit}), "
+            f"{partitions} partitions; indexes: {indexes}"
+        )
 
     return Store(
         name="postgres",
@@ -359,7 +350,6 @@ def postgres_store() -> Store:
         drop=drop,
         settle=settle,
         facts=facts,
-        load_settings=load_settings,
     )
 
 
@@ -467,7 +457,7 @@ def reusable(state: TableState | None, events: int) -> str | None:
 class Load:
     seconds: float
     write_seconds: float
-    #: What was done around the load (settings, VACUUM, OPTIMIZE), for the report.
+    #: What was done after the load (VACUUM, OPTIMIZE), for the report.
     settle: str = ""
 
 
@@ -507,13 +497,8 @@ def ensure_data(store: Store, args: argparse.Namespace) -> Load | None:
     log(f"{store.name}: loading {args.events:,} events ({reason})")
     store.drop()
     store.create()
-    settings = "" if args.generic_plans else store.load_settings(True)
-    try:
-        result = asyncio.run(load(store, args.events))
-    finally:
-        if settings:
-            store.load_settings(False)
-    result.settle = "; ".join(filter(None, (settings, store.settle())))
+    result = asyncio.run(load(store, args.events))
+    result.settle = store.settle()
     log(
         f"{store.name}: loaded in {result.seconds:.0f} s ({result.write_seconds:.0f} s in "
         f"the sink's writes); {result.settle}"
@@ -816,11 +801,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=20, help="timed requests per endpoint [20]")
     parser.add_argument(
         "--reload", action="store_true", help="drop the stored events and load them again"
-    )
-    parser.add_argument(
-        "--generic-plans",
-        action="store_true",
-        help="load PostgreSQL without forcing custom plans (shows the sink's slow pre-check)",
     )
     args = parser.parse_args(argv)
     args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
