@@ -52,9 +52,12 @@ def make_engine(
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
             cursor = dbapi_connection.cursor()
+            # The busy timeout first: switching a new file to WAL takes an exclusive
+            # lock, and several server processes open the same file at start-up (two
+            # gunicorn workers failed to boot with "database is locked" otherwise).
+            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute(f"PRAGMA synchronous={synchronous}")
-            cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
     return engine

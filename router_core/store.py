@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import functools
 import re
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -340,11 +341,19 @@ class EventStore:
         serve queries before any worker created it; server stores are migrated)."""
         if self.engine.dialect.name != "sqlite":
             return
-        try:
-            metadata.create_all(self.engine, tables=[events])
-        except sqlalchemy.exc.OperationalError as exc:  # a worker created it meanwhile
-            if "already exists" not in str(exc):
-                raise
+        # Several processes start at once on one new file. "already exists": another
+        # created it meanwhile. "locked": SQLite refuses, without waiting, to upgrade a
+        # read (create_all's table check) to a write while another process writes.
+        for attempt in range(50):
+            try:
+                metadata.create_all(self.engine, tables=[events])
+                return
+            except sqlalchemy.exc.OperationalError as exc:
+                if "already exists" in str(exc):
+                    return
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.02 * (1 + attempt % 5))
 
     def conditions(self, where: EventFilter) -> list[ColumnElement]:
         """``where`` as SQL conditions, every value a bound parameter.

@@ -3,6 +3,7 @@ keyset pagination, errors; plus the cursor functions of the store layer."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from urllib.parse import quote
 
@@ -539,3 +540,29 @@ def test_bad_cursor_raises_invalid_query_naming_cursor(cursor):
         decode_cursor(cursor)
     assert info.value.field == "cursor"
     assert str(info.value).startswith("cursor:")
+
+
+def test_server_processes_starting_at_once_create_the_sqlite_schema(tmp_path):
+    """Several gunicorn workers of a queued edge open one new SQLite file at start-up;
+    each must come up (SQLite refuses some concurrent schema writes without waiting)."""
+    from router_core.store import EventStore
+
+    errors: list[str] = []
+    for trial in range(20):
+        url = f"sqlite:///{tmp_path}/events-{trial}.db"
+
+        def start(url: str = url) -> None:
+            store = EventStore.from_url(url)
+            try:
+                store.ensure_schema()
+            except Exception as exc:  # reported below, with the trial's others
+                errors.append(repr(exc))
+            finally:
+                store.close()
+
+        threads = [threading.Thread(target=start) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert errors == []
