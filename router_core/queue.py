@@ -26,6 +26,7 @@ guessing. Dead-lettered messages keep body and headers and gain
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -78,6 +79,11 @@ def open_connection(config: QueueConfig) -> Connection:
     else:
         # kombu's default is an hour: a dead consumer's messages would wait that long.
         options["visibility_timeout"] = config.visibility_timeout
+        # The lock around kombu's sweep that hands those messages back expires after
+        # 300 s by default: a worker killed during a sweep stopped every other worker
+        # from sweeping for five minutes (tests/test_worker.py, killed mid-stream, seen
+        # once in CI). No longer than the visibility timeout: a sweep takes milliseconds.
+        options["unacked_mutex_expire"] = max(5, math.ceil(config.visibility_timeout))
         options["socket_connect_timeout"] = config.connect_timeout
         # Above the 1 s BRPOP a consuming worker blocks in.
         options["socket_timeout"] = max(config.confirm_timeout, 2.0)

@@ -99,3 +99,37 @@ def test_dead_letters_against_an_unreachable_broker_is_a_clean_error(tmp_path):
     assert "broker unreachable at amqp://guest:***@127.0.0.1:" in result.stderr
     assert "secret" not in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_killed_workers_redelivery_lock_lasts_no_longer_than_the_visibility_timeout(tmp_path):
+    """kombu's Redis transport hands a dead consumer's messages back in a sweep guarded by
+    a lock that, by default, outlives a killed holder by five minutes. A worker killed
+    mid-sweep must not stop the others from sweeping for longer than the messages are
+    invisible anyway. (A kill at that instant cannot be forced: this checks the lock's
+    lifetime on a real connection, and that a lock left behind expires on its own.)"""
+    import time
+
+    import redis as redis_client
+    from kombu.transport.redis import Mutex, MutexHeld
+
+    from router_core import queue as broker
+
+    config = make_config(
+        tmp_path, {"queue": {"url": "redis://127.0.0.1:6379/0", "visibility_timeout": "2s"}}
+    )
+    connection = broker.open_connection(config.queue)
+    try:
+        channel = connection.channel()
+        assert channel.unacked_mutex_expire == 5
+        client = redis_client.Redis.from_url("redis://127.0.0.1:6379/0")
+        key = f"test-unacked-mutex-{tmp_path.name}"
+        # what a worker killed inside its sweep leaves behind: the lock, never released
+        client.set(key, "killed-worker", nx=True, ex=channel.unacked_mutex_expire)
+        with pytest.raises(MutexHeld), Mutex(client, key, channel.unacked_mutex_expire):
+            pass
+        time.sleep(channel.unacked_mutex_expire + 0.5)
+        with Mutex(client, key, channel.unacked_mutex_expire):  # expired: sweeps go on
+            pass
+        client.close()
+    finally:
+        broker.close(connection, 2)
