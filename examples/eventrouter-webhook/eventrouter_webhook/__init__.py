@@ -1,0 +1,188 @@
+"""The ``webhook`` sink type: POST every batch of events, as JSON, to an HTTP endpoint.
+
+A third-party eventrouter plugin, written only against the public plugin API of
+``docs/plugins.md``: a :class:`~router_core.sink.Sink` subclass with an ``Options``
+Struct, registered by ``eventrouter_sink_types`` in the module that the package's
+``eventrouter`` entry point names. Operator's guide: ``README.md``.
+
+Each request is ``{"batch": [row, ...]}``, one row per event with exactly the stored
+columns (``Command.row()``), at most ``max_events_per_request`` rows per request.
+Connection errors, timeouts, 429 and 5xx are retried with exponential backoff per the
+sink's ``retry`` block; any other answer outside 2xx fails the write at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+import httpx
+import msgspec
+
+from router_core.commands import Command
+from router_core.config import Duration
+from router_core.health import ComponentHealth
+from router_core.hookspecs import hookimpl
+from router_core.sink import Sink
+
+__version__ = "0.1.0"
+
+log = logging.getLogger("eventrouter_webhook")
+
+SIGNATURE_HEADER = "X-Eventrouter-Signature"
+BATCH_ID_HEADER = "X-Eventrouter-Batch-Id"
+#: The namespace of batch ids: a UUIDv5 of the message ids a request carries.
+BATCH_NAMESPACE = uuid.UUID("0b6f7a3e-2a51-4c38-9a0e-6d1f3c5b8e21")
+
+
+class WebhookOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """The ``[sinks.NAME]`` keys of ``type = "webhook"``, beside the shared ones."""
+
+    url: Annotated[str, msgspec.Meta(pattern=r"^https?://\S+$")]
+    #: Sent with every request, e.g. ``{ Authorization = "Bearer ${HOOK_TOKEN}" }``.
+    headers: dict[str, str] = {}
+    #: Connect, read and write timeout of each request.
+    timeout: Duration = Duration(10.0)
+    #: When set, the body's HMAC-SHA256 goes in ``X-Eventrouter-Signature``.
+    secret: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    max_events_per_request: Annotated[int, msgspec.Meta(ge=1)] = 500
+
+
+class WebhookRejected(Exception):
+    """The endpoint refused a request for good (a 4xx other than 429): not retried."""
+
+
+class WebhookUnavailable(Exception):
+    """The endpoint could not take a request, and the retries are spent."""
+
+
+def sign(secret: str, body: bytes) -> str:
+    """The value of ``X-Eventrouter-Signature`` for ``body``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def is_retryable(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+class WebhookSink(Sink):
+    Options = WebhookOptions
+
+    def __init__(self, name: str, config: Any, options: WebhookOptions) -> None:
+        # No I/O here: ``config check`` and a queued edge build the sink but never start it.
+        super().__init__(name, config, options)
+        self._client: httpx.AsyncClient | None = None
+        self._attempts = 1
+        self.requests = 0
+        self.delivered_events = 0
+        self.retries = 0
+        self.failed_requests = 0
+        self.last_status: int | None = None
+        self.last_error: str | None = None
+
+    async def start(self, bus: Any) -> None:
+        # In ``eventrouter worker`` the worker retries a failed write per ``retry`` itself:
+        # retrying here as well would multiply the attempts (docs/plugins.md).
+        self._attempts = 1 if bus.role == "worker" else self.config.retry.attempts
+        self._client = httpx.AsyncClient(
+            timeout=self.options.timeout,
+            headers={
+                "User-Agent": f"eventrouter-webhook/{__version__}",
+                "Content-Type": "application/json",
+                **self.options.headers,
+            },
+        )
+        log.info("%s: posting batches to %s", self.name, self.options.url)
+
+    async def stop(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    async def write(self, commands: Sequence[Command]) -> None:
+        # An async write runs on the event loop and is cancelled when the request (or the
+        # worker's ``write_timeout``) gives up, so a slow endpoint never leaves work behind.
+        if self._client is None:
+            raise RuntimeError(f"sink {self.name} is not running")
+        size = self.options.max_events_per_request
+        for first in range(0, len(commands), size):
+            await self._post(commands[first : first + size])
+
+    async def _post(self, commands: Sequence[Command]) -> None:
+        """POST one request, retrying per ``retry``; raise once it cannot be delivered."""
+        body = msgspec.json.encode({"batch": [command.row() for command in commands]})
+        headers = {BATCH_ID_HEADER: str(uuid.uuid5(BATCH_NAMESPACE, _ids(commands)))}
+        if self.options.secret is not None:
+            headers[SIGNATURE_HEADER] = sign(self.options.secret, body)
+        policy = self.config.retry
+        backoff = policy.initial_backoff
+        give_up: float | None = None  # counted from the first failure, as the worker does
+        attempt = 0
+        while True:
+            attempt += 1
+            self.requests += 1
+            try:
+                response = await self._client.post(self.options.url, content=body, headers=headers)
+            except httpx.TransportError as exc:
+                error = f"{type(exc).__name__}: {exc or 'no detail'}"
+            else:
+                self.last_status = response.status_code
+                if response.is_success:
+                    self.delivered_events += len(commands)
+                    return
+                error = f"HTTP {response.status_code} from {self.options.url}"
+                if not is_retryable(response.status_code):
+                    self._failed(f"{error}: {response.text[:200]}")
+                    raise WebhookRejected(self.last_error)
+                backoff = max(backoff, _retry_after(response))
+            self._failed(error)
+            if give_up is None:
+                give_up = time.monotonic() + policy.max_duration
+            if attempt >= self._attempts or time.monotonic() + backoff > give_up:
+                raise WebhookUnavailable(f"{error} (gave up after {attempt} attempts)")
+            log.warning("%s: %s; retry %d in %.2fs", self.name, error, attempt, backoff)
+            self.retries += 1
+            await asyncio.sleep(backoff)
+            backoff *= 2
+
+    def _failed(self, error: str) -> None:
+        self.failed_requests += 1
+        self.last_error = error
+
+    def health(self) -> ComponentHealth:
+        # There is no cheap round trip to a webhook that would not deliver something, so
+        # the probe is a no-op: the component is up while running, with the last error.
+        stats = {
+            "requests": self.requests,
+            "delivered_events": self.delivered_events,
+            "retries": self.retries,
+            "failed_requests": self.failed_requests,
+            "last_status": self.last_status,
+        }
+        return self.probed_health(
+            lambda: None,
+            stats,
+            last_error=self.last_error,
+            not_running="not running" if self._client is None else None,
+        )
+
+
+def _ids(commands: Sequence[Command]) -> str:
+    return "\n".join(command.message_id for command in commands)
+
+
+def _retry_after(response: httpx.Response) -> float:
+    """Seconds asked for by a ``Retry-After: N`` header, else 0 (dates are ignored)."""
+    value = response.headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else 0.0
+
+
+@hookimpl
+def eventrouter_sink_types() -> dict[str, type[Sink]]:
+    return {"webhook": WebhookSink}
