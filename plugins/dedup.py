@@ -34,6 +34,7 @@ from typing import Any
 
 import redis
 
+from router_core import metrics
 from router_core.commands import Command
 from router_core.config import DedupConfig
 from router_core.health import ComponentHealth
@@ -125,6 +126,7 @@ class RedisDedup:
         if len(kept) == len(commands):
             return None
         self.dropped += len(commands) - len(kept)
+        metrics.get().dedup_dropped.labels(sink or "edge").inc(len(commands) - len(kept))
         return kept
 
     @hookimpl

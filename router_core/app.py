@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ import msgspec
 
 import admin
 import snippet.origin
-from router_core import api, ingest
+from router_core import api, ingest, logs, metrics
 from router_core import config as config_module
 from router_core.auth import AdminAuth
 from router_core.bus import Bus, make_plugin_manager
@@ -91,6 +92,50 @@ class HealthResource:
         )
 
 
+class RequestMetrics:
+    """The first middleware in, the last out: gives every request its id (logged with
+    every line written for it, echoed in ``X-Request-ID``) and times it by route."""
+
+    async def process_request(self, req: falcon.asgi.Request, resp: Any) -> None:
+        req.context.started = time.perf_counter()
+        rid = logs.new_request_id(req.get_header(logs.REQUEST_ID_HEADER))
+        logs.request_id.set(rid)
+        resp.set_header(logs.REQUEST_ID_HEADER, rid)
+
+    async def process_response(
+        self, req: falcon.asgi.Request, resp: Any, resource: Any, req_succeeded: bool
+    ) -> None:
+        started = getattr(req.context, "started", None)
+        if started is None:
+            return
+        route = req.uri_template or "unmatched"
+        status = f"{str(resp.status)[:1]}xx"
+        metrics.get().request_duration.labels(route, req.method, status).observe(
+            time.perf_counter() - started
+        )
+
+
+class MetricsResource:
+    """``GET /metrics``: Prometheus text format; queue depths read from the broker at
+    scrape time."""
+
+    def __init__(self, bus: Bus) -> None:
+        self.bus = bus
+
+    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        gauges: dict[str, dict[str, float]] = {}
+        if self.bus.queued:
+            components = await self.bus.health()
+            for component in components:
+                for key, value in component.stats.items():
+                    kind, _, sink = key.partition(":")
+                    if kind in ("queue", "dead") and sink and isinstance(value, int | float):
+                        gauges.setdefault(kind, {})[sink] = value
+        body, content_type = metrics.exposition(gauges)
+        resp.content_type = content_type
+        resp.data = body
+
+
 class EventRouterApp(falcon.asgi.App):
     """A Falcon ASGI app that also exposes the bus and config it was built with."""
 
@@ -112,7 +157,13 @@ def _serialize_http_error(req: Any, resp: Any, exc: falcon.HTTPError) -> None:
     resp.data = _encoder.encode({"code": _snake(exc.title or "error"), "message": message})
 
 
+def is_ingestion(path: str) -> bool:
+    return path == "/track" or (path.startswith("/v1/") and not path.startswith("/v1/projects/"))
+
+
 async def _handle_api_error(req: Any, resp: Any, exc: APIError, params: Any, **_: Any) -> None:
+    if not exc.counted and is_ingestion(req.path):  # a request rejected as a whole
+        metrics.get().rejected(exc.code)
     resp.status = exc.status
     resp.content_type = falcon.MEDIA_JSON
     resp.data = _encoder.encode(exc.body())
@@ -155,7 +206,7 @@ def create_app(
         expose_headers=["Retry-After"],
     )
     lifespan = Lifespan(bus, store, config)
-    app = EventRouterApp(middleware=[lifespan, cors])
+    app = EventRouterApp(middleware=[RequestMetrics(), lifespan, cors])
     app.req_options.auto_parse_qs_csv = False
     app.resp_options.secure_cookies_by_default = True
     app.set_error_serializer(_serialize_http_error)
@@ -168,6 +219,7 @@ def create_app(
     lifespan.tail = admin.add_routes(app, config, bus, store, auth)
     snippet.origin.add_routes(app, config)
     app.add_route("/health", HealthResource(bus))
+    app.add_route("/metrics", MetricsResource(bus))
     app.bus = bus  # for tests and plugins that need the running bus
     app.tail = lifespan.tail
     app.config = config

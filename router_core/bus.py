@@ -29,7 +29,7 @@ from typing import Any
 
 import pluggy
 
-from router_core import hookspecs
+from router_core import hookspecs, metrics
 from router_core.commands import Command
 from router_core.config import Config, ConfigError, SinkConfig, convert
 from router_core.errors import APIError
@@ -299,17 +299,24 @@ class Bus:
         stats = self.stats.setdefault(impl.plugin_name, PluginStats())
         stats.batches += 1
         stats.events += len(commands)
+        m = metrics.get()
+        m.sink_batch_events.labels(impl.plugin_name).observe(len(commands))
+        started = time.perf_counter()
         try:
             await _within(timeout, self._invoke(impl, {"commands": commands}))
             stats.succeeded()
         except TimeoutError as exc:
             stats.failed(f"timed out after {timeout:g}s", timed_out=True)
             log.error("%s: write timed out after %gs", impl.plugin_name, timeout)
+            m.sink_failed.labels(impl.plugin_name).inc()
             return exc
         except Exception as exc:
             stats.failed(f"{type(exc).__name__}: {exc}")
             log.exception("%s: write failed", impl.plugin_name)
+            m.sink_failed.labels(impl.plugin_name).inc()
             return exc
+        m.sink_write_duration.labels(impl.plugin_name).observe(time.perf_counter() - started)
+        m.sink_written.labels(impl.plugin_name).inc(len(commands))
         return None
 
     # -- the request path --------------------------------------------------------------

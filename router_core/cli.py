@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -12,8 +11,9 @@ from typing import Any
 import msgspec
 import pluggy
 
-from router_core import __version__
+from router_core import __version__, logs
 from router_core import config as config_module
+from router_core import upload as upload_command
 from router_core.bus import ENTRY_POINT_GROUP, Bus, make_plugin_manager
 from router_core.config import Config, ConfigError
 from router_core.queue import BROKER_ERRORS, describe
@@ -27,9 +27,21 @@ def _load(path: str | None) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from router_core import metrics
     from router_core.server import Server, gunicorn_options
 
+    # First: prometheus-client chooses its multiprocess mode when first imported, and
+    # the workers inherit this process's modules.
+    metrics_dir = metrics.prepare_multiprocess()
+    try:
+        return _serve(args, Server, gunicorn_options)
+    finally:
+        metrics.remove_multiprocess_dir(metrics_dir)
+
+
+def _serve(args: argparse.Namespace, Server: Any, gunicorn_options: Any) -> int:
     config = _load(args.config)
+    logs.configure(logs.chosen_format(config.server.log_format))
     if args.host:
         config.server.host = args.host
     if args.port is not None:
@@ -50,6 +62,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from router_core.worker import Worker
 
     config = config_module.load(args.config)
+    logs.configure(logs.chosen_format(config.server.log_format))
+    if args.metrics_port is not None:
+        from router_core import metrics
+
+        metrics.serve_worker_metrics(args.metrics_port, args.metrics_host)
     Worker(config, sinks=args.sink or None).serve_forever()
     return 0
 
@@ -200,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="consume only this sink's queue (repeatable; default: every sink)",
     )
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve this worker's Prometheus metrics on http://HOST:PORT/metrics",
+    )
+    worker.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address for --metrics-port (127.0.0.1)"
+    )
     worker.set_defaults(func=cmd_worker)
 
     migrate = commands.add_parser("migrate", help="create or upgrade the sinks' schemas")
@@ -225,13 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = config_commands.add_parser("check", help="validate a config file")
     check.add_argument("file")
     check.set_defaults(func=cmd_config_check)
+
+    upload_command.add_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(logs.chosen_format())
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -94,6 +94,9 @@ class ServerConfig(_Strict):
     dispatch_timeout: Duration = Duration(10.0)
     #: How long a fire-and-forget observer may take per batch before it is counted as hung.
     observer_timeout: Duration = Duration(30.0)
+    #: ``text`` for people, ``json`` (one object per line, with request ids) for log
+    #: pipelines; EVENTROUTER_LOG_FORMAT overrides it.
+    log_format: Literal["text", "json"] = "text"
 
 
 class AdminConfig(_Strict):

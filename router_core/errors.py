@@ -25,6 +25,8 @@ class APIError(Exception):
         self.message = message
         self.headers = headers or {}
         self.extra = extra or {}
+        #: Set once the events this error rejects are counted in the metrics.
+        self.counted = False
 
     def body(self) -> dict:
         return {"code": self.code, "message": self.message, **self.extra}

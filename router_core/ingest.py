@@ -13,6 +13,8 @@ import binascii
 import ipaddress
 import logging
 import zlib
+from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,8 +22,9 @@ import falcon
 import falcon.asgi
 import msgspec
 
-from router_core import model, proxies
+from router_core import metrics, model, proxies
 from router_core.bus import Bus
+from router_core.commands import Command
 from router_core.config import Config
 from router_core.errors import APIError, InvalidEvent, from_validation_error
 from router_core.normalise import Envelope, legacy_to_command, to_command
@@ -46,6 +49,17 @@ class Ingestor:
         self.sources = {s.write_key: s.name for s in config.sources}
         self.trusted = proxies.networks(config.server.trusted_proxies)
         self._trust_cache: dict[str, bool] = {}
+
+    # -- dispatch ------------------------------------------------------------------------
+    async def dispatch(self, commands: Sequence[Command]) -> None:
+        """Hand accepted commands to the bus and count what became of them."""
+        try:
+            await self.bus.dispatch(commands)
+        except APIError as exc:  # not durable: a 503, every event of it rejected
+            metrics.get().rejected(exc.code, len(commands))
+            exc.counted = True
+            raise
+        metrics.get().accepted(commands)
 
     # -- body --------------------------------------------------------------------------
     async def read(self, req: falcon.asgi.Request, limit: int) -> bytes:
@@ -206,7 +220,7 @@ class SingleEventResource:
             raise from_validation_error(exc) from None
         source = ingestor.source(header_key or message.write_key)
         command = to_command(message, ingestor.envelope(req, source), self.kind)
-        await ingestor.bus.dispatch((command,))
+        await ingestor.dispatch((command,))
         resp.data = SUCCESS
 
 
@@ -258,11 +272,16 @@ class BatchResource:
                 accepted.append(to_command(message, env))
             except APIError as exc:
                 rejected.append({"index": index, "code": exc.code, "message": exc.message})
+        if rejected:
+            for code, n in Counter(item["code"] for item in rejected).items():
+                metrics.get().rejected(code, n)
         if not accepted:
-            raise APIError(
+            error = APIError(
                 400, "invalid_batch", "batch: no valid events", extra={"rejected": rejected}
             )
-        await ingestor.bus.dispatch(accepted)
+            error.counted = True  # each item, by its own reason, above
+            raise error
+        await ingestor.dispatch(accepted)
         if rejected:
             resp.media = {"success": True, "accepted": len(accepted), "rejected": rejected}
         else:
@@ -293,7 +312,7 @@ class LegacyTrackResource:
                 command = to_command(message, ingestor.envelope(req, source), "track")
         except msgspec.MsgspecError as exc:
             raise from_validation_error(exc) from None
-        await ingestor.bus.dispatch((command,))
+        await ingestor.dispatch((command,))
         resp.data = SUCCESS
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from uvicorn_worker import UvicornWorker
 
+from router_core import logs
 from router_core.config import Config
 
 
@@ -71,8 +72,17 @@ def gunicorn_options(config: Config, *, workers: int | None = None) -> dict[str,
         "accesslog": None,
         "errorlog": "-",
         "loglevel": "info",
+        "logconfig_dict": logs.gunicorn_logconfig(logs.chosen_format(server.log_format)),
         "proc_name": "eventrouter",
         # gunicorn >= 24 opens a control socket at a fixed path under $HOME; several
         # servers on one machine (tests, benchmarks) would fight over it.
         "control_socket_disable": True,
+        # A dead worker's metric files stop counting as live (multiprocess mode).
+        "child_exit": _child_exit,
     }
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    from router_core import metrics
+
+    metrics.mark_process_dead(worker.pid)

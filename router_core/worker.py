@@ -35,6 +35,7 @@ from typing import Any
 
 from kombu import Consumer, Producer
 
+from router_core import metrics
 from router_core import queue as broker
 from router_core.bus import WORKER, Bus, make_plugin_manager
 from router_core.commands import Command
@@ -274,6 +275,7 @@ class SinkConsumer(threading.Thread):
             if attempt >= attempts_allowed or time.monotonic() + backoff > give_up:
                 return error, attempt
             self.retries += 1
+            metrics.get().sink_retries.labels(self.sink).inc()
             log.warning(
                 "%s: write of %d events failed (%s); retry %d in %.2fs",
                 self.sink,
@@ -299,6 +301,10 @@ class SinkConsumer(threading.Thread):
         )
         message.ack()
         self.dead_lettered += 1
+        events = (message.headers or {}).get(broker.EVENTS_HEADER)
+        metrics.get().sink_dead_lettered.labels(self.sink).inc(
+            events if isinstance(events, int) else 1
+        )
         log.error("%s: message dead-lettered after %d attempts: %s", self.sink, attempts, reason)
 
 

@@ -187,12 +187,13 @@ def test_calls_before_and_after_load_land_with_their_context(
     loaded(page)
 
     events = stored(server, 4)
-    assert [(e["type"], e["event"]) for e in events] == [
-        ("page", None),
-        ("identify", None),
-        ("track", "Clicked"),
-        ("track", "After Load"),
-    ]
+    calls = [("page", None), ("identify", None), ("track", "Clicked"), ("track", "After Load")]
+    by_call = {(e["type"], e["event"]): e for e in events}
+    assert sorted(by_call, key=str) == sorted(calls, key=str) and len(events) == 4
+    # in call order by time: calls made in the same millisecond tie, so "<=", not "<"
+    times = [by_call[call]["timestamp"] for call in calls]
+    assert times == sorted(times)
+    events = [by_call[call] for call in calls]
     browser_facts = page.evaluate(
         """() => ({userAgent: navigator.userAgent, locale: navigator.language,
                    timezone: Intl.DateTimeFormat().resolvedOptions().timeZone,

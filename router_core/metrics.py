@@ -1,0 +1,209 @@
+"""Prometheus metrics: what is counted, and how ``GET /metrics`` serves it.
+
+Under ``eventrouter serve`` every gunicorn worker counts for itself and
+prometheus-client's multiprocess mode adds them up at scrape time: the values live in
+files under ``PROMETHEUS_MULTIPROC_DIR``, which ``serve`` creates (or empties, if the
+operator set it) before the workers fork. prometheus-client picks the mode when it is
+first imported, so nothing imports it before :func:`prepare_multiprocess` has run: the
+metrics are built on first use (:func:`get`), never at import time.
+
+A process that is not under ``serve`` (tests, ``uvicorn router_core.asgi:app``, the
+worker) counts in memory and serves its own values.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+from collections import Counter as Tally
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+#: Seconds: request latency from sub-millisecond to the dispatch timeout.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
+BATCH_BUCKETS = (1, 5, 10, 50, 100, 500, 1000, 2500, 5000, 10_000, 50_000)
+
+_lock = threading.Lock()
+_metrics: Metrics | None = None
+
+
+def prepare_multiprocess() -> Path:
+    """Before gunicorn forks: a fresh directory for the workers' metric files."""
+    configured = os.environ.get(MULTIPROC_ENV)
+    if configured:
+        directory = Path(configured)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):  # a previous run's counts are not ours
+            stale.unlink()
+    else:
+        directory = Path(tempfile.mkdtemp(prefix="eventrouter-metrics-"))
+        os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
+
+
+def remove_multiprocess_dir(directory: Path) -> None:
+    if not os.environ.get("EVENTROUTER_KEEP_METRICS_DIR"):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def mark_process_dead(pid: int) -> None:
+    """gunicorn's ``child_exit`` hook: a dead worker's live gauges stop counting."""
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+class Metrics:
+    """Every metric eventrouter records (names and labels are in docs/metrics.md)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_received = Counter(
+            "eventrouter_events_received",
+            "Events that arrived at an ingestion endpoint, accepted or not.",
+            registry=r,
+        )
+        self.events_accepted = Counter(
+            "eventrouter_events_accepted",
+            "Events accepted (durable before the 200), by type and source.",
+            ["type", "source"],
+            registry=r,
+        )
+        self.events_rejected = Counter(
+            "eventrouter_events_rejected",
+            "Events rejected with a 4xx or 503, by the error code; a request rejected as "
+            "a whole (bad body, bad writeKey) counts once.",
+            ["reason"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "eventrouter_http_request_duration_seconds",
+            "Time to answer an HTTP request, by route template, method and status class.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sink_written = Counter(
+            "eventrouter_sink_events_written",
+            "Events a sink (or the broker publisher) took, per sink.",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_failed = Counter(
+            "eventrouter_sink_batches_failed",
+            "Batches a sink failed to take (error or timeout), per sink.",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_batch_events = Histogram(
+            "eventrouter_sink_batch_events",
+            "Events per batch handed to a sink.",
+            ["sink"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.sink_write_duration = Histogram(
+            "eventrouter_sink_write_duration_seconds",
+            "Time for a sink to take one batch (for the broker: publish and confirm).",
+            ["sink"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+
+        self.sink_retries = Counter(
+            "eventrouter_sink_retries",
+            "Retries of a failed batch write by `eventrouter worker`, per sink.",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_dead_lettered = Counter(
+            "eventrouter_sink_events_dead_lettered",
+            "Events moved to a sink's dead-letter queue by `eventrouter worker`.",
+            ["sink"],
+            registry=r,
+        )
+        self.dedup_dropped = Counter(
+            "eventrouter_dedup_dropped",
+            "Events dropped as already seen by the Redis dedup plugin, per sink.",
+            ["sink"],
+            registry=r,
+        )
+
+    def accepted(self, commands: Iterable[Any]) -> None:
+        tally = Tally((command.kind, command.source) for command in commands)
+        for (kind, source), n in tally.items():
+            self.events_accepted.labels(kind, source).inc(n)
+        self.events_received.inc(sum(tally.values()))
+
+    def rejected(self, reason: str, n: int = 1) -> None:
+        self.events_rejected.labels(reason).inc(n)
+        self.events_received.inc(n)
+
+
+def serve_worker_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """``eventrouter worker --metrics-port``: this process's metrics over HTTP (a worker
+    serves no other HTTP), on a thread of its own."""
+    from prometheus_client import start_http_server
+
+    start_http_server(port, addr=host, registry=get().registry)
+
+
+def get() -> Metrics:
+    """This process's metrics, built on first use."""
+    global _metrics
+    if _metrics is None:
+        with _lock:
+            if _metrics is None:
+                _metrics = Metrics()
+    return _metrics
+
+
+#: Gauges read at scrape time: ``kind`` → (name, help).
+QUEUE_GAUGES = {
+    "queue": ("eventrouter_queue_depth", "Messages ready in a sink's queue (broker)."),
+    "dead": ("eventrouter_dead_letters", "Messages in a sink's dead-letter queue (broker)."),
+}
+
+
+class _ScrapeGauges:
+    """A collector for values read at scrape time (queue depths), per sink."""
+
+    def __init__(self, gauges: dict[str, dict[str, float]]) -> None:
+        self.gauges = gauges
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        for kind, (name, documentation) in QUEUE_GAUGES.items():
+            family = GaugeMetricFamily(name, documentation, labels=["sink"])
+            for sink, value in sorted(self.gauges.get(kind, {}).items()):
+                family.add_metric([sink], value)
+            yield family
+
+
+def exposition(gauges: dict[str, dict[str, float]] | None = None) -> tuple[bytes, str]:
+    """The body and content type of ``GET /metrics``: every worker's counts (multiprocess)
+    or this process's, plus ``gauges`` read at scrape time (``{"queue": {sink: n}}``)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    if os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)
+        body = generate_latest(registry)
+    else:
+        body = generate_latest(get().registry)
+    if gauges:
+        extra = CollectorRegistry()
+        extra.register(_ScrapeGauges(gauges))
+        body += generate_latest(extra)
+    return body, CONTENT_TYPE_LATEST

@@ -1,0 +1,84 @@
+"""Logs: JSON lines when asked for, and the request id on every line written for a
+request, echoed to the client in ``X-Request-ID``."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import httpx
+import pytest
+
+from router_core.hookspecs import hookimpl
+from router_core.logs import JsonFormatter
+from tests.helpers import LiveServer, ServeProcess, make_config
+
+
+class BrokenStage:
+    """A pipeline plugin that fails: the bus logs it and passes the batch on."""
+
+    @hookimpl
+    def eventrouter_process_batch(self, commands, sink):
+        raise RuntimeError("stage exploded")
+
+
+@pytest.fixture
+def json_records():
+    """Every log record of this process, formatted as the JSON log format writes it."""
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Collect()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.addHandler(handler)
+    yield lines
+    root.removeHandler(handler)
+
+
+def test_a_line_logged_for_a_request_carries_its_id(tmp_path, json_records):
+    server = LiveServer(make_config(tmp_path), plugins=[BrokenStage()]).start()
+    try:
+        response = server.post(
+            "/v1/track", {"userId": "u", "event": "E"}, headers={"X-Request-ID": "req-42"}
+        )
+        assert response.status_code == 200  # a failing stage passes the batch on
+        assert response.headers["X-Request-ID"] == "req-42"
+    finally:
+        server.stop()
+    entries = [json.loads(line) for line in json_records]
+    failed = [e for e in entries if "pipeline stage failed" in e["message"]]
+    assert failed, entries
+    assert failed[0]["request_id"] == "req-42"
+    assert failed[0]["level"] == "ERROR"
+    assert "stage exploded" in failed[0]["exception"]
+    # lines not written for a request carry none
+    assert all("request_id" not in e for e in entries if "Application startup" in e["message"])
+
+
+@pytest.mark.parametrize("sent", [None, "", "has spaces", "x" * 200, "a/b"])
+def test_a_missing_or_odd_request_id_is_replaced(server, sent):
+    headers = {"X-Request-ID": sent} if sent is not None else {}
+    response = server.client.get("/health", headers=headers)
+    rid = response.headers["X-Request-ID"]
+    assert rid != sent and len(rid) == 32 and int(rid, 16) >= 0
+
+
+def test_serve_writes_json_lines(tmp_path):
+    path = tmp_path / "eventrouter.toml"
+    path.write_text('[server]\nlog_format = "json"\n', encoding="utf-8")
+    serve = ServeProcess(tmp_path, "--config", str(path), workers=2).wait_ready()
+    try:
+        response = httpx.post(f"{serve.url}/v1/track", json={"event": "no user"})
+        assert response.status_code == 400
+    finally:
+        assert serve.stop() == 0
+    lines = [line for line in serve.log().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert {"time", "level", "logger", "message", "process"} <= set(entries[0])
+    assert any(e["logger"] == "gunicorn.error" for e in entries)
+    assert any("no [[sources]] configured" in e["message"] for e in entries)
+    assert len({e["process"] for e in entries}) >= 3  # the arbiter and both workers
