@@ -110,9 +110,7 @@ class RequestMetrics:
             return
         route = req.uri_template or "unmatched"
         status = f"{str(resp.status)[:1]}xx"
-        metrics.get().request_duration.labels(route, req.method, status).observe(
-            time.perf_counter() - started
-        )
+        metrics.get().request_done(route, req.method, status, time.perf_counter() - started)
 
 
 class MetricsResource:

@@ -300,7 +300,7 @@ class Bus:
         stats.batches += 1
         stats.events += len(commands)
         m = metrics.get()
-        m.sink_batch_events.labels(impl.plugin_name).observe(len(commands))
+        m.child(m.sink_batch_events, impl.plugin_name).observe(len(commands))
         started = time.perf_counter()
         try:
             await _within(timeout, self._invoke(impl, {"commands": commands}))
@@ -308,15 +308,15 @@ class Bus:
         except TimeoutError as exc:
             stats.failed(f"timed out after {timeout:g}s", timed_out=True)
             log.error("%s: write timed out after %gs", impl.plugin_name, timeout)
-            m.sink_failed.labels(impl.plugin_name).inc()
+            m.child(m.sink_failed, impl.plugin_name).inc()
             return exc
         except Exception as exc:
             stats.failed(f"{type(exc).__name__}: {exc}")
             log.exception("%s: write failed", impl.plugin_name)
-            m.sink_failed.labels(impl.plugin_name).inc()
+            m.child(m.sink_failed, impl.plugin_name).inc()
             return exc
-        m.sink_write_duration.labels(impl.plugin_name).observe(time.perf_counter() - started)
-        m.sink_written.labels(impl.plugin_name).inc(len(commands))
+        m.child(m.sink_write_duration, impl.plugin_name).observe(time.perf_counter() - started)
+        m.child(m.sink_written, impl.plugin_name).inc(len(commands))
         return None
 
     # -- the request path --------------------------------------------------------------

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import threading
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,7 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Histogram
 
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple, Any] = {}
         r = self.registry
         self.events_received = Counter(
             "eventrouter_events_received",
@@ -137,11 +138,28 @@ class Metrics:
             registry=r,
         )
 
-    def accepted(self, commands: Iterable[Any]) -> None:
+    def accepted(self, commands: Sequence[Any]) -> None:
+        if len(commands) == 1:  # the single-event endpoints: skip the tally
+            command = commands[0]
+            self.child(self.events_accepted, command.kind, command.source).inc()
+            self.events_received.inc()
+            return
         tally = Tally((command.kind, command.source) for command in commands)
         for (kind, source), n in tally.items():
-            self.events_accepted.labels(kind, source).inc(n)
-        self.events_received.inc(sum(tally.values()))
+            self.child(self.events_accepted, kind, source).inc(n)
+        self.events_received.inc(len(commands))
+
+    def request_done(self, route: str, method: str, status: str, seconds: float) -> None:
+        self.child(self.request_duration, route, method, status).observe(seconds)
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: the lookup validates and locks on
+        every call, and the request path calls this a few times per request."""
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def rejected(self, reason: str, n: int = 1) -> None:
         self.events_rejected.labels(reason).inc(n)
