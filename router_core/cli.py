@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -32,11 +33,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # First: prometheus-client chooses its multiprocess mode when first imported, and
     # the workers inherit this process's modules.
-    metrics_dir = metrics.prepare_multiprocess()
+    metrics_dir, owner = metrics.prepare_multiprocess(), os.getpid()
     try:
         return _serve(args, Server, gunicorn_options)
     finally:
-        metrics.remove_multiprocess_dir(metrics_dir)
+        metrics.remove_multiprocess_dir(metrics_dir, owner)
 
 
 def _serve(args: argparse.Namespace, Server: Any, gunicorn_options: Any) -> int:

@@ -45,8 +45,11 @@ def prepare_multiprocess() -> Path:
     return directory
 
 
-def remove_multiprocess_dir(directory: Path) -> None:
-    if not os.environ.get("EVENTROUTER_KEEP_METRICS_DIR"):
+def remove_multiprocess_dir(directory: Path, owner: int) -> None:
+    """At ``serve``'s exit, in the process that made the directory (``owner``) only:
+    gunicorn's forked workers unwind through the same ``finally`` when they exit (a
+    worker recycled after ``max_requests`` removed its siblings' files)."""
+    if os.getpid() == owner and not os.environ.get("EVENTROUTER_KEEP_METRICS_DIR"):
         shutil.rmtree(directory, ignore_errors=True)
 
 

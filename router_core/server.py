@@ -1,4 +1,8 @@
-"""Running the app under gunicorn with uvicorn workers on uvloop and httptools."""
+"""Running the app under gunicorn with uvicorn workers on uvloop and httptools.
+
+:func:`gunicorn_options` holds the production settings; ``GUNICORN_CMD_ARGS`` overrides
+any of them, as it does for gunicorn's own command (docs/architecture.md).
+"""
 
 from __future__ import annotations
 
@@ -49,6 +53,12 @@ class Server(BaseApplication):
         for key, value in self.options.items():
             if key in self.cfg.settings:  # settings newer than the installed gunicorn are skipped
                 self.cfg.set(key, value)
+        # Then the operator's overrides, as gunicorn's own command reads them:
+        # GUNICORN_CMD_ARGS="--max-requests 100000 --graceful-timeout 60" (any setting).
+        overrides = self.cfg.parser().parse_args(self.cfg.get_cmd_args_from_env())
+        for key, value in vars(overrides).items():
+            if value is not None and key != "args":
+                self.cfg.set(key.lower(), value)
 
     def load(self) -> Any:
         from router_core.app import create_app
@@ -66,6 +76,10 @@ def gunicorn_options(config: Config, *, workers: int | None = None) -> dict[str,
         "worker_class": WORKER_CLASS,
         # SIGTERM: stop accepting, finish in-flight requests (their commits), then exit.
         "graceful_timeout": 30,
+        # Recycle each worker after about a million requests (a slow leak in a plugin
+        # cannot grow forever); the jitter keeps the workers from restarting together.
+        "max_requests": 1_000_000,
+        "max_requests_jitter": 100_000,
         "timeout": 60,
         "keepalive": 5,
         "backlog": 2048,

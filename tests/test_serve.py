@@ -148,3 +148,31 @@ def test_several_workers_share_one_store(serve, tmp_path):
     # Every request was answered (the load stopped cleanly), so the store holds exactly
     # the acknowledged events: none lost, none stored twice or without an answer.
     assert stored_ids(tmp_path / "eventrouter-data" / "events.db") == load.acknowledged
+
+
+def test_gunicorn_cmd_args_override_the_production_settings(tmp_path):
+    """``GUNICORN_CMD_ARGS`` sets any gunicorn setting: here three workers, each recycled
+    after 5 requests. Workers restart mid-traffic and no accepted event is lost."""
+    serve = ServeProcess(
+        tmp_path,
+        env={"GUNICORN_CMD_ARGS": "--workers 3 --max-requests 5 --max-requests-jitter 0"},
+    ).wait_ready()
+    try:
+        for i in range(30):
+            with httpx.Client() as client:  # a new connection each: every worker serves
+                response = client.post(
+                    f"{serve.url}/v1/track", json={"userId": f"u{i}", "event": "Recycled"}
+                )
+            assert response.status_code == 200, response.text
+        with httpx.Client() as client:
+            stored = client.get(
+                f"{serve.url}/api/v1/events",
+                params={"event": "Recycled", "limit": 100},
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            )
+    finally:
+        assert serve.stop() == 0
+    assert len(stored.json()["events"]) == 30
+    log = serve.log()
+    assert log.count("Booting worker") > 3  # three at start, then replacements
+    assert "Maximum request limit of 5 exceeded" in log
