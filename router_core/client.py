@@ -117,6 +117,8 @@ class Client:
     :param batch_events: at most this many events per request (≤ 2500).
     :param batch_bytes: at most this many bytes of JSON per request (≤ 500 KB).
     :param path: the batch endpoint.
+    :param sleep: how the client waits between attempts (``time.sleep``; tests pass a
+        recorder to see the waits it chose).
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class Client:
         batch_bytes: int = DEFAULT_BATCH_BYTES,
         max_queue: int = 10_000,
         path: str = "/v1/import",
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if not 1 <= batch_events <= MAX_BATCH_EVENTS:
             raise ValueError(f"batch_events must be between 1 and {MAX_BATCH_EVENTS}")
@@ -145,6 +148,7 @@ class Client:
         self.host = host.rstrip("/")
         self.url = f"{self.host}{path}"
         self.max_retries = max_retries
+        self.sleep = sleep
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.gzip = gzip
@@ -242,7 +246,7 @@ class Client:
         retry_after: float | None = None
         for attempt in range(self.max_retries + 1):
             if attempt:
-                time.sleep(self._delay(attempt, retry_after))
+                self.sleep(self._delay(attempt, retry_after))
             retry_after = None
             try:
                 response = self._http.post(self.url, content=body)

@@ -31,25 +31,14 @@ from playwright.sync_api import (
     Page,
     Route,
     expect,
-    sync_playwright,
 )
 
+from tests.browser_support import SCREENSHOTS, chromium
 from tests.helpers import ADMIN_TOKEN, HANG_GUARD, LiveServer, ServeProcess
 from tests.queue_support import amqp_env, to_toml, unique  # noqa: F401 - fixture
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 #: Any http(s) URL not on 127.0.0.1.
 OFF_LOOPBACK = re.compile(r"^https?://(?!127\.0\.0\.1[:/])")
-SCREENSHOTS = Path(__file__).parent / "artifacts" / "screenshots"
 TIMEOUT_MS = HANG_GUARD * 1000
 WRITE_KEY = "wk-web"
 SOURCES = [{"name": "web", "write_key": WRITE_KEY}]
@@ -63,12 +52,8 @@ SEED_NAMES = ("Order Completed", "Order Completed", "Order Completed", "Signed U
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     expect.set_options(timeout=TIMEOUT_MS)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

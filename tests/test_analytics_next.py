@@ -25,24 +25,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from playwright.sync_api import Browser, Page, Request, Route, sync_playwright
+from playwright.sync_api import Browser, Page, Request, Route
 
+from tests.browser_support import SCREENSHOTS, chromium
 from tests.cdn_support import Edge, StaticSite
 from tests.helpers import HANG_GUARD, LiveServer, eventually, make_config
 
 PACKAGE = "@segment/analytics-next@1"
 CACHE = Path.home() / ".cache" / "eventrouter-tests" / "analytics-next"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOTS = Path(__file__).parent / "artifacts" / "screenshots"
 WRITE_KEY = "wk-web"
 SOURCES = [{"name": "web", "write_key": WRITE_KEY}]
 
@@ -130,12 +120,8 @@ def version_of(umd: Path) -> str:
 # -- the browser -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-        )
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 class Visit:

@@ -119,6 +119,7 @@ def test_queue_depth_per_sink_is_read_at_scrape_time(amqp_env):  # noqa: F811
         assert value(found, "eventrouter_dead_letters", sink="local") == 0
         counted = grown(before, found)
         assert value(counted, "eventrouter_sink_events_written_total", sink="broker") == 3
+        # a count of observations (one per publish), not a duration
         assert value(counted, "eventrouter_sink_write_duration_seconds_count", sink="broker") >= 1
     finally:
         server.stop()

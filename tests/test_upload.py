@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -84,9 +83,7 @@ def test_100k_line_file_stores_every_good_line_and_names_each_bad_one(keyed_serv
                 file.write((bad_lines[n][0] if n in bad_lines else good(n)) + "\n")
     good_lines = set(range(1, total_lines + 1)) - set(bad_lines) - blank_lines
 
-    started = time.monotonic()
     result = upload(tmp_path / "events.ndjson", keyed_server.url, "--batch-events", "2500")
-    elapsed = time.monotonic() - started
 
     assert result.returncode == 1, result.stderr
     assert f"accepted: {len(good_lines)}\nrejected: 30\n" in result.stdout
@@ -102,7 +99,6 @@ def test_100k_line_file_stores_every_good_line_and_names_each_bad_one(keyed_serv
     assert {n for _, _, n in rows} == good_lines
     assert {source for source, _, _ in rows} == {"backend"}
     assert len({message_id for _, message_id, _ in rows}) == len(rows)
-    print(f"100k upload: {elapsed:.1f}s, {len(rows)} stored, {len(reported)} rejected")
 
 
 def test_clean_json_array_exits_0_with_the_key_from_the_environment(keyed_server, tmp_path):
@@ -174,10 +170,8 @@ def test_refused_write_key_exits_2_without_sending_the_rest(keyed_server, tmp_pa
 def test_unreachable_host_exits_3(tmp_path):
     (tmp_path / "e.ndjson").write_text(good(1) + "\n" + good(2) + "\n")
     closed = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-    started = time.monotonic()
     result = upload(tmp_path / "e.ndjson", closed, "--retries", "2")
     assert result.returncode == 3, result.stderr
     assert f"POST {closed}/v1/import failed after 3 attempt(s)" in result.stderr
     assert "ConnectError" in result.stderr
     assert "nothing from line 1 on was sent" in result.stderr
-    assert time.monotonic() - started < 30
