@@ -88,7 +88,7 @@ class Dashboard:
         self.auth = auth
         self.renderer = renderer
         self.hub = hub
-        self.trusted_proxies = proxies.networks(config.server.trusted_proxies)
+        self.proxies = proxies.TrustedProxies(config.server.trusted_proxies)
 
     # -- auth --------------------------------------------------------------------------------
     def require(self, req: falcon.asgi.Request) -> Session | None:
@@ -113,7 +113,7 @@ class Dashboard:
             ) from None
 
     def https(self, req: falcon.asgi.Request) -> bool:
-        return is_https(req, self.trusted_proxies)
+        return is_https(req, self.proxies)
 
     def render(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, template: str, **context: Any
@@ -657,7 +657,7 @@ class SourcesView(_View):
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         session = self.d.require(req)
-        origin = proxies.public_origin(req, self.d.trusted_proxies)
+        origin = self.d.proxies.origin(req)
         sources = [
             {
                 "name": source.name,

@@ -17,14 +17,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import falcon.asgi
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from router_core.proxies import IPNetwork, public_scheme
+from router_core.proxies import TrustedProxies
 
 SESSION_COOKIE = "eventrouter_session"
 #: Double-submit token for the sign-in form, which comes before any session.
@@ -114,10 +113,10 @@ def _cookie(req: Any, name: str) -> str | None:
     return values[0] if values else None
 
 
-def is_https(req: falcon.asgi.Request, trusted_proxies: Sequence[IPNetwork]) -> bool:
+def is_https(req: falcon.asgi.Request, proxies: TrustedProxies) -> bool:
     """The browser reached us over https (its cookies must then be ``Secure``): directly,
     or through a proxy in ``server.trusted_proxies`` that says so in X-Forwarded-Proto."""
-    return public_scheme(req, trusted_proxies) == "https"
+    return proxies.scheme(req) == "https"
 
 
 def set_cookie(resp: falcon.asgi.Response, name: str, value: str, *, secure: bool, max_age: int):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import logging
 import zlib
 from collections import Counter
@@ -47,8 +46,7 @@ class Ingestor:
     def __init__(self, config: Config, bus: Bus) -> None:
         self.bus = bus
         self.sources = {s.write_key: s.name for s in config.sources}
-        self.trusted = proxies.networks(config.server.trusted_proxies)
-        self._trust_cache: dict[str, bool] = {}
+        self.proxies = proxies.TrustedProxies(config.server.trusted_proxies)
 
     # -- dispatch ------------------------------------------------------------------------
     async def dispatch(self, commands: Sequence[Command]) -> None:
@@ -128,39 +126,9 @@ class Ingestor:
             raise APIError(401, "invalid_write_key", "writeKey: not the key of any source")
         return name
 
-    # -- client address ----------------------------------------------------------------
-    def client_ip(self, req: falcon.asgi.Request) -> str | None:
-        peer = req.remote_addr
-        if not self.trusted or not self._is_trusted(peer):
-            return peer
-        forwarded = req.get_header("X-Forwarded-For")
-        if not forwarded:
-            return peer
-        # Walk from the nearest hop back; the first address we do not trust is the client.
-        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
-        for hop in reversed(hops):
-            if not self._is_trusted(hop):
-                return hop
-        return hops[0] if hops else peer
-
-    def _is_trusted(self, address: str | None) -> bool:
-        if address is None:
-            return False
-        cached = self._trust_cache.get(address)
-        if cached is None:
-            try:
-                ip = ipaddress.ip_address(address)
-            except ValueError:
-                cached = False
-            else:
-                cached = any(ip in network for network in self.trusted)
-            if len(self._trust_cache) < 10_000:
-                self._trust_cache[address] = cached
-        return cached
-
     def envelope(self, req: falcon.asgi.Request, source: str, **batch: Any) -> Envelope:
         return Envelope(
-            received_at=datetime.now(UTC), source=source, ip=self.client_ip(req), **batch
+            received_at=datetime.now(UTC), source=source, ip=self.proxies.client_ip(req), **batch
         )
 
 

@@ -9,47 +9,68 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from ipaddress import IPv4Network, IPv6Network
 
 import falcon.asgi
 
-IPNetwork = IPv4Network | IPv6Network
+#: Addresses remembered per process (each is checked against every network once).
+_CACHE_LIMIT = 10_000
 
 
-def networks(entries: Sequence[str]) -> list[IPNetwork]:
-    """``server.trusted_proxies`` (validated by the config loader) as networks."""
-    return [ipaddress.ip_network(entry, strict=False) for entry in entries]
+class TrustedProxies:
+    """``server.trusted_proxies`` (validated by the config loader), and what they say."""
 
+    def __init__(self, entries: Sequence[str]) -> None:
+        self.networks = [ipaddress.ip_network(entry, strict=False) for entry in entries]
+        self._cache: dict[str, bool] = {}
 
-def from_trusted_proxy(req: falcon.asgi.Request, trusted: Sequence[IPNetwork]) -> bool:
-    if not trusted:
-        return False
-    try:
-        peer = ipaddress.ip_address(req.remote_addr or "")
-    except ValueError:
-        return False
-    return any(peer in network for network in trusted)
+    def trusts(self, address: str | None) -> bool:
+        """Whether ``address`` is one of the proxies (remembered: on the ingestion path)."""
+        if not self.networks or address is None:
+            return False
+        trusted = self._cache.get(address)
+        if trusted is None:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                trusted = False
+            else:
+                trusted = any(ip in network for network in self.networks)
+            if len(self._cache) < _CACHE_LIMIT:
+                self._cache[address] = trusted
+        return trusted
 
+    def client_ip(self, req: falcon.asgi.Request) -> str | None:
+        """The browser's address: the peer, or, behind trusted proxies, the nearest hop
+        of ``X-Forwarded-For`` that is not one of them."""
+        peer = req.remote_addr
+        if not self.trusts(peer):
+            return peer
+        forwarded = req.get_header("X-Forwarded-For")
+        if not forwarded:
+            return peer
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        for hop in reversed(hops):
+            if not self.trusts(hop):
+                return hop
+        return hops[0] if hops else peer
 
-def public_scheme(req: falcon.asgi.Request, trusted: Sequence[IPNetwork]) -> str:
-    """``https`` or ``http``, as the browser reached the first proxy (or us)."""
-    if req.scheme == "https":
-        return "https"
-    forwarded = (req.get_header("X-Forwarded-Proto") or "").split(",")[-1].strip().lower()
-    if forwarded in ("http", "https") and from_trusted_proxy(req, trusted):
-        return forwarded
-    return req.scheme
+    def scheme(self, req: falcon.asgi.Request) -> str:
+        """``https`` or ``http``, as the browser reached the first proxy (or us)."""
+        if req.scheme == "https":
+            return "https"
+        forwarded = (req.get_header("X-Forwarded-Proto") or "").split(",")[-1].strip().lower()
+        if forwarded in ("http", "https") and self.trusts(req.remote_addr):
+            return forwarded
+        return req.scheme
 
+    def host(self, req: falcon.asgi.Request) -> str:
+        """``host[:port]`` as the browser addressed it: ``X-Forwarded-Host`` from a trusted
+        proxy, else the ``Host`` header (with its port, which ``req.host`` drops)."""
+        forwarded = (req.get_header("X-Forwarded-Host") or "").split(",")[-1].strip()
+        if forwarded and self.trusts(req.remote_addr):
+            return forwarded
+        return req.get_header("Host") or req.netloc
 
-def public_host(req: falcon.asgi.Request, trusted: Sequence[IPNetwork]) -> str:
-    """``host[:port]`` as the browser addressed it: ``X-Forwarded-Host`` from a trusted
-    proxy, else the ``Host`` header (with its port, which ``req.host`` drops)."""
-    forwarded = (req.get_header("X-Forwarded-Host") or "").split(",")[-1].strip()
-    if forwarded and from_trusted_proxy(req, trusted):
-        return forwarded
-    return req.get_header("Host") or req.netloc
-
-
-def public_origin(req: falcon.asgi.Request, trusted: Sequence[IPNetwork]) -> str:
-    """``scheme://host[:port]``: where a browser reaches this server."""
-    return f"{public_scheme(req, trusted)}://{public_host(req, trusted)}"
+    def origin(self, req: falcon.asgi.Request) -> str:
+        """``scheme://host[:port]``: where a browser reaches this server."""
+        return f"{self.scheme(req)}://{self.host(req)}"

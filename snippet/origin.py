@@ -110,7 +110,7 @@ class Origin:
     def __init__(self, config: Config) -> None:
         self.asset = library.build()
         self.write_keys = {source.write_key for source in config.sources}
-        self.trusted_proxies = proxies.networks(config.server.trusted_proxies)
+        self.proxies = proxies.TrustedProxies(config.server.trusted_proxies)
 
     def known(self, write_key: str) -> bool:
         return not self.write_keys or write_key in self.write_keys
@@ -159,10 +159,8 @@ class ProjectSettings:
         if not self.origin.known(write_key):
             _not_found(resp, "writeKey: not the key of any source")
             return
-        trusted = self.origin.trusted_proxies
-        asset = _settings_asset(
-            write_key, proxies.public_host(req, trusted), proxies.public_scheme(req, trusted)
-        )
+        forwarded = self.origin.proxies
+        asset = _settings_asset(write_key, forwarded.host(req), forwarded.scheme(req))
         serve_asset(req, resp, asset, SHORT)
 
     on_head = on_get
