@@ -96,7 +96,7 @@ class Dashboard:
         try:
             return self.auth.authenticate(req)
         except Unauthorized as exc:
-            if self.auth.bearer(req) is False:
+            if exc.wrong_token:
                 raise falcon.HTTPUnauthorized(
                     title="unauthorized",
                     description=str(exc),
@@ -621,6 +621,7 @@ class StatusView(_View):
             )
         sink_components = {f"sink:{name}" for name in self.d.config.sinks}
         others = [c for c in components if c.name not in sink_components]
+        store_sink = self.d.bus.store_sink()
         self.d.render(
             req,
             resp,
@@ -629,7 +630,7 @@ class StatusView(_View):
             components=others,
             size=size,
             store_error=error,
-            store_name=self.d.bus.store_sink().name if self.d.bus.store_sink() else None,
+            store_name=store_sink.name if store_sink else None,
             queued=self.d.config.queue is not None,
             session=session,
         )

@@ -51,7 +51,7 @@ def check_auth(auth: AdminAuth, req: falcon.asgi.Request) -> None:
     try:
         auth.authenticate(req)
     except Unauthorized as exc:
-        bearer = auth.bearer(req) is False
+        bearer = exc.wrong_token
         raise APIError(
             401,
             "unauthorized",

@@ -34,7 +34,12 @@ SESSION_LIFETIME = 12 * 3600
 
 
 class Unauthorized(Exception):
-    """No valid session or bearer token."""
+    """No valid session or bearer token; ``wrong_token``: a bearer token was sent, and
+    it is not the admin token (a script's mistake, not a browser to send to sign-in)."""
+
+    def __init__(self, message: str, *, wrong_token: bool = False) -> None:
+        super().__init__(message)
+        self.wrong_token = wrong_token
 
 
 class CSRFError(Exception):
@@ -92,7 +97,7 @@ class AdminAuth:
         if bearer is True:
             return None
         if bearer is False:
-            raise Unauthorized("the admin token is not valid")
+            raise Unauthorized("the admin token is not valid", wrong_token=True)
         session = self.session(req)
         if session is None:
             raise Unauthorized("sign in first")
