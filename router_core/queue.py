@@ -38,6 +38,7 @@ from kombu import Connection, Exchange, Queue, binding
 
 from router_core.commands import Command, decode_many, encode_many
 from router_core.config import QueueConfig
+from router_core.redis_transport import ReliableTransport
 
 FORMAT_HEADER = "x-eventrouter-format"
 FORMAT = "commands/1"
@@ -88,8 +89,13 @@ def open_connection(config: QueueConfig) -> Connection:
         # Above the 1 s BRPOP a consuming worker blocks in.
         options["socket_timeout"] = max(config.confirm_timeout, 2.0)
     connection = Connection(
-        config.url, connect_timeout=config.connect_timeout, transport_options=options
+        config.url,
+        connect_timeout=config.connect_timeout,
+        transport_options=options,
     )
+    if config.transport == "redis":
+        # Set after the URL was parsed, so that rediss:// keeps meaning TLS.
+        connection.transport_cls = ReliableTransport  # redis_transport: no lost message
     try:
         connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
     except BaseException:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 
 import pytest
+import redis
 
 from router_core.bus import Bus, make_plugin_manager
 from router_core.config import ConfigError
@@ -12,6 +14,7 @@ from tests.helpers import LiveServer, eventually, free_port, make_config, run_ev
 from tests.ingest_support import AUTH
 from tests.queue_support import (  # noqa: F401 - fixtures
     AMQP_URL,
+    REDIS_QUEUE_URL,
     WorkerThread,
     amqp_env,
     queue_env,
@@ -133,3 +136,56 @@ def test_a_killed_workers_redelivery_lock_lasts_no_longer_than_the_visibility_ti
         client.close()
     finally:
         broker.close(connection, 2)
+
+
+def test_a_redis_consumer_killed_as_it_takes_a_message_loses_nothing(tmp_path):
+    """kombu's own Redis consumer pops a message (``BRPOP``) and records it as
+    unacknowledged in a second round trip: a worker killed in between lost the message
+    for good. eventrouter's consumer (``router_core/redis_transport.py``) takes it with
+    one atomic script, so a consumer that dies right after Redis handed it the message,
+    before any code of its own ran, still leaves it to the next worker once
+    ``visibility_timeout`` has passed."""
+    from kombu import Consumer, Producer
+
+    from router_core import queue as broker
+
+    raw = {"queue": {"url": REDIS_QUEUE_URL, "prefix": unique("ert"), "visibility_timeout": "1s"}}
+    config = make_config(tmp_path, raw).queue
+    topology = broker.Topology(config, ["local"])
+    queue = topology.queue("local")
+    first = broker.open_connection(config)
+    try:
+        topology.declare(first.channel())
+        Producer(first.channel()).publish(
+            b"one batch", exchange=topology.exchange, routing_key=broker.ALL
+        )
+        # Everything Redis does for a consumer that is then killed: the take itself.
+        assert first.default_channel._take(queue.name) is not None
+        assert topology.depth(first.channel(), queue) == 0
+    finally:
+        broker.drop(first)  # gone without acknowledging, as a SIGKILL leaves it
+
+    received: list[bytes] = []
+    second = broker.open_connection(config)
+    try:
+        channel = second.channel()
+        with Consumer(channel, queues=[queue], on_message=received.append):
+
+            def handed_back() -> bool:
+                with contextlib.suppress(TimeoutError, OSError):
+                    second.drain_events(timeout=1)
+                return bool(received)
+
+            eventually(handed_back, "the dead consumer's message handed to the next one")
+        assert received[0].body == b"one batch"
+        received[0].ack()
+        assert topology.depth(channel, queue) == 0
+        assert channel.client.hlen(channel.unacked_key) == 0 or all(
+            queue.name not in str(value) for value in channel.client.hvals(channel.unacked_key)
+        )
+    finally:
+        broker.close(second, 2)
+        client = redis.Redis.from_url(REDIS_QUEUE_URL)
+        for key in client.scan_iter(f"*{config.prefix}*"):
+            client.delete(key)
+        client.close()
