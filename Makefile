@@ -41,10 +41,13 @@ format: $(TEST_STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## bench: ingestion throughput and latency with wrk (see bench/README.md)
+## bench: every figure in one table: ingest (embedded, RabbitMQ) beside bare Falcon,
+## sink writes, the worker drain, dashboard queries (bench/README.md, "One command").
+## One area's own script: make bench BENCH=ingest|sinks|dashboard BENCH_ARGS="..."
+BENCH ?= all
 bench: $(TEST_STAMP)
 	bash .ci/services bench
-	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
+	$(BIN)/python bench/$(BENCH).py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -6,7 +6,8 @@ the rows eventrouter actually stored in SQLite, and prints a markdown report (al
 to ``bench/results/latest.md``). With ``--queue`` it also measures queue mode (the edge
 publishing to RabbitMQ with confirms: the events the broker holds are counted) and how
 fast ``eventrouter worker`` drains that queue into SQLite. See bench/README.md for what
-the numbers mean.
+the numbers mean. :func:`run` measures and returns every :class:`TargetRun` with the
+report (bench/all.py uses it).
 
     .venv/bin/python bench/ingest.py [--duration S] [--connections N] [--workers N]
                                      [--warmup S] [--only single|batch] [--no-fsync]
@@ -1040,20 +1041,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def missing_prerequisite(args: argparse.Namespace) -> str | None:
+    """Why the chosen targets cannot be measured here (no wrk, no broker), or None."""
     if shutil.which("wrk") is None:
-        log("wrk not found; `make bench` installs it (apt-get install wrk)")
-        return 2
-    # A SIGTERM (a CI timeout) unwinds like Ctrl-C, so the servers are stopped.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    RESULTS_DIR.mkdir(exist_ok=True)
+        return "wrk not found; `make bench` installs it (apt-get install wrk)"
     if "eventrouter-queue" in args.targets:
         try:
             BenchQueue(args.broker, "check").check()
-        except Exception as exc:  # kombu raises several kinds; say which and stop
-            log(f"RabbitMQ not reachable at {args.broker}: {exc} (DESIGN.md: how to start it)")
-            return 2
+        except Exception as exc:  # kombu raises several kinds; say which
+            return f"RabbitMQ not reachable at {args.broker}: {exc} (DESIGN.md: how to start it)"
+    return None
+
+
+@dataclass(frozen=True)
+class IngestRun:
+    """What one invocation measured, target by target, and its markdown report."""
+
+    runs: list[TargetRun]
+    report: list[str]
+
+
+def run(args: argparse.Namespace) -> IngestRun:
+    """Every scenario against every target of ``args`` (from :func:`parse_args`), one
+    server at a time; the report is also written to ``bench/results/latest.md``. Check
+    :func:`missing_prerequisite` first."""
+    RESULTS_DIR.mkdir(exist_ok=True)
     info = machine_info(args)
     all_scenarios = make_scenarios(datetime.now(UTC))
     scenarios = [s for s in all_scenarios if args.only in (None, s.name)]
@@ -1088,10 +1100,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes = anomalies(runs)
     if notes:
         report += ["", "Anomalies:", *notes]
-    print("\n".join(report))
     latest = RESULTS_DIR / "latest.md"
     latest.write_text("\n".join(["# Ingestion benchmark", "", *info, "", *report, ""]))
     log(f"report written to {latest.relative_to(REPO_ROOT)}")
+    return IngestRun(runs, report)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    problem = missing_prerequisite(args)
+    if problem:
+        log(problem)
+        return 2
+    # A SIGTERM (a CI timeout) unwinds like Ctrl-C, so the servers are stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    print("\n".join(run(args).report))
     return 0
 
 

@@ -13,7 +13,9 @@ the commands of each batch are built before its clock starts. Prints a markdown 
 
 Targets register themselves in ``TARGETS`` with :func:`target`: a factory that starts
 (or checks) the store on loopback and returns the ``[sinks.NAME]`` table to write to, the
-issue's goal in events/s and the extra columns it can report. See bench/README.md.
+issue's goal in events/s (if it has one) and the extra columns it can report.
+:func:`run` measures and returns the results (bench/all.py uses it); :func:`report`
+writes them out. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 import urllib.request
@@ -84,8 +87,8 @@ class Target:
 
     #: The ``[sinks.NAME]`` table (``type`` and the sink's own keys).
     sink: dict[str, Any]
-    #: The issue's goal, events/s.
-    goal: float
+    #: The issue's goal, events/s; None for a sink without one.
+    goal: float | None
     #: Extra report columns from the running sink after the run (e.g. objects, MB).
     columns: Callable[[Sink], dict[str, str]] = lambda sink: {}
     #: Processes of the store on this machine, whose CPU time the report shows.
@@ -105,6 +108,21 @@ def target(name: str) -> Callable[[TargetFactory], TargetFactory]:
         return factory
 
     return register
+
+
+@target("sqlite")
+def sqlite_target(args: argparse.Namespace, stack: ExitStack) -> Target:
+    """The embedded store (the sink's defaults, ``synchronous = "normal"``) in a new file
+    under a temporary directory, removed afterwards. No issue sets a goal for it."""
+    import sqlite3
+
+    workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-sqlite-")))
+    return Target(
+        sink={"type": "sqlite", "url": f"sqlite:///{workdir / 'events.db'}"},
+        goal=None,
+        columns=lambda sink: {"commits": f"{sink.commits:,}"},
+        store=f"SQLite {sqlite3.sqlite_version} (in this process; a file under {workdir.parent})",
+    )
 
 
 @target("s3")
@@ -276,6 +294,11 @@ class Result:
     def rate(self) -> float:
         return self.events / self.seconds
 
+    @property
+    def met(self) -> bool | None:
+        """Whether the goal was met; None when the sink has none."""
+        return None if self.target.goal is None else self.rate >= self.target.goal
+
 
 def _cpu_self() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -348,8 +371,8 @@ def table(results: Sequence[Result]) -> list[str]:
             *(r.columns.get(key, "-") for key in extra),
             f"{r.seconds:.2f}",
             f"{r.rate:,.0f}",
-            f"≥ {r.target.goal:,.0f}",
-            "yes" if r.rate >= r.target.goal else "**no**",
+            "-" if r.target.goal is None else f"≥ {r.target.goal:,.0f}",
+            {None: "-", True: "yes", False: "**no**"}[r.met],
             f"{statistics.median(r.batch_seconds):.3f} / {max(r.batch_seconds):.3f}",
             f"{100 * r.cpu_self / r.seconds:.0f}% / {100 * r.cpu_store / r.seconds:.0f}%",
         ]
@@ -441,8 +464,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> list[Result]:
+    """Measure each of ``args.targets`` in turn, each store started and cleaned up
+    around its own measurement."""
     RESULTS_DIR.mkdir(exist_ok=True)
     results = []
     for name in args.targets:
@@ -453,17 +477,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                     spec.sink[key] = value
             log(f"{name}: {args.batches} batches of {args.batch_events:,} events")
             results.append(asyncio.run(measure(name, spec, args)))
-    report = [
-        "## Sink write throughput",
-        "",
-        *table(results),
-        "",
-        *machine_info(results),
-    ]
-    text = "\n".join(report) + "\n"
+    return results
+
+
+def report(results: Sequence[Result]) -> str:
+    """The markdown report, also written to ``bench/results/sinks-latest.md``."""
+    lines = ["## Sink write throughput", "", *table(results), "", *machine_info(results)]
+    text = "\n".join(lines) + "\n"
+    RESULTS_DIR.mkdir(exist_ok=True)
     (RESULTS_DIR / "sinks-latest.md").write_text(text)
-    print(text, end="")
-    return 0 if all(r.rate >= r.target.goal for r in results) else 1
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    results = run(parse_args(argv))
+    print(report(results), end="")
+    return 1 if any(r.met is False for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,562 @@
+"""Every throughput figure of the project from one command, in one table.
+
+    .venv/bin/python bench/all.py [--quick] [--only ingest,queue,sinks,dashboard]
+        [--duration 15] [--warmup 2] [--connections 64] [--workers N] [--no-fsync]
+        [--sinks sqlite,s3,postgres,clickhouse] [--batches 10] [--batch-events 50000]
+        [--stores clickhouse,postgres] [--events 1000000] [--requests 20] [--reload]
+        [--json FILE]
+
+The areas run one after the other, each through the script that owns it (imported, not
+copied), with that script's defaults unless an option here says otherwise:
+
+- **ingest** (bench/ingest.py): wrk against the bare Falcon endpoint, ``eventrouter
+  serve`` in embedded mode and with ``synchronous = "full"``, single and batch;
+- **queue** (bench/ingest.py's ``eventrouter-queue``): the edge publishing to RabbitMQ,
+  then ``eventrouter worker`` draining the single run's queue into SQLite. The bare
+  endpoint runs whenever ingest or queue does: every ratio is to the bare run of this
+  invocation;
+- **sinks** (bench/sinks.py): each storage sink taking worker-sized batches through the
+  bus;
+- **dashboard** (bench/dashboard.py): the admin dashboard's queries over 1,000,000
+  events in ClickHouse and PostgreSQL (loaded once, then kept between runs).
+
+It prints one markdown table (area, scenario, what was measured, the figure, its ratio
+to the bare endpoint, p99, the issue's target and whether it was met), writes it as JSON
+(``--json``, default ``bench/results/all-latest.json``) and writes every area's full
+report below the table to ``bench/results/all-latest.md``. Exit status: 0 when every
+area was measured (a missed target is reported, not an error), 1 when an area failed,
+a dashboard response was not 200 or acknowledged events went missing. See
+bench/README.md, "One command".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+# As in bench/sinks.py: this script's directory on sys.path would let bench/sinks.py hide
+# the ``sinks`` package; import the package first, then put the directory back.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
+import sinks  # noqa: E402, F401
+
+sys.path.append(str(BENCH_DIR))
+
+import dashboard  # noqa: E402
+import ingest  # noqa: E402
+
+sink_bench = dashboard.sink_bench  # bench/sinks.py, loaded under a name of its own
+
+RESULTS_DIR = BENCH_DIR / "results"
+REPO_ROOT = BENCH_DIR.parent
+AREAS = ("ingest", "queue", "sinks", "dashboard")
+SINKS = tuple(sink_bench.TARGETS)  # sqlite, s3, postgres, clickhouse
+
+#: ``--quick``: a smoke run of everything in a few minutes; the figures mean little.
+QUICK = {
+    "duration": 3.0,
+    "warmup": 1.0,
+    "batches": 2,
+    "batch_events": 10_000,
+    "events": 100_000,
+    "requests": 5,
+}
+#: The full run's defaults: each script's own.
+FULL = {
+    "duration": 15.0,
+    "warmup": 2.0,
+    "batches": 10,
+    "batch_events": 50_000,
+    "events": 1_000_000,
+    "requests": 20,
+}
+
+SCENARIOS = {"single": "single: POST /v1/track", "batch": "batch: POST /v1/batch (100 events)"}
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+# -- the table ---------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One figure of the combined table, with the target it is held to (if any)."""
+
+    area: str  # ingest, queue, sinks, dashboard
+    scenario: str
+    subject: str  # what was measured: a server, a sink, a store
+    figure: float | None  # None when the measurement failed
+    unit: str
+    p99_ms: float | None = None
+    #: Ratio to the bare endpoint's figure for the same scenario in the same run.
+    against_bare: bool = False
+    ratio: float | None = None
+    at_least: float | None = None
+    at_most: float | None = None
+    ratio_at_least: float | None = None
+    p99_at_most_ms: float | None = None
+    target: str = ""  # the target as its issue states it; "" when there is none
+    #: False when the measurement itself went wrong (events lost, a drain cut short, a
+    #: response that was not 200): the row cannot meet its target.
+    valid: bool = True
+    note: str = ""
+    met: bool | None = None  # None: no target, or not evaluated (see note)
+
+
+def _checks(row: Row) -> list[bool | None]:
+    def check(limit: float | None, value: float | None, ok: Callable[[float], bool]) -> None:
+        if limit is not None:
+            checks.append(None if value is None else ok(value))
+
+    checks: list[bool | None] = []
+    check(row.at_least, row.figure, lambda v: v >= row.at_least)
+    check(row.at_most, row.figure, lambda v: v <= row.at_most)
+    check(row.ratio_at_least, row.ratio, lambda v: v >= row.ratio_at_least)
+    check(row.p99_at_most_ms, row.p99_ms, lambda v: v <= row.p99_at_most_ms)
+    return checks
+
+
+def merge(*groups: Iterable[Row]) -> list[Row]:
+    """The areas' rows as one table, in :data:`AREAS` order (stable within an area).
+    Each ``against_bare`` row gets its ratio to the bare endpoint's row of the same
+    scenario among them (that is, of the same run), and every row with a target is
+    judged. A target that needs a missing figure (no bare run, a failed measurement) is
+    not evaluated, unless another part of it already failed."""
+    rows = [replace(row) for group in groups for row in group]
+    rows.sort(key=lambda row: AREAS.index(row.area) if row.area in AREAS else len(AREAS))
+    bare = {row.scenario: row.figure for row in rows if row.subject == "bare"}
+    for row in rows:
+        if row.against_bare and row.figure is not None and bare.get(row.scenario):
+            row.ratio = row.figure / bare[row.scenario]
+        checks = _checks(row)
+        if (not row.valid and row.target) or False in checks:
+            row.met = False
+        elif None in checks or not checks:
+            row.met = None
+        else:
+            row.met = True
+        if checks and row.met is None and not row.note:
+            row.note = "not evaluated: " + (
+                "no bare run" if row.figure is not None else "no figure"
+            )
+    return rows
+
+
+def _figure(row: Row) -> str:
+    if row.figure is None:
+        return "failed"
+    return f"{row.figure:,.1f}" if row.unit.startswith("ms") else f"{row.figure:,.0f}"
+
+
+def markdown(rows: Sequence[Row]) -> list[str]:
+    lines = [
+        "| area | scenario | measured | figure | unit | vs bare (same run) | p99 ms "
+        "| target | met | note |",
+        "| --- | --- | --- | ---: | --- | ---: | ---: | --- | --- | --- |",
+    ]
+    for row in rows:
+        ratio = "" if row.ratio is None else f"{row.ratio:.0%}"
+        p99 = "" if row.p99_ms is None else f"{row.p99_ms:.1f}"
+        met = {None: "" if not row.target else "n/e", True: "yes", False: "**no**"}[row.met]
+        cells = [row.area, row.scenario, row.subject, _figure(row), row.unit, ratio, p99]
+        cells += [row.target, met, row.note]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+# -- rows from each script's results -------------------------------------------------------
+def ingest_rows(runs: Sequence[Any], connections: int) -> list[Row]:
+    """Rows from bench/ingest.py's ``TargetRun`` list: one per target and scenario, and
+    the worker drain after the queue's single run."""
+    rows: list[Row] = []
+    for run in runs:
+        for m in run.measurements:
+            rows.append(_measurement_row(m, connections))
+        if run.drain is not None:
+            single = next((m for m in run.measurements if m.scenario.name == "single"), None)
+            rate = single.durable_per_s if single is not None else None
+            drain = run.drain
+            rows.append(
+                Row(
+                    area="queue",
+                    scenario="worker drain: the single run's queue → SQLite",
+                    subject="eventrouter worker (1 process)",
+                    figure=drain.steady_per_s,
+                    unit="events/s stored",
+                    at_least=rate,
+                    target="" if rate is None else f"≥ queue single ingest ({rate:,.0f})",
+                    valid=drain.complete,
+                    note=""
+                    if drain.complete
+                    else f"INCOMPLETE: {drain.rows:,} of {drain.events:,} stored",
+                )
+            )
+    return rows
+
+
+def _measurement_row(m: Any, connections: int) -> Row:
+    name, target = m.scenario.name, m.target
+    row = Row(
+        area="queue" if target == "eventrouter-queue" else "ingest",
+        scenario=SCENARIOS.get(name, name),
+        subject=target,
+        figure=None,
+        unit="",
+        p99_ms=m.wrk.p99_us / 1000,
+        against_bare=target != "bare",
+    )
+    lost = m.stored is not None and m.stored < m.acknowledged_events
+    if lost:
+        row.valid = False
+        row.note = f"LOST: {m.acknowledged_events:,} acknowledged, {m.stored:,} durable"
+    if m.wrk.status or m.wrk.socket_errors:
+        row.note = (row.note + "; " if row.note else "") + (
+            f"{m.wrk.status:,} non-2xx, {m.wrk.socket_errors:,} socket errors"
+        )
+    if target == "bare":
+        row.figure = m.requests_per_s * m.scenario.events_per_request
+        row.unit = "req/s" if m.scenario.events_per_request == 1 else "events/s accepted"
+    elif target == "eventrouter-queue":
+        row.figure = m.durable_per_s
+        row.unit = "events/s held by RabbitMQ"
+        if name == "single":
+            row.ratio_at_least = ingest.QUEUE_SINGLE_RATIO_TARGET
+            row.target = (
+                f"≥ {ingest.QUEUE_SINGLE_RATIO_TARGET:.0%} of bare, "
+                f"p99 ≤ {ingest.QUEUE_SINGLE_P99_TARGET_MS:g} ms"
+            )
+            row.p99_at_most_ms = _p99_limit(ingest.QUEUE_SINGLE_P99_TARGET_MS, connections)
+        elif name == "batch":
+            row.at_least = ingest.QUEUE_BATCH_EVENTS_TARGET
+            row.target = f"≥ {ingest.QUEUE_BATCH_EVENTS_TARGET:,} events/s"
+    elif name == "single":  # embedded: eventrouter, eventrouter-fsync
+        row.figure = m.requests_per_s
+        row.unit = "req/s"
+        if target == "eventrouter":
+            row.ratio_at_least = ingest.SINGLE_RATIO_TARGET
+            row.target = (
+                f"≥ {ingest.SINGLE_RATIO_TARGET:.0%} of bare, "
+                f"p99 ≤ {ingest.SINGLE_P99_TARGET_MS:g} ms"
+            )
+            row.p99_at_most_ms = _p99_limit(ingest.SINGLE_P99_TARGET_MS, connections)
+    else:
+        row.figure = m.stored_per_s
+        row.unit = "events/s stored"
+        if target == "eventrouter" and name == "batch":
+            row.at_least = ingest.BATCH_EVENTS_TARGET
+            row.target = f"≥ {ingest.BATCH_EVENTS_TARGET:,} events/s"
+    if target == "eventrouter-fsync" and not row.note:
+        row.note = 'synchronous = "full": no target'
+    if row.target and row.p99_at_most_ms is None and name == "single":
+        row.note = (row.note + "; " if row.note else "") + (
+            f"p99 not judged: its target is for 64 connections, not {connections}"
+        )
+    return row
+
+
+def _p99_limit(limit_ms: float, connections: int) -> float | None:
+    """The p99 targets are stated for 64 connections; at another count only the ratio
+    is judged."""
+    return limit_ms if connections == 64 else None
+
+
+def sink_rows(results: Sequence[Any]) -> list[Row]:
+    """Rows from bench/sinks.py's ``Result`` list: events/s each sink wrote."""
+    return [
+        Row(
+            area="sinks",
+            scenario=f"sink writes: {r.batches} x {r.events // r.batches:,} events via the bus",
+            subject=r.name,
+            figure=r.rate,
+            unit="events/s written",
+            at_least=r.target.goal,
+            target="" if r.target.goal is None else f"≥ {r.target.goal:,.0f} events/s",
+        )
+        for r in results
+    ]
+
+
+def dashboard_rows(timings: Sequence[Any], events: int) -> list[Row]:
+    """Rows from bench/dashboard.py's ``Timing`` list: the median time of each request."""
+    rows = []
+    for t in timings:
+        target = t.endpoint.target
+        rows.append(
+            Row(
+                area="dashboard",
+                scenario=t.endpoint.name,
+                subject=f"{t.store}, {events:,} events",
+                figure=t.median if t.ms else None,
+                unit=f"ms, median of {len(t.ms)}",
+                at_most=dashboard.TARGET_MS if target else None,
+                target=f"≤ {dashboard.TARGET_MS:.0f} ms" if target else "",
+                valid=t.ok,
+                note="" if t.ok else f"failed: {t.error or 'a response was not 200'}",
+            )
+        )
+    return rows
+
+
+def failure_row(area: str, subject: str, error: str) -> Row:
+    """An area (or one sink or store of it) that could not be measured."""
+    return Row(area, "—", subject, None, "", valid=False, note=f"failed: {error}")
+
+
+# -- running -----------------------------------------------------------------------------------
+@dataclass
+class Outcome:
+    rows: list[Row] = field(default_factory=list)
+    #: Each area's own full report, for bench/results/all-latest.md.
+    reports: list[str] = field(default_factory=list)
+    #: Lines a reader must not miss (anomalies of the ingest runs).
+    notes: list[str] = field(default_factory=list)
+
+
+def run_ingest(args: argparse.Namespace, outcome: Outcome) -> None:
+    targets = ["bare"]
+    if "ingest" in args.only:
+        targets += ["eventrouter"] + ([] if args.no_fsync else ["eventrouter-fsync"])
+    if "queue" in args.only:
+        targets.append("eventrouter-queue")
+    argv = ["--broker", args.broker]
+    argv += ["--duration", f"{args.duration:g}", "--warmup", f"{args.warmup:g}"]
+    argv += ["--connections", str(args.connections), "--workers", str(args.workers)]
+    ingest_args = ingest.parse_args([*argv, "--targets", ",".join(targets)])
+    problem = ingest.missing_prerequisite(ingest_args)
+    if problem and "eventrouter-queue" in targets and "ingest" in args.only:
+        # No broker: the queue's row says so, and the embedded targets still run.
+        log(f"queue: {problem}")
+        outcome.rows.append(failure_row("queue", "eventrouter-queue", _short(problem)))
+        targets.remove("eventrouter-queue")
+        ingest_args = ingest.parse_args([*argv, "--targets", ",".join(targets)])
+        problem = ingest.missing_prerequisite(ingest_args)
+    if problem:
+        raise RuntimeError(problem)
+    result = ingest.run(ingest_args)
+    outcome.rows += ingest_rows(result.runs, args.connections)
+    outcome.notes += ingest.anomalies(result.runs)
+    outcome.reports += ["## Ingestion (bench/ingest.py)", "", *result.report, ""]
+
+
+def run_sinks(args: argparse.Namespace, outcome: Outcome) -> None:
+    measured = []
+    for name in args.sinks:  # one at a time: a store that is down costs only its row
+        argv = ["--targets", name, "--batches", str(args.batches)]
+        argv += ["--batch-events", str(args.batch_events)]
+        try:
+            results = sink_bench.run(sink_bench.parse_args(argv))
+        except Exception as exc:
+            log(f"sinks: {name} failed: {exc!r}")
+            outcome.rows.append(failure_row("sinks", name, _short(exc)))
+            continue
+        outcome.rows += sink_rows(results)
+        measured += results
+    if measured:
+        outcome.reports += [sink_bench.report(measured)]
+
+
+def run_dashboard(args: argparse.Namespace, outcome: Outcome) -> None:
+    for name in args.stores:
+        argv = ["--stores", name, "--events", str(args.events)]
+        argv += ["--requests", str(args.requests)] + (["--reload"] if args.reload else [])
+        try:
+            result = dashboard.run(dashboard.parse_args(argv))
+        except Exception as exc:
+            log(f"dashboard: {name} failed: {exc!r}")
+            outcome.rows.append(failure_row("dashboard", name, _short(exc)))
+            continue
+        outcome.rows += dashboard_rows(result.timings, args.events)
+        outcome.reports += [result.report]
+
+
+def _short(error: BaseException | str) -> str:
+    """One line for the note column (no ``|``, which would split the cell)."""
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return (text.splitlines() or [""])[0][:200].replace("|", "/")
+
+
+def machine() -> dict[str, Any]:
+    cpu_model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "?",
+    )
+    git = subprocess.run(
+        ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu_model,
+        "python": platform.python_version(),
+        "git": git or "?",
+    }
+
+
+def _load() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def _options(values: dict[str, float]) -> str:
+    return ", ".join(f"--{key.replace('_', '-')} {value:.10g}" for key, value in values.items())
+
+
+# -- main ------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Without --quick, each option defaults to its script's own default "
+        f"({_options(FULL)}); with --quick to "
+        f"{_options(QUICK)}. See bench/README.md.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="short runs and small sizes: a smoke run"
+    )
+    parser.add_argument(
+        "--only",
+        metavar="AREA[,AREA]",
+        help=f"areas to run, from {', '.join(AREAS)} [all]",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        metavar="FILE",
+        help="the table as JSON [bench/results/all-latest.json]",
+    )
+    group = parser.add_argument_group("ingest and queue (bench/ingest.py)")
+    group.add_argument("--duration", type=float, help="seconds per measured wrk run [15]")
+    group.add_argument("--warmup", type=float, help="discarded seconds before each [2]")
+    group.add_argument("--connections", type=int, default=64, help="wrk connections [64]")
+    group.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="gunicorn workers [nproc]"
+    )
+    group.add_argument(
+        "--no-fsync", action="store_true", help='skip eventrouter-fsync (synchronous = "full")'
+    )
+    group.add_argument(
+        "--broker",
+        default=ingest.DEFAULT_BROKER,
+        metavar="URL",
+        help="RabbitMQ on loopback [%(default)s]",
+    )
+    group = parser.add_argument_group("sinks (bench/sinks.py)")
+    group.add_argument(
+        "--sinks", default=",".join(SINKS), help=f"comma-separated [{','.join(SINKS)}]"
+    )
+    group.add_argument("--batches", type=int, help="measured batches per sink [10]")
+    group.add_argument("--batch-events", type=int, help="events per batch [50000]")
+    group = parser.add_argument_group("dashboard (bench/dashboard.py)")
+    group.add_argument(
+        "--stores", default="clickhouse,postgres", help="comma-separated [clickhouse,postgres]"
+    )
+    group.add_argument("--events", type=int, help="events stored [1000000]")
+    group.add_argument("--requests", type=int, help="timed requests per endpoint [20]")
+    group.add_argument("--reload", action="store_true", help="load the stored events again")
+    args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.only = [a.strip() for a in (args.only or ",".join(AREAS)).split(",") if a.strip()]
+    unknown = [a for a in args.only if a not in AREAS]
+    if unknown or not args.only:
+        parser.error(f"--only: choose from {', '.join(AREAS)}")
+    args.sinks = [s.strip() for s in args.sinks.split(",") if s.strip()]
+    if unknown := [s for s in args.sinks if s not in SINKS]:
+        parser.error(f"--sinks: unknown {', '.join(unknown)}; known: {', '.join(SINKS)}")
+    args.stores = [s.strip() for s in args.stores.split(",") if s.strip()]
+    if unknown := [s for s in args.stores if s not in dashboard.STORES]:
+        parser.error(
+            f"--stores: unknown {', '.join(unknown)}; known: {', '.join(dashboard.STORES)}"
+        )
+    for name in ("duration", "warmup", "connections", "workers", "batches", "batch_events"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.events < 1 or args.requests < 1:
+        parser.error("--events and --requests must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    # A SIGTERM (a CI timeout) unwinds like Ctrl-C, so every server started is stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    RESULTS_DIR.mkdir(exist_ok=True)
+    started_at, started, load_at_start = datetime.now(UTC), time.monotonic(), _load()
+    outcome = Outcome()
+    steps: list[tuple[str, Callable[[argparse.Namespace, Outcome], None]]] = []
+    if {"ingest", "queue"} & set(args.only):
+        steps.append(("ingest", run_ingest))
+    if "sinks" in args.only:
+        steps.append(("sinks", run_sinks))
+    if "dashboard" in args.only:
+        steps.append(("dashboard", run_dashboard))
+    area_seconds = {}
+    for area, step in steps:
+        log(f"== {area} ==")
+        step_started = time.monotonic()
+        try:
+            step(args, outcome)
+        except Exception as exc:
+            log(f"{area} failed: {exc!r}")
+            outcome.rows.append(failure_row(area, "—", _short(exc)))
+        area_seconds[area] = round(time.monotonic() - step_started, 1)
+    rows = merge(outcome.rows)
+    seconds = time.monotonic() - started
+    info = machine()
+    header = (
+        f"`bench/all.py{' --quick' if args.quick else ''}` on {started_at:%Y-%m-%d %H:%M} UTC, "
+        f"{seconds / 60:.1f} min ({', '.join(f'{a} {s:.0f} s' for a, s in area_seconds.items())}); "
+        f"nproc {info['nproc']} ({info['cpu']}), load average {load_at_start} at the start, "
+        f"{_load()} at the end; eventrouter at {info['git']}. ingest: wrk {args.connections} "
+        f"connections, {args.duration:g} s runs after {args.warmup:g} s warm-ups, "
+        f"{args.workers} gunicorn workers; sinks: {args.batches} x {args.batch_events:,} "
+        f"events; dashboard: {args.events:,} events, {args.requests} requests per endpoint."
+    )
+    failed = [row for row in rows if not row.valid]
+    missed = [row for row in rows if row.met is False and row.valid]
+    missed_names = ", ".join(f"{r.area} {r.subject} {r.scenario.split(':')[0]}" for r in missed)
+    summary = [
+        f"- targets: {sum(row.met is True for row in rows)} met, {len(missed)} missed"
+        + (f": {missed_names}" if missed else "")
+    ]
+    if failed:
+        summary.append(f"- **{len(failed)} row(s) failed or lost events**: see the note column")
+    table = [header, "", *markdown(rows), "", *summary]
+    if outcome.notes:
+        table += ["", "Anomalies (bench/ingest.py):", *outcome.notes]
+    print("\n".join(table))
+    latest = RESULTS_DIR / "all-latest.md"
+    latest.write_text("\n".join(["# All benchmarks", "", *table, "", *outcome.reports]) + "\n")
+    json_path = args.json or RESULTS_DIR / "all-latest.json"
+    document = {
+        "started": started_at.isoformat(timespec="seconds"),
+        "seconds": round(seconds, 1),
+        "area_seconds": area_seconds,
+        "load_average": {"start": load_at_start, "end": _load()},
+        "machine": info,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "rows": [asdict(row) for row in rows],
+    }
+    json_path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    log(f"table written to {json_path}; full reports in {latest.relative_to(REPO_ROOT)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

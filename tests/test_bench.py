@@ -1,0 +1,221 @@
+"""bench/all.py, the one benchmark command: its command line, and the table it builds
+from each script's results. Nothing here measures anything: performance is never
+asserted in tests; the results below are made up."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    """bench/all.py as a module (it puts bench/ on sys.path for its siblings: undone)."""
+    path = list(sys.path)
+    spec = importlib.util.spec_from_file_location("bench_all", BENCH_DIR / "all.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = path
+    return module
+
+
+def test_help_names_every_area_and_option() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "all.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    for word in ("--quick", "--only", "--json", "--duration", "--connections", "--workers"):
+        assert word in done.stdout
+    for area in ("ingest", "queue", "sinks", "dashboard"):
+        assert area in done.stdout
+
+
+def test_unknown_area_is_refused() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "all.py"), "--only", "ingest,disk"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--only" in done.stderr
+
+
+def test_quick_and_full_defaults(bench: ModuleType) -> None:
+    full = bench.parse_args([])
+    assert (full.duration, full.batches, full.events) == (15, 10, 1_000_000)
+    assert full.only == ["ingest", "queue", "sinks", "dashboard"]
+    quick = bench.parse_args(["--quick", "--duration", "5", "--only", "sinks"])
+    assert (quick.duration, quick.batches, quick.events) == (5, 2, 100_000)
+    assert quick.only == ["sinks"]
+
+
+def _measurement(ingest: ModuleType, scenario: str, target: str, **numbers: int):
+    """A made-up wrk run of 10 s: ``requests`` answered, ``stored`` events durable."""
+    per_request = 1 if scenario == "single" else 100
+    wrk = ingest.WrkResult(
+        duration_us=10_000_000,
+        requests=numbers["requests"],
+        bytes=0,
+        connect=0,
+        read=0,
+        write=0,
+        timeout=0,
+        status=0,
+        p50_us=2_000,
+        p99_us=numbers.get("p99_us", 10_000),
+        max_us=30_000,
+    )
+    return ingest.Measurement(
+        scenario=ingest.Scenario(scenario, f"/v1/{scenario}", b"{}", per_request),
+        target=target,
+        wrk=wrk,
+        stored=numbers.get("stored"),
+        server_cpu=1.0,
+        wrk_cpu=1.0,
+        broker_cpu=None,
+        idle_cpu=0.0,
+        restarted_workers=0,
+    )
+
+
+def _rows(rows, subject: str) -> dict[str, object]:
+    return {row.scenario.split(":")[0]: row for row in rows if row.subject == subject}
+
+
+def test_table_merges_every_area_with_ratios_to_the_same_runs_bare(bench) -> None:
+    ingest, queue_mode = bench.ingest, bench.ingest.queue_mode
+    bare = [
+        _measurement(ingest, "single", "bare", requests=200_000),  # 20,000 req/s
+        _measurement(ingest, "batch", "bare", requests=10_000),  # 100,000 events/s
+    ]
+    embedded = [
+        _measurement(ingest, "single", "eventrouter", requests=100_000, stored=100_000),
+        _measurement(ingest, "batch", "eventrouter", requests=4_000, stored=400_000),
+    ]
+    queued = [
+        # 8,000 events/s held = 40 % of bare; p99 over the 20 ms target.
+        _measurement(
+            ingest, "single", "eventrouter-queue", requests=80_000, stored=80_000, p99_us=25_000
+        ),
+        # 1,000 events acknowledged but not held by the broker.
+        _measurement(ingest, "batch", "eventrouter-queue", requests=3_000, stored=299_000),
+    ]
+    drain = queue_mode.Drain(
+        events=80_000,
+        rows=80_000,
+        first_row_s=1.0,
+        done_s=5.0,
+        rows_at_first=0,
+        complete=True,
+        worker_cpu=4.0,
+        broker_cpu=None,
+        left_in_queue=0,
+        dead_lettered=0,
+        summary="",
+    )
+    runs = [
+        ingest.TargetRun("bare", bare, []),
+        ingest.TargetRun("eventrouter", embedded, []),
+        ingest.TargetRun("eventrouter-queue", queued, [], drain=drain),
+    ]
+    sink_bench = bench.sink_bench
+
+    def written(name: str, goal: float | None, events: int, seconds: float):
+        return sink_bench.Result(
+            name=name,
+            target=sink_bench.Target({"type": name}, goal),
+            events=events,
+            batches=2,
+            seconds=seconds,
+            batch_seconds=[seconds / 2] * 2,
+            columns={},
+            cpu_self=1.0,
+            cpu_store=0.0,
+        )
+
+    results = [written("s3", 100_000, 500_000, 4.0), written("sqlite", None, 100_000, 1.0)]
+    dashboard = bench.dashboard
+    endpoints = dashboard.endpoints(lambda: "")
+    timings = [
+        dashboard.Timing(
+            "clickhouse", endpoints[0], "/", ms=[250.0, 240.0, 260.0], statuses=[200, 200, 200]
+        ),
+        dashboard.Timing("clickhouse", endpoints[1], "/", ms=[350.0], statuses=[200]),
+        dashboard.Timing("postgres", endpoints[3], "/", ms=[90.0], statuses=[500]),
+    ]
+
+    rows = bench.merge(
+        bench.ingest_rows(runs, connections=64),
+        [*bench.sink_rows(results), bench.failure_row("sinks", "clickhouse", "Refused")],
+        bench.dashboard_rows(timings, events=1_000_000),
+    )
+
+    assert [row.area for row in rows] == (
+        ["ingest"] * 4 + ["queue"] * 3 + ["sinks"] * 3 + ["dashboard"] * 3
+    )
+
+    base = _rows(rows, "bare")
+    assert base["single"].figure == 20_000 and base["batch"].figure == 100_000
+    assert base["single"].ratio is None and base["single"].met is None
+
+    ours = _rows(rows, "eventrouter")
+    assert ours["single"].ratio == pytest.approx(0.5)
+    assert ours["single"].met is True  # >= 45 % of bare, p99 10 ms
+    assert ours["batch"].figure == pytest.approx(40_000)
+    assert ours["batch"].ratio == pytest.approx(0.4)
+    assert ours["batch"].met is False  # < 50,000 events/s
+
+    queue = _rows(rows, "eventrouter-queue")
+    assert queue["single"].ratio == pytest.approx(0.4)
+    assert queue["single"].p99_ms == 25.0
+    assert queue["single"].met is False
+    assert queue["batch"].valid is False and "LOST" in queue["batch"].note
+    assert queue["batch"].met is False
+    worker = next(row for row in rows if row.area == "queue" and row.scenario.startswith("worker"))
+    assert worker.figure == pytest.approx(20_000)  # 80,000 rows in the 4 s after the first
+    assert worker.at_least == pytest.approx(8_000)  # the queue's single ingest rate
+    assert worker.met is True
+
+    s3 = next(row for row in rows if row.subject == "s3")
+    sqlite = next(row for row in rows if row.subject == "sqlite")
+    assert s3.figure == 125_000 and s3.met is True and s3.ratio is None
+    assert sqlite.target == "" and sqlite.met is None
+    broken = next(row for row in rows if row.subject == "clickhouse")
+    assert broken.figure is None and broken.valid is False and "Refused" in broken.note
+
+    first, chart, breakdown = rows[-3:]
+    assert first.figure == 250.0 and first.met is True
+    assert chart.met is False  # 350 ms > 300 ms
+    assert breakdown.valid is False and breakdown.target == "" and breakdown.met is None
+
+    table = bench.markdown(rows)
+    assert len(table) == 2 + len(rows)
+    assert all(line.count("|") == table[0].count("|") for line in table)
+    assert "| ingest | single: POST /v1/track | eventrouter | 10,000 | req/s | 50% | 10.0 |" in (
+        "\n".join(table)
+    )
+    json.dumps([bench.asdict(row) for row in rows], allow_nan=False)
+
+
+def test_ratio_is_not_evaluated_without_a_bare_run(bench) -> None:
+    ingest = bench.ingest
+    single = _measurement(ingest, "single", "eventrouter", requests=100_000, stored=100_000)
+    rows = bench.merge(bench.ingest_rows([ingest.TargetRun("eventrouter", [single], [])], 64))
+    assert rows[0].ratio is None
+    assert rows[0].met is None
+    assert "not evaluated" in rows[0].note
