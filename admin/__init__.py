@@ -12,6 +12,7 @@ from pathlib import Path
 import falcon.asgi
 
 from admin import views
+from admin.privacy import PrivacyView
 from admin.render import Renderer, make_environment
 from admin.tail import TailHub
 from router_core.auth import AdminAuth
@@ -48,5 +49,6 @@ def add_routes(
     app.add_route("/admin/users/{user_id:path}", views.UserView(d))
     app.add_route("/admin/status", views.StatusView(d))
     app.add_route("/admin/sources", views.SourcesView(d))
+    app.add_route("/admin/privacy", PrivacyView(d))
     app.add_static_route("/admin/static", str(STATIC_DIR))
     return hub

@@ -231,6 +231,7 @@ async def _form(req: falcon.asgi.Request) -> dict[str, str]:
 
 class RootView(_View):
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        self.d.require(req)  # like every other admin URL: a wrong bearer token is a 401
         raise falcon.HTTPSeeOther(HOME_PATH)
 
 

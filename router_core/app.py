@@ -21,7 +21,7 @@ import msgspec
 
 import admin
 import snippet.origin
-from router_core import api, ingest, logs, metrics
+from router_core import api, ingest, logs, metrics, openapi
 from router_core import config as config_module
 from router_core.auth import AdminAuth
 from router_core.bus import Bus, make_plugin_manager
@@ -218,6 +218,7 @@ def create_app(
     snippet.origin.add_routes(app, config)
     app.add_route("/health", HealthResource(bus))
     app.add_route("/metrics", MetricsResource(bus))
+    app.add_route("/openapi.json", openapi.OpenAPIResource())
     app.bus = bus  # for tests and plugins that need the running bus
     app.tail = lifespan.tail
     app.config = config

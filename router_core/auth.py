@@ -59,20 +59,25 @@ class AdminAuth:
 
     def __init__(self, token: str, lifetime: int = SESSION_LIFETIME) -> None:
         self.token = token.encode()
+        self._token_digest = hashlib.sha256(self.token).digest()
         self.lifetime = lifetime
         key = hmac.new(self.token, b"eventrouter admin session", hashlib.sha256).digest()
         self._serializer = URLSafeTimedSerializer(key, salt="eventrouter.session")
 
     # -- credentials ------------------------------------------------------------------------
     def token_matches(self, value: str) -> bool:
-        return hmac.compare_digest(value.strip().encode(), self.token)
+        """Constant time, the length included: both sides are compared as SHA-256
+        digests (``compare_digest`` of unequal lengths returns at once)."""
+        sent = hashlib.sha256(value.strip().encode("utf-8", "surrogatepass")).digest()
+        return hmac.compare_digest(sent, self._token_digest)
 
     def bearer(self, req: falcon.asgi.Request) -> bool | None:
         """True for a valid bearer token, False for a wrong one, None when none is sent."""
         scheme, _, value = (req.auth or "").partition(" ")
-        if scheme.lower() != "bearer" or not value:
+        if scheme.lower() != "bearer":
             return None
-        return self.token_matches(value)
+        # ``Bearer`` with no token is a script's mistake too: a 401, not a sign-in page.
+        return bool(value.strip()) and self.token_matches(value)
 
     def session(self, req: Any) -> Session | None:
         """The request's session, if its cookie is present, signed by us and not expired."""

@@ -390,7 +390,10 @@ class Bus:
         ]
         if failed:
             name, exc = failed[0]
-            raise NotDurable(f"{name}: {type(exc).__name__}")
+            # Only the type: a message may name hosts or credentials. An error meant for
+            # the client (``client_safe = True``, e.g. the full spool) is quoted.
+            said = str(exc) if getattr(exc, "client_safe", False) else type(exc).__name__
+            raise NotDurable(f"{name}: {said}")
         await self.committed(commands, None)
 
     async def deliver(self, sink: str, commands: Sequence[Command]) -> Sequence[Command]:

@@ -14,6 +14,7 @@ import pluggy
 
 from router_core import __version__, logs
 from router_core import config as config_module
+from router_core import privacy as privacy_command
 from router_core import upload as upload_command
 from router_core.bus import ENTRY_POINT_GROUP, Bus, make_plugin_manager
 from router_core.config import Config, ConfigError
@@ -254,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_config_check)
 
     upload_command.add_parser(commands)
+    privacy_command.add_parser(commands)
     return parser
 
 

@@ -12,6 +12,7 @@ The reference for every key is ``docs/configuration.md``.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import secrets
@@ -25,6 +26,7 @@ ENV_CONFIG = "EVENTROUTER_CONFIG"
 ENV_ADMIN_TOKEN = "EVENTROUTER_ADMIN_TOKEN"
 ENV_DATA_DIR = "EVENTROUTER_DATA_DIR"
 ENV_PORT = "EVENTROUTER_PORT"
+ENV_SCRUB_SALT = "EVENTROUTER_SCRUB_SALT"
 DEFAULT_DATA_DIR = "./eventrouter-data"
 
 
@@ -74,11 +76,31 @@ class _Strict(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     pass
 
 
+class RateLimit(_Strict):
+    """A token bucket: ``events_per_second`` refill, ``burst`` capacity (in events)."""
+
+    events_per_second: Annotated[float, msgspec.Meta(gt=0)]
+    #: Default: one second's worth (at least 1).
+    burst: PositiveInt | None = None
+
+    @property
+    def capacity(self) -> int:
+        return self.burst or max(1, math.ceil(self.events_per_second))
+
+
+IPMode = Literal["keep", "truncate", "drop"]
+
+
 class SourceConfig(_Strict):
     """A source: who may send, identified by its writeKey."""
 
     name: Annotated[str, msgspec.Meta(min_length=1)]
     write_key: Annotated[str, msgspec.Meta(min_length=1)]
+    #: Events this source may send; default: ``[rate_limits] default`` (or unlimited).
+    rate_limit: RateLimit | None = None
+    #: ``context.ip`` of this source's events: ``keep``, ``truncate`` (IPv4 /24, IPv6
+    #: /48) or ``drop``; default: ``[privacy] ip``.
+    ip: IPMode | None = None
 
 
 class ServerConfig(_Strict):
@@ -97,6 +119,12 @@ class ServerConfig(_Strict):
     #: ``text`` for people, ``json`` (one object per line, with request ids) for log
     #: pipelines; EVENTROUTER_LOG_FORMAT overrides it.
     log_format: Literal["text", "json"] = "text"
+    #: Ingestion bodies nesting objects and arrays deeper than this answer 400 too_deep.
+    #: At most 512: the JSON decoder recurses once per level, and Python's recursion
+    #: limit is about 1000.
+    max_json_depth: Annotated[int, msgspec.Meta(ge=1, le=512)] = 64
+    #: Ingestion bodies with an object of more keys than this answer 400 too_many_keys.
+    max_json_keys: PositiveInt = 10_000
 
 
 class AdminConfig(_Strict):
@@ -144,6 +172,22 @@ SHARED_SINK_KEYS = frozenset({"type", "acknowledgements", "batch", "buffer", "re
 QUEUE_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss")
 
 
+class SpoolConfig(_Strict):
+    """``[queue.spool]``: where the edge keeps accepted events while the broker is
+    unreachable (``router_core/spool.py``)."""
+
+    #: Off: while the broker is unreachable, requests answer 503 instead.
+    enabled: bool = True
+    #: Default: ``$EVENTROUTER_DATA_DIR/spool``. One directory per server process below it.
+    dir: str | None = None
+    #: Most bytes one server process spools; past it, requests answer 503 + Retry-After.
+    max_bytes: PositiveInt = 256 * 1024 * 1024
+
+    def root(self) -> Path:
+        data_dir = os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR
+        return Path(self.dir) if self.dir else Path(data_dir) / "spool"
+
+
 class QueueConfig(_Strict):
     """``[queue]``: the broker between the edge and the workers (absent = embedded mode)."""
 
@@ -172,6 +216,8 @@ class QueueConfig(_Strict):
     #: delivered again. Keep it above the longest a worker may hold a batch (its writes,
     #: up to ``write_timeout`` each, and retries), or a slow batch is delivered twice.
     visibility_timeout: Duration = Duration(300.0)
+    #: The edge's local spool while the broker is unreachable.
+    spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
 
     @property
     def transport(self) -> str:
@@ -193,9 +239,44 @@ class DedupConfig(_Strict):
     timeout: Duration = Duration(0.5)
 
 
+class RateLimitsConfig(_Strict):
+    """``[rate_limits]``: where the token buckets live, and the limit of sources without
+    their own ``rate_limit`` (open ingestion's ``default`` source too)."""
+
+    #: ``redis://host:6379/db``: one bucket per source shared by every process and
+    #: machine. Default: ``[dedup] url`` when dedup is configured, else per process.
+    url: str | None = None
+    default: RateLimit | None = None
+    #: Prefix of the Redis keys.
+    prefix: Annotated[str, msgspec.Meta(min_length=1)] = "eventrouter:ratelimit"
+    #: Redis connect and read timeout; past it the request is let through (fail open).
+    timeout: Duration = Duration(0.25)
+
+
 class PluginsConfig(_Strict):
     #: Plugin names (as `eventrouter plugins` lists them) not to load.
     disabled: list[str] = []
+
+
+class ScrubConfig(_Strict):
+    """``[privacy.scrub]``: JSON paths removed or hashed on the edge, before any sink."""
+
+    #: Paths removed: ``properties.password``, ``context.traits.*``.
+    drop: list[str] = []
+    #: Paths whose value is replaced by the hex HMAC-SHA256 of it, keyed by ``salt``.
+    hash: list[str] = []
+    #: The hash key; EVENTROUTER_SCRUB_SALT overrides it. Required with ``hash`` paths.
+    salt: str | None = None
+
+
+class PrivacyConfig(_Strict):
+    """``[privacy]``: IP anonymisation, PII scrubbing, suppression (docs/privacy.md)."""
+
+    #: ``context.ip`` of every source without its own ``ip`` (and of open ingestion).
+    ip: IPMode = "keep"
+    #: How often each process re-reads the suppression list from the admin store.
+    refresh: Duration = Duration(5.0)
+    scrub: ScrubConfig = msgspec.field(default_factory=ScrubConfig)
 
 
 class Config(_Strict):
@@ -206,6 +287,8 @@ class Config(_Strict):
     sinks: dict[SinkName, SinkConfig] = {}
     queue: QueueConfig | None = None
     dedup: DedupConfig | None = None
+    rate_limits: RateLimitsConfig | None = None
+    privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
     #: The file this came from (not a TOML key).
     path: str | None = None
 
@@ -273,6 +356,46 @@ def _env_port(value: str, file: str | None) -> int:
     return port
 
 
+#: The JSON columns a ``[privacy.scrub]`` path may start with.
+SCRUB_COLUMNS = ("properties", "traits", "context")
+
+
+def split_scrub_path(path: str) -> tuple[str, tuple[str, ...]]:
+    """``"context.traits.email"`` → ``("context", ("traits", "email"))``.
+
+    :raises ValueError: not a column followed by at least one non-empty key."""
+    column, *segments = path.split(".")
+    if column not in SCRUB_COLUMNS or not segments or not all(segments):
+        raise ValueError(
+            f"{path!r} is not a path such as properties.email, traits.phone or "
+            "context.traits.email (properties, traits or context, then keys or *)"
+        )
+    return column, tuple(segments)
+
+
+def _check_scrub(scrub: ScrubConfig, file: str | None, env: dict[str, str]) -> None:
+    seen: dict[str, str] = {}
+    for action in ("drop", "hash"):
+        for i, path in enumerate(getattr(scrub, action)):
+            key = f"privacy.scrub.{action}[{i}]"
+            try:
+                split_scrub_path(path)
+            except ValueError as exc:
+                raise ConfigError(file, key, str(exc)) from None
+            if path in seen:
+                raise ConfigError(file, key, f"{path!r} is listed in {seen[path]} already")
+            seen[path] = f"privacy.scrub.{action}"
+    if salt := env.get(ENV_SCRUB_SALT):
+        scrub.salt = salt
+    if scrub.hash and not scrub.salt:
+        raise ConfigError(
+            file,
+            "privacy.scrub.salt",
+            f"required with privacy.scrub.hash (or set {ENV_SCRUB_SALT}): an unsalted "
+            "hash of an email address or phone number is reversed by trying them all",
+        )
+
+
 def parse(
     raw: dict[str, Any], file: str | None = None, env: dict[str, str] | None = None
 ) -> Config:
@@ -319,6 +442,9 @@ def parse(
             )
     if config.dedup is not None and not config.dedup.url.startswith(("redis://", "rediss://")):
         raise ConfigError(file, "dedup.url", "expected a redis:// URL")
+    limits_url = config.rate_limits.url if config.rate_limits is not None else None
+    if limits_url is not None and not limits_url.startswith(("redis://", "rediss://")):
+        raise ConfigError(file, "rate_limits.url", "expected a redis:// URL")
     if token := env.get(ENV_ADMIN_TOKEN):
         config.admin.token = token
     if port := env.get(ENV_PORT):
@@ -330,6 +456,7 @@ def parse(
             raise ConfigError(
                 file, f"server.trusted_proxies[{i}]", f"{network!r} is not an address or network"
             ) from None
+    _check_scrub(config.privacy.scrub, file, env)
     return config
 
 

@@ -9,7 +9,6 @@ dispatched; the ``200 {"success": true}`` is sent only after the acknowledging s
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import zlib
 from collections import Counter
@@ -21,11 +20,14 @@ import falcon
 import falcon.asgi
 import msgspec
 
-from router_core import metrics, model, proxies
+from plugins.ratelimit import PLUGIN_NAME as RATE_LIMITER
+from plugins.ratelimit import RateLimiter
+from router_core import ipanon, limits, metrics, model, proxies
 from router_core.bus import Bus
 from router_core.commands import Command
 from router_core.config import Config
 from router_core.errors import APIError, InvalidEvent, from_validation_error
+from router_core.keys import WriteKeys
 from router_core.normalise import Envelope, legacy_to_command, to_command
 
 log = logging.getLogger("eventrouter.ingest")
@@ -45,8 +47,17 @@ class Ingestor:
 
     def __init__(self, config: Config, bus: Bus) -> None:
         self.bus = bus
-        self.sources = {s.write_key: s.name for s in config.sources}
+        self.sources = WriteKeys((s.write_key, s.name) for s in config.sources)
         self.proxies = proxies.TrustedProxies(config.server.trusted_proxies)
+        self.max_json_depth = config.server.max_json_depth
+        self.max_json_keys = config.server.max_json_keys
+        #: ``context.ip`` treatment per source name (``[privacy] ip`` unless overridden).
+        self.ip_default = config.privacy.ip
+        self.ip_modes = {s.name: s.ip or config.privacy.ip for s in config.sources}
+        #: Per-source rate limits (None: no source has one); a plugin for /health.
+        self.limiter = RateLimiter.from_config(config)
+        if self.limiter is not None:
+            bus.pm.register(self.limiter, name=RATE_LIMITER)
 
     # -- dispatch ------------------------------------------------------------------------
     async def dispatch(self, commands: Sequence[Command]) -> None:
@@ -96,6 +107,17 @@ class Ingestor:
             )
         if not body:
             raise InvalidEvent("empty_body", "body: the request body is empty")
+        if not body.isascii():
+            # msgspec raises UnicodeDecodeError (not one of its own errors) for invalid
+            # UTF-8, and only in the parts it decodes: refuse the whole body here.
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidEvent(
+                    "invalid_json", f"body: not valid JSON: invalid UTF-8 at byte {exc.start}"
+                ) from None
+        # Before any decoder: msgspec recurses once per level of nesting.
+        limits.check_structure(body, self.max_json_depth, self.max_json_keys)
         return body
 
     # -- writeKey ----------------------------------------------------------------------
@@ -121,14 +143,18 @@ class Ingestor:
                 "writeKey: send it as the Basic-auth username or as writeKey in the body",
                 headers={"WWW-Authenticate": 'Basic realm="eventrouter"'},
             )
-        name = self.sources.get(key)
+        name = self.sources.name(key)
         if name is None:
             raise APIError(401, "invalid_write_key", "writeKey: not the key of any source")
         return name
 
     def envelope(self, req: falcon.asgi.Request, source: str, **batch: Any) -> Envelope:
+        ip = self.proxies.client_ip(req)
+        ip_mode = self.ip_modes.get(source, self.ip_default)
+        if ip_mode != ipanon.KEEP:
+            ip = ipanon.anonymise(ip, ip_mode)
         return Envelope(
-            received_at=datetime.now(UTC), source=source, ip=self.proxies.client_ip(req), **batch
+            received_at=datetime.now(UTC), source=source, ip=ip, ip_mode=ip_mode, **batch
         )
 
 
@@ -163,7 +189,7 @@ def _basic_username(req: falcon.asgi.Request) -> str | None:
         return None
     try:
         decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, or a header byte over 0x7f
         raise APIError(
             401, "invalid_authorization", "Authorization: malformed Basic credentials"
         ) from None
@@ -187,6 +213,8 @@ class SingleEventResource:
         except msgspec.MsgspecError as exc:
             raise from_validation_error(exc) from None
         source = ingestor.source(header_key or message.write_key)
+        if ingestor.limiter is not None:
+            await ingestor.limiter.admit(source, 1)
         command = to_command(message, ingestor.envelope(req, source), self.kind)
         await ingestor.dispatch((command,))
         resp.data = SUCCESS
@@ -215,6 +243,8 @@ class BatchResource:
                 "too_many_events", f"batch: {len(items)} events, at most {MAX_BATCH_EVENTS} allowed"
             )
         source = ingestor.source(header_key or envelope.write_key)
+        if ingestor.limiter is not None:  # every item counts, valid or not: all cost us
+            await ingestor.limiter.admit(source, len(items))
         env = ingestor.envelope(
             req,
             source,
@@ -280,6 +310,8 @@ class LegacyTrackResource:
                 command = to_command(message, ingestor.envelope(req, source), "track")
         except msgspec.MsgspecError as exc:
             raise from_validation_error(exc) from None
+        if ingestor.limiter is not None:
+            await ingestor.limiter.admit(source, 1)
         await ingestor.dispatch((command,))
         resp.data = SUCCESS
 

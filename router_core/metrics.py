@@ -65,7 +65,7 @@ class Metrics:
     """Every metric eventrouter records (names and labels are in docs/metrics.md)."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple, Any] = {}
@@ -138,6 +138,47 @@ class Metrics:
             "eventrouter_dedup_dropped",
             "Events dropped as already seen by the Redis dedup plugin, per sink.",
             ["sink"],
+            registry=r,
+        )
+        self.suppressed_dropped = Counter(
+            "eventrouter_suppressed_dropped",
+            "Events of suppressed user or anonymous ids dropped before any sink, per sink "
+            "(edge: on the server, before the broker).",
+            ["sink"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "eventrouter_rate_limited_events",
+            "Events refused with 429 by their source's rate limit, per source.",
+            ["source"],
+            registry=r,
+        )
+
+        self.spool_bytes = Gauge(
+            "eventrouter_spool_bytes",
+            "Bytes in the edge's local spool, waiting for the broker (all live processes).",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.spool_events = Gauge(
+            "eventrouter_spool_events",
+            "Events in the edge's local spool, waiting for the broker (all live processes).",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.spool_spooled = Counter(
+            "eventrouter_spool_spooled_events",
+            "Events the edge wrote to its local spool because the broker did not take them.",
+            registry=r,
+        )
+        self.spool_replayed = Counter(
+            "eventrouter_spool_replayed_events",
+            "Spooled events published to the broker once it answered again.",
+            registry=r,
+        )
+        self.spool_refused = Counter(
+            "eventrouter_spool_refused_events",
+            "Events answered 503 because the broker was down and the spool full.",
             registry=r,
         )
 

@@ -19,6 +19,15 @@ MessageId = Annotated[str, msgspec.Meta(max_length=99)]
 #: Identifiers may arrive as numbers from some SDKs; they are stored as strings.
 Identifier = str | int
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+#: ISO 8601 / RFC 3339; one without an offset is taken as UTC (the schema says so for
+#: the OpenAPI document, decoding is unchanged).
+Timestamp = Annotated[
+    datetime,
+    msgspec.Meta(
+        extra_json_schema={"format": "date-time"},
+        description="ISO 8601 time; without an offset it is taken as UTC",
+    ),
+]
 
 
 class Message(msgspec.Struct, kw_only=True, rename="camel", tag_field="type"):
@@ -27,9 +36,9 @@ class Message(msgspec.Struct, kw_only=True, rename="camel", tag_field="type"):
     user_id: Identifier | None = None
     anonymous_id: Identifier | None = None
     message_id: MessageId | None = None
-    timestamp: datetime | None = None
-    original_timestamp: datetime | None = None
-    sent_at: datetime | None = None
+    timestamp: Timestamp | None = None
+    original_timestamp: Timestamp | None = None
+    sent_at: Timestamp | None = None
     context: dict[str, Any] | None = None
     integrations: dict[str, Any] | None = None
     #: Not part of Segment's spec; many SDKs put a session id here or in context.
@@ -76,7 +85,7 @@ class BatchEnvelope(msgspec.Struct, kw_only=True, rename="camel"):
     batch: list[msgspec.Raw]
     context: dict[str, Any] | None = None
     integrations: dict[str, Any] | None = None
-    sent_at: datetime | None = None
+    sent_at: Timestamp | None = None
     write_key: str | None = None
 
 
@@ -89,7 +98,7 @@ class LegacyTrack(msgspec.Struct, kw_only=True):
 
     event_type: NonEmpty
     properties: dict[str, Any] | None = None
-    timestamp: datetime | None = None
+    timestamp: Timestamp | None = None
     user_id: Identifier | None = None
     anonymous_id: Identifier | None = None
     session_id: Identifier | None = None

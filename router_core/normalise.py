@@ -11,7 +11,8 @@ Segment's rules, applied here once for every entry point:
   with neither, ``timestamp = receivedAt``;
 * batch-level ``context``, ``integrations`` and ``sentAt`` apply to every item, the
   item's own keys winning;
-* ``context.ip`` is filled from the connection when the client did not set it.
+* ``context.ip`` is filled from the connection when the client did not set it, and
+  anonymised per the source's ``ip`` setting (:mod:`router_core.ipanon`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from router_core import commands as c
+from router_core import ipanon
 from router_core import model as m
 from router_core.errors import InvalidEvent
 
@@ -62,6 +64,9 @@ class Envelope:
     received_at: datetime
     source: str
     ip: str | None = None
+    #: ``[privacy] ip`` / ``sources[].ip`` of the request's source; ``ip`` above is
+    #: anonymised already, a client-supplied ``context.ip`` is anonymised per event.
+    ip_mode: str = ipanon.KEEP
     context: dict[str, Any] | None = None
     integrations: dict[str, Any] | None = None
     sent_at: datetime | None = None
@@ -123,6 +128,8 @@ def _context(msg_context: dict | None, env: Envelope) -> dict:
         ctx = msg_context if msg_context is not None else {}
     if env.ip and "ip" not in ctx:
         ctx["ip"] = env.ip
+    elif env.ip_mode != ipanon.KEEP and "ip" in ctx:
+        ipanon.apply(ctx, env.ip_mode)  # the client's own context.ip
     return ctx
 
 

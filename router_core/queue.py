@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -122,13 +123,22 @@ def close(connection: Connection, timeout: float) -> None:
         drop(connection)
 
 
+#: Query parameters that carry a secret (redis-py and libpq read ``?password=``).
+_SECRET_PARAM = re.compile(
+    r"([?&](?:password|passwd|pass|pwd|secret|token|access_key|secret_key|sslpassword)=)[^&#]*",
+    re.IGNORECASE,
+)
+
+
 def describe(url: str) -> str:
-    """The URL without its password, for logs and /health."""
+    """The URL without its password (in the userinfo or a ``?password=``), for logs,
+    /health and ``config check``."""
     scheme, sep, rest = url.partition("://")
     if "@" in rest:
         credentials, _, host = rest.rpartition("@")
         user = credentials.split(":", 1)[0]
         rest = f"{user}:***@{host}" if ":" in credentials else f"{user}@{host}"
+    rest = _SECRET_PARAM.sub(r"\1***", rest)
     return f"{scheme}{sep}{rest}"
 
 

@@ -28,6 +28,7 @@ from sqlalchemy import (
     and_,
     case,
     cast,
+    false,
     func,
     literal,
     literal_column,
@@ -234,12 +235,13 @@ def _clickhouse_json_text(
     for segment in segments[:-1]:
         parent = func.visitParamExtractRaw(parent, segment)
     raw = func.visitParamExtractRaw(parent, segments[-1])
+    string = func.visitParamExtractString(parent, segments[-1])
     return case(
-        (
-            func.substring(raw, 1, 1) == literal('"'),
-            func.visitParamExtractString(parent, segments[-1]),
-        ),
-        (raw.in_([literal(""), literal("null")]), null()),
+        (func.substring(raw, 1, 1) == literal('"'), string),
+        (raw == literal("null"), null()),
+        # Empty: a missing key, or a string whose raw extraction failed (18.x finds no
+        # end to ``"\\"``, a string ending in a backslash) but which unescapes fine.
+        (raw == literal(""), func.nullIf(string, literal(""))),
         else_=raw,
     )
 
@@ -360,18 +362,28 @@ class EventStore:
 
         :raises InvalidQuery: too many path conditions, or a dialect without JSON access."""
         conditions = [
-            events.c[name] == value
+            self._equals(events.c[name], value)
             for name in FILTER_COLUMNS
             if (value := getattr(where, name)) is not None
         ]
         if len(where.paths) > MAX_PATH_CONDITIONS:
             raise InvalidQuery("paths", f"at most {MAX_PATH_CONDITIONS} path conditions")
-        conditions += [self._json_text(c.column, c.path) == c.value for c in where.paths]
+        conditions += [
+            self._equals(self._json_text(c.column, c.path), c.value) for c in where.paths
+        ]
         if where.since is not None:
             conditions.append(events.c.timestamp >= self._time(where.since))
         if where.until is not None:
             conditions.append(events.c.timestamp < self._time(where.until))
         return conditions
+
+    def _equals(self, expression: ColumnElement, value: str) -> ColumnElement:
+        """``expression = value``, bound. PostgreSQL text cannot hold a NUL character, so
+        no stored value has one, and the driver refuses to send one (a 500 for a query
+        string with ``%00``): there, such a value is a condition nothing meets."""
+        if "\x00" in value and self.engine.dialect.name == "postgresql":
+            return false()
+        return expression == value
 
     def query(
         self, where: EventFilter, limit: int = DEFAULT_LIMIT, cursor: str | None = None
@@ -404,7 +416,7 @@ class EventStore:
         return Page(events=[self._event(row) for row in rows], next_cursor=next_cursor)
 
     def get(self, message_id: str) -> dict[str, Any] | None:
-        statement = self._select().where(events.c.message_id == message_id)
+        statement = self._select().where(self._equals(events.c.message_id, message_id))
         if self.engine.dialect.name == "clickhouse":
             statement = statement.limit(1)
         with self.engine.connect() as connection:
@@ -490,7 +502,7 @@ class EventStore:
         as every store has them (PostgreSQL's ``users`` table is one store's copy)."""
         statement = (
             self._select(events.c.traits)
-            .where(events.c.user_id == user_id, events.c.type == "identify")
+            .where(self._equals(events.c.user_id, user_id), events.c.type == "identify")
             .order_by(events.c.timestamp.desc())
             .limit(limit)
         )

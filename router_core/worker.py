@@ -11,7 +11,10 @@ Failures:
 
 - a message that cannot be decoded goes straight to the sink's dead-letter queue;
 - a failed write is retried with exponential backoff per the sink's ``retry`` block
-  (``attempts``, ``initial_backoff``, ``max_duration``); when the retries are spent,
+  (``attempts``, ``initial_backoff``, ``max_duration``); when the retries are spent
+  and the sink's own health probe says it is unreachable (a database down, a network
+  cut), the batch is not at fault: it is held, unacknowledged, and written again once the
+  probe answers (an outage of any length dead-letters nothing); when the sink is up,
   each message of the batch is tried once on its own, and those that still fail are
   dead-lettered with the reason in their headers, the rest acknowledged;
 - a lost broker connection drops the batch in hand unacknowledged (the broker delivers
@@ -49,6 +52,8 @@ MIN_LINGER = 0.001
 IDLE_POLL = 0.25
 #: Reconnection backoff bounds (seconds).
 RECONNECT_MIN, RECONNECT_MAX = 0.5, 5.0
+#: Seconds between health probes of a sink that is down, while its batch is held.
+SINK_DOWN_POLL = 1.0
 
 
 class Abandoned(Exception):
@@ -138,13 +143,15 @@ class SinkConsumer(threading.Thread):
         self.dropped = 0
         self.retries = 0
         self.dead_lettered = 0
+        #: Batches held while the sink was unreachable, rather than dead-lettered.
+        self.held = 0
         self.last_error: str | None = None
 
     def summary(self) -> str:
         return (
             f"sink {self.sink}: {self.messages} messages, {self.written} events written, "
             f"{self.dropped} dropped as duplicates, {self.retries} retries, "
-            f"{self.dead_lettered} dead-lettered"
+            f"{self.dead_lettered} dead-lettered, {self.held} batches held while it was down"
         )
 
     # -- connection loop ---------------------------------------------------------------
@@ -234,6 +241,8 @@ class SinkConsumer(threading.Thread):
             return
         commands = [command for _, batch in decoded for command in batch]
         error, attempts = self._deliver(commands, retry=True)
+        if error is not None and (down := self._sink_down()) is not None:
+            error, attempts = self._hold(commands, down, attempts)
         if error is None:
             for message, _ in decoded:
                 message.ack()
@@ -248,6 +257,31 @@ class SinkConsumer(threading.Thread):
                 message.ack()
             else:
                 self._dead_letter(message, _describe(single_error), attempts + 1)
+
+    def _sink_down(self) -> str | None:
+        """Why the sink is unreachable, by its own health probe; None if it is up."""
+        try:
+            component = self.worker.bus.sinks[self.sink].health()
+        except Exception as exc:  # a probe that raises: down
+            return _describe(exc)
+        return None if component.up else (component.detail or "down")
+
+    def _hold(self, commands: list[Command], down: str, attempts: int) -> tuple:
+        """The retries are spent while the sink is unreachable: keep the batch
+        (unacknowledged) and write it again whenever the probe answers, until a write
+        succeeds or fails with the sink up (then the caller dead-letters as usual)."""
+        self.held += 1
+        log.error("%s: sink unreachable (%s); holding %d events", self.sink, down, len(commands))
+        while True:
+            while down is not None:
+                if self.worker.stopping.wait(SINK_DOWN_POLL):
+                    raise Abandoned  # unacknowledged: delivered again after the restart
+                down = self._sink_down()
+            log.info("%s: sink reachable again; writing the held batch", self.sink)
+            error, more = self._deliver(commands, retry=True)
+            attempts += more
+            if error is None or (down := self._sink_down()) is None:
+                return error, attempts
 
     def _deliver(self, commands: list[Command], *, retry: bool) -> tuple[BaseException | None, int]:
         """Deliver with the sink's retry policy: ``(error or None, attempts made)``."""

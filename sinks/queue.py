@@ -13,6 +13,12 @@ down, confirm timed out, message nacked) fails its requests with 503 + Retry-Aft
 connection is dropped and the next group reconnects, at most every
 ``RECONNECT_INTERVAL`` so that a dead broker costs requests nothing but the answer.
 The topology (``router_core.queue``) is declared on every new connection.
+
+While the broker cannot take a group, it goes to the process's local spool
+(``router_core/spool.py``, ``[queue.spool]``): appended and fsynced, then answered
+``200``; a replay thread publishes the spool back, oldest first, once the broker answers.
+While anything of this process is still spooled, new groups are spooled behind it, so
+the spool drains in order. A full spool answers 503 + Retry-After.
 """
 
 from __future__ import annotations
@@ -22,23 +28,27 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from kombu import Producer
 
+from router_core import metrics
 from router_core import queue as broker
 from router_core.commands import Command, encode_many
 from router_core.config import QueueConfig
 from router_core.health import ComponentHealth
 from router_core.hookspecs import hookimpl
 from router_core.sink import Sink, resolve_waiters
+from router_core.spool import Spool, SpoolFull
 
 log = logging.getLogger("eventrouter.sinks.queue")
 
 _STOP = object()
 #: Seconds between reconnection attempts while the broker is unreachable.
 RECONNECT_INTERVAL = 0.5
+#: Seconds between looks for spools left by processes that are gone.
+ORPHAN_INTERVAL = 5.0
 
 
 def _msgpack_items(encoded_array: bytes) -> bytes:
@@ -48,6 +58,20 @@ def _msgpack_items(encoded_array: bytes) -> bytes:
     if 0x90 <= first <= 0x9F:
         return encoded_array[1:]
     return encoded_array[3:] if first == 0xDC else encoded_array[5:]
+
+
+def _messages(group: list, limit: int) -> Iterator[tuple[int, bytes]]:
+    """``(event count, body)`` of the messages ``group`` is published as: the writes of
+    several requests joined, split to at most ``limit`` events (one write is never split)."""
+    start = 0
+    while start < len(group):
+        count, items, end = 0, [], start
+        while end < len(group) and (count == 0 or count + group[end][0] <= limit):
+            count += group[end][0]
+            items.append(group[end][1])
+            end += 1
+        yield count, _msgpack_array(count, items)
+        start = end
 
 
 def _msgpack_array(count: int, items: list[bytes]) -> bytes:
@@ -77,11 +101,21 @@ class QueueSink(Sink):
         #: Wall time spent publishing and waiting for confirms (for /health).
         self.publish_seconds = 0.0
         self.last_error: str | None = None
+        self.spool: Spool | None = None
+        self._replayer: threading.Thread | None = None
+        self._replay_wake = threading.Event()
+        self._stopping = threading.Event()
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self, bus: Any) -> None:
         self._loop = asyncio.get_running_loop()
         self.topology = broker.Topology(self.options, bus.config.sinks)
+        if self.options.spool.enabled:
+            self.spool = Spool(self.options.spool.root(), self.options.spool.max_bytes)
+            self._replayer = threading.Thread(
+                target=self._replay_run, name="queue-spool-replay", daemon=True
+            )
+            self._replayer.start()
         for i in range(self.options.publishers):
             thread = threading.Thread(target=self._run, name=f"queue-publisher-{i}", daemon=True)
             thread.start()
@@ -93,6 +127,12 @@ class QueueSink(Sink):
         for thread in self._threads:
             await asyncio.to_thread(thread.join)
         self._threads.clear()
+        if self._replayer is not None:
+            self._stopping.set()
+            self._replay_wake.set()
+            await asyncio.to_thread(self._replayer.join)
+            self._replayer = None
+            self.spool.close()
 
     # -- the request path --------------------------------------------------------------
     async def write(self, commands: Sequence[Command]) -> None:
@@ -108,10 +148,69 @@ class QueueSink(Sink):
         publisher = _Publisher(self)
         try:
             while (group := self._next_group()) is not None:
-                error = publisher.publish(group)
+                error = self._take(publisher, group)
                 self._loop.call_soon_threadsafe(resolve_waiters, group, error)
         finally:
             publisher.close()
+
+    def _take(self, publisher: _Publisher, group: list) -> BaseException | None:
+        """Publish ``group``, or spool it if the broker did not take it or older events
+        of this process are still spooled; the error its requests fail with, if any."""
+        spool = self.spool
+        if spool is None or spool.empty:
+            error = publisher.publish(group)
+            if error is None or spool is None:
+                return error
+        try:
+            for count, body in _messages(group, self.options.max_events_per_message):
+                spool.append(count, body)
+                metrics.get().spool_spooled.inc(count)
+        except (SpoolFull, OSError) as exc:
+            log.error("spool: %s", exc)
+            metrics.get().spool_refused.inc(sum(entry[0] for entry in group))
+            return exc
+        finally:
+            self._spool_gauges()
+            self._replay_wake.set()
+        return None
+
+    def _replay_run(self) -> None:
+        """The replay thread: publishes the spool back whenever the broker answers."""
+        publisher = _Publisher(self)
+        try:
+            while not self._stopping.is_set():
+                self._replay_wake.wait(ORPHAN_INTERVAL if self.spool.empty else None)
+                self._replay_wake.clear()
+                self._replay_once(publisher)
+            if not self.spool.empty:  # stopping: one last try, the broker may be back
+                self._replay_once(publisher)
+        finally:
+            publisher.close()
+
+    def _replay_once(self, publisher: _Publisher) -> None:
+        if self.spool.empty and not self.spool.orphans():
+            return
+        try:
+            publisher.connect()  # no sealing of segments while the broker is down
+            replayed = self.spool.replay(publisher.publish_body)
+        except Exception as exc:
+            publisher.close(graceful=False)
+            if not self._stopping.is_set():
+                log.debug("spool replay waits for the broker: %s", exc)
+                self._stopping.wait(RECONNECT_INTERVAL)
+                self._replay_wake.set()  # and tries again
+            return
+        if replayed:
+            metrics.get().spool_replayed.inc(replayed)
+            log.info("replayed %d spooled events to the broker", replayed)
+        self._spool_gauges()
+        if not self.spool.empty:
+            self._replay_wake.set()  # appended meanwhile: go on
+
+    def _spool_gauges(self) -> None:
+        recorded = metrics.get()
+        recorded.spool_bytes.set(self.spool.bytes)
+        recorded.spool_events.set(self.spool.events)
 
     def _next_group(self) -> list | None:
         """Block for the next write, then take what else is queued (waiting up to
@@ -136,13 +235,14 @@ class QueueSink(Sink):
         return group
 
     # -- health ------------------------------------------------------------------------
-    def health(self) -> ComponentHealth:
+    def health(self) -> list[ComponentHealth]:
         """The broker is up when a fresh connection can reach every sink's queue; the
         depth of each queue and dead-letter queue is in the stats."""
         component = ComponentHealth(
             name="broker",
             up=False,
-            required=True,
+            # With a spool, requests are answered while the broker is down.
+            required=self.spool is None,
             stats={
                 "published_messages": self.published_messages,
                 "published_events": self.published_events,
@@ -152,6 +252,7 @@ class QueueSink(Sink):
                 ),
             },
         )
+        components = [component] if self.spool is None else [component, self._spool_health()]
         where = broker.describe(self.options.url)
         connection = None
         try:
@@ -166,11 +267,32 @@ class QueueSink(Sink):
             if connection is not None:
                 broker.drop(connection)
             component.detail = f"{where}: {type(exc).__name__}: {exc}"
-            return component
+            return components
         broker.close(connection, self.options.connect_timeout)
         component.up = True
         component.detail = where + (f"; last error: {self.last_error}" if self.last_error else "")
-        return component
+        return components
+
+    def _spool_health(self) -> ComponentHealth:
+        """Down once full (an append was refused): requests answer 503 until the
+        broker is back and the replay makes room."""
+        spool = self.spool
+        return ComponentHealth(
+            name="spool",
+            up=not spool.full,
+            required=True,
+            detail=f"{spool.directory} ({spool.bytes} of {spool.max_bytes} bytes used)",
+            stats={
+                "bytes": spool.bytes,
+                "max_bytes": spool.max_bytes,
+                "events": spool.events,
+                "spooled_events": spool.spooled_events,
+                "replayed_events": spool.replayed_events,
+                "refused_events": spool.refused_events,
+                "adopted_events": spool.adopted_events,
+                "orphan_bytes": spool.orphan_bytes(),
+            },
+        )
 
 
 class _Publisher:
@@ -183,6 +305,10 @@ class _Publisher:
         self.producer: Producer | None = None
         self.retry_at = 0.0
         self.connect_error: str | None = None
+
+    def connect(self) -> None:
+        """Connect now if not connected (raises while the broker is unreachable)."""
+        self._producer()
 
     def _producer(self) -> Producer:
         if self.producer is not None:
@@ -207,27 +333,9 @@ class _Publisher:
 
     def publish(self, group: list) -> BaseException | None:
         """Publish ``group`` (split by ``max_events_per_message``); the error, if any."""
-        limit = self.options.max_events_per_message
         try:
-            producer = self._producer()
-            start = 0
-            while start < len(group):
-                count, items, end = 0, [], start
-                while end < len(group) and (count == 0 or count + group[end][0] <= limit):
-                    count += group[end][0]
-                    items.append(group[end][1])
-                    end += 1
-                started = time.perf_counter()
-                producer.publish(
-                    _msgpack_array(count, items),
-                    routing_key=broker.ALL,
-                    timeout=self.options.confirm_timeout,
-                    **broker.message_properties(count),
-                )
-                self.sink.publish_seconds += time.perf_counter() - started
-                self.sink.published_messages += 1
-                self.sink.published_events += count
-                start = end
+            for count, body in _messages(group, self.options.max_events_per_message):
+                self.publish_body(count, body)
         except Exception as exc:
             self.sink.failed_messages += 1
             self.sink.last_error = f"{type(exc).__name__}: {exc}"
@@ -236,6 +344,20 @@ class _Publisher:
             self.close(graceful=False)
             return exc
         return None
+
+    def publish_body(self, count: int, body: bytes) -> None:
+        """Publish one message and wait for its confirm (raises if it was not taken)."""
+        producer = self._producer()
+        started = time.perf_counter()
+        producer.publish(
+            body,
+            routing_key=broker.ALL,
+            timeout=self.options.confirm_timeout,
+            **broker.message_properties(count),
+        )
+        self.sink.publish_seconds += time.perf_counter() - started
+        self.sink.published_messages += 1
+        self.sink.published_events += count
 
     def close(self, graceful: bool = True) -> None:
         self.producer = None

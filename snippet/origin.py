@@ -24,6 +24,7 @@ import msgspec
 
 from router_core import proxies
 from router_core.config import Config
+from router_core.keys import WriteKeys
 from snippet import library
 
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -109,7 +110,7 @@ class Origin:
 
     def __init__(self, config: Config) -> None:
         self.asset = library.build()
-        self.write_keys = {source.write_key for source in config.sources}
+        self.write_keys = WriteKeys((s.write_key, s.name) for s in config.sources)
         self.proxies = proxies.TrustedProxies(config.server.trusted_proxies)
 
     def known(self, write_key: str) -> bool:

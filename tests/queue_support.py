@@ -70,7 +70,12 @@ class QueueEnv:
             }
         self.sinks |= set(sinks)
         raw: dict[str, Any] = {
-            "queue": {"url": self.url, "prefix": self.prefix, **(queue or {})},
+            "queue": {
+                "url": self.url,
+                "prefix": self.prefix,
+                **(queue or {}),
+                "spool": {"dir": str(self.tmp_path / "spool"), **(queue or {}).get("spool", {})},
+            },
             "sinks": sinks,
             "admin": {"token": ADMIN_TOKEN},
             **extra,

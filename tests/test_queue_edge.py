@@ -7,6 +7,8 @@ without losing one; and when the broker is unreachable, hung or drops the connec
 every ingestion path answers ``503`` with ``Retry-After`` (so SDKs retry) and never
 ``200``, promptly, ``/health`` answers 503 naming the error, and once the broker is back
 the publisher reconnects by itself and every event answered ``200`` is stored once.
+Those outage tests turn the local spool off (``[queue.spool] enabled = false``): with
+it on, an outage is answered ``200`` from the spool instead (tests/test_spool.py).
 
 Outages are staged without touching the shared services: the edge talks to the broker
 through :class:`TcpProxy`, a loopback forwarder a test cuts, freezes and restores (on
@@ -94,7 +96,12 @@ def test_health_reports_the_broker_and_queue_depths(queue_env):
         assert body["status"] == "ok"
         broker = body["components"]["broker"]
         assert broker["status"] == "up"
-        assert broker["required"] is True
+        # Not required: while it is down the spool answers (and is required itself).
+        assert broker["required"] is False
+        spool = body["components"]["spool"]
+        assert (spool["status"], spool["required"]) == ("up", True)
+        assert spool["stats"]["events"] == 0
+        assert spool["detail"].startswith(str(queue_env.tmp_path / "spool"))
         if queue_env.transport == "amqp":
             assert broker["detail"].startswith("amqp://guest:***@127.0.0.1:5672/")
             assert "guest:guest" not in str(body)
@@ -169,7 +176,7 @@ def test_unreachable_broker_answers_503_with_retry_after_never_200(tmp_path, sch
         else f"redis://:s3cret@127.0.0.1:{port}/5"
     )
     raw = {
-        "queue": {"url": url, "prefix": unique("ert")},
+        "queue": {"url": url, "prefix": unique("ert"), "spool": {"enabled": False}},
         "sinks": {"local": {"type": "sqlite", "url": f"sqlite:///{tmp_path}/events.db"}},
     }
     server = LiveServer(make_config(tmp_path, raw)).start()
@@ -229,7 +236,8 @@ def test_publisher_reconnects_when_the_broker_comes_back(queue_env):
     then a 200 soon after it returns; every event answered 200 is stored exactly once."""
     proxy = TcpProxy(SERVICE_PORTS[queue_env.transport]).start()
     sinks = no_unique_index(queue_env)
-    raw = queue_env.raw(sinks=sinks, queue={"url": via(queue_env.url, proxy.port)})
+    queue = {"url": via(queue_env.url, proxy.port), "spool": {"enabled": False}}
+    raw = queue_env.raw(sinks=sinks, queue=queue)
     server = LiveServer(make_config(queue_env.tmp_path, raw)).start()
     try:
         accepted = [track()]
@@ -272,6 +280,7 @@ def test_hung_broker_answers_503_within_the_confirm_timeout(queue_env):
         "url": via(queue_env.url, proxy.port),
         "confirm_timeout": "500ms",
         "connect_timeout": "500ms",
+        "spool": {"enabled": False},
     }
     raw = queue_env.raw(queue=queue, server={"dispatch_timeout": "5s"})
     server = LiveServer(make_config(queue_env.tmp_path, raw)).start()
@@ -331,7 +340,7 @@ def test_publisher_reconnects_after_rabbitmq_closes_its_connection(amqp_env):
     down does): the next request is a clean 503, the one after it reconnects."""
     if shutil.which("rabbitmqctl") is None:
         pytest.skip("rabbitmqctl is not installed")
-    server = LiveServer(amqp_env.config()).start()
+    server = LiveServer(amqp_env.config(queue={"spool": {"enabled": False}})).start()
     try:
         accepted = [track()]
         assert server.post("/v1/track", accepted[0]).status_code == 200

@@ -7,7 +7,7 @@ overwriting its objects rather than duplicating them; ``batch.max_bytes`` cuttin
 objects; multipart uploads for large objects; Parquet readable back with pyarrow; the
 200 of embedded mode only once the objects are in the bucket; ``eventrouter worker``
 archiving from the queue; an unreachable S3 failing writes (503 on the edge; retried,
-dead-lettered and replayed in the worker); config errors naming the key.
+then held until S3 answers, in the worker); config errors naming the key.
 """
 
 from __future__ import annotations
@@ -41,7 +41,6 @@ from router_core.commands import (
     TrackCommand,
 )
 from router_core.config import Config, ConfigError
-from router_core.deadletters import replay
 from sinks.s3 import MIN_PART_SIZE, ndjson_lines
 from tests.helpers import LiveServer, eventually, free_port, make_config
 from tests.queue_support import WorkerThread, amqp_env, queue_env, unique  # noqa: F401
@@ -427,9 +426,10 @@ def test_worker_archives_the_queue(s3_env: S3Env, queue_env):
     assert ready(queue_env, queue_env.queue_name("archive")) == 0
 
 
-def test_worker_retries_dead_letters_and_replay_archives(s3_env: S3Env, amqp_env):
-    """S3 down: the worker retries per ``retry``, then dead-letters the batch. Once the
-    endpoint answers again, ``dead-letters replay`` archives it and empties the queue."""
+def test_worker_holds_the_batch_while_s3_is_down_and_archives_it_after(s3_env: S3Env, amqp_env):
+    """S3 down: the worker retries per ``retry``; with the retries spent and S3's health
+    probe failing, the batch is not at fault, so it is held (unacknowledged), not
+    dead-lettered. Once the endpoint answers, the held batch is archived."""
     port = free_port()
     bucket = s3_env.bucket()
     sink = {
@@ -448,22 +448,20 @@ def test_worker_retries_dead_letters_and_replay_archives(s3_env: S3Env, amqp_env
         server.stop()
     with WorkerThread(config) as worker:
         consumer = worker.worker.consumers[0]
-        eventually(lambda: consumer.dead_lettered == 1, "the batch dead-lettered")
-    assert consumer.retries == FAST_RETRY["attempts"] - 1
-    assert "EndpointConnectionError" in consumer.last_error
-    assert ready(amqp_env, amqp_env.dead_queue_name("archive")) == 1
-    assert s3_env.keys(bucket) == []
-
-    # The same process's moto backend, now also answering on the configured port.
-    second = start_moto(port)
-    try:
-        letters = replay(config, "archive")
-    finally:
-        second.stop()
-    assert [letter.outcome for letter in letters] == ["replayed"]
+        eventually(lambda: consumer.held == 1, "the batch held while S3 is down")
+        assert consumer.retries >= FAST_RETRY["attempts"] - 1
+        assert "EndpointConnectionError" in consumer.last_error
+        assert s3_env.keys(bucket) == []
+        # The same process's moto backend, now also answering on the configured port.
+        second = start_moto(port)
+        try:
+            eventually(lambda: consumer.written == 20, "the held batch archived")
+        finally:
+            second.stop()
+    assert consumer.dead_lettered == 0
+    assert ready(amqp_env, amqp_env.dead_queue_name("archive")) == 0
     archived = [line["message_id"] for lines in s3_env.events(bucket).values() for line in lines]
     assert sorted(archived) == sorted(ids)
-    assert ready(amqp_env, amqp_env.dead_queue_name("archive")) == 0
 
 
 # -- configuration ---------------------------------------------------------------------

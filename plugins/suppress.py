@@ -1,0 +1,138 @@
+"""Suppression: new events of a suppressed user id or anonymous id are never stored.
+
+``eventrouter privacy suppress`` and the dashboard's Privacy page write the list into the
+admin store's ``suppressions`` table (:mod:`router_core.suppressions`). Every process
+that handles events (each server process, each ``eventrouter worker``) registers a
+:class:`Suppressor` at start-up: it reads the list once, then again every
+``[privacy] refresh`` seconds on a thread of its own, and drops matching events in
+``eventrouter_process_batch``, a set lookup per event on the event loop:
+
+- on the edge (``sink=None``), before any sink and before the broker: the client still
+  gets ``200``, as from Segment, so an SDK does not retry;
+- in the worker (``sink="NAME"``), for events that were already queued when the
+  suppression was made.
+
+A suppression therefore takes effect everywhere within ``refresh`` seconds. If the
+store cannot be read, the last list read stays in force (and ``/health`` shows the
+error): an outage of the store neither lets suppressed events through nor stops
+ingestion.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from router_core import metrics
+from router_core.commands import Command
+from router_core.health import ComponentHealth
+from router_core.hookspecs import hookimpl
+from router_core.suppressions import ANONYMOUS_ID, USER_ID, SuppressionList
+
+log = logging.getLogger("eventrouter.plugins.suppress")
+
+#: Plugin name of the per-process instance registered at start-up.
+PLUGIN_NAME = "suppress:store"
+#: Seconds between repeated warnings while the store cannot be read.
+WARN_INTERVAL = 60.0
+
+
+@hookimpl
+def eventrouter_startup(bus: Any) -> None:
+    """Register a :class:`Suppressor` on this bus when there is an SQL store to read."""
+    store = bus.store_sink()
+    if store is None or bus.pm.get_plugin(PLUGIN_NAME) is not None:
+        return
+    suppressor = Suppressor(SuppressionList(store.url), bus.config.privacy.refresh)
+    suppressor.start()
+    bus.pm.register(suppressor, name=PLUGIN_NAME)
+
+
+class Suppressor:
+    """This process's copy of the suppression list, refreshed in the background."""
+
+    def __init__(self, source: SuppressionList, refresh: float) -> None:
+        self.source = source
+        self.refresh_interval = max(0.05, float(refresh))
+        self.user_ids: frozenset[str] = frozenset()
+        self.anonymous_ids: frozenset[str] = frozenset()
+        self.dropped = 0
+        self.refreshes = 0
+        self.errors = 0
+        self.last_error: str | None = None
+        self.refreshed_at: float | None = None
+        self._warned_at = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread = threading.Thread(target=self._loop, name="suppress-refresh", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.refresh_interval):
+            self.refresh()
+
+    def refresh(self) -> bool:
+        """Read the list now (also called by the Privacy page after a change)."""
+        try:
+            ids = self.source.ids()
+        except Exception as exc:
+            self.errors += 1
+            self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            now = time.monotonic()
+            if now - self._warned_at >= WARN_INTERVAL:
+                self._warned_at = now
+                log.warning("suppression list not refreshed: %s", self.last_error)
+            return False
+        # One assignment each: the event loop reads them without a lock.
+        self.user_ids = ids[USER_ID]
+        self.anonymous_ids = ids[ANONYMOUS_ID]
+        self.refreshes += 1
+        self.refreshed_at = time.time()
+        self.last_error = None
+        return True
+
+    def suppressed(self, command: Command) -> bool:
+        return command.user_id in self.user_ids or command.anonymous_id in self.anonymous_ids
+
+    @hookimpl
+    async def eventrouter_process_batch(
+        self, commands: Sequence[Command], sink: str | None
+    ) -> Sequence[Command] | None:
+        if not self.user_ids and not self.anonymous_ids:
+            return None
+        kept = [c for c in commands if not self.suppressed(c)]
+        if len(kept) == len(commands):
+            return None
+        dropped = len(commands) - len(kept)
+        self.dropped += dropped
+        metrics.get().suppressed_dropped.labels(sink or "edge").inc(dropped)
+        return kept
+
+    @hookimpl
+    def eventrouter_health(self) -> ComponentHealth:
+        return ComponentHealth(
+            name="suppression",
+            up=self.last_error is None,
+            required=False,  # the last list read stays in force
+            detail=self.last_error or "",
+            stats={
+                "user_ids": len(self.user_ids),
+                "anonymous_ids": len(self.anonymous_ids),
+                "dropped": self.dropped,
+                "refreshes": self.refreshes,
+                "errors": self.errors,
+            },
+        )
+
+    @hookimpl
+    def eventrouter_shutdown(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.source.close()

@@ -1,0 +1,90 @@
+"""``server.max_json_depth`` and ``server.max_json_keys``: configurable, checked on every
+ingestion path before decoding, and exact at the boundary."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from router_core.config import ConfigError
+from router_core.errors import InvalidEvent
+from router_core.limits import check_structure
+from tests.helpers import make_config
+from tests.ingest_support import assert_error, post_raw
+
+JSON = {"Content-Type": "application/json"}
+
+
+def test_lower_limits_from_the_config_apply_to_every_ingestion_path(start_server):
+    server = start_server({"server": {"max_json_depth": 3, "max_json_keys": 3}})
+    within = {"userId": "u", "event": "e", "properties": {"a": {"b": 1}, "c": 2}}
+    assert server.post("/v1/track", within).status_code == 200
+    deep = {**within, "properties": {"a": {"b": {"c": 1}}}}
+    for path in ("/v1/track", "/v1/t", "/track"):
+        assert_error(server.post(path, deep), 400, "too_deep", "body", "3 levels")
+    batch = {
+        "batch": [{"type": "track", "userId": "u", "event": "e"}],
+        "context": {"x": 1, "y": 2, "z": 3, "w": 4},
+    }
+    assert_error(server.post("/v1/batch", batch), 400, "too_many_keys", "body", "3 keys")
+    # Keys the decoder ignores count too.
+    assert_error(
+        post_raw(server, "/v1/identify", b'{"userId":"u","p":1,"q":2,"r":3}', JSON),
+        400,
+        "too_many_keys",
+    )
+
+
+@pytest.mark.parametrize("value", [0, 513])
+def test_max_json_depth_out_of_range_is_a_config_error(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"server\.max_json_depth"):
+        make_config(tmp_path, {"server": {"max_json_depth": value}})
+
+
+def shape_of(value, depth=1):
+    """(deepest level, most keys in one object), walked without recursion."""
+    deepest = keys = 0
+    stack = [(value, depth)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, level)
+            children = node.values() if isinstance(node, dict) else node
+            if isinstance(node, dict):
+                keys = max(keys, len(node))
+            stack.extend((child, level + 1) for child in children)
+    return deepest, keys
+
+
+def random_json(rnd: random.Random, level: int = 0):
+    roll = rnd.random()
+    if level > 7 or roll < 0.3:
+        return rnd.choice([1, "a", 'x:[{"}]\\', '\\"{', None, True, 2.5, "", "\\\\"])
+    if roll < 0.65:
+        keys = ["a", "b:", '"[', "{", "\\", "}"]
+        return {
+            f"{rnd.choice(keys)}{i}": random_json(rnd, level + 1) for i in range(rnd.randint(0, 5))
+        }
+    return [random_json(rnd, level + 1) for _ in range(rnd.randint(0, 4))]
+
+
+def test_the_byte_scan_agrees_with_a_walk_of_the_decoded_value():
+    rnd = random.Random(7)
+    for _ in range(2000):
+        value = random_json(rnd)
+        body = json.dumps(value, ensure_ascii=rnd.random() < 0.5).encode()
+        depth, keys = shape_of(value)
+        for max_depth, max_keys in ((depth, keys), (depth - 1, keys), (depth, keys - 1)):
+            if max_depth < 1 or max_keys < 1:
+                continue
+            expected = (
+                "too_deep" if depth > max_depth else "too_many_keys" if keys > max_keys else None
+            )
+            try:
+                check_structure(body, max_depth, max_keys)
+                found = None
+            except InvalidEvent as exc:
+                found = exc.code
+            assert found == expected, (body, max_depth, max_keys)
