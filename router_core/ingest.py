@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -31,6 +32,10 @@ from router_core.keys import WriteKeys
 from router_core.normalise import Envelope, legacy_to_command, to_command
 
 log = logging.getLogger("eventrouter.ingest")
+
+#: A JSON ``\u0000`` escape: one not preceded by an odd run of backslashes (``\\u0000`` is
+#: a backslash followed by the text ``u0000``). JSON forbids a raw NUL in a string.
+_NUL_ESCAPE = re.compile(rb"(?<!\\)((?:\\\\)*)\\u0000")
 
 #: Segment's limits.
 MAX_EVENT_BYTES = 32 * 1024
@@ -118,6 +123,10 @@ class Ingestor:
                 ) from None
         # Before any decoder: msgspec recurses once per level of nesting.
         limits.check_structure(body, self.max_json_depth, self.max_json_keys)
+        if b"\\u0000" in body:
+            # PostgreSQL can store no NUL character (text or jsonb): a NUL in any string
+            # becomes U+FFFD here, so that the event reads the same from every store.
+            body = _NUL_ESCAPE.sub(rb"\1\\ufffd", body)
         return body
 
     # -- writeKey ----------------------------------------------------------------------

@@ -356,3 +356,18 @@ def test_two_writers_of_one_batch_store_it_once(pg_url, tmp_path):
     # Usually (not always: timing) the second COPY met the first's rows and went the
     # staging-table way; either way, the counts above hold.
     assert sink.races in (0, 1)
+
+
+def test_a_nul_character_anywhere_is_stored_as_a_replacement_character(pg_server):
+    """PostgreSQL stores no NUL (text or jsonb): the edge turns ``\\u0000`` into U+FFFD,
+    so the event is stored (not a 503, not a dead letter) and reads the same everywhere.
+    An escaped backslash followed by ``u0000`` is text, and stays."""
+    server, url = pg_server
+    raw = (
+        '{"userId":"u\\u00001","event":"Nul\\u0000Event","messageId":"nul-1",'
+        '"properties":{"k\\u0000":"v\\u0000","text":"\\\\u0000"}}'
+    )
+    response = server.post("/v1/track", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 200, response.text
+    rows = sql(url, "SELECT user_id, event, properties FROM events WHERE message_id = 'nul-1'")
+    assert rows == [("u\ufffd1", "Nul\ufffdEvent", {"k\ufffd": "v\ufffd", "text": "\\u0000"})]
