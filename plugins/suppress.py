@@ -97,6 +97,11 @@ class Suppressor:
         self.last_error = None
         return True
 
+    @property
+    def idle(self) -> bool:
+        """Nothing is suppressed: the bus skips this stage (docs/plugins.md)."""
+        return not self.user_ids and not self.anonymous_ids
+
     def suppressed(self, command: Command) -> bool:
         return command.user_id in self.user_ids or command.anonymous_id in self.anonymous_ids
 

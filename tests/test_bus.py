@@ -227,6 +227,30 @@ def test_pipeline_stages_rewrite_and_drop_before_sinks(start_server):
     assert event["properties"] == {"enriched": True}
 
 
+class SwitchableStage:
+    """Drops every event, unless ``idle``: then the bus must not call it at all."""
+
+    def __init__(self) -> None:
+        self.idle = True
+        self.calls = 0
+
+    @hookimpl
+    async def eventrouter_process_batch(self, commands):
+        self.calls += 1
+        return []
+
+
+def test_an_idle_pipeline_stage_is_not_called(start_server):
+    stage = SwitchableStage()
+    server = start_server(plugins=[stage])
+    assert server.post("/v1/track", {**EVENT, "event": "while idle"}).status_code == 200
+    assert stage.calls == 0
+    stage.idle = False
+    assert server.post("/v1/track", {**EVENT, "event": "while busy"}).status_code == 200
+    assert stage.calls == 1
+    assert [e["event"] for e in server.events()] == ["while idle"]
+
+
 def test_failing_pipeline_stage_passes_the_batch_on_unchanged(start_server):
     server = start_server(plugins=[BrokenStage()])
     assert server.post("/v1/track", EVENT).status_code == 200
