@@ -15,10 +15,10 @@ from urllib.parse import quote
 import falcon
 import falcon.asgi
 
-from admin.views import Dashboard, _form, _View
+from admin.views import Dashboard, _View
 from plugins.suppress import PLUGIN_NAME as SUPPRESSOR
 from router_core import erasure
-from router_core.auth import CSRF_FIELD, CSRF_HEADER, CSRFError, Session
+from router_core.auth import Session
 from router_core.config import ConfigError
 from router_core.errors import APIError
 from router_core.privacy import describe, suppression_list
@@ -47,13 +47,9 @@ class PrivacyView(_View):
         await self._page(req, resp, session, user_id=req.get_param("user_id") or "")
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        session = self.d.require(req)
-        form = await _form(req)
-        try:
-            self.d.auth.check_csrf(session, form.get(CSRF_FIELD) or req.get_header(CSRF_HEADER))
-        except CSRFError as exc:
-            self.error(req, resp, APIError(403, "csrf", str(exc)), session)
+        if (signed := await self.signed_form(req, resp)) is None:
             return
+        session, form = signed
         action = form.get("action", "")
         handler = {
             "review": self._review,

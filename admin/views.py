@@ -157,6 +157,20 @@ class _View:
         for name, value in exc.headers.items():
             resp.set_header(name, value)
 
+    async def signed_form(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response
+    ) -> tuple[Session, dict[str, str]] | None:
+        """A signed-in POST's session and form, once its CSRF token checks out; None
+        after answering 403 naming the problem."""
+        session = self.d.require(req)
+        form = await _form(req)
+        try:
+            self.d.auth.check_csrf(session, form.get(CSRF_FIELD) or req.get_header(CSRF_HEADER))
+        except CSRFError as exc:
+            self.error(req, resp, APIError(403, "csrf", str(exc)), session)
+            return None
+        return session, form
+
 
 # -- sign-in ---------------------------------------------------------------------------------
 class LoginView(_View):
@@ -206,12 +220,7 @@ class LoginView(_View):
 
 class LogoutView(_View):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        session = self.d.require(req)
-        form = await _form(req)
-        try:
-            self.d.auth.check_csrf(session, form.get(CSRF_FIELD) or req.get_header(CSRF_HEADER))
-        except CSRFError as exc:
-            self.error(req, resp, APIError(403, "csrf", str(exc)), session)
+        if await self.signed_form(req, resp) is None:
             return
         clear_cookie(resp, SESSION_COOKIE, secure=self.d.https(req))
         resp.status = falcon.HTTP_303

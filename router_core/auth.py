@@ -23,6 +23,7 @@ from typing import Any
 import falcon.asgi
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from router_core.keys import digest
 from router_core.proxies import TrustedProxies
 
 SESSION_COOKIE = "eventrouter_session"
@@ -59,7 +60,7 @@ class AdminAuth:
 
     def __init__(self, token: str, lifetime: int = SESSION_LIFETIME) -> None:
         self.token = token.encode()
-        self._token_digest = hashlib.sha256(self.token).digest()
+        self._token_digest = digest(token)
         self.lifetime = lifetime
         key = hmac.new(self.token, b"eventrouter admin session", hashlib.sha256).digest()
         self._serializer = URLSafeTimedSerializer(key, salt="eventrouter.session")
@@ -68,8 +69,7 @@ class AdminAuth:
     def token_matches(self, value: str) -> bool:
         """Constant time, the length included: both sides are compared as SHA-256
         digests (``compare_digest`` of unequal lengths returns at once)."""
-        sent = hashlib.sha256(value.strip().encode("utf-8", "surrogatepass")).digest()
-        return hmac.compare_digest(sent, self._token_digest)
+        return hmac.compare_digest(digest(value.strip()), self._token_digest)
 
     def bearer(self, req: falcon.asgi.Request) -> bool | None:
         """True for a valid bearer token, False for a wrong one, None when none is sent."""

@@ -23,7 +23,7 @@ user's rows: they are reported as skipped, with the reason (docs/privacy.md).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -104,28 +104,30 @@ def delete_user(
             continue
         stores.append(_Store(name, sink.config.type, sink.url))
     user_ids, anonymous_ids = {user_id}, set()
+
+    def each_store(step: Callable[[_Store], Any]) -> None:
+        """``step`` for every store that has not failed yet; a failure is its result."""
+        for store in stores:
+            if store.name in results:
+                continue
+            try:
+                step(store)
+            except Exception as exc:
+                results[store.name] = store.failed(exc)
+
+    def aliases(store: _Store) -> None:
+        previous = store.previous_ids(user_id)
+        user_ids.update(previous)
+        anonymous_ids.update(previous)
+
+    def erase(store: _Store) -> None:
+        results[store.name] = store.delete(user_ids, anonymous_ids, dry_run, wait)
+
     try:
-        for store in stores:  # the identity graph of every store, before any delete
-            try:
-                previous = store.previous_ids(user_id)
-                user_ids |= previous
-                anonymous_ids |= previous
-            except Exception as exc:
-                results[store.name] = store.failed(exc)
-        for store in stores:
-            if store.name in results:
-                continue
-            try:
-                anonymous_ids |= store.anonymous_ids(user_ids)
-            except Exception as exc:
-                results[store.name] = store.failed(exc)
-        for store in stores:
-            if store.name in results:
-                continue
-            try:
-                results[store.name] = store.delete(user_ids, anonymous_ids, dry_run, wait)
-            except Exception as exc:
-                results[store.name] = store.failed(exc)
+        # The identity graph of every store, before any delete.
+        each_store(aliases)
+        each_store(lambda store: anonymous_ids.update(store.anonymous_ids(user_ids)))
+        each_store(erase)
     finally:
         for store in stores:
             store.close()

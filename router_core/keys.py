@@ -14,8 +14,9 @@ import hmac
 from collections.abc import Iterable
 
 
-def _digest(key: str) -> bytes:
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+def digest(secret: str) -> bytes:
+    """SHA-256 of ``secret``: what is looked up and compared instead of the secret."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
 
 
 class WriteKeys:
@@ -23,7 +24,7 @@ class WriteKeys:
 
     def __init__(self, pairs: Iterable[tuple[str, str]]) -> None:
         self._by_digest = {
-            _digest(key): (key.encode("utf-8", "surrogatepass"), name) for key, name in pairs
+            digest(key): (key.encode("utf-8", "surrogatepass"), name) for key, name in pairs
         }
 
     def __bool__(self) -> bool:
@@ -34,7 +35,7 @@ class WriteKeys:
 
     def name(self, key: str) -> str | None:
         """The source whose writeKey is ``key``, else None."""
-        found = self._by_digest.get(_digest(key))
+        found = self._by_digest.get(digest(key))
         if found is None:
             return None
         stored, name = found

@@ -94,11 +94,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
             raise ConfigError(config.path, "sinks", f"no sink named {name!r}")
     if args.suppress and not args.dry_run:
         # First: events arriving while the stores are cleaned are dropped from now on.
-        suppressions = suppression_list(config, bus)
-        try:
+        with suppression_list(config, bus) as suppressions:
             suppressions.add(USER_ID, args.user_id, "deleted")
-        finally:
-            suppressions.close()
         print(f"suppressed user_id {args.user_id!r}")
     deletion = erasure.delete_user(
         bus.sinks, args.user_id, only=args.sink, dry_run=args.dry_run, wait=args.wait
@@ -115,11 +112,8 @@ def cmd_delete(args: argparse.Namespace) -> int:
 def cmd_suppress(args: argparse.Namespace) -> int:
     config, bus = _load(args)
     kind, ident = _id(args)
-    suppressions = suppression_list(config, bus)
-    try:
+    with suppression_list(config, bus) as suppressions:
         added = suppressions.add(kind, ident, args.reason or "")
-    finally:
-        suppressions.close()
     state = "suppressed" if added else "already suppressed"
     print(f"{kind} {ident!r}: {state}; new events are dropped within {config.privacy.refresh:g}s")
     return 0
@@ -128,22 +122,16 @@ def cmd_suppress(args: argparse.Namespace) -> int:
 def cmd_unsuppress(args: argparse.Namespace) -> int:
     config, bus = _load(args)
     kind, ident = _id(args)
-    suppressions = suppression_list(config, bus)
-    try:
+    with suppression_list(config, bus) as suppressions:
         removed = suppressions.remove(kind, ident)
-    finally:
-        suppressions.close()
     print(f"{kind} {ident!r}: {'unsuppressed' if removed else 'was not suppressed'}")
     return 0 if removed else 1
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     config, bus = _load(args)
-    suppressions = suppression_list(config, bus)
-    try:
+    with suppression_list(config, bus) as suppressions:
         rows = suppressions.list()
-    finally:
-        suppressions.close()
     if args.json:
         sys.stdout.write(msgspec.json.encode(rows).decode() + "\n")
         return 0

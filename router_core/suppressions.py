@@ -153,6 +153,12 @@ class SuppressionList:
             self._engine.dispose()
             self._engine = None
 
+    def __enter__(self) -> SuppressionList:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def engine(self) -> Engine:
         with self._lock:
