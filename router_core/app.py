@@ -138,6 +138,8 @@ class EventRouterApp(falcon.asgi.App):
     """A Falcon ASGI app that also exposes the bus and config it was built with."""
 
     bus: Bus
+    #: What the ingestion endpoints share (its ``groups`` counts the dispatch groups).
+    ingestor: ingest.Ingestor
     config: Config
     store: EventStore | None
     #: The dashboard's live-tail hub (admin.tail.TailHub).
@@ -211,7 +213,8 @@ def create_app(
     app.add_error_handler(Exception, _handle_unexpected)
     app.add_error_handler(APIError, _handle_api_error)
 
-    ingest.add_routes(app, ingest.Ingestor(config, bus))
+    ingestor = ingest.Ingestor(config, bus)
+    ingest.add_routes(app, ingestor)
     auth = AdminAuth(admin_token(config))
     api.add_routes(app, api.EventsResource(auth, store))
     lifespan.tail = admin.add_routes(app, config, bus, store, auth)
@@ -220,6 +223,7 @@ def create_app(
     app.add_route("/metrics", MetricsResource(bus))
     app.add_route("/openapi.json", openapi.OpenAPIResource())
     app.bus = bus  # for tests and plugins that need the running bus
+    app.ingestor = ingestor
     app.tail = lifespan.tail
     app.config = config
     app.store = store

@@ -11,6 +11,7 @@ command builds a new one with :func:`msgspec.structs.replace`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -139,7 +140,7 @@ def decode(data: bytes) -> Command:
     return _json_decoder.decode(data)
 
 
-def encode_many(commands: list[Command]) -> bytes:
+def encode_many(commands: Sequence[Command]) -> bytes:
     """Serialise a batch of commands to MessagePack."""
     return _msgpack_encoder.encode(commands)
 

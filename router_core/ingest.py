@@ -25,6 +25,7 @@ from plugins.ratelimit import PLUGIN_NAME as RATE_LIMITER
 from plugins.ratelimit import RateLimiter
 from router_core import ipanon, limits, metrics, model, proxies
 from router_core.bus import Bus
+from router_core.coalesce import Coalescer
 from router_core.commands import Command
 from router_core.config import Config
 from router_core.errors import APIError, InvalidEvent, from_validation_error
@@ -63,10 +64,20 @@ class Ingestor:
         self.limiter = RateLimiter.from_config(config)
         if self.limiter is not None:
             bus.pm.register(self.limiter, name=RATE_LIMITER)
+        #: The requests of one event-loop turn share one bus dispatch (coalesce.py).
+        self.groups = Coalescer(self._dispatch_group)
 
     # -- dispatch ------------------------------------------------------------------------
     async def dispatch(self, commands: Sequence[Command]) -> None:
-        """Hand accepted commands to the bus and count what became of them."""
+        """Return once every acknowledging sink holds ``commands``, which share a bus
+        dispatch with the other requests of this event-loop turn.
+
+        :raises APIError: the group was refused (503, already counted in the metrics).
+        """
+        await self.groups.submit(commands)
+
+    async def _dispatch_group(self, commands: Sequence[Command]) -> None:
+        """Hand one group of accepted commands to the bus and count what became of them."""
         try:
             await self.bus.dispatch(commands)
         except APIError as exc:  # not durable: a 503, every event of it rejected

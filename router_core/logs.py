@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import os
 import re
-import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
+
+from router_core.ids import new_hex_id
 
 REQUEST_ID_HEADER = "X-Request-ID"
 FORMAT_ENV = "EVENTROUTER_LOG_FORMAT"
@@ -33,7 +34,7 @@ def new_request_id(sent: str | None) -> str:
     """The client's id when it is a sane token (a proxy's or load balancer's), else ours."""
     if sent and _SANE_ID.match(sent):
         return sent
-    return uuid.uuid4().hex
+    return new_hex_id()
 
 
 class JsonFormatter(logging.Formatter):

@@ -17,8 +17,6 @@ Segment's rules, applied here once for every entry point:
 
 from __future__ import annotations
 
-import os
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,34 +25,11 @@ from router_core import commands as c
 from router_core import ipanon
 from router_core import model as m
 from router_core.errors import InvalidEvent
+from router_core.ids import new_message_id
 
 #: Timestamps outside this range are rejected: every store can hold what is inside it.
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
-
-
-_ids: deque[str] = deque()
-# A forked worker must never hand out ids its parent (or a sibling) also holds.
-os.register_at_fork(after_in_child=_ids.clear)
-
-
-_VARIANT = "89ab"  # RFC 4122 variant: the top two bits of byte 8 are 10
-
-
-def new_message_id() -> str:
-    """A random UUID v4 string. Randomness is read from the OS 512 ids at a time (a
-    ``getrandom`` call per id costs more than the rest, and releases the GIL) and the
-    ids are cut straight from its hex digits, version and variant set."""
-    try:
-        return _ids.popleft()
-    except IndexError:
-        h = os.urandom(16 * 512).hex()
-        _ids.extend(
-            f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-4{h[i + 13 : i + 16]}-"
-            f"{_VARIANT[int(h[i + 16], 16) & 3]}{h[i + 17 : i + 20]}-{h[i + 20 : i + 32]}"
-            for i in range(0, len(h), 32)
-        )
-        return _ids.popleft()
 
 
 @dataclass(slots=True)

@@ -25,13 +25,20 @@ from __future__ import annotations
 import logging
 import queue
 import re
-from collections.abc import Iterator, Sequence
+import sys
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
 import msgspec
-from clickhouse_driver import Client
+from clickhouse_driver import Client, defines
+from clickhouse_driver.block import BlockInfo, ColumnOrientedBlock
+from clickhouse_driver.columns.service import write_column
+from clickhouse_driver.protocol import ClientPacketTypes
+from clickhouse_driver.varint import write_varint
+from clickhouse_driver.writer import write_binary_str, write_binary_uint8
 from clickhouse_sqlalchemy import Table, engines, types
 from sqlalchemy import Column, Engine, MetaData, text
 from sqlalchemy.engine import make_url
@@ -210,45 +217,158 @@ _CLASSES_WITH = {
 }
 
 
+def _column_builders(
+    commands: Sequence[Command], *, datetime64: bool
+) -> dict[str, Callable[[], list]]:
+    """By column name, a function that builds that column of the batch (see
+    :func:`columns_of`), so that a column can be built just before it is sent."""
+    epoch = _EpochCache(timedelta(milliseconds=1) if datetime64 else timedelta(seconds=1))
+    encode = _encode_json
+
+    def optional_text(name: str) -> Callable[[], list]:
+        has = _CLASSES_WITH[name]
+        return lambda: [(getattr(c, name) or "") if type(c) in has else "" for c in commands]
+
+    def optional_json(name: str) -> Callable[[], list]:
+        has = _CLASSES_WITH[name]
+        return lambda: [encode(getattr(c, name)) if type(c) in has else b"" for c in commands]
+
+    def optional_time(name: str) -> Callable[[], list]:
+        return lambda: [
+            None if (value := getattr(c, name)) is None else epoch[value] for c in commands
+        ]
+
+    return {
+        "message_id": lambda: [c.message_id for c in commands],
+        "type": lambda: [c.kind for c in commands],
+        "event": optional_text("event"),
+        "name": optional_text("name"),
+        "user_id": lambda: [c.user_id or "" for c in commands],
+        "anonymous_id": lambda: [c.anonymous_id or "" for c in commands],
+        "group_id": optional_text("group_id"),
+        "previous_id": optional_text("previous_id"),
+        "session_id": lambda: [c.session_id or "" for c in commands],
+        "source": lambda: [c.source for c in commands],
+        "properties": optional_json("properties"),
+        "traits": optional_json("traits"),
+        "context": lambda: [encode(c.context) for c in commands],
+        "timestamp": lambda: [epoch[c.timestamp] for c in commands],
+        "original_timestamp": optional_time("original_timestamp"),
+        "sent_at": optional_time("sent_at"),
+        "received_at": lambda: [epoch[c.received_at] for c in commands],
+    }
+
+
 def columns_of(commands: Sequence[Command], *, datetime64: bool) -> list[list]:
     """The batch as one list per column of ``events``, in :data:`STORED_COLUMNS` order
     and in the form the driver writes without converting: text with ``''`` for absent,
     JSON as UTF-8 bytes (``b''`` for absent), times as integers since 1970 (ms, or
     seconds for ``DateTime``). The same values as ``Command.values()``, column-wise
     (tests/test_clickhouse.py checks that they agree)."""
-    epoch = _EpochCache(timedelta(milliseconds=1) if datetime64 else timedelta(seconds=1))
-    encode = _encode_json
+    builders = _column_builders(commands, datetime64=datetime64)
+    return [builders[name]() for name in STORED_COLUMNS]
 
-    def optional_text(name: str) -> list:
-        has = _CLASSES_WITH[name]
-        return [(getattr(c, name) or "") if type(c) in has else "" for c in commands]
 
-    def optional_json(name: str) -> list:
-        has = _CLASSES_WITH[name]
-        return [encode(getattr(c, name)) if type(c) in has else b"" for c in commands]
+# -- the Native format -------------------------------------------------------------------
+# A batch goes to the server as one Native block. clickhouse-driver serialises String
+# columns in C (its ``write_strings``), but it checks and converts every value of a
+# time column in a Python loop and copies each column into chunks first; this module
+# writes the time columns itself (DateTime: UInt32, DateTime64: Int64, little-endian;
+# Nullable(T): one byte per row, 1 for null, then T's column with 0 in the null rows)
+# and hands the String columns to the driver's column writer as they are.
+_TIME_TYPECODES = {False: "I", True: "q"}  # DateTime: UInt32, DateTime64: Int64
+_BIG_ENDIAN = sys.byteorder == "big"
 
-    columns = {
-        "message_id": [c.message_id for c in commands],
-        "type": [c.kind for c in commands],
-        "event": optional_text("event"),
-        "name": optional_text("name"),
-        "user_id": [c.user_id or "" for c in commands],
-        "anonymous_id": [c.anonymous_id or "" for c in commands],
-        "group_id": optional_text("group_id"),
-        "previous_id": optional_text("previous_id"),
-        "session_id": [c.session_id or "" for c in commands],
-        "source": [c.source for c in commands],
-        "properties": optional_json("properties"),
-        "traits": optional_json("traits"),
-        "context": [encode(c.context) for c in commands],
-        "timestamp": [epoch[c.timestamp] for c in commands],
-        "original_timestamp": [
-            None if c.original_timestamp is None else epoch[c.original_timestamp] for c in commands
-        ],
-        "sent_at": [None if c.sent_at is None else epoch[c.sent_at] for c in commands],
-        "received_at": [epoch[c.received_at] for c in commands],
-    }
-    return [columns[name] for name in STORED_COLUMNS]
+
+def _time_column(values: list[int], datetime64: bool) -> bytes:
+    numbers = array(_TIME_TYPECODES[datetime64], values)
+    if _BIG_ENDIAN:
+        numbers.byteswap()
+    return numbers.tobytes()
+
+
+def _nullable_time_column(values: list[int | None], datetime64: bool) -> bytes:
+    if None not in values:
+        return bytes(len(values)) + _time_column(values, datetime64)
+    nulls = bytes([v is None for v in values])
+    return nulls + _time_column([0 if v is None else v for v in values], datetime64)
+
+
+def _native_type(name: str, datetime64: bool) -> str | None:
+    """The type (as the server names it) whose Native form :func:`native_columns`
+    writes for column ``name``; None for a column it does not know."""
+    if name in _TIME_COLUMNS:
+        time = "DateTime64(3, 'UTC')" if datetime64 else "DateTime('UTC')"
+        return f"Nullable({time})" if name in _NULLABLE_TIMES else time
+    return "String" if name in STORED_COLUMNS else None
+
+
+def native_columns(commands: Sequence[Command], *, datetime64: bool) -> Iterator[list | bytes]:
+    """The columns of :func:`columns_of`, in order, each as the driver's column writer
+    takes it (a list) or already in the Native form of :func:`_native_type`'s type
+    (bytes: the time columns). Built one by one as they are asked for, so that the
+    server reads a column while the next one is built."""
+    builders = _column_builders(commands, datetime64=datetime64)
+    for name in STORED_COLUMNS:
+        values = builders[name]()
+        if name in _NULLABLE_TIMES:
+            yield _nullable_time_column(values, datetime64)
+        elif name in _TIME_COLUMNS:
+            yield _time_column(values, datetime64)
+        else:
+            yield values
+
+
+def _send_native_block(
+    connection: Any, columns_with_types: Sequence[tuple[str, str]], rows: int, data: Iterator
+) -> None:
+    """One Data packet, as ``Connection.send_data`` and ``BlockOutputStream.write`` send
+    a block, with each column's serialised ``data`` written as it comes."""
+    revision = connection.server_info.used_revision
+    write_varint(ClientPacketTypes.DATA, connection.fout)
+    if revision >= defines.DBMS_MIN_REVISION_WITH_TEMPORARY_TABLES:
+        write_binary_str("", connection.fout)  # the table name: none
+    stream = connection.block_out  # compressing or not, as the connection was set up
+    out = stream.fout
+    if revision >= defines.DBMS_MIN_REVISION_WITH_BLOCK_INFO:
+        BlockInfo().write(out)
+    write_varint(len(columns_with_types), out)
+    write_varint(rows, out)
+    for (name, type_), column in zip(columns_with_types, data, strict=True):
+        write_binary_str(name, out)
+        write_binary_str(type_, out)
+        if revision >= defines.DBMS_MIN_REVISION_WITH_CUSTOM_SERIALIZATION:
+            write_binary_uint8(0, out)  # no custom (sparse) serialisation
+        if isinstance(column, bytes):
+            out.write(column)
+        else:
+            write_column(connection.context, name, type_, column, out)
+    stream.finalize()
+
+
+def insert_batch(
+    client: Client, commands: Sequence[Command], *, datetime64: bool, settings: dict | None
+) -> None:
+    """``INSERT INTO events ... VALUES`` with ``commands`` as one block, in the steps of
+    clickhouse-driver's ``Client.execute`` for an insert (query, the server's sample
+    block, data, an empty block, end of stream), the block serialised by
+    :func:`native_columns`. When the table's columns are not the ones this module
+    creates (an operator changed a type), the driver serialises :func:`columns_of`."""
+    with client.disconnect_on_error(INSERT_SQL, settings):
+        connection = client.connection
+        connection.send_query(INSERT_SQL)
+        connection.send_external_tables(None)
+        sample = client.receive_sample_block()
+        expected = [(name, _native_type(name, datetime64)) for name in STORED_COLUMNS]
+        if list(map(tuple, sample.columns_with_types)) == expected:
+            data = native_columns(commands, datetime64=datetime64)
+            _send_native_block(connection, expected, len(commands), data)
+            connection.send_data(ColumnOrientedBlock())  # end of data
+            client.receive_profile_events()
+        else:
+            columns = columns_of(commands, datetime64=datetime64)
+            client.send_data(sample, columns, columnar=True)
+        client.receive_end_of_insert_query()
 
 
 class ClickHouseSink(Sink):
@@ -409,14 +529,12 @@ class ClickHouseSink(Sink):
             return
         if self.datetime64 is None:
             self._detect()
-        columns = columns_of(commands, datetime64=self.datetime64)
         try:
             with self.client() as client:
-                client.execute(
-                    INSERT_SQL,
-                    columns,
-                    columnar=True,
-                    types_check=False,
+                insert_batch(
+                    client,
+                    commands,
+                    datetime64=self.datetime64,
                     settings=self.options.insert_settings or None,
                 )
         except Exception as exc:

@@ -62,7 +62,8 @@ def _msgpack_items(encoded_array: bytes) -> bytes:
 
 def _messages(group: list, limit: int) -> Iterator[tuple[int, bytes]]:
     """``(event count, body)`` of the messages ``group`` is published as: the writes of
-    several requests joined, split to at most ``limit`` events (one write is never split)."""
+    several writes joined, split to at most ``limit`` events (a write's pieces are at
+    most ``limit`` events each: :meth:`QueueSink.write`)."""
     start = 0
     while start < len(group):
         count, items, end = 0, [], start
@@ -138,10 +139,22 @@ class QueueSink(Sink):
     async def write(self, commands: Sequence[Command]) -> None:
         if not self._threads:
             raise RuntimeError("the queue publisher is not running")
-        future = self._loop.create_future()
-        # Encoded here, in the request's task: the publisher thread only joins bytes.
-        self._queue.put((len(commands), _msgpack_items(encode_many(list(commands))), future))
-        await future
+        # Encoded here, on the event loop: the publisher thread only joins bytes. A write
+        # (the requests of one loop turn, router_core/coalesce.py) is cut into pieces of at
+        # most ``max_events_per_message`` events, which no message exceeds; the write is
+        # held once every piece is.
+        limit = self.options.max_events_per_message
+        if len(commands) <= limit:
+            future = self._loop.create_future()
+            self._queue.put((len(commands), _msgpack_items(encode_many(commands)), future))
+            await future
+            return
+        futures = []
+        for start in range(0, len(commands), limit):
+            piece = commands[start : start + limit]
+            futures.append(future := self._loop.create_future())
+            self._queue.put((len(piece), _msgpack_items(encode_many(piece)), future))
+        await asyncio.gather(*futures)
 
     # -- the publisher thread ----------------------------------------------------------
     def _run(self) -> None:
