@@ -296,29 +296,52 @@ def _clickhouse_sort_key() -> list[ColumnElement]:
     return [func.toDate(c.timestamp), c.source, c.type, c.event, c.message_id]
 
 
-def _clickhouse_page_keys(
-    conditions: list[ColumnElement], order: Sequence[ColumnElement], limit: int
-) -> ColumnElement:
-    """``(sort key) IN (the page's keys)``: a page in two steps on ClickHouse.
+def _clickhouse_latest(columns: Sequence[ColumnElement], where: list[ColumnElement]) -> Any:
+    """``SELECT columns FROM events WHERE where``, one row per sorting key: the copy
+    received last, as ``FINAL`` would keep it (``ReplacingMergeTree(received_at)``).
 
-    ``FINAL`` merges every column of every row the filters leave before ``LIMIT`` applies
-    (single-threaded on 18.16): ~250 MB for a 50-row page of 1M events. Finding the
-    page's keys reads only the key columns and those the filters need; the rows are
-    then read for those keys alone (bench/README.md, "Dashboard queries").
+    ``FINAL`` merges every row the filters leave, single-threaded on 18.16, whatever the
+    ``LIMIT``: it cost the explorer's page ~100 ms of its ~210 ms on 1M events.
+    ``ORDER BY received_at DESC LIMIT 1 BY (sorting key)`` keeps the same copy of each
+    event (bench/README.md, "Dashboard queries"). The filters are applied to every copy
+    before that; copies of one event differ only in their times, so the one difference
+    from ``FINAL`` is at the edge of a time filter: an event whose copies straddle it is
+    shown (with its latest copy) when any copy is inside.
     """
     key = _clickhouse_sort_key()
-    # 18.16 fails a FINAL subquery without WHERE here ("Column 'toDate(timestamp)'
-    # already exists"): an unfiltered page gets a condition that always holds.
-    where = conditions or [literal_column("1") == literal_column("1")]
-    keys = (
-        _clickhouse_select()(*key)
+    # 18.16 fails such a subquery without WHERE here ("Column 'toDate(timestamp)' already
+    # exists"): an unfiltered page gets a condition that always holds.
+    where = where or [literal_column("1") == literal_column("1")]
+    return (
+        _clickhouse_select()(*columns)
         .select_from(events)
-        .final()
         .where(*where)
-        .order_by(*order)
-        .limit(limit + 1)
+        .order_by(events.c.received_at.desc())
+        .limit_by(key, 1)
     )
-    return tuple_(*key).in_(keys)
+
+
+def _clickhouse_page_rows(where: list[ColumnElement], count: int) -> Any:
+    """The first ``count`` events matching ``where``, newest first, in two steps: the
+    page's keys, from the key columns and those the filters need; then every column of
+    those events alone (the whole rows of all matches would be ~250 MB on 1M events)."""
+    key = _clickhouse_sort_key()
+    copies = _clickhouse_latest(
+        [k.label(f"k{i}") for i, k in enumerate(key)] + [events.c.timestamp.label("t")], where
+    ).subquery("copies")
+    page_keys = (
+        select(*(copies.c[f"k{i}"] for i in range(len(key))))
+        .order_by(copies.c.t.desc(), copies.c[f"k{len(key) - 1}"].desc())
+        .limit(count)
+    )
+    # By key alone: the keys met the filters; each event's latest copy is what is shown.
+    rows = _clickhouse_latest([events], [tuple_(*key).in_(page_keys)]).subquery("page")
+    return select(rows).order_by(rows.c.timestamp.desc(), rows.c.message_id.desc())
+
+
+#: How far back from a page's newest possible event each ClickHouse page query looks
+#: before it looks further (:meth:`EventStore.query`); the last window is unbounded.
+CLICKHOUSE_PAGE_WINDOWS = (timedelta(days=1), timedelta(days=7), timedelta(days=35))
 
 
 class EventStore:
@@ -391,9 +414,11 @@ class EventStore:
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidQuery("limit", f"must be between 1 and {MAX_LIMIT}")
         conditions = self.conditions(where)
+        anchor = where.until or datetime.now(UTC)  # no page event is newer (ClickHouse)
         if cursor:
-            timestamp, message_id = decode_cursor(cursor)
-            timestamp = self._time(timestamp)
+            moment, message_id = decode_cursor(cursor)
+            anchor = moment
+            timestamp = self._time(moment)
             conditions.append(
                 or_(
                     events.c.timestamp < timestamp,
@@ -401,12 +426,12 @@ class EventStore:
                 )
             )
         newest_first = (events.c.timestamp.desc(), events.c.message_id.desc())
-        statement = self._select().where(*conditions)
         if self.engine.dialect.name == "clickhouse":
-            statement = statement.where(_clickhouse_page_keys(conditions, newest_first, limit))
-        statement = statement.order_by(*newest_first).limit(limit + 1)
-        with self.engine.connect() as connection:
-            rows = connection.execute(statement).all()
+            rows = self._clickhouse_page(conditions, limit + 1, where.since, anchor)
+        else:
+            statement = self._select().where(*conditions).order_by(*newest_first)
+            with self.engine.connect() as connection:
+                rows = connection.execute(statement.limit(limit + 1)).all()
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = None
@@ -414,6 +439,46 @@ class EventStore:
             last = rows[-1]
             next_cursor = encode_cursor(last.timestamp, last.message_id)
         return Page(events=[self._event(row) for row in rows], next_cursor=next_cursor)
+
+    def _clickhouse_page(
+        self,
+        conditions: list[ColumnElement],
+        count: int,
+        since: datetime | None,
+        anchor: datetime,
+    ) -> list[Any]:
+        """The first ``count`` rows matching ``conditions``, newest first, read window by
+        window.
+
+        ClickHouse (18.x and 19.x at least) cannot stop reading at ``LIMIT`` in sort
+        order: it reads every row the filters leave, however old, then sorts. So the
+        page is looked for in the last day before ``anchor`` (the cursor's time, the
+        range's end or now; with no end, later events count in the first window), then
+        the week, then five weeks, then all that is left, each window a query of its
+        own that skips what the sorting key's day rules out. A page that fills in the
+        first window (any busy filter) reads a day of data, not the whole range; a sparse
+        filter costs a few more queries. The windows are disjoint and taken newest
+        first, so the rows come out in the same order as from one query.
+        """
+        column = events.c.timestamp
+        rows: list[Any] = []
+        newer: datetime | None = None  # the previous window's lower bound
+        with self.engine.connect() as connection:
+            for width in (*CLICKHOUSE_PAGE_WINDOWS, None):
+                lower = None if width is None else anchor - width
+                if lower is not None and since is not None and lower <= since:
+                    lower = None  # the range's own start bounds this window
+                window = list(conditions)
+                if lower is not None:
+                    window.append(column >= self._time(lower))
+                if newer is not None:
+                    window.append(column < self._time(newer))
+                statement = _clickhouse_page_rows(window, count - len(rows))
+                rows += connection.execute(statement).all()
+                if len(rows) >= count or lower is None:
+                    return rows
+                newer = lower
+        return rows
 
     def get(self, message_id: str) -> dict[str, Any] | None:
         statement = self._select().where(self._equals(events.c.message_id, message_id))

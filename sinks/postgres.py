@@ -20,6 +20,7 @@ waits for the commit.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -50,6 +51,7 @@ from router_core.health import ComponentHealth
 from router_core.hookspecs import hookimpl
 from router_core.schema import event_columns
 from router_core.sink import Sink
+from router_core.store import InvalidQuery, PathCondition
 
 log = logging.getLogger("eventrouter.sinks.postgres")
 
@@ -87,6 +89,42 @@ OPTIONAL_INDEXES = {
 }
 for _index in OPTIONAL_INDEXES.values():  # created by migrate() as configured
     events.indexes.discard(_index)
+
+#: Name prefix of the indexes made from the ``path_indexes`` option (migrate() drops the
+#: ones of this prefix no longer configured).
+PATH_INDEX_PREFIX = "ix_events_path_"
+#: Most parts (columns and paths) of one path index, ``timestamp`` not counted.
+MAX_PATH_INDEX_PARTS = 4
+
+
+def path_index_part(part: str) -> str:
+    """One part of a ``path_indexes`` entry as an index expression: a filter column as
+    is, a JSON path (``properties.plan``) as the expression the query layer filters with
+    (``properties #>> '{plan}'``), so that the planner matches the two.
+
+    :raises ValueError: neither a filter column nor a valid path."""
+    if part in OPTIONAL_INDEXES:
+        return part
+    try:
+        condition = PathCondition.parse(part, "")
+    except InvalidQuery as exc:
+        raise ValueError(
+            f"path_indexes: {part!r} is neither a column ({', '.join(OPTIONAL_INDEXES)}) "
+            f"nor a JSON path ({exc})"
+        ) from None
+    # Segments are letters, digits and _$@:- only (PathCondition): safe inside quotes.
+    array = "{" + ",".join(f'"{segment}"' for segment in condition.path) + "}"
+    return f"({condition.column} #>> '{array}'::text[])"
+
+
+def path_index(parts: Sequence[str]) -> tuple[str, str]:
+    """``(name, CREATE INDEX statement)`` for one ``path_indexes`` entry: its parts, then
+    ``timestamp`` (newest-first pages and time ranges read the index in order)."""
+    expressions = [path_index_part(part) for part in parts]
+    digest = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+    name = f"{PATH_INDEX_PREFIX}{digest}"
+    columns = ", ".join([*expressions, '"timestamp"'])
+    return name, f"CREATE INDEX IF NOT EXISTS {name} ON events ({columns})"
 
 
 def _traits_table(name: str, key: str) -> Table:
@@ -133,10 +171,26 @@ class PostgresOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     indexes: list[IndexName] = msgspec.field(
         default_factory=lambda: ["user_id", "anonymous_id", "event"]
     )
+    #: Indexes that hold JSON paths, for the filters the dashboard is used with most:
+    #: each entry a list of filter columns and paths, ``["event", "properties.plan"]``,
+    #: indexed with ``timestamp`` last; created and dropped by ``migrate`` to match.
+    path_indexes: list[list[str]] = []
     #: Keep ``users``, ``groups`` and ``identities`` current from the identity calls.
     normalise: bool = True
     #: Create or upgrade the schema when the sink starts (else: ``eventrouter migrate``).
     migrate_on_start: bool = True
+
+    def __post_init__(self) -> None:
+        for parts in self.path_indexes:
+            if not 1 <= len(parts) <= MAX_PATH_INDEX_PARTS:
+                raise ValueError(
+                    f"path_indexes: an entry holds 1 to {MAX_PATH_INDEX_PARTS} columns or paths"
+                )
+            if all(part in OPTIONAL_INDEXES for part in parts):
+                raise ValueError(
+                    f"path_indexes: {parts!r} holds no JSON path (columns go in indexes)"
+                )
+            path_index(parts)  # each part valid
 
 
 # -- partitions ----------------------------------------------------------------------------
@@ -208,6 +262,7 @@ class PostgresSink(Sink):
                     index.create(connection, checkfirst=True)
                 else:
                     index.drop(connection, checkfirst=True)
+            self._migrate_path_indexes(connection)
             current = connection.execute(text("SELECT max(version) FROM eventrouter_schema"))
             if (current.scalar() or 0) < SCHEMA_VERSION:
                 connection.execute(
@@ -217,6 +272,22 @@ class PostgresSink(Sink):
         self._load_partitions()
         self.maintain(force=True)
         return f"schema version {SCHEMA_VERSION}, {len(self._partitions)} partitions"
+
+    def _migrate_path_indexes(self, connection: Any) -> None:
+        """Create the configured ``path_indexes`` (on the parent: every partition gets
+        one); drop those made for entries no longer configured."""
+        wanted = dict(path_index(parts) for parts in self.options.path_indexes)
+        existing = connection.execute(
+            text(
+                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() "
+                "AND tablename = 'events' AND starts_with(indexname, :prefix)"
+            ),
+            {"prefix": PATH_INDEX_PREFIX},
+        ).scalars()
+        for name in set(existing) - set(wanted):
+            connection.execute(text(f"DROP INDEX IF EXISTS {name}"))
+        for statement in wanted.values():
+            connection.execute(text(statement))
 
     def _load_partitions(self) -> None:
         with self.engine.connect() as connection:

@@ -304,6 +304,52 @@ def test_the_query_api_filters_and_pages_over_clickhouse(ch_server):
     assert server.client.get("/api/v1/events/nope", headers=AUTH).status_code == 404
 
 
+def test_pages_come_newest_first_across_the_time_windows(ch_server):
+    """ClickHouse pages are read a time window at a time (the last day, week, five
+    weeks, then the rest): events in each window, one in the future and two at the
+    same second across a page boundary all come out once, newest first, page by page."""
+    server, _ = ch_server
+    now = datetime.now(UTC).replace(microsecond=0)
+    ages = {  # message id -> how long before now
+        "future": -timedelta(hours=2),
+        "hour": timedelta(hours=1),
+        "day-a": timedelta(days=1, seconds=30),
+        "day-b": timedelta(days=1, seconds=30),
+        "week": timedelta(days=6),
+        "month": timedelta(days=20),
+        "old": timedelta(days=100),
+        "older": timedelta(days=400),
+    }
+    items = [
+        {"type": "track", "userId": "w", "event": "Win", "messageId": m, "timestamp": iso(now - a)}
+        for m, a in ages.items()
+    ]
+    assert server.post("/v1/batch", {"batch": items}).status_code == 200
+    newest_first = sorted(ages, key=lambda m: ((now - ages[m]), m), reverse=True)
+
+    def pages(**params) -> list[list[str]]:
+        out, cursor = [], None
+        while True:
+            query = {"user_id": "w", "limit": 3, **params, **({"cursor": cursor} if cursor else {})}
+            response = server.client.get("/api/v1/events", params=query, headers=AUTH)
+            assert response.status_code == 200, response.text
+            body = response.json()
+            out.append([e["message_id"] for e in body["events"]])
+            cursor = body["next_cursor"]
+            if not cursor:
+                return out
+
+    def flat(found: list[list[str]]) -> list[str]:
+        return [message_id for page in found for message_id in page]
+
+    assert pages() == [newest_first[0:3], newest_first[3:6], newest_first[6:8]]
+    since = iso(now - timedelta(days=30))
+    assert flat(pages(since=since)) == newest_first[:6]
+    until = iso(now - timedelta(hours=12))
+    assert flat(pages(until=until)) == newest_first[2:]
+    assert flat(pages(since=since, until=until)) == newest_first[2:6]
+
+
 # -- queue mode --------------------------------------------------------------------------
 def test_through_the_queue_and_a_worker_in_one_insert(amqp_env, ch_url):
     batch = {"max_events": 50000, "timeout": "1s"}
@@ -399,6 +445,69 @@ def test_columns_hold_what_command_values_gives(datetime64):
                 assert written == (None if value is None else (value - epoch) // unit), name
             else:
                 assert written == ("" if value is None else value), name
+
+
+@pytest.mark.parametrize("datetime64", [True, False])
+def test_native_columns_are_the_bytes_the_driver_writes(datetime64):
+    """The sink serialises the time columns itself: byte for byte what clickhouse-driver
+    writes for :func:`columns_of`'s values, for every column."""
+    from clickhouse_driver.bufferedwriter import BufferedSocketWriter
+    from clickhouse_driver.columns.service import write_column
+
+    class Captured:
+        def __init__(self) -> None:
+            self.data = b""
+
+        def sendall(self, data: bytes) -> None:
+            self.data += data
+
+    def serialised(name: str, values: list | bytes) -> bytes:
+        if isinstance(values, bytes):
+            return values
+        sock = Captured()
+        buffer = BufferedSocketWriter(sock, 1 << 20)
+        write_column(context, name, sink_module._native_type(name, datetime64), values, buffer)
+        buffer.flush()
+        return sock.data
+
+    context = Client("127.0.0.1").connection.context
+    commands = _sample()
+    commands[0] = msgspec.structs.replace(commands[0], sent_at=BASE, original_timestamp=BASE)
+    assert any(c.sent_at is None for c in commands)  # the Nullable columns have nulls
+    driver = sink_module.columns_of(commands, datetime64=datetime64)
+    native = sink_module.native_columns(commands, datetime64=datetime64)
+    for name, values, ours in zip(STORED_COLUMNS, driver, native, strict=True):
+        assert serialised(name, ours) == serialised(name, list(values)), name
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_a_written_batch_reads_back_as_command_values(
+    ch_url, tmp_path, version, native, monkeypatch
+):
+    """``write`` stores exactly ``Command.values()``; the driver serialises the batch
+    (``columns_of``) only when the table's types are not the ones the sink created."""
+    datetime64 = version >= sink_module.DATETIME64_SINCE
+    if native:
+        monkeypatch.setattr(sink_module, "columns_of", None)  # the native path needs none
+    else:
+        monkeypatch.setattr(sink_module, "_native_type", lambda name, datetime64: "Other")
+    commands = _sample()
+    commands[0] = msgspec.structs.replace(commands[0], sent_at=BASE, original_timestamp=BASE)
+    sink = make_sink(ch_url, tmp_path)
+    sink.migrate()
+    sink.write(commands)
+    rows = ch(ch_url, f"SELECT {', '.join(STORED_COLUMNS)} FROM events")
+    stored = sorted(rows, key=lambda row: (row[0], row[-1]))
+    assert len(stored) == len(commands)
+    expected = sorted((c.values() for c in commands), key=lambda row: (row[0], row[-1]))
+    for row, values in zip(stored, expected, strict=True):
+        for name, got, value in zip(STORED_COLUMNS, row, values, strict=True):
+            if name in ("properties", "traits", "context"):
+                assert got == ("" if value is None else msgspec.json.encode(value).decode()), name
+            elif name in ("timestamp", "original_timestamp", "sent_at", "received_at"):
+                assert got == (None if value is None else truncated(value, datetime64)), name
+            else:
+                assert got == ("" if value is None else value), name
 
 
 def test_split_keys():
@@ -508,9 +617,10 @@ def _chdb_rows(commands: list[Command], datetime64: bool) -> str:
     return "\n".join(lines)
 
 
-def captured_selects(store: EventStore, cases: list) -> list[str]:
-    """The SELECTs the store layer sends for ``cases``, parameters substituted as
-    clickhouse-driver substitutes them, without running them on this server."""
+def captured_selects(store: EventStore, cases: list) -> list[list[str]]:
+    """The SELECTs the store layer sends for each of ``cases``, parameters substituted as
+    clickhouse-driver substitutes them, without running them on this server. Every
+    statement finds nothing here, so a page query sends one per time window."""
     client = Client("127.0.0.1")
     sent: list[str] = []
 
@@ -518,6 +628,7 @@ def captured_selects(store: EventStore, cases: list) -> list[str]:
         sent.append(client.substitute_params(statement, parameters, client.connection.context))
         return "SELECT * FROM events WHERE 0", {}
 
+    per_case: list[list[str]] = []
     event.listen(store.engine, "before_cursor_execute", capture, retval=True)
     try:
         for where, after, _ in cases:
@@ -525,10 +636,12 @@ def captured_selects(store: EventStore, cases: list) -> list[str]:
             if after is not None:
                 seconds, message_id = after
                 cursor = encode_cursor(BASE + timedelta(seconds=seconds), message_id)
+            sent.clear()
             store.query(where, limit=100, cursor=cursor)
+            per_case.append(list(sent))
     finally:
         event.remove(store.engine, "before_cursor_execute", capture)
-    return sent
+    return per_case
 
 
 @pytest.mark.parametrize("flavour", list(_FLAVOURS))
@@ -546,7 +659,9 @@ def test_ddl_and_dashboard_queries_run_on_a_current_clickhouse(flavour, ch_url, 
     finally:
         store.close()
         sink.stop()
-    assert len(selects) == len(cases) and all("FINAL" in sql.split() for sql in selects)
+    assert len(selects) == len(cases)
+    # Pages keep each event's copy received last with LIMIT 1 BY, not FINAL (store.py).
+    assert all(sqls and all("LIMIT 1 BY" in sql for sql in sqls) for sqls in selects)
 
     metadata = MetaData()
     events = events_table(metadata, datetime64=settings.datetime64, ttl=30 * 86400)
@@ -565,10 +680,12 @@ def test_ddl_and_dashboard_queries_run_on_a_current_clickhouse(flavour, ch_url, 
         db.query(
             "INSERT INTO events FORMAT JSONEachRow\n" + _chdb_rows(_sample(), settings.datetime64)
         )
-        for sql, (_, _, expected) in zip(selects, cases, strict=True):
-            result = db.query(sql, "JSONCompact")
-            ids = [row[0] for row in msgspec.json.decode(result.bytes())["data"]]
-            assert ids == expected, sql
+        for sqls, (_, _, expected) in zip(selects, cases, strict=True):
+            ids = []  # the time windows' rows, newest window first
+            for sql in sqls:
+                result = db.query(sql, "JSONCompact")
+                ids += [row[0] for row in msgspec.json.decode(result.bytes())["data"]]
+            assert ids == expected, sqls
         # What the sink and the store ask the server, besides inserts.
         for probe in (
             "SELECT max(version) FROM eventrouter_schema",
