@@ -13,8 +13,10 @@ SDK's retry of an event gets another skew-corrected ``timestamp`` (``receivedAt`
 on), and with the exact time in the key the two copies would never collapse.
 docs/clickhouse.md explains each choice and the differences between server versions.
 
-A write is one ``INSERT ... VALUES`` with the batch as columns (clickhouse-driver's
-native columnar insert). ClickHouse wants few, large inserts (at least 1,000 rows, about
+A write is one ``INSERT ... VALUES`` with the batch as one block of columns, sent over
+clickhouse-driver's connection in the Native format that this module serialises (see
+"the Native format" below; the driver's own columnar insert when the table's types are
+not the ones created here). ClickHouse wants few, large inserts (at least 1,000 rows, about
 one per second per table; every insert is a part on disk, merged later), so this sink
 belongs under ``eventrouter worker`` with ``batch = { max_events = 50000, timeout = "1s" }``;
 in embedded mode every request becomes an insert of its own.
@@ -195,14 +197,14 @@ class _EpochCache(dict):
     """UTC datetime → the integer clickhouse-driver stores for it (seconds or ms since
     1970), memoised: the events of one request share ``received_at`` and often ``sent_at``."""
 
-    _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+    EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
     def __init__(self, unit: timedelta) -> None:
         super().__init__()
         self.unit = unit
 
     def __missing__(self, value: datetime) -> int:
-        number = (value - self._EPOCH) // self.unit
+        number = (value - self.EPOCH) // self.unit
         self[value] = number
         return number
 
@@ -222,7 +224,10 @@ def _column_builders(
 ) -> dict[str, Callable[[], list]]:
     """By column name, a function that builds that column of the batch (see
     :func:`columns_of`), so that a column can be built just before it is sent."""
-    epoch = _EpochCache(timedelta(milliseconds=1) if datetime64 else timedelta(seconds=1))
+    unit = timedelta(milliseconds=1) if datetime64 else timedelta(seconds=1)
+    # sent_at and received_at are a request's, shared by its events: memoised. An
+    # event's own times are its alone, and a cache miss costs twice the arithmetic.
+    epoch, since = _EpochCache(unit), _EpochCache.EPOCH
     encode = _encode_json
 
     def optional_text(name: str) -> Callable[[], list]:
@@ -232,11 +237,6 @@ def _column_builders(
     def optional_json(name: str) -> Callable[[], list]:
         has = _CLASSES_WITH[name]
         return lambda: [encode(getattr(c, name)) if type(c) in has else b"" for c in commands]
-
-    def optional_time(name: str) -> Callable[[], list]:
-        return lambda: [
-            None if (value := getattr(c, name)) is None else epoch[value] for c in commands
-        ]
 
     return {
         "message_id": lambda: [c.message_id for c in commands],
@@ -252,9 +252,11 @@ def _column_builders(
         "properties": optional_json("properties"),
         "traits": optional_json("traits"),
         "context": lambda: [encode(c.context) for c in commands],
-        "timestamp": lambda: [epoch[c.timestamp] for c in commands],
-        "original_timestamp": optional_time("original_timestamp"),
-        "sent_at": optional_time("sent_at"),
+        "timestamp": lambda: [(c.timestamp - since) // unit for c in commands],
+        "original_timestamp": lambda: [
+            None if (t := c.original_timestamp) is None else (t - since) // unit for c in commands
+        ],
+        "sent_at": lambda: [None if c.sent_at is None else epoch[c.sent_at] for c in commands],
         "received_at": lambda: [epoch[c.received_at] for c in commands],
     }
 
@@ -270,14 +272,46 @@ def columns_of(commands: Sequence[Command], *, datetime64: bool) -> list[list]:
 
 
 # -- the Native format -------------------------------------------------------------------
-# A batch goes to the server as one Native block. clickhouse-driver serialises String
-# columns in C (its ``write_strings``), but it checks and converts every value of a
-# time column in a Python loop and copies each column into chunks first; this module
-# writes the time columns itself (DateTime: UInt32, DateTime64: Int64, little-endian;
-# Nullable(T): one byte per row, 1 for null, then T's column with 0 in the null rows)
-# and hands the String columns to the driver's column writer as they are.
+# A batch goes to the server as one block of ClickHouse's Native format, which this
+# module writes itself but for the String columns of many distinct values (ids, JSON):
+# clickhouse-driver writes those in C (``write_strings``), while it checks and converts
+# each value of a time column in a Python loop, and copies every column into chunks
+# before writing it (docs/clickhouse.md, "The Native block", has the figures). The
+# forms: String is each value's length as a LEB128 varint, then its UTF-8 bytes;
+# DateTime a UInt32 and DateTime64 an Int64, little-endian; Nullable(T) one byte per
+# row (1: null), then T's column with 0 in the null rows.
 _TIME_TYPECODES = {False: "I", True: "q"}  # DateTime: UInt32, DateTime64: Int64
 _BIG_ENDIAN = sys.byteorder == "big"
+
+
+#: Text columns with few distinct values in a batch (the same ones over and over, or
+#: mostly ``''``): serialised through a memo of each value's Native form.
+_FEW_VALUES = frozenset(
+    ("type", "event", "name", "group_id", "previous_id", "session_id", "source")
+)
+
+
+def _varint(number: int) -> bytes:
+    """``number`` as a LEB128 varint (a String value's length prefix)."""
+    out = bytearray()
+    while number >= 0x80:
+        out.append(number & 0x7F | 0x80)
+        number >>= 7
+    out.append(number)
+    return bytes(out)
+
+
+class _NativeStrings(dict):
+    """Text → its Native String form (length prefix, UTF-8 bytes), memoised."""
+
+    def __missing__(self, text: str) -> bytes:
+        data = text.encode()
+        self[text] = native = _varint(len(data)) + data
+        return native
+
+
+def _few_values_column(values: list[str]) -> bytes:
+    return b"".join(map(_NativeStrings().__getitem__, values))
 
 
 def _time_column(values: list[int], datetime64: bool) -> bytes:
@@ -304,17 +338,25 @@ def _native_type(name: str, datetime64: bool) -> str | None:
 
 
 def native_columns(commands: Sequence[Command], *, datetime64: bool) -> Iterator[list | bytes]:
-    """The columns of :func:`columns_of`, in order, each as the driver's column writer
-    takes it (a list) or already in the Native form of :func:`_native_type`'s type
-    (bytes: the time columns). Built one by one as they are asked for, so that the
-    server reads a column while the next one is built."""
+    """The columns of :func:`columns_of`, in order, each in the Native form of
+    :func:`_native_type`'s type (bytes: the time columns and the text of few values) or
+    as the driver's column writer takes it (the list: ids and JSON). Built one by one as
+    they are asked for, so that the server reads a column while the next is built. A
+    column of a field that no command of the batch has (``traits`` in a batch of
+    ``track`` calls) is all ``''``: a zero length per row, without a pass over the batch."""
     builders = _column_builders(commands, datetime64=datetime64)
+    kinds = set(map(type, commands))
     for name in STORED_COLUMNS:
+        if name in _CLASSES_WITH and kinds.isdisjoint(_CLASSES_WITH[name]):
+            yield bytes(len(commands))
+            continue
         values = builders[name]()
         if name in _NULLABLE_TIMES:
             yield _nullable_time_column(values, datetime64)
         elif name in _TIME_COLUMNS:
             yield _time_column(values, datetime64)
+        elif name in _FEW_VALUES:
+            yield _few_values_column(values)
         else:
             yield values
 

@@ -473,11 +473,15 @@ def test_native_columns_are_the_bytes_the_driver_writes(datetime64):
     context = Client("127.0.0.1").connection.context
     commands = _sample()
     commands[0] = msgspec.structs.replace(commands[0], sent_at=BASE, original_timestamp=BASE)
+    # UTF-8, and a length prefix of two bytes (a value of 128 bytes or more).
+    commands[1] = msgspec.structs.replace(commands[1], event="Réservé ✓ " * 20)
     assert any(c.sent_at is None for c in commands)  # the Nullable columns have nulls
-    driver = sink_module.columns_of(commands, datetime64=datetime64)
-    native = sink_module.native_columns(commands, datetime64=datetime64)
-    for name, values, ours in zip(STORED_COLUMNS, driver, native, strict=True):
-        assert serialised(name, ours) == serialised(name, list(values)), name
+    # Every kind of command, and a batch of track calls (no name, traits, group_id...).
+    for batch in (commands, [c for c in commands if isinstance(c, TrackCommand)]):
+        driver = sink_module.columns_of(batch, datetime64=datetime64)
+        native = sink_module.native_columns(batch, datetime64=datetime64)
+        for name, values, ours in zip(STORED_COLUMNS, driver, native, strict=True):
+            assert serialised(name, ours) == serialised(name, list(values)), name
 
 
 @pytest.mark.parametrize("native", [True, False])
