@@ -67,8 +67,17 @@ def make_plugin_manager(
     return pm
 
 
+class Expired(TimeoutError):
+    """The bus's own time limit on a hook call ran out. A ``TimeoutError`` the hook
+    raised itself (a socket's, a broker confirm's) is that hook's failure instead, and is
+    reported with its own message."""
+
+    #: Quoted in the 503 (``NotDurable``): "timed out after 10s" names no host.
+    client_safe = True
+
+
 async def _within(timeout: float, awaitable: Any) -> Any:
-    """Await ``awaitable`` in the current task, raising TimeoutError after ``timeout``.
+    """Await ``awaitable`` in the current task, raising :class:`Expired` after ``timeout``.
 
     ``asyncio.timeout`` does the same with more machinery; on the request path, once per
     event batch, one timer handle is all it takes.
@@ -86,7 +95,7 @@ async def _within(timeout: float, awaitable: Any) -> Any:
         return await awaitable
     except asyncio.CancelledError:
         if fired and task.uncancel() == 0:
-            raise TimeoutError from None
+            raise Expired(f"timed out after {timeout:g}s") from None
         raise
     finally:
         handle.cancel()
@@ -305,7 +314,7 @@ class Bus:
         try:
             await _within(timeout, self._invoke(impl, {"commands": commands}))
             stats.succeeded()
-        except TimeoutError as exc:
+        except Expired as exc:
             stats.failed(f"timed out after {timeout:g}s", timed_out=True)
             log.error("%s: write timed out after %gs", impl.plugin_name, timeout)
             m.child(m.sink_failed, impl.plugin_name).inc()
@@ -346,7 +355,7 @@ class Bus:
                 result = await _within(
                     timeout, self._invoke(impl, {"commands": commands, "sink": sink})
                 )
-            except TimeoutError:
+            except Expired:
                 self.stats.setdefault(name, PluginStats()).failed(
                     f"timed out after {timeout:g}s", timed_out=True
                 )
@@ -435,7 +444,7 @@ class Bus:
             try:
                 await _within(timeout, self._invoke(impl, {"commands": commands, "sink": sink}))
             except Exception as exc:
-                detail = "timed out" if isinstance(exc, TimeoutError) else repr(exc)
+                detail = "timed out" if isinstance(exc, Expired) else repr(exc)
                 self.stats.setdefault(impl.plugin_name, PluginStats()).failed(detail)
                 log.error("%s: batch_committed failed: %s", impl.plugin_name, detail)
 
@@ -465,7 +474,7 @@ class Bus:
             try:
                 result = await _within(timeout, self._invoke(impl, {}))
             except Exception as exc:
-                detail = "health check timed out" if isinstance(exc, TimeoutError) else repr(exc)
+                detail = "health check timed out" if isinstance(exc, Expired) else repr(exc)
                 result = ComponentHealth(
                     name=impl.plugin_name, up=False, required=required, detail=detail
                 )

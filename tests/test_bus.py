@@ -131,6 +131,8 @@ class Flaky(Sink):
             raise ConnectionError("store is down")
         if self.options.mode == "hang":
             await asyncio.sleep(3600)
+        if self.options.mode == "own-timeout":  # e.g. a socket's or a confirm's timeout
+            raise TimeoutError("confirm not received within 0.5s")
 
     def health(self) -> ComponentHealth:
         return ComponentHealth(
@@ -161,6 +163,34 @@ def test_acknowledging_sink_failure_answers_503_with_retry_after(start_server, t
     assert response.headers["Retry-After"] == "5"
     assert response.json()["code"] == "unavailable"
     assert "sink:flaky" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "message", "timeouts"),
+    [
+        ("hang", "sink:flaky: timed out after 0.3s", 1),  # the bus's own limit ran out
+        ("own-timeout", "sink:flaky: TimeoutError", 0),  # the sink's own failure
+    ],
+)
+def test_a_sinks_own_timeout_is_its_failure_not_the_buses(
+    start_server, tmp_path, mode, message, timeouts
+):
+    """Only the bus's ``dispatch_timeout`` counts as a timeout in /health; a
+    ``TimeoutError`` the sink raised is reported as that sink's error."""
+    server = start_server(
+        {
+            "server": {"dispatch_timeout": "300ms"},
+            "sinks": {"flaky": {"type": "flaky", "mode": mode}},
+        },
+        plugins=[FlakyPlugin()],
+    )
+    response = server.post("/v1/track", EVENT)
+    assert response.status_code == 503
+    assert message in response.json()["message"]
+    stats = server.client.get("/health").json()["components"]["sink:flaky"]["stats"]
+    assert (stats["failures"], stats["timeouts"]) == (1, timeouts), stats
+    expected = "timed out after 0.3s" if timeouts else "TimeoutError: confirm not received"
+    assert stats["last_error"].startswith(expected), stats
 
 
 def test_unacknowledged_sink_failure_still_answers_200(start_server, tmp_path):
