@@ -1,11 +1,13 @@
 """The edge's queue publisher: accepted events go to RabbitMQ (or Redis) by group commit.
 
 With ``[queue]`` configured, ``eventrouter serve`` runs this instead of the storage
-sinks. A request hands its commands (already encoded, on the event loop) to the
-publisher threads and awaits a future. A publisher thread takes everything queued by
-then, publishes it as one persistent message and waits for the broker's confirm: only
-then are the futures resolved and the ``200`` sent. While one confirm is in flight the
-next group gathers, so under load one round trip serves many requests.
+sinks. The requests of one event-loop turn reach it as one write
+(``router_core/coalesce.py``): its commands are encoded on the event loop and handed to
+the publisher threads, and the write awaits their futures. A publisher thread takes
+everything queued by then, publishes it as one persistent message and waits for the
+broker's confirm: only then are the futures resolved and the ``200`` sent. While one
+confirm is in flight the next group gathers, so under load one round trip serves many
+requests.
 
 kombu and py-amqp are blocking and not thread-safe: they never run on the event loop,
 and each publisher thread owns its connection and channel. A publish that fails (broker
