@@ -52,7 +52,7 @@ class Coalescer:
         self._scheduled: asyncio.Handle | None = None
         #: Groups in flight (strong references: the loop keeps only weak ones).
         self._running: set[asyncio.Task[None]] = set()
-        #: Groups dispatched, and the requests they carried (for tests and /health).
+        #: Groups dispatched, and the requests they carried.
         self.groups = 0
         self.requests = 0
 

@@ -183,21 +183,35 @@ def _too_large(limit: int) -> APIError:
 
 
 def _gunzip(data: bytes, limit: int) -> bytes:
-    """Decompress at most ``limit`` bytes: a gzip bomb costs us ``limit``, not its size."""
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = decompressor.decompress(data, limit + 1)
-    except zlib.error as exc:
-        raise InvalidEvent("invalid_gzip", f"body: not valid gzip ({exc})") from None
-    if len(out) > limit or decompressor.unconsumed_tail:
-        raise APIError(
-            413,
-            "payload_too_large",
-            f"body: decompresses to more than the {limit // 1024} KB limit",
-        )
-    if not decompressor.eof:
-        raise InvalidEvent("invalid_gzip", "body: gzip stream is truncated")
-    return out
+    """Decompress at most ``limit`` bytes: a gzip bomb costs us ``limit``, not its size.
+
+    A gzip file may hold several members one after the other (RFC 1952, 2.2: what
+    ``cat a.gz b.gz`` makes); their contents are joined, as ``gunzip`` joins them.
+    Bytes after the last member that do not start another are refused, never ignored:
+    they would be events the client sent and we silently dropped."""
+    parts: list[bytes] = []
+    size = 0
+    rest = data
+    while True:
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out = decompressor.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            what = "not valid gzip" if not parts else "data after the gzip stream is not gzip"
+            raise InvalidEvent("invalid_gzip", f"body: {what} ({exc})") from None
+        size += len(out)
+        if size > limit or decompressor.unconsumed_tail:
+            raise APIError(
+                413,
+                "payload_too_large",
+                f"body: decompresses to more than the {limit // 1024} KB limit",
+            )
+        if not decompressor.eof:
+            raise InvalidEvent("invalid_gzip", "body: gzip stream is truncated")
+        parts.append(out)
+        rest = decompressor.unused_data
+        if not rest:
+            return b"".join(parts)
 
 
 def _basic_username(req: falcon.asgi.Request) -> str | None:

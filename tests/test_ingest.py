@@ -415,6 +415,28 @@ def test_truncated_gzip_is_400_and_nothing_is_stored(shared):
     assert shared.events(user_id=user) == []
 
 
+def test_gzip_of_several_members_is_read_whole(shared):
+    """``cat a.gz b.gz`` is one gzip body (RFC 1952): every member's bytes count."""
+    user = uid()
+    batch = json.dumps({"batch": [{"type": "track", "userId": user, "event": f"e{i}"}
+                                  for i in range(3)]}).encode()  # fmt: skip
+    cut = len(batch) // 2
+    response = post_raw(
+        shared, "/v1/batch", gz(batch[:cut]) + gz(batch[cut:]), {"Content-Encoding": "gzip"}
+    )
+    ok(response)
+    assert sorted(e["event"] for e in shared.events(user_id=user)) == ["e0", "e1", "e2"]
+
+
+@pytest.mark.parametrize("trailer", [b"garbage", b"\x1f\x8b\x08\x00not-deflate", b"\x1f\x8b"])
+def test_bytes_after_the_gzip_stream_are_400_not_ignored(shared, trailer):
+    user = uid()
+    data = gz(json.dumps({"userId": user, "event": "Tail"}).encode()) + trailer
+    response = post_raw(shared, "/v1/track", data, {"Content-Encoding": "gzip"})
+    assert_error(response, 400, "invalid_gzip", "gzip")
+    assert shared.events(user_id=user) == []
+
+
 def test_gzip_with_a_broken_trailer_is_400(shared):
     user = uid()
     data = bytearray(gz(json.dumps({"userId": user, "event": "Crc"}).encode()))
