@@ -29,8 +29,9 @@ def add_routes(
     bus: Bus,
     store: EventStore | None,
     auth: AdminAuth,
-) -> TailHub:
-    """Mount the dashboard on ``app``; returns its live-tail hub (closed at shutdown)."""
+) -> views.Dashboard:
+    """Mount the dashboard on ``app``; returns what its views share, which the app closes
+    at shutdown (``Dashboard.close``: the live-tail hub, the privacy page's store)."""
     renderer = Renderer(make_environment(config.admin.templates))
     hub = TailHub(config, store)
     d = views.Dashboard(config, bus, store, auth, renderer, hub)
@@ -51,4 +52,4 @@ def add_routes(
     app.add_route("/admin/sources", views.SourcesView(d))
     app.add_route("/admin/privacy", PrivacyView(d))
     app.add_static_route("/admin/static", str(STATIC_DIR))
-    return hub
+    return d

@@ -40,6 +40,7 @@ class PrivacyView(_View):
                 self._list = suppression_list(self.d.config, self.d.bus)
             except ConfigError as exc:
                 raise APIError(503, "no_store", exc.message) from None
+            self.d.closers.append(self._list.close)
         return self._list
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:

@@ -12,6 +12,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
@@ -89,6 +90,15 @@ class Dashboard:
         self.renderer = renderer
         self.hub = hub
         self.proxies = proxies.TrustedProxies(config.server.trusted_proxies)
+        #: What views opened lazily and the app's shutdown closes (``close``).
+        self.closers: list[Callable[[], None]] = []
+
+    async def close(self) -> None:
+        """At the app's shutdown: the live-tail hub, then what views opened."""
+        await self.hub.close()
+        for close in self.closers:
+            await asyncio.to_thread(close)
+        self.closers.clear()
 
     # -- auth --------------------------------------------------------------------------------
     def require(self, req: falcon.asgi.Request) -> Session | None:

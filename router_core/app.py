@@ -41,8 +41,8 @@ class Lifespan:
         self.bus = bus
         self.store = store
         self.config = config
-        #: The dashboard's live-tail hub, closed before the bus stops.
-        self.tail: Any = None
+        #: The dashboard (admin.views.Dashboard), closed before the bus stops.
+        self.dashboard: Any = None
 
     async def process_startup(self, scope: dict, event: dict) -> None:
         await self.bus.start()
@@ -60,8 +60,8 @@ class Lifespan:
             )
 
     async def process_shutdown(self, scope: dict, event: dict) -> None:
-        if self.tail is not None:
-            await self.tail.close()
+        if self.dashboard is not None:
+            await self.dashboard.close()
         await self.bus.stop()
         if self.store is not None:
             self.store.close()
@@ -142,6 +142,8 @@ class EventRouterApp(falcon.asgi.App):
     ingestor: ingest.Ingestor
     config: Config
     store: EventStore | None
+    #: What the dashboard's views share (admin.views.Dashboard), closed at shutdown.
+    dashboard: Any
     #: The dashboard's live-tail hub (admin.tail.TailHub).
     tail: Any
 
@@ -217,14 +219,15 @@ def create_app(
     ingest.add_routes(app, ingestor)
     auth = AdminAuth(admin_token(config))
     api.add_routes(app, api.EventsResource(auth, store))
-    lifespan.tail = admin.add_routes(app, config, bus, store, auth)
+    lifespan.dashboard = admin.add_routes(app, config, bus, store, auth)
     snippet.origin.add_routes(app, config)
     app.add_route("/health", HealthResource(bus))
     app.add_route("/metrics", MetricsResource(bus))
     app.add_route("/openapi.json", openapi.OpenAPIResource())
     app.bus = bus  # for tests and plugins that need the running bus
     app.ingestor = ingestor
-    app.tail = lifespan.tail
+    app.dashboard = lifespan.dashboard
+    app.tail = lifespan.dashboard.hub
     app.config = config
     app.store = store
     return app

@@ -464,3 +464,10 @@ def test_privacy_page_end_to_end(start_server):
     )
     assert scripted.status_code == 200
     assert server.client.get("/admin/privacy").status_code == 303  # not signed in
+
+    # The page opened its own connection to the store; the app's shutdown closes it.
+    (close,) = server.app.dashboard.closers
+    suppressions = close.__self__
+    assert suppressions._engine is not None
+    server.stop()
+    assert suppressions._engine is None
