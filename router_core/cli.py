@@ -194,7 +194,40 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print("  queue:   none (embedded: sinks run in the server)")
     if config.dedup is not None:
         print(f"  dedup:   {describe(config.dedup.url)}, window {config.dedup.window:g}s")
+    for line in _limit_lines(config):
+        print(f"  limits:  {line}")
+    for line in _privacy_lines(config):
+        print(f"  privacy: {line}")
     return 0
+
+
+def _rate(limit: Any) -> str:
+    return f"{limit.events_per_second:g} events/s, burst {limit.capacity}"
+
+
+def _limit_lines(config: Any) -> list[str]:
+    """The rate limits in force: per source, and the default (none: unlimited)."""
+    default = config.rate_limits.default if config.rate_limits is not None else None
+    lines = [f"{s.name}: {_rate(s.rate_limit)}" for s in config.sources if s.rate_limit]
+    if default is not None:
+        lines.append(f"every other source: {_rate(default)}")
+    if not lines:
+        return ["none (no source is rate-limited)"]
+    where = config.rate_limits.url if config.rate_limits is not None else None
+    where = where or (config.dedup.url if config.dedup is not None else None)
+    lines.append(f"buckets: {describe(where) if where else 'per process'}")
+    return lines
+
+
+def _privacy_lines(config: Any) -> list[str]:
+    """What the edge does to personal data: IPs per source, scrubbed paths."""
+    privacy = config.privacy
+    own = [f"{s.name} {s.ip}" for s in config.sources if s.ip and s.ip != privacy.ip]
+    ip = f"context.ip {privacy.ip}" + (f" ({', '.join(own)})" if own else "")
+    scrub = privacy.scrub
+    dropped = ", ".join(scrub.drop) or "none"
+    hashed = ", ".join(scrub.hash) or "none"
+    return [ip, f"scrub: drop {dropped}; hash {hashed}"]
 
 
 def build_parser() -> argparse.ArgumentParser:

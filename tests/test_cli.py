@@ -136,6 +136,44 @@ def test_config_check_accepts_a_valid_file(tmp_path):
     assert f"{config}: OK" in result.stdout
     assert "sources: web" in result.stdout
     assert "local (sqlite)" in result.stdout
+    assert "limits:  none (no source is rate-limited)" in result.stdout
+    assert "privacy: context.ip keep" in result.stdout
+    assert "privacy: scrub: drop none; hash none" in result.stdout
+
+
+def test_config_check_shows_rate_limits_and_privacy(tmp_path):
+    config = tmp_path / "eventrouter.toml"
+    config.write_text(
+        textwrap.dedent(
+            """
+            [[sources]]
+            name = "web"
+            write_key = "wk-web"
+            ip = "drop"
+            rate_limit = { events_per_second = 50, burst = 200 }
+
+            [[sources]]
+            name = "ios"
+            write_key = "wk-ios"
+
+            [rate_limits]
+            default = { events_per_second = 10 }
+
+            [privacy]
+            ip = "truncate"
+            scrub = { drop = ["properties.password"], hash = ["traits.email"], salt = "s" }
+            """
+        )
+    )
+    result = run("config", "check", str(config))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "limits:  web: 50 events/s, burst 200" in out
+    assert "limits:  every other source: 10 events/s, burst 10" in out
+    assert "limits:  buckets: per process" in out
+    assert "privacy: context.ip truncate (web drop)" in out
+    assert "privacy: scrub: drop properties.password; hash traits.email" in out
+    assert "wk-web" not in out and "salt" not in out  # no secrets printed
 
 
 @pytest.mark.parametrize(
