@@ -197,7 +197,8 @@ class Bus:
         """True in ``eventrouter worker``: each write is a whole batch its consumer
         gathered (up to ``batch.max_events`` / ``batch.timeout``) and retries itself on
         failure (``retry``), so a sink must neither linger for more writes nor retry the
-        write again. False on the edge, where each write is one request's events."""
+        write again. False on the edge, where each write is the events of the requests
+        of one event-loop turn (router_core/coalesce.py)."""
         return self.role == WORKER
 
     @property
