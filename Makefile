@@ -43,7 +43,7 @@ format: $(TEST_STAMP)
 
 ## bench: every figure in one table: ingest (embedded, RabbitMQ) beside bare Falcon,
 ## sink writes, the worker drain, dashboard queries (bench/README.md, "One command").
-## One area's own script: make bench BENCH=ingest|sinks|dashboard BENCH_ARGS="..."
+## One area's own script: make bench BENCH=ingest|sinks|e2e|dashboard BENCH_ARGS="..."
 BENCH ?= all
 bench: $(TEST_STAMP)
 	bash .ci/services bench

@@ -1,6 +1,6 @@
 """Every throughput figure of the project from one command, in one table.
 
-    .venv/bin/python bench/all.py [--quick] [--only ingest,queue,sinks,dashboard]
+    .venv/bin/python bench/all.py [--quick] [--only ingest,queue,sinks,e2e,dashboard]
         [--duration 15] [--warmup 2] [--connections 64] [--workers N] [--no-fsync]
         [--sinks sqlite,s3,postgres,clickhouse] [--batches 10] [--batch-events 50000]
         [--stores clickhouse,postgres] [--events 1000000] [--requests 20] [--reload]
@@ -17,6 +17,8 @@ copied), with that script's defaults unless an option here says otherwise:
   invocation;
 - **sinks** (bench/sinks.py): each storage sink taking worker-sized batches through the
   bus;
+- **e2e** (bench/e2e.py): ``/v1/batch`` → RabbitMQ → ``eventrouter worker`` →
+  ClickHouse under wrk's load: events/s stored and the queue depth's growth;
 - **dashboard** (bench/dashboard.py): the admin dashboard's queries over 1,000,000
   events in ClickHouse and PostgreSQL (loaded once, then kept between runs).
 
@@ -54,13 +56,14 @@ import sinks  # noqa: E402, F401
 sys.path.append(str(BENCH_DIR))
 
 import dashboard  # noqa: E402
+import e2e as e2e_bench  # noqa: E402
 import ingest  # noqa: E402
 
 sink_bench = dashboard.sink_bench  # bench/sinks.py, loaded under a name of its own
 
 RESULTS_DIR = BENCH_DIR / "results"
 REPO_ROOT = BENCH_DIR.parent
-AREAS = ("ingest", "queue", "sinks", "dashboard")
+AREAS = ("ingest", "queue", "sinks", "e2e", "dashboard")
 SINKS = tuple(sink_bench.TARGETS)  # sqlite, s3, postgres, clickhouse
 
 #: ``--quick``: a smoke run of everything in a few minutes; the figures mean little.
@@ -94,7 +97,7 @@ def log(message: str) -> None:
 class Row:
     """One figure of the combined table, with the target it is held to (if any)."""
 
-    area: str  # ingest, queue, sinks, dashboard
+    area: str  # ingest, queue, sinks, e2e, dashboard
     scenario: str
     subject: str  # what was measured: a server, a sink, a store
     figure: float | None  # None when the measurement failed
@@ -309,6 +312,40 @@ def dashboard_rows(timings: Sequence[Any], events: int) -> list[Row]:
     return rows
 
 
+def e2e_rows(result: Any, workers: int) -> list[Row]:
+    """Rows from bench/e2e.py: events/s stored while the load ran, and how fast the
+    queue grew meanwhile (not growing: at most 5 % of the ingest rate)."""
+    scenario = "/v1/batch → RabbitMQ → worker → ClickHouse"
+    subject = f"eventrouter, {workers} worker{'s' if workers > 1 else ''}"
+    lost = max(0, result.acknowledged - result.stored)
+    note = f"{lost:,} acknowledged events not stored" if lost else ""
+    return [
+        Row(
+            area="e2e",
+            scenario=f"{scenario}: stored while {result.acknowledged_per_s:,.0f} events/s "
+            "were acknowledged",
+            subject=subject,
+            figure=result.stored_per_s,
+            unit="events/s stored",
+            p99_ms=result.p99_ms,
+            at_least=e2e_bench.TARGET,
+            target=f"≥ {e2e_bench.TARGET:,} events/s sustained",
+            valid=not lost,
+            note=note,
+        ),
+        Row(
+            area="e2e",
+            scenario=f"{scenario}: queue depth growth during the load",
+            subject=subject,
+            figure=result.depth_slope,
+            unit="events/s",
+            at_most=0.05 * max(result.acknowledged_per_s, 1),
+            target="not growing: ≤ 5 % of the ingest rate",
+            valid=not lost,
+        ),
+    ]
+
+
 def failure_row(area: str, subject: str, error: str) -> Row:
     """An area (or one sink or store of it) that could not be measured."""
     return Row(area, "—", subject, None, "", valid=False, note=f"failed: {error}")
@@ -365,6 +402,15 @@ def run_sinks(args: argparse.Namespace, outcome: Outcome) -> None:
         measured += results
     if measured:
         outcome.reports += [sink_bench.report(measured)]
+
+
+def run_e2e(args: argparse.Namespace, outcome: Outcome) -> None:
+    argv = ["--duration", f"{args.duration:g}", "--connections", str(args.connections)]
+    argv += ["--server-workers", str(args.workers), "--broker", args.broker]
+    e2e_args = e2e_bench.parse_args(argv)
+    result = e2e_bench.run(e2e_args)
+    outcome.rows += e2e_rows(result, e2e_args.workers)
+    outcome.reports += [e2e_bench.report(result, e2e_args)]
 
 
 def run_dashboard(args: argparse.Namespace, outcome: Outcome) -> None:
@@ -504,6 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps.append(("ingest", run_ingest))
     if "sinks" in args.only:
         steps.append(("sinks", run_sinks))
+    if "e2e" in args.only:
+        steps.append(("e2e", run_e2e))
     if "dashboard" in args.only:
         steps.append(("dashboard", run_dashboard))
     area_seconds = {}

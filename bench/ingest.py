@@ -429,10 +429,15 @@ def run_wrk(url: str, body_file: Path, seconds: float, connections: int) -> tupl
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-    match = re.search(r"^WRK_RESULT (\{.*\})$", done.stdout, re.MULTILINE)
+    return parse_wrk(done.stdout + done.stderr), done.stdout
+
+
+def parse_wrk(output: str) -> WrkResult:
+    """The numbers of the ``WRK_RESULT`` line that bench/post.lua prints."""
+    match = re.search(r"^WRK_RESULT (\{.*\})$", output, re.MULTILINE)
     if match is None:
-        raise RuntimeError(f"no WRK_RESULT line in wrk's output:\n{done.stdout}{done.stderr}")
-    return WrkResult(**json.loads(match.group(1))), done.stdout
+        raise RuntimeError(f"no WRK_RESULT line in wrk's output:\n{output}")
+    return WrkResult(**json.loads(match.group(1)))
 
 
 def children_cpu_seconds() -> float:

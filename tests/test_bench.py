@@ -58,7 +58,7 @@ def test_unknown_area_is_refused() -> None:
 def test_quick_and_full_defaults(bench: ModuleType) -> None:
     full = bench.parse_args([])
     assert (full.duration, full.batches, full.events) == (15, 10, 1_000_000)
-    assert full.only == ["ingest", "queue", "sinks", "dashboard"]
+    assert full.only == ["ingest", "queue", "sinks", "e2e", "dashboard"]
     quick = bench.parse_args(["--quick", "--duration", "5", "--only", "sinks"])
     assert (quick.duration, quick.batches, quick.events) == (5, 2, 100_000)
     assert quick.only == ["sinks"]
@@ -219,3 +219,24 @@ def test_ratio_is_not_evaluated_without_a_bare_run(bench) -> None:
     assert rows[0].ratio is None
     assert rows[0].met is None
     assert "not evaluated" in rows[0].note
+
+
+def test_end_to_end_rows_judge_rate_flatness_and_loss(bench) -> None:
+    e2e = bench.e2e_bench
+    steady = e2e.Result(acknowledged=400_000, load_seconds=10.0, stored_during_load=380_000)
+    steady.stored = 400_000
+    steady.events_per_message = 100
+    steady.samples = [e2e.Sample(t, 30, 0) for t in (1.0, 2.0, 3.0)]  # flat depth
+    rate, growth = bench.merge(bench.e2e_rows(steady, 1))
+    assert (rate.figure, rate.met, rate.valid) == (38_000, False, True)  # under 50,000
+    assert (growth.figure, growth.met) == (0, True)
+
+    growing = e2e.Result(acknowledged=600_000, load_seconds=10.0, stored_during_load=550_000)
+    growing.stored = 599_000  # 1,000 acknowledged events never stored
+    growing.events_per_message = 100
+    growing.samples = [e2e.Sample(t, 100 * t, 0) for t in (1.0, 2.0, 3.0)]
+    rate, growth = bench.merge(bench.e2e_rows(growing, 2))
+    assert rate.figure == 55_000 and rate.met is False and not rate.valid
+    assert "1,000 acknowledged events not stored" in rate.note
+    assert growth.figure == pytest.approx(10_000) and growth.met is False
+    assert rate.subject == "eventrouter, 2 workers"
