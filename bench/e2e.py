@@ -25,13 +25,12 @@ import json
 import os
 import platform
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,32 +106,6 @@ def write_config(path: Path, broker: str, prefix: str) -> None:
     )
 
 
-def start_worker(argv: list[str], cwd: Path, env: dict[str, str], log_path: Path):
-    with log_path.open("wb") as log_file:
-        return subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        with suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 def run(args: argparse.Namespace) -> Result:
     queue_mode.check_loopback(args.broker)
     client = Client(ingest.HOST)
@@ -173,8 +146,8 @@ def run(args: argparse.Namespace) -> Result:
         for i in range(args.workers):
             argv = [str(bin_dir / "eventrouter"), "worker", "--config", str(config)]
             log_path = ingest.RESULTS_DIR / f"e2e-worker-{i}.log"
-            workers.append(start_worker(argv, workdir, env, log_path))
-            stack.callback(stop, workers[-1])
+            workers.append(queue_mode.start_process(argv, cwd=workdir, env=env, log_path=log_path))
+            stack.callback(queue_mode.stop_worker, workers[-1])
         deadline = time.monotonic() + 60
         while True:
             try:

@@ -214,16 +214,9 @@ class Server:
 
     def __enter__(self) -> Server:
         log(f"starting {self.name}: {' '.join(self.argv)}")
-        with self.log_path.open("wb") as log_file:
-            self._process = subprocess.Popen(
-                self.argv,
-                cwd=self.cwd,
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self._process = queue_mode.start_process(
+            self.argv, cwd=self.cwd, env=self.env, log_path=self.log_path
+        )
         try:
             self._wait_ready()
         except BaseException:

@@ -257,17 +257,8 @@ def drain(
     timeout = max(60.0, events / 500)
     before = sqlite_rows(db_path)
     broker_before = broker_cpu_seconds()
-    with log_path.open("wb") as log_file:
-        started = time.monotonic()
-        process = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    started = time.monotonic()
+    process = start_process(argv, cwd=cwd, env=env, log_path=log_path)
     progress(f"worker pid {process.pid}: draining {events:,} events (timeout {timeout:.0f} s)")
     first_row_s, rows_at_first, rows = 0.0, 0, 0
     worker_cpu = 0.0
@@ -307,6 +298,23 @@ def drain(
         dead_lettered=queue.depth(queue.dead_queue),
         summary=summary,
     )
+
+
+def start_process(
+    argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path
+) -> subprocess.Popen[bytes]:
+    """``argv`` in a session of its own (its children form one process group with it),
+    its output to ``log_path``: a server or worker the benchmarks start and stop."""
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 def stop_worker(process: subprocess.Popen[bytes]) -> None:

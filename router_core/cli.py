@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 import pluggy
 
+from plugins.ratelimit import RateLimiter
 from router_core import __version__, logs
 from router_core import config as config_module
 from router_core import privacy as privacy_command
@@ -206,16 +207,15 @@ def _rate(limit: Any) -> str:
 
 
 def _limit_lines(config: Any) -> list[str]:
-    """The rate limits in force: per source, and the default (none: unlimited)."""
-    default = config.rate_limits.default if config.rate_limits is not None else None
-    lines = [f"{s.name}: {_rate(s.rate_limit)}" for s in config.sources if s.rate_limit]
-    if default is not None:
-        lines.append(f"every other source: {_rate(default)}")
-    if not lines:
+    """The rate limits in force, as the server's limiter resolves them (per source, the
+    default, where the buckets live); building it connects to nothing."""
+    limiter = RateLimiter.from_config(config)
+    if limiter is None:
         return ["none (no source is rate-limited)"]
-    where = config.rate_limits.url if config.rate_limits is not None else None
-    where = where or (config.dedup.url if config.dedup is not None else None)
-    lines.append(f"buckets: {describe(where) if where else 'per process'}")
+    lines = [f"{name}: {_rate(limit)}" for name, limit in limiter.limits.items()]
+    if limiter.default is not None:
+        lines.append(f"every other source: {_rate(limiter.default)}")
+    lines.append(f"buckets: {describe(limiter.url) if limiter.url else 'per process'}")
     return lines
 
 

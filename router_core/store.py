@@ -419,10 +419,9 @@ class EventStore:
         conditions = self.conditions(
             msgspec.structs.replace(where, since=None) if clickhouse else where
         )
-        anchor = where.until or datetime.now(UTC)  # no page event is newer (ClickHouse)
+        moment = None
         if cursor:
             moment, message_id = decode_cursor(cursor)
-            anchor = moment
             timestamp = self._time(moment)
             conditions.append(
                 or_(
@@ -432,6 +431,7 @@ class EventStore:
             )
         newest_first = (events.c.timestamp.desc(), events.c.message_id.desc())
         if clickhouse:
+            anchor = moment or where.until or datetime.now(UTC)  # no page event is newer
             rows = self._clickhouse_page(conditions, limit + 1, where.since, anchor)
         else:
             statement = self._select().where(*conditions).order_by(*newest_first)

@@ -146,17 +146,12 @@ class QueueSink(Sink):
         # most ``max_events_per_message`` events, which no message exceeds; the write is
         # held once every piece is.
         limit = self.options.max_events_per_message
-        if len(commands) <= limit:
-            future = self._loop.create_future()
-            self._queue.put((len(commands), _msgpack_items(encode_many(commands)), future))
-            await future
-            return
         futures = []
         for start in range(0, len(commands), limit):
             piece = commands[start : start + limit]
             futures.append(future := self._loop.create_future())
             self._queue.put((len(piece), _msgpack_items(encode_many(piece)), future))
-        await asyncio.gather(*futures)
+        await (futures[0] if len(futures) == 1 else asyncio.gather(*futures))
 
     # -- the publisher thread ----------------------------------------------------------
     def _run(self) -> None:
