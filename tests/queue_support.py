@@ -32,6 +32,15 @@ AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 REDIS_QUEUE_URL = "redis://127.0.0.1:6379/5"
 DEDUP_URL = "redis://127.0.0.1:6379/6"
 TRANSPORTS = {"amqp": AMQP_URL, "redis": REDIS_QUEUE_URL}
+#: Each transport's server port on loopback (for a TcpProxy that cuts it off).
+SERVICE_PORTS = {"amqp": 5672, "redis": 6379}
+
+
+def via(url: str, port: int) -> str:
+    """``url`` with its loopback service port replaced by ``port`` (a TcpProxy's)."""
+    for service_port in SERVICE_PORTS.values():
+        url = url.replace(f"127.0.0.1:{service_port}", f"127.0.0.1:{port}")
+    return url
 
 
 def unique(prefix: str = "t") -> str:

@@ -36,17 +36,17 @@ from router_core.config import ConfigError, parse
 from tests.helpers import HANG_GUARD, LiveServer, eventually, free_port, make_config
 from tests.queue_support import (  # noqa: F401 - fixtures
     DEDUP_URL,
+    SERVICE_PORTS,
     QueueEnv,
     WorkerThread,
     amqp_env,
     queue_env,
     unique,
+    via,
 )
 from tests.tcp_proxy import TcpProxy
 
 # ruff: noqa: F811 - pytest fixtures are parameters
-
-SERVICE_PORTS = {"amqp": 5672, "redis": 6379}
 
 
 def track() -> dict[str, Any]:
@@ -76,13 +76,6 @@ def post_until_accepted(server: LiveServer, body: dict[str, Any]) -> list[int]:
         assert response.headers["Retry-After"]
         time.sleep(0.05)
     pytest.fail(f"never accepted after {len(statuses)} attempts: {statuses[-5:]}")
-
-
-def via(url: str, port: int) -> str:
-    """``url`` with its loopback port replaced by ``port``."""
-    for service_port in SERVICE_PORTS.values():
-        url = url.replace(f"127.0.0.1:{service_port}", f"127.0.0.1:{port}")
-    return url
 
 
 # -- /health with a reachable broker ------------------------------------------------------

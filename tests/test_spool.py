@@ -23,28 +23,22 @@ from router_core.config import ConfigError
 from router_core.spool import HEADER, Spool, SpoolFull, read_records
 from tests.helpers import LiveServer, ServeProcess, eventually, make_config
 from tests.queue_support import (  # noqa: F401 - fixtures
+    SERVICE_PORTS,
     QueueEnv,
     WorkerThread,
     amqp_env,
     queue_env,
     unique,
+    via,
 )
 from tests.tcp_proxy import TcpProxy
 from tests.test_metrics import samples, value
 
 # ruff: noqa: F811 - pytest fixtures are parameters
 
-SERVICE_PORTS = {"amqp": 5672, "redis": 6379}
-
 
 def track(n: int = 0) -> dict[str, Any]:
     return {"userId": "u1", "event": "Spool Test", "messageId": unique(f"m{n:04d}-")}
-
-
-def via(url: str, port: int) -> str:
-    for service_port in SERVICE_PORTS.values():
-        url = url.replace(f"127.0.0.1:{service_port}", f"127.0.0.1:{port}")
-    return url
 
 
 def spool_stats(server: Any) -> dict[str, Any]:
