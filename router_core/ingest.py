@@ -87,7 +87,10 @@ class Ingestor:
         metrics.get().accepted(commands)
 
     # -- body --------------------------------------------------------------------------
-    async def read(self, req: falcon.asgi.Request, limit: int) -> bytes:
+    async def read(self, req: falcon.asgi.Request, limit: int, *, structure: bool = True) -> bytes:
+        """The request body: size-capped, gunzipped, valid UTF-8, and (unless
+        ``structure`` is False: the caller checks it, :meth:`BatchResource.on_post`)
+        within the nesting and keys limits."""
         content_type = req.content_type
         if content_type:
             media = content_type.split(";", 1)[0].strip().lower()
@@ -132,8 +135,9 @@ class Ingestor:
                 raise InvalidEvent(
                     "invalid_json", f"body: not valid JSON: invalid UTF-8 at byte {exc.start}"
                 ) from None
-        # Before any decoder: msgspec recurses once per level of nesting.
-        limits.check_structure(body, self.max_json_depth, self.max_json_keys)
+        if structure:
+            # Before any decoder: msgspec recurses once per level of nesting.
+            limits.check_structure(body, self.max_json_depth, self.max_json_keys)
         if b"\\u0000" in body:
             # PostgreSQL can store no NUL character (text or jsonb): a NUL in any string
             # becomes U+FFFD here, so that the event reads the same from every store.
@@ -264,12 +268,19 @@ class BatchResource:
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         ingestor = self.ingestor
         header_key = ingestor.header_key(req)
-        body = await ingestor.read(req, MAX_BATCH_BYTES)
+        body = await ingestor.read(req, MAX_BATCH_BYTES, structure=False)
         try:
             envelope = model.BATCH_DECODER.decode(body)
         except msgspec.MsgspecError as exc:
+            # A body past the limits is refused for that, whatever else is wrong with it.
+            limits.check_structure(body, ingestor.max_json_depth, ingestor.max_json_keys)
             raise from_validation_error(exc) from None
+        except RecursionError:  # nested past Python's limit, which is past max_json_depth
+            raise limits.too_deep(ingestor.max_json_depth) from None
         items = envelope.batch
+        # The items are undecoded yet (and so is any context they nest deeper than the
+        # limit): checked per item, which costs a tenth of checking the whole body.
+        limits.check_batch_structure(body, items, ingestor.max_json_depth, ingestor.max_json_keys)
         if not items:
             raise InvalidEvent("empty_batch", "batch: contains no events")
         if len(items) > MAX_BATCH_EVENTS:

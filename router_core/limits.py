@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Sequence
+from typing import Any
 
 from router_core.errors import InvalidEvent
 
@@ -44,20 +46,74 @@ def _crowded(max_keys: int) -> re.Pattern[bytes]:
     return re.compile(rb"\{:{%d}" % (max_keys + 1))
 
 
-def check_structure(body: bytes, max_depth: int, max_keys: int) -> None:
+def check_structure(body: bytes, max_depth: int, max_keys: int, *, within: int = 0) -> None:
     """400 ``too_deep`` or ``too_many_keys`` when ``body`` nests objects and arrays more
-    than ``max_depth`` levels deep, or has an object with more than ``max_keys`` keys."""
-    deep = body.count(b"{") + body.count(b"[") > max_depth
+    than ``max_depth`` levels deep, or has an object with more than ``max_keys`` keys.
+
+    ``within``: ``body`` is a part of a request body, that many levels down (a batch
+    item: 2); the error names the request body's limit."""
+    depth = max_depth - within
+    deep = body.count(b"{") + body.count(b"[") > depth
     wide = body.count(b":") > max_keys
     if not (deep or wide):
         return
     shape = body_shape(body)
-    if deep and nesting(shape.replace(b":", b""), max_depth) > max_depth:
-        raise InvalidEvent(
-            "too_deep", f"body: objects and arrays nested deeper than {max_depth} levels"
-        )
-    if wide and shape.count(b":") > max_keys and _crowded_object(shape, max_depth, max_keys):
+    if deep and nesting(shape.replace(b":", b""), depth) > depth:
+        raise too_deep(max_depth)
+    if wide and shape.count(b":") > max_keys and _crowded_object(shape, depth, max_keys):
         raise InvalidEvent("too_many_keys", f"body: an object has more than {max_keys} keys")
+
+
+def too_deep(max_depth: int) -> InvalidEvent:
+    """The 400 for a body nested deeper than ``max_depth``."""
+    return InvalidEvent(
+        "too_deep", f"body: objects and arrays nested deeper than {max_depth} levels"
+    )
+
+
+#: A batch item sits this many levels down in a ``/v1/batch`` body: the body's object,
+#: then the ``batch`` array.
+ITEM_LEVEL = 2
+
+
+def check_batch_structure(body: bytes, items: Sequence[Any], max_depth: int, max_keys: int) -> None:
+    """:func:`check_structure` for a batch body whose ``items`` (the ``batch`` array's
+    elements, undecoded: ``msgspec.Raw``) are known, at a fraction of its cost.
+
+    A batch of 100 events has far more brackets than ``max_depth`` and so never passes
+    the counting shortcut as a whole; each of its items does. The body is within the
+    limits exactly when every item is, two levels down, and so is the rest of the body
+    (its own object, the ``batch`` array, ``context`` and any other key): the rest has
+    ``body's count - the items' counts`` brackets and colons, which bound its depth and
+    its keys per object. Only an item, or a rest, past those bounds is scanned exactly.
+    """
+    brackets, colons = _openings_and_colons(body)
+    if brackets <= max_depth and colons <= max_keys:
+        return
+    item_depth = max_depth - ITEM_LEVEL
+    for raw in items:  # _openings_and_colons, inline: this loop runs per event
+        item = bytes(raw)
+        kept = item.translate(None, _NOT_OPENING_OR_COLON)
+        item_colons = kept.count(b":")
+        item_brackets = len(kept) - item_colons
+        if item_brackets > item_depth or item_colons > max_keys:
+            check_structure(item, max_depth, max_keys, within=ITEM_LEVEL)
+        brackets -= item_brackets
+        colons -= item_colons
+    if brackets > max_depth or colons > max_keys:
+        check_structure(body, max_depth, max_keys)
+
+
+#: Every byte but ``{ [ :``.
+_NOT_OPENING_OR_COLON = bytes(b for b in range(256) if b not in b"{[:")
+
+
+def _openings_and_colons(data: bytes) -> tuple[int, int]:
+    """How many ``{`` and ``[`` and how many ``:`` ``data`` holds, strings included: in one
+    pass (three ``bytes.count`` calls cost three times as much on an 800-byte item)."""
+    kept = data.translate(None, _NOT_OPENING_OR_COLON)
+    colons = kept.count(b":")
+    return len(kept) - colons, colons
 
 
 def body_shape(body: bytes) -> bytes:

@@ -114,60 +114,85 @@ def _integrations(msg_integrations: dict | None, env: Envelope) -> dict:
     return msg_integrations if msg_integrations is not None else {}
 
 
+#: The command class for each event type.
+_COMMANDS: dict[str, type[c.Command]] = {
+    "track": c.TrackCommand,
+    "identify": c.IdentifyCommand,
+    "page": c.PageCommand,
+    "screen": c.ScreenCommand,
+    "group": c.GroupCommand,
+    "alias": c.AliasCommand,
+}
+#: The event type of each inbound message class (its ``type`` tag).
+_KINDS: dict[type, str] = {cls: cls.__struct_config__.tag for cls in m.AnyMessage.__args__}
+
+
 def to_command(msg: m.AnyMessage, env: Envelope, kind: str | None = None) -> c.Command:
     """Validate the cross-field rules of one message and build its Command.
 
     ``kind`` is the type implied by the endpoint (``/v1/track``); batch items carry
-    their own ``type``.
+    their own ``type``. This runs once per accepted event, so it builds the command in
+    one call with the fields for its type, rather than through a shared dict of the
+    common fields (a third of its cost, measured on ``/v1/batch``).
     """
-    user_id = _ident(msg.user_id)
-    anonymous_id = _ident(msg.anonymous_id)
-    if user_id is None and anonymous_id is None:
+    user_id = msg.user_id
+    if user_id is not None and type(user_id) is not str:
+        user_id = str(user_id)
+    anonymous_id = msg.anonymous_id
+    if anonymous_id is not None and type(anonymous_id) is not str:
+        anonymous_id = str(anonymous_id)
+    if not user_id and not anonymous_id:
         raise InvalidEvent("missing_field", "userId or anonymousId: one of them is required")
+    sent_at = msg.sent_at or env.sent_at
     timestamp, original = event_times(
-        msg.timestamp, msg.original_timestamp, msg.sent_at or env.sent_at, env.received_at
+        msg.timestamp, msg.original_timestamp, sent_at, env.received_at
     )
     context = _context(msg.context, env)
     session_id = _ident(msg.session_id)
-    if session_id is None:
-        session_id = _ident(context.get("sessionId"))
-    common = {
-        "message_id": msg.message_id or new_message_id(),
-        "source": env.source,
-        "user_id": user_id,
-        "anonymous_id": anonymous_id,
-        "session_id": session_id,
-        "context": context,
-        "integrations": _integrations(msg.integrations, env),
-        "timestamp": timestamp,
-        "original_timestamp": original,
-        "sent_at": utc(msg.sent_at or env.sent_at),
-        "received_at": env.received_at,
-    }
-    kind = kind or type(msg).__struct_config__.tag
+    if session_id is None and "sessionId" in context:
+        session_id = _ident(context["sessionId"])
+    kind = kind or _KINDS[type(msg)]
+    fields: dict[str, Any] = {}
     if kind == "track":
-        return c.TrackCommand(event=msg.event, properties=msg.properties or {}, **common)
-    if kind == "identify":
-        return c.IdentifyCommand(traits=msg.traits or {}, **common)
-    if kind in ("page", "screen"):
+        fields["event"] = msg.event
+        fields["properties"] = msg.properties or {}
+    elif kind == "identify":
+        fields["traits"] = msg.traits or {}
+    elif kind in ("page", "screen"):
         properties = msg.properties or {}
         if msg.category is not None:
             properties.setdefault("category", msg.category)
         if msg.name is not None:
             properties.setdefault("name", msg.name)
-        cls = c.PageCommand if kind == "page" else c.ScreenCommand
-        return cls(name=msg.name, properties=properties, **common)
-    if kind == "group":
+        fields["name"] = msg.name
+        fields["properties"] = properties
+    elif kind == "group":
         group_id = _ident(msg.group_id)
         if group_id is None:
             raise InvalidEvent("missing_field", "groupId: required field is missing")
-        return c.GroupCommand(group_id=group_id, traits=msg.traits or {}, **common)
-    if kind == "alias":
+        fields["group_id"] = group_id
+        fields["traits"] = msg.traits or {}
+    elif kind == "alias":
         previous_id = _ident(msg.previous_id)
         if previous_id is None:
             raise InvalidEvent("missing_field", "previousId: required field is missing")
-        return c.AliasCommand(previous_id=previous_id, **common)
-    raise InvalidEvent("invalid_type", f"type: unknown event type {kind!r}")
+        fields["previous_id"] = previous_id
+    else:
+        raise InvalidEvent("invalid_type", f"type: unknown event type {kind!r}")
+    return _COMMANDS[kind](
+        message_id=msg.message_id or new_message_id(),
+        source=env.source,
+        user_id=user_id or None,
+        anonymous_id=anonymous_id or None,
+        session_id=session_id,
+        context=context,
+        integrations=_integrations(msg.integrations, env),
+        timestamp=timestamp,
+        original_timestamp=original,
+        sent_at=utc(sent_at),
+        received_at=env.received_at,
+        **fields,
+    )
 
 
 def legacy_to_command(msg: m.LegacyTrack, env: Envelope) -> c.TrackCommand:

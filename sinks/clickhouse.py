@@ -209,7 +209,16 @@ class _EpochCache(dict):
         return number
 
 
-_encode_json = msgspec.json.Encoder().encode
+_json_encoder = msgspec.json.Encoder()
+
+
+def _json_column(values: list[Any]) -> list[bytes]:
+    """Each value as JSON: one ``encode_lines`` call split at its newlines (JSON text
+    holds none of its own: a newline in a string is escaped), which saves a call per
+    row, about a tenth of the cost of encoding them one by one."""
+    return _json_encoder.encode_lines(values).split(b"\n")[:-1]
+
+
 #: Per column, the command classes that have the field (``Command.values()`` gives None
 #: for the others). Looked up by class: ``getattr`` with a default pays for an
 #: AttributeError on every missing field, the most of ``values()``'s 9 µs per event.
@@ -228,7 +237,8 @@ def _column_builders(
     # sent_at and received_at are a request's, shared by its events: memoised. An
     # event's own times are its alone, and a cache miss costs twice the arithmetic.
     epoch, since = _EpochCache(unit), _EpochCache.EPOCH
-    encode = _encode_json
+    encode = _json_encoder.encode
+    kinds = set(map(type, commands))
 
     def optional_text(name: str) -> Callable[[], list]:
         has = _CLASSES_WITH[name]
@@ -236,6 +246,8 @@ def _column_builders(
 
     def optional_json(name: str) -> Callable[[], list]:
         has = _CLASSES_WITH[name]
+        if kinds <= has:  # every command has the field: one call for the column
+            return lambda: _json_column([getattr(c, name) for c in commands])
         return lambda: [encode(getattr(c, name)) if type(c) in has else b"" for c in commands]
 
     return {
@@ -251,7 +263,7 @@ def _column_builders(
         "source": lambda: [c.source for c in commands],
         "properties": optional_json("properties"),
         "traits": optional_json("traits"),
-        "context": lambda: [encode(c.context) for c in commands],
+        "context": lambda: _json_column([c.context for c in commands]),
         "timestamp": lambda: [(c.timestamp - since) // unit for c in commands],
         "original_timestamp": lambda: [
             None if (t := c.original_timestamp) is None else (t - since) // unit for c in commands

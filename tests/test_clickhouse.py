@@ -447,6 +447,34 @@ def test_columns_hold_what_command_values_gives(datetime64):
                 assert written == ("" if value is None else value), name
 
 
+def test_json_columns_of_one_kind_are_each_rows_own_json():
+    """A batch of one event type has its JSON columns encoded in one call and split at
+    newlines: text with newlines, other line breaks and non-ASCII still gives each row
+    exactly its own JSON."""
+    texts = ["line\nbreak", "cr\r\nlf", "sep\u2028para\u2029", "é🙂", "", '"\\n"']
+    commands = [
+        TrackCommand(
+            message_id=f"m{i}",
+            source="web",
+            user_id="u",
+            event="E",
+            properties={"text": text, "nested": {"list": [text, i]}},
+            context={"page": {"title": text}} if i % 2 else {},
+            timestamp=BASE,
+            received_at=BASE,
+        )
+        for i, text in enumerate(texts)
+    ]
+    columns = dict(
+        zip(STORED_COLUMNS, sink_module.columns_of(commands, datetime64=True), strict=True)
+    )
+    assert columns["properties"] == [msgspec.json.encode(c.properties) for c in commands]
+    assert columns["context"] == [msgspec.json.encode(c.context) for c in commands]
+    assert [msgspec.json.decode(v) for v in columns["properties"]] == [
+        c.properties for c in commands
+    ]
+
+
 @pytest.mark.parametrize("datetime64", [True, False])
 def test_native_columns_are_the_bytes_the_driver_writes(datetime64):
     """The sink serialises the time columns itself: byte for byte what clickhouse-driver

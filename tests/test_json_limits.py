@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import random
 
+import msgspec
 import pytest
 
 from router_core.config import ConfigError
 from router_core.errors import InvalidEvent
-from router_core.limits import check_structure
+from router_core.limits import check_batch_structure, check_structure
+from router_core.model import BatchEnvelope
 from tests.helpers import make_config
 from tests.ingest_support import assert_error, post_raw
 
@@ -88,3 +90,45 @@ def test_the_byte_scan_agrees_with_a_walk_of_the_decoded_value():
             except InvalidEvent as exc:
                 found = exc.code
             assert found == expected, (body, max_depth, max_keys)
+
+
+def refusal(check, *args) -> str | None:
+    """The code ``check(*args)`` refuses with, or None."""
+    try:
+        check(*args)
+    except InvalidEvent as exc:
+        return exc.code
+    return None
+
+
+def test_the_per_item_batch_check_agrees_with_the_whole_body_check():
+    """``check_batch_structure`` (each item on its own, then the rest of the body) refuses
+    exactly the batch bodies that ``check_structure`` refuses, for the same reason when
+    only one limit is passed."""
+    rnd = random.Random(11)
+    decoder = msgspec.json.Decoder(BatchEnvelope)
+    for _ in range(1500):
+        items = [random_json(rnd) for _ in range(rnd.randint(1, 6))]
+        body_value = {"batch": items}
+        if rnd.random() < 0.4:
+            body_value["context"] = {"c": random_json(rnd)}
+        if rnd.random() < 0.3:
+            body_value["zz"] = random_json(rnd)  # a key the decoder ignores
+        body = json.dumps(body_value, ensure_ascii=rnd.random() < 0.5).encode()
+        raw_items = decoder.decode(body).batch
+        depth, keys = shape_of(body_value)
+        for max_depth, max_keys in ((depth, keys), (depth - 1, keys), (depth, keys - 1)):
+            if max_depth < 1 or max_keys < 1:
+                continue
+            whole = refusal(check_structure, body, max_depth, max_keys)
+            per_item = refusal(check_batch_structure, body, raw_items, max_depth, max_keys)
+            assert (whole is None) == (per_item is None), (body, max_depth, max_keys)
+            if (depth > max_depth) != (keys > max_keys):  # one limit passed: one reason
+                assert whole == per_item, (body, max_depth, max_keys)
+
+
+def test_a_batch_nested_past_pythons_recursion_limit_is_too_deep(start_server):
+    server = start_server({})
+    deep = "[" * 5000 + "]" * 5000
+    body = f'{{"batch":[{{"type":"track","userId":"u","event":"e","properties":{{"a":{deep}}}}}]}}'
+    assert_error(post_raw(server, "/v1/batch", body.encode(), JSON), 400, "too_deep", "body")
