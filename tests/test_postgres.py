@@ -360,6 +360,121 @@ def test_two_writers_of_one_batch_store_it_once(pg_url, tmp_path):
     assert sink.races in (0, 1)
 
 
+def _tracks(n: int, event: str = "e") -> list:
+    from router_core.commands import TrackCommand
+
+    now = datetime.now(UTC)
+    return [
+        TrackCommand(
+            message_id=unique("m"),
+            source="s",
+            user_id=f"u{i % 50}",
+            event=event,
+            properties={"i": i},
+            timestamp=now,
+            received_at=now,
+        )
+        for i in range(n)
+    ]
+
+
+def _spied_sink(url: str, tmp_path, **options):
+    """The sink, with a record of the parts each write was COPYed in: (thread, rows)."""
+    config = make_config(tmp_path, {"sinks": {"warehouse": pg_sink(url, **options)}})
+    sink = Bus(config, make_plugin_manager(config)).sinks["warehouse"]
+    sink.migrate()
+    parts: list[tuple[str, int]] = []
+    write_part = sink._write_part
+
+    def recorded(fresh, identities):  # a spy: the real part write runs
+        import threading
+
+        parts.append((threading.current_thread().name, len(fresh)))
+        return write_part(fresh, identities)
+
+    sink._write_part = recorded
+    return sink, parts
+
+
+def test_a_large_batch_is_copied_on_parallel_connections_and_stored_once(pg_url, tmp_path):
+    from router_core.commands import IdentifyCommand
+
+    sink, parts = _spied_sink(pg_url, tmp_path)  # parallel = 2, the default
+    now = datetime.now(UTC)
+    batch = _tracks(12_000)
+    batch[-1] = IdentifyCommand(  # in the second part: the identity tables still see it
+        message_id=unique("m"), source="s", user_id="late", traits={"plan": "pro"},
+        timestamp=now, received_at=now,
+    )  # fmt: skip
+    try:
+        sink.write(batch)
+        assert sorted(rows for _, rows in parts) == [6_000, 6_000]
+        assert len({thread for thread, _ in parts}) == 2
+        assert sql(pg_url, "SELECT count(*), count(DISTINCT message_id) FROM events") == [
+            (12_000, 12_000)
+        ]
+        assert sql(pg_url, "SELECT traits FROM users WHERE user_id = 'late'") == [
+            ({"plan": "pro"},)
+        ]
+        sink.write(batch)  # redelivered: every part finds its rows stored
+        assert sql(pg_url, "SELECT count(*) FROM events") == [(12_000,)]
+        assert (sink.written, sink.duplicates) == (12_000, 12_000)
+        parts.clear()
+        sink.write(_tracks(100))  # a small batch: one connection
+        assert [rows for _, rows in parts] == [100]
+    finally:
+        sink.stop()
+
+
+def test_a_failed_part_fails_the_write_and_its_retry_stores_the_rest_once(pg_url, tmp_path):
+    """PostgreSQL refuses a NUL in text (the edge never sends one; a batch built by
+    other means may): the part holding it rolls back and the write raises, while the
+    other part committed. The worker's retry of the batch, once the bad row is gone,
+    stores the rest without storing the committed part twice."""
+    sink, parts = _spied_sink(pg_url, tmp_path)
+    batch = _tracks(12_000)
+    bad = _tracks(1, event="nul\x00here")[0]
+    try:
+        with pytest.raises(psycopg.DataError) as refused:
+            sink.write([*batch[:-1], bad])
+        assert len(parts) == 2
+        assert sql(pg_url, "SELECT count(*) FROM events") == [(6_000,)]
+        assert sink.last_error.startswith(type(refused.value).__name__)
+        sink.write(batch)
+        assert sql(pg_url, "SELECT count(*), count(DISTINCT message_id) FROM events") == [
+            (12_000, 12_000)
+        ]
+    finally:
+        sink.stop()
+
+
+def test_text_and_json_that_a_text_copy_would_escape_are_stored_as_sent(pg_server):
+    """The sink COPYs in binary: tabs, newlines, backslashes, COPY's own ``\\N`` null
+    marker, quotes and characters beyond the BMP reach every column unchanged, and an
+    absent field is NULL (not the text ``\\N``)."""
+    server, url = pg_server
+    tricky = 'tab\there\nnew line\r\\N \\ back "quoted" é 🙂 \u2028'
+    body = {
+        "userId": tricky,
+        "event": tricky,
+        "messageId": "tricky-1",
+        "properties": {tricky: tricky, "n": 2**53, "list": [tricky, None, 1.5]},
+        "context": {"page": {"title": tricky}},
+        "timestamp": "2026-11-01T10:00:00.999Z",
+    }
+    assert server.post("/v1/track", body).status_code == 200
+    rows = sql(
+        url,
+        "SELECT user_id, event, properties, context->'page'->>'title', anonymous_id, "
+        "traits, timestamp FROM events WHERE message_id = 'tricky-1'",
+    )
+    user, event_name, props, title, anon, traits, ts = rows[0]
+    assert (user, event_name, title) == (tricky, tricky, tricky)
+    assert props == {tricky: tricky, "n": 2**53, "list": [tricky, None, 1.5]}
+    assert (anon, traits) == (None, None)
+    assert ts == datetime(2026, 11, 1, 10, 0, 0, 999000, tzinfo=UTC)
+
+
 def test_a_nul_character_anywhere_is_stored_as_a_replacement_character(pg_server):
     """PostgreSQL stores no NUL (text or jsonb): the edge turns ``\\u0000`` into U+FFFD,
     so the event is stored (not a 503, not a dead letter) and reads the same everywhere.
