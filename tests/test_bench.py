@@ -241,3 +241,78 @@ def test_end_to_end_rows_judge_rate_flatness_and_loss(bench) -> None:
     assert "1,000 acknowledged events not stored" in rate.note
     assert growth.figure == pytest.approx(10_000) and growth.met is False
     assert rate.subject == "eventrouter, 2 workers"
+
+
+def test_floor_times_every_step_of_the_write_path() -> None:
+    """bench/floor.py, with one round per timing: a row per step and per process, each
+    with a positive time, and the sum rows."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "floor.py"), "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split("|")[1:-1] for line in done.stdout.splitlines() if line.startswith("| ")]
+    steps = {(cells[0].strip(), cells[1].strip()): cells[2].strip() for cells in rows[2:]}
+    for process, step in [
+        ("edge", "normalise (normalise.to_command)"),
+        ("edge", "encode for the broker (MessagePack)"),
+        ("worker", "decode a broker message"),
+        ("worker", "ClickHouse: the Native block's columns"),
+        ("edge", "**all of the above**"),
+        ("worker", "**all of the above**"),
+    ]:
+        assert float(steps[(process, step)].strip("*")) > 0, (process, step)
+    assert "stolen by the hypervisor" in done.stdout
+
+
+def test_the_prototype_validates_and_publishes_the_raw_body() -> None:
+    """bench/prototype_app.py, the reference the queue mode is compared with: a valid
+    body is answered 200 once RabbitMQ holds it, byte for byte; an invalid one 400."""
+    import os
+
+    from falcon import testing
+    from kombu import Connection
+
+    from tests.queue_support import AMQP_URL as amqp_url
+
+    prefix = f"test-prototype-{os.getpid()}"
+    os.environ.update(PROTOTYPE_BROKER=amqp_url, PROTOTYPE_PREFIX=prefix)
+    path = list(sys.path)
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "prototype_app", BENCH_DIR / "prototype_app.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # msgspec resolves its annotations there
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = path
+        del os.environ["PROTOTYPE_BROKER"], os.environ["PROTOTYPE_PREFIX"]
+    body = json.dumps({"batch": [{"type": "track", "userId": "u", "event": "E"}]}).encode()
+    try:
+        import asyncio
+
+        async def post_both():
+            async with testing.ASGIConductor(module.app) as conductor:
+                headers = {"Content-Type": "application/json"}
+                ok = await conductor.simulate_post("/v1/batch", body=body, headers=headers)
+                bad = await conductor.simulate_post(
+                    "/v1/batch", body=b'{"batch":[{"type":"track"}]}', headers=headers
+                )
+                return ok, bad
+
+        ok, bad = asyncio.run(post_both())
+        assert (ok.status_code, ok.json) == (200, {"success": True})
+        assert bad.status_code == 400
+        with Connection(amqp_url) as connection:
+            # Held already: the 200 came after the broker's confirm.
+            message = connection.channel().basic_get(f"{prefix}.events", no_ack=True)
+            assert message is not None and message.body == body
+    finally:
+        with Connection(amqp_url) as connection:
+            channel = connection.channel()
+            channel.queue_delete(f"{prefix}.events")
+            channel.exchange_delete(prefix)
