@@ -986,15 +986,22 @@ def setup_line(args: argparse.Namespace, scenarios: Sequence[Scenario]) -> str:
 
 
 # -- main ----------------------------------------------------------------------------------
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=15, help="seconds per run [15]")
+def add_load_options(parser: argparse.ArgumentParser, duration: float) -> None:
+    """The wrk load and server options shared with bench/prototype.py."""
+    parser.add_argument(
+        "--duration", type=float, default=duration, help=f"seconds per run [{duration:g}]"
+    )
     parser.add_argument("--warmup", type=float, default=2, help="discarded seconds first [2]")
     parser.add_argument("--connections", type=int, default=64, help="wrk connections [64]")
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="gunicorn workers [nproc]"
     )
     parser.add_argument("--only", choices=["single", "batch"], help="run one scenario only")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_load_options(parser, duration=15)
     parser.add_argument(
         "--no-fsync",
         action="store_true",

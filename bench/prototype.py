@@ -97,13 +97,7 @@ def table(rows: Sequence[ingest.Measurement]) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=10, help="seconds per run [10]")
-    parser.add_argument("--warmup", type=float, default=2, help="discarded seconds first [2]")
-    parser.add_argument("--connections", type=int, default=64, help="wrk connections [64]")
-    parser.add_argument(
-        "--workers", type=int, default=os.cpu_count() or 1, help="gunicorn workers [nproc]"
-    )
-    parser.add_argument("--only", choices=["single", "batch"], help="run one scenario only")
+    ingest.add_load_options(parser, duration=10)
     parser.add_argument("--broker", default=ingest.DEFAULT_BROKER, help="RabbitMQ on loopback")
     args = parser.parse_args(argv)
     queue_mode.check_loopback(args.broker)
