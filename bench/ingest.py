@@ -1058,6 +1058,15 @@ def missing_prerequisite(args: argparse.Namespace) -> str | None:
     return None
 
 
+def write_bodies(workdir: Path, scenarios: Sequence[Scenario]) -> dict[str, Path]:
+    """Each scenario's request body in a file of ``workdir`` (wrk reads it), by name."""
+    bodies = {}
+    for scenario in scenarios:
+        bodies[scenario.name] = workdir / f"{scenario.name}.json"
+        bodies[scenario.name].write_bytes(scenario.body)
+    return bodies
+
+
 @dataclass(frozen=True)
 class IngestRun:
     """What one invocation measured, target by target, and its markdown report."""
@@ -1077,9 +1086,7 @@ def run(args: argparse.Namespace) -> IngestRun:
     runs: list[TargetRun] = []
     with tempfile.TemporaryDirectory(prefix="eventrouter-bench-") as tmp:
         workdir = Path(tmp)
-        bodies = {s.name: workdir / f"{s.name}.json" for s in scenarios}
-        for scenario in scenarios:
-            bodies[scenario.name].write_bytes(scenario.body)
+        bodies = write_bodies(workdir, scenarios)
         servers = {
             "bare": lambda: bare_server(workdir, args.workers, probe_body=all_scenarios[0].body),
             "eventrouter": lambda: eventrouter_server(workdir, args.workers),

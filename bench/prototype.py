@@ -107,16 +107,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     ingest.RESULTS_DIR.mkdir(exist_ok=True)
-    scenarios = [s for s in ingest.make_scenarios(datetime.now(UTC)) if args.only in (None, s.name)]
+    all_scenarios = ingest.make_scenarios(datetime.now(UTC))
+    scenarios = [s for s in all_scenarios if args.only in (None, s.name)]
     prefix = f"bench-prototype-{datetime.now(UTC):%Y%m%d%H%M%S}-{secrets.token_hex(3)}"
     rows: list[ingest.Measurement] = []
     with tempfile.TemporaryDirectory(prefix="eventrouter-prototype-") as tmp:
         workdir = Path(tmp)
-        bodies = {s.name: workdir / f"{s.name}.json" for s in scenarios}
-        for scenario in scenarios:
-            bodies[scenario.name].write_bytes(scenario.body)
+        bodies = ingest.write_bodies(workdir, scenarios)
         servers = {
-            "bare": lambda: ingest.bare_server(workdir, args.workers, scenarios[0].body),
+            # Its readiness probe posts to /v1/track: the single event's body.
+            "bare": lambda: ingest.bare_server(workdir, args.workers, all_scenarios[0].body),
             "prototype": lambda: prototype_server(workdir, args.workers, args.broker, prefix),
             "eventrouter-queue": lambda: ingest.eventrouter_queue_server(
                 workdir, args.workers, args.broker

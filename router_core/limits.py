@@ -53,8 +53,9 @@ def check_structure(body: bytes, max_depth: int, max_keys: int, *, within: int =
     ``within``: ``body`` is a part of a request body, that many levels down (a batch
     item: 2); the error names the request body's limit."""
     depth = max_depth - within
-    deep = body.count(b"{") + body.count(b"[") > depth
-    wide = body.count(b":") > max_keys
+    brackets, colons = _openings_and_colons(body)
+    deep = brackets > depth
+    wide = colons > max_keys
     if not (deep or wide):
         return
     shape = body_shape(body)
@@ -90,13 +91,10 @@ def check_batch_structure(body: bytes, items: Sequence[Any], max_depth: int, max
     brackets, colons = _openings_and_colons(body)
     if brackets <= max_depth and colons <= max_keys:
         return
-    item_depth = max_depth - ITEM_LEVEL
-    for raw in items:  # _openings_and_colons, inline: this loop runs per event
+    for raw in items:
         item = bytes(raw)
-        kept = item.translate(None, _NOT_OPENING_OR_COLON)
-        item_colons = kept.count(b":")
-        item_brackets = len(kept) - item_colons
-        if item_brackets > item_depth or item_colons > max_keys:
+        item_brackets, item_colons = _openings_and_colons(item)
+        if item_brackets > max_depth - ITEM_LEVEL or item_colons > max_keys:
             check_structure(item, max_depth, max_keys, within=ITEM_LEVEL)
         brackets -= item_brackets
         colons -= item_colons

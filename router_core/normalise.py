@@ -134,13 +134,9 @@ def to_command(msg: m.AnyMessage, env: Envelope, kind: str | None = None) -> c.C
     their own ``type``. This runs once per accepted event (bench/floor.py times it),
     so the common fields go straight into the one constructor call.
     """
-    user_id = msg.user_id
-    if user_id is not None and type(user_id) is not str:
-        user_id = str(user_id)
-    anonymous_id = msg.anonymous_id
-    if anonymous_id is not None and type(anonymous_id) is not str:
-        anonymous_id = str(anonymous_id)
-    if not user_id and not anonymous_id:
+    user_id = _ident(msg.user_id)
+    anonymous_id = _ident(msg.anonymous_id)
+    if user_id is None and anonymous_id is None:
         raise InvalidEvent("missing_field", "userId or anonymousId: one of them is required")
     sent_at = msg.sent_at or env.sent_at
     timestamp, original = event_times(
@@ -181,8 +177,8 @@ def to_command(msg: m.AnyMessage, env: Envelope, kind: str | None = None) -> c.C
     return _COMMANDS[kind](
         message_id=msg.message_id or new_message_id(),
         source=env.source,
-        user_id=user_id or None,
-        anonymous_id=anonymous_id or None,
+        user_id=user_id,
+        anonymous_id=anonymous_id,
         session_id=session_id,
         context=context,
         integrations=_integrations(msg.integrations, env),

@@ -436,7 +436,7 @@ class PostgresSink(Sink):
                     # The common case: nothing stored yet, one pass straight into the
                     # partitions.
                     with raw.driver_connection.transaction():
-                        copy_rows(cursor, _COPY_EVENTS, fresh)
+                        copy_rows(cursor, _copy_sql("events"), fresh)
                     inserted, raced = len(fresh), False
                 except psycopg.errors.UniqueViolation:
                     # Another writer stored some of them meanwhile (a redelivery racing
@@ -486,7 +486,13 @@ REDELIVERY_WINDOW = timedelta(days=1)
 _COLUMNS = ", ".join(f'"{c}"' for c in STORED_COLUMNS)
 #: Below this many rows per part, a batch is COPYed on one connection (``parallel``).
 PARALLEL_MIN_ROWS = 5_000
-_COPY_EVENTS = f"COPY events ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+
+
+def _copy_sql(table: str) -> str:
+    """The binary COPY of the stored columns into ``table`` (:func:`copy_rows`)."""
+    return f"COPY {table} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
+
+
 _ALREADY_STORED = (
     "SELECT message_id FROM events WHERE message_id = ANY(%s) AND timestamp BETWEEN %s AND %s"
 )
@@ -521,37 +527,37 @@ def _insert_skipping_stored(cursor: Any, commands: Sequence[Command]) -> int:
         "(LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
     )
     cursor.execute("TRUNCATE events_staging")
-    copy_rows(cursor, f"COPY events_staging ({_COLUMNS}) FROM STDIN (FORMAT BINARY)", commands)
+    copy_rows(cursor, _copy_sql("events_staging"), commands)
     cursor.execute(_MOVE_STAGED)
     return cursor.rowcount
 
 
 _json = msgspec.json.Encoder().encode
-_JSON_INDEXES = tuple(
-    i for i, c in enumerate(STORED_COLUMNS) if c in ("properties", "traits", "context")
-)
 #: jsonb's binary form: a version byte, then the JSON text.
 _JSONB_VERSION = b"\x01"
-#: How psycopg dumps each column of a binary COPY: the times as ``timestamptz``, the
-#: JSON columns as ``bytea``, whose dumper sends bytes unchanged (a binary COPY names no
-#: types: PostgreSQL reads each field with its column's own binary input function, here
-#: ``jsonb_recv``), the rest as ``text``.
-_COPY_TYPES = [
-    "bytea"
-    if column in ("properties", "traits", "context")
-    else "timestamptz"
-    if column in ("timestamp", "original_timestamp", "sent_at", "received_at")
-    else "text"
-    for column in STORED_COLUMNS
-]
+
+
+def _copy_type(column: Column) -> str:
+    """How psycopg dumps ``column`` in a binary COPY: a time as ``timestamptz``; JSON as
+    ``bytea``, whose dumper sends bytes unchanged (a binary COPY names no types:
+    PostgreSQL reads each field with its column's own binary input function, here
+    ``jsonb_recv``, so the bytes are jsonb's binary form); anything else as ``text``."""
+    if isinstance(column.type, JSONB):
+        return "bytea"
+    return "timestamptz" if isinstance(column.type, DateTime) else "text"
+
+
+_COPY_TYPES = [_copy_type(events.c[name]) for name in STORED_COLUMNS]
+_JSON_INDEXES = tuple(i for i, kind in enumerate(_COPY_TYPES) if kind == "bytea")
 
 
 def copy_rows(cursor: Any, sql: str, commands: Sequence[Command]) -> None:
     """COPY ``commands`` in PostgreSQL's binary format (``sql`` says ``FORMAT BINARY``):
     the JSON columns as jsonb's binary form, JSON text from msgspec behind a version
     byte; the other values dumped by psycopg's C dumpers, without the text format's
-    quoting and escaping. On the benchmark's events this takes a third of the client
-    CPU of a text COPY (bench/README.md, "PostgreSQL: binary COPY")."""
+    quoting and escaping. On the benchmark's events this takes about a third of the
+    client CPU of a text COPY (bench/README.md, "PostgreSQL: binary COPY and parallel
+    parts")."""
     with cursor.copy(sql) as copy:
         copy.set_types(_COPY_TYPES)
         for command in commands:

@@ -315,29 +315,34 @@ def test_the_query_api_pages_and_filters_a_postgres_store(pg_server):
     assert len(window) == 2 and {e["timestamp"] for e in window} == {minute}
 
 
+def _tracks(n: int, event: str = "e") -> list:
+    from router_core.commands import TrackCommand
+
+    now = datetime.now(UTC)
+    return [
+        TrackCommand(
+            message_id=unique("m"),
+            source="s",
+            user_id=f"u{i % 50}",
+            event=event,
+            properties={"i": i},
+            timestamp=now,
+            received_at=now,
+        )
+        for i in range(n)
+    ]
+
+
 def test_two_writers_of_one_batch_store_it_once(pg_url, tmp_path):
     """A redelivery racing its original (two workers, one batch): whichever commits
     second finds the rows taken, by the pre-check or by the primary key, and stores
     nothing more; neither write fails."""
     import threading
 
-    from router_core.commands import TrackCommand
-
     config = make_config(tmp_path, {"sinks": {"warehouse": pg_sink(pg_url)}})
     sink = Bus(config, make_plugin_manager(config)).sinks["warehouse"]
     sink.migrate()
-    now = datetime.now(UTC)
-    batch = [
-        TrackCommand(
-            message_id=unique("m"),
-            source="s",
-            user_id="u",
-            event="e",
-            timestamp=now,
-            received_at=now,
-        )
-        for _ in range(2000)
-    ]
+    batch = _tracks(2000)
     errors = []
 
     def write() -> None:
@@ -358,24 +363,6 @@ def test_two_writers_of_one_batch_store_it_once(pg_url, tmp_path):
     # Usually (not always: timing) the second COPY met the first's rows and went the
     # staging-table way; either way, the counts above hold.
     assert sink.races in (0, 1)
-
-
-def _tracks(n: int, event: str = "e") -> list:
-    from router_core.commands import TrackCommand
-
-    now = datetime.now(UTC)
-    return [
-        TrackCommand(
-            message_id=unique("m"),
-            source="s",
-            user_id=f"u{i % 50}",
-            event=event,
-            properties={"i": i},
-            timestamp=now,
-            received_at=now,
-        )
-        for i in range(n)
-    ]
 
 
 def _spied_sink(url: str, tmp_path, **options):
