@@ -36,7 +36,10 @@ from router_core import limits, model  # noqa: E402
 from router_core import queue as broker  # noqa: E402
 from router_core.commands import encode_many  # noqa: E402
 from router_core.normalise import Envelope, to_command  # noqa: E402
+from router_core.worker import gc_paused  # noqa: E402
 
+#: The rows that time a whole worker batch, with and without the collector.
+BATCH = "worker batch"
 #: server.max_json_depth and server.max_json_keys, their defaults.
 MAX_DEPTH, MAX_KEYS = 64, 10_000
 
@@ -69,6 +72,18 @@ def measure(rounds: int) -> list[tuple[str, str, float]]:
     wire = encode_many(commands)
     # The worker's batch: what 500 edge messages of 100 events hold.
     batch = commands * 500
+    # ... as the worker receives it: 50 messages of 1,000 events (max_events_per_message).
+    big_wire = encode_many(commands * 10)
+    headers = broker.message_properties(10 * BATCH_SIZE)["headers"]
+
+    def decode_batch() -> None:
+        decoded = [broker.decode(big_wire, headers) for _ in range(50)]
+        del decoded  # freed here: the worker frees each batch once it is written
+
+    def decode_batch_paused() -> None:
+        with gc_paused():
+            decode_batch()
+
     steps = [
         ("edge", "structure check (limits.check_batch_structure)",
          lambda: limits.check_batch_structure(body, items, MAX_DEPTH, MAX_KEYS), BATCH_SIZE),
@@ -84,6 +99,10 @@ def measure(rounds: int) -> list[tuple[str, str, float]]:
          lambda: broker.decode(wire, broker.message_properties(BATCH_SIZE)["headers"]), BATCH_SIZE),
         ("worker", "ClickHouse: the Native block's columns",
          lambda: list(clickhouse.native_columns(batch, datetime64=True)), len(batch)),
+        (BATCH, "decode 50 messages of 1,000 events and free them, collector on",
+         decode_batch, 50_000),
+        (BATCH, "the same inside worker.gc_paused(), as the worker decodes",
+         decode_batch_paused, 50_000),
     ]  # fmt: skip
     return [
         (side, name, per_event(step, max(1, rounds * BATCH_SIZE // events), events))
@@ -96,10 +115,12 @@ def report(rows: list[tuple[str, str, float]], steal: float) -> list[str]:
         "| process | step | µs per event | events/s on one core |",
         "| --- | --- | ---: | ---: |",
     ]
-    for side in ("edge", "worker"):
+    for side in ("edge", "worker", BATCH):
         mine = [row for row in rows if row[0] == side]
         for _, name, us in mine:
             lines.append(f"| {side} | {name} | {us:.2f} | {1e6 / us:,.0f} |")
+        if side == BATCH:  # two ways of one step: no sum
+            continue
         total = sum(us for _, _, us in mine)
         lines.append(
             f"| {side} | **all of the above** | **{total:.2f}** | **{1e6 / total:,.0f}** |"

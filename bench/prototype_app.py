@@ -59,7 +59,10 @@ class Publisher:
         await future
 
     def _run(self) -> None:
-        with Connection(BROKER) as connection:
+        # ``confirm_publish``: py-amqp puts the channel in confirm mode and
+        # ``publish`` returns only once the broker confirmed the message (without it,
+        # ``publish`` returns as soon as the bytes are written to the socket).
+        with Connection(BROKER, transport_options={"confirm_publish": True}) as connection:
             channel = connection.channel()
             exchange = Exchange(PREFIX, "fanout", durable=True)
             Queue(f"{PREFIX}.events", exchange, durable=True)(channel).declare()

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from contextlib import suppress
 from pathlib import Path
 from types import ModuleType
 
@@ -269,7 +270,10 @@ def test_floor_times_every_step_of_the_write_path() -> None:
 
 def test_the_prototype_validates_and_publishes_the_raw_body() -> None:
     """bench/prototype_app.py, the reference the queue mode is compared with: a valid
-    body is answered 200 once RabbitMQ holds it, byte for byte; an invalid one 400."""
+    body is answered 200 once RabbitMQ holds it, byte for byte; an invalid one 400; and
+    the 200 waits for the broker's confirm: with its exchange deleted, the broker refuses
+    the next publish and the request is answered 503 (without publisher confirms it was
+    answered 200 as soon as the bytes were written, and the event was lost)."""
     import os
 
     from falcon import testing
@@ -302,17 +306,27 @@ def test_the_prototype_validates_and_publishes_the_raw_body() -> None:
                 bad = await conductor.simulate_post(
                     "/v1/batch", body=b'{"batch":[{"type":"track"}]}', headers=headers
                 )
-                return ok, bad
+                held = await asyncio.to_thread(take_one)
+                await asyncio.to_thread(delete_exchange)
+                refused = await conductor.simulate_post("/v1/batch", body=body, headers=headers)
+                return ok, bad, held, refused
 
-        ok, bad = asyncio.run(post_both())
+        def take_one():
+            with Connection(amqp_url) as connection:
+                return connection.channel().basic_get(f"{prefix}.events", no_ack=True)
+
+        def delete_exchange():
+            with Connection(amqp_url) as connection:
+                connection.channel().exchange_delete(prefix)
+
+        ok, bad, held, refused = asyncio.run(post_both())
         assert (ok.status_code, ok.json) == (200, {"success": True})
         assert bad.status_code == 400
-        with Connection(amqp_url) as connection:
-            # Held already: the 200 came after the broker's confirm.
-            message = connection.channel().basic_get(f"{prefix}.events", no_ack=True)
-            assert message is not None and message.body == body
+        assert held is not None and held.body == body
+        assert refused.status_code == 503
     finally:
         with Connection(amqp_url) as connection:
             channel = connection.channel()
             channel.queue_delete(f"{prefix}.events")
-            channel.exchange_delete(prefix)
+            with suppress(*connection.channel_errors):  # the test deleted it already
+                channel.exchange_delete(prefix)

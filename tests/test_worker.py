@@ -16,6 +16,7 @@ are passed as plugins) or as real ``eventrouter worker`` subprocesses
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import signal
 import subprocess
@@ -33,6 +34,7 @@ from router_core import queue as broker
 from router_core.commands import Command, TrackCommand, decode_many
 from router_core.hookspecs import hookimpl
 from router_core.sink import Sink
+from router_core.worker import gc_paused
 from tests.helpers import HANG_GUARD, LiveServer, eventually, run_eventrouter
 from tests.queue_support import (  # noqa: F401 - fixtures
     AMQP_URL,
@@ -290,6 +292,68 @@ def test_sink_failing_twice_then_succeeding_stores_every_event_once(queue_env):
     assert (consumer.written, consumer.dropped, consumer.dead_lettered) == (12, 0, 0)
     assert ready(queue_env, queue_env.queue_name()) == 0
     assert ready(queue_env, queue_env.dead_queue_name()) == 0
+
+
+def test_batches_are_written_with_the_collector_paused_and_it_is_on_again_after(queue_env):
+    """worker.gc_paused: the cyclic garbage collector does not run while a batch is
+    decoded and written (it would walk the batch's objects again and again and find
+    nothing), including the retries of a failed write, and it is on again once the
+    batch was written."""
+    collector_on: list[bool] = []
+
+    def fail(commands: Sequence[Command]) -> str | None:
+        collector_on.append(gc.isenabled())
+        return "store is down" if len(collector_on) == 1 else None
+
+    plugin = ScriptedSinks(fail)
+    config = queue_env.config(sinks={"local": {"type": "scripted", "retry": FAST_RETRY}})
+    ids = [unique("m") for _ in range(6)]
+    server = LiveServer(config, plugins=[plugin]).start()
+    try:
+        post_batches(server, ids, 3)
+    finally:
+        server.stop()
+    assert gc.isenabled()
+    with WorkerThread(config, plugins=[plugin]) as worker:
+        eventually(lambda: len(plugin.stored) >= 6, "6 events stored")
+        eventually(lambda: worker.worker.consumers[0].written == 6, "the write accounted")
+        assert gc.isenabled()
+    assert sorted(plugin.stored) == sorted(ids)
+    assert collector_on and not any(collector_on)  # the failed write and its retry too
+    assert gc.isenabled()
+
+
+def test_gc_paused_counts_the_threads_inside_and_keeps_a_disabled_collector_off():
+    """The collector's state is per process: it comes back on when the last of several
+    consumer threads leaves, and not at all if it was off before the first came in."""
+    entered, release = threading.Barrier(3), threading.Event()
+    left = []
+
+    def consumer() -> None:
+        with gc_paused():
+            entered.wait(HANG_GUARD)
+            release.wait(HANG_GUARD)
+        left.append(gc.isenabled())
+
+    threads = [threading.Thread(target=consumer) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    entered.wait(HANG_GUARD)
+    assert not gc.isenabled()
+    with gc_paused():  # a third, leaving first: the others are still inside
+        pass
+    assert not gc.isenabled()
+    release.set()
+    for thread in threads:
+        thread.join(HANG_GUARD)
+    assert gc.isenabled() and len(left) == 2
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_a_write_that_times_out_is_retried_not_dead_lettered(queue_env):
