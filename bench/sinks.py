@@ -62,6 +62,7 @@ from router_core.bus import WORKER, Bus, make_plugin_manager  # noqa: E402
 from router_core.commands import Command  # noqa: E402
 from router_core.normalise import Envelope, to_command  # noqa: E402
 from router_core.sink import Sink  # noqa: E402
+from router_core.worker import gc_paused  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
 VENV_BIN = Path(sys.executable).parent
@@ -318,14 +319,18 @@ async def measure(name: str, spec: Target, args: argparse.Namespace) -> Result:
         batch_seconds = []
         cpu_self = cpu_store = 0.0
         for number in range(1, args.batches + 1):
-            batch = batch_of(base, number)
-            self_before = _cpu_self()
-            store_before = sum(process_cpu_seconds(pid) for pid in spec.store_pids)
-            started = time.perf_counter()
-            await bus.deliver(SINK_NAME, batch)
-            batch_seconds.append(time.perf_counter() - started)
-            cpu_self += _cpu_self() - self_before
-            cpu_store += sum(process_cpu_seconds(pid) for pid in spec.store_pids) - store_before
+            # As the worker handles a batch (router_core/worker.py): built, written and
+            # freed with the cyclic garbage collector paused.
+            with gc_paused():
+                batch = batch_of(base, number)
+                self_before = _cpu_self()
+                store_before = sum(process_cpu_seconds(pid) for pid in spec.store_pids)
+                started = time.perf_counter()
+                await bus.deliver(SINK_NAME, batch)
+                batch_seconds.append(time.perf_counter() - started)
+                cpu_self += _cpu_self() - self_before
+                cpu_store += sum(process_cpu_seconds(pid) for pid in spec.store_pids) - store_before
+                del batch
             log(f"{name}: batch {number}/{args.batches}: {batch_seconds[-1]:.3f}s")
         columns = _minus(spec.columns(sink), columns_before)
     finally:

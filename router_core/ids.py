@@ -20,6 +20,10 @@ _VERSION_4 = bytes((b & 0x0F) | 0x40 for b in range(256))
 _VARIANT_RFC4122 = bytes((b & 0x3F) | 0x80 for b in range(256))
 #: Ids made per refill.
 POOL = 512
+#: Where each of an id's 32 hex digits goes in its 36-character form (dashes after the
+#: 8th, 12th, 16th and 20th digit), and where the dashes go.
+_DIGIT_AT = tuple(i + (i >= 8) + (i >= 12) + (i >= 16) + (i >= 20) for i in range(32))
+_DASHES_AT = (8, 13, 18, 23)
 
 
 def new_message_id() -> str:
@@ -30,12 +34,16 @@ def new_message_id() -> str:
         raw = bytearray(os.urandom(16 * POOL))
         raw[6::16] = raw[6::16].translate(_VERSION_4)
         raw[8::16] = raw[8::16].translate(_VARIANT_RFC4122)
-        h = raw.hex()
-        _ids.extend(
-            f"{h[i : i + 8]}-{h[i + 8 : i + 12]}-{h[i + 12 : i + 16]}-"
-            f"{h[i + 16 : i + 20]}-{h[i + 20 : i + 32]}"
-            for i in range(0, len(h), 32)
-        )
+        digits = raw.hex().encode("ascii")
+        # Every id's n-th digit at once (one strided copy per digit position): a
+        # formatted string per id cost more than the rest of normalising an event.
+        text = bytearray(36 * POOL)
+        for at in _DASHES_AT:
+            text[at::36] = b"-" * POOL
+        for digit, at in enumerate(_DIGIT_AT):
+            text[at::36] = digits[digit::32]
+        ids = text.decode("ascii")
+        _ids.extend(ids[i : i + 36] for i in range(0, 36 * POOL, 36))
         return _ids.popleft()
 
 
