@@ -57,6 +57,7 @@ sys.path.append(str(BENCH_DIR))
 
 import dashboard  # noqa: E402
 import e2e as e2e_bench  # noqa: E402
+import floor  # noqa: E402
 import ingest  # noqa: E402
 
 sink_bench = dashboard.sink_bench  # bench/sinks.py, loaded under a name of its own
@@ -544,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     RESULTS_DIR.mkdir(exist_ok=True)
     started_at, started, load_at_start = datetime.now(UTC), time.monotonic(), _load()
+    pace_at_start = floor.edge_pace()
     outcome = Outcome()
     steps: list[tuple[str, Callable[[argparse.Namespace, Outcome], None]]] = []
     if {"ingest", "queue"} & set(args.only):
@@ -565,13 +567,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             outcome.rows.append(failure_row(area, "—", _short(exc)))
         area_seconds[area] = round(time.monotonic() - step_started, 1)
     rows = merge(outcome.rows)
+    pace_at_end = floor.edge_pace()
     seconds = time.monotonic() - started
     info = machine()
     header = (
         f"`bench/all.py{' --quick' if args.quick else ''}` on {started_at:%Y-%m-%d %H:%M} UTC, "
         f"{seconds / 60:.1f} min ({', '.join(f'{a} {s:.0f} s' for a, s in area_seconds.items())}); "
         f"nproc {info['nproc']} ({info['cpu']}), load average {load_at_start} at the start, "
-        f"{_load()} at the end; eventrouter at {info['git']}. ingest: wrk {args.connections} "
+        f"{_load()} at the end; the edge's per-event steps alone (bench/floor.py, idle) "
+        f"{pace_at_start:.2f} µs at the start, {pace_at_end:.2f} µs at the end; eventrouter at "
+        f"{info['git']}. ingest: wrk {args.connections} "
         f"connections, {args.duration:g} s runs after {args.warmup:g} s warm-ups, "
         f"{args.workers} gunicorn workers; sinks: {args.batches} x {args.batch_events:,} "
         f"events; dashboard: {args.events:,} events, {args.requests} requests per endpoint."
@@ -597,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": round(seconds, 1),
         "area_seconds": area_seconds,
         "load_average": {"start": load_at_start, "end": _load()},
+        "edge_pace_us": {"start": round(pace_at_start, 3), "end": round(pace_at_end, 3)},
         "machine": info,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "rows": [asdict(row) for row in rows],

@@ -62,7 +62,9 @@ def per_event(step: Callable[[], object], rounds: int, events: int) -> float:
     return best
 
 
-def measure(rounds: int) -> list[tuple[str, str, float]]:
+def measure(
+    rounds: int, sides: tuple[str, ...] = ("edge", "worker", BATCH)
+) -> list[tuple[str, str, float]]:
     body = make_scenarios(datetime.now(UTC))[1].body
     envelope = model.BATCH_DECODER.decode(body)
     items = envelope.batch
@@ -107,7 +109,16 @@ def measure(rounds: int) -> list[tuple[str, str, float]]:
     return [
         (side, name, per_event(step, max(1, rounds * BATCH_SIZE // events), events))
         for side, name, step, events in steps
+        if side in sides
     ]
+
+
+def edge_pace(rounds: int = 30) -> float:
+    """The edge's steps summed (µs per event): how fast this machine runs the same
+    Python right now. The same code measured 5.7 and 9.5 within minutes on one VM, so
+    bench/all.py prints it before and after its runs, beside figures that have no
+    same-run baseline (events/s and rows/s targets)."""
+    return sum(us for _, _, us in measure(rounds, ("edge",)))
 
 
 def report(rows: list[tuple[str, str, float]], steal: float) -> list[str]:

@@ -246,7 +246,8 @@ def test_end_to_end_rows_judge_rate_flatness_and_loss(bench) -> None:
 
 def test_floor_times_every_step_of_the_write_path() -> None:
     """bench/floor.py, with one round per timing: a row per step and per process, each
-    with a positive time, and the sum rows."""
+    with a positive time, and the sum rows; the worker batch with and without the
+    collector, unsummed."""
     done = subprocess.run(
         [sys.executable, str(BENCH_DIR / "floor.py"), "--rounds", "1"],
         capture_output=True,
@@ -263,8 +264,12 @@ def test_floor_times_every_step_of_the_write_path() -> None:
         ("worker", "ClickHouse: the Native block's columns"),
         ("edge", "**all of the above**"),
         ("worker", "**all of the above**"),
+        ("worker batch", "decode 50 messages of 1,000 events and free them, collector on"),
+        ("worker batch", "the same inside worker.gc_paused(), as the worker decodes"),
     ]:
         assert float(steps[(process, step)].strip("*")) > 0, (process, step)
+    # Two ways of one step: not summed.
+    assert ("worker batch", "**all of the above**") not in steps
     assert "stolen by the hypervisor" in done.stdout
 
 
