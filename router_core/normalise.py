@@ -68,12 +68,6 @@ def _ident(value: str | int | None) -> str | None:
     return value if isinstance(value, str) else str(value)
 
 
-def _checked(value: datetime, name: str) -> datetime:
-    if not EARLIEST <= value < LATEST:
-        raise InvalidEvent("invalid_timestamp", f"{name}: {value.isoformat()} is out of range")
-    return value
-
-
 def event_times(
     timestamp: datetime | None,
     original: datetime | None,
@@ -81,19 +75,33 @@ def event_times(
     received_at: datetime,
 ) -> tuple[datetime, datetime | None]:
     """Return ``(timestamp, original_timestamp)`` by Segment's clock-skew rule."""
-    original = utc(original) or utc(timestamp)
-    sent_at = utc(sent_at)
+    # utc() returns a value whose tzinfo is UTC (what msgspec decodes "Z" to) as it is:
+    # checked here first, as this runs for every event.
+    if original is None:
+        original = timestamp
     if original is None:
         return received_at, None
-    _checked(original, "originalTimestamp")
+    if original.tzinfo is not UTC:
+        original = utc(original)
+    if not EARLIEST <= original < LATEST:
+        raise _out_of_range(original, "originalTimestamp")
     if sent_at is None:
         return original, original
-    _checked(sent_at, "sentAt")
+    if sent_at.tzinfo is not UTC:
+        sent_at = utc(sent_at)
+    if not EARLIEST <= sent_at < LATEST:
+        raise _out_of_range(sent_at, "sentAt")
     try:
         corrected = received_at - (sent_at - original)
     except OverflowError:
         raise InvalidEvent("invalid_timestamp", "timestamp: skew correction overflows") from None
-    return _checked(corrected, "timestamp"), original
+    if not EARLIEST <= corrected < LATEST:
+        raise _out_of_range(corrected, "timestamp")
+    return corrected, original
+
+
+def _out_of_range(value: datetime, name: str) -> InvalidEvent:
+    return InvalidEvent("invalid_timestamp", f"{name}: {value.isoformat()} is out of range")
 
 
 def _context(msg_context: dict | None, env: Envelope) -> dict:
@@ -134,8 +142,13 @@ def to_command(msg: m.AnyMessage, env: Envelope, kind: str | None = None) -> c.C
     their own ``type``. This runs once per accepted event (bench/floor.py times it),
     so the common fields go straight into the one constructor call.
     """
-    user_id = _ident(msg.user_id)
-    anonymous_id = _ident(msg.anonymous_id)
+    # _ident inlined for the common case, a non-empty string (this runs for every event).
+    user_id = msg.user_id
+    if user_id.__class__ is not str or not user_id:
+        user_id = _ident(user_id)
+    anonymous_id = msg.anonymous_id
+    if anonymous_id.__class__ is not str or not anonymous_id:
+        anonymous_id = _ident(anonymous_id)
     if user_id is None and anonymous_id is None:
         raise InvalidEvent("missing_field", "userId or anonymousId: one of them is required")
     sent_at = msg.sent_at or env.sent_at
@@ -143,7 +156,7 @@ def to_command(msg: m.AnyMessage, env: Envelope, kind: str | None = None) -> c.C
         msg.timestamp, msg.original_timestamp, sent_at, env.received_at
     )
     context = _context(msg.context, env)
-    session_id = _ident(msg.session_id)
+    session_id = None if msg.session_id is None else _ident(msg.session_id)
     if session_id is None and "sessionId" in context:
         session_id = _ident(context["sessionId"])
     kind = kind or _KINDS[type(msg)]

@@ -93,6 +93,14 @@ def test_original_timestamp_is_preferred_over_timestamp():
     assert timestamp == original
 
 
+def test_event_times_takes_naive_times_as_utc():
+    original = datetime(2025, 5, 28, 11, 59, 30)  # no tzinfo: UTC
+    sent_at = datetime(2025, 5, 28, 11, 59, 59)
+    timestamp, kept = event_times(original, None, sent_at, RECEIVED)
+    assert kept == dt("2025-05-28T11:59:30+00:00") and kept.tzinfo is UTC
+    assert timestamp == RECEIVED - timedelta(seconds=29) and timestamp.tzinfo is UTC
+
+
 def test_event_times_converts_offsets_to_utc():
     original = dt("2025-05-28T17:29:30+05:30")  # 11:59:30Z
     sent_at = dt("2025-05-28T06:59:59-05:00")  # 11:59:59Z
