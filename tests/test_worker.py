@@ -109,6 +109,16 @@ def post_batches(server: LiveServer, ids: Sequence[str], size: int) -> None:
         assert response.status_code == 200, response.text
 
 
+def enqueue_batches(config: Any, plugin: Any, ids: Sequence[str], size: int) -> None:
+    """Post ``ids`` in batches of ``size`` to an edge of ``config`` (with ``plugin``'s
+    sink types) and stop it: the events wait in the queue for a worker."""
+    server = LiveServer(config, plugins=[plugin]).start()
+    try:
+        post_batches(server, ids, size)
+    finally:
+        server.stop()
+
+
 def command(message_id: str, event: str = "Signed Up") -> TrackCommand:
     now = datetime.now(UTC)
     return TrackCommand(
@@ -308,11 +318,7 @@ def test_batches_are_written_with_the_collector_paused_and_it_is_on_again_after(
     plugin = ScriptedSinks(fail)
     config = queue_env.config(sinks={"local": {"type": "scripted", "retry": FAST_RETRY}})
     ids = [unique("m") for _ in range(6)]
-    server = LiveServer(config, plugins=[plugin]).start()
-    try:
-        post_batches(server, ids, 3)
-    finally:
-        server.stop()
+    enqueue_batches(config, plugin, ids, 3)
     assert gc.isenabled()
     with WorkerThread(config, plugins=[plugin]) as worker:
         eventually(lambda: len(plugin.stored) >= 6, "6 events stored")
@@ -373,11 +379,7 @@ def test_a_write_that_times_out_is_retried_not_dead_lettered(queue_env):
         queue={"write_timeout": "300ms"},
     )
     ids = [unique("m") for _ in range(3)]
-    server = LiveServer(config, plugins=[plugin]).start()
-    try:
-        post_batches(server, ids, 3)
-    finally:
-        server.stop()
+    enqueue_batches(config, plugin, ids, 3)
     with WorkerThread(config, plugins=[plugin]) as worker:
         eventually(lambda: len(plugin.stored) >= 3, "3 events stored")
     consumer = worker.worker.consumers[0]
