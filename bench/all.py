@@ -4,7 +4,7 @@
         [--duration 15] [--warmup 2] [--connections 64] [--workers N] [--no-fsync]
         [--sinks sqlite,s3,postgres,clickhouse] [--batches 10] [--batch-events 50000]
         [--stores clickhouse,postgres] [--events 1000000] [--requests 20] [--reload]
-        [--json FILE]
+        [--repeat 1] [--json FILE]
 
 The areas run one after the other, each through the script that owns it (imported, not
 copied), with that script's defaults unless an option here says otherwise:
@@ -27,8 +27,11 @@ to the bare endpoint, p99, the issue's target and whether it was met), writes it
 (``--json``, default ``bench/results/all-latest.json``) and writes every area's full
 report below the table to ``bench/results/all-latest.md``. Exit status: 0 when every
 area was measured (a missed target is reported, not an error), 1 when an area failed,
-a dashboard response was not 200 or acknowledged events went missing. See
-bench/README.md, "One command".
+a dashboard response was not 200 or acknowledged events went missing. With
+``--repeat N`` the areas run N times over, each run judged on its own (its ratios to its
+own bare run), and a last table puts the runs side by side with how many met each
+target: on a machine whose pace moves by half from minute to minute, one run's verdict
+says little. See bench/README.md, "One command".
 """
 
 from __future__ import annotations
@@ -464,6 +467,48 @@ def _options(values: dict[str, float]) -> str:
     return ", ".join(f"--{key.replace('_', '-')} {value:.10g}" for key, value in values.items())
 
 
+def side_by_side(runs: Sequence[Sequence[Row]]) -> list[str]:
+    """The rows that have a target, one column per run: the figure (its ratio to that
+    run's bare endpoint, its p99 when the target has one; bold when that run met the
+    target) and how many runs met it."""
+    keys: list[tuple[str, str, str]] = []
+    cells: dict[tuple[str, str, str], list[Row | None]] = {}
+    for number, rows in enumerate(runs):
+        for row in rows:
+            if not row.target:
+                continue
+            key = (row.area, row.scenario, row.subject)
+            if key not in cells:
+                keys.append(key)
+                cells[key] = [None] * len(runs)
+            cells[key][number] = row
+    head = " | ".join(f"run {n}" for n in range(1, len(runs) + 1))
+    lines = [
+        f"| area | scenario | measured | target | {head} | met |",
+        "| --- | --- | --- | --- | " + " | ".join("---:" for _ in runs) + " | --- |",
+    ]
+    for key in keys:
+        per_run = cells[key]
+        texts = []
+        for row in per_run:
+            if row is None:
+                texts.append("")
+                continue
+            text = _figure(row)
+            if row.ratio is not None:
+                text += f" ({row.ratio:.0%})"
+            if row.p99_at_most_ms is not None and row.p99_ms is not None:
+                text += f", p99 {row.p99_ms:.1f} ms"
+            texts.append(f"**{text}**" if row.met else text)
+        target = next(row.target for row in per_run if row is not None)
+        met = sum(row is not None and row.met is True for row in per_run)
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {target} | {' | '.join(texts)} "
+            f"| {met} of {len(runs)} |"
+        )
+    return lines
+
+
 # -- main ------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -485,6 +530,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=Path,
         metavar="FILE",
         help="the table as JSON [bench/results/all-latest.json]",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the areas N times and add a table of the runs side by side [1]",
     )
     group = parser.add_argument_group("ingest and queue (bench/ingest.py)")
     group.add_argument("--duration", type=float, help="seconds per measured wrk run [15]")
@@ -536,6 +588,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.events < 1 or args.requests < 1:
         parser.error("--events and --requests must be at least 1")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     return args
 
 
@@ -544,9 +598,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     # A SIGTERM (a CI timeout) unwinds like Ctrl-C, so every server started is stopped.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     RESULTS_DIR.mkdir(exist_ok=True)
-    started_at, started, load_at_start = datetime.now(UTC), time.monotonic(), _load()
-    pace_at_start = floor.edge_pace()
-    outcome = Outcome()
     steps: list[tuple[str, Callable[[argparse.Namespace, Outcome], None]]] = []
     if {"ingest", "queue"} & set(args.only):
         steps.append(("ingest", run_ingest))
@@ -556,9 +607,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps.append(("e2e", run_e2e))
     if "dashboard" in args.only:
         steps.append(("dashboard", run_dashboard))
+    runs = [run_once(args, steps, number) for number in range(1, args.repeat + 1)]
+    tables = [line for run in runs for line in (*run["table"], "")]
+    if len(runs) > 1:
+        tables += [f"Side by side, {len(runs)} runs:", "", *side_by_side([r["rows"] for r in runs])]
+    print("\n".join(tables).rstrip("\n"))
+    latest = RESULTS_DIR / "all-latest.md"
+    reports = [line for run in runs for line in run["outcome"].reports]
+    latest.write_text("\n".join(["# All benchmarks", "", *tables, "", *reports]) + "\n")
+    json_path = args.json or RESULTS_DIR / "all-latest.json"
+    documents = [run["document"] for run in runs]
+    document = dict(documents[0]) if len(runs) == 1 else {"runs": documents}
+    if len(runs) > 1:
+        document["args"] = documents[0]["args"]
+    json_path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
+    log(f"table written to {json_path}; full reports in {latest.relative_to(REPO_ROOT)}")
+    return 1 if any(run["failed"] for run in runs) else 0
+
+
+def run_once(
+    args: argparse.Namespace,
+    steps: Sequence[tuple[str, Callable[[argparse.Namespace, Outcome], None]]],
+    number: int,
+) -> dict[str, Any]:
+    """One run of ``steps``: its judged rows, its table (header first) and its JSON."""
+    started_at, started, load_at_start = datetime.now(UTC), time.monotonic(), _load()
+    pace_at_start = floor.edge_pace()
+    outcome = Outcome()
     area_seconds = {}
     for area, step in steps:
-        log(f"== {area} ==")
+        log(f"== {area}{f' (run {number} of {args.repeat})' if args.repeat > 1 else ''} ==")
         step_started = time.monotonic()
         try:
             step(args, outcome)
@@ -571,6 +649,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = time.monotonic() - started
     info = machine()
     header = (
+        f"{f'Run {number} of {args.repeat}: ' if args.repeat > 1 else ''}"
         f"`bench/all.py{' --quick' if args.quick else ''}` on {started_at:%Y-%m-%d %H:%M} UTC, "
         f"{seconds / 60:.1f} min ({', '.join(f'{a} {s:.0f} s' for a, s in area_seconds.items())}); "
         f"nproc {info['nproc']} ({info['cpu']}), load average {load_at_start} at the start, "
@@ -593,10 +672,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = [header, "", *markdown(rows), "", *summary]
     if outcome.notes:
         table += ["", "Anomalies (bench/ingest.py):", *outcome.notes]
-    print("\n".join(table))
-    latest = RESULTS_DIR / "all-latest.md"
-    latest.write_text("\n".join(["# All benchmarks", "", *table, "", *outcome.reports]) + "\n")
-    json_path = args.json or RESULTS_DIR / "all-latest.json"
     document = {
         "started": started_at.isoformat(timespec="seconds"),
         "seconds": round(seconds, 1),
@@ -607,9 +682,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "rows": [asdict(row) for row in rows],
     }
-    json_path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
-    log(f"table written to {json_path}; full reports in {latest.relative_to(REPO_ROOT)}")
-    return 1 if failed else 0
+    return {
+        "rows": rows,
+        "table": table,
+        "outcome": outcome,
+        "document": document,
+        "failed": bool(failed),
+    }
 
 
 if __name__ == "__main__":

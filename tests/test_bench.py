@@ -214,6 +214,50 @@ def test_table_merges_every_area_with_ratios_to_the_same_runs_bare(bench) -> Non
     json.dumps([bench.asdict(row) for row in rows], allow_nan=False)
 
 
+def test_repeated_runs_are_put_side_by_side_with_how_many_met_each_target(bench) -> None:
+    """``--repeat``: each run judged on its own (ratio to its own bare run), then one
+    line per target with every run's figure, bold where that run met it, and the count."""
+    ingest = bench.ingest
+
+    def run(bare_requests: int, queue_requests: int, p99_us: int) -> list:
+        bare = _measurement(ingest, "single", "bare", requests=bare_requests)
+        queued = _measurement(
+            ingest, "single", "eventrouter-queue", requests=queue_requests,
+            stored=queue_requests, p99_us=p99_us,
+        )  # fmt: skip
+        return bench.merge(
+            bench.ingest_rows(
+                [
+                    ingest.TargetRun("bare", [bare], []),
+                    ingest.TargetRun("eventrouter-queue", [queued], []),
+                ],
+                64,
+            )
+        )
+
+    first = run(200_000, 130_000, 15_000)  # 65 % of its bare run, p99 15 ms: met
+    second = run(300_000, 130_000, 15_000)  # the same figure, 43 % of a faster bare: missed
+    lines = bench.side_by_side([first, second])
+    assert lines[0].startswith("| area | scenario | measured | target | run 1 | run 2 | met |")
+    (line,) = [line for line in lines if "eventrouter-queue" in line]
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[4] == "**13,000 (65%), p99 15.0 ms**"
+    assert cells[5] == "13,000 (43%), p99 15.0 ms"
+    assert cells[6] == "1 of 2"
+    assert not any("| bare |" in line for line in lines)  # no target: not listed
+
+
+def test_repeat_must_be_positive() -> None:
+    done = subprocess.run(
+        [sys.executable, str(BENCH_DIR / "all.py"), "--repeat", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "--repeat" in done.stderr
+
+
 def test_ratio_is_not_evaluated_without_a_bare_run(bench) -> None:
     ingest = bench.ingest
     single = _measurement(ingest, "single", "eventrouter", requests=100_000, stored=100_000)
