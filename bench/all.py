@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import signal
 import subprocess
 import sys
@@ -467,6 +468,12 @@ def _options(values: dict[str, float]) -> str:
     return ", ".join(f"--{key.replace('_', '-')} {value:.10g}" for key, value in values.items())
 
 
+def _without_figures(text: str) -> str:
+    """``text`` with its measured figures (``51,274``, ``7115``) as ``…``; small
+    constants (``/v1``, ``100 events``) are kept."""
+    return re.sub(r"\b(?:\d{1,3}(?:,\d{3})+|\d{4,})(?:\.\d+)?\b", "…", text)
+
+
 def side_by_side(runs: Sequence[Sequence[Row]]) -> list[str]:
     """The rows that have a target, one column per run: the figure (its ratio to that
     run's bare endpoint, its p99 when the target has one; bold when that run met the
@@ -477,7 +484,9 @@ def side_by_side(runs: Sequence[Sequence[Row]]) -> list[str]:
         for row in rows:
             if not row.target:
                 continue
-            key = (row.area, row.scenario, row.subject)
+            # A scenario or target may quote one run's figures ("stored while 51,274
+            # events/s were acknowledged"): the runs' rows are matched without them.
+            key = (row.area, _without_figures(row.scenario), row.subject)
             if key not in cells:
                 keys.append(key)
                 cells[key] = [None] * len(runs)
@@ -500,7 +509,8 @@ def side_by_side(runs: Sequence[Sequence[Row]]) -> list[str]:
             if row.p99_at_most_ms is not None and row.p99_ms is not None:
                 text += f", p99 {row.p99_ms:.1f} ms"
             texts.append(f"**{text}**" if row.met else text)
-        target = next(row.target for row in per_run if row is not None)
+        targets = {row.target for row in per_run if row is not None}
+        target = targets.pop() if len(targets) == 1 else _without_figures(next(iter(targets)))
         met = sum(row is not None and row.met is True for row in per_run)
         lines.append(
             f"| {key[0]} | {key[1]} | {key[2]} | {target} | {' | '.join(texts)} "

@@ -62,9 +62,16 @@ class Abandoned(Exception):
     """The worker is stopping in the middle of retries: leave the batch unacknowledged."""
 
 
+#: Longest the collector stays off while consumer threads (one per sink) keep
+#: overlapping, so that it never comes back on: then a thread leaving runs one full
+#: collection (seconds). Cyclic garbage (an exception's traceback, asyncio's futures)
+#: must not pile up for as long as the load lasts.
+MAX_GC_PAUSE = 10.0
+
 _gc_lock = threading.Lock()
 _gc_pausers = 0
 _gc_was_enabled = False
+_gc_off_since = 0.0
 
 
 @contextmanager
@@ -75,25 +82,34 @@ def gc_paused() -> Iterator[None]:
     the write ends and all freed by reference counting right after (commands hold no
     reference cycles). Meanwhile the collector would run a young collection every 700
     allocations, promote the batch from generation to generation and walk all of it
-    again in each older collection, finding nothing: measured on 50 messages of 1,000
-    events (``bench/floor.py``'s "decode a batch of 50,000"), about a third of the
-    worker's decode-and-free time. Collection is enabled again once the last thread
-    leaves (the state is per process, hence the count), after the batch was freed, so
-    the collector's allocation count is back where it was.
+    again in each older collection, finding nothing: ``bench/floor.py``'s "worker
+    batch" rows (50 messages of 1,000 events decoded and freed) take about twice as
+    long with it. Collection is enabled again once the last thread leaves (the state is
+    per process, hence the count), after the batch was freed, so the collector's
+    allocation count is back where it was; and if threads have kept it off for
+    :data:`MAX_GC_PAUSE`, the next one to leave collects once.
     """
-    global _gc_pausers, _gc_was_enabled
+    global _gc_pausers, _gc_was_enabled, _gc_off_since
     with _gc_lock:
         if _gc_pausers == 0:
             _gc_was_enabled = gc.isenabled()
+            _gc_off_since = time.monotonic()
             gc.disable()
         _gc_pausers += 1
     try:
         yield
     finally:
+        collect = False
         with _gc_lock:
             _gc_pausers -= 1
-            if _gc_pausers == 0 and _gc_was_enabled:
-                gc.enable()
+            if _gc_pausers == 0:
+                if _gc_was_enabled:
+                    gc.enable()
+            elif _gc_was_enabled and time.monotonic() - _gc_off_since > MAX_GC_PAUSE:
+                collect = True
+                _gc_off_since = time.monotonic()
+        if collect:
+            gc.collect()
 
 
 class Worker:

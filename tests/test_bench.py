@@ -245,6 +245,15 @@ def test_repeated_runs_are_put_side_by_side_with_how_many_met_each_target(bench)
     assert cells[5] == "13,000 (43%), p99 15.0 ms"
     assert cells[6] == "1 of 2"
     assert not any("| bare |" in line for line in lines)  # no target: not listed
+    # Rows whose scenario quotes the run's own figures are still one line.
+    quoting = [
+        [bench.Row("e2e", f"stored while {acked:,} events/s were acknowledged", "worker",
+                   stored, "events/s", at_least=50_000, target="≥ 50,000", met=stored >= 50_000)]
+        for acked, stored in ((54_267, 50_515.0), (46_329, 42_520.0))
+    ]  # fmt: skip
+    (line,) = [line for line in bench.side_by_side(quoting) if "| e2e |" in line]
+    assert "stored while … events/s were acknowledged" in line
+    assert "**50,515** | 42,520 | 1 of 2" in line
 
 
 def test_repeat_must_be_positive() -> None:

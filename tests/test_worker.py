@@ -31,6 +31,7 @@ import msgspec
 from kombu import Exchange, Producer, Queue
 
 from router_core import queue as broker
+from router_core import worker as worker_module
 from router_core.commands import Command, TrackCommand, decode_many
 from router_core.hookspecs import hookimpl
 from router_core.sink import Sink
@@ -360,6 +361,40 @@ def test_gc_paused_counts_the_threads_inside_and_keeps_a_disabled_collector_off(
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_gc_paused_collects_once_when_overlapping_threads_keep_it_off(monkeypatch):
+    """Consumers of several sinks may overlap for as long as the load lasts, so that
+    the collector is never enabled again: past MAX_GC_PAUSE, a thread that leaves while
+    another is still inside runs one full collection (cyclic garbage must not pile up)."""
+    monkeypatch.setattr(worker_module, "MAX_GC_PAUSE", 0.0)
+    collections: list[int] = []
+
+    def record(phase: str, info: dict) -> None:
+        if phase == "start":
+            collections.append(info["generation"])
+
+    inside, release = threading.Event(), threading.Event()
+
+    def long_consumer() -> None:
+        with gc_paused():
+            inside.set()
+            release.wait(HANG_GUARD)
+
+    other = threading.Thread(target=long_consumer)
+    other.start()
+    inside.wait(HANG_GUARD)
+    gc.callbacks.append(record)
+    try:
+        with gc_paused():
+            pass
+        assert collections == [2]  # the full collection, the other thread still inside
+        assert not gc.isenabled()
+    finally:
+        gc.callbacks.remove(record)
+        release.set()
+        other.join(HANG_GUARD)
+    assert gc.isenabled()
 
 
 def test_a_write_that_times_out_is_retried_not_dead_lettered(queue_env):
