@@ -75,33 +75,24 @@ def event_times(
     received_at: datetime,
 ) -> tuple[datetime, datetime | None]:
     """Return ``(timestamp, original_timestamp)`` by Segment's clock-skew rule."""
-    # utc() returns a value whose tzinfo is UTC (what msgspec decodes "Z" to) as it is:
-    # checked here first, as this runs for every event.
-    if original is None:
-        original = timestamp
+    original = utc(timestamp if original is None else original)
     if original is None:
         return received_at, None
-    if original.tzinfo is not UTC:
-        original = utc(original)
-    if not EARLIEST <= original < LATEST:
-        raise _out_of_range(original, "originalTimestamp")
+    _checked(original, "originalTimestamp")
     if sent_at is None:
         return original, original
-    if sent_at.tzinfo is not UTC:
-        sent_at = utc(sent_at)
-    if not EARLIEST <= sent_at < LATEST:
-        raise _out_of_range(sent_at, "sentAt")
+    sent_at = _checked(utc(sent_at), "sentAt")
     try:
         corrected = received_at - (sent_at - original)
     except OverflowError:
         raise InvalidEvent("invalid_timestamp", "timestamp: skew correction overflows") from None
-    if not EARLIEST <= corrected < LATEST:
-        raise _out_of_range(corrected, "timestamp")
-    return corrected, original
+    return _checked(corrected, "timestamp"), original
 
 
-def _out_of_range(value: datetime, name: str) -> InvalidEvent:
-    return InvalidEvent("invalid_timestamp", f"{name}: {value.isoformat()} is out of range")
+def _checked(value: datetime, name: str) -> datetime:
+    if not EARLIEST <= value < LATEST:
+        raise InvalidEvent("invalid_timestamp", f"{name}: {value.isoformat()} is out of range")
+    return value
 
 
 def _context(msg_context: dict | None, env: Envelope) -> dict:
