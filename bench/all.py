@@ -510,7 +510,7 @@ def side_by_side(runs: Sequence[Sequence[Row]]) -> list[str]:
                 text += f", p99 {row.p99_ms:.1f} ms"
             texts.append(f"**{text}**" if row.met else text)
         targets = {row.target for row in per_run if row is not None}
-        target = targets.pop() if len(targets) == 1 else _without_figures(next(iter(targets)))
+        target = targets.pop() if len(targets) == 1 else _without_figures(targets.pop())
         met = sum(row is not None and row.met is True for row in per_run)
         lines.append(
             f"| {key[0]} | {key[1]} | {key[2]} | {target} | {' | '.join(texts)} "
@@ -618,29 +618,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "dashboard" in args.only:
         steps.append(("dashboard", run_dashboard))
     runs = [run_once(args, steps, number) for number in range(1, args.repeat + 1)]
-    tables = [line for run in runs for line in (*run["table"], "")]
+    tables = [line for run in runs for line in (*run.table, "")]
     if len(runs) > 1:
-        tables += [f"Side by side, {len(runs)} runs:", "", *side_by_side([r["rows"] for r in runs])]
+        tables += [f"Side by side, {len(runs)} runs:", "", *side_by_side([r.rows for r in runs])]
     print("\n".join(tables).rstrip("\n"))
     latest = RESULTS_DIR / "all-latest.md"
-    reports = [line for run in runs for line in run["outcome"].reports]
+    reports = [line for run in runs for line in run.reports]
     latest.write_text("\n".join(["# All benchmarks", "", *tables, "", *reports]) + "\n")
     json_path = args.json or RESULTS_DIR / "all-latest.json"
-    documents = [run["document"] for run in runs]
-    document = dict(documents[0]) if len(runs) == 1 else {"runs": documents}
-    if len(runs) > 1:
-        document["args"] = documents[0]["args"]
+    documents = [run.document for run in runs]
+    document = documents[0] if len(runs) == 1 else {"runs": documents, "args": documents[0]["args"]}
     json_path.write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
     log(f"table written to {json_path}; full reports in {latest.relative_to(REPO_ROOT)}")
-    return 1 if any(run["failed"] for run in runs) else 0
+    return 1 if any(run.failed for run in runs) else 0
+
+
+@dataclass
+class Run:
+    """One run of the areas: its judged rows, its table (header first), the areas' full
+    reports and its JSON document."""
+
+    rows: list[Row]
+    table: list[str]
+    reports: list[str]
+    document: dict[str, Any]
+
+    @property
+    def failed(self) -> bool:
+        return any(not row.valid for row in self.rows)
 
 
 def run_once(
     args: argparse.Namespace,
     steps: Sequence[tuple[str, Callable[[argparse.Namespace, Outcome], None]]],
     number: int,
-) -> dict[str, Any]:
-    """One run of ``steps``: its judged rows, its table (header first) and its JSON."""
+) -> Run:
+    """Run ``steps`` once (run ``number`` of ``args.repeat``)."""
     started_at, started, load_at_start = datetime.now(UTC), time.monotonic(), _load()
     pace_at_start = floor.edge_pace()
     outcome = Outcome()
@@ -692,13 +705,7 @@ def run_once(
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "rows": [asdict(row) for row in rows],
     }
-    return {
-        "rows": rows,
-        "table": table,
-        "outcome": outcome,
-        "document": document,
-        "failed": bool(failed),
-    }
+    return Run(rows, table, outcome.reports, document)
 
 
 if __name__ == "__main__":
