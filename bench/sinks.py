@@ -36,7 +36,7 @@ import tomllib
 import urllib.request
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -92,8 +92,10 @@ class Target:
     goal: float | None
     #: Extra report columns from the running sink after the run (e.g. objects, MB).
     columns: Callable[[Sink], dict[str, str]] = lambda sink: {}
-    #: Processes of the store on this machine, whose CPU time the report shows.
-    store_pids: list[int] = field(default_factory=list)
+    #: The store's processes on this machine, whose CPU time the report shows: called
+    #: before and after each batch, so that processes started meanwhile count too
+    #: (PostgreSQL starts a backend for each connection the sink opens).
+    store_pids: Callable[[], list[int]] = lambda: []
     #: What the store is, for the report.
     store: str = ""
 
@@ -165,7 +167,7 @@ def s3_target(args: argparse.Namespace, stack: ExitStack) -> Target:
         sink={"type": "s3", "bucket": "bench", "endpoint_url": endpoint},
         goal=100_000,
         columns=columns,
-        store_pids=[process.pid],
+        store_pids=lambda: [process.pid],
         store=f"moto_server {_version('moto')} (one process, loopback)",
     )
 
@@ -187,16 +189,11 @@ def postgres_target(args: argparse.Namespace, stack: ExitStack) -> Target:
             connection.execute(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
 
     stack.callback(drop)
-    pids = [
-        int(proc.name)
-        for proc in Path("/proc").iterdir()
-        if proc.name.isdigit() and _comm(proc) == "postgres"
-    ]
     return Target(
         sink={"type": "postgres", "url": f"postgresql+psycopg://postgres@{HOST}/{database}"},
         goal=50_000,
         columns=lambda sink: {"rows written": f"{sink.written:,}"},
-        store_pids=pids,
+        store_pids=lambda: _processes("postgres"),
         store=f"PostgreSQL {version} (this machine's server), psycopg {_version('psycopg')}",
     )
 
@@ -212,19 +209,24 @@ def clickhouse_target(args: argparse.Namespace, stack: ExitStack) -> Target:
     stack.callback(admin.disconnect)
     stack.callback(admin.execute, f"DROP DATABASE IF EXISTS {database}")
     version = admin.execute("SELECT version()")[0][0]
-    pids = [
-        int(proc.name)
-        for proc in Path("/proc").iterdir()
-        if proc.name.isdigit() and _comm(proc) == "clickhouse-serv"  # comm: 15 chars
-    ]
     return Target(
         sink={"type": "clickhouse", "url": f"clickhouse+native://default:@{HOST}:9000/{database}"},
         goal=200_000,
         columns=lambda sink: {"inserts": f"{sink.inserts:,}"},
-        store_pids=pids,
+        store_pids=lambda: _processes("clickhouse-serv"),  # comm holds 15 characters
         store=f"ClickHouse {version} (this machine's server), "
         f"clickhouse-driver {_version('clickhouse-driver')}",
     )
+
+
+def _processes(comm: str) -> list[int]:
+    """The PIDs of this machine's processes named ``comm`` (as ``/proc/PID/comm`` has it)."""
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _comm(p) == comm]
+
+
+def store_cpu(pids: Callable[[], list[int]]) -> dict[int, float]:
+    """CPU seconds so far of each of the store's processes, by PID."""
+    return {pid: process_cpu_seconds(pid) for pid in pids()}
 
 
 def _comm(proc: Path) -> str:
@@ -324,12 +326,17 @@ async def measure(name: str, spec: Target, args: argparse.Namespace) -> Result:
             with gc_paused():
                 batch = batch_of(base, number)
                 self_before = _cpu_self()
-                store_before = sum(process_cpu_seconds(pid) for pid in spec.store_pids)
+                store_before = store_cpu(spec.store_pids)
                 started = time.perf_counter()
                 await bus.deliver(SINK_NAME, batch)
                 batch_seconds.append(time.perf_counter() - started)
                 cpu_self += _cpu_self() - self_before
-                cpu_store += sum(process_cpu_seconds(pid) for pid in spec.store_pids) - store_before
+                store_after = store_cpu(spec.store_pids)
+                # A process started during the batch counts from 0 (one that ended is
+                # in its parent's reaped children's time: PostgreSQL's postmaster).
+                cpu_store += sum(
+                    seconds - store_before.get(pid, 0.0) for pid, seconds in store_after.items()
+                )
                 del batch
             log(f"{name}: batch {number}/{args.batches}: {batch_seconds[-1]:.3f}s")
         columns = _minus(spec.columns(sink), columns_before)

@@ -318,6 +318,20 @@ def test_floor_times_every_step_of_the_write_path() -> None:
     assert "stolen by the hypervisor" in done.stdout
 
 
+def test_sink_bench_writes_every_row_and_counts_the_store_backends_cpu(bench) -> None:
+    """bench/sinks.py against this machine's PostgreSQL, two small batches: every row is
+    written, and the store's CPU includes the backends the sink's connections started
+    after the target was set up (they do the COPY's work; once, only the postmaster,
+    started long before, was counted: 0-1 %)."""
+    sink_bench = bench.sink_bench
+    args = sink_bench.parse_args(["--targets", "postgres", "--batches", "2"])
+    args.batch_events = 10_000
+    [result] = sink_bench.run(args)
+    assert result.columns["rows written"] == "20,000"
+    assert result.events == 20_000 and len(result.batch_seconds) == 2
+    assert result.cpu_store > 0.05
+
+
 def test_the_prototype_validates_and_publishes_the_raw_body() -> None:
     """bench/prototype_app.py, the reference the queue mode is compared with: a valid
     body is answered 200 once RabbitMQ holds it, byte for byte; an invalid one 400; and
