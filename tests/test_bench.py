@@ -324,9 +324,8 @@ def test_sink_bench_writes_every_row_and_counts_the_store_backends_cpu(bench) ->
     after the target was set up (they do the COPY's work; once, only the postmaster,
     started long before, was counted: 0-1 %)."""
     sink_bench = bench.sink_bench
-    args = sink_bench.parse_args(["--targets", "postgres", "--batches", "2"])
-    args.batch_events = 10_000
-    [result] = sink_bench.run(args)
+    argv = ["--targets", "postgres", "--batches", "2", "--batch-events", "10000"]
+    [result] = sink_bench.run(sink_bench.parse_args(argv))
     assert result.columns["rows written"] == "20,000"
     assert result.events == 20_000 and len(result.batch_seconds) == 2
     assert result.cpu_store > 0.05
