@@ -355,8 +355,8 @@ class S3Sink(Sink):
         options = self.options
         if options.format == "parquet" and importlib.util.find_spec("pyarrow") is None:
             raise RuntimeError(
-                f"sinks.{self.name}.format = 'parquet' needs pyarrow, which is not installed "
-                "(pip install pyarrow), or use format = 'ndjson'"
+                f"sinks.{self.name}.format = 'parquet' needs pyarrow, which is not installed: "
+                "pip install 'eventrouter[parquet]' (or use format = 'ndjson')"
             )
         self._loop = asyncio.get_running_loop()
         worker = bus.gathers_batches

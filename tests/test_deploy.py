@@ -272,6 +272,7 @@ def test_compose_edge_config_is_the_shipped_one_with_its_upstream_changed(servic
     assert "api:8000" in body
 
 
+@pytest.mark.slow  # Debian's nginx, which `make services` installs
 def test_compose_edge_config_passes_nginx_t(tmp_path):
     """``nginx -t`` resolves upstream host names, and ``api`` exists only on the compose
     network: the check runs on the copy with ``api`` as 127.0.0.1."""
@@ -314,6 +315,22 @@ def test_dockerfile_is_multi_stage_and_pinned():
     assert froms[-1] == "python:3.11-slim-bookworm"
     runs = " ".join(args for op, args in dockerfile_instructions() if op == "RUN")
     assert "pip wheel" in runs
+
+
+def test_dockerfile_installs_only_from_the_hash_checked_locks():
+    """The image gets the set CI tested: every pip install is a lock of requirements/
+    with --require-hashes, or eventrouter's own wheel with --no-deps."""
+    runs = [args for op, args in dockerfile_instructions() if op == "RUN"]
+    installs = [part.strip() for run in runs for part in run.split("&&") if "pip install" in part]
+    assert len(installs) >= 3, installs
+    for command in installs:
+        locked = "--require-hashes" in command and re.search(r'-r "?requirements/', command)
+        own_wheel = "--no-deps" in command and "eventrouter-*.whl" in command
+        assert locked or own_wheel, command
+    lock_args = [args for op, args in dockerfile_instructions() if op == "ARG"]
+    assert "LOCK=runtime" in lock_args
+    for lock in ("runtime", "parquet", "build"):  # the default, --build-arg LOCK=parquet
+        assert (ROOT / "requirements" / f"{lock}.txt").is_file(), lock
 
 
 def test_dockerfile_runs_as_a_non_root_user():

@@ -47,6 +47,8 @@ from tests.queue_support import WorkerThread, amqp_env, queue_env, unique  # noq
 from tests.s3_support import S3Env, closed_endpoint, s3_env, start_moto  # noqa: F401
 from tests.test_worker import post_batches, ready
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 # ruff: noqa: F811 - pytest fixtures are parameters
 
 KEY = re.compile(
@@ -502,5 +504,8 @@ def test_parquet_without_pyarrow_fails_at_start_saying_so(tmp_path, monkeypatch)
     sink = {"type": "s3", "bucket": "b1b", "endpoint_url": closed_endpoint(), "format": "parquet"}
     config = s3_config(tmp_path, sink)
     bus = Bus(config, make_plugin_manager(config))  # validation does not need it
-    with pytest.raises(RuntimeError, match=r"sinks\.archive\.format = 'parquet' needs pyarrow"):
+    with pytest.raises(
+        RuntimeError, match=r"sinks\.archive\.format = 'parquet' needs pyarrow"
+    ) as exc:
         asyncio.run(bus.start())
+    assert "pip install 'eventrouter[parquet]'" in str(exc.value)
