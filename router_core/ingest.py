@@ -44,7 +44,14 @@ MAX_BATCH_BYTES = 500 * 1024
 MAX_BATCH_EVENTS = 2500
 
 SUCCESS = b'{"success":true}'
-_ACCEPTED_TYPES = ("application/json", "text/plain")
+#: The body decides, not the Content-Type: real clients post JSON as text/plain
+#: (analytics.js, to avoid a CORS preflight), application/x-www-form-urlencoded (axios's
+#: default for a Buffer, so rudder-sdk-node's gzip), with any charset, or with none.
+#: Whatever the header says, a body that is JSON after its Content-Encoding is read.
+_GZIP = ("gzip", "x-gzip")  # RFC 9110 8.4.1.3: x-gzip is gzip
+_IDENTITY = ("", "identity")
+#: A JSON text never starts with these bytes; a gzip member always does (RFC 1952).
+_GZIP_MAGIC = b"\x1f\x8b"
 _LEGACY_PROBE = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
 
@@ -91,15 +98,6 @@ class Ingestor:
         """The request body: size-capped, gunzipped, valid UTF-8, and (unless
         ``structure`` is False: the caller checks it, :meth:`BatchResource.on_post`)
         within the nesting and keys limits."""
-        content_type = req.content_type
-        if content_type:
-            media = content_type.split(";", 1)[0].strip().lower()
-            if media not in _ACCEPTED_TYPES:
-                raise APIError(
-                    415,
-                    "unsupported_media_type",
-                    f"Content-Type {media!r} is not accepted; send application/json or text/plain",
-                )
         length = req.content_length
         if length is not None:
             if length > limit:
@@ -115,14 +113,14 @@ class Ingestor:
                     raise _too_large(limit)
                 chunks.append(chunk)
             body = b"".join(chunks)
-        encoding = (req.get_header("Content-Encoding") or "identity").strip().lower()
-        if encoding == "gzip":
+        encoding = (req.get_header("Content-Encoding") or "").strip().lower()
+        if encoding in _GZIP or (not encoding and body.startswith(_GZIP_MAGIC)):
             body = _gunzip(body, limit)
-        elif encoding != "identity":
+        elif encoding not in _IDENTITY:
             raise APIError(
                 415,
                 "unsupported_encoding",
-                f"Content-Encoding {encoding!r} is not supported; use gzip",
+                f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding",
             )
         if not body:
             raise InvalidEvent("empty_body", "body: the request body is empty")

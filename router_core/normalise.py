@@ -156,7 +156,14 @@ def to_command(msg: m.AnyMessage, env: Envelope, kind: str | None = None) -> c.C
         fields["event"] = msg.event
         fields["properties"] = msg.properties or {}
     elif kind == "identify":
-        fields["traits"] = msg.traits or {}
+        traits = msg.traits
+        if not traits:
+            # RudderStack's SDKs (rudder-sdk-python, -node, -js) send an identify's traits
+            # only as context.traits, which RudderStack's own server reads them from.
+            in_context = context.get("traits")
+            if in_context.__class__ is dict and in_context:
+                traits = dict(in_context)
+        fields["traits"] = traits or {}
     elif kind in ("page", "screen"):
         properties = msg.properties or {}
         if msg.category is not None:

@@ -173,7 +173,7 @@ INGEST_RESPONSES = {
         **{"WWW-Authenticate": 'Basic realm="eventrouter" when no writeKey was sent'},
     ),
     "413": _error("the body (compressed or decompressed) is over 32 KB, or 500 KB for a batch"),
-    "415": _error("a Content-Type or Content-Encoding that is not accepted"),
+    "415": _error("a Content-Encoding other than gzip or none; the message names it"),
     "429": _error("the source is over its rate limit", **{"Retry-After": "seconds"}),
     "503": _error(
         "an acknowledging sink failed or timed out: retry later",
@@ -192,9 +192,11 @@ def _ingest(summary: str, body: str, description: str = "") -> dict[str, Any]:
         "post": {
             "summary": summary,
             "description": description
-            or "The body is JSON, sent as `application/json` or `text/plain`, optionally "
-            "with `Content-Encoding: gzip`. The writeKey is the Basic-auth username or "
-            "`writeKey` in the body.",
+            or "The body is JSON, optionally with `Content-Encoding: gzip`. The body "
+            "decides, not the Content-Type: `application/json`, `text/plain`, "
+            "`application/x-www-form-urlencoded` (axios's default for a Buffer) or none "
+            "are read alike. The writeKey is the Basic-auth username or `writeKey` in "
+            "the body.",
             "tags": ["ingestion"],
             "security": INGEST_SECURITY,
             "requestBody": {
@@ -202,6 +204,7 @@ def _ingest(summary: str, body: str, description: str = "") -> dict[str, Any]:
                 "content": {
                     "application/json": {"schema": schema_ref},
                     "text/plain": {"schema": schema_ref},
+                    "application/x-www-form-urlencoded": {"schema": schema_ref},
                 },
             },
             "responses": INGEST_RESPONSES,

@@ -22,6 +22,8 @@ from router_core.app import is_ingestion
 from tests.helpers import ADMIN_TOKEN
 from tests.ingest_support import running
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
@@ -80,7 +82,7 @@ def test_request_schemas_come_from_the_models(document):
     assert schemas["Group"]["required"] == ["groupId"]
     assert schemas["LegacyTrack"]["required"] == ["event_type"]
     body = document["paths"]["/v1/t"]["post"]["requestBody"]["content"]
-    assert set(body) == {"application/json", "text/plain"}
+    assert set(body) == {"application/json", "text/plain", "application/x-www-form-urlencoded"}
     assert set(document["paths"]["/v1/batch"]["post"]["responses"]) >= {
         "200",
         "400",
