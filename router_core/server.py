@@ -6,19 +6,78 @@ any of them, as it does for gunicorn's own command (docs/architecture.md).
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from router_core import logs
 from router_core.config import Config
 
 
+class DrainingHttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, except that a shutdown does not drop a connection
+    whose first request has not fully arrived yet.
+
+    A worker stops (SIGTERM, or recycled after ``max_requests``) some time after it last
+    accepted a connection: uvicorn notices the request limit on a 0.1 s tick, and the
+    listening socket stays open until then. uvicorn's shutdown closes every connection
+    with no request in progress, including one the worker accepted a moment ago whose
+    client is still sending its first request: the client sees a reset for a request
+    no one read (about 1 in 75 new connections while workers recycle every 5 requests;
+    ``tests/test_serve.py``). A client does not retry a request on a new connection, so
+    an SDK without retries loses the event.
+
+    Here such a connection gets ``timeout_keep_alive`` seconds to deliver the request,
+    which is then served with ``Connection: close``; the worker exits once it is answered
+    (or the time is up). An idle keep-alive connection that has already been answered is
+    closed as before: HTTP clients expect that, and retry on a fresh connection.
+    """
+
+    _served = False  #: a response has completed on this connection
+    _receiving = False  #: a request has begun to arrive and its headers have not ended
+    _draining: asyncio.TimerHandle | None = None
+
+    def on_message_begin(self) -> None:
+        self._receiving = True
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._receiving = False
+        super().on_headers_complete()
+        if self._draining is not None and self.cycle is not None:
+            self._draining.cancel()
+            self.cycle.keep_alive = False  # answered, then closed
+
+    def on_response_complete(self) -> None:
+        self._served = True
+        super().on_response_complete()
+
+    def shutdown(self) -> None:
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and (self._receiving or not self._served):
+            self._draining = self.loop.call_later(self.timeout_keep_alive, self._give_up)
+        else:
+            super().shutdown()
+
+    def _give_up(self) -> None:
+        """No complete request arrived while draining: close as uvicorn would have."""
+        if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._draining is not None:
+            self._draining.cancel()
+        super().connection_lost(exc)
+
+
 class UvloopWorker(UvicornWorker):
-    """uvicorn's gunicorn worker, pinned to uvloop and httptools with lifespan on, so a
-    sink that cannot start stops the worker instead of serving without a store.
+    """uvicorn's gunicorn worker, pinned to uvloop and httptools (with
+    :class:`DrainingHttpProtocol`) and lifespan on, so a sink that cannot start stops
+    the worker instead of serving without a store.
 
     uvicorn's own X-Forwarded-For handling is off: it trusts loopback peers by default,
     which would let any local client choose its ``context.ip``. The app applies
@@ -27,7 +86,7 @@ class UvloopWorker(UvicornWorker):
 
     CONFIG_KWARGS = {
         "loop": "uvloop",
-        "http": "httptools",
+        "http": DrainingHttpProtocol,
         "lifespan": "on",
         "proxy_headers": False,
     }
