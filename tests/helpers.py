@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,15 @@ ORIGINAL_TRACK = {
     "user_id": "u1",
     "session_id": "s1",
 }
+
+
+def recent(days: float = 2, **fields: int) -> datetime:
+    """A moment ``days`` before now, in UTC, with the given fields replaced (``hour=10,
+    microsecond=123456``). Stored test data is dated with it, never with a fixed date:
+    a ClickHouse TTL, a PostgreSQL retention or a dashboard window measured from today
+    would otherwise drop or hide the data once the calendar passes it."""
+    return (datetime.now(UTC) - timedelta(days=days)).replace(**fields)
+
 
 #: A hang guard, not a speed claim: a background effect that has not happened after
 #: this long never will, and the test must fail instead of hanging CI.

@@ -38,9 +38,11 @@ from router_core.store import (
 )
 from sinks import clickhouse as sink_module
 from sinks.clickhouse import driver_url, events_table, schema_table, server_version, split_keys
-from tests.helpers import LiveServer, eventually, make_config, run_eventrouter
+from tests.helpers import LiveServer, eventually, make_config, recent, run_eventrouter
 from tests.ingest_support import AUTH, iso
 from tests.queue_support import WorkerThread, amqp_env, to_toml, unique  # noqa: F401
+
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
 # ruff: noqa: F811 - pytest fixtures are parameters
 
@@ -114,7 +116,7 @@ def ch_server(ch_url, tmp_path) -> Iterator[tuple[LiveServer, str]]:
 def test_rows_land_with_every_column_right(ch_server, version):
     server, url = ch_server
     datetime64 = version >= sink_module.DATETIME64_SINCE
-    original = datetime(2026, 11, 1, 10, 0, 0, 123456, tzinfo=UTC)
+    original = recent(hour=10, minute=0, second=0, microsecond=123456)
     sent_at = original + timedelta(seconds=5)
     calls = [
         (
@@ -211,7 +213,7 @@ def test_a_redelivered_batch_collapses(ch_server):
 def test_an_sdk_retry_with_a_later_received_at_collapses_onto_one_row(ch_url, tmp_path):
     sink = make_sink(ch_url, tmp_path, insert_settings={"max_insert_block_size": 100_000})
     sink.migrate()
-    first = datetime(2026, 11, 1, 10, 0, 0, 250000, tzinfo=UTC)
+    first = recent(hour=10, minute=0, second=0, microsecond=250000)
     retried = first + timedelta(minutes=10)
 
     def copy(received: datetime, message_id: str = "m-retry") -> Command:
@@ -249,7 +251,7 @@ def test_an_sdk_retry_with_a_later_received_at_collapses_onto_one_row(ch_url, tm
 # -- the query API -----------------------------------------------------------------------
 def test_the_query_api_filters_and_pages_over_clickhouse(ch_server):
     server, _ = ch_server
-    base = datetime(2026, 10, 5, 12, 0, tzinfo=UTC)
+    base = recent(days=30, hour=12, minute=0, second=0, microsecond=0)
     items = [
         {
             "type": "track",
@@ -552,7 +554,8 @@ def test_split_keys():
 
 
 # -- the same statements on a current ClickHouse (chdb) ------------------------------------
-BASE = datetime(2026, 11, 1, 10, 0, 0, 500000, tzinfo=UTC)
+#: Two days ago: the DDL below has a 30-day TTL, which drops older rows on insert.
+BASE = recent(hour=10, minute=0, second=0, microsecond=500000)
 
 
 def _sample() -> list[Command]:
