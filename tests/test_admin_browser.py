@@ -37,6 +37,8 @@ from tests.browser_support import SCREENSHOTS, chromium
 from tests.helpers import ADMIN_TOKEN, HANG_GUARD, LiveServer, ServeProcess
 from tests.queue_support import amqp_env, to_toml, unique  # noqa: F401 - fixture
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 #: Any http(s) URL not on 127.0.0.1.
 OFF_LOOPBACK = re.compile(r"^https?://(?!127\.0\.0\.1[:/])")
 TIMEOUT_MS = HANG_GUARD * 1000

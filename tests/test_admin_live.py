@@ -15,6 +15,8 @@ from tests.admin_support import live_ids, open_tail, receive_until, refused_stat
 from tests.helpers import ADMIN_TOKEN, LiveServer, eventually
 from tests.queue_support import amqp_env, unique  # noqa: F401 - fixture
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 

@@ -16,6 +16,8 @@ from tests.helpers import ADMIN_TOKEN, LiveServer, make_config
 from tests.queue_support import unique
 from tests.store_support import STORES, store_sink
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # Whole minutes: one bucket per event however the buckets of a 1-hour range are cut.
 NOW = datetime.now(UTC).replace(second=0, microsecond=0)

@@ -31,6 +31,8 @@ from tests.browser_support import SCREENSHOTS, chromium
 from tests.cdn_support import Edge, StaticSite
 from tests.helpers import HANG_GUARD, LiveServer, eventually, make_config
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 PACKAGE = "@segment/analytics-next@1"
 CACHE = Path.home() / ".cache" / "eventrouter-tests" / "analytics-next"
 WRITE_KEY = "wk-web"

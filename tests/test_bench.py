@@ -14,6 +14,8 @@ from types import ModuleType
 
 import pytest
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 
 

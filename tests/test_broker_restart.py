@@ -21,6 +21,8 @@ import pytest
 from tests.helpers import HANG_GUARD, LiveServer, eventually
 from tests.queue_support import WorkerThread, amqp_env, unique  # noqa: F401 - fixture
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 # ruff: noqa: F811 - pytest fixtures are parameters
 
 CLIENTS = 4

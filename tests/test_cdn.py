@@ -24,6 +24,8 @@ import pytest
 from tests.cdn_support import EDGE_CONF, PURGE, Edge, make_prefix, nginx_test
 from tests.helpers import LiveServer, free_port, make_config
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 WRITE_KEY = "wk-web"
 LOADER = f"/analytics.js/v1/{WRITE_KEY}/analytics.min.js"
 SETTINGS = f"/v1/projects/{WRITE_KEY}/settings"

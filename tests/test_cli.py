@@ -12,6 +12,8 @@ import pytest
 
 from tests.helpers import run_eventrouter
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 PLUGIN_SETUP = """\
 [metadata]
 name = eventrouter-webhooky

@@ -14,6 +14,7 @@ import json
 import subprocess
 from typing import Any
 
+import pytest
 from kombu import Queue
 
 from router_core import queue as broker
@@ -22,6 +23,8 @@ from router_core.deadletters import list_dead_letters, replay
 from tests.helpers import LiveServer, eventually, run_eventrouter
 from tests.queue_support import QueueEnv, WorkerThread, queue_env, unique  # noqa: F401
 from tests.test_worker import ScriptedSinks, command, post_each, publish_raw, ready
+
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
 # ruff: noqa: F811 - pytest fixtures are parameters
 

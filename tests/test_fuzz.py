@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 
 from tests.helpers import ServeProcess
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 WRITE_KEY = "fuzz-key"
 BASIC = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
 WORKERS = 2

@@ -68,6 +68,7 @@ def test_a_missing_or_odd_request_id_is_replaced(server, sent):
     assert rid != sent and len(rid) == 32 and int(rid, 16) >= 0
 
 
+@pytest.mark.slow
 def test_serve_writes_json_lines(tmp_path):
     path = tmp_path / "eventrouter.toml"
     path.write_text('[server]\nlog_format = "json"\n', encoding="utf-8")

@@ -4,10 +4,13 @@ them, in one process and summed over gunicorn's workers (multiprocess mode)."""
 from __future__ import annotations
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import LiveServer, ServeProcess, make_config
 from tests.queue_support import amqp_env, to_toml  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
 SOURCES = {"sources": [{"name": "web", "write_key": "wk"}]}
 

@@ -23,6 +23,8 @@ from tests.helpers import ADMIN_TOKEN, LiveServer, eventually, make_config, run_
 from tests.queue_support import to_toml, unique
 from tests.store_support import STORES, store_sink
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 
 def dataset() -> list[dict]:
     def event(kind: str, message_id: str, **ids: str) -> dict:

@@ -11,6 +11,8 @@ from tests.helpers import LiveServer, make_config
 from tests.ingest_support import AUTH
 from tests.store_support import STORES, store_sink
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 EVENTS = [
     ("e-pro", {"plan": "pro", "total": 42.5, "trial": False, "seats": 5}, "/pricing"),
     ("e-free", {"plan": "free", "total": 0, "trial": True, "seats": 1}, "/home"),

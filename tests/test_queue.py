@@ -21,6 +21,8 @@ from tests.queue_support import (  # noqa: F401 - fixtures
     unique,
 )
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 # ruff: noqa: F811 - pytest fixtures are parameters
 
 

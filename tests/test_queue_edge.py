@@ -46,6 +46,8 @@ from tests.queue_support import (  # noqa: F401 - fixtures
 )
 from tests.tcp_proxy import TcpProxy
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 # ruff: noqa: F811 - pytest fixtures are parameters
 
 

@@ -25,6 +25,8 @@ from router_core.errors import APIError
 from tests.helpers import ADMIN_TOKEN, HANG_GUARD, LiveServer, ServeProcess, eventually, make_config
 from tests.tcp_proxy import TcpProxy
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 REDIS_PORT = 6379
 REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/3"
 #: Never refills within a test: one token per ~17 minutes.

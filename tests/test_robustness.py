@@ -15,6 +15,8 @@ from router_core.hookspecs import hookimpl
 from router_core.sink import Sink
 from tests.helpers import LiveServer, eventually, make_config, run_eventrouter
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 EVENT = {"event": "Signed Up", "userId": "u1"}
 
 

@@ -50,6 +50,8 @@ from tests.helpers import (
 )
 from tests.store_support import CLICKHOUSE_ADMIN, STORES, store_sink
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 WRONG_BEARERS = [
     {"Authorization": "Bearer wrong"},

@@ -42,6 +42,8 @@ from tests.snippet_support import (
 )
 from tests.tcp_proxy import TcpProxy
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 WRITE_KEY = "wk-web"
 QUEUE_KEY = "ajs_eventrouter_queue"
 UTM = "?utm_source=news&utm_campaign=spring"

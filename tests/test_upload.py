@@ -15,6 +15,8 @@ import pytest
 
 from tests.helpers import LiveServer, free_port, make_config, run_eventrouter
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 WRITE_KEY = "backend-key"
 SOURCES = {"sources": [{"name": "backend", "write_key": WRITE_KEY}]}
 REJECTION = re.compile(r"^  (line|item) (\d+): (\w+): (.*)$", re.MULTILINE)

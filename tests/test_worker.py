@@ -28,6 +28,7 @@ from typing import Any
 
 import httpx
 import msgspec
+import pytest
 from kombu import Exchange, Producer, Queue
 
 from router_core import queue as broker
@@ -47,6 +48,8 @@ from tests.queue_support import (  # noqa: F401 - fixtures
     to_toml,
     unique,
 )
+
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
 # ruff: noqa: F811 - pytest fixtures are parameters
 

@@ -38,6 +38,8 @@ from tests.store_support import store_sink
 from tests.tcp_proxy import TcpProxy
 from tests.test_metrics import samples, value
 
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+
 # ruff: noqa: F811 - pytest fixtures are parameters
 
 #: How long each outage lasts, as the issue asks.
