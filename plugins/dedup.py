@@ -1,4 +1,5 @@
-"""Dedup: a ``messageId`` already stored within ``[dedup] window`` is dropped (Redis).
+"""Dedup: a ``messageId`` its source already had stored within ``[dedup] window`` is
+dropped (Redis).
 
 SDKs retry a request whose answer they did not see, with the same ``messageId``s; the
 broker delivers a message again when a worker died before acknowledging it. Either way
@@ -13,8 +14,10 @@ the edge in embedded mode) this plugin:
 An id is marked only once its batch is committed, so an event whose write failed is
 stored when it comes again: dedup never loses an event. The cost is a short race (two
 copies of an id in flight at once both pass step 1); the stores' own idempotency
-(``message_id`` keys) covers it. Keys are per sink (``{prefix}:{sink}:{messageId}``),
-because each sink consumes its own queue and commits on its own.
+(``message_id`` keys) covers it. Keys are per sink, because each sink consumes its own
+queue and commits on its own, and per source, because a messageId is unique per source
+only: one source must not suppress another's events by reusing their ids
+(:meth:`RedisDedup.key`).
 
 On an edge that publishes to ``[queue]`` the workers mark ids; the edge only drops an
 id that *every* sink has already marked (an SDK retry of an event stored everywhere),
@@ -82,8 +85,12 @@ class RedisDedup:
         self._skip_until = 0.0
         self._warned_at = 0.0
 
-    def key(self, sink: str | None, message_id: str) -> str:
-        return f"{self.config.prefix}:{sink or '*'}:{message_id}"
+    def key(self, sink: str | None, source: str, message_id: str) -> str:
+        """``{prefix}:{sink}:{len(source)}:{source}:{message_id}`` (``*`` for the sink in
+        embedded mode). The source is length-prefixed and the id comes last, so no two
+        (source, id) pairs share a key whatever ``:`` either holds (sink names hold
+        none)."""
+        return f"{self.config.prefix}:{sink or '*'}:{len(source)}:{source}:{message_id}"
 
     def _available(self) -> bool:
         return time.monotonic() >= self._skip_until
@@ -108,7 +115,7 @@ class RedisDedup:
         scopes = [sink] if self.downstream is None else self.downstream
         if not scopes:
             return None
-        keys = [self.key(scope, c.message_id) for c in commands for scope in scopes]
+        keys = [self.key(scope, c.source, c.message_id) for c in commands for scope in scopes]
         try:
             marks = self.client.mget(keys)
         except redis.RedisError as exc:
@@ -117,11 +124,12 @@ class RedisDedup:
         self.checked += len(commands)
         width = len(scopes)
         kept: list[Command] = []
-        taken: set[str] = set()
+        taken: set[tuple[str, str]] = set()
         for i, command in enumerate(commands):
             stored = all(mark is not None for mark in marks[i * width : (i + 1) * width])
-            if not stored and command.message_id not in taken:
-                taken.add(command.message_id)
+            event = (command.source, command.message_id)
+            if not stored and event not in taken:
+                taken.add(event)
                 kept.append(command)
         if len(kept) == len(commands):
             return None
@@ -140,7 +148,7 @@ class RedisDedup:
             return
         pipeline = self.client.pipeline(transaction=False)
         for command in commands:
-            pipeline.set(self.key(sink, command.message_id), 1, ex=self.window)
+            pipeline.set(self.key(sink, command.source, command.message_id), 1, ex=self.window)
         try:
             pipeline.execute()
         except redis.RedisError as exc:

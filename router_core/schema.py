@@ -53,11 +53,16 @@ events = Table(
     Index("ix_events_timestamp", "timestamp", "message_id"),
 )
 
-#: Optional indexes by the column they serve. ``message_id`` is UNIQUE: with it, a
-#: redelivered event is stored once (``INSERT OR IGNORE``); the others lead with the
-#: filter column and end with ``timestamp`` for newest-first pages per user, event, ...
+#: Optional indexes by the column they serve. ``message_id`` is UNIQUE on
+#: ``(message_id, source)``: with it, a redelivered event is stored once (``INSERT OR
+#: IGNORE``), and a messageId is unique per source only, so that one source cannot
+#: suppress another's events by reusing their ids (``message_id`` first: it also serves
+#: the lookup of an id without a source). The others lead with the filter column and end
+#: with ``timestamp`` for newest-first pages per user, event, ...
 OPTIONAL_INDEXES: dict[str, Index] = {
-    "message_id": Index("ux_events_message_id", events.c.message_id, unique=True),
+    "message_id": Index(
+        "ux_events_message_id_source", events.c.message_id, events.c.source, unique=True
+    ),
     "user_id": Index("ix_events_user_id", events.c.user_id, events.c.timestamp),
     "anonymous_id": Index("ix_events_anonymous_id", events.c.anonymous_id, events.c.timestamp),
     "session_id": Index("ix_events_session_id", events.c.session_id, events.c.timestamp),
@@ -65,6 +70,9 @@ OPTIONAL_INDEXES: dict[str, Index] = {
     "type": Index("ix_events_type", events.c.type, events.c.timestamp),
     "source": Index("ix_events_source", events.c.source, events.c.timestamp),
 }
+#: Indexes of earlier schema versions, dropped wherever they are found: the unique index
+#: on ``message_id`` alone let one source's event hide another's of the same id.
+LEGACY_INDEXES = ("ux_events_message_id",)
 # Building an Index from the table's columns attaches it to the table, and create_all
 # would then create every one of them on a fresh database (only for the store to drop
 # the unwanted ones at once). Detached, each is created when a store asks for it.

@@ -2,9 +2,10 @@
 the same SQLAlchemy Core expressions, with each dialect's own JSON access).
 
 It serves ``GET /api/v1/events`` and the admin dashboard. Results come newest first by
-``(timestamp, message_id)`` with keyset pagination: the cursor is the last row's key,
-so a page costs the same however deep it is and rows arriving meanwhile never shift
-it. Every filter value is a bound parameter.
+``(timestamp, message_id, source)`` with keyset pagination: the cursor is the last row's
+key, so a page costs the same however deep it is and rows arriving meanwhile never shift
+it. Every filter value is a bound parameter. A messageId is unique per source only: an
+event is named by its source and its id (:meth:`EventStore.get`).
 """
 
 from __future__ import annotations
@@ -54,6 +55,21 @@ class InvalidQuery(ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class AmbiguousEvent(LookupError):
+    """A message id asked for without a source is stored by several sources."""
+
+    def __init__(self, message_id: str, sources: Sequence[str]) -> None:
+        self.message_id = message_id
+        #: Every source that has an event of that id, sorted.
+        self.sources = sorted(sources)
+        #: What is ambiguous, naming the id and the sources.
+        self.summary = (
+            f"message_id: {len(self.sources)} sources have an event {message_id!r} "
+            f"({', '.join(map(repr, self.sources))})"
+        )
+        super().__init__(f"{self.summary}: name one with source")
 
 
 #: JSON columns a path condition may address, and the shape of one path segment.
@@ -130,6 +146,9 @@ def _aware(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+#: Sources :meth:`EventStore.get` reads of an id asked for without a source: enough to
+#: name those that share it in an ambiguity error.
+AMBIGUITY_SOURCES = 20
 #: How far back a tail of a server store looks for rows committed after later ones.
 TAIL_LOOKBACK = timedelta(seconds=5)
 
@@ -139,7 +158,8 @@ class TailPosition(msgspec.Struct, kw_only=True):
 
     rowid: int = 0
     received_at: datetime = datetime.min.replace(tzinfo=UTC)
-    seen: dict[str, datetime] = {}
+    #: Events shown by ``(source, message_id)`` (one source's id does not hide another's).
+    seen: dict[tuple[str, str], datetime] = {}
 
 
 class Page(msgspec.Struct):
@@ -147,16 +167,26 @@ class Page(msgspec.Struct):
     next_cursor: str | None
 
 
-def encode_cursor(timestamp: datetime, message_id: str) -> str:
-    raw = msgspec.json.encode([timestamp.isoformat(), message_id])
+def encode_cursor(timestamp: datetime, message_id: str, source: str | None = None) -> str:
+    """The key of a page's last row as an opaque cursor: ``(timestamp, message_id,
+    source)`` (two events may share a time and an id when their sources differ)."""
+    key = [timestamp.isoformat(), message_id]
+    if source is not None:
+        key.append(source)
+    raw = msgspec.json.encode(key)
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
+def decode_cursor(cursor: str) -> tuple[datetime, str, str | None]:
+    """``(timestamp, message_id, source)``; ``source`` is None in a cursor of an
+    earlier release (which named no source)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        timestamp, message_id = msgspec.json.decode(raw, type=tuple[str, str])
-        return datetime.fromisoformat(timestamp), message_id
+        key = msgspec.json.decode(raw, type=list[str])
+        if len(key) not in (2, 3):
+            raise ValueError(key)
+        timestamp, message_id, *source = key
+        return datetime.fromisoformat(timestamp), message_id, (source or [None])[0]
     except (ValueError, msgspec.DecodeError):
         raise InvalidQuery("cursor", "not a cursor returned by this API") from None
 
@@ -329,14 +359,17 @@ def _clickhouse_page_rows(where: list[ColumnElement], count: int) -> Any:
     copies = _clickhouse_latest(
         [k.label(f"k{i}") for i, k in enumerate(key)] + [events.c.timestamp.label("t")], where
     ).subquery("copies")
+    message_id, source = copies.c[f"k{len(key) - 1}"], copies.c["k1"]
     page_keys = (
         select(*(copies.c[f"k{i}"] for i in range(len(key))))
-        .order_by(copies.c.t.desc(), copies.c[f"k{len(key) - 1}"].desc())
+        .order_by(copies.c.t.desc(), message_id.desc(), source.desc())
         .limit(count)
     )
     # By key alone: the keys met the filters; each event's latest copy is what is shown.
     rows = _clickhouse_latest([events], [tuple_(*key).in_(page_keys)]).subquery("page")
-    return select(rows).order_by(rows.c.timestamp.desc(), rows.c.message_id.desc())
+    return select(rows).order_by(
+        rows.c.timestamp.desc(), rows.c.message_id.desc(), rows.c.source.desc()
+    )
 
 
 #: How far back from a page's newest possible event each ClickHouse page query looks
@@ -421,15 +454,10 @@ class EventStore:
         )
         moment = None
         if cursor:
-            moment, message_id = decode_cursor(cursor)
-            timestamp = self._time(moment)
-            conditions.append(
-                or_(
-                    events.c.timestamp < timestamp,
-                    and_(events.c.timestamp == timestamp, events.c.message_id < message_id),
-                )
-            )
-        newest_first = (events.c.timestamp.desc(), events.c.message_id.desc())
+            moment, message_id, source = decode_cursor(cursor)
+            conditions.append(self._after(moment, message_id, source))
+        c = events.c
+        newest_first = (c.timestamp.desc(), c.message_id.desc(), c.source.desc())
         if clickhouse:
             anchor = moment or where.until or datetime.now(UTC)  # no page event is newer
             rows = self._clickhouse_page(conditions, limit + 1, where.since, anchor)
@@ -442,8 +470,18 @@ class EventStore:
         next_cursor = None
         if more:
             last = rows[-1]
-            next_cursor = encode_cursor(last.timestamp, last.message_id)
+            next_cursor = encode_cursor(last.timestamp, last.message_id, last.source)
         return Page(events=[self._event(row) for row in rows], next_cursor=next_cursor)
+
+    def _after(self, moment: datetime, message_id: str, source: str | None) -> ColumnElement:
+        """Rows after ``(moment, message_id, source)`` in newest-first order (a cursor
+        without a source, from an earlier release: after every row of that id)."""
+        c = events.c
+        timestamp = self._time(moment)
+        same_id = c.message_id < message_id
+        if source is not None:
+            same_id = or_(same_id, and_(c.message_id == message_id, c.source < source))
+        return or_(c.timestamp < timestamp, and_(c.timestamp == timestamp, same_id))
 
     def _clickhouse_page(
         self,
@@ -486,11 +524,34 @@ class EventStore:
                 newer = lower
         return rows
 
-    def get(self, message_id: str) -> dict[str, Any] | None:
-        statement = self._select().where(self._equals(events.c.message_id, message_id))
-        if self.engine.dialect.name == "clickhouse":
-            statement = statement.limit(1)
+    def get(self, message_id: str, source: str | None = None) -> dict[str, Any] | None:
+        """The event of ``message_id`` from ``source``; None if there is none.
+
+        Without ``source``: the event if exactly one source has that id.
+
+        :raises AmbiguousEvent: no ``source`` given, and several sources have the id."""
+        c = events.c
+        same_id = self._equals(c.message_id, message_id)
         with self.engine.connect() as connection:
+            if source is None:
+                # By source, not by row: one source may hold several copies of an event
+                # (redeliveries an SQLite store without the unique index keeps, say).
+                sources = connection.execute(
+                    self._select(c.source).where(same_id).distinct().limit(AMBIGUITY_SOURCES)
+                ).scalars()
+                sources = list(sources)
+                if len(sources) > 1:
+                    raise AmbiguousEvent(message_id, sources)
+                if not sources:
+                    return None
+                source = sources[0]
+            # The copy received last, where there are several.
+            statement = (
+                self._select()
+                .where(same_id, self._equals(c.source, source))
+                .order_by(c.received_at.desc())
+                .limit(1)
+            )
             row = connection.execute(statement).first()
         return self._event(row) if row is not None else None
 
@@ -647,9 +708,10 @@ class EventStore:
             rows = connection.execute(statement).all()
         fresh = []
         for row in rows:
-            if row.message_id in position.seen:
+            key = (row.source, row.message_id)
+            if key in position.seen:
                 continue
-            position.seen[row.message_id] = _aware(row.received_at)
+            position.seen[key] = _aware(row.received_at)
             fresh.append(self._event(row))
         if rows:
             position.received_at = max(position.received_at, _aware(rows[-1].received_at))

@@ -10,8 +10,12 @@ is ``ReplacingMergeTree(received_at)``, so rows with the same sorting key collap
 the copy received last when parts merge (``OPTIMIZE TABLE ... FINAL`` forces it; the
 query layer reads with ``FINAL``). The key holds the event's *day*, not its time: an
 SDK's retry of an event gets another skew-corrected ``timestamp`` (``receivedAt`` moved
-on), and with the exact time in the key the two copies would never collapse.
-docs/clickhouse.md explains each choice and the differences between server versions.
+on), and with the exact time in the key the two copies would never collapse. The key
+must hold ``source`` as well as ``message_id``: a messageId is unique per source, and
+one source must not replace another's event by reusing its id. A table whose key lacks
+``source`` (schema version 1 allowed it) is rebuilt by ``migrate``
+(:meth:`ClickHouseSink._rebuild`). docs/clickhouse.md explains each choice and the
+differences between server versions.
 
 A write is one ``INSERT ... VALUES`` with the batch as one block of columns, sent over
 clickhouse-driver's connection in the Native format that this module serialises (see
@@ -28,6 +32,7 @@ import logging
 import queue
 import re
 import sys
+import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -56,15 +61,24 @@ from router_core.sink import Sink
 log = logging.getLogger("eventrouter.sinks.clickhouse")
 
 #: Schema version this code creates; ``eventrouter_schema`` records what a database has.
-SCHEMA_VERSION = 1
+#: 2: the sorting key holds ``source`` (a messageId is unique per source).
+SCHEMA_VERSION = 2
 #: Server versions that brought what the schema uses when it can.
 DATETIME64_SINCE = (20, 1)
 TTL_SINCE = (19, 6)
 #: The sorting key: the day first (time-range filters prune whole days), then the
 #: low-cardinality columns the dashboard filters on, then ``message_id`` so that every
-#: event has a key of its own and the copies of a redelivered one collapse into one row.
+#: event has a key of its own and the copies of a redelivered one collapse into one row
+#: (``source`` with it: the same id from two sources is two events).
 DEFAULT_ORDER_BY = "toDate(timestamp), source, type, event, message_id"
 DEFAULT_PARTITION_BY = "toYYYYMM(timestamp)"
+#: Columns every sorting key must hold (``order_by``).
+KEY_COLUMNS = ("source", "message_id")
+#: ``migrate``'s rebuild of a table whose sorting key lacks ``source``: the new table it
+#: copies ``events`` into, and the name the old table keeps afterwards (for the
+#: operator to check and drop).
+REBUILD_TABLE = "events_migrating"
+BACKUP_TABLE = "events_before_v2"
 
 _TIME_COLUMNS = ("timestamp", "original_timestamp", "sent_at", "received_at")
 _NULLABLE_TIMES = ("original_timestamp", "sent_at")
@@ -121,7 +135,8 @@ class ClickHouseOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     url: str
     #: ``PARTITION BY`` expression (ClickHouse SQL, from the operator's config).
     partition_by: str = DEFAULT_PARTITION_BY
-    #: ``ORDER BY`` (sorting key) items, comma-separated; must contain ``message_id``.
+    #: ``ORDER BY`` (sorting key) items, comma-separated; must contain ``source`` and
+    #: ``message_id``.
     order_by: str = DEFAULT_ORDER_BY
     #: Rows whose ``timestamp`` is older than this are deleted by merges (``"400d"``);
     #: needs ClickHouse 19.6 or later. None by default.
@@ -138,13 +153,19 @@ class ClickHouseOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
                 "url: the clickhouse sink speaks the native protocol: write "
                 "clickhouse+native://user:password@host:9000/database"
             )
-        keys = split_keys(self.order_by)
-        if not any(re.search(r"\bmessage_id\b", key) for key in keys):
+        missing = [column for column in KEY_COLUMNS if not key_holds(self.order_by, column)]
+        if missing:
             raise ValueError(
-                "order_by: must contain message_id (rows collapse on the whole sorting key)"
+                f"order_by: must contain {' and '.join(missing)} (rows collapse on the whole "
+                "sorting key, and a messageId is unique per source only)"
             )
         if self.ttl is not None and self.ttl < 1:
             raise ValueError("ttl: at least 1s")
+
+
+def key_holds(sorting_key: str, column: str) -> bool:
+    """Whether an item of ``sorting_key`` uses ``column``."""
+    return any(re.search(rf"\b{column}\b", key) for key in split_keys(sorting_key))
 
 
 def driver_url(url: str) -> str:
@@ -164,24 +185,25 @@ def events_table(
     partition_by: str = DEFAULT_PARTITION_BY,
     order_by: str = DEFAULT_ORDER_BY,
     ttl: float | None = None,
+    name: str = "events",
 ) -> Table:
-    """The ``events`` table as clickhouse-sqlalchemy declares it."""
+    """The ``events`` table as clickhouse-sqlalchemy declares it (under ``name``)."""
     time = types.DateTime64(3, "UTC") if datetime64 else types.DateTime("UTC")
     columns = []
-    for name in STORED_COLUMNS:
-        if name in _NULLABLE_TIMES:
-            columns.append(Column(name, types.Nullable(time)))
-        elif name in _TIME_COLUMNS:
-            columns.append(Column(name, time, nullable=False))
+    for column in STORED_COLUMNS:
+        if column in _NULLABLE_TIMES:
+            columns.append(Column(column, types.Nullable(time)))
+        elif column in _TIME_COLUMNS:
+            columns.append(Column(column, time, nullable=False))
         else:
-            columns.append(Column(name, types.String, nullable=False))
+            columns.append(Column(column, types.String, nullable=False))
     engine = engines.ReplacingMergeTree(
         version="received_at",
         partition_by=text(partition_by),
         order_by=[text(key) for key in split_keys(order_by)],
         ttl=text(ttl_expression(ttl)) if ttl else None,
     )
-    return Table("events", metadata, *columns, engine)
+    return Table(name, metadata, *columns, engine)
 
 
 def schema_table(metadata: MetaData) -> Table:
@@ -508,8 +530,9 @@ class ClickHouseSink(Sink):
             )
 
     def migrate(self) -> str:
-        """Create the database, ``events`` and ``eventrouter_schema`` if missing
-        (idempotent; ``eventrouter migrate`` calls it)."""
+        """Create the database, ``events`` and ``eventrouter_schema`` if missing, and
+        rebuild an ``events`` whose sorting key lacks ``source`` (idempotent;
+        ``eventrouter migrate`` calls it)."""
         server = self._engine("default")
         try:
             with server.connect() as connection:
@@ -517,21 +540,19 @@ class ClickHouseSink(Sink):
                 connection.execute(text(f"CREATE DATABASE IF NOT EXISTS {quoted}"))
         finally:
             server.dispose()
+        recovered = self._finish_interrupted_rebuild()
         self._detect()
         metadata = MetaData()
-        events = events_table(
-            metadata,
-            datetime64=self.datetime64,
-            partition_by=self.options.partition_by,
-            order_by=self.options.order_by,
-            ttl=self.options.ttl,
-        )
         schema = schema_table(metadata)
         engine = self._engine()
+        rebuilt = None
         try:
             with engine.connect() as connection:
-                for table in (events, schema):
+                for table in (self._events_table(metadata), schema):
                     connection.execute(CreateTable(table, if_not_exists=True))
+                [(_, sorting_key, _)] = connection.execute(text(TABLE_KEYS_SQL)).all()
+                if not key_holds(sorting_key, "source"):
+                    rebuilt = self._rebuild(connection, sorting_key)
                 current = connection.execute(text("SELECT max(version) FROM eventrouter_schema"))
                 if (current.scalar() or 0) < SCHEMA_VERSION:
                     with self.client() as client:
@@ -542,10 +563,100 @@ class ClickHouseSink(Sink):
         finally:
             engine.dispose()
         time_type = "DateTime64(3)" if self.datetime64 else "DateTime"
-        return (
+        done = (
             f"schema version {SCHEMA_VERSION}, ReplacingMergeTree, {time_type}, "
             f"ClickHouse {'.'.join(map(str, self.version))}"
         )
+        return "; ".join(filter(None, [done, recovered, rebuilt]))
+
+    def _events_table(self, metadata: MetaData, name: str = "events") -> Table:
+        """``events`` (or a table like it) as configured, with the existing time type."""
+        return events_table(
+            metadata,
+            datetime64=self.datetime64,
+            partition_by=self.options.partition_by,
+            order_by=self.options.order_by,
+            ttl=self.options.ttl,
+            name=name,
+        )
+
+    def _tables(self, client: Client) -> set[str]:
+        return {
+            row[0]
+            for row in client.execute(
+                "SELECT name FROM system.tables WHERE database = currentDatabase() "
+                "AND name IN ('events', %(rebuild)s, %(backup)s)",
+                {"rebuild": REBUILD_TABLE, "backup": BACKUP_TABLE},
+            )
+        }
+
+    def _rebuild(self, connection: Any, sorting_key: str) -> str:
+        """Schema 1 → 2 for a table whose sorting key lacks ``source``: a key cannot
+        change in place, so ``events`` is copied into a new table with the configured
+        key, and the two are swapped; what was done.
+
+        1. ``CREATE TABLE events_migrating`` (the configured keys, the same time type);
+        2. ``INSERT INTO events_migrating SELECT ... FROM events``: every row, in the
+           server, without a lock (writers go on into ``events``);
+        3. ``RENAME TABLE events TO events_before_v2, events_migrating TO events``;
+        4. the rows written into the old table during step 2 are copied too: those of
+           parts whose block numbers are above the highest before step 2 (copying a
+           row twice is harmless: the copies share a sorting key and collapse).
+
+        The old table is kept as ``events_before_v2`` for the operator to check and drop.
+        Rows that collapsed under the old key (two sources' events with one id) were
+        merged away before this ran and cannot come back. A copy left by an interrupted
+        run is dropped first; one that another process is making now (its ``INSERT``
+        is in ``system.processes``) makes this run fail, naming it."""
+        name = self.name
+        # Qualified, so that another process can tell this copy is running (below).
+        target = f"{_quote(self.database)}.{REBUILD_TABLE}"
+        with self.client() as client:
+            tables = self._tables(client)
+            if BACKUP_TABLE in tables:
+                raise RuntimeError(
+                    f"sinks.{name}: events' sorting key ({sorting_key}) lacks source, and "
+                    f"{BACKUP_TABLE} exists already: check it, drop or rename it, and run "
+                    "eventrouter migrate again"
+                )
+            if REBUILD_TABLE in tables:
+                # Another process (a worker starting beside this one) copying now, or
+                # the copy of an interrupted run.
+                if _running(client, f"INSERT INTO {target}"):
+                    raise RuntimeError(
+                        f"sinks.{name}: another eventrouter process is rebuilding events "
+                        f"(copying it into {REBUILD_TABLE}); start again once it is done"
+                    )
+                client.execute(f"DROP TABLE {REBUILD_TABLE}")
+            started = time.monotonic()
+            connection.execute(CreateTable(self._events_table(MetaData(), REBUILD_TABLE)))
+            before = client.execute("SELECT count() FROM events")[0][0]
+            high = _highest_block(client, "events")
+            columns = ", ".join(STORED_COLUMNS)
+            client.execute(f"INSERT INTO {target} ({columns}) SELECT {columns} FROM events")
+            client.execute(f"RENAME TABLE events TO {BACKUP_TABLE}, {REBUILD_TABLE} TO events")
+            late = _copy_blocks_after(client, BACKUP_TABLE, high)
+        done = (
+            f"sorting key ({sorting_key}) rebuilt as ({self.options.order_by}): {before} rows "
+            f"copied (+{late} written during the copy) in {time.monotonic() - started:.1f} s; "
+            f"the old table is {BACKUP_TABLE}: drop it once checked"
+        )
+        log.warning("%s: %s", name, done)
+        return done
+
+    def _finish_interrupted_rebuild(self) -> str | None:
+        """After a crash between the two renames of :meth:`_rebuild` (``events``
+        missing, both the copy and the old table there): finish the swap, and copy every
+        row of the old table again (which of them the copy holds is not known; copies
+        collapse)."""
+        with self.client() as client:
+            if self._tables(client) != {REBUILD_TABLE, BACKUP_TABLE}:
+                return None
+            client.execute(f"RENAME TABLE {REBUILD_TABLE} TO events")
+            late = _copy_blocks_after(client, BACKUP_TABLE, -1)
+        done = f"finished an interrupted rebuild: {late} rows of {BACKUP_TABLE} copied again"
+        log.warning("%s: %s", self.name, done)
+        return done
 
     def _check_table(self, connection: Any) -> None:
         """Keys cannot change on an existing table: say so when the config differs. A
@@ -605,6 +716,48 @@ class ClickHouseSink(Sink):
 
         stats = {"written": self.written, "inserts": self.inserts}
         return self.probed_health(probe, stats, last_error=self.last_error)
+
+
+def _quote(name: str) -> str:
+    """A ClickHouse identifier in backquotes."""
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def _running(client: Client, text: str) -> bool:
+    """Whether a query whose text holds ``text`` is running on the server (this one,
+    whose text holds it too, excepted)."""
+    rows = client.execute(
+        "SELECT count() FROM system.processes "
+        "WHERE position(query, %(text)s) > 0 AND position(query, 'system.processes') = 0",
+        {"text": text},
+    )
+    return rows[0][0] > 0
+
+
+def _highest_block(client: Client, table: str) -> int:
+    """The highest block number in ``table``'s parts (-1: none). A plain MergeTree
+    numbers its inserts from one counter: a part written later has higher numbers."""
+    rows = client.execute(
+        "SELECT max(max_block_number), count() FROM system.parts "
+        "WHERE database = currentDatabase() AND table = %(table)s AND active",
+        {"table": table},
+    )
+    highest, parts = rows[0]
+    return int(highest) if parts else -1
+
+
+def _copy_blocks_after(client: Client, table: str, high: int) -> int:
+    """Copy into ``events`` the rows of ``table`` whose part holds a block numbered
+    above ``high`` (its name is ``partition_min_max_level``, and a merged part spans
+    its sources' numbers); how many."""
+    columns = ", ".join(STORED_COLUMNS)
+    where = f"toInt64(splitByChar('_', _part)[3]) > {int(high)}"
+    [(count,)] = client.execute(f"SELECT count() FROM {table} WHERE {where}")
+    if count:
+        client.execute(
+            f"INSERT INTO events ({columns}) SELECT {columns} FROM {table} WHERE {where}"
+        )
+    return int(count)
 
 
 def _normalised(expression: str) -> list[str]:

@@ -5,7 +5,10 @@ Schema (``eventrouter migrate`` or the sink's start-up creates it, idempotently)
 
 - ``events``: the stored columns of DESIGN.md (JSON as ``jsonb``, times as
   ``timestamptz``), ``PARTITION BY RANGE (timestamp)``, primary key
-  ``(message_id, timestamp)`` so that a redelivered event is stored once. One partition
+  ``(message_id, source, timestamp)`` so that a redelivered event is stored once, and a
+  messageId is unique per source only (schema version 2; version 1's key
+  ``(message_id, timestamp)`` let one source's event hide another's: ``migrate``
+  upgrades it, see :meth:`PostgresSink.migrate`). One partition
   per day or month (``partition``), created ``partitions_ahead`` in advance and on
   demand for late or early events, plus ``events_default`` so that no insert ever fails
   for want of a partition. Partitions entirely older than ``retention`` are dropped.
@@ -13,7 +16,8 @@ Schema (``eventrouter migrate`` or the sink's start-up creates it, idempotently)
 
 A batch is COPYed (binary format) straight into ``events``; one of 10,000 rows or more
 is cut into ``parallel`` parts, COPYed at once on as many connections, each part one
-transaction. The rows already stored (a redelivery) are skipped first; a COPY that meets
+transaction. The rows already stored (a redelivery: the same source and message id) are
+skipped first; a COPY that meets
 rows another writer committed meanwhile goes through a temporary staging table and
 ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` instead (COPY itself cannot skip
 duplicates); the identity tables are upserted set-wise from the batch in the first
@@ -35,6 +39,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 import psycopg
+import sqlalchemy.exc
 from psycopg.types.json import Jsonb
 from sqlalchemy import (
     Column,
@@ -61,7 +66,8 @@ from router_core.store import InvalidQuery, PathCondition
 log = logging.getLogger("eventrouter.sinks.postgres")
 
 #: Schema version this code creates; ``eventrouter_schema`` records what a database has.
-SCHEMA_VERSION = 1
+#: 2: the primary key holds ``source`` (a messageId is unique per source).
+SCHEMA_VERSION = 2
 #: Seconds between partition maintenance runs (ahead-of-time creation, retention).
 MAINTENANCE_INTERVAL = 3600.0
 #: On-demand partitions are created for events at most this far from now; events
@@ -70,6 +76,18 @@ MAINTENANCE_INTERVAL = 3600.0
 ON_DEMAND_PAST = timedelta(days=5 * 366)
 ON_DEMAND_FUTURE = timedelta(days=366)
 _LOCK_KEY = 0x6576_656E_7472  # pg_advisory_xact_lock key serialising DDL ("eventr")
+#: Session advisory lock serialising key upgrades: held while partition indexes are built
+#: concurrently, during which writers must still be able to create partitions.
+_UPGRADE_LOCK_KEY = _LOCK_KEY + 1
+#: The primary key of ``events``: an event is one per source and message id (its
+#: ``timestamp`` is there because a unique key of a partitioned table must hold the
+#: partition key). ``message_id`` first: an id without a source is a prefix probe.
+PRIMARY_KEY = ("message_id", "source", "timestamp")
+#: The primary key of schema version 1, which :meth:`PostgresSink.migrate` upgrades.
+PRIMARY_KEY_V1 = ("message_id", "timestamp")
+#: How long the key upgrade waits for its brief exclusive lock, and how often it tries.
+UPGRADE_LOCK_TIMEOUT = "5s"
+UPGRADE_LOCK_ATTEMPTS = 5
 
 metadata = MetaData()
 _TZ = DateTime(timezone=True)
@@ -78,7 +96,7 @@ events = Table(
     "events",
     metadata,
     *event_columns(JSONB, _TZ),
-    PrimaryKeyConstraint("message_id", "timestamp", name="events_pkey"),
+    PrimaryKeyConstraint(*PRIMARY_KEY, name="events_pkey"),
     # Newest-first keyset pages and time ranges; the others are OPTIONAL_INDEXES.
     Index("ix_events_timestamp", "timestamp", "message_id"),
     postgresql_partition_by="RANGE (timestamp)",
@@ -204,6 +222,28 @@ class PostgresOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 # -- partitions ----------------------------------------------------------------------------
+_PARTITIONS_SQL = (
+    "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
+    "WHERE i.inhparent = to_regclass('events') ORDER BY c.relname"
+)
+_PRIMARY_KEY_SQL = (
+    "SELECT a.attname FROM pg_constraint c "
+    "CROSS JOIN LATERAL unnest(c.conkey) WITH ORDINALITY AS k(attnum, n) "
+    "JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.attnum "
+    "WHERE c.conrelid = to_regclass('events') AND c.contype = 'p' ORDER BY k.n"
+)
+
+
+def _leaf_partitions(connection: Any) -> list[str]:
+    """The partitions of ``events`` (``events_default`` among them)."""
+    return list(connection.execute(text(_PARTITIONS_SQL)).scalars())
+
+
+def _primary_key(connection: Any) -> tuple[str, ...]:
+    """The columns of the primary key of ``events``, in order (none: no table yet)."""
+    return tuple(connection.execute(text(_PRIMARY_KEY_SQL)).scalars())
+
+
 def partition_bounds(moment: datetime, size: str) -> tuple[datetime, datetime]:
     """The ``[start, end)`` range (UTC) of the partition holding ``moment``."""
     moment = moment.astimezone(UTC)
@@ -255,9 +295,13 @@ class PostgresSink(Sink):
             self.engine.dispose()
 
     def migrate(self) -> str:
-        """Create or upgrade the schema (idempotent; ``eventrouter migrate`` calls it)."""
+        """Create or upgrade the schema (idempotent; ``eventrouter migrate`` calls it).
+
+        An ``events`` table of schema version 1 gets its primary key upgraded to
+        :data:`PRIMARY_KEY` by :meth:`_upgrade_primary_key`, keeping every row."""
         if self.engine is None:
             self.engine = make_engine(self.url)
+        upgraded = self._upgrade_primary_key()
         with self.engine.begin() as connection:
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
             metadata.create_all(connection, tables=[events, users, groups, identities])
@@ -281,7 +325,118 @@ class PostgresSink(Sink):
                 )
         self._load_partitions()
         self.maintain(force=True)
-        return f"schema version {SCHEMA_VERSION}, {len(self._partitions)} partitions"
+        done = f"schema version {SCHEMA_VERSION}, {len(self._partitions)} partitions"
+        return f"{done}; {upgraded}" if upgraded else done
+
+    def _upgrade_primary_key(self) -> str | None:
+        """Schema 1 → 2: the primary key ``(message_id, timestamp)`` becomes
+        ``(message_id, source, timestamp)``; what was done, or None (nothing to do).
+
+        No row is rewritten, and writes go on for all but a moment:
+
+        1. on every partition, ``CREATE UNIQUE INDEX CONCURRENTLY`` builds the new key's
+           index while the sink reads and writes (an interrupted build leaves an
+           invalid index, which the next run drops and builds again);
+        2. one transaction swaps the keys: it drops the old primary key, makes each
+           partition's new index its primary key (``USING INDEX``) and adds the parent's,
+           which attaches those instead of building anything. It holds an exclusive lock
+           on ``events`` for as long as that takes (milliseconds), and waits at most
+           :data:`UPGRADE_LOCK_TIMEOUT` for it (a long dashboard query), retrying.
+
+        The old key's rows are unique on it, so they are unique on the wider new one:
+        no build can fail on a duplicate."""
+        with self.engine.connect() as connection:
+            if _primary_key(connection) != PRIMARY_KEY_V1:
+                return None
+        started = time.monotonic()
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as session:
+            session.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _UPGRADE_LOCK_KEY})
+            try:
+                if _primary_key(session) != PRIMARY_KEY_V1:
+                    return None  # another migrate upgraded it meanwhile
+                partitions = _leaf_partitions(session)
+                for partition in partitions:
+                    self._build_key_index(session, partition, concurrently=True)
+                built = time.monotonic()
+                locked = self._swap_primary_key()
+            finally:
+                session.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _UPGRADE_LOCK_KEY})
+        done = (
+            f"primary key upgraded to ({', '.join(PRIMARY_KEY)}): {len(partitions)} "
+            f"partition indexes built in {built - started:.1f} s, events locked for "
+            f"{1000 * locked:.0f} ms"
+        )
+        log.info("%s: %s", self.name, done)
+        return done
+
+    def _build_key_index(self, connection: Any, partition: str, *, concurrently: bool) -> str:
+        """The unique index of :data:`PRIMARY_KEY` on one partition, built unless a valid
+        one exists (an invalid one, left by an interrupted concurrent build, is
+        dropped first); its name."""
+        name = f"{partition}_key_v2"
+        valid = connection.execute(
+            text(
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.oid = to_regclass(:name)"
+            ),
+            {"name": name},
+        ).scalar()
+        if valid:
+            return name
+        quote = self.engine.dialect.identifier_preparer.quote
+        how = " CONCURRENTLY" if concurrently else ""
+        if valid is not None:
+            connection.execute(text(f"DROP INDEX{how} IF EXISTS {quote(name)}"))
+        columns = ", ".join(f'"{column}"' for column in PRIMARY_KEY)
+        connection.execute(
+            text(f"CREATE UNIQUE INDEX{how} {quote(name)} ON {quote(partition)} ({columns})")
+        )
+        return name
+
+    def _swap_primary_key(self) -> float:
+        """Step 2 of :meth:`_upgrade_primary_key`; the seconds ``events`` was locked."""
+        quote = self.engine.dialect.identifier_preparer.quote
+        columns = "(" + ", ".join(f'"{column}"' for column in PRIMARY_KEY) + ")"
+        for attempt in range(1, UPGRADE_LOCK_ATTEMPTS + 1):
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(text(f"SET LOCAL lock_timeout = '{UPGRADE_LOCK_TIMEOUT}'"))
+                    # No partition is created while the keys change.
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY}
+                    )
+                    if _primary_key(connection) != PRIMARY_KEY_V1:
+                        return 0.0
+                    connection.execute(text("ALTER TABLE events DROP CONSTRAINT events_pkey"))
+                    locked = time.monotonic()
+                    # Partitions created since step 1 (few, and new) are built here.
+                    for partition in _leaf_partitions(connection):
+                        index = self._build_key_index(connection, partition, concurrently=False)
+                        connection.execute(
+                            text(
+                                f"ALTER TABLE {quote(partition)} ADD CONSTRAINT "
+                                f"{quote(partition + '_pkey')} PRIMARY KEY USING INDEX "
+                                f"{quote(index)}"
+                            )
+                        )
+                    connection.execute(
+                        text(f"ALTER TABLE events ADD CONSTRAINT events_pkey PRIMARY KEY {columns}")
+                    )
+                return time.monotonic() - locked
+            except sqlalchemy.exc.OperationalError as exc:
+                if not isinstance(exc.orig, psycopg.errors.LockNotAvailable):
+                    raise
+                log.warning(
+                    "%s: events is busy (attempt %d of %d to lock it for the key upgrade)",
+                    self.name,
+                    attempt,
+                    UPGRADE_LOCK_ATTEMPTS,
+                )
+        raise RuntimeError(
+            f"sinks.{self.name}: could not lock events for the primary key upgrade "
+            f"{UPGRADE_LOCK_ATTEMPTS} times in {UPGRADE_LOCK_TIMEOUT} (long queries running?); "
+            "the new indexes are built: run eventrouter migrate again"
+        )
 
     def _migrate_path_indexes(self, connection: Any) -> None:
         """Create the configured ``path_indexes`` (on the parent: every partition gets
@@ -301,15 +456,9 @@ class PostgresSink(Sink):
 
     def _load_partitions(self) -> None:
         with self.engine.connect() as connection:
-            rows = connection.execute(
-                text(
-                    "SELECT c.relname FROM pg_inherits i "
-                    "JOIN pg_class c ON c.oid = i.inhrelid "
-                    "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'events'"
-                )
-            )
-            with self._partitions_lock:
-                self._partitions = {row[0] for row in rows}
+            partitions = _leaf_partitions(connection)
+        with self._partitions_lock:
+            self._partitions = set(partitions)
 
     def maintain(self, force: bool = False) -> None:
         """Create the partitions ahead of time and drop those past ``retention``."""
@@ -397,7 +546,7 @@ class PostgresSink(Sink):
         redelivery."""
         self.maintain()
         self.ensure_partitions(self._ranges(commands))
-        fresh = list({c.message_id: c for c in reversed(commands)}.values())[::-1]
+        fresh = list({(c.source, c.message_id): c for c in reversed(commands)}.values())[::-1]
         identities = commands if self.options.normalise else ()
         parts = min(self.options.parallel, max(1, len(fresh) // PARALLEL_MIN_ROWS))
         if parts == 1:
@@ -422,7 +571,7 @@ class PostgresSink(Sink):
     def _write_part(
         self, fresh: list[Command], identities: Sequence[Command]
     ) -> tuple[int, bool] | Exception:
-        """COPY ``fresh`` (no message id twice) in one transaction, skipping the rows
+        """COPY ``fresh`` (no source and message id twice) in one transaction, skipping the rows
         stored already, and upsert the identity tables from ``identities``: ``(rows
         inserted, whether another writer's rows were met)``, or the error it failed
         with (returned, so that every part ends before :meth:`write` raises)."""
@@ -431,7 +580,7 @@ class PostgresSink(Sink):
             with raw.cursor() as cursor:
                 stored = _already_stored(cursor, fresh)
                 if stored:
-                    fresh = [c for c in fresh if c.message_id not in stored]
+                    fresh = [c for c in fresh if (c.source, c.message_id) not in stored]
                 try:
                     # The common case: nothing stored yet, one pass straight into the
                     # partitions.
@@ -478,10 +627,11 @@ class PostgresSink(Sink):
 
 
 #: An SDK's retry of an event is normalised again, and its skew-corrected ``timestamp``
-#: moves with the new ``receivedAt``: the primary key ``(message_id, timestamp)`` (it
-#: must contain the partition key) would take both copies. So an event whose message id
-#: is already stored with a timestamp within ``REDELIVERY_WINDOW`` of the batch's is
-#: skipped; the bounds let PostgreSQL probe only those partitions' primary keys.
+#: moves with the new ``receivedAt``: the primary key ``(message_id, source,
+#: timestamp)`` (it must contain the partition key) would take both copies. So an event
+#: whose source and message id are already stored with a timestamp within
+#: ``REDELIVERY_WINDOW`` of the batch's is skipped; the bounds let PostgreSQL probe only
+#: those partitions' primary keys.
 REDELIVERY_WINDOW = timedelta(days=1)
 _COLUMNS = ", ".join(f'"{c}"' for c in STORED_COLUMNS)
 #: Below this many rows per part, a batch is COPYed on one connection (``parallel``).
@@ -493,15 +643,20 @@ def _copy_sql(table: str) -> str:
     return f"COPY {table} ({_COLUMNS}) FROM STDIN (FORMAT BINARY)"
 
 
+#: ``source = ANY`` beside ``message_id = ANY``: both are conditions of the primary key's
+#: index scan (a batch holds few sources), and the pairs it finds are matched exactly
+#: in Python (a row-value ``IN`` would not be an index condition).
 _ALREADY_STORED = (
-    "SELECT message_id FROM events WHERE message_id = ANY(%s) AND timestamp BETWEEN %s AND %s"
+    "SELECT source, message_id FROM events WHERE message_id = ANY(%s) AND source = ANY(%s) "
+    "AND timestamp BETWEEN %s AND %s"
 )
 _MOVE_STAGED = (
     f"INSERT INTO events ({_COLUMNS}) SELECT {_COLUMNS} FROM events_staging ON CONFLICT DO NOTHING"
 )
 
 
-def _already_stored(cursor: Any, commands: Sequence[Command]) -> set[str]:
+def _already_stored(cursor: Any, commands: Sequence[Command]) -> set[tuple[str, str]]:
+    """The ``(source, message_id)`` of ``commands`` stored already (near their times)."""
     if not commands:
         return set()
     stamps = [c.timestamp for c in commands]
@@ -513,12 +668,13 @@ def _already_stored(cursor: Any, commands: Sequence[Command]) -> set[str]:
         _ALREADY_STORED,
         (
             [c.message_id for c in commands],
+            list({c.source for c in commands}),
             min(stamps) - REDELIVERY_WINDOW,
             max(stamps) + REDELIVERY_WINDOW,
         ),
         prepare=False,
     )
-    return {row[0] for row in cursor.fetchall()}
+    return {(source, message_id) for source, message_id in cursor.fetchall()}
 
 
 def _insert_skipping_stored(cursor: Any, commands: Sequence[Command]) -> int:

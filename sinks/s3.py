@@ -13,9 +13,10 @@ and takes up to ``batch.max_events`` events. Under ``eventrouter worker`` the wo
 gathered the batch already, so it is uploaded at once. A batch that spans several
 partitions becomes one object per partition (more when one exceeds ``batch.max_bytes``).
 
-The object name is a UUIDv5 of the message ids it holds, so a batch written again (a
-retry after a partial failure, a redelivery of the same messages) overwrites its own
-objects instead of archiving the events twice.
+The object name is a UUIDv5 of the source and the message ids it holds, so a batch
+written again (a retry after a partial failure, a redelivery of the same messages)
+overwrites its own objects instead of archiving the events twice, and the same ids from
+another source (a messageId is unique per source only) never name the same object.
 
 Operator's guide: ``docs/s3.md``.
 """
@@ -57,7 +58,7 @@ MIN_PART_SIZE = 5 * MiB
 PIECE_EVENTS = 2000
 #: Timeouts of the health probe (seconds); it is never retried.
 HEALTH_TIMEOUT = 2.0
-#: The namespace of the object names (UUIDv5 of the message ids an object holds).
+#: The namespace of the object names (UUIDv5 of the source and message ids an object holds).
 OBJECT_NAMESPACE = uuid.UUID("5f0c8a52-4c3e-4d7b-9a8e-0e6f1b2c3d4e")
 
 #: S3 bucket naming rules (also MinIO's).
@@ -180,9 +181,11 @@ def partitions(commands: Sequence[Command]) -> list[Partition]:
     return list(found.values())
 
 
-def object_name(message_ids: Sequence[str]) -> str:
-    """Deterministic: the same events, written again, land in the same object."""
-    return str(uuid.uuid5(OBJECT_NAMESPACE, "\n".join(message_ids)))
+def object_name(source: str, message_ids: Sequence[str]) -> str:
+    """Deterministic: the same events, written again, land in the same object. The name
+    is of the JSON array ``[source, *message_ids]``, which no other source or list of
+    ids encodes to, whatever characters they hold (an id may hold a newline)."""
+    return str(uuid.uuid5(OBJECT_NAMESPACE, _encoder.encode([source, *message_ids]).decode()))
 
 
 class ParallelGzip:
@@ -247,7 +250,7 @@ def ndjson_objects(
     gz = ParallelGzip(level, pool)
 
     def close() -> PlannedObject:
-        key = partition.key(prefix, f"{object_name(ids)}.ndjson.gz")
+        key = partition.key(prefix, f"{object_name(partition.source, ids)}.ndjson.gz")
         return PlannedObject(key, len(ids), gz.finish)
 
     commands = partition.commands
@@ -597,7 +600,7 @@ class S3Sink(Sink):
                 )
             else:
                 ids = [c.message_id for c in partition.commands]
-                key = partition.key(self.prefix, f"{object_name(ids)}.parquet")
+                key = partition.key(self.prefix, f"{object_name(partition.source, ids)}.parquet")
                 compression = options.parquet_compression
 
                 def body(batch: list[Command] = partition.commands, codec: str = compression):

@@ -382,7 +382,7 @@ def test_migrate_command_creates_the_schema_idempotently(ch_url, tmp_path, versi
     for _ in range(2):
         result = run_eventrouter("migrate", "--config", str(path))
         assert result.returncode == 0, result.stderr
-        assert "warehouse (clickhouse): schema version 1, ReplacingMergeTree" in result.stdout
+        assert "warehouse (clickhouse): schema version 2, ReplacingMergeTree" in result.stdout
     [(engine, partition_key, sorting_key)] = ch(
         ch_url,
         "SELECT engine, partition_key, sorting_key FROM system.tables "
@@ -390,12 +390,12 @@ def test_migrate_command_creates_the_schema_idempotently(ch_url, tmp_path, versi
     )
     assert (engine, partition_key) == ("ReplacingMergeTree", "toYYYYMM(timestamp)")
     assert split_keys(sorting_key) == split_keys(sink_module.DEFAULT_ORDER_BY)
-    assert ch(ch_url, "SELECT version FROM eventrouter_schema") == [(1,)]
+    assert ch(ch_url, "SELECT version FROM eventrouter_schema") == [(2,)]
 
 
 def test_a_table_with_other_keys_is_kept_and_reported(ch_url, tmp_path, caplog):
     make_sink(ch_url, tmp_path).migrate()
-    other = make_sink(ch_url, tmp_path, order_by="message_id")
+    other = make_sink(ch_url, tmp_path, order_by="source, message_id")
     with caplog.at_level(logging.WARNING, logger="eventrouter.sinks.clickhouse"):
         other.migrate()
     assert "ORDER BY" in caplog.text and "cannot be changed" in caplog.text
@@ -417,7 +417,13 @@ def test_ttl_needs_a_server_that_has_it(ch_url, tmp_path, version):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"order_by": "toDate(timestamp), user_id"}, "order_by: must contain message_id"),
+        (
+            {"order_by": "toDate(timestamp), user_id"},
+            "order_by: must contain source and message_id",
+        ),
+        # A messageId is unique per source: a key without source would let one source's
+        # event replace another's of the same id.
+        ({"order_by": "toDate(timestamp), message_id"}, "order_by: must contain source "),
         ({"url": "clickhouse+http://127.0.0.1:8123/x"}, "url: the clickhouse sink speaks"),
         ({"partition": "day"}, "sinks.w.partition: unknown key"),
     ],

@@ -255,10 +255,10 @@ def test_migrate_command_creates_the_schema_idempotently(pg_url, tmp_path):
     for _ in range(2):
         result = run_eventrouter("migrate", "--config", str(path))
         assert result.returncode == 0, result.stderr
-        assert "warehouse (postgres): schema version 1" in result.stdout
+        assert "warehouse (postgres): schema version 2" in result.stdout
     tables = {row[0] for row in sql(pg_url, "SELECT tablename FROM pg_tables")}
     assert {"events", "events_default", "users", "groups", "identities"} <= tables
-    assert sql(pg_url, "SELECT version FROM eventrouter_schema") == [(1,)]
+    assert sql(pg_url, "SELECT version FROM eventrouter_schema") == [(2,)]
 
 
 def test_through_the_queue_and_worker(amqp_env, pg_url):

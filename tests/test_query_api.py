@@ -519,16 +519,28 @@ def test_get_one_whose_id_contains_a_slash(server):
 
 def test_cursor_round_trip():
     when = datetime(2024, 5, 6, 7, 8, 9, 123456)
-    cursor = encode_cursor(when, "msg-1")
-    assert decode_cursor(cursor) == (when, "msg-1")
+    cursor = encode_cursor(when, "msg-1", "web")
+    assert decode_cursor(cursor) == (when, "msg-1", "web")
     assert "=" not in cursor
     assert all(ch.isalnum() or ch in "-_" for ch in cursor)
+
+
+def test_a_cursor_of_an_earlier_release_names_no_source():
+    when = datetime(2024, 5, 6, 7, 8, 9, 123456)
+    assert decode_cursor(encode_cursor(when, "msg-1")) == (when, "msg-1", None)
+    # What the previous release sent as next_cursor: [timestamp, message_id].
+    assert decode_cursor("WyIyMDI0LTA1LTA2VDA3OjA4OjA5LjEyMzQ1NiIsIm1zZy0xIl0") == (
+        when,
+        "msg-1",
+        None,
+    )
 
 
 def test_cursor_round_trip_with_an_awkward_message_id():
     when = datetime(2024, 5, 6, tzinfo=UTC)
     message_id = 'a"b\\c/é?&=+ ' + "x" * 80
-    assert decode_cursor(encode_cursor(when, message_id)) == (when, message_id)
+    source = 'ios:app/"v2" é'
+    assert decode_cursor(encode_cursor(when, message_id, source)) == (when, message_id, source)
 
 
 @pytest.mark.parametrize(
