@@ -13,6 +13,11 @@ The stage runs on the edge only (``sink=None``): the broker, the dead-letter que
 every sink get the scrubbed event, never the original. It does nothing in the worker:
 hashing a hash again would change it. Commands are immutable and share their dicts, so
 a changed command is a new one whose changed dicts are copies, down the changed path.
+
+The stage fails closed (``fail_closed``): the paths are checked when the config is
+loaded, so scrubbing fails only on something unforeseen (a bug, an event shaped as no
+test imagined, memory); the batch is then refused with a 503 rather than stored or
+published unscrubbed.
 """
 
 from __future__ import annotations
@@ -48,6 +53,10 @@ def eventrouter_startup(bus: Any) -> None:
 
 
 class Scrubber:
+    #: A privacy stage: if it raises or times out, the batch is refused, never passed on
+    #: unscrubbed (router_core.bus.fails_closed).
+    fail_closed = True
+
     def __init__(self, config: ScrubConfig) -> None:
         self.key = (config.salt or "").encode()
         #: column → [(segments, action)]

@@ -16,6 +16,12 @@ A suppression therefore takes effect everywhere within ``refresh`` seconds. If t
 store cannot be read, the last list read stays in force (and ``/health`` shows the
 error): an outage of the store neither lets suppressed events through nor stops
 ingestion.
+
+The stage fails closed (``fail_closed``). Until the list has been read once, this
+process does not know whom to drop: the stage raises :class:`ListNotRead`, and the bus
+refuses every batch (503 on the edge; in the worker the batch is held, unacknowledged,
+while ``/health`` shows the suppression list down) rather than store a suppressed
+user's events. Meanwhile the list is read again every :data:`UNREAD_RETRY` seconds.
 """
 
 from __future__ import annotations
@@ -38,6 +44,16 @@ log = logging.getLogger("eventrouter.plugins.suppress")
 PLUGIN_NAME = "suppress:store"
 #: Seconds between repeated warnings while the store cannot be read.
 WARN_INTERVAL = 60.0
+#: Seconds between attempts to read the list while it has never been read (at most
+#: ``[privacy] refresh``): batches are refused meanwhile.
+UNREAD_RETRY = 1.0
+
+
+class ListNotRead(RuntimeError):
+    """The suppression list has not been read yet: whom to drop is unknown."""
+
+    #: Quoted in the 503 (router_core.bus.FailedClosed): it names no host.
+    client_safe = True
 
 
 @hookimpl
@@ -53,6 +69,9 @@ def eventrouter_startup(bus: Any) -> None:
 
 class Suppressor:
     """This process's copy of the suppression list, refreshed in the background."""
+
+    #: A privacy stage: a batch it cannot check is refused (router_core.bus.fails_closed).
+    fail_closed = True
 
     def __init__(self, source: SuppressionList, refresh: float) -> None:
         self.source = source
@@ -73,8 +92,15 @@ class Suppressor:
         self._thread = threading.Thread(target=self._loop, name="suppress-refresh", daemon=True)
         self._thread.start()
 
+    @property
+    def read(self) -> bool:
+        """Whether the list has been read at least once."""
+        return self.refreshed_at is not None
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.refresh_interval):
+        while not self._stop.wait(
+            self.refresh_interval if self.read else min(self.refresh_interval, UNREAD_RETRY)
+        ):
             self.refresh()
 
     def refresh(self) -> bool:
@@ -99,8 +125,9 @@ class Suppressor:
 
     @property
     def idle(self) -> bool:
-        """Nothing is suppressed: the bus skips this stage (docs/plugins.md)."""
-        return not self.user_ids and not self.anonymous_ids
+        """Nothing is suppressed: the bus skips this stage (docs/plugins.md). Never
+        while the list is unread: the stage must then refuse the batch."""
+        return self.read and not self.user_ids and not self.anonymous_ids
 
     def suppressed(self, command: Command) -> bool:
         return command.user_id in self.user_ids or command.anonymous_id in self.anonymous_ids
@@ -110,6 +137,8 @@ class Suppressor:
         self, commands: Sequence[Command], sink: str | None
     ) -> Sequence[Command] | None:
         if not self.user_ids and not self.anonymous_ids:
+            if not self.read:
+                raise ListNotRead("the suppression list has not been read yet")
             return None
         kept = [c for c in commands if not self.suppressed(c)]
         if len(kept) == len(commands):
@@ -124,8 +153,11 @@ class Suppressor:
         return ComponentHealth(
             name="suppression",
             up=self.last_error is None,
-            required=False,  # the last list read stays in force
-            detail=self.last_error or "",
+            # Once read, the last list read stays in force; until then, batches are refused.
+            required=not self.read,
+            detail=(self.last_error or "")
+            if self.read
+            else f"never read: {self.last_error or 'not yet'}",
             stats={
                 "user_ids": len(self.user_ids),
                 "anonymous_ids": len(self.anonymous_ids),

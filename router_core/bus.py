@@ -13,6 +13,12 @@ A bus has a role. On the *edge* (``eventrouter serve``) it runs the configured s
 itself (embedded mode) or, with ``[queue]`` configured, only the queue publisher: the
 sinks then run in ``eventrouter worker``, whose bus (role *worker*) delivers each
 queue's batches to its one sink with :meth:`Bus.deliver`.
+
+Pipeline stages fail open, except privacy stages: a plugin whose object has
+``fail_closed = True`` (:func:`fails_closed`; the built-in scrub and suppress stages)
+refuses the whole batch when its stage raises or times out (:class:`FailedClosed`, a
+503 on the edge, a failed write that the worker retries), rather than let the batch go
+on without it.
 """
 
 from __future__ import annotations
@@ -101,6 +107,10 @@ async def _within(timeout: float, awaitable: Any) -> Any:
         handle.cancel()
 
 
+#: Seconds a client is told to wait before retrying a refused batch.
+RETRY_AFTER = "5"
+
+
 class NotDurable(APIError):
     """An acknowledging sink could not take the batch: the client must retry."""
 
@@ -109,8 +119,37 @@ class NotDurable(APIError):
             503,
             "unavailable",
             f"events may not have been stored, retry later: {detail}",
-            headers={"Retry-After": "5"},
+            headers={"Retry-After": RETRY_AFTER},
         )
+
+
+def fails_closed(plugin: Any) -> bool:
+    """Whether ``plugin``'s pipeline stage is privacy-relevant: its object (module or
+    instance) has a true ``fail_closed`` attribute (docs/plugins.md, "Failing closed")."""
+    return bool(getattr(plugin, "fail_closed", False))
+
+
+class FailedClosed(APIError):
+    """A fail-closed pipeline stage raised or timed out, so the batch went nowhere: no
+    sink, observer or broker saw any of it. The edge answers 503 (the client retries);
+    the worker's write fails, unacknowledged, and is retried."""
+
+    def __init__(self, stage: str, detail: str) -> None:
+        super().__init__(
+            503,
+            "unavailable",
+            f"pipeline stage {stage} failed ({detail}); "
+            "no event of this request was stored, retry later",
+            headers={"Retry-After": RETRY_AFTER},
+        )
+        #: The plugin name of the stage (``scrub:paths``, ``suppress:store``, ...).
+        self.stage = stage
+
+
+def _client_detail(exc: BaseException) -> str:
+    """What a 503 may quote of ``exc``: its message if it says it is ``client_safe``
+    (names no host or credential), else only its type."""
+    return str(exc) if getattr(exc, "client_safe", False) else type(exc).__name__
 
 
 @dataclass
@@ -339,17 +378,22 @@ class Bus:
         """Run the pipeline hooks (dedup, enrichment, ...) in order, each isolated.
 
         A stage that raises or takes longer than ``server.dispatch_timeout`` is counted,
-        logged and skipped: the batch passes on unchanged. ``stages`` defaults to every
-        ``eventrouter_process_batch`` implementation; ``sink`` is passed on to them. A
-        stage whose plugin object says it is ``idle`` (it would return the batch unchanged,
-        e.g. an empty suppression list) is not called: the isolation around each call
-        costs the request path more than such a stage's own work.
+        logged and skipped: the batch passes on unchanged. Unless its plugin
+        :func:`fails_closed` (a privacy stage: scrub, suppress): then the whole batch is
+        refused. ``stages`` defaults to every ``eventrouter_process_batch``
+        implementation; ``sink`` is passed on to them. A stage whose plugin object says it
+        is ``idle`` (it would return the batch unchanged, e.g. an empty suppression list)
+        is not called: the isolation around each call costs the request path more than
+        such a stage's own work.
+
+        :raises FailedClosed: a fail-closed stage raised or timed out.
         """
         if stages is None:
             stages = self.pm.hook.eventrouter_process_batch.get_hookimpls()
         timeout = self.config.server.dispatch_timeout
         for impl in reversed(stages):
-            if getattr(impl.plugin, "idle", False):
+            plugin = impl.plugin
+            if getattr(plugin, "idle", False):
                 continue
             name = impl.plugin_name
             try:
@@ -357,13 +401,25 @@ class Bus:
                     timeout, self._invoke(impl, {"commands": commands, "sink": sink})
                 )
             except Expired:
-                self.stats.setdefault(name, PluginStats()).failed(
-                    f"timed out after {timeout:g}s", timed_out=True
-                )
-                log.error("%s: pipeline stage timed out after %gs; batch passed on", name, timeout)
+                detail = f"timed out after {timeout:g}s"
+                self.stats.setdefault(name, PluginStats()).failed(detail, timed_out=True)
+                if fails_closed(plugin):
+                    log.error("%s: pipeline stage %s; batch refused (fail_closed)", name, detail)
+                    raise FailedClosed(name, detail) from None
+                log.error("%s: pipeline stage %s; batch passed on", name, detail)
                 continue
             except Exception as exc:
                 self.stats.setdefault(name, PluginStats()).failed(repr(exc))
+                if fails_closed(plugin):
+                    # An error that explains itself (``client_safe``, e.g. the suppression
+                    # list not read yet) may come with every batch: no traceback for it.
+                    log.error(
+                        "%s: pipeline stage failed (%r); batch refused (fail_closed)",
+                        name,
+                        exc,
+                        exc_info=not getattr(exc, "client_safe", False),
+                    )
+                    raise FailedClosed(name, _client_detail(exc)) from exc
                 log.exception("%s: pipeline stage failed; batch passed on unchanged", name)
                 continue
             if (stats := self.stats.get(name)) is not None:
@@ -378,6 +434,7 @@ class Bus:
         """Deliver a batch; return once every acknowledging sink holds it.
 
         :raises NotDurable: an acknowledging sink failed or timed out (answer 503).
+        :raises FailedClosed: a fail-closed stage failed; no sink was called (503).
         """
         if stages := self.pm.hook.eventrouter_process_batch.get_hookimpls():
             commands = await self.process(commands, stages)
@@ -407,16 +464,16 @@ class Bus:
             name, exc = failed[0]
             # Only the type: a message may name hosts or credentials. An error meant for
             # the client (``client_safe = True``, e.g. the full spool) is quoted.
-            said = str(exc) if getattr(exc, "client_safe", False) else type(exc).__name__
-            raise NotDurable(f"{name}: {said}")
+            raise NotDurable(f"{name}: {_client_detail(exc)}")
         await self.committed(commands, None)
 
     async def deliver(self, sink: str, commands: Sequence[Command]) -> Sequence[Command]:
         """Worker: run the pipeline for ``sink``, write the batch to it, then report it
         committed. Returns the commands written (dedup may have dropped some).
 
-        :raises Exception: the sink's failure (or ``TimeoutError``), for the worker to
-            retry or dead-letter.
+        :raises Exception: the sink's failure (or ``TimeoutError``), or
+            :class:`FailedClosed` before any write, for the worker to retry, hold or
+            dead-letter.
         """
         if stages := self.pm.hook.eventrouter_process_batch.get_hookimpls():
             commands = await self.process(commands, stages, sink)
@@ -448,6 +505,22 @@ class Bus:
                 detail = "timed out" if isinstance(exc, Expired) else repr(exc)
                 self.stats.setdefault(impl.plugin_name, PluginStats()).failed(detail)
                 log.error("%s: batch_committed failed: %s", impl.plugin_name, detail)
+
+    async def stage_down(self, plugin_name: str, timeout: float = 5.0) -> str | None:
+        """Why plugin ``plugin_name`` says it is down (its ``eventrouter_health``), or
+        None: it reports nothing down, or nothing at all. The worker holds a batch that a
+        fail-closed stage refused while that stage is down, as it does for a sink."""
+        for impl in self.pm.hook.eventrouter_health.get_hookimpls():
+            if impl.plugin_name != plugin_name:
+                continue
+            try:
+                result = await _within(timeout, self._invoke(impl, {}))
+            except Exception as exc:
+                return "health check timed out" if isinstance(exc, Expired) else repr(exc)
+            for component in result if isinstance(result, list) else [result]:
+                if component is not None and not component.up:
+                    return component.detail or "down"
+        return None
 
     # -- lifecycle and health ----------------------------------------------------------
     async def start(self) -> None:

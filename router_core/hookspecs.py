@@ -56,7 +56,11 @@ def eventrouter_process_batch(
         :func:`msgspec.structs.replace`), or ``None`` to leave it unchanged.
     Implementations run one after another, each seeing the previous one's output. An
     implementation that raises, or takes longer than ``server.dispatch_timeout``, is
-    skipped (counted and logged): a broken enrichment must not lose events.
+    skipped (counted and logged): a broken enrichment must not lose events. A
+    privacy stage fails closed instead: when its plugin object has ``fail_closed = True``
+    (the built-in scrub and suppress stages do), its failure refuses the whole batch,
+    which then reaches no sink and no broker (``503`` on the edge; in the worker the
+    write fails and is retried).
     """
 
 

@@ -21,13 +21,23 @@ A reader that meets another format version dead-letters the message rather than
 guessing. Dead-lettered messages keep body and headers and gain
 ``x-eventrouter-reason``, ``x-eventrouter-sink``, ``x-eventrouter-attempts`` and
 ``x-eventrouter-dead-lettered-at``.
+
+Every publish is *mandatory* (:class:`RoutedProducer`): a message the exchange routes to
+no queue (its queues were deleted) raises :class:`Unroutable` instead of being confirmed
+and dropped, so a confirm means the message sits in at least one queue. RabbitMQ returns
+such a message (``basic.return``) before it confirms it; kombu's Redis transport would
+push it nowhere, silently, and :class:`router_core.redis_transport.ReliableChannel`
+raises instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
+import logging
 import math
 import re
+import secrets
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -35,11 +45,13 @@ from typing import Any
 import amqp.exceptions
 import kombu.exceptions
 import redis.exceptions
-from kombu import Connection, Exchange, Queue, binding
+from kombu import Connection, Exchange, Producer, Queue, binding
 
 from router_core.commands import Command, decode_many, encode_many
 from router_core.config import QueueConfig
-from router_core.redis_transport import ReliableTransport
+from router_core.redis_transport import ReliableTransport, Unroutable
+
+log = logging.getLogger("eventrouter.queue")
 
 FORMAT_HEADER = "x-eventrouter-format"
 FORMAT = "commands/1"
@@ -62,6 +74,66 @@ BROKER_ERRORS = (
 
 class UndecodableMessage(ValueError):
     """A message that is not a batch of commands in a format this version reads."""
+
+
+class RoutedProducer:
+    """Publishes to one exchange, every message mandatory: :meth:`publish` returns only
+    once the broker holds the message in at least one queue, and raises
+    :class:`Unroutable` when the exchange routed it to none (the queues were deleted).
+
+    On AMQP the channel is in confirm mode (:func:`open_connection`) and a publish waits
+    for its confirm before the next one is sent on the channel (kombu, py-amqp's
+    ``basic_publish_confirm``). RabbitMQ sends the ``basic.return`` of an unroutable
+    mandatory message *before* its ``basic.ack``, so the return reaches the channel's
+    callback while its own publish is still waiting for the ack: a return that arrives
+    during a publish belongs to that publish. Each message carries an id of its own
+    (``message_id``) and the return is matched against it as well; a return that names
+    another message (none can, while publishes are one at a time) is logged, not blamed
+    on this one. The connection is dropped by the caller after any failure, so no
+    return or confirm of an abandoned publish is ever read by a later one.
+
+    On Redis, kombu's transport has no returns: ``ReliableChannel`` raises
+    :class:`Unroutable` from the publish itself, before pushing anything.
+
+    One producer per channel, used by one thread (kombu is not thread-safe).
+    """
+
+    def __init__(self, channel: Any, exchange: Exchange) -> None:
+        self.producer = Producer(channel, exchange=exchange)
+        self._ids = itertools.count(1)
+        self._prefix = secrets.token_hex(6)
+        self._returned: list[tuple[Any, str, str]] = []
+        events = getattr(channel, "events", None)  # py-amqp's; kombu's virtual channels have none
+        if events is not None:
+            events["basic_return"].add(self._on_return)
+
+    def _on_return(self, exc: Any, exchange: str, routing_key: str, message: Any) -> None:
+        """py-amqp's ``basic_return`` callback, called on the publishing thread from inside
+        the wait for the confirm."""
+        properties = getattr(message, "properties", None) or {}
+        self._returned.append((properties.get("message_id"), str(exc), routing_key))
+
+    def publish(self, body: bytes, *, routing_key: str, timeout: float, **properties: Any) -> None:
+        """Publish ``body``, mandatory, and wait for the broker to hold it.
+
+        :raises Unroutable: the broker routed it to no queue (returned it, on AMQP).
+        :raises Exception: anything else kombu raises (nack, confirm timeout, connection).
+        """
+        message_id = f"{self._prefix}-{next(self._ids)}"
+        self._returned.clear()
+        self.producer.publish(
+            body,
+            routing_key=routing_key,
+            mandatory=True,
+            timeout=timeout,
+            message_id=message_id,
+            **properties,
+        )
+        returned, self._returned = self._returned, []
+        for returned_id, reason, key in returned:
+            if returned_id == message_id:
+                raise Unroutable(f"routing key {key!r} reached no queue ({reason})")
+            log.error("a message returned after its confirm (%s, routing key %r)", reason, key)
 
 
 def open_connection(config: QueueConfig) -> Connection:

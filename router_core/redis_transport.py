@@ -20,6 +20,16 @@ tag from the message's properties, the JSON ``[message, exchange, routing_key]``
 time as score), so kombu's acknowledgement, rejection and ``visibility_timeout`` sweep
 work unchanged; kombu then records it a second time on delivery, which changes nothing.
 
+It also refuses to drop a message. kombu routes a publish to a named exchange through
+the bindings kept in Redis (``_kombu.binding.{exchange}``); when none matches (the
+queues were deleted with kombu, which removes their bindings), kombu pushes the message
+nowhere, silently (no ``deadletter_queue`` is set), and the publish returns as if it
+had succeeded. A mandatory publish through
+:class:`ReliableChannel` raises :class:`Unroutable` there instead, before anything is
+pushed, as RabbitMQ returns such a message (:class:`router_core.queue.RoutedProducer`).
+A queue's list deleted *without* kombu (``DEL``) keeps its bindings: the next push
+creates the list again, and nothing published after the deletion is lost.
+
 Only what eventrouter needs is supported: a consumer reads one queue (each
 :class:`router_core.worker.SinkConsumer` has its own connection), no message priorities
 and no ``global_keyprefix``. :func:`router_core.queue.open_connection` uses this
@@ -56,12 +66,42 @@ return item
 """
 
 
+class Unroutable(Exception):
+    """The broker routed a mandatory message to no queue: nothing holds it.
+
+    Raised by a publish on both transports (:class:`router_core.queue.RoutedProducer`).
+    """
+
+    #: Quoted in the 503 (router_core.bus.NotDurable): it names a routing key, no host.
+    client_safe = True
+
+
 class ReliableChannel(kombu_redis.Channel):
-    """A kombu Redis channel whose consumer takes messages atomically (module docstring)."""
+    """A kombu Redis channel whose consumer takes messages atomically, and whose
+    mandatory publishes raise :class:`Unroutable` rather than go nowhere (module
+    docstring)."""
 
     #: One list per queue: a message published with a priority would sit in another.
     priority_steps = [0]
     _take_script: Any = None
+    #: True during a mandatory publish: :meth:`_lookup` then raises when nothing matches.
+    _mandatory = False
+
+    def basic_publish(self, message: Any, exchange: str, routing_key: str, **kwargs: Any) -> Any:
+        self._mandatory = bool(kwargs.get("mandatory"))
+        try:
+            return super().basic_publish(message, exchange, routing_key, **kwargs)
+        finally:
+            self._mandatory = False
+
+    def _lookup(self, exchange: str, routing_key: str, default: Any = None) -> Any:
+        """The queues ``exchange`` routes ``routing_key`` to; during a mandatory publish,
+        :class:`Unroutable` when there are none (kombu would push the message nowhere).
+        Restoring unacknowledged messages (kombu's sweep) looks up as before."""
+        queues = super()._lookup(exchange, routing_key, default)
+        if self._mandatory and exchange and not queues:
+            raise Unroutable(f"routing key {routing_key!r} reached no queue of {exchange!r}")
+        return queues
 
     def _take(self, queue: str) -> bytes | None:
         """Pop the oldest message of ``queue`` and record it as unacknowledged."""

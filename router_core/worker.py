@@ -17,6 +17,10 @@ Failures:
   probe answers (an outage of any length dead-letters nothing); when the sink is up,
   each message of the batch is tried once on its own, and those that still fail are
   dead-lettered with the reason in their headers, the rest acknowledged;
+- a fail-closed (privacy) pipeline stage that refused the batch
+  (:class:`router_core.bus.FailedClosed`: nothing was written) is treated the same way,
+  with the stage's own ``eventrouter_health`` as the probe: while it reports itself down
+  (the suppression list not read yet) the batch is held, unacknowledged;
 - a lost broker connection drops the batch in hand unacknowledged (the broker delivers
   it again) and the consumer reconnects with backoff.
 
@@ -38,11 +42,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from kombu import Consumer, Producer
+from kombu import Consumer
 
 from router_core import metrics
 from router_core import queue as broker
-from router_core.bus import WORKER, Bus, make_plugin_manager
+from router_core.bus import WORKER, Bus, FailedClosed, make_plugin_manager
 from router_core.commands import Command
 from router_core.config import Config, ConfigError
 
@@ -175,6 +179,10 @@ class Worker:
         future = asyncio.run_coroutine_threadsafe(self.bus.deliver(sink, commands), self.loop)
         return future.result()
 
+    def stage_down(self, stage: str) -> str | None:
+        """From a consumer thread: why pipeline stage ``stage`` says it is down, or None."""
+        return asyncio.run_coroutine_threadsafe(self.bus.stage_down(stage), self.loop).result()
+
 
 class SinkConsumer(threading.Thread):
     """Feeds one sink from its queue."""
@@ -189,7 +197,7 @@ class SinkConsumer(threading.Thread):
         self.buffer: list[Any] = []
         self.buffered_events = 0
         self.deadline = 0.0
-        self.dead_producer: Producer | None = None
+        self.dead_producer: broker.RoutedProducer | None = None
         self.messages = 0
         self.written = 0
         self.dropped = 0
@@ -234,8 +242,11 @@ class SinkConsumer(threading.Thread):
             channel = connection.channel()
             self.worker.topology.declare(channel)
             channel.basic_qos(0, self.options.prefetch, False)
-            self.dead_producer = Producer(
-                connection.channel(), exchange=self.worker.topology.dead_exchange
+            # Mandatory: a dead-letter queue deleted under the worker fails the move
+            # (the message stays unacknowledged; the reconnection declares the queue
+            # again) instead of confirming it into nowhere and acknowledging it.
+            self.dead_producer = broker.RoutedProducer(
+                connection.channel(), self.worker.topology.dead_exchange
             )
             consumer = Consumer(channel, queues=[self.queue], on_message=self._buffer)
             consumer.consume()
@@ -290,8 +301,8 @@ class SinkConsumer(threading.Thread):
         if failed is None:
             return
         decoded, commands, error, attempts = failed
-        if (down := self._sink_down()) is not None:
-            error, attempts = self._hold(commands, down, attempts)
+        if (down := self._unavailable(error)) is not None:
+            error, attempts = self._hold(commands, error, down, attempts)
             if error is None:
                 for message, _ in decoded:
                     message.ack()
@@ -335,21 +346,37 @@ class SinkConsumer(threading.Thread):
             return _describe(exc)
         return None if component.up else (component.detail or "down")
 
-    def _hold(self, commands: list[Command], down: str, attempts: int) -> tuple:
-        """The retries are spent while the sink is unreachable: keep the batch
-        (unacknowledged) and write it again whenever the probe answers, until a write
-        succeeds or fails with the sink up (then the caller dead-letters as usual)."""
+    def _unavailable(self, error: BaseException) -> str | None:
+        """Why the batch that failed with ``error`` cannot be written now through no fault
+        of its own, by the probe of what refused it: the fail-closed stage's health,
+        else the sink's; None when that is up (the batch itself is at fault)."""
+        if isinstance(error, FailedClosed):
+            try:
+                down = self.worker.stage_down(error.stage)
+            except Exception as exc:  # the probe itself failed: down
+                down = _describe(exc)
+            return None if down is None else f"pipeline stage {error.stage} down ({down})"
+        down = self._sink_down()
+        return None if down is None else f"sink unreachable ({down})"
+
+    def _hold(
+        self, commands: list[Command], error: BaseException, down: str, attempts: int
+    ) -> tuple:
+        """The retries are spent while the sink (or the fail-closed stage that refused
+        the batch) is unavailable: keep the batch (unacknowledged) and write it again
+        whenever the probe answers, until a write succeeds or fails with what refused it
+        up (then the caller dead-letters as usual)."""
         self.held += 1
-        log.error("%s: sink unreachable (%s); holding %d events", self.sink, down, len(commands))
+        log.error("%s: %s; holding %d events", self.sink, down, len(commands))
         while True:
             while down is not None:
                 if self.worker.stopping.wait(SINK_DOWN_POLL):
                     raise Abandoned  # unacknowledged: delivered again after the restart
-                down = self._sink_down()
-            log.info("%s: sink reachable again; writing the held batch", self.sink)
+                down = self._unavailable(error)
+            log.info("%s: available again; writing the held batch", self.sink)
             error, more = self._deliver(commands, retry=True)
             attempts += more
-            if error is None or (down := self._sink_down()) is None:
+            if error is None or (down := self._unavailable(error)) is None:
                 return error, attempts
 
     def _deliver(self, commands: list[Command], *, retry: bool) -> tuple[BaseException | None, int]:

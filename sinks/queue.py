@@ -11,14 +11,17 @@ requests.
 
 kombu and py-amqp are blocking and not thread-safe: they never run on the event loop,
 and each publisher thread owns its connection and channel. A publish that fails (broker
-down, confirm timed out, message nacked) fails its requests with 503 + Retry-After; the
-connection is dropped and the next group reconnects, at most every
+down, confirm timed out, message nacked, or *returned*: published mandatory, routed to
+no queue because the sink queues were deleted) fails its requests with 503 +
+Retry-After; the connection is dropped and the next group reconnects, at most every
 ``RECONNECT_INTERVAL`` so that a dead broker costs requests nothing but the answer.
-The topology (``router_core.queue``) is declared on every new connection.
+The topology (``router_core.queue``) is declared on every new connection, which
+creates deleted queues again.
 
-While the broker cannot take a group, it goes to the process's local spool
-(``router_core/spool.py``, ``[queue.spool]``): appended and fsynced, then answered
-``200``; a replay thread publishes the spool back, oldest first, once the broker answers.
+While the broker cannot take a group (any of the failures above, a returned message
+included), it goes to the process's local spool (``router_core/spool.py``,
+``[queue.spool]``): appended and fsynced, then answered ``200``; a replay thread
+publishes the spool back, oldest first, once the broker answers (and routes it).
 While anything of this process is still spooled, new groups are spooled behind it, so
 the spool drains in order. A full spool answers 503 + Retry-After.
 """
@@ -32,8 +35,6 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
-
-from kombu import Producer
 
 from router_core import metrics
 from router_core import queue as broker
@@ -312,7 +313,7 @@ class _Publisher:
         self.sink = sink
         self.options = sink.options
         self.connection: Any = None
-        self.producer: Producer | None = None
+        self.producer: broker.RoutedProducer | None = None
         self.retry_at = 0.0
         self.connect_error: str | None = None
 
@@ -320,7 +321,7 @@ class _Publisher:
         """Connect now if not connected (raises while the broker is unreachable)."""
         self._producer()
 
-    def _producer(self) -> Producer:
+    def _producer(self) -> broker.RoutedProducer:
         if self.producer is not None:
             return self.producer
         if time.monotonic() < self.retry_at:
@@ -332,7 +333,7 @@ class _Publisher:
             self.connection = broker.open_connection(self.options)
             channel = self.connection.channel()
             self.sink.topology.declare(channel)
-            self.producer = Producer(channel, exchange=self.sink.topology.exchange)
+            self.producer = broker.RoutedProducer(channel, self.sink.topology.exchange)
         except Exception as exc:
             self.close(graceful=False)
             self.connect_error = f"{type(exc).__name__}: {exc}"
@@ -356,7 +357,8 @@ class _Publisher:
         return None
 
     def publish_body(self, count: int, body: bytes) -> None:
-        """Publish one message and wait for its confirm (raises if it was not taken)."""
+        """Publish one message and wait for its confirm (raises if it was not taken, or
+        was routed to no queue: :class:`router_core.queue.Unroutable`)."""
         producer = self._producer()
         started = time.perf_counter()
         producer.publish(
