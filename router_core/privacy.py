@@ -1,7 +1,11 @@
 """``eventrouter privacy``: delete a user's data, and suppress or unsuppress ids.
 
-- ``delete --user-id ID [--sink NAME] [--dry-run] [--suppress] [--wait S]``: every SQL
-  store, or the ``--sink`` ones (:mod:`router_core.erasure`);
+- ``delete --user-id ID [--follow ID ...] [--follow-all] [--sink NAME] [--dry-run]
+  [--suppress] [--wait S]``: every SQL store, or the ``--sink`` ones
+  (:mod:`router_core.erasure`). Only the user id's own data goes, unless linked ids
+  (aliased older ids, anonymous ids) are named with ``--follow`` or all of them with
+  ``--follow-all``; every run prints the linked ids it found, and flags those whose
+  link crosses sources. No confirmation token: the operator has the shell;
 - ``suppress`` / ``unsuppress`` (``--user-id ID`` or ``--anonymous-id ID``) and
   ``list``: the admin store's suppression list (:mod:`router_core.suppressions`).
 
@@ -24,7 +28,7 @@ from router_core.config import Config, ConfigError
 # The store modules (SQLAlchemy and the drivers) load only when a privacy command runs:
 # every other command imports this module to build its parser.
 if TYPE_CHECKING:
-    from router_core.erasure import Deletion
+    from router_core.erasure import Deletion, LinkedId
     from router_core.suppressions import SuppressionList
 
 USER_ID = "user_id"
@@ -51,14 +55,20 @@ def describe(deletion: Deletion) -> list[str]:
     """The lines ``privacy delete`` prints (and the dashboard shows)."""
     from router_core import erasure
 
-    lines = []
-    linked = deletion.anonymous_ids
-    others = [u for u in deletion.user_ids if u != deletion.user_id]
-    who = f"user {deletion.user_id!r}"
-    if others:
-        who += f" (aliased from {', '.join(map(repr, others))})"
-    shown = ", ".join(map(repr, linked[:5])) + (" ..." if len(linked) > 5 else "")
-    lines.append(f"{who}: {len(linked)} linked anonymous id(s){': ' + shown if linked else ''}")
+    sources = ", ".join(deletion.sources) or "none stored"
+    lines = [f"user {deletion.user_id!r}: own events from source(s): {sources}"]
+    followed = deletion.followed
+    if deletion.linked:
+        lines.append(
+            f"{len(deletion.linked)} linked id(s), {len(followed)} followed"
+            + ("" if followed else " (name them with --follow ID, or --follow-all)")
+        )
+    else:
+        lines.append("no linked ids")
+    lines += [f"  {line}" for line in map(describe_link, deletion.linked)]
+    if deletion.not_linked:
+        shown = ", ".join(map(repr, deletion.not_linked))
+        lines.append(f"not linked to {deletion.user_id!r}, not followed: {shown}")
     for store in deletion.stores:
         head = f"{store.sink} ({store.type}): "
         if store.status in (erasure.SKIPPED, erasure.FAILED):
@@ -72,6 +82,20 @@ def describe(deletion: Deletion) -> list[str]:
             line += f"; {store.detail}"
         lines.append(line)
     return lines
+
+
+def describe_link(link: LinkedId) -> str:
+    """One linked id: followed or not, its kind, how it is linked, what it takes."""
+    mark = "[x]" if link.followed else "[ ]"
+    line = f"{mark} {link.kind} {link.id!r}: {'; '.join(link.how)}; "
+    line += f"{link.event_count} more event(s)"
+    if link.sources:
+        line += f" from {', '.join(link.sources)}"
+    if link.cross_source:
+        line += " - CROSSES SOURCES"
+        if link.link_sources:
+            line += f" (linked from {', '.join(link.link_sources)})"
+    return line
 
 
 def _load(args: argparse.Namespace) -> tuple[Config, Bus]:
@@ -98,7 +122,13 @@ def cmd_delete(args: argparse.Namespace) -> int:
             suppressions.add(USER_ID, args.user_id, "deleted")
         print(f"suppressed user_id {args.user_id!r}")
     deletion = erasure.delete_user(
-        bus.sinks, args.user_id, only=args.sink, dry_run=args.dry_run, wait=args.wait
+        bus.sinks,
+        args.user_id,
+        follow=args.follow or (),
+        follow_all=args.follow_all,
+        only=args.sink,
+        dry_run=args.dry_run,
+        wait=args.wait,
     )
     if args.json:
         sys.stdout.write(msgspec.json.encode(deletion).decode() + "\n")
@@ -173,10 +203,22 @@ def add_parser(commands: Any) -> None:
         "delete", help="delete a user's events and identity rows from the SQL stores"
     )
     delete.add_argument("--user-id", required=True, metavar="ID")
+    follow = delete.add_mutually_exclusive_group()
+    follow.add_argument(
+        "--follow",
+        action="append",
+        metavar="ID",
+        help="also delete the events of this linked id (repeatable; --dry-run lists them)",
+    )
+    follow.add_argument(
+        "--follow-all", action="store_true", help="also delete those of every linked id"
+    )
     delete.add_argument(
         "--sink", action="append", metavar="NAME", help="only this sink (repeatable)"
     )
-    delete.add_argument("--dry-run", action="store_true", help="count, delete nothing")
+    delete.add_argument(
+        "--dry-run", action="store_true", help="count, list the linked ids, delete nothing"
+    )
     delete.add_argument(
         "--suppress", action="store_true", help="suppress the user id first (as Segment does)"
     )

@@ -7,11 +7,13 @@
 - suppression: a suppressed id's new events are answered ``200`` and never stored, on
   an embedded server and through the queue (dropped at the edge, and in the worker for
   events queued before the suppression);
-- ``eventrouter privacy`` from the shell, and the dashboard's Privacy page over HTTP
-  with its CSRF token.
+- ``eventrouter privacy`` from the shell (linked ids followed only with ``--follow``),
+  and the dashboard's Privacy page over HTTP with its CSRF token and, for every change,
+  the confirmation token of its review.
 
 Real servers, a real RabbitMQ, real ``eventrouter`` subprocesses; nothing mocked.
-Deletion on PostgreSQL and ClickHouse is in tests/test_privacy_stores.py.
+Deletion on PostgreSQL and ClickHouse is in tests/test_privacy_stores.py, linked ids in
+tests/test_privacy_links.py, the confirmation tokens in tests/test_privacy_confirm.py.
 """
 
 from __future__ import annotations
@@ -20,18 +22,18 @@ import hashlib
 import hmac
 import json
 import re
-from html import unescape
 from typing import Any
 
-import httpx
 import pytest
 from kombu import Connection
 
+from admin.confirm import Confirmations
 from router_core import ipanon
 from router_core.config import ConfigError
 from router_core.suppressions import SuppressionList
-from tests.admin_support import SESSION_COOKIE, sign_in
+from tests.admin_support import sign_in
 from tests.helpers import ADMIN_TOKEN, LiveServer, eventually, make_config, run_eventrouter
+from tests.privacy_support import PrivacyPage, cells, linked, token_of
 from tests.queue_support import (  # noqa: F401 - fixtures
     QueueEnv,
     WorkerThread,
@@ -45,7 +47,6 @@ pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 # ruff: noqa: F811 - pytest fixtures are parameters
 
 SALT = "test-salt"
-BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def basic(write_key: str) -> tuple[str, str]:
@@ -173,7 +174,7 @@ def test_scrubbed_paths_are_dropped_or_hashed_in_the_stored_row(start_server):
     for row in rows.values():
         assert row["context"]["traits"] == {"email": salted("shared@example.com"), "plan": "pro"}
     assert "alice@example.com" not in json.dumps(rows)
-    stats = server.client.get("/health").json()["components"]["scrub"]["stats"]
+    stats = server.health().json()["components"]["scrub"]["stats"]
     assert stats["events"] == 3
 
 
@@ -228,6 +229,8 @@ def test_suppressed_ids_are_accepted_but_never_stored(start_server, tmp_path):
         plugin = suppressor(server.app.bus)
         eventually(lambda: "u-gone" in plugin.user_ids, "the server read the list")
 
+        # The counter is the process's: other tests in this process may have counted.
+        dropped_before = edge_dropped(server)
         kept = track("u-kept", anonymous_id="a-kept")
         gone = [track("u-gone"), track(anonymous_id="a-gone"), track("u-x", anonymous_id="a-gone")]
         for body in gone:
@@ -237,11 +240,10 @@ def test_suppressed_ids_are_accepted_but_never_stored(start_server, tmp_path):
         assert server.post("/v1/batch", {"batch": [kept, track("u-gone")]}).status_code == 200
         assert stored_ids(server) == {kept["messageId"], *_ids_of(server, "u-warm")}
 
-        health = server.client.get("/health").json()["components"]["suppression"]
+        health = server.health().json()["components"]["suppression"]
         assert health["stats"]["dropped"] == 4
         assert health["stats"]["user_ids"] == 1
-        metrics = server.client.get("/metrics").text
-        assert re.search(r'eventrouter_suppressed_dropped_total\{sink="edge"\} 4\.0', metrics)
+        assert edge_dropped(server) == dropped_before + 4
 
         store.remove("user_id", "u-gone")
         eventually(lambda: "u-gone" not in plugin.user_ids, "the server read the change")
@@ -250,6 +252,14 @@ def test_suppressed_ids_are_accepted_but_never_stored(start_server, tmp_path):
         assert again["messageId"] in stored_ids(server)
     finally:
         store.close()
+
+
+def edge_dropped(server: LiveServer) -> float:
+    """``eventrouter_suppressed_dropped_total{sink="edge"}`` as /metrics shows it (0 before
+    the first drop)."""
+    metrics = server.client.get("/metrics").text
+    found = re.search(r'^eventrouter_suppressed_dropped_total\{sink="edge"\} (\S+)$', metrics, re.M)
+    return float(found.group(1)) if found else 0.0
 
 
 def _ids_of(server: LiveServer, user_id: str) -> set[str]:
@@ -263,7 +273,7 @@ def test_suppression_through_the_queue_edge_and_worker(amqp_env):
     try:
 
         def published() -> int:
-            components = server.client.get("/health").json()["components"]
+            components = server.health().json()["components"]
             return components["broker"]["stats"]["published_events"]
 
         queued = track("u-gone")  # in the broker before the suppression
@@ -311,24 +321,37 @@ def test_cli_delete_suppress_list_unsuppress(start_server, tmp_path):
     ]
     assert server.post("/v1/batch", {"batch": batch}).status_code == 200
 
+    # By default only the user id's own events; the linked anonymous id is listed.
     dry = run_eventrouter(
         "privacy", "delete", "--user-id", "u-del", "--dry-run", "--config", config
     )
     assert dry.returncode == 0, dry.stderr
-    assert "user 'u-del': 1 linked anonymous id(s): 'a-del'" in dry.stdout
-    assert "local (sqlite): would delete 3 event(s)" in dry.stdout
+    assert "1 linked id(s), 0 followed" in dry.stdout
+    assert (
+        "  [ ] anonymous_id 'a-del': anonymous id on 1 of the user's events; "
+        "1 more event(s) from default\n"
+    ) in dry.stdout
+    assert "local (sqlite): would delete 2 event(s)" in dry.stdout
     assert "archive (s3): skipped: S3 objects are immutable batches" in dry.stdout
+    dry = run_eventrouter(
+        "privacy", "delete", "--user-id", "u-del", "--follow", "a-del", "--dry-run",
+        "--config", config,
+    )  # fmt: skip
+    assert "  [x] anonymous_id 'a-del'" in dry.stdout
+    assert "local (sqlite): would delete 3 event(s)" in dry.stdout
     assert stored_ids(server) == {"i1", "t1", "t2", "t3"}
 
     result = run_eventrouter(
-        "privacy", "delete", "--user-id", "u-del", "--suppress", "--json", "--config", config
-    )
+        "privacy", "delete", "--user-id", "u-del", "--follow", "a-del", "--suppress", "--json",
+        "--config", config,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.splitlines()[-1])
     assert [(s["sink"], s["status"], s["events"]) for s in report["stores"]] == [
         ("local", "deleted", 3),
         ("archive", "skipped", 0),
     ]
+    assert report["anonymous_ids"] == ["a-del"]
     assert stored_ids(server) == {"t3"}
 
     added = run_eventrouter(
@@ -367,16 +390,10 @@ def test_cli_errors(tmp_path):
 
 
 # -- the dashboard -------------------------------------------------------------------------------
-def csrf_of(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
-def cells(html: str, sink: str) -> dict[str, str]:
-    row = re.search(rf'<tr data-sink="{sink}">(.*?)</tr>', html, re.S).group(1)
-    return {k: unescape(v) for k, v in re.findall(r'<td class="(\w+)">([^<]*)</td>', row)}
-
-
 def test_privacy_page_end_to_end(start_server):
+    """Review, confirm with the review's token; the token's own cases (other session,
+    other ids, expired, replayed, across processes) are in tests/test_privacy_confirm.py,
+    the linked ids in tests/test_privacy_links.py."""
     server = start_server({"privacy": {"refresh": "100ms"}})
     batch = [
         {"type": "identify", "userId": "u-page", "anonymousId": "a-page", "messageId": "i1"},
@@ -386,14 +403,14 @@ def test_privacy_page_end_to_end(start_server):
     ]
     assert server.post("/v1/batch", {"batch": batch}).status_code == 200
     cookie = sign_in(server.url)
-    with httpx.Client(base_url=server.url, cookies={SESSION_COOKIE: cookie}) as browser:
+    with PrivacyPage(server.url, cookie=cookie) as page:
+        browser = page.client
         user_page = browser.get("/admin/users/u-page")
         assert 'href="/admin/privacy?user_id=u-page"' in user_page.text
-        page = browser.get("/admin/privacy", params={"user_id": "u-page"})
-        assert page.status_code == 200
-        assert '<a href="/admin/privacy" aria-current="page">Privacy</a>' in page.text
-        assert 'name="user_id" value="u-page"' in page.text
-        csrf = csrf_of(page.text)
+        form = browser.get("/admin/privacy", params={"user_id": "u-page"})
+        assert form.status_code == 200
+        assert '<a href="/admin/privacy" aria-current="page">Privacy</a>' in form.text
+        assert 'name="user_id" value="u-page"' in form.text
 
         forged = browser.post("/admin/privacy", data={"action": "review", "user_id": "u-page"})
         assert forged.status_code == 403
@@ -404,27 +421,34 @@ def test_privacy_page_end_to_end(start_server):
         assert forged.status_code == 403
         assert stored_ids(server) == {"i1", "t1", "t2", "t3"}
 
-        review = browser.post(
-            "/admin/privacy",
-            data={"csrf_token": csrf, "action": "review", "user_id": "u-page", "suppress": "1"},
-        )
+        # The CSRF token alone is not enough: a delete needs the review's token.
+        unreviewed = page.delete(None, "u-page", ["a-page"], suppress=True)
+        assert unreviewed.status_code == 400
+        assert "confirm_token: required: review the change first" in unreviewed.text
+        assert stored_ids(server) == {"i1", "t1", "t2", "t3"}
+
+        review = page.review("u-page", suppress=True)
         assert review.status_code == 200, review.text
         assert cells(review.text, "local") == {
             "status": "would delete",
-            "events": "3",
+            "events": "2",  # the user id's own: the linked anonymous id is not followed
             "users": "—",
             "identities": "—",
         }
-        assert "<code>a-page</code>" in review.text
+        assert linked(review.text)["a-page"]["checked"] is False
+        review = page.review("u-page", ["a-page"], suppress=True)
+        assert cells(review.text, "local")["events"] == "3"
+        assert "Linked ids followed: <code>a-page</code>" in review.text
         assert stored_ids(server) == {"i1", "t1", "t2", "t3"}
 
-        form = {"csrf_token": csrf, "action": "delete", "user_id": "u-page", "suppress": "1"}
-        wrong = browser.post("/admin/privacy", data={**form, "confirm": "u-pag"})
+        token = token_of(review.text)
+        wrong = page.delete(token, "u-page", ["a-page"], suppress=True, confirm="u-pag")
         assert wrong.status_code == 400
         assert "Type the user id exactly" in wrong.text
         assert stored_ids(server) == {"i1", "t1", "t2", "t3"}
 
-        done = browser.post("/admin/privacy", data={**form, "confirm": "u-page"})
+        # The typo spent nothing: the review's token still confirms.
+        done = page.delete(token, "u-page", ["a-page"], suppress=True)
         assert done.status_code == 200, done.text
         assert cells(done.text, "local")["events"] == "3"
         assert cells(done.text, "local")["status"] == "deleted"
@@ -433,43 +457,47 @@ def test_privacy_page_end_to_end(start_server):
         # Suppressed as well: the list shows it, and its new events are dropped at once.
         listing = browser.get("/admin/privacy").text
         assert 'data-suppressed="user_id:u-page"' in listing
+        assert 'name="action" value="review_unsuppress"' in listing
         assert server.post("/v1/track", track("u-page", messageId="t4")).status_code == 200
         assert stored_ids(server) == {"t3"}
 
-        added = browser.post(
-            "/admin/privacy",
-            data={"csrf_token": csrf, "action": "suppress", "kind": "anonymous_id", "id": "a-x"},
-        )
+        unreviewed = page.change("suppress", "anonymous_id", "a-x", None)
+        assert unreviewed.status_code == 400
+        assert 'data-suppressed="anonymous_id:a-x"' not in browser.get("/admin/privacy").text
+        review = page.review_change("suppress", "anonymous_id", "a-x", "ticket 7")
+        assert review.status_code == 200
+        assert "Not suppressed now." in review.text
+        assert 'data-suppressed="anonymous_id:a-x"' not in browser.get("/admin/privacy").text
+        added = page.change("suppress", "anonymous_id", "a-x", token_of(review.text), "ticket 7")
         assert added.status_code == 200
         assert "anonymous_id &#39;a-x&#39; suppressed." in added.text
         assert 'data-suppressed="anonymous_id:a-x"' in added.text
-        bad = browser.post(
-            "/admin/privacy",
-            data={"csrf_token": csrf, "action": "suppress", "kind": "email", "id": "x"},
-        )
+        bad = page.review_change("suppress", "email", "x")
         assert bad.status_code == 400
 
-        lifted = browser.post(
-            "/admin/privacy",
-            data={"csrf_token": csrf, "action": "unsuppress", "kind": "user_id", "id": "u-page"},
-        )
+        review = page.review_change("unsuppress", "user_id", "u-page")
+        assert "Suppressed since" in review.text
+        lifted = page.change("unsuppress", "user_id", "u-page", token_of(review.text))
         assert lifted.status_code == 200
         assert 'data-suppressed="user_id:u-page"' not in lifted.text
         assert server.post("/v1/track", track("u-page", messageId="t5")).status_code == 200
         assert stored_ids(server) == {"t3", "t5"}
 
-    # A script uses the bearer token, no CSRF token needed.
-    scripted = server.client.post(
-        "/admin/privacy",
-        data={"action": "suppress", "kind": "user_id", "id": "u-script"},
-        headers=BEARER,
-    )
-    assert scripted.status_code == 200
+    # A script uses the bearer token: no CSRF token, but the same review and token.
+    with PrivacyPage(server.url, bearer=True) as script:
+        unreviewed = script.change("suppress", "user_id", "u-script", None)
+        assert unreviewed.status_code == 400
+        scripted = script.reviewed_change("suppress", "user_id", "u-script")
+        assert scripted.status_code == 200
+        assert 'data-suppressed="user_id:u-script"' in scripted.text
     assert server.client.get("/admin/privacy").status_code == 303  # not signed in
 
-    # The page opened its own connection to the store; the app's shutdown closes it.
-    (close,) = server.app.dashboard.closers
-    suppressions = close.__self__
+    # The page opened its own connections to the store; the app's shutdown closes them.
+    owners = [close.__self__ for close in server.app.dashboard.closers]
+    suppressions = next(o for o in owners if isinstance(o, SuppressionList))
+    (confirmations,) = [o for o in owners if isinstance(o, Confirmations)]
     assert suppressions._engine is not None
+    assert confirmations.used._engine is not None
     server.stop()
     assert suppressions._engine is None
+    assert confirmations.used._engine is None

@@ -1,9 +1,11 @@
 """``eventrouter privacy`` on every SQL store (SQLite, PostgreSQL, ClickHouse), each in a
 database of its own on the real servers of this machine:
 
-- ``delete --user-id`` removes the user's events, those of their linked anonymous ids
-  and aliased older ids, and PostgreSQL's ``users`` and ``identities`` rows; other
-  users' rows, a shared device's events of another user included, stay;
+- ``delete --user-id`` removes the user id's own events, and PostgreSQL's ``users`` and
+  ``identities`` rows; the linked anonymous ids and aliased older ids are listed, and
+  their events go only with ``--follow ID`` / ``--follow-all`` (an alias to someone
+  else's id deletes nothing of theirs by default); other users' rows, a shared
+  device's events of another user included, stay;
 - the suppression list is kept in the store itself (ClickHouse: a ReplacingMergeTree),
   and the server drops a suppressed id's new events once it has read it.
 """
@@ -47,11 +49,19 @@ def dataset() -> list[dict]:
         event("identify", "k-identify", userId="u-keep", anonymousId="a-keep"),
         event("track", "k-track", userId="u-keep"),
         event("track", "k-anon", anonymousId="a-keep"),
+        # Someone else's id, aliased by a user who then asks to be deleted.
+        event("track", "k-victim", userId="victim"),
+        event("track", "k-victim-anon", anonymousId="victim"),
+        event("alias", "m-alias", userId="mallory", previousId="victim"),
+        event("track", "m-track", userId="mallory"),
     ]
 
 
 DELETED = {"d-anon-1", "d-anon-2", "d-identify", "d-track-1", "d-track-2", "d-old", "d-alias"}
-KEPT = {"k-shared", "k-identify", "k-track", "k-anon"}
+#: The user id's own events: what goes when no link is followed.
+OWN = {"d-identify", "d-track-1", "d-track-2", "d-alias"}
+KEPT = {"k-shared", "k-identify", "k-track", "k-anon", "k-victim", "k-victim-anon"}
+MALLORY = {"m-alias", "m-track"}
 
 
 class Store:
@@ -95,13 +105,29 @@ def test_delete_removes_the_user_and_leaves_everyone_else(store):
     )
     assert dry.returncode == 0, dry.stderr
     report = json.loads(dry.stdout)
+    assert (report["user_ids"], report["anonymous_ids"]) == (["u-del"], [])
+    assert [(link["kind"], link["id"], link["followed"]) for link in report["linked"]] == [
+        ("previous_id", "old-del", False),
+        ("anonymous_id", "a-del", False),
+    ]
+    assert [link["events"] for link in report["linked"]] == [{"store": 1}, {"store": 2}]
+    (preview,) = report["stores"]
+    assert (preview["status"], preview["events"]) == ("would delete", len(OWN))
+    dry = run_eventrouter(
+        "privacy", "delete", "--user-id", "u-del", "--follow-all", "--dry-run", "--json",
+        "--config", store.config,
+    )  # fmt: skip
+    report = json.loads(dry.stdout)
     assert report["user_ids"] == ["old-del", "u-del"]
     assert report["anonymous_ids"] == ["a-del", "old-del"]
     (preview,) = report["stores"]
     assert (preview["status"], preview["events"]) == ("would delete", len(DELETED))
     assert stored(store) >= DELETED
 
-    result = run_eventrouter("privacy", "delete", "--user-id", "u-del", "--config", store.config)
+    result = run_eventrouter(
+        "privacy", "delete", "--user-id", "u-del", "--follow", "old-del", "--follow", "a-del",
+        "--config", store.config,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     line = result.stdout.splitlines()[-1]
     if store.kind == "postgres":
@@ -109,9 +135,8 @@ def test_delete_removes_the_user_and_leaves_everyone_else(store):
             f"store (postgres): deleted {len(DELETED)} event(s), 1 user row(s), 2 identity row(s)"
         )
         assert postgres_rows(store, "SELECT user_id FROM users ORDER BY 1") == [("u-keep",)]
-        assert postgres_rows(store, "SELECT kind, identity, user_id FROM identities") == [
-            ("anonymous_id", "a-keep", "u-keep")
-        ]
+        everyone_else = "SELECT kind, identity, user_id FROM identities WHERE user_id <> 'mallory'"
+        assert postgres_rows(store, everyone_else) == [("anonymous_id", "a-keep", "u-keep")]
     else:
         assert line == f"store ({store.kind}): deleted {len(DELETED)} event(s)"
     assert stored(store) & (DELETED | KEPT) == KEPT
@@ -119,6 +144,26 @@ def test_delete_removes_the_user_and_leaves_everyone_else(store):
     # Idempotent: a second request finds nothing left (in-process: the same code).
     again = erasure.delete_user(store.server.app.bus.sinks, "u-del", wait=60)
     assert [(s.status, s.events) for s in again.stores] == [("deleted", 0)]
+
+
+def test_an_alias_is_not_followed_by_default(store):
+    """``{"type": "alias", "userId": "mallory", "previousId": "victim"}``, then a deletion
+    request for mallory: every one of victim's events stays."""
+    assert stored(store) >= MALLORY | {"k-victim", "k-victim-anon"}
+    dry = run_eventrouter(
+        "privacy", "delete", "--user-id", "mallory", "--dry-run", "--config", store.config
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert (
+        "  [ ] previous_id 'victim': aliased to the user (1 alias call(s))"
+        + ("; a previous_id link in the identities table" if store.kind == "postgres" else "")
+        + "; 2 more event(s) from default\n"
+    ) in dry.stdout
+    result = run_eventrouter("privacy", "delete", "--user-id", "mallory", "--config", store.config)
+    assert result.returncode == 0, result.stderr
+    assert f"store ({store.kind}): deleted 2 event(s)" in result.stdout
+    assert not stored(store) & MALLORY
+    assert stored(store) >= {"k-victim", "k-victim-anon"}
 
 
 def test_suppression_list_in_the_store(store):

@@ -1,0 +1,288 @@
+"""One-time confirmation tokens for the dashboard's destructive actions.
+
+A privacy delete, a suppress and an unsuppress each take two POSTs: a review, which
+changes nothing and shows exactly what would change, with a confirmation token in the
+form; then the confirmation, which must carry that token. The token is:
+
+- **bound** to the session that reviewed (a keyed digest of its ``sid`` and CSRF
+  token, random values of each sign-in; ``bearer`` for a script using the admin token;
+  a signed-out session is refused before its token is looked at) and to the exact
+  change reviewed (the action, and for a delete the user id, the exact set of linked
+  ids ticked and the suppress flag; the kind and id for a suppress or unsuppress);
+- **short-lived**: it expires :data:`LIFETIME` seconds (10 minutes) after the review;
+- **single use**: the first confirmation that presents it records it as used, in the
+  admin store that the suppression list already lives in; any later one is refused.
+
+How, and why. The token is a signed, self-contained value (itsdangerous, as the
+session cookie): a random nonce (``secrets.token_urlsafe``), the two binding digests
+and the expiry, signed with a key derived from the admin token. Single use is enforced
+by a store-backed record of used nonces (:class:`UsedTokens`). The dashboard runs in
+several gunicorn workers, often on several machines: a dict in one process would let
+the confirmation POST land on a worker that never saw the review. The other choice, a
+table of issued tokens, was rejected because:
+
+- its rows would hold what the token is bound to: the ids of the user being erased,
+  kept in the store after their erasure. The used-token table holds only a nonce and
+  an expiry: no personal data;
+- a review would write to the store, and every review that is never confirmed would
+  leave a row to clean up; a signed token costs nothing until it is used;
+- any process that shares the admin token can check a token without a read, and a
+  changed admin token (which signs everyone out) voids every outstanding token.
+
+A token is checked before it is used: a token for another session or other ids, or an
+expired one, is refused without being spent, so a stray or forged request cannot burn
+the operator's. The CSRF token is still required on every POST: it is a different
+defence (it proves the form came from our page; this proves a review of this exact
+change came first).
+
+Used nonces are kept until they expire (then deleted). On SQLite and PostgreSQL the
+record is one ``INSERT ... ON CONFLICT DO NOTHING``: atomic, whatever the number of
+processes. ClickHouse has no insert-if-absent: each use inserts a row stamped by the
+server's clock (``now()``), waits :data:`CLICKHOUSE_SETTLE` seconds, then reads the
+nonce's rows; the earliest wins (ties: the smaller random claim). A use that started
+after the wait began sorts after, and one before it is visible, so a later replay
+always loses; only two uses racing within the same moment and whose inserts take longer
+than the wait could both pass, and both would then run the identical, idempotent change
+the operator reviewed. Old rows go with their daily partition (no TTL on 18.16).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+import sqlalchemy.exc
+from itsdangerous import BadSignature, URLSafeSerializer
+from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, delete
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+
+from router_core.auth import Session
+from router_core.db import make_engine
+from router_core.suppressions import clickhouse_client, write_retrying
+
+#: The form field that carries the token.
+CONFIRM_FIELD = "confirm_token"
+#: Seconds a token stays valid after the review that issued it.
+LIFETIME = 600
+#: Seconds a ClickHouse use waits between recording a nonce and reading who won.
+CLICKHOUSE_SETTLE = 1.1
+#: What a script's requests (the bearer token, no session) are bound to.
+BEARER = "bearer"
+
+metadata = MetaData()
+used_tokens = Table(
+    "confirmations_used",
+    metadata,
+    Column("nonce", String(64), primary_key=True),
+    #: UTC, naive: when the token expires (the row may go then).
+    Column("expires_at", DateTime, nullable=False),
+)
+CLICKHOUSE_DDL = (
+    "CREATE TABLE IF NOT EXISTS confirmations_used (nonce String, claim String, "
+    "expires_at DateTime('UTC'), used_at DateTime('UTC') DEFAULT now()) "
+    "ENGINE = MergeTree PARTITION BY toYYYYMMDD(expires_at) ORDER BY (nonce, used_at, claim)"
+)
+
+
+class ConfirmationError(Exception):
+    """A confirmation refused: ``status`` 400 (none sent) or 403, and a message that
+    says what to do; ``other_change``: the token is valid, for this session, but for
+    another change than the one sent (the caller may show a fresh review)."""
+
+    def __init__(self, status: int, message: str, *, other_change: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.other_change = other_change
+
+
+class Claim(msgspec.Struct, frozen=True):
+    """A checked token, not yet used."""
+
+    nonce: str
+    expires_at: datetime
+
+
+class UsedTokens:
+    """The ``confirmations_used`` table of the admin store. Blocking: call it from a
+    thread."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.dialect = make_url(url).get_backend_name()
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = make_engine(self.url)
+            return self._engine
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+    def use(self, nonce: str, expires_at: datetime) -> bool:
+        """Record ``nonce`` as used; False when it was used already."""
+        if self.dialect == "clickhouse":
+            return self._use_clickhouse(nonce, expires_at)
+        now = datetime.now(UTC).replace(tzinfo=None)
+        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
+        statement = (
+            insert(used_tokens)
+            .values(nonce=nonce, expires_at=expires_at.astimezone(UTC).replace(tzinfo=None))
+            .on_conflict_do_nothing()
+            .returning(used_tokens.c.nonce)
+        )
+
+        def create() -> None:
+            try:
+                metadata.create_all(self.engine, tables=[used_tokens])
+            except sqlalchemy.exc.OperationalError as exc:
+                if "already exists" not in str(exc):  # another process created it meanwhile
+                    raise
+
+        def write() -> bool:
+            with self.engine.begin() as connection:
+                connection.execute(delete(used_tokens).where(used_tokens.c.expires_at < now))
+                return connection.execute(statement).first() is not None
+
+        write_retrying(self.url, create)
+        return write_retrying(self.url, write)
+
+    def _use_clickhouse(self, nonce: str, expires_at: datetime) -> bool:
+        claim = secrets.token_hex(16)
+        client = clickhouse_client(self.url)
+        try:
+            client.execute(CLICKHOUSE_DDL)
+            client.execute(
+                "INSERT INTO confirmations_used (nonce, claim, expires_at) VALUES",
+                [(nonce, claim, expires_at.astimezone(UTC))],
+            )
+            time.sleep(CLICKHOUSE_SETTLE)
+            rows = client.execute(
+                "SELECT claim FROM confirmations_used WHERE nonce = %(nonce)s "
+                "ORDER BY used_at, claim LIMIT 1",
+                {"nonce": nonce},
+            )
+            self._drop_old_partitions(client)
+        finally:
+            client.disconnect()
+        return bool(rows) and rows[0][0] == claim
+
+    @staticmethod
+    def _drop_old_partitions(client: Any) -> None:
+        """Days whose every token expired before yesterday began."""
+        cutoff = int((datetime.now(UTC) - timedelta(days=1)).strftime("%Y%m%d"))
+        partitions = client.execute(
+            "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() "
+            "AND table = 'confirmations_used' AND active"
+        )
+        for (partition,) in partitions:
+            if partition.isdigit() and int(partition) < cutoff:
+                client.execute(f"ALTER TABLE confirmations_used DROP PARTITION {int(partition)}")
+
+
+class Confirmations:
+    """Issues and checks the tokens; ``used`` records single use (see the module)."""
+
+    def __init__(
+        self,
+        admin_token: str,
+        used: UsedTokens,
+        *,
+        lifetime: float = LIFETIME,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._key = hmac.new(
+            admin_token.encode(), b"eventrouter admin confirmation", hashlib.sha256
+        ).digest()
+        self._serializer = URLSafeSerializer(self._key, salt="eventrouter.confirm")
+        self.used = used
+        self.lifetime = lifetime
+        self.clock = clock
+
+    def close(self) -> None:
+        self.used.close()
+
+    # -- what a token is bound to ------------------------------------------------------------
+    def _tag(self, *parts: Any) -> str:
+        return hmac.new(self._key, msgspec.json.encode(parts), hashlib.sha256).hexdigest()[:32]
+
+    def session_tag(self, session: Session | None) -> str:
+        """The session's identity: a keyed digest of its id and CSRF token, random
+        values of each sign-in that the token itself never reveals."""
+        if session is None:
+            return BEARER
+        return self._tag("session", session.get("sid", ""), session.csrf)
+
+    # -- issuing and checking -------------------------------------------------------------
+    def issue(self, session: Session | None, action: str, *change: Any) -> str:
+        """A token for ``action`` on exactly ``change``, by this session."""
+        return self._serializer.dumps(
+            {
+                "n": secrets.token_urlsafe(18),
+                "s": self.session_tag(session),
+                "c": self._tag(action, *change),
+                "e": int(self.clock() + self.lifetime),
+            }
+        )
+
+    def check(self, token: str | None, session: Session | None, action: str, *change: Any) -> Claim:
+        """The token's claim, if it is ours, for this session and this exact change, and
+        not expired; nothing is recorded (see :meth:`use`).
+
+        :raises ConfirmationError: it is not."""
+        if not token:
+            raise ConfirmationError(
+                400, f"{CONFIRM_FIELD}: required: review the change first, then confirm it"
+            )
+        try:
+            payload = self._serializer.loads(token)
+        except BadSignature:
+            raise ConfirmationError(
+                403, f"{CONFIRM_FIELD}: not a token this dashboard issued: review again"
+            ) from None
+        if not isinstance(payload, dict) or not {"n", "s", "c", "e"} <= payload.keys():
+            raise ConfirmationError(403, f"{CONFIRM_FIELD}: malformed: review again")
+        if not hmac.compare_digest(str(payload["s"]), self.session_tag(session)):
+            raise ConfirmationError(
+                403, "This confirmation was issued to another session: review the change again."
+            )
+        if not hmac.compare_digest(str(payload["c"]), self._tag(action, *change)):
+            raise ConfirmationError(
+                403,
+                "This confirmation was issued for another change than the one sent "
+                "(other ids, or another action): review the change again.",
+                other_change=True,
+            )
+        expires = int(payload["e"])
+        if self.clock() >= expires:
+            minutes = self.lifetime / 60
+            raise ConfirmationError(
+                403, f"This confirmation expired ({minutes:g} minutes): review the change again."
+            )
+        return Claim(str(payload["n"]), datetime.fromtimestamp(expires, UTC))
+
+    def use(self, claim: Claim) -> None:
+        """Spend the token: blocking (a store write).
+
+        :raises ConfirmationError: it was used already."""
+        if not self.used.use(claim.nonce, claim.expires_at):
+            raise ConfirmationError(
+                403,
+                "This confirmation was used already: nothing was changed again. "
+                "Review the change again to repeat it.",
+            )
