@@ -189,7 +189,7 @@ def run(args: argparse.Namespace) -> Result:
         stored_at_end = rows(client) - before
         result.stored_during_load = stored_at_end
         # Events per message, from the publisher stats of the edge process that answers.
-        with urllib.request.urlopen(f"{server.base_url}/health", timeout=10) as response:
+        with urllib.request.urlopen(ingest.health_request(server), timeout=10) as response:
             stats = json.load(response)["components"]["broker"]["stats"]
         messages = stats.get("published_messages") or 0
         result.events_per_message = (

@@ -523,10 +523,19 @@ class Measurement:
         return min(self.stored, self.acknowledged_events) / self.wrk.seconds
 
 
+def health_request(server: Server) -> urllib.request.Request:
+    """``GET /health`` with the server's admin token: its components are shown to the
+    token only (``server.health_details``)."""
+    token = server.env["EVENTROUTER_ADMIN_TOKEN"]
+    return urllib.request.Request(
+        server.base_url + "/health", headers={"Authorization": f"Bearer {token}"}
+    )
+
+
 def broker_stats(server: Server) -> dict[str, Any]:
     """The ``broker`` component's stats from the edge's ``GET /health`` ({} if it fails)."""
     try:
-        with urllib.request.urlopen(server.base_url + "/health", timeout=10) as response:
+        with urllib.request.urlopen(health_request(server), timeout=10) as response:
             return json.load(response)["components"]["broker"]["stats"]
     except (OSError, ValueError, KeyError):
         return {}

@@ -24,17 +24,13 @@ Where the buckets live:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any
-
-import redis
-import redis.asyncio
 
 from router_core import metrics
+from router_core.buckets import REDIS_ERRORS, TAKE_SCRIPT, RedisScripts, TokenBucket
 from router_core.config import Config, RateLimit
 from router_core.errors import APIError
 from router_core.health import ComponentHealth
@@ -49,63 +45,6 @@ PLUGIN_NAME = "ratelimit"
 WARN_INTERVAL = 10.0
 #: Seconds to skip Redis after a failure, so an outage costs requests nothing.
 RETRY_INTERVAL = 1.0
-
-#: KEYS[1]: the source's bucket. ARGV: rate (tokens/s), capacity, tokens wanted.
-#: Returns {1, "0"} when taken, else {0, seconds to wait} (a string: Redis would truncate
-#: a Lua number to an integer).
-TAKE_SCRIPT = """
-local rate = tonumber(ARGV[1])
-local capacity = tonumber(ARGV[2])
-local wanted = tonumber(ARGV[3])
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(state[1])
-local at = tonumber(state[2])
-if tokens == nil or at == nil then
-  tokens = capacity
-  at = now
-end
-tokens = math.min(capacity, tokens + math.max(0, now - at) * rate)
-local need = math.min(wanted, capacity)
-local allowed = 0
-local wait = 0
-if tokens >= need then
-  tokens = tokens - wanted
-  allowed = 1
-else
-  wait = (need - tokens) / rate
-end
-redis.call('HSET', KEYS[1], 'tokens', string.format('%.17g', tokens),
-           'at', string.format('%.17g', now))
--- Once refilled the bucket is the same as no bucket: let Redis forget it.
-redis.call('PEXPIRE', KEYS[1], math.ceil((capacity - tokens) / rate * 1000) + 1000)
-return {allowed, string.format('%.6f', wait)}
-"""
-
-
-class TokenBucket:
-    """One source's bucket in this process; ``now`` is a monotonic clock reading."""
-
-    __slots__ = ("at", "capacity", "rate", "tokens")
-
-    def __init__(self, limit: RateLimit, now: float) -> None:
-        self.rate = limit.events_per_second
-        self.capacity = limit.capacity
-        self.tokens = float(self.capacity)
-        self.at = now
-
-    def take(self, wanted: int, now: float) -> float:
-        """Take ``wanted`` tokens: 0.0 when taken, else the seconds until they would fit.
-
-        More than ``capacity`` is taken from a full bucket, which goes into debt."""
-        self.tokens = min(self.capacity, self.tokens + max(0.0, now - self.at) * self.rate)
-        self.at = now
-        need = min(wanted, self.capacity)
-        if self.tokens >= need:
-            self.tokens -= wanted
-            return 0.0
-        return (need - self.tokens) / self.rate
 
 
 class RateLimiter:
@@ -136,11 +75,7 @@ class RateLimiter:
         self.last_error: str | None = None
         self._skip_until = 0.0
         self._warned_at = float("-inf")
-        # redis.asyncio binds its connections to the loop that opened them: one client
-        # per event loop (one per process under serve; tests may run several).
-        self._client: redis.asyncio.Redis | None = None
-        self._script: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._redis = RedisScripts(url, timeout) if url else None
 
     @classmethod
     def from_config(cls, config: Config) -> RateLimiter | None:
@@ -206,32 +141,18 @@ class RateLimiter:
 
     async def _take_in_redis(self, source: str, limit: RateLimit, events: int) -> float:
         """Seconds to wait (0.0: taken); 0.0 too when Redis fails: fail open."""
-        if time.monotonic() < self._skip_until:
+        if time.monotonic() < self._skip_until or self._redis is None:
             return 0.0
-        client = self._redis()
         try:
-            async with asyncio.timeout(self.timeout):
-                allowed, wait = await self._script(
-                    keys=[f"{self.prefix}:{source}"],
-                    args=[repr(limit.events_per_second), limit.capacity, events],
-                    client=client,
-                )
-        except (redis.RedisError, OSError, TimeoutError) as exc:
+            allowed, wait = await self._redis.run(
+                TAKE_SCRIPT,
+                keys=[f"{self.prefix}:{source}"],
+                args=[repr(limit.events_per_second), limit.capacity, events],
+            )
+        except REDIS_ERRORS as exc:
             self._failed(exc)
             return 0.0
         return 0.0 if int(allowed) else float(wait)
-
-    def _redis(self) -> redis.asyncio.Redis:
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            self._client = redis.asyncio.Redis.from_url(
-                self.url,
-                socket_timeout=self.timeout,
-                socket_connect_timeout=self.timeout,
-            )
-            self._script = self._client.register_script(TAKE_SCRIPT)
-            self._loop = loop
-        return self._client
 
     def _failed(self, exc: BaseException) -> None:
         self.errors += 1
@@ -266,9 +187,8 @@ class RateLimiter:
             return component
         where = describe(self.url)
         try:
-            async with asyncio.timeout(self.timeout):
-                await self._redis().ping()
-        except (redis.RedisError, OSError, TimeoutError) as exc:
+            await self._redis.ping()
+        except REDIS_ERRORS as exc:
             component.up = False
             detail = str(exc) or "no answer within the timeout"
             component.detail = (
@@ -280,6 +200,5 @@ class RateLimiter:
 
     @hookimpl
     async def eventrouter_shutdown(self) -> None:
-        if self._client is not None and self._loop is asyncio.get_running_loop():
-            await self._client.aclose()
-        self._client = None
+        if self._redis is not None:
+            await self._redis.close()

@@ -23,11 +23,14 @@ import admin
 import snippet.origin
 from router_core import api, ingest, logs, metrics, openapi
 from router_core import config as config_module
-from router_core.auth import AdminAuth
+from router_core.auth import AdminAuth, BearerThrottle
 from router_core.bus import Bus, make_plugin_manager
 from router_core.config import Config
 from router_core.errors import APIError
+from router_core.proxies import TrustedProxies
+from router_core.sessions import RevokedSessions
 from router_core.store import EventStore
+from router_core.throttle import Throttle
 
 log = logging.getLogger("eventrouter.app")
 _encoder = msgspec.json.Encoder()
@@ -43,9 +46,13 @@ class Lifespan:
         self.config = config
         #: The dashboard (admin.views.Dashboard), closed before the bus stops.
         self.dashboard: Any = None
+        #: The admin credentials: their revocation list is re-read in the background.
+        self.auth: AdminAuth | None = None
 
     async def process_startup(self, scope: dict, event: dict) -> None:
         await self.bus.start()
+        if self.auth is not None:
+            await asyncio.to_thread(self.auth.revoked.start)
         if self.bus.queued and self.store is not None:
             # The sinks run in workers; the dashboard may be read before one has started.
             await asyncio.to_thread(self.store.ensure_schema)
@@ -62,23 +69,46 @@ class Lifespan:
     async def process_shutdown(self, scope: dict, event: dict) -> None:
         if self.dashboard is not None:
             await self.dashboard.close()
+        if self.auth is not None:
+            await asyncio.to_thread(self.auth.revoked.stop)
+            if self.auth.throttle is not None:
+                await self.auth.throttle.close()
         await self.bus.stop()
         if self.store is not None:
             self.store.close()
 
 
 class HealthResource:
-    def __init__(self, bus: Bus) -> None:
+    """``GET /health``: the status for everyone; the components with the admin token (or
+    a dashboard session), or for everyone under ``server.health_details = "public"``."""
+
+    def __init__(self, bus: Bus, auth: AdminAuth, details: str = "token") -> None:
         self.bus = bus
+        self.auth = auth
+        self.details = details
+
+    def _shows_details(self, req: falcon.asgi.Request) -> bool:
+        if self.details == "public":
+            return True
+        if self.auth.bearer(req) is None and self.auth.session(req) is None:
+            return False  # a load balancer's probe: the status only
+        api.check_auth(self.auth, req)  # a wrong bearer token is a 401, as everywhere
+        return True
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        details = self._shows_details(req)
         components = await self.bus.health()
         down_required = [c.name for c in components if c.required and not c.up]
         resp.status = 503 if down_required else 200
         resp.content_type = falcon.MEDIA_JSON
+        resp.cache_control = ["no-store"]
+        status = "down" if down_required else "ok"
+        if not details:
+            resp.data = _encoder.encode({"status": status})
+            return
         resp.data = _encoder.encode(
             {
-                "status": "down" if down_required else "ok",
+                "status": status,
                 "components": {
                     c.name: {
                         "status": "up" if c.up else "down",
@@ -115,12 +145,19 @@ class RequestMetrics:
 
 class MetricsResource:
     """``GET /metrics``: Prometheus text format; queue depths read from the broker at
-    scrape time."""
+    scrape time. ``server.metrics = "token"``: the admin token (or a dashboard session)
+    is required; ``"off"``: 404."""
 
-    def __init__(self, bus: Bus) -> None:
+    def __init__(self, bus: Bus, auth: AdminAuth, mode: str = "public") -> None:
         self.bus = bus
+        self.auth = auth
+        self.mode = mode
 
     async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        if self.mode == "off":
+            raise falcon.HTTPNotFound()
+        if self.mode == "token":
+            api.check_auth(self.auth, req)
         gauges: dict[str, dict[str, float]] = {}
         if self.bus.queued:
             components = await self.bus.health()
@@ -132,6 +169,27 @@ class MetricsResource:
         body, content_type = metrics.exposition(gauges)
         resp.content_type = content_type
         resp.data = body
+
+
+class MetricsListener:
+    """Middleware for ``server.metrics_bind``: ``eventrouter serve`` binds that address
+    beside the main one, and every worker accepts on both. A request that came in on the
+    metrics port may ask for ``/metrics`` only; one on any other port may not."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def _on_metrics_port(self, req: Any) -> bool:
+        server = req.scope.get("server") or (None, None)
+        return server[1] == self.port
+
+    async def process_request(self, req: falcon.asgi.Request, resp: Any) -> None:
+        if self._on_metrics_port(req) != (req.path == "/metrics"):
+            raise falcon.HTTPNotFound()
+
+    async def process_request_ws(self, req: falcon.asgi.Request, ws: Any) -> None:
+        if self._on_metrics_port(req):
+            raise falcon.HTTPNotFound()
 
 
 class EventRouterApp(falcon.asgi.App):
@@ -189,6 +247,21 @@ def admin_token(config: Config) -> str:
     return config.admin.token
 
 
+def _token_checked_paths(config: Config) -> Any:
+    """Which paths check a bearer token (so a wrong one there is throttled)."""
+    health = config.server.health_details == "token"
+    metrics_token = config.server.metrics == "token"
+
+    def guarded(path: str) -> bool:
+        if path == "/admin/login" or path.startswith("/admin/static/"):
+            return False  # public: a bearer token there is never compared
+        if path.startswith(("/admin", "/api/")):
+            return True
+        return (path == "/health" and health) or (path == "/metrics" and metrics_token)
+
+    return guarded
+
+
 def create_app(
     config: Config | None = None,
     *,
@@ -208,7 +281,20 @@ def create_app(
         expose_headers=["Retry-After"],
     )
     lifespan = Lifespan(bus, store, config)
-    app = EventRouterApp(middleware=[RequestMetrics(), lifespan, cors])
+    throttle = Throttle.from_config(config)
+    auth = AdminAuth(
+        admin_token(config),
+        revoked=RevokedSessions(store_sink.url if store_sink is not None else None),
+        throttle=throttle,
+    )
+    lifespan.auth = auth
+    middleware: list[Any] = [RequestMetrics()]
+    if config.server.metrics_bind:
+        middleware.append(MetricsListener(config_module.parse_bind(config.server.metrics_bind)[1]))
+    guarded = _token_checked_paths(config)
+    proxies = TrustedProxies(config.server.trusted_proxies)
+    middleware += [BearerThrottle(auth, throttle, proxies, guarded), lifespan, cors]
+    app = EventRouterApp(middleware=middleware)
     app.req_options.auto_parse_qs_csv = False
     app.resp_options.secure_cookies_by_default = True
     app.set_error_serializer(_serialize_http_error)
@@ -217,12 +303,11 @@ def create_app(
 
     ingestor = ingest.Ingestor(config, bus)
     ingest.add_routes(app, ingestor)
-    auth = AdminAuth(admin_token(config))
     api.add_routes(app, api.EventsResource(auth, store))
     lifespan.dashboard = admin.add_routes(app, config, bus, store, auth)
     snippet.origin.add_routes(app, config)
-    app.add_route("/health", HealthResource(bus))
-    app.add_route("/metrics", MetricsResource(bus))
+    app.add_route("/health", HealthResource(bus, auth, config.server.health_details))
+    app.add_route("/metrics", MetricsResource(bus, auth, config.server.metrics))
     app.add_route("/openapi.json", openapi.OpenAPIResource())
     app.bus = bus  # for tests and plugins that need the running bus
     app.ingestor = ingestor

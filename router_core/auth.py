@@ -2,14 +2,20 @@
 
 The admin token (``[admin] token`` or ``EVENTROUTER_ADMIN_TOKEN``) is the only
 credential. Signing in with it sets a session cookie: a payload signed with a key
-derived from the token (so every server process accepts every other's sessions, and
-changing the token signs everyone out), ``HttpOnly``, ``SameSite=Strict``, ``Secure``
-when the request came over https (directly or, from a trusted proxy, by
-``X-Forwarded-Proto``). The payload carries the session's CSRF token, which every
-state-changing form echoes in a hidden field and every htmx request in the
-``X-CSRF-Token`` header. ``Authorization: Bearer <token>`` is accepted everywhere too, for
-scripts; a bearer request needs no CSRF token because a browser never adds that header
-on its own.
+derived from the token, ``HttpOnly``, ``SameSite=Strict``, ``Secure`` per
+``admin.secure_cookies`` (by default when the request came over https, directly or,
+from a trusted proxy, by ``X-Forwarded-Proto``). The payload carries the session's id
+and its CSRF token, which every state-changing form echoes in a hidden field and every
+htmx request in the ``X-CSRF-Token`` header. ``Authorization: Bearer <token>`` is
+accepted everywhere too, for scripts; a bearer request needs no CSRF token because a
+browser never adds that header on its own.
+
+A session's version is the admin token itself: the signing key is derived from it, so
+every server process accepts every other's sessions, and a new token (a restart with
+another one) refuses every cookie signed before. Signing out records the session's id
+as revoked (:mod:`router_core.sessions`, shared through the admin store): the other
+sessions stay valid, that one is refused everywhere, and its open live-tail sockets are
+closed. Failed attempts at the token are throttled (:mod:`router_core.throttle`).
 """
 
 from __future__ import annotations
@@ -17,14 +23,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import falcon.asgi
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from router_core.errors import APIError
 from router_core.keys import digest
 from router_core.proxies import TrustedProxies
+from router_core.sessions import RevokedSessions
+from router_core.throttle import Throttle
 
 SESSION_COOKIE = "eventrouter_session"
 #: Double-submit token for the sign-in form, which comes before any session.
@@ -48,22 +59,40 @@ class CSRFError(Exception):
 
 
 class Session(dict):
-    """The signed payload: ``csrf`` (the form token)."""
+    """The signed payload: ``sid`` (the session's id), ``csrf`` (the form token)."""
+
+    #: Unix time the cookie was signed (not in the payload: itsdangerous's timestamp).
+    issued_at: float = 0.0
 
     @property
     def csrf(self) -> str:
         return self["csrf"]
 
+    @property
+    def sid(self) -> str:
+        return self["sid"]
+
 
 class AdminAuth:
     """Checks the bearer token (constant time) or the session cookie."""
 
-    def __init__(self, token: str, lifetime: int = SESSION_LIFETIME) -> None:
+    def __init__(
+        self,
+        token: str,
+        lifetime: int = SESSION_LIFETIME,
+        *,
+        revoked: RevokedSessions | None = None,
+        throttle: Throttle | None = None,
+    ) -> None:
         self.token = token.encode()
         self._token_digest = digest(token)
         self.lifetime = lifetime
         key = hmac.new(self.token, b"eventrouter admin session", hashlib.sha256).digest()
         self._serializer = URLSafeTimedSerializer(key, salt="eventrouter.session")
+        #: Signed-out session ids (shared through the admin store when there is one).
+        self.revoked = revoked if revoked is not None else RevokedSessions(None)
+        #: Failed sign-ins and wrong bearer tokens (checked by the callers: it is async).
+        self.throttle = throttle
 
     # -- credentials ------------------------------------------------------------------------
     def token_matches(self, value: str) -> bool:
@@ -85,14 +114,38 @@ class AdminAuth:
         if not raw:
             return None
         try:
-            payload = self._serializer.loads(raw, max_age=self.lifetime)
+            payload, signed = self._serializer.loads(
+                raw, max_age=self.lifetime, return_timestamp=True
+            )
         except BadSignature:  # also SignatureExpired
             return None
-        return Session(payload) if isinstance(payload, dict) and "csrf" in payload else None
+        # A cookie without a session id predates revocation: it could not be signed out.
+        if not isinstance(payload, dict) or "csrf" not in payload or "sid" not in payload:
+            return None
+        session = Session(payload)
+        session.issued_at = signed.timestamp()
+        return session if self.current(session) else None
 
     def new_session_cookie(self) -> tuple[str, Session]:
-        session = Session(csrf=secrets.token_urlsafe(24))
+        session = Session(sid=secrets.token_urlsafe(16), csrf=secrets.token_urlsafe(24))
+        session.issued_at = time.time()
         return self._serializer.dumps(dict(session)), session
+
+    def current(self, session: Session) -> bool:
+        """Not signed out, not expired: checked again by long-lived live-tail sockets.
+        Fails closed while this process has not read the signed-out ids yet."""
+        return (
+            not self.revoked.unread
+            and session.sid not in self.revoked
+            and time.time() < session.issued_at + self.lifetime
+        )
+
+    def revoke(self, session: Session) -> None:
+        """Sign ``session`` out everywhere (blocking: it writes the admin store).
+
+        :raises Exception: the store could not be written; this process refuses the
+        session anyway, and the others until it expires do not."""
+        self.revoked.revoke(session.sid, session.issued_at + self.lifetime + 60)
 
     def authenticate(self, req: falcon.asgi.Request) -> Session | None:
         """The session (None for a bearer request).
@@ -127,6 +180,60 @@ def is_https(req: falcon.asgi.Request, proxies: TrustedProxies) -> bool:
     """The browser reached us over https (its cookies must then be ``Secure``): directly,
     or through a proxy in ``server.trusted_proxies`` that says so in X-Forwarded-Proto."""
     return proxies.scheme(req) == "https"
+
+
+def secure_cookies(req: falcon.asgi.Request, proxies: TrustedProxies, mode: str) -> bool:
+    """``admin.secure_cookies``: ``always``, ``never``, or ``auto`` (:func:`is_https`)."""
+    if mode == "auto":
+        return is_https(req, proxies)
+    return mode == "always"
+
+
+def too_many_attempts(retry_after: int) -> APIError:
+    return APIError(
+        429,
+        "too_many_attempts",
+        f"too many failed attempts at the admin token: retry in {retry_after}s",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+class BearerThrottle:
+    """Middleware: a bearer token on a path that checks it (``guarded``) is first
+    checked against the throttle (``429`` while it is empty: the token is then not
+    compared at all), and a wrong one is charged to it. The resources check the token
+    again and answer ``401`` as before."""
+
+    def __init__(
+        self,
+        auth: AdminAuth,
+        throttle: Throttle,
+        proxies: TrustedProxies,
+        guarded: Callable[[str], bool],
+    ) -> None:
+        self.auth = auth
+        self.throttle = throttle
+        self.proxies = proxies
+        self.guarded = guarded
+
+    async def _check(self, req: falcon.asgi.Request) -> None:
+        scheme, _, value = (req.auth or "").partition(" ")
+        if scheme.lower() != "bearer" or not self.guarded(req.path):
+            return
+        client = self.proxies.client_ip(req)
+        if retry_after := await self.throttle.retry_after(client):
+            raise too_many_attempts(retry_after)
+        if not value.strip() or not self.auth.token_matches(value):
+            await self.throttle.failed(client)
+
+    async def process_request(self, req: falcon.asgi.Request, resp: Any) -> None:
+        await self._check(req)
+
+    async def process_request_ws(self, req: falcon.asgi.Request, ws: Any) -> None:
+        try:
+            await self._check(req)
+        except APIError as exc:  # a handshake cannot carry a JSON body: refuse it
+            raise falcon.HTTPTooManyRequests(headers=exc.headers) from None
 
 
 def set_cookie(resp: falcon.asgi.Response, name: str, value: str, *, secure: bool, max_age: int):

@@ -49,6 +49,7 @@ def _serve(args: argparse.Namespace, Server: Any, gunicorn_options: Any) -> int:
         config.server.host = args.host
     if args.port is not None:
         config.server.port = args.port
+        config_module.check_metrics_bind(config, config.path)
     # Generated here, before the fork: the workers inherit this config, so they all
     # accept the same token.
     if config_module.ensure_admin_token(config):
@@ -199,6 +200,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"  limits:  {line}")
     for line in _privacy_lines(config):
         print(f"  privacy: {line}")
+    for line in _admin_lines(config):
+        print(f"  admin:   {line}")
     return 0
 
 
@@ -217,6 +220,20 @@ def _limit_lines(config: Any) -> list[str]:
         lines.append(f"every other source: {_rate(limiter.default)}")
     lines.append(f"buckets: {describe(limiter.url) if limiter.url else 'per process'}")
     return lines
+
+
+def _admin_lines(config: Any) -> list[str]:
+    """Who sees /health and /metrics, and the sign-in throttle (no token is printed)."""
+    server, throttle = config.server, config.admin.throttle
+    metrics = server.metrics + (f" on {server.metrics_bind}" if server.metrics_bind else "")
+    url = config_module.throttle_redis_url(config)
+    client, everyone = throttle.client, throttle.global_
+    return [
+        f"/health details: {server.health_details}; /metrics: {metrics}",
+        f"sign-in throttle: {client.burst} failures then {client.per_minute:g}/min per "
+        f"client, {everyone.burst} then {everyone.per_minute:g}/min in total; buckets: "
+        + (describe(url) if url else "per process"),
+    ]
 
 
 def _privacy_lines(config: Any) -> list[str]:

@@ -28,6 +28,9 @@ ENV_DATA_DIR = "EVENTROUTER_DATA_DIR"
 ENV_PORT = "EVENTROUTER_PORT"
 ENV_SCRUB_SALT = "EVENTROUTER_SCRUB_SALT"
 DEFAULT_DATA_DIR = "./eventrouter-data"
+#: The shortest admin token accepted (characters). ``secrets.token_urlsafe(24)``, which
+#: ``serve`` generates, is 32.
+MIN_ADMIN_TOKEN_LENGTH = 24
 
 
 class ConfigError(Exception):
@@ -125,6 +128,42 @@ class ServerConfig(_Strict):
     max_json_depth: Annotated[int, msgspec.Meta(ge=1, le=512)] = 64
     #: Ingestion bodies with an object of more keys than this answer 400 too_many_keys.
     max_json_keys: PositiveInt = 10_000
+    #: Who sees ``/health``'s components: ``token`` (the admin token or a dashboard
+    #: session; everyone else gets the status only) or ``public``.
+    health_details: Literal["token", "public"] = "token"
+    #: ``/metrics``: ``public``, ``token`` (the admin token as a bearer) or ``off``.
+    metrics: Literal["public", "token", "off"] = "public"
+    #: ``host:port``: serve ``/metrics`` on this listener only (``eventrouter serve``
+    #: binds it beside the main one); the main port then answers it 404.
+    metrics_bind: str | None = None
+
+
+class FailureLimit(_Strict):
+    """A token bucket of failed sign-ins: ``burst`` failures at once, then
+    ``per_minute`` more each minute."""
+
+    burst: PositiveInt
+    per_minute: Annotated[float, msgspec.Meta(gt=0)]
+
+    def as_rate_limit(self) -> RateLimit:
+        return RateLimit(events_per_second=self.per_minute / 60.0, burst=self.burst)
+
+
+class ThrottleConfig(_Strict):
+    """``[admin.throttle]``: failed sign-ins and wrong bearer tokens, per client address
+    and in total, before further attempts answer 429."""
+
+    client: FailureLimit = msgspec.field(
+        default_factory=lambda: FailureLimit(burst=10, per_minute=5)
+    )
+    global_: FailureLimit = msgspec.field(
+        name="global", default_factory=lambda: FailureLimit(burst=100, per_minute=60)
+    )
+    #: ``redis://host:6379/db``: buckets shared by every process and machine. Default:
+    #: ``[rate_limits] url``, else ``[dedup] url``, else per process.
+    url: str | None = None
+    #: Prefix of the Redis keys.
+    prefix: Annotated[str, msgspec.Meta(min_length=1)] = "eventrouter:throttle"
 
 
 class AdminConfig(_Strict):
@@ -134,6 +173,10 @@ class AdminConfig(_Strict):
     store: str | None = None
     #: Directories searched before the built-in templates (operator overrides).
     templates: list[str] = []
+    #: ``Secure`` on the dashboard's cookies: ``auto`` (when the browser came over https,
+    #: directly or per a trusted proxy's X-Forwarded-Proto), ``always`` or ``never``.
+    secure_cookies: Literal["auto", "always", "never"] = "auto"
+    throttle: ThrottleConfig = msgspec.field(default_factory=ThrottleConfig)
 
 
 class BatchConfig(_Strict):
@@ -445,10 +488,24 @@ def parse(
     limits_url = config.rate_limits.url if config.rate_limits is not None else None
     if limits_url is not None and not limits_url.startswith(("redis://", "rediss://")):
         raise ConfigError(file, "rate_limits.url", "expected a redis:// URL")
+    admin_token_key = "admin.token"
     if token := env.get(ENV_ADMIN_TOKEN):
         config.admin.token = token
+        admin_token_key = ENV_ADMIN_TOKEN
+    if config.admin.token and len(config.admin.token) < MIN_ADMIN_TOKEN_LENGTH:
+        raise ConfigError(
+            file,
+            admin_token_key,
+            f"the admin token is {len(config.admin.token)} characters long; at least "
+            f"{MIN_ADMIN_TOKEN_LENGTH} are required (generate one with: python -c "
+            "'import secrets; print(secrets.token_urlsafe(24))')",
+        )
+    throttle_url = config.admin.throttle.url
+    if throttle_url is not None and not throttle_url.startswith(("redis://", "rediss://")):
+        raise ConfigError(file, "admin.throttle.url", "expected a redis:// URL")
     if port := env.get(ENV_PORT):
         config.server.port = _env_port(port, file)
+    check_metrics_bind(config, file)
     for i, network in enumerate(config.server.trusted_proxies):
         try:
             ipaddress.ip_network(network, strict=False)
@@ -458,6 +515,38 @@ def parse(
             ) from None
     _check_scrub(config.privacy.scrub, file, env)
     return config
+
+
+def parse_bind(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:9100"`` or ``"[::1]:9100"`` → (host, port).
+
+    :raises ValueError: not ``host:port`` with a port 1-65535."""
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"{value!r} is not host:port (such as 127.0.0.1:9100)")
+    return host, int(port)
+
+
+def check_metrics_bind(config: Config, file: str | None = None) -> None:
+    """``server.metrics_bind`` is ``host:port`` on a port of its own, and not with
+    ``metrics = "off"``. Run again after ``--port`` changes ``server.port``.
+
+    :raises ConfigError: naming ``server.metrics_bind``."""
+    server = config.server
+    if server.metrics_bind is None:
+        return
+    try:
+        _, port = parse_bind(server.metrics_bind)
+    except ValueError as exc:
+        raise ConfigError(file, "server.metrics_bind", str(exc)) from None
+    if port == server.port:
+        raise ConfigError(
+            file, "server.metrics_bind", f"port {port} is server.port: give /metrics its own port"
+        )
+    if server.metrics == "off":
+        raise ConfigError(file, "server.metrics_bind", 'set, but server.metrics is "off"')
 
 
 def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Config:
@@ -483,5 +572,15 @@ def ensure_admin_token(config: Config) -> bool:
     (the caller shows it once: nobody could use the query API otherwise)."""
     if config.admin.token:
         return False
-    config.admin.token = secrets.token_urlsafe(24)
+    config.admin.token = secrets.token_urlsafe(24)  # 32 characters
     return True
+
+
+def throttle_redis_url(config: Config) -> str | None:
+    """Where the sign-in throttle's buckets live: ``[admin.throttle] url``, else the
+    rate limits' Redis, else the dedup Redis, else None (in each process)."""
+    if config.admin.throttle.url:
+        return config.admin.throttle.url
+    if config.rate_limits is not None and config.rate_limits.url:
+        return config.rate_limits.url
+    return config.dedup.url if config.dedup is not None else None

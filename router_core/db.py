@@ -10,6 +10,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import StaticPool
 
+from router_core.files import is_data_dir, private_dir, private_sqlite
+
 _encoder = msgspec.json.Encoder()
 
 
@@ -40,13 +42,22 @@ def make_engine(
             kwargs["poolclass"] = StaticPool
             kwargs["connect_args"] = {"check_same_thread": False}
         else:
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            database = Path(parsed.database)
+            private_dir(database.parent, own=is_data_dir(database.parent))
     elif parsed.get_backend_name() == "postgresql":
         # Times are UTC everywhere; a naive bound parameter means UTC too.
         settings = {"timezone": "UTC", **(postgres_settings or {})}
         kwargs["connect_args"] = {"options": " ".join(f"-c {k}={v}" for k, v in settings.items())}
         kwargs["pool_pre_ping"] = True
     engine = create_engine(parsed, **kwargs)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+
+        @event.listens_for(engine, "do_connect")
+        def _private(*_: Any) -> None:
+            # Before SQLite creates the file: 0600 whatever the umask (its -wal and -shm
+            # files take the database's mode), companions left from before tightened.
+            private_sqlite(Path(parsed.database))
+
     if parsed.get_backend_name() == "sqlite":
 
         @event.listens_for(engine, "connect")

@@ -22,6 +22,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from router_core.files import private_dir
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Seconds: request latency from sub-millisecond to the dispatch timeout.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10)
@@ -35,8 +37,8 @@ def prepare_multiprocess() -> Path:
     """Before gunicorn forks: a fresh directory for the workers' metric files."""
     configured = os.environ.get(MULTIPROC_ENV)
     if configured:
-        directory = Path(configured)
-        directory.mkdir(parents=True, exist_ok=True)
+        # 0700 (mkdtemp's mode below): the workers' metric files take the umask.
+        directory = private_dir(Path(configured))
         for stale in directory.glob("*.db"):  # a previous run's counts are not ours
             stale.unlink()
     else:
@@ -151,6 +153,13 @@ class Metrics:
             "eventrouter_rate_limited_events",
             "Events refused with 429 by their source's rate limit, per source.",
             ["source"],
+            registry=r,
+        )
+        self.admin_auth_failures = Counter(
+            "eventrouter_admin_auth_failures",
+            "Attempts at the admin token (sign-in form, bearer tokens) that failed "
+            "(refused) or were answered 429 by the sign-in throttle (throttled).",
+            ["outcome"],
             registry=r,
         )
 

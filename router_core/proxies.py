@@ -14,6 +14,8 @@ import falcon.asgi
 
 #: Addresses remembered per process (each is checked against every network once).
 _CACHE_LIMIT = 10_000
+#: Longer than any address with a short zone index (``fe80::1%eth0``): not an address.
+_MAX_ADDRESS_LENGTH = 64
 
 
 class TrustedProxies:
@@ -29,12 +31,15 @@ class TrustedProxies:
             return False
         trusted = self._cache.get(address)
         if trusted is None:
+            # An X-Forwarded-For hop is whatever the client wrote: only addresses are
+            # remembered (no junk, no 10 kB zone index), or anyone could fill the cache.
+            if len(address) > _MAX_ADDRESS_LENGTH:
+                return False
             try:
                 ip = ipaddress.ip_address(address)
             except ValueError:
-                trusted = False
-            else:
-                trusted = any(ip in network for network in self.networks)
+                return False
+            trusted = any(ip in network for network in self.networks)
             if len(self._cache) < _CACHE_LIMIT:
                 self._cache[address] = trusted
         return trusted

@@ -15,7 +15,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
 from router_core import logs
-from router_core.config import Config
+from router_core.config import Config, parse_bind
 
 
 class DrainingHttpProtocol(HttpToolsProtocol):
@@ -125,12 +125,19 @@ class Server(BaseApplication):
         return create_app(self.app_config)
 
 
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def gunicorn_options(config: Config, *, workers: int | None = None) -> dict[str, Any]:
     server = config.server
+    bind = [_address(server.host, server.port)]
+    if server.metrics_bind:
+        # Every worker accepts on both; the app serves only /metrics on this one
+        # (router_core.app.MetricsListener), and /metrics only here.
+        bind.append(_address(*parse_bind(server.metrics_bind)))
     return {
-        "bind": f"[{server.host}]:{server.port}"
-        if ":" in server.host
-        else f"{server.host}:{server.port}",
+        "bind": bind,
         "workers": workers or server.workers or default_workers(),
         "worker_class": WORKER_CLASS,
         # SIGTERM: stop accepting, finish in-flight requests (their commits), then exit.

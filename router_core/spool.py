@@ -42,6 +42,8 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from router_core.files import PRIVATE_DIR, open_private, private_dir
+
 log = logging.getLogger("eventrouter.spool")
 
 HEADER = struct.Struct(">III")
@@ -80,6 +82,7 @@ def _try_lock(path: Path) -> int | None:
     except OSError:
         os.close(fd)
         return None
+    os.fchmod(fd, 0o600)  # O_CREAT's mode is filtered by the umask
     return fd
 
 
@@ -112,12 +115,14 @@ class Spool:
     def __init__(self, root: Path, max_bytes: int) -> None:
         self.root = root
         self.max_bytes = max_bytes
-        root.mkdir(parents=True, exist_ok=True)
+        # 0700, and 0600 segments and locks, whatever the umask (router_core.files).
+        private_dir(root)
         name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}"
         # Made and locked under a hidden name, then renamed: another process's orphan
         # scan never sees it unlocked.
         making = root / f".{name}"
-        making.mkdir()
+        making.mkdir(mode=PRIVATE_DIR)
+        os.chmod(making, PRIVATE_DIR)
         self._lock_fd = _try_lock(making / "lock")
         self.directory = root / name
         making.rename(self.directory)
@@ -176,7 +181,7 @@ class Spool:
             self._file.close()
         self._sequence += 1
         path = self.directory / f"{self._sequence:010d}{SEGMENT_SUFFIX}"
-        self._file = path.open("ab")
+        self._file = open_private(path, "ab")
         _fsync_dir(self.directory)
 
     def _seal(self) -> list[Path]:

@@ -44,6 +44,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 
 from router_core.db import make_engine, sqlite_path
+from router_core.files import open_private
 
 T = TypeVar("T")
 USER_ID = "user_id"
@@ -109,7 +110,7 @@ def sqlite_writer(url: str) -> Iterator[None]:
     if path is None or not path.parent.exists():
         yield
         return
-    with open(path.with_name(path.name + ".lock"), "a+b") as lock:
+    with open_private(path.with_name(path.name + ".lock"), "a+b") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -137,6 +138,27 @@ def clickhouse_client(url: str) -> Any:
 
     parsed = make_url(url).set(drivername="clickhouse")
     return Client.from_url(parsed.render_as_string(hide_password=False))
+
+
+#: ClickHouse's UNKNOWN_DATABASE: the store's database is not created yet (queue mode's
+#: edge can start before ``eventrouter migrate`` or a worker made it).
+CLICKHOUSE_UNKNOWN_DATABASE = 81
+
+
+def clickhouse_table_exists(url: str, exists_sql: str) -> bool:
+    """``exists_sql`` (a count over ``system.tables``) on the store at ``url``; False
+    when its database does not exist yet: no table, so nothing in it."""
+    from clickhouse_driver.errors import ServerException
+
+    client = clickhouse_client(url)
+    try:
+        return bool(client.execute(exists_sql)[0][0])
+    except ServerException as exc:
+        if exc.code == CLICKHOUSE_UNKNOWN_DATABASE:
+            return False
+        raise
+    finally:
+        client.disconnect()
 
 
 class SuppressionList:
@@ -240,11 +262,7 @@ class SuppressionList:
             if path is not None and not path.exists():
                 return False
         if self.dialect == "clickhouse":
-            client = clickhouse_client(self.url)
-            try:
-                return bool(client.execute(CLICKHOUSE_EXISTS)[0][0])
-            finally:
-                client.disconnect()
+            return clickhouse_table_exists(self.url, CLICKHOUSE_EXISTS)
         return inspect(self.engine).has_table("suppressions")
 
     def list(self) -> list[Suppression]:

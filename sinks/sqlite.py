@@ -33,9 +33,10 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from router_core.commands import STORED_COLUMNS, Command
 from router_core.db import make_engine, select_one, sqlite_path
+from router_core.files import open_private
 from router_core.health import ComponentHealth
 from router_core.hookspecs import hookimpl
-from router_core.schema import OPTIONAL_INDEXES, events, metadata
+from router_core.schema import LEGACY_INDEXES, OPTIONAL_INDEXES, events, metadata
 from router_core.sink import Sink, resolve_waiters
 
 log = logging.getLogger("eventrouter.sinks.sqlite")
@@ -154,8 +155,9 @@ class SQLiteOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     synchronous: Literal["full", "normal"] = "normal"
     #: Indexes besides the always-present ``(timestamp, message_id)`` one. Each index on
     #: a high-cardinality column costs write throughput once the table outgrows memory
-    #: (about 10-25 µs per event for random keys); ``message_id`` makes the store
-    #: idempotent: a redelivered event is stored once.
+    #: (about 10-25 µs per event for random keys); ``message_id`` (a unique index on
+    #: ``(message_id, source)``) makes the store idempotent: a redelivered event is
+    #: stored once, and the same id from another source is another event.
     indexes: list[IndexName] = msgspec.field(default_factory=lambda: ["user_id", "event"])
 
 
@@ -199,19 +201,34 @@ class SQLiteSink(Sink):
             )
             self._checkpointer.start()
 
-    def _open(self) -> None:
+    def _open(self) -> list[str]:
         self._engine = make_engine(self.url, synchronous=self.options.synchronous.upper())
         path = sqlite_path(self.url)
         if path is not None:
-            self._lock_file = open(path.with_name(path.name + ".lock"), "a+b")  # noqa: SIM115
+            self._lock_file = open_private(path.with_name(path.name + ".lock"), "a+b")
         with self._exclusive():
             metadata.create_all(self._engine, tables=[events])
-            self._sync_indexes()
+            return self._sync_indexes()
 
-    def _sync_indexes(self) -> None:
+    def migrate(self) -> str:
+        """Create ``events`` and bring its indexes to the configured ones (what the sink
+        does at every start; ``eventrouter migrate`` runs it ahead of time)."""
+        try:
+            changes = self._open()
+        finally:
+            self._close_files()
+        return "indexes " + (", ".join(changes) if changes else "up to date")
+
+    def _sync_indexes(self) -> list[str]:
         """Create the configured optional indexes and drop the ones no longer configured
-        (indexes are derived data: dropping one loses nothing)."""
+        or of an earlier schema (indexes are derived data: dropping one loses nothing),
+        in one transaction; return what changed.
+
+        The upgrade from the unique ``message_id`` index to ``(message_id, source)`` is
+        one of these: both hold the same rows, so the new one cannot fail on a
+        duplicate, and SQLite's DDL is transactional, so the store never has neither."""
         wanted = set(self.options.indexes)
+        changes = []
         with self._engine.begin() as connection:
             existing = {
                 row[0]
@@ -219,13 +236,21 @@ class SQLiteSink(Sink):
                     "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'"
                 )
             }
+            for name in LEGACY_INDEXES:
+                if name in existing:
+                    log.info("%s: dropping index %s (earlier schema)", self.name, name)
+                    connection.exec_driver_sql(f"DROP INDEX {name}")
+                    changes.append(f"dropped {name}")
             for column, index in OPTIONAL_INDEXES.items():
                 if column in wanted and index.name not in existing:
                     log.info("%s: creating index %s", self.name, index.name)
                     index.create(connection)
+                    changes.append(f"created {index.name}")
                 elif column not in wanted and index.name in existing:
                     log.info("%s: dropping index %s (not in indexes)", self.name, index.name)
                     index.drop(connection)
+                    changes.append(f"dropped {index.name}")
+        return changes
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -236,6 +261,9 @@ class SQLiteSink(Sink):
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.join)
             self._checkpointer = None
+        self._close_files()
+
+    def _close_files(self) -> None:
         if self._engine is not None:
             self._engine.dispose()
         if self._lock_file is not None:

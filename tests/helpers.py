@@ -22,7 +22,10 @@ from router_core import config as config_module
 from router_core.app import create_app
 from router_core.config import Config
 
-ADMIN_TOKEN = "test-admin-token"
+#: At least config.MIN_ADMIN_TOKEN_LENGTH (24) characters: a shorter one cannot start.
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
+#: What the query API, the dashboard and /health's components take.
+ADMIN_BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 #: The original ``/track`` payload, exactly as the README's curl sends it.
 ORIGINAL_TRACK = {
@@ -55,6 +58,13 @@ def eventually(predicate: Callable[[], object], what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"never happened: {what}")
         time.sleep(0.02)
+
+
+def health(url: str, **kwargs: Any) -> httpx.Response:
+    """``GET {url}/health`` with the admin token: its components are shown to it only
+    (``server.health_details``, docs/api.md)."""
+    kwargs.setdefault("timeout", HANG_GUARD)
+    return httpx.get(f"{url}/health", headers=ADMIN_BEARER, **kwargs)
 
 
 def free_port() -> int:
@@ -106,6 +116,14 @@ class LiveServer:
         self._thread.join(timeout=30)
 
     # -- conveniences ------------------------------------------------------------------
+    def health(self) -> httpx.Response:
+        """``GET /health`` with the admin token, which its components need."""
+        return self.client.get("/health", headers=ADMIN_BEARER)
+
+    def components(self) -> dict[str, Any]:
+        """``/health``'s components, by name."""
+        return self.health().json()["components"]
+
     def post(self, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
         if body is not None:
             kwargs["json"] = body
@@ -117,9 +135,7 @@ class LiveServer:
         cursor = None
         while True:
             query = {**params, "limit": 1000, **({"cursor": cursor} if cursor else {})}
-            response = self.client.get(
-                "/api/v1/events", params=query, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-            )
+            response = self.client.get("/api/v1/events", params=query, headers=ADMIN_BEARER)
             assert response.status_code == 200, response.text
             page = response.json()
             found.extend(page["events"])
@@ -146,7 +162,14 @@ class CommandProcess:
     """An ``eventrouter`` command in its own subprocess and session, logging to a file;
     stopped by signalling its process group (only what the test started)."""
 
-    def __init__(self, argv: list[str], cwd: Path, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        log_path: Path,
+        umask: int | None = None,
+    ) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
@@ -156,6 +179,8 @@ class CommandProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # the file-mode tests run a command under a given umask
+            preexec_fn=None if umask is None else lambda: os.umask(umask),
         )
 
     def log(self) -> str:
@@ -189,6 +214,7 @@ class ServeProcess(CommandProcess):
         workers: int = 1,
         port: int | None = None,
         clear_env: dict[str, str] | None = None,
+        umask: int | None = None,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -197,7 +223,7 @@ class ServeProcess(CommandProcess):
         if clear_env is None:
             full_env.setdefault("EVENTROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
         argv = ["serve", "--port", str(self.port), "--workers", str(workers), *args]
-        super().__init__(argv, cwd, full_env, cwd / f"serve-{self.port}.log")
+        super().__init__(argv, cwd, full_env, cwd / f"serve-{self.port}.log", umask=umask)
 
     def wait_ready(self, timeout: float = 30) -> ServeProcess:
         deadline = time.monotonic() + timeout

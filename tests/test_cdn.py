@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from tests.cdn_support import EDGE_CONF, PURGE, Edge, make_prefix, nginx_test
-from tests.helpers import LiveServer, free_port, make_config
+from tests.helpers import ADMIN_BEARER, LiveServer, free_port, make_config
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
@@ -274,7 +274,7 @@ def test_bodies_up_to_the_apis_limit_reach_the_origin(client):
 
 
 def test_admin_api_health_and_metrics_are_not_exposed(client):
-    bearer = {"Authorization": "Bearer test-admin-token"}
+    bearer = ADMIN_BEARER
     for path in ("/admin/", "/admin/events", "/api/v1/events", "/health", "/metrics", "/"):
         response = client.get(path, headers=bearer)
         assert response.status_code == 404, path

@@ -17,16 +17,16 @@ def test_no_file_is_the_embedded_default(tmp_path):
 
 def test_environment_overrides(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text("[admin]\ntoken = 'from-file'\n[server]\nport = 9000\n")
+    path.write_text("[admin]\ntoken = 'from-file-0123456789abcdef'\n[server]\nport = 9000\n")
     loaded = config.load(
         env={
             "EVENTROUTER_CONFIG": str(path),
-            "EVENTROUTER_ADMIN_TOKEN": "from-env",
+            "EVENTROUTER_ADMIN_TOKEN": "from-env-0123456789abcdef",
             "EVENTROUTER_PORT": "9100",
         }
     )
     assert loaded.path == str(path)
-    assert loaded.admin.token == "from-env"
+    assert loaded.admin.token == "from-env-0123456789abcdef"
     assert loaded.server.port == 9100
 
 

@@ -29,7 +29,7 @@ def restricted(tmp_path_factory):
 
 
 def test_health_reports_the_local_sink(shared):
-    response = shared.client.get("/health")
+    response = shared.health()  # the components are shown to the admin token
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
@@ -46,14 +46,23 @@ def test_health_counts_committed_events(start_server):
     server = start_server()
     batch = [{"type": "track", "userId": "u", "event": "e"} for _ in range(7)]
     assert server.post("/v1/batch", {"batch": batch}).status_code == 200
-    stats = server.client.get("/health").json()["components"]["sink:local"]["stats"]
+    stats = server.components()["sink:local"]["stats"]
     assert stats["committed_events"] == 7
     assert stats["commits"] >= 1
 
 
-def test_health_needs_no_token(shared):
-    response = shared.client.get("/health", headers={"Authorization": "Bearer wrong"})
+def test_health_needs_no_token_for_its_status(shared):
+    response = shared.client.get("/health")
     assert response.status_code == 200
+    assert response.json() == {"status": "ok"}  # the components only with the token
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_a_wrong_token_on_health_is_401(shared):
+    response = shared.client.get("/health", headers={"Authorization": "Bearer wrong"})
+    assert response.status_code == 401
+    assert response.json()["code"] == "unauthorized"
+    assert "components" not in response.text
 
 
 class Component:
@@ -69,7 +78,10 @@ class Component:
 
 def test_health_is_503_when_a_required_component_is_down(start_server):
     server = start_server(plugins=[Component("queue:test", up=False, required=True)])
-    response = server.client.get("/health")
+    public = server.client.get("/health")
+    assert public.status_code == 503
+    assert public.json() == {"status": "down"}  # which one, only to the token
+    response = server.health()
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "down"
@@ -83,7 +95,7 @@ def test_health_is_503_when_a_required_component_is_down(start_server):
 
 def test_health_stays_200_when_an_optional_component_is_down(start_server):
     server = start_server(plugins=[Component("preview", up=False, required=False)])
-    response = server.client.get("/health")
+    response = server.health()
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok"
