@@ -38,7 +38,7 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-ADMIN_TOKEN = "smoke-admin-token"
+ADMIN_TOKEN = "smoke-admin-token-0123456789"  # at least 24 characters
 START_TIMEOUT = 60.0
 
 

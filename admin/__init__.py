@@ -39,7 +39,10 @@ def add_routes(
     app.add_route("/admin/login", views.LoginView(d))
     app.add_route("/admin/logout", views.LogoutView(d))
     app.add_route("/admin/events", views.EventsView(d))
-    # ``path``: a client-chosen messageId may contain "/" (sent percent-encoded).
+    # One event, one user: the ids are query values, never path segments (a messageId
+    # or user id of ".." cannot be a path segment: browsers resolve it away, encoded or
+    # not). The path forms still answer, for bookmarks. See docs/admin.md.
+    app.add_route("/admin/event", views.EventView(d))
     app.add_route("/admin/events/{message_id:path}", views.EventView(d))
     app.add_route("/admin/chart", views.ChartView(d))
     app.add_route("/admin/breakdown", views.BreakdownView(d))
@@ -47,6 +50,7 @@ def add_routes(
     app.add_route("/admin/condition-row", views.ConditionRowView(d))
     app.add_route("/admin/live", views.LiveView(d))
     app.add_route("/admin/live/ws", views.LiveView(d))
+    app.add_route("/admin/user", views.UserView(d))
     app.add_route("/admin/users/{user_id:path}", views.UserView(d))
     app.add_route("/admin/status", views.StatusView(d))
     app.add_route("/admin/sources", views.SourcesView(d))

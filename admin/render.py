@@ -3,6 +3,12 @@
 Templates are looked up first in ``[admin] templates`` (an operator's directory of
 overrides), then in this package's ``templates/``; partials are named ``_thing.html``.
 Autoescaping is on for every template: event data is always text, never markup.
+
+A value that goes into a URL goes through :func:`dashboard_url` (the template global
+``url``) or :func:`query_value` (the filter ``query_value``; ``urlencode`` is the same
+for a string): each is exactly one query value, never part of a path. No encoding makes
+a path segment of ``.`` or ``..`` (a browser resolves ``%2e%2e`` away too), so
+event-derived values never go in paths.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import falcon
 import falcon.asgi
@@ -62,6 +69,40 @@ def human_bytes(value: int | None) -> str:
     return str(value)
 
 
+def query_value(value: Any) -> str:
+    """``value`` as one query value: every character but ``A-Za-z0-9_.-~`` is
+    percent-encoded (``/``, ``?``, ``#``, ``&``, ``=``, ``%`` and quotes included).
+
+    Also installed as Jinja's ``urlencode`` for a string, whose built-in leaves ``/``
+    as it is (the filter the row URL of issue 18 used)."""
+    return quote(str(value), safe="")
+
+
+def _strict_urlencode(value: Any) -> str:
+    """Jinja's ``urlencode``, with every value encoded by :func:`query_value`."""
+    if isinstance(value, dict):
+        value = value.items()
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        return query_value(value)
+    return "&".join(f"{query_value(k)}={query_value(v)}" for k, v in value)
+
+
+def dashboard_url(path: str, **params: Any) -> str:
+    """A dashboard URL: ``path`` (a literal ``/admin/...`` path written in a template,
+    never data) and ``params`` as query values, in the order given; None is left out.
+
+    ``url("/admin/event", message_id="../x", source="web")`` →
+    ``/admin/event?message_id=..%2Fx&source=web``."""
+    if not path.startswith("/admin/") or "/." in path or any(c in path for c in "?#%\\"):
+        raise ValueError(f"not a literal dashboard path: {path!r}")
+    query = "&".join(
+        f"{query_value(name)}={query_value(value)}"
+        for name, value in params.items()
+        if value is not None
+    )
+    return f"{path}?{query}" if query else path
+
+
 def make_environment(template_dirs: list[str]) -> Environment:
     loaders = [FileSystemLoader([str(Path(d)) for d in template_dirs])] if template_dirs else []
     env = Environment(
@@ -71,9 +112,14 @@ def make_environment(template_dirs: list[str]) -> Environment:
         lstrip_blocks=True,
     )
     env.filters.update(
-        pretty_json=pretty_json, short_time=short_time, number=number, human_bytes=human_bytes
+        pretty_json=pretty_json,
+        short_time=short_time,
+        number=number,
+        human_bytes=human_bytes,
+        query_value=query_value,
+        urlencode=_strict_urlencode,
     )
-    env.globals["version"] = router_core.__version__
+    env.globals.update(version=router_core.__version__, url=dashboard_url)
     return env
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import falcon
 import falcon.asgi
@@ -38,8 +38,8 @@ from router_core.auth import (
     Session,
     Unauthorized,
     clear_cookie,
-    is_https,
     login_csrf,
+    secure_cookies,
     set_cookie,
 )
 from router_core.bus import Bus
@@ -123,7 +123,8 @@ class Dashboard:
             ) from None
 
     def https(self, req: falcon.asgi.Request) -> bool:
-        return is_https(req, self.proxies)
+        """Whether the dashboard's cookies get ``Secure`` (``admin.secure_cookies``)."""
+        return secure_cookies(req, self.proxies, self.config.admin.secure_cookies)
 
     def render(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, template: str, **context: Any
@@ -217,7 +218,17 @@ class LoginView(_View):
                 req, resp, status=403, error="The form expired or came from elsewhere: try again."
             )
             return
+        # Throttled before the token is compared (a throttled guess learns nothing);
+        # only failures are charged, so the right token is never slowed.
+        throttle, client = self.d.auth.throttle, self.d.proxies.client_ip(req)
+        if throttle is not None and (retry_after := await throttle.retry_after(client)):
+            error = f"Too many failed sign-ins: try again in {retry_after} s."
+            self._form(req, resp, status=429, error=error)
+            resp.set_header("Retry-After", str(retry_after))
+            return
         if not self.d.auth.token_matches(form.get("token", "")):
+            if throttle is not None:
+                await throttle.failed(client)
             self._form(req, resp, status=401, error="That admin token is not valid.")
             return
         cookie, _ = self.d.auth.new_session_cookie()
@@ -230,8 +241,14 @@ class LoginView(_View):
 
 class LogoutView(_View):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        if await self.signed_form(req, resp) is None:
+        if (signed := await self.signed_form(req, resp)) is None:
             return
+        session, _ = signed
+        if session is not None:  # a bearer request has no session to sign out
+            try:
+                await asyncio.to_thread(self.d.auth.revoke, session)
+            except Exception as exc:  # refused here already; the others until it expires
+                log.error("sign-out: the admin store could not record it: %s", exc)
         clear_cookie(resp, SESSION_COOKIE, secure=self.d.https(req))
         resp.status = falcon.HTTP_303
         resp.location = LOGIN_PATH
@@ -330,22 +347,44 @@ def _url(path: str, query_string: str) -> str:
 
 
 class EventView(_View):
-    """``/admin/events/{message_id}``: one event as formatted JSON."""
+    """``/admin/event?message_id=...&source=...``: one event as formatted JSON.
+
+    The ids are query values, never path segments: a messageId of ``..`` or
+    ``../../api/v1/events/x`` cannot steer the URL anywhere else. ``source`` may be left
+    out when only one source has the id. The older ``/admin/events/{message_id}`` (with
+    an optional ``?source=``) still answers, for bookmarks; the dashboard links here."""
 
     async def on_get(
-        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, message_id: str
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, message_id: str | None = None
     ) -> None:
         session = self.d.require(req)
         try:
-            event = await self.d.read(self.d.store_or_error().get, message_id)
-        except APIError as exc:
+            if message_id is None:
+                message_id = _one_param(req, "message_id", required=True)
+            source = _one_param(req, "source")
+            event = await self.d.read(self.d.store_or_error().get, message_id, source)
+        except APIError as exc:  # a 409 too, when several sources have the id
             self.error(req, resp, exc, session)
             return
         if event is None:
-            self.error(req, resp, APIError(404, "not_found", f"no event {message_id!r}"), session)
+            where = f" from source {source!r}" if source is not None else ""
+            error = APIError(404, "not_found", f"no event {message_id!r}{where}")
+            self.error(req, resp, error, session)
             return
         template = "_event.html" if _is_htmx(req) else "event.html"
         self.d.render(req, resp, template, event=event, session=session)
+
+
+def _one_param(req: falcon.asgi.Request, name: str, *, required: bool = False) -> str | None:
+    """A query parameter given at most once (blank = not given); 400 naming it."""
+    value = req.params.get(name)
+    if isinstance(value, list):
+        raise APIError(400, "invalid_param", f"{name}: given more than once")
+    if not value:
+        if required:
+            raise APIError(400, "invalid_param", f"{name}: required")
+        return None
+    return value
 
 
 class ChartView(_View):
@@ -485,7 +524,7 @@ class LiveView(_View):
             await ws.close(code=4403)
             return
         try:
-            self.d.auth.authenticate(req)
+            session = self.d.auth.authenticate(req)
             query = explorer.parse(req.params)
         except (Unauthorized, APIError):
             await ws.close(code=4401)
@@ -494,7 +533,7 @@ class LiveView(_View):
             await ws.close(code=4503)
             return
         await ws.accept()
-        await LiveSession(self.d, ws, query.where).run()
+        await LiveSession(self.d, ws, query.where, session).run()
 
 
 class LiveSession:
@@ -502,11 +541,21 @@ class LiveSession:
 
     #: Events held back while paused (the oldest beyond are dropped).
     HELD = 500
+    #: Seconds between checks that the socket's session is still signed in.
+    SESSION_CHECK = 1.0
 
-    def __init__(self, dashboard: Dashboard, ws: falcon.asgi.WebSocket, where: EventFilter):
+    def __init__(
+        self,
+        dashboard: Dashboard,
+        ws: falcon.asgi.WebSocket,
+        where: EventFilter,
+        session: Session | None = None,
+    ):
         self.d = dashboard
         self.ws = ws
         self.where = where
+        #: None for a bearer-token socket (the token lasts as long as the process).
+        self.session = session
         self.paused = False
         self.held: list[dict[str, Any]] = []
         self.dropped = 0
@@ -518,7 +567,13 @@ class LiveSession:
         try:
             await self._send_controls()
             while True:
-                done, _ = await asyncio.wait({receive, get}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {receive, get}, timeout=self.SESSION_CHECK, return_when=asyncio.FIRST_COMPLETED
+                )
+                if self.session is not None and not self.d.auth.current(self.session):
+                    # Signed out (here, or elsewhere and read from the store) or expired.
+                    await self.ws.close(code=4401)
+                    return
                 if receive in done:
                     await self._on_message(receive.result())
                     receive = asyncio.create_task(self.ws.receive_text())
@@ -577,11 +632,21 @@ class LiveSession:
 
 # -- users, status, sources -------------------------------------------------------------------
 class UserView(_View):
-    """``/admin/users/{user_id}``: traits from identify calls, and the user's timeline."""
+    """``/admin/user?user_id=...``: traits from identify calls, and the user's timeline.
+    (``/admin/users/{user_id}`` still answers, for bookmarks; the dashboard links here:
+    no path segment can carry a user id of ``..``.)"""
 
-    async def on_get(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str):
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, user_id: str | None = None
+    ):
         session = self.d.require(req)
-        cursor = req.get_param("cursor") or None
+        try:
+            if user_id is None:
+                user_id = _one_param(req, "user_id", required=True)
+            cursor = _one_param(req, "cursor")
+        except APIError as exc:
+            self.error(req, resp, exc, session)
+            return
         where = EventFilter(user_id=user_id)
         try:
             store = self.d.store_or_error()
@@ -601,7 +666,6 @@ class UserView(_View):
             resp,
             "user.html",
             user_id=user_id,
-            user_path=quote(user_id, safe=""),
             traits=traits,
             page=page,
             first_seen=span[0] if span else None,

@@ -2,6 +2,11 @@
 
 Both require ``Authorization: Bearer <admin token>`` or a dashboard session, and read
 through the store query layer (:mod:`router_core.store`), the same one the admin dashboard uses.
+
+Every answer under ``/api/v1/`` is ``application/json`` with ``X-Content-Type-Options:
+nosniff``, errors included, and a request carrying ``HX-Request`` (htmx sends it) is
+refused: the dashboard's pages must never fetch this JSON and swap it in as markup
+(:class:`JSONOnly`; docs/admin.md, "Escaping and the dashboard").
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from router_core.errors import APIError
 from router_core.store import (
     DEFAULT_LIMIT,
     PATH_COLUMNS,
+    AmbiguousEvent,
     EventFilter,
     EventStore,
     InvalidQuery,
@@ -44,6 +50,39 @@ _PARAMS = frozenset(
 )
 _encoder = msgspec.json.Encoder()
 log = logging.getLogger("eventrouter.api")
+API_PREFIX = "/api/v1/"
+HTMX_HEADER = "HX-Request"
+
+
+class JSONOnly:
+    """Middleware: JSON for scripts, never a fragment for htmx, under :data:`API_PREFIX`."""
+
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        if not _is_api(req):
+            return
+        _json_headers(resp)
+        if req.get_header(HTMX_HEADER) is not None:
+            raise APIError(
+                400,
+                "htmx_refused",
+                f"{HTMX_HEADER}: the query API does not answer htmx requests; "
+                "the dashboard's own routes are under /admin/",
+            )
+
+    async def process_response(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, resource: Any, ok: bool
+    ) -> None:
+        if _is_api(req):
+            _json_headers(resp)
+
+
+def _is_api(req: falcon.asgi.Request) -> bool:
+    return req.path.startswith(API_PREFIX) or req.path == API_PREFIX.rstrip("/")
+
+
+def _json_headers(resp: falcon.asgi.Response) -> None:
+    resp.content_type = falcon.MEDIA_JSON
+    resp.set_header("X-Content-Type-Options", "nosniff")
 
 
 def check_auth(auth: AdminAuth, req: falcon.asgi.Request) -> None:
@@ -126,9 +165,17 @@ def filter_from_params(params: Mapping[str, Any]) -> tuple[EventFilter, int, str
 
 async def read_store(method: Any, *args: Any) -> Any:
     """Run a blocking store read in a thread; a store that cannot be read (down, or its
-    schema not created yet by a worker or ``eventrouter migrate``) answers 503."""
+    schema not created yet by a worker or ``eventrouter migrate``) answers 503; a message
+    id that several sources have, asked for without a source, 409 naming them."""
     try:
         return await asyncio.to_thread(method, *args)
+    except AmbiguousEvent as exc:
+        raise APIError(
+            409,
+            "ambiguous_message_id",
+            f"{exc.summary}: add ?source=NAME",
+            extra={"sources": exc.sources},
+        ) from None
     except sqlalchemy.exc.DBAPIError as exc:
         log.error("store read failed: %s", exc)
         raise APIError(
@@ -164,14 +211,19 @@ class EventsResource:
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, message_id: str
     ) -> None:
         check_auth(self.auth, req)
-        event = await read_store(self._store().get, message_id)
+        source = req.params.get("source") or None
+        if isinstance(source, list):
+            raise APIError(400, "invalid_param", "source: given more than once")
+        event = await read_store(self._store().get, message_id, source)
         if event is None:
-            raise APIError(404, "not_found", f"message_id: no event {message_id!r}")
+            where = f" from source {source!r}" if source is not None else ""
+            raise APIError(404, "not_found", f"message_id: no event {message_id!r}{where}")
         resp.content_type = falcon.MEDIA_JSON
         resp.data = _encoder.encode(event)
 
 
 def add_routes(app: falcon.asgi.App, resource: EventsResource) -> None:
+    app.add_middleware(JSONOnly())
     app.add_route("/api/v1/events", resource)
     # ``path``: a client-chosen messageId may contain "/" (sent percent-encoded).
     app.add_route("/api/v1/events/{message_id:path}", resource, suffix="one")

@@ -48,11 +48,12 @@ class Success(msgspec.Struct, omit_defaults=True):
 
 class Error(msgspec.Struct, omit_defaults=True):
     """Every error: ``code`` is stable, ``message`` starts with the field it is about.
-    ``rejected`` appears with ``invalid_batch``."""
+    ``rejected`` appears with ``invalid_batch``, ``sources`` with ``ambiguous_message_id``."""
 
     code: str
     message: str
     rejected: list[Rejection] | None = None
+    sources: list[str] | None = None
 
 
 class HealthComponent(msgspec.Struct, omit_defaults=True):
@@ -62,11 +63,13 @@ class HealthComponent(msgspec.Struct, omit_defaults=True):
     stats: dict[str, Any] | None = None
 
 
-class Health(msgspec.Struct):
-    """``status`` is ``down`` (with HTTP 503) when a required component is down."""
+class Health(msgspec.Struct, omit_defaults=True):
+    """``status`` is ``down`` (with HTTP 503) when a required component is down.
+    ``components`` only with the admin token or a dashboard session (or for everyone
+    under ``server.health_details = "public"``)."""
 
     status: Literal["ok", "down"]
-    components: dict[str, HealthComponent]
+    components: dict[str, HealthComponent] | None = None
 
 
 SINGLE_TYPES = {
@@ -234,6 +237,11 @@ def _paths() -> dict[str, Any]:
             "tags": ["operations"],
             "responses": {
                 "200": _json("Health", "every required component is up"),
+                "401": _error("a wrong admin token", **{"WWW-Authenticate": "Bearer"}),
+                "429": _error(
+                    "too many wrong admin tokens (too_many_attempts)",
+                    **{"Retry-After": "seconds"},
+                ),
                 "503": _json("Health", "a required component is down"),
             },
         }
@@ -300,11 +308,22 @@ def _paths() -> dict[str, Any]:
                     "required": True,
                     "schema": {"type": "string", "minLength": 1},
                     "description": "may contain `/`, as is or percent-encoded",
-                }
+                },
+                {
+                    "name": "source",
+                    "in": "query",
+                    "schema": {"type": "string", "minLength": 1},
+                    "description": "the source whose event to return (a messageId is unique "
+                    "per source); without it, the one event of that id",
+                },
             ],
             "responses": {
                 "200": _json("StoredEvent", "the event"),
-                "404": _error("no event with that message_id"),
+                "404": _error("no event with that message_id (from that source)"),
+                "409": _error(
+                    "no source given, and several sources have an event of that id "
+                    "(ambiguous_message_id; `sources` lists them)"
+                ),
                 **query_errors,
             },
         }

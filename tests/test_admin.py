@@ -284,22 +284,30 @@ def test_login_goes_back_to_the_page_asked_for(client):
     assert response.headers["location"] == "/admin/users/u1?x=1"
 
 
-def test_logout_needs_the_csrf_token(client, session):
-    cookies = {"eventrouter_session": session["eventrouter_session"]}
+def test_logout_needs_the_csrf_token_and_revokes_that_session_only(client, session):
+    # A session of its own: the module's ``session`` must outlive this sign-out.
+    mine = sign_in(client).cookies["eventrouter_session"].value
+    cookies = {"eventrouter_session": mine}
+    page = client.simulate_get("/admin/events", cookies=cookies)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
     refused = post_form(client, "/admin/logout", {"csrf_token": "x"}, cookies=cookies)
     assert refused.status_code == 403
     assert "eventrouter_session" not in refused.cookies
-    response = post_form(client, "/admin/logout", {"csrf_token": session["csrf"]}, cookies=cookies)
+    response = post_form(client, "/admin/logout", {"csrf_token": csrf}, cookies=cookies)
     assert response.status_code == 303
     assert response.headers["location"] == "/admin/login"
     assert response.cookies["eventrouter_session"].value == ""
     assert response.cookies["eventrouter_session"].expires < datetime.now(UTC)
-    # the cleared session no longer signs anyone in... but a signed cookie is valid until
-    # it expires: the browser dropped it, and the token is what revokes it everywhere
+    # a copy of the signed-out cookie is refused from now on (docs/admin.md)...
+    assert client.simulate_get("/admin/events", cookies=cookies).status_code == 303
+    assert client.simulate_get("/api/v1/events", cookies=cookies).status_code == 401
+    # ...and another session of the same token is not affected
+    assert get(client, session, "/admin/events").status_code == 200
 
 
 def test_a_session_of_another_admin_token_is_not_accepted(app, session, tmp_path):
-    other = create_app(make_config(tmp_path, {"admin": {"token": "another-token"}}))
+    other_token = {"admin": {"token": "another-token-0123456789abcdef"}}
+    other = create_app(make_config(tmp_path, other_token))
     cookies = {"eventrouter_session": session["eventrouter_session"]}
     response = falcon.testing.TestClient(other).simulate_get("/admin/events", cookies=cookies)
     assert response.status_code == 303

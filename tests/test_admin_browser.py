@@ -627,3 +627,60 @@ def test_sources_page_shows_a_working_snippet(tab, dashboard):
     with pasted.expect_request(library, timeout=TIMEOUT_MS) as request:
         pasted.set_content(f"<!doctype html><head>{snippet.inner_text()}</head><body></body>")
     assert request.value.response().status == 200
+
+
+# -- privacy: review, tick linked ids, confirm ------------------------------------------------
+def test_privacy_review_tick_and_confirm(tab, dashboard):
+    """A deletion follows only the linked ids ticked and reviewed; suppress and
+    unsuppress go through their own review. Every step posts the review's token."""
+    batch = [
+        {"type": "track", "event": "Viewed", "userId": "victim", "messageId": "p-victim-1"},
+        {"type": "track", "event": "Viewed", "userId": "victim", "messageId": "p-victim-2"},
+        {"type": "track", "event": "Viewed", "userId": "mallory", "messageId": "p-mallory"},
+        {"type": "alias", "userId": "mallory", "previousId": "victim", "messageId": "p-alias"},
+    ]
+    assert dashboard.post("/v1/batch", {"batch": batch}, auth=AUTH).status_code == 200
+    page = tab.page
+    sign_in(tab, dashboard.url, "/admin/privacy")
+    page.locator(".privacy-delete input[name=user_id]").fill("mallory")
+    page.get_by_role("button", name="Review deletion").click()
+    expect(page.locator("h1")).to_have_text("Delete the data of user mallory?")
+    victim = page.locator('tr[data-linked="victim"]')
+    expect(victim.locator("td.kind")).to_have_text("previous_id")
+    expect(victim.locator("td.events")).to_have_text("2")
+    expect(victim.locator("input[name=follow]")).not_to_be_checked()
+    expect(page.locator('tr[data-sink="local"] td.events')).to_have_text("2")
+    tab.shot("review")
+
+    # Ticked after the counts were shown, then Delete: the new set is reviewed instead.
+    victim.locator("input[name=follow]").check()
+    page.locator("input[name=confirm]").fill("mallory")
+    page.get_by_role("button", name="Delete permanently").click()
+    expect(page.locator(".error")).to_contain_text("The ids sent differ from those reviewed")
+    expect(page.locator('tr[data-sink="local"] td.events')).to_have_text("4")
+    expect(page.locator('tr[data-linked="victim"] input[name=follow]')).to_be_checked()
+    tab.shot("reviewed-again")
+    assert len(dashboard.events()) == 4
+
+    page.locator("input[name=confirm]").fill("mallory")
+    page.get_by_role("button", name="Delete permanently").click()
+    expect(page.locator("h1")).to_have_text("User mallory: data deleted")
+    expect(page.locator('tr[data-sink="local"] td.events')).to_have_text("4")
+    tab.shot("deleted")
+    assert dashboard.events() == []
+
+    page.get_by_role("link", name="Back to Privacy").click()
+    page.locator(".privacy-suppress input[name=id]").fill("u-gone")
+    page.get_by_role("button", name="Review suppression").click()
+    expect(page.locator("h1")).to_have_text("Suppress user_id u-gone?")
+    tab.shot("suppress-review")
+    page.get_by_role("button", name="Suppress").click()
+    expect(page.locator(".notice")).to_have_text("user_id 'u-gone' suppressed.")
+    page.locator('tr[data-suppressed="user_id:u-gone"]').get_by_role(
+        "button", name="Unsuppress…"
+    ).click()
+    expect(page.locator("h1")).to_have_text("Unsuppress user_id u-gone?")
+    page.get_by_role("button", name="Unsuppress").click()
+    expect(page.locator(".notice")).to_have_text("user_id 'u-gone' is no longer suppressed.")
+    expect(page.locator('tr[data-suppressed="user_id:u-gone"]')).to_have_count(0)
+    tab.shot("unsuppressed")

@@ -112,7 +112,7 @@ def test_events_acknowledged_across_a_broker_restart_are_all_stored_once(restart
         assert set(stored) == set(acknowledged)
         # The restart really interrupted ingestion, and the spool answered meanwhile
         # (spooled events all replayed since: every acknowledged event is stored).
-        spool = server.client.get("/health").json()["components"]["spool"]["stats"]
+        spool = server.health().json()["components"]["spool"]["stats"]
         assert spool["spooled_events"] > 0, (spool, answered_503)
         assert spool["replayed_events"] == spool["spooled_events"]
         assert spool["events"] == 0

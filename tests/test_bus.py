@@ -76,7 +76,7 @@ def test_failing_observer_does_not_stop_the_store_or_the_request(start_server):
     eventually(
         lambda: failing.calls == 1 and len(recording.batches) == 1, "both observers called once"
     )
-    health = server.client.get("/health")
+    health = server.health()
     assert health.status_code == 200  # observers are not required components
     [failed] = [c for c in health.json()["components"].values() if c["stats"].get("failures")]
     assert failed["stats"]["failures"] == 1
@@ -97,7 +97,7 @@ def test_hanging_observers_neither_block_the_request_nor_other_sinks(start_serve
         eventually(lambda: len(recording.batches) == 3, "the healthy observer got 3 batches")
 
         def timeouts() -> int:
-            components = server.client.get("/health").json()["components"].values()
+            components = server.health().json()["components"].values()
             return sum(c.get("stats", {}).get("timeouts", 0) for c in components)
 
         # 3 batches x 2 hanging observers, each cut off by observer_timeout
@@ -187,7 +187,7 @@ def test_a_sinks_own_timeout_is_its_failure_not_the_buses(
     response = server.post("/v1/track", EVENT)
     assert response.status_code == 503
     assert message in response.json()["message"]
-    stats = server.client.get("/health").json()["components"]["sink:flaky"]["stats"]
+    stats = server.health().json()["components"]["sink:flaky"]["stats"]
     assert (stats["failures"], stats["timeouts"]) == (1, timeouts), stats
     expected = "timed out after 0.3s" if timeouts else "TimeoutError: confirm not received"
     assert stats["last_error"].startswith(expected), stats
@@ -217,7 +217,7 @@ def test_health_is_503_when_a_required_component_is_down(start_server, tmp_path)
         },
         plugins=[FlakyPlugin()],
     )
-    response = server.client.get("/health")
+    response = server.health()
     assert response.status_code == 503
     body = response.json()
     assert body["status"] == "down"
@@ -323,7 +323,7 @@ def test_sqlite_indexes_follow_the_config(start_server, tmp_path):
     server = start_server(sink(["message_id", "anonymous_id"]))
     assert _indexes(database) == {
         "ix_events_timestamp",
-        "ux_events_message_id",
+        "ux_events_message_id_source",
         "ix_events_anonymous_id",
     }
     server.stop()

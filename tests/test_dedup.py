@@ -102,7 +102,7 @@ def stored(server: LiveServer) -> Counter[str]:
 
 
 def component(server: LiveServer, name: str) -> dict[str, Any]:
-    return server.client.get("/health").json()["components"][name]
+    return server.health().json()["components"][name]
 
 
 def no_unique_index(env: QueueEnv, name: str = "local") -> dict[str, Any]:
@@ -226,7 +226,7 @@ def test_worker_drops_a_repeat_and_the_edge_drops_a_stored_id(queue_env):
 
             # An SDK retry once it is stored: the edge drops it, nothing is published.
             assert server.post("/v1/track", track(message_id)).status_code == 200
-            edge = server.client.get("/health").json()["components"]
+            edge = server.health().json()["components"]
             assert edge["broker"]["stats"]["published_events"] == 2
             assert edge["dedup"]["stats"]["dropped"] == 1
             assert edge["dedup"]["stats"]["marked"] == 0  # only the workers mark
@@ -284,7 +284,7 @@ def test_redis_down_events_pass_through_and_health_stays_200(start_server, tmp_p
     # Nothing lost; undeduplicated, the repeats are stored again.
     assert stored(server) == {**dict.fromkeys(ids, 1), ids[0]: 2, ids[1]: 2}
 
-    response = server.client.get("/health")
+    response = server.health()
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["status"] == "ok"

@@ -167,8 +167,11 @@ def test_every_configuration_example_is_valid():
     blocks = toml_blocks(read("docs/configuration.md"))
     assert len(blocks) >= 2
     for block in blocks:
-        # Variables without a default get a distinct value each; defaults are exercised.
-        env = {name: f"value-of-{name}" for name in re.findall(r"\$\{(\w+)\}", block)}
+        # Variables without a default get a distinct value each, long enough for the
+        # admin token's minimum length; defaults are exercised.
+        env = {
+            name: f"value-of-{name}-0123456789abcdef" for name in re.findall(r"\$\{(\w+)\}", block)
+        }
         config = config_module.parse(tomllib.loads(block), "example.toml", env)
         Bus(config, make_plugin_manager(config))  # validates each sink's own keys too
 

@@ -31,6 +31,7 @@ from tests.helpers import (
     HANG_GUARD,
     ServeProcess,
     eventually,
+    health,
     run_eventrouter,
 )
 from tests.queue_support import WorkerProcess, amqp_env, to_toml, unique  # noqa: F401
@@ -283,7 +284,7 @@ def test_serve_retries_5xx_then_delivers_the_same_batch(server, receiver):
     assert len(bodies) == 1  # the very same bytes each time
     batch_ids = {request["headers"]["X-Eventrouter-Batch-Id"] for request in receiver.requests}
     assert len(batch_ids) == 1
-    stats = httpx.get(f"{server.url}/health", timeout=10).json()["components"]["sink:hook"]
+    stats = health(server.url).json()["components"]["sink:hook"]
     assert stats["stats"]["last_status"] == 200
     assert stats["stats"]["retries"] >= 2
 
@@ -298,15 +299,15 @@ def test_serve_reports_a_rejected_batch_in_health(server, receiver):
     # The other sink is isolated from the failure: the store holds the events.
     assert set(ids(sent)) <= stored_ids(server)
 
-    health = httpx.get(f"{server.url}/health", timeout=10).json()
-    hook = health["components"]["sink:hook"]
+    components = health(server.url).json()["components"]
+    hook = components["sink:hook"]
     assert hook["status"] == "up"
     assert hook["detail"].startswith(f"last error: HTTP 400 from {receiver.url}")
     assert "refused by test" in hook["detail"]
     assert hook["stats"]["last_status"] == 400
     assert hook["stats"]["failures"] >= 1  # the bus's own count of failed writes
     assert "WebhookRejected: HTTP 400" in hook["stats"]["last_error"]
-    assert health["components"]["sink:local"]["status"] == "up"
+    assert components["sink:local"]["status"] == "up"
 
 
 # -- queue mode: edge + worker over RabbitMQ ----------------------------------------------

@@ -61,7 +61,7 @@ def no_unique_index(env: QueueEnv) -> dict[str, dict[str, Any]]:
 
 
 def health(server: LiveServer) -> tuple[int, dict[str, Any]]:
-    response = server.client.get("/health")
+    response = server.health()
     return response.status_code, response.json()
 
 

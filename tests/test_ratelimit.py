@@ -248,7 +248,7 @@ def test_open_ingestion_takes_the_default_limit(start_server):
     assert server.post("/v1/track", body).status_code == 200
     assert server.post("/v1/track", body).status_code == 200
     assert_rate_limited(server.post("/v1/track", body), "default")
-    health = server.client.get("/health").json()["components"]["rate_limits"]
+    health = server.health().json()["components"]["rate_limits"]
     assert health["status"] == "up"
     assert health["stats"]["backend"] == "memory"
     assert health["stats"]["limited"] == 1
@@ -258,7 +258,7 @@ def test_no_limit_configured_means_no_limiter(start_server):
     server = start_server({"sources": sources(None)})
     for _ in range(20):
         assert track(server).status_code == 200
-    assert "rate_limits" not in server.client.get("/health").json()["components"]
+    assert "rate_limits" not in server.health().json()["components"]
 
 
 # -- in Redis ----------------------------------------------------------------------------------
@@ -272,7 +272,7 @@ def test_redis_bucket_limits_and_refills(start_server, redis_prefix):
     assert [track(server).status_code for _ in range(4)] == [200, 200, 200, 429]
     tokens = redis.Redis.from_url(REDIS_URL).hget(f"{redis_prefix}:web", "tokens")
     assert float(tokens) < 1
-    health = server.client.get("/health").json()["components"]["rate_limits"]
+    health = server.health().json()["components"]["rate_limits"]
     assert health["status"] == "up"
     assert health["stats"]["backend"] == "redis"
 
@@ -347,7 +347,7 @@ def test_redis_down_lets_everything_through_and_health_says_so(start_server, red
             r.getMessage() for r in caplog.records if "rate limits not applied" in r.message
         ]
         assert len(warnings) == 1  # logged once, not once per request
-        health = server.client.get("/health")
+        health = server.health()
         assert health.status_code == 200  # not a required component
         component = health.json()["components"]["rate_limits"]
         assert component["status"] == "down"
@@ -357,9 +357,7 @@ def test_redis_down_lets_everything_through_and_health_says_so(start_server, red
 
         proxy.start()
         eventually(
-            lambda: (
-                server.client.get("/health").json()["components"]["rate_limits"]["status"] == "up"
-            ),
+            lambda: server.health().json()["components"]["rate_limits"]["status"] == "up",
             "the limiter's Redis reachable again",
         )
         eventually(lambda: track(server).status_code == 429, "the limit applied again")
@@ -383,7 +381,7 @@ def test_a_hung_redis_is_bounded_by_the_timeout(start_server, redis_prefix):
         assert track(server).status_code == 200
         proxy.freeze()
         assert [track(server).status_code for _ in range(3)] == [200, 200, 200]
-        component = server.client.get("/health").json()["components"]["rate_limits"]
+        component = server.health().json()["components"]["rate_limits"]
         assert component["status"] == "down"
     finally:
         proxy.stop()

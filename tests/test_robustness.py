@@ -166,7 +166,7 @@ def test_acknowledging_sink_is_required_in_health_by_default(
         "remote": {"type": "probed", "acknowledgements": acknowledgements},
     }
     server = start_server({"sinks": sinks}, plugins=[ProbedPlugin()])
-    response = server.client.get("/health")
+    response = server.health()
     assert response.status_code == status
     component = response.json()["components"]["sink:remote"]
     assert component["status"] == "down"
@@ -200,7 +200,7 @@ def test_hung_pipeline_stage_times_out_and_the_batch_passes_on(start_server, sta
         assert response.status_code == 200, response.text
         assert [e["event"] for e in server.events()] == ["Signed Up"]
         name = server.app.bus.pm.get_name(stage)
-        component = server.client.get("/health").json()["components"][name]
+        component = server.health().json()["components"][name]
         assert component["status"] == "down"
         assert component["required"] is False
         assert component["stats"]["timeouts"] == 1
@@ -258,7 +258,7 @@ def test_observer_is_up_again_after_a_success(start_server):
     name = server.app.bus.pm.get_name(observer)
 
     def component() -> dict:
-        return server.client.get("/health").json()["components"].get(name, {})
+        return server.health().json()["components"].get(name, {})
 
     assert server.post("/v1/track", {**EVENT, "messageId": "m1"}).status_code == 200
     eventually(lambda: component().get("stats", {}).get("failures") == 1, "the failure counted")
@@ -273,7 +273,7 @@ def test_observer_is_up_again_after_a_success(start_server):
     assert state["status"] == "up"
     assert state["stats"]["failures"] == 1
     assert state["stats"]["batches"] == 2
-    assert server.client.get("/health").status_code == 200
+    assert server.health().status_code == 200
 
 
 # -- 8. configuration -------------------------------------------------------------------

@@ -332,7 +332,7 @@ def test_embedded_200_means_archived_with_every_column(s3_env: S3Env, start_serv
     assert track_line["timestamp"].startswith("2025-05-28T04:17:35.25")  # UTC
     assert archived[posted["ios"][0]["messageId"]][1]["session_id"] == "sess-9"
 
-    health = server.client.get("/health").json()["components"]["sink:archive"]
+    health = server.health().json()["components"]["sink:archive"]
     assert health["status"] == "up", health
     assert health["stats"]["uploaded_events"] == 6
 
@@ -384,7 +384,7 @@ def test_unreachable_s3_answers_503_and_leaks_no_secret(
     response = server.post("/v1/track", {"userId": "u", "event": "E"})
     assert response.status_code == 503, response.text
     assert response.json()["code"] == "unavailable"
-    health = server.client.get("/health")
+    health = server.health()
     assert health.status_code == 503
     component = health.json()["components"]["sink:archive"]
     assert component["status"] == "down"
@@ -397,7 +397,7 @@ def test_unreachable_s3_answers_503_and_leaks_no_secret(
 
 def test_missing_bucket_is_reported_by_health(s3_env: S3Env, start_server):
     server = start_server({"sinks": {"archive": s3_env.sink(unique("nobucket"))}})
-    health = server.client.get("/health")
+    health = server.health()
     assert health.status_code == 503
     component = health.json()["components"]["sink:archive"]
     assert component["status"] == "down"

@@ -61,6 +61,9 @@ WRONG_BEARERS = [
 ]
 #: Every path parameter a route template may have, and a value for it.
 PATH_VALUES = {"message_id": "m-alice", "user_id": "alice"}
+#: The query of routes that name what they show in it (docs/admin.md, "Escaping and the
+#: dashboard").
+QUERY_VALUES = {"/admin/event": "?message_id=m-alice&source=web", "/admin/user": "?user_id=alice"}
 #: Public by design: the sign-in form, and the vendored scripts and styles.
 PUBLIC = {"/admin/login"}
 
@@ -68,9 +71,15 @@ PUBLIC = {"/admin/login"}
 # -- the app's own routes ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[LiveServer]:
+    # Every route is tried with each wrong token from one address: far past the sign-in
+    # throttle, which tests/test_auth_hardening.py checks on its own.
+    wide = {"burst": 100_000, "per_minute": 100_000}
     config = make_config(
         tmp_path_factory.mktemp("security"),
-        {"sources": [{"name": "web", "write_key": "wk-web-0123456789"}]},
+        {
+            "sources": [{"name": "web", "write_key": "wk-web-0123456789"}],
+            "admin": {"throttle": {"client": wide, "global": wide}},
+        },
     )
     server = LiveServer(config).start()
     body = {"userId": "alice", "event": "Secret Plan", "messageId": "m-alice"}
@@ -88,6 +97,7 @@ def protected_routes(app) -> list[tuple[str, str]]:
         path = re.sub(
             r"\{(\w+)(?::\w+)?\}", lambda m: quote(PATH_VALUES[m.group(1)], safe=""), route.path
         )
+        path += QUERY_VALUES.get(route.path, "")
         for method in route.methods:
             if not method.internal and method.method in ("GET", "POST", "WEBSOCKET"):
                 routes.append((method.method, path))
@@ -541,7 +551,7 @@ SECRETS = {
     "dedup": "dedup-pw-1b2c3d",
     "limits": "limits-pw-4e5f6a",
     "postgres": "pg-pw-9a8b7c",
-    "admin": "admin-token-5d6e7f8a9b",
+    "admin": "admin-token-5d6e7f8a9b-0123456789",
     "query": "query-pw-0c1d2e",
 }
 
@@ -615,15 +625,30 @@ def _answers(url: str) -> bool:
     return True
 
 
-def test_serve_with_every_service_down_logs_no_secret(tmp_path):
+@pytest.mark.parametrize(
+    "suppress,outage",
+    [
+        # The store is down, so the suppression list was never read: the privacy stage
+        # refuses every batch (fails closed) before anything is published.
+        (True, "suppression list not refreshed"),
+        # Without that stage the batch reaches the publisher, whose broker is down.
+        (False, "publish failed"),
+    ],
+    ids=["suppression-unread", "publish-failed"],
+)
+def test_serve_with_every_service_down_logs_no_secret(tmp_path, suppress, outage):
     config = secret_config(tmp_path)
+    if not suppress:
+        config.write_text(config.read_text() + '\n[plugins]\ndisabled = ["suppress"]\n')
     serve = ServeProcess(tmp_path, "--config", str(config), env={"EVENTROUTER_ADMIN_TOKEN": ""})
     try:
         eventually(lambda: _answers(serve.url), "serve answers /health")
-        health = httpx.get(f"{serve.url}/health", timeout=HANG_GUARD)
+        bearer = {"Authorization": f"Bearer {SECRETS['admin']}"}
+        public = httpx.get(f"{serve.url}/health", timeout=HANG_GUARD)
+        assert set(public.json()) == {"status"}  # no URL at all without the token
+        health = httpx.get(f"{serve.url}/health", headers=bearer, timeout=HANG_GUARD)
         assert "***" in health.text  # the URLs are there, without their passwords
         assert_no_secret(health.text, "/health")
-        bearer = {"Authorization": f"Bearer {SECRETS['admin']}"}
         status = httpx.get(f"{serve.url}/admin/status", headers=bearer, timeout=HANG_GUARD)
         assert status.status_code == 200
         assert_no_secret(status.text, "/admin/status")
@@ -631,7 +656,10 @@ def test_serve_with_every_service_down_logs_no_secret(tmp_path):
         # spooled or refused (503), as the edge decides with the broker down
         answer = httpx.post(f"{serve.url}/v1/track", json=body, timeout=HANG_GUARD)
         assert_no_secret(answer.text, "the answer to a track call")
-        eventually(lambda: "publish failed" in serve.log(), "the publish failure logged")
+        if suppress:
+            assert answer.status_code == 503
+            assert "pipeline stage suppress:store failed" in answer.json()["message"]
+        eventually(lambda: outage in serve.log(), f"{outage!r} logged")
         eventually(lambda: "rate limits not applied" in serve.log(), "the limiter's outage logged")
     finally:
         serve.stop()

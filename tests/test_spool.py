@@ -44,7 +44,7 @@ def track(n: int = 0) -> dict[str, Any]:
 
 
 def spool_stats(server: Any) -> dict[str, Any]:
-    response = server.client.get("/health")
+    response = server.health()
     return response.json()["components"]["spool"]
 
 
@@ -138,7 +138,7 @@ def test_broker_outage_is_answered_200_from_the_spool_and_replayed_in_order(queu
         batch = [{"type": "track", **track(n)} for n in range(21, 26)]
         assert server.post("/v1/batch", {"batch": batch}).status_code == 200
         sent += batch
-        health = server.client.get("/health")
+        health = server.health()
         assert health.status_code == 200, health.text  # the spool answers for the broker
         body = health.json()
         assert body["components"]["broker"]["status"] == "down"
@@ -217,7 +217,7 @@ def test_a_full_spool_answers_503_with_retry_after_and_health_says_so(amqp_env):
         assert response.headers["Retry-After"] == "5"
         assert response.json()["code"] == "unavailable"
         assert "spool is full" in response.json()["message"]
-        health = server.client.get("/health")
+        health = server.health()
         assert health.status_code == 503
         spool = health.json()["components"]["spool"]
         assert spool["status"] == "down"
@@ -227,7 +227,7 @@ def test_a_full_spool_answers_503_with_retry_after_and_health_says_so(amqp_env):
 
         proxy.start()
         eventually(lambda: spool_stats(server)["stats"]["events"] == 0, "the spool replayed")
-        assert server.client.get("/health").status_code == 200
+        assert server.health().status_code == 200
         assert server.post("/v1/track", track(99)).status_code == 200
     finally:
         server.stop()

@@ -243,7 +243,7 @@ def test_group_commit_shares_messages_between_concurrent_requests(queue_env):
 
     try:
         assert asyncio.run(send_all()) == [200] * 200
-        health = server.client.get("/health").json()
+        health = server.health().json()
     finally:
         server.stop()
     stats = health["components"]["broker"]["stats"]
@@ -440,7 +440,7 @@ def test_two_worker_processes_share_a_queue_and_store_each_event_once(queue_env)
         server = LiveServer(queue_env.config(sinks=raw["sinks"])).start()
         try:
             post_batches(server, ids, 20)
-            published = server.client.get("/health").json()["components"]["broker"]["stats"]
+            published = server.health().json()["components"]["broker"]["stats"]
         finally:
             server.stop()
         eventually(lambda: len(queue_env.stored_ids()) >= 2000, "2000 events stored")

@@ -286,7 +286,7 @@ def test_redis_down_dedup_degrades_to_the_stores_own(amqp_env, tmp_path, fault_r
             before = (len(load.acknowledged), load.resent)
             time.sleep(OUTAGE)
             during = (len(load.acknowledged) - before[0], load.resent - before[1])
-            health = api.client.get("/health").json()["components"]["dedup"]
+            health = api.health().json()["components"]["dedup"]
             proxy.start()
             outage = time.monotonic() - cut
             load.wait_acknowledged(len(load.acknowledged) + 500)
