@@ -51,23 +51,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-import sqlalchemy.exc
 from itsdangerous import BadSignature, URLSafeSerializer
-from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, delete
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
+from sqlalchemy import Column, DateTime, MetaData, String, Table, delete
 
+from router_core.admin_tables import AdminTable
 from router_core.auth import Session
-from router_core.db import make_engine
-from router_core.suppressions import clickhouse_client, write_retrying
 
 #: The form field that carries the token.
 CONFIRM_FIELD = "confirm_token"
@@ -117,56 +111,35 @@ class UsedTokens:
     thread."""
 
     def __init__(self, url: str) -> None:
-        self.url = url
-        self.dialect = make_url(url).get_backend_name()
-        self._engine: Engine | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def engine(self) -> Engine:
-        with self._lock:
-            if self._engine is None:
-                self._engine = make_engine(self.url)
-            return self._engine
+        self.store = AdminTable(url, used_tokens, CLICKHOUSE_DDL)
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-            self._engine = None
+        self.store.close()
 
     def use(self, nonce: str, expires_at: datetime) -> bool:
         """Record ``nonce`` as used; False when it was used already."""
-        if self.dialect == "clickhouse":
+        store = self.store
+        store.ensure()
+        if store.dialect == "clickhouse":
             return self._use_clickhouse(nonce, expires_at)
         now = datetime.now(UTC).replace(tzinfo=None)
-        insert = pg_insert if self.dialect == "postgresql" else sqlite_insert
         statement = (
-            insert(used_tokens)
+            store.insert()
             .values(nonce=nonce, expires_at=expires_at.astimezone(UTC).replace(tzinfo=None))
             .on_conflict_do_nothing()
             .returning(used_tokens.c.nonce)
         )
 
-        def create() -> None:
-            try:
-                metadata.create_all(self.engine, tables=[used_tokens])
-            except sqlalchemy.exc.OperationalError as exc:
-                if "already exists" not in str(exc):  # another process created it meanwhile
-                    raise
-
         def write() -> bool:
-            with self.engine.begin() as connection:
+            with store.engine.begin() as connection:
                 connection.execute(delete(used_tokens).where(used_tokens.c.expires_at < now))
                 return connection.execute(statement).first() is not None
 
-        write_retrying(self.url, create)
-        return write_retrying(self.url, write)
+        return store.write(write)
 
     def _use_clickhouse(self, nonce: str, expires_at: datetime) -> bool:
         claim = secrets.token_hex(16)
-        client = clickhouse_client(self.url)
-        try:
-            client.execute(CLICKHOUSE_DDL)
+        with self.store.clickhouse() as client:
             client.execute(
                 "INSERT INTO confirmations_used (nonce, claim, expires_at) VALUES",
                 [(nonce, claim, expires_at.astimezone(UTC))],
@@ -178,8 +151,6 @@ class UsedTokens:
                 {"nonce": nonce},
             )
             self._drop_old_partitions(client)
-        finally:
-            client.disconnect()
         return bool(rows) and rows[0][0] == claim
 
     @staticmethod

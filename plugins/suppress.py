@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from router_core import metrics
+from router_core.admin_tables import RefreshErrors
 from router_core.commands import Command
 from router_core.health import ComponentHealth
 from router_core.hookspecs import hookimpl
@@ -80,10 +81,8 @@ class Suppressor:
         self.anonymous_ids: frozenset[str] = frozenset()
         self.dropped = 0
         self.refreshes = 0
-        self.errors = 0
-        self.last_error: str | None = None
+        self.failures = RefreshErrors(log, "suppression list not refreshed", WARN_INTERVAL)
         self.refreshed_at: float | None = None
-        self._warned_at = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -108,20 +107,23 @@ class Suppressor:
         try:
             ids = self.source.ids()
         except Exception as exc:
-            self.errors += 1
-            self.last_error = f"{type(exc).__name__}: {exc}".splitlines()[0]
-            now = time.monotonic()
-            if now - self._warned_at >= WARN_INTERVAL:
-                self._warned_at = now
-                log.warning("suppression list not refreshed: %s", self.last_error)
+            self.failures.failed(exc)
             return False
         # One assignment each: the event loop reads them without a lock.
         self.user_ids = ids[USER_ID]
         self.anonymous_ids = ids[ANONYMOUS_ID]
         self.refreshes += 1
         self.refreshed_at = time.time()
-        self.last_error = None
+        self.failures.succeeded()
         return True
+
+    @property
+    def errors(self) -> int:
+        return self.failures.count
+
+    @property
+    def last_error(self) -> str | None:
+        return self.failures.last
 
     @property
     def idle(self) -> bool:

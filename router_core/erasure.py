@@ -52,10 +52,10 @@ from sqlalchemy import (
     text,
 )
 
+from router_core.admin_tables import clickhouse_client, write_retrying
 from router_core.db import make_engine
 from router_core.schema import events
 from router_core.sink import Sink
-from router_core.suppressions import clickhouse_client, write_retrying
 
 #: Statuses of one store's part of a deletion.
 DELETED = "deleted"

@@ -803,3 +803,22 @@ def test_dashboard_aggregates_run_on_a_current_clickhouse(ch_url, tmp_path):
     # the tail reads only the last day of timestamps, and the sample is older: the
     # statement runs (its rows on 18.16: tests/test_admin_stores.py)
     assert answers[5] == []
+
+
+def test_admin_tables_of_a_database_not_created_yet_are_empty_not_unreadable(ch_url):
+    """A queue-mode edge may start before `eventrouter migrate` or a worker created the
+    store's database: its suppression list and signed-out sessions are empty, not
+    unreadable (an unreadable list fails closed: every request would be a 503)."""
+    from router_core.sessions import RevokedSessions
+    from router_core.suppressions import SuppressionList
+
+    with SuppressionList(ch_url) as listing:
+        assert listing.ids() == {"user_id": frozenset(), "anonymous_id": frozenset()}
+        assert listing.list() == []
+    revoked = RevokedSessions(ch_url)
+    try:
+        assert revoked.refresh() is True
+        assert "any-sid" not in revoked
+    finally:
+        revoked.stop()
+    assert ch(ch_url.rsplit("/", 1)[0] + "/default", "SELECT 1") == [(1,)]  # server is up

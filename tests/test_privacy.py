@@ -496,8 +496,8 @@ def test_privacy_page_end_to_end(start_server):
     owners = [close.__self__ for close in server.app.dashboard.closers]
     suppressions = next(o for o in owners if isinstance(o, SuppressionList))
     (confirmations,) = [o for o in owners if isinstance(o, Confirmations)]
-    assert suppressions._engine is not None
-    assert confirmations.used._engine is not None
+    assert suppressions.store._engine is not None
+    assert confirmations.used.store._engine is not None
     server.stop()
-    assert suppressions._engine is None
-    assert confirmations.used._engine is None
+    assert suppressions.store._engine is None
+    assert confirmations.used.store._engine is None

@@ -302,7 +302,7 @@ def test_expired_nonces_are_purged(tmp_path):
         try:
             assert used.use("old", datetime.now(UTC) - timedelta(seconds=1)) is True
             assert used.use("new", datetime.now(UTC) + timedelta(seconds=LIFETIME)) is True
-            with used.engine.connect() as connection:
+            with used.store.engine.connect() as connection:
                 rows = connection.exec_driver_sql("SELECT nonce FROM confirmations_used").all()
             assert rows == [("new",)]
         finally:
