@@ -281,12 +281,17 @@ def dotenv(path: Path) -> dict[str, str]:
     return pairs
 
 
-#: Run by the smoke venv's python from outside the repository: each module of the
-#: distribution that owns router_core, imported from site-packages.
+#: Run by the smoke venv's python from outside the repository: the wheel installs one
+#: top-level import name, ``eventrouter`` (no generic ``admin``, ``plugins``, ``sinks``
+#: or ``snippet`` to collide with other distributions in site-packages), and each of its
+#: modules imports from there.
 IMPORT_ALL = """
 import importlib, importlib.metadata as md, pkgutil, sys
 dist = md.distribution("eventrouter")
 tops = sorted({f.parts[0] for f in dist.files if f.suffix == ".py" and len(f.parts) > 1})
+assert tops == ["eventrouter"], f"the wheel installs top-level packages {tops}"
+top_level = (dist.read_text("top_level.txt") or "").split()
+assert top_level == ["eventrouter"], f"top_level.txt names {top_level}"
 for top in tops:
     module = importlib.import_module(top)
     assert "site-packages" in module.__file__, (top, module.__file__)

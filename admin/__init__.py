@@ -1,7 +1,7 @@
 """The htmx + Jinja2 admin dashboard, served by the same Falcon app under ``/admin``.
 
 ``add_routes`` mounts every page, fragment and the live-tail socket on an app; the
-dashboard reads the configured store through :mod:`router_core.store`, exactly as
+dashboard reads the configured store through :mod:`eventrouter.store.query`, exactly as
 ``GET /api/v1/events`` does. See ``docs/admin.md``.
 """
 
@@ -11,14 +11,14 @@ from pathlib import Path
 
 import falcon.asgi
 
-from admin import views
-from admin.privacy import PrivacyView
-from admin.render import Renderer, make_environment
-from admin.tail import TailHub
-from router_core.auth import AdminAuth
-from router_core.bus import Bus
-from router_core.config import Config
-from router_core.store import EventStore
+from eventrouter.admin import views
+from eventrouter.admin.privacy import PrivacyView
+from eventrouter.admin.render import Renderer, make_environment
+from eventrouter.admin.tail import TailHub
+from eventrouter.bus.bus import Bus
+from eventrouter.config import Config
+from eventrouter.edge.auth import AdminAuth
+from eventrouter.store.query import EventStore
 
 STATIC_DIR = Path(__file__).parent / "static"
 

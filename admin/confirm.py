@@ -60,8 +60,8 @@ import msgspec
 from itsdangerous import BadSignature, URLSafeSerializer
 from sqlalchemy import Column, DateTime, MetaData, String, Table, delete
 
-from router_core.admin_tables import AdminTable
-from router_core.auth import Session
+from eventrouter.edge.auth import Session
+from eventrouter.store.admin_tables import AdminTable
 
 #: The form field that carries the token.
 CONFIRM_FIELD = "confirm_token"

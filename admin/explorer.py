@@ -23,9 +23,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from router_core.api import filter_from_params
-from router_core.errors import APIError
-from router_core.store import PATH_COLUMNS, EventFilter, PathCondition
+from eventrouter.edge.query_api import filter_from_params
+from eventrouter.errors import APIError
+from eventrouter.store.query import PATH_COLUMNS, EventFilter, PathCondition
 
 RANGES: dict[str, timedelta | None] = {
     "15m": timedelta(minutes=15),

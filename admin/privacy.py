@@ -29,15 +29,15 @@ from urllib.parse import quote
 import falcon
 import falcon.asgi
 
-from admin.confirm import CONFIRM_FIELD, ConfirmationError, Confirmations, UsedTokens
-from admin.views import Dashboard, _View
-from plugins.suppress import PLUGIN_NAME as SUPPRESSOR
-from router_core import erasure
-from router_core.auth import Session
-from router_core.config import ConfigError
-from router_core.errors import APIError
-from router_core.privacy import describe, suppression_list
-from router_core.suppressions import KINDS, USER_ID, InvalidId, SuppressionList, check
+from eventrouter.admin.confirm import CONFIRM_FIELD, ConfirmationError, Confirmations, UsedTokens
+from eventrouter.admin.views import Dashboard, _View
+from eventrouter.config import ConfigError
+from eventrouter.edge.auth import Session
+from eventrouter.errors import APIError
+from eventrouter.plugins.suppress import PLUGIN_NAME as SUPPRESSOR
+from eventrouter.privacy import erasure
+from eventrouter.privacy.cli import deletion_lines, suppression_list
+from eventrouter.privacy.suppressions import KINDS, USER_ID, InvalidId, SuppressionList, check
 
 PATH = "/admin/privacy"
 #: How long the page waits for a ClickHouse delete mutation before showing "pending".
@@ -160,7 +160,7 @@ class PrivacyView(_View):
             "privacy_confirm.html",
             status=400 if error else 200,
             deletion=deletion,
-            lines=describe(deletion),
+            lines=deletion_lines(deletion),
             suppress=suppress,
             confirm_token=token,
             lifetime=int(self.confirmations().lifetime // 60),
@@ -210,7 +210,7 @@ class PrivacyView(_View):
             "privacy_result.html",
             status=500 if deletion.failed else 200,
             deletion=deletion,
-            lines=describe(deletion),
+            lines=deletion_lines(deletion),
             suppressed=suppress,
             user_path=quote(user_id, safe=""),
             session=session,

@@ -23,7 +23,7 @@ import falcon.asgi
 import msgspec
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, select_autoescape
 
-import router_core
+import eventrouter
 
 #: No inline script or style anywhere: htmx and our CSS come from /admin/static, the
 #: chart is SVG with presentation attributes. WebSockets go to this same origin.
@@ -106,7 +106,7 @@ def dashboard_url(path: str, **params: Any) -> str:
 def make_environment(template_dirs: list[str]) -> Environment:
     loaders = [FileSystemLoader([str(Path(d)) for d in template_dirs])] if template_dirs else []
     env = Environment(
-        loader=ChoiceLoader([*loaders, PackageLoader("admin", "templates")]),
+        loader=ChoiceLoader([*loaders, PackageLoader("eventrouter.admin", "templates")]),
         autoescape=select_autoescape(default=True, default_for_string=True),
         trim_blocks=True,
         lstrip_blocks=True,
@@ -119,7 +119,7 @@ def make_environment(template_dirs: list[str]) -> Environment:
         query_value=query_value,
         urlencode=_strict_urlencode,
     )
-    env.globals.update(version=router_core.__version__, url=dashboard_url)
+    env.globals.update(version=eventrouter.__version__, url=dashboard_url)
     return env
 
 

@@ -11,7 +11,7 @@ subscribers. Its feed is shared, not one process's memory:
   rather than grow, so a stalled dashboard costs the broker nothing lasting.
 * **store** (embedded mode, no broker, and Redis queues): the hub polls the dashboard's
   store every :data:`POLL_INTERVAL` for rows stored since it last looked
-  (:meth:`router_core.store.EventStore.stored_since`).
+  (:meth:`eventrouter.store.query.EventStore.stored_since`).
 
 Subscribers filter for themselves (:func:`matches`), so one feed serves any number of
 differently filtered views.
@@ -32,10 +32,10 @@ from typing import Any
 import msgspec
 from kombu import Queue, binding
 
-from router_core import queue as broker
-from router_core.commands import Command
-from router_core.config import Config
-from router_core.store import EventFilter, EventStore, TailPosition, iso_utc
+from eventrouter.config import Config
+from eventrouter.events.commands import Command
+from eventrouter.queue import broker
+from eventrouter.store.query import EventFilter, EventStore, TailPosition, iso_utc
 
 log = logging.getLogger("eventrouter.admin.tail")
 
@@ -58,7 +58,7 @@ def command_event(command: Command) -> dict[str, Any]:
 
 
 def _json_text(value: Any) -> str | None:
-    """The text a store compares a JSON value by (see ``router_core.store.json_text``)."""
+    """The text a store compares a JSON value by (see ``eventrouter.store.query.json_text``)."""
     if value is None or isinstance(value, str):
         return value
     return msgspec.json.encode(value).decode()

@@ -22,13 +22,13 @@ import falcon.asgi
 import msgspec
 from falcon import WebSocketDisconnected
 
-from admin import explorer, tail
-from admin.charts import chart_geometry
-from admin.render import Renderer
-from router_core import deadletters, proxies
-from router_core import queue as broker
-from router_core.api import read_store
-from router_core.auth import (
+from eventrouter.admin import explorer, tail
+from eventrouter.admin.charts import chart_geometry
+from eventrouter.admin.render import Renderer
+from eventrouter.bus.bus import Bus
+from eventrouter.config import Config
+from eventrouter.edge import proxies
+from eventrouter.edge.auth import (
     CSRF_FIELD,
     CSRF_HEADER,
     LOGIN_CSRF_COOKIE,
@@ -42,11 +42,11 @@ from router_core.auth import (
     secure_cookies,
     set_cookie,
 )
-from router_core.bus import Bus
-from router_core.config import Config
-from router_core.errors import APIError
-from router_core.store import EventFilter, EventStore, InvalidQuery
-from snippet import loader_snippet
+from eventrouter.edge.query_api import read_store
+from eventrouter.errors import APIError
+from eventrouter.queue import broker, deadletters
+from eventrouter.snippet import loader_snippet
+from eventrouter.store.query import EventFilter, EventStore, InvalidQuery
 
 log = logging.getLogger("eventrouter.admin")
 LOGIN_PATH = "/admin/login"

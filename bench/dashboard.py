@@ -37,7 +37,7 @@ anonymous id only), ``properties.plan`` per visitor in free / pro / enterprise (
 30 %) on track and page calls, product, order or search properties per name, context
 with library, page, userAgent, locale and ip. Each is the JSON bench/ingest.py's
 ``track_event()`` posts, varied, decoded and normalised by
-``router_core.normalise.to_command`` as the edge does (bench/sinks.py's recipe).
+``eventrouter.events.normalise.to_command`` as the edge does (bench/sinks.py's recipe).
 
 The report, one markdown table (store x endpoint: median, p90, max ms; the 300 ms
 target of the explorer's first page and the chart) with the rows stored, the share
@@ -103,12 +103,12 @@ sink_bench = _load_sink_bench()
 log = sink_bench.log
 _version = sink_bench._version
 
-from router_core import config as config_module  # noqa: E402
-from router_core import model  # noqa: E402
-from router_core.bus import WORKER, Bus, make_plugin_manager  # noqa: E402
-from router_core.commands import Command  # noqa: E402
-from router_core.normalise import Envelope, to_command  # noqa: E402
-from router_core.store import EventFilter, EventStore, PathCondition  # noqa: E402
+from eventrouter import config as config_module  # noqa: E402
+from eventrouter.bus.bus import WORKER, Bus, make_plugin_manager  # noqa: E402
+from eventrouter.events import model  # noqa: E402
+from eventrouter.events.commands import Command  # noqa: E402
+from eventrouter.events.normalise import Arrival, to_command  # noqa: E402
+from eventrouter.store.query import EventFilter, EventStore, PathCondition  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
 VENV_BIN = Path(sys.executable).parent
@@ -203,7 +203,7 @@ class EventFactory:
             out.append(to_command(self.decoder.decode(self.encode(payload)), envelope))
         return out
 
-    def payload(self, index: int, kind: str, moment: datetime) -> tuple[dict, Envelope]:
+    def payload(self, index: int, kind: str, moment: datetime) -> tuple[dict, Arrival]:
         rng = self.rng
         logged_out = rng.random() < LOGGED_OUT_SHARE and kind not in SERVER_SIDE
         if logged_out:
@@ -269,7 +269,7 @@ class EventFactory:
             source = "backend"
             body["context"] = {"library": {"name": "analytics-python", "version": "2.3.2"}}
         received = moment + timedelta(milliseconds=20 + rng.random() * 400)
-        envelope = Envelope(
+        envelope = Arrival(
             received_at=received, source=source, ip=f"198.51.{key // 250 % 256}.{key % 250 + 1}"
         )
         return body, envelope

@@ -32,11 +32,12 @@ sys.path.append(str(BENCH_DIR))
 
 from ingest import BATCH_SIZE, make_scenarios  # noqa: E402
 
-from router_core import limits, model  # noqa: E402
-from router_core import queue as broker  # noqa: E402
-from router_core.commands import encode_many  # noqa: E402
-from router_core.normalise import Envelope, to_command  # noqa: E402
-from router_core.worker import gc_paused  # noqa: E402
+from eventrouter.edge import limits  # noqa: E402
+from eventrouter.events import model  # noqa: E402
+from eventrouter.events.commands import encode_many  # noqa: E402
+from eventrouter.events.normalise import Arrival, to_command  # noqa: E402
+from eventrouter.queue import broker  # noqa: E402
+from eventrouter.queue.worker import gc_paused  # noqa: E402
 
 #: The rows that time a whole worker batch, with and without the collector.
 BATCH = "worker batch"
@@ -69,7 +70,7 @@ def measure(
     envelope = model.BATCH_DECODER.decode(body)
     items = envelope.batch
     messages = [model.ANY_DECODER.decode(raw) for raw in items]
-    env = Envelope(received_at=datetime.now(UTC), source="default", ip="127.0.0.1")
+    env = Arrival(received_at=datetime.now(UTC), source="default", ip="127.0.0.1")
     commands = [to_command(message, env) for message in messages]
     wire = encode_many(commands)
     # The worker's batch: what 500 edge messages of 100 events hold.

@@ -1,7 +1,7 @@
 """Ingestion benchmark: eventrouter's embedded server against a bare Falcon endpoint.
 
 Starts each server on 127.0.0.1 in turn, all on gunicorn with the same uvicorn worker
-class (``router_core.server.UvloopWorker``) and worker count, drives them with wrk, counts
+class (``eventrouter.server.UvloopWorker``) and worker count, drives them with wrk, counts
 the rows eventrouter actually stored in SQLite, and prints a markdown report (also written
 to ``bench/results/latest.md``). With ``--queue`` it also measures queue mode (the edge
 publishing to RabbitMQ with confirms: the events the broker holds are counted) and how
@@ -44,7 +44,7 @@ from typing import Any
 import queue_mode
 from queue_mode import BenchQueue, Drain, Held
 
-from router_core.server import WORKER_CLASS
+from eventrouter.server import WORKER_CLASS
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -363,7 +363,7 @@ def bare_server(workdir: Path, workers: int, probe_body: bytes) -> Server:
     argv = [
         str(VENV_BIN / "gunicorn"),
         *("-k", WORKER_CLASS, "-w", str(workers), "-b", f"{HOST}:{port}"),
-        # As in router_core.server.gunicorn_options.
+        # As in eventrouter.server.gunicorn_options.
         *("--keep-alive", "5", "--backlog", "2048"),
         *(["--no-control-socket"] if gunicorn_supports("--no-control-socket") else []),
         *("--pythonpath", str(BENCH_DIR), "bare_app:app"),

@@ -49,13 +49,13 @@ from sqlalchemy import (  # noqa: E402
 from sqlalchemy.dialects.postgresql import JSONB  # noqa: E402
 from sqlalchemy.schema import CreateTable  # noqa: E402
 
-from router_core.bus import WORKER, Bus, make_plugin_manager  # noqa: E402
-from router_core.commands import TrackCommand  # noqa: E402
-from router_core.config import parse  # noqa: E402
-from router_core.schema import event_columns, events, metadata  # noqa: E402
-from sinks import clickhouse as clickhouse_sink  # noqa: E402
-from sinks import postgres as postgres_sink  # noqa: E402
-from sinks.sqlite import flat_values, insert_values  # noqa: E402
+from eventrouter.bus.bus import WORKER, Bus, make_plugin_manager  # noqa: E402
+from eventrouter.config import parse  # noqa: E402
+from eventrouter.events.commands import TrackCommand  # noqa: E402
+from eventrouter.sinks import clickhouse as clickhouse_sink  # noqa: E402
+from eventrouter.sinks import postgres as postgres_sink  # noqa: E402
+from eventrouter.sinks.sqlite import flat_values, insert_values  # noqa: E402
+from eventrouter.store.schema import event_columns, events, metadata  # noqa: E402
 
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 CLICKHOUSE_ADMIN = "clickhouse://default:@127.0.0.1:9000/default"

@@ -2,7 +2,7 @@
 
 What issue 3 calls "a plain prototype of group commit with kombu confirms": ``POST
 /v1/track`` and ``POST /v1/batch`` validate the body with msgspec against the Segment
-shapes of ``router_core.model`` (a batch in one typed decode), then hand the *raw
+shapes of ``eventrouter.events.model`` (a batch in one typed decode), then hand the *raw
 request body* to a publisher thread, which publishes everything queued since its last
 publish as one persistent message and waits for RabbitMQ's confirm before the requests
 are answered ``200``. It does none of the rest of eventrouter's work: no normalisation
@@ -28,7 +28,7 @@ import falcon.asgi
 import msgspec
 from kombu import Connection, Exchange, Producer, Queue
 
-from router_core import model
+from eventrouter.events import model
 
 SUCCESS = b'{"success":true}'
 BROKER = os.environ.get("PROTOTYPE_BROKER", "amqp://guest:guest@127.0.0.1:5672//")

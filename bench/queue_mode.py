@@ -3,7 +3,7 @@ target (bench/ingest.py) and the worker drain measurement.
 
 The edge publishes every accepted event to RabbitMQ and answers ``200`` only after the
 broker's confirm; one AMQP message carries a group commit of many events, its header
-``x-eventrouter-events`` the count (router_core/queue.py). So a queue's depth counts
+``x-eventrouter-events`` the count (router_core/queue/broker.py). So a queue's depth counts
 messages, not events: :meth:`BenchQueue.held` reads every message once, without
 acknowledging it, to add up the events the broker holds, then closes the channel so
 that the broker requeues them all.

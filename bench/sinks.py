@@ -4,7 +4,7 @@ Each target is one sink type, written to through the real bus exactly as
 ``eventrouter worker`` writes to it (role ``worker``: ``Bus.deliver``, one batch at a
 time, each write returning once the batch is durable), with realistic events: the
 ``Product Viewed`` track call of ``bench/ingest.py`` (about 800 bytes of JSON as
-posted), normalised by ``router_core.normalise.to_command``. Only the writes are timed;
+posted), normalised by ``eventrouter.events.normalise.to_command``. Only the writes are timed;
 the commands of each batch are built before its clock starts. Prints a markdown table
 (also written to ``bench/results/sinks-latest.md``).
 
@@ -56,13 +56,13 @@ sys.path.append(str(BENCH_DIR))
 from ingest import track_event  # noqa: E402
 from queue_mode import process_cpu_seconds  # noqa: E402
 
-from router_core import config as config_module  # noqa: E402
-from router_core import model  # noqa: E402
-from router_core.bus import WORKER, Bus, make_plugin_manager  # noqa: E402
-from router_core.commands import Command  # noqa: E402
-from router_core.normalise import Envelope, to_command  # noqa: E402
-from router_core.sink import Sink  # noqa: E402
-from router_core.worker import gc_paused  # noqa: E402
+from eventrouter import config as config_module  # noqa: E402
+from eventrouter.bus.bus import WORKER, Bus, make_plugin_manager  # noqa: E402
+from eventrouter.bus.sink import Sink  # noqa: E402
+from eventrouter.events import model  # noqa: E402
+from eventrouter.events.commands import Command  # noqa: E402
+from eventrouter.events.normalise import Arrival, to_command  # noqa: E402
+from eventrouter.queue.worker import gc_paused  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
 VENV_BIN = Path(sys.executable).parent
@@ -265,7 +265,7 @@ def base_commands(count: int) -> list[Command]:
     """``count`` realistic track commands, as the edge builds them from posted JSON."""
     now = datetime.now(UTC)
     decoder = msgspec.json.Decoder(model.AnyMessage)
-    envelope = Envelope(received_at=now, source="web", ip="203.0.113.7")
+    envelope = Arrival(received_at=now, source="web", ip="203.0.113.7")
     return [
         to_command(decoder.decode(msgspec.json.encode(track_event(i, now))), envelope)
         for i in range(count)
@@ -321,7 +321,7 @@ async def measure(name: str, spec: Target, args: argparse.Namespace) -> Result:
         batch_seconds = []
         cpu_self = cpu_store = 0.0
         for number in range(1, args.batches + 1):
-            # As the worker handles a batch (router_core/worker.py): built, written and
+            # As the worker handles a batch (router_core/queue/worker.py): built, written and
             # freed with the cyclic garbage collector paused.
             with gc_paused():
                 batch = batch_of(base, number)

@@ -37,12 +37,12 @@ from typing import Any
 
 import redis
 
-from router_core import metrics
-from router_core.commands import Command
-from router_core.config import DedupConfig
-from router_core.health import ComponentHealth
-from router_core.hookspecs import hookimpl
-from router_core.queue import describe
+from eventrouter import metrics
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.config import DedupConfig
+from eventrouter.events.commands import Command
+from eventrouter.health import ComponentHealth
+from eventrouter.redact import redact_url
 
 log = logging.getLogger("eventrouter.plugins.dedup")
 
@@ -169,7 +169,7 @@ class RedisDedup:
                 "errors": self.errors,
             },
         )
-        where = describe(self.config.url)
+        where = redact_url(self.config.url)
         try:
             self.client.ping()
         except redis.RedisError as exc:

@@ -29,13 +29,13 @@ import math
 import time
 from collections.abc import Callable
 
-from router_core import metrics
-from router_core.buckets import REDIS_ERRORS, TAKE_SCRIPT, RedisScripts, TokenBucket
-from router_core.config import Config, RateLimit
-from router_core.errors import APIError
-from router_core.health import ComponentHealth
-from router_core.hookspecs import hookimpl
-from router_core.queue import describe
+from eventrouter import metrics
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.config import Config, RateLimit
+from eventrouter.edge.buckets import REDIS_ERRORS, TAKE_SCRIPT, RedisScripts, TokenBucket
+from eventrouter.errors import APIError
+from eventrouter.health import ComponentHealth
+from eventrouter.redact import redact_url
 
 log = logging.getLogger("eventrouter.plugins.ratelimit")
 
@@ -164,7 +164,7 @@ class RateLimiter:
             self._warned_at = now
             log.warning(
                 "rate limits not applied (requests let through), Redis unavailable at %s: %s",
-                describe(self.url or ""),
+                redact_url(self.url or ""),
                 self.last_error,
             )
 
@@ -185,7 +185,7 @@ class RateLimiter:
         if self.url is None:
             component.detail = "per process (in memory)"
             return component
-        where = describe(self.url)
+        where = redact_url(self.url)
         try:
             await self._redis.ping()
         except REDIS_ERRORS as exc:

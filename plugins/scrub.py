@@ -29,10 +29,10 @@ from typing import Any
 
 import msgspec
 
-from router_core.commands import Command
-from router_core.config import ScrubConfig, split_scrub_path
-from router_core.health import ComponentHealth
-from router_core.hookspecs import hookimpl
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.config import ScrubConfig, split_scrub_path
+from eventrouter.events.commands import Command
+from eventrouter.health import ComponentHealth
 
 #: Plugin name of the per-process instance registered at start-up.
 PLUGIN_NAME = "scrub:paths"
@@ -54,7 +54,7 @@ def eventrouter_startup(bus: Any) -> None:
 
 class Scrubber:
     #: A privacy stage: if it raises or times out, the batch is refused, never passed on
-    #: unscrubbed (router_core.bus.fails_closed).
+    #: unscrubbed (eventrouter.bus.bus.fails_closed).
     fail_closed = True
 
     def __init__(self, config: ScrubConfig) -> None:

@@ -1,7 +1,7 @@
 """Suppression: new events of a suppressed user id or anonymous id are never stored.
 
 ``eventrouter privacy suppress`` and the dashboard's Privacy page write the list into the
-admin store's ``suppressions`` table (:mod:`router_core.suppressions`). Every process
+admin store's ``suppressions`` table (:mod:`eventrouter.privacy.suppressions`). Every process
 that handles events (each server process, each ``eventrouter worker``) registers a
 :class:`Suppressor` at start-up: it reads the list once, then again every
 ``[privacy] refresh`` seconds on a thread of its own, and drops matching events in
@@ -32,12 +32,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from router_core import metrics
-from router_core.admin_tables import RefreshErrors
-from router_core.commands import Command
-from router_core.health import ComponentHealth
-from router_core.hookspecs import hookimpl
-from router_core.suppressions import ANONYMOUS_ID, USER_ID, SuppressionList
+from eventrouter import metrics
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.events.commands import Command
+from eventrouter.health import ComponentHealth
+from eventrouter.privacy.suppressions import ANONYMOUS_ID, USER_ID, SuppressionList
+from eventrouter.store.admin_tables import RefreshErrors
 
 log = logging.getLogger("eventrouter.plugins.suppress")
 
@@ -53,7 +53,7 @@ UNREAD_RETRY = 1.0
 class ListNotRead(RuntimeError):
     """The suppression list has not been read yet: whom to drop is unknown."""
 
-    #: Quoted in the 503 (router_core.bus.FailedClosed): it names no host.
+    #: Quoted in the 503 (eventrouter.bus.bus.FailedClosed): it names no host.
     client_safe = True
 
 
@@ -71,7 +71,7 @@ def eventrouter_startup(bus: Any) -> None:
 class Suppressor:
     """This process's copy of the suppression list, refreshed in the background."""
 
-    #: A privacy stage: a batch it cannot check is refused (router_core.bus.fails_closed).
+    #: A privacy stage: a batch it cannot check is refused (eventrouter.bus.bus.fails_closed).
     fail_closed = True
 
     def __init__(self, source: SuppressionList, refresh: float) -> None:

@@ -1,7 +1,7 @@
 """The Falcon ASGI application factory.
 
 ``create_app(config)`` builds every dependency (plugin manager, bus, sinks, store) and
-returns a ``falcon.asgi.App``; ``router_core.asgi`` holds only ``app = create_app()``.
+returns a ``falcon.asgi.App``; ``eventrouter.asgi`` holds only ``app = create_app()``.
 Tests build an app from a test config instead of patching anything.
 """
 
@@ -19,18 +19,19 @@ import falcon
 import falcon.asgi
 import msgspec
 
-import admin
-import snippet.origin
-from router_core import api, ingest, logs, metrics, openapi
-from router_core import config as config_module
-from router_core.auth import AdminAuth, BearerThrottle
-from router_core.bus import Bus, make_plugin_manager
-from router_core.config import Config
-from router_core.errors import APIError
-from router_core.proxies import TrustedProxies
-from router_core.sessions import RevokedSessions
-from router_core.store import EventStore
-from router_core.throttle import Throttle
+from eventrouter import admin, logs, metrics
+from eventrouter import config as config_module
+from eventrouter.bus.bus import Bus, make_plugin_manager
+from eventrouter.config import Config
+from eventrouter.edge import ingest, openapi
+from eventrouter.edge import query_api as api
+from eventrouter.edge.auth import AdminAuth, BearerThrottle
+from eventrouter.edge.proxies import TrustedProxies
+from eventrouter.edge.sessions import RevokedSessions
+from eventrouter.edge.throttle import Throttle
+from eventrouter.errors import APIError
+from eventrouter.snippet import origin
+from eventrouter.store.query import EventStore
 
 log = logging.getLogger("eventrouter.app")
 _encoder = msgspec.json.Encoder()
@@ -305,7 +306,7 @@ def create_app(
     ingest.add_routes(app, ingestor)
     api.add_routes(app, api.EventsResource(auth, store))
     lifespan.dashboard = admin.add_routes(app, config, bus, store, auth)
-    snippet.origin.add_routes(app, config)
+    origin.add_routes(app, config)
     app.add_route("/health", HealthResource(bus, auth, config.server.health_details))
     app.add_route("/metrics", MetricsResource(bus, auth, config.server.metrics))
     app.add_route("/openapi.json", openapi.OpenAPIResource())

@@ -1,8 +1,8 @@
-"""ASGI entry point for any server: ``uvicorn router_core.asgi:app``.
+"""ASGI entry point for any server: ``uvicorn eventrouter.asgi:app``.
 
 Configuration comes from ``$EVENTROUTER_CONFIG`` (or the embedded default).
 """
 
-from router_core.app import create_app
+from eventrouter.app import create_app
 
 app = create_app()

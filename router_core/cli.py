@@ -12,14 +12,15 @@ from typing import Any
 import msgspec
 import pluggy
 
-from plugins.ratelimit import RateLimiter
-from router_core import __version__, logs
-from router_core import config as config_module
-from router_core import privacy as privacy_command
-from router_core import upload as upload_command
-from router_core.bus import ENTRY_POINT_GROUP, Bus, make_plugin_manager
-from router_core.config import Config, ConfigError
-from router_core.queue import BROKER_ERRORS, describe
+from eventrouter import __version__, logs
+from eventrouter import config as config_module
+from eventrouter.bus.bus import ENTRY_POINT_GROUP, Bus, make_plugin_manager
+from eventrouter.client import upload as upload_command
+from eventrouter.config import Config, ConfigError
+from eventrouter.plugins.ratelimit import RateLimiter
+from eventrouter.privacy import cli as privacy_command
+from eventrouter.queue.broker import BROKER_ERRORS
+from eventrouter.redact import redact_url
 
 
 def _load(path: str | None) -> Config:
@@ -30,8 +31,8 @@ def _load(path: str | None) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from router_core import metrics
-    from router_core.server import Server, gunicorn_options
+    from eventrouter import metrics
+    from eventrouter.server import Server, gunicorn_options
 
     # First: prometheus-client chooses its multiprocess mode when first imported, and
     # the workers inherit this process's modules.
@@ -63,12 +64,12 @@ def _serve(args: argparse.Namespace, Server: Any, gunicorn_options: Any) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from router_core.worker import Worker
+    from eventrouter.queue.worker import Worker
 
     config = config_module.load(args.config)
     logs.configure(logs.chosen_format(config.server.log_format))
     if args.metrics_port is not None:
-        from router_core import metrics
+        from eventrouter import metrics
 
         metrics.serve_worker_metrics(args.metrics_port, args.metrics_host)
     Worker(config, sinks=args.sink or None).serve_forever()
@@ -76,7 +77,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_dead_letters(args: argparse.Namespace) -> int:
-    from router_core import deadletters
+    from eventrouter.queue import deadletters
 
     config = _load(args.config)
     try:
@@ -85,7 +86,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         else:
             letters = deadletters.replay(config, args.sink, args.limit)
     except BROKER_ERRORS as exc:
-        where = describe(config.queue.url)
+        where = redact_url(config.queue.url)
         print(f"eventrouter: broker unreachable at {where}: {exc}", file=sys.stderr)
         return 3
     if args.json:
@@ -191,11 +192,11 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     print(f"  sources: {sources}")
     print(f"  sinks:   {sinks}")
     if config.queue is not None:
-        print(f"  queue:   {describe(config.queue.url)} (sinks run in `eventrouter worker`)")
+        print(f"  queue:   {redact_url(config.queue.url)} (sinks run in `eventrouter worker`)")
     else:
         print("  queue:   none (embedded: sinks run in the server)")
     if config.dedup is not None:
-        print(f"  dedup:   {describe(config.dedup.url)}, window {config.dedup.window:g}s")
+        print(f"  dedup:   {redact_url(config.dedup.url)}, window {config.dedup.window:g}s")
     for line in _limit_lines(config):
         print(f"  limits:  {line}")
     for line in _privacy_lines(config):
@@ -218,7 +219,7 @@ def _limit_lines(config: Any) -> list[str]:
     lines = [f"{name}: {_rate(limit)}" for name, limit in limiter.limits.items()]
     if limiter.default is not None:
         lines.append(f"every other source: {_rate(limiter.default)}")
-    lines.append(f"buckets: {describe(limiter.url) if limiter.url else 'per process'}")
+    lines.append(f"buckets: {redact_url(limiter.url) if limiter.url else 'per process'}")
     return lines
 
 
@@ -232,7 +233,7 @@ def _admin_lines(config: Any) -> list[str]:
         f"/health details: {server.health_details}; /metrics: {metrics}",
         f"sign-in throttle: {client.burst} failures then {client.per_minute:g}/min per "
         f"client, {everyone.burst} then {everyone.per_minute:g}/min in total; buckets: "
-        + (describe(url) if url else "per process"),
+        + (redact_url(url) if url else "per process"),
     ]
 
 

@@ -1,7 +1,7 @@
 """Configuration: one TOML file, validated at start with errors naming the file and key.
 
 Loading is two pure steps after reading the file: :func:`parse` checks the shared
-schema below; :meth:`Bus.build_sinks <router_core.bus.Bus>` checks each sink's own keys
+schema below; :meth:`Bus.build_sinks <eventrouter.bus.bus.Bus>` checks each sink's own keys
 against its type's ``Options`` (which needs the plugins). Neither does any I/O beyond
 reading the file. String values may reference environment variables as ``${NAME}`` or
 ``${NAME:-default}`` (the default when NAME is unset or empty; ``$$`` is a literal ``$``),
@@ -217,7 +217,7 @@ QUEUE_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss")
 
 class SpoolConfig(_Strict):
     """``[queue.spool]``: where the edge keeps accepted events while the broker is
-    unreachable (``router_core/spool.py``)."""
+    unreachable (``router_core/queue/spool.py``)."""
 
     #: Off: while the broker is unreachable, requests answer 503 instead.
     enabled: bool = True

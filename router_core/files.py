@@ -22,7 +22,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
-from router_core.config import DEFAULT_DATA_DIR, ENV_DATA_DIR
+from eventrouter.config import DEFAULT_DATA_DIR, ENV_DATA_DIR
 
 log = logging.getLogger("eventrouter.files")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import msgspec
 
-from router_core.ids import new_hex_id
+from eventrouter.events.ids import new_hex_id
 
 REQUEST_ID_HEADER = "X-Request-ID"
 FORMAT_ENV = "EVENTROUTER_LOG_FORMAT"

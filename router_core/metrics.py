@@ -7,7 +7,7 @@ operator set it) before the workers fork. prometheus-client picks the mode when 
 first imported, so nothing imports it before :func:`prepare_multiprocess` has run: the
 metrics are built on first use (:func:`get`), never at import time.
 
-A process that is not under ``serve`` (tests, ``uvicorn router_core.asgi:app``, the
+A process that is not under ``serve`` (tests, ``uvicorn eventrouter.asgi:app``, the
 worker) counts in memory and serves its own values.
 """
 
@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from router_core.files import private_dir
+from eventrouter.files import private_dir
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 #: Seconds: request latency from sub-millisecond to the dispatch timeout.

@@ -14,8 +14,8 @@ from gunicorn.app.base import BaseApplication
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn_worker import UvicornWorker
 
-from router_core import logs
-from router_core.config import Config, parse_bind
+from eventrouter import logs
+from eventrouter.config import Config, parse_bind
 
 
 class DrainingHttpProtocol(HttpToolsProtocol):
@@ -120,7 +120,7 @@ class Server(BaseApplication):
                 self.cfg.set(key.lower(), value)
 
     def load(self) -> Any:
-        from router_core.app import create_app
+        from eventrouter.app import create_app
 
         return create_app(self.app_config)
 
@@ -134,7 +134,7 @@ def gunicorn_options(config: Config, *, workers: int | None = None) -> dict[str,
     bind = [_address(server.host, server.port)]
     if server.metrics_bind:
         # Every worker accepts on both; the app serves only /metrics on this one
-        # (router_core.app.MetricsListener), and /metrics only here.
+        # (eventrouter.app.MetricsListener), and /metrics only here.
         bind.append(_address(*parse_bind(server.metrics_bind)))
     return {
         "bind": bind,
@@ -163,6 +163,6 @@ def gunicorn_options(config: Config, *, workers: int | None = None) -> dict[str,
 
 
 def _child_exit(server: Any, worker: Any) -> None:
-    from router_core import metrics
+    from eventrouter import metrics
 
     metrics.mark_process_dead(worker.pid)

@@ -51,12 +51,12 @@ from sqlalchemy import Column, Engine, MetaData, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.schema import CreateTable
 
-from router_core.commands import STORED_COLUMNS, AnyCommand, Command
-from router_core.config import Duration
-from router_core.db import make_engine
-from router_core.health import ComponentHealth
-from router_core.hookspecs import hookimpl
-from router_core.sink import Sink
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.bus.sink import Sink
+from eventrouter.config import Duration
+from eventrouter.events.commands import STORED_COLUMNS, AnyCommand, Command
+from eventrouter.health import ComponentHealth
+from eventrouter.store.db import make_engine
 
 log = logging.getLogger("eventrouter.sinks.clickhouse")
 

@@ -54,14 +54,14 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from router_core.commands import STORED_COLUMNS, Command
-from router_core.config import Duration
-from router_core.db import make_engine, select_one
-from router_core.health import ComponentHealth
-from router_core.hookspecs import hookimpl
-from router_core.schema import event_columns
-from router_core.sink import Sink
-from router_core.store import InvalidQuery, PathCondition
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.bus.sink import Sink
+from eventrouter.config import Duration
+from eventrouter.events.commands import STORED_COLUMNS, Command
+from eventrouter.health import ComponentHealth
+from eventrouter.store.db import make_engine, select_one
+from eventrouter.store.query import InvalidQuery, PathCondition
+from eventrouter.store.schema import event_columns
 
 log = logging.getLogger("eventrouter.sinks.postgres")
 

@@ -2,7 +2,7 @@
 
 With ``[queue]`` configured, ``eventrouter serve`` runs this instead of the storage
 sinks. The requests of one event-loop turn reach it as one write
-(``router_core/coalesce.py``): its commands are encoded on the event loop and handed to
+(``router_core/edge/coalesce.py``): its commands are encoded on the event loop and handed to
 the publisher threads, and the write awaits their futures. A publisher thread takes
 everything queued by then, publishes it as one persistent message and waits for the
 broker's confirm: only then are the futures resolved and the ``200`` sent. While one
@@ -15,11 +15,11 @@ down, confirm timed out, message nacked, or *returned*: published mandatory, rou
 no queue because the sink queues were deleted) fails its requests with 503 +
 Retry-After; the connection is dropped and the next group reconnects, at most every
 ``RECONNECT_INTERVAL`` so that a dead broker costs requests nothing but the answer.
-The topology (``router_core.queue``) is declared on every new connection, which
+The topology (``eventrouter.queue.broker``) is declared on every new connection, which
 creates deleted queues again.
 
 While the broker cannot take a group (any of the failures above, a returned message
-included), it goes to the process's local spool (``router_core/spool.py``,
+included), it goes to the process's local spool (``router_core/queue/spool.py``,
 ``[queue.spool]``): appended and fsynced, then answered ``200``; a replay thread
 publishes the spool back, oldest first, once the broker answers (and routes it).
 While anything of this process is still spooled, new groups are spooled behind it, so
@@ -36,14 +36,15 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from router_core import metrics
-from router_core import queue as broker
-from router_core.commands import Command, encode_many
-from router_core.config import QueueConfig
-from router_core.health import ComponentHealth
-from router_core.hookspecs import hookimpl
-from router_core.sink import Sink, resolve_waiters
-from router_core.spool import Spool, SpoolFull
+from eventrouter import metrics
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.bus.sink import Sink, resolve_waiters
+from eventrouter.config import QueueConfig
+from eventrouter.events.commands import Command, encode_many
+from eventrouter.health import ComponentHealth
+from eventrouter.queue import broker
+from eventrouter.queue.spool import Spool, SpoolFull
+from eventrouter.redact import redact_url
 
 log = logging.getLogger("eventrouter.sinks.queue")
 
@@ -143,7 +144,7 @@ class QueueSink(Sink):
         if not self._threads:
             raise RuntimeError("the queue publisher is not running")
         # Encoded here, on the event loop: the publisher thread only joins bytes. A write
-        # (the requests of one loop turn, router_core/coalesce.py) is cut into pieces of at
+        # (the requests of one loop turn, router_core/edge/coalesce.py) is cut into pieces of at
         # most ``max_events_per_message`` events, which no message exceeds; the write is
         # held once every piece is.
         limit = self.options.max_events_per_message
@@ -264,7 +265,7 @@ class QueueSink(Sink):
             },
         )
         components = [component] if self.spool is None else [component, self._spool_health()]
-        where = broker.describe(self.options.url)
+        where = redact_url(self.options.url)
         connection = None
         try:
             connection = broker.open_connection(self.options)
@@ -339,7 +340,7 @@ class _Publisher:
             self.connect_error = f"{type(exc).__name__}: {exc}"
             self.retry_at = time.monotonic() + RECONNECT_INTERVAL
             raise
-        log.info("publisher connected to %s", broker.describe(self.options.url))
+        log.info("publisher connected to %s", redact_url(self.options.url))
         return self.producer
 
     def publish(self, group: list) -> BaseException | None:
@@ -358,7 +359,7 @@ class _Publisher:
 
     def publish_body(self, count: int, body: bytes) -> None:
         """Publish one message and wait for its confirm (raises if it was not taken, or
-        was routed to no queue: :class:`router_core.queue.Unroutable`)."""
+        was routed to no queue: :class:`eventrouter.queue.broker.Unroutable`)."""
         producer = self._producer()
         started = time.perf_counter()
         producer.publish(

@@ -4,7 +4,7 @@ S3-compatible store (MinIO, Ceph, moto), under Hive-style keys::
     {prefix}/source={source}/dt=YYYY-MM-DD/hour=HH/{uuid}.ndjson.gz
 
 partitioned by each event's ``timestamp`` in UTC. Each line is one event with exactly
-the stored columns of DESIGN.md (:data:`router_core.commands.STORED_COLUMNS`).
+the stored columns of DESIGN.md (:data:`eventrouter.events.commands.STORED_COLUMNS`).
 
 Durability: :meth:`S3Sink.write` returns only once every object holding the batch is
 uploaded; nothing acknowledged is ever held in memory. Concurrent writes (embedded mode)
@@ -43,11 +43,11 @@ from urllib.parse import quote
 
 import msgspec
 
-from router_core.commands import STORED_COLUMNS, Command
-from router_core.config import Duration, SinkConfig
-from router_core.health import ComponentHealth
-from router_core.hookspecs import hookimpl
-from router_core.sink import Sink
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.bus.sink import Sink
+from eventrouter.config import Duration, SinkConfig
+from eventrouter.events.commands import STORED_COLUMNS, Command
+from eventrouter.health import ComponentHealth
 
 log = logging.getLogger("eventrouter.sinks.s3")
 
@@ -142,7 +142,7 @@ def ndjson_lines(commands: Sequence[Command]) -> bytes:
 
 
 def utc(value: datetime) -> datetime:
-    """Aware UTC; a naive time is taken to be UTC already (as ``router_core.normalise``)."""
+    """Aware UTC; a naive time is taken to be UTC already (as ``eventrouter.events.normalise``)."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)

@@ -31,13 +31,13 @@ import msgspec
 from sqlalchemy import Engine, insert
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from router_core.commands import STORED_COLUMNS, Command
-from router_core.db import make_engine, select_one, sqlite_path
-from router_core.files import open_private
-from router_core.health import ComponentHealth
-from router_core.hookspecs import hookimpl
-from router_core.schema import LEGACY_INDEXES, OPTIONAL_INDEXES, events, metadata
-from router_core.sink import Sink, resolve_waiters
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.bus.sink import Sink, resolve_waiters
+from eventrouter.events.commands import STORED_COLUMNS, Command
+from eventrouter.files import open_private
+from eventrouter.health import ComponentHealth
+from eventrouter.store.db import make_engine, select_one, sqlite_path
+from eventrouter.store.schema import LEGACY_INDEXES, OPTIONAL_INDEXES, events, metadata
 
 log = logging.getLogger("eventrouter.sinks.sqlite")
 

@@ -1,5 +1,5 @@
 """The JS loader snippet and analytics library, served as a CDN origin."""
 
-from snippet.loader import loader_snippet
+from eventrouter.snippet.loader import loader_snippet
 
 __all__ = ["loader_snippet"]

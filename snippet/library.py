@@ -18,7 +18,7 @@ from pathlib import Path
 import brotli
 import rjsmin
 
-import router_core
+import eventrouter
 
 SOURCE = Path(__file__).parent / "src" / "analytics.js"
 #: What ``context.library.name`` says in every event the library sends.
@@ -65,5 +65,5 @@ def build() -> Asset:
     """The library, built once per process."""
     source = SOURCE.read_text(encoding="utf-8")
     source = source.replace("__LIBRARY_NAME__", LIBRARY_NAME)
-    source = source.replace("__LIBRARY_VERSION__", router_core.__version__)
+    source = source.replace("__LIBRARY_VERSION__", eventrouter.__version__)
     return Asset.build("analytics.min.js", CONTENT_TYPE, minify(source).encode())

@@ -22,10 +22,10 @@ import falcon
 import falcon.asgi
 import msgspec
 
-from router_core import proxies
-from router_core.config import Config
-from router_core.keys import WriteKeys
-from snippet import library
+from eventrouter.config import Config
+from eventrouter.edge import proxies
+from eventrouter.edge.keys import WriteKeys
+from eventrouter.snippet import library
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 #: Short enough that a new release reaches pages within minutes; edges may serve a stale

@@ -18,9 +18,9 @@ import httpx
 import pytest
 import uvicorn
 
-from router_core import config as config_module
-from router_core.app import create_app
-from router_core.config import Config
+from eventrouter import config as config_module
+from eventrouter.app import create_app
+from eventrouter.config import Config
 
 #: At least config.MIN_ADMIN_TOKEN_LENGTH (24) characters: a shorter one cannot start.
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"

@@ -23,8 +23,8 @@ import pytest
 import redis
 from kombu import Connection
 
-from router_core.config import Config
-from router_core.worker import Worker
+from eventrouter.config import Config
+from eventrouter.queue.worker import Worker
 from tests.helpers import ADMIN_TOKEN, HANG_GUARD, CommandProcess, make_config
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"

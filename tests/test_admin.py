@@ -15,8 +15,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import falcon.testing
 import pytest
 
-from admin import explorer
-from router_core.app import create_app
+from eventrouter.admin import explorer
+from eventrouter.app import create_app
 from tests.helpers import ADMIN_TOKEN, make_config
 
 NOW = datetime.now(UTC).replace(microsecond=0)

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 import httpx
 import pytest
 
-from admin.render import dashboard_url, make_environment, query_value
+from eventrouter.admin.render import dashboard_url, make_environment, query_value
 from tests.admin_support import SESSION_COOKIE, open_tail, receive_until, sign_in
 from tests.helpers import LiveServer
 from tests.ingest_support import AUTH, iso, running
@@ -407,7 +407,7 @@ def test_user_page_links_and_text(server, cookie):
 
 
 def test_user_page_pager_keeps_the_user_id_a_query_value(server, cookie, monkeypatch):
-    from admin import explorer as explorer_module
+    from eventrouter.admin import explorer as explorer_module
 
     monkeypatch.setattr(explorer_module, "PAGE_SIZE", 1)
     page = page_of(server, cookie, user_url("../../api/v1/events/x1"))

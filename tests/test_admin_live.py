@@ -9,8 +9,8 @@ import msgspec
 import pytest
 from kombu import Exchange, Producer
 
-from admin.tail import matches
-from router_core.store import EventFilter, PathCondition
+from eventrouter.admin.tail import matches
+from eventrouter.store.query import EventFilter, PathCondition
 from tests.admin_support import live_ids, open_tail, receive_until, refused_status, sign_in
 from tests.helpers import ADMIN_TOKEN, LiveServer, eventually
 from tests.queue_support import amqp_env, unique  # noqa: F401 - fixture

@@ -30,13 +30,13 @@ import redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from router_core import config as config_module
-from router_core.app import create_app
-from router_core.auth import AdminAuth
-from router_core.buckets import TokenBucket
-from router_core.config import MIN_ADMIN_TOKEN_LENGTH, ConfigError, RateLimit
-from router_core.sessions import REFRESH_INTERVAL, RevokedSessions
-from router_core.throttle import Throttle, client_key
+from eventrouter import config as config_module
+from eventrouter.app import create_app
+from eventrouter.config import MIN_ADMIN_TOKEN_LENGTH, ConfigError, RateLimit
+from eventrouter.edge.auth import AdminAuth
+from eventrouter.edge.buckets import TokenBucket
+from eventrouter.edge.sessions import REFRESH_INTERVAL, RevokedSessions
+from eventrouter.edge.throttle import Throttle, client_key
 from tests.admin_support import open_tail, receive_until, refused_status, sign_in
 from tests.helpers import (
     ADMIN_BEARER,
@@ -279,7 +279,7 @@ def test_bucket_wait_and_charge():
 
 
 def test_client_buckets_are_bounded(monkeypatch):
-    monkeypatch.setattr("router_core.throttle.MAX_CLIENTS", 100)
+    monkeypatch.setattr("eventrouter.edge.throttle.MAX_CLIENTS", 100)
     throttle = Throttle(
         RateLimit(events_per_second=FROZEN, burst=1), RateLimit(events_per_second=1e6, burst=10**9)
     )

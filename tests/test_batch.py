@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from router_core.hookspecs import hookimpl
+from eventrouter.bus.hookspecs import hookimpl
 from tests.ingest_support import assert_error, running, the_event, uid
 
 

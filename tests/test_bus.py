@@ -8,10 +8,10 @@ import threading
 import msgspec
 import pytest
 
-from router_core.config import ConfigError
-from router_core.health import ComponentHealth
-from router_core.hookspecs import hookimpl
-from router_core.sink import Sink
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.bus.sink import Sink
+from eventrouter.config import ConfigError
+from eventrouter.health import ComponentHealth
 from tests.helpers import LiveServer, eventually, make_config
 
 EVENT = {"event": "Signed Up", "userId": "u1"}

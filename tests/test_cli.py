@@ -31,8 +31,8 @@ PLUGIN_MODULE = '''\
 """A tiny third-party sink package."""
 import msgspec
 
-from router_core.hookspecs import hookimpl
-from router_core.sink import Sink
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.bus.sink import Sink
 
 
 class WebhookySink(Sink):

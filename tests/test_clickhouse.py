@@ -18,9 +18,9 @@ from clickhouse_driver import Client
 from sqlalchemy import MetaData, event
 from sqlalchemy.schema import CreateTable
 
-from router_core import store as store_module
-from router_core.bus import WORKER, Bus, make_plugin_manager
-from router_core.commands import (
+from eventrouter.bus.bus import WORKER, Bus, make_plugin_manager
+from eventrouter.config import ConfigError
+from eventrouter.events.commands import (
     STORED_COLUMNS,
     AliasCommand,
     Command,
@@ -28,16 +28,22 @@ from router_core.commands import (
     PageCommand,
     TrackCommand,
 )
-from router_core.config import ConfigError
-from router_core.store import (
+from eventrouter.sinks import clickhouse as sink_module
+from eventrouter.sinks.clickhouse import (
+    driver_url,
+    events_table,
+    schema_table,
+    server_version,
+    split_keys,
+)
+from eventrouter.store import query as store_module
+from eventrouter.store.query import (
     EventFilter,
     EventStore,
     PathCondition,
     TailPosition,
     encode_cursor,
 )
-from sinks import clickhouse as sink_module
-from sinks.clickhouse import driver_url, events_table, schema_table, server_version, split_keys
 from tests.helpers import LiveServer, eventually, make_config, recent, run_eventrouter
 from tests.ingest_support import AUTH, iso
 from tests.queue_support import WorkerThread, amqp_env, to_toml, unique  # noqa: F401
@@ -809,8 +815,8 @@ def test_admin_tables_of_a_database_not_created_yet_are_empty_not_unreadable(ch_
     """A queue-mode edge may start before `eventrouter migrate` or a worker created the
     store's database: its suppression list and signed-out sessions are empty, not
     unreadable (an unreadable list fails closed: every request would be a 503)."""
-    from router_core.sessions import RevokedSessions
-    from router_core.suppressions import SuppressionList
+    from eventrouter.edge.sessions import RevokedSessions
+    from eventrouter.privacy.suppressions import SuppressionList
 
     with SuppressionList(ch_url) as listing:
         assert listing.ids() == {"user_id": frozenset(), "anonymous_id": frozenset()}

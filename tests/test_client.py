@@ -1,4 +1,4 @@
-"""``router_core.client.Client``: batching, gzip, retries, rejections, the queueing helpers.
+"""``eventrouter.client.client.Client``: batching, gzip, retries, rejections, the queueing helpers.
 
 What the server received is observed two ways: a real eventrouter (``LiveServer``) for
 what gets stored and how per-item rejections map back to input indexes, and
@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from router_core.client import (
+from eventrouter.client.client import (
     MAX_BATCH_BYTES,
     AuthenticationError,
     Client,

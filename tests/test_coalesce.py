@@ -1,5 +1,5 @@
 """Request coalescing: the requests of one event-loop turn share one bus dispatch, and
-each request sees the group's outcome (router_core/coalesce.py)."""
+each request sees the group's outcome (router_core/edge/coalesce.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import asyncio
 import pytest
 from falcon.testing import ASGIConductor
 
-from router_core.app import create_app
-from router_core.coalesce import Coalescer
-from router_core.errors import APIError
-from router_core.logs import request_id
-from router_core.store import EventFilter
+from eventrouter.app import create_app
+from eventrouter.edge.coalesce import Coalescer
+from eventrouter.errors import APIError
+from eventrouter.logs import request_id
+from eventrouter.store.query import EventFilter
 from tests.helpers import make_config
 
 

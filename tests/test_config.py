@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from router_core import config
+from eventrouter import config
 
 
 def test_no_file_is_the_embedded_default(tmp_path):

@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router_core import ipanon
-from router_core.proxies import TrustedProxies
+from eventrouter.edge.proxies import TrustedProxies
+from eventrouter.events import ipanon
 from tests.admin_support import sign_in
 from tests.helpers import HANG_GUARD, LiveServer, ServeProcess, make_config
 
@@ -81,7 +81,7 @@ SPOOL_SCRIPT = """
 import os, sys
 from pathlib import Path
 os.umask(int(sys.argv[2], 8))
-from router_core.spool import Spool
+from eventrouter.queue.spool import Spool
 spool = Spool(Path(sys.argv[1]), 1 << 20)
 for _ in range(3):
     spool.append(1, b"an event the broker did not take")

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from kombu import Queue
 
-from router_core import queue as broker
-from router_core.commands import decode_many, encode_many
-from router_core.deadletters import list_dead_letters, replay
+from eventrouter.events.commands import decode_many, encode_many
+from eventrouter.queue import broker
+from eventrouter.queue.deadletters import list_dead_letters, replay
 from tests.helpers import LiveServer, eventually, run_eventrouter
 from tests.queue_support import QueueEnv, WorkerThread, queue_env, unique  # noqa: F401
 from tests.test_worker import ScriptedSinks, command, post_each, publish_raw, ready

@@ -25,8 +25,8 @@ import msgspec
 import pytest
 import redis
 
-from router_core.hookspecs import hookimpl
-from router_core.sink import Sink
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.bus.sink import Sink
 from tests.helpers import LiveServer, eventually, free_port
 from tests.queue_support import (  # noqa: F401 - fixtures
     DEDUP_URL,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from router_core.cli import build_parser
+from eventrouter.cli import build_parser
 from tests.cdn_support import EDGE_CONF, make_prefix, nginx_test
 from tests.helpers import run_eventrouter
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import msgspec.inspect as mi
 import pytest
 
-from router_core import config as config_module
-from router_core import hookspecs
-from router_core.bus import Bus, make_plugin_manager
-from router_core.config import Config, SinkConfig
-from sinks.sqlite import SQLiteSink
+from eventrouter import config as config_module
+from eventrouter.bus import hookspecs
+from eventrouter.bus.bus import Bus, make_plugin_manager
+from eventrouter.config import Config, SinkConfig
+from eventrouter.sinks.sqlite import SQLiteSink
 
 ROOT = Path(__file__).resolve().parent.parent
 

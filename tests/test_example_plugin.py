@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from router_core.commands import STORED_COLUMNS
+from eventrouter.events.commands import STORED_COLUMNS
 from tests.helpers import (
     ADMIN_TOKEN,
     HANG_GUARD,

@@ -24,9 +24,9 @@ from typing import Any
 import amqp.exceptions
 import pytest
 
-from router_core.health import ComponentHealth
-from router_core.hookspecs import hookimpl
-from router_core.suppressions import SuppressionList
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.health import ComponentHealth
+from eventrouter.privacy.suppressions import SuppressionList
 from tests.helpers import ORIGINAL_TRACK, LiveServer, eventually
 from tests.ingest_support import AUTH, uid
 from tests.queue_support import (  # noqa: F401 - fixtures

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from router_core.health import ComponentHealth
-from router_core.hookspecs import hookimpl
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.health import ComponentHealth
 from tests.ingest_support import assert_error, running, the_event, uid
 
 ORIGIN = "https://shop.example"

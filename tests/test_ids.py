@@ -1,4 +1,4 @@
-"""Pooled random ids (router_core/ids.py): valid UUID v4s, never handed out twice, and
+"""Pooled random ids (router_core/events/ids.py): valid UUID v4s, never handed out twice, and
 never shared with a forked worker."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from router_core import ids
+from eventrouter.events import ids
 
 
 def test_message_ids_are_distinct_uuid4s_across_refills():

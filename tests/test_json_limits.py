@@ -9,10 +9,10 @@ import random
 import msgspec
 import pytest
 
-from router_core.config import ConfigError
-from router_core.errors import InvalidEvent
-from router_core.limits import check_batch_structure, check_structure
-from router_core.model import BatchEnvelope
+from eventrouter.config import ConfigError
+from eventrouter.edge.limits import check_batch_structure, check_structure
+from eventrouter.errors import InvalidEvent
+from eventrouter.events.model import BatchBody
 from tests.helpers import make_config
 from tests.ingest_support import assert_error, post_raw
 
@@ -106,7 +106,7 @@ def test_the_per_item_batch_check_agrees_with_the_whole_body_check():
     exactly the batch bodies that ``check_structure`` refuses, for the same reason when
     only one limit is passed."""
     rnd = random.Random(11)
-    decoder = msgspec.json.Decoder(BatchEnvelope)
+    decoder = msgspec.json.Decoder(BatchBody)
     for _ in range(1500):
         items = [random_json(rnd) for _ in range(rnd.randint(1, 6))]
         body_value = {"batch": items}

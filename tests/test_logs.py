@@ -9,8 +9,8 @@ import logging
 import httpx
 import pytest
 
-from router_core.hookspecs import hookimpl
-from router_core.logs import JsonFormatter
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.logs import JsonFormatter
 from tests.helpers import LiveServer, ServeProcess, make_config
 
 

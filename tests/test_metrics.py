@@ -173,7 +173,7 @@ def test_grafana_dashboard_queries_only_metrics_that_exist():
     import re
     from pathlib import Path
 
-    from router_core import metrics
+    from eventrouter import metrics
 
     dashboard = json.loads(
         (Path(__file__).parent.parent / "deploy/grafana/eventrouter.json").read_text()

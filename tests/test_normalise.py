@@ -11,10 +11,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import msgspec
 import pytest
 
-from router_core import commands as c
-from router_core import model as m
-from router_core.errors import InvalidEvent
-from router_core.normalise import Envelope, event_times, legacy_to_command, to_command, utc
+from eventrouter.errors import InvalidEvent
+from eventrouter.events import commands as c
+from eventrouter.events import model as m
+from eventrouter.events.normalise import Arrival, event_times, legacy_to_command, to_command, utc
 from tests.ingest_support import iso, now, parse_time, running, the_event, uid
 
 RECEIVED = datetime(2025, 5, 28, 12, 0, 0, 500000, tzinfo=UTC)
@@ -132,8 +132,8 @@ def test_out_of_range_times_are_rejected(timestamp, original, sent_at, name):
 # -- to_command ---------------------------------------------------------------------------
 
 
-def env(**kwargs) -> Envelope:
-    return Envelope(received_at=RECEIVED, source="web", ip="10.1.1.1", **kwargs)
+def env(**kwargs) -> Arrival:
+    return Arrival(received_at=RECEIVED, source="web", ip="10.1.1.1", **kwargs)
 
 
 def decode(kind: str, **body):

@@ -17,8 +17,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from router_core import openapi
-from router_core.app import is_ingestion
+from eventrouter.app import is_ingestion
+from eventrouter.edge import openapi
 from tests.helpers import ADMIN_TOKEN
 from tests.ingest_support import running
 

@@ -9,9 +9,9 @@ import brotli
 import falcon.testing
 import pytest
 
-from router_core.app import create_app
-from snippet import library
-from snippet.origin import choose_encoding
+from eventrouter.app import create_app
+from eventrouter.snippet import library
+from eventrouter.snippet.origin import choose_encoding
 from tests.helpers import make_config
 
 LOADER = "/analytics.js/v1/wk-web/analytics.min.js"

@@ -11,9 +11,9 @@ import psycopg
 import pytest
 from sqlalchemy import event
 
-from router_core.bus import Bus, make_plugin_manager
-from router_core.config import ConfigError
-from router_core.store import EventFilter, EventStore, PathCondition
+from eventrouter.bus.bus import Bus, make_plugin_manager
+from eventrouter.config import ConfigError
+from eventrouter.store.query import EventFilter, EventStore, PathCondition
 from tests.helpers import LiveServer, make_config, recent, run_eventrouter
 from tests.ingest_support import AUTH
 from tests.queue_support import WorkerThread, amqp_env, to_toml, unique  # noqa: F401
@@ -216,7 +216,7 @@ def test_retention_drops_old_partitions_only(pg_url, tmp_path):
 
 
 def sink_bounds(sink, moment):
-    from sinks.postgres import partition_bounds
+    from eventrouter.sinks.postgres import partition_bounds
 
     return partition_bounds(moment, sink.options.partition)
 
@@ -321,7 +321,7 @@ def test_the_query_api_pages_and_filters_a_postgres_store(pg_server):
 
 
 def _tracks(n: int, event: str = "e") -> list:
-    from router_core.commands import TrackCommand
+    from eventrouter.events.commands import TrackCommand
 
     now = datetime.now(UTC)
     return [
@@ -389,7 +389,7 @@ def _spied_sink(url: str, tmp_path, **options):
 
 
 def test_a_large_batch_is_copied_on_parallel_connections_and_stored_once(pg_url, tmp_path):
-    from router_core.commands import IdentifyCommand
+    from eventrouter.events.commands import IdentifyCommand
 
     sink, parts = _spied_sink(pg_url, tmp_path)  # parallel = 2, the default
     now = datetime.now(UTC)

@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 from kombu import Connection
 
-from admin.confirm import Confirmations
-from router_core import ipanon
-from router_core.config import ConfigError
-from router_core.suppressions import SuppressionList
+from eventrouter.admin.confirm import Confirmations
+from eventrouter.config import ConfigError
+from eventrouter.events import ipanon
+from eventrouter.privacy.suppressions import SuppressionList
 from tests.admin_support import sign_in
 from tests.helpers import ADMIN_TOKEN, LiveServer, eventually, make_config, run_eventrouter
 from tests.privacy_support import PrivacyPage, cells, linked, token_of

@@ -19,8 +19,8 @@ import httpx
 import pytest
 from clickhouse_driver import Client
 
-from admin.confirm import CLICKHOUSE_DDL, LIFETIME, Confirmations, UsedTokens
-from router_core.suppressions import SuppressionList
+from eventrouter.admin.confirm import CLICKHOUSE_DDL, LIFETIME, Confirmations, UsedTokens
+from eventrouter.privacy.suppressions import SuppressionList
 from tests.admin_support import sign_in
 from tests.helpers import ADMIN_BEARER, LiveServer, ServeProcess
 from tests.privacy_support import PrivacyPage, cells, token_of

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from router_core import erasure
+from eventrouter.privacy import erasure
 from tests.helpers import ADMIN_TOKEN, LiveServer, make_config, run_eventrouter
 from tests.privacy_support import PrivacyPage, cells, linked, token_of
 from tests.queue_support import to_toml

@@ -19,8 +19,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from router_core import erasure
-from router_core.suppressions import SuppressionList
+from eventrouter.privacy import erasure
+from eventrouter.privacy.suppressions import SuppressionList
 from tests.helpers import ADMIN_TOKEN, LiveServer, eventually, make_config, run_eventrouter
 from tests.queue_support import to_toml, unique
 from tests.store_support import STORES, store_sink

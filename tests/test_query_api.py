@@ -9,8 +9,8 @@ from urllib.parse import quote
 
 import pytest
 
-from router_core.commands import STORED_COLUMNS
-from router_core.store import InvalidQuery, decode_cursor, encode_cursor
+from eventrouter.events.commands import STORED_COLUMNS
+from eventrouter.store.query import InvalidQuery, decode_cursor, encode_cursor
 from tests.helpers import ADMIN_TOKEN
 from tests.ingest_support import AUTH, assert_error, iso, parse_time, running, uid
 
@@ -557,7 +557,7 @@ def test_bad_cursor_raises_invalid_query_naming_cursor(cursor):
 def test_server_processes_starting_at_once_create_the_sqlite_schema(tmp_path):
     """Several gunicorn workers of a queued edge open one new SQLite file at start-up;
     each must come up (SQLite refuses some concurrent schema writes without waiting)."""
-    from router_core.store import EventStore
+    from eventrouter.store.query import EventStore
 
     errors: list[str] = []
     for trial in range(20):

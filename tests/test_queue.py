@@ -8,8 +8,8 @@ import sqlite3
 import pytest
 import redis
 
-from router_core.bus import Bus, make_plugin_manager
-from router_core.config import ConfigError
+from eventrouter.bus.bus import Bus, make_plugin_manager
+from eventrouter.config import ConfigError
 from tests.helpers import LiveServer, eventually, free_port, make_config, run_eventrouter
 from tests.ingest_support import AUTH
 from tests.queue_support import (  # noqa: F401 - fixtures
@@ -117,7 +117,7 @@ def test_a_killed_workers_redelivery_lock_lasts_no_longer_than_the_visibility_ti
     import redis as redis_client
     from kombu.transport.redis import Mutex, MutexHeld
 
-    from router_core import queue as broker
+    from eventrouter.queue import broker
 
     config = make_config(
         tmp_path, {"queue": {"url": "redis://127.0.0.1:6379/0", "visibility_timeout": "2s"}}
@@ -143,13 +143,13 @@ def test_a_killed_workers_redelivery_lock_lasts_no_longer_than_the_visibility_ti
 def test_a_redis_consumer_killed_as_it_takes_a_message_loses_nothing(tmp_path):
     """kombu's own Redis consumer pops a message (``BRPOP``) and records it as
     unacknowledged in a second round trip: a worker killed in between lost the message
-    for good. eventrouter's consumer (``router_core/redis_transport.py``) takes it with
+    for good. eventrouter's consumer (``router_core/queue/redis_transport.py``) takes it with
     one atomic script, so a consumer that dies right after Redis handed it the message,
     before any code of its own ran, still leaves it to the next worker once
     ``visibility_timeout`` has passed."""
     from kombu import Consumer, Producer
 
-    from router_core import queue as broker
+    from eventrouter.queue import broker
 
     raw = {"queue": {"url": REDIS_QUEUE_URL, "prefix": unique("ert"), "visibility_timeout": "1s"}}
     config = make_config(tmp_path, raw).queue

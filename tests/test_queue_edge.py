@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import pytest
 
-from router_core.config import ConfigError, parse
+from eventrouter.config import ConfigError, parse
 from tests.helpers import HANG_GUARD, LiveServer, eventually, free_port, make_config
 from tests.queue_support import (  # noqa: F401 - fixtures
     DEDUP_URL,

@@ -19,9 +19,9 @@ import httpx
 import pytest
 import redis
 
-from plugins.ratelimit import RateLimiter, TokenBucket
-from router_core.config import ConfigError, RateLimit
-from router_core.errors import APIError
+from eventrouter.config import ConfigError, RateLimit
+from eventrouter.errors import APIError
+from eventrouter.plugins.ratelimit import RateLimiter, TokenBucket
 from tests.helpers import ADMIN_TOKEN, HANG_GUARD, LiveServer, ServeProcess, eventually, make_config
 from tests.tcp_proxy import TcpProxy
 

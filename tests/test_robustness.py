@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from router_core.config import ConfigError
-from router_core.hookspecs import hookimpl
-from router_core.sink import Sink
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.bus.sink import Sink
+from eventrouter.config import ConfigError
 from tests.helpers import LiveServer, eventually, make_config, run_eventrouter
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
@@ -24,8 +24,8 @@ eventrouter = run_eventrouter
 
 
 SINK_MODULE = """\
-from router_core.hookspecs import hookimpl
-from router_core.sink import Sink
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.bus.sink import Sink
 
 
 class {cls}(Sink):

@@ -28,9 +28,10 @@ from typing import Any
 
 import pytest
 
-from router_core import config as config_module
-from router_core.bus import WORKER, Bus, make_plugin_manager
-from router_core.commands import (
+from eventrouter import config as config_module
+from eventrouter.bus.bus import WORKER, Bus, make_plugin_manager
+from eventrouter.config import Config, ConfigError
+from eventrouter.events.commands import (
     STORED_COLUMNS,
     AliasCommand,
     Command,
@@ -40,8 +41,7 @@ from router_core.commands import (
     ScreenCommand,
     TrackCommand,
 )
-from router_core.config import Config, ConfigError
-from sinks.s3 import MIN_PART_SIZE, ndjson_lines
+from eventrouter.sinks.s3 import MIN_PART_SIZE, ndjson_lines
 from tests.helpers import LiveServer, eventually, free_port, make_config
 from tests.queue_support import WorkerThread, amqp_env, queue_env, unique  # noqa: F401
 from tests.s3_support import S3Env, closed_endpoint, s3_env, start_moto  # noqa: F401

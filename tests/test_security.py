@@ -31,10 +31,10 @@ import pytest
 from clickhouse_driver import Client
 from playwright.sync_api import Page, expect
 
-from router_core import auth as auth_module
-from router_core import keys as keys_module
-from router_core.keys import WriteKeys
-from router_core.store import CLICKHOUSE_JSON_EXTRACT_SQL
+from eventrouter.edge import auth as auth_module
+from eventrouter.edge import keys as keys_module
+from eventrouter.edge.keys import WriteKeys
+from eventrouter.store.query import CLICKHOUSE_JSON_EXTRACT_SQL
 from tests.admin_support import open_tail, refused_status, sign_in
 from tests.browser_support import chromium
 from tests.helpers import (
@@ -526,8 +526,8 @@ def test_write_keys_are_looked_up_by_digest_and_compared_in_constant_time():
 
 
 def test_the_ingestor_and_the_cdn_origin_use_the_constant_time_lookup(server):
-    ingest = inspect.getsource(__import__("router_core.ingest", fromlist=["x"]))
-    origin = inspect.getsource(__import__("snippet.origin", fromlist=["x"]))
+    ingest = inspect.getsource(__import__("eventrouter.edge.ingest", fromlist=["x"]))
+    origin = inspect.getsource(__import__("eventrouter.snippet.origin", fromlist=["x"]))
     assert "WriteKeys(" in ingest and "WriteKeys(" in origin
     body = {"userId": "u", "event": "x"}
     for wrong in ["wk-web-0123456788", "wk-web-012345678", "wk-web-01234567890"]:

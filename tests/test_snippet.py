@@ -3,8 +3,8 @@ with its name and version, and the same bytes on every build."""
 
 from __future__ import annotations
 
-import router_core
-from snippet import library
+import eventrouter
+from eventrouter.snippet import library
 
 #: What a page downloads, compressed, at most.
 BUDGET = 8 * 1024
@@ -21,9 +21,9 @@ def test_the_library_fits_its_size_budget():
 
 def test_the_library_says_its_name_and_version():
     text = library.build.__wrapped__().identity.decode()
-    assert text.startswith(f"/*! {library.LIBRARY_NAME} {router_core.__version__} ")
+    assert text.startswith(f"/*! {library.LIBRARY_NAME} {eventrouter.__version__} ")
     assert f'"{library.LIBRARY_NAME}"' in text
-    assert f'"{router_core.__version__}"' in text
+    assert f'"{eventrouter.__version__}"' in text
     assert "__LIBRARY_" not in text
 
 

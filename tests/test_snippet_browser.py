@@ -27,8 +27,8 @@ from urllib.parse import unquote
 import pytest
 from playwright.sync_api import Browser, Page
 
-import router_core
-from snippet import loader_snippet
+import eventrouter
+from eventrouter.snippet import loader_snippet
 from tests.browser_support import SCREENSHOTS, chromium
 from tests.helpers import HANG_GUARD, LiveServer, eventually, make_config
 from tests.snippet_support import (
@@ -202,7 +202,7 @@ def test_calls_before_and_after_load_land_with_their_context(
         assert context["campaign"] == {"source": "news", "name": "spring"}
         assert context["library"] == {
             "name": "analytics-eventrouter",
-            "version": router_core.__version__,
+            "version": eventrouter.__version__,
         }
         for name, value in browser_facts.items():
             assert context[name] == value, name

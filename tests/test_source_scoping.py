@@ -46,16 +46,16 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.schema import CreateTable
 
-from plugins.dedup import RedisDedup
-from router_core.bus import WORKER, Bus, make_plugin_manager
-from router_core.commands import TrackCommand
-from router_core.config import DedupConfig
-from router_core.schema import event_columns, events, metadata
-from router_core.store import AmbiguousEvent, EventFilter, EventStore, iso_utc
-from sinks import clickhouse as clickhouse_sink
-from sinks import postgres as postgres_sink
-from sinks.s3 import object_name
-from sinks.sqlite import flat_values, insert_values
+from eventrouter.bus.bus import WORKER, Bus, make_plugin_manager
+from eventrouter.config import DedupConfig
+from eventrouter.events.commands import TrackCommand
+from eventrouter.plugins.dedup import RedisDedup
+from eventrouter.sinks import clickhouse as clickhouse_sink
+from eventrouter.sinks import postgres as postgres_sink
+from eventrouter.sinks.s3 import object_name
+from eventrouter.sinks.sqlite import flat_values, insert_values
+from eventrouter.store.query import AmbiguousEvent, EventFilter, EventStore, iso_utc
+from eventrouter.store.schema import event_columns, events, metadata
 from tests.helpers import LiveServer, make_config, run_eventrouter
 from tests.ingest_support import AUTH
 from tests.queue_support import DEDUP_URL, to_toml, unique

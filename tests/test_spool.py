@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from router_core.config import ConfigError
-from router_core.spool import HEADER, Spool, SpoolFull, read_records
+from eventrouter.config import ConfigError
+from eventrouter.queue.spool import HEADER, Spool, SpoolFull, read_records
 from tests.helpers import LiveServer, ServeProcess, eventually, make_config
 from tests.queue_support import (  # noqa: F401 - fixtures
     SERVICE_PORTS,

@@ -20,9 +20,9 @@ from typing import Any
 import msgspec
 import pytest
 
-from router_core import queue as broker
-from router_core.hookspecs import hookimpl
-from router_core.sink import Sink
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.bus.sink import Sink
+from eventrouter.queue import broker
 from tests.helpers import HANG_GUARD, LiveServer, eventually
 from tests.queue_support import (  # noqa: F401 - fixtures
     QueueEnv,

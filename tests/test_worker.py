@@ -31,12 +31,12 @@ import msgspec
 import pytest
 from kombu import Exchange, Producer, Queue
 
-from router_core import queue as broker
-from router_core import worker as worker_module
-from router_core.commands import Command, TrackCommand, decode_many
-from router_core.hookspecs import hookimpl
-from router_core.sink import Sink
-from router_core.worker import gc_paused
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.bus.sink import Sink
+from eventrouter.events.commands import Command, TrackCommand, decode_many
+from eventrouter.queue import broker
+from eventrouter.queue import worker as worker_module
+from eventrouter.queue.worker import gc_paused
 from tests.helpers import HANG_GUARD, LiveServer, eventually, run_eventrouter
 from tests.queue_support import (  # noqa: F401 - fixtures
     AMQP_URL,

@@ -1,7 +1,7 @@
 """The ``webhook`` sink type: POST every batch of events, as JSON, to an HTTP endpoint.
 
 A third-party eventrouter plugin, written only against the public plugin API of
-``docs/plugins.md``: a :class:`~router_core.sink.Sink` subclass with an ``Options``
+``docs/plugins.md``: a :class:`~eventrouter.bus.sink.Sink` subclass with an ``Options``
 Struct, registered by ``eventrouter_sink_types`` in the module that the package's
 ``eventrouter`` entry point names. Operator's guide: ``README.md``.
 
@@ -25,11 +25,11 @@ from typing import Annotated, Any
 import httpx
 import msgspec
 
-from router_core.commands import Command
-from router_core.config import Duration
-from router_core.health import ComponentHealth
-from router_core.hookspecs import hookimpl
-from router_core.sink import Sink
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.bus.sink import Sink
+from eventrouter.config import Duration
+from eventrouter.events.commands import Command
+from eventrouter.health import ComponentHealth
 
 __version__ = "0.1.0"
 

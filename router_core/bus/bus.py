@@ -1,0 +1,574 @@
+"""The bus: a pluggy PluginManager built from config, behind a small typed facade.
+
+Nothing else in the code base calls ``pm.hook.*`` for dispatch. pluggy stops a hook call
+at the first exception, so the bus calls every implementation of
+``eventrouter_write_batch`` on its own, with a timeout, records what happened to it, and
+goes on: one broken sink never holds the others back or fails the request path.
+
+Sinks named in config with ``acknowledgements = true`` are *acknowledging*: the request
+awaits them and answers 503 if one fails. Every other implementation is an observer,
+called in the background.
+
+A bus has a role. On the *edge* (``eventrouter serve``) it runs the configured sinks
+itself (embedded mode) or, with ``[queue]`` configured, only the queue publisher: the
+sinks then run in ``eventrouter worker``, whose bus (role *worker*) delivers each
+queue's batches to its one sink with :meth:`Bus.deliver`.
+
+Pipeline stages fail open, except privacy stages: a plugin whose object has
+``fail_closed = True`` (:func:`fails_closed`; the built-in scrub and suppress stages)
+refuses the whole batch when its stage raises or times out (:class:`FailedClosed`, a
+503 on the edge, a failed write that the worker retries), rather than let the batch go
+on without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pluggy
+
+from eventrouter import metrics
+from eventrouter.bus import hookspecs
+from eventrouter.bus.sink import Sink
+from eventrouter.config import Config, ConfigError, SinkConfig, convert
+from eventrouter.errors import APIError
+from eventrouter.events.commands import Command
+from eventrouter.health import ComponentHealth
+
+log = logging.getLogger("eventrouter.bus")
+
+ENTRY_POINT_GROUP = "eventrouter"
+EDGE = "edge"
+WORKER = "worker"
+#: Sink type of the edge's queue publisher (provided by ``sinks.queue``).
+QUEUE_PLUGIN = "queue"
+#: Plugin name it is registered under (not ``sink:...``: it is not a [sinks] entry).
+PUBLISHER_NAME = "broker"
+
+
+def make_plugin_manager(
+    config: Config, *, entry_points: bool = True, plugins: Sequence[Any] = ()
+) -> pluggy.PluginManager:
+    """Build a fresh PluginManager: hookspecs, entry-point plugins, then ``plugins``.
+
+    Plugins named in ``[plugins] disabled`` are blocked before loading. Every test gets
+    its own manager; there is no import-time global.
+    """
+    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    pm.add_hookspecs(hookspecs)
+    for name in config.plugins.disabled:
+        pm.set_blocked(name)
+    if entry_points:
+        pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    for plugin in plugins:
+        pm.register(plugin)
+    pm.check_pending()
+    return pm
+
+
+class Expired(TimeoutError):
+    """The bus's own time limit on a hook call ran out. A ``TimeoutError`` the hook
+    raised itself (a socket's, a broker confirm's) is that hook's failure instead, and is
+    reported with its own message."""
+
+    #: Quoted in the 503 (``NotDurable``): "timed out after 10s" names no host.
+    client_safe = True
+
+
+async def _within(timeout: float, awaitable: Any) -> Any:
+    """Await ``awaitable`` in the current task, raising :class:`Expired` after ``timeout``.
+
+    ``asyncio.timeout`` does the same with more machinery; on the request path, once per
+    event batch, one timer handle is all it takes.
+    """
+    task = asyncio.current_task()
+    fired = False
+
+    def expire() -> None:
+        nonlocal fired
+        fired = True
+        task.cancel()
+
+    handle = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if fired and task.uncancel() == 0:
+            raise Expired(f"timed out after {timeout:g}s") from None
+        raise
+    finally:
+        handle.cancel()
+
+
+#: Seconds a client is told to wait before retrying a refused batch.
+RETRY_AFTER = "5"
+
+
+class NotDurable(APIError):
+    """An acknowledging sink could not take the batch: the client must retry."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            503,
+            "unavailable",
+            f"events may not have been stored, retry later: {detail}",
+            headers={"Retry-After": RETRY_AFTER},
+        )
+
+
+def fails_closed(plugin: Any) -> bool:
+    """Whether ``plugin``'s pipeline stage is privacy-relevant: its object (module or
+    instance) has a true ``fail_closed`` attribute (docs/plugins.md, "Failing closed")."""
+    return bool(getattr(plugin, "fail_closed", False))
+
+
+class FailedClosed(APIError):
+    """A fail-closed pipeline stage raised or timed out, so the batch went nowhere: no
+    sink, observer or broker saw any of it. The edge answers 503 (the client retries);
+    the worker's write fails, unacknowledged, and is retried."""
+
+    def __init__(self, stage: str, detail: str) -> None:
+        super().__init__(
+            503,
+            "unavailable",
+            f"pipeline stage {stage} failed ({detail}); "
+            "no event of this request was stored, retry later",
+            headers={"Retry-After": RETRY_AFTER},
+        )
+        #: The plugin name of the stage (``scrub:paths``, ``suppress:store``, ...).
+        self.stage = stage
+
+
+def _client_detail(exc: BaseException) -> str:
+    """What a 503 may quote of ``exc``: its message if it says it is ``client_safe``
+    (names no host or credential), else only its type."""
+    return str(exc) if getattr(exc, "client_safe", False) else type(exc).__name__
+
+
+@dataclass
+class PluginStats:
+    """What happened to one hook implementation (shown in ``/health``)."""
+
+    batches: int = 0
+    events: int = 0
+    failures: int = 0
+    timeouts: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_success_at: float | None = None
+
+    @property
+    def up(self) -> bool:
+        """No failure since the last success (the counters keep the history)."""
+        if self.last_error_at is None:
+            return True
+        return self.last_success_at is not None and self.last_success_at > self.last_error_at
+
+    def failed(self, error: str, timed_out: bool = False) -> None:
+        self.failures += 1
+        self.timeouts += timed_out
+        self.last_error = error
+        self.last_error_at = time.time()
+
+    def succeeded(self) -> None:
+        self.last_success_at = time.time()
+
+
+class Bus:
+    """Dispatches batches of commands through the pipeline and out to the sinks."""
+
+    def __init__(
+        self,
+        config: Config,
+        pm: pluggy.PluginManager,
+        *,
+        role: str = EDGE,
+        only: Sequence[str] | None = None,
+    ) -> None:
+        """:param role: ``EDGE`` or ``WORKER``.
+        :param only: worker: run just these sinks (default: every configured sink)."""
+        self.config = config
+        self.pm = pm
+        self.role = role
+        #: Every configured sink, built and validated (whether or not it runs here).
+        self.sinks: dict[str, Sink] = {}
+        #: The sinks this process runs (registered on the plugin manager).
+        self.running: dict[str, Sink] = {}
+        #: The edge's queue publisher, when ``[queue]`` is configured.
+        self.publisher: Sink | None = None
+        self.stats: dict[str, PluginStats] = {}
+        self._acknowledging: set[str] = set()
+        self._executors: dict[str, ThreadPoolExecutor] = {}
+        self._background: set[asyncio.Task] = set()
+        self._is_async: dict[Any, bool] = {}
+        self.build_sinks(only)
+
+    # -- construction ------------------------------------------------------------------
+    def sink_types(self) -> dict[str, type[Sink]]:
+        """Every installed sink type by name; of two plugins offering one name, the first
+        registered wins (with a warning naming both)."""
+        types: dict[str, type[Sink]] = {}
+        owners: dict[str, str] = {}
+        for impl in self.pm.hook.eventrouter_sink_types.get_hookimpls():
+            for name, cls in (impl.function() or {}).items():
+                if name in owners:
+                    log.warning(
+                        "sink type %r is provided by plugins %r and %r; using %r's",
+                        name,
+                        owners[name],
+                        impl.plugin_name,
+                        owners[name],
+                    )
+                    continue
+                types[name] = cls
+                owners[name] = impl.plugin_name
+        return types
+
+    @property
+    def gathers_batches(self) -> bool:
+        """True in ``eventrouter worker``: each write is a whole batch its consumer
+        gathered (up to ``batch.max_events`` / ``batch.timeout``) and retries itself on
+        failure (``retry``), so a sink must neither linger for more writes nor retry the
+        write again. False on the edge, where each write is the events of the requests
+        of one event-loop turn (router_core/edge/coalesce.py)."""
+        return self.role == WORKER
+
+    @property
+    def queued(self) -> bool:
+        """True on an edge that hands events to the queue instead of running the sinks."""
+        return self.role == EDGE and self.config.queue is not None
+
+    def build_sinks(self, only: Sequence[str] | None = None) -> None:
+        """Instantiate every ``[sinks.NAME]``; register the ones this process runs as
+        plugin ``sink:NAME`` (and, on a queued edge, the queue publisher)."""
+        types = self.sink_types()
+        file = self.config.path
+        for name in only or ():
+            if name not in self.config.sinks:
+                known = ", ".join(self.config.sinks) or "none"
+                raise ConfigError(file, "sinks", f"no sink named {name!r} (configured: {known})")
+        for name, sink_config in self.config.sinks.items():
+            if sink_config.type == QUEUE_PLUGIN:
+                raise ConfigError(
+                    file,
+                    f"sinks.{name}.type",
+                    "the queue is configured in the [queue] table, not as a sink",
+                )
+            cls = types.get(sink_config.type)
+            if cls is None:
+                known = ", ".join(sorted(t for t in types if t != QUEUE_PLUGIN)) or "none"
+                raise ConfigError(
+                    file,
+                    f"sinks.{name}.type",
+                    f"unknown sink type {sink_config.type!r} (installed: {known})",
+                )
+            options = convert(sink_config.options, cls.Options, file, f"sinks.{name}")
+            self.sinks[name] = cls(name, sink_config, options)
+        if self.queued:
+            cls = types.get(QUEUE_PLUGIN)
+            if cls is None:
+                raise ConfigError(file, "queue", "the queue plugin (sinks.queue) is not installed")
+            self.publisher = cls(QUEUE_PLUGIN, SinkConfig(type=QUEUE_PLUGIN), self.config.queue)
+            self._register(PUBLISHER_NAME, self.publisher, acknowledging=True)
+        else:
+            for name, sink in self.sinks.items():
+                if self.role == EDGE or not only or name in only:
+                    self._register(f"sink:{name}", sink, sink.config.acknowledgements)
+                    self.running[name] = sink
+        self.store_sink()
+
+    def _register(self, plugin_name: str, sink: Sink, acknowledging: bool) -> None:
+        if self.pm.register(sink, name=plugin_name) is None:
+            # pluggy refuses a blocked name silently: the sink would never be called.
+            what = f"sink {plugin_name[5:]!r}" if plugin_name.startswith("sink:") else plugin_name
+            raise ConfigError(
+                self.config.path,
+                "plugins.disabled",
+                f"{what} is configured but blocked by plugins.disabled "
+                f"(remove [sinks.{plugin_name[5:]}] to turn it off)"
+                if plugin_name.startswith("sink:")
+                else f"{what} is configured but blocked by plugins.disabled",
+            )
+        if acknowledging:
+            self._acknowledging.add(plugin_name)
+
+    def store_sink(self) -> Sink | None:
+        """The sink whose store the query API reads: ``[admin] store``, else the first SQL one.
+
+        :raises ConfigError: ``[admin] store`` names a sink that is not queryable.
+        """
+        wanted = self.config.admin.store
+        if not wanted:
+            return next((s for s in self.sinks.values() if s.queryable), None)
+        sink = self.sinks[wanted]
+        if not sink.queryable:
+            raise ConfigError(
+                self.config.path,
+                "admin.store",
+                f"sink {wanted!r} has type {sink.config.type!r}, which is not queryable "
+                "(the query API needs an SQL store)",
+            )
+        return sink
+
+    # -- calling one implementation in isolation ---------------------------------------
+    def _executor(self, plugin_name: str) -> ThreadPoolExecutor:
+        executor = self._executors.get(plugin_name)
+        if executor is None:
+            executor = ThreadPoolExecutor(4, thread_name_prefix=f"hook-{plugin_name}")
+            self._executors[plugin_name] = executor
+        return executor
+
+    async def _invoke(self, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
+        function = impl.function
+        args = {name: kwargs[name] for name in impl.argnames}
+        is_async = self._is_async.get(function)
+        if is_async is None:
+            is_async = self._is_async[function] = inspect.iscoroutinefunction(function)
+        if is_async:
+            return await function(**args)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(
+            self._executor(impl.plugin_name), partial(function, **args)
+        )
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _guarded(
+        self, impl: pluggy.HookImpl, commands: Sequence[Command], timeout: float
+    ) -> BaseException | None:
+        """Deliver to one implementation; return the failure instead of raising it."""
+        stats = self.stats.setdefault(impl.plugin_name, PluginStats())
+        stats.batches += 1
+        stats.events += len(commands)
+        m = metrics.get()
+        m.child(m.sink_batch_events, impl.plugin_name).observe(len(commands))
+        started = time.perf_counter()
+        try:
+            await _within(timeout, self._invoke(impl, {"commands": commands}))
+            stats.succeeded()
+        except Expired as exc:
+            stats.failed(f"timed out after {timeout:g}s", timed_out=True)
+            log.error("%s: write timed out after %gs", impl.plugin_name, timeout)
+            m.child(m.sink_failed, impl.plugin_name).inc()
+            return exc
+        except Exception as exc:
+            stats.failed(f"{type(exc).__name__}: {exc}")
+            log.exception("%s: write failed", impl.plugin_name)
+            m.child(m.sink_failed, impl.plugin_name).inc()
+            return exc
+        m.child(m.sink_write_duration, impl.plugin_name).observe(time.perf_counter() - started)
+        m.child(m.sink_written, impl.plugin_name).inc(len(commands))
+        return None
+
+    # -- the request path --------------------------------------------------------------
+    async def process(
+        self,
+        commands: Sequence[Command],
+        stages: Sequence[pluggy.HookImpl] | None = None,
+        sink: str | None = None,
+    ) -> Sequence[Command]:
+        """Run the pipeline hooks (dedup, enrichment, ...) in order, each isolated.
+
+        A stage that raises or takes longer than ``server.dispatch_timeout`` is counted,
+        logged and skipped: the batch passes on unchanged. Unless its plugin
+        :func:`fails_closed` (a privacy stage: scrub, suppress): then the whole batch is
+        refused. ``stages`` defaults to every ``eventrouter_process_batch``
+        implementation; ``sink`` is passed on to them. A stage whose plugin object says it
+        is ``idle`` (it would return the batch unchanged, e.g. an empty suppression list)
+        is not called: the isolation around each call costs the request path more than
+        such a stage's own work.
+
+        :raises FailedClosed: a fail-closed stage raised or timed out.
+        """
+        if stages is None:
+            stages = self.pm.hook.eventrouter_process_batch.get_hookimpls()
+        timeout = self.config.server.dispatch_timeout
+        for impl in reversed(stages):
+            plugin = impl.plugin
+            if getattr(plugin, "idle", False):
+                continue
+            name = impl.plugin_name
+            try:
+                result = await _within(
+                    timeout, self._invoke(impl, {"commands": commands, "sink": sink})
+                )
+            except Expired:
+                detail = f"timed out after {timeout:g}s"
+                self.stats.setdefault(name, PluginStats()).failed(detail, timed_out=True)
+                if fails_closed(plugin):
+                    log.error("%s: pipeline stage %s; batch refused (fail_closed)", name, detail)
+                    raise FailedClosed(name, detail) from None
+                log.error("%s: pipeline stage %s; batch passed on", name, detail)
+                continue
+            except Exception as exc:
+                self.stats.setdefault(name, PluginStats()).failed(repr(exc))
+                if fails_closed(plugin):
+                    # An error that explains itself (``client_safe``, e.g. the suppression
+                    # list not read yet) may come with every batch: no traceback for it.
+                    log.error(
+                        "%s: pipeline stage failed (%r); batch refused (fail_closed)",
+                        name,
+                        exc,
+                        exc_info=not getattr(exc, "client_safe", False),
+                    )
+                    raise FailedClosed(name, _client_detail(exc)) from exc
+                log.exception("%s: pipeline stage failed; batch passed on unchanged", name)
+                continue
+            if (stats := self.stats.get(name)) is not None:
+                stats.succeeded()  # only stages that failed before are tracked in /health
+            if result is not None:
+                commands = result
+            if not commands:
+                break
+        return commands
+
+    async def dispatch(self, commands: Sequence[Command]) -> None:
+        """Deliver a batch; return once every acknowledging sink holds it.
+
+        :raises NotDurable: an acknowledging sink failed or timed out (answer 503).
+        :raises FailedClosed: a fail-closed stage failed; no sink was called (503).
+        """
+        if stages := self.pm.hook.eventrouter_process_batch.get_hookimpls():
+            commands = await self.process(commands, stages)
+            if not commands:
+                return
+        acknowledging = []
+        server = self.config.server
+        for impl in self.pm.hook.eventrouter_write_batch.get_hookimpls():
+            if impl.plugin_name in self._acknowledging:
+                acknowledging.append(impl)
+            else:
+                task = asyncio.create_task(self._guarded(impl, commands, server.observer_timeout))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        if len(acknowledging) == 1:
+            failures = [await self._guarded(acknowledging[0], commands, server.dispatch_timeout)]
+        else:
+            failures = await asyncio.gather(
+                *(self._guarded(i, commands, server.dispatch_timeout) for i in acknowledging)
+            )
+        failed = [
+            (impl.plugin_name, exc)
+            for impl, exc in zip(acknowledging, failures, strict=True)
+            if exc is not None
+        ]
+        if failed:
+            name, exc = failed[0]
+            # Only the type: a message may name hosts or credentials. An error meant for
+            # the client (``client_safe = True``, e.g. the full spool) is quoted.
+            raise NotDurable(f"{name}: {_client_detail(exc)}")
+        await self.committed(commands, None)
+
+    async def deliver(self, sink: str, commands: Sequence[Command]) -> Sequence[Command]:
+        """Worker: run the pipeline for ``sink``, write the batch to it, then report it
+        committed. Returns the commands written (dedup may have dropped some).
+
+        :raises Exception: the sink's failure (or ``TimeoutError``), or
+            :class:`FailedClosed` before any write, for the worker to retry, hold or
+            dead-letter.
+        """
+        if stages := self.pm.hook.eventrouter_process_batch.get_hookimpls():
+            commands = await self.process(commands, stages, sink)
+            if not commands:
+                return commands
+        plugin_name = f"sink:{sink}"
+        impl = next(
+            i
+            for i in self.pm.hook.eventrouter_write_batch.get_hookimpls()
+            if i.plugin_name == plugin_name
+        )
+        queue = self.config.queue
+        timeout = queue.write_timeout if queue is not None else self.config.server.dispatch_timeout
+        error = await self._guarded(impl, commands, timeout)
+        if error is not None:
+            raise error
+        await self.committed(commands, sink)
+        return commands
+
+    async def committed(self, commands: Sequence[Command], sink: str | None) -> None:
+        """Call every ``eventrouter_batch_committed`` implementation, each isolated."""
+        if not commands:
+            return
+        timeout = self.config.server.dispatch_timeout
+        for impl in self.pm.hook.eventrouter_batch_committed.get_hookimpls():
+            try:
+                await _within(timeout, self._invoke(impl, {"commands": commands, "sink": sink}))
+            except Exception as exc:
+                detail = "timed out" if isinstance(exc, Expired) else repr(exc)
+                self.stats.setdefault(impl.plugin_name, PluginStats()).failed(detail)
+                log.error("%s: batch_committed failed: %s", impl.plugin_name, detail)
+
+    async def stage_down(self, plugin_name: str, timeout: float = 5.0) -> str | None:
+        """Why plugin ``plugin_name`` says it is down (its ``eventrouter_health``), or
+        None: it reports nothing down, or nothing at all. The worker holds a batch that a
+        fail-closed stage refused while that stage is down, as it does for a sink."""
+        for impl in self.pm.hook.eventrouter_health.get_hookimpls():
+            if impl.plugin_name != plugin_name:
+                continue
+            try:
+                result = await _within(timeout, self._invoke(impl, {}))
+            except Exception as exc:
+                return "health check timed out" if isinstance(exc, Expired) else repr(exc)
+            for component in result if isinstance(result, list) else [result]:
+                if component is not None and not component.up:
+                    return component.detail or "down"
+        return None
+
+    # -- lifecycle and health ----------------------------------------------------------
+    async def start(self) -> None:
+        for impl in reversed(self.pm.hook.eventrouter_startup.get_hookimpls()):
+            await self._invoke(impl, {"bus": self})
+
+    async def stop(self, grace: float = 10.0) -> None:
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=grace)
+        for impl in reversed(self.pm.hook.eventrouter_shutdown.get_hookimpls()):
+            try:
+                await self._invoke(impl, {})
+            except Exception:
+                log.exception("%s: shutdown failed", impl.plugin_name)
+        for executor in self._executors.values():
+            executor.shutdown(wait=False, cancel_futures=True)
+        self._executors.clear()
+
+    async def health(self, timeout: float = 5.0) -> list[ComponentHealth]:
+        """Every component's state; a probe that raises or hangs reports it as down."""
+        components: list[ComponentHealth] = []
+        reported: set[str] = set()
+        for impl in self.pm.hook.eventrouter_health.get_hookimpls():
+            required = impl.plugin_name in self._acknowledging
+            try:
+                result = await _within(timeout, self._invoke(impl, {}))
+            except Exception as exc:
+                detail = "health check timed out" if isinstance(exc, Expired) else repr(exc)
+                result = ComponentHealth(
+                    name=impl.plugin_name, up=False, required=required, detail=detail
+                )
+            for component in result if isinstance(result, list) else [result]:
+                if component is None:
+                    continue
+                stats = self.stats.get(impl.plugin_name)
+                if stats is not None:
+                    component.stats = {**vars(stats), **component.stats}
+                components.append(component)
+            reported.add(impl.plugin_name)
+        for name, stats in self.stats.items():
+            if name not in reported:
+                components.append(
+                    ComponentHealth(
+                        name=name,
+                        up=stats.up,
+                        detail=stats.last_error or "",
+                        stats=vars(stats),
+                    )
+                )
+        return components
