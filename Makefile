@@ -37,7 +37,8 @@ run: $(STAMP)
 	$(BIN)/eventrouter serve $(if $(CONFIG),--config $(CONFIG))
 
 ## test: install the test lock, make sure services are up, check the lock and the
-## runtime imports, lint, prove the newcomer path (smoke), run the whole suite
+## runtime imports, lint, prove the newcomer path (smoke), run the whole suite: every
+## folder of tests/ (unit, integration, browser, faults; tests/README.md)
 test: $(TEST_STAMP) services lock-check
 	@if [ -f "$(RUNTIME_DEPS)" ]; then \
 		echo "runtime-deps: $(RUNTIME_DEPS)"; \
@@ -48,10 +49,11 @@ test: $(TEST_STAMP) services lock-check
 	$(PYTHON) .ci/smoke.py
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-## test-fast: the suite without the tests marked slow (real server processes, SDKs,
-## browsers, clusters); no service start-up, no smoke stage
+## test-fast: the edit loop: tests/unit only, with nothing else running (no services,
+## server processes or browsers, none started), spread over every CPU (pytest-xdist;
+## PYTEST_ARGS="-n 0" for one process, e.g. to use --pdb); no lint, no smoke stage
 test-fast: $(TEST_STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit -n auto -q $(PYTEST_ARGS)
 
 ## smoke: a fresh venv holding only the runtime lock, eventrouter installed from its
 ## wheel outside the repository, started and asked what the README shows (.ci/smoke.py)

@@ -28,7 +28,7 @@ class DrainingHttpProtocol(HttpToolsProtocol):
     with no request in progress, including one the worker accepted a moment ago whose
     client is still sending its first request: the client sees a reset for a request
     no one read (about 1 in 75 new connections while workers recycle every 5 requests;
-    ``tests/test_serve.py``). A client does not retry a request on a new connection, so
+    ``tests/integration/test_serve.py``). A client does not retry a request on a new connection, so
     an SDK without retries loses the event.
 
     Here such a connection gets ``timeout_keep_alive`` seconds to deliver the request,

@@ -300,7 +300,7 @@ def columns_of(commands: Sequence[Command], *, datetime64: bool) -> list[list]:
     and in the form the driver writes without converting: text with ``''`` for absent,
     JSON as UTF-8 bytes (``b''`` for absent), times as integers since 1970 (ms, or
     seconds for ``DateTime``). The same values as ``Command.values()``, column-wise
-    (tests/test_clickhouse.py checks that they agree)."""
+    (tests/integration/test_clickhouse.py checks that they agree)."""
     builders = _column_builders(commands, datetime64=datetime64)
     return [builders[name]() for name in STORED_COLUMNS]
 

@@ -4,7 +4,7 @@ What the code already states is generated, not written twice: the request bodies
 from the msgspec models that decode them (:mod:`eventrouter.events.model`), the shapes of the
 responses from the small Structs below, and a stored event from the table's columns
 (:mod:`eventrouter.store.schema`). Written here by hand: the paths, their words, and which
-responses each one gives. ``tests/test_openapi.py`` fails when the app registers an
+responses each one gives. ``tests/unit/test_openapi.py`` fails when the app registers an
 ingestion, health or query route that this document lacks, or documents one it lacks.
 """
 

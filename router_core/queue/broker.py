@@ -154,7 +154,7 @@ def open_connection(config: QueueConfig) -> Connection:
         options["visibility_timeout"] = config.visibility_timeout
         # The lock around kombu's sweep that hands those messages back expires after
         # 300 s by default: a worker killed during a sweep stopped every other worker
-        # from sweeping for five minutes (tests/test_worker.py, killed mid-stream, seen
+        # from sweeping for five minutes (tests/integration/test_worker.py, killed mid-stream, seen
         # once in CI). No longer than the visibility timeout: a sweep takes milliseconds.
         options["unacked_mutex_expire"] = max(5, math.ceil(config.visibility_timeout))
         options["socket_connect_timeout"] = config.connect_timeout

@@ -89,7 +89,7 @@ def _put_back_in_order(channel: Any, messages: list) -> None:
 
     kombu's Redis transport would put them back one by one at the head in the order they
     were taken, which reverses them: each ``list`` turned the dead-letter queue around
-    and the next showed it newest first (tests/test_deadletters.py, [redis]). Putting
+    and the next showed it newest first (tests/integration/test_deadletters.py, [redis]). Putting
     them back newest first leaves the oldest at the head again; the close then finds
     nothing left to restore.
     """

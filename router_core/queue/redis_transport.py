@@ -4,7 +4,7 @@ kombu's Redis consumer takes a message with ``BRPOP`` and, in a second round tri
 records it as unacknowledged (``HSET unacked`` + ``ZADD unacked_index``), the records
 from which ``visibility_timeout`` later hands unacknowledged messages back. Between the
 two, the message exists only in the consumer's socket buffer and memory: a worker killed
-there (SIGKILL, OOM, power) loses it for good. ``tests/test_worker.py`` saw that once in
+there (SIGKILL, OOM, power) loses it for good. ``tests/integration/test_worker.py`` saw that once in
 CI; a busy worker spends a good part of its time in that window.
 
 :class:`ReliableChannel` closes the window. It waits for a message with

@@ -275,7 +275,7 @@ class SinkConsumer(threading.Thread):
         if self.buffer:
             # Capped at IDLE_POLL so that the stop flag is seen: waiting out a long
             # ``batch.timeout`` here kept SIGTERM from finishing the batch in hand until
-            # the deadline (tests/test_worker.py::test_stop_finishes_the_batch_in_hand).
+            # the deadline (tests/integration/test_worker.py::test_stop_finishes_the_batch_in_hand).
             timeout = min(max(self.deadline - time.monotonic(), 0.0005), IDLE_POLL)
         try:
             connection.drain_events(timeout=timeout)

@@ -26,6 +26,7 @@ import pytest
 
 from tests.faults.support import Load, assert_exactly_once, report, settle, stored
 from tests.helpers import LiveServer, ServeProcess, eventually, make_config
+from tests.integration.test_metrics import samples, value
 from tests.queue_support import (  # noqa: F401 - fixtures
     DEDUP_URL,
     QueueEnv,
@@ -36,7 +37,6 @@ from tests.queue_support import (  # noqa: F401 - fixtures
 )
 from tests.store_support import store_sink
 from tests.tcp_proxy import TcpProxy
-from tests.test_metrics import samples, value
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 

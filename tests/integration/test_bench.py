@@ -16,7 +16,7 @@ import pytest
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
-BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
 
 
 @pytest.fixture(scope="module")

@@ -807,7 +807,7 @@ def test_dashboard_aggregates_run_on_a_current_clickhouse(ch_url, tmp_path):
     assert answers[3][0][2] == 2  # oldest, newest, count of the plan=pro events
     assert answers[4] == [['{"email":"a@b.c"}']]
     # the tail reads only the last day of timestamps, and the sample is older: the
-    # statement runs (its rows on 18.16: tests/test_admin_stores.py)
+    # statement runs (its rows on 18.16: tests/integration/test_admin_stores.py)
     assert answers[5] == []
 
 

@@ -21,8 +21,8 @@ from eventrouter.events.commands import decode_many, encode_many
 from eventrouter.queue import broker
 from eventrouter.queue.deadletters import list_dead_letters, replay
 from tests.helpers import LiveServer, eventually, run_eventrouter
+from tests.integration.test_worker import ScriptedSinks, command, post_each, publish_raw, ready
 from tests.queue_support import QueueEnv, WorkerThread, queue_env, unique  # noqa: F401
-from tests.test_worker import ScriptedSinks, command, post_each, publish_raw, ready
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 

@@ -40,7 +40,7 @@ from tests.queue_support import WorkerProcess, amqp_env, to_toml, unique  # noqa
 
 pytestmark = pytest.mark.slow
 
-PACKAGE = Path(__file__).resolve().parent.parent / "examples" / "eventrouter-webhook"
+PACKAGE = Path(__file__).resolve().parents[2] / "examples" / "eventrouter-webhook"
 SECRET = "s3cret-for-tests"
 
 

@@ -176,7 +176,7 @@ def test_grafana_dashboard_queries_only_metrics_that_exist():
     from eventrouter import metrics
 
     dashboard = json.loads(
-        (Path(__file__).parent.parent / "deploy/grafana/eventrouter.json").read_text()
+        (Path(__file__).resolve().parents[2] / "deploy/grafana/eventrouter.json").read_text()
     )
     exported = set()
     for family in metrics.get().registry.collect():

@@ -12,8 +12,8 @@
   the confirmation token of its review.
 
 Real servers, a real RabbitMQ, real ``eventrouter`` subprocesses; nothing mocked.
-Deletion on PostgreSQL and ClickHouse is in tests/test_privacy_stores.py, linked ids in
-tests/test_privacy_links.py, the confirmation tokens in tests/test_privacy_confirm.py.
+Deletion on PostgreSQL and ClickHouse is in test_privacy_stores.py, linked ids in
+test_privacy_links.py, the confirmation tokens in test_privacy_confirm.py (this folder).
 """
 
 from __future__ import annotations
@@ -392,8 +392,8 @@ def test_cli_errors(tmp_path):
 # -- the dashboard -------------------------------------------------------------------------------
 def test_privacy_page_end_to_end(start_server):
     """Review, confirm with the review's token; the token's own cases (other session,
-    other ids, expired, replayed, across processes) are in tests/test_privacy_confirm.py,
-    the linked ids in tests/test_privacy_links.py."""
+    other ids, expired, replayed, across processes) are in test_privacy_confirm.py,
+    the linked ids in test_privacy_links.py."""
     server = start_server({"privacy": {"refresh": "100ms"}})
     batch = [
         {"type": "identify", "userId": "u-page", "anonymousId": "a-page", "messageId": "i1"},

@@ -8,7 +8,7 @@ every ingestion path answers ``503`` with ``Retry-After`` (so SDKs retry) and ne
 ``200``, promptly, ``/health`` answers 503 naming the error, and once the broker is back
 the publisher reconnects by itself and every event answered ``200`` is stored once.
 Those outage tests turn the local spool off (``[queue.spool] enabled = false``): with
-it on, an outage is answered ``200`` from the spool instead (tests/test_spool.py).
+it on, an outage is answered ``200`` from the spool instead (tests/integration/test_spool.py).
 
 Outages are staged without touching the shared services: the edge talks to the broker
 through :class:`TcpProxy`, a loopback forwarder a test cuts, freezes and restores (on

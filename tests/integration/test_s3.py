@@ -43,9 +43,9 @@ from eventrouter.events.commands import (
 )
 from eventrouter.sinks.s3 import MIN_PART_SIZE, ndjson_lines
 from tests.helpers import LiveServer, eventually, free_port, make_config
+from tests.integration.test_worker import post_batches, ready
 from tests.queue_support import WorkerThread, amqp_env, queue_env, unique  # noqa: F401
 from tests.s3_support import S3Env, closed_endpoint, s3_env, start_moto  # noqa: F401
-from tests.test_worker import post_batches, ready
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
@@ -490,7 +490,7 @@ def test_config_errors_name_the_key(tmp_path, options, expected):
 
 
 def test_documented_examples_are_valid():
-    text = (Path(__file__).resolve().parent.parent / "docs" / "s3.md").read_text("utf-8")
+    text = (Path(__file__).resolve().parents[2] / "docs" / "s3.md").read_text("utf-8")
     blocks = re.findall(r"^( *)```toml\n(.*?)^ *```", text, re.MULTILINE | re.DOTALL)
     assert len(blocks) >= 2
     for _, block in blocks:

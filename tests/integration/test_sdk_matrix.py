@@ -40,7 +40,7 @@ pytestmark = pytest.mark.slow
 
 SOURCE = "matrix"
 WRITE_KEY = "wk-matrix"
-SDK_NODE = Path(__file__).parent / "sdk_node"
+SDK_NODE = Path(__file__).resolve().parents[1] / "sdk_node"
 NODE_CACHE = Path.home() / ".cache" / "eventrouter-tests"
 NODE_PINS = json.loads((SDK_NODE / "package.json").read_text())["dependencies"]
 

@@ -72,7 +72,7 @@ PUBLIC = {"/admin/login"}
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator[LiveServer]:
     # Every route is tried with each wrong token from one address: far past the sign-in
-    # throttle, which tests/test_auth_hardening.py checks on its own.
+    # throttle, which tests/integration/test_auth_hardening.py checks on its own.
     wide = {"burst": 100_000, "per_minute": 100_000}
     config = make_config(
         tmp_path_factory.mktemp("security"),

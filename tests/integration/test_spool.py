@@ -22,6 +22,7 @@ import pytest
 from eventrouter.config import ConfigError
 from eventrouter.queue.spool import HEADER, Spool, SpoolFull, read_records
 from tests.helpers import LiveServer, ServeProcess, eventually, make_config
+from tests.integration.test_metrics import samples, value
 from tests.queue_support import (  # noqa: F401 - fixtures
     SERVICE_PORTS,
     QueueEnv,
@@ -32,7 +33,6 @@ from tests.queue_support import (  # noqa: F401 - fixtures
     via,
 )
 from tests.tcp_proxy import TcpProxy
-from tests.test_metrics import samples, value
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 

@@ -24,6 +24,7 @@ from eventrouter.bus.hookspecs import hookimpl
 from eventrouter.bus.sink import Sink
 from eventrouter.queue import broker
 from tests.helpers import HANG_GUARD, LiveServer, eventually
+from tests.integration.test_worker import ready
 from tests.queue_support import (  # noqa: F401 - fixtures
     QueueEnv,
     WorkerThread,
@@ -31,7 +32,6 @@ from tests.queue_support import (  # noqa: F401 - fixtures
     queue_env,
     unique,
 )
-from tests.test_worker import ready
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 

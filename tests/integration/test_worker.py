@@ -10,7 +10,7 @@ Workers run in a thread of the test process (:class:`WorkerThread`: test-only si
 are passed as plugins) or as real ``eventrouter worker`` subprocesses
 (:class:`WorkerProcess`: signals, two processes on one queue). The helpers at the top
 (a scripted sink type, raw publishing, queue depths) are shared with
-``tests/test_deadletters.py``.
+``tests/integration/test_deadletters.py``.
 """
 
 from __future__ import annotations

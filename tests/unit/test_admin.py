@@ -2,7 +2,7 @@
 and htmx fragment, filters in the URL, keyset pages, the chart and breakdowns, the user,
 status and sources pages, security headers and escaping.
 
-(The same pages in a real browser: tests/test_admin_browser.py.)
+(The same pages in a real browser: tests/browser/test_admin_browser.py.)
 """
 
 from __future__ import annotations

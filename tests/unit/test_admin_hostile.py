@@ -517,7 +517,7 @@ def test_templates_render_with_the_url_global():
 
 def test_no_template_or_view_marks_anything_safe():
     """Autoescaping holds only if nothing opts out of it."""
-    root = Path(__file__).parent.parent / "admin"
+    root = Path(__file__).resolve().parents[2] / "admin"
     for path in [*root.glob("templates/*.html"), *root.glob("*.py")]:
         text = path.read_text(encoding="utf-8")
         for needle in ("|safe", "| safe", "Markup", "autoescape false", "autoescape=False"):

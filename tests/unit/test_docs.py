@@ -21,7 +21,7 @@ from eventrouter.bus.bus import Bus, make_plugin_manager
 from eventrouter.config import Config, SinkConfig
 from eventrouter.sinks.sqlite import SQLiteSink
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 FIRST_CURL = (
     "curl -X POST localhost:8000/track -H 'Content-Type: application/json' -d "

@@ -4,7 +4,6 @@ the bytes received and on what they decompress to."""
 from __future__ import annotations
 
 import json
-import time
 import tracemalloc
 import zlib
 
@@ -141,7 +140,7 @@ def test_batch_over_500_kb_is_413(shared, path):
     assert shared.events(user_id=user) == []
 
 
-def test_gzip_bomb_is_413_quickly(shared):
+def test_gzip_bomb_is_413_without_inflating_past_the_limit(shared):
     # 50 MB of zeros inside a valid JSON string compresses to ~50 KB: under the raw limit.
     user = uid()
     prefix = json.dumps({"batch": [{"type": "track", "userId": user, "event": "bomb"}]})
@@ -154,7 +153,6 @@ def test_gzip_bomb_is_413_quickly(shared):
     parts.append(compressor.flush())
     bomb = b"".join(parts)
     assert len(bomb) < 500 * KB
-    started = time.monotonic()
     # The server runs in this process: tracemalloc sees what decompressing costs it.
     tracemalloc.start()
     try:
@@ -162,9 +160,7 @@ def test_gzip_bomb_is_413_quickly(shared):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    elapsed = time.monotonic() - started
-    assert_error(response, 413, "payload_too_large", "decompresses")
-    assert elapsed < 2, elapsed
+    assert_error(response, 413, "payload_too_large", "decompresses", "500 KB limit")
     # at most the 500 KB limit is ever inflated, not the 50 MB
     assert peak < 8 * 1024 * KB, peak
     assert shared.events(user_id=user) == []

@@ -1,13 +1,12 @@
-"""The hash-checked locks in requirements/ agree with setup.cfg, and the lock check that
-`make test` runs (`.ci/lock --check`) fails when they do not."""
+"""The hash-checked locks in requirements/ agree with setup.cfg: every requirement is
+pinned, with a hash, and a package has one version in every lock. The lock check that
+`make test` runs (`.ci/lock --check`, uv against PyPI's index) is
+tests/integration/test_lock_check.py."""
 
 from __future__ import annotations
 
 import configparser
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from tests.helpers import VENV_BIN
-
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 LOCKS = ROOT / "requirements"
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
 
@@ -79,36 +76,3 @@ def test_a_package_has_one_version_in_every_lock(lock):
 def test_the_parquet_extra_stays_out_of_the_runtime_lock():
     assert "pyarrow" not in pins("runtime")
     assert "pyarrow" in pins("parquet")
-
-
-@pytest.mark.slow
-def test_the_lock_check_fails_when_setup_cfg_moves_on(tmp_path):
-    """`.ci/lock --check` (uv, from PyPI's index) passes on the repository as committed,
-    and fails naming the lock when setup.cfg asks for something the lock does not hold."""
-    for name in ("setup.cfg", "pyproject.toml", "README.md", "router_core/__init__.py"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, tmp_path / name)
-    shutil.copytree(LOCKS, tmp_path / "requirements")
-    (tmp_path / ".ci").mkdir()
-    shutil.copy2(ROOT / ".ci" / "lock", tmp_path / ".ci" / "lock")
-    env = {**os.environ, "UV": str(VENV_BIN / "uv")}
-
-    def check() -> subprocess.CompletedProcess:
-        return subprocess.run(
-            ["bash", str(tmp_path / ".ci" / "lock"), "--check"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=300,
-        )
-
-    agreed = check()
-    assert agreed.returncode == 0, agreed.stdout + agreed.stderr
-    assert "requirements/ matches setup.cfg" in agreed.stdout
-
-    cfg = tmp_path / "setup.cfg"
-    cfg.write_text(cfg.read_text().replace("    tqdm>=4.66\n", "    tqdm>=4.66\n    six>=1.16\n"))
-    disagreed = check()
-    assert disagreed.returncode == 1, disagreed.stdout + disagreed.stderr
-    assert "requirements/runtime.txt (committed)" in disagreed.stdout
-    assert "setup.cfg and requirements/ disagree; run `make lock`" in disagreed.stderr

@@ -1,17 +1,18 @@
 """Logs: JSON lines when asked for, and the request id on every line written for a
-request, echoed to the client in ``X-Request-ID``."""
+request, echoed to the client in ``X-Request-ID``.
+
+A real ``eventrouter serve`` writing JSON lines: tests/integration/test_logs_serve.py."""
 
 from __future__ import annotations
 
 import json
 import logging
 
-import httpx
 import pytest
 
 from eventrouter.bus.hookspecs import hookimpl
 from eventrouter.logs import JsonFormatter
-from tests.helpers import LiveServer, ServeProcess, make_config
+from tests.helpers import LiveServer, make_config
 
 
 class BrokenStage:
@@ -66,21 +67,3 @@ def test_a_missing_or_odd_request_id_is_replaced(server, sent):
     response = server.client.get("/health", headers=headers)
     rid = response.headers["X-Request-ID"]
     assert rid != sent and len(rid) == 32 and int(rid, 16) >= 0
-
-
-@pytest.mark.slow
-def test_serve_writes_json_lines(tmp_path):
-    path = tmp_path / "eventrouter.toml"
-    path.write_text('[server]\nlog_format = "json"\n', encoding="utf-8")
-    serve = ServeProcess(tmp_path, "--config", str(path), workers=2).wait_ready()
-    try:
-        response = httpx.post(f"{serve.url}/v1/track", json={"event": "no user"})
-        assert response.status_code == 400
-    finally:
-        assert serve.stop() == 0
-    lines = [line for line in serve.log().splitlines() if line.strip()]
-    entries = [json.loads(line) for line in lines]  # every line is one JSON object
-    assert {"time", "level", "logger", "message", "process"} <= set(entries[0])
-    assert any(e["logger"] == "gunicorn.error" for e in entries)
-    assert any("no [[sources]] configured" in e["message"] for e in entries)
-    assert len({e["process"] for e in entries}) >= 3  # the arbiter and both workers

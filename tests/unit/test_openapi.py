@@ -1,5 +1,6 @@
 """``GET /openapi.json``: the document lists exactly the public routes the app registers,
-and the live app answers as it says (schemathesis, over HTTP on 127.0.0.1)."""
+and its request schemas come from the models. That the live app answers as it says
+(schemathesis, generated requests): tests/integration/test_openapi_conformance.py."""
 
 from __future__ import annotations
 
@@ -7,22 +8,10 @@ import re
 
 import falcon.inspect
 import pytest
-import schemathesis
-from hypothesis import HealthCheck, Phase, given, settings
-from schemathesis.checks import not_a_server_error
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from eventrouter.app import is_ingestion
-from eventrouter.edge import openapi
 from tests.helpers import ADMIN_TOKEN
 from tests.ingest_support import running
-
-pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -92,43 +81,3 @@ def test_request_schemas_come_from_the_models(document):
         "429",
         "503",
     }
-
-
-# -- schemathesis --------------------------------------------------------------------------
-
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-]
-
-
-@pytest.fixture(scope="module")
-def api_schema(live):
-    return schemathesis.openapi.from_url(f"{live.url}/openapi.json", timeout=30)
-
-
-OPERATIONS = [
-    (path, method) for path, item in openapi.document()["paths"].items() for method in item
-]
-
-
-@pytest.mark.parametrize(("path", "method"), OPERATIONS)
-def test_the_app_answers_as_its_openapi_document_says(api_schema, path, method):
-    headers = AUTH if path.startswith("/api/") else None
-
-    @given(case=api_schema[path][method].as_strategy())
-    @settings(
-        max_examples=12,
-        deadline=None,
-        derandomize=True,
-        database=None,
-        phases=[Phase.explicit, Phase.generate],
-        suppress_health_check=list(HealthCheck),
-    )
-    def answers_as_documented(case):
-        case.call_and_validate(headers=headers, checks=CHECKS, timeout=30)
-
-    answers_as_documented()
