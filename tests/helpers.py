@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,6 +66,11 @@ def health(url: str, **kwargs: Any) -> httpx.Response:
     (``server.health_details``, docs/api.md)."""
     kwargs.setdefault("timeout", HANG_GUARD)
     return httpx.get(f"{url}/health", headers=ADMIN_BEARER, **kwargs)
+
+
+def unique(prefix: str = "t") -> str:
+    """A name no other test uses: a queue prefix, a database, a messageId."""
+    return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
 def free_port() -> int:

@@ -14,7 +14,6 @@ import json
 import os
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from kombu import Connection
 
 from eventrouter.config import Config
 from eventrouter.queue.worker import Worker
-from tests.helpers import ADMIN_TOKEN, HANG_GUARD, CommandProcess, make_config
+from tests.helpers import ADMIN_TOKEN, HANG_GUARD, CommandProcess, make_config, unique
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672//"
 #: Redis databases: 5 for the Redis transport, 6 for dedup keys.
@@ -41,10 +40,6 @@ def via(url: str, port: int) -> str:
     for service_port in SERVICE_PORTS.values():
         url = url.replace(f"127.0.0.1:{service_port}", f"127.0.0.1:{port}")
     return url
-
-
-def unique(prefix: str = "t") -> str:
-    return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
 class QueueEnv:

@@ -29,11 +29,9 @@ from tests.queue_support import (  # noqa: F401 - fixtures
 )
 from tests.store_support import store_sink
 from tests.tcp_proxy import TcpProxy
-from tests.unit.test_fail_closed import ConsentStage, assert_refused, track
+from tests.unit.test_fail_closed import FAST_RETRY, ConsentStage, assert_refused, track
 
 # ruff: noqa: F811 - pytest fixtures are parameters
-
-FAST_RETRY = {"attempts": 2, "initial_backoff": "10ms", "max_duration": "5s"}
 
 
 def depth(env: QueueEnv, queue_name: str) -> int:

@@ -4,13 +4,14 @@ A pipeline stage whose plugin declares ``fail_closed = True`` (the built-in scru
 suppress stages, or a third party's privacy stage) refuses the whole batch when it
 raises or outlives ``server.dispatch_timeout``: the request is answered ``503`` with
 ``Retry-After``, the message names the stage, and nothing of the batch reaches any
-sink, observer or broker. A stage without the declaration is skipped, as before: its
-batch is stored.
+sink, observer or broker. In the worker the write fails unacknowledged and is retried,
+and held while the stage reports itself down. A stage without the declaration is
+skipped, as before: its batch is stored.
 
-Everything runs through the real ingestion path (a live uvicorn server in this process)
-with the embedded SQLite store. The same stages in queue mode (the edge publishes
-nothing, the worker holds or dead-letters the batch) and the suppression list behind a
-PostgreSQL store that a test cuts: tests/integration/test_fail_closed_queue.py.
+Everything runs through the real ingestion path (a live uvicorn server), the real
+RabbitMQ and Redis, and for the suppression list a real PostgreSQL store behind a
+loopback proxy that a test cuts. This module holds the embedded edge, in this process;
+the services' part is tests/integration/test_fail_closed_queue.py.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ import pytest
 
 from eventrouter.bus.hookspecs import hookimpl
 from eventrouter.health import ComponentHealth
-from tests.helpers import ORIGINAL_TRACK, LiveServer
-from tests.ingest_support import uid
+from tests.helpers import ORIGINAL_TRACK, LiveServer, unique
+
+FAST_RETRY = {"attempts": 2, "initial_backoff": "10ms", "max_duration": "5s"}
 
 
 def track(user_id: str = "u1", **fields: Any) -> dict[str, Any]:
-    return {"userId": user_id, "event": "Signed Up", "messageId": uid("m"), **fields}
+    return {"userId": user_id, "event": "Signed Up", "messageId": unique("m"), **fields}
 
 
 class ConsentStage:
