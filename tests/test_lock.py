@@ -85,7 +85,14 @@ def test_the_parquet_extra_stays_out_of_the_runtime_lock():
 def test_the_lock_check_fails_when_setup_cfg_moves_on(tmp_path):
     """`.ci/lock --check` (uv, from PyPI's index) passes on the repository as committed,
     and fails naming the lock when setup.cfg asks for something the lock does not hold."""
-    for name in ("setup.cfg", "pyproject.toml", "README.md", "router_core/__init__.py"):
+    # What the build backend reads to learn the metadata: the config, and each package
+    # folder setup.cfg lists (their __init__.py files are enough).
+    inits = [
+        path.relative_to(ROOT)
+        for folder in ("router_core", "admin", "plugins", "sinks", "snippet")
+        for path in (ROOT / folder).rglob("__init__.py")
+    ]
+    for name in ("setup.cfg", "pyproject.toml", "README.md", *inits):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, tmp_path / name)
     shutil.copytree(LOCKS, tmp_path / "requirements")
