@@ -11,8 +11,9 @@ TEST_STAMP := $(VENV)/.installed-test
 # no dependency resolution of its own (the lock holds them all) and the locked setuptools.
 PIP_LOCKED := $(BIN)/python -m pip install --quiet --require-hashes
 PIP_SELF   := $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
-# The team's check that a plain `pip install .` brings every module the package imports
-# (DESIGN.md); it lives beside the repository, so a clone without it skips this step.
+# The team's check that a plain `pip install .` brings every module the package imports;
+# it lives beside the repository, so a clone without it skips this step (the smoke stage
+# imports every module from a runtime-only venv either way).
 RUNTIME_DEPS ?= ../shared/tools/runtime-deps
 
 .PHONY: run test test-fast smoke lock lock-check lint format bench services clean
