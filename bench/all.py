@@ -52,12 +52,9 @@ from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
-# As in bench/sinks.py: this script's directory on sys.path would let bench/sinks.py hide
-# the ``sinks`` package; import the package first, then put the directory back.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
-import sinks  # noqa: E402, F401
-
-sys.path.append(str(BENCH_DIR))
+# The scripts import one another by name; a test loads this one by its path.
+if str(BENCH_DIR) not in sys.path:
+    sys.path.append(str(BENCH_DIR))
 
 import dashboard  # noqa: E402
 import e2e as e2e_bench  # noqa: E402
