@@ -36,9 +36,9 @@ the same ones. What it does:
    groups, and everything binds to 127.0.0.1.
 
 Exit status: 2 for a bad option or an unknown ref; 1 when a round of either tree failed
-(its bench/all.py exited non-zero: an area failed, or the base refused an option); 0
-otherwise. A "slower" verdict is reported, never an error. See bench/README.md, "Before
-and after".
+(its bench/all.py exited non-zero: an area failed, or the base refused an option) or
+could not start (no venv, no bench/all.py at the ref); 0 otherwise. A "slower" verdict
+is reported, never an error. See bench/README.md, "Before and after".
 """
 
 from __future__ import annotations
@@ -418,9 +418,8 @@ def run_all(tree: Tree, options: Sequence[str], number: int, work: Path) -> Roun
     becomes ``{"error": ...}``: the table shows it, the comparison goes on."""
     started = time.monotonic()
     script = tree.root / "bench" / "all.py"
-    problem = tree.problem or ("" if script.exists() else "no bench/all.py in this tree")
-    if problem or tree.python is None:
-        return Round(tree.side, number, 0.0, None, {"error": problem or "no interpreter"})
+    if tree.problem or tree.python is None:
+        return Round(tree.side, number, 0.0, None, {"error": tree.problem or "no interpreter"})
     json_path = work / f"{tree.side}-{number}.json"
     argv = [str(tree.python), str(script), *options, "--json", str(json_path)]
     tail: deque[str] = deque(maxlen=5)
@@ -470,6 +469,8 @@ def prepare_base(stack: ExitStack, ref: str, commit: str) -> Tree:
     except Exception as exc:
         log(f"base: cannot check it out: {exc}")
         return Tree("base", REPO_ROOT, None, label, problem=f"no checkout: {exc}")
+    if not (root / "bench" / "all.py").exists():  # no venv is worth building then
+        return Tree("base", root, None, label, problem="no bench/all.py at this ref")
     try:
         python, source = stack.enter_context(base_venv(root, commit))
     except Exception as exc:
@@ -546,7 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{_load()} at the end; noise band: the base's own spread, at least ±{args.band:.0%}."
     )
     per_round = [
-        f"- round {r.number}, {r.side}: {r.seconds / 60:.1f} min, exit {r.exit}"
+        f"- round {r.number}, {r.side}: "
+        + ("did not run" if r.exit is None else f"{r.seconds / 60:.1f} min, exit {r.exit}")
         + (f" ({r.document['error']})" if "error" in r.document else "")
         for r in rounds
     ]
