@@ -82,10 +82,12 @@ format: $(TEST_STAMP)
 ## bench: every figure in one table: ingest (embedded, RabbitMQ) beside bare Falcon,
 ## sink writes, the worker drain, dashboard queries (bench/README.md, "One command").
 ## One area's own script: make bench BENCH=ingest|sinks|e2e|dashboard BENCH_ARGS="..."
+## Before and after: make bench BASE=<git ref> runs bench/all.py of that ref and of this
+## tree in turn, BENCH_ARGS to both, one table (bench/compare.py; bench/README.md).
 BENCH ?= all
 bench: $(TEST_STAMP)
 	bash .ci/services bench
-	$(BIN)/python bench/$(BENCH).py $(BENCH_ARGS)
+	$(BIN)/python bench/$(if $(BASE),compare.py --base $(BASE),$(BENCH).py) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info build .pytest_cache .ruff_cache
