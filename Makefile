@@ -11,8 +11,9 @@ TEST_STAMP := $(VENV)/.installed-test
 # no dependency resolution of its own (the lock holds them all) and the locked setuptools.
 PIP_LOCKED := $(BIN)/python -m pip install --quiet --require-hashes
 PIP_SELF   := $(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
-# The team's check that a plain `pip install .` brings every module the package imports
-# (DESIGN.md); it lives beside the repository, so a clone without it skips this step.
+# The team's check that a plain `pip install .` brings every module the package imports;
+# it lives beside the repository, so a clone without it skips this step (the smoke stage
+# imports every module from a runtime-only venv either way).
 RUNTIME_DEPS ?= ../shared/tools/runtime-deps
 
 .PHONY: run test test-fast smoke lock lock-check lint format bench services clean
@@ -83,10 +84,12 @@ format: $(TEST_STAMP)
 ## bench: every figure in one table: ingest (embedded, RabbitMQ) beside bare Falcon,
 ## sink writes, the worker drain, dashboard queries (bench/README.md, "One command").
 ## One area's own script: make bench BENCH=ingest|sinks|e2e|dashboard BENCH_ARGS="..."
+## Before and after: make bench BASE=<git ref> runs bench/all.py of that ref and of this
+## tree in turn, BENCH_ARGS to both, one table (bench/compare.py; bench/README.md).
 BENCH ?= all
 bench: $(TEST_STAMP)
 	bash .ci/services bench
-	$(BIN)/python bench/$(BENCH).py $(BENCH_ARGS)
+	$(BIN)/python bench/$(if $(BASE),compare.py --base $(BASE),$(BENCH).py) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info build .pytest_cache .ruff_cache

@@ -1,59 +1,28 @@
 """The htmx + Jinja2 admin dashboard, served by the same Falcon app under ``/admin``.
 
-``add_routes`` mounts every page, fragment and the live-tail socket on an app; the
-dashboard reads the configured store through :mod:`eventrouter.store.query`, exactly as
-``GET /api/v1/events`` does. See ``docs/admin.md``.
+A built-in plugin (the ``admin`` entry point of the ``eventrouter`` group): its
+``eventrouter_register_routes`` mounts the pages (:mod:`.routes`) through the same hook
+a third-party plugin uses, so the core never imports the dashboard, and
+``[plugins] disabled = ["admin"]`` serves no dashboard at all. The views import only
+when a server mounts them: a worker that loads this plugin stays light. See
+``docs/admin.md``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
-import falcon.asgi
-
-from eventrouter.admin import views
-from eventrouter.admin.privacy import PrivacyView
-from eventrouter.admin.render import Renderer, make_environment
-from eventrouter.admin.tail import TailHub
-from eventrouter.bus.bus import Bus
-from eventrouter.config import Config
-from eventrouter.edge.auth import AdminAuth
-from eventrouter.store.query import EventStore
-
-STATIC_DIR = Path(__file__).parent / "static"
+from eventrouter.bus.hookspecs import hookimpl
 
 
-def add_routes(
-    app: falcon.asgi.App,
-    config: Config,
-    bus: Bus,
-    store: EventStore | None,
-    auth: AdminAuth,
-) -> views.Dashboard:
-    """Mount the dashboard on ``app``; returns what its views share, which the app closes
-    at shutdown (``Dashboard.close``: the live-tail hub, the privacy page's store)."""
-    renderer = Renderer(make_environment(config.admin.templates))
-    hub = TailHub(config, store)
-    d = views.Dashboard(config, bus, store, auth, renderer, hub)
-    app.add_route("/admin", views.RootView(d))
-    app.add_route("/admin/login", views.LoginView(d))
-    app.add_route("/admin/logout", views.LogoutView(d))
-    app.add_route("/admin/events", views.EventsView(d))
-    # One event, one user: the ids are query values, never path segments (a messageId
-    # or user id of ".." cannot be a path segment: browsers resolve it away, encoded or
-    # not). The path forms still answer, for bookmarks. See docs/admin.md.
-    app.add_route("/admin/event", views.EventView(d))
-    app.add_route("/admin/events/{message_id:path}", views.EventView(d))
-    app.add_route("/admin/chart", views.ChartView(d))
-    app.add_route("/admin/breakdown", views.BreakdownView(d))
-    app.add_route("/admin/event-names", views.EventNamesView(d))
-    app.add_route("/admin/condition-row", views.ConditionRowView(d))
-    app.add_route("/admin/live", views.LiveView(d))
-    app.add_route("/admin/live/ws", views.LiveView(d))
-    app.add_route("/admin/user", views.UserView(d))
-    app.add_route("/admin/users/{user_id:path}", views.UserView(d))
-    app.add_route("/admin/status", views.StatusView(d))
-    app.add_route("/admin/sources", views.SourcesView(d))
-    app.add_route("/admin/privacy", PrivacyView(d))
-    app.add_static_route("/admin/static", str(STATIC_DIR))
-    return d
+@hookimpl
+def eventrouter_register_routes(app: Any, routes: Any) -> None:
+    """Mount ``/admin`` on ``app``; the dashboard closes (live tail, the privacy page's
+    store) when the server stops."""
+    from eventrouter.admin.routes import add_routes
+
+    dashboard = add_routes(app, routes.config, routes.bus, routes.store, routes.auth)
+    routes.on_shutdown(dashboard.close)
+    # For tests and operators' plugins that look at the running dashboard.
+    app.dashboard = dashboard
+    app.tail = dashboard.hub

@@ -34,7 +34,6 @@ from eventrouter.admin.views import Dashboard, _View
 from eventrouter.config import ConfigError
 from eventrouter.edge.auth import Session
 from eventrouter.errors import APIError
-from eventrouter.plugins.suppress import PLUGIN_NAME as SUPPRESSOR
 from eventrouter.privacy import erasure
 from eventrouter.privacy.cli import deletion_lines, suppression_list
 from eventrouter.privacy.suppressions import KINDS, USER_ID, InvalidId, SuppressionList, check
@@ -287,9 +286,7 @@ class PrivacyView(_View):
             changed = await asyncio.to_thread(getattr(suppressions, method), *args)
         except InvalidId as exc:
             raise APIError(400, "invalid_param", str(exc)) from None
-        suppressor = self.d.bus.pm.get_plugin(SUPPRESSOR)
-        if suppressor is not None:
-            await asyncio.to_thread(suppressor.refresh)
+        await self.d.bus.suppressions_changed()
         return changed
 
 

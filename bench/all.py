@@ -52,12 +52,9 @@ from pathlib import Path
 from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
-# As in bench/sinks.py: this script's directory on sys.path would let bench/sinks.py hide
-# the ``sinks`` package; import the package first, then put the directory back.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
-import sinks  # noqa: E402, F401
-
-sys.path.append(str(BENCH_DIR))
+# The scripts import one another by name; a test loads this one by its path.
+if str(BENCH_DIR) not in sys.path:
+    sys.path.append(str(BENCH_DIR))
 
 import dashboard  # noqa: E402
 import e2e as e2e_bench  # noqa: E402
@@ -468,7 +465,7 @@ def _options(values: dict[str, float]) -> str:
     return ", ".join(f"--{key.replace('_', '-')} {value:.10g}" for key, value in values.items())
 
 
-def _without_figures(text: str) -> str:
+def without_figures(text: str) -> str:
     """``text`` with its measured figures (``51,274``, ``7115``) as ``…``; small
     constants (``/v1``, ``100 events``) are kept."""
     return re.sub(r"\b(?:\d{1,3}(?:,\d{3})+|\d{4,})(?:\.\d+)?\b", "…", text)
@@ -486,7 +483,7 @@ def side_by_side(runs: Sequence[Sequence[Row]]) -> list[str]:
                 continue
             # A scenario or target may quote one run's figures ("stored while 51,274
             # events/s were acknowledged"): the runs' rows are matched without them.
-            key = (row.area, _without_figures(row.scenario), row.subject)
+            key = (row.area, without_figures(row.scenario), row.subject)
             if key not in cells:
                 keys.append(key)
                 cells[key] = [None] * len(runs)
@@ -510,7 +507,7 @@ def side_by_side(runs: Sequence[Sequence[Row]]) -> list[str]:
                 text += f", p99 {row.p99_ms:.1f} ms"
             texts.append(f"**{text}**" if row.met else text)
         targets = {row.target for row in per_run if row is not None}
-        target = targets.pop() if len(targets) == 1 else _without_figures(targets.pop())
+        target = targets.pop() if len(targets) == 1 else without_figures(targets.pop())
         met = sum(row is not None and row.met is True for row in per_run)
         lines.append(
             f"| {key[0]} | {key[1]} | {key[2]} | {target} | {' | '.join(texts)} "

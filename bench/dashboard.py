@@ -78,14 +78,7 @@ import httpx
 import msgspec
 
 BENCH_DIR = Path(__file__).resolve().parent
-# This script's directory is on sys.path, where bench/sinks.py hides the ``sinks``
-# package (the sink plugins): import the package without it, then put it back for
-# ingest.py, and load bench/sinks.py under a name of its own.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
-import sinks  # noqa: E402, F401
-
-sys.path.append(str(BENCH_DIR))
-
+# bench/sinks.py is loaded under a name of its own (sink_bench), as bench/all.py does.
 from ingest import STOP_TIMEOUT, Server, free_port, track_event  # noqa: E402
 
 

@@ -24,11 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
-# This directory holds sinks.py, which hides the ``sinks`` package: import it first.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
-import sinks.clickhouse as clickhouse  # noqa: E402
-
-sys.path.append(str(BENCH_DIR))
 
 from ingest import BATCH_SIZE, make_scenarios  # noqa: E402
 
@@ -38,6 +33,7 @@ from eventrouter.events.commands import encode_many  # noqa: E402
 from eventrouter.events.normalise import Arrival, to_command  # noqa: E402
 from eventrouter.queue import broker  # noqa: E402
 from eventrouter.queue.worker import gc_paused  # noqa: E402
+from eventrouter.sinks import clickhouse  # noqa: E402
 
 #: The rows that time a whole worker batch, with and without the collector.
 BATCH = "worker batch"

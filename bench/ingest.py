@@ -1063,7 +1063,7 @@ def missing_prerequisite(args: argparse.Namespace) -> str | None:
         try:
             BenchQueue(args.broker, "check").check()
         except Exception as exc:  # kombu raises several kinds; say which
-            return f"RabbitMQ not reachable at {args.broker}: {exc} (DESIGN.md: how to start it)"
+            return f"RabbitMQ not reachable at {args.broker}: {exc} (make services starts it)"
     return None
 
 

@@ -38,7 +38,7 @@ WORKER_STOP_TIMEOUT = 40.0
 
 
 def check_loopback(url: str) -> None:
-    """Benchmarks talk only to this machine (DESIGN.md, network rule)."""
+    """Benchmarks talk only to this machine (loopback only, by rule)."""
     host = urlsplit(url).hostname
     if host not in LOOPBACK:
         raise ValueError(f"broker {host!r} is not on loopback ({', '.join(LOOPBACK)})")

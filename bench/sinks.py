@@ -45,13 +45,6 @@ from typing import Any
 import msgspec
 
 BENCH_DIR = Path(__file__).resolve().parent
-# Python puts this script's directory on sys.path, where this file's name hides the
-# ``sinks`` package (the sink plugins): import the package without it, then put it back
-# for ingest.py and queue_mode.py.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
-import sinks  # noqa: E402, F401
-
-sys.path.append(str(BENCH_DIR))
 
 from ingest import track_event  # noqa: E402
 from queue_mode import process_cpu_seconds  # noqa: E402

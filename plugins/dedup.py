@@ -57,14 +57,18 @@ RETRY_INTERVAL = 1.0
 @hookimpl
 def eventrouter_startup(bus: Any) -> None:
     """Register a :class:`RedisDedup` on this bus when ``[dedup]`` is configured."""
-    if bus.config.dedup is None or bus.pm.get_plugin(PLUGIN_NAME) is not None:
+    if bus.config.dedup is None:
         return
     downstream = list(bus.config.sinks) if bus.queued else None
-    bus.pm.register(RedisDedup(bus.config.dedup, downstream), name=PLUGIN_NAME)
+    bus.add_plugin(RedisDedup(bus.config.dedup, downstream), PLUGIN_NAME)
 
 
 class RedisDedup:
     """Per-process dedup state: one Redis client (thread-safe connection pool)."""
+
+    #: The first pipeline stage (docs/plugins.md, "Pipeline stages and their order"):
+    #: a repeat is dropped before any other stage spends work on it.
+    stage_order = 100
 
     def __init__(self, config: DedupConfig, downstream: list[str] | None = None) -> None:
         """:param downstream: on a queued edge, the sinks the workers feed (an id is

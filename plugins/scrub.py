@@ -47,12 +47,14 @@ _canonical = msgspec.json.Encoder(order="sorted")
 def eventrouter_startup(bus: Any) -> None:
     """Register a :class:`Scrubber` on this bus when ``[privacy.scrub]`` lists paths."""
     scrub = bus.config.privacy.scrub
-    if not (scrub.drop or scrub.hash) or bus.pm.get_plugin(PLUGIN_NAME) is not None:
-        return
-    bus.pm.register(Scrubber(scrub), name=PLUGIN_NAME)
+    if scrub.drop or scrub.hash:
+        bus.add_plugin(Scrubber(scrub), PLUGIN_NAME)
 
 
 class Scrubber:
+    #: After every stage but suppress (docs/plugins.md, "Pipeline stages and their
+    #: order"): no enrichment stage can add back a path it removed.
+    stage_order = 900
     #: A privacy stage: if it raises or times out, the batch is refused, never passed on
     #: unscrubbed (eventrouter.bus.bus.fails_closed).
     fail_closed = True

@@ -61,11 +61,11 @@ class ListNotRead(RuntimeError):
 def eventrouter_startup(bus: Any) -> None:
     """Register a :class:`Suppressor` on this bus when there is an SQL store to read."""
     store = bus.store_sink()
-    if store is None or bus.pm.get_plugin(PLUGIN_NAME) is not None:
+    if store is None:
         return
     suppressor = Suppressor(SuppressionList(store.url), bus.config.privacy.refresh)
-    suppressor.start()
-    bus.pm.register(suppressor, name=PLUGIN_NAME)
+    if bus.add_plugin(suppressor, PLUGIN_NAME):
+        suppressor.start()
 
 
 class Suppressor:
@@ -73,6 +73,9 @@ class Suppressor:
 
     #: A privacy stage: a batch it cannot check is refused (eventrouter.bus.bus.fails_closed).
     fail_closed = True
+    #: The last stage (docs/plugins.md, "Pipeline stages and their order"): it drops
+    #: by the user and anonymous ids the batch finally carries.
+    stage_order = 950
 
     def __init__(self, source: SuppressionList, refresh: float) -> None:
         self.source = source
@@ -103,7 +106,7 @@ class Suppressor:
             self.refresh()
 
     def refresh(self) -> bool:
-        """Read the list now (also called by the Privacy page after a change)."""
+        """Read the list now; ``False`` (counted, shown in ``/health``) when it cannot."""
         try:
             ids = self.source.ids()
         except Exception as exc:
@@ -116,6 +119,12 @@ class Suppressor:
         self.refreshed_at = time.time()
         self.failures.succeeded()
         return True
+
+    @hookimpl
+    def eventrouter_suppressions_changed(self) -> None:
+        """The dashboard's privacy page changed the list: re-read it now (in the hook's
+        thread), so this process stops storing a newly suppressed id at once."""
+        self.refresh()
 
     @property
     def errors(self) -> int:

@@ -19,9 +19,10 @@ import falcon
 import falcon.asgi
 import msgspec
 
-from eventrouter import admin, logs, metrics
 from eventrouter import config as config_module
+from eventrouter import logs, metrics
 from eventrouter.bus.bus import Bus, make_plugin_manager
+from eventrouter.bus.context import RouteContext
 from eventrouter.config import Config
 from eventrouter.edge import ingest, openapi
 from eventrouter.edge import query_api as api
@@ -30,7 +31,6 @@ from eventrouter.edge.proxies import TrustedProxies
 from eventrouter.edge.sessions import RevokedSessions
 from eventrouter.edge.throttle import Throttle
 from eventrouter.errors import APIError
-from eventrouter.snippet import origin
 from eventrouter.store.query import EventStore
 
 log = logging.getLogger("eventrouter.app")
@@ -45,8 +45,9 @@ class Lifespan:
         self.bus = bus
         self.store = store
         self.config = config
-        #: The dashboard (admin.views.Dashboard), closed before the bus stops.
-        self.dashboard: Any = None
+        #: What plugins' routes share (``eventrouter_register_routes``); its closers
+        #: (the dashboard's) are awaited before the bus stops.
+        self.routes: RouteContext | None = None
         #: The admin credentials: their revocation list is re-read in the background.
         self.auth: AdminAuth | None = None
 
@@ -68,8 +69,12 @@ class Lifespan:
             )
 
     async def process_shutdown(self, scope: dict, event: dict) -> None:
-        if self.dashboard is not None:
-            await self.dashboard.close()
+        if self.routes is not None:
+            for close in reversed(self.routes.closers):
+                try:
+                    await close()
+                except Exception:
+                    log.exception("shutdown: %r failed", close)
         if self.auth is not None:
             await asyncio.to_thread(self.auth.revoked.stop)
             if self.auth.throttle is not None:
@@ -201,10 +206,10 @@ class EventRouterApp(falcon.asgi.App):
     ingestor: ingest.Ingestor
     config: Config
     store: EventStore | None
-    #: What the dashboard's views share (admin.views.Dashboard), closed at shutdown.
-    dashboard: Any
-    #: The dashboard's live-tail hub (admin.tail.TailHub).
-    tail: Any
+    #: Set by the built-in admin plugin when it mounts ``/admin`` (None without it):
+    #: what the dashboard's views share (admin.views.Dashboard) and its live-tail hub.
+    dashboard: Any = None
+    tail: Any = None
 
 
 def _snake(title: str) -> str:
@@ -305,15 +310,16 @@ def create_app(
     ingestor = ingest.Ingestor(config, bus)
     ingest.add_routes(app, ingestor)
     api.add_routes(app, api.EventsResource(auth, store))
-    lifespan.dashboard = admin.add_routes(app, config, bus, store, auth)
-    origin.add_routes(app, config)
     app.add_route("/health", HealthResource(bus, auth, config.server.health_details))
     app.add_route("/metrics", MetricsResource(bus, auth, config.server.metrics))
     app.add_route("/openapi.json", openapi.OpenAPIResource())
     app.bus = bus  # for tests and plugins that need the running bus
     app.ingestor = ingestor
-    app.dashboard = lifespan.dashboard
-    app.tail = lifespan.dashboard.hub
     app.config = config
     app.store = store
+    # The dashboard (/admin) and the snippet origin are built-in plugins
+    # (eventrouter.admin.plugin, eventrouter.snippet.origin): they mount their routes
+    # through the same hook a third-party plugin uses.
+    lifespan.routes = RouteContext(config=config, bus=bus, store=store, auth=auth)
+    bus.register_routes(app, lifespan.routes)
     return app

@@ -17,7 +17,7 @@ from eventrouter import config as config_module
 from eventrouter.bus.bus import ENTRY_POINT_GROUP, Bus, make_plugin_manager
 from eventrouter.client import upload as upload_command
 from eventrouter.config import Config, ConfigError
-from eventrouter.plugins.ratelimit import RateLimiter
+from eventrouter.edge.ratelimit import RateLimiter
 from eventrouter.privacy import cli as privacy_command
 from eventrouter.queue.broker import BROKER_ERRORS
 from eventrouter.redact import redact_url

@@ -299,6 +299,9 @@ class RateLimitsConfig(_Strict):
 class PluginsConfig(_Strict):
     #: Plugin names (as `eventrouter plugins` lists them) not to load.
     disabled: list[str] = []
+    #: Where pipeline stages run, by plugin name, lower first: ``{ "scrub:paths" = 50 }``
+    #: overrides that plugin's own ``stage_order`` (docs/plugins.md, "Pipeline stages").
+    stage_order: dict[str, int] = {}
 
 
 class ScrubConfig(_Strict):

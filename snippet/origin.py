@@ -17,11 +17,13 @@ are configured (any key works when ingestion is open).
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import falcon
 import falcon.asgi
 import msgspec
 
+from eventrouter.bus.hookspecs import hookimpl
 from eventrouter.config import Config
 from eventrouter.edge import proxies
 from eventrouter.edge.keys import WriteKeys
@@ -201,6 +203,14 @@ def settings(write_key: str, host: str, scheme: str) -> dict:
         "legacyVideoPluginsEnabled": False,
         "remotePlugins": [],
     }
+
+
+@hookimpl
+def eventrouter_register_routes(app: falcon.asgi.App, routes: Any) -> None:
+    """The snippet origin is a built-in plugin (the ``snippet`` entry point): it mounts
+    the analytics.js library and project settings routes through the same hook a
+    third-party plugin uses."""
+    add_routes(app, routes.config)
 
 
 def add_routes(app: falcon.asgi.App, config: Config) -> None:

@@ -37,6 +37,7 @@ import pluggy
 
 from eventrouter import metrics
 from eventrouter.bus import hookspecs
+from eventrouter.bus.context import RouteContext, stage_order
 from eventrouter.bus.sink import Sink
 from eventrouter.config import Config, ConfigError, SinkConfig, convert
 from eventrouter.errors import APIError
@@ -209,6 +210,7 @@ class Bus:
         self._executors: dict[str, ThreadPoolExecutor] = {}
         self._background: set[asyncio.Task] = set()
         self._is_async: dict[Any, bool] = {}
+        self._stage_cache: tuple[list, list] | None = None
         self.build_sinks(only)
 
     # -- construction ------------------------------------------------------------------
@@ -300,6 +302,49 @@ class Bus:
         if acknowledging:
             self._acknowledging.add(plugin_name)
 
+    def add_plugin(self, plugin: Any, name: str) -> bool:
+        """Register ``plugin`` under ``name`` once (:class:`~.context.BusContext`): a
+        pipeline stage or any object with ``@hookimpl`` methods. ``False`` when a plugin
+        of that name is registered already, or ``[plugins] disabled`` blocks it."""
+        if self.pm.get_plugin(name) is not None or self.pm.is_blocked(name):
+            return False
+        self.pm.register(plugin, name=name)
+        self._stage_cache = None
+        return True
+
+    def stages(self) -> list[pluggy.HookImpl]:
+        """The ``eventrouter_process_batch`` implementations in the order they run:
+        by :func:`~.context.stage_order` (``[plugins] stage_order``, else the plugin's
+        ``stage_order``), ties in registration order."""
+        impls = self.pm.hook.eventrouter_process_batch.get_hookimpls()
+        cached = self._stage_cache
+        if cached is not None and cached[0] == impls:
+            return cached[1]
+        configured = self.config.plugins.stage_order
+        # get_hookimpls() lists the last registered last; pluggy would call it first.
+        ordered = sorted(
+            impls,
+            key=lambda impl: stage_order(impl.plugin, impl.plugin_name, configured),
+        )
+        self._stage_cache = (impls, ordered)
+        return ordered
+
+    def register_routes(self, app: Any, routes: RouteContext) -> None:
+        """Have every ``eventrouter_register_routes`` implementation mount its routes on
+        ``app`` (first registered first). A failure aborts start-up."""
+        for impl in reversed(self.pm.hook.eventrouter_register_routes.get_hookimpls()):
+            impl.function(**{name: {"app": app, "routes": routes}[name] for name in impl.argnames})
+
+    async def suppressions_changed(self) -> None:
+        """Call every ``eventrouter_suppressions_changed`` implementation, each isolated."""
+        timeout = self.config.server.dispatch_timeout
+        for impl in self.pm.hook.eventrouter_suppressions_changed.get_hookimpls():
+            try:
+                await _within(timeout, self._invoke(impl, {}))
+            except Exception as exc:
+                detail = "timed out" if isinstance(exc, Expired) else repr(exc)
+                log.error("%s: suppressions_changed failed: %s", impl.plugin_name, detail)
+
     def store_sink(self) -> Sink | None:
         """The sink whose store the query API reads: ``[admin] store``, else the first SQL one.
 
@@ -381,18 +426,18 @@ class Bus:
         A stage that raises or takes longer than ``server.dispatch_timeout`` is counted,
         logged and skipped: the batch passes on unchanged. Unless its plugin
         :func:`fails_closed` (a privacy stage: scrub, suppress): then the whole batch is
-        refused. ``stages`` defaults to every ``eventrouter_process_batch``
-        implementation; ``sink`` is passed on to them. A stage whose plugin object says it
-        is ``idle`` (it would return the batch unchanged, e.g. an empty suppression list)
-        is not called: the isolation around each call costs the request path more than
-        such a stage's own work.
+        refused. ``stages`` defaults to :meth:`stages` (every ``eventrouter_process_batch``
+        implementation, in their declared order); ``sink`` is passed on to them. A stage
+        whose plugin object says it is ``idle`` (it would return the batch unchanged,
+        e.g. an empty suppression list) is not called: the isolation around each call
+        costs the request path more than such a stage's own work.
 
         :raises FailedClosed: a fail-closed stage raised or timed out.
         """
         if stages is None:
-            stages = self.pm.hook.eventrouter_process_batch.get_hookimpls()
+            stages = self.stages()
         timeout = self.config.server.dispatch_timeout
-        for impl in reversed(stages):
+        for impl in stages:
             plugin = impl.plugin
             if getattr(plugin, "idle", False):
                 continue
@@ -437,7 +482,7 @@ class Bus:
         :raises NotDurable: an acknowledging sink failed or timed out (answer 503).
         :raises FailedClosed: a fail-closed stage failed; no sink was called (503).
         """
-        if stages := self.pm.hook.eventrouter_process_batch.get_hookimpls():
+        if stages := self.stages():
             commands = await self.process(commands, stages)
             if not commands:
                 return
@@ -476,7 +521,7 @@ class Bus:
             :class:`FailedClosed` before any write, for the worker to retry, hold or
             dead-letter.
         """
-        if stages := self.pm.hook.eventrouter_process_batch.get_hookimpls():
+        if stages := self.stages():
             commands = await self.process(commands, stages, sink)
             if not commands:
                 return commands

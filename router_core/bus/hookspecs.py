@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from eventrouter.bus.bus import Bus
+    from eventrouter.bus.context import BusContext, RouteContext
     from eventrouter.bus.sink import Sink
     from eventrouter.events.commands import Command
     from eventrouter.health import ComponentHealth
@@ -35,11 +35,38 @@ def eventrouter_sink_types() -> dict[str, type[Sink]]:
 
 
 @hookspec
-def eventrouter_startup(bus: Bus) -> Any:
+def eventrouter_startup(bus: BusContext) -> Any:
     """Called once per server or worker process, before the first event is dispatched.
 
-    :param bus: the running bus; ``bus.config`` is the validated configuration.
+    :param bus: what a plugin sees of the running bus
+        (:class:`eventrouter.bus.context.BusContext`); ``bus.config`` is the validated
+        configuration. A pipeline stage registers itself here with ``bus.add_plugin``.
     Open connections and start threads here. Raising aborts start-up.
+    """
+
+
+@hookspec
+def eventrouter_register_routes(app: Any, routes: RouteContext) -> Any:
+    """Mount this plugin's HTTP routes on the server's Falcon ASGI ``app``.
+
+    Called once per app, in ``eventrouter serve`` only, after the core's own routes
+    (ingestion, ``/api/v1``, ``/health``, ``/metrics``, ``/openapi.json``). The built-in
+    dashboard (``/admin``) and the snippet origin (``/snippet/v1/...``,
+    ``/analytics.js/v1/...``, ``/v1/projects/.../settings``) mount theirs here.
+    :param app: the ``falcon.asgi.App``; add routes with ``app.add_route``.
+    :param routes: the config, the bus, the admin store's query layer and the admin
+        sign-in (:class:`eventrouter.bus.context.RouteContext`);
+        ``routes.on_shutdown(close)`` has ``close()`` awaited when the server stops.
+    Raising aborts start-up.
+    """
+
+
+@hookspec
+def eventrouter_suppressions_changed() -> Any:
+    """The suppression list changed in this process (the dashboard's privacy page):
+    a plugin holding a copy of it re-reads it now rather than at its next refresh.
+
+    Failures are logged; the change itself is already stored.
     """
 
 

@@ -20,7 +20,7 @@ from eventrouter.config import SinkConfig
 from eventrouter.health import ComponentHealth
 
 if TYPE_CHECKING:
-    from eventrouter.bus.bus import Bus
+    from eventrouter.bus.context import BusContext
     from eventrouter.events.commands import Command
 
 
@@ -51,7 +51,7 @@ class Sink:
         self.options = options
 
     # -- the methods a sink author writes ---------------------------------------------
-    def start(self, bus: Bus) -> Any:
+    def start(self, bus: BusContext) -> Any:
         """Open connections, start threads. Called once per process."""
 
     def write(self, commands: Sequence[Command]) -> Any:
@@ -105,7 +105,7 @@ class Sink:
 
     # -- pluggy adapters ---------------------------------------------------------------
     @hookimpl
-    def eventrouter_startup(self, bus: Bus) -> Any:
+    def eventrouter_startup(self, bus: BusContext) -> Any:
         return self.start(bus)
 
     @hookimpl
@@ -136,7 +136,7 @@ def resolve_waiters(entries: Sequence[tuple], error: BaseException | None) -> No
 
 
 @hookimpl
-async def _async_startup(self: Sink, bus: Bus) -> Any:
+async def _async_startup(self: Sink, bus: BusContext) -> Any:
     return await self.start(bus)
 
 

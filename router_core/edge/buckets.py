@@ -1,6 +1,6 @@
 """Token buckets, in this process or in Redis: what the per-source rate limits
-(``plugins/ratelimit.py``) and the sign-in throttle (``router_core/edge/throttle.py``) count
-with.
+(:mod:`eventrouter.edge.ratelimit`) and the sign-in throttle
+(:mod:`eventrouter.edge.throttle`) count with.
 
 A bucket holds up to ``capacity`` tokens and refills at ``rate`` tokens a second. In
 Redis, a bucket is a hash (``tokens``, ``at``) updated by a Lua script in one round trip,

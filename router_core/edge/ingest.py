@@ -27,12 +27,12 @@ from eventrouter.config import Config
 from eventrouter.edge import limits, proxies
 from eventrouter.edge.coalesce import Coalescer
 from eventrouter.edge.keys import WriteKeys
+from eventrouter.edge.ratelimit import PLUGIN_NAME as RATE_LIMITER
+from eventrouter.edge.ratelimit import RateLimiter
 from eventrouter.errors import APIError, InvalidEvent, from_validation_error
 from eventrouter.events import ipanon, model
 from eventrouter.events.commands import Command
 from eventrouter.events.normalise import Arrival, legacy_to_command, to_command
-from eventrouter.plugins.ratelimit import PLUGIN_NAME as RATE_LIMITER
-from eventrouter.plugins.ratelimit import RateLimiter
 
 log = logging.getLogger("eventrouter.ingest")
 
@@ -72,7 +72,7 @@ class Ingestor:
         #: Per-source rate limits (None: no source has one); a plugin for /health.
         self.limiter = RateLimiter.from_config(config)
         if self.limiter is not None:
-            bus.pm.register(self.limiter, name=RATE_LIMITER)
+            bus.add_plugin(self.limiter, RATE_LIMITER)
         #: The requests of one event-loop turn share one bus dispatch (coalesce.py).
         self.groups = Coalescer(self._dispatch_group)
 

@@ -16,10 +16,13 @@ from tests.unit.test_lock import LOCKS, ROOT
 def test_the_lock_check_fails_when_setup_cfg_moves_on(tmp_path):
     """`.ci/lock --check` (uv, from PyPI's index) passes on the repository as committed,
     and fails naming the lock when setup.cfg asks for something the lock does not hold."""
-    # The metadata, and each package folder setup.cfg names (the build backend checks that
-    # they exist): their __init__.py files, not the code.
-    folders = ("router_core", "admin", "plugins", "sinks", "snippet")
-    inits = [str(p.relative_to(ROOT)) for f in folders for p in (ROOT / f).rglob("__init__.py")]
+    # What the build backend reads to learn the metadata: the config, and each package
+    # folder setup.cfg lists (their __init__.py files are enough).
+    inits = [
+        path.relative_to(ROOT)
+        for folder in ("router_core", "admin", "plugins", "sinks", "snippet")
+        for path in (ROOT / folder).rglob("__init__.py")
+    ]
     for name in ("setup.cfg", "pyproject.toml", "README.md", *inits):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, tmp_path / name)

@@ -20,8 +20,8 @@ import pytest
 import redis
 
 from eventrouter.config import ConfigError, RateLimit
+from eventrouter.edge.ratelimit import RateLimiter, TokenBucket
 from eventrouter.errors import APIError
-from eventrouter.plugins.ratelimit import RateLimiter, TokenBucket
 from tests.helpers import ADMIN_TOKEN, HANG_GUARD, LiveServer, ServeProcess, eventually, make_config
 from tests.tcp_proxy import TcpProxy
 
@@ -339,7 +339,7 @@ def test_redis_down_lets_everything_through_and_health_says_so(start_server, red
         )
         assert [track(server).status_code for _ in range(3)] == [200, 200, 429]
         proxy.stop()
-        with caplog.at_level(logging.WARNING, logger="eventrouter.plugins.ratelimit"):
+        with caplog.at_level(logging.WARNING, logger="eventrouter.edge.ratelimit"):
             statuses = [track(server).status_code for _ in range(10)]
         assert statuses == [200] * 10  # fail open: no event lost to the limiter
         assert len(server.events(source="web")) == 12

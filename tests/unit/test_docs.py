@@ -218,3 +218,31 @@ def test_relative_links_resolve(page):
         if anchor:
             headings = re.findall(r"^#+ (.+)$", prose(file.read_text("utf-8")), re.MULTILINE)
             assert anchor in {slug(h) for h in headings}, f"{page}: no anchor #{anchor}"
+
+
+# -- citations ------------------------------------------------------------------------------
+
+#: Documents that live outside this repository: the code and the docs must not send a
+#: reader to them (what they decided is written down here, in docs/architecture.md).
+OUTSIDE = re.compile(r"DESIGN\.md|STYLE\.md|design card|\.\./shared/(?!tools/runtime-deps)")
+CITING = ("*.py", "*.md", "*.cfg", "*.toml", "*.html", "*.js", "*.lua", "Makefile", "*.txt")
+SKIPPED = {".venv", ".git", "node_modules", "build", "results", ".ruff_cache", ".pytest_cache"}
+
+
+def repository_files() -> Iterator[Path]:
+    for pattern in CITING:
+        for path in ROOT.rglob(pattern):
+            parts = set(path.relative_to(ROOT).parts)
+            if not parts & SKIPPED and "egg-info" not in str(path) and path.is_file():
+                yield path
+
+
+def test_code_and_docs_cite_nothing_outside_the_repository():
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()[:100]}"
+        for path in sorted(set(repository_files()))
+        if path != Path(__file__).resolve()
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if OUTSIDE.search(line)
+    ]
+    assert found == []

@@ -37,7 +37,7 @@ from eventrouter.errors import APIError
 from eventrouter.health import ComponentHealth
 from eventrouter.redact import redact_url
 
-log = logging.getLogger("eventrouter.plugins.ratelimit")
+log = logging.getLogger("eventrouter.edge.ratelimit")
 
 #: Plugin name of the per-process limiter (its /health component is ``rate_limits``).
 PLUGIN_NAME = "ratelimit"
