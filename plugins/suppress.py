@@ -63,7 +63,7 @@ def eventrouter_startup(bus: Any) -> None:
     store = bus.store_sink()
     if store is None or bus.pm.get_plugin(PLUGIN_NAME) is not None:
         return
-    suppressor = Suppressor(SuppressionList(store.url), bus.config.privacy.refresh)
+    suppressor = Suppressor(SuppressionList(store.store()), bus.config.privacy.refresh)
     suppressor.start()
     bus.pm.register(suppressor, name=PLUGIN_NAME)
 

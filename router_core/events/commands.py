@@ -17,6 +17,24 @@ from typing import Any, ClassVar
 
 import msgspec
 
+from eventrouter.store.columns import STORED_COLUMNS
+
+__all__ = [
+    "STORED_COLUMNS",
+    "AliasCommand",
+    "AnyCommand",
+    "Command",
+    "GroupCommand",
+    "IdentifyCommand",
+    "PageCommand",
+    "ScreenCommand",
+    "TrackCommand",
+    "decode",
+    "decode_many",
+    "encode",
+    "encode_many",
+]
+
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Fields shared by every command."""
@@ -40,7 +58,8 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
 
     def values(self) -> tuple:
         """The stored columns of DESIGN.md for this command, in :data:`STORED_COLUMNS`
-        order: the one place that maps command fields to columns."""
+        order (``eventrouter.store.columns``): the one place that maps command fields to
+        columns."""
         return (
             self.message_id,
             self.kind,
@@ -102,26 +121,6 @@ class AliasCommand(Command, tag="alias"):
 
 AnyCommand = (
     TrackCommand | IdentifyCommand | PageCommand | ScreenCommand | GroupCommand | AliasCommand
-)
-
-STORED_COLUMNS: tuple[str, ...] = (
-    "message_id",
-    "type",
-    "event",
-    "name",
-    "user_id",
-    "anonymous_id",
-    "group_id",
-    "previous_id",
-    "session_id",
-    "source",
-    "properties",
-    "traits",
-    "context",
-    "timestamp",
-    "original_timestamp",
-    "sent_at",
-    "received_at",
 )
 
 _json_encoder = msgspec.json.Encoder()
