@@ -184,11 +184,8 @@ def delete_user(
     results: dict[str, StoreDeletion] = {}
     stores: list[_Store] = []
     for name, sink in chosen:
-        store = sink.store()
         try:
-            if store is None:
-                raise CannotErase("this sink type cannot delete")
-            eraser = store.eraser()
+            eraser = _eraser(sink)
         except CannotErase as exc:
             results[name] = StoreDeletion(
                 sink=name, type=sink.config.type, status=SKIPPED, detail=str(exc)
@@ -248,6 +245,14 @@ def delete_user(
         linked=linked,
         not_linked=sorted(wanted - {link.id for link in linked}),
     )
+
+
+def _eraser(sink: Sink) -> Eraser:
+    """:raises CannotErase: ``sink`` keeps no store, or its store cannot erase."""
+    store = sink.store()
+    if store is None:
+        raise CannotErase("this sink type cannot delete")
+    return store.eraser()
 
 
 def _merge(
