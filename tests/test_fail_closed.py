@@ -27,6 +27,7 @@ import pytest
 from eventrouter.bus.hookspecs import hookimpl
 from eventrouter.health import ComponentHealth
 from eventrouter.privacy.suppressions import SuppressionList
+from eventrouter.sinks.postgres_store import PostgresStore
 from tests.helpers import ORIGINAL_TRACK, LiveServer, eventually
 from tests.ingest_support import AUTH, uid
 from tests.queue_support import (  # noqa: F401 - fixtures
@@ -303,7 +304,7 @@ def test_a_suppression_list_read_before_stays_in_force_while_its_store_is_unreac
     direct, proxied, proxy = postgres_store
     proxy.start()
     gone = uid("gone")
-    with SuppressionList(direct) as store:
+    with SuppressionList(PostgresStore(direct)) as store:
         store.add("user_id", gone, "test")
     server = pg_edge(amqp_env, proxied)
     try:
