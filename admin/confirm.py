@@ -35,15 +35,11 @@ the operator's. The CSRF token is still required on every POST: it is a differen
 defence (it proves the form came from our page; this proves a review of this exact
 change came first).
 
-Used nonces are kept until they expire (then deleted). On SQLite and PostgreSQL the
-record is one ``INSERT ... ON CONFLICT DO NOTHING``: atomic, whatever the number of
-processes. ClickHouse has no insert-if-absent: each use inserts a row stamped by the
-server's clock (``now()``), waits :data:`CLICKHOUSE_SETTLE` seconds, then reads the
-nonce's rows; the earliest wins (ties: the smaller random claim). A use that started
-after the wait began sorts after, and one before it is visible, so a later replay
-always loses; only two uses racing within the same moment and whose inserts take longer
-than the wait could both pass, and both would then run the identical, idempotent change
-the operator reviewed. Old rows go with their daily partition (no TTL on 18.16).
+Used nonces are recorded in the admin store (``Store.admin_tables()``), each store
+the way it can make a use count once whatever the number of processes: on SQLite and
+PostgreSQL one ``INSERT ... ON CONFLICT DO NOTHING``, atomic; on ClickHouse, which has
+no insert-if-absent, the earliest of the uses recorded wins (``sinks/clickhouse_store.py``
+says how close a race it decides). Nonces are kept until they expire.
 """
 
 from __future__ import annotations
@@ -53,38 +49,22 @@ import hmac
 import secrets
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 from itsdangerous import BadSignature, URLSafeSerializer
-from sqlalchemy import Column, DateTime, MetaData, String, Table, delete
 
 from eventrouter.edge.auth import Session
-from eventrouter.store.admin_tables import AdminTable
+from eventrouter.store.admin_tables import admin_tables_of
+from eventrouter.store.interface import CONFIRMATIONS_USED, Store
 
 #: The form field that carries the token.
 CONFIRM_FIELD = "confirm_token"
 #: Seconds a token stays valid after the review that issued it.
 LIFETIME = 600
-#: Seconds a ClickHouse use waits between recording a nonce and reading who won.
-CLICKHOUSE_SETTLE = 1.1
 #: What a script's requests (the bearer token, no session) are bound to.
 BEARER = "bearer"
-
-metadata = MetaData()
-used_tokens = Table(
-    "confirmations_used",
-    metadata,
-    Column("nonce", String(64), primary_key=True),
-    #: UTC, naive: when the token expires (the row may go then).
-    Column("expires_at", DateTime, nullable=False),
-)
-CLICKHOUSE_DDL = (
-    "CREATE TABLE IF NOT EXISTS confirmations_used (nonce String, claim String, "
-    "expires_at DateTime('UTC'), used_at DateTime('UTC') DEFAULT now()) "
-    "ENGINE = MergeTree PARTITION BY toYYYYMMDD(expires_at) ORDER BY (nonce, used_at, claim)"
-)
 
 
 class ConfirmationError(Exception):
@@ -108,62 +88,20 @@ class Claim(msgspec.Struct, frozen=True):
 
 class UsedTokens:
     """The ``confirmations_used`` table of the admin store. Blocking: call it from a
-    thread."""
+    thread.
 
-    def __init__(self, url: str) -> None:
-        self.store = AdminTable(url, used_tokens, CLICKHOUSE_DDL)
+    :raises NoAdminTables: the store keeps no admin tables."""
+
+    def __init__(self, store: Store) -> None:
+        self.tables = admin_tables_of(store)
 
     def close(self) -> None:
-        self.store.close()
+        self.tables.close()
 
     def use(self, nonce: str, expires_at: datetime) -> bool:
         """Record ``nonce`` as used; False when it was used already."""
-        store = self.store
-        store.ensure()
-        if store.dialect == "clickhouse":
-            return self._use_clickhouse(nonce, expires_at)
-        now = datetime.now(UTC).replace(tzinfo=None)
-        statement = (
-            store.insert()
-            .values(nonce=nonce, expires_at=expires_at.astimezone(UTC).replace(tzinfo=None))
-            .on_conflict_do_nothing()
-            .returning(used_tokens.c.nonce)
-        )
-
-        def write() -> bool:
-            with store.engine.begin() as connection:
-                connection.execute(delete(used_tokens).where(used_tokens.c.expires_at < now))
-                return connection.execute(statement).first() is not None
-
-        return store.write(write)
-
-    def _use_clickhouse(self, nonce: str, expires_at: datetime) -> bool:
-        claim = secrets.token_hex(16)
-        with self.store.clickhouse() as client:
-            client.execute(
-                "INSERT INTO confirmations_used (nonce, claim, expires_at) VALUES",
-                [(nonce, claim, expires_at.astimezone(UTC))],
-            )
-            time.sleep(CLICKHOUSE_SETTLE)
-            rows = client.execute(
-                "SELECT claim FROM confirmations_used WHERE nonce = %(nonce)s "
-                "ORDER BY used_at, claim LIMIT 1",
-                {"nonce": nonce},
-            )
-            self._drop_old_partitions(client)
-        return bool(rows) and rows[0][0] == claim
-
-    @staticmethod
-    def _drop_old_partitions(client: Any) -> None:
-        """Days whose every token expired before yesterday began."""
-        cutoff = int((datetime.now(UTC) - timedelta(days=1)).strftime("%Y%m%d"))
-        partitions = client.execute(
-            "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() "
-            "AND table = 'confirmations_used' AND active"
-        )
-        for (partition,) in partitions:
-            if partition.isdigit() and int(partition) < cutoff:
-                client.execute(f"ALTER TABLE confirmations_used DROP PARTITION {int(partition)}")
+        self.tables.ensure(CONFIRMATIONS_USED)
+        return self.tables.use_confirmation(nonce, expires_at)
 
 
 class Confirmations:

@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 
 from eventrouter.edge.query_api import filter_from_params
 from eventrouter.errors import APIError
-from eventrouter.store.query import PATH_COLUMNS, EventFilter, PathCondition
+from eventrouter.store.query import FILTER_COLUMNS, PATH_COLUMNS, EventFilter, PathCondition
 
 RANGES: dict[str, timedelta | None] = {
     "15m": timedelta(minutes=15),
@@ -66,7 +66,7 @@ STEPS = (
 )
 MAX_BUCKETS = 60
 _DASHBOARD_PARAMS = ("range", "where", "breakdown")
-FILTER_FIELDS = ("type", "event", "user_id", "anonymous_id", "session_id", "source")
+FILTER_FIELDS = FILTER_COLUMNS
 TYPES = ("track", "identify", "page", "screen", "group", "alias")
 
 

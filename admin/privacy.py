@@ -62,7 +62,7 @@ class PrivacyView(_View):
         """The tokens, with their used-token record in the admin store (where the
         suppression list is)."""
         if self._confirmations is None:
-            used = UsedTokens(self.suppressions().url)
+            used = UsedTokens(self.suppressions().store)
             self._confirmations = Confirmations(self.d.config.admin.token or "", used)
             self.d.closers.append(self._confirmations.close)
         return self._confirmations

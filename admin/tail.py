@@ -32,10 +32,11 @@ from typing import Any
 import msgspec
 from kombu import Queue, binding
 
+from eventrouter.columns import shown
 from eventrouter.config import Config
 from eventrouter.events.commands import Command
 from eventrouter.queue import broker
-from eventrouter.store.query import EventFilter, EventStore, TailPosition, iso_utc
+from eventrouter.store.query import FILTER_COLUMNS, EventFilter, EventStore, TailPosition
 
 log = logging.getLogger("eventrouter.admin.tail")
 
@@ -44,17 +45,13 @@ POLL_INTERVAL = 0.25
 SUBSCRIBER_BACKLOG = 2000
 #: Messages the broker keeps for a tail queue that nobody reads (drop-head beyond).
 TAIL_QUEUE_LENGTH = 10_000
-_TIME_COLUMNS = ("timestamp", "original_timestamp", "sent_at", "received_at")
 
 Rows = list[dict[str, Any]]
 
 
 def command_event(command: Command) -> dict[str, Any]:
     """A command as the query API shows a stored event."""
-    event = command.row()
-    for column in _TIME_COLUMNS:
-        event[column] = iso_utc(event[column])
-    return event
+    return shown(command.row())
 
 
 def _json_text(value: Any) -> str | None:
@@ -67,7 +64,7 @@ def _json_text(value: Any) -> str | None:
 def matches(where: EventFilter, event: dict[str, Any]) -> bool:
     """Whether ``event`` passes ``where`` (its columns and path conditions; the time
     range is not applied: a live tail shows what arrives now)."""
-    for name in ("type", "event", "user_id", "anonymous_id", "session_id", "source"):
+    for name in FILTER_COLUMNS:
         wanted = getattr(where, name)
         if wanted is not None and event.get(name) != wanted:
             return False

@@ -338,7 +338,7 @@ def _form_values(req: falcon.asgi.Request, query: explorer.ExplorerQuery | None)
     return {"range": explorer.DEFAULT_RANGE, **values, "where": rows}
 
 
-_PATHS = ("properties", "traits", "context")
+_PATHS = explorer.PATH_COLUMNS
 _FORM_FIELDS = (*explorer.FILTER_FIELDS, "range", "since", "until", "breakdown")
 
 

@@ -101,6 +101,8 @@ from eventrouter.bus.bus import WORKER, Bus, make_plugin_manager  # noqa: E402
 from eventrouter.events import model  # noqa: E402
 from eventrouter.events.commands import Command  # noqa: E402
 from eventrouter.events.normalise import Arrival, to_command  # noqa: E402
+from eventrouter.sinks.clickhouse_store import ClickHouseStore  # noqa: E402
+from eventrouter.sinks.postgres_store import PostgresStore  # noqa: E402
 from eventrouter.store.query import EventFilter, EventStore, PathCondition  # noqa: E402
 
 RESULTS_DIR = BENCH_DIR / "results"
@@ -289,6 +291,11 @@ class Store:
     def url(self) -> str:
         return self.sink["url"]
 
+    def reader(self) -> EventStore:
+        """The query layer on this store, as the server builds it (close it after)."""
+        stores = {"postgres": PostgresStore, "clickhouse": ClickHouseStore}
+        return EventStore(stores[self.sink["type"]](self.url))
+
 
 def postgres_store() -> Store:
     import psycopg
@@ -330,7 +337,7 @@ def postgres_store() -> Store:
                 for name in ("shared_buffers", "jit", "autovacuum")
             )
         # The dashboard reads through EventStore, whose connections set their own jit.
-        reader = EventStore.from_url(PG_URL)
+        reader = EventStore(PostgresStore(PG_URL))
         try:
             with reader.engine.connect() as connection:
                 store_jit = connection.exec_driver_sql("SHOW jit").scalar()
@@ -431,7 +438,7 @@ class TableState:
 def table_state(store: Store) -> TableState | None:
     """Rows and time span of ``events``; None when the database or table is missing."""
     try:
-        reader = EventStore.from_url(store.url)
+        reader = store.reader()
         try:
             with reader.engine.connect() as connection:
                 rows, oldest, newest = connection.exec_driver_sql(
@@ -715,7 +722,7 @@ class Shares:
 def shares(store: Store) -> Shares:
     """Counted through the store query layer, with the dashboard's own semantics (on
     ClickHouse ``FINAL``: each event once)."""
-    reader = EventStore.from_url(store.url)
+    reader = store.reader()
     try:
         since = datetime.now(UTC) - RANGE_SPAN
         state = table_state(store)

@@ -153,7 +153,7 @@ def run_postgres(rows: list[TrackCommand], workdir: Path) -> dict:
             connection.execute(text("INSERT INTO eventrouter_schema VALUES (1)"))
         engine.dispose()
         sink = sink_of("postgres", {"url": url, "migrate_on_start": False, "indexes": []}, workdir)
-        sink.engine = postgres_sink.make_engine(url)
+        sink.engine = postgres_sink.postgres_engine(url)
         sink.ensure_partitions(sink._ranges(rows))
         with psycopg.connect(plain) as connection, connection.cursor() as cursor:
             for start in range(0, len(rows), CHUNK):

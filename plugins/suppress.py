@@ -63,7 +63,7 @@ def eventrouter_startup(bus: Any) -> None:
     store = bus.store_sink()
     if store is None:
         return
-    suppressor = Suppressor(SuppressionList(store.url), bus.config.privacy.refresh)
+    suppressor = Suppressor(SuppressionList(store.store()), bus.config.privacy.refresh)
     if bus.add_plugin(suppressor, PLUGIN_NAME):
         suppressor.start()
 

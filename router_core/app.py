@@ -279,7 +279,7 @@ def create_app(
     pm = make_plugin_manager(config, entry_points=entry_points, plugins=plugins)
     bus = Bus(config, pm)
     store_sink = bus.store_sink()
-    store = EventStore.from_url(store_sink.url) if store_sink is not None else None
+    store = EventStore(store_sink.store()) if store_sink is not None else None
 
     origins = config.server.cors_origins
     cors = falcon.CORSMiddleware(
@@ -290,7 +290,7 @@ def create_app(
     throttle = Throttle.from_config(config)
     auth = AdminAuth(
         admin_token(config),
-        revoked=RevokedSessions(store_sink.url if store_sink is not None else None),
+        revoked=RevokedSessions(store_sink.store() if store_sink is not None else None),
         throttle=throttle,
     )
     lifespan.auth = auth

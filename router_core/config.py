@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from eventrouter.columns import JSON_COLUMNS
+
 ENV_CONFIG = "EVENTROUTER_CONFIG"
 ENV_ADMIN_TOKEN = "EVENTROUTER_ADMIN_TOKEN"
 ENV_DATA_DIR = "EVENTROUTER_DATA_DIR"
@@ -403,7 +405,7 @@ def _env_port(value: str, file: str | None) -> int:
 
 
 #: The JSON columns a ``[privacy.scrub]`` path may start with.
-SCRUB_COLUMNS = ("properties", "traits", "context")
+SCRUB_COLUMNS = JSON_COLUMNS
 
 
 def split_scrub_path(path: str) -> tuple[str, tuple[str, ...]]:

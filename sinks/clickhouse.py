@@ -1,7 +1,7 @@
 """ClickHouse sink: ``events`` in a ``ReplacingMergeTree`` table, one columnar insert per batch.
 
 Schema (``eventrouter migrate`` or the sink's start-up creates it, idempotently, through
-clickhouse-sqlalchemy): the stored columns of DESIGN.md, text and JSON as ``String``
+clickhouse-sqlalchemy): the stored columns (:mod:`eventrouter.columns`), text and JSON as ``String``
 (``''`` when absent: ClickHouse keeps no null map for them, and any of them may be part of
 the sorting key), times as ``DateTime64(3, 'UTC')`` on servers that have it (20.1 on) and
 ``DateTime('UTC')`` before. ``PARTITION BY toYYYYMM(timestamp)`` and
@@ -53,10 +53,11 @@ from sqlalchemy.schema import CreateTable
 
 from eventrouter.bus.hookspecs import hookimpl
 from eventrouter.bus.sink import Sink
+from eventrouter.columns import OPTIONAL_TIME_COLUMNS, STORED_COLUMNS, TIME_COLUMNS
 from eventrouter.config import Duration
-from eventrouter.events.commands import STORED_COLUMNS, AnyCommand, Command
+from eventrouter.events.commands import AnyCommand, Command
 from eventrouter.health import ComponentHealth
-from eventrouter.store.db import make_engine
+from eventrouter.sinks.clickhouse_store import ClickHouseStore, clickhouse_engine, driver_url
 
 log = logging.getLogger("eventrouter.sinks.clickhouse")
 
@@ -80,8 +81,6 @@ KEY_COLUMNS = ("source", "message_id")
 REBUILD_TABLE = "events_migrating"
 BACKUP_TABLE = "events_before_v2"
 
-_TIME_COLUMNS = ("timestamp", "original_timestamp", "sent_at", "received_at")
-_NULLABLE_TIMES = ("original_timestamp", "sent_at")
 INSERT_SQL = f"INSERT INTO events ({', '.join(STORED_COLUMNS)}) VALUES"
 #: The keys and definition of an existing ``events`` table.
 TABLE_KEYS_SQL = (
@@ -168,11 +167,6 @@ def key_holds(sorting_key: str, column: str) -> bool:
     return any(re.search(rf"\b{column}\b", key) for key in split_keys(sorting_key))
 
 
-def driver_url(url: str) -> str:
-    """The clickhouse-driver URL for an SQLAlchemy ``clickhouse+native://`` URL."""
-    return make_url(url).set(drivername="clickhouse").render_as_string(hide_password=False)
-
-
 def server_version(client: Client) -> tuple[int, ...]:
     version = client.execute("SELECT version()")[0][0]
     return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
@@ -191,9 +185,9 @@ def events_table(
     time = types.DateTime64(3, "UTC") if datetime64 else types.DateTime("UTC")
     columns = []
     for column in STORED_COLUMNS:
-        if column in _NULLABLE_TIMES:
+        if column in OPTIONAL_TIME_COLUMNS:
             columns.append(Column(column, types.Nullable(time)))
-        elif column in _TIME_COLUMNS:
+        elif column in TIME_COLUMNS:
             columns.append(Column(column, time, nullable=False))
         else:
             columns.append(Column(column, types.String, nullable=False))
@@ -365,9 +359,9 @@ def _nullable_time_column(values: list[int | None], datetime64: bool) -> bytes:
 def _native_type(name: str, datetime64: bool) -> str | None:
     """The type (as the server names it) whose Native form :func:`native_columns`
     writes for column ``name``; None for a column it does not know."""
-    if name in _TIME_COLUMNS:
+    if name in TIME_COLUMNS:
         time = "DateTime64(3, 'UTC')" if datetime64 else "DateTime('UTC')"
-        return f"Nullable({time})" if name in _NULLABLE_TIMES else time
+        return f"Nullable({time})" if name in OPTIONAL_TIME_COLUMNS else time
     return "String" if name in STORED_COLUMNS else None
 
 
@@ -385,9 +379,9 @@ def native_columns(commands: Sequence[Command], *, datetime64: bool) -> Iterator
             yield bytes(len(commands))
             continue
         values = builders[name]()
-        if name in _NULLABLE_TIMES:
+        if name in OPTIONAL_TIME_COLUMNS:
             yield _nullable_time_column(values, datetime64)
-        elif name in _TIME_COLUMNS:
+        elif name in TIME_COLUMNS:
             yield _time_column(values, datetime64)
         elif name in _FEW_VALUES:
             yield _few_values_column(values)
@@ -451,7 +445,6 @@ class ClickHouseSink(Sink):
     """Stores every command into the ``events`` table of a ClickHouse database."""
 
     Options = ClickHouseOptions
-    queryable = True
 
     def __init__(self, name: str, config: Any, options: ClickHouseOptions) -> None:
         super().__init__(name, config, options)
@@ -485,7 +478,10 @@ class ClickHouseSink(Sink):
         url = make_url(self.url)
         if database is not None:
             url = url.set(database=database)
-        return make_engine(url.render_as_string(hide_password=False))
+        return clickhouse_engine(url.render_as_string(hide_password=False))
+
+    def store(self) -> ClickHouseStore:
+        return ClickHouseStore(self.url)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self, bus: Any) -> None:

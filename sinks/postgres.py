@@ -3,7 +3,7 @@ and the normalised ``users``, ``groups`` and ``identities`` tables kept current.
 
 Schema (``eventrouter migrate`` or the sink's start-up creates it, idempotently):
 
-- ``events``: the stored columns of DESIGN.md (JSON as ``jsonb``, times as
+- ``events``: the stored columns (:mod:`eventrouter.columns`; JSON as ``jsonb``, times as
   ``timestamptz``), ``PARTITION BY RANGE (timestamp)``, primary key
   ``(message_id, source, timestamp)`` so that a redelivered event is stored once, and a
   messageId is unique per source only (schema version 2; version 1's key
@@ -59,7 +59,8 @@ from eventrouter.bus.sink import Sink
 from eventrouter.config import Duration
 from eventrouter.events.commands import STORED_COLUMNS, Command
 from eventrouter.health import ComponentHealth
-from eventrouter.store.db import make_engine, select_one
+from eventrouter.sinks.postgres_store import PostgresStore, postgres_engine
+from eventrouter.store.db import select_one
 from eventrouter.store.query import InvalidQuery, PathCondition
 from eventrouter.store.schema import event_columns
 
@@ -267,7 +268,6 @@ class PostgresSink(Sink):
     """Stores every command into the partitioned ``events`` table of a PostgreSQL database."""
 
     Options = PostgresOptions
-    queryable = True
 
     def __init__(self, name: str, config: Any, options: PostgresOptions) -> None:
         super().__init__(name, config, options)
@@ -283,8 +283,11 @@ class PostgresSink(Sink):
         self.last_error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
+    def store(self) -> PostgresStore:
+        return PostgresStore(self.url)
+
     def start(self, bus: Any) -> None:
-        self.engine = make_engine(self.url)
+        self.engine = postgres_engine(self.url)
         if self.options.migrate_on_start:
             self.migrate()
         else:
@@ -300,7 +303,7 @@ class PostgresSink(Sink):
         An ``events`` table of schema version 1 gets its primary key upgraded to
         :data:`PRIMARY_KEY` by :meth:`_upgrade_primary_key`, keeping every row."""
         if self.engine is None:
-            self.engine = make_engine(self.url)
+            self.engine = postgres_engine(self.url)
         upgraded = self._upgrade_primary_key()
         with self.engine.begin() as connection:
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})

@@ -4,7 +4,7 @@ S3-compatible store (MinIO, Ceph, moto), under Hive-style keys::
     {prefix}/source={source}/dt=YYYY-MM-DD/hour=HH/{uuid}.ndjson.gz
 
 partitioned by each event's ``timestamp`` in UTC. Each line is one event with exactly
-the stored columns of DESIGN.md (:data:`eventrouter.events.commands.STORED_COLUMNS`).
+the stored columns (:data:`eventrouter.columns.STORED_COLUMNS`).
 
 Durability: :meth:`S3Sink.write` returns only once every object holding the batch is
 uploaded; nothing acknowledged is ever held in memory. Concurrent writes (embedded mode)
@@ -45,9 +45,11 @@ import msgspec
 
 from eventrouter.bus.hookspecs import hookimpl
 from eventrouter.bus.sink import Sink
+from eventrouter.columns import JSON_COLUMNS, TIME_COLUMNS
 from eventrouter.config import Duration, SinkConfig
 from eventrouter.events.commands import STORED_COLUMNS, Command
 from eventrouter.health import ComponentHealth
+from eventrouter.store.interface import CannotErase, Eraser, Store
 
 log = logging.getLogger("eventrouter.sinks.s3")
 
@@ -107,7 +109,6 @@ class S3WriteError(Exception):
 
 
 # -- what goes in an object ---------------------------------------------------------------
-TIME_COLUMNS = ("timestamp", "original_timestamp", "sent_at", "received_at")
 #: One line of an NDJSON object: the stored columns, in order, nulls included.
 StoredEvent = msgspec.defstruct("StoredEvent", [(column, Any) for column in STORED_COLUMNS])
 _encoder = msgspec.json.Encoder()
@@ -282,13 +283,9 @@ def ndjson_objects(
         yield close()
 
 
-#: Parquet columns that hold JSON objects (their schemas differ from event to event).
-JSON_COLUMNS = frozenset({"properties", "traits", "context"})
-
-
 def parquet_body(commands: Sequence[Command], compression: str) -> bytes:
-    """One Parquet file of ``commands``: the stored columns, JSON objects as JSON text,
-    times as ``timestamp[us, tz=UTC]``."""
+    """One Parquet file of ``commands``: the stored columns, JSON objects as JSON text
+    (their schemas differ from event to event), times as ``timestamp[us, tz=UTC]``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -327,6 +324,9 @@ class S3Sink(Sink):
     """Archive every event to S3; see the module docstring and docs/s3.md."""
 
     Options = S3Options
+
+    def store(self) -> S3Store:
+        return S3Store()
 
     def __init__(self, name: str, config: SinkConfig, options: S3Options) -> None:
         super().__init__(name, config, options)
@@ -667,6 +667,22 @@ class S3Sink(Sink):
             where=f"s3://{self.options.bucket}: ",
             not_running="not running" if self._probe is None else None,
         )
+
+
+class S3Store(Store):
+    """What the archive tells the core: it cannot be queried (no query dialect), and it
+    cannot erase one user's events (docs/privacy.md#s3-archives)."""
+
+    #: Why, as ``eventrouter privacy delete`` reports the sink skipped.
+    CANNOT_ERASE = (
+        "S3 objects are immutable batches: the user's events stay in the archive "
+        "(docs/privacy.md#s3-archives)"
+    )
+
+    def eraser(self) -> Eraser:
+        """Deleting one user would mean downloading, filtering and rewriting every object
+        that holds their events, each a batch of many users' events: not done here."""
+        raise CannotErase(self.CANNOT_ERASE)
 
 
 @hookimpl

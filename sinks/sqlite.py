@@ -33,10 +33,12 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from eventrouter.bus.hookspecs import hookimpl
 from eventrouter.bus.sink import Sink, resolve_waiters
+from eventrouter.columns import JSON_COLUMNS, TIME_COLUMNS
 from eventrouter.events.commands import STORED_COLUMNS, Command
 from eventrouter.files import open_private
 from eventrouter.health import ComponentHealth
-from eventrouter.store.db import make_engine, select_one, sqlite_path
+from eventrouter.sinks.sqlite_store import SQLiteStore, sqlite_engine, sqlite_path
+from eventrouter.store.db import select_one
 from eventrouter.store.schema import LEGACY_INDEXES, OPTIONAL_INDEXES, events, metadata
 
 log = logging.getLogger("eventrouter.sinks.sqlite")
@@ -61,6 +63,8 @@ _json = msgspec.json.Encoder().encode
 # sqlite3_step: with one step per row, the writer thread would queue for the GIL behind
 # the event loop once per event (a convoy that costs milliseconds per row under load).
 assert tuple(events.c.keys()) == STORED_COLUMNS
+# flat_values() takes the JSON and time columns from the end of Command.values().
+assert STORED_COLUMNS[-7:] == (*JSON_COLUMNS, *TIME_COLUMNS)
 INSERT_SQL = str(insert(events).prefix_with("OR IGNORE").compile(dialect=sqlite_dialect.dialect()))
 _INSERT_HEAD, _, _ONE_ROW = INSERT_SQL.partition(" VALUES ")
 #: Rows per statement: 17 columns x 500 stays well under SQLITE_MAX_VARIABLE_NUMBER.
@@ -165,7 +169,6 @@ class SQLiteSink(Sink):
     """Stores every command into the ``events`` table of an SQLite database."""
 
     Options = SQLiteOptions
-    queryable = True
 
     def __init__(self, name: str, config: Any, options: SQLiteOptions) -> None:
         super().__init__(name, config, options)
@@ -202,13 +205,16 @@ class SQLiteSink(Sink):
             self._checkpointer.start()
 
     def _open(self) -> list[str]:
-        self._engine = make_engine(self.url, synchronous=self.options.synchronous.upper())
+        self._engine = sqlite_engine(self.url, synchronous=self.options.synchronous.upper())
         path = sqlite_path(self.url)
         if path is not None:
             self._lock_file = open_private(path.with_name(path.name + ".lock"), "a+b")
         with self._exclusive():
             metadata.create_all(self._engine, tables=[events])
             return self._sync_indexes()
+
+    def store(self) -> SQLiteStore:
+        return SQLiteStore(self.url)
 
     def migrate(self) -> str:
         """Create ``events`` and bring its indexes to the configured ones (what the sink

@@ -11,11 +11,24 @@ from typing import Any
 import psycopg
 from clickhouse_driver import Client
 
+from eventrouter.sinks.clickhouse_store import ClickHouseStore
+from eventrouter.sinks.postgres_store import PostgresStore
+from eventrouter.sinks.sqlite_store import SQLiteStore
+from eventrouter.store.interface import Store
 from tests.queue_support import unique
 
 STORES = ["sqlite", "postgres", "clickhouse"]
 POSTGRES_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 CLICKHOUSE_ADMIN = "clickhouse://default:@127.0.0.1:9000/default"
+
+
+#: The built-in stores by sink type (``Sink.store()`` gives the same for a running sink).
+STORE_TYPES = {"sqlite": SQLiteStore, "postgres": PostgresStore, "clickhouse": ClickHouseStore}
+
+
+def store_of(sink: dict[str, Any]) -> Store:
+    """The store of a ``[sinks.NAME]`` table of a built-in SQL type (its ``url``)."""
+    return STORE_TYPES[sink["type"]](sink["url"])
 
 
 @contextlib.contextmanager

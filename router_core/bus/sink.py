@@ -4,7 +4,8 @@ A sink type is a subclass of :class:`Sink` returned by a plugin's
 ``eventrouter_sink_types`` hook. For every ``[sinks.NAME]`` table in the config, the bus
 builds one instance and registers it on the plugin manager as ``sink:NAME``; the hook
 implementations below adapt pluggy's calls to four plain methods a sink author writes:
-:meth:`start`, :meth:`write`, :meth:`health` and :meth:`stop`.
+:meth:`start`, :meth:`write`, :meth:`health` and :meth:`stop`. A sink that keeps events
+the core may read or erase returns its :meth:`store`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from eventrouter.health import ComponentHealth
 if TYPE_CHECKING:
     from eventrouter.bus.context import BusContext
     from eventrouter.events.commands import Command
+    from eventrouter.store.interface import Store
 
 
 class Sink:
@@ -34,13 +36,16 @@ class Sink:
     #: The msgspec Struct validating this sink's own config keys (beside the shared
     #: ``type``, ``acknowledgements``, ``batch``, ``buffer`` and ``retry`` blocks).
     Options: ClassVar[type[msgspec.Struct]] = msgspec.Struct
-    #: True when the sink is an SQL store the query API and dashboard can read.
-    queryable: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # The bus awaits ``async def`` hook implementations on the loop and runs plain
         # ones in a thread; give an async ``write``/``start``/``stop`` an async adapter.
         super().__init_subclass__(**kwargs)
+        if not isinstance(getattr(cls, "queryable", None), property):
+            raise TypeError(
+                f"{cls.__name__}.queryable: a sink is queryable when store() returns a "
+                "Store with a query dialect (docs/plugins.md, 'Adding a store')"
+            )
         for method, (hook, adapter) in _ASYNC_ADAPTERS.items():
             if inspect.iscoroutinefunction(getattr(cls, method)):
                 setattr(cls, hook, adapter)
@@ -102,6 +107,18 @@ class Sink:
         Blocking; runs outside any server. Returns a one-line description of the schema
         now in place, or ``None`` when the sink has no schema to manage."""
         return None
+
+    def store(self) -> Store | None:
+        """What the core asks a sink that keeps events about them: how to query, erase
+        and keep the admin tables there (:class:`eventrouter.store.interface.Store`).
+        None: the sink keeps nothing the core can read or erase. No I/O."""
+        return None
+
+    @property
+    def queryable(self) -> bool:
+        """Whether the query API and the dashboard can read this sink's store."""
+        store = self.store()
+        return store is not None and store.queryable
 
     # -- pluggy adapters ---------------------------------------------------------------
     @hookimpl

@@ -9,17 +9,15 @@ no extra service to run), and every server process re-reads the table every
 session out refuses it at once; every other one within ``REFRESH_INTERVAL``. A row is
 kept until the session would have expired anyway.
 
-- SQLite and PostgreSQL: primary key ``sid``; expired rows are deleted by the next
-  sign-out.
-- ClickHouse: a ``MergeTree`` ordered by ``sid``, read with ``expires_at > now()``; one
-  small row per sign-out is kept (18.16 has no TTL).
+Each store keeps the table its own way (``Store.admin_tables()``; on SQLite and
+PostgreSQL expired rows are deleted by the next sign-out).
 
 If the store cannot be read, the ids read last stay in force. A process that has not
 read the table once since it started (:attr:`RevokedSessions.unread`) cannot tell a
 signed-out session from another, so it refuses every session until it has (bearer
 tokens still work): the dashboard needs that store anyway.
 
-Without an SQL store the ids are kept in the process that signed them out only.
+Without an admin store the ids are kept in the process that signed them out only.
 """
 
 from __future__ import annotations
@@ -29,9 +27,8 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, DateTime, MetaData, String, Table, delete, select
-
-from eventrouter.store.admin_tables import AdminTable, RefreshErrors
+from eventrouter.store.admin_tables import RefreshErrors
+from eventrouter.store.interface import REVOKED_SESSIONS, Store
 
 log = logging.getLogger("eventrouter.sessions")
 
@@ -39,32 +36,15 @@ log = logging.getLogger("eventrouter.sessions")
 REFRESH_INTERVAL = 2.0
 #: Seconds between repeated warnings while the store cannot be read.
 WARN_INTERVAL = 60.0
-TABLE = "admin_revoked_sessions"
-
-metadata = MetaData()
-revoked_sessions = Table(
-    TABLE,
-    metadata,
-    Column("sid", String(64), primary_key=True),
-    #: UTC, naive: when the session would have expired.
-    Column("expires_at", DateTime, nullable=False),
-)
-CLICKHOUSE_DDL = (
-    f"CREATE TABLE IF NOT EXISTS {TABLE} (sid String, expires_at DateTime('UTC')) "
-    "ENGINE = MergeTree ORDER BY sid"
-)
-
-
-def _naive_utc(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC).replace(tzinfo=None, microsecond=0)
 
 
 class RevokedSessions:
     """This process's copy of the signed-out session ids (``sid in revoked``)."""
 
-    def __init__(self, url: str | None, refresh: float = REFRESH_INTERVAL) -> None:
-        self.url = url
-        self.store = AdminTable(url, revoked_sessions, CLICKHOUSE_DDL) if url else None
+    def __init__(self, store: Store | None, refresh: float = REFRESH_INTERVAL) -> None:
+        """:param store: the admin store (None, or a store that keeps no admin tables:
+        the ids stay in this process)."""
+        self.store = store.admin_tables() if store is not None else None
         self.refresh_interval = refresh
         #: sid → Unix time it expires; replaced whole (the event loop reads it unlocked).
         self._ids: dict[str, float] = {}
@@ -89,25 +69,8 @@ class RevokedSessions:
         store = self.store
         if store is None:
             return
-        store.ensure()
-        if store.dialect == "clickhouse":
-            with store.clickhouse() as client:
-                client.execute(
-                    f"INSERT INTO {TABLE} (sid, expires_at) VALUES",
-                    [(sid, datetime.fromtimestamp(int(expires_at), UTC))],
-                )
-            return
-        now = _naive_utc(time.time())
-        add = store.insert().values(sid=sid, expires_at=_naive_utc(expires_at))
-
-        def write() -> None:
-            with store.engine.begin() as connection:
-                connection.execute(add.on_conflict_do_nothing())
-                connection.execute(
-                    delete(revoked_sessions).where(revoked_sessions.c.expires_at < now)
-                )
-
-        store.write(write)
+        store.ensure(REVOKED_SESSIONS)
+        store.revoke_session(sid, datetime.fromtimestamp(int(expires_at), UTC))
 
     # -- reading ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -152,18 +115,6 @@ class RevokedSessions:
 
     def _read(self) -> dict[str, float]:
         store = self.store
-        if store is None or not store.exists():
+        if store is None or not store.exists(REVOKED_SESSIONS):
             return {}
-        if store.dialect == "clickhouse":
-            with store.clickhouse() as client:
-                rows = client.execute(
-                    f"SELECT sid, toUInt32(expires_at) FROM {TABLE} WHERE expires_at > now()"
-                )
-            return {sid: float(at) for sid, at in rows}
-        now = _naive_utc(time.time())
-        statement = select(revoked_sessions.c.sid, revoked_sessions.c.expires_at).where(
-            revoked_sessions.c.expires_at > now
-        )
-        with store.engine.connect() as connection:
-            rows = connection.execute(statement).all()
-        return {sid: at.replace(tzinfo=UTC).timestamp() for sid, at in rows}
+        return store.revoked_sessions()

@@ -1,7 +1,7 @@
 """Commands: one immutable, serialisable object per accepted event.
 
 A Command is the normalised form of a Segment call, carrying exactly what a sink needs
-to store it (the stored column names of DESIGN.md) plus ``integrations`` for routing.
+to store it (the stored columns, :mod:`eventrouter.columns`) plus ``integrations`` for routing.
 Commands are frozen msgspec Structs tagged by ``type``, so any of them round-trips
 through :func:`encode` / :func:`decode` (JSON or MessagePack) unchanged: a command read
 back from a queue, a dead-letter queue or a replay file is executed exactly as the
@@ -16,6 +16,24 @@ from datetime import datetime
 from typing import Any, ClassVar
 
 import msgspec
+
+from eventrouter.columns import STORED_COLUMNS
+
+__all__ = [
+    "STORED_COLUMNS",
+    "AliasCommand",
+    "AnyCommand",
+    "Command",
+    "GroupCommand",
+    "IdentifyCommand",
+    "PageCommand",
+    "ScreenCommand",
+    "TrackCommand",
+    "decode",
+    "decode_many",
+    "encode",
+    "encode_many",
+]
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
@@ -39,8 +57,9 @@ class Command(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     kind: ClassVar[str] = ""
 
     def values(self) -> tuple:
-        """The stored columns of DESIGN.md for this command, in :data:`STORED_COLUMNS`
-        order: the one place that maps command fields to columns."""
+        """The stored columns for this command, in :data:`STORED_COLUMNS`
+        order (``eventrouter.columns``): the one place that maps command fields to
+        columns."""
         return (
             self.message_id,
             self.kind,
@@ -102,26 +121,6 @@ class AliasCommand(Command, tag="alias"):
 
 AnyCommand = (
     TrackCommand | IdentifyCommand | PageCommand | ScreenCommand | GroupCommand | AliasCommand
-)
-
-STORED_COLUMNS: tuple[str, ...] = (
-    "message_id",
-    "type",
-    "event",
-    "name",
-    "user_id",
-    "anonymous_id",
-    "group_id",
-    "previous_id",
-    "session_id",
-    "source",
-    "properties",
-    "traits",
-    "context",
-    "timestamp",
-    "original_timestamp",
-    "sent_at",
-    "received_at",
 )
 
 _json_encoder = msgspec.json.Encoder()

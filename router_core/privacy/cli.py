@@ -38,17 +38,25 @@ ANONYMOUS_ID = "anonymous_id"
 def suppression_list(config: Config, bus: Bus) -> SuppressionList:
     """The admin store's suppression list.
 
-    :raises ConfigError: no SQL store is configured."""
+    :raises ConfigError: no queryable store is configured, or it keeps no admin tables."""
     from eventrouter.privacy.suppressions import SuppressionList
 
-    store = bus.store_sink()
-    if store is None:
+    sink = bus.store_sink()
+    if sink is None:
         raise ConfigError(
             config.path,
             "admin.store",
             "the suppression list lives in the admin store, and no SQL sink is configured",
         )
-    return SuppressionList(store.url)
+    store = sink.store()
+    if store.admin_tables() is None:
+        raise ConfigError(
+            config.path,
+            "admin.store",
+            f"the suppression list lives in the admin store, and sink {sink.name!r} "
+            f"(type {sink.config.type!r}) keeps no admin tables",
+        )
+    return SuppressionList(store)
 
 
 def deletion_lines(deletion: Deletion) -> list[str]:
@@ -75,7 +83,7 @@ def deletion_lines(deletion: Deletion) -> list[str]:
             lines.append(f"{head}{store.status}: {store.detail}")
             continue
         counts = f"{store.events} event(s)"
-        if store.type == "postgres":
+        if store.identity_rows:
             counts += f", {store.users} user row(s), {store.identities} identity row(s)"
         line = f"{head}{store.status} {counts}"
         if store.detail:

@@ -1,4 +1,4 @@
-"""Deleting a user's data from every SQL store (a GDPR erasure request).
+"""Deleting a user's data from every store that holds it (a GDPR erasure request).
 
 By default only the user id's own data goes: every event whose ``user_id`` is the
 user id, every alias event naming it as ``previous_id``, and on PostgreSQL its
@@ -27,53 +27,49 @@ events come from, or the alias call that links it came from a source none of the
 user's other events come from (a public browser writeKey linking to a backend
 user, say).
 
-ClickHouse deletes with ``ALTER TABLE events DELETE WHERE ...``, a mutation (valid on
-18.16 and on current servers): it runs in the background, and this module waits for it
-up to ``wait`` seconds (``system.mutations``). Other sink types (S3) cannot delete one
-user's rows: they are reported as skipped, with the reason (docs/privacy.md).
+Each store does its part through its eraser (``Store.eraser()``,
+:class:`eventrouter.store.interface.Eraser`): a store that deletes in the background
+(ClickHouse's mutations) is waited for up to ``wait`` seconds and reported ``pending``
+after that; a store that cannot delete one user's rows (S3's immutable archive) is
+reported as skipped, with its reason (docs/privacy.md).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 import msgspec
-from sqlalchemy import (
-    ColumnElement,
-    Engine,
-    case,
-    delete,
-    func,
-    inspect,
-    or_,
-    select,
-    text,
-)
 
 from eventrouter.bus.sink import Sink
-from eventrouter.store.admin_tables import clickhouse_client, write_retrying
-from eventrouter.store.db import make_engine
-from eventrouter.store.schema import events
+from eventrouter.store.interface import (
+    DELETED,
+    FAILED,
+    PENDING,
+    SKIPPED,
+    WOULD_DELETE,
+    CannotErase,
+    Eraser,
+)
 
-#: Statuses of one store's part of a deletion.
-DELETED = "deleted"
-WOULD_DELETE = "would delete"
-PENDING = "pending"
-SKIPPED = "skipped"
-FAILED = "failed"
+__all__ = [
+    "ANONYMOUS_ID",
+    "DELETED",
+    "FAILED",
+    "PENDING",
+    "PREVIOUS_ID",
+    "SKIPPED",
+    "WOULD_DELETE",
+    "Deletion",
+    "LinkedId",
+    "StoreDeletion",
+    "delete_user",
+]
 
 #: Kinds of linked id.
 PREVIOUS_ID = "previous_id"
 ANONYMOUS_ID = "anonymous_id"
 
-S3_REASON = (
-    "S3 objects are immutable batches: the user's events stay in the archive "
-    "(docs/privacy.md#s3-archives)"
-)
-#: Seconds between looks at ``system.mutations`` while a ClickHouse delete runs.
-MUTATION_POLL = 0.2
 #: Ids per ``IN (...)`` list when counting what anonymous ids would take.
 CHUNK = 500
 
@@ -88,6 +84,8 @@ class StoreDeletion(msgspec.Struct, kw_only=True):
     users: int = 0
     identities: int = 0
     detail: str = ""
+    #: The store keeps ``users`` and ``identities`` rows, which are counted above.
+    identity_rows: bool = False
 
 
 class LinkedId(msgspec.Struct, kw_only=True):
@@ -186,13 +184,14 @@ def delete_user(
     results: dict[str, StoreDeletion] = {}
     stores: list[_Store] = []
     for name, sink in chosen:
-        if not sink.queryable:
-            detail = S3_REASON if sink.config.type == "s3" else "this sink type cannot delete"
+        try:
+            eraser = _eraser(sink)
+        except CannotErase as exc:
             results[name] = StoreDeletion(
-                sink=name, type=sink.config.type, status=SKIPPED, detail=detail
+                sink=name, type=sink.config.type, status=SKIPPED, detail=str(exc)
             )
             continue
-        stores.append(_Store(name, sink.config.type, sink.url))
+        stores.append(_Store(name, sink.config.type, eraser))
     found: dict[str, _Links] = {}
     takes: dict[str, dict[tuple[str, str], dict[str, int]]] = {}
 
@@ -248,6 +247,14 @@ def delete_user(
     )
 
 
+def _eraser(sink: Sink) -> Eraser:
+    """:raises CannotErase: ``sink`` keeps no store, or its store cannot erase."""
+    store = sink.store()
+    if store is None:
+        raise CannotErase("this sink type cannot delete")
+    return store.eraser()
+
+
 def _merge(
     found: dict[str, _Links],
     takes: dict[str, dict[tuple[str, str], dict[str, int]]],
@@ -292,82 +299,27 @@ def _merge(
 
 
 class _Store:
-    """One SQL store's part: SQLAlchemy Core on SQLite and PostgreSQL, the native
-    client on ClickHouse (mutations are not SQLAlchemy statements)."""
+    """One store's part of a deletion, through its eraser; the rules of what links a
+    user and what following a link takes are here, the same for every store."""
 
-    def __init__(self, name: str, type_: str, url: str) -> None:
+    def __init__(self, name: str, type_: str, eraser: Eraser) -> None:
         self.name = name
         self.type = type_
-        self.url = url
-        self.clickhouse = type_ == "clickhouse"
-        self._engine: Engine | None = None
-        self._client: Any = None
-
-    @property
-    def engine(self) -> Engine:
-        if self._engine is None:
-            self._engine = make_engine(self.url)
-        return self._engine
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            self._client = clickhouse_client(self.url)
-        return self._client
+        self.eraser = eraser
 
     def close(self) -> None:
-        if self._engine is not None:
-            self._engine.dispose()
-        if self._client is not None:
-            self._client.disconnect()
+        self.eraser.close()
 
     def failed(self, exc: Exception) -> StoreDeletion:
         detail = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
         return StoreDeletion(sink=self.name, type=self.type, status=FAILED, detail=detail)
 
-    def _has_table(self, name: str) -> bool:
-        return inspect(self.engine).has_table(name)
-
-    @property
-    def empty(self) -> bool:
-        """An SQLite or PostgreSQL store whose sink never started: no ``events`` yet."""
-        return not self.clickhouse and not self._has_table("events")
-
     # -- the links ------------------------------------------------------------------------
     def links(self, user_id: str) -> _Links:
         """The ids linked to ``user_id`` in this store, and the sources involved."""
         found = _Links()
-        if self.empty:
-            return found
-        identities: list[tuple[str, str]] = []
-        if self.clickhouse:
-            # ``user_id`` and friends are String: '' where absent, never NULL.
-            rows = [
-                (source, anonymous or None, aliased or None, n)
-                for source, anonymous, aliased, n in self.client.execute(
-                    "SELECT source, anonymous_id, if(type = 'alias', previous_id, '') AS aliased, "
-                    "count() FROM events WHERE user_id = %(user)s "
-                    "GROUP BY source, anonymous_id, aliased",
-                    {"user": user_id},
-                )
-            ]
-        else:
-            c = events.c
-            aliased = case((c.type == "alias", c.previous_id), else_=None)
-            statement = (
-                select(c.source, c.anonymous_id, aliased, func.count())
-                .where(c.user_id == user_id)
-                .group_by(c.source, c.anonymous_id, aliased)
-            )
-            with self.engine.connect() as connection:
-                rows = [tuple(row) for row in connection.execute(statement)]
-                if self.type == "postgres" and self._has_table("identities"):
-                    linked = text(
-                        "SELECT kind, identity FROM identities WHERE user_id = :user "
-                        "ORDER BY kind, identity"
-                    )
-                    result = connection.execute(linked, {"user": user_id})
-                    identities = [tuple(row) for row in result]
+        rows = self.eraser.user_events(user_id)
+        identities = self.eraser.identity_links(user_id)
         anonymous: dict[str, tuple[int, set[str]]] = {}
         aliases: dict[str, tuple[int, set[str]]] = {}
         for source, anonymous_id, previous_id, n in rows:
@@ -394,7 +346,7 @@ class _Store:
         """Per linked id: the events following it would delete, besides the user's own
         ones, counted per source."""
         taken: dict[tuple[str, str], dict[str, int]] = {}
-        if self.empty or not keys:
+        if not keys:
             return taken
         # Every linked id may be an anonymous id: an aliased one often is.
         anonymous = self._anonymous_takes(user_id, sorted({ident for _, ident in keys}))
@@ -402,7 +354,7 @@ class _Store:
             if kind == ANONYMOUS_ID:
                 taken[(kind, ident)] = anonymous.get(ident, {})
             else:
-                taken[(kind, ident)] = self._user_takes(user_id, ident)
+                taken[(kind, ident)] = self.eraser.linked_events(user_id, ident)
         return taken
 
     def _anonymous_takes(self, user_id: str, ids: list[str]) -> dict[str, dict[str, int]]:
@@ -410,144 +362,25 @@ class _Store:
         found: dict[str, dict[str, int]] = {}
         for start in range(0, len(ids), CHUNK):
             chunk = ids[start : start + CHUNK]
-            if self.clickhouse:
-                rows = self.client.execute(
-                    "SELECT anonymous_id, source, count() FROM events WHERE user_id = '' "
-                    "AND anonymous_id IN %(ids)s AND previous_id != %(user)s "
-                    "GROUP BY anonymous_id, source",
-                    {"ids": tuple(chunk), "user": user_id},
-                )
-            else:
-                c = events.c
-                statement = (
-                    select(c.anonymous_id, c.source, func.count())
-                    .where(
-                        c.user_id.is_(None),
-                        c.anonymous_id.in_(chunk),
-                        or_(c.previous_id.is_(None), c.previous_id != user_id),
-                    )
-                    .group_by(c.anonymous_id, c.source)
-                )
-                with self.engine.connect() as connection:
-                    rows = connection.execute(statement).all()
-            for ident, source, n in rows:
+            for ident, source, n in self.eraser.anonymous_events(user_id, chunk):
                 found.setdefault(ident, {})[source] = n
         return found
-
-    def _user_takes(self, user_id: str, other: str) -> dict[str, int]:
-        """What deleting ``other`` as a user id (and as an anonymous id) would add."""
-        if self.clickhouse:
-            rows = self.client.execute(
-                "SELECT source, count() FROM events WHERE (user_id = %(other)s "
-                "OR previous_id = %(other)s OR (user_id = '' AND anonymous_id = %(other)s)) "
-                "AND user_id != %(user)s AND previous_id != %(user)s GROUP BY source",
-                {"other": other, "user": user_id},
-            )
-        else:
-            c = events.c
-            statement = (
-                select(c.source, func.count())
-                .where(
-                    or_(
-                        c.user_id == other,
-                        c.previous_id == other,
-                        c.user_id.is_(None) & (c.anonymous_id == other),
-                    ),
-                    or_(c.user_id.is_(None), c.user_id != user_id),
-                    or_(c.previous_id.is_(None), c.previous_id != user_id),
-                )
-                .group_by(c.source)
-            )
-            with self.engine.connect() as connection:
-                rows = connection.execute(statement).all()
-        return {source: n for source, n in rows}
 
     # -- deleting -------------------------------------------------------------------------
     def delete(
         self, user_ids: set[str], anonymous_ids: set[str], dry_run: bool, wait: float
     ) -> StoreDeletion:
-        if self.clickhouse:
-            return self._delete_clickhouse(user_ids, anonymous_ids, dry_run, wait)
-        if self.empty:
-            return StoreDeletion(
-                sink=self.name, type=self.type, status=WOULD_DELETE if dry_run else DELETED
-            )
-        c = events.c
-        matches: list[ColumnElement] = [c.user_id.in_(user_ids), c.previous_id.in_(user_ids)]
-        if anonymous_ids:
-            matches.append(c.user_id.is_(None) & c.anonymous_id.in_(anonymous_ids))
-        condition = or_(*matches)
-        result = StoreDeletion(
-            sink=self.name, type=self.type, status=WOULD_DELETE if dry_run else DELETED
+        erased = self.eraser.delete(user_ids, anonymous_ids, dry_run=dry_run, wait=wait)
+        return StoreDeletion(
+            sink=self.name,
+            type=self.type,
+            status=erased.status,
+            events=erased.events,
+            users=erased.users,
+            identities=erased.identities,
+            detail=erased.detail,
+            identity_rows=self.eraser.identity_rows,
         )
-
-        def run() -> StoreDeletion:
-            with self.engine.begin() as connection:
-                if dry_run:
-                    count = select(func.count()).select_from(events).where(condition)
-                    result.events = connection.execute(count).scalar() or 0
-                else:
-                    result.events = connection.execute(delete(events).where(condition)).rowcount
-                if self.type == "postgres":
-                    self._identity_rows(connection, user_ids, dry_run, result)
-            return result
-
-        return run() if dry_run else write_retrying(self.url, run)
-
-    def _identity_rows(
-        self, connection: Any, user_ids: set[str], dry_run: bool, result: StoreDeletion
-    ) -> None:
-        """PostgreSQL's ``users`` row and ``identities`` links of ``user_ids``."""
-        ids = {"users": sorted(user_ids)}
-        tables = {
-            "users": "users WHERE user_id = ANY(:users)",
-            "identities": (
-                "identities WHERE user_id = ANY(:users) "
-                "OR (kind = 'previous_id' AND identity = ANY(:users))"
-            ),
-        }
-        for table, where in tables.items():
-            if not self._has_table(table):
-                continue
-            if dry_run:
-                n = connection.execute(text(f"SELECT count(*) FROM {where}"), ids).scalar()
-            else:
-                n = connection.execute(text(f"DELETE FROM {where}"), ids).rowcount
-            setattr(result, table, n or 0)
-
-    def _delete_clickhouse(
-        self, user_ids: set[str], anonymous_ids: set[str], dry_run: bool, wait: float
-    ) -> StoreDeletion:
-        # ``user_id`` and friends are String: '' where absent, never NULL.
-        where = "user_id IN %(users)s OR previous_id IN %(users)s"
-        params: dict[str, Any] = {"users": tuple(sorted(user_ids))}
-        if anonymous_ids:
-            where += " OR (user_id = '' AND anonymous_id IN %(anonymous)s)"
-            params["anonymous"] = tuple(sorted(anonymous_ids))
-        client = self.client
-        count = client.execute(f"SELECT count() FROM events WHERE {where}", params)[0][0]
-        result = StoreDeletion(sink=self.name, type=self.type, status=WOULD_DELETE, events=count)
-        if dry_run or not count:
-            result.status = WOULD_DELETE if dry_run else DELETED
-            return result
-        client.execute(f"ALTER TABLE events DELETE WHERE {where}", params)
-        result.status = PENDING
-        deadline = time.monotonic() + wait
-        while True:
-            running = client.execute(
-                "SELECT count() FROM system.mutations WHERE database = currentDatabase() "
-                "AND table = 'events' AND is_done = 0"
-            )[0][0]
-            if not running:
-                result.status = DELETED
-                return result
-            if time.monotonic() >= deadline:
-                result.detail = (
-                    "the mutation is still running: the rows disappear when it finishes "
-                    "(see system.mutations)"
-                )
-                return result
-            time.sleep(MUTATION_POLL)
 
 
 def _article(kind: str) -> str:

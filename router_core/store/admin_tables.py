@@ -1,17 +1,23 @@
 """The small tables eventrouter keeps in the admin store, beside the events.
 
 The suppression list (:mod:`eventrouter.privacy.suppressions`), the signed-out sessions
-(:mod:`eventrouter.edge.sessions`) and the used confirmation tokens (``admin/confirm.py``)
-each live in one table of the admin store (``[admin] store``, else the first SQL sink),
-so that every server and worker process, on every machine, reads the same rows with no
-extra service to run. What each of them needs from that store is the same, and is here:
+(:mod:`eventrouter.edge.sessions`) and the used confirmation tokens (the admin's
+``confirm.py``) each live in one table of the admin store (``[admin] store``, else the
+first queryable store), so that every server and worker process, on every machine, reads
+the same rows with no extra service to run. Each store keeps them its own way, behind
+``Store.admin_tables()`` (:class:`eventrouter.store.interface.AdminTables`). Here:
 
-- :class:`AdminTable`: the table's engine (SQLAlchemy on SQLite and PostgreSQL), a
-  ClickHouse client (its tables are written with the native client: no mutation, no
-  ORM), whether the table exists yet (never creating a database or an SQLite file to find
-  out), and creating it when first written, whichever process gets there first;
-- :func:`write_retrying` and :func:`sqlite_writer`: a write from outside the SQLite
-  sink takes the sink's own writer lock, and is retried while SQLite says "locked";
+- :class:`SQLAdminTables`: the tables of a store SQLAlchemy speaks to
+  (:class:`eventrouter.store.sql.SQLStore`: SQLite, PostgreSQL), plain tables each
+  written with one statement, ``INSERT ... ON CONFLICT DO NOTHING`` where a row must be
+  recorded once, atomic whatever the number of processes:
+
+  - ``suppressions``: primary key ``(kind, id)``; unsuppressing deletes the row;
+  - ``admin_revoked_sessions``: primary key ``sid``; expired rows are deleted by the
+    next sign-out;
+  - ``confirmations_used``: primary key ``nonce``; expired rows are deleted by the next
+    use;
+
 - :class:`RefreshErrors`: a background re-read that fails is counted and remembered,
   and warned about at most once a minute.
 
@@ -20,87 +26,104 @@ Blocking throughout: call it from a thread.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any, TypeVar
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, TypeVar
 
 import sqlalchemy.exc
-from sqlalchemy import Engine, Table, inspect
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.engine import make_url
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    delete,
+    inspect,
+    select,
+)
 
-from eventrouter.files import open_private
-from eventrouter.store.db import make_engine, sqlite_path
+from eventrouter.store.interface import (
+    CONFIRMATIONS_USED,
+    REVOKED_SESSIONS,
+    SUPPRESSIONS,
+    AdminTables,
+    Store,
+    naive_utc,
+)
+
+if TYPE_CHECKING:
+    from eventrouter.store.sql import SQLStore
 
 T = TypeVar("T")
 
-#: ClickHouse's UNKNOWN_DATABASE: the store's database is not created yet (queue mode's
-#: edge can start before ``eventrouter migrate`` or a worker made it).
-CLICKHOUSE_UNKNOWN_DATABASE = 81
+metadata = MetaData()
+suppressions = Table(
+    SUPPRESSIONS,
+    metadata,
+    Column("kind", String(16), nullable=False),
+    Column("id", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    #: UTC, naive.
+    Column("suppressed_at", DateTime, nullable=False),
+    PrimaryKeyConstraint("kind", "id", name="suppressions_pkey"),
+)
+revoked_sessions = Table(
+    REVOKED_SESSIONS,
+    metadata,
+    Column("sid", String(64), primary_key=True),
+    #: UTC, naive: when the session would have expired.
+    Column("expires_at", DateTime, nullable=False),
+)
+used_tokens = Table(
+    CONFIRMATIONS_USED,
+    metadata,
+    Column("nonce", String(64), primary_key=True),
+    #: UTC, naive: when the token expires (the row may go then).
+    Column("expires_at", DateTime, nullable=False),
+)
+TABLES = {table.name: table for table in (suppressions, revoked_sessions, used_tokens)}
 
 
-@contextmanager
-def sqlite_writer(url: str) -> Iterator[None]:
-    """Take the SQLite sink's writer lock (``<db>.lock``) for a write from outside the
-    sink, as its writers do among themselves; no-op for other stores."""
-    path = sqlite_path(url) if make_url(url).get_backend_name() == "sqlite" else None
-    if path is None or not path.parent.exists():
-        yield
-        return
-    with open_private(path.with_name(path.name + ".lock"), "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+class NoAdminTables(ValueError):
+    """A store that keeps no admin tables (``Store.admin_tables()`` is None)."""
 
 
-def write_retrying(url: str, write: Callable[[], T], attempts: int = 50) -> T:
-    """``write()`` under :func:`sqlite_writer`, retried while SQLite says "locked" (a
-    deferred transaction whose snapshot went stale is refused without waiting)."""
-    for attempt in range(attempts):
-        try:
-            with sqlite_writer(url):
-                return write()
-        except sqlalchemy.exc.OperationalError as exc:
-            if "locked" not in str(exc) or attempt == attempts - 1:
-                raise
-            time.sleep(0.02 * (1 + attempt % 5))
-    raise AssertionError("unreachable")
+def admin_tables_of(store: Store) -> AdminTables:
+    """``store``'s admin tables.
+
+    :raises NoAdminTables: it keeps none."""
+    tables = store.admin_tables()
+    if tables is None:
+        raise NoAdminTables(f"{type(store).__name__} keeps no admin tables")
+    return tables
 
 
-def clickhouse_client(url: str) -> Any:
-    """A clickhouse-driver client for an SQLAlchemy ``clickhouse+native://`` URL."""
-    from clickhouse_driver import Client
-
-    parsed = make_url(url).set(drivername="clickhouse")
-    return Client.from_url(parsed.render_as_string(hide_password=False))
+def _now() -> datetime:
+    """Now, naive UTC (as the tables store times)."""
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
-class AdminTable:
-    """One small table of the admin store at ``url``: ``table`` on SQLite and
-    PostgreSQL, ``clickhouse_ddl`` (``CREATE TABLE IF NOT EXISTS ...``) on ClickHouse."""
+class SQLAdminTables(AdminTables):
+    """The admin tables of an SQL store, on one engine (opened when first used)."""
 
-    def __init__(self, url: str, table: Table, clickhouse_ddl: str) -> None:
-        self.url = url
-        self.table = table
-        self.clickhouse_ddl = clickhouse_ddl
-        self.dialect = make_url(url).get_backend_name()
+    def __init__(self, store: SQLStore) -> None:
+        self.store = store
         self._engine: Engine | None = None
         self._lock = threading.Lock()
-        #: The table has been seen or created: it is never dropped, so no need to ask.
-        self._seen = False
+        #: Tables seen or created: they are never dropped, so no need to ask again.
+        self._seen: set[str] = set()
 
     @property
     def engine(self) -> Engine:
         with self._lock:
             if self._engine is None:
-                self._engine = make_engine(self.url)
+                self._engine = self.store.engine()
             return self._engine
 
     def close(self) -> None:
@@ -109,67 +132,111 @@ class AdminTable:
                 self._engine.dispose()
                 self._engine = None
 
-    @contextmanager
-    def clickhouse(self) -> Iterator[Any]:
-        """A native client for one short exchange, disconnected after it."""
-        client = clickhouse_client(self.url)
-        try:
-            yield client
-        finally:
-            client.disconnect()
-
-    def insert(self) -> Any:
-        """The dialect's ``INSERT`` (SQLite or PostgreSQL), for ``ON CONFLICT`` clauses."""
-        return (pg_insert if self.dialect == "postgresql" else sqlite_insert)(self.table)
-
-    def exists(self) -> bool:
-        """Whether the table exists. A missing SQLite file or ClickHouse database means
-        no: nothing was ever written there, and neither is created to find out."""
-        if self._seen:
+    def exists(self, table: str) -> bool:
+        if table in self._seen:
             return True
-        if self.dialect == "sqlite":
-            path = sqlite_path(self.url)
-            if path is not None and not path.exists():
-                return False
-        if self.dialect == "clickhouse":
-            from clickhouse_driver.errors import ServerException
+        if not self.store.present():
+            return False
+        if inspect(self.engine).has_table(table):
+            self._seen.add(table)
+        return table in self._seen
 
-            query = (
-                "SELECT count() FROM system.tables "
-                "WHERE database = currentDatabase() AND name = %(name)s"
-            )
-            try:
-                with self.clickhouse() as client:
-                    self._seen = bool(client.execute(query, {"name": self.table.name})[0][0])
-            except ServerException as exc:
-                if exc.code != CLICKHOUSE_UNKNOWN_DATABASE:
-                    raise
-        else:
-            self._seen = inspect(self.engine).has_table(self.table.name)
-        return self._seen
-
-    def ensure(self) -> None:
-        """Create the table if it is missing (before a write)."""
-        if self._seen:
+    def ensure(self, table: str) -> None:
+        if table in self._seen:
             return
-        if self.dialect == "clickhouse":
-            with self.clickhouse() as client:
-                client.execute(self.clickhouse_ddl)
-        else:
+        definition = TABLES[table]
 
-            def create() -> None:
-                try:
-                    self.table.metadata.create_all(self.engine, tables=[self.table])
-                except sqlalchemy.exc.OperationalError as exc:
-                    if "already exists" not in str(exc):  # another process was first
-                        raise
+        def create() -> None:
+            try:
+                metadata.create_all(self.engine, tables=[definition])
+            except sqlalchemy.exc.OperationalError as exc:
+                if "already exists" not in str(exc):  # another process was first
+                    raise
 
-            write_retrying(self.url, create)
-        self._seen = True
+        self.store.write(create)
+        self._seen.add(table)
 
-    def write(self, write: Callable[[], T]) -> T:
-        """``write()``, as :func:`write_retrying` runs it for this store."""
-        return write_retrying(self.url, write)
+    def _write(self, write: Callable[[], T]) -> T:
+        return self.store.write(write)
+
+    # -- suppressions
+    def suppress(self, kind: str, ident: str, reason: str, at: datetime) -> bool:
+        statement = (
+            self.store.insert_new(suppressions)
+            .values(kind=kind, id=ident, reason=reason, suppressed_at=naive_utc(at))
+            .returning(suppressions.c.id)  # psycopg's rowcount is -1 here
+        )
+
+        def write() -> bool:
+            with self.engine.begin() as connection:
+                return connection.execute(statement).first() is not None
+
+        return self._write(write)
+
+    def unsuppress(self, kind: str, ident: str, at: datetime) -> bool:
+        statement = delete(suppressions).where(
+            suppressions.c.kind == kind, suppressions.c.id == ident
+        )
+
+        def write() -> bool:
+            with self.engine.begin() as connection:
+                returned = connection.execute(statement.returning(suppressions.c.id))
+                return returned.first() is not None
+
+        return self._write(write)
+
+    def suppressions(self) -> list[tuple[str, str, str, datetime]]:
+        statement = select(suppressions).order_by(
+            suppressions.c.suppressed_at.desc(), suppressions.c.kind, suppressions.c.id
+        )
+        with self.engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(statement)]
+
+    def suppressed_ids(self) -> list[tuple[str, str]]:
+        statement = select(suppressions.c.kind, suppressions.c.id)
+        with self.engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(statement)]
+
+    # -- signed-out sessions
+    def revoke_session(self, sid: str, expires_at: datetime) -> None:
+        now = _now().replace(microsecond=0)
+        add = self.store.insert_new(revoked_sessions).values(
+            sid=sid, expires_at=naive_utc(expires_at)
+        )
+
+        def write() -> None:
+            with self.engine.begin() as connection:
+                connection.execute(add)
+                connection.execute(
+                    delete(revoked_sessions).where(revoked_sessions.c.expires_at < now)
+                )
+
+        self._write(write)
+
+    def revoked_sessions(self) -> dict[str, float]:
+        now = _now().replace(microsecond=0)
+        statement = select(revoked_sessions.c.sid, revoked_sessions.c.expires_at).where(
+            revoked_sessions.c.expires_at > now
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        return {sid: at.replace(tzinfo=UTC).timestamp() for sid, at in rows}
+
+    # -- used confirmation tokens
+    def use_confirmation(self, nonce: str, expires_at: datetime) -> bool:
+        now = _now()
+        statement = (
+            self.store.insert_new(used_tokens)
+            .values(nonce=nonce, expires_at=naive_utc(expires_at))
+            .returning(used_tokens.c.nonce)
+        )
+
+        def write() -> bool:
+            with self.engine.begin() as connection:
+                connection.execute(delete(used_tokens).where(used_tokens.c.expires_at < now))
+                return connection.execute(statement).first() is not None
+
+        return self._write(write)
 
 
 class RefreshErrors:

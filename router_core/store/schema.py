@@ -1,6 +1,8 @@
 """The stored-event table shared by the SQL stores and the query layer.
 
-Column names are fixed by DESIGN.md so tools can rely on them. Timestamps are UTC.
+Column names are fixed (docs/api.md, "Stored columns") so tools can rely on them, and named once, in
+:mod:`eventrouter.columns`; each store declares its table from them with its own
+JSON and time types (:func:`event_columns`). Timestamps are UTC.
 Only the time-ordered index is part of the table: keys arrive in order, so it costs
 almost nothing to maintain. Indexes on random keys (``message_id``, ``anonymous_id``,
 often ``user_id``) dirty one page per event once they outgrow memory, and each store
@@ -11,38 +13,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Column, DateTime, Index, MetaData, String, Table, Text
+from sqlalchemy import JSON as JSON_TYPE
+from sqlalchemy import Column, DateTime, Index, MetaData, String, Table, Text
+
+from eventrouter.columns import COLUMNS, JSON, TIME
 
 metadata = MetaData()
+#: Text columns of a bounded length (the others are ``Text``).
+_LENGTHS = {"message_id": 100, "type": 16}
 
 
-def _json() -> JSON:
+def _json() -> JSON_TYPE:
     # none_as_null: an absent ``traits`` is SQL NULL, not the JSON text 'null'.
-    return JSON(none_as_null=True)
+    return JSON_TYPE(none_as_null=True)
 
 
 def event_columns(json_type: Any, time_type: Any) -> list[Column]:
-    """The stored columns of DESIGN.md, in order, with a store's JSON and time types
+    """The stored columns, in order, with a store's JSON and time types
     (each SQL sink declares its own ``events`` table from these)."""
-    return [
-        Column("message_id", String(100), nullable=False),
-        Column("type", String(16), nullable=False),
-        Column("event", Text),
-        Column("name", Text),
-        Column("user_id", Text),
-        Column("anonymous_id", Text),
-        Column("group_id", Text),
-        Column("previous_id", Text),
-        Column("session_id", Text),
-        Column("source", Text, nullable=False),
-        Column("properties", json_type),
-        Column("traits", json_type),
-        Column("context", json_type),
-        Column("timestamp", time_type, nullable=False),
-        Column("original_timestamp", time_type),
-        Column("sent_at", time_type),
-        Column("received_at", time_type, nullable=False),
-    ]
+
+    def sql_type(name: str, kind: str) -> Any:
+        if kind == JSON:
+            return json_type
+        if kind == TIME:
+            return time_type
+        return String(_LENGTHS[name]) if name in _LENGTHS else Text
+
+    return [Column(c.name, sql_type(c.name, c.kind), nullable=not c.required) for c in COLUMNS]
 
 
 events = Table(

@@ -37,6 +37,7 @@ from eventrouter.edge.auth import AdminAuth
 from eventrouter.edge.buckets import TokenBucket
 from eventrouter.edge.sessions import REFRESH_INTERVAL, RevokedSessions
 from eventrouter.edge.throttle import Throttle, client_key
+from eventrouter.sinks.postgres_store import PostgresStore
 from tests.admin_support import open_tail, receive_until, refused_status, sign_in
 from tests.helpers import (
     ADMIN_BEARER,
@@ -508,7 +509,7 @@ def test_a_new_token_refuses_every_old_cookie_and_the_restart_closes_the_tail(tm
 def test_a_process_that_cannot_read_the_signed_out_ids_refuses_sessions():
     """Fail closed: it cannot tell a signed-out session from another."""
     closed = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"
-    auth = AdminAuth(ADMIN_TOKEN, revoked=RevokedSessions(closed))
+    auth = AdminAuth(ADMIN_TOKEN, revoked=RevokedSessions(PostgresStore(closed)))
     _, session = auth.new_session_cookie()
     assert auth.current(session)  # not started (no lifespan): its own sign-outs only
     auth.revoked.start()

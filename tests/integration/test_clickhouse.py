@@ -29,6 +29,7 @@ from eventrouter.events.commands import (
     TrackCommand,
 )
 from eventrouter.sinks import clickhouse as sink_module
+from eventrouter.sinks import clickhouse_store as store_module
 from eventrouter.sinks.clickhouse import (
     driver_url,
     events_table,
@@ -36,7 +37,7 @@ from eventrouter.sinks.clickhouse import (
     server_version,
     split_keys,
 )
-from eventrouter.store import query as store_module
+from eventrouter.sinks.clickhouse_store import ClickHouseStore
 from eventrouter.store.query import (
     EventFilter,
     EventStore,
@@ -237,7 +238,7 @@ def test_an_sdk_retry_with_a_later_received_at_collapses_onto_one_row(ch_url, tm
     sink.write([copy(first), copy(first, "m-other")])
     sink.write([copy(retried)])
     sink.write([copy(first)])  # and a broker redelivery of the first copy, identical
-    store = EventStore.from_url(ch_url)
+    store = EventStore(ClickHouseStore(ch_url))
     try:
         events = store.query(EventFilter(user_id="u-retry")).events
     finally:
@@ -641,9 +642,9 @@ _JSON_EXTRACT_QUERIES = [
 ]
 
 _FLAVOURS = {
-    "current": store_module._ClickHouseFlavour(datetime64=True, json_extract=True),
-    "upgraded-from-18.16": store_module._ClickHouseFlavour(datetime64=False, json_extract=True),
-    "as-on-18.16": store_module._ClickHouseFlavour(datetime64=False, json_extract=False),
+    "current": store_module.Flavour(datetime64=True, json_extract=True),
+    "upgraded-from-18.16": store_module.Flavour(datetime64=False, json_extract=True),
+    "as-on-18.16": store_module.Flavour(datetime64=False, json_extract=False),
 }
 
 
@@ -699,8 +700,8 @@ def test_ddl_and_dashboard_queries_run_on_a_current_clickhouse(flavour, ch_url, 
     sink.migrate()  # on this server, for the store's connection; nothing runs there below
     settings = _FLAVOURS[flavour]
     cases = _QUERIES + (_JSON_EXTRACT_QUERIES if settings.json_extract else [])
-    store = EventStore.from_url(ch_url)
-    store._flavour = settings
+    store = EventStore(ClickHouseStore(ch_url))
+    store.dialect._flavour = settings
     try:
         selects = captured_selects(store, cases)
     finally:
@@ -739,11 +740,11 @@ def test_ddl_and_dashboard_queries_run_on_a_current_clickhouse(flavour, ch_url, 
             sink_module.TABLE_KEYS_SQL,
             sink_module.ttl_sql(86400),
             "OPTIMIZE TABLE events FINAL",
-            store_module.CLICKHOUSE_TIME_TYPE_SQL,
-            store_module.CLICKHOUSE_JSON_EXTRACT_SQL,
+            store_module.TIME_TYPE_SQL,
+            store_module.JSON_EXTRACT_SQL,
         ):
             db.query(probe)
-        time_type = db.query(store_module.CLICKHOUSE_TIME_TYPE_SQL, "CSV").bytes().decode()
+        time_type = db.query(store_module.TIME_TYPE_SQL, "CSV").bytes().decode()
         assert ("DateTime64" in time_type) == settings.datetime64
     finally:
         db.close()
@@ -756,8 +757,8 @@ def test_dashboard_aggregates_run_on_a_current_clickhouse(ch_url, tmp_path):
 
     sink = make_sink(ch_url, tmp_path)
     sink.migrate()
-    store = EventStore.from_url(ch_url)
-    store._flavour = _FLAVOURS["current"]
+    store = EventStore(ClickHouseStore(ch_url))
+    store.dialect._flavour = _FLAVOURS["current"]
     client = Client("127.0.0.1")
     sent: list[str] = []
 
@@ -818,10 +819,10 @@ def test_admin_tables_of_a_database_not_created_yet_are_empty_not_unreadable(ch_
     from eventrouter.edge.sessions import RevokedSessions
     from eventrouter.privacy.suppressions import SuppressionList
 
-    with SuppressionList(ch_url) as listing:
+    with SuppressionList(ClickHouseStore(ch_url)) as listing:
         assert listing.ids() == {"user_id": frozenset(), "anonymous_id": frozenset()}
         assert listing.list() == []
-    revoked = RevokedSessions(ch_url)
+    revoked = RevokedSessions(ClickHouseStore(ch_url))
     try:
         assert revoked.refresh() is True
         assert "any-sid" not in revoked

@@ -18,6 +18,7 @@ import amqp.exceptions
 import pytest
 
 from eventrouter.privacy.suppressions import SuppressionList
+from eventrouter.sinks.postgres_store import PostgresStore
 from tests.helpers import LiveServer, eventually
 from tests.ingest_support import AUTH, uid
 from tests.integration.test_worker import ready
@@ -104,7 +105,7 @@ def test_a_suppression_list_read_before_stays_in_force_while_its_store_is_unreac
     direct, proxied, proxy = postgres_store
     proxy.start()
     gone = uid("gone")
-    with SuppressionList(direct) as store:
+    with SuppressionList(PostgresStore(direct)) as store:
         store.add("user_id", gone, "test")
     server = pg_edge(amqp_env, proxied)
     try:

@@ -13,6 +13,7 @@ from sqlalchemy import event
 
 from eventrouter.bus.bus import Bus, make_plugin_manager
 from eventrouter.config import ConfigError
+from eventrouter.sinks.postgres_store import PostgresStore
 from eventrouter.store.query import EventFilter, EventStore, PathCondition
 from tests.helpers import LiveServer, make_config, recent, run_eventrouter
 from tests.ingest_support import AUTH
@@ -509,7 +510,7 @@ def test_path_indexes_are_created_used_by_the_query_layer_and_dropped(pg_url, tm
 
     # The chart's statement, as the store layer sends it, planned with sequential scans
     # off: the index condition holds the path expression, so the planner matched it.
-    store = EventStore.from_url(pg_url)
+    store = EventStore(PostgresStore(pg_url))
     where = EventFilter(event="Added", paths=[PathCondition("properties", ("plan",), "pro")])
     sent = []
 

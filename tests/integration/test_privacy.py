@@ -31,6 +31,7 @@ from eventrouter.admin.confirm import Confirmations
 from eventrouter.config import ConfigError
 from eventrouter.events import ipanon
 from eventrouter.privacy.suppressions import SuppressionList
+from eventrouter.sinks.sqlite_store import SQLiteStore
 from tests.admin_support import sign_in
 from tests.helpers import ADMIN_TOKEN, LiveServer, eventually, make_config, run_eventrouter
 from tests.privacy_support import PrivacyPage, cells, linked, token_of
@@ -221,7 +222,7 @@ def suppressor(bus) -> Any:
 
 def test_suppressed_ids_are_accepted_but_never_stored(start_server, tmp_path):
     server = start_server({"privacy": {"refresh": "100ms"}})
-    store = SuppressionList(f"sqlite:///{tmp_path}/events.db")
+    store = SuppressionList(SQLiteStore(f"sqlite:///{tmp_path}/events.db"))
     try:
         assert server.post("/v1/track", track("u-warm")).status_code == 200  # creates the db
         store.add("user_id", "u-gone", "test")
@@ -269,7 +270,7 @@ def _ids_of(server: LiveServer, user_id: str) -> set[str]:
 def test_suppression_through_the_queue_edge_and_worker(amqp_env):
     privacy = {"refresh": "100ms"}
     server = LiveServer(amqp_env.config(privacy=privacy)).start()
-    store = SuppressionList(f"sqlite:///{amqp_env.db_path}")
+    store = SuppressionList(SQLiteStore(f"sqlite:///{amqp_env.db_path}"))
     try:
 
         def published() -> int:
@@ -496,8 +497,8 @@ def test_privacy_page_end_to_end(start_server):
     owners = [close.__self__ for close in server.app.dashboard.closers]
     suppressions = next(o for o in owners if isinstance(o, SuppressionList))
     (confirmations,) = [o for o in owners if isinstance(o, Confirmations)]
-    assert suppressions.store._engine is not None
-    assert confirmations.used.store._engine is not None
+    assert suppressions.tables._engine is not None
+    assert confirmations.used.tables._engine is not None
     server.stop()
-    assert suppressions.store._engine is None
-    assert confirmations.used.store._engine is None
+    assert suppressions.tables._engine is None
+    assert confirmations.used.tables._engine is None

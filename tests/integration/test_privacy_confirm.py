@@ -19,13 +19,15 @@ import httpx
 import pytest
 from clickhouse_driver import Client
 
-from eventrouter.admin.confirm import CLICKHOUSE_DDL, LIFETIME, Confirmations, UsedTokens
+from eventrouter.admin.confirm import LIFETIME, Confirmations, UsedTokens
 from eventrouter.privacy.suppressions import SuppressionList
+from eventrouter.sinks.clickhouse_store import CONFIRMATIONS_USED_DDL
+from eventrouter.sinks.sqlite_store import SQLiteStore
 from tests.admin_support import sign_in
 from tests.helpers import ADMIN_BEARER, LiveServer, ServeProcess
 from tests.privacy_support import PrivacyPage, cells, token_of
 from tests.queue_support import unique
-from tests.store_support import CLICKHOUSE_ADMIN, STORES, store_sink
+from tests.store_support import CLICKHOUSE_ADMIN, STORES, store_of, store_sink
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
@@ -51,7 +53,7 @@ def server(start_server) -> LiveServer:
 
 @pytest.fixture
 def suppressions(server, tmp_path) -> Iterator[SuppressionList]:
-    with SuppressionList(f"sqlite:///{tmp_path}/events.db") as listing:
+    with SuppressionList(SQLiteStore(f"sqlite:///{tmp_path}/events.db")) as listing:
         yield listing
 
 
@@ -159,7 +161,7 @@ def test_an_expired_token_is_refused(server, suppressions, tmp_path):
     """Tokens minted with the server's key: one dated 10 minutes and a second ago is
     refused; a fresh one (the control) is accepted. A script's tokens (bearer) are
     bound to ``bearer``, so the test can mint them."""
-    used = UsedTokens(f"sqlite:///{tmp_path}/events.db")
+    used = UsedTokens(SQLiteStore(f"sqlite:///{tmp_path}/events.db"))
     token_key = server.config.admin.token
     late = Confirmations(token_key, used, clock=lambda: time.time() - LIFETIME - 1)
     fresh = Confirmations(token_key, used)
@@ -264,7 +266,7 @@ def used_tokens(request, tmp_path) -> Iterator[UsedTokens]:
             client = Client.from_url(CLICKHOUSE_ADMIN)
             client.execute(f"CREATE DATABASE IF NOT EXISTS {database}")
             client.disconnect()
-        used = UsedTokens(sink["url"])
+        used = UsedTokens(store_of(sink))
         try:
             yield used
         finally:
@@ -297,12 +299,12 @@ def test_a_nonce_is_used_once_in_every_store(used_tokens):
 
 def test_expired_nonces_are_purged(tmp_path):
     url = f"sqlite:///{tmp_path}/admin.db"
-    with SuppressionList(url) as listing:  # the same store, the same engine settings
-        used = UsedTokens(url)
+    with SuppressionList(SQLiteStore(url)) as listing:  # the same store, the same settings
+        used = UsedTokens(SQLiteStore(url))
         try:
             assert used.use("old", datetime.now(UTC) - timedelta(seconds=1)) is True
             assert used.use("new", datetime.now(UTC) + timedelta(seconds=LIFETIME)) is True
-            with used.store.engine.connect() as connection:
+            with used.tables.engine.connect() as connection:
                 rows = connection.exec_driver_sql("SELECT nonce FROM confirmations_used").all()
             assert rows == [("new",)]
         finally:
@@ -319,7 +321,7 @@ def test_the_clickhouse_statements_run_on_a_current_clickhouse():
     try:
         db.query("CREATE DATABASE IF NOT EXISTS eventrouter")
         db.query("USE eventrouter")
-        db.query(CLICKHOUSE_DDL)
+        db.query(CONFIRMATIONS_USED_DDL)
         db.query(
             "INSERT INTO confirmations_used (nonce, claim, expires_at) "
             "VALUES ('n1', 'b', now() + 600), ('n1', 'a', now() + 600)"

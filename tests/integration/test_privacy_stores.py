@@ -23,7 +23,7 @@ from eventrouter.privacy import erasure
 from eventrouter.privacy.suppressions import SuppressionList
 from tests.helpers import ADMIN_TOKEN, LiveServer, eventually, make_config, run_eventrouter
 from tests.queue_support import to_toml, unique
-from tests.store_support import STORES, store_sink
+from tests.store_support import STORES, store_of, store_sink
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
@@ -167,7 +167,7 @@ def test_an_alias_is_not_followed_by_default(store):
 
 
 def test_suppression_list_in_the_store(store):
-    suppressions = SuppressionList(store.sink["url"])
+    suppressions = SuppressionList(store_of(store.sink))
     suppressor = store.server.app.bus.pm.get_plugin("suppress:store")
     user = unique("u-")
     try:

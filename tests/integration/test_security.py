@@ -34,7 +34,7 @@ from playwright.sync_api import Page, expect
 from eventrouter.edge import auth as auth_module
 from eventrouter.edge import keys as keys_module
 from eventrouter.edge.keys import WriteKeys
-from eventrouter.store.query import CLICKHOUSE_JSON_EXTRACT_SQL
+from eventrouter.sinks.clickhouse_store import JSON_EXTRACT_SQL as CLICKHOUSE_JSON_EXTRACT_SQL
 from tests.admin_support import open_tail, refused_status, sign_in
 from tests.browser_support import chromium
 from tests.helpers import (

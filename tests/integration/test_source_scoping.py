@@ -60,7 +60,7 @@ from tests.helpers import LiveServer, make_config, run_eventrouter
 from tests.ingest_support import AUTH
 from tests.queue_support import DEDUP_URL, to_toml, unique
 from tests.s3_support import S3Env, s3_env  # noqa: F401 - fixture
-from tests.store_support import CLICKHOUSE_ADMIN, STORES, store_sink
+from tests.store_support import CLICKHOUSE_ADMIN, STORES, store_of, store_sink
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
@@ -195,7 +195,7 @@ def test_the_store_layer_names_an_event_by_source_and_id(store):
     server, sink = store
     name = unique("Store Layer ")
     moment = at_second(datetime.now(UTC) - timedelta(minutes=4))
-    events = EventStore.from_url(sink["url"])
+    events = EventStore(store_of(sink))
     try:
         position = events.tail_position()
         for source in (SOURCE_A, SOURCE_B):
@@ -229,7 +229,7 @@ def test_copies_of_one_sources_event_do_not_hide_another_source(tmp_path):
     ]
     with sqlite3.connect(path) as connection:
         insert_values(connection.cursor(), flat_values(copies), len(copies))
-    store = EventStore.from_url(f"sqlite:///{path}")
+    store = EventStore(store_of({"type": "sqlite", "url": f"sqlite:///{path}"}))
     try:
         with pytest.raises(AmbiguousEvent) as info:
             store.get(MESSAGE_ID)

@@ -42,11 +42,13 @@ LAYERS: list[set[str]] = [
     {"app"},  # the Falcon app: wires the edge, the bus and the plugins' routes together
     {"edge"},  # HTTP in: ingest, limits, rate limits, auth, the query API
     {"privacy", "queue"},  # suppression and erasure; the broker, spool and worker
-    {"bus", "store", "logs"},  # stages and sinks; the stores' shared ground; log lines
+    {"bus", "logs"},  # stages and sinks (a sink may bring a store); log lines
+    {"store"},  # the store interface, the query layer, SQL erase and admin tables
     {"events", "client"},  # the wire model and commands; the batch API client
     {"metrics"},  # Prometheus collectors (multiprocess files in the data directory)
     {"files"},  # the data directory and private files
-    {"config", "errors", "health", "redact", "__init__"},  # the foundation
+    {"config"},  # the configuration schema (names the JSON columns scrubbing may reach)
+    {"columns", "errors", "health", "redact", "__init__"},  # the foundation
 ]
 
 #: Imports between extension folders that are allowed, and why.

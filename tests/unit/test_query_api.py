@@ -557,6 +557,7 @@ def test_bad_cursor_raises_invalid_query_naming_cursor(cursor):
 def test_server_processes_starting_at_once_create_the_sqlite_schema(tmp_path):
     """Several gunicorn workers of a queued edge open one new SQLite file at start-up;
     each must come up (SQLite refuses some concurrent schema writes without waiting)."""
+    from eventrouter.sinks.sqlite_store import SQLiteStore
     from eventrouter.store.query import EventStore
 
     errors: list[str] = []
@@ -564,7 +565,7 @@ def test_server_processes_starting_at_once_create_the_sqlite_schema(tmp_path):
         url = f"sqlite:///{tmp_path}/events-{trial}.db"
 
         def start(url: str = url) -> None:
-            store = EventStore.from_url(url)
+            store = EventStore(SQLiteStore(url))
             try:
                 store.ensure_schema()
             except Exception as exc:  # reported below, with the trial's others

@@ -1,0 +1,341 @@
+"""The store interface: what a sink that keeps events tells the core about its data.
+
+The core never asks which database a sink writes to (tests/unit/test_store_interface.py
+fails on any check of a store's name in ``router_core/``). A sink that keeps events
+returns a :class:`Store` from ``Sink.store()``; any other sink returns None. Each part
+of the core asks the store for its own part:
+
+==================  =============================  ======================================
+part                asked with                     used by
+==================  =============================  ======================================
+query dialect       :meth:`Store.query_dialect`    the query API and the dashboard
+                    (None: not queryable)          (:mod:`eventrouter.store.query`)
+erase               :meth:`Store.eraser`           ``eventrouter privacy delete``, the
+                    (:class:`CannotErase`: why     Privacy page
+                    not)                           (:mod:`eventrouter.privacy.erasure`)
+admin tables        :meth:`Store.admin_tables`     the suppression list, signed-out
+                    (None: keeps none)             sessions, used confirmation tokens
+migrations          ``Sink.migrate()``             ``eventrouter migrate``, a sink's start
+==================  =============================  ======================================
+
+Every store keeps the stored columns (:mod:`eventrouter.columns`) in a table named
+``events``. :class:`eventrouter.store.sql.SQLStore` implements erase and the admin
+tables for a database that SQLAlchemy speaks to with ``INSERT ... ON CONFLICT DO
+NOTHING``; the built-in stores are in ``sinks/`` (``sqlite_store.py``,
+``postgres_store.py``, ``clickhouse_store.py``; ``s3.py`` erases nothing and cannot be
+queried). docs/plugins.md, "Adding a store", shows a store of one's own.
+
+Everything here is blocking: call it from a thread in async code. Building a store,
+a dialect, an eraser or the admin tables does no I/O; each opens its connections when
+first used and closes them in ``close()``.
+"""
+
+from __future__ import annotations
+
+import functools
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, NamedTuple
+
+from sqlalchemy import ColumnElement, Engine, Select, Table, select
+
+from eventrouter.columns import shown
+from eventrouter.store.schema import events
+
+
+class Store(ABC):
+    """A sink's store: the knowledge the core asks it for, in parts (see the module).
+
+    A part the store lacks keeps the default here: not queryable, no admin tables. Erase
+    must be answered: delete, or say why not (:class:`CannotErase`)."""
+
+    def query_dialect(self) -> QueryDialect | None:
+        """How the query layer reads this store; None: the query API and the dashboard
+        cannot read it. No I/O (the dialect connects when first used)."""
+        return None
+
+    @property
+    def queryable(self) -> bool:
+        """Whether the query API and the dashboard can read this store."""
+        return self.query_dialect() is not None
+
+    @abstractmethod
+    def eraser(self) -> Eraser:
+        """This store's part of deleting a user's data.
+
+        :raises CannotErase: the store cannot delete one user's rows (the message says
+            why; the deletion reports the store as skipped with it)."""
+
+    def admin_tables(self) -> AdminTables | None:
+        """The admin's small tables in this store; None: it keeps none (then it cannot
+        be the admin store of a dashboard that suppresses ids)."""
+        return None
+
+
+# -- the query dialect -----------------------------------------------------------------
+class InvalidQuery(ValueError):
+    """A filter value the store cannot use; ``field`` names the parameter."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def row_to_event(row: Any) -> dict[str, Any]:
+    """A stored row as the API shows it: JSON columns as objects, times ISO 8601 UTC."""
+    return shown(dict(row._mapping))
+
+
+def naive_utc(value: datetime) -> datetime:
+    """An aware time as the naive UTC one that stores compare with."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+class QueryDialect(ABC):
+    """How :class:`eventrouter.store.query.EventStore` reads one store: SQLAlchemy Core
+    over :attr:`table`, with this store's differences as the methods below. Each default
+    suits a plain SQL database; a store overrides what differs. A store without JSON
+    path access or time functions leaves :meth:`json_text` or :meth:`epoch` as they are:
+    the query API then answers 400 to a path condition or a chart, naming the parameter.
+    """
+
+    #: The table of stored events (every store keeps the stored columns under their
+    #: names; the types are the store's).
+    table: ClassVar[Table] = events
+    #: How far back from a page's newest possible event each page query looks before it
+    #: looks further, the last window unbounded (EventStore.query). Empty: one query.
+    #: For a store that reads every row the filters leave before it applies ``LIMIT``.
+    page_windows: ClassVar[tuple[timedelta, ...]] = ()
+    #: A column whose value grows with every insert (SQLite's ``rowid``), which a live
+    #: tail reads by; None: a tail reads by ``received_at`` (EventStore.stored_since).
+    insert_order: ClassVar[str | None] = None
+
+    @abstractmethod
+    def connect(self) -> Engine:
+        """A new engine for reading (called once; :meth:`close` disposes of it)."""
+
+    @functools.cached_property
+    def engine(self) -> Engine:
+        return self.connect()
+
+    @property
+    def name(self) -> str:
+        """The database's name, as operators know it (shown on the status page)."""
+        return self.engine.dialect.name
+
+    def close(self) -> None:
+        if "engine" in self.__dict__:
+            self.engine.dispose()
+
+    def ensure_schema(self) -> None:
+        """Create ``events`` if readers may come before any writer (a store whose readers
+        share its file); a server store is migrated instead, and does nothing here."""
+        return None
+
+    def select(self, *columns: Any) -> Select:
+        """``SELECT columns`` (default: every column) ``FROM`` :attr:`table`, each event
+        once (a store that may hold copies of one event reads them as one)."""
+        return select(*columns).select_from(self.table) if columns else select(self.table)
+
+    def json_text(self, column: str, path: Sequence[str]) -> ColumnElement:
+        """The JSON value at ``path`` in ``column`` as text: strings as they are, numbers
+        and booleans as JSON writes them, NULL for a missing key or a JSON null. Every
+        segment a bound parameter, never SQL text.
+
+        :raises InvalidQuery: the store has no JSON access."""
+        raise InvalidQuery("paths", f"path conditions are not supported on {self.name}")
+
+    def epoch(self, column: ColumnElement) -> ColumnElement:
+        """``column`` (a time) as whole seconds since the epoch (UTC).
+
+        :raises InvalidQuery: the store cannot compute it."""
+        raise InvalidQuery("step", f"time buckets are not supported on {self.name}")
+
+    def time(self, value: datetime) -> Any:
+        """A time to compare ``timestamp`` with (default: naive UTC)."""
+        return naive_utc(value)
+
+    def equals(self, expression: ColumnElement, value: str) -> ColumnElement:
+        """``expression = value``, bound (a store may know values it can never hold)."""
+        return expression == value
+
+    def page(self, conditions: Sequence[ColumnElement], count: int) -> Select:
+        """The first ``count`` events matching ``conditions``, newest first by
+        ``(timestamp, message_id, source)``."""
+        c = self.table.c
+        return (
+            self.select()
+            .where(*conditions)
+            .order_by(c.timestamp.desc(), c.message_id.desc(), c.source.desc())
+            .limit(count)
+        )
+
+    def event(self, row: Any) -> dict[str, Any]:
+        """A row of :meth:`page` (or of ``SELECT`` every column) as the API shows it."""
+        return row_to_event(row)
+
+    def text_value(self, value: Any) -> Any:
+        """A text value read from the store, as shown: None for an absent one (a store
+        that keeps ``''`` for absent text maps it back)."""
+        return value
+
+    def size_bytes(self, connection: Any) -> int | None:
+        """The bytes the events take on disk, or None when the database does not say."""
+        return None
+
+
+# -- erase -------------------------------------------------------------------------------
+#: Statuses of one store's part of a deletion.
+DELETED = "deleted"
+WOULD_DELETE = "would delete"
+PENDING = "pending"
+SKIPPED = "skipped"
+FAILED = "failed"
+
+
+class CannotErase(Exception):
+    """The store cannot delete one user's rows; the message says why and what to do."""
+
+
+class UserEvents(NamedTuple):
+    """A group of a user's own events (:meth:`Eraser.user_events`)."""
+
+    source: str
+    anonymous_id: str | None
+    #: The ``previous_id`` of the group's alias calls; None for other calls.
+    aliased: str | None
+    events: int
+
+
+@dataclass
+class Erased:
+    """What one store deleted, or in a dry run would delete."""
+
+    #: :data:`DELETED`, :data:`WOULD_DELETE`, or :data:`PENDING` (the store deletes in
+    #: the background, and had not finished when the wait ran out: ``detail`` says so).
+    status: str
+    events: int = 0
+    #: Per-user rows beside the events (:attr:`Eraser.identity_rows`).
+    users: int = 0
+    identities: int = 0
+    detail: str = ""
+
+
+class Eraser(ABC):
+    """One store's part of deleting a user's data. :mod:`eventrouter.privacy.erasure`
+    drives it: it asks every store for the user's links first, counts what following each
+    would take, then deletes. Every condition below treats an absent value (NULL, or
+    ``''`` in a store without NULL) as absent: "no ``user_id``" means the event has none.
+    """
+
+    #: The store keeps per-user rows beside the events (PostgreSQL's ``users`` and
+    #: ``identities``): :meth:`delete` deletes and counts them too.
+    identity_rows: ClassVar[bool] = False
+
+    @abstractmethod
+    def user_events(self, user_id: str) -> list[UserEvents]:
+        """The events whose ``user_id`` is ``user_id``, counted by source, anonymous id
+        and (alias calls) ``previous_id``. None stored yet: empty."""
+
+    def identity_links(self, user_id: str) -> list[tuple[str, str]]:
+        """``(kind, id)`` links to ``user_id`` that the store keeps besides its events
+        (``anonymous_id`` or ``previous_id``), sorted."""
+        return []
+
+    @abstractmethod
+    def anonymous_events(self, user_id: str, ids: Sequence[str]) -> list[tuple[str, str, int]]:
+        """``(anonymous_id, source, count)``: the events with no ``user_id`` whose
+        ``anonymous_id`` is in ``ids`` (at most 500) and whose ``previous_id`` is not
+        ``user_id``."""
+
+    @abstractmethod
+    def linked_events(self, user_id: str, other: str) -> dict[str, int]:
+        """Per source, what deleting ``other`` as a user id and as an anonymous id would
+        add to ``user_id``'s deletion: the events whose ``user_id`` or ``previous_id`` is
+        ``other``, or with no ``user_id`` and ``other`` as ``anonymous_id``; of those,
+        only the ones whose ``user_id`` and ``previous_id`` are not ``user_id``."""
+
+    @abstractmethod
+    def delete(
+        self, user_ids: set[str], anonymous_ids: set[str], *, dry_run: bool, wait: float
+    ) -> Erased:
+        """Delete (``dry_run``: count) the events whose ``user_id`` or ``previous_id`` is
+        in ``user_ids``, and those with no ``user_id`` whose ``anonymous_id`` is in
+        ``anonymous_ids``; with :attr:`identity_rows`, the per-user rows of ``user_ids``.
+        A store that deletes in the background waits for it up to ``wait`` seconds."""
+
+    def close(self) -> None:
+        """Close what the eraser opened."""
+        return None
+
+
+# -- the admin's tables --------------------------------------------------------------------
+#: The tables, by name (:meth:`AdminTables.exists` and :meth:`AdminTables.ensure`).
+SUPPRESSIONS = "suppressions"
+REVOKED_SESSIONS = "admin_revoked_sessions"
+CONFIRMATIONS_USED = "confirmations_used"
+ADMIN_TABLES = (SUPPRESSIONS, REVOKED_SESSIONS, CONFIRMATIONS_USED)
+
+
+class AdminTables(ABC):
+    """The admin's small tables in one store (:mod:`eventrouter.store.admin_tables`):
+
+    - ``suppressions``: ``(kind, id)`` with a reason and a time; unsuppressing removes it;
+    - ``admin_revoked_sessions``: signed-out session ids until they would have expired;
+    - ``confirmations_used``: each confirmation token's nonce, recorded once.
+
+    Every server and worker process reads and writes the same rows, so every write must
+    hold however many processes make it at once. Times are aware UTC datetimes (whole
+    seconds). Callers :meth:`ensure` a table before they write it (whichever process
+    comes first creates it), and read one only once :meth:`exists` says it is there.
+    """
+
+    @abstractmethod
+    def exists(self, table: str) -> bool:
+        """Whether ``table`` exists; a database that does not exist yet (an SQLite file
+        never written, a ClickHouse database not created) means no, and is not created to
+        find out."""
+
+    @abstractmethod
+    def ensure(self, table: str) -> None:
+        """Create ``table`` if it is missing (before a write)."""
+
+    # -- suppressions
+    @abstractmethod
+    def suppress(self, kind: str, ident: str, reason: str, at: datetime) -> bool:
+        """Record ``(kind, ident)``; False when it is there already (its reason stays)."""
+
+    @abstractmethod
+    def unsuppress(self, kind: str, ident: str, at: datetime) -> bool:
+        """Remove ``(kind, ident)``; False when it was not there."""
+
+    @abstractmethod
+    def suppressions(self) -> list[tuple[str, str, str, datetime]]:
+        """``(kind, id, reason, suppressed_at)`` of every suppression, newest first (then
+        by kind and id)."""
+
+    def suppressed_ids(self) -> list[tuple[str, str]]:
+        """``(kind, id)`` of every suppression, in any order."""
+        return [(kind, ident) for kind, ident, _, _ in self.suppressions()]
+
+    # -- signed-out sessions
+    @abstractmethod
+    def revoke_session(self, sid: str, expires_at: datetime) -> None:
+        """Record ``sid`` as signed out until ``expires_at`` (rows past their expiry may
+        go meanwhile)."""
+
+    @abstractmethod
+    def revoked_sessions(self) -> dict[str, float]:
+        """Signed-out session ids that have not expired, with their expiry (Unix time)."""
+
+    # -- used confirmation tokens
+    @abstractmethod
+    def use_confirmation(self, nonce: str, expires_at: datetime) -> bool:
+        """Record ``nonce`` as used; False when it was used already (by any process:
+        of two uses at once, one wins). Expired nonces may be removed meanwhile."""
+
+    def close(self) -> None:
+        """Close what the tables opened."""
+        return None

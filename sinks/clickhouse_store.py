@@ -1,0 +1,541 @@
+"""What the ClickHouse store tells the core (eventrouter.store.interface): how the query
+layer reads it, how a user's rows are deleted, and how the admin's tables are kept.
+
+The sink (``sinks/clickhouse.py``) writes and migrates ``events``; this module is the
+rest of the store's knowledge. Every statement is valid on 18.16 (Debian's) and on
+current servers (tests/integration/test_clickhouse.py runs them on a current engine too).
+
+**Reading** (the query API, the dashboard). Text columns are ``String``, ``''`` where
+absent, shown as None. ``events`` is a ``ReplacingMergeTree(received_at)``: copies of a
+redelivered event that no merge has collapsed yet are read as one (``FINAL``, or on
+pages ``LIMIT 1 BY`` the sorting key). JSON paths use ``JSONExtract*``, or on servers
+without it (before 19.x) ``visitParamExtract*``; times compare as the column's own type
+(``DateTime64(3)`` or ``DateTime``). Both are probed once the table exists. ClickHouse
+reads every row the filters leave before it applies ``LIMIT``, so a page is looked for in
+widening time windows (:data:`PAGE_WINDOWS`).
+
+**Erasing**: ``ALTER TABLE events DELETE WHERE ...``, a mutation. It runs in the
+background; :meth:`ClickHouseEraser.delete` waits for it up to ``wait`` seconds
+(``system.mutations``) and reports it pending after that.
+
+**The admin tables** are written with the native client (no mutation, no ORM):
+
+- ``suppressions``: a ``ReplacingMergeTree(version)`` ordered by ``(kind, id)``: a change
+  is an insert (``active`` 1 or 0) and the newest version of a key wins, read with
+  ``FINAL``;
+- ``admin_revoked_sessions``: a ``MergeTree`` ordered by ``sid``, read with
+  ``expires_at > now()``; one small row per sign-out is kept (18.16 has no TTL);
+- ``confirmations_used``: ClickHouse has no insert-if-absent. Each use inserts a row
+  stamped by the server's clock (``now()``), waits :data:`CONFIRMATION_SETTLE` seconds,
+  then reads the nonce's rows; the earliest wins (ties: the smaller random claim). A use
+  that started after the wait began sorts after, and one before it is visible, so a
+  later replay always loses; only two uses racing within the same moment and whose
+  inserts take longer than the wait could both pass, and both would then run the same
+  idempotent change. Old rows go with their daily partition (no TTL on 18.16).
+
+A database not created yet (a queue-mode edge may start before ``eventrouter migrate``)
+holds no admin rows: reading finds nothing, rather than failing.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    case,
+    create_engine,
+    func,
+    literal,
+    literal_column,
+    null,
+    select,
+    text,
+    tuple_,
+)
+from sqlalchemy.engine import make_url
+
+from eventrouter.columns import OPTIONAL_TEXT_COLUMNS
+from eventrouter.store.db import json_dumps
+from eventrouter.store.interface import (
+    CONFIRMATIONS_USED,
+    DELETED,
+    PENDING,
+    REVOKED_SESSIONS,
+    SUPPRESSIONS,
+    WOULD_DELETE,
+    AdminTables,
+    Erased,
+    Eraser,
+    QueryDialect,
+    Store,
+    UserEvents,
+    naive_utc,
+)
+
+#: ClickHouse's UNKNOWN_DATABASE: the store's database is not created yet.
+UNKNOWN_DATABASE = 81
+
+
+def driver_url(url: str) -> str:
+    """The clickhouse-driver URL for an SQLAlchemy ``clickhouse+native://`` URL."""
+    return make_url(url).set(drivername="clickhouse").render_as_string(hide_password=False)
+
+
+def client_for(url: str) -> Any:
+    """A clickhouse-driver client for an SQLAlchemy ``clickhouse+native://`` URL."""
+    from clickhouse_driver import Client
+
+    return Client.from_url(driver_url(url))
+
+
+def _json_or_none(value: str) -> Any:
+    return msgspec.json.decode(value) if value else None
+
+
+def clickhouse_engine(url: str) -> Engine:
+    """An SQLAlchemy engine on ``url``. clickhouse-sqlalchemy's engine takes no JSON
+    hooks: JSON columns are ``String`` there (``''`` when absent), decoded by the generic
+    JSON type with the dialect's ``_json_deserializer``, which that dialect leaves unset."""
+    engine = create_engine(url, pool_pre_ping=True)
+    engine.dialect._json_serializer = json_dumps
+    engine.dialect._json_deserializer = _json_or_none
+    return engine
+
+
+class ClickHouseStore(Store):
+    """The ClickHouse database at ``url`` (a ``clickhouse+native://`` SQLAlchemy URL)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def query_dialect(self) -> ClickHouseDialect:
+        return ClickHouseDialect(self.url)
+
+    def eraser(self) -> ClickHouseEraser:
+        return ClickHouseEraser(self.url)
+
+    def admin_tables(self) -> ClickHouseAdminTables:
+        return ClickHouseAdminTables(self.url)
+
+
+# -- reading -------------------------------------------------------------------------------
+TIME_TYPE_SQL = (
+    "SELECT type FROM system.columns WHERE database = currentDatabase() "
+    "AND table = 'events' AND name = 'timestamp'"
+)
+JSON_EXTRACT_SQL = "SELECT count() FROM system.functions WHERE name = 'JSONExtractRaw'"
+SIZE_SQL = (
+    "SELECT sum(bytes) FROM system.parts WHERE database = currentDatabase() "
+    "AND table = 'events' AND active"
+)
+#: How far back from a page's newest possible event each page query looks before it
+#: looks further (EventStore.query); the last window is unbounded.
+PAGE_WINDOWS = (timedelta(days=1), timedelta(days=7), timedelta(days=35))
+
+
+class Flavour(msgspec.Struct, frozen=True):
+    """What the query layer adapts to on one ClickHouse database."""
+
+    #: ``events.timestamp`` is ``DateTime64(3)`` (else ``DateTime``: whole seconds).
+    datetime64: bool
+    #: The server has ``JSONExtract*`` (19.x on), else only ``visitParamExtract*``.
+    json_extract: bool
+
+
+@functools.cache
+def _select_class() -> type:
+    """clickhouse-sqlalchemy's ``Select`` (it has ``.final()`` and ``.limit_by()``),
+    imported on first use. Its compiled form is not cached: its cache key would leave
+    ``FINAL`` out."""
+    from clickhouse_sqlalchemy.sql.selectable import Select
+
+    return type("ClickHouseSelect", (Select,), {"inherit_cache": False})
+
+
+class ClickHouseDialect(QueryDialect):
+    page_windows = PAGE_WINDOWS
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._flavour: Flavour | None = None
+
+    def connect(self) -> Engine:
+        return clickhouse_engine(self.url)
+
+    def flavour(self) -> Flavour:
+        """Probed once the ``events`` table exists (until then, every query fails)."""
+        if self._flavour is not None:
+            return self._flavour
+        with self.engine.connect() as connection:
+            column = connection.execute(text(TIME_TYPE_SQL)).scalar()
+            functions = connection.execute(text(JSON_EXTRACT_SQL)).scalar()
+        flavour = Flavour(
+            datetime64=bool(column and column.startswith("DateTime64")),
+            json_extract=bool(functions),
+        )
+        if column is not None:
+            self._flavour = flavour
+        return flavour
+
+    def select(self, *columns: Any) -> Any:
+        """``FROM events FINAL``: copies of a redelivered event that no merge has
+        collapsed yet are read (and counted) as one."""
+        if columns:
+            return _select_class()(*columns).select_from(self.table).final()
+        return _select_class()(self.table).final()
+
+    def json_text(self, column: str, path: Sequence[str]) -> ColumnElement:
+        """Strings unquoted, numbers and booleans as the stored JSON writes them, NULL for
+        a missing key or a JSON null: the text the other stores give. ``JSONExtract*``
+        with one argument per segment, or a chain of ``visitParamExtract*`` before 19.x.
+
+        ``visitParamExtract*`` looks a key up at any depth and takes its first
+        occurrence: ``properties.id`` of ``{"items": [{"id": 1}], "id": 2}`` is 1 there.
+        Nested segments are a chain of ``visitParamExtractRaw``, each searching the
+        object text the previous one returned."""
+        target = self.table.c[column]
+        segments = [literal(segment) for segment in path]
+        if self.flavour().json_extract:
+            kind = func.JSONType(target, *segments)
+            return case(
+                (kind == literal("String"), func.JSONExtractString(target, *segments)),
+                (kind == literal("Null"), null()),
+                else_=func.JSONExtractRaw(target, *segments),
+            )
+        parent = target
+        for segment in segments[:-1]:
+            parent = func.visitParamExtractRaw(parent, segment)
+        raw = func.visitParamExtractRaw(parent, segments[-1])
+        string = func.visitParamExtractString(parent, segments[-1])
+        return case(
+            (func.substring(raw, 1, 1) == literal('"'), string),
+            (raw == literal("null"), null()),
+            # Empty: a missing key, or a string whose raw extraction failed (18.x finds
+            # no end to ``"\\"``, a string ending in a backslash) but which unescapes fine.
+            (raw == literal(""), func.nullIf(string, literal(""))),
+            else_=raw,
+        )
+
+    def epoch(self, column: ColumnElement) -> ColumnElement:
+        return func.toUInt32(func.toDateTime(column))
+
+    def time(self, value: datetime) -> Any:
+        """Converted to the column's type: compared with a string, 18.16 fails on a key
+        holding ``toDate(timestamp)``, and clickhouse-driver drops the milliseconds of a
+        ``datetime`` parameter."""
+        value = naive_utc(value)
+        if self.flavour().datetime64:
+            moment = literal(value.isoformat(sep=" ", timespec="milliseconds"))
+            return func.toDateTime64(moment, 3, "UTC")
+        return func.toDateTime(literal(value.isoformat(sep=" ", timespec="seconds")), "UTC")
+
+    def sort_key(self) -> list[ColumnElement]:
+        """The ``events`` sorting key (sinks/clickhouse.py): a tuple of it names a row
+        and lets the server skip every granule that cannot hold it."""
+        c = self.table.c
+        return [func.toDate(c.timestamp), c.source, c.type, c.event, c.message_id]
+
+    def latest(self, columns: Sequence[ColumnElement], where: list[ColumnElement]) -> Any:
+        """``SELECT columns FROM events WHERE where``, one row per sorting key: the copy
+        received last, as ``FINAL`` would keep it (``ReplacingMergeTree(received_at)``).
+
+        ``FINAL`` merges every row the filters leave, single-threaded on 18.16, whatever
+        the ``LIMIT``: it cost the explorer's page ~100 ms of its ~210 ms on 1M events.
+        ``ORDER BY received_at DESC LIMIT 1 BY (sorting key)`` keeps the same copy of each
+        event (bench/README.md, "Dashboard queries"). The filters are applied to every
+        copy before that; copies of one event differ only in their times, so the one
+        difference from ``FINAL`` is at the edge of a time filter: an event whose copies
+        straddle it is shown (with its latest copy) when any copy is inside.
+        """
+        # 18.16 fails such a subquery without WHERE here ("Column 'toDate(timestamp)'
+        # already exists"): an unfiltered page gets a condition that always holds.
+        where = where or [literal_column("1") == literal_column("1")]
+        return (
+            _select_class()(*columns)
+            .select_from(self.table)
+            .where(*where)
+            .order_by(self.table.c.received_at.desc())
+            .limit_by(self.sort_key(), 1)
+        )
+
+    def page(self, conditions: Sequence[ColumnElement], count: int) -> Any:
+        """The first ``count`` events matching ``conditions``, newest first, in two
+        steps: the page's keys, from the key columns and those the filters need; then
+        every column of those events alone (the whole rows of all matches would be
+        ~250 MB on 1M events)."""
+        key = self.sort_key()
+        copies = self.latest(
+            [k.label(f"k{i}") for i, k in enumerate(key)] + [self.table.c.timestamp.label("t")],
+            list(conditions),
+        ).subquery("copies")
+        message_id, source = copies.c[f"k{len(key) - 1}"], copies.c["k1"]
+        page_keys = (
+            select(*(copies.c[f"k{i}"] for i in range(len(key))))
+            .order_by(copies.c.t.desc(), message_id.desc(), source.desc())
+            .limit(count)
+        )
+        # By key alone: the keys met the filters; each event's latest copy is shown.
+        rows = self.latest([self.table], [tuple_(*key).in_(page_keys)]).subquery("page")
+        return select(rows).order_by(
+            rows.c.timestamp.desc(), rows.c.message_id.desc(), rows.c.source.desc()
+        )
+
+    def event(self, row: Any) -> dict[str, Any]:
+        event = super().event(row)
+        for column in OPTIONAL_TEXT_COLUMNS:
+            if event[column] == "":
+                event[column] = None
+        return event
+
+    def text_value(self, value: Any) -> Any:
+        return None if value == "" else value
+
+    def size_bytes(self, connection: Any) -> int | None:
+        return connection.execute(text(SIZE_SQL)).scalar()
+
+
+# -- erasing -------------------------------------------------------------------------------
+#: Seconds between looks at ``system.mutations`` while a delete runs.
+MUTATION_POLL = 0.2
+
+
+class ClickHouseEraser(Eraser):
+    """Erase with the native client: mutations are not SQLAlchemy statements. Text
+    columns are ``String``: ``''`` where absent, never NULL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            self._client = client_for(self.url)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.disconnect()
+
+    def user_events(self, user_id: str) -> list[UserEvents]:
+        rows = self.client.execute(
+            "SELECT source, anonymous_id, if(type = 'alias', previous_id, '') AS aliased, "
+            "count() FROM events WHERE user_id = %(user)s "
+            "GROUP BY source, anonymous_id, aliased",
+            {"user": user_id},
+        )
+        return [
+            UserEvents(source, anonymous or None, aliased or None, n)
+            for source, anonymous, aliased, n in rows
+        ]
+
+    def anonymous_events(self, user_id: str, ids: Sequence[str]) -> list[tuple[str, str, int]]:
+        return self.client.execute(
+            "SELECT anonymous_id, source, count() FROM events WHERE user_id = '' "
+            "AND anonymous_id IN %(ids)s AND previous_id != %(user)s "
+            "GROUP BY anonymous_id, source",
+            {"ids": tuple(ids), "user": user_id},
+        )
+
+    def linked_events(self, user_id: str, other: str) -> dict[str, int]:
+        rows = self.client.execute(
+            "SELECT source, count() FROM events WHERE (user_id = %(other)s "
+            "OR previous_id = %(other)s OR (user_id = '' AND anonymous_id = %(other)s)) "
+            "AND user_id != %(user)s AND previous_id != %(user)s GROUP BY source",
+            {"other": other, "user": user_id},
+        )
+        return {source: n for source, n in rows}
+
+    def delete(
+        self, user_ids: set[str], anonymous_ids: set[str], *, dry_run: bool, wait: float
+    ) -> Erased:
+        where = "user_id IN %(users)s OR previous_id IN %(users)s"
+        params: dict[str, Any] = {"users": tuple(sorted(user_ids))}
+        if anonymous_ids:
+            where += " OR (user_id = '' AND anonymous_id IN %(anonymous)s)"
+            params["anonymous"] = tuple(sorted(anonymous_ids))
+        client = self.client
+        count = client.execute(f"SELECT count() FROM events WHERE {where}", params)[0][0]
+        result = Erased(status=WOULD_DELETE, events=count)
+        if dry_run or not count:
+            result.status = WOULD_DELETE if dry_run else DELETED
+            return result
+        client.execute(f"ALTER TABLE events DELETE WHERE {where}", params)
+        result.status = PENDING
+        deadline = time.monotonic() + wait
+        while True:
+            running = client.execute(
+                "SELECT count() FROM system.mutations WHERE database = currentDatabase() "
+                "AND table = 'events' AND is_done = 0"
+            )[0][0]
+            if not running:
+                result.status = DELETED
+                return result
+            if time.monotonic() >= deadline:
+                result.detail = (
+                    "the mutation is still running: the rows disappear when it finishes "
+                    "(see system.mutations)"
+                )
+                return result
+            time.sleep(MUTATION_POLL)
+
+
+# -- the admin tables ----------------------------------------------------------------------
+SUPPRESSIONS_DDL = (
+    "CREATE TABLE IF NOT EXISTS suppressions (kind String, id String, reason String, "
+    "suppressed_at DateTime('UTC'), active UInt8, version UInt64) "
+    "ENGINE = ReplacingMergeTree(version) ORDER BY (kind, id)"
+)
+REVOKED_SESSIONS_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {REVOKED_SESSIONS} (sid String, expires_at DateTime('UTC')) "
+    "ENGINE = MergeTree ORDER BY sid"
+)
+CONFIRMATIONS_USED_DDL = (
+    "CREATE TABLE IF NOT EXISTS confirmations_used (nonce String, claim String, "
+    "expires_at DateTime('UTC'), used_at DateTime('UTC') DEFAULT now()) "
+    "ENGINE = MergeTree PARTITION BY toYYYYMMDD(expires_at) ORDER BY (nonce, used_at, claim)"
+)
+DDL = {
+    SUPPRESSIONS: SUPPRESSIONS_DDL,
+    REVOKED_SESSIONS: REVOKED_SESSIONS_DDL,
+    CONFIRMATIONS_USED: CONFIRMATIONS_USED_DDL,
+}
+ACTIVE_SUPPRESSIONS = (
+    "SELECT kind, id, reason, suppressed_at FROM suppressions FINAL WHERE active = 1 "
+    "ORDER BY suppressed_at DESC, kind, id"
+)
+#: Seconds a confirmation's use waits between recording its nonce and reading who won.
+CONFIRMATION_SETTLE = 1.1
+
+
+class ClickHouseAdminTables(AdminTables):
+    """The admin tables, each exchange on a native client of its own."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        #: Tables seen or created: they are never dropped, so no need to ask again.
+        self._seen: set[str] = set()
+
+    @contextmanager
+    def client(self) -> Iterator[Any]:
+        """A native client for one short exchange, disconnected after it."""
+        client = client_for(self.url)
+        try:
+            yield client
+        finally:
+            client.disconnect()
+
+    def exists(self, table: str) -> bool:
+        if table in self._seen:
+            return True
+        from clickhouse_driver.errors import ServerException
+
+        query = (
+            "SELECT count() FROM system.tables WHERE database = currentDatabase() "
+            "AND name = %(name)s"
+        )
+        try:
+            with self.client() as client:
+                if client.execute(query, {"name": table})[0][0]:
+                    self._seen.add(table)
+        except ServerException as exc:
+            if exc.code != UNKNOWN_DATABASE:
+                raise
+        return table in self._seen
+
+    def ensure(self, table: str) -> None:
+        if table in self._seen:
+            return
+        with self.client() as client:
+            client.execute(DDL[table])
+        self._seen.add(table)
+
+    # -- suppressions
+    def _active(self, kind: str, ident: str) -> bool:
+        with self.client() as client:
+            rows = client.execute(
+                "SELECT active FROM suppressions FINAL WHERE kind = %(kind)s AND id = %(id)s",
+                {"kind": kind, "id": ident},
+            )
+        return bool(rows and rows[0][0])
+
+    def _record(self, kind: str, ident: str, reason: str, at: datetime, *, active: int) -> None:
+        with self.client() as client:
+            client.execute(
+                "INSERT INTO suppressions (kind, id, reason, suppressed_at, active, version) "
+                "VALUES",
+                [(kind, ident, reason, at.astimezone(UTC), active, time.time_ns())],
+            )
+
+    def suppress(self, kind: str, ident: str, reason: str, at: datetime) -> bool:
+        if self._active(kind, ident):
+            return False
+        self._record(kind, ident, reason, at, active=1)
+        return True
+
+    def unsuppress(self, kind: str, ident: str, at: datetime) -> bool:
+        if not self._active(kind, ident):
+            return False
+        self._record(kind, ident, "", at, active=0)
+        return True
+
+    def suppressions(self) -> list[tuple[str, str, str, datetime]]:
+        with self.client() as client:
+            return [tuple(row) for row in client.execute(ACTIVE_SUPPRESSIONS)]
+
+    def suppressed_ids(self) -> list[tuple[str, str]]:
+        with self.client() as client:
+            return client.execute("SELECT kind, id FROM suppressions FINAL WHERE active = 1")
+
+    # -- signed-out sessions
+    def revoke_session(self, sid: str, expires_at: datetime) -> None:
+        with self.client() as client:
+            client.execute(
+                f"INSERT INTO {REVOKED_SESSIONS} (sid, expires_at) VALUES",
+                [(sid, expires_at.astimezone(UTC))],
+            )
+
+    def revoked_sessions(self) -> dict[str, float]:
+        with self.client() as client:
+            rows = client.execute(
+                f"SELECT sid, toUInt32(expires_at) FROM {REVOKED_SESSIONS} WHERE expires_at > now()"
+            )
+        return {sid: float(at) for sid, at in rows}
+
+    # -- used confirmation tokens
+    def use_confirmation(self, nonce: str, expires_at: datetime) -> bool:
+        claim = secrets.token_hex(16)
+        with self.client() as client:
+            client.execute(
+                "INSERT INTO confirmations_used (nonce, claim, expires_at) VALUES",
+                [(nonce, claim, expires_at.astimezone(UTC))],
+            )
+            time.sleep(CONFIRMATION_SETTLE)
+            rows = client.execute(
+                "SELECT claim FROM confirmations_used WHERE nonce = %(nonce)s "
+                "ORDER BY used_at, claim LIMIT 1",
+                {"nonce": nonce},
+            )
+            self._drop_old_partitions(client)
+        return bool(rows) and rows[0][0] == claim
+
+    @staticmethod
+    def _drop_old_partitions(client: Any) -> None:
+        """Days whose every token expired before yesterday began."""
+        cutoff = int((datetime.now(UTC) - timedelta(days=1)).strftime("%Y%m%d"))
+        partitions = client.execute(
+            "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() "
+            "AND table = 'confirmations_used' AND active"
+        )
+        for (partition,) in partitions:
+            if partition.isdigit() and int(partition) < cutoff:
+                client.execute(f"ALTER TABLE confirmations_used DROP PARTITION {int(partition)}")

@@ -1,0 +1,147 @@
+"""What the PostgreSQL store tells the core (eventrouter.store.interface): its engine,
+its query dialect, and the ``users`` and ``identities`` rows that erase takes with a
+user's events.
+
+The sink (``sinks/postgres.py``) writes and migrates; this module is the rest:
+
+- the engine: times in UTC on every connection, connections checked before use;
+- the query dialect: ``column #>> :path`` (a bound text array) for JSON paths,
+  ``extract(epoch ...)`` for time buckets, the size of ``events`` with its partitions
+  and indexes; a value holding a NUL character matches nothing (PostgreSQL text cannot
+  hold one, and the driver refuses to send one), and no JIT for the dashboard's reads;
+- erase: SQLAlchemy Core (:class:`eventrouter.store.sql.SQLEraser`), plus the user's
+  ``users`` row, their ``identities`` rows and the alias links that name them, and the
+  links ``identities`` holds (docs/privacy.md, "Linked ids");
+- the admin tables: SQLAlchemy Core with ``INSERT ... ON CONFLICT DO NOTHING``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Engine,
+    Table,
+    Text,
+    cast,
+    create_engine,
+    false,
+    func,
+    literal,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.sql.dml import Insert
+
+from eventrouter.store.db import json_options
+from eventrouter.store.interface import Erased, Eraser, QueryDialect
+from eventrouter.store.sql import SQLEraser, SQLStore
+
+#: Settings of the query layer's connections. No JIT: compiling a dashboard query whose
+#: cost estimate passes jit_above_cost adds 60-75 ms to a query of ~250 (bench/README.md,
+#: "Dashboard queries"); the store's reads are short, and JIT never pays for itself here.
+READER_SETTINGS = {"jit": "off"}
+
+SIZE_SQL = (
+    "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+    "WHERE c.relkind = 'r' AND (c.relname = 'events' OR c.relname LIKE 'events\\_%') "
+    "AND c.relnamespace = to_regnamespace(current_schema())"
+)
+
+
+def postgres_engine(url: str, settings: dict[str, str] | None = None) -> Engine:
+    """An engine on the PostgreSQL database at ``url``, JSON columns through msgspec;
+    ``settings`` are set on every connection (``-c name=value``), after ``timezone=UTC``
+    (times are UTC everywhere; a naive bound parameter means UTC too)."""
+    settings = {"timezone": "UTC", **(settings or {})}
+    return create_engine(
+        url,
+        **json_options(),
+        connect_args={"options": " ".join(f"-c {k}={v}" for k, v in settings.items())},
+        pool_pre_ping=True,
+    )
+
+
+class PostgresStore(SQLStore):
+    """The PostgreSQL database at ``url`` (a ``postgresql+psycopg://`` SQLAlchemy URL)."""
+
+    def engine(self) -> Engine:
+        return postgres_engine(self.url)
+
+    def insert_new(self, table: Table) -> Insert:
+        return pg_insert(table).on_conflict_do_nothing()
+
+    def query_dialect(self) -> PostgresDialect:
+        return PostgresDialect(self.url)
+
+    def eraser(self) -> Eraser:
+        return PostgresEraser(self)
+
+
+class PostgresDialect(QueryDialect):
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def connect(self) -> Engine:
+        return postgres_engine(self.url, READER_SETTINGS)
+
+    def json_text(self, column: str, path: Sequence[str]) -> ColumnElement:
+        """``column #>> :path``, the path a bound text array (the expression
+        ``path_indexes`` index, so that the planner matches the two)."""
+        return self.table.c[column].op("#>>")(literal(list(path), ARRAY(Text)))
+
+    def epoch(self, column: ColumnElement) -> ColumnElement:
+        return cast(func.floor(func.extract("epoch", column)), BigInteger)
+
+    def equals(self, expression: ColumnElement, value: str) -> ColumnElement:
+        """PostgreSQL text cannot hold a NUL character, so no stored value has one, and
+        the driver refuses to send one (a 500 for a query string with ``%00``): such a
+        value is a condition nothing meets."""
+        if "\x00" in value:
+            return false()
+        return expression == value
+
+    def size_bytes(self, connection: Any) -> int | None:
+        """``events`` with every partition and index."""
+        return connection.execute(text(SIZE_SQL)).scalar()
+
+
+class PostgresEraser(SQLEraser):
+    """Erase with the ``users`` and ``identities`` rows of the normalised tables."""
+
+    identity_rows = True
+
+    def identity_links(self, user_id: str) -> list[tuple[str, str]]:
+        if self.empty or not self.has_table("identities"):
+            return []
+        linked = text(
+            "SELECT kind, identity FROM identities WHERE user_id = :user ORDER BY kind, identity"
+        )
+        with self.engine.connect() as connection:
+            return [tuple(row) for row in connection.execute(linked, {"user": user_id})]
+
+    def delete_identity_rows(
+        self, connection: Any, user_ids: set[str], dry_run: bool, result: Erased
+    ) -> None:
+        """The ``users`` row and ``identities`` links of ``user_ids``, and the alias
+        links that name them."""
+        ids = {"users": sorted(user_ids)}
+        tables = {
+            "users": "users WHERE user_id = ANY(:users)",
+            "identities": (
+                "identities WHERE user_id = ANY(:users) "
+                "OR (kind = 'previous_id' AND identity = ANY(:users))"
+            ),
+        }
+        for table, where in tables.items():
+            if not self.has_table(table):
+                continue
+            if dry_run:
+                n = connection.execute(text(f"SELECT count(*) FROM {where}"), ids).scalar()
+            else:
+                n = connection.execute(text(f"DELETE FROM {where}"), ids).rowcount
+            setattr(result, table, n or 0)

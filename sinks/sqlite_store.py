@@ -1,0 +1,192 @@
+"""What the SQLite store tells the core (eventrouter.store.interface): its engine, its
+query dialect, and how a write from outside the sink takes the sink's writer lock.
+
+The sink (``sinks/sqlite.py``) writes; this module is the rest of the store's knowledge:
+
+- the engine: WAL, a busy timeout, the database and its companions private (0600);
+- the query dialect: ``json_extract`` for JSON paths, ``strftime('%s')`` for time
+  buckets, the ``rowid`` for a live tail (it grows with every insert: an index lookup
+  however large the table), the page count for sizes, and ``events`` created by the
+  first reader (a queued edge may serve queries before any worker created it);
+- erase and the admin tables: SQLAlchemy Core (:class:`eventrouter.store.sql.SQLStore`),
+  each write under the sink's writer lock (``<db>.lock``), retried while SQLite says
+  "locked".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlalchemy.exc
+from sqlalchemy import (
+    ColumnElement,
+    Engine,
+    Integer,
+    Table,
+    Text,
+    case,
+    cast,
+    create_engine,
+    event,
+    func,
+    literal,
+)
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import make_url
+from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.dml import Insert
+
+from eventrouter.files import is_data_dir, open_private, private_dir, private_sqlite
+from eventrouter.store.db import json_options
+from eventrouter.store.interface import QueryDialect
+from eventrouter.store.schema import events, metadata
+from eventrouter.store.sql import SQLStore
+
+T = TypeVar("T")
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of an SQLite URL, or None for an in-memory database."""
+    database = make_url(url).database
+    if database in (None, "", ":memory:"):
+        return None
+    return Path(database)
+
+
+def sqlite_engine(url: str, *, synchronous: str = "NORMAL") -> Engine:
+    """An engine on the SQLite database at ``url``, JSON columns through msgspec.
+
+    In WAL mode ``synchronous=NORMAL`` makes a commit durable against any crash of the
+    process (the WAL frames are in the OS before ``commit()`` returns); ``FULL`` also
+    fsyncs each commit, so it survives power loss."""
+    path = sqlite_path(url)
+    kwargs: dict[str, Any] = json_options()
+    if path is None:
+        # An in-memory database exists per connection: share one across threads.
+        kwargs["poolclass"] = StaticPool
+        kwargs["connect_args"] = {"check_same_thread": False}
+    else:
+        private_dir(path.parent, own=is_data_dir(path.parent))
+    engine = create_engine(make_url(url), **kwargs)
+    if path is not None:
+
+        @event.listens_for(engine, "do_connect")
+        def _private(*_: Any) -> None:
+            # Before SQLite creates the file: 0600 whatever the umask (its -wal and -shm
+            # files take the database's mode), companions left from before tightened.
+            private_sqlite(path)
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        # The busy timeout first: switching a new file to WAL takes an exclusive
+        # lock, and several server processes open the same file at start-up (two
+        # gunicorn workers failed to boot with "database is locked" otherwise).
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.close()
+
+    return engine
+
+
+@contextmanager
+def writer_lock(url: str) -> Iterator[None]:
+    """Take the SQLite sink's writer lock (``<db>.lock``) for a write from outside the
+    sink, as its writers do among themselves (no file, no lock: nothing writes there)."""
+    path = sqlite_path(url)
+    if path is None or not path.parent.exists():
+        yield
+        return
+    with open_private(path.with_name(path.name + ".lock"), "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_retrying(url: str, write: Callable[[], T], attempts: int = 50) -> T:
+    """``write()`` under :func:`writer_lock`, retried while SQLite says "locked" (a
+    deferred transaction whose snapshot went stale is refused without waiting)."""
+    for attempt in range(attempts):
+        try:
+            with writer_lock(url):
+                return write()
+        except sqlalchemy.exc.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.02 * (1 + attempt % 5))
+    raise AssertionError("unreachable")
+
+
+class SQLiteStore(SQLStore):
+    """The SQLite database at ``url`` (an ``sqlite:///`` SQLAlchemy URL)."""
+
+    def engine(self) -> Engine:
+        return sqlite_engine(self.url)
+
+    def insert_new(self, table: Table) -> Insert:
+        return sqlite_insert(table).on_conflict_do_nothing()
+
+    def write(self, write: Callable[[], T]) -> T:
+        return write_retrying(self.url, write)
+
+    def present(self) -> bool:
+        path = sqlite_path(self.url)
+        return path is None or path.exists()
+
+    def query_dialect(self) -> SQLiteDialect:
+        return SQLiteDialect(self.url)
+
+
+class SQLiteDialect(QueryDialect):
+    insert_order = "rowid"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def connect(self) -> Engine:
+        return sqlite_engine(self.url)
+
+    def ensure_schema(self) -> None:
+        """Create ``events`` if it is missing: a queued edge may serve queries before any
+        worker created it."""
+        # Several processes start at once on one new file. "already exists": another
+        # created it meanwhile. "locked": SQLite refuses, without waiting, to upgrade a
+        # read (create_all's table check) to a write while another process writes.
+        for attempt in range(50):
+            try:
+                metadata.create_all(self.engine, tables=[events])
+                return
+            except sqlalchemy.exc.OperationalError as exc:
+                if "already exists" in str(exc):
+                    return
+                if "locked" not in str(exc) or attempt == 49:
+                    raise
+                time.sleep(0.02 * (1 + attempt % 5))
+
+    def json_text(self, column: str, path: Sequence[str]) -> ColumnElement:
+        """``json_extract`` with a JSON-path string (a bound parameter), booleans spelled
+        as JSON spells them (``json_extract`` alone gives 1 and 0)."""
+        target = self.table.c[column]
+        json_path = literal("$" + "".join(f'."{segment}"' for segment in path))
+        kind = func.json_type(target, json_path)
+        return case(
+            (kind == "true", "true"),
+            (kind == "false", "false"),
+            else_=cast(func.json_extract(target, json_path), Text),
+        )
+
+    def epoch(self, column: ColumnElement) -> ColumnElement:
+        return cast(func.strftime("%s", column), Integer)
+
+    def size_bytes(self, connection: Any) -> int | None:
+        page_count = connection.exec_driver_sql("PRAGMA page_count").scalar()
+        page_size = connection.exec_driver_sql("PRAGMA page_size").scalar()
+        return page_count * page_size
