@@ -49,7 +49,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 # ``sinks`` package (the sink plugins): import the package without it, then put it back
 # for ingest.py and queue_mode.py.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != BENCH_DIR]
-import sinks  # noqa: E402, F401
+import eventrouter.sinks  # noqa: E402, F401
 
 sys.path.append(str(BENCH_DIR))
 

@@ -25,7 +25,7 @@ from eventrouter import metrics
 from eventrouter.bus.bus import Bus
 from eventrouter.config import Config
 from eventrouter.edge import limits, proxies
-from eventrouter.edge.coalesce import Coalescer
+from eventrouter.edge.coalesce import MAX_GROUP_EVENTS, Coalescer
 from eventrouter.edge.keys import WriteKeys
 from eventrouter.errors import APIError, InvalidEvent, from_validation_error
 from eventrouter.events import ipanon, model
@@ -74,7 +74,7 @@ class Ingestor:
         if self.limiter is not None:
             bus.pm.register(self.limiter, name=RATE_LIMITER)
         #: The requests of one event-loop turn share one bus dispatch (coalesce.py).
-        self.groups = Coalescer(self._dispatch_group)
+        self.groups = Coalescer(self._dispatch_group, bus.group_limit(MAX_GROUP_EVENTS))
 
     # -- dispatch ------------------------------------------------------------------------
     async def dispatch(self, commands: Sequence[Command]) -> None:
