@@ -182,21 +182,49 @@ class AdminConfig(_Strict):
 
 
 class BatchConfig(_Strict):
+    """``sinks.NAME.batch``: how pending events are cut into writes (group commit,
+    ``eventrouter.bus.batcher``): a write is made as soon as one limit is reached."""
+
+    #: Most events in one write (a request's events are never split, so one request
+    #: larger than this is a write of its own).
     max_events: PositiveInt = 10_000
+    #: Most bytes in one write, counted as the MessagePack encoding of the commands (what
+    #: a broker message carries); unset: no limit, and nothing is measured.
     max_bytes: PositiveInt | None = None
+    #: Longest the oldest pending event waits for more before the write is made.
     timeout: Duration = Duration(0.0)
 
 
 class BufferConfig(_Strict):
+    """``sinks.NAME.buffer``: the most a sink may hold accepted but not yet written
+    (``eventrouter.bus.buffer``)."""
+
+    #: Where pending events wait: in the process's memory (the only kind).
     type: Literal["memory"] = "memory"
     max_events: PositiveInt = 100_000
-    when_full: Literal["block", "drop_newest"] = "block"
+    #: Most bytes pending (MessagePack size of the commands); unset: no byte limit.
+    max_bytes: PositiveInt | None = None
+    #: When a batch does not fit: ``block`` (the request waits for room, up to
+    #: ``server.dispatch_timeout``) or ``reject`` (503 with Retry-After at once). An
+    #: observer (``acknowledgements = false``) never holds a request: it skips the batch.
+    when_full: Literal["block", "reject"] = "block"
 
 
 class RetryConfig(_Strict):
+    """``sinks.NAME.retry``: how a failed write is tried again (``eventrouter.bus.retry``)."""
+
+    #: Tries per write, the first included.
     attempts: PositiveInt = 5
+    #: The pause after the first failure; it doubles after each further one.
     initial_backoff: Duration = Duration(0.1)
+    #: The longest single pause.
+    max_backoff: Duration = Duration(10.0)
+    #: No retry starts whose pause would end more than this after the first failure.
     max_duration: Duration = Duration(30.0)
+    #: ``full``: each pause is drawn between 0 and its exponential value; ``decorrelated``:
+    #: between ``initial_backoff`` and three times the previous pause; ``none``: exactly
+    #: the exponential value.
+    jitter: Literal["full", "decorrelated", "none"] = "full"
 
 
 class SinkConfig(msgspec.Struct, kw_only=True):
@@ -444,6 +472,23 @@ def _check_scrub(scrub: ScrubConfig, file: str | None, env: dict[str, str]) -> N
         )
 
 
+def _check_buffer(table: Any, file: str | None, key: str) -> None:
+    """Clear errors for the buffer settings of earlier releases, before the schema's."""
+    if not isinstance(table, dict):
+        return
+    kind = table.get("type", "memory")
+    if kind != "memory":
+        raise ConfigError(file, f"{key}.type", f'{kind!r} is not a buffer type (only "memory")')
+    if table.get("when_full") == "drop_newest":
+        raise ConfigError(
+            file,
+            f"{key}.when_full",
+            '"drop_newest" is not supported: use "block" (the request waits for room) or '
+            '"reject" (503 at once); a sink with acknowledgements = false skips batches '
+            "while its buffer is full either way",
+        )
+
+
 def parse(
     raw: dict[str, Any], file: str | None = None, env: dict[str, str] | None = None
 ) -> Config:
@@ -464,7 +509,15 @@ def parse(
         if not isinstance(table, dict):
             raise ConfigError(file, f"sinks.{name}", "expected a table")
         shared = {k: v for k, v in table.items() if k in SHARED_SINK_KEYS}
+        _check_buffer(shared.get("buffer"), file, f"sinks.{name}.buffer")
         sink = convert(shared, SinkConfig, file, f"sinks.{name}")
+        if sink.retry.max_backoff < sink.retry.initial_backoff:
+            raise ConfigError(
+                file,
+                f"sinks.{name}.retry.max_backoff",
+                f"{sink.retry.max_backoff:g}s is shorter than initial_backoff "
+                f"({sink.retry.initial_backoff:g}s)",
+            )
         sink.options = {k: v for k, v in table.items() if k not in SHARED_SINK_KEYS}
         sinks[name] = sink
     config.sinks = sinks

@@ -70,3 +70,18 @@ def from_validation_error(exc: msgspec.MsgspecError, prefix: str = "") -> Invali
     if "length" in detail:
         return InvalidEvent("invalid_field", f"{where}: {detail}")
     return InvalidEvent("invalid_field", f"{where}: {detail}")
+
+
+def own_copy(exc: BaseException) -> BaseException:
+    """``exc`` again, as an object of its own: one exception object raised in many tasks
+    would collect every task's traceback. Made without calling ``__init__`` (whose
+    arguments are unknown here); an exception type that cannot be made so is shared."""
+    try:
+        clone = type(exc).__new__(type(exc))
+        clone.__dict__.update(exc.__dict__)
+    except Exception:
+        return exc
+    clone.args = exc.args
+    clone.__cause__, clone.__context__ = exc.__cause__, exc.__context__
+    clone.__suppress_context__ = exc.__suppress_context__
+    return clone

@@ -126,7 +126,37 @@ class Metrics:
 
         self.sink_retries = Counter(
             "eventrouter_sink_retries",
-            "Retries of a failed batch write by `eventrouter worker`, per sink.",
+            "Retries of a failed batch write (the edge's outlet or `eventrouter worker`), "
+            "per sink.",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_buffer_events = Gauge(
+            "eventrouter_sink_buffer_events",
+            "Events a sink holds accepted but not yet written (its buffer), per sink "
+            "(all live processes).",
+            ["sink"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.sink_buffer_bytes = Gauge(
+            "eventrouter_sink_buffer_bytes",
+            "Bytes (MessagePack) of those events, when buffer.max_bytes or batch.max_bytes "
+            "is set, per sink (all live processes).",
+            ["sink"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.sink_buffer_refused = Counter(
+            "eventrouter_sink_buffer_refused_events",
+            "Events answered 503 because an acknowledging sink's buffer was full, per sink.",
+            ["sink"],
+            registry=r,
+        )
+        self.sink_buffer_skipped = Counter(
+            "eventrouter_sink_buffer_skipped_events",
+            "Events not given to an observer (acknowledgements = false) because its "
+            "buffer was full, per sink.",
             ["sink"],
             registry=r,
         )

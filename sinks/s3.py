@@ -7,11 +7,11 @@ partitioned by each event's ``timestamp`` in UTC. Each line is one event with ex
 the stored columns (:data:`eventrouter.columns.STORED_COLUMNS`).
 
 Durability: :meth:`S3Sink.write` returns only once every object holding the batch is
-uploaded; nothing acknowledged is ever held in memory. Concurrent writes (embedded mode)
-are group-committed: they join one upload, which waits up to ``batch.timeout`` for more
-and takes up to ``batch.max_events`` events. Under ``eventrouter worker`` the worker has
-gathered the batch already, so it is uploaded at once. A batch that spans several
-partitions becomes one object per partition (more when one exceeds ``batch.max_bytes``).
+uploaded; nothing acknowledged is ever held in memory. The framework gathers concurrent
+requests into one write (group commit, per ``batch``: up to ``batch.timeout`` and
+``batch.max_events``; ``eventrouter.bus.outlet``) and retries a failed one (per
+``retry``). A batch that spans several partitions becomes one object per partition
+(more when one exceeds ``batch.max_bytes`` of NDJSON).
 
 The object name is a UUIDv5 of the source and the message ids it holds, so a batch
 written again (a retry after a partial failure, a redelivery of the same messages)
@@ -30,10 +30,8 @@ import logging
 import os
 import struct
 import threading
-import time
 import uuid
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -311,15 +309,6 @@ def parquet_body(commands: Sequence[Command], compression: str) -> bytes:
 
 
 # -- the sink -------------------------------------------------------------------------------
-@dataclass
-class _Write:
-    """One ``write()`` waiting for its group's upload."""
-
-    commands: Sequence[Command]
-    waiter: asyncio.Future
-    arrived: float
-
-
 class S3Sink(Sink):
     """Archive every event to S3; see the module docstring and docs/s3.md."""
 
@@ -337,14 +326,6 @@ class S3Sink(Sink):
         self._transfer: Any = None
         self._pool: ThreadPoolExecutor | None = None
         self._uploads: ThreadPoolExecutor | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pending: deque[_Write] = deque()
-        self._pending_events = 0
-        self._arrived: asyncio.Event | None = None
-        self._flusher: asyncio.Task | None = None
-        self._closing = False
-        self._linger = 0.0
-        self._attempts = 1
         self._stats_lock = threading.Lock()
         self.objects = 0
         self.multipart_objects = 0
@@ -361,13 +342,6 @@ class S3Sink(Sink):
                 f"sinks.{self.name}.format = 'parquet' needs pyarrow, which is not installed: "
                 "pip install 'eventrouter[parquet]' (or use format = 'ndjson')"
             )
-        self._loop = asyncio.get_running_loop()
-        worker = bus.gathers_batches
-        # Under ``eventrouter worker`` the consumer gathered the batch and retries a failed
-        # write per ``retry`` itself: waiting for more, or retrying here too, would only
-        # delay its commit and multiply the attempts.
-        self._linger = 0.0 if worker else self.config.batch.timeout
-        self._attempts = 1 if worker else self.config.retry.attempts
         await asyncio.to_thread(self._open)
         self._pool = ThreadPoolExecutor(
             max(2, os.cpu_count() or 2), thread_name_prefix=f"s3-gzip-{self.name}"
@@ -375,9 +349,6 @@ class S3Sink(Sink):
         self._uploads = ThreadPoolExecutor(
             options.max_concurrency, thread_name_prefix=f"s3-upload-{self.name}"
         )
-        self._arrived = asyncio.Event()
-        self._closing = False
-        self._flusher = asyncio.create_task(self._flush_forever(), name=f"s3-flush-{self.name}")
         where = options.endpoint_url or f"AWS S3 ({options.region})"
         log.info(
             "%s: archiving to s3://%s/%s at %s as %s",
@@ -387,14 +358,6 @@ class S3Sink(Sink):
             where,
             self.extension,
         )
-        if not worker and self._linger >= bus.config.server.dispatch_timeout:
-            log.warning(
-                "%s: batch.timeout (%gs) is not below server.dispatch_timeout (%gs): "
-                "requests will time out waiting for the upload",
-                self.name,
-                self._linger,
-                bus.config.server.dispatch_timeout,
-            )
 
     def _open(self) -> None:
         # Imported here, not at the top: every eventrouter process loads this plugin, and
@@ -441,12 +404,8 @@ class S3Sink(Sink):
             log.warning("%s: bucket %s is not reachable yet: %s", self.name, options.bucket, exc)
 
     async def stop(self) -> None:
-        if self._flusher is not None:
-            # Every request has been answered by now; finish an upload still in hand.
-            self._closing = True
-            self._arrived.set()
-            await self._flusher
-            self._flusher = None
+        # The framework has written what it held by now; an upload that timed out may
+        # still run in its thread, and the pools wait for it.
         for pool in (self._uploads, self._pool):
             if pool is not None:
                 pool.shutdown(wait=True)
@@ -456,128 +415,34 @@ class S3Sink(Sink):
                 client.close()
         self._client = self._probe = None
 
-    # -- group commit on the event loop ------------------------------------------------
+    # -- the write path ----------------------------------------------------------------
     async def write(self, commands: Sequence[Command]) -> None:
-        if self._flusher is None or self._flusher.done() or self._closing:
+        """Upload ``commands`` (one group of requests, or a worker's batch); return once
+        every object holding them is stored."""
+        if self._uploads is None:
             raise RuntimeError(f"sink {self.name} is not running")
-        waiter = self._loop.create_future()
-        self._pending.append(_Write(commands, waiter, self._loop.time()))
-        self._pending_events += len(commands)
-        self._arrived.set()
-        # Cancelled (the request timed out): the future is cancelled with it, and the
-        # group leaves these events out unless its upload had begun.
-        await waiter
-
-    async def _flush_forever(self) -> None:
-        while True:
-            await self._arrived.wait()
-            if not self._pending:
-                if self._closing:
-                    return
-                self._arrived.clear()
-                continue
-            await self._linger_for_more()
-            group = self._take_group()
-            if not self._pending:
-                self._arrived.clear()
-            await self._commit(group)
-
-    async def _linger_for_more(self) -> None:
-        """Wait until ``batch.max_events`` events are pending or the oldest pending write
-        has waited ``batch.timeout``."""
-        deadline = self._pending[0].arrived + self._linger
-        while self._pending_events < self.config.batch.max_events and not self._closing:
-            remaining = deadline - self._loop.time()
-            if remaining <= 0:
-                return
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
-                return
-
-    def _take_group(self) -> list[_Write]:
-        """Whole writes from the oldest, up to ``batch.max_events`` events (at least one)."""
-        group: list[_Write] = []
-        events = 0
-        while self._pending:
-            size = len(self._pending[0].commands)
-            if group and events + size > self.config.batch.max_events:
-                break
-            group.append(self._pending.popleft())
-            events += size
-        self._pending_events -= events
-        return group
-
-    async def _commit(self, group: list[_Write]) -> None:
-        if all(entry.waiter.done() for entry in group):
-            return  # every request gave up before the upload: their clients retry
         try:
-            await asyncio.to_thread(self._upload_with_retries, group)
+            await asyncio.to_thread(self._upload, commands)
         except Exception as exc:
-            error: BaseException | None = exc
-        else:
-            error = None
-        for entry in group:
-            if entry.waiter.done():
-                continue
-            if error is None:
-                entry.waiter.set_result(None)
-            else:
-                entry.waiter.set_exception(error)
+            with self._stats_lock:
+                self.failed_writes += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            raise
 
     # -- uploads, in a thread ----------------------------------------------------------
-    def _upload_with_retries(self, group: list[_Write]) -> None:
-        """Upload the events of the writes still waiting; retried per ``retry`` on the
-        edge. Objects uploaded by an earlier attempt are not uploaded again."""
-        policy = self.config.retry
-        uploaded: set[str] = set()
-        backoff = policy.initial_backoff
-        give_up: float | None = None
-        attempt = 0
-        while True:
-            attempt += 1
-            # ``done()`` is a read of the future's state: safe from this thread.
-            commands = [c for entry in group if not entry.waiter.done() for c in entry.commands]
-            if not commands:
-                return
-            try:
-                self._upload(commands, uploaded)
-                return
-            except Exception as exc:
-                with self._stats_lock:
-                    self.failed_writes += 1
-                    self.last_error = f"{type(exc).__name__}: {exc}"
-                if give_up is None:
-                    give_up = time.monotonic() + policy.max_duration
-                if attempt >= self._attempts or time.monotonic() + backoff > give_up:
-                    raise
-                log.warning(
-                    "%s: upload of %d events failed (%s); retry %d in %.2fs",
-                    self.name,
-                    len(commands),
-                    self.last_error,
-                    attempt,
-                    backoff,
-                )
-                time.sleep(backoff)
-                backoff *= 2
-
-    def _upload(self, commands: Sequence[Command], uploaded: set[str]) -> None:
+    def _upload(self, commands: Sequence[Command]) -> None:
         """Upload ``commands`` as one object per partition (or more, by ``max_bytes``);
-        return once every one is stored, else raise the first failure."""
-        futures: list[tuple[PlannedObject, Future]] = []
-        for planned in self._plan(commands):
-            if planned.key not in uploaded:
-                futures.append((planned, self._uploads.submit(self._put, planned)))
+        return once every one is stored, else raise the first failure. Object names are
+        deterministic, so a retry overwrites what an earlier attempt stored."""
+        futures = [
+            (planned, self._uploads.submit(self._put, planned)) for planned in self._plan(commands)
+        ]
         errors = []
         for planned, future in futures:
             try:
                 future.result()
             except Exception as exc:
                 errors.append((planned, exc))
-            else:
-                uploaded.add(planned.key)
         if errors:
             planned, exc = errors[0]
             raise S3WriteError(

@@ -1,14 +1,16 @@
-"""The embedded store: SQLite (WAL) written by group commit.
+"""The embedded store: SQLite (WAL) written by one writer thread per process.
 
-Requests hand their row values to one writer thread per process and wait on a future.
-The writer takes the write lock, takes everything queued by then, inserts it in one
-transaction, commits, and only then resolves the futures: a request's ``200`` means its
-events are committed (in the OS with ``synchronous = "normal"``, fsynced with
-``"full"``), and one commit serves every request that arrived meanwhile. Several
-gunicorn workers write the same file; an exclusive ``flock`` on ``<db>.lock`` serialises
-their transactions in the kernel, waking the next writer the moment the lock is free
-instead of SQLite's sleeping busy-retry loop. A second thread fsyncs and checkpoints the
-WAL in the background. docs/architecture.md explains each choice and what it bought.
+The framework group-commits (``eventrouter.bus.outlet``: every request that arrives
+while a commit runs joins the next one, per ``batch``) and retries a failed commit (per
+``retry``; :meth:`SQLiteSink.is_retryable` says which errors may pass). Each write
+hands its row values to the writer thread, which takes the write lock, inserts them in
+one transaction and commits; only then does the write return: a request's ``200``
+means its events are committed (in the OS with ``synchronous = "normal"``, fsynced with
+``"full"``). Several gunicorn workers write the same file; an exclusive ``flock`` on
+``<db>.lock`` serialises their transactions in the kernel, waking the next writer the
+moment the lock is free instead of SQLite's sleeping busy-retry loop. A second thread
+fsyncs and checkpoints the WAL in the background. docs/architecture.md explains each
+choice and what it bought.
 """
 
 from __future__ import annotations
@@ -177,7 +179,6 @@ class SQLiteSink(Sink):
         self._thread: threading.Thread | None = None
         self._checkpointer: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._linger = config.batch.timeout
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine: Engine | None = None
         self._lock_file: BinaryIO | None = None
@@ -189,10 +190,6 @@ class SQLiteSink(Sink):
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self, bus: Any) -> None:
         self._loop = asyncio.get_running_loop()
-        # Under ``eventrouter worker`` the consumer has gathered each batch already and
-        # waits for its commit before taking more: lingering for writes that cannot come
-        # would only delay every commit (and a SIGTERM) by ``batch.timeout``.
-        self._linger = 0.0 if bus.gathers_batches else self.config.batch.timeout
         await asyncio.to_thread(self._open)
         self._thread = threading.Thread(
             target=self._run, name=f"sqlite-writer-{self.name}", daemon=True
@@ -291,15 +288,22 @@ class SQLiteSink(Sink):
             finally:
                 fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
-    # -- the request path --------------------------------------------------------------
+    # -- the write path ----------------------------------------------------------------
     async def write(self, commands: Sequence[Command]) -> None:
+        """Commit ``commands`` (one group of requests, or a worker's batch) in one
+        transaction; return once committed."""
         if self._thread is None:
             raise RuntimeError(f"sink {self.name} is not running")
         future = self._loop.create_future()
-        # Row values are built here, in the request's task: the writer thread then does
+        # Row values are built here, on the event loop: the writer thread then does
         # nothing but SQLite's C work, during which it does not hold the GIL.
         self._queue.put((len(commands), flat_values(commands), future))
         await future
+
+    def is_retryable(self, error: BaseException) -> bool:
+        """``OperationalError`` ("database is locked", disk I/O, disk full) and timeouts
+        may pass; any other error (a constraint, a bad value) fails the write at once."""
+        return isinstance(error, sqlite3.OperationalError | TimeoutError)
 
     def _run(self) -> None:
         # The writer owns one DBAPI connection and manages its transactions itself.
@@ -311,91 +315,44 @@ class SQLiteSink(Sink):
         # No journal_size_limit: truncating the WAL at each rewind, only for commits to
         # regrow it block by block, costs more (p99 x2 in bench/) than the disk it saves.
         try:
-            while (pending := self._next_group()) is not None:
-                error = self._commit(connection, pending)
-                self._loop.call_soon_threadsafe(resolve_waiters, pending, error)
+            while (item := self._queue.get()) is not _STOP:
+                error = self._commit(connection, *item[:2])
+                self._loop.call_soon_threadsafe(resolve_waiters, [item], error)
         finally:
             connection.close()
 
-    def _next_group(self) -> list | None:
-        """Block for the next write, then take what else is queued (up to
-        ``batch.max_events``, waiting at most ``batch.timeout`` for more)."""
-        item = self._queue.get()
-        if item is _STOP:
-            return None
-        pending = [item]
-        deadline = time.monotonic() + self._linger
-        self._drain(pending, deadline)
-        return pending
-
-    def _drain(self, pending: list, deadline: float = 0.0) -> None:
-        """Append queued writes to ``pending`` up to ``batch.max_events`` events."""
-        count = sum(item[0] for item in pending)
-        while count < self.config.batch.max_events:
-            wait = deadline - time.monotonic()
-            try:
-                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if item is _STOP:
-                self._queue.put(_STOP)  # commit this group, then stop
-                return
-            pending.append(item)
-            count += item[0]
-
-    def _commit(self, connection: Any, pending: list) -> BaseException | None:
-        """Insert and commit ``pending`` (extended in place with the writes that queued
-        up while this writer waited for the lock); return the error, if any."""
-        retry = self.config.retry
-        backoff = retry.initial_backoff
-        give_up = time.monotonic() + retry.max_duration
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                started = time.monotonic()
-                with self._exclusive(), _gil_priority():
-                    locked = time.monotonic()
-                    if attempt == 1:
-                        # Whatever arrived while another worker held the lock joins
-                        # this commit: fewer, bigger commits under contention.
-                        self._drain(pending)
-                    rows, values = _concatenate(pending)
-                    cursor = connection.cursor()
-                    try:
-                        insert_values(cursor, values, rows)
-                    finally:
-                        cursor.close()
-                    inserted = time.monotonic()
-                    connection.commit()
-                done = time.monotonic()
-                if done - started > SLOW_COMMIT:
-                    log.warning(
-                        "%s: slow commit of %d events: %.0f ms waiting for the write lock, "
-                        "%.0f ms inserting, %.0f ms committing",
-                        self.name,
-                        rows,
-                        1000 * (locked - started),
-                        1000 * (inserted - locked),
-                        1000 * (done - inserted),
-                    )
-            except sqlite3.OperationalError as exc:  # locked, disk full, I/O: may pass
-                connection.rollback()
-                self.last_error = f"OperationalError: {exc}"
-                if attempt >= retry.attempts or time.monotonic() + backoff > give_up:
-                    log.error("%s: commit failed after %d attempts: %s", self.name, attempt, exc)
-                    return exc
-                time.sleep(backoff)
-                backoff *= 2
-            except Exception as exc:
-                connection.rollback()
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("%s: commit failed", self.name)
-                return exc
-            else:
-                self.commits += 1
-                self.committed_events += rows
-                return None
+    def _commit(self, connection: Any, rows: int, values: list) -> BaseException | None:
+        """Insert and commit one write's rows; return the error, if any (the framework
+        decides whether to try again)."""
+        try:
+            started = time.monotonic()
+            with self._exclusive(), _gil_priority():
+                locked = time.monotonic()
+                cursor = connection.cursor()
+                try:
+                    insert_values(cursor, values, rows)
+                finally:
+                    cursor.close()
+                inserted = time.monotonic()
+                connection.commit()
+            done = time.monotonic()
+            if done - started > SLOW_COMMIT:
+                log.warning(
+                    "%s: slow commit of %d events: %.0f ms waiting for the write lock, "
+                    "%.0f ms inserting, %.0f ms committing",
+                    self.name,
+                    rows,
+                    1000 * (locked - started),
+                    1000 * (inserted - locked),
+                    1000 * (done - inserted),
+                )
+        except Exception as exc:
+            connection.rollback()
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            return exc
+        self.commits += 1
+        self.committed_events += rows
+        return None
 
     def _checkpoint_loop(self) -> None:
         """Keep the WAL short and flushed without making commits pay for either.
@@ -480,18 +437,6 @@ def _gil_priority() -> Iterator[None]:
             _priority_holders -= 1
             if _priority_holders == 0:
                 sys.setswitchinterval(_normal_switch_interval)
-
-
-def _concatenate(pending: list) -> tuple[int, list]:
-    """The rows and the flat values of every write in ``pending``."""
-    if len(pending) == 1:
-        return pending[0][0], pending[0][1]
-    rows = 0
-    values: list = []
-    for count, group_values, _ in pending:
-        rows += count
-        values += group_values
-    return rows, values
 
 
 def _fsync(path: Path) -> None:

@@ -7,7 +7,9 @@ goes on: one broken sink never holds the others back or fails the request path.
 
 Sinks named in config with ``acknowledgements = true`` are *acknowledging*: the request
 awaits them and answers 503 if one fails. Every other implementation is an observer,
-called in the background.
+called in the background. On the edge each of them is reached through an
+:class:`~eventrouter.bus.outlet.Outlet`, which owns the mechanics every sink needs: a
+bounded buffer (``buffer``), group commit (``batch``) and retries (``retry``).
 
 A bus has a role. On the *edge* (``eventrouter serve``) it runs the configured sinks
 itself (embedded mode) or, with ``[queue]`` configured, only the queue publisher: the
@@ -37,9 +39,14 @@ import pluggy
 
 from eventrouter import metrics
 from eventrouter.bus import hookspecs
+from eventrouter.bus.batcher import BatchPolicy
 from eventrouter.bus.context import RouteContext, stage_order
+from eventrouter.bus.outlet import Outlet
+from eventrouter.bus.retry import RetryPolicy
 from eventrouter.bus.sink import Sink
-from eventrouter.config import Config, ConfigError, SinkConfig, convert
+from eventrouter.bus.timeouts import Expired
+from eventrouter.bus.timeouts import within as _within
+from eventrouter.config import BatchConfig, BufferConfig, Config, ConfigError, SinkConfig, convert
 from eventrouter.errors import APIError
 from eventrouter.events.commands import Command
 from eventrouter.health import ComponentHealth
@@ -73,40 +80,6 @@ def make_plugin_manager(
         pm.register(plugin)
     pm.check_pending()
     return pm
-
-
-class Expired(TimeoutError):
-    """The bus's own time limit on a hook call ran out. A ``TimeoutError`` the hook
-    raised itself (a socket's, a broker confirm's) is that hook's failure instead, and is
-    reported with its own message."""
-
-    #: Quoted in the 503 (``NotDurable``): "timed out after 10s" names no host.
-    client_safe = True
-
-
-async def _within(timeout: float, awaitable: Any) -> Any:
-    """Await ``awaitable`` in the current task, raising :class:`Expired` after ``timeout``.
-
-    ``asyncio.timeout`` does the same with more machinery; on the request path, once per
-    event batch, one timer handle is all it takes.
-    """
-    task = asyncio.current_task()
-    fired = False
-
-    def expire() -> None:
-        nonlocal fired
-        fired = True
-        task.cancel()
-
-    handle = asyncio.get_running_loop().call_later(timeout, expire)
-    try:
-        return await awaitable
-    except asyncio.CancelledError:
-        if fired and task.uncancel() == 0:
-            raise Expired(f"timed out after {timeout:g}s") from None
-        raise
-    finally:
-        handle.cancel()
 
 
 #: Seconds a client is told to wait before retrying a refused batch.
@@ -208,7 +181,8 @@ class Bus:
         self.stats: dict[str, PluginStats] = {}
         self._acknowledging: set[str] = set()
         self._executors: dict[str, ThreadPoolExecutor] = {}
-        self._background: set[asyncio.Task] = set()
+        #: Edge: each write implementation's buffer, batcher and retries, by plugin name.
+        self.outlets: dict[str, Outlet] = {}
         self._is_async: dict[Any, bool] = {}
         self._stage_cache: tuple[list, list] | None = None
         self.build_sinks(only)
@@ -236,12 +210,18 @@ class Bus:
 
     @property
     def gathers_batches(self) -> bool:
-        """True in ``eventrouter worker``: each write is a whole batch its consumer
-        gathered (up to ``batch.max_events`` / ``batch.timeout``) and retries itself on
-        failure (``retry``), so a sink must neither linger for more writes nor retry the
-        write again. False on the edge, where each write is the events of the requests
-        of one event-loop turn (router_core/edge/coalesce.py)."""
+        """True in ``eventrouter worker``, where each write is a batch a queue's consumer
+        gathered. Informational: in both roles the framework batches and retries (the
+        edge's :class:`~eventrouter.bus.outlet.Outlet`, the worker's consumer), so a
+        sink neither lingers for more writes nor retries one itself."""
         return self.role == WORKER
+
+    def group_limit(self, default: int) -> int:
+        """The most events one dispatch should carry: ``default``, or less when a sink
+        this process writes has a smaller ``buffer.max_events`` (a dispatch larger than
+        a sink's whole buffer could only enter it while the buffer is empty)."""
+        buffers = [sink.config.buffer.max_events for sink in self.running.values()]
+        return min([default, *buffers])
 
     @property
     def queued(self) -> bool:
@@ -388,12 +368,30 @@ class Bus:
         return result
 
     async def _guarded(
-        self, impl: pluggy.HookImpl, commands: Sequence[Command], timeout: float
+        self,
+        impl: pluggy.HookImpl,
+        commands: Sequence[Command],
+        timeout: float,
+        outlet: Outlet | None = None,
     ) -> BaseException | None:
-        """Deliver to one implementation; return the failure instead of raising it."""
+        """Deliver to one implementation (through ``outlet`` when it has one); return the
+        failure instead of raising it."""
         stats = self.stats.setdefault(impl.plugin_name, PluginStats())
         stats.batches += 1
         stats.events += len(commands)
+        if outlet is not None:
+            # The outlet writes, retries, meters and logs per group; this is the view of
+            # the requests that waited for it.
+            try:
+                await outlet.submit(commands, timeout)
+            except Expired as exc:
+                stats.failed(str(exc), timed_out=True)
+                return exc
+            except Exception as exc:
+                stats.failed(f"{type(exc).__name__}: {exc}")
+                return exc
+            stats.succeeded()
+            return None
         m = metrics.get()
         m.child(m.sink_batch_events, impl.plugin_name).observe(len(commands))
         started = time.perf_counter()
@@ -413,6 +411,55 @@ class Bus:
         m.child(m.sink_write_duration, impl.plugin_name).observe(time.perf_counter() - started)
         m.child(m.sink_written, impl.plugin_name).inc(len(commands))
         return None
+
+    def _outlet(self, impl: pluggy.HookImpl) -> Outlet | None:
+        """The edge's outlet of a write implementation, made on first use; None for the
+        queue publisher, which has its own group commit and spool (sinks/queue.py)."""
+        name = impl.plugin_name
+        outlet = self.outlets.get(name)
+        if outlet is not None or name == PUBLISHER_NAME:
+            return outlet
+        sink = self.running.get(name[5:]) if name.startswith("sink:") else None
+        acknowledging = name in self._acknowledging
+        server = self.config.server
+        if sink is not None:
+            config = sink.config
+            batch, buffer = config.batch, config.buffer
+            retry = RetryPolicy(config.retry, sink.is_retryable)
+            if acknowledging and config.batch.timeout >= server.dispatch_timeout:
+                log.warning(
+                    "%s: batch.timeout (%gs) is not below server.dispatch_timeout (%gs): "
+                    "requests will time out waiting for the write",
+                    name,
+                    config.batch.timeout,
+                    server.dispatch_timeout,
+                )
+        else:  # a plugin that observes every batch: the defaults, no retries
+            batch, buffer, retry = BatchConfig(), BufferConfig(), RetryPolicy.never()
+        stats = self.stats.setdefault(name, PluginStats())
+
+        def report(events: int, error: BaseException | None, timed_out: bool) -> None:
+            if acknowledging:
+                return  # counted per request by _guarded
+            stats.batches += 1
+            stats.events += events
+            if error is None:
+                stats.succeeded()
+            else:
+                stats.failed(_describe(error), timed_out=timed_out)
+
+        outlet = self.outlets[name] = Outlet(
+            name,
+            impl,
+            acknowledging=acknowledging,
+            batch=BatchPolicy.from_config(batch),
+            buffer=buffer,
+            retry=retry,
+            write_timeout=server.observer_timeout,
+            executor=partial(self._executor, name),
+            report=report,
+        )
+        return outlet
 
     # -- the request path --------------------------------------------------------------
     async def process(
@@ -491,15 +538,15 @@ class Bus:
         for impl in self.pm.hook.eventrouter_write_batch.get_hookimpls():
             if impl.plugin_name in self._acknowledging:
                 acknowledging.append(impl)
-            else:
-                task = asyncio.create_task(self._guarded(impl, commands, server.observer_timeout))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            else:  # never holds the request: skipped while its buffer is full
+                self._outlet(impl).offer(commands)
+        timeout = server.dispatch_timeout
         if len(acknowledging) == 1:
-            failures = [await self._guarded(acknowledging[0], commands, server.dispatch_timeout)]
+            impl = acknowledging[0]
+            failures = [await self._guarded(impl, commands, timeout, self._outlet(impl))]
         else:
             failures = await asyncio.gather(
-                *(self._guarded(i, commands, server.dispatch_timeout) for i in acknowledging)
+                *(self._guarded(i, commands, timeout, self._outlet(i)) for i in acknowledging)
             )
         failed = [
             (impl.plugin_name, exc)
@@ -572,10 +619,20 @@ class Bus:
     async def start(self) -> None:
         for impl in reversed(self.pm.hook.eventrouter_startup.get_hookimpls()):
             await self._invoke(impl, {"bus": self})
+        if self.role == EDGE:  # each outlet in /health and /metrics from the start
+            for impl in self.pm.hook.eventrouter_write_batch.get_hookimpls():
+                self._outlet(impl)
 
     async def stop(self, grace: float = 10.0) -> None:
-        if self._background:
-            await asyncio.wait(list(self._background), timeout=grace)
+        """Write what the outlets hold (for up to ``grace`` seconds: a hung observer is
+        then given up), then call every ``eventrouter_shutdown``."""
+        if self.outlets:
+            closing = [asyncio.create_task(o.close()) for o in self.outlets.values()]
+            _, late = await asyncio.wait(closing, timeout=grace)
+            for outlet in self.outlets.values():
+                outlet.cancel()
+            if late:
+                await asyncio.wait(late)
         for impl in reversed(self.pm.hook.eventrouter_shutdown.get_hookimpls()):
             try:
                 await self._invoke(impl, {})
@@ -603,7 +660,11 @@ class Bus:
                     continue
                 stats = self.stats.get(impl.plugin_name)
                 if stats is not None:
-                    component.stats = {**vars(stats), **component.stats}
+                    component.stats = {
+                        **vars(stats),
+                        **self._outlet_stats(impl.plugin_name),
+                        **component.stats,
+                    }
                 components.append(component)
             reported.add(impl.plugin_name)
         for name, stats in self.stats.items():
@@ -613,7 +674,15 @@ class Bus:
                         name=name,
                         up=stats.up,
                         detail=stats.last_error or "",
-                        stats=vars(stats),
+                        stats={**vars(stats), **self._outlet_stats(name)},
                     )
                 )
         return components
+
+    def _outlet_stats(self, plugin_name: str) -> dict[str, Any]:
+        outlet = self.outlets.get(plugin_name)
+        return outlet.stats() if outlet is not None else {}
+
+
+def _describe(error: BaseException) -> str:
+    return str(error) if isinstance(error, Expired) else f"{type(error).__name__}: {error}"

@@ -115,7 +115,8 @@ def eventrouter_write_batch(commands: Sequence[Command]) -> Any:
     stops the others. For a sink with ``acknowledgements = true`` (the default for sinks
     named in config) the client's ``200`` waits for it, and its failure answers ``503``;
     every other implementation is fire-and-forget and its failures are counted in
-    ``/health``.
+    ``/health``. Batching, a bounded buffer and retries are the framework's
+    (``eventrouter.bus.outlet``, the worker): an implementation writes each batch once.
     """
 
 

@@ -6,6 +6,12 @@ builds one instance and registers it on the plugin manager as ``sink:NAME``; the
 implementations below adapt pluggy's calls to four plain methods a sink author writes:
 :meth:`start`, :meth:`write`, :meth:`health` and :meth:`stop`. A sink that keeps events
 the core may read or erase returns its :meth:`store`.
+
+``write`` gets one whole batch and writes it once. Batching, buffering and retries are
+the framework's (:mod:`eventrouter.bus.outlet` on the edge, the queue consumer in
+``eventrouter worker``), configured by the sink's ``batch``, ``buffer`` and ``retry``
+blocks; a sink only says which of its errors are not worth retrying
+(:meth:`Sink.is_retryable`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import msgspec
 
 from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.bus.retry import retryable_by_default
 from eventrouter.config import SinkConfig
 from eventrouter.health import ComponentHealth
 
@@ -72,6 +79,16 @@ class Sink:
 
     def stop(self) -> Any:
         """Flush and close. Called once per process at shutdown."""
+
+    def is_retryable(self, error: BaseException) -> bool:
+        """Whether a write that failed with ``error`` may succeed if tried again.
+
+        The framework retries a failed write per the sink's ``retry`` block, on the edge
+        and in the worker alike; a sink never retries on its own. By default every error
+        is retried except one whose class (or instance) sets ``retryable = False``; an
+        error with a ``retry_after`` attribute (seconds) makes the next pause at least
+        that long. Override this for errors of a library you do not own."""
+        return retryable_by_default(error)
 
     def probed_health(
         self,

@@ -14,8 +14,10 @@ What a client sees does not change: a ``200`` still means every acknowledging si
 the request's events, and a ``503`` still means none of them may be assumed held (the
 group was refused as a whole, so every request in it is answered ``503``; SDKs retry,
 and the store's ``message_id`` key keeps a retry of events that were held single).
-Latency grows by at most one loop turn; a group is cut at :attr:`Coalescer.max_events`
-so that one turn of large batches is not delayed behind a huge write.
+Latency grows by at most one loop turn; a group is cut before it passes
+:attr:`Coalescer.max_events` (a request alone may be larger), so that one turn of large
+batches is not delayed behind a huge write, and no group outgrows the smallest sink
+buffer it must fit in (``Bus.group_limit``).
 """
 
 from __future__ import annotations
@@ -24,11 +26,12 @@ import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 
+from eventrouter.errors import own_copy as _own_copy
 from eventrouter.events.commands import Command
 from eventrouter.logs import request_id
 
-#: A group is dispatched at once when it holds this many events (the rest of the turn's
-#: requests start the next group).
+#: A group is dispatched at once when it holds this many events, or when the next
+#: request would take it past them (the rest of the turn's requests start the next group).
 MAX_GROUP_EVENTS = 10_000
 
 
@@ -60,6 +63,8 @@ class Coalescer:
         """Return once the group holding ``commands`` was dispatched; raise its error."""
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
+        if self._commands and len(self._commands) + len(commands) > self.max_events:
+            self._flush()
         self._commands.extend(commands)
         self._waiters.append(waiter)
         if (rid := request_id.get()) is not None:
@@ -100,18 +105,3 @@ class Coalescer:
             for waiter in waiters:
                 if not waiter.done():
                     waiter.set_result(None)
-
-
-def _own_copy(exc: BaseException) -> BaseException:
-    """``exc`` again, as an object of its own: one exception object raised in many tasks
-    would collect every task's traceback. Made without calling ``__init__`` (whose
-    arguments are unknown here); an exception type that cannot be made so is shared."""
-    try:
-        clone = type(exc).__new__(type(exc))
-        clone.__dict__.update(exc.__dict__)
-    except Exception:
-        return exc
-    clone.args = exc.args
-    clone.__cause__, clone.__context__ = exc.__cause__, exc.__context__
-    clone.__suppress_context__ = exc.__suppress_context__
-    return clone

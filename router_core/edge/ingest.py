@@ -25,7 +25,7 @@ from eventrouter import metrics
 from eventrouter.bus.bus import Bus
 from eventrouter.config import Config
 from eventrouter.edge import limits, proxies
-from eventrouter.edge.coalesce import Coalescer
+from eventrouter.edge.coalesce import MAX_GROUP_EVENTS, Coalescer
 from eventrouter.edge.keys import WriteKeys
 from eventrouter.edge.ratelimit import PLUGIN_NAME as RATE_LIMITER
 from eventrouter.edge.ratelimit import RateLimiter
@@ -74,7 +74,7 @@ class Ingestor:
         if self.limiter is not None:
             bus.add_plugin(self.limiter, RATE_LIMITER)
         #: The requests of one event-loop turn share one bus dispatch (coalesce.py).
-        self.groups = Coalescer(self._dispatch_group)
+        self.groups = Coalescer(self._dispatch_group, bus.group_limit(MAX_GROUP_EVENTS))
 
     # -- dispatch ------------------------------------------------------------------------
     async def dispatch(self, commands: Sequence[Command]) -> None:

@@ -2,16 +2,26 @@
 
 One consumer thread per sink, each with its own broker connection (kombu is blocking and
 not thread-safe), feeds the bus running on this process's event loop. A consumer
-gathers messages until it holds ``batch.max_events`` events or ``[queue] prefetch``
-messages, or no further message comes within ``batch.timeout`` (at least 1 ms); then it
-decodes them, hands the commands to :meth:`Bus.deliver` (pipeline stages such as dedup,
-then the sink) and acknowledges the messages only once the sink has committed them.
+gathers messages by the sink's :class:`~eventrouter.bus.batcher.BatchPolicy` (the one
+the edge's group commit uses): until they hold ``batch.max_events`` events or
+``batch.max_bytes`` bytes, or the first has waited ``batch.timeout`` (at least 1 ms),
+or it holds its prefetch of messages; then it decodes them, hands the commands to
+:meth:`Bus.deliver` (pipeline stages such as dedup, then the sink) and acknowledges the
+messages only once the sink has committed them.
+
+The sink's ``buffer`` bounds what a consumer holds: the broker hands it at most
+``buffer.max_events / queue.max_events_per_message`` messages at a time (and never more
+than ``queue.prefetch``), and a batch never outgrows ``buffer.max_events`` or
+``buffer.max_bytes``. The rest waits in the broker, so ``when_full`` has nothing to
+refuse here: the consumer simply takes no more until its batch is written.
 
 Failures:
 
 - a message that cannot be decoded goes straight to the sink's dead-letter queue;
-- a failed write is retried with exponential backoff per the sink's ``retry`` block
-  (``attempts``, ``initial_backoff``, ``max_duration``); when the retries are spent
+- a failed write is retried per the sink's ``retry`` block, by the framework's
+  :class:`~eventrouter.bus.retry.RetryPolicy` (exponential backoff with jitter; an
+  error the sink calls permanent, :meth:`~eventrouter.bus.sink.Sink.is_retryable`, is
+  not retried); when the retries are spent
   and the sink's own health probe says it is unreachable (a database down, a network
   cut), the batch is not at fault: it is held, unacknowledged, and written again once the
   probe answers (an outage of any length dead-letters nothing); when the sink is up,
@@ -45,8 +55,10 @@ from typing import Any
 from kombu import Consumer
 
 from eventrouter import metrics
+from eventrouter.bus.batcher import BatchPolicy
 from eventrouter.bus.bus import WORKER, Bus, FailedClosed, make_plugin_manager
-from eventrouter.config import Config, ConfigError
+from eventrouter.bus.retry import RetryPolicy
+from eventrouter.config import Config, ConfigError, QueueConfig, SinkConfig
 from eventrouter.events.commands import Command
 from eventrouter.queue import broker
 from eventrouter.redact import redact_url
@@ -195,8 +207,13 @@ class SinkConsumer(threading.Thread):
         self.options = worker.config.queue
         self.sink_config = worker.config.sinks[sink]
         self.queue = worker.topology.queue(sink)
+        self.retry = RetryPolicy(self.sink_config.retry, self._retryable)
+        self.policy = consumer_policy(self.sink_config)
+        #: Unacknowledged messages the broker hands this consumer at a time.
+        self.prefetch = consumer_prefetch(self.sink_config, self.options)
         self.buffer: list[Any] = []
         self.buffered_events = 0
+        self.buffered_bytes = 0
         self.deadline = 0.0
         self.dead_producer: broker.RoutedProducer | None = None
         self.messages = 0
@@ -207,6 +224,13 @@ class SinkConsumer(threading.Thread):
         #: Batches held while the sink was unreachable, rather than dead-lettered.
         self.held = 0
         self.last_error: str | None = None
+
+    def _retryable(self, error: BaseException) -> bool:
+        """A refusal of a fail-closed stage may pass once the stage works again; any
+        other error is the sink's to classify."""
+        return isinstance(error, FailedClosed) or self.worker.bus.sinks[self.sink].is_retryable(
+            error
+        )
 
     def summary(self) -> str:
         return (
@@ -226,7 +250,8 @@ class SinkConsumer(threading.Thread):
                 return
             except Exception as exc:
                 self.buffer.clear()  # unacknowledged: the broker delivers them again
-                self.buffered_events = 0
+                self.buffered_events = self.buffered_bytes = 0
+                self._gauge()
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning(
                     "%s: broker connection lost (%s); reconnecting in %.1fs",
@@ -242,7 +267,7 @@ class SinkConsumer(threading.Thread):
         try:
             channel = connection.channel()
             self.worker.topology.declare(channel)
-            channel.basic_qos(0, self.options.prefetch, False)
+            channel.basic_qos(0, self.prefetch, False)
             # Mandatory: a dead-letter queue deleted under the worker fails the move
             # (the message stays unacknowledged; the reconnection declares the queue
             # again) instead of confirming it into nowhere and acknowledging it.
@@ -264,10 +289,17 @@ class SinkConsumer(threading.Thread):
 
     def _buffer(self, message: Any) -> None:
         if not self.buffer:
-            self.deadline = time.monotonic() + max(self.sink_config.batch.timeout, MIN_LINGER)
+            self.deadline = time.monotonic() + max(self.policy.timeout, MIN_LINGER)
         self.buffer.append(message)
         count = (message.headers or {}).get(broker.EVENTS_HEADER)
         self.buffered_events += count if isinstance(count, int) else 1
+        self.buffered_bytes += len(message.body)
+        self._gauge()
+
+    def _gauge(self) -> None:
+        metrics.get().child(metrics.get().sink_buffer_events, f"sink:{self.sink}").set(
+            self.buffered_events
+        )
 
     def _pump(self, connection: Any) -> None:
         """Wait for one delivery (or the batch deadline) and deliver a full batch."""
@@ -284,8 +316,8 @@ class SinkConsumer(threading.Thread):
                 self._flush()
             return
         if self.buffer and (
-            self.buffered_events >= self.sink_config.batch.max_events
-            or len(self.buffer) >= self.options.prefetch
+            self.policy.full(self.buffered_events, self.buffered_bytes)
+            or len(self.buffer) >= self.prefetch
             or time.monotonic() >= self.deadline
         ):
             self._flush()
@@ -293,8 +325,15 @@ class SinkConsumer(threading.Thread):
     # -- delivering a batch ------------------------------------------------------------
     def _flush(self) -> None:
         messages, self.buffer = self.buffer, []
-        self.buffered_events = 0
         self.messages += len(messages)
+        try:
+            self._deliver_messages(messages)
+        finally:
+            # Held until written, acknowledged, held back or dead-lettered.
+            self.buffered_events = self.buffered_bytes = 0
+            self._gauge()
+
+    def _deliver_messages(self, messages: list[Any]) -> None:
         with gc_paused():
             # On success everything the write allocated is freed when _write returns,
             # still inside the pause; the failure paths below run with the collector on.
@@ -381,17 +420,9 @@ class SinkConsumer(threading.Thread):
                 return error, attempts
 
     def _deliver(self, commands: list[Command], *, retry: bool) -> tuple[BaseException | None, int]:
-        """Deliver with the sink's retry policy: ``(error or None, attempts made)``."""
-        policy = self.sink_config.retry
-        attempts_allowed = policy.attempts if retry else 1
-        # Counted from the first failure, not the first attempt: a write that timed out
-        # after ``write_timeout`` (longer than ``max_duration`` by default) is still
-        # retried rather than dead-lettered at once.
-        give_up: float | None = None
-        backoff = policy.initial_backoff
-        attempt = 0
+        """Deliver, retrying per the sink's policy: ``(error or None, attempts made)``."""
+        backoff = self.retry.backoff()
         while True:
-            attempt += 1
             try:
                 written = self.worker.deliver(self.sink, commands)
             except Exception as exc:
@@ -400,11 +431,10 @@ class SinkConsumer(threading.Thread):
             else:
                 self.written += len(written)
                 self.dropped += len(commands) - len(written)
-                return None, attempt
-            if give_up is None:
-                give_up = time.monotonic() + policy.max_duration
-            if attempt >= attempts_allowed or time.monotonic() + backoff > give_up:
-                return error, attempt
+                return None, backoff.attempts + 1
+            pause = backoff.failed(error)
+            if pause is None or not retry:
+                return error, backoff.attempts
             self.retries += 1
             metrics.get().sink_retries.labels(self.sink).inc()
             log.warning(
@@ -412,12 +442,11 @@ class SinkConsumer(threading.Thread):
                 self.sink,
                 len(commands),
                 self.last_error,
-                attempt,
-                backoff,
+                backoff.attempts,
+                pause,
             )
-            if self.worker.stopping.wait(backoff):
+            if self.worker.stopping.wait(pause):
                 raise Abandoned
-            backoff *= 2
 
     def _dead_letter(self, message: Any, reason: str, attempts: int) -> None:
         """Move ``message`` to the sink's dead-letter queue with ``reason``, then ack it."""
@@ -443,3 +472,20 @@ def _error_text(error: BaseException) -> str:
     if isinstance(error, TimeoutError):
         return "sink write timed out"
     return f"{type(error).__name__}: {error}"
+
+
+def consumer_policy(sink: SinkConfig) -> BatchPolicy:
+    """How a consumer cuts its batches: the sink's ``batch``, never past its ``buffer``."""
+    batch, buffer = sink.batch, sink.buffer
+    limits = [b for b in (batch.max_bytes, buffer.max_bytes) if b is not None]
+    return BatchPolicy(
+        max_events=min(batch.max_events, buffer.max_events),
+        max_bytes=min(limits) if limits else None,
+        timeout=float(batch.timeout),
+    )
+
+
+def consumer_prefetch(sink: SinkConfig, queue: QueueConfig) -> int:
+    """Messages the broker may hand one consumer: ``queue.prefetch``, fewer when the
+    sink's ``buffer.max_events`` holds fewer full messages (at least one)."""
+    return max(1, min(queue.prefetch, sink.buffer.max_events // queue.max_events_per_message))

@@ -161,7 +161,8 @@ def test_failed_write_is_not_marked_so_the_sdk_retry_is_stored(
 ):
     """Had the id been marked before the write, the retry would be dropped: 200, lost."""
     raw = embedded(tmp_path, dedup_prefix)
-    raw["sinks"] = {"store": {"type": "failing"}}
+    # One attempt per write: the edge would otherwise retry the failed write itself.
+    raw["sinks"] = {"store": {"type": "failing", "retry": {"attempts": 1}}}
     server = start_server(raw, plugins=[FailingSinkPlugin()])
     sink = server.app.bus.sinks["store"]
     message_id = unique("m")

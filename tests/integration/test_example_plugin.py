@@ -311,10 +311,18 @@ def test_serve_reports_a_rejected_batch_in_health(server, receiver):
 
 
 # -- queue mode: edge + worker over RabbitMQ ----------------------------------------------
-def test_worker_dead_letters_what_the_webhook_never_takes(amqp_env, receiver):
+@pytest.mark.parametrize(
+    ("status", "attempts", "reason"),
+    [(503, 2, "WebhookUnavailable: HTTP 503"), (400, 1, "WebhookRejected: HTTP 400")],
+    ids=["unavailable-retried", "rejected-not-retried"],
+)
+def test_worker_dead_letters_what_the_webhook_never_takes(
+    amqp_env, receiver, status, attempts, reason
+):
     """The worker makes the retries (the sink one attempt per write, so they are not
-    multiplied), then dead-letters the batch; the SQLite sink's queue is unaffected."""
-    receiver.expect(default=503)
+    multiplied), then dead-letters the batch; a 4xx the sink calls permanent is not
+    retried at all. The SQLite sink's queue is unaffected."""
+    receiver.expect(default=status)
     sinks = {
         "local": {**sqlite_table(amqp_env.db_path), "indexes": ["message_id"]},
         "hook": hook_table(
@@ -341,9 +349,9 @@ def test_worker_dead_letters_what_the_webhook_never_takes(amqp_env, receiver):
         eventually(dead_letters, f"a dead letter for sink 'hook'\n{worker.log()}")
         [letter] = dead_letters()
         assert letter["message_ids"] == ids(sent)
-        assert letter["attempts"] == 2
-        assert "WebhookUnavailable: HTTP 503" in letter["reason"]
-        assert [ids(batch) for batch in receiver.batches()] == [ids(sent)] * 2
+        assert letter["attempts"] == attempts
+        assert reason in letter["reason"]
+        assert [ids(batch) for batch in receiver.batches()] == [ids(sent)] * attempts
     finally:
         worker.stop()
         edge.stop()

@@ -392,7 +392,7 @@ def test_unreachable_s3_answers_503_and_leaks_no_secret(
     assert component["stats"]["failed_writes"] == FAST_RETRY["attempts"]
     assert secret not in health.text
     assert secret not in caplog.text
-    assert "upload of 1 events failed" in caplog.text
+    assert "sink:archive: write of 1 events failed" in caplog.text
 
 
 def test_missing_bucket_is_reported_by_health(s3_env: S3Env, start_server):

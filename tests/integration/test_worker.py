@@ -426,6 +426,58 @@ def test_a_write_that_times_out_is_retried_not_dead_lettered(queue_env):
     assert ready(queue_env, queue_env.dead_queue_name()) == 0
 
 
+class RefusedForGood(Exception):
+    """What a store says of a batch it will never take (a webhook's 400)."""
+
+    retryable = False
+
+
+def test_an_error_the_sink_calls_permanent_is_dead_lettered_without_retries(queue_env):
+    """The framework's retry policy asks the sink (``retryable = False``): no retry, the
+    sink is up, so the message goes to the dead-letter queue after one attempt."""
+
+    def refuse(commands: Sequence[Command]) -> None:
+        raise RefusedForGood("400 from the store")
+
+    plugin = ScriptedSinks(lambda commands: None)
+    plugin.write = refuse  # every write, instead of storing
+    config = queue_env.config(sinks={"local": {"type": "scripted", "retry": FAST_RETRY}})
+    enqueue_batches(config, plugin, [unique("m")], 1)
+    with WorkerThread(config, plugins=[plugin]) as worker:
+        consumer = worker.worker.consumers[0]
+        eventually(lambda: consumer.dead_lettered == 1, "the message dead-lettered")
+    assert consumer.retries == 0
+    assert "RefusedForGood: 400 from the store" in consumer.last_error
+    assert ready(queue_env, queue_env.dead_queue_name()) == 1
+
+
+def test_the_sinks_buffer_bounds_what_a_consumer_holds(amqp_env):
+    """``buffer.max_events = 3000`` with 1,000-event messages: the broker hands the
+    consumer 3 messages at a time. While the sink's write hangs, the other 7 stay ready
+    in the broker; once it returns, everything is stored."""
+    release = threading.Event()
+    plugin = ScriptedSinks(lambda commands: None if release.wait(HANG_GUARD) else "hung")
+    sinks = {"local": {"type": "scripted", "buffer": {"max_events": 3000}}}
+    config = amqp_env.config(sinks=sinks)
+    ids = [unique("m") for _ in range(10)]
+    server = LiveServer(config, plugins=[plugin]).start()
+    try:
+        post_each(server, ids)
+    finally:
+        server.stop()
+    try:
+        with WorkerThread(config, plugins=[plugin]) as worker:
+            consumer = worker.worker.consumers[0]
+            assert consumer.prefetch == 3
+            eventually(lambda: plugin.writes == 1, "the first write hanging")
+            eventually(lambda: ready(amqp_env, amqp_env.queue_name()) == 7, "7 left ready")
+            release.set()
+            eventually(lambda: len(plugin.stored) == 10, "every event stored")
+    finally:
+        release.set()
+    assert sorted(plugin.stored) == sorted(ids)
+
+
 def test_two_worker_processes_share_a_queue_and_store_each_event_once(queue_env):
     """The store here has no unique ``message_id`` index, so an event consumed by both
     workers would show as two rows."""

@@ -68,11 +68,19 @@ def test_a_refused_group_fails_every_request_with_its_own_copy():
 
 
 def test_a_group_is_cut_at_max_events():
+    """Cut when it reaches max_events, or before a request would take it past them; a
+    request alone larger than max_events is a group of its own."""
     recorder = Recorder()
     coalescer = Coalescer(recorder, max_events=5)
-    batches = [[1, 2, 3], [4, 5], [6], [7, 8, 9, 10, 11], [12]]
-    assert asyncio.run(_submit_all(coalescer, batches)) == ["ok"] * 5
-    assert recorder.groups == [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11], [12]]
+    batches = [[1, 2, 3], [4, 5], [6], [7, 8, 9, 10, 11], [12], [13, 14, 15, 16, 17, 18]]
+    assert asyncio.run(_submit_all(coalescer, batches)) == ["ok"] * 6
+    assert recorder.groups == [
+        [1, 2, 3, 4, 5],
+        [6],
+        [7, 8, 9, 10, 11],
+        [12],
+        [13, 14, 15, 16, 17, 18],
+    ]
 
 
 def test_a_cancelled_request_does_not_break_its_group():

@@ -7,17 +7,20 @@ Struct, registered by ``eventrouter_sink_types`` in the module that the package'
 
 Each request is ``{"batch": [row, ...]}``, one row per event with exactly the stored
 columns (``Command.row()``), at most ``max_events_per_request`` rows per request.
-Connection errors, timeouts, 429 and 5xx are retried with exponential backoff per the
-sink's ``retry`` block; any other answer outside 2xx fails the write at once.
+
+Batching, buffering and retries are eventrouter's, configured by the sink's ``batch``,
+``buffer`` and ``retry`` blocks: a write posts its batch once. The sink only says which
+failures are permanent: any answer outside 2xx other than 429 and 5xx
+(:class:`WebhookRejected`, ``retryable = False``). Connection errors, timeouts, 429
+and 5xx (:class:`WebhookUnavailable`) are retried, no sooner than a ``Retry-After: N``
+the endpoint asked for.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import logging
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -55,11 +58,20 @@ class WebhookOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class WebhookRejected(Exception):
-    """The endpoint refused a request for good (a 4xx other than 429): not retried."""
+    """The endpoint refused a request for good (a 4xx other than 429)."""
+
+    #: Sending the same request again cannot succeed: eventrouter does not retry it.
+    retryable = False
 
 
 class WebhookUnavailable(Exception):
-    """The endpoint could not take a request, and the retries are spent."""
+    """The endpoint could not take a request now (no connection, a timeout, 429, 5xx)."""
+
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        #: Seconds the endpoint asked to wait (``Retry-After``): the least pause before
+        #: eventrouter's next attempt.
+        self.retry_after = retry_after
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -78,18 +90,13 @@ class WebhookSink(Sink):
         # No I/O here: ``config check`` and a queued edge build the sink but never start it.
         super().__init__(name, config, options)
         self._client: httpx.AsyncClient | None = None
-        self._attempts = 1
         self.requests = 0
         self.delivered_events = 0
-        self.retries = 0
         self.failed_requests = 0
         self.last_status: int | None = None
         self.last_error: str | None = None
 
     async def start(self, bus: Any) -> None:
-        # In ``eventrouter worker`` the worker retries a failed write per ``retry`` itself:
-        # retrying here as well would multiply the attempts (docs/plugins.md).
-        self._attempts = 1 if bus.role == "worker" else self.config.retry.attempts
         self._client = httpx.AsyncClient(
             timeout=self.options.timeout,
             headers={
@@ -115,41 +122,28 @@ class WebhookSink(Sink):
             await self._post(commands[first : first + size])
 
     async def _post(self, commands: Sequence[Command]) -> None:
-        """POST one request, retrying per ``retry``; raise once it cannot be delivered."""
+        """POST one request; raise :class:`WebhookRejected` or :class:`WebhookUnavailable`
+        unless the endpoint answered 2xx."""
         body = msgspec.json.encode({"batch": [command.row() for command in commands]})
         headers = {BATCH_ID_HEADER: str(uuid.uuid5(BATCH_NAMESPACE, _ids(commands)))}
         if self.options.secret is not None:
             headers[SIGNATURE_HEADER] = sign(self.options.secret, body)
-        policy = self.config.retry
-        backoff = policy.initial_backoff
-        give_up: float | None = None  # counted from the first failure, as the worker does
-        attempt = 0
-        while True:
-            attempt += 1
-            self.requests += 1
-            try:
-                response = await self._client.post(self.options.url, content=body, headers=headers)
-            except httpx.TransportError as exc:
-                error = f"{type(exc).__name__}: {exc or 'no detail'}"
-            else:
-                self.last_status = response.status_code
-                if response.is_success:
-                    self.delivered_events += len(commands)
-                    return
-                error = f"HTTP {response.status_code} from {self.options.url}"
-                if not is_retryable(response.status_code):
-                    self._failed(f"{error}: {response.text[:200]}")
-                    raise WebhookRejected(self.last_error)
-                backoff = max(backoff, _retry_after(response))
-            self._failed(error)
-            if give_up is None:
-                give_up = time.monotonic() + policy.max_duration
-            if attempt >= self._attempts or time.monotonic() + backoff > give_up:
-                raise WebhookUnavailable(f"{error} (gave up after {attempt} attempts)")
-            log.warning("%s: %s; retry %d in %.2fs", self.name, error, attempt, backoff)
-            self.retries += 1
-            await asyncio.sleep(backoff)
-            backoff *= 2
+        self.requests += 1
+        try:
+            response = await self._client.post(self.options.url, content=body, headers=headers)
+        except httpx.TransportError as exc:
+            self._failed(f"{type(exc).__name__}: {exc or 'no detail'}")
+            raise WebhookUnavailable(self.last_error) from exc
+        self.last_status = response.status_code
+        if response.is_success:
+            self.delivered_events += len(commands)
+            return
+        error = f"HTTP {response.status_code} from {self.options.url}"
+        if not is_retryable(response.status_code):
+            self._failed(f"{error}: {response.text[:200]}")
+            raise WebhookRejected(self.last_error)
+        self._failed(error)
+        raise WebhookUnavailable(error, retry_after=_retry_after(response))
 
     def _failed(self, error: str) -> None:
         self.failed_requests += 1
@@ -161,7 +155,6 @@ class WebhookSink(Sink):
         stats = {
             "requests": self.requests,
             "delivered_events": self.delivered_events,
-            "retries": self.retries,
             "failed_requests": self.failed_requests,
             "last_status": self.last_status,
         }
