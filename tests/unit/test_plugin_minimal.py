@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.helpers import LiveServer
 
-PLUGINS_MD = Path(__file__).resolve().parent.parent / "docs" / "plugins.md"
+PLUGINS_MD = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
 
 
 def minimal_sink_source() -> str:
