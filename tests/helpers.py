@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
@@ -243,3 +245,20 @@ class ServeProcess(CommandProcess):
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"eventrouter serve did not become healthy:\n{self.log()}")
+
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+
+
+def load_bench_script(name: str) -> ModuleType:
+    """``bench/NAME.py`` as a module, for tests of its pure parts. A bench script puts
+    bench/ on sys.path for its siblings; that is undone."""
+    path = list(sys.path)
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = path
+    return module

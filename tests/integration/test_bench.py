@@ -9,28 +9,19 @@ import json
 import subprocess
 import sys
 from contextlib import suppress
-from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
+from tests.helpers import BENCH_DIR, load_bench_script
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
+pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    """bench/all.py as a module (it puts bench/ on sys.path for its siblings: undone)."""
-    path = list(sys.path)
-    spec = importlib.util.spec_from_file_location("bench_all", BENCH_DIR / "all.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = path
-    return module
+    """bench/all.py as a module."""
+    return load_bench_script("all")
 
 
 def test_help_names_every_area_and_option() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ADMIN_TOKEN, HANG_GUARD, ORIGINAL_TRACK, ServeProcess
+from tests.helpers import ADMIN_TOKEN, HANG_GUARD, ORIGINAL_TRACK, ServeProcess, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -161,11 +161,12 @@ def test_a_client_that_connected_before_the_worker_began_to_stop_is_answered(ser
         # Answered after `early` connected: the one worker's loop has accepted it too.
         assert httpx.get(f"{process.url}/health").status_code == 200
         process.process.send_signal(signal.SIGTERM)  # the master: a graceful stop
-        deadline = time.monotonic() + HANG_GUARD
-        while "Waiting for connections to close" not in process.log():
-            assert time.monotonic() < deadline, process.log()
-            assert process.process.poll() is None, process.log()
-            time.sleep(0.05)
+
+        def stopping() -> bool:
+            assert process.process.poll() is None, process.log()  # still serving
+            return "Waiting for connections to close" in process.log()
+
+        eventually(stopping, "the master began its graceful stop")
         body = b'{"userId":"u-late","event":"Late","messageId":"late-1"}'
         early.sendall(
             b"POST /v1/track HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -4,28 +4,19 @@ anything (performance is never asserted in tests): the figures below are made up
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-BENCH_DIR = Path(__file__).resolve().parents[2] / "bench"
+from tests.helpers import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def compare() -> ModuleType:
-    """bench/compare.py as a module (it puts bench/ on sys.path for bench/all.py: undone)."""
-    path = list(sys.path)
-    spec = importlib.util.spec_from_file_location("bench_compare", BENCH_DIR / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = path
-    return module
+    """bench/compare.py as a module."""
+    return load_bench_script("compare")
 
 
 def row(area: str, scenario: str, subject: str, figure: float | None, unit: str, **extra):
