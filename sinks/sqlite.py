@@ -1,10 +1,11 @@
 """The embedded store: SQLite (WAL) written by one writer thread per process.
 
-The framework group-commits (``eventrouter.bus.outlet``: every request that arrives
-while a commit runs joins the next one, per ``batch``) and retries a failed commit (per
-``retry``; :meth:`SQLiteSink.is_retryable` says which errors may pass). Each write
-hands its row values to the writer thread, which takes the write lock, inserts them in
-one transaction and commits; only then does the write return: a request's ``200``
+The framework group-commits on a writer thread of its own (``dedicated_writer``;
+``eventrouter.bus.outlet``: every request that arrives while a commit runs joins the
+next one, per ``batch``) and retries a failed commit (per ``retry``;
+:meth:`SQLiteSink.is_retryable` says which errors may pass). Each write builds its row
+values, takes the write lock, inserts them in one transaction and commits; only then
+does the write return: a request's ``200``
 means its events are committed (in the OS with ``synchronous = "normal"``, fsynced with
 ``"full"``). Several gunicorn workers write the same file; an exclusive ``flock`` on
 ``<db>.lock`` serialises their transactions in the kernel, waking the next writer the
@@ -19,7 +20,6 @@ import asyncio
 import fcntl
 import logging
 import os
-import queue
 import sqlite3
 import sys
 import threading
@@ -34,7 +34,7 @@ from sqlalchemy import Engine, insert
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from eventrouter.bus.hookspecs import hookimpl
-from eventrouter.bus.sink import Sink, resolve_waiters
+from eventrouter.bus.sink import Sink
 from eventrouter.columns import JSON_COLUMNS, TIME_COLUMNS
 from eventrouter.events.commands import STORED_COLUMNS, Command
 from eventrouter.files import open_private
@@ -45,7 +45,6 @@ from eventrouter.store.schema import LEGACY_INDEXES, OPTIONAL_INDEXES, events, m
 
 log = logging.getLogger("eventrouter.sinks.sqlite")
 
-_STOP = object()
 #: Seconds between background WAL checkpoints.
 CHECKPOINT_INTERVAL = 0.25
 #: GIL switch interval (seconds) while a writer holds the write lock (Python's is 5 ms).
@@ -171,15 +170,20 @@ class SQLiteSink(Sink):
     """Stores every command into the ``events`` table of an SQLite database."""
 
     Options = SQLiteOptions
+    #: Commits are serialised by the write lock anyway: one writer thread per process
+    #: takes each group as soon as the previous commit is done.
+    dedicated_writer = True
 
     def __init__(self, name: str, config: Any, options: SQLiteOptions) -> None:
         super().__init__(name, config, options)
         self.url = options.url
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
+        self._running = False
+        #: Each writing thread's own connection (the edge's writer thread, the worker's
+        #: pool threads), all closed at stop.
+        self._local = threading.local()
+        self._connections: list[Any] = []
         self._checkpointer: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._engine: Engine | None = None
         self._lock_file: BinaryIO | None = None
         self._thread_lock = threading.Lock()
@@ -189,12 +193,8 @@ class SQLiteSink(Sink):
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self, bus: Any) -> None:
-        self._loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._open)
-        self._thread = threading.Thread(
-            target=self._run, name=f"sqlite-writer-{self.name}", daemon=True
-        )
-        self._thread.start()
+        self._running = True
         if self._lock_file is not None:
             self._checkpointer = threading.Thread(
                 target=self._checkpoint_loop, name=f"sqlite-checkpoint-{self.name}", daemon=True
@@ -257,16 +257,17 @@ class SQLiteSink(Sink):
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self._thread is not None:
-            self._queue.put(_STOP)
-            await asyncio.to_thread(self._thread.join)
-            self._thread = None
+        self._running = False
         if self._checkpointer is not None:
             await asyncio.to_thread(self._checkpointer.join)
             self._checkpointer = None
         self._close_files()
 
     def _close_files(self) -> None:
+        with self._thread_lock:  # not while a write holds one
+            for connection in self._connections:
+                connection.close()
+            self._connections.clear()
         if self._engine is not None:
             self._engine.dispose()
         if self._lock_file is not None:
@@ -289,37 +290,37 @@ class SQLiteSink(Sink):
                 fcntl.flock(self._lock_file, fcntl.LOCK_UN)
 
     # -- the write path ----------------------------------------------------------------
-    async def write(self, commands: Sequence[Command]) -> None:
+    def write(self, commands: Sequence[Command]) -> None:
         """Commit ``commands`` (one group of requests, or a worker's batch) in one
-        transaction; return once committed."""
-        if self._thread is None:
+        transaction; return once committed. Runs on a writer thread (the edge's own, or
+        the worker's pool), never on the event loop."""
+        if not self._running:
             raise RuntimeError(f"sink {self.name} is not running")
-        future = self._loop.create_future()
-        # Row values are built here, on the event loop: the writer thread then does
-        # nothing but SQLite's C work, during which it does not hold the GIL.
-        self._queue.put((len(commands), flat_values(commands), future))
-        await future
+        error = self._commit(self._connection(), len(commands), flat_values(commands))
+        if error is not None:
+            raise error
 
     def is_retryable(self, error: BaseException) -> bool:
         """``OperationalError`` ("database is locked", disk I/O, disk full) and timeouts
         may pass; any other error (a constraint, a bad value) fails the write at once."""
         return isinstance(error, sqlite3.OperationalError | TimeoutError)
 
-    def _run(self) -> None:
-        # The writer owns one DBAPI connection and manages its transactions itself.
-        connection = self._engine.raw_connection()
-        # Checkpoints run in their own thread (below), never inside a request's commit.
-        connection.execute("PRAGMA wal_autocheckpoint=0")
-        connection.execute("PRAGMA cache_size=-65536")
-        connection.execute("PRAGMA mmap_size=268435456")
-        # No journal_size_limit: truncating the WAL at each rewind, only for commits to
-        # regrow it block by block, costs more (p99 x2 in bench/) than the disk it saves.
-        try:
-            while (item := self._queue.get()) is not _STOP:
-                error = self._commit(connection, *item[:2])
-                self._loop.call_soon_threadsafe(resolve_waiters, [item], error)
-        finally:
-            connection.close()
+    def _connection(self) -> Any:
+        """This thread's connection, opened on its first write."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._engine.raw_connection()
+            # Checkpoints run in their own thread (below), never inside a commit.
+            connection.execute("PRAGMA wal_autocheckpoint=0")
+            connection.execute("PRAGMA cache_size=-65536")
+            connection.execute("PRAGMA mmap_size=268435456")
+            # No journal_size_limit: truncating the WAL at each rewind, only for commits
+            # to regrow it block by block, costs more (p99 x2 in bench/) than the disk it
+            # saves.
+            with self._thread_lock:
+                self._connections.append(connection)
+            self._local.connection = connection
+        return connection
 
     def _commit(self, connection: Any, rows: int, values: list) -> BaseException | None:
         """Insert and commit one write's rows; return the error, if any (the framework
@@ -401,12 +402,11 @@ class SQLiteSink(Sink):
     # -- health ------------------------------------------------------------------------
     def health(self) -> ComponentHealth:
         stats = {"commits": self.commits, "committed_events": self.committed_events}
-        running = self._thread is not None and self._thread.is_alive()
         return self.probed_health(
             lambda: select_one(self._engine),
             stats,
             last_error=self.last_error,
-            not_running=None if running else "writer thread is not running",
+            not_running=None if self._running else "not started",
         )
 
 

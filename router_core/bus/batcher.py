@@ -8,6 +8,10 @@ one write, and settles every future of the group with that write's outcome. Whil
 group is being written the next one gathers, so under load one write serves many
 requests; when idle a write starts at once (``timeout = 0``, the default).
 
+A sink with ``dedicated_writer`` gets a :class:`ThreadBatcher` instead: the same
+policy, but the group is taken on a writer thread of its own, the moment its previous
+write returns (no event-loop turn between writes).
+
 The same policy cuts the worker's batches out of a sink's queue
 (:mod:`eventrouter.queue.worker`), so ``batch`` means the same in both roles.
 """
@@ -16,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -214,3 +220,110 @@ class Batcher:
             else:
                 future.set_exception(own_copy(error))
         self._done(item)
+
+
+class ThreadBatcher:
+    """Pending writes of one sink, taken group by group by a writer thread of its own.
+
+    For a sink whose plain ``write`` is serialised anyway (one connection, a file lock:
+    :attr:`eventrouter.bus.sink.Sink.dedicated_writer`). The thread takes the next group
+    the moment the previous write returns, without a trip through the event loop: the
+    group holds everything that arrived while the sink was busy, and no loop turn passes
+    between two writes. :meth:`add` runs on the event loop; :meth:`take` on the writer
+    thread; items leave on the loop (``done``), through ``loop.call_soon_threadsafe``.
+    Times (``Pending.arrived``) are ``time.monotonic()``, the thread's clock.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        policy: BatchPolicy,
+        done: Callable[[Pending], None],
+    ) -> None:
+        self.name = name
+        self.policy = policy
+        self._done = done
+        self._pending: deque[Pending] = deque()
+        self._events = 0
+        self._bytes = 0
+        self._ready = threading.Condition(threading.Lock())
+        self._closing = False
+        #: Groups written (or failed), for /health.
+        self.groups = 0
+
+    def add(self, item: Pending) -> None:
+        with self._ready:
+            if self._closing:
+                raise RuntimeError(f"{self.name} is stopping")
+            self._pending.append(item)
+            self._events += item.events
+            self._bytes += item.nbytes
+            self._ready.notify()
+
+    @property
+    def pending_events(self) -> int:
+        """Events waiting for a group (not those being written)."""
+        return self._events
+
+    def close(self) -> None:
+        """No more items: the thread writes what is pending, then :meth:`take` says None."""
+        with self._ready:
+            self._closing = True
+            self._ready.notify_all()
+
+    def drain(self) -> list[Pending]:
+        """Stop now: the items not yet taken, removed (the caller fails them)."""
+        with self._ready:
+            self._closing = True
+            items = list(self._pending)
+            self._pending.clear()
+            self._events = self._bytes = 0
+            self._ready.notify_all()
+        return items
+
+    def take(self) -> tuple[list[Pending], list[Pending]] | None:
+        """On the writer thread: block until the policy says a group is due; return it
+        with the items dropped on the way (nobody waits for them any more), or None once
+        closed and empty."""
+        policy = self.policy
+        with self._ready:
+            while not self._pending:
+                if self._closing:
+                    return None
+                self._ready.wait()
+            if policy.timeout > 0:
+                deadline = self._pending[0].arrived + policy.timeout
+                while not self._closing and not policy.full(self._events, self._bytes):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._ready.wait(remaining)
+            group: list[Pending] = []
+            dropped: list[Pending] = []
+            events = nbytes = 0
+            pending = self._pending
+            while pending:
+                item = pending[0]
+                if group and not policy.fits(events + item.events, nbytes + item.nbytes):
+                    break
+                pending.popleft()
+                self._events -= item.events
+                self._bytes -= item.nbytes
+                if not item.wanted:
+                    dropped.append(item)
+                    continue
+                group.append(item)
+                events += item.events
+                nbytes += item.nbytes
+            return group, dropped
+
+    def leave(self, items: Sequence[Pending], error: BaseException | None) -> None:
+        """On the loop: settle each item's future with ``error`` (None: written)."""
+        for item in items:
+            future = item.future
+            if future is not None and not future.done():
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(own_copy(error))
+            self._done(item)

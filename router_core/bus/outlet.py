@@ -9,7 +9,9 @@ any other plugin that implements ``eventrouter_write_batch``, to that plugin's
    503 (``when_full``); an observer's batch that does not fit is skipped, so an observer
    never holds a request up;
 2. the :class:`~eventrouter.bus.batcher.Batcher` gathers it with the other pending
-   batches into one write (``batch``);
+   batches into one write (``batch``); for a sink with ``dedicated_writer`` a
+   :class:`~eventrouter.bus.batcher.ThreadBatcher` does, on a writer thread of the
+   outlet's own that also writes and retries;
 3. the write is tried again per the sink's :class:`~eventrouter.bus.retry.RetryPolicy`
    (``retry``) while someone still waits for it: the requests of an acknowledging sink
    until their ``server.dispatch_timeout``, an observer's until the policy gives up;
@@ -32,6 +34,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,7 +44,7 @@ from typing import Any
 import pluggy
 
 from eventrouter import metrics
-from eventrouter.bus.batcher import Batcher, BatchPolicy, Pending
+from eventrouter.bus.batcher import Batcher, BatchPolicy, Pending, ThreadBatcher
 from eventrouter.bus.buffer import Buffer, BufferFull
 from eventrouter.bus.retry import RetryPolicy
 from eventrouter.bus.timeouts import Expired, within
@@ -95,10 +98,21 @@ class Outlet:
         self.buffer = Buffer(buffer)
         self.retry = retry
         self.write_timeout = write_timeout
-        self.batcher = Batcher(name, batch, self._write_group, self._leave)
         self._function = impl.function
         self._takes_commands = "commands" in impl.argnames
         self._is_async = inspect.iscoroutinefunction(impl.function)
+        #: A plain write on a writer thread of its own (``Sink.dedicated_writer``).
+        self._dedicated = not self._is_async and getattr(impl.plugin, "dedicated_writer", False)
+        self.batcher: Batcher | ThreadBatcher = (
+            ThreadBatcher(name, batch, self._leave)
+            if self._dedicated
+            else Batcher(name, batch, self._write_group, self._leave)
+        )
+        self._writer: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        #: Set when the writer thread has ended (or was given up by :meth:`cancel`).
+        self._writer_done: asyncio.Future[None] | None = None
+        self._stopping = threading.Event()
         self._executor = executor
         self._threads = asyncio.Semaphore(WRITE_THREADS)
         self._report = report
@@ -140,7 +154,12 @@ class Outlet:
                 self._full(events, "refused")
                 raise
         future: asyncio.Future[None] = loop.create_future()
-        self._add(Pending(commands, events, nbytes, future, loop.time(), deadline))
+        if self._dedicated:  # the writer thread's clock
+            now = time.monotonic()
+            ends = now + (deadline - loop.time())
+            self._add(Pending(commands, events, nbytes, future, now, ends))
+        else:
+            self._add(Pending(commands, events, nbytes, future, loop.time(), deadline))
         timer = loop.call_at(deadline, _expire, future, timeout)
         try:
             await future
@@ -156,12 +175,15 @@ class Outlet:
             self._full(events, "skipped")
             return False
         try:
-            self._add(Pending(commands, events, nbytes, None, asyncio.get_running_loop().time()))
+            now = time.monotonic() if self._dedicated else asyncio.get_running_loop().time()
+            self._add(Pending(commands, events, nbytes, None, now))
         except RuntimeError:  # stopping: an observer never fails a request
             return False
         return True
 
     def _add(self, item: Pending) -> None:
+        if self._dedicated and self._writer is None:
+            self._start_writer()
         try:
             self.batcher.add(item)
         except RuntimeError:  # stopping
@@ -304,12 +326,115 @@ class Outlet:
         else:
             log.error("%s: write of %d events failed%s", self.name, events, tries, exc_info=error)
 
+    # -- a dedicated writer thread ------------------------------------------------------
+    def _start_writer(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        self._writer_done = loop.create_future()
+        self._writer = threading.Thread(
+            target=self._write_loop, name=f"writer-{self.name}", daemon=True
+        )
+        self._writer.start()
+
+    def _write_loop(self) -> None:
+        """The writer thread: take a group, write it (with retries), settle it on the
+        loop; again, until the batcher is closed and empty."""
+        loop = self._loop
+        batcher = self.batcher
+        try:
+            while (taken := batcher.take()) is not None:
+                group, dropped = taken
+                if dropped:  # their requests gave up: give their room back
+                    _call_soon(loop, partial(batcher.leave, dropped, None), None)
+                if not group:
+                    continue
+                try:
+                    error = self._write_group_here(group)
+                except Exception as exc:  # a bug in the writer: fail the group, keep going
+                    log.exception("%s: group write raised", self.name)
+                    error = exc
+                _call_soon(loop, partial(self._settle, group, error), None)
+        finally:
+            _call_soon(loop, self._writer_ended, None)
+
+    def _settle(self, group: list[Pending], error: BaseException | None) -> None:
+        self.batcher.groups += 1
+        self.batcher.leave(group, error)
+
+    def _writer_ended(self) -> None:
+        if self._writer_done is not None and not self._writer_done.done():
+            self._writer_done.set_result(None)
+
+    def _write_group_here(self, group: list[Pending]) -> BaseException | None:
+        """:meth:`_write_group` on the writer thread. An attempt is not cut short (a
+        thread cannot be): each request is answered by its own timer meanwhile, and the
+        group keeps its room in the buffer until the attempt returns."""
+        backoff = self.retry.backoff()
+        m = metrics.get()
+        while True:
+            wanted = [item for item in group if item.wanted]
+            if not wanted:
+                return None  # every request gave up: nothing to write for them
+            last = max(item.deadline for item in wanted) if self.acknowledging else None
+            commands: Sequence[Command] = (
+                wanted[0].commands
+                if len(wanted) == 1
+                else [command for item in wanted for command in item.commands]
+            )
+            m.child(m.sink_batch_events, self.name).observe(len(commands))
+            started = time.perf_counter()
+            try:
+                result = self._function(**({"commands": commands} if self._takes_commands else {}))
+                if inspect.isawaitable(result):
+                    asyncio.run_coroutine_threadsafe(_awaited(result), self._loop).result()
+            except Exception as exc:
+                error: BaseException = exc
+            else:
+                m.child(m.sink_write_duration, self.name).observe(time.perf_counter() - started)
+                m.child(m.sink_written, self.name).inc(len(commands))
+                self._report_soon(len(commands), None)
+                return None
+            pause = backoff.failed(error)
+            if pause is not None and last is not None and time.monotonic() + pause >= last:
+                pause = None  # its requests will have stopped waiting by then
+            if pause is None:
+                m.child(m.sink_failed, self.name).inc()
+                self._log_failure(error, len(commands), backoff.attempts)
+                self._report_soon(len(commands), error)
+                return error
+            self.retries += 1
+            m.child(m.sink_retries, self.name).inc()
+            log.warning(
+                "%s: write of %d events failed (%s); retry %d in %.2fs",
+                self.name,
+                len(commands),
+                _describe(error),
+                backoff.attempts,
+                pause,
+            )
+            if self._stopping.wait(pause):
+                return error
+
+    def _report_soon(self, events: int, error: BaseException | None) -> None:
+        if self._report is not None:
+            _call_soon(self._loop, partial(self._report, events, error, False), None)
+
     # -- lifecycle and health ----------------------------------------------------------
     async def close(self) -> None:
         """Write what is pending (the bus bounds how long it waits), then stop."""
+        if isinstance(self.batcher, ThreadBatcher):
+            self.batcher.close()
+            if self._writer_done is not None:
+                await self._writer_done
+            return
         await self.batcher.close()
 
     def cancel(self) -> None:
+        if isinstance(self.batcher, ThreadBatcher):
+            # Pending items fail now; a write in progress is left to its thread.
+            self._stopping.set()
+            self.batcher.leave(self.batcher.drain(), RuntimeError(f"{self.name} stopped"))
+            self._writer_ended()
+            return
         self.batcher.cancel()
 
     def stats(self) -> dict[str, Any]:
@@ -332,11 +457,17 @@ class Outlet:
         return stats
 
 
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[[], Any], _: Future) -> None:
+def _call_soon(
+    loop: asyncio.AbstractEventLoop, callback: Callable[[], Any], _: Future | None
+) -> None:
     """A thread's done callback: run ``callback`` on the loop. A closed loop (the
     process is ending) has no buffer or threads left to give back."""
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(callback)
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _expire(future: asyncio.Future[None], timeout: float) -> None:

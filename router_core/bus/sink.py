@@ -44,6 +44,15 @@ class Sink:
     #: ``type``, ``acknowledgements``, ``batch``, ``buffer`` and ``retry`` blocks).
     Options: ClassVar[type[msgspec.Struct]] = msgspec.Struct
 
+    #: A plain (not ``async``) ``write`` whose calls are serialised anyway (one
+    #: connection, a file lock) may ask for a writer thread of its own on the edge: the
+    #: thread takes the next group the moment the previous write returns, so a group
+    #: holds everything that arrived meanwhile and no event-loop turn passes between
+    #: writes. Its attempts are not cut short by a timeout (each request still is, by
+    #: its own). Otherwise plain writes run in a small thread pool shared by the sink's
+    #: hooks. The worker calls ``write`` from its pool either way.
+    dedicated_writer: ClassVar[bool] = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # The bus awaits ``async def`` hook implementations on the loop and runs plain
         # ones in a thread; give an async ``write``/``start``/``stop`` an async adapter.

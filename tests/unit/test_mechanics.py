@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import msgspec
 import pytest
@@ -17,11 +19,13 @@ from eventrouter import config
 from eventrouter.bus.batcher import Batcher, BatchPolicy, Pending
 from eventrouter.bus.buffer import Buffer, BufferFull
 from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.bus.outlet import Outlet
 from eventrouter.bus.retry import RetryPolicy
 from eventrouter.bus.sink import Sink
 from eventrouter.config import BufferConfig, QueueConfig, RetryConfig, SinkConfig
 from eventrouter.events.commands import Command
 from eventrouter.queue.worker import consumer_policy, consumer_prefetch
+from tests.helpers import HANG_GUARD
 
 
 # -- the retry policy -----------------------------------------------------------------------
@@ -211,6 +215,120 @@ def test_writes_that_arrive_during_a_write_are_grouped_within_max_events():
     assert groups == [[3], [3, 3], [3]]  # 3+3 fits in 7 events, 3+3+3 does not
     assert outcomes == ["ok", "ok", "ok", "RuntimeError('store down')", "cancelled"]
     assert sorted(left) == [3] * 5  # every batch gave its room back, the dropped one too
+
+
+class GatedWriter:
+    """A plain ``write`` for a dedicated writer thread: the first call waits for
+    :attr:`gate`, the third raises a permanent error."""
+
+    dedicated_writer = True
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.calls: list[list[int]] = []
+
+    def write(self, commands: Sequence[int]) -> None:
+        self.calls.append(list(commands))
+        if len(self.calls) == 1 and not self.gate.wait(HANG_GUARD):
+            raise TimeoutError("never released")
+        if len(self.calls) == 3:
+            raise Permanent("store said no")
+
+
+def _retryable(error: BaseException) -> bool:
+    return not isinstance(error, Permanent)
+
+
+def dedicated_outlet(plugin: GatedWriter, max_events: int = 7) -> Outlet:
+    impl = SimpleNamespace(function=plugin.write, argnames=("commands",), plugin=plugin)
+    return Outlet(
+        "sink:t",
+        impl,
+        acknowledging=True,
+        batch=BatchPolicy(max_events=max_events),
+        buffer=BufferConfig(),
+        retry=RetryPolicy(RetryConfig(attempts=3, initial_backoff=0.001), _retryable),
+        write_timeout=HANG_GUARD,
+        executor=lambda: None,
+    )
+
+
+async def until(condition, polls: int = 6000) -> None:
+    """Wait (a bounded number of loop turns) for ``condition()``; fail if it never holds."""
+    for _ in range(polls):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("never happened")
+
+
+def test_a_dedicated_writer_thread_groups_what_arrived_during_a_write():
+    async def scenario() -> tuple:
+        plugin = GatedWriter()
+        outlet = dedicated_outlet(plugin)
+        submits = [asyncio.create_task(outlet.submit([0, 0, 0], HANG_GUARD))]
+        await until(lambda: len(plugin.calls) == 1)  # the first write holds the thread
+        for n in range(1, 5):
+            submits.append(asyncio.create_task(outlet.submit([n] * 3, HANG_GUARD)))
+        await until(lambda: outlet.batcher.pending_events == 12)
+        submits[4].cancel()  # its request gave up before its group was taken
+        plugin.gate.set()
+        outcomes = await asyncio.gather(*submits, return_exceptions=True)
+        await outlet.close()
+        return plugin.calls, outcomes, outlet.stats()
+
+    calls, outcomes, stats = asyncio.run(scenario())
+    # 3+3 fits in 7 events, 3+3+3 does not; the third write fails for good (Permanent
+    # is not retried), the cancelled batch is never written.
+    assert calls == [[0, 0, 0], [1, 1, 1, 2, 2, 2], [3, 3, 3]]
+    assert outcomes[:3] == [None, None, None]
+    assert repr(outcomes[3]) == "Permanent('store said no')"
+    assert isinstance(outcomes[4], asyncio.CancelledError)
+    assert (stats["writes"], stats["buffered_events"]) == (3, 0)  # every room given back
+
+
+class FailsOnce(GatedWriter):
+    def write(self, commands: Sequence[int]) -> None:
+        self.calls.append(list(commands))
+        if len(self.calls) == 1:
+            raise ConnectionError("store away")
+
+
+def test_a_dedicated_writer_retries_on_its_thread():
+    async def scenario() -> tuple:
+        plugin = FailsOnce()
+        outlet = dedicated_outlet(plugin)
+        await outlet.submit([7], HANG_GUARD)
+        await outlet.close()
+        return plugin.calls, outlet.retries
+
+    calls, retries = asyncio.run(scenario())
+    assert (calls, retries) == ([[7], [7]], 1)
+
+
+def test_stopping_gives_up_a_hung_dedicated_writer_and_fails_what_waits():
+    async def scenario() -> tuple:
+        plugin = GatedWriter()
+        outlet = dedicated_outlet(plugin, max_events=1)
+        first = asyncio.create_task(outlet.submit([1], HANG_GUARD))
+        await until(lambda: len(plugin.calls) == 1)
+        second = asyncio.create_task(outlet.submit([2], HANG_GUARD))
+        await until(lambda: outlet.batcher.pending_events == 1)
+        closing = asyncio.create_task(outlet.close())
+        await asyncio.sleep(0)
+        still_closing = not closing.done()  # the hung write holds it
+        outlet.cancel()  # what the bus does once its grace period is over
+        await closing
+        second_error = await asyncio.gather(second, return_exceptions=True)
+        plugin.gate.set()  # let the thread end
+        first_outcome = await asyncio.gather(first, return_exceptions=True)
+        return still_closing, second_error[0], first_outcome[0], plugin.calls
+
+    still_closing, second_error, first_outcome, calls = asyncio.run(scenario())
+    assert still_closing
+    assert repr(second_error) == "RuntimeError('sink:t stopped')"
+    assert first_outcome is None  # its write finished after all: answered 200
+    assert calls == [[1]]  # the batch that waited was never written
 
 
 # -- the worker consumer's limits -----------------------------------------------------------
