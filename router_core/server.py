@@ -177,7 +177,7 @@ class UvloopWorker(UvicornWorker):
         # A request's objects are freed by reference counting as it completes; the
         # cyclic collector only ran because CPython counts allocations: at the default
         # 700 it collected about once every 10 requests for nothing (3 µs a request,
-        # bench/gc_pauses.py). The app freezes what start-up allocated (app.Lifespan).
+        # bench/edge_costs.py). The app freezes what start-up allocated (app.Lifespan).
         gc.set_threshold(*GC_THRESHOLD)
         super().init_process()
 
