@@ -82,6 +82,7 @@ class Lifespan:
         await self.bus.stop()
         if self.store is not None:
             self.store.close()
+        metrics.get().flush()  # the last requests' counts, held in memory (metrics.py)
 
 
 class HealthResource:

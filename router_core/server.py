@@ -7,15 +7,92 @@ any of them, as it does for gunicorn's own command (docs/architecture.md).
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn_worker import UvicornWorker
 
 from eventrouter import logs
 from eventrouter.config import Config, parse_bind
+
+#: The worker's cyclic-GC thresholds: a young collection every 10,000 net allocations
+#: of container objects (CPython's default: 700), the older generations as by default.
+GC_THRESHOLD = (10_000, 10, 10)
+
+
+class _HeldHead:
+    """Stands in for the transport between a response's start and its first body
+    message: the first write (the status line and headers) is held, the next one goes
+    out joined to it, in one ``transport.write``. Anything else reaches the transport."""
+
+    __slots__ = ("head", "joined", "transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.head: bytes | None = None
+        self.joined = False
+
+    def write(self, data: bytes) -> None:
+        if self.joined:
+            self.transport.write(data)
+        elif self.head is None:
+            self.head = data
+        else:
+            self.joined = True
+            self.transport.write(self.head + data)
+            self.head = None
+
+    def release(self) -> asyncio.Transport:
+        """Write a head still held (a HEAD request's, an error's) and step aside."""
+        if self.head is not None:
+            self.joined = True
+            self.transport.write(self.head)
+            self.head = None
+        return self.transport
+
+    def close(self) -> None:
+        self.release().close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+class CoalescingCycle(RequestResponseCycle):
+    """uvicorn's request-response cycle, except that a response of known length
+    (``content-length`` set, as Falcon sets it for ``resp.data``/``resp.text``) goes out
+    in one ``transport.write``: status line, headers and the first body message together.
+
+    uvicorn writes the head on ``http.response.start`` and the body on
+    ``http.response.body``: two sends, two syscalls and two TCP segments per response,
+    which took 28 % of the edge's GIL samples under single-event load (bench/README.md,
+    "Where the edge's time goes"). A chunked response (no ``content-length``: a stream,
+    server-sent events) is written as before, its head at once, so a stream whose first
+    chunk comes late still shows its status. A fixed-length stream (a static file) sends
+    its head with its first chunk.
+    """
+
+    async def send(self, message: Any) -> None:
+        if message["type"] == "http.response.start":
+            if not self.response_started and _fixed_length(message.get("headers", ())):
+                self.transport = _HeldHead(self.transport)
+            await super().send(message)
+            return
+        held = self.transport if type(self.transport) is _HeldHead else None
+        try:
+            await super().send(message)
+        finally:
+            if held is not None:
+                self.transport = held.release()
+
+
+def _fixed_length(headers: Any) -> bool:
+    for name, _ in headers:  # noqa: SIM110 - a plain loop: any(generator) costs more here
+        if name.lower() == b"content-length":
+            return True
+    return False
 
 
 class DrainingHttpProtocol(HttpToolsProtocol):
@@ -48,6 +125,11 @@ class DrainingHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._receiving = False
         super().on_headers_complete()
+        if type(self.cycle) is RequestResponseCycle:
+            # uvicorn builds its own class here (and has not run it yet: its task starts
+            # on the next loop turn, a pipelined one later still): ours writes each
+            # response of known length in one send.
+            self.cycle.__class__ = CoalescingCycle
         if self._draining is not None and self.cycle is not None:
             self._draining.cancel()
             self.cycle.keep_alive = False  # answered, then closed
@@ -90,6 +172,14 @@ class UvloopWorker(UvicornWorker):
         "lifespan": "on",
         "proxy_headers": False,
     }
+
+    def init_process(self) -> None:
+        # A request's objects are freed by reference counting as it completes; the
+        # cyclic collector only ran because CPython counts allocations: at the default
+        # 700 it collected about once every 10 requests for nothing (3 µs a request,
+        # bench/edge_costs.py). The app freezes what start-up allocated (app.Lifespan).
+        gc.set_threshold(*GC_THRESHOLD)
+        super().init_process()
 
 
 WORKER_CLASS = f"{UvloopWorker.__module__}.{UvloopWorker.__qualname__}"

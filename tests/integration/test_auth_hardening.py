@@ -645,9 +645,15 @@ def test_metrics_on_a_listener_of_its_own(tmp_path):
                 )
                 assert response.status_code == 200, response.text
         assert httpx.get(f"{serve.url}/metrics", timeout=HANG_GUARD).status_code == 404
-        scraped = httpx.get(f"{metrics_url}/metrics", timeout=HANG_GUARD)
-        assert scraped.status_code == 200
-        assert 'eventrouter_events_accepted_total{source="web",type="track"} 10.0' in scraped.text
+        counted = 'eventrouter_events_accepted_total{source="web",type="track"} 10.0'
+
+        def scraped() -> str:
+            response = httpx.get(f"{metrics_url}/metrics", timeout=HANG_GUARD)
+            assert response.status_code == 200
+            return response.text
+
+        # each worker's request counts reach the shared files within metrics.FLUSH_INTERVAL
+        eventually(lambda: counted in scraped(), "both workers' accepted events")
         for path in ("/health", "/admin/login", "/api/v1/events", "/v1/track"):
             assert httpx.get(f"{metrics_url}{path}", timeout=HANG_GUARD).status_code == 404, path
         refused = httpx.post(f"{metrics_url}/v1/track", json={"userId": "u", "event": "E"})
