@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.metadata
+import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -14,7 +16,7 @@ import pluggy
 
 from eventrouter import __version__, logs
 from eventrouter import config as config_module
-from eventrouter.bus.bus import ENTRY_POINT_GROUP, Bus, make_plugin_manager
+from eventrouter.bus.bus import ENTRY_POINT_GROUP, WORKER, Bus, StartFailed, make_plugin_manager
 from eventrouter.client import upload as upload_command
 from eventrouter.config import Config, ConfigError
 from eventrouter.edge.ratelimit import RateLimiter
@@ -72,7 +74,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from eventrouter import metrics
 
         metrics.serve_worker_metrics(args.metrics_port, args.metrics_host)
-    Worker(config, sinks=args.sink or None).serve_forever()
+    try:
+        Worker(config, sinks=args.sink or None).serve_forever()
+    except StartFailed as exc:
+        print(f"eventrouter: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -203,7 +209,42 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"  privacy: {line}")
     for line in _admin_lines(config):
         print(f"  admin:   {line}")
-    return 0
+    if not args.connect:
+        return 0
+    results = asyncio.run(_try_sinks(config))
+    for line, _ in results:
+        print(f"  connect: {line}")
+    return 1 if any(not ok for _, ok in results) else 0
+
+
+async def _call(method: Any, *args: Any) -> Any:
+    """A sink method, plain (in a thread: it may block) or ``async``."""
+    if inspect.iscoroutinefunction(method):
+        return await method(*args)
+    result = await asyncio.to_thread(method, *args)
+    return await result if inspect.isawaitable(result) else result
+
+
+async def _try_sinks(config: Config) -> list[tuple[str, bool]]:
+    """``config check --connect``: start and stop each configured sink on its own, as a
+    worker would (every sink runs), and say what happened to each."""
+    bus = Bus(config, make_plugin_manager(config), role=WORKER)
+    results = []
+    for name, sink in bus.sinks.items():
+        what = bus.describe_plugin(f"sink:{name}")
+        try:
+            await _call(sink.start, bus)
+        except Exception as exc:
+            results.append((f"{what} failed to start: {type(exc).__name__}: {exc}", False))
+            continue
+        try:
+            await _call(sink.stop)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            results.append((f"{what} started, but failed to stop: {error}", False))
+            continue
+        results.append((f"{what}: started and stopped", True))
+    return results
 
 
 def _rate(limit: Any) -> str:
@@ -303,6 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
     config_commands = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = config_commands.add_parser("check", help="validate a config file")
     check.add_argument("file")
+    check.add_argument(
+        "--connect",
+        action="store_true",
+        help="also start and stop each sink (connects to its database, bucket, file...)",
+    )
     check.set_defaults(func=cmd_config_check)
 
     upload_command.add_parser(commands)

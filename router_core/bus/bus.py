@@ -98,6 +98,17 @@ class NotDurable(APIError):
         )
 
 
+class StartFailed(Exception):
+    """A plugin's ``eventrouter_startup`` (a sink's ``start``) raised. ``str()`` is the
+    one line an operator needs: ``sink 'archive' (type jsonl) failed to start: ...``;
+    the original error is the ``__cause__``."""
+
+    def __init__(self, message: str, plugin_name: str) -> None:
+        super().__init__(message)
+        #: The plugin's name on the plugin manager (``sink:archive``, ``dedup:redis``).
+        self.plugin_name = plugin_name
+
+
 def fails_closed(plugin: Any) -> bool:
     """Whether ``plugin``'s pipeline stage is privacy-relevant: its object (module or
     instance) has a true ``fail_closed`` attribute (docs/plugins.md, "Failing closed")."""
@@ -616,9 +627,35 @@ class Bus:
         return None
 
     # -- lifecycle and health ----------------------------------------------------------
+    def describe_plugin(self, plugin_name: str) -> str:
+        """How an operator knows a plugin: ``sink 'archive' (type jsonl)`` for a
+        configured sink, ``the queue publisher`` for the edge's, else
+        ``plugin 'NAME'``."""
+        if plugin_name.startswith("sink:") and plugin_name[5:] in self.sinks:
+            sink = self.sinks[plugin_name[5:]]
+            return f"sink {sink.name!r} (type {sink.config.type})"
+        if plugin_name == PUBLISHER_NAME:
+            return "the queue publisher"
+        return f"plugin {plugin_name!r}"
+
     async def start(self) -> None:
+        """Call every ``eventrouter_startup``, first registered first.
+
+        :raises StartFailed: one raised; the plugins started before it have been shut
+            down again, and the error names the culprit in one line.
+        """
+        started: set[str] = set()
         for impl in reversed(self.pm.hook.eventrouter_startup.get_hookimpls()):
-            await self._invoke(impl, {"bus": self})
+            try:
+                await self._invoke(impl, {"bus": self})
+            except Exception as exc:
+                await self._shut_down(started)
+                message = (
+                    f"{self.describe_plugin(impl.plugin_name)} failed to start: "
+                    f"{type(exc).__name__}: {exc}"
+                )
+                raise StartFailed(message, impl.plugin_name) from exc
+            started.add(impl.plugin_name)
         if self.role == EDGE:  # each outlet in /health and /metrics from the start
             for impl in self.pm.hook.eventrouter_write_batch.get_hookimpls():
                 self._outlet(impl)
@@ -633,7 +670,14 @@ class Bus:
                 outlet.cancel()
             if late:
                 await asyncio.wait(late)
+        await self._shut_down()
+
+    async def _shut_down(self, only: set[str] | None = None) -> None:
+        """Call ``eventrouter_shutdown`` (of the plugins in ``only``, when given), each
+        isolated, then let the hook threads go."""
         for impl in reversed(self.pm.hook.eventrouter_shutdown.get_hookimpls()):
+            if only is not None and impl.plugin_name not in only:
+                continue
             try:
                 await self._invoke(impl, {})
             except Exception:
