@@ -68,7 +68,9 @@ def make_plugin_manager(
     """Build a fresh PluginManager: hookspecs, entry-point plugins, then ``plugins``.
 
     Plugins named in ``[plugins] disabled`` are blocked before loading. Every test gets
-    its own manager; there is no import-time global.
+    its own manager; there is no import-time global. A module in ``plugins`` that an
+    entry point has registered already (a plugin under test, installed with
+    ``pip install -e .``) is skipped: pluggy would refuse it under a second name.
     """
     pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
@@ -77,7 +79,8 @@ def make_plugin_manager(
     if entry_points:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     for plugin in plugins:
-        pm.register(plugin)
+        if not pm.is_registered(plugin):
+            pm.register(plugin)
     pm.check_pending()
     return pm
 
