@@ -45,8 +45,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metrics.remove_multiprocess_dir(metrics_dir, owner)
 
 
+def _with_plugins_dir(config: Config, args: argparse.Namespace) -> Config:
+    """``--plugins-dir`` (relative to the working directory) overrides ``plugins_dir``."""
+    if getattr(args, "plugins_dir", None):
+        config.plugins_dir = os.path.abspath(args.plugins_dir)
+    return config
+
+
 def _serve(args: argparse.Namespace, Server: Any, gunicorn_options: Any) -> int:
-    config = _load(args.config)
+    config = _with_plugins_dir(config_module.load(args.config), args)
+    Bus(config, make_plugin_manager(config))  # validates every sink's keys; no I/O
     logs.configure(logs.chosen_format(config.server.log_format))
     if args.host:
         config.server.host = args.host
@@ -68,7 +76,7 @@ def _serve(args: argparse.Namespace, Server: Any, gunicorn_options: Any) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from eventrouter.queue.worker import Worker
 
-    config = config_module.load(args.config)
+    config = _with_plugins_dir(config_module.load(args.config), args)
     logs.configure(logs.chosen_format(config.server.log_format))
     if args.metrics_port is not None:
         from eventrouter import metrics
@@ -301,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default: server.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: $EVENTROUTER_PORT or 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
+    serve.add_argument(
+        "--plugins-dir", metavar="DIR", help="load each DIR/*.py as a plugin (plugins_dir)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     worker = commands.add_parser("worker", help="consume the queue and feed the sinks")
@@ -310,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="NAME",
         help="consume only this sink's queue (repeatable; default: every sink)",
+    )
+    worker.add_argument(
+        "--plugins-dir", metavar="DIR", help="load each DIR/*.py as a plugin (plugins_dir)"
     )
     worker.add_argument(
         "--metrics-port",

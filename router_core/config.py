@@ -365,6 +365,10 @@ class Config(_Strict):
     dedup: DedupConfig | None = None
     rate_limits: RateLimitsConfig | None = None
     privacy: PrivacyConfig = msgspec.field(default_factory=PrivacyConfig)
+    #: A directory whose ``*.py`` files are loaded as plugins, each under its file's
+    #: name (docs/plugins.md, "Single-file plugins"); relative to the config file's
+    #: directory. ``--plugins-dir`` on ``serve`` and ``worker`` sets it too.
+    plugins_dir: str | None = None
     #: The file this came from (not a TOML key).
     path: str | None = None
 
@@ -522,6 +526,10 @@ def parse(
         sinks[name] = sink
     config.sinks = sinks
     config.path = file
+    if config.plugins_dir and file and not os.path.isabs(config.plugins_dir):
+        config.plugins_dir = os.path.join(
+            os.path.dirname(os.path.abspath(file)), config.plugins_dir
+        )
     names = [s.name for s in config.sources]
     for i, name in enumerate(names):
         if names.index(name) != i:

@@ -26,13 +26,18 @@ on without it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import importlib.util
 import inspect
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pluggy
@@ -78,11 +83,60 @@ def make_plugin_manager(
         pm.set_blocked(name)
     if entry_points:
         pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+    if config.plugins_dir:
+        for name, module in load_plugins_dir(config.plugins_dir, config.path):
+            if pm.is_blocked(name):
+                continue
+            if pm.get_plugin(name) is not None:
+                raise ConfigError(
+                    config.path,
+                    "plugins_dir",
+                    f"{Path(config.plugins_dir) / (name + '.py')}: a plugin named {name!r} "
+                    "is installed already (rename the file)",
+                )
+            pm.register(module, name=name)
     for plugin in plugins:
         if not pm.is_registered(plugin):
             pm.register(plugin)
     pm.check_pending()
     return pm
+
+
+def load_plugins_dir(directory: str, file: str | None = None) -> list[tuple[str, ModuleType]]:
+    """Import every ``*.py`` file of ``directory`` (not those starting with ``_``), in
+    name order: ``[(plugin name = file stem, module)]``.
+
+    Each file is imported once per process and kept in ``sys.modules`` under a name of
+    its own (its path's hash), so that building a second plugin manager, as the server's
+    workers and the tests do, reuses the module and its state, as for an entry point.
+
+    :raises ConfigError: the directory is missing, or a file fails to import (the error
+        names the file).
+    """
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise ConfigError(file, "plugins_dir", f"{directory}: not a directory")
+    found = []
+    for path in sorted(folder.glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        resolved = path.resolve()
+        digest = hashlib.sha1(str(resolved).encode(), usedforsecurity=False).hexdigest()[:12]
+        module_name = f"eventrouter_plugins_dir_{digest}_{path.stem}"
+        module = sys.modules.get(module_name)
+        if module is None:
+            spec = importlib.util.spec_from_file_location(module_name, resolved)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                del sys.modules[module_name]
+                raise ConfigError(
+                    file, "plugins_dir", f"{path}: {type(exc).__name__}: {exc}"
+                ) from exc
+        found.append((path.stem, module))
+    return found
 
 
 #: Seconds a client is told to wait before retrying a refused batch.

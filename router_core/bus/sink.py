@@ -53,6 +53,13 @@ class Sink:
     #: hooks. The worker calls ``write`` from its pool either way.
     dedicated_writer: ClassVar[bool] = False
 
+    #: True for an append-only destination (a file, a stream) that cannot skip an event
+    #: it holds already: a batch written again (a retry, a redelivery in queue mode) is
+    #: stored twice. False: writes are idempotent on ``message_id``. The conformance kit
+    #: (``eventrouter.testing``) checks the claim; docs/plugins.md, "Idempotent and
+    #: append-only destinations".
+    at_least_once: ClassVar[bool] = False
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # The bus awaits ``async def`` hook implementations on the loop and runs plain
         # ones in a thread; give an async ``write``/``start``/``stop`` an async adapter.
