@@ -300,6 +300,12 @@ class SQLiteSink(Sink):
         if error is not None:
             raise error
 
+    @property
+    def at_least_once(self) -> bool:  # type: ignore[override]
+        """Without the unique ``message_id`` index (``indexes``), a redelivered event is
+        stored again (docs/plugins.md, "Idempotent and append-only destinations")."""
+        return "message_id" not in self.options.indexes
+
     def is_retryable(self, error: BaseException) -> bool:
         """``OperationalError`` ("database is locked", disk I/O, disk full) and timeouts
         may pass; any other error (a constraint, a bad value) fails the write at once."""

@@ -37,7 +37,8 @@ EXTENSIONS = {"admin", "plugins", "sinks", "snippet"}
 #: area of a lower layer; areas in one layer do not import one another. The areas are
 #: the subpackages of router_core/ and its top-level modules.
 LAYERS: list[set[str]] = [
-    {"cli", "asgi"},  # the entry points: ``eventrouter ...`` and ``eventrouter.asgi:app``
+    {"cli", "asgi", "testing"},  # entry points: ``eventrouter ...``, ``eventrouter.asgi:app``,
+    # and ``eventrouter.testing`` (the sink conformance kit, a pytest plugin)
     {"server"},  # gunicorn and uvicorn around the app
     {"app"},  # the Falcon app: wires the edge, the bus and the plugins' routes together
     {"edge"},  # HTTP in: ingest, limits, rate limits, auth, the query API
