@@ -1,8 +1,13 @@
-"""The sink conformance kit (router_core/testing.py) on the sinks that need no service."""
+"""The sink conformance kit (router_core/testing.py) on the sinks that need no service
+(in integration/: its concurrent-writers case starts processes)."""
 
 from __future__ import annotations
 
+import pytest
+
 from eventrouter.testing import SinkConformance
+
+pytestmark = pytest.mark.slow
 
 
 def test_the_file_sink_conforms(tmp_path, capsys):
