@@ -94,7 +94,7 @@ bench: $(TEST_STAMP)
 
 ## bench-targets: every target of issue 20 with its figure and a "met" column, one run:
 ## ingest beside bare Falcon and the prototype, the /v1/batch A/B against BASE (default:
-## bench/targets.py's, main before issue 20), sinks, 3 minutes end to end; ~20 minutes.
+## bench/targets.py's, main before issue 20), sinks, 3 minutes end to end; ~12 minutes.
 ## BENCH_ARGS="--quick" for a smoke run (bench/targets.py; bench/README.md, "Targets
 ## (issue 20)").
 bench-targets:
