@@ -16,7 +16,7 @@ PIP_SELF   := $(BIN)/python -m pip install --quiet --no-deps --no-build-isolatio
 # imports every module from a runtime-only venv either way).
 RUNTIME_DEPS ?= ../shared/tools/runtime-deps
 
-.PHONY: run test test-fast smoke lock lock-check lint format bench services clean
+.PHONY: run test test-fast smoke lock lock-check lint format bench bench-targets services clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -86,10 +86,19 @@ format: $(TEST_STAMP)
 ## One area's own script: make bench BENCH=ingest|sinks|e2e|dashboard BENCH_ARGS="..."
 ## Before and after: make bench BASE=<git ref> runs bench/all.py of that ref and of this
 ## tree in turn, BENCH_ARGS to both, one table (bench/compare.py; bench/README.md).
+## Issue 20's targets: make bench BENCH=targets, or make bench-targets (below).
 BENCH ?= all
 bench: $(TEST_STAMP)
 	bash .ci/services bench
-	$(BIN)/python bench/$(if $(BASE),compare.py --base $(BASE),$(BENCH).py) $(BENCH_ARGS)
+	$(BIN)/python bench/$(if $(filter targets,$(BENCH)),targets.py $(if $(BASE),--base $(BASE)),$(if $(BASE),compare.py --base $(BASE),$(BENCH).py)) $(BENCH_ARGS)
+
+## bench-targets: every target of issue 20 with its figure and a "met" column, one run:
+## ingest beside bare Falcon and the prototype, the /v1/batch A/B against BASE (default:
+## bench/targets.py's, main before issue 20), sinks, 3 minutes end to end; ~12 minutes.
+## BENCH_ARGS="--quick" for a smoke run (bench/targets.py; bench/README.md, "Targets
+## (issue 20)").
+bench-targets:
+	$(MAKE) bench BENCH=targets
 
 clean:
 	rm -rf $(VENV) *.egg-info build .pytest_cache .ruff_cache

@@ -10,7 +10,8 @@ the numbers mean. :func:`run` measures and returns every :class:`TargetRun` with
 report (bench/all.py uses it).
 
     .venv/bin/python bench/ingest.py [--duration S] [--connections N] [--workers N]
-                                     [--warmup S] [--only single|batch] [--no-fsync]
+                                     [--warmup S] [--wrk-threads 2] [--only single|batch]
+                                     [--no-fsync]
                                      [--queue] [--targets T,...] [--broker URL]
 """
 
@@ -411,9 +412,12 @@ class WrkResult:
         return self.connect + self.read + self.write + self.timeout
 
 
-def run_wrk(url: str, body_file: Path, seconds: float, connections: int) -> tuple[WrkResult, str]:
-    """One wrk run; returns the parsed numbers and wrk's full output."""
-    threads = min(WRK_THREADS, connections)
+def run_wrk(
+    url: str, body_file: Path, seconds: float, connections: int, threads: int = WRK_THREADS
+) -> tuple[WrkResult, str]:
+    """One wrk run with ``threads`` threads (at most one per connection); returns the
+    parsed numbers and wrk's full output."""
+    threads = min(threads, connections)
     argv = [
         shutil.which("wrk") or "wrk",
         *(f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--latency"),
@@ -565,7 +569,7 @@ def measure(
     """Warm up (discarded), then one measured wrk run with rows and CPU counted around it."""
     url = server.base_url + scenario.path
     log(f"{server.name} {scenario.name}: warm-up {args.warmup:g} s")
-    run_wrk(url, body_file, args.warmup, args.connections)
+    run_wrk(url, body_file, args.warmup, args.connections, args.wrk_threads)
     before = settled_rows(server.db_path) if server.db_path else None
     if server.queue is not None:
         server.queue.broker.settled_depth()
@@ -573,7 +577,7 @@ def measure(
         log(f"{server.name} {scenario.name}: purged the warm-up's {purged:,} messages")
     log(f"{server.name} {scenario.name}: {args.duration:g} s at {args.connections} connections")
     cpu_before, wrk_cpu_before, broker_before, idle_before = cpu_snapshot(server)
-    result, output = run_wrk(url, body_file, args.duration, args.connections)
+    result, output = run_wrk(url, body_file, args.duration, args.connections, args.wrk_threads)
     cpu_after, wrk_cpu_after, broker_after, idle_after = cpu_snapshot(server)
     after = settled_rows(server.db_path) if server.db_path else None
     check = queue_check(server) if server.queue is not None else None
@@ -987,7 +991,7 @@ def setup_line(args: argparse.Namespace, scenarios: Sequence[Scenario]) -> str:
         f"{s.name} {len(s.body):,} B ({s.events_per_request} event(s))" for s in scenarios
     )
     return (
-        f"wrk: {min(WRK_THREADS, args.connections)} threads, {args.connections} connections, "
+        f"wrk: {min(args.wrk_threads, args.connections)} threads, {args.connections} connections, "
         f"{args.duration:g} s per run after a {args.warmup:g} s warm-up; "
         f"servers: {args.workers} gunicorn worker(s) of `{WORKER_CLASS}`; "
         f"targets: {', '.join(args.targets)}; bodies: {sizes}."
@@ -1004,6 +1008,12 @@ def add_load_options(parser: argparse.ArgumentParser, duration: float) -> None:
     parser.add_argument("--connections", type=int, default=64, help="wrk connections [64]")
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="gunicorn workers [nproc]"
+    )
+    parser.add_argument(
+        "--wrk-threads",
+        type=int,
+        default=WRK_THREADS,
+        help=f"wrk threads, at most one per connection [{WRK_THREADS}]",
     )
     parser.add_argument("--only", choices=["single", "batch"], help="run one scenario only")
 
@@ -1033,9 +1043,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"RabbitMQ on loopback for eventrouter-queue [{DEFAULT_BROKER}]",
     )
     args = parser.parse_args(argv)
-    for name in ("duration", "warmup", "connections", "workers"):
+    for name in ("duration", "warmup", "connections", "workers", "wrk_threads"):
         if getattr(args, name) <= 0:
-            parser.error(f"--{name} must be positive")
+            parser.error(f"--{name.replace('_', '-')} must be positive")
     chosen = set(args.targets.split(",") if args.targets else DEFAULT_TARGETS)
     unknown = chosen - set(TARGETS)
     if unknown:

@@ -71,6 +71,14 @@ def delete_prototype_queue(broker: str, prefix: str) -> None:
                 getattr(channel, delete)(name)
 
 
+def purge_prototype_queue(broker: str, prefix: str) -> None:
+    """Empty the prototype's queue: nothing consumes it, and a batch run leaves gigabytes."""
+    with closing(Connection(broker)) as connection:
+        channel = connection.channel()
+        with suppress(*connection.channel_errors):  # not declared yet: nothing to purge
+            channel.queue_purge(f"{prefix}.events")
+
+
 def table(rows: Sequence[ingest.Measurement]) -> list[str]:
     bare = {m.scenario.name: m.requests_per_s for m in rows if m.target == "bare"}
     lines = [
@@ -133,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         rows.append(measurement)
                         if server.queue is not None:
                             server.queue.broker.purge()
+                        if name == "prototype":
+                            purge_prototype_queue(args.broker, prefix)
             finally:
                 if server.queue is not None:
                     server.queue.broker.delete()
