@@ -162,7 +162,7 @@ def merge(*groups: Iterable[Row]) -> list[Row]:
 def _figure(row: Row) -> str:
     if row.figure is None:
         return "failed"
-    return f"{row.figure:,.1f}" if row.unit.startswith("ms") else f"{row.figure:,.0f}"
+    return f"{row.figure:,.1f}" if row.unit.startswith(("ms", "µs")) else f"{row.figure:,.0f}"
 
 
 def markdown(rows: Sequence[Row]) -> list[str]:
@@ -189,6 +189,8 @@ def ingest_rows(runs: Sequence[Any], connections: int) -> list[Row]:
     for run in runs:
         for m in run.measurements:
             rows.append(_measurement_row(m, connections))
+            if (cpu := _cpu_row(m)) is not None:
+                rows.append(cpu)
         if run.drain is not None:
             single = next((m for m in run.measurements if m.scenario.name == "single"), None)
             rate = single.durable_per_s if single is not None else None
@@ -209,6 +211,22 @@ def ingest_rows(runs: Sequence[Any], connections: int) -> list[Row]:
                 )
             )
     return rows
+
+
+def _cpu_row(m: Any) -> Row | None:
+    """The server's CPU per event answered 200: what the request path costs, whatever
+    share of the machine the server got. On a busy machine req/s swings with the load
+    of other processes; this moves far less (bench/README.md, "Before and after")."""
+    events = m.acknowledged_events
+    if not events or getattr(m, "server_cpu", None) is None:
+        return None
+    return Row(
+        area="queue" if m.target == "eventrouter-queue" else "ingest",
+        scenario=SCENARIOS.get(m.scenario.name, m.scenario.name),
+        subject=f"{m.target}: server CPU",
+        figure=m.server_cpu / events * 1e6,
+        unit="µs CPU per event",
+    )
 
 
 def _measurement_row(m: Any, connections: int) -> Row:

@@ -163,9 +163,17 @@ def test_table_merges_every_area_with_ratios_to_the_same_runs_bare(bench) -> Non
         bench.dashboard_rows(timings, events=1_000_000),
     )
 
+    cpu = [row for row in rows if row.subject.endswith(": server CPU")]
+    rows = [row for row in rows if row not in cpu]
     assert [row.area for row in rows] == (
         ["ingest"] * 4 + ["queue"] * 3 + ["sinks"] * 3 + ["dashboard"] * 3
     )
+    # Beside each server's run, its CPU per event answered: 1 CPU second for 100,000
+    # single events is 10 µs each.
+    assert len(cpu) == 6
+    single_cpu = next(r for r in cpu if r.subject == "eventrouter: server CPU")
+    assert single_cpu.unit == "µs CPU per event" and single_cpu.target == ""
+    assert single_cpu.figure == pytest.approx(10.0)
 
     base = _rows(rows, "bare")
     assert base["single"].figure == 20_000 and base["batch"].figure == 100_000
