@@ -11,7 +11,8 @@ files and the snippet must really be inside the wheel. Then, from outside the re
 3. the README's ``/track`` curl body is posted and read back through ``/api/v1/events``;
 4. ``/admin/login`` and ``/snippet/v1/latest/analytics.min.js`` are served;
 5. ``eventrouter config check deploy/eventrouter.toml`` (with deploy/.env.example's
-   values) and ``eventrouter worker --help`` succeed;
+   values) and ``eventrouter worker --help`` succeed, and ``eventrouter new-plugin``
+   writes a package (its templates are package data);
 6. the server is stopped by its PID;
 7. ``serve`` with a Parquet sink refuses to start, naming the ``parquet`` extra (the
    runtime lock has no pyarrow).
@@ -212,6 +213,13 @@ def smoke(scratch: Path) -> None:
     out = run([str(eventrouter), "worker", "--help"], cwd=home, env=env).stdout
     if "--sink" not in out:
         raise SmokeFailure(f"worker --help did not list its options:\n{out}")
+
+    step("eventrouter new-plugin: its templates are in the wheel")
+    run([str(eventrouter), "new-plugin", "smoke_sink", "--kind", "sink"], cwd=home, env=env)
+    generated = home / "eventrouter-smoke_sink"
+    for name in ("pyproject.toml", "README.md", "eventrouter_smoke_sink/__init__.py"):
+        if not (generated / name).is_file():
+            raise SmokeFailure(f"new-plugin wrote no {name} in {generated}")
 
     step("an s3 sink with format = 'parquet' and no pyarrow: serve refuses, naming the extra")
     parquet = home / "parquet.toml"

@@ -9,6 +9,7 @@ import inspect
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -297,6 +298,22 @@ def _privacy_lines(config: Any) -> list[str]:
     return [ip, f"scrub: drop {dropped}; hash {hashed}"]
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from eventrouter import scaffold
+
+    taken = {entry.name for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    try:
+        root, files = scaffold.new_plugin(args.name, args.kind, Path(args.dir), taken)
+    except (scaffold.ScaffoldError, OSError) as exc:
+        print(f"eventrouter new-plugin: {exc}", file=sys.stderr)
+        return 2
+    print(f"created {args.kind} plugin {args.name!r} in {root}:")
+    for path in files:
+        print(f"  {path.relative_to(root)}")
+    print(f"next: cd {root} && pip install -e '.[test]' && pytest")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="eventrouter", description="Self-hosted, Segment-compatible event router."
@@ -364,6 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="also start and stop each sink (connects to its database, bucket, file...)",
     )
     check.set_defaults(func=cmd_config_check)
+
+    new = commands.add_parser(
+        "new-plugin", help="generate a plugin package: a sink type or a pipeline stage"
+    )
+    new.add_argument("name", help="the plugin's name: lowercase letters, digits, underscores")
+    new.add_argument("--kind", choices=["sink", "stage"], required=True)
+    new.add_argument("--dir", default=".", help="where to create eventrouter-NAME/ (default: here)")
+    new.set_defaults(func=cmd_new_plugin)
 
     upload_command.add_parser(commands)
     privacy_command.add_parser(commands)

@@ -18,7 +18,7 @@ import re
 import secrets
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -43,6 +43,9 @@ class ConfigError(Exception):
         self.key = key
         self.message = message
         super().__init__(f"{self.file}: {key}: {message}" if key else f"{self.file}: {message}")
+
+
+T = TypeVar("T")
 
 
 class Duration(float):
@@ -332,6 +335,10 @@ class PluginsConfig(_Strict):
     #: Where pipeline stages run, by plugin name, lower first: ``{ "scrub:paths" = 50 }``
     #: overrides that plugin's own ``stage_order`` (docs/plugins.md, "Pipeline stages").
     stage_order: dict[str, int] = {}
+    #: A plugin's own keys, by plugin name (``[plugins.options.NAME]``), for a plugin
+    #: that is not a sink (a pipeline stage): it converts them into its ``Options``
+    #: Struct with :func:`plugin_options` when it starts.
+    options: dict[str, dict[str, Any]] = {}
 
 
 class ScrubConfig(_Strict):
@@ -418,6 +425,16 @@ def convert(obj: Any, type_: Any, file: str | None, prefix: str = "") -> Any:
             message = "unknown key"
         key = ".".join(p for p in (prefix, path) if p)
         raise ConfigError(file, key, message) from None
+
+
+def plugin_options(config: Config, name: str, options_type: type[T]) -> T:
+    """``[plugins.options.NAME]`` of ``config`` as ``options_type`` (a msgspec Struct;
+    an absent table gives its defaults). A bad key raises :class:`ConfigError` naming
+    ``plugins.options.NAME.KEY``; call it from ``eventrouter_startup``, where the
+    failure stops the start naming the plugin (docs/plugins.md, "Stage options")."""
+    return convert(
+        config.plugins.options.get(name, {}), options_type, config.path, f"plugins.options.{name}"
+    )
 
 
 def default_sinks(env: dict[str, str]) -> dict[str, dict[str, Any]]:

@@ -94,6 +94,11 @@ class QueueSink(Sink):
 
     Options = QueueConfig
 
+    #: A batch published again (a request retried after a lost confirm, a spool replayed
+    #: after a publish whose confirm never came) is queued again: the sinks behind the
+    #: queue drop the copy by ``message_id``, or declare themselves at least once too.
+    at_least_once = True
+
     def __init__(self, name: str, config: Any, options: QueueConfig) -> None:
         super().__init__(name, config, options)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()

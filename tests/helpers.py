@@ -177,11 +177,14 @@ class CommandProcess:
         env: dict[str, str],
         log_path: Path,
         umask: int | None = None,
+        program: Sequence[str] | None = None,
     ) -> None:
+        """:param program: what runs ``eventrouter`` (default: this venv's script; a
+        test of another venv passes ``[python, "-m", "eventrouter.cli"]``)."""
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
-            [str(VENV_BIN / "eventrouter"), *argv],
+            [*(program or [str(VENV_BIN / "eventrouter")]), *argv],
             cwd=cwd,
             env=env,
             stdout=self._log,
@@ -223,6 +226,7 @@ class ServeProcess(CommandProcess):
         port: int | None = None,
         clear_env: dict[str, str] | None = None,
         umask: int | None = None,
+        program: Sequence[str] | None = None,
     ) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -231,7 +235,8 @@ class ServeProcess(CommandProcess):
         if clear_env is None:
             full_env.setdefault("EVENTROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
         argv = ["serve", "--port", str(self.port), "--workers", str(workers), *args]
-        super().__init__(argv, cwd, full_env, cwd / f"serve-{self.port}.log", umask=umask)
+        log = cwd / f"serve-{self.port}.log"
+        super().__init__(argv, cwd, full_env, log, umask=umask, program=program)
 
     def wait_ready(self, timeout: float = 30) -> ServeProcess:
         deadline = time.monotonic() + timeout

@@ -48,6 +48,7 @@ LAYERS: list[set[str]] = [
     {"events", "client"},  # the wire model and commands; the batch API client
     {"metrics"},  # Prometheus collectors (multiprocess files in the data directory)
     {"files"},  # the data directory and private files
+    {"scaffold"},  # ``eventrouter new-plugin``: package templates, nothing of the runtime
     {"config"},  # the configuration schema (names the JSON columns scrubbing may reach)
     {"columns", "errors", "health", "redact", "__init__"},  # the foundation
 ]

@@ -5,7 +5,8 @@
 - Every ``python`` block is then run in page order: a package file is imported, a test
   file (``# tests/test_x.py``) and any other block are executed as a module of their
   own, and every ``test_*`` function a block defines is called (with ``tmp_path``). A
-  block whose first line is ``# fragment: ...`` is only compiled.
+  block whose first line is ``# fragment: ...`` is only compiled, and so is one whose
+  tests start processes (:data:`PROCESS_BLOCKS`): an integration test runs those.
 - ``toml`` blocks parse; those that are an operator's config (not ``[project...]``)
   pass the config schema. ``ini`` blocks parse, and the built-in entry points match
   ``setup.cfg``. The ``console`` listing of ``eventrouter plugins`` is what the command
@@ -83,7 +84,21 @@ def _call_tests(namespace: dict, block: Block, tmp_path_factory) -> list[str]:
     return called
 
 
+#: Blocks whose tests start processes (the conformance kit's concurrent writers): here
+#: they are only compiled; tests/integration/test_plugin_docs_processes.py runs them.
+PROCESS_BLOCKS = {"tests/test_conformance.py"}
+
+
 def test_every_python_block_runs(tmp_path, tmp_path_factory, monkeypatch):
+    tests_called = run_page(tmp_path, tmp_path_factory, monkeypatch, processes=False)
+    # The testing recipe is a real test, and it ran.
+    assert "test_an_event_reaches_the_file" in tests_called
+
+
+def run_page(tmp_path, tmp_path_factory, monkeypatch, *, processes: bool) -> list[str]:
+    """Write the page's files, run its blocks in order, and call the ``test_``
+    functions of the blocks in :data:`PROCESS_BLOCKS` (``processes``) or of every other
+    block (not ``processes``; those blocks are then only compiled). The names called."""
     python = blocks("python")
     package = tmp_path / "package"
     written: dict[str, Block] = {}
@@ -103,7 +118,8 @@ def test_every_python_block_runs(tmp_path, tmp_path_factory, monkeypatch):
     tests_called: list[str] = []
     try:
         for block in python:
-            if block.fragment:
+            starts_processes = block.file in PROCESS_BLOCKS
+            if block.fragment or (starts_processes and not processes):
                 compile(block.code, block.where, "exec")
                 continue
             if block.file is not None and not block.file.startswith("tests/"):
@@ -114,13 +130,13 @@ def test_every_python_block_runs(tmp_path, tmp_path_factory, monkeypatch):
             else:
                 namespace = {"__name__": f"docs_block_{block.line}"}
                 exec(compile(block.code, block.where, "exec"), namespace)
-            tests_called += _call_tests(namespace, block, tmp_path_factory)
+            if starts_processes == processes:
+                tests_called += _call_tests(namespace, block, tmp_path_factory)
     finally:
         for name in set(sys.modules) - modules:  # the page's packages, for other tests
             if name.split(".")[0] in {p.split("/")[0].removesuffix(".py") for p in written}:
                 del sys.modules[name]
-    # The testing recipe is a real test, and it ran.
-    assert "test_an_event_reaches_the_file" in tests_called
+    return tests_called
 
 
 def test_the_plugin_under_test_may_also_be_installed():

@@ -31,6 +31,7 @@ NOT_IN_UNIT = {
     "tests.queue_support": "RabbitMQ and Redis",
     "tests.store_support": "PostgreSQL and ClickHouse",
     "tests.s3_support": "moto's S3 server",
+    "tests.conformance_support": "the conformance kit's writer processes and brokers",
     "tests.cdn_support": "nginx",
     "tests.browser_support": "a browser",
     "tests.tcp_proxy": "a proxy in front of a service",

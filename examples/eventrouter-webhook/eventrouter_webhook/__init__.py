@@ -86,6 +86,11 @@ def is_retryable(status: int) -> bool:
 class WebhookSink(Sink):
     Options = WebhookOptions
 
+    #: A batch written again (a retry after a timeout the endpoint did answer, a
+    #: redelivery in queue mode) is posted again: the endpoint gets it twice, with the
+    #: same ``X-Eventrouter-Batch-Id``, by which it can drop the repeat.
+    at_least_once = True
+
     def __init__(self, name: str, config: Any, options: WebhookOptions) -> None:
         # No I/O here: ``config check`` and a queued edge build the sink but never start it.
         super().__init__(name, config, options)
