@@ -1,14 +1,26 @@
 """Inbound message shapes: the Segment HTTP Tracking API and the original `/track` payload.
 
-These Structs describe what clients *send*. They are decoded straight from request bytes
-by prebuilt msgspec decoders (see :data:`SINGLE_DECODERS`), so a wrong type, a missing
-required field or a malformed timestamp becomes a :class:`msgspec.ValidationError` whose
-message names the JSON path (``... - at `$.event```). Normalisation into immutable
-Commands happens in :mod:`eventrouter.events.normalise`.
+These Structs describe what clients *send* (and the OpenAPI document is generated from
+them). They are decoded straight from request bytes by prebuilt decoders (see
+:data:`SINGLE_DECODERS`), so a wrong type, a missing required field or a malformed
+timestamp becomes a :class:`msgspec.ValidationError` whose message names the JSON path
+(``... - at `$.event```). Normalisation into immutable Commands happens in
+:mod:`eventrouter.events.normalise`.
+
+The free-form objects (``properties``, ``traits``, ``context``) are not decoded at the
+edge: :class:`RawDecoder` decodes a twin of each Struct whose free-form fields are
+:class:`msgspec.Raw` (the JSON text, checked for syntax, skipped over), and so they
+travel as text to the sinks (:mod:`eventrouter.events.commands`). What the twin accepts
+beyond the Struct, a free-form field that is not an object, or a number no float holds
+(``1e400``), is refused with the Struct's own error: the strict decoder runs on those
+bodies alone.
 """
 
 from __future__ import annotations
 
+import functools
+import operator
+import types
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -114,14 +126,96 @@ class LegacyTrack(msgspec.Struct, kw_only=True):
         return self.write_key or self.write_key_camel
 
 
-SINGLE_DECODERS: dict[str, msgspec.json.Decoder] = {
-    "track": msgspec.json.Decoder(Track),
-    "identify": msgspec.json.Decoder(Identify),
-    "page": msgspec.json.Decoder(Page),
-    "screen": msgspec.json.Decoder(Screen),
-    "group": msgspec.json.Decoder(Group),
-    "alias": msgspec.json.Decoder(Alias),
+#: The fields a client sends as free-form JSON objects.
+FREE_FORM = ("properties", "traits", "context")
+#: ``{`` (an object) and ``n`` (``null``): what may start a free-form field's raw text.
+_OBJECT_OR_NULL = frozenset(b"{n")
+
+
+def _raw_twin(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
+    """A subclass of ``cls`` (same tag, names and defaults) whose free-form fields hold
+    raw JSON (:class:`msgspec.Raw`; ``null`` arrives as ``Raw(b"null")``)."""
+    free = [f.name for f in msgspec.structs.fields(cls) if f.name in FREE_FORM]
+
+    def body(namespace: dict[str, Any]) -> None:
+        namespace["__annotations__"] = dict.fromkeys(free, msgspec.Raw)
+        namespace.update(dict.fromkeys(free))
+        namespace["__module__"] = __name__
+
+    tag = cls.__struct_config__.tag
+    kwargs = {"tag": tag} if tag is not None else {}
+    return types.new_class(f"Raw{cls.__name__}", (cls,), kwargs, body)
+
+
+#: Bytes of a body mapped for :func:`_may_overflow`: digits and signs to ``0``, ``e``
+#: and ``E`` to ``e``, everything else to ``x``.
+_NUMBER_SHAPE = bytes(
+    ord("0") if chr(b) in "0123456789+-" else ord("e") if chr(b) in "eE" else ord("x")
+    for b in range(256)
+)
+
+
+def _may_overflow(data: Any) -> bool:
+    """Whether ``data`` may hold a number that msgspec refuses as out of range: an
+    exponent of three digits or more, or 309 digits in a row (strings included, so
+    ``True`` may be a false alarm; ``False`` is certain). Two ``memmem`` searches over
+    one ``bytes.translate``: a fraction of a microsecond for a typical event."""
+    shape = bytes(data).translate(_NUMBER_SHAPE)
+    return b"0e000" in shape or b"0" * 309 in shape
+
+
+class RawDecoder:
+    """Decodes one inbound shape with its free-form fields left as raw JSON, refusing
+    exactly what the shape's own decoder refuses, with the same error.
+
+    The raw twin accepts more than the shape (any JSON value where an object is
+    required, any number): a body it refuses, or one with such a value (checked after
+    decoding, cheaply), goes through the strict decoder, which raises the error a
+    dict-decoding edge always raised. Only such bodies pay for the second decode.
+    """
+
+    __slots__ = ("_free", "_raw", "_strict", "type")
+
+    def __init__(self, type_: Any) -> None:
+        self.type = type_
+        members = type_.__args__ if isinstance(type_, types.UnionType) else (type_,)
+        twins = tuple(_raw_twin(cls) for cls in members)
+        raw_type = twins[0] if len(twins) == 1 else functools.reduce(operator.or_, twins)
+        self._raw = msgspec.json.Decoder(raw_type)
+        self._strict = msgspec.json.Decoder(type_)
+        #: Free-form field names per twin class.
+        self._free = {
+            twin: tuple(f.name for f in msgspec.structs.fields(twin) if f.name in FREE_FORM)
+            for twin in twins
+        }
+
+    def decode(self, data: Any) -> Any:
+        """The message in ``data`` (bytes or :class:`msgspec.Raw`), its free-form
+        fields as ``Raw`` or None.
+
+        :raises msgspec.MsgspecError: what the strict decoder raises for ``data``."""
+        try:
+            message = self._raw.decode(data)
+        except msgspec.MsgspecError:
+            self._strict.decode(data)  # raises its own error: the raw twin accepts more
+            raise
+        for name in self._free[message.__class__]:
+            value = getattr(message, name)
+            if value is not None and memoryview(value)[0] not in _OBJECT_OR_NULL:
+                self._strict.decode(data)  # raises: the field must be an object
+        if _may_overflow(data):
+            self._strict.decode(data)  # raises when the number is one (not in a string)
+        return message
+
+
+SINGLE_DECODERS: dict[str, RawDecoder] = {
+    "track": RawDecoder(Track),
+    "identify": RawDecoder(Identify),
+    "page": RawDecoder(Page),
+    "screen": RawDecoder(Screen),
+    "group": RawDecoder(Group),
+    "alias": RawDecoder(Alias),
 }
-ANY_DECODER = msgspec.json.Decoder(AnyMessage)
+ANY_DECODER = RawDecoder(AnyMessage)
 BATCH_DECODER = msgspec.json.Decoder(BatchBody)
-LEGACY_DECODER = msgspec.json.Decoder(LegacyTrack)
+LEGACY_DECODER = RawDecoder(LegacyTrack)

@@ -13,13 +13,31 @@ Segment's rules, applied here once for every entry point:
   item's own keys winning;
 * ``context.ip`` is filled from the connection when the client did not set it, and
   anonymised per the source's ``ip`` setting (:mod:`eventrouter.events.ipanon`).
+
+The free-form objects arrive as raw JSON text (:class:`msgspec.Raw`, see
+:class:`eventrouter.events.model.RawDecoder`) and leave as raw JSON text in the
+Command: a rule that must look inside one does the least it can.
+
+* Adding a key the object lacks (``context.ip``, a page's ``name``/``category``) splices
+  the member into the text, when a byte search proves the key absent: the text holds no
+  backslash (so no key is spelt with escapes) and not the key in quotes.
+* Reading a key (``context.sessionId``, ``context.traits``) decodes a small Struct of
+  that key alone, and only when the key's quoted name occurs in the text.
+* Anything else, a key that may be present (say ``context.ip`` when the source
+  anonymises), a backslash anywhere in the object, a batch-level ``context`` to merge,
+  decodes the object to a dict, applies the rule as a dict and encodes it again. The
+  decode keeps the last of duplicate keys and the encode writes each key once, so
+  ``{"ip": "a", "ip": "b"}`` cannot carry a second address past anonymisation.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import msgspec
 
 from eventrouter.errors import InvalidEvent
 from eventrouter.events import commands as c
@@ -46,6 +64,21 @@ class Arrival:
     integrations: dict[str, Any] | None = None
     sent_at: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: ``"ip":<ip as JSON>``, the member spliced into a context without ``ip``; and the
+    #: batch-level ``context`` as raw JSON (its items without a context share it).
+    #: Made on first use, once per request.
+    _ip_member: bytes | None = None
+    _context_json: msgspec.Raw | None = None
+
+    def ip_member(self) -> bytes:
+        if self._ip_member is None:
+            self._ip_member = b'"ip":' + _encode(self.ip)
+        return self._ip_member
+
+    def context_json(self) -> msgspec.Raw:
+        if self._context_json is None:
+            self._context_json = msgspec.Raw(_encode(self.context))
+        return self._context_json
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -95,16 +128,108 @@ def _checked(value: datetime, name: str) -> datetime:
     return value
 
 
-def _context(msg_context: dict | None, env: Arrival) -> dict:
+_encode = msgspec.json.Encoder().encode
+_decode_object = msgspec.json.Decoder(dict[str, Any]).decode
+_NULL = msgspec.Raw(b"null")
+_EMPTY_OBJECT = re.compile(rb"\{\s*\}")
+
+
+class _ContextKeys(msgspec.Struct):
+    """The keys of ``context`` a rule reads (the last one wins, as in a dict)."""
+
+    sessionId: Any = None  # the JSON key
+    traits: msgspec.Raw = None
+
+
+_context_keys = msgspec.json.Decoder(_ContextKeys).decode
+
+
+def _absent(data: bytes, quoted_key: bytes) -> bool:
+    """Whether the JSON object ``data`` certainly has no key ``quoted_key`` (``b'"ip"'``):
+    no backslash (no key spelt with escapes) and not the quoted name anywhere."""
+    return b"\\" not in data and quoted_key not in data
+
+
+def _splice(data: bytes, member: bytes) -> bytes:
+    """The JSON object ``data`` with ``member`` (``"key":value``) added as its first key."""
+    if _EMPTY_OBJECT.fullmatch(data):
+        return b"{" + member + b"}"
+    return b"{" + member + b"," + data[1:]
+
+
+def _raw(value: msgspec.Raw | None) -> msgspec.Raw | None:
+    """A free-form field as sent: None when absent or ``null``."""
+    return None if value is None or value == _NULL else value
+
+
+class _Context:
+    """An event's context after the rules: :attr:`json` to store; :attr:`dict` when it
+    had to be decoded (then the rules that read keys read it)."""
+
+    __slots__ = ("dict", "json")
+
+    def __init__(self, json: msgspec.Raw, dict_: dict[str, Any] | None = None) -> None:
+        self.json = json
+        self.dict = dict_
+
+    def keys(self) -> _ContextKeys:
+        """The keys the rules read (decoded from the text only when it names them)."""
+        if self.dict is not None:
+            return _ContextKeys(self.dict.get("sessionId"), None)
+        data = bytes(self.json)
+        if b'"sessionId"' in data or b'"traits"' in data:
+            return _context_keys(data)
+        return _NO_KEYS
+
+
+_NO_KEYS = _ContextKeys()
+
+
+def _context(msg_context: msgspec.Raw | None, env: Arrival) -> _Context:
+    msg_context = _raw(msg_context)
     if env.context:
-        ctx = {**env.context, **msg_context} if msg_context else dict(env.context)
+        if msg_context is None:
+            data = bytes(env.context_json())
+        else:
+            return _context_dict({**env.context, **_decode_object(msg_context)}, env)
     else:
-        ctx = msg_context if msg_context is not None else {}
+        data = b"{}" if msg_context is None else bytes(msg_context)
+    if _absent(data, b'"ip"'):
+        if env.ip:
+            return _Context(msgspec.Raw(_splice(data, env.ip_member())))
+        return _Context(msg_context or msgspec.Raw(data))
+    return _context_dict(_decode_object(data), env)
+
+
+def _context_dict(ctx: dict[str, Any], env: Arrival) -> _Context:
+    """The ``ip`` rules on a decoded context; encoded once, each key once."""
     if env.ip and "ip" not in ctx:
         ctx["ip"] = env.ip
     elif env.ip_mode != ipanon.KEEP and "ip" in ctx:
         ipanon.apply(ctx, env.ip_mode)  # the client's own context.ip
-    return ctx
+    return _Context(msgspec.Raw(_encode(ctx)), ctx)
+
+
+def _with_defaults(properties: msgspec.Raw | None, defaults: dict[str, str]) -> msgspec.Raw:
+    """A page's or screen's properties with ``defaults`` set where the key is absent."""
+    if properties is None:
+        return msgspec.Raw(_encode(defaults))
+    data = bytes(properties)
+    if all(_absent(data, b'"%s"' % key.encode()) for key in defaults):
+        for key, value in defaults.items():
+            data = _splice(data, b'"%s":%s' % (key.encode(), _encode(value)))
+        return msgspec.Raw(data)
+    decoded = _decode_object(data)
+    changed = False
+    for key, value in defaults.items():
+        if key not in decoded:
+            decoded[key] = value
+            changed = True
+    return msgspec.Raw(_encode(decoded)) if changed else properties
+
+
+def _is_empty(value: msgspec.Raw | None) -> bool:
+    return value is None or _EMPTY_OBJECT.fullmatch(bytes(value)) is not None
 
 
 def _integrations(msg_integrations: dict | None, env: Arrival) -> dict:
@@ -112,6 +237,8 @@ def _integrations(msg_integrations: dict | None, env: Arrival) -> dict:
         return {**env.integrations, **msg_integrations} if msg_integrations else env.integrations
     return msg_integrations if msg_integrations is not None else {}
 
+
+_OPEN_BRACE = ord("{")
 
 #: The command class for each event type.
 _COMMANDS: dict[str, type[c.Command]] = {
@@ -122,8 +249,6 @@ _COMMANDS: dict[str, type[c.Command]] = {
     "group": c.GroupCommand,
     "alias": c.AliasCommand,
 }
-#: The event type of each inbound message class (its ``type`` tag).
-_KINDS: dict[type, str] = {cls: cls.__struct_config__.tag for cls in m.AnyMessage.__args__}
 
 
 def to_command(msg: m.AnyMessage, env: Arrival, kind: str | None = None) -> c.Command:
@@ -148,36 +273,50 @@ def to_command(msg: m.AnyMessage, env: Arrival, kind: str | None = None) -> c.Co
     )
     context = _context(msg.context, env)
     session_id = None if msg.session_id is None else _ident(msg.session_id)
-    if session_id is None and "sessionId" in context:
-        session_id = _ident(context["sessionId"])
-    kind = kind or _KINDS[type(msg)]
+    kind = kind or msg.__struct_config__.tag
+    if session_id is None or kind == "identify":
+        keys = context.keys()
+        if session_id is None and keys.sessionId is not None:
+            session_id = _ident(keys.sessionId)
     fields: dict[str, Any] = {}
     if kind == "track":
         fields["event"] = msg.event
-        fields["properties"] = msg.properties or {}
+        fields["properties"] = _raw(msg.properties) or c.EMPTY_OBJECT
     elif kind == "identify":
-        traits = msg.traits
-        if not traits:
+        traits = _raw(msg.traits)
+        if _is_empty(traits):
             # RudderStack's SDKs (rudder-sdk-python, -node, -js) send an identify's traits
             # only as context.traits, which RudderStack's own server reads them from.
-            in_context = context.get("traits")
-            if in_context.__class__ is dict and in_context:
-                traits = dict(in_context)
-        fields["traits"] = traits or {}
+            if context.dict is not None:
+                in_context = context.dict.get("traits")
+                if in_context.__class__ is dict and in_context:
+                    traits = msgspec.Raw(_encode(in_context))
+            else:
+                in_context = keys.traits
+                if (
+                    in_context is not None
+                    and memoryview(in_context)[0] == _OPEN_BRACE
+                    and not _is_empty(in_context)
+                ):
+                    traits = in_context
+        fields["traits"] = traits or c.EMPTY_OBJECT
     elif kind in ("page", "screen"):
-        properties = msg.properties or {}
+        properties = _raw(msg.properties)
+        defaults = {}
         if msg.category is not None:
-            properties.setdefault("category", msg.category)
+            defaults["category"] = msg.category
         if msg.name is not None:
-            properties.setdefault("name", msg.name)
+            defaults["name"] = msg.name
+        if defaults:
+            properties = _with_defaults(properties, defaults)
         fields["name"] = msg.name
-        fields["properties"] = properties
+        fields["properties"] = properties or c.EMPTY_OBJECT
     elif kind == "group":
         group_id = _ident(msg.group_id)
         if group_id is None:
             raise InvalidEvent("missing_field", "groupId: required field is missing")
         fields["group_id"] = group_id
-        fields["traits"] = msg.traits or {}
+        fields["traits"] = _raw(msg.traits) or c.EMPTY_OBJECT
     elif kind == "alias":
         previous_id = _ident(msg.previous_id)
         if previous_id is None:
@@ -191,7 +330,7 @@ def to_command(msg: m.AnyMessage, env: Arrival, kind: str | None = None) -> c.Co
         user_id=user_id,
         anonymous_id=anonymous_id,
         session_id=session_id,
-        context=context,
+        context=context.json,
         integrations=_integrations(msg.integrations, env),
         timestamp=timestamp,
         original_timestamp=original,
@@ -212,11 +351,11 @@ def legacy_to_command(msg: m.LegacyTrack, env: Arrival) -> c.TrackCommand:
         message_id=msg.message_id or new_message_id(),
         source=env.source,
         event=msg.event_type,
-        properties=msg.properties or {},
+        properties=_raw(msg.properties) or c.EMPTY_OBJECT,
         user_id=user_id,
         anonymous_id=anonymous_id,
         session_id=_ident(msg.session_id),
-        context=_context(msg.context, env),
+        context=_context(msg.context, env).json,
         timestamp=timestamp,
         original_timestamp=original,
         received_at=env.received_at,
