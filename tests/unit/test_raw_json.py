@@ -30,7 +30,7 @@ def stored_text(data_dir: Path, user_id: str, column: str) -> str:
     one event."""
     with sqlite3.connect(data_dir / "events.db") as connection:
         [(text,)] = connection.execute(
-            f"SELECT {column} FROM events WHERE user_id = ?",  # noqa: S608 - fixed names
+            f"SELECT {column} FROM events WHERE user_id = ?",  # column: a fixed name
             (user_id,),
         ).fetchall()
     return text
