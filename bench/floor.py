@@ -92,7 +92,7 @@ def measure(
          lambda: [model.ANY_DECODER.decode(raw) for raw in items], BATCH_SIZE),
         ("edge", "normalise (normalise.to_command)",
          lambda: [to_command(message, env) for message in messages], BATCH_SIZE),
-        ("edge", "encode for the broker (MessagePack)",
+        ("edge", "encode for the broker (JSON, the free-form fields copied as sent)",
          lambda: encode_many(commands), BATCH_SIZE),
         ("worker", "decode a broker message",
          lambda: broker.decode(wire, broker.message_properties(BATCH_SIZE)["headers"]), BATCH_SIZE),
