@@ -157,9 +157,15 @@ def _splice(data: bytes, member: bytes) -> bytes:
     return b"{" + member + b"," + data[1:]
 
 
-def _raw(value: msgspec.Raw | None) -> msgspec.Raw | None:
-    """A free-form field as sent: None when absent or ``null``."""
-    return None if value is None or value == _NULL else value
+def _raw(value: msgspec.Raw | dict[str, Any] | None) -> msgspec.Raw | None:
+    """A free-form field as sent: None when absent or ``null``. A dict (a message
+    decoded by the dict-typed Structs of :mod:`~eventrouter.events.model`, as a caller
+    outside the edge may) is encoded."""
+    if value is None:
+        return None
+    if value.__class__ is dict:
+        return msgspec.Raw(_encode(value))
+    return None if value == _NULL else value
 
 
 class _Context:

@@ -174,3 +174,16 @@ def test_a_command_cannot_be_changed_in_place():
     cmd = command()
     with pytest.raises(AttributeError):
         cmd.properties = {"a": 1}
+
+
+def test_a_message_decoded_into_dicts_normalises_the_same():
+    """A caller outside the edge may decode with the dict-typed Structs: same command."""
+    from eventrouter.events import model
+    from eventrouter.events.normalise import Arrival, to_command
+
+    body = b'{"userId":"u","name":"Home","properties":{"path":"/"},"context":{"a":1}}'
+    env = Arrival(received_at=datetime.now(UTC), source="web", ip="10.0.0.1")
+    strict = to_command(msgspec.json.decode(body, type=model.Page), env, "page")
+    raw = to_command(model.SINGLE_DECODERS["page"].decode(body), env, "page")
+    assert strict.properties == raw.properties == {"name": "Home", "path": "/"}
+    assert strict.context == raw.context == {"ip": "10.0.0.1", "a": 1}
