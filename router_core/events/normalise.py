@@ -18,16 +18,18 @@ The free-form objects arrive as raw JSON text (:class:`msgspec.Raw`, see
 :class:`eventrouter.events.model.RawDecoder`) and leave as raw JSON text in the
 Command: a rule that must look inside one does the least it can.
 
-* Adding a key the object lacks (``context.ip``, a page's ``name``/``category``) splices
-  the member into the text, when a byte search proves the key absent: the text holds no
-  backslash (so no key is spelt with escapes) and not the key in quotes.
-* Reading a key (``context.sessionId``, ``context.traits``) decodes a small Struct of
-  that key alone, and only when the key's quoted name occurs in the text.
-* Anything else, a key that may be present (say ``context.ip`` when the source
-  anonymises), a backslash anywhere in the object, a batch-level ``context`` to merge,
-  decodes the object to a dict, applies the rule as a dict and encodes it again. The
-  decode keeps the last of duplicate keys and the encode writes each key once, so
-  ``{"ip": "a", "ip": "b"}`` cannot carry a second address past anonymisation.
+* The keys a rule reads (``context.ip``, ``sessionId``, ``traits``; a page's
+  ``properties.name``/``category``) are decoded into a small Struct of those keys
+  alone: msgspec skips the rest at C speed, unescapes key spellings and keeps the last
+  of duplicate keys, as a dict would.
+* Adding a key the object lacks (``context.ip`` from the connection, a page's
+  ``name``/``category``) splices the member into the text.
+* Anything else, a key present that a rule may change (the client's own
+  ``context.ip``), a batch-level ``context`` to merge, decodes the object to a dict,
+  applies the rule as a dict and encodes it again. The decode keeps the last of
+  duplicate keys and the encode writes each key once, so ``{"ip": "a", "ip": "b"}``
+  or ``{"ip": "a", "\\u0069p": "b"}`` cannot carry a second address past
+  anonymisation.
 """
 
 from __future__ import annotations
@@ -135,24 +137,34 @@ _EMPTY_OBJECT = re.compile(rb"\{\s*\}")
 
 
 class _ContextKeys(msgspec.Struct):
-    """The keys of ``context`` a rule reads (the last one wins, as in a dict)."""
+    """The keys of ``context`` the rules read. msgspec finds them at C speed, skipping
+    the rest, with key spellings unescaped (``"\\u0069p"`` is ``ip``) and the last of
+    duplicate keys winning, exactly as a dict decode would."""
 
+    ip: Any = msgspec.UNSET
     sessionId: Any = None  # the JSON key
     traits: msgspec.Raw = None
 
 
+class _PageKeys(msgspec.Struct):
+    """The keys of a page's or screen's ``properties`` that ``name``/``category`` fill."""
+
+    name: Any = msgspec.UNSET
+    category: Any = msgspec.UNSET
+
+
 _context_keys = msgspec.json.Decoder(_ContextKeys).decode
-
-
-def _absent(data: bytes, quoted_key: bytes) -> bool:
-    """Whether the JSON object ``data`` certainly has no key ``quoted_key`` (``b'"ip"'``):
-    no backslash (no key spelt with escapes) and not the quoted name anywhere."""
-    return b"\\" not in data and quoted_key not in data
+_page_keys = msgspec.json.Decoder(_PageKeys).decode
+#: JSON whitespace: what may stand between the braces of an empty object.
+_WHITESPACE = frozenset(b" \t\n\r")
+_CLOSE_BRACE = ord("}")
 
 
 def _splice(data: bytes, member: bytes) -> bytes:
-    """The JSON object ``data`` with ``member`` (``"key":value``) added as its first key."""
-    if _EMPTY_OBJECT.fullmatch(data):
+    """The JSON object ``data`` with ``member`` (``"key":value``) added as its first key
+    (the caller knows the object has no such key)."""
+    second = data[1]
+    if second == _CLOSE_BRACE or (second in _WHITESPACE and _EMPTY_OBJECT.fullmatch(data)):
         return b"{" + member + b"}"
     return b"{" + member + b"," + data[1:]
 
@@ -169,42 +181,38 @@ def _raw(value: msgspec.Raw | dict[str, Any] | None) -> msgspec.Raw | None:
 
 
 class _Context:
-    """An event's context after the rules: :attr:`json` to store; :attr:`dict` when it
-    had to be decoded (then the rules that read keys read it)."""
+    """An event's context after the rules: :attr:`json` to store, and the keys the
+    rules read (:attr:`keys`; :attr:`dict` instead when it had to be decoded)."""
 
-    __slots__ = ("dict", "json")
+    __slots__ = ("dict", "json", "keys")
 
-    def __init__(self, json: msgspec.Raw, dict_: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        json: msgspec.Raw,
+        dict_: dict[str, Any] | None = None,
+        keys: _ContextKeys | None = None,
+    ) -> None:
         self.json = json
         self.dict = dict_
-
-    def keys(self) -> _ContextKeys:
-        """The keys the rules read (decoded from the text only when it names them)."""
-        if self.dict is not None:
-            return _ContextKeys(self.dict.get("sessionId"), None)
-        data = bytes(self.json)
-        if b'"sessionId"' in data or b'"traits"' in data:
-            return _context_keys(data)
-        return _NO_KEYS
-
-
-_NO_KEYS = _ContextKeys()
+        self.keys = keys
 
 
 def _context(msg_context: msgspec.Raw | None, env: Arrival) -> _Context:
     msg_context = _raw(msg_context)
     if env.context:
-        if msg_context is None:
-            data = bytes(env.context_json())
-        else:
+        if msg_context is not None:
             return _context_dict({**env.context, **_decode_object(msg_context)}, env)
+        raw = env.context_json()
     else:
-        data = b"{}" if msg_context is None else bytes(msg_context)
-    if _absent(data, b'"ip"'):
-        if env.ip:
-            return _Context(msgspec.Raw(_splice(data, env.ip_member())))
-        return _Context(msg_context or msgspec.Raw(data))
-    return _context_dict(_decode_object(data), env)
+        raw = c.EMPTY_OBJECT if msg_context is None else msg_context
+    keys = _context_keys(raw)
+    if keys.ip is not msgspec.UNSET:
+        # The client sent an ip (in some spelling, maybe twice): ruled on as a dict and
+        # encoded again, each key once, so no copy of it can stay behind.
+        return _context_dict(_decode_object(raw), env)
+    if env.ip:
+        raw = msgspec.Raw(_splice(bytes(raw), env.ip_member()))
+    return _Context(raw, None, keys)
 
 
 def _context_dict(ctx: dict[str, Any], env: Arrival) -> _Context:
@@ -213,19 +221,20 @@ def _context_dict(ctx: dict[str, Any], env: Arrival) -> _Context:
         ctx["ip"] = env.ip
     elif env.ip_mode != ipanon.KEEP and "ip" in ctx:
         ipanon.apply(ctx, env.ip_mode)  # the client's own context.ip
-    return _Context(msgspec.Raw(_encode(ctx)), ctx)
+    return _Context(msgspec.Raw(_encode(ctx)), ctx, _ContextKeys(sessionId=ctx.get("sessionId")))
 
 
 def _with_defaults(properties: msgspec.Raw | None, defaults: dict[str, str]) -> msgspec.Raw:
     """A page's or screen's properties with ``defaults`` set where the key is absent."""
     if properties is None:
         return msgspec.Raw(_encode(defaults))
-    data = bytes(properties)
-    if all(_absent(data, b'"%s"' % key.encode()) for key in defaults):
+    present = _page_keys(properties)
+    if present.name is msgspec.UNSET and present.category is msgspec.UNSET:
+        data = bytes(properties)
         for key, value in defaults.items():
             data = _splice(data, b'"%s":%s' % (key.encode(), _encode(value)))
         return msgspec.Raw(data)
-    decoded = _decode_object(data)
+    decoded = _decode_object(properties)
     changed = False
     for key, value in defaults.items():
         if key not in decoded:
@@ -280,10 +289,9 @@ def to_command(msg: m.AnyMessage, env: Arrival, kind: str | None = None) -> c.Co
     context = _context(msg.context, env)
     session_id = None if msg.session_id is None else _ident(msg.session_id)
     kind = kind or msg.__struct_config__.tag
-    if session_id is None or kind == "identify":
-        keys = context.keys()
-        if session_id is None and keys.sessionId is not None:
-            session_id = _ident(keys.sessionId)
+    keys = context.keys
+    if session_id is None and keys.sessionId is not None:
+        session_id = _ident(keys.sessionId)
     fields: dict[str, Any] = {}
     if kind == "track":
         fields["event"] = msg.event

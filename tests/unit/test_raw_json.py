@@ -118,6 +118,11 @@ def test_batch_context_is_merged_with_item_keys_winning(server, tmp_path):
         ("/v1/track", b'{"userId":"u","event":"e","properties":{"a":[1e400]}}', "properties"),
         ("/v1/identify", b'{"userId":"u","traits":{"a":-1e999}}', "traits"),
         ("/v1/page", b'{"userId":"u","context":{"n":%s}}' % (b"1" * 5000), "context"),
+        (
+            "/v1/track",
+            b'{"userId":"u","event":"e","properties":{"n":1%se99}}' % (b"0" * 250),
+            "properties",
+        ),
         ("/v1/batch", b'{"batch":[{"type":"track","userId":"u","event":"e","properties":7}]}', ""),
     ],
 )
@@ -134,9 +139,14 @@ def test_what_no_store_could_read_back_is_still_refused(server, tmp_path, path, 
 
 def test_a_number_like_text_in_a_string_is_not_refused(server, tmp_path):
     user = uid()
-    body = b'{"userId":"%s","event":"e","properties":{"v":"1e400 and 1E-999"}}' % user.encode()
+    body = b'{"userId":"%s","event":"e","properties":{"v":"1e400 and 1E-999","id":"c2e-0000"}}' % (
+        user.encode()
+    )
     assert post_raw(server, "/v1/track", body, JSON).status_code == 200
-    assert server.events(user_id=user)[0]["properties"] == {"v": "1e400 and 1E-999"}
+    assert server.events(user_id=user)[0]["properties"] == {
+        "v": "1e400 and 1E-999",
+        "id": "c2e-0000",
+    }
 
 
 # -- the contract for stages --------------------------------------------------------------
