@@ -147,7 +147,7 @@ def _raw_twin(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
     return types.new_class(f"Raw{cls.__name__}", (cls,), kwargs, body)
 
 
-#: Bytes of a body mapped for :func:`_may_overflow`: what may precede a number in JSON
+#: Bytes of a body mapped for :func:`may_overflow`: what may precede a number in JSON
 #: (``: , [`` and whitespace) to ``d``; what a number's digits are made of (digits, signs,
 #: the decimal point) to ``0``; ``e`` and ``E`` to ``e``; everything else to ``x``.
 _NUMBER_SHAPE = bytes(
@@ -166,7 +166,7 @@ _NUMBER_SHAPE = bytes(
 _LONG_DIGITS = b"0" * 200
 
 
-def _may_overflow(data: Any) -> bool:
+def may_overflow(data: Any) -> bool:
     """Whether ``data`` may hold a number that msgspec refuses as out of range: one with
     an exponent of three digits or more (``1e400``), or of 200 digits. ``False`` is
     certain; ``True`` may be a false alarm (such text inside a string), which the
@@ -217,9 +217,12 @@ class RawDecoder:
             for twin in twins
         }
 
-    def decode(self, data: Any) -> Any:
+    def decode(self, data: Any, *, numbers_checked: bool = False) -> Any:
         """The message in ``data`` (bytes or :class:`msgspec.Raw`), its free-form
         fields as ``Raw`` or None.
+
+        ``numbers_checked``: the caller found no number out of range in a text that
+        holds ``data`` (:func:`may_overflow` on a whole batch body, once for its items).
 
         :raises msgspec.MsgspecError: what the strict decoder raises for ``data``."""
         try:
@@ -231,7 +234,7 @@ class RawDecoder:
             value = getattr(message, name)
             if value is not None and memoryview(value)[0] not in _OBJECT_OR_NULL:
                 self._strict.decode(data)  # raises: the field must be an object
-        if _may_overflow(data):
+        if not numbers_checked and may_overflow(data):
             self._strict.decode(data)  # raises when the number is one (not in a string)
         return message
 

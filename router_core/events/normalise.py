@@ -180,21 +180,9 @@ def _raw(value: msgspec.Raw | dict[str, Any] | None) -> msgspec.Raw | None:
     return None if value == _NULL else value
 
 
-class _Context:
-    """An event's context after the rules: :attr:`json` to store, and the keys the
-    rules read (:attr:`keys`; :attr:`dict` instead when it had to be decoded)."""
-
-    __slots__ = ("dict", "json", "keys")
-
-    def __init__(
-        self,
-        json: msgspec.Raw,
-        dict_: dict[str, Any] | None = None,
-        keys: _ContextKeys | None = None,
-    ) -> None:
-        self.json = json
-        self.dict = dict_
-        self.keys = keys
+#: What :func:`_context` returns: the context to store, the keys the rules read, and the
+#: context as a dict when it had to be decoded (then the rules read that).
+_Context = tuple[msgspec.Raw, "_ContextKeys", dict[str, Any] | None]
 
 
 def _context(msg_context: msgspec.Raw | None, env: Arrival) -> _Context:
@@ -212,7 +200,7 @@ def _context(msg_context: msgspec.Raw | None, env: Arrival) -> _Context:
         return _context_dict(_decode_object(raw), env)
     if env.ip:
         raw = msgspec.Raw(_splice(bytes(raw), env.ip_member()))
-    return _Context(raw, None, keys)
+    return raw, keys, None
 
 
 def _context_dict(ctx: dict[str, Any], env: Arrival) -> _Context:
@@ -221,7 +209,7 @@ def _context_dict(ctx: dict[str, Any], env: Arrival) -> _Context:
         ctx["ip"] = env.ip
     elif env.ip_mode != ipanon.KEEP and "ip" in ctx:
         ipanon.apply(ctx, env.ip_mode)  # the client's own context.ip
-    return _Context(msgspec.Raw(_encode(ctx)), ctx, _ContextKeys(sessionId=ctx.get("sessionId")))
+    return msgspec.Raw(_encode(ctx)), _ContextKeys(sessionId=ctx.get("sessionId")), ctx
 
 
 def _with_defaults(properties: msgspec.Raw | None, defaults: dict[str, str]) -> msgspec.Raw:
@@ -286,23 +274,25 @@ def to_command(msg: m.AnyMessage, env: Arrival, kind: str | None = None) -> c.Co
     timestamp, original = event_times(
         msg.timestamp, msg.original_timestamp, sent_at, env.received_at
     )
-    context = _context(msg.context, env)
+    context, keys, context_dict = _context(msg.context, env)
     session_id = None if msg.session_id is None else _ident(msg.session_id)
     kind = kind or msg.__struct_config__.tag
-    keys = context.keys
     if session_id is None and keys.sessionId is not None:
         session_id = _ident(keys.sessionId)
     fields: dict[str, Any] = {}
     if kind == "track":
         fields["event"] = msg.event
-        fields["properties"] = _raw(msg.properties) or c.EMPTY_OBJECT
+        properties = msg.properties  # _raw() inlined for the common case, raw text
+        if properties.__class__ is not msgspec.Raw or properties == _NULL:
+            properties = _raw(properties)
+        fields["properties"] = properties or c.EMPTY_OBJECT
     elif kind == "identify":
         traits = _raw(msg.traits)
         if _is_empty(traits):
             # RudderStack's SDKs (rudder-sdk-python, -node, -js) send an identify's traits
             # only as context.traits, which RudderStack's own server reads them from.
-            if context.dict is not None:
-                in_context = context.dict.get("traits")
+            if context_dict is not None:
+                in_context = context_dict.get("traits")
                 if in_context.__class__ is dict and in_context:
                     traits = msgspec.Raw(_encode(in_context))
             else:
@@ -344,7 +334,7 @@ def to_command(msg: m.AnyMessage, env: Arrival, kind: str | None = None) -> c.Co
         user_id=user_id,
         anonymous_id=anonymous_id,
         session_id=session_id,
-        context=context.json,
+        context=context,
         integrations=_integrations(msg.integrations, env),
         timestamp=timestamp,
         original_timestamp=original,
@@ -369,7 +359,7 @@ def legacy_to_command(msg: m.LegacyTrack, env: Arrival) -> c.TrackCommand:
         user_id=user_id,
         anonymous_id=anonymous_id,
         session_id=_ident(msg.session_id),
-        context=_context(msg.context, env).json,
+        context=_context(msg.context, env)[0],
         timestamp=timestamp,
         original_timestamp=original,
         received_at=env.received_at,
