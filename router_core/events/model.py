@@ -9,8 +9,9 @@ timestamp becomes a :class:`msgspec.ValidationError` whose message names the JSO
 
 The free-form objects (``properties``, ``traits``, ``context``) are not decoded at the
 edge: :class:`RawDecoder` decodes a twin of each Struct whose free-form fields are
-:class:`msgspec.Raw` (the JSON text, checked for syntax, skipped over), and so they
-travel as text to the sinks (:mod:`eventrouter.events.commands`). What the twin accepts
+:class:`msgspec.Raw` (the JSON text, checked for syntax, skipped over; ``context`` one
+level deep, a dict of raw values, see :data:`RAW_TYPES`), and so they travel as text to
+the sinks (:mod:`eventrouter.events.commands`). What the twin accepts
 beyond the Struct, a free-form field that is not an object, or a number no float holds
 (``1e400``), is refused with the Struct's own error: the strict decoder runs on those
 bodies alone.
@@ -132,13 +133,26 @@ FREE_FORM = ("properties", "traits", "context")
 _OBJECT_OR_NULL = frozenset(b"{n")
 
 
+#: How the raw twin (:func:`_raw_twin`) holds each free-form field. ``context`` is
+#: decoded one level, to a dict of raw values: every event's context gets a rule
+#: (``context.ip``) and the rules read its keys (``ip``, ``sessionId``, ``traits``); a
+#: dict of ``Raw`` is made and encoded again at a fraction of a full decode (its values
+#: are skipped over, then copied), and as a dict it holds each key once, spelt plainly.
+RAW_TYPES: dict[str, Any] = {
+    "properties": msgspec.Raw,
+    "traits": msgspec.Raw,
+    "context": dict[str, msgspec.Raw] | None,
+}
+
+
 def _raw_twin(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
     """A subclass of ``cls`` (same tag, names and defaults) whose free-form fields hold
-    raw JSON (:class:`msgspec.Raw`; ``null`` arrives as ``Raw(b"null")``)."""
+    raw JSON (:data:`RAW_TYPES`; a ``null`` ``properties`` or ``traits`` arrives as
+    ``Raw(b"null")``)."""
     free = [f.name for f in msgspec.structs.fields(cls) if f.name in FREE_FORM]
 
     def body(namespace: dict[str, Any]) -> None:
-        namespace["__annotations__"] = dict.fromkeys(free, msgspec.Raw)
+        namespace["__annotations__"] = {name: RAW_TYPES[name] for name in free}
         namespace.update(dict.fromkeys(free))
         namespace["__module__"] = __name__
 
@@ -211,9 +225,14 @@ class RawDecoder:
         raw_type = twins[0] if len(twins) == 1 else functools.reduce(operator.or_, twins)
         self._raw = msgspec.json.Decoder(raw_type)
         self._strict = msgspec.json.Decoder(type_)
-        #: Free-form field names per twin class.
+        #: The raw free-form fields of each twin class, checked to be objects here
+        #: (``context``, a dict, is checked by the decoder itself).
         self._free = {
-            twin: tuple(f.name for f in msgspec.structs.fields(twin) if f.name in FREE_FORM)
+            twin: tuple(
+                f.name
+                for f in msgspec.structs.fields(twin)
+                if f.name in FREE_FORM and RAW_TYPES[f.name] is msgspec.Raw
+            )
             for twin in twins
         }
 

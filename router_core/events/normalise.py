@@ -14,22 +14,19 @@ Segment's rules, applied here once for every entry point:
 * ``context.ip`` is filled from the connection when the client did not set it, and
   anonymised per the source's ``ip`` setting (:mod:`eventrouter.events.ipanon`).
 
-The free-form objects arrive as raw JSON text (:class:`msgspec.Raw`, see
-:class:`eventrouter.events.model.RawDecoder`) and leave as raw JSON text in the
-Command: a rule that must look inside one does the least it can.
+The free-form objects arrive as raw JSON (see :class:`eventrouter.events.model.RawDecoder`)
+and leave as raw JSON text in the Command; a rule that must look inside one does the
+least it can.
 
-* The keys a rule reads (``context.ip``, ``sessionId``, ``traits``; a page's
-  ``properties.name``/``category``) are decoded into a small Struct of those keys
-  alone: msgspec skips the rest at C speed, unescapes key spellings and keeps the last
-  of duplicate keys, as a dict would.
-* Adding a key the object lacks (``context.ip`` from the connection, a page's
-  ``name``/``category``) splices the member into the text.
-* Anything else, a key present that a rule may change (the client's own
-  ``context.ip``), a batch-level ``context`` to merge, decodes the object to a dict,
-  applies the rule as a dict and encodes it again. The decode keeps the last of
-  duplicate keys and the encode writes each key once, so ``{"ip": "a", "ip": "b"}``
-  or ``{"ip": "a", "\\u0069p": "b"}`` cannot carry a second address past
-  anonymisation.
+* ``context`` arrives one level deep: a dict whose values are raw JSON. Every event's
+  context gets a rule (``ip``), and the rules read its keys; as a dict, each key is
+  there once, spelt plainly (the decoder unescapes ``"\\u0069p"`` and keeps the last
+  of duplicate keys, as a dict decode always did), so ``{"ip": "a", "ip": "b"}`` cannot
+  carry a second address past anonymisation. The batch-level context merges in at
+  dict speed; the dict is encoded once, its values copied as they came.
+* ``properties`` and ``traits`` stay text. A page's ``name``/``category`` is spliced
+  into ``properties`` when a two-key Struct decode (msgspec skips the rest) proves
+  both absent; otherwise the object is decoded, given the keys and encoded again.
 """
 
 from __future__ import annotations
@@ -66,21 +63,14 @@ class Arrival:
     integrations: dict[str, Any] | None = None
     sent_at: datetime | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    #: ``"ip":<ip as JSON>``, the member spliced into a context without ``ip``; and the
-    #: batch-level ``context`` as raw JSON (its items without a context share it).
-    #: Made on first use, once per request.
-    _ip_member: bytes | None = None
-    _context_json: msgspec.Raw | None = None
+    #: The batch-level ``context`` with each value as raw JSON, as the items' own
+    #: contexts arrive (:func:`_context`); made on first use, once per request.
+    _raw_context: dict[str, msgspec.Raw] | None = None
 
-    def ip_member(self) -> bytes:
-        if self._ip_member is None:
-            self._ip_member = b'"ip":' + _encode(self.ip)
-        return self._ip_member
-
-    def context_json(self) -> msgspec.Raw:
-        if self._context_json is None:
-            self._context_json = msgspec.Raw(_encode(self.context))
-        return self._context_json
+    def raw_context(self) -> dict[str, msgspec.Raw]:
+        if self._raw_context is None:
+            self._raw_context = {k: msgspec.Raw(_encode(v)) for k, v in self.context.items()}
+        return self._raw_context
 
 
 def utc(value: datetime | None) -> datetime | None:
@@ -132,18 +122,9 @@ def _checked(value: datetime, name: str) -> datetime:
 
 _encode = msgspec.json.Encoder().encode
 _decode_object = msgspec.json.Decoder(dict[str, Any]).decode
+_decode_any = msgspec.json.Decoder().decode
 _NULL = msgspec.Raw(b"null")
 _EMPTY_OBJECT = re.compile(rb"\{\s*\}")
-
-
-class _ContextKeys(msgspec.Struct):
-    """The keys of ``context`` the rules read. msgspec finds them at C speed, skipping
-    the rest, with key spellings unescaped (``"\\u0069p"`` is ``ip``) and the last of
-    duplicate keys winning, exactly as a dict decode would."""
-
-    ip: Any = msgspec.UNSET
-    sessionId: Any = None  # the JSON key
-    traits: msgspec.Raw = None
 
 
 class _PageKeys(msgspec.Struct):
@@ -153,7 +134,6 @@ class _PageKeys(msgspec.Struct):
     category: Any = msgspec.UNSET
 
 
-_context_keys = msgspec.json.Decoder(_ContextKeys).decode
 _page_keys = msgspec.json.Decoder(_PageKeys).decode
 #: JSON whitespace: what may stand between the braces of an empty object.
 _WHITESPACE = frozenset(b" \t\n\r")
@@ -180,36 +160,31 @@ def _raw(value: msgspec.Raw | dict[str, Any] | None) -> msgspec.Raw | None:
     return None if value == _NULL else value
 
 
-#: What :func:`_context` returns: the context to store, the keys the rules read, and the
-#: context as a dict when it had to be decoded (then the rules read that).
-_Context = tuple[msgspec.Raw, "_ContextKeys", dict[str, Any] | None]
-
-
-def _context(msg_context: msgspec.Raw | None, env: Arrival) -> _Context:
-    msg_context = _raw(msg_context)
+def _context(msg_context: dict[str, msgspec.Raw] | None, env: Arrival) -> dict[str, Any]:
+    """The event's context after the rules, as a dict whose values are raw JSON (or the
+    plain values a rule put there): the batch-level context merged in (item keys win),
+    ``ip`` filled from the connection or anonymised. A dict: each key once, so a second
+    ``ip`` (``{"ip": "a", "ip": "b"}``, ``{"ip": "a", "\\u0069p": "b"}``) cannot stay
+    behind; the decoder kept the last one, as a dict decode always did."""
     if env.context:
-        if msg_context is not None:
-            return _context_dict({**env.context, **_decode_object(msg_context)}, env)
-        raw = env.context_json()
+        ctx = {**env.raw_context(), **msg_context} if msg_context else env.raw_context().copy()
+    elif msg_context is None:
+        ctx = {}
     else:
-        raw = c.EMPTY_OBJECT if msg_context is None else msg_context
-    keys = _context_keys(raw)
-    if keys.ip is not msgspec.UNSET:
-        # The client sent an ip (in some spelling, maybe twice): ruled on as a dict and
-        # encoded again, each key once, so no copy of it can stay behind.
-        return _context_dict(_decode_object(raw), env)
-    if env.ip:
-        raw = msgspec.Raw(_splice(bytes(raw), env.ip_member()))
-    return raw, keys, None
-
-
-def _context_dict(ctx: dict[str, Any], env: Arrival) -> _Context:
-    """The ``ip`` rules on a decoded context; encoded once, each key once."""
+        ctx = msg_context  # the message's own: no one else holds it
     if env.ip and "ip" not in ctx:
         ctx["ip"] = env.ip
     elif env.ip_mode != ipanon.KEEP and "ip" in ctx:
+        ip = ctx["ip"]
+        if ip.__class__ is msgspec.Raw:
+            ctx["ip"] = _decode_any(ip)
         ipanon.apply(ctx, env.ip_mode)  # the client's own context.ip
-    return msgspec.Raw(_encode(ctx)), _ContextKeys(sessionId=ctx.get("sessionId")), ctx
+    return ctx
+
+
+def _value(value: Any) -> Any:
+    """A context value as a dict decode gives it (decoded if it is raw JSON)."""
+    return _decode_any(value) if value.__class__ is msgspec.Raw else value
 
 
 def _with_defaults(properties: msgspec.Raw | None, defaults: dict[str, str]) -> msgspec.Raw:
@@ -274,11 +249,11 @@ def to_command(msg: m.AnyMessage, env: Arrival, kind: str | None = None) -> c.Co
     timestamp, original = event_times(
         msg.timestamp, msg.original_timestamp, sent_at, env.received_at
     )
-    context, keys, context_dict = _context(msg.context, env)
+    context = _context(msg.context, env)
     session_id = None if msg.session_id is None else _ident(msg.session_id)
     kind = kind or msg.__struct_config__.tag
-    if session_id is None and keys.sessionId is not None:
-        session_id = _ident(keys.sessionId)
+    if session_id is None and "sessionId" in context:
+        session_id = _ident(_value(context["sessionId"]))
     fields: dict[str, Any] = {}
     if kind == "track":
         fields["event"] = msg.event
@@ -291,18 +266,12 @@ def to_command(msg: m.AnyMessage, env: Arrival, kind: str | None = None) -> c.Co
         if _is_empty(traits):
             # RudderStack's SDKs (rudder-sdk-python, -node, -js) send an identify's traits
             # only as context.traits, which RudderStack's own server reads them from.
-            if context_dict is not None:
-                in_context = context_dict.get("traits")
-                if in_context.__class__ is dict and in_context:
-                    traits = msgspec.Raw(_encode(in_context))
-            else:
-                in_context = keys.traits
-                if (
-                    in_context is not None
-                    and memoryview(in_context)[0] == _OPEN_BRACE
-                    and not _is_empty(in_context)
-                ):
+            in_context = context.get("traits")
+            if in_context.__class__ is msgspec.Raw:
+                if memoryview(in_context)[0] == _OPEN_BRACE and not _is_empty(in_context):
                     traits = in_context
+            elif in_context.__class__ is dict and in_context:  # from a batch's context
+                traits = msgspec.Raw(_encode(in_context))
         fields["traits"] = traits or c.EMPTY_OBJECT
     elif kind in ("page", "screen"):
         properties = _raw(msg.properties)
@@ -334,7 +303,7 @@ def to_command(msg: m.AnyMessage, env: Arrival, kind: str | None = None) -> c.Co
         user_id=user_id,
         anonymous_id=anonymous_id,
         session_id=session_id,
-        context=context,
+        context=msgspec.Raw(_encode(context)),
         integrations=_integrations(msg.integrations, env),
         timestamp=timestamp,
         original_timestamp=original,
@@ -359,7 +328,7 @@ def legacy_to_command(msg: m.LegacyTrack, env: Arrival) -> c.TrackCommand:
         user_id=user_id,
         anonymous_id=anonymous_id,
         session_id=_ident(msg.session_id),
-        context=_context(msg.context, env)[0],
+        context=msgspec.Raw(_encode(_context(msg.context, env))),
         timestamp=timestamp,
         original_timestamp=original,
         received_at=env.received_at,

@@ -88,13 +88,16 @@ def test_dropped_ip_is_gone_whatever_its_spelling(start_server, tmp_path):
 
 
 def test_connection_ip_is_added_to_a_context_without_one(server, tmp_path):
+    """The context's own values keep the client's bytes (``{ "a" : 1 }`` here); its
+    top level is written again with the connection's ip."""
     user = uid()
-    body = b'{"userId":"%s","event":"e","context":{ "locale" : "en-GB" }}' % user.encode()
+    body = b'{"userId":"%s","event":"e","context":{ "locale" : "en-GB", "n": { "a" : 1 } }}' % (
+        user.encode()
+    )
     assert post_raw(server, "/v1/track", body, JSON).status_code == 200
-    assert pairs(stored_text(tmp_path, user, "context")) == [
-        ("ip", "127.0.0.1"),
-        ("locale", "en-GB"),
-    ]
+    text = stored_text(tmp_path, user, "context")
+    assert text == '{"locale":"en-GB","n":{ "a" : 1 },"ip":"127.0.0.1"}'
+    assert pairs(text) == [("locale", "en-GB"), ("n", [("a", 1)]), ("ip", "127.0.0.1")]
 
 
 def test_batch_context_is_merged_with_item_keys_winning(server, tmp_path):
