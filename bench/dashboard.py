@@ -183,7 +183,7 @@ class EventFactory:
         self.kinds = [name for name, _ in TRACK_EVENTS] + ["identify", "page"]
         weights = [w for _, w in TRACK_EVENTS] + [IDENTIFY_SHARE, PAGE_SHARE]
         self.cum_weights = [sum(weights[: i + 1]) for i in range(len(weights))]
-        self.decoder = msgspec.json.Decoder(model.AnyMessage)
+        self.decoder = model.ANY_DECODER  # the edge's own
         self.encode = msgspec.json.Encoder().encode
 
     def commands(self, first: int, count: int) -> list[Command]:

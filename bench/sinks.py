@@ -257,7 +257,7 @@ def _stop(process: subprocess.Popen) -> None:
 def base_commands(count: int) -> list[Command]:
     """``count`` realistic track commands, as the edge builds them from posted JSON."""
     now = datetime.now(UTC)
-    decoder = msgspec.json.Decoder(model.AnyMessage)
+    decoder = model.ANY_DECODER  # the edge's own
     envelope = Arrival(received_at=now, source="web", ip="203.0.113.7")
     return [
         to_command(decoder.decode(msgspec.json.encode(track_event(i, now))), envelope)

@@ -14,6 +14,11 @@ every sink get the scrubbed event, never the original. It does nothing in the wo
 hashing a hash again would change it. Commands are immutable and share their dicts, so
 a changed command is a new one whose changed dicts are copies, down the changed path.
 
+A column arrives as the raw JSON text the client sent (``command.properties_json``); it
+is decoded only when it may hold a configured path: when its paths all start with a
+named key (not ``*``), a text without a backslash (no key spelt with escapes) in which
+none of those names occurs in quotes cannot, and is passed on untouched, undecoded.
+
 The stage fails closed (``fail_closed``): the paths are checked when the config is
 loaded, so scrubbing fails only on something unforeseen (a bug, an event shaped as no
 test imagined, memory); the batch is then refused with a 503 rather than stored or
@@ -41,6 +46,7 @@ DROP = "drop"
 HASH = "hash"
 
 _canonical = msgspec.json.Encoder(order="sorted")
+_encoder = msgspec.json.Encoder()
 
 
 @hookimpl
@@ -67,6 +73,14 @@ class Scrubber:
             for path in getattr(config, action):
                 column, segments = split_scrub_path(path)
                 self.rules.setdefault(column, []).append((segments, action))
+        #: column → the first keys of its paths, quoted as in JSON text (b'"email"'),
+        #: or None when a path starts with ``*`` (then every text is decoded).
+        self.first_keys: dict[str, tuple[bytes, ...] | None] = {}
+        for column, rules in self.rules.items():
+            heads = {segments[0] for segments, _ in rules}
+            self.first_keys[column] = (
+                None if WILDCARD in heads else tuple(_encoder.encode(h) for h in sorted(heads))
+            )
         self.events = 0
         self.scrubbed = 0
 
@@ -78,6 +92,14 @@ class Scrubber:
         """``command`` with every configured path dropped or hashed (itself if none)."""
         changes: dict[str, Any] = {}
         for column, rules in self.rules.items():
+            keys = self.first_keys[column]
+            if keys is not None:
+                text = getattr(command, f"{column}_json", None)
+                if text is None:
+                    continue  # this type has no such column
+                data = bytes(text)
+                if b"\\" not in data and not any(key in data for key in keys):
+                    continue  # no configured path can be in it: left undecoded
             value = getattr(command, column, None)
             if not isinstance(value, dict) or not value:
                 continue

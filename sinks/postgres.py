@@ -691,7 +691,6 @@ def _insert_skipping_stored(cursor: Any, commands: Sequence[Command]) -> int:
     return cursor.rowcount
 
 
-_json = msgspec.json.Encoder().encode
 #: jsonb's binary form: a version byte, then the JSON text.
 _JSONB_VERSION = b"\x01"
 
@@ -712,8 +711,9 @@ _JSON_INDEXES = tuple(i for i, kind in enumerate(_COPY_TYPES) if kind == "bytea"
 
 def copy_rows(cursor: Any, sql: str, commands: Sequence[Command]) -> None:
     """COPY ``commands`` in PostgreSQL's binary format (``sql`` says ``FORMAT BINARY``):
-    the JSON columns as jsonb's binary form, JSON text from msgspec behind a version
-    byte; the other values dumped by psycopg's C dumpers, without the text format's
+    the JSON columns as jsonb's binary form, the raw JSON text the client sent
+    (:meth:`Command.values`, never decoded here) behind a version byte; the other
+    values dumped by psycopg's C dumpers, without the text format's
     quoting and escaping. On the benchmark's events this takes about a third of the
     client CPU of a text COPY (bench/README.md, "PostgreSQL: binary COPY and parallel
     parts")."""
@@ -723,7 +723,7 @@ def copy_rows(cursor: Any, sql: str, commands: Sequence[Command]) -> None:
             row = list(command.values())
             for i in _JSON_INDEXES:
                 if row[i] is not None:
-                    row[i] = _JSONB_VERSION + _json(row[i])
+                    row[i] = _JSONB_VERSION + row[i]  # bytes + msgspec.Raw's buffer
             copy.write_row(row)
 
 

@@ -55,13 +55,10 @@ RECONNECT_INTERVAL = 0.5
 ORPHAN_INTERVAL = 5.0
 
 
-def _msgpack_items(encoded_array: bytes) -> bytes:
-    """The elements of a MessagePack array, without its header (fixarray, array16 or
-    array32): arrays from several requests then join under one new header."""
-    first = encoded_array[0]
-    if 0x90 <= first <= 0x9F:
-        return encoded_array[1:]
-    return encoded_array[3:] if first == 0xDC else encoded_array[5:]
+def _array_items(encoded_array: bytes) -> bytes:
+    """The elements of a JSON array (``[...]``, as msgspec writes it: no whitespace),
+    without its brackets: arrays from several requests then join under one pair."""
+    return encoded_array[1:-1]
 
 
 def _messages(group: list, limit: int) -> Iterator[tuple[int, bytes]]:
@@ -75,18 +72,12 @@ def _messages(group: list, limit: int) -> Iterator[tuple[int, bytes]]:
             count += group[end][0]
             items.append(group[end][1])
             end += 1
-        yield count, _msgpack_array(count, items)
+        yield count, _json_array(items)
         start = end
 
 
-def _msgpack_array(count: int, items: list[bytes]) -> bytes:
-    if count < 16:
-        header = bytes((0x90 | count,))
-    elif count < 0x10000:
-        header = b"\xdc" + count.to_bytes(2, "big")
-    else:
-        header = b"\xdd" + count.to_bytes(4, "big")
-    return header + b"".join(items)
+def _json_array(items: list[bytes]) -> bytes:
+    return b"[" + b",".join(items) + b"]"
 
 
 class QueueSink(Sink):
@@ -157,7 +148,7 @@ class QueueSink(Sink):
         for start in range(0, len(commands), limit):
             piece = commands[start : start + limit]
             futures.append(future := self._loop.create_future())
-            self._queue.put((len(piece), _msgpack_items(encode_many(piece)), future))
+            self._queue.put((len(piece), _array_items(encode_many(piece)), future))
         await (futures[0] if len(futures) == 1 else asyncio.gather(*futures))
 
     # -- the publisher thread ----------------------------------------------------------

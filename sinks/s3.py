@@ -136,8 +136,17 @@ def stored_event(command: Command) -> Any:
 
 def ndjson_lines(commands: Sequence[Command]) -> bytes:
     """One JSON object per command, each ended by ``\\n``: exactly the stored columns,
-    times in RFC 3339 UTC (``2025-05-28T04:17:35.250000Z``)."""
-    return _encoder.encode_lines([stored_event(command) for command in commands])
+    times in RFC 3339 UTC (``2025-05-28T04:17:35.250000Z``).
+
+    The JSON columns are the raw text the client sent, copied into the line as it is
+    (msgspec writes a :class:`msgspec.Raw` by concatenation). Such a text may hold a
+    line break between its tokens (never inside a string, where JSON escapes it): then
+    the breaks become spaces, which is the same JSON, so each event stays one line."""
+    data = _encoder.encode_lines([stored_event(command) for command in commands])
+    if data.count(b"\n") != len(commands) or b"\r" in data:
+        lines = (_encoder.encode(stored_event(command)) for command in commands)
+        data = b"".join(line.replace(b"\n", b" ").replace(b"\r", b" ") + b"\n" for line in lines)
+    return data
 
 
 def utc(value: datetime) -> datetime:

@@ -55,7 +55,6 @@ SLOW_COMMIT = 0.5
 WAL_REWIND_INTERVAL = 5.0
 #: Seconds between background fsyncs of the WAL.
 WAL_SYNC_INTERVAL = 0.05
-_json = msgspec.json.Encoder().encode
 
 # The write path compiles SQLAlchemy's INSERT once and hands the driver ready-made
 # tuples: SQLAlchemy's per-row bind processing (JSON, DateTime) costs more than the
@@ -93,7 +92,10 @@ def insert_values(cursor: Any, values: list, rows: int) -> None:
 
 
 def _json_text(value: Any) -> str | None:
-    return None if value is None else _json(value).decode()
+    """A JSON column's raw text (:class:`msgspec.Raw`, as the client sent it) as the
+    ``str`` sqlite3 binds as TEXT (``bytes`` would be a BLOB, which SQLite's JSON
+    functions read as its binary JSONB): one UTF-8 decode of a buffer, no re-encoding."""
+    return None if value is None else str(value, "utf-8")
 
 
 class _TimeText(dict):
@@ -122,7 +124,8 @@ class _TimeText(dict):
 
 def flat_values(commands: Sequence[Command]) -> list:
     """The commands as one flat list of ``events`` column values, row after row, in
-    the form the driver stores: JSON columns as text, times as SQLAlchemy's text."""
+    the form the driver stores: JSON columns as the text the client sent (never
+    decoded here), times as SQLAlchemy's text."""
     times = _TimeText()
     values: list = []
     extend = values.extend

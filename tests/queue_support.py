@@ -109,6 +109,22 @@ class QueueEnv:
                 return []
         return [row[0] for row in rows]
 
+    def stored_rows(self, db_path: Path | None = None) -> list[dict[str, Any]]:
+        """Every event in the SQLite store: ``message_id`` and the JSON columns, decoded
+        from the TEXT the store holds."""
+        with sqlite3.connect(db_path or self.db_path, timeout=30) as connection:
+            rows = connection.execute(
+                "SELECT message_id, properties, traits, context FROM events"
+            ).fetchall()
+        names = ("properties", "traits", "context")
+        return [
+            {
+                "message_id": row[0],
+                **{n: v and json.loads(v) for n, v in zip(names, row[1:], strict=True)},
+            }
+            for row in rows
+        ]
+
     def queue_name(self, sink: str = "local") -> str:
         return f"{self.prefix}.sink.{sink}"
 

@@ -81,7 +81,9 @@ def eventrouter_process_batch(
         which feeds each sink from its own queue), or ``None`` on the edge, where the
         batch goes to every sink (embedded mode) or to the queue.
     :returns: a new sequence to replace the batch (drop or rewrite commands with
-        :func:`msgspec.structs.replace`), or ``None`` to leave it unchanged.
+        :func:`msgspec.structs.replace`; ``command.properties`` and the other free-form
+        fields read as dicts, decoded on first access, and a replaced one is encoded
+        once), or ``None`` to leave it unchanged.
     Implementations run one after another, each seeing the previous one's output. An
     implementation that raises, or takes longer than ``server.dispatch_timeout``, is
     skipped (counted and logged): a broken enrichment must not lose events. A

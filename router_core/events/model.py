@@ -1,14 +1,27 @@
 """Inbound message shapes: the Segment HTTP Tracking API and the original `/track` payload.
 
-These Structs describe what clients *send*. They are decoded straight from request bytes
-by prebuilt msgspec decoders (see :data:`SINGLE_DECODERS`), so a wrong type, a missing
-required field or a malformed timestamp becomes a :class:`msgspec.ValidationError` whose
-message names the JSON path (``... - at `$.event```). Normalisation into immutable
-Commands happens in :mod:`eventrouter.events.normalise`.
+These Structs describe what clients *send* (and the OpenAPI document is generated from
+them). They are decoded straight from request bytes by prebuilt decoders (see
+:data:`SINGLE_DECODERS`), so a wrong type, a missing required field or a malformed
+timestamp becomes a :class:`msgspec.ValidationError` whose message names the JSON path
+(``... - at `$.event```). Normalisation into immutable Commands happens in
+:mod:`eventrouter.events.normalise`.
+
+The free-form objects (``properties``, ``traits``, ``context``) are not decoded at the
+edge: :class:`RawDecoder` decodes a twin of each Struct whose free-form fields are
+:class:`msgspec.Raw` (the JSON text, checked for syntax, skipped over; ``context`` one
+level deep, a dict of raw values, see :data:`RAW_TYPES`), and so they travel as text to
+the sinks (:mod:`eventrouter.events.commands`). What the twin accepts
+beyond the Struct, a free-form field that is not an object, or a number no float holds
+(``1e400``), is refused with the Struct's own error: the strict decoder runs on those
+bodies alone.
 """
 
 from __future__ import annotations
 
+import functools
+import operator
+import types
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -114,14 +127,145 @@ class LegacyTrack(msgspec.Struct, kw_only=True):
         return self.write_key or self.write_key_camel
 
 
-SINGLE_DECODERS: dict[str, msgspec.json.Decoder] = {
-    "track": msgspec.json.Decoder(Track),
-    "identify": msgspec.json.Decoder(Identify),
-    "page": msgspec.json.Decoder(Page),
-    "screen": msgspec.json.Decoder(Screen),
-    "group": msgspec.json.Decoder(Group),
-    "alias": msgspec.json.Decoder(Alias),
+#: The fields a client sends as free-form JSON objects.
+FREE_FORM = ("properties", "traits", "context")
+#: ``{`` (an object) and ``n`` (``null``): what may start a free-form field's raw text.
+_OBJECT_OR_NULL = frozenset(b"{n")
+
+
+#: How the raw twin (:func:`_raw_twin`) holds each free-form field. ``context`` is
+#: decoded one level, to a dict of raw values: every event's context gets a rule
+#: (``context.ip``) and the rules read its keys (``ip``, ``sessionId``, ``traits``); a
+#: dict of ``Raw`` is made and encoded again at a fraction of a full decode (its values
+#: are skipped over, then copied), and as a dict it holds each key once, spelt plainly.
+RAW_TYPES: dict[str, Any] = {
+    "properties": msgspec.Raw,
+    "traits": msgspec.Raw,
+    "context": dict[str, msgspec.Raw] | None,
 }
-ANY_DECODER = msgspec.json.Decoder(AnyMessage)
+
+
+def _raw_twin(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
+    """A subclass of ``cls`` (same tag, names and defaults) whose free-form fields hold
+    raw JSON (:data:`RAW_TYPES`; a ``null`` ``properties`` or ``traits`` arrives as
+    ``Raw(b"null")``)."""
+    free = [f.name for f in msgspec.structs.fields(cls) if f.name in FREE_FORM]
+
+    def body(namespace: dict[str, Any]) -> None:
+        namespace["__annotations__"] = {name: RAW_TYPES[name] for name in free}
+        namespace.update(dict.fromkeys(free))
+        namespace["__module__"] = __name__
+
+    tag = cls.__struct_config__.tag
+    kwargs = {"tag": tag} if tag is not None else {}
+    return types.new_class(f"Raw{cls.__name__}", (cls,), kwargs, body)
+
+
+#: Bytes of a body mapped for :func:`may_overflow`: what may precede a number in JSON
+#: (``: , [`` and whitespace) to ``d``; what a number's digits are made of (digits, signs,
+#: the decimal point) to ``0``; ``e`` and ``E`` to ``e``; everything else to ``x``.
+_NUMBER_SHAPE = bytes(
+    ord("d")
+    if chr(b) in ":,[ \t\n\r"
+    else ord("0")
+    if chr(b) in "0123456789+-."
+    else ord("e")
+    if chr(b) in "eE"
+    else ord("x")
+    for b in range(256)
+)
+#: A run of number characters this long may be a number no float holds even with an
+#: exponent of two digits (``1`` and 210 digits ``e99`` is past 1.8e308), or an integer
+#: msgspec refuses: checked by the strict decoder.
+_LONG_DIGITS = b"0" * 200
+
+
+def may_overflow(data: Any) -> bool:
+    """Whether ``data`` may hold a number that msgspec refuses as out of range: one with
+    an exponent of three digits or more (``1e400``), or of 200 digits. ``False`` is
+    certain; ``True`` may be a false alarm (such text inside a string), which the
+    strict decoder then settles.
+
+    One ``bytes.translate`` and ``memmem`` searches, a fraction of a microsecond for a
+    typical event: an exponent is found as ``e000`` in the mapped text and counts only
+    when the run of number characters before it starts right after a delimiter, so hex
+    ids (``...c2e-0000...``) and version strings do not raise the alarm."""
+    shape = bytes(data).translate(_NUMBER_SHAPE)
+    at = shape.find(b"0e000")  # an exponent follows a digit: most texts stop here
+    while at != -1:
+        at += 1
+        start = at
+        while start > 0 and shape[start - 1] == _ZERO:
+            start -= 1
+        if start < at and (start == 0 or shape[start - 1] == _DELIMITER):
+            return True
+        at = shape.find(b"0e000", at)
+    return _LONG_DIGITS in shape
+
+
+_ZERO, _DELIMITER = ord("0"), ord("d")
+
+
+class RawDecoder:
+    """Decodes one inbound shape with its free-form fields left as raw JSON, refusing
+    exactly what the shape's own decoder refuses, with the same error.
+
+    The raw twin accepts more than the shape (any JSON value where an object is
+    required, any number): a body it refuses, or one with such a value (checked after
+    decoding, cheaply), goes through the strict decoder, which raises the error a
+    dict-decoding edge always raised. Only such bodies pay for the second decode.
+    """
+
+    __slots__ = ("_free", "_raw", "_strict", "type")
+
+    def __init__(self, type_: Any) -> None:
+        self.type = type_
+        members = type_.__args__ if isinstance(type_, types.UnionType) else (type_,)
+        twins = tuple(_raw_twin(cls) for cls in members)
+        raw_type = twins[0] if len(twins) == 1 else functools.reduce(operator.or_, twins)
+        self._raw = msgspec.json.Decoder(raw_type)
+        self._strict = msgspec.json.Decoder(type_)
+        #: The raw free-form fields of each twin class, checked to be objects here
+        #: (``context``, a dict, is checked by the decoder itself).
+        self._free = {
+            twin: tuple(
+                f.name
+                for f in msgspec.structs.fields(twin)
+                if f.name in FREE_FORM and RAW_TYPES[f.name] is msgspec.Raw
+            )
+            for twin in twins
+        }
+
+    def decode(self, data: Any, *, numbers_checked: bool = False) -> Any:
+        """The message in ``data`` (bytes or :class:`msgspec.Raw`), its free-form
+        fields as ``Raw`` or None.
+
+        ``numbers_checked``: the caller found no number out of range in a text that
+        holds ``data`` (:func:`may_overflow` on a whole batch body, once for its items).
+
+        :raises msgspec.MsgspecError: what the strict decoder raises for ``data``."""
+        try:
+            message = self._raw.decode(data)
+        except msgspec.MsgspecError:
+            self._strict.decode(data)  # raises its own error: the raw twin accepts more
+            raise
+        for name in self._free[message.__class__]:
+            value = getattr(message, name)
+            if value is not None and memoryview(value)[0] not in _OBJECT_OR_NULL:
+                self._strict.decode(data)  # raises: the field must be an object
+        if not numbers_checked and may_overflow(data):
+            self._strict.decode(data)  # raises when the number is one (not in a string)
+        return message
+
+
+SINGLE_DECODERS: dict[str, RawDecoder] = {
+    "track": RawDecoder(Track),
+    "identify": RawDecoder(Identify),
+    "page": RawDecoder(Page),
+    "screen": RawDecoder(Screen),
+    "group": RawDecoder(Group),
+    "alias": RawDecoder(Alias),
+}
+ANY_DECODER = RawDecoder(AnyMessage)
 BATCH_DECODER = msgspec.json.Decoder(BatchBody)
-LEGACY_DECODER = msgspec.json.Decoder(LegacyTrack)
+LEGACY_DECODER = RawDecoder(LegacyTrack)

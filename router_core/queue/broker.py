@@ -14,11 +14,16 @@ a copy in every sink's queue, so a slow or failing sink never holds the others b
 ``sink.{name}`` reaches one sink's queue alone (replays). A direct exchange behaves the
 same on RabbitMQ and on kombu's Redis transport (whose fanout is a non-durable PUB/SUB).
 
-Message format, version 1 (header ``x-eventrouter-format: commands/1``): the body is a
-MessagePack array of commands (:func:`eventrouter.events.commands.encode_many`), content type
-``application/x-msgpack``, persistent; header ``x-eventrouter-events`` holds the count.
-A reader that meets another format version dead-letters the message rather than
-guessing. Dead-lettered messages keep body and headers and gain
+Message format, version 2 (header ``x-eventrouter-format: commands/2``): the body is a
+JSON array of commands (:func:`eventrouter.events.commands.encode_many`), content type
+``application/json``, persistent; header ``x-eventrouter-events`` holds the count. The
+free-form fields are in it as the client sent them (raw JSON, never re-encoded on the
+way). Version 1 (``commands/1``, the previous release's: a MessagePack array of the
+same commands) is still read, so workers can be upgraded before edges; an edge's spool
+written by the previous release (MessagePack bodies it publishes with the header of
+this one) is read as version 1 too, by its first byte. A reader that meets another
+format version dead-letters the message rather than guessing. Dead-lettered messages
+keep body and headers and gain
 ``x-eventrouter-reason``, ``x-eventrouter-sink``, ``x-eventrouter-attempts`` and
 ``x-eventrouter-dead-lettered-at``.
 
@@ -47,19 +52,21 @@ import redis.exceptions
 from kombu import Connection, Exchange, Producer, Queue, binding
 
 from eventrouter.config import QueueConfig
-from eventrouter.events.commands import Command, decode_many, encode_many
+from eventrouter.events.commands import Command, decode_many, decode_many_v1, encode_many
 from eventrouter.queue.redis_transport import ReliableTransport, Unroutable
 
 log = logging.getLogger("eventrouter.queue")
 
 FORMAT_HEADER = "x-eventrouter-format"
-FORMAT = "commands/1"
+FORMAT = "commands/2"
+#: The previous release's format, still read (a rolling upgrade: workers first).
+FORMAT_V1 = "commands/1"
 EVENTS_HEADER = "x-eventrouter-events"
 REASON_HEADER = "x-eventrouter-reason"
 SINK_HEADER = "x-eventrouter-sink"
 ATTEMPTS_HEADER = "x-eventrouter-attempts"
 DEAD_AT_HEADER = "x-eventrouter-dead-lettered-at"
-CONTENT_TYPE = "application/x-msgpack"
+CONTENT_TYPE = "application/json"
 #: Routing key that reaches every sink's queue.
 ALL = "all"
 #: What a broker that is down or unreachable raises, on either transport.
@@ -248,7 +255,7 @@ def message_properties(count: int) -> dict[str, Any]:
     """Keyword arguments for ``Producer.publish`` of one batch of ``count`` commands."""
     return {
         "content_type": CONTENT_TYPE,
-        "content_encoding": "binary",
+        "content_encoding": "binary",  # kombu leaves the body as bytes
         "delivery_mode": 2,  # persistent
         "headers": {FORMAT_HEADER: FORMAT, EVENTS_HEADER: count},
     }
@@ -266,10 +273,18 @@ def decode(body: bytes, headers: dict[str, Any] | None) -> list[Command]:
     version = (headers or {}).get(FORMAT_HEADER)
     if isinstance(version, bytes):
         version = version.decode("utf-8", "replace")
-    if version != FORMAT:
-        raise UndecodableMessage(f"unknown message format {version!r} (this reader: {FORMAT})")
+    if version == FORMAT and body[:1] == b"[":
+        read = decode_many
+    elif version in (FORMAT, FORMAT_V1):
+        # commands/1, or a spool record of the previous release (MessagePack, whose
+        # arrays never start with "[") published under this release's header.
+        read = decode_many_v1
+    else:
+        raise UndecodableMessage(
+            f"unknown message format {version!r} (this reader: {FORMAT} and {FORMAT_V1})"
+        )
     try:
-        return decode_many(body)
+        return read(body)
     except Exception as exc:  # msgspec raises DecodeError or ValidationError
         raise UndecodableMessage(f"body is not a batch of commands: {exc}") from None
 

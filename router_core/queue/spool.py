@@ -16,7 +16,8 @@ Layout, under ``[queue.spool] dir`` (default ``$EVENTROUTER_DATA_DIR/spool``)::
 
 A segment is a run of records: a 12-byte header (payload length, CRC-32 of the
 payload, event count; big-endian unsigned) and the payload, one message body exactly as
-the publisher would have sent it (``eventrouter.queue.broker`` format ``commands/1``). A
+the publisher would have sent it (``eventrouter.queue.broker`` format ``commands/2``;
+a spool written by the previous release holds ``commands/1`` bodies, read as such). A
 record is fsynced before its requests are answered. A torn record at a segment's end
 (the process died while writing it) was never acknowledged: the reader stops there.
 

@@ -305,7 +305,7 @@ def test_floor_times_every_step_of_the_write_path() -> None:
     steps = {(cells[0].strip(), cells[1].strip()): cells[2].strip() for cells in rows[2:]}
     for process, step in [
         ("edge", "normalise (normalise.to_command)"),
-        ("edge", "encode for the broker (MessagePack)"),
+        ("edge", "encode for the broker (JSON, the free-form fields copied as sent)"),
         ("worker", "decode a broker message"),
         ("worker", "ClickHouse: the Native block's columns"),
         ("edge", "**all of the above**"),

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
 # ruff: noqa: F811 - pytest fixtures are parameters
 
-FORMAT_V1 = {broker.FORMAT_HEADER: broker.FORMAT, broker.EVENTS_HEADER: 1}
+CURRENT_FORMAT = {broker.FORMAT_HEADER: broker.FORMAT, broker.EVENTS_HEADER: 1}
 
 
 def peek(env: QueueEnv, queue_name: str) -> list[Any]:
@@ -125,15 +125,15 @@ def test_undecodable_messages_are_dead_lettered_and_kept_by_replay(queue_env):
     config = queue_env.config()
     exchange, key = f"{queue_env.prefix}.events", "sink.local"
     valid = encode_many([command(unique("v2"))])
-    bodies = [b"\xc1 not msgpack \xff", valid, valid]
-    publish_raw(queue_env, bodies[0], exchange=exchange, routing_key=key, headers=FORMAT_V1)
-    unknown_version = {broker.FORMAT_HEADER: "commands/2"}
+    bodies = [b"\xc1 not JSON nor msgpack \xff", valid, valid]
+    publish_raw(queue_env, bodies[0], exchange=exchange, routing_key=key, headers=CURRENT_FORMAT)
+    unknown_version = {broker.FORMAT_HEADER: "commands/9"}
     publish_raw(queue_env, bodies[1], exchange=exchange, routing_key=key, headers=unknown_version)
     # As a producer that is not kombu may send it: no headers, no content type.
     publish_raw(queue_env, bodies[2], exchange=exchange, routing_key=key, content_type=None)
     good = unique("good")
     body = encode_many([command(good)])
-    publish_raw(queue_env, body, exchange=exchange, routing_key=key, headers=FORMAT_V1)
+    publish_raw(queue_env, body, exchange=exchange, routing_key=key, headers=CURRENT_FORMAT)
 
     dead_queue = queue_env.dead_queue_name()
     with WorkerThread(config) as worker:
@@ -146,7 +146,7 @@ def test_undecodable_messages_are_dead_lettered_and_kept_by_replay(queue_env):
     reasons = sorted(letter.reason for letter in letters)
     assert all(reason.startswith("undecodable: ") for reason in reasons), reasons
     assert any("body is not a batch of commands" in reason for reason in reasons), reasons
-    assert any("'commands/2'" in reason for reason in reasons), reasons
+    assert any("'commands/9'" in reason for reason in reasons), reasons
     assert any("None" in reason for reason in reasons), reasons
     assert {(letter.attempts, letter.events) for letter in letters} == {(0, None)}
     assert all(letter.message_ids == [] for letter in letters)
@@ -173,7 +173,7 @@ def test_dead_letters_command_lists_and_replays(queue_env):
     ids = [unique("m") for _ in range(2)]
     for message_id in ids:
         headers = broker.dead_letter_headers(
-            FORMAT_V1, "local", "RuntimeError: warehouse was down", 5
+            CURRENT_FORMAT, "local", "RuntimeError: warehouse was down", 5
         )
         publish_raw(
             queue_env,

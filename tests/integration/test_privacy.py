@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import re
+import sqlite3
 from typing import Any
 
 import pytest
@@ -177,6 +178,30 @@ def test_scrubbed_paths_are_dropped_or_hashed_in_the_stored_row(start_server):
     assert "alice@example.com" not in json.dumps(rows)
     stats = server.health().json()["components"]["scrub"]["stats"]
     assert stats["events"] == 3
+
+
+def test_scrub_finds_keys_spelt_with_escapes_and_leaves_other_texts_as_sent(start_server, tmp_path):
+    """The stage reads a column only when a configured key may be in its raw text: a
+    key spelt with JSON escapes is still found, and an event without any configured
+    key is stored byte for byte as the client sent it."""
+    server = start_server({"privacy": {"scrub": SCRUB}})
+    escaped = b'{"p\\u0061ssword":"hunter2","em\\u0061il":"eve@example.com","n":1}'
+    untouched = b'{ "plan" : "pro",  "total":30 }'
+    for message_id, properties in (("esc", escaped), ("plain", untouched)):
+        body = b'{"userId":"u9","event":"e","messageId":"%s","properties":%s}' % (
+            message_id.encode(),
+            properties,
+        )
+        response = server.post(
+            "/v1/track", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 200, response.text
+    rows = {event["message_id"]: event for event in server.events()}
+    assert rows["esc"]["properties"] == {"email": salted("eve@example.com"), "n": 1}
+    assert rows["plain"]["properties"] == {"plan": "pro", "total": 30}
+    with sqlite3.connect(tmp_path / "events.db") as db:
+        [(text,)] = db.execute("SELECT properties FROM events WHERE message_id = 'plain'")
+    assert text.encode() == untouched
 
 
 def test_hash_paths_without_a_salt_are_a_config_error(tmp_path):

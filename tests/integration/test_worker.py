@@ -210,22 +210,83 @@ def summary(log: str, sink: str = "local") -> dict[str, int]:
 
 # -- the edge's side: what goes on the wire ----------------------------------------------
 def test_message_format_on_the_wire(queue_env):
-    """One request of three events is one persistent message in format commands/1."""
+    """One request of three events is one persistent message in format commands/2: a
+    JSON array of commands whose properties are the client's bytes, as sent."""
     ids = [unique("m") for _ in range(3)]
     server = LiveServer(queue_env.config()).start()
+    sent = b'{ "plan" : "pro",\n "note": "caf\\u00e9 \\"q\\"", "n": 1.50 }'
+    items = b",".join(
+        msgspec.json.encode({"type": "track", **track(m)})[:-1] + b',"properties":' + sent + b"}"
+        for m in ids
+    )
     try:
-        response = server.post("/v1/batch", {"batch": [{"type": "track", **track(m)} for m in ids]})
+        response = server.post(
+            "/v1/batch",
+            content=b'{"batch":[' + items + b"]}",
+            headers={"Content-Type": "application/json"},
+        )
         assert response.status_code == 200, response.text
     finally:
         server.stop()
     [message] = take_all(queue_env, queue_env.queue_name())
-    assert message.headers[broker.FORMAT_HEADER] == "commands/1"
+    assert message.headers[broker.FORMAT_HEADER] == "commands/2"
     assert message.headers[broker.EVENTS_HEADER] == 3
-    assert message.content_type == "application/x-msgpack"
+    assert message.content_type == "application/json"
     assert message.properties["delivery_mode"] == 2  # persistent
+    assert message.body.count(b'"properties":' + sent) == 3  # never re-encoded
     commands = decode_many(message.body)
     assert [c.message_id for c in commands] == ids
     assert {c.event for c in commands} == {"Signed Up"}
+    assert commands[0].properties == {"plan": "pro", "note": 'caf\u00e9 "q"', "n": 1.5}
+
+
+def test_worker_reads_the_previous_format(queue_env):
+    """A rolling upgrade: messages an edge of the previous release published (format
+    commands/1, MessagePack, the free-form fields as maps) are stored by this worker
+    with the same columns, as is a commands/1 body under this release's header (a
+    previous release's spool, published again by a new edge)."""
+    config = queue_env.config()
+    exchange, key = f"{queue_env.prefix}.events", "sink.local"
+    old, spooled = unique("v1"), unique("v1-spool")
+    now = datetime.now(UTC)
+
+    def v1_body(message_id: str) -> bytes:
+        # What commands/1 put on the wire: msgspec MessagePack of the command with
+        # dict-valued free-form fields (built here as plain maps, as that release had).
+        return msgspec.msgpack.encode(
+            [
+                {
+                    "type": "track",
+                    "event": "Upgraded",
+                    "message_id": message_id,
+                    "source": "test",
+                    "user_id": "u1",
+                    "anonymous_id": None,
+                    "session_id": None,
+                    "context": {"ip": "203.0.113.0", "library": {"name": "old"}},
+                    "integrations": {},
+                    "timestamp": now,
+                    "original_timestamp": None,
+                    "sent_at": None,
+                    "received_at": now,
+                    "properties": {"plan": "pro", "n": 2},
+                }
+            ]
+        )
+
+    v1 = {broker.FORMAT_HEADER: "commands/1", broker.EVENTS_HEADER: 1}
+    v2 = {broker.FORMAT_HEADER: broker.FORMAT, broker.EVENTS_HEADER: 1}
+    publish_raw(queue_env, v1_body(old), exchange=exchange, routing_key=key, headers=v1)
+    publish_raw(queue_env, v1_body(spooled), exchange=exchange, routing_key=key, headers=v2)
+    with WorkerThread(config):
+        eventually(lambda: sorted(queue_env.stored_ids()) == sorted([old, spooled]), "stored")
+    assert ready(queue_env, queue_env.dead_queue_name()) == 0
+    rows = queue_env.stored_rows()
+    assert {r["message_id"]: r["properties"] for r in rows} == {
+        old: {"plan": "pro", "n": 2},
+        spooled: {"plan": "pro", "n": 2},
+    }
+    assert all(r["context"]["ip"] == "203.0.113.0" for r in rows)
 
 
 def test_group_commit_shares_messages_between_concurrent_requests(queue_env):
