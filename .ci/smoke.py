@@ -216,7 +216,7 @@ def smoke(scratch: Path) -> None:
 
     step("eventrouter new-plugin: its templates are in the wheel")
     run([str(eventrouter), "new-plugin", "smoke_sink", "--kind", "sink"], cwd=home, env=env)
-    generated = home / "eventrouter-smoke_sink"
+    generated = home / "eventrouter-smoke-sink"
     for name in ("pyproject.toml", "README.md", "eventrouter_smoke_sink/__init__.py"):
         if not (generated / name).is_file():
             raise SmokeFailure(f"new-plugin wrote no {name} in {generated}")
