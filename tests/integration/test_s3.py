@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from eventrouter import config as config_module
-from eventrouter.bus.bus import WORKER, Bus, make_plugin_manager
+from eventrouter.bus.bus import WORKER, Bus, StartFailed, make_plugin_manager
 from eventrouter.config import Config, ConfigError
 from eventrouter.events.commands import (
     STORED_COLUMNS,
@@ -505,7 +505,9 @@ def test_parquet_without_pyarrow_fails_at_start_saying_so(tmp_path, monkeypatch)
     config = s3_config(tmp_path, sink)
     bus = Bus(config, make_plugin_manager(config))  # validation does not need it
     with pytest.raises(
-        RuntimeError, match=r"sinks\.archive\.format = 'parquet' needs pyarrow"
+        StartFailed, match=r"^sink 'archive' \(type s3\) failed to start: RuntimeError: "
     ) as exc:
         asyncio.run(bus.start())
+    assert "sinks.archive.format = 'parquet' needs pyarrow" in str(exc.value)
     assert "pip install 'eventrouter[parquet]'" in str(exc.value)
+    assert isinstance(exc.value.__cause__, RuntimeError)
