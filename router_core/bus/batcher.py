@@ -80,6 +80,41 @@ class Pending:
         return self.future is None or not self.future.done()
 
 
+def cut_group(
+    pending: deque[Pending], policy: BatchPolicy
+) -> tuple[list[Pending], list[Pending], int, int]:
+    """Take whole items from the oldest of ``pending``, within the policy's limits (at
+    least one); items nobody waits for any more are dropped on the way. Returns the group,
+    the dropped items, and the events and bytes removed from ``pending`` (both kinds)."""
+    group: list[Pending] = []
+    dropped: list[Pending] = []
+    events = nbytes = removed_events = removed_bytes = 0
+    while pending:
+        item = pending[0]
+        if group and not policy.fits(events + item.events, nbytes + item.nbytes):
+            break
+        pending.popleft()
+        removed_events += item.events
+        removed_bytes += item.nbytes
+        if not item.wanted:
+            dropped.append(item)
+            continue
+        group.append(item)
+        events += item.events
+        nbytes += item.nbytes
+    return group, dropped, removed_events, removed_bytes
+
+
+def settle(item: Pending, error: BaseException | None) -> None:
+    """Answer the writer waiting for ``item`` (if it still waits): written, or ``error``."""
+    future = item.future
+    if future is not None and not future.done():
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(own_copy(error))
+
+
 #: Writes one group; returns the error that failed it, or None.
 GroupWriter = Callable[[list[Pending]], Awaitable[BaseException | None]]
 
@@ -178,24 +213,12 @@ class Batcher:
                 return
 
     def _take(self) -> list[Pending]:
-        """Whole items from the oldest, within the policy's limits (at least one); items
-        nobody waits for any more are dropped on the way."""
-        group: list[Pending] = []
-        events = nbytes = 0
-        pending = self._pending
-        while pending:
-            item = pending[0]
-            if group and not self.policy.fits(events + item.events, nbytes + item.nbytes):
-                break
-            pending.popleft()
-            self._events -= item.events
-            self._bytes -= item.nbytes
-            if not item.wanted:
-                self._done(item)
-                continue
-            group.append(item)
-            events += item.events
-            nbytes += item.nbytes
+        """The next group (:func:`cut_group`); the dropped items leave at once."""
+        group, dropped, events, nbytes = cut_group(self._pending, self.policy)
+        self._events -= events
+        self._bytes -= nbytes
+        for item in dropped:
+            self._done(item)
         return group
 
     async def _commit(self, group: list[Pending]) -> None:
@@ -213,12 +236,7 @@ class Batcher:
             self._leave(item, error)
 
     def _leave(self, item: Pending, error: BaseException | None) -> None:
-        future = item.future
-        if future is not None and not future.done():
-            if error is None:
-                future.set_result(None)
-            else:
-                future.set_exception(own_copy(error))
+        settle(item, error)
         self._done(item)
 
 
@@ -298,32 +316,13 @@ class ThreadBatcher:
                     if remaining <= 0:
                         break
                     self._ready.wait(remaining)
-            group: list[Pending] = []
-            dropped: list[Pending] = []
-            events = nbytes = 0
-            pending = self._pending
-            while pending:
-                item = pending[0]
-                if group and not policy.fits(events + item.events, nbytes + item.nbytes):
-                    break
-                pending.popleft()
-                self._events -= item.events
-                self._bytes -= item.nbytes
-                if not item.wanted:
-                    dropped.append(item)
-                    continue
-                group.append(item)
-                events += item.events
-                nbytes += item.nbytes
+            group, dropped, events, nbytes = cut_group(self._pending, policy)
+            self._events -= events
+            self._bytes -= nbytes
             return group, dropped
 
     def leave(self, items: Sequence[Pending], error: BaseException | None) -> None:
         """On the loop: settle each item's future with ``error`` (None: written)."""
         for item in items:
-            future = item.future
-            if future is not None and not future.done():
-                if error is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(own_copy(error))
+            settle(item, error)
             self._done(item)

@@ -46,7 +46,7 @@ import pluggy
 from eventrouter import metrics
 from eventrouter.bus.batcher import Batcher, BatchPolicy, Pending, ThreadBatcher
 from eventrouter.bus.buffer import Buffer, BufferFull
-from eventrouter.bus.retry import RetryPolicy
+from eventrouter.bus.retry import Backoff, RetryPolicy
 from eventrouter.bus.timeouts import Expired, within
 from eventrouter.config import BufferConfig
 from eventrouter.events.commands import Command, encode_many
@@ -228,7 +228,6 @@ class Outlet:
         """Write the group's batches as one, retried per the policy while wanted."""
         loop = asyncio.get_running_loop()
         backoff = self.retry.backoff()
-        m = metrics.get()
         while True:
             wanted = [item for item in group if item.wanted]
             if not wanted:
@@ -242,12 +241,7 @@ class Outlet:
             else:
                 last, timeout = None, self.write_timeout
                 limit = timeout
-            commands: Sequence[Command] = (
-                wanted[0].commands
-                if len(wanted) == 1
-                else [command for item in wanted for command in item.commands]
-            )
-            m.child(m.sink_batch_events, self.name).observe(len(commands))
+            commands = self._commands_of(wanted)
             started = time.perf_counter()
             try:
                 await self._attempt(commands, timeout, wanted)
@@ -256,31 +250,59 @@ class Outlet:
             except Exception as exc:
                 error = exc
             else:
-                m.child(m.sink_write_duration, self.name).observe(time.perf_counter() - started)
-                m.child(m.sink_written, self.name).inc(len(commands))
+                self._written(len(commands), started)
                 if self._report is not None:
                     self._report(len(commands), None, False)
                 return None
-            pause = backoff.failed(error)
-            if pause is not None and last is not None and loop.time() + pause >= last:
-                pause = None  # its requests will have stopped waiting by then
+            pause = self._retry_pause(error, backoff, len(commands), last, loop.time())
             if pause is None:
-                m.child(m.sink_failed, self.name).inc()
-                self._log_failure(error, len(commands), backoff.attempts)
                 if self._report is not None:
                     self._report(len(commands), error, isinstance(error, Expired))
                 return error
-            self.retries += 1
-            m.child(m.sink_retries, self.name).inc()
-            log.warning(
-                "%s: write of %d events failed (%s); retry %d in %.2fs",
-                self.name,
-                len(commands),
-                _describe(error),
-                backoff.attempts,
-                pause,
-            )
             await asyncio.sleep(pause)
+
+    # -- what both ways of writing a group share ----------------------------------------
+    def _commands_of(self, wanted: list[Pending]) -> Sequence[Command]:
+        """The commands of the items still wanted, as one batch (counted in metrics)."""
+        commands: Sequence[Command] = (
+            wanted[0].commands
+            if len(wanted) == 1
+            else [command for item in wanted for command in item.commands]
+        )
+        m = metrics.get()
+        m.child(m.sink_batch_events, self.name).observe(len(commands))
+        return commands
+
+    def _written(self, events: int, started: float) -> None:
+        m = metrics.get()
+        m.child(m.sink_write_duration, self.name).observe(time.perf_counter() - started)
+        m.child(m.sink_written, self.name).inc(events)
+
+    def _retry_pause(
+        self, error: BaseException, backoff: Backoff, events: int, last: float | None, now: float
+    ) -> float | None:
+        """Seconds to wait before trying again, counted and logged; None when the write
+        has failed for good (counted and logged too): the policy gives up, or the
+        requests will have stopped waiting by then (``last``, on the clock of ``now``)."""
+        m = metrics.get()
+        pause = backoff.failed(error)
+        if pause is not None and last is not None and now + pause >= last:
+            pause = None
+        if pause is None:
+            m.child(m.sink_failed, self.name).inc()
+            self._log_failure(error, events, backoff.attempts)
+            return None
+        self.retries += 1
+        m.child(m.sink_retries, self.name).inc()
+        log.warning(
+            "%s: write of %d events failed (%s); retry %d in %.2fs",
+            self.name,
+            events,
+            _describe(error),
+            backoff.attempts,
+            pause,
+        )
+        return pause
 
     async def _attempt(self, commands: Sequence[Command], timeout: float, items: list) -> None:
         args = {"commands": commands} if self._takes_commands else {}
@@ -369,18 +391,12 @@ class Outlet:
         thread cannot be): each request is answered by its own timer meanwhile, and the
         group keeps its room in the buffer until the attempt returns."""
         backoff = self.retry.backoff()
-        m = metrics.get()
         while True:
             wanted = [item for item in group if item.wanted]
             if not wanted:
                 return None  # every request gave up: nothing to write for them
             last = max(item.deadline for item in wanted) if self.acknowledging else None
-            commands: Sequence[Command] = (
-                wanted[0].commands
-                if len(wanted) == 1
-                else [command for item in wanted for command in item.commands]
-            )
-            m.child(m.sink_batch_events, self.name).observe(len(commands))
+            commands = self._commands_of(wanted)
             started = time.perf_counter()
             try:
                 result = self._function(**({"commands": commands} if self._takes_commands else {}))
@@ -389,28 +405,13 @@ class Outlet:
             except Exception as exc:
                 error: BaseException = exc
             else:
-                m.child(m.sink_write_duration, self.name).observe(time.perf_counter() - started)
-                m.child(m.sink_written, self.name).inc(len(commands))
+                self._written(len(commands), started)
                 self._report_soon(len(commands), None)
                 return None
-            pause = backoff.failed(error)
-            if pause is not None and last is not None and time.monotonic() + pause >= last:
-                pause = None  # its requests will have stopped waiting by then
+            pause = self._retry_pause(error, backoff, len(commands), last, time.monotonic())
             if pause is None:
-                m.child(m.sink_failed, self.name).inc()
-                self._log_failure(error, len(commands), backoff.attempts)
                 self._report_soon(len(commands), error)
                 return error
-            self.retries += 1
-            m.child(m.sink_retries, self.name).inc()
-            log.warning(
-                "%s: write of %d events failed (%s); retry %d in %.2fs",
-                self.name,
-                len(commands),
-                _describe(error),
-                backoff.attempts,
-                pause,
-            )
             if self._stopping.wait(pause):
                 return error
 
