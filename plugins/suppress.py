@@ -88,6 +88,9 @@ class Suppressor:
         self.refreshed_at: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: One refresh at a time: a periodic read that began before a change must not
+        #: land after the refresh that saw the change and put the old list back.
+        self._refreshing = threading.Lock()
 
     def start(self) -> None:
         self.refresh()
@@ -106,17 +109,20 @@ class Suppressor:
             self.refresh()
 
     def refresh(self) -> bool:
-        """Read the list now; ``False`` (counted, shown in ``/health``) when it cannot."""
-        try:
-            ids = self.source.ids()
-        except Exception as exc:
-            self.failures.failed(exc)
-            return False
-        # One assignment each: the event loop reads them without a lock.
-        self.user_ids = ids[USER_ID]
-        self.anonymous_ids = ids[ANONYMOUS_ID]
-        self.refreshes += 1
-        self.refreshed_at = time.time()
+        """Read the list now; ``False`` (counted, shown in ``/health``) when it cannot.
+        Refreshes run one at a time, so the list in use is never older than the last
+        read that finished."""
+        with self._refreshing:
+            try:
+                ids = self.source.ids()
+            except Exception as exc:
+                self.failures.failed(exc)
+                return False
+            # One assignment each: the event loop reads them without a lock.
+            self.user_ids = ids[USER_ID]
+            self.anonymous_ids = ids[ANONYMOUS_ID]
+            self.refreshes += 1
+            self.refreshed_at = time.time()
         self.failures.succeeded()
         return True
 
