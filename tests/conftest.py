@@ -19,7 +19,7 @@ from tests.helpers import LiveServer, make_config
 
 TESTS = Path(__file__).resolve().parent
 #: The folders test modules live in; each is also the marker its tests get.
-FOLDERS = ("unit", "integration", "browser", "faults")
+FOLDERS = ("unit", "integration", "browser", "faults", "cluster")
 
 
 @pytest.hookimpl(tryfirst=True)  # before ``-m`` deselects by these markers
