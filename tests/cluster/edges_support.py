@@ -177,6 +177,7 @@ class Topology:
             self.balancer.stop()
         for process in [*self.edges, *self.workers]:
             if not process._log.closed:
+                process.send(signal.SIGCONT)  # a test may have frozen it (SIGSTOP)
                 process.stop()
         with _RUNNING_LOCK:
             _RUNNING.difference_update(p.process for p in [*self.edges, *self.workers])
