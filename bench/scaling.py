@@ -23,7 +23,8 @@ CPU per event is a component's CPU seconds over that window divided by the event
 stored in it; events/s stored is the rows stored while wrk ran, over its duration.
 
 **1 against 2 ClickHouse shards.** ``--shards-config FILE`` adds two scenarios that
-differ only in the sink: the default single-node ``[sinks.warehouse]`` and FILE's. FILE
+differ only in the sink, both with ``--shard-workers`` workers: the default single-node
+``[sinks.warehouse]`` (not run twice when ``--workers`` has that count already) and FILE's. FILE
 holds a ``[sinks.warehouse]`` table (for instance ``type = "clickhouse"``, ``url``,
 ``cluster = "NAME"``); ``${BENCH_DATABASE}`` in it is replaced (by the config loader's
 own interpolation) with the scenario's fresh database name, and rows are counted with
@@ -101,11 +102,11 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         if f"[sinks.{SINK}]" not in text:
             raise SystemExit(f"{args.shards_config}: needs a [sinks.{SINK}] table")
         n = args.shard_workers
-        found += [
-            Scenario(f"{n} workers, 1 shard", SINGLE_NODE_SINK, n),
-            Scenario(f"{n} workers, 2 shards ({Path(args.shards_config).name})", text, n,
-                     tuple(args.shards_ports)),
-        ]  # fmt: skip
+        if n not in args.workers:  # else the single-server run with n workers is the "1 shard"
+            found.append(Scenario(f"{n} workers, 1 shard", SINGLE_NODE_SINK, n))
+        shards = tuple(args.shards_ports)
+        label = f"{n} workers, 2 shards ({Path(args.shards_config).name})"
+        found.append(Scenario(label, text, n, shards))
     return found
 
 

@@ -186,6 +186,16 @@ class Topology:
         if self.balancer is not None:
             self.balancer.remove()
 
+    def consumers(self) -> int:
+        """Consumers of the sink's queue, as RabbitMQ counts them (0: not declared yet)."""
+        with self.queue.connection() as connection:
+            channel = connection.channel()
+            try:
+                declared = channel.queue_declare(self.queue.queue_name("events"), passive=True)
+            except connection.channel_errors:
+                return 0
+            return declared.consumer_count
+
     def logs(self) -> str:
         parts = [f"--- {p.log_path.name}\n{p.log()[-3000:]}" for p in [*self.edges, *self.workers]]
         if self.balancer is not None:

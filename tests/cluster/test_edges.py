@@ -63,6 +63,8 @@ def test_kill_9_one_edge_and_one_worker_under_load(tmp_path, capsys):
         try:
             load.wait_acknowledged(1000)
             eventually(lambda: len(stored(running.sink)) > 0, "events stored by the workers")
+            # Both workers consume the one sink queue, and the broker shares it out.
+            eventually(lambda: running.consumers() == 2, "two consumers of the sink queue")
             tried = {edge for request in balancer.requests() for edge in request[0]}
             # Frozen first, so that requests are surely in flight on it when it dies
             # (a frozen edge still accepts connections: the kernel does).
@@ -74,6 +76,7 @@ def test_kill_9_one_edge_and_one_worker_under_load(tmp_path, capsys):
             load.wait_acknowledged(at_edge_kill + 1000)
             doomed_worker.stop(signal.SIGKILL)
             at_worker_kill = len(load.acknowledged)
+            eventually(lambda: running.consumers() == 1, "the killed worker's consumer gone")
             load.wait_acknowledged(at_worker_kill + 1000)
             load.stop()
             took = settle(load, sinks)

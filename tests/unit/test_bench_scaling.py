@@ -39,12 +39,21 @@ def test_default_scenarios_are_one_against_two_workers(scaling) -> None:
 def test_a_shards_config_adds_one_against_two_shards(scaling, tmp_path: Path) -> None:
     path = tmp_path / "shards.toml"
     path.write_text(SHARDS)
-    args = scaling.parse_args(["--shards-config", str(path), "--shards-ports", "9001,9002"])
-    *_, one, two = scaling.scenarios(args)
+    args = scaling.parse_args(
+        ["--workers", "1", "--shards-config", str(path), "--shards-ports", "9001,9002"]
+    )
+    _, one, two = scaling.scenarios(args)
     assert (one.workers, two.workers) == (2, 2)
     assert one.sink_toml == scaling.SINGLE_NODE_SINK and one.clickhouse_ports == (9000,)
     assert two.sink_toml == SHARDS and two.clickhouse_ports == (9001, 9002)
-    assert "2 shards" in two.label
+    assert "1 shard" in one.label and "2 shards" in two.label
+    # With 2 workers among --workers already, that run is the 1-shard side: not run twice.
+    args = scaling.parse_args(["--shards-config", str(path), "--shards-ports", "9001,9002"])
+    assert [(s.workers, s.clickhouse_ports) for s in scaling.scenarios(args)] == [
+        (1, (9000,)),
+        (2, (9000,)),
+        (2, (9001, 9002)),
+    ]
 
 
 @pytest.mark.parametrize(
