@@ -2,8 +2,9 @@
 worker``, running ``deploy/several-edges/`` as shipped (tests/cluster/edges_support.py).
 
 Needs nginx, the system RabbitMQ (its own queue prefix), Redis (dedup, its own key
-prefix) and PostgreSQL (a database of its own). What the fault case measured is printed
-at the end of the run.
+prefix) and PostgreSQL (a database of its own). The fault case prints what it measured
+(acknowledged, stored, answers by status, resends) beside its result; docs/scaling.md
+quotes it.
 """
 
 from __future__ import annotations
