@@ -327,6 +327,10 @@ def test_a_shard_down_for_20s_under_load_loses_and_duplicates_nothing(
         try:
             # The outage, under load: the worker's inserts fail and are retried.
             eventually(lambda: failures(worker), "an insert failing on the shard")
+            # Half the rows are unreachable: the query API says so, not a partial page.
+            read = edge.client.get("/api/v1/events", headers=ADMIN_BEARER)
+            print(f"\nquery API with a shard down: {read.status_code} {read.text[:200]}")
+            assert read.status_code >= 500
             time.sleep(OUTAGE)
             sent_during = load.requests
         finally:
