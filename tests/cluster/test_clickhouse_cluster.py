@@ -17,11 +17,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
 
+from eventrouter.bus.bus import Bus, make_plugin_manager
 from eventrouter.privacy import erasure
+from eventrouter.store.interface import ADMIN_TABLES
 from tests.cluster.clickhouse_support import (
     REPLICAS,
     SHARDS,
@@ -226,6 +229,44 @@ def test_the_privacy_command_erases_on_the_cluster(clickhouse_cluster, database,
         lambda: local_counts(clickhouse_cluster, database) == [2, 2],
         "the deletion on both replicas",
     )
+
+
+def test_the_admin_tables_work_through_the_cluster(clickhouse_cluster, database, tmp_path):
+    """Suppressions, signed-out sessions and used confirmations: local tables on both
+    servers, read and written through the Distributed ones."""
+    sink = cluster_sink(clickhouse_cluster, database, SHARDS)
+    raw = {"sinks": {"warehouse": sink}}
+    bus = Bus(make_config(tmp_path, raw), make_plugin_manager(make_config(tmp_path, raw)))
+    warehouse = bus.sinks["warehouse"]
+    warehouse.migrate()
+    tables = warehouse.store().admin_tables()
+    for table in ADMIN_TABLES:
+        assert not tables.exists(table)
+        tables.ensure(table)
+    now = datetime.now(UTC)
+    for i in range(6):  # spread over both shards by id
+        assert tables.suppress("user_id", f"u{i}", "asked", now)
+    assert not tables.suppress("user_id", "u0", "again", now)
+    assert tables.unsuppress("user_id", "u1", now)
+    assert sorted(tables.suppressed_ids()) == [("user_id", f"u{i}") for i in (0, 2, 3, 4, 5)]
+    tables.revoke_session("sid-1", now + timedelta(hours=1))
+    assert set(tables.revoked_sessions()) == {"sid-1"}
+    assert tables.use_confirmation("nonce-1", now + timedelta(hours=1))
+    assert not tables.use_confirmation("nonce-1", now + timedelta(hours=1))
+    for server in clickhouse_cluster.servers:
+        names = {
+            row[0]
+            for row in server.query(
+                "SELECT name FROM system.tables WHERE database = %(db)s", {"db": database}
+            )
+        }
+        assert {f"{table}_local" for table in ADMIN_TABLES} <= names
+    per_server = [
+        server.query("SELECT count() FROM suppressions_local", database=database)[0][0]
+        for server in clickhouse_cluster.servers
+    ]
+    assert sum(per_server) == 7 and all(per_server), per_server
+    warehouse.stop()
 
 
 # -- faults ----------------------------------------------------------------------------------
