@@ -22,8 +22,10 @@ copied), with that script's defaults unless an option here says otherwise:
 - **dashboard** (bench/dashboard.py): the admin dashboard's queries over 1,000,000
   events in ClickHouse and PostgreSQL (loaded once, then kept between runs);
 - **scaling** (bench/scaling.py): the e2e path with 1 against 2 ``eventrouter worker``
-  processes side by side (and, with ``--shards-config``, 1 against 2 ClickHouse
-  shards): events/s stored and the CPU each component spends per event.
+  processes side by side, and 1 against 2 ClickHouse shards (the cluster suite's two
+  shards, started for the run; ``--shards-config`` for shards of your own,
+  ``--no-shards`` to leave them out): events/s stored and the CPU each component
+  spends per event.
 
 It prints one markdown table (area, scenario, what was measured, the figure, its ratio
 to the bare endpoint, p99, the issue's target and whether it was met), writes it as JSON
@@ -465,6 +467,8 @@ def run_scaling(args: argparse.Namespace, outcome: Outcome) -> None:
     if args.shards_config:
         argv += ["--shards-config", str(args.shards_config)]
         argv += ["--shards-ports", ",".join(str(p) for p in args.shards_ports)]
+    elif not args.no_shards:  # 1 against 2 shards, on the cluster suite's two shards
+        argv += ["--shards"]
     scaling_args = scaling_bench.parse_args(argv)
     results = scaling_bench.run(scaling_args)
     outcome.rows += scaling_rows(results)
@@ -632,7 +636,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     group.add_argument("--reload", action="store_true", help="load the stored events again")
     group = parser.add_argument_group("scaling (bench/scaling.py)")
     group.add_argument(
-        "--shards-config", metavar="FILE", help="a [sinks.warehouse] table: adds 1 against 2 shards"
+        "--shards-config",
+        metavar="FILE",
+        help="a [sinks.warehouse] table for 1 against 2 shards [the cluster suite's two shards, "
+        "started and stopped by bench/scaling.py --shards]",
+    )
+    group.add_argument(
+        "--no-shards", action="store_true", help="leave out 1 against 2 shards (no ZooKeeper)"
     )
     group.add_argument(
         "--shards-ports",

@@ -3,7 +3,7 @@ by side in one run, with the CPU each component spends per event stored.
 
     .venv/bin/python bench/scaling.py [--quick] [--duration 20] [--workers 1,2]
         [--connections 32] [--server-workers 2] [--drain-timeout 120]
-        [--shards-config FILE --shards-ports 9001,9002 [--shard-workers 2]]
+        [--shards | --shards-config FILE --shards-ports 9001,9002] [--shard-workers 2]
 
 For each scenario the script starts ``eventrouter serve`` in queue mode and the
 scenario's ``eventrouter worker`` processes, all reading one config whose only sink is
@@ -30,6 +30,12 @@ holds a ``[sinks.warehouse]`` table (for instance ``type = "clickhouse"``, ``url
 own interpolation) with the scenario's fresh database name, and rows are counted with
 ``SELECT count() FROM events`` through FILE's ``url``. ``--shards-ports`` lists the
 native ports of the servers to measure (and to drop the database on afterwards).
+
+``--shards`` does all of that itself: it starts the cluster suite's two-shard setup
+(ZooKeeper and two ``clickhouse-server`` processes on loopback ports 9101 and 9102, from
+``tests/cluster/clickhouse_support.py``, whose cluster ``er_shards`` has one replica per
+shard), writes FILE for it (``cluster = "er_shards"``, the same batch as the single-node
+sink) and stops every process it started, by PID, at the end.
 
 Everything runs on 127.0.0.1 and is stopped by its own PID. Prints a markdown table,
 also written to ``bench/results/scaling-latest.md``. Exit status 1 if an acknowledged
@@ -102,10 +108,11 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         if f"[sinks.{SINK}]" not in text:
             raise SystemExit(f"{args.shards_config}: needs a [sinks.{SINK}] table")
         n = args.shard_workers
+        workers = f"{n} worker{'s' if n > 1 else ''}"
         if n not in args.workers:  # else the single-server run with n workers is the "1 shard"
-            found.append(Scenario(f"{n} workers, 1 shard", SINGLE_NODE_SINK, n))
+            found.append(Scenario(f"{workers}, 1 shard", SINGLE_NODE_SINK, n))
         shards = tuple(args.shards_ports)
-        label = f"{n} workers, 2 shards ({Path(args.shards_config).name})"
+        label = f"{workers}, 2 shards ({Path(args.shards_config).name})"
         found.append(Scenario(label, text, n, shards))
     return found
 
@@ -371,6 +378,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--drain-timeout", type=float, help="seconds [120]")
     parser.add_argument("--broker", default=ingest.DEFAULT_BROKER, help="RabbitMQ URL")
     parser.add_argument(
+        "--shards",
+        action="store_true",
+        help="start two ClickHouse shards (the cluster suite's) and add 1 against 2 shards",
+    )
+    parser.add_argument(
         "--shards-config", metavar="FILE", help="a [sinks.warehouse] table: adds 1 against 2 shards"
     )
     parser.add_argument(
@@ -393,6 +405,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("duration", "connections", "server_workers", "drain_timeout", "shard_workers"):
         if getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.shards and args.shards_config is not None:
+        parser.error("--shards starts its own shards: leave out --shards-config")
     if args.shards_config is not None and not Path(args.shards_config).is_file():
         parser.error(f"--shards-config {args.shards_config}: no such file")
     queue_mode.check_loopback(args.broker)
@@ -400,13 +414,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> list[Result]:
-    """Every scenario, one after the other."""
+    """Every scenario, one after the other (with ``--shards``, the shards started first and
+    stopped after the last)."""
     ingest.RESULTS_DIR.mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="eventrouter-bench-scaling-body-"))
     batch = next(s for s in ingest.make_scenarios(datetime.now(UTC)) if s.name == "batch")
     body = workdir / "batch.json"
     body.write_bytes(batch.body)
-    return [run_scenario(s, args, body, batch.events_per_request) for s in scenarios(args)]
+    with ExitStack() as stack:
+        if args.shards:
+            start_shards(args, stack)
+        return [run_scenario(s, args, body, batch.events_per_request) for s in scenarios(args)]
+
+
+#: ``--shards``: the sink on the cluster suite's two shards (``${CLUSTER_URL}`` filled in).
+SHARDED_SINK = (
+    f"[sinks.{SINK}]\n"
+    'type = "clickhouse"\n'
+    'url = "${CLUSTER_URL}"\n'
+    'cluster = "er_shards"\n'
+    'batch = { max_events = 50000, timeout = "1s" }\n'
+)
+
+
+def start_shards(args: argparse.Namespace, stack: ExitStack) -> None:
+    """``--shards``: two shards on loopback, stopped by PID when ``stack`` closes; points
+    ``--shards-config`` and ``--shards-ports`` at them."""
+    repository = BENCH_DIR.parent
+    if str(repository) not in sys.path:
+        sys.path.append(str(repository))
+    from tests.cluster import clickhouse_support as shards  # the cluster suite's setup
+
+    root = Path(tempfile.mkdtemp(prefix="eventrouter-bench-shards-"))
+    log("starting ZooKeeper and two ClickHouse shards (9101, 9102)")
+    cluster = shards.start_cluster(root)
+    stack.callback(cluster.stop)
+    first = cluster.servers[0]
+    url = first.url("DATABASE").replace("DATABASE", "${BENCH_DATABASE}")
+    config = root / "two-shards.toml"
+    config.write_text(SHARDED_SINK.replace("${CLUSTER_URL}", url))
+    args.shards_config = str(config)
+    args.shards_ports = [server.port for server in cluster.servers]
 
 
 def main(argv: list[str] | None = None) -> int:
