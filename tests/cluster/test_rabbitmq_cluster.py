@@ -10,12 +10,14 @@ node URLs. The hard fault is SIGKILL of the node that leads the sink's quorum qu
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import httpx
 import pytest
 
 from eventrouter.bus.bus import StartFailed
+from eventrouter.events.commands import encode_many
 from eventrouter.queue import broker
 from tests.cluster.rabbit_support import (  # noqa: F401 - fixtures
     NODES,
@@ -27,7 +29,16 @@ from tests.cluster.rabbit_support import (  # noqa: F401 - fixtures
     wait_seconds,
 )
 from tests.faults.support import Load, assert_exactly_once, settle, stored
-from tests.helpers import ADMIN_BEARER, ServeProcess, eventually, make_config, unique
+from tests.helpers import (
+    ADMIN_BEARER,
+    ServeProcess,
+    eventually,
+    make_config,
+    run_eventrouter,
+    unique,
+)
+from tests.integration.test_metrics import samples, value
+from tests.integration.test_worker import command
 from tests.queue_support import QueueEnv, WorkerProcess, WorkerThread
 from tests.tcp_proxy import TcpProxy
 
@@ -123,6 +134,67 @@ def test_each_node_is_tried_once_and_the_error_names_them(rabbit_cluster, cluste
     assert "secret-pw" not in message
 
 
+def test_the_commands_take_the_node_list(rabbit_cluster, cluster_env):
+    """``config check`` shows the nodes without passwords; ``dead-letters list`` and
+    ``replay`` reach the cluster past a node that does not answer."""
+    raw = cluster_raw(cluster_env, rabbit_cluster)
+    raw["queue"]["url"] = ["amqp://guest:secret-pw@127.0.0.1:5689//", *rabbit_cluster.urls]
+    path = cluster_env.write_config(raw)
+    config = make_config(cluster_env.tmp_path, raw)
+    topology = broker.Topology(config.queue, ["local"])
+    message_id = unique("dead-")
+    connection = broker.open_connection(config.queue)
+    try:
+        channel = connection.channel()
+        topology.declare(channel)
+        headers = broker.dead_letter_headers(
+            {broker.FORMAT_HEADER: broker.FORMAT, broker.EVENTS_HEADER: 1},
+            "local",
+            "RuntimeError: warehouse was down",
+            5,
+        )
+        broker.RoutedProducer(channel, topology.dead_exchange).publish(
+            encode_many([command(message_id)]),
+            routing_key="local",
+            timeout=10,
+            **{**broker.message_properties(1), "headers": headers},
+        )
+    finally:
+        broker.close(connection, 5)
+
+    checked = run_eventrouter("config", "check", str(path))
+    assert checked.returncode == 0, checked
+    assert "amqp://guest:***@127.0.0.1:5689//, amqp://guest:***@127.0.0.1:5681//" in checked.stdout
+    assert "secret-pw" not in checked.stdout + checked.stderr
+
+    listed = run_eventrouter(
+        "dead-letters", "list", "--sink", "local", "--json", "--config", str(path)
+    )
+    assert listed.returncode == 0, listed
+    [letter] = json.loads(listed.stdout)
+    assert (letter["message_ids"], letter["reason"]) == (
+        [message_id],
+        "RuntimeError: warehouse was down",
+    )
+    replayed = run_eventrouter("dead-letters", "replay", "--sink", "local", "--config", str(path))
+    assert replayed.returncode == 0, replayed
+    assert "1 replayed, 0 kept" in replayed.stdout
+    assert cluster_env.stored_ids() == [message_id]
+
+    raw["queue"]["url"] = [
+        "amqp://guest:secret-pw@127.0.0.1:5688//",
+        "amqp://guest:secret-pw@127.0.0.1:5689//",
+    ]
+    down = cluster_env.write_config(raw, "down.toml")
+    refused = run_eventrouter("dead-letters", "list", "--sink", "local", "--config", str(down))
+    assert refused.returncode == 3, refused
+    assert (
+        "broker unreachable at amqp://guest:***@127.0.0.1:5688//, amqp://guest:***@127.0.0.1:5689//"
+        in refused.stderr
+    )
+    assert "secret-pw" not in refused.stderr
+
+
 def test_an_unroutable_publish_is_refused_on_the_cluster(rabbit_cluster, cluster_env):
     """Mandatory publishing holds on a cluster: a routing key that reaches no queue is
     returned, not confirmed into nowhere."""
@@ -216,6 +288,9 @@ def test_the_leader_node_killed_under_load(rabbit_cluster, cluster_env, capsys):
         load.wait_acknowledged(len(load.acknowledged) + 200)
         load.stop()
         settle(load, {"local": sink})
+        exposed = samples(httpx.get(f"{api.url}/metrics", timeout=10).text)
+        spooled = value(exposed, "eventrouter_spool_spooled_events_total")
+        replayed = value(exposed, "eventrouter_spool_replayed_events_total")
     finally:
         load.stop()
         stopped = {"worker": worker.stop(), "serve": api.stop()}
@@ -226,10 +301,14 @@ def test_the_leader_node_killed_under_load(rabbit_cluster, cluster_env, capsys):
     assert load.transport_errors == 0, "the edge dropped connections"
     duplicates = rows["local"] - len(set(stored(sink)))
     assert duplicates == 0
+    assert replayed == spooled
+    dropped = re.search(r"(\d+) dropped as duplicates", worker.log())
     with capsys.disabled():
         print(
             f"\nrabbitmq cluster, leader {leader_name} SIGKILLed under load: "
             f"acknowledged {len(load.acknowledged)}, stored {rows['local']}, "
             f"duplicates {duplicates}, 503s {load.statuses.get(503, 0)}, "
-            f"answers {dict(load.statuses)}, acknowledged before the kill {at_kill}"
+            f"answers {dict(load.statuses)}, acknowledged before the kill {at_kill}, "
+            f"spooled by the edge and replayed {int(spooled)}, redeliveries dropped by "
+            f"dedup {dropped.group(1) if dropped else '?'}"
         )
