@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from amqp.exceptions import MessageNacked
 
 from eventrouter.bus.bus import StartFailed
 from eventrouter.events.commands import encode_many
@@ -212,6 +213,44 @@ def test_an_unroutable_publish_is_refused_on_the_cluster(rabbit_cluster, cluster
             )
     finally:
         broker.drop(connection)
+
+
+def test_a_confirm_needs_a_majority_of_the_nodes(rabbit_cluster, cluster_env):
+    """With 2 of the 3 nodes killed, the survivor takes the publish but never confirms it
+    (a quorum queue commits a message once a majority of its members wrote it): the edge
+    would spool or answer 503, never 200 on the broker's word. Once a second node is back,
+    a publish is confirmed again."""
+    cluster = rabbit_cluster
+    raw = cluster_raw(cluster_env, cluster)
+    raw["queue"]["url"] = [cluster.url(3)]
+    config = make_config(cluster_env.tmp_path, raw)
+    topology = broker.Topology(config.queue, ["local"])
+    connection = broker.open_connection(config.queue)
+    try:
+        topology.declare(connection.channel())
+    finally:
+        broker.close(connection, 5)
+    wait_members(cluster, cluster_env.queue_name(), 3, asked=3)
+    cluster.kill(1)
+    cluster.kill(2)
+    connection = broker.open_connection(config.queue)
+    try:
+        producer = broker.RoutedProducer(connection.channel(), topology.exchange)
+        with pytest.raises(Exception) as unconfirmed:  # a confirm timeout, or a nack
+            producer.publish(
+                b"[]", routing_key=broker.ALL, timeout=5, **broker.message_properties(0)
+            )
+        assert isinstance(unconfirmed.value, TimeoutError | MessageNacked), unconfirmed.value
+    finally:
+        broker.drop(connection)
+    cluster.start_node(1)
+    wait_members(cluster, cluster_env.queue_name(), 2, asked=3)
+    connection = broker.open_connection(config.queue)
+    try:
+        producer = broker.RoutedProducer(connection.channel(), topology.exchange)
+        producer.publish(b"[]", routing_key=broker.ALL, timeout=30, **broker.message_properties(0))
+    finally:
+        broker.close(connection, 5)
 
 
 def test_the_spool_answers_while_every_node_is_unreachable(rabbit_cluster, cluster_env):
