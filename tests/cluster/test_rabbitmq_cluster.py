@@ -9,8 +9,11 @@ node URLs. The hard fault is SIGKILL of the node that leads the sink's quorum qu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import socket
+import threading
 from typing import Any
 
 import httpx
@@ -116,16 +119,46 @@ def test_a_classic_queue_is_not_redeclared_quorum(rabbit_cluster, cluster_env):
     assert rabbit_cluster.queues(1)[cluster_env.queue_name()]["type"] == "classic"
 
 
+class ClosingNode:
+    """A listener that accepts and at once closes each connection (a node that is not a
+    broker any more), counting the attempts."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.attempts = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):  # closed by the test
+            while True:
+                connection, _ = self.listener.accept()
+                self.attempts += 1
+                connection.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
 def test_each_node_is_tried_once_and_the_error_names_them(rabbit_cluster, cluster_env):
     raw = cluster_raw(cluster_env, rabbit_cluster)
     dead = [f"amqp://guest:secret-pw@127.0.0.1:{port}//" for port in (5688, 5689)]
-    raw["queue"]["url"] = [*dead, rabbit_cluster.url(3)]
-    config = make_config(cluster_env.tmp_path, raw)
-    connection = broker.open_connection(config.queue)
+    closing = ClosingNode()
     try:
-        assert broker.node_of(connection) == "amqp://guest:***@127.0.0.1:5683//"
+        raw["queue"]["url"] = [
+            f"amqp://guest:secret-pw@127.0.0.1:{closing.port}//",
+            *dead,
+            rabbit_cluster.url(3),
+        ]
+        config = make_config(cluster_env.tmp_path, raw)
+        connection = broker.open_connection(config.queue)
+        try:
+            assert broker.node_of(connection) == "amqp://guest:***@127.0.0.1:5683//"
+        finally:
+            broker.close(connection, 5)
+        assert closing.attempts == 1  # one attempt per node, then the next node
     finally:
-        broker.close(connection, 5)
+        closing.close()
     raw["queue"]["url"] = dead
     with pytest.raises(broker.BrokerUnreachable) as failed:
         broker.open_connection(make_config(cluster_env.tmp_path, raw).queue)
