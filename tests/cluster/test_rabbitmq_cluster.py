@@ -297,6 +297,11 @@ def test_the_spool_answers_while_every_node_is_unreachable(rabbit_cluster, clust
     api = ServeProcess(cluster_env.tmp_path, "--config", str(path)).wait_ready()
     worker = WorkerProcess(path)
     try:
+        health = httpx.get(f"{api.url}/health", headers=ADMIN_BEARER, timeout=30).json()
+        up = health["components"]["broker"]
+        assert up["status"] == "up", up
+        reached = [f"amqp://guest:***@127.0.0.1:{p.port}// (of 3 nodes)" for p in proxies]
+        assert any(up["detail"].startswith(node) for node in reached), up["detail"]
         for proxy in proxies:
             proxy.stop()
         ids = [unique("spooled-") for _ in range(20)]
