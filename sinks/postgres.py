@@ -125,6 +125,10 @@ event_claims = Table(
     Column("claimed_at", _TZ, nullable=False, server_default=text("now()")),
     PrimaryKeyConstraint("source", "message_id", name="event_claims_pkey"),
     Index("ix_event_claims_claimed_at", "claimed_at"),
+    # No WAL: a claim matters only while the transactions that could race with its own
+    # run, and a crash ends them all. After one (or a failover) the table is empty, and
+    # the check for stored rows catches later copies, as before claims.
+    prefixes=["UNLOGGED"],
 )
 
 IndexName = Literal["user_id", "anonymous_id", "session_id", "event", "type", "source"]
@@ -758,10 +762,13 @@ def _already_stored(cursor: Any, commands: Sequence[Command]) -> set[tuple[str, 
     return {(source, message_id) for source, message_id in cursor.fetchall()}
 
 
-#: Claims in the order given (``ORDER BY n``): every writer inserts its ids sorted, so
-#: two writers of overlapping batches take the ids' locks in one order and cannot
-#: deadlock; one waits for the other's commit, then skips what it claimed.
-_CLAIM = (
+#: The claim's common case: no pair claimed by anyone else, one binary COPY (a plain
+#: insert: a third of the server's CPU of ``INSERT ... ON CONFLICT``, which inserts each
+#: row speculatively). A pair another writer claimed makes it fail with a unique
+#: violation, once that writer has committed (until then the COPY waits for it).
+_CLAIM_COPY = "COPY event_claims (source, message_id) FROM STDIN (FORMAT BINARY)"
+#: The claim when the COPY failed: the pairs no one else claimed, claimed and returned.
+_CLAIM_REST = (
     "INSERT INTO event_claims (source, message_id) "
     "SELECT s, m FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS c(s, m, n) ORDER BY n "
     "ON CONFLICT DO NOTHING RETURNING source, message_id"
@@ -770,15 +777,25 @@ _CLAIM = (
 
 def _claim(cursor: Any, commands: Sequence[Command]) -> set[tuple[str, str]] | None:
     """Claim the ``(source, message_id)`` of ``commands`` (none twice) in the cursor's
-    transaction: None when every one was claimed here (the common case: nothing to
-    fetch), else the pairs claimed here (the others another writer has claimed: it
-    stored or is storing them, and this call waited for its commit)."""
+    transaction: None when every one was claimed here (the common case), else the pairs
+    claimed here (the others another writer has claimed: it stored or is storing them,
+    and this call waited for its commit).
+
+    The pairs go in sorted (``ORDER BY n`` keeps the order given), so that two writers
+    of overlapping batches take the pairs' locks in one order: one waits for the other,
+    and they cannot deadlock."""
     if not commands:
         return None
     keys = sorted((c.source, c.message_id) for c in commands)
-    cursor.execute(_CLAIM, ([s for s, _ in keys], [m for _, m in keys]))
-    if cursor.rowcount == len(keys):
+    try:
+        with cursor.connection.transaction(), cursor.copy(_CLAIM_COPY) as copy:
+            copy.set_types(("text", "text"))
+            for key in keys:
+                copy.write_row(key)
         return None
+    except psycopg.errors.UniqueViolation:
+        pass  # undone to the savepoint: claim what no one else has
+    cursor.execute(_CLAIM_REST, ([s for s, _ in keys], [m for _, m in keys]))
     return set(cursor.fetchall())
 
 
