@@ -264,6 +264,9 @@ def test_migrate_command_creates_the_schema_idempotently(pg_url, tmp_path):
         assert result.returncode == 0, result.stderr
         assert "warehouse (postgres): schema version 3" in result.stdout
     tables = {row[0] for row in sql(pg_url, "SELECT tablename FROM pg_tables")}
+    # No WAL for the claims (docs/postgres.md, "event_claims").
+    persistence = sql(pg_url, "SELECT relpersistence FROM pg_class WHERE relname = 'event_claims'")
+    assert persistence == [("u",)]
     assert {"events", "events_default", "users", "groups", "identities", "event_claims"} <= tables
     assert sql(pg_url, "SELECT version FROM eventrouter_schema") == [(3,)]
 
@@ -385,9 +388,10 @@ def test_two_writers_of_copies_with_other_timestamps_at_once_store_each_event_on
     each 3 s later by ``timestamp`` (an SDK's retry, dated again by the edge) and in the
     reverse order: every part of both writes passes its check for rows already stored
     before any commits (a barrier holds them there), so neither sees the other's rows and
-    the primary key, which holds the timestamp, would take both. Each event is stored
-    once, neither write fails (no deadlock, whatever order the parts' ids come in), and
-    the counts add up. Before ``event_claims``: every event twice."""
+    the primary key, which holds the timestamp, would take both. The second also holds
+    50 events of its own, which it stores. Each event is stored once, neither write
+    fails (no deadlock, whatever order the parts' ids come in), and the counts add up.
+    Before ``event_claims``: every copy stored."""
     import threading
 
     from eventrouter.sinks import postgres
@@ -400,6 +404,7 @@ def test_two_writers_of_copies_with_other_timestamps_at_once_store_each_event_on
     copies = [
         msgspec.structs.replace(c, timestamp=c.timestamp + timedelta(seconds=3)) for c in batch
     ]
+    own = _tracks(50)
     parts = max(1, rows // postgres.PARALLEL_MIN_ROWS)
     past_check = threading.Barrier(2 * parts, timeout=60)
     already_stored = postgres._already_stored
@@ -420,7 +425,7 @@ def test_two_writers_of_copies_with_other_timestamps_at_once_store_each_event_on
 
     threads = [
         threading.Thread(target=write, args=(first, batch)),
-        threading.Thread(target=write, args=(second, copies[::-1])),
+        threading.Thread(target=write, args=(second, [*own, *copies[::-1]])),
     ]
     try:
         for thread in threads:
@@ -432,12 +437,14 @@ def test_two_writers_of_copies_with_other_timestamps_at_once_store_each_event_on
         second.stop()
     assert errors == []
     assert sql(pg_url, "SELECT count(*), count(DISTINCT (source, message_id)) FROM events") == [
-        (rows, rows)
+        (rows + 50, rows + 50)
     ]
-    assert first.written + second.written == rows
+    ids = [c.message_id for c in own]
+    assert sql(pg_url, "SELECT count(*) FROM events WHERE message_id = ANY(%s)", ids) == [(50,)]
+    assert first.written + second.written == rows + 50
     assert first.duplicates + second.duplicates == rows
     assert first.races + second.races >= 1  # whichever came second met the other's claims
-    assert sql(pg_url, "SELECT count(*) FROM event_claims") == [(rows,)]
+    assert sql(pg_url, "SELECT count(*) FROM event_claims") == [(rows + 50,)]
 
 
 def test_claims_older_than_the_window_are_pruned_and_rows_stay(pg_url, tmp_path):
