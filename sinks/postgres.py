@@ -763,9 +763,10 @@ def _already_stored(cursor: Any, commands: Sequence[Command]) -> set[tuple[str, 
 
 
 #: The claim's common case: no pair claimed by anyone else, one binary COPY (a plain
-#: insert: a third of the server's CPU of ``INSERT ... ON CONFLICT``, which inserts each
-#: row speculatively). A pair another writer claimed makes it fail with a unique
-#: violation, once that writer has committed (until then the COPY waits for it).
+#: insert, two to four times faster than ``INSERT ... ON CONFLICT``, which inserts each
+#: row speculatively: bench/README.md, "PostgreSQL: what ``event_claims`` costs"). A
+#: pair another writer claimed makes it fail with a unique violation, once that writer
+#: has committed (until then the COPY waits for it).
 _CLAIM_COPY = "COPY event_claims (source, message_id) FROM STDIN (FORMAT BINARY)"
 #: The claim when the COPY failed: the pairs no one else claimed, claimed and returned.
 _CLAIM_REST = (
