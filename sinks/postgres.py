@@ -13,12 +13,17 @@ Schema (``eventrouter migrate`` or the sink's start-up creates it, idempotently)
   demand for late or early events, plus ``events_default`` so that no insert ever fails
   for want of a partition. Partitions entirely older than ``retention`` are dropped.
 - ``users``, ``groups``, ``identities``: see docs/postgres.md (ER diagram, reasoning).
+- ``event_claims`` (schema version 3): one row per ``(source, message_id)`` stored in
+  the last :data:`CLAIM_WINDOW`, unpartitioned; see :data:`event_claims`.
 
 A batch is COPYed (binary format) straight into ``events``; one of 10,000 rows or more
 is cut into ``parallel`` parts, COPYed at once on as many connections, each part one
 transaction. The rows already stored (a redelivery: the same source and message id) are
-skipped first; a COPY that meets
-rows another writer committed meanwhile goes through a temporary staging table and
+skipped first; the rest are claimed in ``event_claims`` (``ON CONFLICT DO NOTHING``), and
+only those claimed here are COPYed, so that two writers of copies of one event at once
+store it once even when the copies' timestamps differ; a COPY that meets
+rows another writer committed meanwhile (one that claims nothing: an older version)
+goes through a temporary staging table and
 ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` instead (COPY itself cannot skip
 duplicates); the identity tables are upserted set-wise from the batch in the first
 part's transaction. The ``200`` (embedded mode) or the broker acknowledgement
@@ -68,7 +73,8 @@ log = logging.getLogger("eventrouter.sinks.postgres")
 
 #: Schema version this code creates; ``eventrouter_schema`` records what a database has.
 #: 2: the primary key holds ``source`` (a messageId is unique per source).
-SCHEMA_VERSION = 2
+#: 3: ``event_claims``, which serialises concurrent writers of one event.
+SCHEMA_VERSION = 3
 #: Seconds between partition maintenance runs (ahead-of-time creation, retention).
 MAINTENANCE_INTERVAL = 3600.0
 #: On-demand partitions are created for events at most this far from now; events
@@ -103,6 +109,27 @@ events = Table(
     postgresql_partition_by="RANGE (timestamp)",
 )
 assert tuple(events.c.keys()) == STORED_COLUMNS
+
+#: One row per ``(source, message_id)`` a writer stored in the last
+#: :data:`CLAIM_WINDOW`: inserted in the same transaction as the rows, before them, with
+#: ``ON CONFLICT DO NOTHING``, so that of two writers storing copies of one event at once
+#: (copies whose ``timestamp``s differ, which the primary key of ``events`` would both
+#: take) only the first stores it; the second waits for the first's commit and skips it.
+#: Unpartitioned, so that its key is the id alone; ``claimed_at`` (the server's clock)
+#: is what :meth:`PostgresSink.prune_claims` deletes by. No personal data: ids only.
+event_claims = Table(
+    "event_claims",
+    metadata,
+    Column("source", Text, nullable=False),
+    Column("message_id", String(100), nullable=False),
+    Column("claimed_at", _TZ, nullable=False, server_default=text("now()")),
+    PrimaryKeyConstraint("source", "message_id", name="event_claims_pkey"),
+    Index("ix_event_claims_claimed_at", "claimed_at"),
+    # No WAL: a claim matters only while the transactions that could race with its own
+    # run, and a crash ends them all. After one (or a failover) the table is empty, and
+    # the check for stored rows catches later copies, as before claims.
+    prefixes=["UNLOGGED"],
+)
 
 IndexName = Literal["user_id", "anonymous_id", "session_id", "event", "type", "source"]
 #: Indexes for the query API's and dashboard's filters, each ``(column, timestamp)``,
@@ -278,8 +305,12 @@ class PostgresSink(Sink):
         self._next_maintenance = 0.0
         self.written = 0
         self.duplicates = 0
-        #: Writes whose COPY met rows another writer committed meanwhile.
+        #: Parts that met rows another writer stored since their check for stored rows
+        #: (its claims, or, from a writer that claims nothing, its committed rows).
         self.races = 0
+        #: Whether ``event_claims`` exists (a database not yet migrated to schema 3 when
+        #: ``migrate_on_start`` is off: written without claims until it does).
+        self._claims = True
         self.last_error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -292,6 +323,7 @@ class PostgresSink(Sink):
             self.migrate()
         else:
             self._load_partitions()
+            self._check_claims()
 
     def stop(self) -> None:
         if self.engine is not None:
@@ -307,7 +339,9 @@ class PostgresSink(Sink):
         upgraded = self._upgrade_primary_key()
         with self.engine.begin() as connection:
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-            metadata.create_all(connection, tables=[events, users, groups, identities])
+            metadata.create_all(
+                connection, tables=[events, users, groups, identities, event_claims]
+            )
             connection.execute(
                 text("CREATE TABLE IF NOT EXISTS events_default PARTITION OF events DEFAULT")
             )
@@ -327,6 +361,7 @@ class PostgresSink(Sink):
                     {"v": SCHEMA_VERSION},
                 )
         self._load_partitions()
+        self._claims = True
         self.maintain(force=True)
         done = f"schema version {SCHEMA_VERSION}, {len(self._partitions)} partitions"
         return f"{done}; {upgraded}" if upgraded else done
@@ -480,6 +515,37 @@ class PostgresSink(Sink):
         self.ensure_partitions(wanted)
         if self.options.retention is not None:
             self.drop_partitions_before(moment - timedelta(seconds=self.options.retention))
+        if not self._claims:
+            self._check_claims()
+        if self._claims:
+            self.prune_claims()
+
+    def _check_claims(self) -> None:
+        """Whether ``event_claims`` exists yet (see ``_claims``)."""
+        with self.engine.connect() as connection:
+            found = connection.execute(text("SELECT to_regclass('event_claims')")).scalar()
+        self._claims = found is not None
+        if not self._claims:
+            log.warning(
+                "%s: no event_claims table (schema older than version %d): two copies of "
+                "one event written at once may both be stored until eventrouter migrate runs",
+                self.name,
+                SCHEMA_VERSION,
+            )
+
+    def prune_claims(self) -> int:
+        """Delete the claims older than :data:`CLAIM_WINDOW` (by the server's clock); how
+        many. Rows in ``events`` are never touched."""
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                text(
+                    "DELETE FROM event_claims WHERE claimed_at < now() - make_interval(secs => :s)"
+                ),
+                {"s": CLAIM_WINDOW.total_seconds()},
+            )
+        if result.rowcount:
+            log.info("%s: pruned %d claims older than %s", self.name, result.rowcount, CLAIM_WINDOW)
+        return result.rowcount
 
     def ensure_partitions(self, ranges: Iterable[tuple[datetime, datetime]]) -> None:
         """Create the partitions for ``ranges`` that do not exist yet."""
@@ -575,24 +641,34 @@ class PostgresSink(Sink):
         self, fresh: list[Command], identities: Sequence[Command]
     ) -> tuple[int, bool] | Exception:
         """COPY ``fresh`` (no source and message id twice) in one transaction, skipping the rows
-        stored already, and upsert the identity tables from ``identities``: ``(rows
-        inserted, whether another writer's rows were met)``, or the error it failed
-        with (returned, so that every part ends before :meth:`write` raises)."""
+        stored already and those another writer claimed, and upsert the identity tables
+        from ``identities``: ``(rows inserted, whether another writer's rows were
+        met)``, or the error it failed with (returned, so that every part ends before
+        :meth:`write` raises)."""
         raw = self.engine.raw_connection()
         try:
             with raw.cursor() as cursor:
                 stored = _already_stored(cursor, fresh)
                 if stored:
                     fresh = [c for c in fresh if (c.source, c.message_id) not in stored]
+                raced = False
+                if self._claims:
+                    claimed = _claim(cursor, fresh)
+                    if claimed is not None:
+                        # Another writer stored (or is storing) some of them since the
+                        # check above.
+                        fresh = [c for c in fresh if (c.source, c.message_id) in claimed]
+                        raced = True
                 try:
                     # The common case: nothing stored yet, one pass straight into the
                     # partitions.
                     with raw.driver_connection.transaction():
                         copy_rows(cursor, _copy_sql("events"), fresh)
-                    inserted, raced = len(fresh), False
+                    inserted = len(fresh)
                 except psycopg.errors.UniqueViolation:
-                    # Another writer stored some of them meanwhile (a redelivery racing
-                    # its original): through the staging table, skipping those.
+                    # A writer that claims nothing (an older version, during a rolling
+                    # upgrade) stored some of them meanwhile: through the staging table,
+                    # skipping those.
                     inserted, raced = _insert_skipping_stored(cursor, fresh), True
                 if identities:
                     _upsert_identities(cursor, identities)
@@ -636,6 +712,12 @@ class PostgresSink(Sink):
 #: ``REDELIVERY_WINDOW`` of the batch's is skipped; the bounds let PostgreSQL probe only
 #: those partitions' primary keys.
 REDELIVERY_WINDOW = timedelta(days=1)
+#: How long a claim in ``event_claims`` is kept (from its transaction's start): a copy
+#: of an event written within it is skipped whatever its ``timestamp``; past it,
+#: ``_already_stored`` and the primary key still skip copies within
+#: ``REDELIVERY_WINDOW`` of each other, as before claims. Pruned with the partitions
+#: (every ``MAINTENANCE_INTERVAL``), so a claim lives this long to an hour more.
+CLAIM_WINDOW = REDELIVERY_WINDOW
 _COLUMNS = ", ".join(f'"{c}"' for c in STORED_COLUMNS)
 #: Below this many rows per part, a batch is COPYed on one connection (``parallel``).
 PARALLEL_MIN_ROWS = 5_000
@@ -678,6 +760,44 @@ def _already_stored(cursor: Any, commands: Sequence[Command]) -> set[tuple[str, 
         prepare=False,
     )
     return {(source, message_id) for source, message_id in cursor.fetchall()}
+
+
+#: The claim's common case: no pair claimed by anyone else, one binary COPY (a plain
+#: insert, two to four times faster than ``INSERT ... ON CONFLICT``, which inserts each
+#: row speculatively: bench/README.md, "PostgreSQL: what ``event_claims`` costs"). A
+#: pair another writer claimed makes it fail with a unique violation, once that writer
+#: has committed (until then the COPY waits for it).
+_CLAIM_COPY = "COPY event_claims (source, message_id) FROM STDIN (FORMAT BINARY)"
+#: The claim when the COPY failed: the pairs no one else claimed, claimed and returned.
+_CLAIM_REST = (
+    "INSERT INTO event_claims (source, message_id) "
+    "SELECT s, m FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS c(s, m, n) ORDER BY n "
+    "ON CONFLICT DO NOTHING RETURNING source, message_id"
+)
+
+
+def _claim(cursor: Any, commands: Sequence[Command]) -> set[tuple[str, str]] | None:
+    """Claim the ``(source, message_id)`` of ``commands`` (none twice) in the cursor's
+    transaction: None when every one was claimed here (the common case), else the pairs
+    claimed here (the others another writer has claimed: it stored or is storing them,
+    and this call waited for its commit).
+
+    The pairs go in sorted (``ORDER BY n`` keeps the order given), so that two writers
+    of overlapping batches take the pairs' locks in one order: one waits for the other,
+    and they cannot deadlock."""
+    if not commands:
+        return None
+    keys = sorted((c.source, c.message_id) for c in commands)
+    try:
+        with cursor.connection.transaction(), cursor.copy(_CLAIM_COPY) as copy:
+            copy.set_types(("text", "text"))
+            for key in keys:
+                copy.write_row(key)
+        return None
+    except psycopg.errors.UniqueViolation:
+        pass  # undone to the savepoint: claim what no one else has
+    cursor.execute(_CLAIM_REST, ([s for s, _ in keys], [m for _, m in keys]))
+    return set(cursor.fetchall())
 
 
 def _insert_skipping_stored(cursor: Any, commands: Sequence[Command]) -> int:

@@ -24,7 +24,6 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -238,13 +237,10 @@ class BalancedLoad(Load):
             return sum(1 for since in self.sending.values() if now - since >= seconds)
 
     def _send(self, http: httpx.Client, body: dict[str, Any]) -> bool:
-        # Each event's own time, set once, so that a batch sent again is the very same
-        # events. Without it the edge dates each copy by its own receivedAt, and two
-        # copies written at once by two workers are both kept by PostgreSQL, whose key
-        # holds the timestamp (docs/scaling.md, "Two copies in flight at once").
-        stamp = datetime.now(UTC).isoformat()
-        for item in body["batch"]:
-            item.setdefault("timestamp", stamp)
+        # The events carry no timestamp: the edge dates each copy of a batch sent twice
+        # by its own receivedAt, so the copies differ by timestamp, and two workers
+        # writing them at once must still store each event once (event_claims,
+        # docs/scaling.md, "Two copies in flight at once").
         me = threading.get_ident()
         started = time.monotonic()
         while time.monotonic() - started < SETTLE_GUARD:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import psycopg
 import pytest
 from sqlalchemy import event
@@ -42,6 +43,11 @@ def pg_url() -> Iterator[str]:
 def sql(url: str, query: str, *params) -> list[tuple]:
     with psycopg.connect(url.replace("+psycopg", "")) as connection:
         return connection.execute(query, params).fetchall()
+
+
+def execute(url: str, query: str, *params) -> None:
+    with psycopg.connect(url.replace("+psycopg", "")) as connection:
+        connection.execute(query, params or None)
 
 
 def pg_sink(url: str, **options) -> dict:
@@ -256,10 +262,13 @@ def test_migrate_command_creates_the_schema_idempotently(pg_url, tmp_path):
     for _ in range(2):
         result = run_eventrouter("migrate", "--config", str(path))
         assert result.returncode == 0, result.stderr
-        assert "warehouse (postgres): schema version 2" in result.stdout
+        assert "warehouse (postgres): schema version 3" in result.stdout
     tables = {row[0] for row in sql(pg_url, "SELECT tablename FROM pg_tables")}
-    assert {"events", "events_default", "users", "groups", "identities"} <= tables
-    assert sql(pg_url, "SELECT version FROM eventrouter_schema") == [(2,)]
+    # No WAL for the claims (docs/postgres.md, "event_claims").
+    persistence = sql(pg_url, "SELECT relpersistence FROM pg_class WHERE relname = 'event_claims'")
+    assert persistence == [("u",)]
+    assert {"events", "events_default", "users", "groups", "identities", "event_claims"} <= tables
+    assert sql(pg_url, "SELECT version FROM eventrouter_schema") == [(3,)]
 
 
 def test_through_the_queue_and_worker(amqp_env, pg_url):
@@ -369,6 +378,128 @@ def test_two_writers_of_one_batch_store_it_once(pg_url, tmp_path):
     # Usually (not always: timing) the second COPY met the first's rows and went the
     # staging-table way; either way, the counts above hold.
     assert sink.races in (0, 1)
+
+
+@pytest.mark.parametrize("rows", [2_000, 10_000], ids=["one-part", "two-parts"])
+def test_two_writers_of_copies_with_other_timestamps_at_once_store_each_event_once(
+    pg_url, tmp_path, monkeypatch, rows
+):
+    """Two workers write copies of the same events at the same moment, the second copy of
+    each 3 s later by ``timestamp`` (an SDK's retry, dated again by the edge) and in the
+    reverse order: every part of both writes passes its check for rows already stored
+    before any commits (a barrier holds them there), so neither sees the other's rows and
+    the primary key, which holds the timestamp, would take both. The second also holds
+    50 events of its own, which it stores. Each event is stored once, neither write
+    fails (no deadlock, whatever order the parts' ids come in), and the counts add up.
+    Before ``event_claims``: every copy stored."""
+    import threading
+
+    from eventrouter.sinks import postgres
+
+    config = make_config(tmp_path, {"sinks": {"warehouse": pg_sink(pg_url)}})
+    first, second = (Bus(config, make_plugin_manager(config)).sinks["warehouse"] for _ in "ab")
+    first.migrate()
+    second.migrate()
+    batch = _tracks(rows)
+    copies = [
+        msgspec.structs.replace(c, timestamp=c.timestamp + timedelta(seconds=3)) for c in batch
+    ]
+    own = _tracks(50)
+    parts = max(1, rows // postgres.PARALLEL_MIN_ROWS)
+    past_check = threading.Barrier(2 * parts, timeout=60)
+    already_stored = postgres._already_stored
+
+    def checked_together(cursor, commands):
+        stored = already_stored(cursor, commands)
+        past_check.wait()
+        return stored
+
+    monkeypatch.setattr(postgres, "_already_stored", checked_together)
+    errors = []
+
+    def write(sink, commands) -> None:
+        try:
+            sink.write(commands)
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=write, args=(first, batch)),
+        threading.Thread(target=write, args=(second, [*own, *copies[::-1]])),
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+    finally:
+        first.stop()
+        second.stop()
+    assert errors == []
+    assert sql(pg_url, "SELECT count(*), count(DISTINCT (source, message_id)) FROM events") == [
+        (rows + 50, rows + 50)
+    ]
+    ids = [c.message_id for c in own]
+    assert sql(pg_url, "SELECT count(*) FROM events WHERE message_id = ANY(%s)", ids) == [(50,)]
+    assert first.written + second.written == rows + 50
+    assert first.duplicates + second.duplicates == rows
+    assert first.races + second.races >= 1  # whichever came second met the other's claims
+    assert sql(pg_url, "SELECT count(*) FROM event_claims") == [(rows + 50,)]
+
+
+def test_claims_older_than_the_window_are_pruned_and_rows_stay(pg_url, tmp_path):
+    from eventrouter.sinks import postgres
+
+    config = make_config(tmp_path, {"sinks": {"warehouse": pg_sink(pg_url)}})
+    sink = Bus(config, make_plugin_manager(config)).sinks["warehouse"]
+    sink.migrate()
+    try:
+        old, new = _tracks(3), _tracks(2)
+        sink.write(old + new)
+        window = int(postgres.CLAIM_WINDOW.total_seconds())
+        execute(
+            pg_url,
+            "UPDATE event_claims SET claimed_at = now() - make_interval(secs => %s) "
+            "WHERE message_id = ANY(%s)",
+            window + 60,
+            [c.message_id for c in old],
+        )
+        sink.maintain(force=True)
+        assert sorted(sql(pg_url, "SELECT message_id FROM event_claims")) == sorted(
+            (c.message_id,) for c in new
+        )
+        assert sql(pg_url, "SELECT count(*) FROM events") == [(5,)]
+        # A copy of a pruned one written later is still skipped (its row is found).
+        sink.write(old)
+        assert sql(pg_url, "SELECT count(*) FROM events") == [(5,)]
+    finally:
+        sink.stop()
+
+
+def test_a_schema_2_database_is_written_without_claims_until_migrate_adds_them(pg_url, tmp_path):
+    """Upgrading: a sink that does not migrate at start, on a database of schema version
+    2 (no ``event_claims``), still writes (as before claims); ``migrate`` then creates the
+    table, records version 3, and the sink claims from then on."""
+    config = make_config(tmp_path, {"sinks": {"warehouse": pg_sink(pg_url)}})
+    Bus(config, make_plugin_manager(config)).sinks["warehouse"].migrate()
+    execute(pg_url, "DROP TABLE event_claims; DELETE FROM eventrouter_schema WHERE version = 3")
+    config = make_config(
+        tmp_path, {"sinks": {"warehouse": pg_sink(pg_url, migrate_on_start=False)}}
+    )
+    sink = Bus(config, make_plugin_manager(config)).sinks["warehouse"]
+    sink.start(None)
+    try:
+        batch = _tracks(10)
+        sink.write(batch)
+        sink.write(batch)  # a redelivery: skipped as before (rows found)
+        assert sql(pg_url, "SELECT count(*) FROM events") == [(10,)]
+        assert "schema version 3" in sink.migrate()
+        assert sql(pg_url, "SELECT max(version) FROM eventrouter_schema") == [(3,)]
+        sink.write(_tracks(4))
+        assert sql(pg_url, "SELECT count(*) FROM event_claims") == [(4,)]
+        assert sql(pg_url, "SELECT count(*) FROM events") == [(14,)]
+    finally:
+        sink.stop()
 
 
 def _spied_sink(url: str, tmp_path, **options):

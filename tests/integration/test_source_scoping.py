@@ -526,7 +526,7 @@ def test_migrate_upgrades_an_old_postgres_store(tmp_path):
         config = tmp_path / "pg.toml"
         config.write_text(to_toml({"sinks": {"warehouse": {**sink, "migrate_on_start": False}}}))
         first = migrate(config)
-        assert "schema version 2" in first
+        assert "schema version 3" in first
         assert "primary key upgraded to (message_id, source, timestamp)" in first
         assert pg(url, PG_ROWS) == before
         keys = pg(url, PG_KEYS)
@@ -542,10 +542,10 @@ def test_migrate_upgrades_an_old_postgres_store(tmp_path):
             "WHERE i.inhparent = 'events_pkey'::regclass",
         )
         assert attached == [(len(partitions),)]
-        assert pg(url, "SELECT max(version) FROM eventrouter_schema") == [(2,)]
+        assert pg(url, "SELECT max(version) FROM eventrouter_schema") == [(3,)]
 
         second = migrate(config)
-        assert "upgraded" not in second and "schema version 2" in second
+        assert "upgraded" not in second and "schema version 3" in second
         assert pg(url, PG_KEYS) == keys
         assert pg(url, PG_ROWS) == before
 
