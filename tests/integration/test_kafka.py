@@ -8,11 +8,28 @@ while the broker is down, and ``eventrouter replay --from``.
 
 from __future__ import annotations
 
-import pytest
+import json
+import signal
+import subprocess
+import threading
 
-from tests.helpers import LiveServer, eventually, unique
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from eventrouter.events.commands import encode_many
+from eventrouter.queue import broker, kafka_transport
+from eventrouter.queue.deadletters import list_dead_letters, replay
+from tests.helpers import HANG_GUARD, LiveServer, eventually, run_eventrouter, unique
+from tests.integration.test_worker import (
+    ScriptedSinks,
+    command,
+    log_of,
+    post_batches,
+    post_each,
+    wait_consuming,
+)
 from tests.kafka_support import kafka_env, tansu_broker  # noqa: F401 - fixtures
-from tests.queue_support import WorkerThread
+from tests.queue_support import WorkerProcess, WorkerThread
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
@@ -40,3 +57,219 @@ def test_accepted_events_reach_the_store_through_the_worker(kafka_env):
         assert sorted(kafka_env.stored_ids()) == sorted(ids)
     finally:
         server.stop()
+
+
+def topic_records(env, topic: str) -> list:
+    """Every record of ``topic``, read outside any consumer group."""
+    consumer = Consumer(
+        {"bootstrap.servers": env.url.split("://", 1)[1], "group.id": unique("peek")}
+    )
+    try:
+        marks = kafka_transport.watermarks(consumer, topic, 10)
+        ends = {p: high for p, (low, high) in marks.items() if high > low}
+        consumer.assign([TopicPartition(topic, p, marks[p][0]) for p in ends])
+        records = []
+        while ends:
+            record = consumer.poll(HANG_GUARD)
+            assert record is not None and record.error() is None, "a record was not read"
+            records.append(record)
+            if record.offset() + 1 >= ends[record.partition()]:
+                del ends[record.partition()]
+        return records
+    finally:
+        consumer.close()
+
+
+def test_one_users_events_share_a_partition_in_the_order_sent(kafka_env):
+    """Records are keyed by anonymousId (else userId): each user's events sit in one
+    partition, in the order the edge answered them, whatever else was in the group."""
+    server = LiveServer(kafka_env.config()).start()
+    sent: dict[str, list[str]] = {"anon-1": [], "user-2": [], "anon-3": []}
+    try:
+        for _ in range(12):
+            mixed = []
+            for who in sent:
+                message_id = unique("m")
+                sent[who].append(message_id)
+                field = "userId" if who.startswith("user") else "anonymousId"
+                mixed.append({"type": "track", field: who, "event": "x", "messageId": message_id})
+            response = server.post("/v1/batch", {"batch": mixed})
+            assert response.status_code == 200, response.text
+    finally:
+        server.stop()
+    partitions: dict[str, set[int]] = {who: set() for who in sent}
+    seen: dict[str, list[str]] = {who: [] for who in sent}
+    for record in topic_records(kafka_env, f"{kafka_env.prefix}.events"):
+        headers = kafka_transport.headers_of(record)
+        commands = broker.decode(record.value(), headers)
+        assert headers[broker.EVENTS_HEADER] == len(commands)
+        who = record.key().decode()
+        partitions[who].add(record.partition())
+        for each in commands:
+            assert (each.anonymous_id or each.user_id) == who
+            seen[who].append(each.message_id)
+    assert {who: len(p) for who, p in partitions.items()} == {who: 1 for who in sent}
+    assert seen == sent
+
+
+def test_each_sink_has_its_own_consumer_group(kafka_env, tmp_path):
+    """Two sinks read the same topic at their own pace: a worker for one of them stores
+    everything there and nothing in the other, whose worker later gets it all."""
+    other_db = tmp_path / "other.db"
+    sinks = {
+        "local": {"type": "sqlite", "url": f"sqlite:///{kafka_env.db_path}"},
+        "other": {"type": "sqlite", "url": f"sqlite:///{other_db}"},
+    }
+    config = kafka_env.config(sinks=sinks)
+    ids = [unique("m") for _ in range(20)]
+    server = LiveServer(config).start()
+    try:
+        post_batches(server, ids, 5)
+    finally:
+        server.stop()
+    with WorkerThread(config, sinks=["local"]):
+        eventually(lambda: len(kafka_env.stored_ids()) == 20, "20 events in local")
+    assert kafka_env.stored_ids(other_db) == []
+    with WorkerThread(config, sinks=["other"]):
+        eventually(lambda: len(kafka_env.stored_ids(other_db)) == 20, "20 events in other")
+    assert sorted(kafka_env.stored_ids(other_db)) == sorted(ids)
+    assert sorted(kafka_env.stored_ids()) == sorted(ids)  # local read nothing twice
+    group = kafka_transport.KafkaTopology(config.queue, config.sinks)
+    assert kafka_transport.group_lag(config.queue, group.events_topic, group.group("local")) == 0
+
+
+def test_worker_killed_mid_stream_loses_nothing(kafka_env):
+    """SIGKILL while events flow: offsets are committed only after the sink's write, so
+    the next worker of the group reads what the killed one had in hand; dedup and the
+    unique ``message_id`` index store each event once."""
+    raw = kafka_env.raw(dedup=True)
+    raw["sinks"]["local"]["batch"] = {"max_events": 400, "timeout": "200ms"}
+    path = kafka_env.write_config(raw)
+    ids = [unique("m") for _ in range(3000)]
+    server = LiveServer(kafka_env.config(dedup=True)).start()
+    first = WorkerProcess(path)
+    try:
+        wait_consuming(first)
+        sender = threading.Thread(target=post_batches, args=(server, ids, 50))
+        sender.start()
+        eventually(lambda: len(kafka_env.stored_ids()) >= 300, "some events stored")
+        first.stop(signal.SIGKILL)
+        at_kill = len(kafka_env.stored_ids())
+        sender.join(HANG_GUARD)
+        assert not sender.is_alive()
+    finally:
+        server.stop()
+        first.stop(signal.SIGKILL)
+    assert at_kill < 3000, "the worker was not killed mid-stream"
+    second = WorkerProcess(path)
+    try:
+        eventually(lambda: len(kafka_env.stored_ids()) >= 3000, "3000 events stored")
+    finally:
+        assert second.stop() == 0, log_of(second)
+    stored = kafka_env.stored_ids()
+    assert len(stored) == len(set(stored)) == 3000
+    assert set(stored) == set(ids)
+    config = kafka_env.config()
+    topology = kafka_transport.KafkaTopology(config.queue, config.sinks)
+    lag = kafka_transport.group_lag(config.queue, topology.events_topic, topology.group("local"))
+    assert lag == 0  # every offset committed by the second worker
+
+
+def test_poison_events_go_to_the_dead_letter_topic_and_replay_stores_them(kafka_env):
+    """Failed writes are retried; what still fails alone is produced to the sink's
+    dead-letter topic, listed (listing changes nothing), kept by a replay while the sink
+    still refuses it and stored by one once it is fixed."""
+    poisoned = {"on": True}
+
+    def fail(commands) -> str | None:
+        if poisoned["on"] and any(c.event == "poison" for c in commands):
+            return "poison event refused"
+        return None
+
+    plugin = ScriptedSinks(fail)
+    sink = {
+        "type": "scripted",
+        "retry": {"attempts": 2, "initial_backoff": "10ms", "max_duration": "5s"},
+        "batch": {"max_events": 5, "timeout": "2s"},
+    }
+    config = kafka_env.config(sinks={"local": sink})
+    good = [unique("good") for _ in range(3)]
+    poison = [unique("poison") for _ in range(2)]
+    server = LiveServer(config, plugins=[plugin]).start()
+    try:
+        for message_id in [good[0], poison[0], good[1], poison[1], good[2]]:
+            post_each(server, [message_id], "poison" if message_id in poison else "ok")
+    finally:
+        server.stop()
+    with WorkerThread(config, plugins=[plugin]) as worker:
+        eventually(lambda: worker.worker.consumers[0].dead_lettered == 2, "2 dead-lettered")
+        eventually(lambda: len(plugin.stored) == 3, "the good events stored")
+    assert sorted(plugin.stored) == sorted(good)
+    assert worker.worker.consumers[0].retries >= 1
+
+    letters = list_dead_letters(config, "local")
+    assert list_dead_letters(config, "local") == letters  # listing leaves them
+    assert [letter.message_ids for letter in letters] == [[p] for p in poison]
+    for letter in letters:
+        assert letter.reason == "RuntimeError: poison event refused"
+        assert letter.attempts == 3  # two for the batch, one alone
+        assert letter.events == 1
+        assert letter.dead_lettered_at
+    assert list_dead_letters(config, "local", limit=1) == letters[:1]
+
+    kept = replay(config, "local", plugins=[plugin])
+    assert [letter.outcome for letter in kept] == ["kept: RuntimeError: poison event refused"] * 2
+    assert [letter.message_ids for letter in list_dead_letters(config, "local")] == [
+        [p] for p in poison
+    ]
+
+    poisoned["on"] = False
+    replayed = replay(config, "local", plugins=[plugin])
+    assert [letter.outcome for letter in replayed] == ["replayed", "replayed"]
+    assert sorted(plugin.stored) == sorted(good + poison)
+    assert list_dead_letters(config, "local") == []
+
+
+def test_dead_letters_command_lists_and_replays(kafka_env):
+    """``eventrouter dead-letters list|replay`` on a kafka:// queue, as an operator runs
+    it: records in the dead-letter topic are listed (text, JSON), left, then replayed
+    into the SQLite store."""
+    raw = kafka_env.raw()
+    path = kafka_env.write_config(raw)
+    config = kafka_env.config()
+    topology = kafka_transport.KafkaTopology(config.queue, config.sinks)
+    topology.declare(10)
+    ids = [unique("m") for _ in range(2)]
+    headers = broker.dead_letter_headers(
+        {broker.FORMAT_HEADER: broker.FORMAT, broker.EVENTS_HEADER: 1},
+        "local",
+        "RuntimeError: warehouse was down",
+        5,
+    )
+    producer = kafka_transport.KafkaProducer(config.queue)
+    for message_id in ids:
+        # One record per produce request: tansu 0.6.0 reports the high watermark of a
+        # multi-record batch as its first offset + 1 (docs/queue.md, "The test broker").
+        producer.send(
+            topology.dead_topic("local"), [(b"u1", encode_many([command(message_id)]), headers)]
+        )
+    producer.close()
+
+    listed = dead_cli(path, "list", "--sink", "local")
+    assert listed.returncode == 0, listed
+    assert listed.stdout.count("RuntimeError: warehouse was down") == 2
+    assert "2 dead letter(s) for sink 'local'" in listed.stdout
+    as_json = dead_cli(path, "list", "--sink", "local", "--json", "--limit", "1")
+    [letter] = json.loads(as_json.stdout)
+    assert (letter["attempts"], letter["events"], letter["message_ids"]) == (5, 1, ids[:1])
+
+    replayed = dead_cli(path, "replay", "--sink", "local")
+    assert replayed.returncode == 0, replayed
+    assert "2 dead letter(s) for sink 'local': 2 replayed, 0 kept" in replayed.stdout
+    assert sorted(kafka_env.stored_ids()) == sorted(ids)
+    empty = dead_cli(path, "list", "--sink", "local", "--json")
+    assert (empty.returncode, json.loads(empty.stdout)) == (0, [])
+
+
+def dead_cli(config_path, *args: str) -> subprocess.CompletedProcess:
+    return run_eventrouter("dead-letters", *args, "--config", str(config_path))
