@@ -110,9 +110,9 @@ def tansu_broker(tmp_path_factory) -> Iterator[Tansu]:
 
 
 @contextlib.contextmanager
-def start_tansu(tmp_path: Path) -> Iterator[Tansu]:
+def start_tansu(tmp_path: Path, port: int | None = None) -> Iterator[Tansu]:
     """A broker of the test's own, stopped when the block ends."""
-    broker = Tansu(tmp_path / "tansu.log").start()
+    broker = Tansu(tmp_path / "tansu.log", port).start()
     try:
         yield broker
     finally:

@@ -12,6 +12,8 @@ import json
 import signal
 import subprocess
 import threading
+import time
+from datetime import UTC, datetime
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -19,7 +21,7 @@ from confluent_kafka import Consumer, TopicPartition
 from eventrouter.events.commands import encode_many
 from eventrouter.queue import broker, kafka_transport
 from eventrouter.queue.deadletters import list_dead_letters, replay
-from tests.helpers import HANG_GUARD, LiveServer, eventually, run_eventrouter, unique
+from tests.helpers import HANG_GUARD, LiveServer, eventually, free_port, run_eventrouter, unique
 from tests.integration.test_worker import (
     ScriptedSinks,
     command,
@@ -28,8 +30,8 @@ from tests.integration.test_worker import (
     post_each,
     wait_consuming,
 )
-from tests.kafka_support import kafka_env, tansu_broker  # noqa: F401 - fixtures
-from tests.queue_support import WorkerProcess, WorkerThread
+from tests.kafka_support import KafkaEnv, kafka_env, start_tansu, tansu_broker  # noqa: F401
+from tests.queue_support import WorkerProcess, WorkerThread, to_toml
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
@@ -273,3 +275,90 @@ def test_dead_letters_command_lists_and_replays(kafka_env):
 
 def dead_cli(config_path, *args: str) -> subprocess.CompletedProcess:
     return run_eventrouter("dead-letters", *args, "--config", str(config_path))
+
+
+def test_the_edge_spools_while_the_broker_is_down(tmp_path):
+    """No broker: the edge answers 200 from its spool; a broker comes up (a new, empty
+    one: tansu keeps nothing across a restart) and the spool is produced to it, topics
+    created again, and a worker stores every event once."""
+    port = free_port()
+    env = KafkaEnv(f"kafka://127.0.0.1:{port}", tmp_path)
+    config = env.config(queue={"confirm_timeout": "2s", "connect_timeout": "1s"})
+    ids = [unique("m") for _ in range(12)]
+    server = LiveServer(config).start()
+    try:
+        post_batches(server, ids[:6], 3)  # 200s: spooled
+        assert server.health().json()["components"]["spool"]["stats"]["events"] == 6
+        with start_tansu(tmp_path, port=port):
+            post_batches(server, ids[6:], 3)
+            with WorkerThread(config):
+                eventually(lambda: len(env.stored_ids()) == 12, "12 events stored")
+            assert sorted(env.stored_ids()) == sorted(ids)
+            eventually(
+                lambda: server.health().json()["components"]["spool"]["stats"]["events"] == 0,
+                "the spool drained",
+            )
+    finally:
+        server.stop()
+
+
+def replay_cli(config_path, *args: str) -> subprocess.CompletedProcess:
+    return run_eventrouter("replay", *args, "--config", str(config_path))
+
+
+def test_replay_from_an_offset_or_a_time_backfills_one_sink(kafka_env, tmp_path):
+    """``eventrouter replay --sink NAME --from`` reads the retained log again into one
+    sink (a new store being backfilled), from an offset or from a time, and leaves the
+    other sinks and their consumer groups alone."""
+    backfill_db = tmp_path / "backfill.db"
+    sinks = {
+        "local": {"type": "sqlite", "url": f"sqlite:///{kafka_env.db_path}"},
+        "backfill": {"type": "sqlite", "url": f"sqlite:///{backfill_db}"},
+    }
+    raw = kafka_env.raw(sinks=sinks)
+    path = kafka_env.write_config(raw)
+    config = kafka_env.config(sinks=sinks)
+    early, late = [unique("early") for _ in range(5)], [unique("late") for _ in range(5)]
+    server = LiveServer(config).start()
+    try:
+        post_each(server, early)
+        time.sleep(0.005)  # record timestamps are in milliseconds: the boundary is between
+        boundary = datetime.now(UTC)
+        time.sleep(0.005)
+        post_each(server, late)
+        # One record a request: every record sits in a batch of its own on tansu.
+        post_each(server, [unique("last")])
+    finally:
+        server.stop()
+
+    from_time = replay_cli(path, "--sink", "backfill", "--from", boundary.isoformat())
+    assert from_time.returncode == 0, from_time
+    assert "to sink 'backfill'" in from_time.stdout
+    stored = kafka_env.stored_ids(backfill_db)
+    assert set(late) <= set(stored) and not set(early) & set(stored)
+    assert kafka_env.stored_ids() == []  # the other sink got nothing
+
+    from_offset = replay_cli(path, "--sink", "backfill", "--from", "0", "--json")
+    assert from_offset.returncode == 0, from_offset
+    assert json.loads(from_offset.stdout)["events"] >= 10
+    assert set(early + late) <= set(kafka_env.stored_ids(backfill_db))
+
+    bad = replay_cli(path, "--sink", "backfill", "--from", "yesterday")
+    assert bad.returncode == 2 and "ISO 8601" in bad.stderr
+    unknown = replay_cli(path, "--sink", "nosuch", "--from", "0")
+    assert unknown.returncode == 2 and "'nosuch'" in unknown.stderr
+
+
+def test_replay_needs_a_kafka_queue(tmp_path):
+    path = tmp_path / "eventrouter.toml"
+    path.write_text(
+        to_toml(
+            {
+                "queue": {"url": "amqp://guest:guest@127.0.0.1:5672//"},
+                "sinks": {"local": {"type": "sqlite", "url": "sqlite:///x.db"}},
+            }
+        )
+    )
+    result = replay_cli(path, "--sink", "local", "--from", "0")
+    assert result.returncode == 2, result
+    assert "queue.url" in result.stderr and "kafka://" in result.stderr
