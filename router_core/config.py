@@ -348,10 +348,11 @@ def kafka_servers(url: str) -> list[str]:
     if "/" in rest or "?" in rest:
         raise ValueError("kafka:// takes host:port[,host:port] and nothing after it")
     servers = [s.strip() for s in rest.split(",")]
-    for server in servers:
+    for number, server in enumerate(servers, 1):
         host, _, port = server.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{server!r} is not host:port")
+            # Not quoted: a mistyped URL may hold a secret where the port should be.
+            raise ValueError(f"server {number} of the list is not host:port")
     return servers
 
 
