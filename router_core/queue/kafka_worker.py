@@ -47,7 +47,11 @@ class _Source:
         self.sink_consumer = sink_consumer
 
     def drain_events(self, timeout: float) -> None:
-        record = kafka_transport.poll_records(self.consumer, timeout)
+        self.sink_consumer.polling = True
+        try:
+            record = kafka_transport.poll_records(self.consumer, timeout)
+        finally:
+            self.sink_consumer.polling = False
         if record is None:
             raise TimeoutError
         self.sink_consumer._buffer(kafka_transport.Record(record))
@@ -60,6 +64,8 @@ class KafkaSinkConsumer(SinkConsumer):
         super().__init__(worker, sink)
         self.kafka_topology = kafka_transport.KafkaTopology(self.options, worker.config.sinks)
         self.consumer: Any = None
+        #: True inside the consumer's poll, where a rebalance runs ``_on_revoke``.
+        self.polling = False
 
     def _consume(self) -> None:
         from confluent_kafka import Consumer
@@ -92,8 +98,10 @@ class KafkaSinkConsumer(SinkConsumer):
                 producer.close()
 
     def _on_revoke(self, _consumer: Any, _partitions: Any) -> None:
-        """A rebalance takes partitions away: write and commit the batch in hand first."""
-        if self.buffer:
+        """A rebalance takes partitions away: write and commit the batch in hand first.
+        Not when the consumer closes after a failure or a stop in the middle of retries:
+        the batch in hand is left uncommitted, for the group to read again."""
+        if self.buffer and self.polling and not self.worker.stopping.is_set():
             self._flush()
 
     def _flush(self) -> None:
