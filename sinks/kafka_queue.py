@@ -16,6 +16,7 @@ spool while the broker is down and its replay (``sinks/queue.py``). What differs
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -47,8 +48,7 @@ class KafkaQueueSink(QueueSink):
                 piece = keyed[start : start + limit]
                 futures.append(future := self._loop.create_future())
                 self._queue.put((len(piece), _array_items(encode_many(piece)), key, future))
-        for future in futures:
-            await future
+        await (futures[0] if len(futures) == 1 else asyncio.gather(*futures))
 
     def _publisher(self) -> _KafkaPublisher:
         return _KafkaPublisher(self)
@@ -162,8 +162,13 @@ class _KafkaPublisher:
     def _send(self, records: list[tuple[bytes | None, bytes, dict]]) -> None:
         producer = self._producer()
         if producer.down is not None:
-            # librdkafka said every broker is down: fail now, not after the timeout.
-            raise ConnectionError(f"broker unreachable ({producer.down})")
+            # librdkafka said every broker was down (maybe only an idle connection the
+            # broker closed): one metadata round trip says whether to fail now rather
+            # than after confirm_timeout.
+            try:
+                producer.check(self.options.connect_timeout)
+            except Exception as exc:
+                raise ConnectionError(f"broker unreachable ({producer.down})") from exc
         started = time.perf_counter()
         producer.send(self.sink.kafka_topology.events_topic, records)
         self.sink.publish_seconds += time.perf_counter() - started
