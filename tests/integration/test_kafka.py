@@ -404,3 +404,39 @@ def test_segment_sdk_round_trip_and_health(kafka_env):
         assert server.health().json()["components"]["broker"]["stats"]["queue:local"] == 0
     finally:
         server.stop()
+
+
+def test_hostile_records_are_dead_lettered_and_the_rest_stored(kafka_env):
+    """Records another producer wrote: a binary key, headers that are not UTF-8 or not a
+    count, a body that is not commands, an unknown format. Each goes to the dead-letter
+    topic with its reason; the good record among them is stored; nothing stops the
+    worker, and ``dead-letters list`` shows them without trusting their headers."""
+    config = kafka_env.config()
+    topology = kafka_transport.KafkaTopology(config.queue, config.sinks)
+    topology.declare(10)
+    good = unique("good")
+    current = {broker.FORMAT_HEADER: broker.FORMAT, broker.EVENTS_HEADER: 1}
+    records = [
+        (b"\xff\x00key", b"garbage", {broker.FORMAT_HEADER: "\udcff", "x-other": "\x00"}),
+        (None, b"[1, 2]", {**current, broker.EVENTS_HEADER: "lots"}),
+        (b"u1", encode_many([command(good)]), current),
+        (b"u1", encode_many([command(unique("m"))]), {broker.FORMAT_HEADER: "commands/9"}),
+    ]
+    producer = kafka_transport.KafkaProducer(config.queue)
+    for key, body, headers in records:
+        producer.producer.produce(
+            topology.events_topic,
+            value=body,
+            key=key,
+            headers=[(k, str(v).encode("utf-8", "surrogateescape")) for k, v in headers.items()],
+        )
+        assert producer.producer.flush(HANG_GUARD) == 0
+    producer.close()
+    with WorkerThread(config) as worker:
+        eventually(lambda: worker.worker.consumers[0].dead_lettered == 3, "3 dead-lettered")
+        eventually(lambda: kafka_env.stored_ids() == [good], "the good event stored")
+    letters = list_dead_letters(config, "local")
+    assert len(letters) == 3
+    assert all(letter.reason.startswith("undecodable: ") for letter in letters)
+    assert all(letter.events is None and letter.message_ids == [] for letter in letters)
+    assert "commands/9" in letters[2].reason
