@@ -9,8 +9,10 @@ while the broker is down, and ``eventrouter replay --from``.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -440,3 +442,34 @@ def test_hostile_records_are_dead_lettered_and_the_rest_stored(kafka_env):
     assert all(letter.reason.startswith("undecodable: ") for letter in letters)
     assert all(letter.events is None and letter.message_ids == [] for letter in letters)
     assert "commands/9" in letters[2].reason
+
+
+CHECK_IMPORTS = """
+import sys
+from eventrouter import config
+from eventrouter.app import create_app
+from eventrouter.queue.worker import Worker
+import eventrouter.cli
+sinks = {"local": {"type": "sqlite", "url": "sqlite:///x.db"}}
+for queue in (None, {"url": "amqp://guest:guest@127.0.0.1:5672//"}):
+    raw = {"sinks": sinks, **({"queue": queue} if queue else {})}
+    loaded = config.parse(raw, "t.toml", {"EVENTROUTER_DATA_DIR": "."})
+    create_app(loaded)
+    if queue:
+        Worker(loaded)
+print("confluent_kafka" in sys.modules)
+"""
+
+
+def test_embedded_and_rabbitmq_deployments_never_load_confluent_kafka(tmp_path):
+    """confluent-kafka is a runtime dependency, but only a kafka:// queue imports it."""
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK_IMPORTS],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        env={**os.environ, "EVENTROUTER_ADMIN_TOKEN": "x" * 32},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
