@@ -473,3 +473,30 @@ def test_embedded_and_rabbitmq_deployments_never_load_confluent_kafka(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_a_broker_restart_under_a_running_edge_and_worker_loses_nothing(tmp_path):
+    """The broker goes away under a running edge and worker and comes back empty (tansu
+    keeps nothing; a real broker keeps its log, which is the easier case): the edge
+    answers 200 throughout from its spool, the worker reconnects, the topics are created
+    again, and every event is stored once."""
+    port = free_port()
+    env = KafkaEnv(f"kafka://127.0.0.1:{port}", tmp_path)
+    config = env.config(queue={"confirm_timeout": "2s", "connect_timeout": "1s"})
+    ids = [unique("m") for _ in range(30)]
+    with start_tansu(tmp_path, port=port) as tansu:
+        server = LiveServer(config).start()
+        worker = WorkerThread(config).start()
+        try:
+            post_batches(server, ids[:10], 5)
+            eventually(lambda: len(env.stored_ids()) == 10, "10 events stored")
+            tansu.stop()
+            post_batches(server, ids[10:20], 5)  # every one answered 200: spooled
+            tansu.start()
+            post_batches(server, ids[20:], 5)
+            eventually(lambda: len(set(env.stored_ids())) == 30, "30 events stored")
+        finally:
+            worker.stop()
+            server.stop()
+    stored = env.stored_ids()
+    assert sorted(set(stored)) == sorted(ids)
