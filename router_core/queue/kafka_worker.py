@@ -66,6 +66,8 @@ class KafkaSinkConsumer(SinkConsumer):
         self.consumer: Any = None
         #: True inside the consumer's poll, where a rebalance runs ``_on_revoke``.
         self.polling = False
+        #: Partitions paused while a batch is held (``_keep_membership``).
+        self.paused = False
 
     def _consume(self) -> None:
         from confluent_kafka import Consumer
@@ -106,7 +108,37 @@ class KafkaSinkConsumer(SinkConsumer):
 
     def _flush(self) -> None:
         batch = list(self.buffer)
-        super()._flush()
+        try:
+            super()._flush()
+        finally:
+            self._resume()
         # Every record of the batch is written, dead-lettered or (on Abandoned or an
         # error, raised past here) not acknowledged; commit up to the first one that is not.
         kafka_transport.commit(self.consumer, kafka_transport.commit_positions(batch))
+
+    def _unavailable(self, error: BaseException) -> str | None:
+        """Asked after a failed write and every ``SINK_DOWN_POLL`` while a batch is held:
+        the moment to tell the group this consumer is alive (``_keep_membership``)."""
+        self._keep_membership()
+        return super()._unavailable(error)
+
+    def _keep_membership(self) -> None:
+        """Poll with every partition paused: no new records come, but the group sees the
+        consumer poll, so a batch held for longer than ``max.poll.interval.ms`` (a store
+        down for an hour) does not get the consumer removed and its partitions read by
+        another. A record fetched before the pause joins the next batch."""
+        consumer = self.consumer
+        if consumer is None:
+            return
+        assignment = consumer.assignment()
+        if assignment:
+            consumer.pause(assignment)
+            self.paused = True
+        record = kafka_transport.poll_records(consumer, 0)
+        if record is not None:
+            self._buffer(kafka_transport.Record(record))
+
+    def _resume(self) -> None:
+        if self.paused and self.consumer is not None:
+            self.paused = False
+            self.consumer.resume(self.consumer.assignment())

@@ -17,15 +17,20 @@ import threading
 import time
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from segment.analytics import Client
 
+from eventrouter.bus.hookspecs import hookimpl
+from eventrouter.bus.sink import Sink
 from eventrouter.events.commands import encode_many
+from eventrouter.health import ComponentHealth
 from eventrouter.queue import broker, kafka_transport
 from eventrouter.queue.deadletters import list_dead_letters, replay
 from tests.helpers import HANG_GUARD, LiveServer, eventually, free_port, run_eventrouter, unique
 from tests.integration.test_worker import (
+    FAST_RETRY,
     ScriptedSinks,
     command,
     log_of,
@@ -500,3 +505,62 @@ def test_a_broker_restart_under_a_running_edge_and_worker_loses_nothing(tmp_path
             server.stop()
     stored = env.stored_ids()
     assert sorted(set(stored)) == sorted(ids)
+
+
+class DownStore:
+    """A plugin offering sink type ``downable``: while ``down`` is set, every write fails
+    and its health probe says it is unreachable (a database down); ``stored`` keeps every
+    stored message id in order, duplicates included."""
+
+    def __init__(self) -> None:
+        self.down = threading.Event()
+        self.stored: list[str] = []
+        plugin = self
+
+        class Downable(Sink):
+            class Options(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+                pass
+
+            def write(self, commands) -> None:
+                if plugin.down.is_set():
+                    raise ConnectionError("store unreachable")
+                plugin.stored.extend(c.message_id for c in commands)
+
+            def health(self) -> ComponentHealth:
+                return ComponentHealth(name=f"sink:{self.name}", up=not plugin.down.is_set())
+
+        self.sink_type = Downable
+
+    @hookimpl
+    def eventrouter_sink_types(self) -> dict:
+        return {"downable": self.sink_type}
+
+
+def test_a_batch_held_longer_than_the_poll_interval_is_written_once(kafka_env):
+    """The store is down for longer than ``max.poll.interval.ms`` (3 s here): the worker
+    holds its batch, and keeps polling with its partitions paused, so it stays in the
+    group; once the store is back the batch is written and committed, each event once,
+    and nothing is dead-lettered."""
+    plugin = DownStore()
+    sink = {"type": "downable", "retry": FAST_RETRY, "batch": {"max_events": 50}}
+    config = kafka_env.config(sinks={"local": sink})
+    ids = [unique("m") for _ in range(20)]
+    server = LiveServer(config, plugins=[plugin]).start()
+    try:
+        post_batches(server, ids[:10], 5)
+        plugin.down.set()
+        with WorkerThread(config, plugins=[plugin]) as worker:
+            consumer = worker.worker.consumers[0]
+            eventually(lambda: consumer.held == 1, "the batch held")
+            post_batches(server, ids[10:], 5)
+            time.sleep(8.0)  # a duration the case needs (past 3 s twice), not an assertion
+            plugin.down.clear()
+            eventually(lambda: len(plugin.stored) >= 20, "20 events stored")
+            assert consumer.dead_lettered == 0
+    finally:
+        server.stop()
+    assert sorted(plugin.stored) == sorted(ids)
+    assert len(plugin.stored) == 20  # none read again by a rejoined consumer
+    topology = kafka_transport.KafkaTopology(config.queue, config.sinks)
+    lag = kafka_transport.group_lag(config.queue, topology.events_topic, topology.group("local"))
+    assert lag == 0
