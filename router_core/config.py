@@ -264,6 +264,9 @@ class KafkaConfig(_Strict):
     retention: Duration = Duration(7 * 86400.0)
     #: Create missing topics (off where the operator creates them, e.g. MSK with ACLs).
     create_topics: bool = True
+    #: Most bytes one record's value holds: below the broker's ``message.max.bytes``
+    #: (1 MB by default on Kafka, Redpanda and MSK), or a large group is refused.
+    max_record_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 900_000
     security_protocol: Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"] = "plaintext"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None

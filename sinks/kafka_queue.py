@@ -25,7 +25,7 @@ from eventrouter.events.commands import Command, encode_many
 from eventrouter.health import ComponentHealth
 from eventrouter.queue import broker, kafka_transport
 from eventrouter.redact import redact_url
-from eventrouter.sinks.queue import RECONNECT_INTERVAL, QueueSink, _array_items, log
+from eventrouter.sinks.queue import RECONNECT_INTERVAL, QueueSink, log
 
 
 class KafkaQueueSink(QueueSink):
@@ -42,20 +42,20 @@ class KafkaQueueSink(QueueSink):
         for command in commands:
             by_key.setdefault(kafka_transport.record_key(command), []).append(command)
         limit = self.options.max_events_per_message
+        max_bytes = self.options.kafka.max_record_bytes
         futures = []
-        for key, keyed in by_key.items():
-            for start in range(0, len(keyed), limit):
-                piece = keyed[start : start + limit]
+        for key, of_key in by_key.items():
+            for count, items in kafka_transport.pieces(of_key, limit, max_bytes, encode_many):
                 futures.append(future := self._loop.create_future())
-                self._queue.put((len(piece), _array_items(encode_many(piece)), key, future))
+                self._queue.put((count, items, key, future))
         await (futures[0] if len(futures) == 1 else asyncio.gather(*futures))
 
     def _publisher(self) -> _KafkaPublisher:
         return _KafkaPublisher(self)
 
     def _records(self, group: list) -> Iterator[tuple[int, bytes]]:
-        limit = self.options.max_events_per_message
-        for _key, count, body in kafka_transport.keyed((e[:3] for e in group), limit):
+        limit, max_bytes = self.options.max_events_per_message, self.options.kafka.max_record_bytes
+        for _key, count, body in kafka_transport.keyed((e[:3] for e in group), limit, max_bytes):
             yield count, body
 
     def health(self) -> list[ComponentHealth]:
@@ -134,8 +134,8 @@ class _KafkaPublisher:
 
     def publish(self, group: list) -> BaseException | None:
         """Produce ``group`` as one record per key and wait for every delivery report."""
-        limit = self.options.max_events_per_message
-        records = list(kafka_transport.keyed((entry[:3] for entry in group), limit))
+        limit, max_bytes = self.options.max_events_per_message, self.options.kafka.max_record_bytes
+        records = list(kafka_transport.keyed((entry[:3] for entry in group), limit, max_bytes))
         try:
             self._send([(key, body, _headers(n)) for key, n, body in records])
         except Exception as exc:

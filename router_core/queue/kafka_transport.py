@@ -81,6 +81,9 @@ def producer_config(queue: QueueConfig, **extra: Any) -> dict[str, Any]:
         "enable.idempotence": True,
         "linger.ms": min(int(queue.linger * 1000), timeout_ms - 1),
         "message.timeout.ms": timeout_ms,
+        # Room for the largest record eventrouter makes (a value of at most
+        # max_record_bytes, plus key and headers).
+        "message.max.bytes": max(1_000_000, queue.kafka.max_record_bytes + 65536),
         **extra,
     }
 
@@ -322,23 +325,48 @@ class KafkaProducer:
                 self.producer.flush(0)
 
 
-def keyed(items: Iterable[tuple[int, bytes, bytes | None]], limit: int) -> Iterator[tuple]:
+def keyed(
+    items: Iterable[tuple[int, bytes, bytes | None]], limit: int, max_bytes: int
+) -> Iterator[tuple]:
     """``(key, count, body)`` of the records ``items`` (``(count, array items, key)``
     in arrival order) are produced as: one key's items joined in order, up to ``limit``
-    events a record."""
+    events and ``max_bytes`` bytes a record (an item is never cut: :func:`pieces` made
+    each one small enough)."""
     by_key: dict[bytes | None, list[tuple[int, bytes]]] = {}
     for count, body, key in items:
         by_key.setdefault(key, []).append((count, body))
-    for key, pieces in by_key.items():
+    for key, parts_of_key in by_key.items():
         start = 0
-        while start < len(pieces):
-            count, parts, end = 0, [], start
-            while end < len(pieces) and (count == 0 or count + pieces[end][0] <= limit):
-                count += pieces[end][0]
-                parts.append(pieces[end][1])
+        while start < len(parts_of_key):
+            count, size, parts, end = 0, 2, [], start
+            while end < len(parts_of_key):
+                more, body = parts_of_key[end]
+                if parts and (count + more > limit or size + 1 + len(body) > max_bytes):
+                    break
+                count += more
+                size += len(body) + 1
+                parts.append(body)
                 end += 1
             yield key, count, b"[" + b",".join(parts) + b"]"
             start = end
+
+
+def pieces(
+    commands: Sequence[Command], limit: int, max_bytes: int, encode: Any
+) -> Iterator[tuple[int, bytes]]:
+    """One key's ``commands`` as ``(count, array items)`` pieces of at most ``limit``
+    events whose JSON array fits ``max_bytes`` (halved until it does; one event is at
+    most 32 KB, so a single one always fits)."""
+    for start in range(0, len(commands), limit):
+        pending = [commands[start : start + limit]]
+        while pending:
+            piece = pending.pop(0)
+            encoded = encode(piece)
+            if len(encoded) > max_bytes and len(piece) > 1:
+                half = len(piece) // 2
+                pending[:0] = [piece[:half], piece[half:]]
+                continue
+            yield len(piece), encoded[1:-1]
 
 
 def key_of_body(body: bytes, headers: dict[str, Any]) -> bytes | None:

@@ -564,3 +564,73 @@ def test_a_batch_held_longer_than_the_poll_interval_is_written_once(kafka_env):
     topology = kafka_transport.KafkaTopology(config.queue, config.sinks)
     lag = kafka_transport.group_lag(config.queue, topology.events_topic, topology.group("local"))
     assert lag == 0
+
+
+def test_a_large_group_of_one_user_is_cut_into_records_the_broker_accepts(kafka_env):
+    """Kafka refuses a record above the broker's ``message.max.bytes`` (1 MB by default):
+    one user's 200 KB batch with ``max_record_bytes`` at its minimum (64 KiB) is cut into
+    records that each fit, in one partition, in order, and all of it is stored."""
+    config = kafka_env.config(queue={"kafka": {"max_record_bytes": 65536}})
+    ids = [unique("m") for _ in range(100)]
+    padding = "x" * 2000
+    batch = [
+        {
+            "type": "track",
+            "userId": "big",
+            "event": "x",
+            "messageId": m,
+            "properties": {"p": padding},
+        }
+        for m in ids
+    ]
+    server = LiveServer(config).start()
+    try:
+        response = server.post("/v1/batch", {"batch": batch})
+        assert response.status_code == 200, response.text
+    finally:
+        server.stop()
+    # Read until the 100 events came, not to the high watermark: tansu reports a
+    # multi-record batch's as its first offset + 1 (docs/kafka.md, "The test broker").
+    records = records_holding(kafka_env, f"{kafka_env.prefix}.events", 100)
+    assert len(records) >= 4
+    assert all(len(r.value()) <= 65536 for r in records)
+    assert len({r.partition() for r in records}) == 1
+    in_order = [c.message_id for r in records for c in broker.decode(r.value(), current_headers(r))]
+    assert in_order == ids
+    with WorkerThread(config):
+        eventually(lambda: len(kafka_env.stored_ids()) == 100, "100 events stored")
+
+
+def current_headers(record) -> dict:
+    return kafka_transport.headers_of(record)
+
+
+def records_holding(env, topic: str, events: int) -> list:
+    """The records of ``topic`` from its start until they hold ``events`` events."""
+    consumer = Consumer(
+        {"bootstrap.servers": env.url.split("://", 1)[1], "group.id": unique("peek")}
+    )
+    try:
+        marks = kafka_transport.watermarks(consumer, topic, 10)
+        consumer.assign([TopicPartition(topic, p, low) for p, (low, _) in marks.items()])
+        records, held = [], 0
+        while held < events:
+            record = consumer.poll(HANG_GUARD)
+            assert record is not None and record.error() is None, "a record was not read"
+            records.append(record)
+            held += kafka_transport.headers_of(record)[broker.EVENTS_HEADER]
+        return records
+    finally:
+        consumer.close()
+
+
+def test_keyed_records_respect_both_limits_and_keep_each_keys_order():
+    items = [(1, b'"a1"', b"a"), (1, b'"b1"', b"b"), (2, b'"a2","a3"', b"a"), (1, b'"a4"', b"a")]
+    records = list(kafka_transport.keyed(items, limit=3, max_bytes=1_000))
+    assert records == [(b"a", 3, b'["a1","a2","a3"]'), (b"a", 1, b'["a4"]'), (b"b", 1, b'["b1"]')]
+    by_bytes = list(kafka_transport.keyed(items, limit=100, max_bytes=12))
+    assert [body for key, _, body in by_bytes if key == b"a"] == [
+        b'["a1"]',
+        b'["a2","a3"]',
+        b'["a4"]',
+    ]
