@@ -50,6 +50,11 @@ def test_a_kafka_url_lists_its_servers():
         ),
         ({"url": "kafka://k1:9092", "kafka": {"partitions": 0}}, "queue.kafka.partitions", ""),
         ({"url": "kafka://k1:9092", "kafka": {"partition": 3}}, "queue.kafka.partition", ""),
+        (
+            {"url": "kafka://k1:9092", "kafka": {"max_record_bytes": 1000}},
+            "queue.kafka.max_record_bytes",
+            ">= 65536",
+        ),
     ],
 )
 def test_kafka_errors_name_the_key_not_the_secret(queue, key, words):
