@@ -73,6 +73,7 @@ class KafkaSinkConsumer(SinkConsumer):
         from confluent_kafka import Consumer
 
         topology = self.kafka_topology
+        self.paused = False  # a new consumer: nothing of the last one's is paused
         topology.declare(self.options.connect_timeout)
         producer = kafka_transport.KafkaProducer(self.options)
         self.consumer = Consumer(
