@@ -1,10 +1,10 @@
 """Every throughput figure of the project from one command, in one table.
 
-    .venv/bin/python bench/all.py [--quick] [--only ingest,queue,sinks,e2e,dashboard]
+    .venv/bin/python bench/all.py [--quick] [--only ingest,queue,sinks,e2e,dashboard,scaling]
         [--duration 15] [--warmup 2] [--connections 64] [--workers N] [--no-fsync]
         [--sinks sqlite,s3,postgres,clickhouse] [--batches 10] [--batch-events 50000]
         [--stores clickhouse,postgres] [--events 1000000] [--requests 20] [--reload]
-        [--repeat 1] [--json FILE]
+        [--repeat 1] [--json FILE] [--shards-config FILE --shards-ports 9001,9002]
 
 The areas run one after the other, each through the script that owns it (imported, not
 copied), with that script's defaults unless an option here says otherwise:
@@ -20,7 +20,12 @@ copied), with that script's defaults unless an option here says otherwise:
 - **e2e** (bench/e2e.py): ``/v1/batch`` → RabbitMQ → ``eventrouter worker`` →
   ClickHouse under wrk's load: events/s stored and the queue depth's growth;
 - **dashboard** (bench/dashboard.py): the admin dashboard's queries over 1,000,000
-  events in ClickHouse and PostgreSQL (loaded once, then kept between runs).
+  events in ClickHouse and PostgreSQL (loaded once, then kept between runs);
+- **scaling** (bench/scaling.py): the e2e path with 1 against 2 ``eventrouter worker``
+  processes side by side, and 1 against 2 ClickHouse shards (the cluster suite's two
+  shards, started for the run; ``--shards-config`` for shards of your own,
+  ``--no-shards`` to leave them out): events/s stored and the CPU each component
+  spends per event.
 
 It prints one markdown table (area, scenario, what was measured, the figure, its ratio
 to the bare endpoint, p99, the issue's target and whether it was met), writes it as JSON
@@ -60,12 +65,13 @@ import dashboard  # noqa: E402
 import e2e as e2e_bench  # noqa: E402
 import floor  # noqa: E402
 import ingest  # noqa: E402
+import scaling as scaling_bench  # noqa: E402
 
 sink_bench = dashboard.sink_bench  # bench/sinks.py, loaded under a name of its own
 
 RESULTS_DIR = BENCH_DIR / "results"
 REPO_ROOT = BENCH_DIR.parent
-AREAS = ("ingest", "queue", "sinks", "e2e", "dashboard")
+AREAS = ("ingest", "queue", "sinks", "e2e", "dashboard", "scaling")
 SINKS = tuple(sink_bench.TARGETS)  # sqlite, s3, postgres, clickhouse
 
 #: ``--quick``: a smoke run of everything in a few minutes; the figures mean little.
@@ -99,7 +105,7 @@ def log(message: str) -> None:
 class Row:
     """One figure of the combined table, with the target it is held to (if any)."""
 
-    area: str  # ingest, queue, sinks, e2e, dashboard
+    area: str  # ingest, queue, sinks, e2e, dashboard, scaling
     scenario: str
     subject: str  # what was measured: a server, a sink, a store
     figure: float | None  # None when the measurement failed
@@ -366,6 +372,28 @@ def e2e_rows(result: Any, workers: int) -> list[Row]:
     ]
 
 
+def scaling_rows(results: list[Any]) -> list[Row]:
+    """Rows from bench/scaling.py: events/s stored for each scenario (no target: the
+    figures are for sizing), the CPU per event of each component in the note."""
+    rows = []
+    for result in results:
+        per = {c: result.cpu_us_per_event(c) for c in scaling_bench.COMPONENTS}
+        cpu = ", ".join(f"{c} {v:,.1f}" for c, v in per.items() if v is not None)
+        lost = f"; {result.lost:,} acknowledged events not stored" if result.lost else ""
+        rows.append(
+            Row(
+                area="scaling",
+                scenario="/v1/batch → RabbitMQ → worker(s) → ClickHouse",
+                subject=result.scenario.label,
+                figure=result.stored_per_s,
+                unit="events/s stored",
+                valid=not result.lost and result.drained_after_s is not None,
+                note=f"CPU µs/event: {cpu}{lost}",
+            )
+        )
+    return rows
+
+
 def failure_row(area: str, subject: str, error: str) -> Row:
     """An area (or one sink or store of it) that could not be measured."""
     return Row(area, "—", subject, None, "", valid=False, note=f"failed: {error}")
@@ -431,6 +459,20 @@ def run_e2e(args: argparse.Namespace, outcome: Outcome) -> None:
     result = e2e_bench.run(e2e_args)
     outcome.rows += e2e_rows(result, e2e_args.workers)
     outcome.reports += [e2e_bench.report(result, e2e_args)]
+
+
+def run_scaling(args: argparse.Namespace, outcome: Outcome) -> None:
+    argv = ["--duration", f"{args.duration:g}", "--broker", args.broker]
+    argv += ["--server-workers", str(args.workers)]
+    if args.shards_config:
+        argv += ["--shards-config", str(args.shards_config)]
+        argv += ["--shards-ports", ",".join(str(p) for p in args.shards_ports)]
+    elif not args.no_shards:  # 1 against 2 shards, on the cluster suite's two shards
+        argv += ["--shards"]
+    scaling_args = scaling_bench.parse_args(argv)
+    results = scaling_bench.run(scaling_args)
+    outcome.rows += scaling_rows(results)
+    outcome.reports += [scaling_bench.report(results, scaling_args)]
 
 
 def run_dashboard(args: argparse.Namespace, outcome: Outcome) -> None:
@@ -592,6 +634,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     group.add_argument("--events", type=int, help="events stored [1000000]")
     group.add_argument("--requests", type=int, help="timed requests per endpoint [20]")
     group.add_argument("--reload", action="store_true", help="load the stored events again")
+    group = parser.add_argument_group("scaling (bench/scaling.py)")
+    group.add_argument(
+        "--shards-config",
+        metavar="FILE",
+        help="a [sinks.warehouse] table for 1 against 2 shards [the cluster suite's two shards, "
+        "started and stopped by bench/scaling.py --shards]",
+    )
+    group.add_argument(
+        "--no-shards", action="store_true", help="leave out 1 against 2 shards (no ZooKeeper)"
+    )
+    group.add_argument(
+        "--shards-ports",
+        type=scaling_bench.positive_list,
+        default=[9000],
+        help="native ports of the sharded config's servers [9000]",
+    )
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -632,6 +690,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps.append(("e2e", run_e2e))
     if "dashboard" in args.only:
         steps.append(("dashboard", run_dashboard))
+    if "scaling" in args.only:
+        steps.append(("scaling", run_scaling))
     runs = [run_once(args, steps, number) for number in range(1, args.repeat + 1)]
     tables = [line for run in runs for line in (*run.table, "")]
     if len(runs) > 1:

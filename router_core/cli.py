@@ -23,7 +23,7 @@ from eventrouter.config import Config, ConfigError
 from eventrouter.edge.ratelimit import RateLimiter
 from eventrouter.privacy import cli as privacy_command
 from eventrouter.queue.broker import BROKER_ERRORS
-from eventrouter.redact import redact_url
+from eventrouter.redact import redact_url, redact_urls
 
 
 def _load(path: str | None) -> Config:
@@ -101,7 +101,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         else:
             letters = deadletters.replay(config, args.sink, args.limit)
     except (*BROKER_ERRORS, *_kafka_errors(config)) as exc:
-        where = redact_url(config.queue.url)
+        where = redact_urls(config.queue.url)
         print(f"eventrouter: broker unreachable at {where}: {exc}", file=sys.stderr)
         return 3
     if args.json:
@@ -155,7 +155,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     try:
         result = kafka_log.replay_from(config, args.sink, start)
     except _kafka_errors(config) as exc:
-        where = redact_url(config.queue.url)
+        where = redact_urls(config.queue.url)
         print(f"eventrouter: broker unreachable at {where}: {exc}", file=sys.stderr)
         return 3
     if args.json:
@@ -251,7 +251,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     print(f"  sources: {sources}")
     print(f"  sinks:   {sinks}")
     if config.queue is not None:
-        print(f"  queue:   {redact_url(config.queue.url)} (sinks run in `eventrouter worker`)")
+        print(f"  queue:   {redact_urls(config.queue.url)} (sinks run in `eventrouter worker`)")
     else:
         print("  queue:   none (embedded: sinks run in the server)")
     if config.dedup is not None:

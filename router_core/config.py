@@ -298,11 +298,19 @@ class SpoolConfig(_Strict):
         return Path(self.dir) if self.dir else Path(data_dir) / "spool"
 
 
+QueueURL = Annotated[str, msgspec.Meta(min_length=1)]
+
+
 class QueueConfig(_Strict):
     """``[queue]``: the broker between the edge and the workers (absent = embedded mode)."""
 
-    #: ``amqp://user:pass@host:5672/vhost`` (RabbitMQ) or ``redis://host:6379/db``.
-    url: Annotated[str, msgspec.Meta(min_length=1)]
+    #: ``amqp://user:pass@host:5672/vhost`` (RabbitMQ) or ``redis://host:6379/db``; for a
+    #: RabbitMQ cluster, a list of its nodes' URLs (:attr:`urls`), tried in turn.
+    url: QueueURL | Annotated[list[QueueURL], msgspec.Meta(min_length=1)]
+    #: With several URLs, the order a new connection tries them in: ``round-robin`` (the
+    #: node that answered last first, then the next ones in the list) or ``shuffle`` (a
+    #: fresh random order each time, spreading connections over the nodes).
+    failover_strategy: Literal["round-robin", "shuffle"] = "round-robin"
     #: Prefix of every exchange and queue name (several deployments can share a broker).
     prefix: Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:-]{1,100}$")] = "eventrouter"
     #: Publisher threads per server process, each with its own connection and channel.
@@ -332,12 +340,21 @@ class QueueConfig(_Strict):
     kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
 
     @property
+    def urls(self) -> list[str]:
+        """The broker's URLs: ``url`` as a list (one URL, or each node of a cluster)."""
+        return [self.url] if isinstance(self.url, str) else list(self.url)
+
+    @property
     def transport(self) -> str:
         """``amqp``, ``redis`` or ``kafka``."""
-        scheme = self.url.split(":", 1)[0]
-        if scheme == "kafka":
-            return "kafka"
-        return "redis" if scheme.startswith("redis") else "amqp"
+        return _transport(self.urls[0])
+
+
+def _transport(url: str) -> str:
+    scheme = url.split(":", 1)[0]
+    if scheme == "kafka":
+        return "kafka"
+    return "redis" if scheme.startswith("redis") else "amqp"
 
 
 def kafka_servers(url: str) -> list[str]:
@@ -643,16 +660,7 @@ def parse(
     if config.admin.store is not None and config.admin.store not in sinks:
         raise ConfigError(file, "admin.store", f"no sink named {config.admin.store!r}")
     if config.queue is not None:
-        scheme = config.queue.url.split("://", 1)[0] if "://" in config.queue.url else ""
-        if scheme not in QUEUE_SCHEMES:
-            raise ConfigError(
-                file,
-                "queue.url",
-                "expected an amqp://, redis:// or kafka:// URL"
-                + (f", not a {scheme}:// one" if scheme else " (it has no scheme)"),
-            )
-        if scheme == "kafka":
-            check_kafka(config.queue, file)
+        _check_queue_urls(config.queue, file)
     if config.dedup is not None and not config.dedup.url.startswith(("redis://", "rediss://")):
         raise ConfigError(file, "dedup.url", "expected a redis:// URL")
     limits_url = config.rate_limits.url if config.rate_limits is not None else None
@@ -744,6 +752,46 @@ def ensure_admin_token(config: Config) -> bool:
         return False
     config.admin.token = secrets.token_urlsafe(24)  # 32 characters
     return True
+
+
+def _check_queue_urls(queue: QueueConfig, file: str | None) -> None:
+    """Every ``queue.url`` has a broker scheme; a list names nodes of one RabbitMQ cluster."""
+    listed = not isinstance(queue.url, str)
+    for i, url in enumerate(queue.urls):
+        key = f"queue.url[{i}]" if listed else "queue.url"
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        if scheme not in QUEUE_SCHEMES:
+            raise ConfigError(
+                file,
+                key,
+                "expected an amqp://, redis:// or kafka:// URL"
+                + (f", not a {scheme}:// one" if scheme else " (it has no scheme)"),
+            )
+        if _transport(url) != queue.transport:
+            raise ConfigError(
+                file,
+                key,
+                f"a {_transport(url)} URL in a list of {queue.transport} URLs: every URL "
+                "names a node of the same broker",
+            )
+    if listed and queue.transport == "redis" and len(queue.urls) > 1:
+        raise ConfigError(
+            file,
+            "queue.url",
+            "a list of Redis URLs is not supported: a list names the nodes of a RabbitMQ "
+            "cluster; give Redis one URL",
+        )
+    if len(set(queue.urls)) != len(queue.urls):
+        raise ConfigError(file, "queue.url", "the same URL is listed twice")
+    if queue.transport == "kafka":
+        if listed:
+            raise ConfigError(
+                file,
+                "queue.url",
+                "a kafka:// queue takes one URL listing its bootstrap servers "
+                "(kafka://HOST:PORT,HOST:PORT), not a list",
+            )
+        check_kafka(queue, file)
 
 
 def throttle_redis_url(config: Config) -> str | None:

@@ -7,6 +7,7 @@ servers they talk to; :func:`redact_url` is how every one of them writes such a 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 #: Query parameters that carry a secret (redis-py and libpq read ``?password=``).
 _SECRET_PARAM = re.compile(
@@ -25,3 +26,10 @@ def redact_url(url: str) -> str:
         rest = f"{user}:***@{host}" if ":" in credentials else f"{user}@{host}"
     rest = _SECRET_PARAM.sub(r"\1***", rest)
     return f"{scheme}{sep}{rest}"
+
+
+def redact_urls(urls: str | Sequence[str]) -> str:
+    """One URL, or a list of them (a cluster's nodes), without passwords, comma-separated."""
+    if isinstance(urls, str):
+        return redact_url(urls)
+    return ", ".join(redact_url(url) for url in urls)

@@ -57,7 +57,20 @@ from eventrouter.columns import OPTIONAL_TIME_COLUMNS, STORED_COLUMNS, TIME_COLU
 from eventrouter.config import Duration
 from eventrouter.events.commands import AnyCommand, Command
 from eventrouter.health import ComponentHealth
-from eventrouter.sinks.clickhouse_store import ClickHouseStore, clickhouse_engine, driver_url
+from eventrouter.sinks.clickhouse_cluster import (
+    DEFAULT_REPLICA_NAME,
+    DEFAULT_ZOOKEEPER_PATH,
+    INSERT_SETTINGS,
+    SHARDING_KEYS,
+    ClusterLayout,
+    check_cluster_options,
+)
+from eventrouter.sinks.clickhouse_store import (
+    ClickHouseStore,
+    clickhouse_engine,
+    client_for,
+    driver_url,
+)
 
 log = logging.getLogger("eventrouter.sinks.clickhouse")
 
@@ -87,6 +100,8 @@ TABLE_KEYS_SQL = (
     "SELECT partition_key, sorting_key, create_table_query FROM system.tables "
     "WHERE database = currentDatabase() AND name = 'events'"
 )
+#: The same of the local tables behind a Distributed ``events`` (``cluster``).
+LOCAL_TABLE_KEYS_SQL = TABLE_KEYS_SQL.replace("'events'", "'events_local'")
 
 
 def ttl_expression(seconds: float) -> str:
@@ -94,8 +109,10 @@ def ttl_expression(seconds: float) -> str:
     return f"toDateTime(timestamp) + INTERVAL {int(seconds)} SECOND"
 
 
-def ttl_sql(seconds: float) -> str:
-    return f"ALTER TABLE events MODIFY TTL {ttl_expression(seconds)}"
+def ttl_sql(seconds: float, layout: ClusterLayout | None = None) -> str:
+    """``MODIFY TTL`` of ``events``, or of its local tables on every server of a cluster."""
+    action = f"MODIFY TTL {ttl_expression(seconds)}"
+    return layout.alter("events", action) if layout else f"ALTER TABLE events {action}"
 
 
 def split_keys(expression: str) -> list[str]:
@@ -144,6 +161,17 @@ class ClickHouseOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     migrate_on_start: bool = True
     #: ClickHouse settings sent with every insert, e.g. ``{ async_insert = 1 }`` on 21.11+.
     insert_settings: dict[str, int | float | str | bool] = {}
+    #: A cluster of ``<remote_servers>``: the tables are created ``ON CLUSTER`` it, local
+    #: ones (``events_local``) under a ``Distributed`` table sharded by message_id
+    #: (sinks/clickhouse_cluster.py). None: one server.
+    cluster: str | None = None
+    #: The local tables are ``Replicated*MergeTree`` (ZooKeeper, the servers' macros).
+    replicated: bool = False
+    #: ZooKeeper path of each replicated table: ``{database}`` and ``{table}`` are
+    #: filled in by eventrouter, ``{shard}`` (and other macros) by each server.
+    zookeeper_path: str = DEFAULT_ZOOKEEPER_PATH
+    #: Replica name of each replicated table, a server macro by default.
+    replica_name: str = DEFAULT_REPLICA_NAME
 
     def __post_init__(self) -> None:
         url = make_url(self.url)
@@ -160,6 +188,19 @@ class ClickHouseOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
             )
         if self.ttl is not None and self.ttl < 1:
             raise ValueError("ttl: at least 1s")
+        check_cluster_options(self.cluster, self.replicated, self.zookeeper_path, self.replica_name)
+
+    def layout(self) -> ClusterLayout | None:
+        """The tables' layout over ``cluster`` (None: one server)."""
+        if self.cluster is None:
+            return None
+        return ClusterLayout(
+            cluster=self.cluster,
+            database=make_url(self.url).database or "default",
+            replicated=self.replicated,
+            zookeeper_path=self.zookeeper_path,
+            replica_name=self.replica_name,
+        )
 
 
 def key_holds(sorting_key: str, column: str) -> bool:
@@ -455,6 +496,12 @@ class ClickHouseSink(Sink):
         super().__init__(name, config, options)
         self.url = options.url
         self.database = make_url(options.url).database or "default"
+        self.layout = options.layout()
+        #: What every insert sends: on a cluster, a write returns once every shard has it.
+        self.insert_settings = {
+            **(INSERT_SETTINGS if self.layout else {}),
+            **options.insert_settings,
+        }
         self._clients: queue.SimpleQueue[Client] = queue.SimpleQueue()
         self.datetime64: bool | None = None
         self.version: tuple[int, ...] = ()
@@ -486,7 +533,7 @@ class ClickHouseSink(Sink):
         return clickhouse_engine(url.render_as_string(hide_password=False))
 
     def store(self) -> ClickHouseStore:
-        return ClickHouseStore(self.url)
+        return ClickHouseStore(self.url, self.layout)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self, bus: Any) -> None:
@@ -533,7 +580,9 @@ class ClickHouseSink(Sink):
     def migrate(self) -> str:
         """Create the database, ``events`` and ``eventrouter_schema`` if missing, and
         rebuild an ``events`` whose sorting key lacks ``source`` (idempotent;
-        ``eventrouter migrate`` calls it)."""
+        ``eventrouter migrate`` calls it). On a cluster: :meth:`_migrate_cluster`."""
+        if self.layout is not None:
+            return self._migrate_cluster(self.layout)
         server = self._engine("default")
         try:
             with server.connect() as connection:
@@ -569,6 +618,67 @@ class ClickHouseSink(Sink):
             f"ClickHouse {'.'.join(map(str, self.version))}"
         )
         return "; ".join(filter(None, [done, recovered, rebuilt]))
+
+    def _migrate_cluster(self, layout: ClusterLayout) -> str:
+        """``CREATE ... ON CLUSTER``: the database, then each table of the one-server
+        schema as a local table on every server and a Distributed table over them
+        (:meth:`ClusterLayout.create`). Tables created before the cluster was configured
+        (a plain ``events``) are not converted: that is an error naming them."""
+        server = client_for(self.url, database="default")
+        try:
+            server.execute(layout.create_database())
+        finally:
+            server.disconnect()
+        self._detect()
+        metadata = MetaData()
+        engine = self._engine()
+        try:
+            statements = [
+                str(CreateTable(table, if_not_exists=True).compile(engine))
+                for table in (self._events_table(metadata), schema_table(metadata))
+            ]
+        finally:
+            engine.dispose()
+        with self.client() as client:
+            for statement in statements:
+                for sql in layout.create(statement):
+                    client.execute(sql)
+            tables = dict(
+                client.execute(
+                    "SELECT name, engine FROM system.tables WHERE database = %(db)s "
+                    "AND name IN ('events', 'eventrouter_schema')",
+                    {"db": self.database},
+                )
+            )
+            wrong = {name: kind for name, kind in tables.items() if kind != "Distributed"}
+            if wrong:
+                raise RuntimeError(
+                    f"sinks.{self.name}: cluster = {layout.cluster!r}, but "
+                    + ", ".join(f"{name} is a {kind} table" for name, kind in wrong.items())
+                    + f" in {self.database}, not a Distributed one: it was created before "
+                    "the cluster was configured; copy its rows into the new tables "
+                    '(docs/clickhouse.md, "A ClickHouse cluster") or use another database'
+                )
+            current = client.execute("SELECT max(version) FROM eventrouter_schema")[0][0]
+            if (current or 0) < SCHEMA_VERSION:
+                client.execute(
+                    "INSERT INTO eventrouter_schema (version) VALUES",
+                    [(SCHEMA_VERSION,)],
+                    settings=INSERT_SETTINGS,
+                )
+        engine = self._engine()
+        try:
+            with engine.connect() as connection:
+                self._check_table(connection)
+        finally:
+            engine.dispose()
+        kind = "ReplicatedReplacingMergeTree" if layout.replicated else "ReplacingMergeTree"
+        time_type = "DateTime64(3)" if self.datetime64 else "DateTime"
+        return (
+            f"schema version {SCHEMA_VERSION}, {kind} events_local ON CLUSTER "
+            f"{layout.cluster} under Distributed events by {SHARDING_KEYS['events']}, "
+            f"{time_type}, ClickHouse {'.'.join(map(str, self.version))}"
+        )
 
     def _events_table(self, metadata: MetaData, name: str = "events") -> Table:
         """``events`` (or a table like it) as configured, with the existing time type."""
@@ -662,7 +772,8 @@ class ClickHouseSink(Sink):
     def _check_table(self, connection: Any) -> None:
         """Keys cannot change on an existing table: say so when the config differs. A
         ``ttl`` can: set it when the table lacks this one."""
-        row = connection.execute(text(TABLE_KEYS_SQL)).one()
+        keys = LOCAL_TABLE_KEYS_SQL if self.layout is not None else TABLE_KEYS_SQL
+        row = connection.execute(text(keys)).one()
         partition_key, sorting_key, create = row
         for key, actual, wanted in (
             ("partition_by", partition_key, self.options.partition_by),
@@ -687,7 +798,7 @@ class ClickHouseSink(Sink):
             return
         if f"toIntervalSecond({int(ttl)})" not in create:
             log.info("%s: setting TTL of events to %ds", self.name, int(ttl))
-            connection.execute(text(ttl_sql(ttl)))
+            connection.execute(text(ttl_sql(ttl, self.layout)))
 
     # -- writing -----------------------------------------------------------------------
     def write(self, commands: Sequence[Command]) -> None:
@@ -701,7 +812,7 @@ class ClickHouseSink(Sink):
                     client,
                     commands,
                     datetime64=self.datetime64,
-                    settings=self.options.insert_settings or None,
+                    settings=self.insert_settings or None,
                 )
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"

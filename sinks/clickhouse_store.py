@@ -35,6 +35,14 @@ background; :meth:`ClickHouseEraser.delete` waits for it up to ``wait`` seconds
 
 A database not created yet (a queue-mode edge may start before ``eventrouter migrate``)
 holds no admin rows: reading finds nothing, rather than failing.
+
+**On a cluster** (``cluster`` on the sink, :class:`ClusterLayout`), every table named
+above is a ``Distributed`` table over local ones (``events_local``, ...): reads and
+inserts go through it unchanged (inserts with ``insert_distributed_sync = 1``; ``FINAL``
+and ``LIMIT 1 BY`` run on each shard, which holds every copy of its events since rows
+are sharded by their key), and what changes rows in place goes ``ON CLUSTER`` to the
+local tables: the erasure's ``DELETE`` mutation (waited for in ``system.mutations`` of
+every shard) and the admin tables' ``DROP PARTITION``.
 """
 
 from __future__ import annotations
@@ -64,6 +72,12 @@ from sqlalchemy import (
 from sqlalchemy.engine import make_url
 
 from eventrouter.columns import OPTIONAL_TEXT_COLUMNS
+from eventrouter.sinks.clickhouse_cluster import (
+    INSERT_SETTINGS,
+    QUERY_SETTINGS,
+    ClusterLayout,
+    quote_string,
+)
 from eventrouter.store.db import json_dumps
 from eventrouter.store.interface import (
     CONFIRMATIONS_USED,
@@ -90,11 +104,19 @@ def driver_url(url: str) -> str:
     return make_url(url).set(drivername="clickhouse").render_as_string(hide_password=False)
 
 
-def client_for(url: str) -> Any:
-    """A clickhouse-driver client for an SQLAlchemy ``clickhouse+native://`` URL."""
+def client_for(
+    url: str, layout: ClusterLayout | None = None, *, database: str | None = None
+) -> Any:
+    """A clickhouse-driver client for an SQLAlchemy ``clickhouse+native://`` URL (on
+    ``database`` instead of the URL's); on a cluster its inserts wait for every shard."""
     from clickhouse_driver import Client
 
-    return Client.from_url(driver_url(url))
+    if database is not None:
+        url = make_url(url).set(database=database).render_as_string(hide_password=False)
+    client = Client.from_url(driver_url(url))
+    if layout is not None:
+        client.settings.update(INSERT_SETTINGS)
+    return client
 
 
 def _json_or_none(value: str) -> Any:
@@ -112,19 +134,21 @@ def clickhouse_engine(url: str) -> Engine:
 
 
 class ClickHouseStore(Store):
-    """The ClickHouse database at ``url`` (a ``clickhouse+native://`` SQLAlchemy URL)."""
+    """The ClickHouse database at ``url`` (a ``clickhouse+native://`` SQLAlchemy URL),
+    on one server or, with a ``layout``, over a cluster."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, layout: ClusterLayout | None = None) -> None:
         self.url = url
+        self.layout = layout
 
     def query_dialect(self) -> ClickHouseDialect:
-        return ClickHouseDialect(self.url)
+        return ClickHouseDialect(self.url, self.layout)
 
     def eraser(self) -> ClickHouseEraser:
-        return ClickHouseEraser(self.url)
+        return ClickHouseEraser(self.url, self.layout)
 
     def admin_tables(self) -> ClickHouseAdminTables:
-        return ClickHouseAdminTables(self.url)
+        return ClickHouseAdminTables(self.url, self.layout)
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -137,6 +161,17 @@ SIZE_SQL = (
     "SELECT sum(bytes) FROM system.parts WHERE database = currentDatabase() "
     "AND table = 'events' AND active"
 )
+
+
+def cluster_size_sql(layout: ClusterLayout) -> str:
+    """The size of ``events_local`` on every shard (one replica each)."""
+    return (
+        f"SELECT sum(bytes) FROM {layout.everywhere('parts')} WHERE "
+        f"database = {quote_string(layout.database)} AND table = "
+        f"{quote_string(layout.local('events'))} AND active"
+    )
+
+
 #: How far back from a page's newest possible event each page query looks before it
 #: looks further (EventStore.query); the last window is unbounded.
 PAGE_WINDOWS = (timedelta(days=1), timedelta(days=7), timedelta(days=35))
@@ -164,12 +199,17 @@ def _select_class() -> type:
 class ClickHouseDialect(QueryDialect):
     page_windows = PAGE_WINDOWS
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, layout: ClusterLayout | None = None) -> None:
         self.url = url
+        self.layout = layout
         self._flavour: Flavour | None = None
 
     def connect(self) -> Engine:
-        return clickhouse_engine(self.url)
+        if self.layout is None:
+            return clickhouse_engine(self.url)
+        # Settings in the URL's query: clickhouse-driver sends them with every query.
+        url = make_url(self.url).update_query_dict(QUERY_SETTINGS)
+        return clickhouse_engine(url.render_as_string(hide_password=False))
 
     def flavour(self) -> Flavour:
         """Probed once the ``events`` table exists (until then, every query fails)."""
@@ -300,7 +340,8 @@ class ClickHouseDialect(QueryDialect):
         return None if value == "" else value
 
     def size_bytes(self, connection: Any) -> int | None:
-        return connection.execute(text(SIZE_SQL)).scalar()
+        sql = SIZE_SQL if self.layout is None else cluster_size_sql(self.layout)
+        return connection.execute(text(sql)).scalar()
 
 
 # -- erasing -------------------------------------------------------------------------------
@@ -312,14 +353,15 @@ class ClickHouseEraser(Eraser):
     """Erase with the native client: mutations are not SQLAlchemy statements. Text
     columns are ``String``: ``''`` where absent, never NULL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, layout: ClusterLayout | None = None) -> None:
         self.url = url
+        self.layout = layout
         self._client: Any = None
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            self._client = client_for(self.url)
+            self._client = client_for(self.url, self.layout)
         return self._client
 
     def close(self) -> None:
@@ -369,14 +411,26 @@ class ClickHouseEraser(Eraser):
         if dry_run or not count:
             result.status = WOULD_DELETE if dry_run else DELETED
             return result
-        client.execute(f"ALTER TABLE events DELETE WHERE {where}", params)
+        layout = self.layout
+        if layout is None:
+            client.execute(f"ALTER TABLE events DELETE WHERE {where}", params)
+            mutations = (
+                "SELECT count() FROM system.mutations WHERE database = currentDatabase() "
+                "AND table = 'events' AND is_done = 0"
+            )
+        else:
+            # A Distributed table has no rows to mutate: each server's local table
+            # (returns once every server has queued its mutation).
+            client.execute(layout.alter("events", f"DELETE WHERE {where}"), params)
+            mutations = (
+                f"SELECT count() FROM {layout.everywhere('mutations')} WHERE database = "
+                f"{quote_string(layout.database)} AND table = "
+                f"{quote_string(layout.local('events'))} AND is_done = 0"
+            )
         result.status = PENDING
         deadline = time.monotonic() + wait
         while True:
-            running = client.execute(
-                "SELECT count() FROM system.mutations WHERE database = currentDatabase() "
-                "AND table = 'events' AND is_done = 0"
-            )[0][0]
+            running = client.execute(mutations)[0][0]
             if not running:
                 result.status = DELETED
                 return result
@@ -420,15 +474,16 @@ CONFIRMATION_SETTLE = 1.1
 class ClickHouseAdminTables(AdminTables):
     """The admin tables, each exchange on a native client of its own."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, layout: ClusterLayout | None = None) -> None:
         self.url = url
+        self.layout = layout
         #: Tables seen or created: they are never dropped, so no need to ask again.
         self._seen: set[str] = set()
 
     @contextmanager
     def client(self) -> Iterator[Any]:
         """A native client for one short exchange, disconnected after it."""
-        client = client_for(self.url)
+        client = client_for(self.url, self.layout)
         try:
             yield client
         finally:
@@ -455,8 +510,10 @@ class ClickHouseAdminTables(AdminTables):
     def ensure(self, table: str) -> None:
         if table in self._seen:
             return
+        statements = [DDL[table]] if self.layout is None else self.layout.create(DDL[table])
         with self.client() as client:
-            client.execute(DDL[table])
+            for statement in statements:
+                client.execute(statement)
         self._seen.add(table)
 
     # -- suppressions
@@ -528,14 +585,26 @@ class ClickHouseAdminTables(AdminTables):
             self._drop_old_partitions(client)
         return bool(rows) and rows[0][0] == claim
 
-    @staticmethod
-    def _drop_old_partitions(client: Any) -> None:
-        """Days whose every token expired before yesterday began."""
+    def _drop_old_partitions(self, client: Any) -> None:
+        """Days whose every token expired before yesterday began (on a cluster: of the
+        local tables of every server)."""
         cutoff = int((datetime.now(UTC) - timedelta(days=1)).strftime("%Y%m%d"))
+        layout = self.layout
+        if layout is None:
+            parts, where = "system.parts", "database = currentDatabase()"
+            table = CONFIRMATIONS_USED
+        else:
+            parts = layout.everywhere("parts")
+            where = f"database = {quote_string(layout.database)}"
+            table = layout.local(CONFIRMATIONS_USED)
         partitions = client.execute(
-            "SELECT DISTINCT partition FROM system.parts WHERE database = currentDatabase() "
-            "AND table = 'confirmations_used' AND active"
+            f"SELECT DISTINCT partition FROM {parts} WHERE {where} "
+            f"AND table = {quote_string(table)} AND active"
         )
         for (partition,) in partitions:
             if partition.isdigit() and int(partition) < cutoff:
-                client.execute(f"ALTER TABLE confirmations_used DROP PARTITION {int(partition)}")
+                action = f"DROP PARTITION {int(partition)}"
+                if layout is None:
+                    client.execute(f"ALTER TABLE {CONFIRMATIONS_USED} {action}")
+                else:
+                    client.execute(layout.alter(CONFIRMATIONS_USED, action))

@@ -44,7 +44,7 @@ from eventrouter.events.commands import Command, encode_many
 from eventrouter.health import ComponentHealth
 from eventrouter.queue import broker
 from eventrouter.queue.spool import Spool, SpoolFull
-from eventrouter.redact import redact_url
+from eventrouter.redact import redact_urls
 
 log = logging.getLogger("eventrouter.sinks.queue")
 
@@ -277,10 +277,12 @@ class QueueSink(Sink):
             },
         )
         components = [component] if self.spool is None else [component, self._spool_health()]
-        where = redact_url(self.options.url)
+        where = redact_urls(self.options.url)
         connection = None
         try:
             connection = broker.open_connection(self.options)
+            if len(self.options.urls) > 1:
+                where = f"{broker.node_of(connection)} (of {len(self.options.urls)} nodes)"
             channel = connection.channel()
             self.topology.declare(channel)  # idempotent; the first publish may be ahead
             for sink in self.topology.sinks:
@@ -352,7 +354,7 @@ class _Publisher:
             self.connect_error = f"{type(exc).__name__}: {exc}"
             self.retry_at = time.monotonic() + RECONNECT_INTERVAL
             raise
-        log.info("publisher connected to %s", redact_url(self.options.url))
+        log.info("publisher connected to %s", broker.node_of(self.connection))
         return self.producer
 
     def publish(self, group: list) -> BaseException | None:

@@ -10,6 +10,7 @@ types can be passed as plugins) or as a real ``eventrouter worker`` subprocess
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
@@ -204,7 +205,9 @@ class WorkerThread:
 
     def stop(self) -> None:
         if self._stop is not None and self.worker.loop is not None:
-            self.worker.loop.call_soon_threadsafe(self._stop.set)
+            # A worker that stopped by itself (Worker.fail) has closed its loop already.
+            with contextlib.suppress(RuntimeError):
+                self.worker.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(HANG_GUARD)
         assert not self._thread.is_alive(), "worker did not stop"
         if self._error is not None:

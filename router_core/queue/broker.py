@@ -41,6 +41,7 @@ import contextlib
 import itertools
 import logging
 import math
+import random
 import secrets
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -54,6 +55,7 @@ from kombu import Connection, Exchange, Producer, Queue, binding
 from eventrouter.config import QueueConfig
 from eventrouter.events.commands import Command, decode_many, decode_many_v1, encode_many
 from eventrouter.queue.redis_transport import ReliableTransport, Unroutable
+from eventrouter.redact import redact_url
 
 log = logging.getLogger("eventrouter.queue")
 
@@ -142,12 +144,40 @@ class RoutedProducer:
             log.error("a message returned after its confirm (%s, routing key %r)", reason, key)
 
 
+class BrokerUnreachable(ConnectionError):
+    """No node of the list answered (one attempt each); ``str()`` names each node, without
+    its password, and why it failed."""
+
+
+class QueueTypeMismatch(Exception):
+    """A queue exists with another type than ``[queue] queue_type`` (RabbitMQ cannot
+    change the type of a queue): an operator must act, retrying will not help."""
+
+
+#: Per list of node URLs, the index of the node that answered last (``round-robin``).
+_last_good: dict[tuple[str, ...], int] = {}
+
+
+def node_order(config: QueueConfig) -> list[str]:
+    """The order in which a new connection tries the nodes: ``round-robin`` starts at the
+    node that answered last in this process and goes round the list; ``shuffle`` takes a
+    fresh random order."""
+    urls = config.urls
+    if config.failover_strategy == "shuffle":
+        return random.sample(urls, len(urls))
+    start = _last_good.get(tuple(urls), 0)
+    return urls[start:] + urls[:start]
+
+
 def open_connection(config: QueueConfig) -> Connection:
-    """A kombu connection to the broker, connected with a single attempt
-    (``Connection.connect()`` retries once after sleeping 2 s: each attempt on a dead
-    broker, and each ``/health`` probe, took 2 s more than the refusal did; callers have
-    their own retry policy). Publishes wait for the broker's confirm on AMQP; Redis has
-    no confirms: its reply to the push is the acknowledgement.
+    """A kombu connection to the broker, connected with a single attempt per node: with
+    a list of node URLs, each node once, in :func:`node_order`, and the first that
+    answers is the connection's (``Connection.connect()`` retries once after sleeping
+    2 s: each attempt on a dead broker, and each ``/health`` probe, took 2 s more than
+    the refusal did; callers have their own retry policy). When no node answers, one
+    node's error is raised as it is, several nodes' as :class:`BrokerUnreachable`.
+    Publishes wait for the broker's confirm on AMQP; Redis has no confirms: its reply to
+    the push is the acknowledgement.
 
     Every socket operation is bounded: kombu's Redis transport ignores ``connect_timeout``
     and sets no socket timeout, so a Redis that accepted the connection but stopped
@@ -167,20 +197,44 @@ def open_connection(config: QueueConfig) -> Connection:
         options["socket_connect_timeout"] = config.connect_timeout
         # Above the 1 s BRPOP a consuming worker blocks in.
         options["socket_timeout"] = max(config.confirm_timeout, 2.0)
-    connection = Connection(
-        config.url,
-        connect_timeout=config.connect_timeout,
-        transport_options=options,
-    )
-    if config.transport == "redis":
-        # Set after the URL was parsed, so that rediss:// keeps meaning TLS.
-        connection.transport_cls = ReliableTransport  # redis_transport: no lost message
+    urls = node_order(config)
+    failures: list[tuple[str, Exception]] = []
+    for url in urls:
+        connection = Connection(
+            url, connect_timeout=config.connect_timeout, transport_options=options
+        )
+        if config.transport == "redis":
+            # Set after the URL was parsed, so that rediss:// keeps meaning TLS.
+            connection.transport_cls = ReliableTransport  # redis_transport: no lost message
+        try:
+            connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
+        except Exception as exc:
+            drop(connection)
+            failures.append((url, exc))
+            continue
+        except BaseException:
+            drop(connection)
+            raise
+        if len(config.urls) > 1:
+            _last_good[tuple(config.urls)] = config.urls.index(url)
+            if failures:
+                log.info("connected to %s (%s)", redact_url(url), _failed(failures))
+        return connection
+    if len(failures) == 1:
+        raise failures[0][1]
+    raise BrokerUnreachable(f"no broker node answered: {_failed(failures)}") from failures[-1][1]
+
+
+def _failed(failures: list[tuple[str, Exception]]) -> str:
+    return "; ".join(f"{redact_url(url)}: {type(exc).__name__}: {exc}" for url, exc in failures)
+
+
+def node_of(connection: Connection) -> str:
+    """The node ``connection`` reached, without its password (for logs and ``/health``)."""
     try:
-        connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
-    except BaseException:
-        drop(connection)
-        raise
-    return connection
+        return redact_url(connection.as_uri(include_password=False))
+    except Exception:  # not connected, or a transport without a URI
+        return "?"
 
 
 def drop(connection: Connection) -> None:
@@ -229,20 +283,44 @@ class Topology:
         )
 
     def dead_queue(self, sink: str) -> Queue:
+        arguments: dict[str, Any] = {}
+        if self.config.queue_type == "quorum":
+            arguments["x-queue-type"] = "quorum"
         return Queue(
             f"{self.config.prefix}.sink.{sink}.dead",
             self.dead_exchange,
             routing_key=sink,
             durable=True,
+            queue_arguments=arguments or None,
         )
 
     def declare(self, channel: Any) -> None:
-        """Declare both exchanges and every sink's queue and dead-letter queue."""
+        """Declare both exchanges and every sink's queue and dead-letter queue.
+
+        :raises QueueTypeMismatch: a queue exists with another type than ``queue_type``.
+        """
         self.exchange(channel).declare()
         self.dead_exchange(channel).declare()
         for sink in self.sinks:
-            self.queue(sink)(channel).declare()
-            self.dead_queue(sink)(channel).declare()
+            for queue in (self.queue(sink), self.dead_queue(sink)):
+                try:
+                    queue(channel).declare()
+                except amqp.exceptions.PreconditionFailed as exc:
+                    if "x-queue-type" not in str(exc):
+                        raise
+                    raise QueueTypeMismatch(self._mismatch(queue.name)) from exc
+
+    def _mismatch(self, name: str) -> str:
+        want = self.config.queue_type
+        other = "classic" if want == "quorum" else "quorum"
+        return (
+            f"queue {name!r} exists as a {other} queue, but [queue] queue_type = "
+            f'"{want}": RabbitMQ cannot change the type of a queue. Either set queue_type = '
+            f'"{other}" again, or move to {want} queues: stop the edges (their spools '
+            f"keep accepting events), let the workers drain the queue, delete it "
+            f"(rabbitmqctl delete_queue {name}) and start again; or choose a new "
+            f"[queue] prefix (docs/queue.md, A RabbitMQ cluster)"
+        )
 
     def depth(self, channel: Any, queue: Queue) -> int:
         """Messages ready in ``queue`` (a passive declare: creates nothing)."""

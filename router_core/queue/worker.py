@@ -56,12 +56,12 @@ from kombu import Consumer
 
 from eventrouter import metrics
 from eventrouter.bus.batcher import BatchPolicy
-from eventrouter.bus.bus import WORKER, Bus, FailedClosed, make_plugin_manager
+from eventrouter.bus.bus import WORKER, Bus, FailedClosed, StartFailed, make_plugin_manager
 from eventrouter.bus.retry import RetryPolicy
 from eventrouter.config import Config, ConfigError, QueueConfig, SinkConfig
 from eventrouter.events.commands import Command
 from eventrouter.queue import broker
-from eventrouter.redact import redact_url
+from eventrouter.redact import redact_urls
 
 log = logging.getLogger("eventrouter.worker")
 
@@ -154,10 +154,25 @@ class Worker:
         if config.queue.transport == "kafka":  # confluent-kafka loads only then
             from eventrouter.queue.kafka_worker import KafkaSinkConsumer as consumer_class
         self.consumers = [consumer_class(self, name) for name in self.bus.running]
+        #: Why the worker stopped by itself: a broker problem no retry mends.
+        self.fatal: Exception | None = None
+        self._stop: asyncio.Event | None = None
+
+    def fail(self, error: Exception) -> None:
+        """From a consumer thread: stop the worker; :meth:`run` then raises ``error``."""
+        if self.fatal is None:
+            self.fatal = error
+        if self.loop is not None and self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Start the bus and the consumers; return after ``stop`` is set and they drained."""
+        """Start the bus and the consumers; return after ``stop`` is set and they drained.
+
+        :raises StartFailed: the broker's queues cannot be used as configured (a queue of
+            another type than ``queue_type``), after the consumers stopped.
+        """
         self.loop = asyncio.get_running_loop()
+        self._stop = stop
         await self.bus.start()
         try:
             for consumer in self.consumers:
@@ -165,7 +180,7 @@ class Worker:
             log.info(
                 "worker consuming %s from %s",
                 ", ".join(self.topology.queue(c.sink).name for c in self.consumers),
-                redact_url(self.config.queue.url),
+                redact_urls(self.config.queue.url),
             )
             await stop.wait()
         finally:
@@ -177,6 +192,8 @@ class Worker:
         for consumer in self.consumers:
             log.info("%s", consumer.summary())
         log.info("worker stopped")
+        if self.fatal is not None:
+            raise StartFailed(str(self.fatal), "queue") from self.fatal
 
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT (the ``eventrouter worker`` command)."""
@@ -251,6 +268,11 @@ class SinkConsumer(threading.Thread):
                 backoff = RECONNECT_MIN
             except Abandoned:
                 return
+            except broker.QueueTypeMismatch as exc:
+                self.last_error = str(exc)
+                log.error("%s: %s", self.sink, exc)
+                self.worker.fail(exc)
+                return
             except Exception as exc:
                 self.buffer.clear()  # unacknowledged: the broker delivers them again
                 self.buffered_events = self.buffered_bytes = 0
@@ -279,7 +301,9 @@ class SinkConsumer(threading.Thread):
             )
             consumer = Consumer(channel, queues=[self.queue], on_message=self._buffer)
             consumer.consume()
-            log.info("%s: consuming %s", self.sink, self.queue.name)
+            log.info(
+                "%s: consuming %s on %s", self.sink, self.queue.name, broker.node_of(connection)
+            )
             while not self.worker.stopping.is_set():
                 self._pump(connection)
             # Stopping: finish the batch in hand. Messages delivered after it stay
