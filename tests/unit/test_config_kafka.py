@@ -3,6 +3,8 @@ with errors that name the key (no broker, no confluent-kafka import)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from eventrouter import config
@@ -28,6 +30,8 @@ def test_a_kafka_url_lists_its_servers():
         ({"url": "kafka://u:hunter2@k1:9092"}, "queue.url", "sasl_username"),
         ({"url": "kafka://k1:9092/topic"}, "queue.url", "nothing after"),
         ({"url": "kafkas://k1:9092"}, "queue.url", "kafka://"),
+        ({"url": ["kafka://k1:9092", "kafka://k2:9092"]}, "queue.url", "not a list"),
+        ({"url": ["amqp://g:hunter2@r1:5672//", "kafka://k2:9092"]}, "queue.url[1]", "kafka"),
         (
             {"url": "kafka://k1:9092", "kafka": {"producer": {"acks": "1"}}},
             "queue.kafka.producer.acks",
@@ -58,7 +62,7 @@ def test_a_kafka_url_lists_its_servers():
     ],
 )
 def test_kafka_errors_name_the_key_not_the_secret(queue, key, words):
-    with pytest.raises(config.ConfigError, match=rf"^test\.toml: {key}: ") as raised:
+    with pytest.raises(config.ConfigError, match=rf"^test\.toml: {re.escape(key)}: ") as raised:
         parse(queue)
     assert raised.value.key == key
     assert words in str(raised.value)
