@@ -100,7 +100,7 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
             letters = deadletters.list_dead_letters(config, args.sink, args.limit)
         else:
             letters = deadletters.replay(config, args.sink, args.limit)
-    except BROKER_ERRORS as exc:
+    except (*BROKER_ERRORS, *_kafka_errors(config)) as exc:
         where = redact_urls(config.queue.url)
         print(f"eventrouter: broker unreachable at {where}: {exc}", file=sys.stderr)
         return 3
@@ -123,6 +123,50 @@ def cmd_dead_letters(args: argparse.Namespace) -> int:
         print(summary)
     if args.action == "replay" and any(letter.outcome != "replayed" for letter in letters):
         return 1
+    return 0
+
+
+def _kafka_errors(config: Config) -> tuple[type[BaseException], ...]:
+    """What a kafka:// broker that is down raises (confluent-kafka loads only then)."""
+    if config.queue is None or config.queue.transport != "kafka":
+        return ()
+    from eventrouter.queue.kafka_transport import KAFKA_ERRORS, KafkaDeliveryError
+
+    return (*KAFKA_ERRORS, KafkaDeliveryError)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """``eventrouter replay --sink NAME --from TIME|OFFSET``: Kafka's retained log again."""
+    config = _load(args.config)
+    if config.queue is None or config.queue.transport != "kafka":
+        raise ConfigError(
+            config.path,
+            "queue.url",
+            "replay --from reads the retained log of a kafka:// queue; RabbitMQ and Redis "
+            "remove a message once a worker took it (see docs/queue.md)",
+        )
+    from eventrouter.queue import kafka_log
+
+    try:
+        start = kafka_log.parse_start(args.start)
+    except ValueError as exc:
+        print(f"eventrouter: {exc}", file=sys.stderr)
+        return 2
+    try:
+        result = kafka_log.replay_from(config, args.sink, start)
+    except _kafka_errors(config) as exc:
+        where = redact_urls(config.queue.url)
+        print(f"eventrouter: broker unreachable at {where}: {exc}", file=sys.stderr)
+        return 3
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+    else:
+        skipped = result.undecodable
+        print(
+            f"replayed {result.events} event(s) in {result.records} record(s) to sink "
+            f"{args.sink!r} from {args.start}"
+            + (f"; {skipped} undecodable record(s) skipped" if skipped else "")
+        )
     return 0
 
 
@@ -365,6 +409,21 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--limit", type=int, help="at most this many messages")
     dead.add_argument("--json", action="store_true", help="print JSON")
     dead.set_defaults(func=cmd_dead_letters)
+
+    replay = commands.add_parser(
+        "replay", help="deliver a kafka:// queue's retained events to one sink again"
+    )
+    replay.add_argument("--sink", required=True, metavar="NAME")
+    replay.add_argument(
+        "--from",
+        dest="start",
+        required=True,
+        metavar="TIME|OFFSET",
+        help="an ISO 8601 time (UTC unless it names a zone) or an offset (every partition)",
+    )
+    replay.add_argument("--config", help="TOML config file (default: $EVENTROUTER_CONFIG)")
+    replay.add_argument("--json", action="store_true", help="print JSON")
+    replay.set_defaults(func=cmd_replay)
 
     plugins = commands.add_parser("plugins", help="list discovered plugins and their versions")
     plugins.add_argument("--config", help="TOML config file (for [plugins] disabled)")

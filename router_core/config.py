@@ -245,7 +245,41 @@ class SinkConfig(msgspec.Struct, kw_only=True):
 SHARED_SINK_KEYS = frozenset({"type", "acknowledgements", "batch", "buffer", "retry"})
 
 
-QUEUE_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss")
+QUEUE_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss", "kafka")
+#: librdkafka properties eventrouter sets itself: its promises rest on them.
+KAFKA_RESERVED = frozenset(
+    {"bootstrap.servers", "acks", "enable.idempotence", "enable.auto.commit", "group.id"}
+)
+
+
+class KafkaConfig(_Strict):
+    """``[queue.kafka]``: topics, TLS and SASL of a ``kafka://`` queue (docs/queue.md)."""
+
+    #: Partitions of the events topic (created if missing); the parallelism of a sink.
+    partitions: PositiveInt = 6
+    #: Replicas of each topic eventrouter creates; unset: the broker's default.
+    replication_factor: PositiveInt | None = None
+    #: How long the events topic keeps events (``eventrouter replay --from`` reaches back
+    #: this far); dead-letter topics keep theirs until replayed (no time limit).
+    retention: Duration = Duration(7 * 86400.0)
+    #: Create missing topics (off where the operator creates them, e.g. MSK with ACLs).
+    create_topics: bool = True
+    #: Most bytes one record's value holds: below the broker's ``message.max.bytes``
+    #: (1 MB by default on Kafka, Redpanda and MSK), or a large group is refused.
+    max_record_bytes: Annotated[int, msgspec.Meta(ge=65536)] = 900_000
+    security_protocol: Literal["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"] = "plaintext"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    #: PEM files: the CA that signed the brokers' certificates, and a client certificate.
+    ssl_ca_location: str | None = None
+    ssl_certificate_location: str | None = None
+    ssl_key_location: str | None = None
+    ssl_key_password: str | None = None
+    #: Extra librdkafka properties for the producer and the consumers (not those in
+    #: ``KAFKA_RESERVED``): ``{ "max.poll.interval.ms" = 600000 }``.
+    producer: dict[str, str | int | float | bool] = {}
+    consumer: dict[str, str | int | float | bool] = {}
 
 
 class SpoolConfig(_Strict):
@@ -302,6 +336,8 @@ class QueueConfig(_Strict):
     visibility_timeout: Duration = Duration(300.0)
     #: The edge's local spool while the broker is unreachable.
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
+    #: ``kafka://`` only: topics, TLS, SASL.
+    kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
 
     @property
     def urls(self) -> list[str]:
@@ -310,12 +346,61 @@ class QueueConfig(_Strict):
 
     @property
     def transport(self) -> str:
-        """``amqp`` or ``redis``."""
+        """``amqp``, ``redis`` or ``kafka``."""
         return _transport(self.urls[0])
 
 
 def _transport(url: str) -> str:
-    return "redis" if url.split(":", 1)[0].startswith("redis") else "amqp"
+    scheme = url.split(":", 1)[0]
+    if scheme == "kafka":
+        return "kafka"
+    return "redis" if scheme.startswith("redis") else "amqp"
+
+
+def kafka_servers(url: str) -> list[str]:
+    """The ``host:port`` list of a ``kafka://host:port[,host:port]`` URL (no I/O).
+
+    :raises ValueError: naming what is wrong with it.
+    """
+    rest = url.split("://", 1)[1].rstrip("/")
+    if "@" in rest:
+        raise ValueError("credentials go in [queue.kafka] sasl_username and sasl_password")
+    if "/" in rest or "?" in rest:
+        raise ValueError("kafka:// takes host:port[,host:port] and nothing after it")
+    servers = [s.strip() for s in rest.split(",")]
+    for number, server in enumerate(servers, 1):
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            # Not quoted: a mistyped URL may hold a secret where the port should be.
+            raise ValueError(f"server {number} of the list is not host:port")
+    return servers
+
+
+def check_kafka(queue: QueueConfig, file: str | None) -> None:
+    """``[queue]`` with a kafka:// URL: the URL and ``[queue.kafka]`` agree (no I/O)."""
+    try:
+        kafka_servers(queue.url)
+    except ValueError as exc:
+        raise ConfigError(file, "queue.url", str(exc)) from None
+    kafka = queue.kafka
+    for table in ("producer", "consumer"):
+        for key in getattr(kafka, table):
+            if key in KAFKA_RESERVED:
+                raise ConfigError(
+                    file, f"queue.kafka.{table}.{key}", "set by eventrouter; it cannot be changed"
+                )
+    if kafka.security_protocol.startswith("sasl"):
+        for key in ("sasl_mechanism", "sasl_username", "sasl_password"):
+            if not getattr(kafka, key):
+                raise ConfigError(
+                    file, f"queue.kafka.{key}", f"required with {kafka.security_protocol}"
+                )
+    elif kafka.sasl_mechanism or kafka.sasl_username:
+        raise ConfigError(
+            file,
+            "queue.kafka.security_protocol",
+            "SASL credentials are set: use sasl_ssl (or sasl_plaintext)",
+        )
 
 
 class DedupConfig(_Strict):
@@ -679,7 +764,7 @@ def _check_queue_urls(queue: QueueConfig, file: str | None) -> None:
             raise ConfigError(
                 file,
                 key,
-                "expected an amqp:// or redis:// URL"
+                "expected an amqp://, redis:// or kafka:// URL"
                 + (f", not a {scheme}:// one" if scheme else " (it has no scheme)"),
             )
         if _transport(url) != queue.transport:
@@ -698,6 +783,15 @@ def _check_queue_urls(queue: QueueConfig, file: str | None) -> None:
         )
     if len(set(queue.urls)) != len(queue.urls):
         raise ConfigError(file, "queue.url", "the same URL is listed twice")
+    if queue.transport == "kafka":
+        if listed:
+            raise ConfigError(
+                file,
+                "queue.url",
+                "a kafka:// queue takes one URL listing its bootstrap servers "
+                "(kafka://HOST:PORT,HOST:PORT), not a list",
+            )
+        check_kafka(queue, file)
 
 
 def throttle_redis_url(config: Config) -> str | None:

@@ -90,6 +90,14 @@ class QueueSink(Sink):
     #: queue drop the copy by ``message_id``, or declare themselves at least once too.
     at_least_once = True
 
+    def __new__(cls, name: str, config: Any, options: QueueConfig) -> QueueSink:
+        if cls is QueueSink and options.transport == "kafka":
+            # Imported only here: confluent-kafka loads with a kafka:// [queue] alone.
+            from eventrouter.sinks.kafka_queue import KafkaQueueSink
+
+            cls = KafkaQueueSink
+        return super().__new__(cls)
+
     def __init__(self, name: str, config: Any, options: QueueConfig) -> None:
         super().__init__(name, config, options)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -152,8 +160,16 @@ class QueueSink(Sink):
         await (futures[0] if len(futures) == 1 else asyncio.gather(*futures))
 
     # -- the publisher thread ----------------------------------------------------------
+    def _publisher(self) -> Any:
+        """A publisher thread's own connection to the broker."""
+        return _Publisher(self)
+
+    def _records(self, group: list) -> Iterator[tuple[int, bytes]]:
+        """``(event count, body)`` of the spool records ``group`` is kept as."""
+        return _messages(group, self.options.max_events_per_message)
+
     def _run(self) -> None:
-        publisher = _Publisher(self)
+        publisher = self._publisher()
         try:
             while (group := self._next_group()) is not None:
                 error = self._take(publisher, group)
@@ -170,7 +186,7 @@ class QueueSink(Sink):
             if error is None or spool is None:
                 return error
         try:
-            for count, body in _messages(group, self.options.max_events_per_message):
+            for count, body in self._records(group):
                 spool.append(count, body)
                 metrics.get().spool_spooled.inc(count)
         except (SpoolFull, OSError) as exc:
@@ -184,7 +200,7 @@ class QueueSink(Sink):
 
     def _replay_run(self) -> None:
         """The replay thread: publishes the spool back whenever the broker answers."""
-        publisher = _Publisher(self)
+        publisher = self._publisher()
         try:
             while not self._stopping.is_set():
                 self._replay_wake.wait(ORPHAN_INTERVAL if self.spool.empty else None)

@@ -240,7 +240,9 @@ def to_toml(data: dict[str, Any], prefix: str = "") -> str:
         if isinstance(value, dict):
             tables.append((f"{prefix}{key}", value))
         else:
-            lines.append(f"{key} = {_toml_value(value)}")
+            # A key that is not bare (librdkafka's "max.poll.interval.ms") is quoted.
+            bare = key.replace("_", "").replace("-", "").isalnum()
+            lines.append(f"{key if bare else json.dumps(key)} = {_toml_value(value)}")
     out = "\n".join(lines) + ("\n" if lines else "")
     for name, table in tables:
         out += f"\n[{name}]\n" + to_toml(table, f"{name}.")

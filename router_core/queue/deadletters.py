@@ -60,9 +60,14 @@ def _dead_letter_of(message: Any) -> tuple[DeadLetter, list | None]:
     return letter, commands
 
 
-def _messages(config: Config, sink: str, limit: int | None):
+def _messages(config: Config, sink: str, limit: int | None, replaying: bool = False):
     """Yield up to ``limit`` dead letters, unacknowledged (closing the connection puts
-    back every one not acknowledged meanwhile)."""
+    back every one not acknowledged meanwhile; on Kafka, ``eventrouter.queue.kafka_log``)."""
+    if config.queue.transport == "kafka":  # confluent-kafka loads only then
+        from eventrouter.queue import kafka_log
+
+        yield from kafka_log.dead_letters(config, sink, limit, replaying=replaying)
+        return
     topology = broker.Topology(config.queue, config.sinks)
     connection = broker.open_connection(config.queue)
     try:
@@ -127,7 +132,7 @@ async def _replay(bus: Bus, config: Config, sink: str, limit: int | None) -> lis
         loop = asyncio.get_running_loop()
 
         def walk() -> None:
-            for message in _messages(config, sink, limit):
+            for message in _messages(config, sink, limit, replaying=True):
                 letter, commands = _dead_letter_of(message)
                 letters.append(letter)
                 if commands is None:

@@ -150,7 +150,10 @@ class Worker:
         self.topology = broker.Topology(config.queue, config.sinks)
         self.stopping = threading.Event()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.consumers = [SinkConsumer(self, name) for name in self.bus.running]
+        consumer_class = SinkConsumer
+        if config.queue.transport == "kafka":  # confluent-kafka loads only then
+            from eventrouter.queue.kafka_worker import KafkaSinkConsumer as consumer_class
+        self.consumers = [consumer_class(self, name) for name in self.bus.running]
         #: Why the worker stopped by itself: a broker problem no retry mends.
         self.fatal: Exception | None = None
         self._stop: asyncio.Event | None = None

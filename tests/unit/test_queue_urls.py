@@ -41,7 +41,7 @@ def test_a_list_of_nodes_keeps_its_order():
         (
             [NODES[0], "http://guest:hunter2@127.0.0.1:15672/"],
             "queue.url[1]",
-            "amqp:// or redis://",
+            "amqp://, redis:// or kafka://",
         ),
         ([NODES[0], "127.0.0.1:5682"], "queue.url[1]", "no scheme"),
         ([NODES[0], "redis://:hunter2@127.0.0.1:6379/5"], "queue.url[1]", "same broker"),

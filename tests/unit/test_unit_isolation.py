@@ -21,6 +21,7 @@ UNIT = Path(__file__).resolve().parent
 NOT_IN_UNIT = {
     "amqp": "a RabbitMQ client",
     "kombu": "a broker client",
+    "confluent_kafka": "a Kafka client",
     "redis": "a Redis client",
     "psycopg": "a PostgreSQL client",
     "clickhouse_driver": "a ClickHouse client",
@@ -29,6 +30,7 @@ NOT_IN_UNIT = {
     "playwright": "a browser",
     "subprocess": "a process of its own",
     "tests.queue_support": "RabbitMQ and Redis",
+    "tests.kafka_support": "a Kafka broker (tansu)",
     "tests.store_support": "PostgreSQL and ClickHouse",
     "tests.s3_support": "moto's S3 server",
     "tests.conformance_support": "the conformance kit's writer processes and brokers",
