@@ -48,18 +48,21 @@ from typing import Any
 import msgspec
 
 from eventrouter.bus.hookspecs import hookimpl
-from eventrouter.config import ConfigError, Duration, plugin_options
+from eventrouter.config import ConfigError
 from eventrouter.errors import APIError, InvalidEvent
 from eventrouter.events.commands import Command
 from eventrouter.health import ComponentHealth
 from eventrouter.quality.plans import (
     ALLOW,
     DROP,
+    PLUGIN,
     REJECT,
     Plan,
     PlanError,
     Violation,
+    options_of,
     plan_files,
+    plan_locations,
     read_plan,
 )
 from eventrouter.store.admin_tables import RefreshErrors
@@ -74,7 +77,6 @@ from eventrouter.store.quality import (
 
 log = logging.getLogger("eventrouter.plugins.quality")
 
-PLUGIN = "quality"
 GATE_NAME = "quality:gate"
 STAGE_NAME = "quality:plans"
 CATALOGUE_NAME = "quality:catalogue"
@@ -87,42 +89,6 @@ MAX_DEPTH = 6
 MAX_KEYS = 20_000
 
 _encode = msgspec.json.Encoder().encode
-
-
-class QualityOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    #: Source name → plan (a TOML file or a directory), relative to the config file.
-    plans: dict[str, str] = {}
-    #: Seconds between looks at the plans' files.
-    reload_interval: Duration = Duration(2.0)
-    #: Count every event's paths and types into the event catalogue.
-    catalogue: bool = False
-    #: The share of events the catalogue counts (1.0: every one).
-    catalogue_sample: float = 1.0
-    #: Seconds between writes of the catalogue and violation counts to the store.
-    flush: Duration = Duration(10.0)
-
-
-def options_of(config: Any) -> QualityOptions:
-    options = plugin_options(config, PLUGIN, QualityOptions)
-    prefix = f"plugins.options.{PLUGIN}"
-    if not 0.0 < options.catalogue_sample <= 1.0:
-        raise ConfigError(config.path, f"{prefix}.catalogue_sample", "must be > 0 and <= 1")
-    if options.reload_interval <= 0 or options.flush <= 0:
-        raise ConfigError(config.path, prefix, "reload_interval and flush must be > 0")
-    known = {s.name for s in config.sources} or {"default"}
-    for source in options.plans:
-        if source not in known:
-            raise ConfigError(
-                config.path,
-                f"{prefix}.plans.{source}",
-                f"no source named {source!r} (sources: {', '.join(sorted(known))})",
-            )
-    return options
-
-
-def plan_locations(config: Any, options: QualityOptions) -> dict[str, Path]:
-    base = Path(config.path).parent if config.path else Path.cwd()
-    return {source: base / where for source, where in options.plans.items()}
 
 
 def quality_tables_of(bus: Any) -> QualityTables | None:

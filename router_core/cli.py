@@ -22,6 +22,7 @@ from eventrouter.client import upload as upload_command
 from eventrouter.config import Config, ConfigError
 from eventrouter.edge.ratelimit import RateLimiter
 from eventrouter.privacy import cli as privacy_command
+from eventrouter.quality import cli as quality_commands
 from eventrouter.queue.broker import BROKER_ERRORS
 from eventrouter.redact import redact_url
 
@@ -392,6 +393,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     upload_command.add_parser(commands)
     privacy_command.add_parser(commands)
+    quality_commands.add_parsers(commands)
     return parser
 
 
