@@ -20,7 +20,7 @@ the edge has checked already):
   ``stage_order`` 300, after dedup, before enrichment and the privacy stages, so it
   checks what the client sent. It fails closed: a batch it cannot check, or whose
   dropped events it cannot keep, is refused (503), never passed on unchecked or lost;
-- :class:`CatalogueStage` (``quality:catalogue``): counts, per source, event kind and
+- :class:`CatalogueStage` (``quality:catalogue``, ``stage_order`` 250): counts, per source, event kind and
   name, every property path with its JSON type, in memory; a thread adds the counts to
   the store's ``event_catalogue`` every ``flush`` seconds (one write per flush, never a
   query per event). Violation counts per hour, rule and path go the same way.
@@ -470,8 +470,9 @@ class PlanStage:
 class CatalogueStage:
     """Counts each event's paths and JSON types into this process's catalogue."""
 
-    #: Last of all (after suppress): it counts what is stored.
-    stage_order = 990
+    #: After dedup (a retry is not counted twice), before the plan stage: it counts what
+    #: arrives, dropped events included (a ``reject``ed one never reaches the pipeline).
+    stage_order = 250
 
     def __init__(self, recorder: Recorder, sample: float) -> None:
         self.recorder = recorder
