@@ -20,10 +20,11 @@ the edge has checked already):
   ``stage_order`` 300, after dedup, before enrichment and the privacy stages, so it
   checks what the client sent. It fails closed: a batch it cannot check, or whose
   dropped events it cannot keep, is refused (503), never passed on unchecked or lost;
-- :class:`CatalogueStage` (``quality:catalogue``, ``stage_order`` 250): counts, per source, event kind and
-  name, every property path with its JSON type, in memory; a thread adds the counts to
-  the store's ``event_catalogue`` every ``flush`` seconds (one write per flush, never a
-  query per event). Violation counts per hour, rule and path go the same way.
+- :class:`CatalogueStage` (``quality:catalogue``, ``stage_order`` 250): counts, per
+  source, event kind and name, every property path with its JSON type, in memory; a
+  thread adds the counts to the store's ``event_catalogue`` every ``flush`` seconds (one
+  write per flush, never a query per event). Violation counts per hour, rule and path
+  go the same way.
 
 Plans are compiled once per version. A thread looks at the plans' files every
 ``reload_interval`` seconds and on ``SIGHUP`` (in a process whose main thread starts
