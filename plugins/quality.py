@@ -27,9 +27,9 @@ the edge has checked already):
   go the same way.
 
 Plans are compiled once per version. A thread looks at the plans' files every
-``reload_interval`` seconds and on ``SIGHUP`` (in a process whose main thread starts
-the bus: ``eventrouter worker``; ``eventrouter serve``'s gunicorn master restarts its
-workers on ``SIGHUP``, which read the plans anew): a changed plan is loaded and swapped
+``reload_interval`` seconds, and on ``SIGHUP`` (a server worker process reloads in place;
+``eventrouter serve``'s gunicorn master answers it by replacing its workers, which read
+the plans anew): a changed plan is loaded and swapped
 in whole; one that fails to load leaves the last good version in force, logged and
 shown in ``/health``.
 """

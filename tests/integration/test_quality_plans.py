@@ -7,16 +7,18 @@ from __future__ import annotations
 import base64
 import json
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from eventrouter.config import ConfigError
 from eventrouter.quality.plans import PlanError, read_plan
-from tests.helpers import LiveServer, eventually, make_config, run_eventrouter
+from tests.helpers import LiveServer, ServeProcess, eventually, make_config, run_eventrouter
 from tests.ingest_support import uid
 from tests.queue_support import WorkerThread, amqp_env  # noqa: F401 (a fixture)
 from tests.store_support import store_of
@@ -345,3 +347,30 @@ def test_no_plan_registers_nothing(tmp_path):
         assert live.post("/v1/track", order(uid())).status_code == 200
     finally:
         live.stop()
+
+
+def test_sighup_puts_a_changed_plan_in_force_in_eventrouter_serve(tmp_path):
+    """The file watch is an hour away: only the SIGHUP can bring the new plan in."""
+    plan = write_plan(tmp_path / "web.toml", "reject")
+    config_path = tmp_path / "eventrouter.toml"
+    config_path.write_text(
+        '[[sources]]\nname = "web"\nwrite_key = "key-web"\n\n'
+        f'[sinks.local]\ntype = "sqlite"\nurl = "sqlite:///{tmp_path}/events.db"\n\n'
+        '[plugins.options.quality]\nplans = { web = "web.toml" }\nreload_interval = "1h"\n'
+    )
+    server = ServeProcess(tmp_path, "--config", str(config_path), workers=2).wait_ready()
+    headers = {"Authorization": "Basic " + base64.b64encode(b"key-web:").decode()}
+    try:
+        event = order(uid(), total="ten", messageId=uid("m"))
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert client.post("/v1/track", json=event, headers=headers).status_code == 400
+            plan.write_text(
+                plan.read_text().replace('on_violation = "reject"', 'on_violation = "allow"')
+            )
+            server.process.send_signal(signal.SIGHUP)
+            eventually(
+                lambda: client.post("/v1/track", json=event, headers=headers).status_code == 200,
+                "the workers reloaded the plan",
+            )
+    finally:
+        server.stop()
