@@ -256,6 +256,12 @@ class Recorder:
 
     def count_paths(self, key: tuple, paths: dict[tuple[str, str], int], now: datetime) -> None:
         source, kind, name = key
+        with self._lock:  # the flush thread swaps the dicts: never mid-count
+            self._count_paths(source, kind, name, paths, now)
+
+    def _count_paths(
+        self, source: str, kind: str, name: str, paths: dict[tuple[str, str], int], now: datetime
+    ) -> None:
         catalogue = self.catalogue
         for (path, json_type), count in paths.items():
             entry = (source, kind, name, path, json_type)
@@ -274,6 +280,18 @@ class Recorder:
     ) -> None:
         hour = _hour(now)
         name = entry_name(command)
+        with self._lock:
+            self._count_violations(command, violations, policy, now, hour, name)
+
+    def _count_violations(
+        self,
+        command: Command,
+        violations: Sequence[Violation],
+        policy: str,
+        now: datetime,
+        hour: datetime,
+        name: str,
+    ) -> None:
         for violation in violations:
             key = (hour, command.source, command.kind, name, violation.rule, violation.path, policy)
             held = self.violations.get(key)
@@ -303,8 +321,9 @@ class Recorder:
             return True
         with self._flushing:
             # Swapped, not copied: the event loop goes on counting into the new dicts.
-            catalogue, self.catalogue = self.catalogue, {}
-            violations, self.violations = self.violations, {}
+            with self._lock:
+                catalogue, self.catalogue = self.catalogue, {}
+                violations, self.violations = self.violations, {}
             if not catalogue and not violations:
                 return True
             rows = [
@@ -328,6 +347,10 @@ class Recorder:
             return True
 
     def _merge_back(self, catalogue: dict, violations: dict) -> None:
+        with self._lock:
+            self._merge(catalogue, violations)
+
+    def _merge(self, catalogue: dict, violations: dict) -> None:
         for key, (count, first, last) in catalogue.items():
             held = self.catalogue.get(key)
             if held is None:

@@ -95,3 +95,84 @@ def test_violation_counts_are_summed_per_hour_rule_and_path(tables):
     assert summed.count == 5 and summed.last_seen == hour + timedelta(minutes=9)
     assert summed.example in ('{"total":"' + NASTY + '"}', "{}")
     assert tables.violations("web", hour + timedelta(hours=1)) == []
+
+
+@pytest.fixture(params=STORES)
+def store_server(request, tmp_path):
+    from tests.helpers import LiveServer, make_config
+
+    with store_sink(request.param, tmp_path) as sink:
+        plan = tmp_path / "web.toml"
+        plan.write_text(
+            'on_violation = "drop"\n[events."Order Completed"]\n'
+            'required = ["total"]\nproperties.total = { type = "number" }\n'
+        )
+        raw = {
+            "sources": [{"name": "web", "write_key": "key-web"}],
+            "sinks": {"local": sink},
+            "plugins": {
+                "options": {
+                    "quality": {"plans": {"web": str(plan)}, "catalogue": True, "flush": "50ms"}
+                }
+            },
+        }
+        server = LiveServer(make_config(tmp_path, raw)).start()
+        server.sink = sink
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+def test_a_server_keeps_catalogue_and_dropped_events_in_its_store(store_server):
+    from tests.helpers import eventually
+
+    server = store_server
+    user = f"u-{NASTY}"
+    batch = [
+        {
+            "type": "track",
+            "userId": user,
+            "event": "Order Completed",
+            "messageId": "ok",
+            "properties": {"total": 3},
+        },
+        {
+            "type": "track",
+            "userId": user,
+            "event": "Order Completed",
+            "messageId": "bad",
+            "properties": {"total": "3"},
+        },
+        {"type": "identify", "userId": user, "traits": {"email": "a@example.com"}},
+    ]
+    response = server.post("/v1/batch", {"batch": batch}, auth=("key-web", ""))
+    assert response.status_code == 200, response.text
+    assert [e["message_id"] for e in server.events(user_id=user, type="track")] == ["ok"]
+    tables = store_of(server.sink).quality_tables()
+    try:
+        assert [r.message_id for r in tables.rejected("web", None, 10)] == ["bad"]
+
+        def counted() -> list:
+            return [
+                (r.kind, r.name, r.path, r.json_type, r.count)
+                for r in tables.catalogue("web", None)
+            ]
+
+        eventually(lambda: len(counted()) == 5, "the catalogue was flushed")
+        assert sorted(counted()) == [
+            ("identify", "identify", "", "event", 1),
+            ("identify", "identify", "email", "string", 1),
+            ("track", "Order Completed", "", "event", 2),
+            ("track", "Order Completed", "total", "integer", 1),
+            ("track", "Order Completed", "total", "string", 1),
+        ]
+        eventually(lambda: tables.violations("web", None), "the violation counts were flushed")
+        (violation,) = tables.violations("web", None)
+        assert (violation.path, violation.rule, violation.policy) == (
+            "properties.total",
+            "type",
+            "drop",
+        )
+    finally:
+        tables.close()
