@@ -1,6 +1,6 @@
 """Every throughput figure of the project from one command, in one table.
 
-    .venv/bin/python bench/all.py [--quick] [--only ingest,queue,sinks,e2e,dashboard]
+    .venv/bin/python bench/all.py [--quick] [--only ingest,queue,sinks,e2e,dashboard,quality]
         [--duration 15] [--warmup 2] [--connections 64] [--workers N] [--no-fsync]
         [--sinks sqlite,s3,postgres,clickhouse] [--batches 10] [--batch-events 50000]
         [--stores clickhouse,postgres] [--events 1000000] [--requests 20] [--reload]
@@ -60,12 +60,13 @@ import dashboard  # noqa: E402
 import e2e as e2e_bench  # noqa: E402
 import floor  # noqa: E402
 import ingest  # noqa: E402
+import quality as quality_bench  # noqa: E402
 
 sink_bench = dashboard.sink_bench  # bench/sinks.py, loaded under a name of its own
 
 RESULTS_DIR = BENCH_DIR / "results"
 REPO_ROOT = BENCH_DIR.parent
-AREAS = ("ingest", "queue", "sinks", "e2e", "dashboard")
+AREAS = ("ingest", "queue", "sinks", "e2e", "dashboard", "quality")
 SINKS = tuple(sink_bench.TARGETS)  # sqlite, s3, postgres, clickhouse
 
 #: ``--quick``: a smoke run of everything in a few minutes; the figures mean little.
@@ -433,6 +434,25 @@ def run_e2e(args: argparse.Namespace, outcome: Outcome) -> None:
     outcome.reports += [e2e_bench.report(result, e2e_args)]
 
 
+def run_quality(args: argparse.Namespace, outcome: Outcome) -> None:
+    """bench/quality.py: a tracking plan's cost per event (docs/data-quality.md)."""
+    events, rounds = (2_000, 1) if args.quick else (20_000, 3)
+    validators, edge = quality_bench.measure(events, rounds)
+    batch = SCENARIOS["batch"]
+    for variant, micros in edge.items():
+        subject = "eventrouter" if variant == "no plan" else f"eventrouter, {variant}"
+        outcome.rows.append(Row("quality", batch, subject, round(micros, 1), "µs CPU/event"))
+    for name, label, micros in validators:
+        scenario = f"validator: {label} event"
+        outcome.rows.append(Row("quality", scenario, name, round(micros, 2), "µs/event"))
+    outcome.reports += [
+        "## Tracking plans (bench/quality.py)",
+        "",
+        *quality_bench.report(validators, edge),
+        "",
+    ]
+
+
 def run_dashboard(args: argparse.Namespace, outcome: Outcome) -> None:
     for name in args.stores:
         argv = ["--stores", name, "--events", str(args.events)]
@@ -632,6 +652,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps.append(("e2e", run_e2e))
     if "dashboard" in args.only:
         steps.append(("dashboard", run_dashboard))
+    if "quality" in args.only:
+        steps.append(("quality", run_quality))
     runs = [run_once(args, steps, number) for number in range(1, args.repeat + 1)]
     tables = [line for run in runs for line in (*run.table, "")]
     if len(runs) > 1:

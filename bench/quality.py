@@ -190,30 +190,41 @@ async def edge_cpu(variant: str, plan: Path, events: int) -> float:
     return spent / (len(bodies) * per_request) * 1e6
 
 
+EDGE_VARIANTS = ("no plan", "reject", "drop", "catalogue")
+
+
+def measure(events: int, rounds: int) -> tuple[list[tuple[str, str, float]], dict[str, float]]:
+    """The validator rows and the edge's median CPU µs per event by variant."""
+    os.environ.setdefault("EVENTROUTER_LOG_LEVEL", "WARNING")
+    directory = Path(tempfile.mkdtemp(prefix="eventrouter-bench-quality-"))
+    rows = validators(events, directory)
+    plan = example_plan(directory)
+    figures: dict[str, list[float]] = {v: [] for v in EDGE_VARIANTS}
+    for _ in range(rounds):
+        for variant in EDGE_VARIANTS:
+            figures[variant].append(asyncio.run(edge_cpu(variant, plan, events)))
+    return rows, {v: statistics.median(f) for v, f in figures.items()}
+
+
+def report(rows: list[tuple[str, str, float]], edge: dict[str, float]) -> list[str]:
+    lines = ["| validator | event | µs per event |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {label} | {micros:.2f} |" for name, label, micros in rows]
+    base = edge["no plan"]
+    lines += [
+        "",
+        "| edge, POST /v1/batch of 100 | server CPU µs per event (median) | vs no plan |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {v} | {m:.1f} | {m - base:+.1f} |" for v, m in edge.items()]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
-    os.environ.setdefault("EVENTROUTER_LOG_LEVEL", "WARNING")
-    directory = Path(tempfile.mkdtemp(prefix="eventrouter-bench-quality-"))
-    print("| validator | event | µs per event |")
-    print("| --- | --- | --- |")
-    for name, label, micros in validators(args.events, directory):
-        print(f"| {name} | {label} | {micros:.2f} |")
-    plan = example_plan(directory)
-    variants = ["no plan", "reject", "drop", "catalogue"]
-    figures: dict[str, list[float]] = {v: [] for v in variants}
-    for _ in range(args.rounds):
-        for variant in variants:
-            figures[variant].append(asyncio.run(edge_cpu(variant, plan, args.events)))
-    base = statistics.median(figures["no plan"])
-    print()
-    print("| edge, POST /v1/batch of 100 | server CPU µs per event (median) | vs no plan |")
-    print("| --- | --- | --- |")
-    for variant in variants:
-        median = statistics.median(figures[variant])
-        print(f"| {variant} | {median:.1f} | {median - base:+.1f} |")
+    print("\n".join(report(*measure(args.events, args.rounds))))
     return 0
 
 
