@@ -4,6 +4,7 @@ changed plan, and the replay of dropped events, stored exactly once."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
@@ -20,7 +21,7 @@ from eventrouter.config import ConfigError
 from eventrouter.quality.plans import PlanError, read_plan
 from tests.helpers import LiveServer, ServeProcess, eventually, make_config, run_eventrouter
 from tests.ingest_support import uid
-from tests.queue_support import WorkerThread, amqp_env  # noqa: F401 (a fixture)
+from tests.queue_support import WorkerThread, amqp_env, queue_env  # noqa: F401 (fixtures)
 from tests.store_support import store_of
 
 PLAN = """
@@ -306,8 +307,8 @@ def test_a_plan_directory_of_schema_files(tmp_path):
 
 
 # -- queue mode --------------------------------------------------------------------------
-def test_every_policy_in_queue_mode(amqp_env, tmp_path):  # noqa: F811
-    raw = amqp_env.raw(**plans_raw(tmp_path))
+def test_every_policy_in_queue_mode(queue_env, tmp_path):  # noqa: F811
+    raw = queue_env.raw(**plans_raw(tmp_path))
     config = make_config(tmp_path, raw)
     edge = LiveServer(config).start()
     try:
@@ -374,3 +375,31 @@ def test_sighup_puts_a_changed_plan_in_force_in_eventrouter_serve(tmp_path):
             )
     finally:
         server.stop()
+
+
+def test_replay_in_queue_mode_goes_through_the_broker_once(amqp_env, tmp_path):  # noqa: F811
+    """Fixed plan, replay twice: the worker stores the dropped event once."""
+    from eventrouter.quality.cli import replay
+
+    raw = amqp_env.raw(**plans_raw(tmp_path))
+    config = make_config(tmp_path, raw)
+    edge = LiveServer(config).start()
+    user = uid()
+    event = order(user, total="x", messageId=uid("m"))
+    try:
+        assert edge.post("/v1/track", event, headers=auth("shop")).status_code == 200
+    finally:
+        edge.stop()
+    shop_plan = Path(raw["plugins"]["options"]["quality"]["plans"]["shop"])
+    shop_plan.write_text(shop_plan.read_text().replace('type = "number"', 'type = "string"'))
+    first = asyncio.run(replay(config, "shop", None, dry_run=False))
+    assert (first.sent, first.still_breaking) == (1, 0)
+    with WorkerThread(config):
+        edge = LiveServer(config).start()
+        try:
+            eventually(lambda: len(edge.events(user_id=user)) == 1, "the worker stored it")
+            again = asyncio.run(replay(config, "shop", None, dry_run=False))
+            assert (again.sent, again.already_stored) == (0, 1)
+            assert len(edge.events(user_id=user)) == 1
+        finally:
+            edge.stop()
