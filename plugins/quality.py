@@ -421,6 +421,13 @@ class PlanGate:
         return refused
 
 
+class NoRejectedStore(RuntimeError):
+    """A plan says ``drop`` (since a reload) but no store keeps the quality tables."""
+
+    #: Quoted in the 503: it names no host.
+    client_safe = True
+
+
 class PlanStage:
     """``allow`` and ``drop``: the pipeline stage on the edge."""
 
@@ -485,6 +492,8 @@ class PlanStage:
                     )
                 )
         if dropped:
+            if self.tables is None:
+                raise NoRejectedStore("on_violation = 'drop' needs a store with quality tables")
             # Kept before the request is answered: a drop loses nothing.
             await asyncio.to_thread(self.tables.record_rejected, dropped)
             self.dropped += len(dropped)

@@ -19,7 +19,14 @@ import pytest
 
 from eventrouter.config import ConfigError
 from eventrouter.quality.plans import PlanError, read_plan
-from tests.helpers import LiveServer, ServeProcess, eventually, make_config, run_eventrouter
+from tests.helpers import (
+    ADMIN_BEARER,
+    LiveServer,
+    ServeProcess,
+    eventually,
+    make_config,
+    run_eventrouter,
+)
 from tests.ingest_support import uid
 from tests.queue_support import WorkerThread, amqp_env, queue_env  # noqa: F401 (fixtures)
 from tests.store_support import store_of
@@ -214,6 +221,23 @@ def test_drop_answers_200_stores_nothing_and_keeps_the_event_with_its_reason(ser
     assert row.type == "identify" and row.name == "identify"
     assert json.loads(row.violations)[0]["path"] == "traits.email"
     assert json.loads(row.command)["user_id"] == user
+
+
+@pytest.mark.parametrize(
+    "page", ["/admin/catalogue", "/admin/violations", "/admin/catalogue/draft?source=shop"]
+)
+def test_the_quality_pages_need_the_admin_sign_in(server, page):
+    assert server.client.get(page).status_code in (302, 303, 401)
+    response = server.client.get(page, headers=ADMIN_BEARER)
+    assert response.status_code == 200, response.text
+    if "draft" in page:
+        assert response.headers["content-type"].startswith("text/plain")
+        assert 'on_violation = "allow"' in response.text
+
+
+def test_an_unknown_source_on_a_quality_page_is_a_400(server):
+    response = server.client.get("/admin/violations?source=nope", headers=ADMIN_BEARER)
+    assert response.status_code == 400
 
 
 def test_health_shows_the_plans_in_force(server):
