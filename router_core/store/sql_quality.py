@@ -107,6 +107,7 @@ class SQLQualityTables(QualityTables):
         self.store = store
         self._engine: Engine | None = None
         self._lock = threading.Lock()
+        self._creating = threading.Lock()
         self._ready = False
 
     @property
@@ -127,14 +128,27 @@ class SQLQualityTables(QualityTables):
             return
 
         def create() -> None:
-            try:
-                metadata.create_all(self.engine)
-            except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as exc:
-                if "already exists" not in str(exc):  # another process was first
-                    raise
+            # Two processes creating the tables at once: the loser's CREATE fails (on
+            # PostgreSQL as a duplicate row of pg_type); the tables are there then.
+            for attempt in range(3):
+                try:
+                    metadata.create_all(self.engine)
+                    return
+                except (
+                    sqlalchemy.exc.OperationalError,
+                    sqlalchemy.exc.ProgrammingError,
+                    sqlalchemy.exc.IntegrityError,
+                ) as exc:
+                    text = str(exc)
+                    if "already exists" not in text and "duplicate key" not in text:
+                        raise
+                    if attempt == 2:
+                        raise
 
-        self.store.write(create)
-        self._ready = True
+        with self._creating:  # the threads of one process: one CREATE at a time
+            if not self._ready:
+                self.store.write(create)
+                self._ready = True
 
     def _exists(self, table: Table) -> bool:
         if self._ready:
