@@ -202,6 +202,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = _load(args.file)
+    plans = quality_commands.plan_lines(config)  # a bad plan stops here, named
     sinks = ", ".join(f"{name} ({sink.type})" for name, sink in config.sinks.items())
     sources = ", ".join(s.name for s in config.sources) or "none (open ingestion)"
     print(f"{args.file}: OK")
@@ -219,6 +220,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"  privacy: {line}")
     for line in _admin_lines(config):
         print(f"  admin:   {line}")
+    for line in plans:
+        print(f"  quality: {line}")
     if not args.connect:
         return 0
     results = asyncio.run(_try_sinks(config))

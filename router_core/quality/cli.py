@@ -52,6 +52,24 @@ def parse_since(value: str) -> datetime:
         ) from None
 
 
+def plan_lines(config: Config) -> list[str]:
+    """What ``eventrouter config check`` says of the quality plugin: each plan, loaded
+    and compiled, and the catalogue. Nothing without either.
+
+    :raises ConfigError: a bad option or plan, naming its file and key."""
+    options = options_of(config)
+    lines = []
+    for source, path in plan_locations(config, options).items():
+        plan = read_plan(source, path)
+        lines.append(
+            f"{source}: {path} (version {plan.version}), on_violation {plan.on_violation}, "
+            f"{len(plan.events)} event(s), unplanned {plan.unplanned}"
+        )
+    if options.catalogue:
+        lines.append(f"catalogue: on, sample {options.catalogue_sample:g}")
+    return lines
+
+
 def _tables(config: Config) -> tuple[Bus, Any]:
     bus = Bus(config, make_plugin_manager(config))
     sink = bus.store_sink()

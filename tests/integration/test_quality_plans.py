@@ -313,6 +313,22 @@ def test_a_plan_for_an_unknown_source_stops_the_start(tmp_path):
     assert "plugins.options.quality.plans.wbe: no source named 'wbe'" in result.stderr
 
 
+def test_config_check_loads_every_plan(tmp_path):
+    plan = write_plan(tmp_path / "web.toml", "drop")
+    config_path = tmp_path / "eventrouter.toml"
+    config_path.write_text(
+        '[[sources]]\nname = "web"\nwrite_key = "k"\n\n'
+        '[plugins.options.quality]\nplans = { web = "web.toml" }\n'
+    )
+    result = run_eventrouter("config", "check", str(config_path))
+    assert result.returncode == 0, result.stderr
+    assert "quality: web: " in result.stdout and "on_violation drop, 1 event(s)" in result.stdout
+    plan.write_text("[events.X]\ntype = 3\n")
+    result = run_eventrouter("config", "check", str(config_path))
+    assert result.returncode == 2
+    assert f"{plan}: events.X: not a valid JSON Schema" in result.stderr
+
+
 def test_a_plan_directory_of_schema_files(tmp_path):
     plan = tmp_path / "app"
     (plan / "events").mkdir(parents=True)
