@@ -176,3 +176,23 @@ def test_a_server_keeps_catalogue_and_dropped_events_in_its_store(store_server):
         )
     finally:
         tables.close()
+
+
+def test_a_replay_stores_each_dropped_event_once_on_every_store(store_server, tmp_path):
+    import asyncio
+
+    from eventrouter.quality.cli import replay
+
+    server = store_server
+    user = "replayed-user"
+    bad = {"userId": user, "event": "Order Completed", "messageId": "m-1", "properties": {}}
+    assert server.post("/v1/track", bad, auth=("key-web", "")).status_code == 200
+    assert server.events(user_id=user) == []
+    config = server.config
+    plan = tmp_path / "web.toml"
+    plan.write_text(plan.read_text().replace('required = ["total"]', "required = []"))
+    first = asyncio.run(replay(config, "web", None, dry_run=False))
+    assert (first.sent, first.already_stored, first.still_breaking) == (1, 0, 0)
+    again = asyncio.run(replay(config, "web", None, dry_run=False))
+    assert (again.sent, again.already_stored) == (0, 1)
+    assert [e["message_id"] for e in server.events(user_id=user)] == ["m-1"]
