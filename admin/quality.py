@@ -127,7 +127,8 @@ class CatalogueView(_View):
 
 class DraftView(_View):
     """``/admin/catalogue/draft?source=S``: the draft plan of ``eventrouter plan draft``,
-    as a TOML download."""
+    as a TOML download (without ``source``: of the only source, else back to the
+    catalogue page to choose one)."""
 
     def __init__(self, dashboard: Dashboard, tables: QualityTablesOf) -> None:
         super().__init__(dashboard)
@@ -140,7 +141,10 @@ class DraftView(_View):
         try:
             source = _source(req, self.d)
             if source is None:
-                raise APIError(400, "invalid_param", "source: name the source to draft a plan for")
+                known = [s.name for s in self.d.config.sources] or ["default"]
+                if len(known) != 1:  # which one? chosen on the catalogue page
+                    raise falcon.HTTPSeeOther("/admin/catalogue")
+                source = known[0]
             rows = await asyncio.to_thread(self.tables.get().catalogue, source, None)
         except APIError as exc:
             return self.error(req, resp, exc, session)
