@@ -142,6 +142,7 @@ class Plans:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._previous_handler: Any = None
+        self._handling = False
         self._force = False
 
     def __iter__(self):
@@ -187,6 +188,7 @@ class Plans:
         if threading.current_thread() is threading.main_thread() and hasattr(signal, "SIGHUP"):
             try:
                 self._previous_handler = signal.signal(signal.SIGHUP, self._on_sighup)
+                self._handling = True
             except (ValueError, OSError):  # not allowed here: the file watch still works
                 self._previous_handler = None
 
@@ -214,6 +216,11 @@ class Plans:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self._handling and threading.current_thread() is threading.main_thread():
+            # The process outlives this bus (a replay): SIGHUP is as it was.
+            previous = self._previous_handler
+            signal.signal(signal.SIGHUP, previous if previous is not None else signal.SIG_DFL)
+            self._handling = False
 
 
 def _hour(now: datetime) -> datetime:
