@@ -1,6 +1,7 @@
 """Every throughput figure of the project from one command, in one table.
 
-    .venv/bin/python bench/all.py [--quick] [--only ingest,queue,sinks,e2e,dashboard,scaling]
+    .venv/bin/python bench/all.py [--quick]
+        [--only ingest,queue,sinks,e2e,dashboard,scaling,quality]
         [--duration 15] [--warmup 2] [--connections 64] [--workers N] [--no-fsync]
         [--sinks sqlite,s3,postgres,clickhouse] [--batches 10] [--batch-events 50000]
         [--stores clickhouse,postgres] [--events 1000000] [--requests 20] [--reload]
@@ -25,7 +26,9 @@ copied), with that script's defaults unless an option here says otherwise:
   processes side by side, and 1 against 2 ClickHouse shards (the cluster suite's two
   shards, started for the run; ``--shards-config`` for shards of your own,
   ``--no-shards`` to leave them out): events/s stored and the CPU each component
-  spends per event.
+  spends per event;
+- **quality** (bench/quality.py): the JSON Schema validators on the e-commerce tracking
+  plan, and the edge's CPU per event with no plan, a plan and the event catalogue.
 
 It prints one markdown table (area, scenario, what was measured, the figure, its ratio
 to the bare endpoint, p99, the issue's target and whether it was met), writes it as JSON
@@ -65,13 +68,14 @@ import dashboard  # noqa: E402
 import e2e as e2e_bench  # noqa: E402
 import floor  # noqa: E402
 import ingest  # noqa: E402
+import quality as quality_bench  # noqa: E402
 import scaling as scaling_bench  # noqa: E402
 
 sink_bench = dashboard.sink_bench  # bench/sinks.py, loaded under a name of its own
 
 RESULTS_DIR = BENCH_DIR / "results"
 REPO_ROOT = BENCH_DIR.parent
-AREAS = ("ingest", "queue", "sinks", "e2e", "dashboard", "scaling")
+AREAS = ("ingest", "queue", "sinks", "e2e", "dashboard", "scaling", "quality")
 SINKS = tuple(sink_bench.TARGETS)  # sqlite, s3, postgres, clickhouse
 
 #: ``--quick``: a smoke run of everything in a few minutes; the figures mean little.
@@ -105,7 +109,7 @@ def log(message: str) -> None:
 class Row:
     """One figure of the combined table, with the target it is held to (if any)."""
 
-    area: str  # ingest, queue, sinks, e2e, dashboard, scaling
+    area: str  # ingest, queue, sinks, e2e, dashboard, scaling, quality
     scenario: str
     subject: str  # what was measured: a server, a sink, a store
     figure: float | None  # None when the measurement failed
@@ -475,6 +479,25 @@ def run_scaling(args: argparse.Namespace, outcome: Outcome) -> None:
     outcome.reports += [scaling_bench.report(results, scaling_args)]
 
 
+def run_quality(args: argparse.Namespace, outcome: Outcome) -> None:
+    """bench/quality.py: a tracking plan's cost per event (docs/data-quality.md)."""
+    events, rounds = (2_000, 1) if args.quick else (20_000, 3)
+    validators, edge = quality_bench.measure(events, rounds)
+    batch = SCENARIOS["batch"]
+    for variant, micros in edge.items():
+        subject = "eventrouter" if variant == "no plan" else f"eventrouter, {variant}"
+        outcome.rows.append(Row("quality", batch, subject, round(micros, 1), "µs CPU/event"))
+    for name, label, micros in validators:
+        scenario = f"validator: {label} event"
+        outcome.rows.append(Row("quality", scenario, name, round(micros, 2), "µs/event"))
+    outcome.reports += [
+        "## Tracking plans (bench/quality.py)",
+        "",
+        *quality_bench.report(validators, edge),
+        "",
+    ]
+
+
 def run_dashboard(args: argparse.Namespace, outcome: Outcome) -> None:
     for name in args.stores:
         argv = ["--stores", name, "--events", str(args.events)]
@@ -692,6 +715,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         steps.append(("dashboard", run_dashboard))
     if "scaling" in args.only:
         steps.append(("scaling", run_scaling))
+    if "quality" in args.only:
+        steps.append(("quality", run_quality))
     runs = [run_once(args, steps, number) for number in range(1, args.repeat + 1)]
     tables = [line for run in runs for line in (*run.table, "")]
     if len(runs) > 1:

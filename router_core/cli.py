@@ -22,6 +22,7 @@ from eventrouter.client import upload as upload_command
 from eventrouter.config import Config, ConfigError
 from eventrouter.edge.ratelimit import RateLimiter
 from eventrouter.privacy import cli as privacy_command
+from eventrouter.quality import cli as quality_commands
 from eventrouter.queue.broker import BROKER_ERRORS
 from eventrouter.redact import redact_url, redact_urls
 
@@ -245,6 +246,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = _load(args.file)
+    plans = quality_commands.plan_lines(config)  # a bad plan stops here, named
     sinks = ", ".join(f"{name} ({sink.type})" for name, sink in config.sinks.items())
     sources = ", ".join(s.name for s in config.sources) or "none (open ingestion)"
     print(f"{args.file}: OK")
@@ -262,6 +264,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"  privacy: {line}")
     for line in _admin_lines(config):
         print(f"  admin:   {line}")
+    for line in plans:
+        print(f"  quality: {line}")
     if not args.connect:
         return 0
     results = asyncio.run(_try_sinks(config))
@@ -451,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     upload_command.add_parser(commands)
     privacy_command.add_parser(commands)
+    quality_commands.add_parsers(commands)
     return parser
 
 

@@ -150,6 +150,11 @@ class ClickHouseStore(Store):
     def admin_tables(self) -> ClickHouseAdminTables:
         return ClickHouseAdminTables(self.url, self.layout)
 
+    def quality_tables(self) -> Any:
+        from eventrouter.sinks.clickhouse_quality import ClickHouseQualityTables
+
+        return ClickHouseQualityTables(self.url)
+
 
 # -- reading -------------------------------------------------------------------------------
 TIME_TYPE_SQL = (

@@ -75,6 +75,9 @@ class PostgresStore(SQLStore):
     def insert_new(self, table: Table) -> Insert:
         return pg_insert(table).on_conflict_do_nothing()
 
+    def upsert(self, table: Table) -> Insert:
+        return pg_insert(table)
+
     def query_dialect(self) -> PostgresDialect:
         return PostgresDialect(self.url)
 

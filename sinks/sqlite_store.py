@@ -134,6 +134,9 @@ class SQLiteStore(SQLStore):
     def insert_new(self, table: Table) -> Insert:
         return sqlite_insert(table).on_conflict_do_nothing()
 
+    def upsert(self, table: Table) -> Insert:
+        return sqlite_insert(table)
+
     def write(self, write: Callable[[], T]) -> T:
         return write_retrying(self.url, write)
 

@@ -377,6 +377,28 @@ class Bus:
         self._stage_cache = (impls, ordered)
         return ordered
 
+    def admit(self, commands: Sequence[Command]) -> dict[int, APIError] | None:
+        """Ask every ``eventrouter_admit_events`` implementation (not ``idle``) which of
+        one request's ``commands`` to refuse: ``{index: error}``, or None for none. None
+        at once when no plugin implements the hook (then it costs a look-up).
+
+        :raises FailedClosed: an implementation raised (the request is refused, 503).
+        """
+        refused: dict[int, APIError] | None = None
+        for impl in self.pm.hook.eventrouter_admit_events.get_hookimpls():
+            if getattr(impl.plugin, "idle", False):
+                continue
+            try:
+                result = impl.function(commands)
+            except Exception as exc:
+                name = impl.plugin_name
+                self.stats.setdefault(name, PluginStats()).failed(repr(exc))
+                log.exception("%s: admit_events failed; request refused", name)
+                raise FailedClosed(name, _client_detail(exc)) from exc
+            if result:
+                refused = {**(refused or {}), **result}
+        return refused
+
     def register_routes(self, app: Any, routes: RouteContext) -> None:
         """Have every ``eventrouter_register_routes`` implementation mount its routes on
         ``app`` (first registered first). A failure aborts start-up."""

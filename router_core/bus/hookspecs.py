@@ -10,7 +10,7 @@ blocking implementation never stalls the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -18,6 +18,7 @@ import pluggy
 if TYPE_CHECKING:
     from eventrouter.bus.context import BusContext, RouteContext
     from eventrouter.bus.sink import Sink
+    from eventrouter.errors import APIError
     from eventrouter.events.commands import Command
     from eventrouter.health import ComponentHealth
 
@@ -91,6 +92,24 @@ def eventrouter_process_batch(
     (the built-in scrub and suppress stages do), its failure refuses the whole batch,
     which then reaches no sink and no broker (``503`` on the edge; in the worker the
     write fails and is retried).
+    """
+
+
+@hookspec
+def eventrouter_admit_events(commands: Sequence[Command]) -> Mapping[int, APIError] | None:
+    """Refuse events of one request at the edge, before any is accepted.
+
+    :param commands: the commands of one request (one event, or a batch's valid items),
+        in request order; never empty.
+    :returns: ``{index: error}`` for the commands to refuse (each error an
+        :class:`eventrouter.errors.APIError`, usually a ``400``
+        :class:`~eventrouter.errors.InvalidEvent` naming the field), or ``None`` to admit
+        them all. A single event refused is answered with its error; a batch's refused
+        items are listed in its response as invalid ones are, and the others stored.
+    Called on the edge only (``eventrouter serve``, embedded and queue mode), for every
+    request, on the event loop, before the request joins a dispatch: it must be a plain
+    function and fast (no I/O). An object whose ``idle`` attribute is true is not called.
+    Raising refuses the request with ``503`` (nothing of it stored).
     """
 
 

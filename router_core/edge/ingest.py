@@ -95,6 +95,21 @@ class Ingestor:
             raise
         metrics.get().accepted(commands)
 
+    def admit(self, commands: Sequence[Command]) -> dict[int, APIError] | None:
+        """Which of one request's commands a plugin refuses (``eventrouter_admit_events``:
+        a tracking plan whose ``on_violation`` is ``reject``), by index; None: none."""
+        return self.bus.admit(commands)
+
+    async def dispatch_one(self, command: Command) -> None:
+        """Admit and dispatch one request's single event: its refusal is raised (a 400
+        naming the rule it broke), before it joins any dispatch."""
+        if (refused := self.bus.admit((command,))) is not None:
+            error = refused[0]
+            metrics.get().rejected(error.code, 1)
+            error.counted = True
+            raise error
+        await self.groups.submit((command,))
+
     # -- body --------------------------------------------------------------------------
     async def read(self, req: falcon.asgi.Request, limit: int, *, structure: bool = True) -> bytes:
         """The request body: size-capped, gunzipped, valid UTF-8, and (unless
@@ -254,7 +269,7 @@ class SingleEventResource:
         if ingestor.limiter is not None:
             await ingestor.limiter.admit(source, 1)
         command = to_command(message, ingestor.envelope(req, source), self.kind)
-        await ingestor.dispatch((command,))
+        await ingestor.dispatch_one(command)
         resp.data = SUCCESS
 
 
@@ -298,6 +313,7 @@ class BatchResource:
             sent_at=envelope.sent_at,
         )
         accepted = []
+        indexes = []  # the batch index of each accepted command
         rejected = []
         decode = model.ANY_DECODER.decode
         # One look for numbers no float holds in the whole body, rather than one per item.
@@ -315,8 +331,16 @@ class BatchResource:
                 except msgspec.MsgspecError as exc:
                     raise from_validation_error(exc) from None
                 accepted.append(to_command(message, env))
+                indexes.append(index)
             except APIError as exc:
                 rejected.append({"index": index, "code": exc.code, "message": exc.message})
+        if accepted and (refused := ingestor.admit(accepted)) is not None:
+            for position, exc in refused.items():
+                rejected.append(
+                    {"index": indexes[position], "code": exc.code, "message": exc.message}
+                )
+            accepted = [c for i, c in enumerate(accepted) if i not in refused]
+            rejected.sort(key=lambda item: item["index"])
         if rejected:
             for code, n in Counter(item["code"] for item in rejected).items():
                 metrics.get().rejected(code, n)
@@ -359,7 +383,7 @@ class LegacyTrackResource:
             raise from_validation_error(exc) from None
         if ingestor.limiter is not None:
             await ingestor.limiter.admit(source, 1)
-        await ingestor.dispatch((command,))
+        await ingestor.dispatch_one(command)
         resp.data = SUCCESS
 
 

@@ -15,6 +15,8 @@ erase               :meth:`Store.eraser`           ``eventrouter privacy delete`
                     not)                           (:mod:`eventrouter.privacy.erasure`)
 admin tables        :meth:`Store.admin_tables`     the suppression list, signed-out
                     (None: keeps none)             sessions, used confirmation tokens
+quality tables      :meth:`Store.quality_tables`   tracking plans' rejected events, the
+                    (None: keeps none)             event catalogue, violation counts
 migrations          ``Sink.migrate()``             ``eventrouter migrate``, a sink's start
 ==================  =============================  ======================================
 
@@ -71,6 +73,12 @@ class Store(ABC):
     def admin_tables(self) -> AdminTables | None:
         """The admin's small tables in this store; None: it keeps none (then it cannot
         be the admin store of a dashboard that suppresses ids)."""
+        return None
+
+    def quality_tables(self) -> Any:
+        """The data-quality tables in this store
+        (:class:`eventrouter.store.quality.QualityTables`: rejected events, the event
+        catalogue, violation counts); None: it keeps none."""
         return None
 
 

@@ -48,6 +48,11 @@ class SQLStore(Store):
         """``INSERT INTO table`` that skips a row whose key exists: the dialect's
         ``insert(table).on_conflict_do_nothing()``."""
 
+    def upsert(self, table: Table) -> Insert:
+        """``INSERT INTO table`` in the dialect that has ``on_conflict_do_update``
+        (the data-quality tables add counts with it)."""
+        raise NotImplementedError(f"{type(self).__name__} has no upsert")
+
     def write(self, write: Callable[[], T]) -> T:
         """Run ``write()``, a write from outside the sink (erase, the admin tables), as
         the store needs it run; by default as it is. (SQLite: under the sink's writer
@@ -66,6 +71,11 @@ class SQLStore(Store):
         from eventrouter.store.admin_tables import SQLAdminTables
 
         return SQLAdminTables(self)
+
+    def quality_tables(self) -> Any:
+        from eventrouter.store.sql_quality import SQLQualityTables
+
+        return SQLQualityTables(self)
 
 
 class SQLEraser(Eraser):

@@ -56,7 +56,7 @@ def test_quick_and_full_defaults(bench: ModuleType) -> None:
     # The command line's option defaults (run lengths and sizes), not measured times.
     full = bench.parse_args([])
     assert (full.duration, full.batches, full.events) == (15, 10, 1_000_000)
-    assert full.only == ["ingest", "queue", "sinks", "e2e", "dashboard", "scaling"]
+    assert full.only == ["ingest", "queue", "sinks", "e2e", "dashboard", "scaling", "quality"]
     quick = bench.parse_args(["--quick", "--duration", "5", "--only", "sinks"])
     assert (quick.duration, quick.batches, quick.events) == (5, 2, 100_000)
     assert quick.only == ["sinks"]

@@ -48,6 +48,18 @@ BUDGET = {
     "headers": 1600,
 }
 sent: Counter[str] = Counter()
+#: The plan in force: the valid bodies keep it, generated ones often break it (a 400).
+PLAN = """
+on_violation = "reject"
+[events.fuzz]
+type = "object"
+properties.a = { type = "integer" }
+additionalProperties = { type = ["string", "number", "boolean", "null"] }
+[identify]
+properties.plan = { enum = ["free", "pro"] }
+[group]
+type = "object"
+"""
 
 
 def fuzz_settings(name: str):
@@ -65,9 +77,13 @@ def fuzz_settings(name: str):
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     config = root / "eventrouter.toml"
+    # A tracking plan in force (docs/data-quality.md): every generated body is checked
+    # against it, and the catalogue walks every one of them.
+    (root / "plan.toml").write_text(PLAN)
     config.write_text(
         f'[[sources]]\nname = "fuzz"\nwrite_key = "{WRITE_KEY}"\n\n'
-        f'[sinks.local]\ntype = "sqlite"\nurl = "sqlite:///{root}/events.db"\n'
+        f'[sinks.local]\ntype = "sqlite"\nurl = "sqlite:///{root}/events.db"\n\n'
+        '[plugins.options.quality]\nplans = { fuzz = "plan.toml" }\ncatalogue = true\n'
     )
     process = ServeProcess(root, "--config", str(config), workers=WORKERS).wait_ready()
     try:
@@ -368,6 +384,12 @@ def test_100000_levels_deep_is_refused_not_a_crash(client, path, opening, closin
     limit = 500 * 1024 if path in BATCH_PATHS else 32 * 1024
     expected = "payload_too_large" if len(body) > limit else "too_deep"
     assert response.json()["code"] == expected
+
+
+def test_the_plan_is_in_force(client):
+    body = {"userId": "u1", "event": "fuzz", "properties": {"a": "one"}}
+    response = send(client, "plan", "/v1/track", encode(body))
+    assert response.status_code == 400 and response.json()["code"] == "violation"
 
 
 def test_the_server_survived_every_request(server, client):

@@ -42,7 +42,8 @@ LAYERS: list[set[str]] = [
     {"server"},  # gunicorn and uvicorn around the app
     {"app"},  # the Falcon app: wires the edge, the bus and the plugins' routes together
     {"edge"},  # HTTP in: ingest, limits, rate limits, auth, the query API
-    {"privacy", "queue"},  # suppression and erasure; the broker, spool and worker
+    {"privacy", "queue", "quality"},  # suppression and erasure; the broker, spool and
+    # worker; tracking plans and the ``plan`` and ``violations`` commands
     {"bus", "logs"},  # stages and sinks (a sink may bring a store); log lines
     {"store"},  # the store interface, the query layer, SQL erase and admin tables
     {"events", "client"},  # the wire model and commands; the batch API client
