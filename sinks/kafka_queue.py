@@ -25,7 +25,7 @@ from eventrouter.events.commands import Command, encode_many
 from eventrouter.health import ComponentHealth
 from eventrouter.queue import broker, kafka_transport
 from eventrouter.redact import redact_url
-from eventrouter.sinks.queue import RECONNECT_INTERVAL, QueueSink, log
+from eventrouter.sinks.queue import QueueSink, _Publisher
 
 
 class KafkaQueueSink(QueueSink):
@@ -62,20 +62,7 @@ class KafkaQueueSink(QueueSink):
         """The broker is up when it answers a metadata request and holds the topics;
         the stats give each sink's lag (records its group has not committed) and the
         records of its dead-letter topic not replayed yet."""
-        component = ComponentHealth(
-            name="broker",
-            up=False,
-            required=self.spool is None,
-            stats={
-                "published_messages": self.published_messages,
-                "published_events": self.published_events,
-                "failed_messages": self.failed_messages,
-                "publish_ms_mean": round(
-                    1000 * self.publish_seconds / max(1, self.published_messages), 3
-                ),
-            },
-        )
-        components = [component] if self.spool is None else [component, self._spool_health()]
+        component, components = self._health_components()
         where = redact_url(self.options.url)
         topology = self.kafka_topology
         try:
@@ -90,8 +77,7 @@ class KafkaQueueSink(QueueSink):
         except Exception as exc:
             component.detail = f"{where}: {type(exc).__name__}: {exc}"
             return components
-        component.up = True
-        component.detail = where + (f"; last error: {self.last_error}" if self.last_error else "")
+        self._reached(component, where)
         return components
 
 
@@ -99,38 +85,22 @@ def _headers(count: int) -> dict[str, Any]:
     return broker.message_properties(count)["headers"]
 
 
-class _KafkaPublisher:
-    """One publisher thread's producer (the interface of ``sinks.queue._Publisher``)."""
+class _KafkaPublisher(_Publisher):
+    """One publisher thread's producer: ``sinks.queue._Publisher``'s connection and
+    failure bookkeeping, with Kafka's producer and records."""
 
-    def __init__(self, sink: KafkaQueueSink) -> None:
-        self.sink = sink
-        self.options = sink.options
-        self.producer: kafka_transport.KafkaProducer | None = None
-        self.retry_at = 0.0
-        self.connect_error: str | None = None
-
-    def connect(self) -> None:
-        self._producer()
-
-    def _producer(self) -> kafka_transport.KafkaProducer:
-        if self.producer is not None:
-            return self.producer
-        if time.monotonic() < self.retry_at:
-            raise ConnectionError(f"broker unreachable ({self.connect_error})")
-        producer = None
+    def _open(self) -> kafka_transport.KafkaProducer:
+        producer = kafka_transport.KafkaProducer(self.options)
         try:
-            producer = kafka_transport.KafkaProducer(self.options)
             producer.check(self.options.connect_timeout)
             self.sink.kafka_topology.declare(self.options.connect_timeout)
-        except Exception as exc:
-            if producer is not None:
-                producer.close(graceful=False)
-            self.connect_error = f"{type(exc).__name__}: {exc}"
-            self.retry_at = time.monotonic() + RECONNECT_INTERVAL
+        except Exception:
+            producer.close(graceful=False)
             raise
-        log.info("publisher connected to %s", redact_url(self.options.url))
-        self.producer = producer
         return producer
+
+    def _where(self) -> str:
+        return redact_url(self.options.url)
 
     def publish(self, group: list) -> BaseException | None:
         """Produce ``group`` as one record per key and wait for every delivery report."""
@@ -139,11 +109,7 @@ class _KafkaPublisher:
         try:
             self._send([(key, body, _headers(n)) for key, n, body in records])
         except Exception as exc:
-            self.sink.failed_messages += 1
-            self.sink.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("publish failed: %s", self.sink.last_error)
-            self.close(graceful=False)
-            return exc
+            return self._failed(exc)
         self.sink.published_messages += len(records)
         self.sink.published_events += sum(n for _, n, _ in records)
         return None

@@ -262,21 +262,7 @@ class QueueSink(Sink):
     def health(self) -> list[ComponentHealth]:
         """The broker is up when a fresh connection can reach every sink's queue; the
         depth of each queue and dead-letter queue is in the stats."""
-        component = ComponentHealth(
-            name="broker",
-            up=False,
-            # With a spool, requests are answered while the broker is down.
-            required=self.spool is None,
-            stats={
-                "published_messages": self.published_messages,
-                "published_events": self.published_events,
-                "failed_messages": self.failed_messages,
-                "publish_ms_mean": round(
-                    1000 * self.publish_seconds / max(1, self.published_messages), 3
-                ),
-            },
-        )
-        components = [component] if self.spool is None else [component, self._spool_health()]
+        component, components = self._health_components()
         where = redact_urls(self.options.url)
         connection = None
         try:
@@ -295,9 +281,33 @@ class QueueSink(Sink):
             component.detail = f"{where}: {type(exc).__name__}: {exc}"
             return components
         broker.close(connection, self.options.connect_timeout)
+        self._reached(component, where)
+        return components
+
+    def _health_components(self) -> tuple[ComponentHealth, list[ComponentHealth]]:
+        """The broker's component (down until the caller's probe reaches it, with the
+        publisher's figures) and what ``/health`` lists: it, and the spool's if any."""
+        component = ComponentHealth(
+            name="broker",
+            up=False,
+            # With a spool, requests are answered while the broker is down.
+            required=self.spool is None,
+            stats={
+                "published_messages": self.published_messages,
+                "published_events": self.published_events,
+                "failed_messages": self.failed_messages,
+                "publish_ms_mean": round(
+                    1000 * self.publish_seconds / max(1, self.published_messages), 3
+                ),
+            },
+        )
+        components = [component] if self.spool is None else [component, self._spool_health()]
+        return component, components
+
+    def _reached(self, component: ComponentHealth, where: str) -> None:
+        """Mark the broker's component up, reached at ``where`` (redacted)."""
         component.up = True
         component.detail = where + (f"; last error: {self.last_error}" if self.last_error else "")
-        return components
 
     def _spool_health(self) -> ComponentHealth:
         """Down once full (an append was refused): requests answer 503 until the
@@ -336,7 +346,9 @@ class _Publisher:
         """Connect now if not connected (raises while the broker is unreachable)."""
         self._producer()
 
-    def _producer(self) -> broker.RoutedProducer:
+    def _producer(self) -> Any:
+        """The producer, connected now if it is not (raises while the broker is
+        unreachable, and for ``RECONNECT_INTERVAL`` after each failed attempt)."""
         if self.producer is not None:
             return self.producer
         if time.monotonic() < self.retry_at:
@@ -345,17 +357,25 @@ class _Publisher:
             # per failed group for as long as the broker stayed down.
             raise ConnectionError(f"broker unreachable ({self.connect_error})")
         try:
-            self.connection = broker.open_connection(self.options)
-            channel = self.connection.channel()
-            self.sink.topology.declare(channel)
-            self.producer = broker.RoutedProducer(channel, self.sink.topology.exchange)
+            self.producer = self._open()
         except Exception as exc:
             self.close(graceful=False)
             self.connect_error = f"{type(exc).__name__}: {exc}"
             self.retry_at = time.monotonic() + RECONNECT_INTERVAL
             raise
-        log.info("publisher connected to %s", broker.node_of(self.connection))
+        log.info("publisher connected to %s", self._where())
         return self.producer
+
+    def _open(self) -> broker.RoutedProducer:
+        """Connect, declare the topology and return a producer (raises if it cannot)."""
+        self.connection = broker.open_connection(self.options)
+        channel = self.connection.channel()
+        self.sink.topology.declare(channel)
+        return broker.RoutedProducer(channel, self.sink.topology.exchange)
+
+    def _where(self) -> str:
+        """Where the producer is connected, for the log (no password)."""
+        return broker.node_of(self.connection)
 
     def publish(self, group: list) -> BaseException | None:
         """Publish ``group`` (split by ``max_events_per_message``); the error, if any."""
@@ -363,13 +383,17 @@ class _Publisher:
             for count, body in _messages(group, self.options.max_events_per_message):
                 self.publish_body(count, body)
         except Exception as exc:
-            self.sink.failed_messages += 1
-            self.sink.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("publish failed: %s", self.sink.last_error)
-            # The channel may hold a publish whose confirm never came: start afresh.
-            self.close(graceful=False)
-            return exc
+            return self._failed(exc)
         return None
+
+    def _failed(self, exc: Exception) -> Exception:
+        """Count and log a failed publish and start afresh (the channel may hold a
+        publish whose confirm never came); ``exc``, which the group's requests fail with."""
+        self.sink.failed_messages += 1
+        self.sink.last_error = f"{type(exc).__name__}: {exc}"
+        log.error("publish failed: %s", self.sink.last_error)
+        self.close(graceful=False)
+        return exc
 
     def publish_body(self, count: int, body: bytes) -> None:
         """Publish one message and wait for its confirm (raises if it was not taken, or

@@ -27,7 +27,6 @@ Blocking throughout: call it from a thread.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -37,7 +36,6 @@ import sqlalchemy.exc
 from sqlalchemy import (
     Column,
     DateTime,
-    Engine,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -48,6 +46,7 @@ from sqlalchemy import (
     select,
 )
 
+from eventrouter.store.db import StoreEngine
 from eventrouter.store.interface import (
     CONFIRMATIONS_USED,
     REVOKED_SESSIONS,
@@ -109,28 +108,13 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-class SQLAdminTables(AdminTables):
+class SQLAdminTables(StoreEngine, AdminTables):
     """The admin tables of an SQL store, on one engine (opened when first used)."""
 
     def __init__(self, store: SQLStore) -> None:
-        self.store = store
-        self._engine: Engine | None = None
-        self._lock = threading.Lock()
+        super().__init__(store)
         #: Tables seen or created: they are never dropped, so no need to ask again.
         self._seen: set[str] = set()
-
-    @property
-    def engine(self) -> Engine:
-        with self._lock:
-            if self._engine is None:
-                self._engine = self.store.engine()
-            return self._engine
-
-    def close(self) -> None:
-        with self._lock:
-            if self._engine is not None:
-                self._engine.dispose()
-                self._engine = None
 
     def exists(self, table: str) -> bool:
         if table in self._seen:

@@ -7,10 +7,14 @@ built-in ones in ``sinks/sqlite_store.py``, ``sinks/postgres_store.py`` and
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from sqlalchemy import Engine
+
+if TYPE_CHECKING:
+    from eventrouter.store.sql import SQLStore
 
 _encoder = msgspec.json.Encoder()
 
@@ -28,3 +32,27 @@ def select_one(engine: Engine) -> None:
     """A round trip to the database (health probes)."""
     with engine.connect() as connection:
         connection.exec_driver_sql("SELECT 1")
+
+
+class StoreEngine:
+    """A store's engine made on first use and disposed on :meth:`close`, shared by the
+    threads of one process: the base of the tables a store keeps beside ``events``
+    (the admin tables, the data-quality tables)."""
+
+    def __init__(self, store: SQLStore) -> None:
+        self.store = store
+        self._engine: Engine | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = self.store.engine()
+            return self._engine
+
+    def close(self) -> None:
+        with self._lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None

@@ -18,7 +18,6 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
-    Engine,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -30,6 +29,7 @@ from sqlalchemy import (
     select,
 )
 
+from eventrouter.store.db import StoreEngine
 from eventrouter.store.interface import naive_utc
 from eventrouter.store.quality import (
     CATALOGUE,
@@ -99,29 +99,14 @@ def _aware(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-class SQLQualityTables(QualityTables):
+class SQLQualityTables(StoreEngine, QualityTables):
     """The quality tables of an :class:`~eventrouter.store.sql.SQLStore`, on one engine
     (opened when first used)."""
 
     def __init__(self, store: SQLStore) -> None:
-        self.store = store
-        self._engine: Engine | None = None
-        self._lock = threading.Lock()
+        super().__init__(store)
         self._creating = threading.Lock()
         self._ready = False
-
-    @property
-    def engine(self) -> Engine:
-        with self._lock:
-            if self._engine is None:
-                self._engine = self.store.engine()
-            return self._engine
-
-    def close(self) -> None:
-        with self._lock:
-            if self._engine is not None:
-                self._engine.dispose()
-                self._engine = None
 
     def _ensure(self) -> None:
         if self._ready:

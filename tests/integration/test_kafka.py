@@ -446,7 +446,8 @@ def test_hostile_records_are_dead_lettered_and_the_rest_stored(kafka_env):
     assert len(letters) == 3
     assert all(letter.reason.startswith("undecodable: ") for letter in letters)
     assert all(letter.events is None and letter.message_ids == [] for letter in letters)
-    assert "commands/9" in letters[2].reason
+    # The records sit in several partitions, so the dead letters come in no fixed order.
+    assert sum("commands/9" in letter.reason for letter in letters) == 1
 
 
 CHECK_IMPORTS = """
