@@ -25,8 +25,9 @@ copied), with that script's defaults unless an option here says otherwise:
 - **scaling** (bench/scaling.py): the e2e path with 1 against 2 ``eventrouter worker``
   processes side by side, and 1 against 2 ClickHouse shards (the cluster suite's two
   shards, started for the run; ``--shards-config`` for shards of your own,
-  ``--no-shards`` to leave them out): events/s stored and the CPU each component
-  spends per event;
+  ``--no-shards`` to leave them out), and one worker on quorum queues on three
+  RabbitMQ nodes (``--no-quorum`` to leave it out): events/s stored and the CPU each
+  component spends per event;
 - **quality** (bench/quality.py): the JSON Schema validators on the e-commerce tracking
   plan, and the edge's CPU per event with no plan, a plan and the event catalogue.
 
@@ -473,6 +474,8 @@ def run_scaling(args: argparse.Namespace, outcome: Outcome) -> None:
         argv += ["--shards-ports", ",".join(str(p) for p in args.shards_ports)]
     elif not args.no_shards:  # 1 against 2 shards, on the cluster suite's two shards
         argv += ["--shards"]
+    if not args.no_quorum:  # quorum queues on the cluster suite's three RabbitMQ nodes
+        argv += ["--quorum"]
     scaling_args = scaling_bench.parse_args(argv)
     results = scaling_bench.run(scaling_args)
     outcome.rows += scaling_rows(results)
@@ -666,6 +669,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     group.add_argument(
         "--no-shards", action="store_true", help="leave out 1 against 2 shards (no ZooKeeper)"
+    )
+    group.add_argument(
+        "--no-quorum",
+        action="store_true",
+        help="leave out quorum queues on three RabbitMQ nodes",
     )
     group.add_argument(
         "--shards-ports",

@@ -4,6 +4,7 @@ by side in one run, with the CPU each component spends per event stored.
     .venv/bin/python bench/scaling.py [--quick] [--duration 20] [--workers 1,2]
         [--connections 32] [--server-workers 2] [--drain-timeout 120]
         [--shards | --shards-config FILE --shards-ports 9001,9002] [--shard-workers 2]
+        [--quorum]
 
 For each scenario the script starts ``eventrouter serve`` in queue mode and the
 scenario's ``eventrouter worker`` processes, all reading one config whose only sink is
@@ -36,6 +37,13 @@ native ports of the servers to measure (and to drop the database on afterwards).
 ``tests/cluster/clickhouse_support.py``, whose cluster ``er_shards`` has one replica per
 shard), writes FILE for it (``cluster = "er_shards"``, the same batch as the single-node
 sink) and stops every process it started, by PID, at the end.
+
+**Quorum queues on three RabbitMQ nodes.** ``--quorum`` starts the cluster suite's three
+nodes (``.ci/rabbitmq-cluster``, AMQP 5681-5683, ``tests/cluster/rabbit_support.py``) and
+adds a scenario with one worker whose ``[queue]`` lists the three nodes with
+``queue_type = "quorum"``; its RabbitMQ column sums the three nodes' CPU (a quorum queue
+writes each message on every member), beside the single classic node of the other
+scenarios.
 
 Everything runs on 127.0.0.1 and is stopped by its own PID. Prints a markdown table,
 also written to ``bench/results/scaling-latest.md``. Exit status 1 if an acknowledged
@@ -96,6 +104,9 @@ class Scenario:
     sink_toml: str
     workers: int
     clickhouse_ports: tuple[int, ...] = (9000,)
+    #: The RabbitMQ nodes (AMQP URLs) and queue type; empty: ``--broker``, classic queues.
+    broker_urls: tuple[str, ...] = ()
+    queue_type: str = "classic"
 
 
 def scenarios(args: argparse.Namespace) -> list[Scenario]:
@@ -114,6 +125,16 @@ def scenarios(args: argparse.Namespace) -> list[Scenario]:
         shards = tuple(args.shards_ports)
         label = f"{workers}, 2 shards ({Path(args.shards_config).name})"
         found.append(Scenario(label, text, n, shards))
+    if args.quorum_urls:
+        found.append(
+            Scenario(
+                "1 worker, 3 RabbitMQ nodes, quorum queues",
+                SINGLE_NODE_SINK,
+                1,
+                broker_urls=tuple(args.quorum_urls),
+                queue_type="quorum",
+            )
+        )
     return found
 
 
@@ -220,15 +241,18 @@ def run_scenario(
     prefix = f"bench-scaling-{stamp}"
     workdir = Path(tempfile.mkdtemp(prefix="eventrouter-bench-scaling-"))
     config = workdir / "scaling.toml"
+    urls = list(scenario.broker_urls) or [args.broker]
+    url_toml = f'"{urls[0]}"' if len(urls) == 1 else "[" + ", ".join(f'"{u}"' for u in urls) + "]"
     config.write_text(
-        f'[queue]\nurl = "{args.broker}"\nprefix = "{prefix}"\n\n{scenario.sink_toml}'
+        f'[queue]\nurl = {url_toml}\nprefix = "{prefix}"\nqueue_type = "{scenario.queue_type}"\n\n'
+        f"{scenario.sink_toml}"
     )
     env = dict(os.environ)
     env.pop("EVENTROUTER_CONFIG", None)
     env["EVENTROUTER_DATA_DIR"] = str(workdir / "data")
     env["EVENTROUTER_ADMIN_TOKEN"] = secrets.token_urlsafe(24)
     env["BENCH_DATABASE"] = database
-    bench_queue = BenchQueue(args.broker, prefix)
+    bench_queue = BenchQueue(urls[0], prefix)
     bench_queue.queue = f"{prefix}.sink.{SINK}"
     bench_queue.dead_queue = f"{bench_queue.queue}.dead"
     port = ingest.free_port()
@@ -244,7 +268,7 @@ def run_scenario(
         ready=urllib.request.Request(f"http://{ingest.HOST}:{port}/health"),
         log_path=ingest.RESULTS_DIR / f"scaling-{slug}-server.log",
     )  # fmt: skip
-    broker_port = urlsplit(args.broker).port or 5672
+    broker_ports = [urlsplit(url).port or 5672 for url in urls]
     result = Result(scenario)
     with ExitStack() as stack:
         stack.callback(bench_queue.delete)
@@ -270,7 +294,7 @@ def run_scenario(
         pids = {
             "edge": group_pids(server.pid),
             "workers": set().union(*(group_pids(w.pid) for w in workers)),
-            "rabbitmq": listening_pids(broker_port),
+            "rabbitmq": set().union(*(listening_pids(p) for p in broker_ports)),
             "clickhouse": set().union(*(listening_pids(p) for p in scenario.clickhouse_ports)),
         }
         before = {name: cpu_seconds(p) for name, p in pids.items()}
@@ -383,6 +407,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="start two ClickHouse shards (the cluster suite's) and add 1 against 2 shards",
     )
     parser.add_argument(
+        "--quorum",
+        action="store_true",
+        help="start three RabbitMQ nodes (the cluster suite's) and add 1 worker on quorum queues",
+    )
+    parser.add_argument(
         "--shards-config", metavar="FILE", help="a [sinks.warehouse] table: adds 1 against 2 shards"
     )
     parser.add_argument(
@@ -398,6 +427,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="eventrouter workers of the shard scenarios [2]",
     )
     args = parser.parse_args(argv)  # fmt: skip
+    args.quorum_urls = []  # --quorum: the nodes' URLs, once started (run())
     defaults = {"duration": 20.0, "drain_timeout": 120.0}
     for name, value in (QUICK if args.quick else defaults).items():
         if getattr(args, name) is None:
@@ -424,6 +454,8 @@ def run(args: argparse.Namespace) -> list[Result]:
     with ExitStack() as stack:
         if args.shards:
             start_shards(args, stack)
+        if args.quorum:
+            start_rabbit_cluster(args, stack)
         return [run_scenario(s, args, body, batch.events_per_request) for s in scenarios(args)]
 
 
@@ -437,14 +469,30 @@ SHARDED_SINK = (
 )
 
 
-def start_shards(args: argparse.Namespace, stack: ExitStack) -> None:
-    """``--shards``: two shards on loopback, stopped by PID when ``stack`` closes; points
-    ``--shards-config`` and ``--shards-ports`` at them."""
+def _cluster_support(module: str):
+    """A module of the cluster suite's setup (tests/cluster/), imported from the repository."""
     repository = BENCH_DIR.parent
     if str(repository) not in sys.path:
         sys.path.append(str(repository))
-    from tests.cluster import clickhouse_support as shards  # the cluster suite's setup
+    return __import__(f"tests.cluster.{module}", fromlist=[module])
 
+
+def start_rabbit_cluster(args: argparse.Namespace, stack: ExitStack) -> None:
+    """``--quorum``: the cluster suite's three RabbitMQ nodes (.ci/rabbitmq-cluster, AMQP
+    5681-5683), stopped by PID when ``stack`` closes; their URLs go to
+    ``args.quorum_urls``."""
+    support = _cluster_support("rabbit_support")
+    log("starting three RabbitMQ nodes (5681-5683)")
+    cluster = support.RabbitCluster(Path(tempfile.mkdtemp(prefix="eventrouter-bench-rabbit-")))
+    stack.callback(cluster.stop)
+    cluster.start()
+    args.quorum_urls = cluster.urls
+
+
+def start_shards(args: argparse.Namespace, stack: ExitStack) -> None:
+    """``--shards``: two shards on loopback, stopped by PID when ``stack`` closes; points
+    ``--shards-config`` and ``--shards-ports`` at them."""
+    shards = _cluster_support("clickhouse_support")
     root = Path(tempfile.mkdtemp(prefix="eventrouter-bench-shards-"))
     log("starting ZooKeeper and two ClickHouse shards (9101, 9102)")
     cluster = shards.start_cluster(root)

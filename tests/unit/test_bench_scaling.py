@@ -56,6 +56,18 @@ def test_a_shards_config_adds_one_against_two_shards(scaling, tmp_path: Path) ->
     ]
 
 
+def test_quorum_adds_one_worker_on_the_three_nodes(scaling) -> None:
+    args = scaling.parse_args(["--workers", "1", "--quorum"])
+    assert args.quorum and args.quorum_urls == []  # filled in once the nodes are started
+    assert len(scaling.scenarios(args)) == 1
+    urls = [f"amqp://guest:guest@127.0.0.1:{port}//" for port in (5681, 5682, 5683)]
+    args.quorum_urls = urls
+    single, quorum = scaling.scenarios(args)
+    assert (single.broker_urls, single.queue_type) == ((), "classic")
+    assert (quorum.workers, quorum.broker_urls, quorum.queue_type) == (1, tuple(urls), "quorum")
+    assert "quorum" in quorum.label
+
+
 @pytest.mark.parametrize(
     ("argv", "named"),
     [
