@@ -54,9 +54,10 @@ HANG_GUARD = 60.0
 VENV_BIN = Path(sys.executable).parent
 
 
-def eventually(predicate: Callable[[], object], what: str) -> None:
-    """Wait for a background effect (an observer called, a counter in /health)."""
-    deadline = time.monotonic() + HANG_GUARD
+def eventually(predicate: Callable[[], object], what: str, guard: float = HANG_GUARD) -> None:
+    """Wait for a background effect (an observer called, a counter in /health); fail
+    after ``guard`` seconds (a hang guard: give a slow background job a longer one)."""
+    deadline = time.monotonic() + guard
     while not predicate():
         if time.monotonic() > deadline:
             pytest.fail(f"never happened: {what}")
