@@ -139,13 +139,7 @@ def _kafka_errors(config: Config) -> tuple[type[BaseException], ...]:
 def cmd_replay(args: argparse.Namespace) -> int:
     """``eventrouter replay --sink NAME --from TIME|OFFSET``: Kafka's retained log again."""
     config = _load(args.config)
-    if config.queue is None or config.queue.transport != "kafka":
-        raise ConfigError(
-            config.path,
-            "queue.url",
-            "replay --from reads the retained log of a kafka:// queue; RabbitMQ and Redis "
-            "remove a message once a worker took it (see docs/queue.md)",
-        )
+    config_module.require_kafka_queue(config)
     from eventrouter.queue import kafka_log
 
     try:

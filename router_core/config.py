@@ -376,6 +376,20 @@ def kafka_servers(url: str) -> list[str]:
     return servers
 
 
+def require_kafka_queue(config: Config) -> None:
+    """What reads Kafka's retained log (``eventrouter replay --from``) needs: a kafka://
+    ``[queue]``. No I/O, and nothing of confluent-kafka imported.
+
+    :raises ConfigError: naming ``queue.url`` and why other brokers cannot."""
+    if config.queue is None or config.queue.transport != "kafka":
+        raise ConfigError(
+            config.path,
+            "queue.url",
+            "replay --from reads the retained log of a kafka:// queue; RabbitMQ and Redis "
+            "remove a message once a worker took it (see docs/queue.md)",
+        )
+
+
 def check_kafka(queue: QueueConfig, file: str | None) -> None:
     """``[queue]`` with a kafka:// URL: the URL and ``[queue.kafka]`` agree (no I/O)."""
     try:

@@ -26,7 +26,7 @@ import msgspec
 from confluent_kafka import Consumer, TopicPartition
 
 from eventrouter.bus.bus import WORKER, Bus, make_plugin_manager
-from eventrouter.config import Config, ConfigError
+from eventrouter.config import Config, ConfigError, require_kafka_queue
 from eventrouter.queue import broker, kafka_transport
 
 #: Longest a read waits for the next record it knows is there (seconds).
@@ -137,13 +137,7 @@ def replay_from(
     entry_points: bool = True,
 ) -> ReplayResult:
     """Deliver the events topic from ``start`` to its end now to ``sink`` alone."""
-    if config.queue is None or config.queue.transport != "kafka":
-        raise ConfigError(
-            config.path,
-            "queue.url",
-            "replay --from reads the retained log of a kafka:// queue; RabbitMQ and Redis "
-            "remove a message once a worker took it (see docs/queue.md)",
-        )
+    require_kafka_queue(config)
     if sink not in config.sinks:
         known = ", ".join(config.sinks) or "none"
         raise ConfigError(config.path, "sinks", f"no sink named {sink!r} (configured: {known})")
