@@ -95,11 +95,6 @@ class Ingestor:
             raise
         metrics.get().accepted(commands)
 
-    def admit(self, commands: Sequence[Command]) -> dict[int, APIError] | None:
-        """Which of one request's commands a plugin refuses (``eventrouter_admit_events``:
-        a tracking plan whose ``on_violation`` is ``reject``), by index; None: none."""
-        return self.bus.admit(commands)
-
     async def dispatch_one(self, command: Command) -> None:
         """Admit and dispatch one request's single event: its refusal is raised (a 400
         naming the rule it broke), before it joins any dispatch."""
@@ -334,7 +329,7 @@ class BatchResource:
                 indexes.append(index)
             except APIError as exc:
                 rejected.append({"index": index, "code": exc.code, "message": exc.message})
-        if accepted and (refused := ingestor.admit(accepted)) is not None:
+        if accepted and (refused := ingestor.bus.admit(accepted)) is not None:
             for position, exc in refused.items():
                 rejected.append(
                     {"index": indexes[position], "code": exc.code, "message": exc.message}
