@@ -134,6 +134,9 @@ class Plans:
         self.locations = locations
         self.interval = float(interval)
         self.by_source: dict[str, Plan] = {}
+        #: The ``on_violation`` policies of the plans in force, kept with ``by_source``:
+        #: the gate and the stage ask for every request whether they have work.
+        self.policies: frozenset[str] = frozenset()
         self.stamps: dict[str, tuple] = {}
         self.errors: dict[str, str] = {}
         self.reloads = 0
@@ -152,9 +155,10 @@ class Plans:
         for source, location in self.locations.items():
             self.stamps[source] = plan_files(location)
             self.by_source[source] = read_plan(source, location)
+        self.policies = frozenset(plan.on_violation for plan in self.by_source.values())
 
     def has(self, policy: str) -> bool:
-        return any(plan.on_violation == policy for plan in self.by_source.values())
+        return policy in self.policies
 
     def reload(self, force: bool = False) -> int:
         """Load each plan whose files changed (all with ``force``); the number swapped in."""
@@ -175,6 +179,7 @@ class Plans:
             if current is None or current.version != plan.version:
                 # One assignment: the event loop reads the dict without a lock.
                 self.by_source = {**self.by_source, source: plan}
+                self.policies = frozenset(p.on_violation for p in self.by_source.values())
                 swapped += 1
                 self.reloads += 1
                 log.info("tracking plan of source %r reloaded: version %s", source, plan.version)
@@ -525,8 +530,8 @@ class CatalogueStage:
     async def eventrouter_process_batch(
         self, commands: Sequence[Command], sink: str | None
     ) -> None:
-        """Count on the event loop (an ``async`` stage): no lock is needed against the
-        flush, which swaps the dicts whole."""
+        """Count on the event loop (an ``async`` stage); the recorder's lock keeps the
+        flush thread, which swaps the dicts whole, from taking them mid-count."""
         if sink is not None:
             return None
         now = datetime.now(UTC)
