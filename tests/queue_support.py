@@ -24,6 +24,7 @@ import redis
 from kombu import Connection
 
 from eventrouter.config import Config
+from eventrouter.quality.cli import toml_key, toml_value
 from eventrouter.queue.worker import Worker
 from tests.helpers import ADMIN_TOKEN, HANG_GUARD, CommandProcess, make_config, unique
 
@@ -241,21 +242,8 @@ def to_toml(data: dict[str, Any], prefix: str = "") -> str:
             tables.append((f"{prefix}{key}", value))
         else:
             # A key that is not bare (librdkafka's "max.poll.interval.ms") is quoted.
-            bare = key.replace("_", "").replace("-", "").isalnum()
-            lines.append(f"{key if bare else json.dumps(key)} = {_toml_value(value)}")
+            lines.append(f"{toml_key(key)} = {toml_value(value)}")
     out = "\n".join(lines) + ("\n" if lines else "")
     for name, table in tables:
         out += f"\n[{name}]\n" + to_toml(table, f"{name}.")
     return out
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} as TOML")

@@ -197,7 +197,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 # -- plan draft --------------------------------------------------------------------------
-def _toml_key(key: str) -> str:
+def toml_key(key: str) -> str:
+    """``key`` as a TOML key: bare when it may be, else quoted."""
     return key if _BARE_KEY.match(key) else json.dumps(key)
 
 
@@ -213,7 +214,7 @@ def toml_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        inner = ", ".join(f"{_toml_key(k)} = {toml_value(v)}" for k, v in value.items())
+        inner = ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items())
         return "{ " + inner + " }" if inner else "{}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
@@ -293,7 +294,7 @@ def draft_plan(catalogue: list[Any], source: str) -> str:
         header = f"[events.{json.dumps(name)}]" if kind == "track" else f"[{kind}]"
         lines += ["", f"# seen {volume} time(s)", header]
         for key, value in schema.items():
-            lines.append(f"{_toml_key(key)} = {toml_value(value)}")
+            lines.append(f"{toml_key(key)} = {toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 
