@@ -142,21 +142,10 @@ def run(args: argparse.Namespace) -> Result:
         stack.callback(bench_queue.delete)
         stack.enter_context(server)
         # The worker's sink creates the table; wait for it before counting rows.
-        workers = []
-        for i in range(args.workers):
-            argv = [str(bin_dir / "eventrouter"), "worker", "--config", str(config)]
-            log_path = ingest.RESULTS_DIR / f"e2e-worker-{i}.log"
-            workers.append(queue_mode.start_process(argv, cwd=workdir, env=env, log_path=log_path))
-            stack.callback(queue_mode.stop_worker, workers[-1])
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                before = rows(client)
-                break
-            except Exception:
-                if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
-                    raise RuntimeError("the worker did not create the events table") from None
-                time.sleep(0.2)
+        workers = queue_mode.start_workers(
+            stack, args.workers, config=config, cwd=workdir, env=env, log_name="e2e"
+        )
+        before = queue_mode.first_count(lambda: rows(client), workers)
         log(f"load: wrk -c{args.connections} -d{args.duration:g}s POST /v1/batch")
         wrk = subprocess.Popen(
             [

@@ -20,7 +20,7 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
-from contextlib import closing, suppress
+from contextlib import ExitStack, closing, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -315,6 +315,38 @@ def start_process(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def start_workers(
+    stack: ExitStack, count: int, *, config: Path, cwd: Path, env: dict[str, str], log_name: str
+) -> list[subprocess.Popen[bytes]]:
+    """``count`` ``eventrouter worker`` processes reading ``config``, each stopped by
+    :func:`stop_worker` when ``stack`` closes; logs ``{log_name}-worker-N.log`` in
+    RESULTS_DIR."""
+    from ingest import RESULTS_DIR, VENV_BIN
+
+    workers = []
+    for i in range(count):
+        argv = [str(VENV_BIN / "eventrouter"), "worker", "--config", str(config)]
+        log_path = RESULTS_DIR / f"{log_name}-worker-{i}.log"
+        workers.append(start_process(argv, cwd=cwd, env=env, log_path=log_path))
+        stack.callback(stop_worker, workers[-1])
+    return workers
+
+
+def first_count(
+    count: Callable[[], int], workers: list[subprocess.Popen[bytes]], timeout: float = 60.0
+) -> int:
+    """``count()`` once it answers: the workers' sinks create the table it reads when
+    they start. Raises if ``timeout`` passes or a worker exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return count()
+        except Exception:
+            if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
+                raise RuntimeError("the workers did not create the events table") from None
+            time.sleep(0.2)
 
 
 def stop_worker(process: subprocess.Popen[bytes]) -> None:

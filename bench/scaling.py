@@ -274,23 +274,12 @@ def run_scenario(
         stack.callback(bench_queue.delete)
         stack.callback(drop_database, scenario, database)
         stack.enter_context(server)
-        workers = []
-        for i in range(scenario.workers):
-            argv = [str(bin_dir / "eventrouter"), "worker", "--config", str(config)]
-            log_path = ingest.RESULTS_DIR / f"scaling-{slug}-worker-{i}.log"
-            workers.append(queue_mode.start_process(argv, cwd=workdir, env=env, log_path=log_path))
-            stack.callback(queue_mode.stop_worker, workers[-1])
+        workers = queue_mode.start_workers(
+            stack, scenario.workers, config=config, cwd=workdir, env=env, log_name=f"scaling-{slug}"
+        )
         client = sink_client(scenario.sink_toml, database)
         stack.callback(client.disconnect)
-        deadline = time.monotonic() + 60
-        while True:  # the workers' sinks create the database and the table
-            try:
-                before_rows = rows(client)
-                break
-            except Exception:
-                if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
-                    raise RuntimeError("the workers did not create the events table") from None
-                time.sleep(0.2)
+        before_rows = queue_mode.first_count(lambda: rows(client), workers)
         pids = {
             "edge": group_pids(server.pid),
             "workers": set().union(*(group_pids(w.pid) for w in workers)),
