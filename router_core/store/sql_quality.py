@@ -107,6 +107,9 @@ class SQLQualityTables(StoreEngine, QualityTables):
         super().__init__(store)
         self._creating = threading.Lock()
         self._ready = False
+        #: Tables seen to exist (never dropped): a process that only reads (the
+        #: dashboard's) asks the database once per table, not on every page.
+        self._seen: set[str] = set()
 
     def _ensure(self) -> None:
         if self._ready:
@@ -136,9 +139,12 @@ class SQLQualityTables(StoreEngine, QualityTables):
                 self._ready = True
 
     def _exists(self, table: Table) -> bool:
-        if self._ready:
+        if self._ready or table.name in self._seen:
             return True
-        return self.store.present() and inspect(self.engine).has_table(table.name)
+        if self.store.present() and inspect(self.engine).has_table(table.name):
+            self._seen.add(table.name)
+            return True
+        return False
 
     def _write(self, write: Callable[[], T]) -> T:
         self._ensure()
