@@ -147,8 +147,13 @@ def funnel(
         raise InvalidQuery("window", f"must be {MIN_WINDOW} s to {MAX_WINDOW // 86400} days")
     dialect, c = store.dialect, store.table.c
     conditions = [_step_condition(store, step) for step in steps]
-    flags = [case((cond, 1), else_=0).label(f"f{i}") for i, cond in enumerate(conditions)]
-    columns = [c.user_id, c.anonymous_id, dialect.epoch(c.timestamp).label("t"), *flags]
+    # One int per row: bit i set when the event matches step i (one event may match two
+    # steps that name the same event).
+    mask = sum(
+        (case((cond, 1 << i), else_=0) for i, cond in enumerate(conditions[1:], 1)),
+        case((conditions[0], 1), else_=0),
+    ).label("mask")
+    columns = [c.user_id, c.anonymous_id, dialect.epoch(c.timestamp).label("t"), mask]
     if by is not None:
         columns.append(store.dimension(by).label("by"))
     names = sorted({step.event for step in steps})
@@ -161,12 +166,20 @@ def funnel(
     )
     per_user: dict[Any, list[tuple]] = defaultdict(list)
     with store.engine.connect() as connection:
-        for row in connection.execute(statement):
-            user = _user(row[0], row[1])
-            if user is None:
-                continue
-            value = dialect.text_value(row[-1]) if by is not None else None
-            per_user[user].append((int(row[2]), tuple(row[3 : 3 + len(steps)]), value))
+        rows = connection.execute(statement).all()
+    # Rows of (second, mask) sort as they are; with a breakdown, (second, mask, value as
+    # sortable text, value): the entry is the same whichever order the store gave.
+    if by is None:
+        for user_id, anonymous_id, t, bits in rows:
+            if user := _user(user_id, anonymous_id):
+                per_user[user].append((int(t), bits))
+    else:
+        for user_id, anonymous_id, t, bits, value in rows:
+            if user := _user(user_id, anonymous_id):
+                value = dialect.text_value(value)
+                key = "" if value is None else f" {value}"
+                per_user[user].append((int(t), bits, key, value))
+    del rows
     paths = [_path(events, len(steps), window) for events in per_user.values()]
     paths = [p for p in paths if p is not None]
     result = FunnelResult(steps=_summarise([times for times, _ in paths], len(steps)))
@@ -184,21 +197,32 @@ def funnel(
 
 
 def _path(events: list[tuple], count: int, window: int) -> tuple[list[int], Any] | None:
-    """One user's step times (as far as they got) and breakdown value; None: no entry."""
-    events.sort(key=lambda e: (e[0], str(e[2])))
-    entry = next((e for e in events if e[1][0]), None)
+    """One user's step times (as far as they got) and breakdown value; None: no entry.
+
+    ``events``: ``(second, mask[, sort key, value])``, in any order. One pass after the
+    sort: from the entry on, the first event of step k strictly later than step k - 1
+    (every event skipped meanwhile is earlier than it, so of no use to step k + 1)."""
+    events.sort()
+    entry = next((i for i, event in enumerate(events) if event[1] & 1), None)
     if entry is None:
         return None
-    times = [entry[0]]
-    deadline = entry[0] + window
+    first = events[entry]
+    times = [first[0]]
+    deadline = first[0] + window
+    position, end = entry + 1, len(events)
     for step in range(1, count):
-        reached = next(
-            (t for t, flags, _ in events if flags[step] and times[-1] < t <= deadline), None
-        )
-        if reached is None:
+        bit = 1 << step
+        while position < end:
+            t, mask = events[position][0], events[position][1]
+            position += 1
+            if t > deadline:
+                return times, (first[3] if len(first) > 3 else None)
+            if mask & bit and t > times[-1]:
+                times.append(t)
+                break
+        else:
             break
-        times.append(reached)
-    return times, entry[2]
+    return times, (first[3] if len(first) > 3 else None)
 
 
 def _summarise(paths: list[list[int]], count: int) -> list[StepResult]:
