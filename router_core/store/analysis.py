@@ -141,12 +141,56 @@ def funnel(
     must be in the range too. A user counts once per step. ``by`` (a filter column or a
     JSON path) is read from the entry event.
 
+    The store computes it when its dialect can (``QueryDialect.funnel_statement``);
+    otherwise the events are read and each user's path walked here.
+
     :raises InvalidQuery: a wrong step count or window, an unknown ``by``."""
     check_steps(steps)
     if not MIN_WINDOW <= window <= MAX_WINDOW:
         raise InvalidQuery("window", f"must be {MIN_WINDOW} s to {MAX_WINDOW // 86400} days")
-    dialect, c = store.dialect, store.table.c
+    dialect = store.dialect
     conditions = [_step_condition(store, step) for step in steps]
+    where = _time_bounds(store, since, until)
+    dimension = store.dimension(by) if by is not None else None
+    statement = dialect.funnel_statement(conditions, where, window, dimension)
+    groups: dict[Any, tuple[int, list[list[int]]]] = {}
+    if statement is None:
+        groups = _funnel_in_python(store, steps, conditions, where, window, dimension)
+    else:
+        with store.engine.connect() as connection:
+            for value, entered, *deltas in connection.execute(statement):
+                value = dialect.text_value(value)
+                old_entered, old_deltas = groups.get(value, (0, [[] for _ in deltas]))
+                merged = [old + list(new) for old, new in zip(old_deltas, deltas, strict=True)]
+                groups[value] = (old_entered + int(entered), merged)
+    count = len(steps)
+    total_entered = sum(entered for entered, _ in groups.values())
+    total_deltas = [
+        [d for _, deltas in groups.values() for d in deltas[k]] for k in range(count - 1)
+    ]
+    result = FunnelResult(steps=_summarise(total_entered, total_deltas))
+    if by is not None:
+        ranked = sorted(groups.items(), key=lambda kv: (-kv[1][0], str(kv[0])))
+        shown, rest = ranked[:BREAKDOWN_VALUES], ranked[BREAKDOWN_VALUES:]
+        result.breakdown = [(v, _summarise(*group)) for v, group in shown]
+        if rest:
+            entered = sum(group[0] for _, group in rest)
+            deltas = [[d for _, group in rest for d in group[1][k]] for k in range(count - 1)]
+            result.breakdown.append((OTHER, _summarise(entered, deltas)))
+    return result
+
+
+def _funnel_in_python(
+    store: EventStore,
+    steps: Sequence[Step],
+    conditions: list[ColumnElement],
+    where: list[ColumnElement],
+    window: int,
+    dimension: ColumnElement | None,
+) -> dict[Any, tuple[int, list[list[int]]]]:
+    """The funnel per breakdown value, ``value: (entered, deltas per step from step
+    2)``, from one narrow read of the events of every step."""
+    dialect, c = store.dialect, store.table.c
     # One int per row: bit i set when the event matches step i (one event may match two
     # steps that name the same event).
     mask = sum(
@@ -154,22 +198,22 @@ def funnel(
         case((conditions[0], 1), else_=0),
     ).label("mask")
     columns = [c.user_id, c.anonymous_id, dialect.epoch(c.timestamp).label("t"), mask]
-    if by is not None:
-        columns.append(store.dimension(by).label("by"))
+    if dimension is not None:
+        columns.append(dimension.label("by"))
     names = sorted({step.event for step in steps})
     statement = dialect.select(*columns).where(
         or_(*(dialect.equals(c.event, name) for name in names))
         if len(names) > 1
         else dialect.equals(c.event, names[0]),
         or_(*conditions),
-        *_time_bounds(store, since, until),
+        *where,
     )
     per_user: dict[Any, list[tuple]] = defaultdict(list)
     with store.engine.connect() as connection:
         rows = connection.execute(statement).all()
     # Rows of (second, mask) sort as they are; with a breakdown, (second, mask, value as
     # sortable text, value): the entry is the same whichever order the store gave.
-    if by is None:
+    if dimension is None:
         for user_id, anonymous_id, t, bits in rows:
             if user := _user(user_id, anonymous_id):
                 per_user[user].append((int(t), bits))
@@ -180,20 +224,17 @@ def funnel(
                 key = "" if value is None else f" {value}"
                 per_user[user].append((int(t), bits, key, value))
     del rows
-    paths = [_path(events, len(steps), window) for events in per_user.values()]
-    paths = [p for p in paths if p is not None]
-    result = FunnelResult(steps=_summarise([times for times, _ in paths], len(steps)))
-    if by is not None:
-        groups: dict[Any, list[list[int]]] = defaultdict(list)
-        for times, value in paths:
-            groups[value].append(times)
-        ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), str(kv[0])))
-        shown, rest = ranked[:BREAKDOWN_VALUES], ranked[BREAKDOWN_VALUES:]
-        result.breakdown = [(v, _summarise(times, len(steps))) for v, times in shown]
-        if rest:
-            others = [times for _, group in rest for times in group]
-            result.breakdown.append((OTHER, _summarise(others, len(steps))))
-    return result
+    groups: dict[Any, tuple[int, list[list[int]]]] = {}
+    for events in per_user.values():
+        path = _path(events, len(steps), window)
+        if path is None:
+            continue
+        times, value = path
+        entered, deltas = groups.get(value, (0, [[] for _ in steps[1:]]))
+        for k in range(1, len(times)):
+            deltas[k - 1].append(times[k] - times[k - 1])
+        groups[value] = (entered + 1, deltas)
+    return groups
 
 
 def _path(events: list[tuple], count: int, window: int) -> tuple[list[int], Any] | None:
@@ -225,24 +266,18 @@ def _path(events: list[tuple], count: int, window: int) -> tuple[list[int], Any]
     return times, (first[3] if len(first) > 3 else None)
 
 
-def _summarise(paths: list[list[int]], count: int) -> list[StepResult]:
-    results: list[StepResult] = []
-    for step in range(count):
-        reached = [times for times in paths if len(times) > step]
-        users = len(reached)
-        first = results[0].users if results else users
-        previous = results[-1].users if results else users
-        median = (
-            statistics.median(times[step] - times[step - 1] for times in reached)
-            if step and reached
-            else None
-        )
+def _summarise(entered: int, deltas: list[list[int]]) -> list[StepResult]:
+    """Step results from the users who entered and, per later step, the delays of the
+    users who reached it."""
+    results = [StepResult(entered, 1.0 if entered else None, 1.0 if entered else None, None)]
+    for delays in deltas:
+        users, previous = len(delays), results[-1].users
         results.append(
             StepResult(
                 users=users,
                 from_previous=users / previous if previous else None,
-                from_first=users / first if first else None,
-                median_seconds=median,
+                from_first=users / entered if entered else None,
+                median_seconds=statistics.median(delays) if delays else None,
             )
         )
     return results
@@ -276,46 +311,20 @@ def retention(
     if period not in PERIODS:
         raise InvalidQuery("period", f"{period!r} is not one of {', '.join(PERIODS)}")
     dialect, c = store.dialect, store.table.c
-    epoch = dialect.epoch(c.timestamp)
-    size = literal_column(str(PERIODS[period]))
-    offset = literal_column(str(_WEEK_OFFSET if period == "week" else 0))
-    # Literal ints in the SQL text, not parameters: PostgreSQL matches a GROUP BY
-    # expression with the selected one only when their texts are identical.
-    bucket = (epoch - (epoch - offset) % size).label("p")
     is_first = dialect.equals(c.event, first)
     is_returning = dialect.equals(c.event, returning)
-    first_at = func.min(case((is_first, epoch), else_=None)).label("a")
-    returned_at = func.max(case((is_returning, epoch), else_=None)).label("b")
-    statement = (
-        dialect.select(c.user_id, c.anonymous_id, bucket, first_at, returned_at)
-        .where(
-            or_(is_first, is_returning) if first != returning else is_first,
-            *_time_bounds(store, since, until),
-        )
-        .group_by(c.user_id, c.anonymous_id, bucket)
-    )
-    per_user: dict[Any, list[tuple[int, int | None, int | None]]] = defaultdict(list)
-    with store.engine.connect() as connection:
-        for user_id, anonymous_id, start, a, b in connection.execute(statement):
-            user = _user(user_id, anonymous_id)
-            if user is not None:
-                per_user[user].append((int(start), _int(a), _int(b)))
-    size_s = PERIODS[period]
-    cohorts: dict[int, list[int]] = {}
-    for rows in per_user.values():
-        firsts = [a for _, a, _ in rows if a is not None]
-        if not firsts:
-            continue
-        entry = min(firsts)
-        cohort = period_start(entry, period)
-        counts = cohorts.setdefault(cohort, [0] * (periods + 1))
-        counts[0] += 1
-        returned = set()
-        for start, _, b in rows:
-            if b is not None and b >= entry and 0 <= (k := (start - cohort) // size_s) < periods:
-                returned.add(k)
-        for k in returned:
-            counts[k + 1] += 1
+    where = _time_bounds(store, since, until)
+    size = PERIODS[period]
+    offset = _WEEK_OFFSET if period == "week" else 0
+    statement = dialect.retention_statement(is_first, is_returning, where, size, offset, periods)
+    cohorts: dict[int, list[int]] = defaultdict(lambda: [0] * (periods + 1))
+    if statement is None:
+        cohorts.update(_retention_in_python(store, is_first, is_returning, where, period, periods))
+    else:
+        with store.engine.connect() as connection:
+            for cohort, k, users in connection.execute(statement):
+                cohorts[int(cohort)][int(k) + 1] += int(users)
+    size_s = size
     end = int((until or datetime.now(UTC)).timestamp())
     ordered = sorted(cohorts.items())
     dropped = max(len(ordered) - MAX_COHORTS, 0)
@@ -328,6 +337,55 @@ def retention(
         for start, counts in ordered[dropped:]
     ]
     return RetentionResult(period=period, cohorts=table, dropped=dropped)
+
+
+def _retention_in_python(
+    store: EventStore,
+    is_first: ColumnElement,
+    is_returning: ColumnElement,
+    where: list[ColumnElement],
+    period: str,
+    periods: int,
+) -> dict[int, list[int]]:
+    """``cohort start: [size, users in period 0, ..., periods - 1]`` from one row per
+    user and period (``GROUP BY`` in the store): the earliest first-event second and the
+    latest returning-event second of the period."""
+    dialect, c = store.dialect, store.table.c
+    epoch = dialect.epoch(c.timestamp)
+    size = PERIODS[period]
+    # Literal ints in the SQL text, not parameters: PostgreSQL matches a GROUP BY
+    # expression with the selected one only when their texts are identical.
+    offset = literal_column(str(_WEEK_OFFSET if period == "week" else 0))
+    bucket = (epoch - (epoch - offset) % literal_column(str(size))).label("p")
+    first_at = func.min(case((is_first, epoch), else_=None)).label("a")
+    returned_at = func.max(case((is_returning, epoch), else_=None)).label("b")
+    statement = (
+        dialect.select(c.user_id, c.anonymous_id, bucket, first_at, returned_at)
+        .where(or_(is_first, is_returning), *where)
+        .group_by(c.user_id, c.anonymous_id, bucket)
+    )
+    per_user: dict[Any, list[tuple[int, int | None, int | None]]] = defaultdict(list)
+    with store.engine.connect() as connection:
+        for user_id, anonymous_id, start, a, b in connection.execute(statement):
+            user = _user(user_id, anonymous_id)
+            if user is not None:
+                per_user[user].append((int(start), _int(a), _int(b)))
+    cohorts: dict[int, list[int]] = {}
+    for rows in per_user.values():
+        firsts = [a for _, a, _ in rows if a is not None]
+        if not firsts:
+            continue
+        entry = min(firsts)
+        cohort = period_start(entry, period)
+        counts = cohorts.setdefault(cohort, [0] * (periods + 1))
+        counts[0] += 1
+        returned = set()
+        for start, _, b in rows:
+            if b is not None and b >= entry and 0 <= (k := (start - cohort) // size) < periods:
+                returned.add(k)
+        for k in returned:
+            counts[k + 1] += 1
+    return cohorts
 
 
 def _int(value: Any) -> int | None:

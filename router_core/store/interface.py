@@ -193,6 +193,39 @@ class QueryDialect(ABC):
         """The bytes the events take on disk, or None when the database does not say."""
         return None
 
+    # -- funnels and retention (eventrouter.store.analysis defines what they compute) ----
+    def funnel_statement(
+        self,
+        steps: Sequence[ColumnElement],
+        where: Sequence[ColumnElement],
+        window: int,
+        by: ColumnElement | None,
+    ) -> Select | None:
+        """A funnel computed in the store: one row per value of ``by`` (one row, value
+        NULL, without it): ``(value, entered, deltas_2, ..., deltas_n)``, each
+        ``deltas_k`` an array of the seconds from step k - 1 to step k of every user who
+        reached step k. ``steps`` are each step's condition, ``where`` the range.
+
+        None (the default): the query layer reads the matching events and walks each
+        user's path in Python."""
+        return None
+
+    def retention_statement(
+        self,
+        first: ColumnElement,
+        returning: ColumnElement,
+        where: Sequence[ColumnElement],
+        period: int,
+        offset: int,
+        periods: int,
+    ) -> Select | None:
+        """A retention table computed in the store: rows ``(cohort start second, k,
+        users)`` for k = 0 .. ``periods`` - 1, and k = -1 for the cohort's size; periods
+        of ``period`` seconds start at ``offset`` seconds past the epoch. None (the
+        default): the query layer groups the events by user and period, and counts in
+        Python."""
+        return None
+
 
 # -- erase -------------------------------------------------------------------------------
 #: Statuses of one store's part of a deletion.
