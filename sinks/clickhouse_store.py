@@ -368,6 +368,7 @@ class ClickHouseDialect(QueryDialect):
         ``groupArrayIf`` of each step's delay. No ``FINAL``: copies of an event share
         its time, and a user counts once per step whatever the copies."""
         user, epoch = self._user(), self.epoch(self.table.c.timestamp)
+        steps = [_not_null(step) for step in steps]
         columns = [func.minIf(epoch, steps[0]).label("t1")]
         columns.append(
             (
@@ -426,6 +427,7 @@ class ClickHouseDialect(QueryDialect):
         c = self.table.c
         user, epoch = self._user(), self.epoch(c.timestamp)
         period, offset, periods = int(period), int(offset), int(periods)
+        first, returning = _not_null(first), _not_null(returning)
         bucket = epoch - (epoch - literal_column(str(offset))) % literal_column(str(period))
         per_period = (
             _select_class()(
@@ -460,6 +462,13 @@ class ClickHouseDialect(QueryDialect):
             .select_from(per_user)
             .group_by(literal_column("cohort"), literal_column("k"))
         )
+
+
+def _not_null(condition: ColumnElement) -> ColumnElement:
+    """A condition as ``UInt8``, NULL as false: a JSON path of 18.x (``visitParam*``)
+    makes it ``Nullable``, and ``-If`` aggregates then give ``Nullable`` results that
+    ``arrayFilter`` refuses."""
+    return func.ifNull(condition, literal(0))
 
 
 # -- erasing -------------------------------------------------------------------------------

@@ -171,6 +171,15 @@ def test_step_conditions_pick_the_events_that_count(served):
     assert _shape(result.steps) == [(8, None), (4, 170), (3, 120)]
 
 
+def test_a_condition_on_the_first_step_picks_the_entry(served):
+    _, store = served
+    pro = (PathCondition("properties", ("plan",), "pro"),)
+    steps = [Step("Viewed", pro), Step("Added"), Step("Bought")]
+    result = funnel(store, steps, 3600, SINCE, None)
+    # u1 (60, 120), u3 (300, -), u5 (200, 200).
+    assert _shape(result.steps) == [(3, None), (3, 200), (2, 160)]
+
+
 def test_a_breakdown_reads_the_entry_event(served):
     _, store = served
     steps = [Step("Viewed"), Step("Added"), Step("Bought")]
