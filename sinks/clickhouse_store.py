@@ -364,8 +364,8 @@ class ClickHouseDialect(QueryDialect):
         """Per user (``GROUP BY``): the entry (``minIf``), the entry's ``by`` value
         (``argMinIf``) and each later step's times (``groupArrayIf``); then step k's time
         is the least of its times strictly after step k - 1's and within the window
-        (``arrayFilter``), 0 when none; then per ``by`` value the users who entered and
-        ``groupArrayIf`` of each step's delay. No ``FINAL``: copies of an event share
+        (``arrayFilter``), 0 when none; then the users counted by value and delays (0: not
+        reached). No ``FINAL``: copies of an event share
         its time, and a user counts once per step whatever the copies."""
         user, epoch = self._user(), self.epoch(self.table.c.timestamp)
         steps = [_not_null(step) for step in steps]
@@ -398,16 +398,14 @@ class ClickHouseDialect(QueryDialect):
             expression = later if k == 2 else f"if(t{k - 1} = 0, 0, {later})"
             times.append(literal_column(expression).label(f"t{k}"))
         paths = select(*times).select_from(per_user).subquery("paths")
-        deltas = [
-            func.groupArrayIf(
-                literal_column(f"t{k} - t{k - 1}"), literal_column(f"t{k} > 0")
-            ).label(f"d{k}")
+        delays = [
+            literal_column(f"if(t{k} > 0, t{k} - t{k - 1}, 0)").label(f"d{k}")
             for k in range(2, len(steps) + 1)
         ]
         return (
-            select(paths.c.bv, func.count().label("entered"), *deltas)
+            select(paths.c.bv, func.count().label("users"), *delays)
             .select_from(paths)
-            .group_by(paths.c.bv)
+            .group_by(paths.c.bv, *(literal_column(f"d{k}") for k in range(2, len(steps) + 1)))
         )
 
     def retention_statement(

@@ -5,17 +5,14 @@ A **user** is an event's ``user_id`` when it has one, else its ``anonymous_id`` 
 with neither are left out). No identity stitching: the anonymous visits of a user who
 later signs in are another user's here, as they are on the user page.
 
-Both read the events of the steps through :class:`~eventrouter.store.query.EventStore`'s
-dialect (SQLAlchemy Core; every value, event names and JSON paths included, a bound
-parameter) as narrow rows, and finish in Python, so that the same rows give the same
-answer on every store:
-
-- a funnel reads ``(user_id, anonymous_id, second, one flag per step[, breakdown])`` of
-  the events that match any step in the range, one row per event (times compared in
-  whole seconds: ClickHouse before 20.1 keeps no more);
-- retention reads one row per user and period in which they did the first or the
-  returning event (``GROUP BY`` in the store): the earliest first-event second and the
-  latest returning-event second of that period.
+The store does the work, in one statement each: its dialect's own when it has one
+(``QueryDialect.funnel_statement`` and ``retention_statement``: ClickHouse's per-user
+arrays), else the standard SQL here (common table expressions, one ``GROUP BY`` per
+step; SQLite and PostgreSQL). Either gives the same few rows (users counted by
+breakdown value and delays; users counted by cohort and period), finished here into
+conversion rates, exact medians and a cohort table. Every value, event names and JSON
+paths included, is a bound parameter. Times are compared in whole seconds (ClickHouse
+before 20.1 keeps no more).
 
 Copies of one event (a redelivery a store kept twice) change nothing: a user counts once
 per step and per period, and copies share their time.
@@ -30,7 +27,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, literal_column, or_
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    func,
+    literal_column,
+    or_,
+    select,
+    union_all,
+)
 
 from eventrouter.store.interface import InvalidQuery
 from eventrouter.store.query import EventStore, PathCondition
@@ -119,11 +126,6 @@ def _step_condition(store: EventStore, step: Step) -> ColumnElement:
     )
 
 
-def _user(user_id: Any, anonymous_id: Any) -> Any:
-    """The user a row counts for ('' is absent, as ClickHouse stores it)."""
-    return user_id or anonymous_id or None
-
-
 # -- funnels ------------------------------------------------------------------------------
 def funnel(
     store: EventStore,
@@ -153,16 +155,21 @@ def funnel(
     where = _time_bounds(store, since, until)
     dimension = store.dimension(by) if by is not None else None
     statement = dialect.funnel_statement(conditions, where, window, dimension)
-    groups: dict[Any, tuple[int, list[list[int]]]] = {}
     if statement is None:
-        groups = _funnel_in_python(store, steps, conditions, where, window, dimension)
-    else:
-        with store.engine.connect() as connection:
-            for value, entered, *deltas in connection.execute(statement):
-                value = dialect.text_value(value)
-                old_entered, old_deltas = groups.get(value, (0, [[] for _ in deltas]))
-                merged = [old + list(new) for old, new in zip(old_deltas, deltas, strict=True)]
-                groups[value] = (old_entered + int(entered), merged)
+        statement = _funnel_statement(store, conditions, where, window, dimension)
+    # Rows (value, users, delay 2, ..., delay n): users with the same value and delays
+    # (None or 0: not reached), grouped.
+    groups: dict[Any, tuple[int, list[list[int]]]] = {}
+    with store.engine.connect() as connection:
+        rows = connection.execute(statement).all()
+    for value, users, *delays in rows:
+        value, users = dialect.text_value(value), int(users)
+        entered, deltas = groups.get(value, (0, [[] for _ in delays]))
+        for k, delay in enumerate(delays):
+            if not delay:
+                break
+            deltas[k].extend([int(delay)] * users)
+        groups[value] = (entered + users, deltas)
     count = len(steps)
     total_entered = sum(entered for entered, _ in groups.values())
     total_deltas = [
@@ -180,90 +187,71 @@ def funnel(
     return result
 
 
-def _funnel_in_python(
+def _funnel_statement(
     store: EventStore,
-    steps: Sequence[Step],
     conditions: list[ColumnElement],
     where: list[ColumnElement],
     window: int,
     dimension: ColumnElement | None,
-) -> dict[Any, tuple[int, list[list[int]]]]:
-    """The funnel per breakdown value, ``value: (entered, deltas per step from step
-    2)``, from one narrow read of the events of every step."""
-    dialect, c = store.dialect, store.table.c
-    # One int per row: bit i set when the event matches step i (one event may match two
-    # steps that name the same event).
-    mask = sum(
-        (case((cond, 1 << i), else_=0) for i, cond in enumerate(conditions[1:], 1)),
-        case((conditions[0], 1), else_=0),
-    ).label("mask")
-    columns = [c.user_id, c.anonymous_id, dialect.epoch(c.timestamp).label("t"), mask]
-    if dimension is not None:
-        columns.append(dimension.label("by"))
-    names = sorted({step.event for step in steps})
-    statement = dialect.select(*columns).where(
-        or_(*(dialect.equals(c.event, name) for name in names))
-        if len(names) > 1
-        else dialect.equals(c.event, names[0]),
-        or_(*conditions),
-        *where,
+) -> Select:
+    """The funnel in standard SQL (``QueryDialect.funnel_statement``'s rows), one
+    ``GROUP BY`` per step over that step's events alone:
+
+    - ``s1``: each user's entry, ``min(second)`` of their step-1 events;
+    - ``s<k>``: the users of ``s<k-1>`` with the earliest step-k second strictly after
+      their step k - 1 and within the window (the events joined to ``s<k-1>`` by user);
+    - ``b``: the entry event's value of ``dimension`` (the least, when several entry
+      events share the second);
+    - then the users counted by value and delays (``s1`` left-joined to the others)."""
+    dialect, table = store.dialect, store.table
+    user = func.coalesce(table.c.user_id, table.c.anonymous_id)
+    second = dialect.epoch(table.c.timestamp)
+    entries = (
+        select(user.label("u"), func.min(second).label("t1"))
+        .select_from(table)
+        .where(conditions[0], user.isnot(None), *where)
+        .group_by(user)
+        .cte("s1")
     )
-    per_user: dict[Any, list[tuple]] = defaultdict(list)
-    with store.engine.connect() as connection:
-        rows = connection.execute(statement).all()
-    # Rows of (second, mask) sort as they are; with a breakdown, (second, mask, value as
-    # sortable text, value): the entry is the same whichever order the store gave.
-    if dimension is None:
-        for user_id, anonymous_id, t, bits in rows:
-            if user := _user(user_id, anonymous_id):
-                per_user[user].append((int(t), bits))
-    else:
-        for user_id, anonymous_id, t, bits, value in rows:
-            if user := _user(user_id, anonymous_id):
-                value = dialect.text_value(value)
-                key = "" if value is None else f" {value}"
-                per_user[user].append((int(t), bits, key, value))
-    del rows
-    groups: dict[Any, tuple[int, list[list[int]]]] = {}
-    for events in per_user.values():
-        path = _path(events, len(steps), window)
-        if path is None:
-            continue
-        times, value = path
-        entered, deltas = groups.get(value, (0, [[] for _ in steps[1:]]))
-        for k in range(1, len(times)):
-            deltas[k - 1].append(times[k] - times[k - 1])
-        groups[value] = (entered + 1, deltas)
-    return groups
-
-
-def _path(events: list[tuple], count: int, window: int) -> tuple[list[int], Any] | None:
-    """One user's step times (as far as they got) and breakdown value; None: no entry.
-
-    ``events``: ``(second, mask[, sort key, value])``, in any order. One pass after the
-    sort: from the entry on, the first event of step k strictly later than step k - 1
-    (every event skipped meanwhile is earlier than it, so of no use to step k + 1)."""
-    events.sort()
-    entry = next((i for i, event in enumerate(events) if event[1] & 1), None)
-    if entry is None:
-        return None
-    first = events[entry]
-    times = [first[0]]
-    deadline = first[0] + window
-    position, end = entry + 1, len(events)
-    for step in range(1, count):
-        bit = 1 << step
-        while position < end:
-            t, mask = events[position][0], events[position][1]
-            position += 1
-            if t > deadline:
-                return times, (first[3] if len(first) > 3 else None)
-            if mask & bit and t > times[-1]:
-                times.append(t)
-                break
-        else:
-            break
-    return times, (first[3] if len(first) > 3 else None)
+    reached = [entries]
+    for k, condition in enumerate(conditions[1:], 2):
+        previous = reached[-1]
+        step = (
+            select(previous.c.u, previous.c.t1, func.min(second).label(f"t{k}"))
+            .select_from(table.join(previous, user == previous.c.u))
+            .where(
+                condition,
+                *where,
+                second > previous.c[f"t{k - 1}"],
+                second <= previous.c.t1 + literal_column(str(int(window))),
+            )
+            .group_by(previous.c.u, previous.c.t1)
+            .cte(f"s{k}")
+        )
+        reached.append(step)
+    joined = entries
+    for step in reached[1:]:
+        joined = joined.outerjoin(step, step.c.u == entries.c.u)
+    value: ColumnElement = literal_column("NULL")
+    if dimension is not None:
+        values = (
+            select(entries.c.u, func.min(dimension).label("v"))
+            .select_from(table.join(entries, user == entries.c.u))
+            .where(conditions[0], *where, second == entries.c.t1)
+            .group_by(entries.c.u)
+            .cte("b")
+        )
+        joined = joined.outerjoin(values, values.c.u == entries.c.u)
+        value = values.c.v
+    delays = [
+        (step.c[f"t{k}"] - reached[k - 2].c[f"t{k - 1}"]).label(f"d{k}")
+        for k, step in enumerate(reached[1:], 2)
+    ]
+    return (
+        select(value.label("value"), func.count().label("users"), *delays)
+        .select_from(joined)
+        .group_by(*([value] if dimension is not None else []), *delays)
+    )
 
 
 def _summarise(entered: int, deltas: list[list[int]]) -> list[StepResult]:
@@ -317,13 +305,12 @@ def retention(
     size = PERIODS[period]
     offset = _WEEK_OFFSET if period == "week" else 0
     statement = dialect.retention_statement(is_first, is_returning, where, size, offset, periods)
-    cohorts: dict[int, list[int]] = defaultdict(lambda: [0] * (periods + 1))
     if statement is None:
-        cohorts.update(_retention_in_python(store, is_first, is_returning, where, period, periods))
-    else:
-        with store.engine.connect() as connection:
-            for cohort, k, users in connection.execute(statement):
-                cohorts[int(cohort)][int(k) + 1] += int(users)
+        statement = _retention_statement(store, is_first, is_returning, where, period, periods)
+    cohorts: dict[int, list[int]] = defaultdict(lambda: [0] * (periods + 1))
+    with store.engine.connect() as connection:
+        for cohort, k, users in connection.execute(statement):
+            cohorts[int(cohort)][int(k) + 1] += int(users)
     size_s = size
     end = int((until or datetime.now(UTC)).timestamp())
     ordered = sorted(cohorts.items())
@@ -339,57 +326,61 @@ def retention(
     return RetentionResult(period=period, cohorts=table, dropped=dropped)
 
 
-def _retention_in_python(
+def _retention_statement(
     store: EventStore,
     is_first: ColumnElement,
     is_returning: ColumnElement,
     where: list[ColumnElement],
     period: str,
     periods: int,
-) -> dict[int, list[int]]:
-    """``cohort start: [size, users in period 0, ..., periods - 1]`` from one row per
-    user and period (``GROUP BY`` in the store): the earliest first-event second and the
-    latest returning-event second of the period."""
+) -> Any:
+    """Retention in standard SQL (``QueryDialect.retention_statement``'s rows):
+
+    - ``pp``: per user and period, the earliest first-event second and the latest
+      returning-event second;
+    - ``pu``: per user, the entry (their earliest first-event second);
+    - the cohort sizes (k = -1), and per cohort and k the users of ``pp`` whose latest
+      returning second in period k is at or after their entry."""
     dialect, c = store.dialect, store.table.c
+    user = func.coalesce(c.user_id, c.anonymous_id)
     epoch = dialect.epoch(c.timestamp)
-    size = PERIODS[period]
+    size = literal_column(str(PERIODS[period]))
     # Literal ints in the SQL text, not parameters: PostgreSQL matches a GROUP BY
     # expression with the selected one only when their texts are identical.
     offset = literal_column(str(_WEEK_OFFSET if period == "week" else 0))
-    bucket = (epoch - (epoch - offset) % literal_column(str(size))).label("p")
-    first_at = func.min(case((is_first, epoch), else_=None)).label("a")
-    returned_at = func.max(case((is_returning, epoch), else_=None)).label("b")
-    statement = (
-        dialect.select(c.user_id, c.anonymous_id, bucket, first_at, returned_at)
-        .where(or_(is_first, is_returning), *where)
-        .group_by(c.user_id, c.anonymous_id, bucket)
+    bucket = epoch - (epoch - offset) % size
+    per_period = (
+        select(
+            user.label("u"),
+            bucket.label("p"),
+            func.min(case((is_first, epoch), else_=None)).label("a"),
+            func.max(case((is_returning, epoch), else_=None)).label("b"),
+        )
+        .select_from(store.table)
+        .where(or_(is_first, is_returning), user.isnot(None), *where)
+        .group_by(user, bucket)
+        .cte("pp")
     )
-    per_user: dict[Any, list[tuple[int, int | None, int | None]]] = defaultdict(list)
-    with store.engine.connect() as connection:
-        for user_id, anonymous_id, start, a, b in connection.execute(statement):
-            user = _user(user_id, anonymous_id)
-            if user is not None:
-                per_user[user].append((int(start), _int(a), _int(b)))
-    cohorts: dict[int, list[int]] = {}
-    for rows in per_user.values():
-        firsts = [a for _, a, _ in rows if a is not None]
-        if not firsts:
-            continue
-        entry = min(firsts)
-        cohort = period_start(entry, period)
-        counts = cohorts.setdefault(cohort, [0] * (periods + 1))
-        counts[0] += 1
-        returned = set()
-        for start, _, b in rows:
-            if b is not None and b >= entry and 0 <= (k := (start - cohort) // size) < periods:
-                returned.add(k)
-        for k in returned:
-            counts[k + 1] += 1
-    return cohorts
-
-
-def _int(value: Any) -> int | None:
-    return None if value is None else int(value)
+    per_user = (
+        select(per_period.c.u, func.min(per_period.c.a).label("entry"))
+        .group_by(per_period.c.u)
+        .having(func.min(per_period.c.a).isnot(None))
+        .cte("pu")
+    )
+    cohort = per_user.c.entry - (per_user.c.entry - offset) % size
+    sizes = select(cohort.label("cohort"), literal_column("-1").label("k"), func.count())
+    sizes = sizes.select_from(per_user).group_by(cohort)
+    k = (per_period.c.p - cohort) / size
+    returns = (
+        select(cohort.label("cohort"), k.label("k"), func.count())
+        .select_from(per_period.join(per_user, per_period.c.u == per_user.c.u))
+        .where(
+            per_period.c.b >= per_user.c.entry,
+            per_period.c.p < cohort + literal_column(str(PERIODS[period] * periods)),
+        )
+        .group_by(cohort, k)
+    )
+    return union_all(sizes, returns)
 
 
 def parse_window(text: str) -> int:

@@ -201,13 +201,12 @@ class QueryDialect(ABC):
         window: int,
         by: ColumnElement | None,
     ) -> Select | None:
-        """A funnel computed in the store: one row per value of ``by`` (one row, value
-        NULL, without it): ``(value, entered, deltas_2, ..., deltas_n)``, each
-        ``deltas_k`` an array of the seconds from step k - 1 to step k of every user who
-        reached step k. ``steps`` are each step's condition, ``where`` the range.
-
-        None (the default): the query layer reads the matching events and walks each
-        user's path in Python."""
+        """A funnel in this store's own SQL: rows ``(value, users, delay_2, ...,
+        delay_n)``, the users who entered counted by the entry's value of ``by`` (NULL
+        without it) and their delays, each the seconds from step k - 1 to step k (NULL
+        or 0: step k not reached). ``steps`` are each step's condition, ``where`` the
+        range. None (the default): the query layer's standard SQL
+        (eventrouter.store.analysis)."""
         return None
 
     def retention_statement(
@@ -222,8 +221,7 @@ class QueryDialect(ABC):
         """A retention table computed in the store: rows ``(cohort start second, k,
         users)`` for k = 0 .. ``periods`` - 1, and k = -1 for the cohort's size; periods
         of ``period`` seconds start at ``offset`` seconds past the epoch. None (the
-        default): the query layer groups the events by user and period, and counts in
-        Python."""
+        default): the query layer's standard SQL (eventrouter.store.analysis)."""
         return None
 
 

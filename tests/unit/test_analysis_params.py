@@ -14,7 +14,6 @@ from eventrouter.store.analysis import (
     InvalidQuery,
     Step,
     StepResult,
-    _path,
     format_duration,
     parse_window,
     period_start,
@@ -140,20 +139,6 @@ def test_periods_start_at_utc_midnight_and_on_monday():
 )
 def test_durations_read_as_two_units(seconds, text):
     assert format_duration(seconds) == text
-
-
-def test_a_path_takes_the_earliest_strictly_later_step_within_the_window():
-    a, b, both = 1, 2, 3  # step bits; both: one event that matches both steps
-    events = [(100, b), (100, a), (100, b), (150, both), (5000, b)]
-    assert _path(events, 2, 3600) == ([100, 150], None)
-    assert _path([(10, both)], 2, 3600) == ([10], None)  # not later than itself
-    assert _path([(10, b)], 2, 3600) is None  # never entered
-    assert _path([(10, a), (3611, b)], 2, 3600) == ([10], None)  # too late
-    assert _path([(10, a), (3610, b)], 2, 3600) == ([10, 3610], None)
-    three = [(5, 4), (10, 1), (20, 4), (30, 2), (40, 4), (50, 2)]
-    assert _path(three, 3, 3600) == ([10, 30, 40], None)  # step 3 after step 2 only
-    with_values = [(10, 1, " pro", "pro"), (10, 1, "", None), (20, 2, "", None)]
-    assert _path(with_values, 2, 60) == ([10, 20], None)  # a tie: the sorted-first value
 
 
 def test_the_funnel_chart_has_a_y_axis_from_zero():
