@@ -36,11 +36,15 @@ DEFAULT_WINDOW = "1d"
 LABEL_CHARS = 28
 
 
-def _one(params: Mapping[str, Any], name: str) -> str:
+def _one(params: Mapping[str, Any], name: str, *, strip: bool = True) -> str:
+    """A parameter given at most once ('' when absent). Event names are kept as they
+    are (``strip=False``): an event may be named with spaces around it."""
     value = params.get(name)
     if isinstance(value, list):
         raise APIError(400, "invalid_param", f"{name}: given more than once")
-    return (value or "").strip() if isinstance(value, str) else ""
+    if not isinstance(value, str):
+        return ""
+    return value.strip() if strip else value
 
 
 def _many(params: Mapping[str, Any], name: str) -> list[str]:
@@ -185,9 +189,9 @@ def parse_retention(params: Mapping[str, Any], now: datetime | None = None) -> R
     :raises APIError: 400 naming the parameter that is wrong."""
     now = now or datetime.now(UTC)
     range_, since, until = _range(params, now)
-    first, returning = _one(params, "first"), _one(params, "returning")
+    first, returning = _one(params, "first", strip=False), _one(params, "returning", strip=False)
     for name, value in (("first", first), ("returning", returning)):
-        if not value:
+        if not value.strip():
             raise APIError(400, "invalid_param", f"{name}: required (an event name)")
     period = _one(params, "period") or "day"
     if period not in analysis.PERIODS:

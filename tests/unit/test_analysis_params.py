@@ -98,8 +98,11 @@ def test_a_retention_url_round_trips_and_names_bad_parameters():
     query = parse_retention({"first": "Signed Up", "returning": "Bought", "period": "week"}, NOW)
     assert (query.range, query.since, query.period) == ("30d", NOW - timedelta(days=30), "week")
     assert dict(parse_qsl(query.query_string()))["first"] == "Signed Up"
+    spaced = parse_retention({"first": " A\u2028", "returning": "B "}, NOW)
+    assert (spaced.first, spaced.returning) == (" A\u2028", "B ")  # names as they are
     for params, message in [
         ({"returning": "B"}, "first: required"),
+        ({"first": " ", "returning": "B"}, "first: required"),
         ({"first": "A"}, "returning: required"),
         ({"first": "A", "returning": "B", "period": "month"}, "period: 'month' is not one of"),
         ({"first": ["A", "B"], "returning": "B"}, "first: given more than once"),
