@@ -64,7 +64,7 @@ def server(tmp_path_factory) -> Iterator[LiveServer]:
     server.stop()
 
 
-def test_a_funnel_from_the_form_and_from_its_url(tab, server):
+def test_a_funnel_from_the_form_and_from_its_url(tab, server):  # noqa: F811 - the tab fixture
     page = tab.page
     sign_in(tab, server.url, "/admin/funnels")
     steps = page.locator("input[name=step]")
@@ -93,7 +93,7 @@ def test_a_funnel_from_the_form_and_from_its_url(tab, server):
     tab.shot("shared")
 
 
-def test_a_bad_funnel_parameter_is_shown_in_the_page(tab, server):
+def test_a_bad_funnel_parameter_is_shown_in_the_page(tab, server):  # noqa: F811 - the tab fixture
     page = tab.page
     sign_in(tab, server.url, "/admin/funnels?" + urlencode({"step": HOSTILE}))
     expect(page.locator("div.error")).to_contain_text("step: give 2 to 5 steps, not 1")
@@ -101,7 +101,7 @@ def test_a_bad_funnel_parameter_is_shown_in_the_page(tab, server):
     tab.shot("error")
 
 
-def test_a_retention_table_from_its_url_and_from_the_form(tab, server):
+def test_a_retention_table_from_its_url_and_from_the_form(tab, server):  # noqa: F811 - the tab fixture
     page = tab.page
     params = {"range": "30d", "first": "Viewed", "returning": "Viewed", "period": "day"}
     sign_in(tab, server.url, "/admin/retention?" + urlencode(params))
