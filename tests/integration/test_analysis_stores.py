@@ -249,3 +249,35 @@ def test_the_retention_page_shows_the_cohorts(served):
     assert "<svg onload" not in response.text
     assert "&#34;&gt;&lt;svg onload=alert(1)&gt;{{7*7}}" in response.text
     assert "100.0 %" in _text(response.text)
+
+
+def test_an_htmx_request_gets_the_fragment_and_the_canonical_url(served):
+    server, _ = served
+    params = [
+        ("step", "Viewed"),
+        ("step", ""),
+        ("step", "Added"),
+        ("where3", "properties.color=red"),
+    ]
+    headers = {**ADMIN_BEARER, "HX-Request": "true"}
+    response = server.client.get("/admin/funnels", params=params, headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.text.lstrip().startswith('<section class="funnel"')
+    assert response.headers["HX-Push-Url"] == (
+        "/admin/funnels?range=30d&step=Viewed&step=Added&where2=properties.color%3Dred&window=1d"
+    )
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "message"),
+    [
+        ("/admin/funnels", [("step", "Viewed")], "step: give 2 to 5 steps, not 1"),
+        ("/admin/funnels", [("step", "A"), ("step", "B"), ("window", "1y")], "window: '1y'"),
+        ("/admin/retention", {"first": "A", "returning": "B", "period": "hour"}, "period: 'hour'"),
+    ],
+)
+def test_a_bad_parameter_is_400_naming_it(served, path, params, message):
+    server, _ = served
+    response = server.client.get(path, params=params, headers=ADMIN_BEARER)
+    assert response.status_code == 400
+    assert message in response.text.replace("&#39;", "'")
