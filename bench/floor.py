@@ -59,9 +59,10 @@ def per_event(step: Callable[[], object], rounds: int, events: int) -> float:
     return best
 
 
-def measure(
-    rounds: int, sides: tuple[str, ...] = ("edge", "worker", BATCH)
-) -> list[tuple[str, str, float]]:
+def steps() -> list[tuple[str, str, Callable[[], object], int]]:
+    """Each step as ``(process, name, a call that runs it, events per call)``, set up on
+    the ingest benchmark's batch body (bench/steps_callgrind.py counts the same calls'
+    instructions)."""
     body = make_scenarios(datetime.now(UTC))[1].body
     envelope = model.BATCH_DECODER.decode(body)
     items = envelope.batch
@@ -88,7 +89,7 @@ def measure(
         with gc_paused():
             decode_batch()
 
-    steps = [
+    return [
         ("edge", "structure check (limits.check_batch_structure)",
          lambda: limits.check_batch_structure(body, items, MAX_DEPTH, MAX_KEYS), BATCH_SIZE),
         ("edge", "decode the envelope (items left raw)",
@@ -108,9 +109,14 @@ def measure(
         (BATCH, "the same inside worker.gc_paused(), as the worker decodes",
          decode_batch_paused, 50_000),
     ]  # fmt: skip
+
+
+def measure(
+    rounds: int, sides: tuple[str, ...] = ("edge", "worker", BATCH)
+) -> list[tuple[str, str, float]]:
     return [
         (side, name, per_event(step, max(1, rounds * BATCH_SIZE // events), events))
-        for side, name, step, events in steps
+        for side, name, step, events in steps()
         if side in sides
     ]
 
