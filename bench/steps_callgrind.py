@@ -14,6 +14,7 @@ difference between the two runs, divided by ``2N`` times the events per run, is 
 step's instructions per event, with the warm-up and the process's start cancelled out.
 
     .venv/bin/python bench/steps_callgrind.py [--reps 10] [--tree DIR ...] [--pure] [--json FILE]
+    .venv/bin/python bench/steps_callgrind.py --context     # the ways of handling context
 
 ``--tree DIR`` (repeatable) counts the ``eventrouter`` of another checkout instead of
 this one's (e.g. ``git worktree add --detach /tmp/base REF``): its folders are copied
@@ -34,12 +35,16 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
+import msgspec
+
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 #: The repository folders installed under the ``eventrouter`` name (setup.cfg's
 #: package_dir): the top-level package, then its subpackages.
 PACKAGE_DIRS = {"": "router_core", "admin": "admin", "plugins": "plugins", "sinks": "sinks",
                 "snippet": "snippet"}  # fmt: skip
+#: Set for a child that counts another checkout (``--tree``).
+TREE_ENV = "STEPS_CALLGRIND_TREE"
 #: server.max_json_depth and server.max_json_keys, their defaults (as bench/floor.py).
 MAX_DEPTH, MAX_KEYS = 64, 10_000
 STEPS = (
@@ -50,9 +55,62 @@ STEPS = (
     "encode for the broker (encode_many)",
 )
 
+#: ``--context``: what handling an event's ``context`` costs now (a dict of raw values,
+#: encoded again with ``ip``) against the alternative issue 20's notes proposed (kept as
+#: text, probed for ``ip``/``sessionId``/``traits`` by a small Struct, ``ip`` spliced in).
+CONTEXT_STEPS = (
+    "decode context as a dict of raw values (as the raw twin does)",
+    "decode context as raw text (msgspec.Raw: skipped over)",
+    "probe the raw text for ip, sessionId, traits (three-field Struct)",
+    "encode the dict with ip added (as to_command does)",
+    "splice ip into the raw text",
+)
 
-def child(reps: int) -> None:
+
+def context_calls() -> list:
+    """The calls of :data:`CONTEXT_STEPS`, each over the 100 contexts of the batch body."""
+    from ingest import make_scenarios
+
+    from eventrouter.events import model
+
+    body = make_scenarios(datetime.now(UTC))[1].body
+    items = [bytes(raw) for raw in model.BATCH_DECODER.decode(body).batch]
+    contexts = [msgspec.json.encode(msgspec.json.decode(item)["context"]) for item in items]
+    wrapped = [b'{"context":' + context + b"}" for context in contexts]
+
+    class AsDict(msgspec.Struct):
+        context: dict[str, msgspec.Raw] | None = None
+
+    class AsRaw(msgspec.Struct):
+        context: msgspec.Raw = None
+
+    class Probe(msgspec.Struct):
+        ip: msgspec.Raw = msgspec.UNSET
+        sessionId: msgspec.Raw = msgspec.UNSET  # the JSON key
+        traits: msgspec.Raw = msgspec.UNSET
+
+    as_dict = msgspec.json.Decoder(AsDict).decode
+    as_raw = msgspec.json.Decoder(AsRaw).decode
+    probe = msgspec.json.Decoder(Probe).decode
+    encode = msgspec.json.Encoder().encode
+    dicts = [as_dict(text).context for text in wrapped]
+    for context in dicts:
+        context["ip"] = "127.0.0.1"
+    return [
+        lambda: [as_dict(text) for text in wrapped],
+        lambda: [as_raw(text) for text in wrapped],
+        lambda: [probe(context) for context in contexts],
+        lambda: [encode(context) for context in dicts],
+        lambda: [context[:-1] + b',"ip":"127.0.0.1"}' for context in contexts],
+    ]
+
+
+def child(reps: int, context: bool = False) -> None:
     """Run each step ``reps`` then ``3 * reps`` times between markers (under callgrind)."""
+    if os.environ.get(TREE_ENV):
+        # Another checkout's package, first on PYTHONPATH: the venv's editable finder
+        # would still supply this tree's modules that checkout lacks (eventrouter.scan).
+        sys.meta_path = [f for f in sys.meta_path if "Editable" not in repr(f)]
     sys.path.insert(0, str(BENCH_DIR))
     from ingest import BATCH_SIZE, make_scenarios
 
@@ -90,6 +148,8 @@ def child(reps: int) -> None:
         lambda: encode_many(commands),
     ]
     assert len(calls) == len(STEPS) and len(items) == BATCH_SIZE
+    if context:
+        calls = context_calls()
     for call in calls:
         call()  # warm: caches, the message id pool, the allocator's arenas
     for call in calls:
@@ -111,12 +171,16 @@ def eventrouter_of(tree: Path, into: Path) -> Path:
     return into
 
 
-def count(reps: int, env: dict[str, str], work: Path) -> list[float]:
+def count(
+    reps: int, env: dict[str, str], work: Path, steps: tuple[str, ...] = STEPS
+) -> list[float]:
     """Instructions per event of each step, from one child under callgrind."""
     out = work / "callgrind.out"
+    mode = ["--context"] if steps is CONTEXT_STEPS else []
     subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-         "--dump-before=getppid", sys.executable, __file__, "--child", "--reps", str(reps)],
+         "--dump-before=getppid", sys.executable, __file__, "--child", "--reps", str(reps),
+         *mode],
         env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     totals = {}
@@ -129,7 +193,7 @@ def count(reps: int, env: dict[str, str], work: Path) -> list[float]:
     out.unlink(missing_ok=True)
     # Part 1 is the start and the warm-up; then each step's N run, then its 3N run.
     events = 2 * reps * 100
-    return [(totals[3 + 2 * step] - totals[2 + 2 * step]) / events for step in range(len(STEPS))]
+    return [(totals[3 + 2 * step] - totals[2 + 2 * step]) / events for step in range(len(steps))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,12 +203,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="count another checkout's eventrouter (repeatable)")  # fmt: skip
     parser.add_argument("--pure", action="store_true",
                         help="also count this tree with EVENTROUTER_PURE_PYTHON=1")  # fmt: skip
+    parser.add_argument("--context", action="store_true",
+                        help="count the ways of handling context (CONTEXT_STEPS)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        child(args.reps)
+        child(args.reps, args.context)
         return 0
+    steps = CONTEXT_STEPS if args.context else STEPS
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install -y valgrind)", file=sys.stderr)
         return 2
@@ -155,22 +222,22 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         for tree in args.tree:
             path = eventrouter_of(tree.resolve(), work / f"tree{len(columns)}")
-            env = {**base_env, "PYTHONPATH": str(path)}
-            columns[str(tree)] = count(args.reps, env, work)
-        columns["this tree"] = count(args.reps, base_env, work)
+            env = {**base_env, "PYTHONPATH": str(path), TREE_ENV: "1"}
+            columns[str(tree)] = count(args.reps, env, work, steps)
+        columns["this tree"] = count(args.reps, base_env, work, steps)
         if args.pure:
             env = {**base_env, "EVENTROUTER_PURE_PYTHON": "1"}
-            columns["this tree, EVENTROUTER_PURE_PYTHON=1"] = count(args.reps, env, work)
+            columns["this tree, EVENTROUTER_PURE_PYTHON=1"] = count(args.reps, env, work, steps)
     names = list(columns)
     print("| step | " + " | ".join(names) + " |")
     print("| --- |" + " ---: |" * len(names))
-    for row, step in enumerate(STEPS):
+    for row, step in enumerate(steps):
         print(f"| {step} | " + " | ".join(f"{columns[n][row]:,.0f}" for n in names) + " |")
     sums = [sum(columns[n]) for n in names]
     print("| **all of the above** | " + " | ".join(f"**{s:,.0f}**" for s in sums) + " |")
     print(f"\ninstructions per event; N = {args.reps} batches of 100 events (then 3N)")
     if args.json:
-        args.json.write_text(json.dumps({"reps": args.reps, "steps": STEPS, "columns": columns}))
+        args.json.write_text(json.dumps({"reps": args.reps, "steps": steps, "columns": columns}))
     return 0
 
 
