@@ -80,9 +80,12 @@ scan(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth, Py_ssize_t max_
     unsigned char slow = NUMBER | EXPONENT | (shape ? SHAPE : 0);
     Py_ssize_t depth = 0, i;
 
-    if (shape && max_depth > STACK_DEPTH) {
-        kinds = PyMem_Malloc((size_t)max_depth);
-        keys = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)max_depth);
+    /* No body opens more containers than it has bytes: a huge limit allocates no more. */
+    Py_ssize_t slots = max_depth < n ? max_depth : n;
+
+    if (shape && slots > STACK_DEPTH) {
+        kinds = PyMem_Malloc((size_t)slots);
+        keys = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)slots);
         if (kinds == NULL || keys == NULL) {
             PyMem_Free(kinds == kinds_local ? NULL : kinds);
             PyMem_Free(keys == keys_local ? NULL : keys);
@@ -216,10 +219,12 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "eventrouter._scan",
-    "One pass over a JSON request body: the structure limits and out-of-range numbers "
-    "(router_core/_scan.c; eventrouter.scan is the interface).",
-    0, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "eventrouter._scan",
+    .m_doc = "One pass over a JSON request body: the structure limits and out-of-range "
+             "numbers (router_core/_scan.c; eventrouter.scan is the interface).",
+    .m_size = 0,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC

@@ -30,7 +30,7 @@ from tests.ingest_support import post_raw, running
 pytestmark = pytest.mark.skipif(not scan.available(), reason="eventrouter._scan was not built")
 
 SETTINGS = settings(
-    max_examples=150,
+    max_examples=100,
     deadline=None,
     derandomize=True,
     database=None,
@@ -329,7 +329,7 @@ def request_bodies(draw) -> tuple[str, bytes]:
     return path, data
 
 
-@settings(SETTINGS, max_examples=120)
+@settings(SETTINGS, max_examples=80)
 @given(request_bodies())
 def test_every_answer_is_the_same_with_either_scanner(server, case):
     """Status and body, byte for byte: each 400 keeps its code and message."""
