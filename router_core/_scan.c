@@ -46,26 +46,24 @@ typedef struct {
     int overflow; /* may hold a number no float holds */
 } result;
 
-/* An e/E at ``i`` that may start an exponent no float holds (scan.py's ``0e000`` rule):
- * a number character before it, three after it, and the run of number characters before
- * it starts at the beginning or right after a delimiter. */
+/* Whether the run of number characters ``p[start..end]`` (a whole run: ``p[start - 1]``,
+ * if any, is no number character) may be a number no float holds (scan.py's rules): 200
+ * characters long, or followed by an e/E and three number characters (``1e400``) when it
+ * starts at the beginning or right after a delimiter. */
 static int
-big_exponent(const unsigned char *p, Py_ssize_t n, Py_ssize_t i)
+big_number(const unsigned char *p, Py_ssize_t n, Py_ssize_t start, Py_ssize_t end)
 {
-    Py_ssize_t start;
-    if (i == 0 || i + 3 >= n || !(classes[p[i - 1]] & NUMBER) ||
-        !(classes[p[i + 1]] & classes[p[i + 2]] & classes[p[i + 3]] & NUMBER))
-        return 0;
-    for (start = i - 1; start > 0 && (classes[p[start - 1]] & NUMBER); start--)
-        ;
-    return start == 0 || (classes[p[start - 1]] & DELIMITER);
+    if (end + 1 - start >= LONG_DIGITS) return 1;
+    return end + 4 < n && (classes[p[end + 1]] & EXPONENT) &&
+           (classes[p[end + 2]] & classes[p[end + 3]] & classes[p[end + 4]] & NUMBER) &&
+           (start == 0 || (classes[p[start - 1]] & DELIMITER));
 }
 
 /* The pass. ``max_depth`` < 0 skips the shape (the overflow question alone).
  *
- * The common byte (a letter, a space) costs a class lookup and one test; a run of number
- * characters is consumed whole; only an e/E and a byte of the shape (" { } [ ] : \)
- * take the slow branch. */
+ * The common byte (a letter, a space, an e) costs a class lookup and one test, in a loop
+ * of its own; a run of number characters is consumed whole, and the overflow question
+ * asked at its end; only a byte of the shape (" { } [ ] : \) takes the slow branch. */
 static int
 scan(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth, Py_ssize_t max_keys,
      result *out)
@@ -77,7 +75,7 @@ scan(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth, Py_ssize_t max_
     int shape = max_depth >= 0 && max_keys >= 0; /* still tracking the shape */
     int overflow = 0, in_string = 0;
     /* The classes that leave the fast path: fewer as the questions are answered. */
-    unsigned char slow = NUMBER | EXPONENT | (shape ? SHAPE : 0);
+    unsigned char slow = NUMBER | (shape ? SHAPE : 0);
     Py_ssize_t depth = 0, i;
 
     /* No body opens more containers than it has bytes: a huge limit allocates no more. */
@@ -94,26 +92,23 @@ scan(const unsigned char *p, Py_ssize_t n, Py_ssize_t max_depth, Py_ssize_t max_
         }
     }
     for (i = 0; i < n; i++) {
-        unsigned char c = p[i], k = classes[c];
-        if (!(k & slow)) continue;
+        unsigned char c, k;
+        while (i < n && !(classes[p[i]] & slow)) i++; /* the fast path, in its own loop */
+        if (i == n) break;
+        c = p[i];
+        k = classes[c];
         if (k & NUMBER) {
             /* A run of number characters, consumed whole (it holds no byte of the shape
-             * and no e/E): 200 of them may be a number no float holds. */
+             * and no e/E): the overflow question is asked at its end. */
             Py_ssize_t start = i;
             while (i + 1 < n && (classes[p[i + 1]] & NUMBER)) i++;
-            if (i + 1 - start >= LONG_DIGITS) {
+            if (big_number(p, n, start, i)) {
                 overflow = 1;
-                slow &= (unsigned char)~(NUMBER | EXPONENT);
+                slow &= (unsigned char)~NUMBER;
                 if (!shape) break; /* both questions answered */
             }
             continue;
         }
-        if ((k & EXPONENT) && !overflow && big_exponent(p, n, i)) {
-            overflow = 1;
-            slow &= (unsigned char)~(NUMBER | EXPONENT);
-            if (!shape) break;
-        }
-        if (!(k & slow & SHAPE)) continue;
         if (in_string) {
             if (c == '"') {
                 in_string = 0;
