@@ -289,9 +289,9 @@ class BatchResource:
             raise limits.too_deep(ingestor.max_json_depth) from None
         items = envelope.batch
         # The items are undecoded yet (and so is any context they nest deeper than the
-        # limit): checked per item, which costs a tenth of checking the whole body.
-        # One pass over the body (compiled: eventrouter.scan) for the structure limits and
-        # for numbers no float holds, looked for once in the whole body, not per item.
+        # limit). One pass over the whole body (compiled: eventrouter.scan) answers for the
+        # structure limits and for numbers no float holds, for every item at once; when it
+        # is not certain, the exact check runs per item (a tenth of checking the body).
         within, may_overflow = scan.scan_body(body, ingestor.max_json_depth, ingestor.max_json_keys)
         if not within:  # not certain: the exact check decides, with its own error
             limits.check_batch_structure(
