@@ -27,6 +27,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 
 from ingest import BATCH_SIZE, make_scenarios  # noqa: E402
 
+from eventrouter import scan  # noqa: E402
 from eventrouter.edge import limits  # noqa: E402
 from eventrouter.events import model  # noqa: E402
 from eventrouter.events.commands import encode_many  # noqa: E402
@@ -59,9 +60,10 @@ def per_event(step: Callable[[], object], rounds: int, events: int) -> float:
     return best
 
 
-def measure(
-    rounds: int, sides: tuple[str, ...] = ("edge", "worker", BATCH)
-) -> list[tuple[str, str, float]]:
+def steps() -> list[tuple[str, str, Callable[[], object], int]]:
+    """Each step as ``(process, name, a call that runs it, events per call)``, set up on
+    the ingest benchmark's batch body (bench/steps_callgrind.py counts the same calls'
+    instructions)."""
     body = make_scenarios(datetime.now(UTC))[1].body
     envelope = model.BATCH_DECODER.decode(body)
     items = envelope.batch
@@ -75,9 +77,18 @@ def measure(
     big_wire = encode_many(commands * 10)
     headers = broker.message_properties(10 * BATCH_SIZE)["headers"]
 
+    def scans() -> bool:
+        # As BatchResource does: one pass over the whole body (compiled where it was
+        # built) for the structure limits and numbers no float holds, then the exact
+        # check when the pass is not certain.
+        within, overflow = scan.scan_body(body, MAX_DEPTH, MAX_KEYS)
+        if not within:
+            limits.check_batch_structure(body, items, MAX_DEPTH, MAX_KEYS)
+        return overflow
+
+    checked = not scans()
+
     def decode_items() -> list:
-        # As BatchResource does: one look for out-of-range numbers in the whole body.
-        checked = not model.may_overflow(body)
         return [model.ANY_DECODER.decode(raw, numbers_checked=checked) for raw in items]
 
     def decode_batch() -> None:
@@ -88,9 +99,9 @@ def measure(
         with gc_paused():
             decode_batch()
 
-    steps = [
-        ("edge", "structure check (limits.check_batch_structure)",
-         lambda: limits.check_batch_structure(body, items, MAX_DEPTH, MAX_KEYS), BATCH_SIZE),
+    return [
+        ("edge", "structure limits and overflow scan (scan.scan_body, one pass)",
+         scans, BATCH_SIZE),
         ("edge", "decode the envelope (items left raw)",
          lambda: model.BATCH_DECODER.decode(body), BATCH_SIZE),
         ("edge", "decode each item (msgspec, typed)",
@@ -108,9 +119,14 @@ def measure(
         (BATCH, "the same inside worker.gc_paused(), as the worker decodes",
          decode_batch_paused, 50_000),
     ]  # fmt: skip
+
+
+def measure(
+    rounds: int, sides: tuple[str, ...] = ("edge", "worker", BATCH)
+) -> list[tuple[str, str, float]]:
     return [
         (side, name, per_event(step, max(1, rounds * BATCH_SIZE // events), events))
-        for side, name, step, events in steps
+        for side, name, step, events in steps()
         if side in sides
     ]
 

@@ -65,3 +65,27 @@ def start_server(tmp_path) -> Iterator[Callable[..., LiveServer]]:
 def server(start_server) -> LiveServer:
     """The embedded default (open ingestion, SQLite store in tmp_path)."""
     return start_server()
+
+
+#: The body scanner's implementations (eventrouter.scan): the compiled pass, skipped when
+#: it was not built, and the pure-Python code that runs without it.
+SCANNERS = [
+    pytest.param(True, id="compiled"),
+    pytest.param(False, id="pure"),
+]
+
+
+@pytest.fixture(params=SCANNERS)
+def scanner(request) -> Iterator[bool]:
+    """Run the test with each implementation of eventrouter.scan in this process (an
+    in-process server included): ``True`` compiled, ``False`` pure Python."""
+    from eventrouter import scan
+
+    if request.param and not scan.available():
+        pytest.skip("eventrouter._scan was not built")
+    before = scan.COMPILED
+    scan.use(request.param)
+    try:
+        yield request.param
+    finally:
+        scan.use(before)

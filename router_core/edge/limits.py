@@ -22,6 +22,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from eventrouter import scan
 from eventrouter.errors import InvalidEvent
 
 #: Every byte but the six the shape of a body is read from: ``" { } [ ] :``.
@@ -53,6 +54,8 @@ def check_structure(body: bytes, max_depth: int, max_keys: int, *, within: int =
     ``within``: ``body`` is a part of a request body, that many levels down (a batch
     item: 2); the error names the request body's limit."""
     depth = max_depth - within
+    if scan.within_limits(body, depth, max_keys):  # the compiled pass: certainly within
+        return
     brackets, colons = _openings_and_colons(body)
     deep = brackets > depth
     wide = colons > max_keys
@@ -88,6 +91,8 @@ def check_batch_structure(body: bytes, items: Sequence[Any], max_depth: int, max
     ``body's count - the items' counts`` brackets and colons, which bound its depth and
     its keys per object. Only an item, or a rest, past those bounds is scanned exactly.
     """
+    if scan.within_limits(body, max_depth, max_keys):  # the compiled pass: certainly within
+        return
     brackets, colons = _openings_and_colons(body)
     if brackets <= max_depth and colons <= max_keys:
         return

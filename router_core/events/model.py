@@ -27,6 +27,8 @@ from typing import Annotated, Any
 
 import msgspec
 
+from eventrouter import scan
+
 #: messageId must stay below 100 characters (Segment's rule).
 MessageId = Annotated[str, msgspec.Meta(max_length=99)]
 #: Identifiers may arrive as numbers from some SDKs; they are stored as strings.
@@ -161,49 +163,11 @@ def _raw_twin(cls: type[msgspec.Struct]) -> type[msgspec.Struct]:
     return types.new_class(f"Raw{cls.__name__}", (cls,), kwargs, body)
 
 
-#: Bytes of a body mapped for :func:`may_overflow`: what may precede a number in JSON
-#: (``: , [`` and whitespace) to ``d``; what a number's digits are made of (digits, signs,
-#: the decimal point) to ``0``; ``e`` and ``E`` to ``e``; everything else to ``x``.
-_NUMBER_SHAPE = bytes(
-    ord("d")
-    if chr(b) in ":,[ \t\n\r"
-    else ord("0")
-    if chr(b) in "0123456789+-."
-    else ord("e")
-    if chr(b) in "eE"
-    else ord("x")
-    for b in range(256)
-)
-#: A run of number characters this long may be a number no float holds even with an
-#: exponent of two digits (``1`` and 210 digits ``e99`` is past 1.8e308), or an integer
-#: msgspec refuses: checked by the strict decoder.
-_LONG_DIGITS = b"0" * 200
-
-
 def may_overflow(data: Any) -> bool:
-    """Whether ``data`` may hold a number that msgspec refuses as out of range: one with
-    an exponent of three digits or more (``1e400``), or of 200 digits. ``False`` is
-    certain; ``True`` may be a false alarm (such text inside a string), which the
-    strict decoder then settles.
-
-    One ``bytes.translate`` and ``memmem`` searches, a fraction of a microsecond for a
-    typical event: an exponent is found as ``e000`` in the mapped text and counts only
-    when the run of number characters before it starts right after a delimiter, so hex
-    ids (``...c2e-0000...``) and version strings do not raise the alarm."""
-    shape = bytes(data).translate(_NUMBER_SHAPE)
-    at = shape.find(b"0e000")  # an exponent follows a digit: most texts stop here
-    while at != -1:
-        at += 1
-        start = at
-        while start > 0 and shape[start - 1] == _ZERO:
-            start -= 1
-        if start < at and (start == 0 or shape[start - 1] == _DELIMITER):
-            return True
-        at = shape.find(b"0e000", at)
-    return _LONG_DIGITS in shape
-
-
-_ZERO, _DELIMITER = ord("0"), ord("d")
+    """Whether ``data`` may hold a number that msgspec refuses as out of range
+    (:func:`eventrouter.scan.may_overflow_py`, compiled where it was built). ``False`` is
+    certain; ``True`` may be a false alarm, which the strict decoder then settles."""
+    return scan.may_overflow(data)
 
 
 class RawDecoder:
@@ -253,7 +217,7 @@ class RawDecoder:
             value = getattr(message, name)
             if value is not None and memoryview(value)[0] not in _OBJECT_OR_NULL:
                 self._strict.decode(data)  # raises: the field must be an object
-        if not numbers_checked and may_overflow(data):
+        if not numbers_checked and scan.may_overflow(data):
             self._strict.decode(data)  # raises when the number is one (not in a string)
         return message
 

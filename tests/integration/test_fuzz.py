@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from eventrouter.scan import PURE_ENV
 from tests.helpers import ServeProcess
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
@@ -73,8 +74,7 @@ def fuzz_settings(name: str):
     )
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def serve(tmp_path_factory, env: dict[str, str] | None = None) -> ServeProcess:
     root = tmp_path_factory.mktemp("fuzz")
     config = root / "eventrouter.toml"
     # A tracking plan in force (docs/data-quality.md): every generated body is checked
@@ -85,7 +85,12 @@ def server(tmp_path_factory):
         f'[sinks.local]\ntype = "sqlite"\nurl = "sqlite:///{root}/events.db"\n\n'
         '[plugins.options.quality]\nplans = { fuzz = "plan.toml" }\ncatalogue = true\n'
     )
-    process = ServeProcess(root, "--config", str(config), workers=WORKERS).wait_ready()
+    return ServeProcess(root, "--config", str(config), env=env, workers=WORKERS).wait_ready()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    process = serve(tmp_path_factory)
     try:
         yield process
     finally:
@@ -96,6 +101,33 @@ def server(tmp_path_factory):
 def client(server):
     with httpx.Client(base_url=server.url, timeout=30) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def pure_server(tmp_path_factory):
+    """The same server with the body scanner's pure-Python code alone (eventrouter.scan):
+    the suites that reach the scans run against both."""
+    process = serve(tmp_path_factory, {PURE_ENV: "1"})
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+def pure_client(pure_server):
+    with httpx.Client(base_url=pure_server.url, timeout=30) as client:
+        yield client
+
+
+#: The suites that reach the body scanner run with each implementation: ``client``
+#: (compiled, where it was built) and ``pure_client`` (EVENTROUTER_PURE_PYTHON=1).
+both_scanners = pytest.mark.parametrize("client_name", ["client", "pure_client"])
+
+
+@pytest.fixture
+def scanned(request, client_name):
+    return request.getfixturevalue(client_name)
 
 
 def send(
@@ -212,11 +244,12 @@ def nested(depth: int, kind: str) -> str:
 # -- the suites ----------------------------------------------------------------------------
 
 
+@both_scanners
 @given(cases(st.sampled_from(PATHS), json_values))
 @fuzz_settings("random_json")
-def test_random_json(client, drawn):
+def test_random_json(scanned, drawn):
     for path, value in drawn:
-        send(client, "random_json", path, encode(value))
+        send(scanned, "random_json", path, encode(value))
 
 
 @given(cases(st.sampled_from(PATHS), st.sampled_from(FIELDS), json_values, st.booleans()))
@@ -231,6 +264,7 @@ def test_wrong_types_in_every_field(client, drawn):
         send(client, "wrong_types", path, encode(body))
 
 
+@both_scanners
 @given(
     cases(
         st.sampled_from(PATHS),
@@ -240,7 +274,7 @@ def test_wrong_types_in_every_field(client, drawn):
     )
 )
 @fuzz_settings("nesting")
-def test_deep_nesting(client, drawn):
+def test_deep_nesting(scanned, drawn):
     for path, depth, kind, where in drawn:
         inner = nested(depth, kind)
         if where == "top":
@@ -253,7 +287,7 @@ def test_deep_nesting(client, drawn):
             key = "properties" if where == "properties" else "zz"
             text, around = body[:-1] + f',"{key}":{inner}}}', 1
         levels = (depth if kind != "mixed" else 2 * (depth // 2)) + around
-        code = send(client, "nesting", path, text.encode()).json().get("code")
+        code = send(scanned, "nesting", path, text.encode()).json().get("code")
         if levels > 64:
             assert code in ("too_deep", "payload_too_large"), (levels, text[:200])
         else:
@@ -263,14 +297,15 @@ def test_deep_nesting(client, drawn):
 HUGE = ["1e400", "-1e400", "1e-400", str(2**70), str(-(2**64)), "1" * 400, "1.5e308", "-0"]
 
 
+@both_scanners
 @given(cases(st.sampled_from(PATHS), st.sampled_from(FIELDS), st.sampled_from(HUGE)))
 @fuzz_settings("huge_numbers")
-def test_huge_numbers(client, drawn):
+def test_huge_numbers(scanned, drawn):
     for path, field, number in drawn:
         body = valid_body(path)
         body[field] = "@@"
         text = encode(body).replace(b'"@@"', number.encode())
-        send(client, "huge_numbers", path, text)
+        send(scanned, "huge_numbers", path, text)
 
 
 def mangled(valid: bytes) -> st.SearchStrategy[bytes]:
@@ -368,18 +403,20 @@ def batch_with_keys(n: int) -> bytes:
     )
 
 
-def test_more_than_10000_keys_is_400(client):
-    response = send(client, "keys", "/v1/batch", batch_with_keys(10_001))
+@both_scanners
+def test_more_than_10000_keys_is_400(scanned):
+    response = send(scanned, "keys", "/v1/batch", batch_with_keys(10_001))
     assert response.status_code == 400
     assert response.json()["code"] == "too_many_keys"
-    assert send(client, "keys", "/v1/batch", batch_with_keys(10_000)).status_code == 200
+    assert send(scanned, "keys", "/v1/batch", batch_with_keys(10_000)).status_code == 200
 
 
+@both_scanners
 @pytest.mark.parametrize("path", ["/v1/track", "/v1/batch", "/track", "/v1/b"])
 @pytest.mark.parametrize("opening,closing", [("[", "]"), ('{"a":', "}")])
-def test_100000_levels_deep_is_refused_not_a_crash(client, path, opening, closing):
+def test_100000_levels_deep_is_refused_not_a_crash(scanned, path, opening, closing):
     body = (opening * 100_000 + "1" + closing * 100_000).encode()
-    response = send(client, "deep", path, body)
+    response = send(scanned, "deep", path, body)
     assert response.status_code in (400, 413)
     limit = 500 * 1024 if path in BATCH_PATHS else 32 * 1024
     expected = "payload_too_large" if len(body) > limit else "too_deep"
@@ -392,9 +429,12 @@ def test_the_plan_is_in_force(client):
     assert response.status_code == 400 and response.json()["code"] == "violation"
 
 
-def test_the_server_survived_every_request(server, client):
+@pytest.mark.parametrize("which", ["server", "pure_server"])
+def test_the_server_survived_every_request(request, which):
     if set(BUDGET) - set(sent):
         pytest.skip("only part of the module ran")
+    server = request.getfixturevalue(which)
+    client = request.getfixturevalue("client" if which == "server" else "pure_client")
     total = sum(sent.values())
     assert total >= 10_000, sent
     assert server.process.poll() is None, "eventrouter serve exited"

@@ -16,6 +16,9 @@ from eventrouter.events.model import BatchBody
 from tests.helpers import make_config
 from tests.ingest_support import assert_error, post_raw
 
+#: Every test runs with each body scanner (eventrouter.scan): compiled and pure Python.
+pytestmark = pytest.mark.usefixtures("scanner")
+
 JSON = {"Content-Type": "application/json"}
 
 

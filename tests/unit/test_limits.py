@@ -11,6 +11,9 @@ import pytest
 
 from tests.ingest_support import assert_error, gz, post_raw, running, the_event, uid
 
+#: Every test runs with each body scanner (eventrouter.scan): compiled and pure Python.
+pytestmark = pytest.mark.usefixtures("scanner")
+
 KB = 1024
 JSON = {"Content-Type": "application/json"}
 GZIP = {"Content-Type": "application/json", "Content-Encoding": "gzip"}

@@ -51,6 +51,7 @@ LAYERS: list[set[str]] = [
     {"files"},  # the data directory and private files
     {"scaffold"},  # ``eventrouter new-plugin``: package templates, nothing of the runtime
     {"config"},  # the configuration schema (names the JSON columns scrubbing may reach)
+    {"scan"},  # the byte scans of a request body: the compiled ``_scan`` or pure Python
     {"columns", "errors", "health", "redact", "__init__"},  # the foundation
 ]
 
@@ -213,3 +214,31 @@ def module_path(module: str) -> Path:
         base, rest = Path("router_core"), parts[1:]
     path = base.joinpath(*rest)
     return path / "__init__.py" if (ROOT / path).is_dir() else path.with_suffix(".py")
+
+
+def test_the_compiled_scanner_is_an_optional_extension() -> None:
+    """setup.py builds router_core/_scan.c as ``eventrouter._scan`` and may fail to: a
+    machine without a C compiler still installs (eventrouter.scan's pure-Python code runs).
+    tests/integration/test_packaging_build.py builds it both ways."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    extensions = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Extension"
+    ]
+    assert len(extensions) == 1
+    (extension,) = extensions
+    assert [ast.literal_eval(arg) for arg in extension.args] == [
+        "eventrouter._scan",
+        ["router_core/_scan.c"],
+    ]
+    assert {k.arg: ast.literal_eval(k.value) for k in extension.keywords} == {"optional": True}
+    assert (ROOT / "router_core" / "_scan.c").is_file()
+    # An edit of the C source or of setup.py rebuilds the module in the venv (make).
+    makefile = (ROOT / "Makefile").read_text()
+    for stamp in ("$(STAMP):", "$(TEST_STAMP):"):
+        (rule,) = [line for line in makefile.splitlines() if line.startswith(stamp)]
+        assert "setup.py" in rule.split() and "router_core/_scan.c" in rule.split(), rule
+    # The editable install builds it in place: never committed, never sent to docker.
+    assert "*.so" in (ROOT / ".gitignore").read_text().split()
+    assert "**/*.so" in (ROOT / ".dockerignore").read_text().split()
