@@ -85,6 +85,8 @@ import httpx
 import msgspec
 
 BENCH_DIR = Path(__file__).resolve().parent
+if str(BENCH_DIR) not in sys.path:  # its siblings, when imported from elsewhere
+    sys.path.append(str(BENCH_DIR))
 # bench/sinks.py is loaded under a name of its own (sink_bench), as bench/all.py does.
 from ingest import STOP_TIMEOUT, Server, free_port, track_event  # noqa: E402
 
@@ -113,7 +115,10 @@ from eventrouter.sinks.postgres_store import PostgresStore  # noqa: E402
 from eventrouter.sinks.sqlite_store import SQLiteStore  # noqa: E402
 from eventrouter.store.query import EventFilter, EventStore, PathCondition  # noqa: E402
 
-RESULTS_DIR = BENCH_DIR / "results"
+#: The reports, the load markers, the server logs and the SQLite database. A test's
+#: smoke run points ``EVENTROUTER_BENCH_DASHBOARD_DIR`` elsewhere, so that it never
+#: replaces the loaded data.
+RESULTS_DIR = Path(os.environ.get("EVENTROUTER_BENCH_DASHBOARD_DIR") or BENCH_DIR / "results")
 VENV_BIN = Path(sys.executable).parent
 HOST = "127.0.0.1"
 SINK_NAME = "warehouse"
