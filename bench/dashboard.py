@@ -689,29 +689,31 @@ async def load(store: Store, events: int) -> Load:
     started = time.perf_counter()
     write_seconds = wait_seconds = 0.0
     done = batches = 0
-    await bus.start()
     try:
-        batch = await asyncio.to_thread(next_batch)
-        wait_seconds += time.perf_counter() - started
-        while batch:
-            writing = asyncio.create_task(deliver(batch))
-            size, generating = len(batch), time.perf_counter()
+        await bus.start()
+        try:
             batch = await asyncio.to_thread(next_batch)
-            generated = time.perf_counter()
-            took = await writing
-            write_seconds += took
-            # The generation that outlasted the write: time the sink sat idle.
-            wait_seconds += max(0.0, generated - generating - took)
-            done, batches = done + size, batches + 1
-            if batches % 10 == 0 or not batch:
-                elapsed = time.perf_counter() - started
-                log(
-                    f"{store.name}: {done:,}/{events:,} events loaded, {elapsed:.0f} s, "
-                    f"{done / elapsed:,.0f} events/s"
-                )
+            wait_seconds += time.perf_counter() - started
+            while batch:
+                writing = asyncio.create_task(deliver(batch))
+                size, generating = len(batch), time.perf_counter()
+                batch = await asyncio.to_thread(next_batch)
+                generated = time.perf_counter()
+                took = await writing
+                write_seconds += took
+                # The generation that outlasted the write: time the sink sat idle.
+                wait_seconds += max(0.0, generated - generating - took)
+                done, batches = done + size, batches + 1
+                if batches % 10 == 0 or not batch:
+                    elapsed = time.perf_counter() - started
+                    log(
+                        f"{store.name}: {done:,}/{events:,} events loaded, {elapsed:.0f} s, "
+                        f"{done / elapsed:,.0f} events/s"
+                    )
+        finally:
+            await bus.stop()
     finally:
-        await bus.stop()
-        reader.close()
+        reader.close()  # a generator still writing gets a broken pipe and exits
     seconds = time.perf_counter() - started
     if done != events:
         raise RuntimeError(
@@ -1321,7 +1323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             emit_payloads(args.emit_payloads, start, sys.stdout.buffer)
         except BrokenPipeError:  # the load stopped reading: it ended early
-            return 0
+            # Nothing more to flush at exit (which would raise again).
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     result = run(args)
     print(result.report, end="")
