@@ -343,7 +343,7 @@ def dashboard_rows(timings: Sequence[Any], events: int) -> list[Row]:
                 scenario=t.endpoint.name,
                 subject=f"{t.store}, {(t.rows or events):,} events",
                 figure=t.median if t.ms else None,
-                unit=f"ms, median of {len(t.ms)}",
+                unit=f"ms, median of {len(t.ms)}" if t.ms else "ms",
                 at_most=target,
                 target=f"≤ {target:,.0f} ms",
                 valid=t.ok,
