@@ -55,7 +55,8 @@ def test_a_bad_option_is_refused_naming_it(option: str, value: str) -> None:
 def test_quick_and_full_defaults(bench: ModuleType) -> None:
     # The command line's option defaults (run lengths and sizes), not measured times.
     full = bench.parse_args([])
-    assert (full.duration, full.batches, full.events) == (15, 10, 1_000_000)
+    assert (full.duration, full.batches, full.events) == (15, 10, 10_000_000)
+    assert full.stores == ["sqlite", "postgres", "clickhouse"]
     assert full.only == ["ingest", "queue", "sinks", "e2e", "dashboard", "scaling", "quality"]
     quick = bench.parse_args(["--quick", "--duration", "5", "--only", "sinks"])
     assert (quick.duration, quick.batches, quick.events) == (5, 2, 100_000)
@@ -155,6 +156,7 @@ def test_table_merges_every_area_with_ratios_to_the_same_runs_bare(bench) -> Non
         ),
         dashboard.Timing("clickhouse", endpoints[1], "/", ms=[350.0], statuses=[200]),
         dashboard.Timing("postgres", endpoints[3], "/", ms=[90.0], statuses=[500]),
+        dashboard.Timing("postgres", endpoints[-1], "/", error=dashboard.NOT_BUILT, rows=5_000),
     ]
 
     rows = bench.merge(
@@ -166,7 +168,7 @@ def test_table_merges_every_area_with_ratios_to_the_same_runs_bare(bench) -> Non
     cpu = [row for row in rows if row.subject.endswith(": server CPU")]
     rows = [row for row in rows if row not in cpu]
     assert [row.area for row in rows] == (
-        ["ingest"] * 4 + ["queue"] * 3 + ["sinks"] * 3 + ["dashboard"] * 3
+        ["ingest"] * 4 + ["queue"] * 3 + ["sinks"] * 3 + ["dashboard"] * 4
     )
     # Beside each server's run, its CPU per event answered: 1 CPU second for 100,000
     # single events is 10 µs each.
@@ -204,10 +206,13 @@ def test_table_merges_every_area_with_ratios_to_the_same_runs_bare(bench) -> Non
     broken = next(row for row in rows if row.subject == "clickhouse")
     assert broken.figure is None and broken.valid is False and "Refused" in broken.note
 
-    first, chart, breakdown = rows[-3:]
-    assert first.figure == 250.0 and first.met is True
-    assert chart.met is False  # 350 ms > 300 ms
-    assert breakdown.valid is False and breakdown.target == "" and breakdown.met is None
+    first, filtered, chart, retention = rows[-4:]
+    assert first.figure == 250.0 and first.met is True and first.note == "p95 260.0 ms"
+    assert filtered.met is False  # 350 ms > 300 ms
+    assert chart.valid is False and chart.target == "≤ 300 ms" and chart.met is False
+    # A view another branch builds answers 404 here: not built, neither met nor failed.
+    assert retention.valid is True and retention.met is None and retention.note == "not built"
+    assert retention.subject == "postgres, 5,000 events"
 
     table = bench.markdown(rows)
     assert len(table) == 2 + len(rows)
