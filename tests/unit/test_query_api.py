@@ -579,3 +579,33 @@ def test_server_processes_starting_at_once_create_the_sqlite_schema(tmp_path):
         for thread in threads:
             thread.join()
     assert errors == []
+
+
+def test_a_later_page_reads_the_timestamp_index_as_the_first_does(tmp_path):
+    """A cursor page bounds ``timestamp`` on its own beside the keyset OR: SQLite's
+    planner otherwise searched the index twice (``MULTI-INDEX OR``), read every older row
+    and sorted them all (page 2 of 10M events took 35 s, page 1 4 ms)."""
+    from sqlalchemy.dialects import sqlite
+
+    from eventrouter.sinks.sqlite_store import SQLiteStore
+    from eventrouter.store.query import EventFilter, EventStore
+
+    store = EventStore(SQLiteStore(f"sqlite:///{tmp_path}/events.db"))
+    try:
+        store.ensure_schema()
+        moment = datetime.now(UTC)
+        conditions = store.conditions(EventFilter(type="track"))
+        conditions.append(store._after(moment, "m-1", "web"))
+        statement = store.dialect.page(conditions, 101)
+        sql = str(statement.compile(dialect=sqlite.dialect()))
+        with store.engine.connect() as connection:
+            params = statement.compile(dialect=sqlite.dialect()).params
+            plan = connection.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + sql, tuple(params.values())
+            ).all()
+        steps = " | ".join(str(row[-1]) for row in plan)
+        assert "MULTI-INDEX OR" not in steps, steps
+        assert "USE TEMP B-TREE FOR ORDER BY" not in steps, steps  # a sort of all of them
+        assert "timestamp<" in steps.replace(" ", ""), steps
+    finally:
+        store.close()
