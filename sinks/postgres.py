@@ -74,7 +74,8 @@ log = logging.getLogger("eventrouter.sinks.postgres")
 #: Schema version this code creates; ``eventrouter_schema`` records what a database has.
 #: 2: the primary key holds ``source`` (a messageId is unique per source).
 #: 3: ``event_claims``, which serialises concurrent writers of one event.
-SCHEMA_VERSION = 3
+#: 4: ``events_hourly``, the hourly rollup kept by triggers (eventrouter.store.rollup).
+SCHEMA_VERSION = 4
 #: Seconds between partition maintenance runs (ahead-of-time creation, retention).
 MAINTENANCE_INTERVAL = 3600.0
 #: On-demand partitions are created for events at most this far from now; events
@@ -249,6 +250,60 @@ class PostgresOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             path_index(parts)  # each part valid
 
 
+# -- the hourly rollup (eventrouter.store.rollup) ------------------------------------------
+_HOUR = "date_trunc('hour', timestamp AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"
+_ROLLUP_ROWS = (
+    f"SELECT {_HOUR} AS hour, type, coalesce(event, '') AS event, source, count(*) AS n "
+    "FROM {rows} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+)
+#: Statement triggers with transition tables: one upsert per statement (a COPY of
+#: 10,000 rows is one), of the rows the statement actually inserted or deleted. The
+#: rows go in key order, so two writers' transactions lock them in one order (one
+#: waits for the other's commit; they cannot deadlock).
+ROLLUP_DDL = (
+    "CREATE TABLE IF NOT EXISTS events_hourly (hour timestamptz NOT NULL, "
+    "type varchar(16) NOT NULL, event text NOT NULL, source text NOT NULL, "
+    "n bigint NOT NULL, PRIMARY KEY (hour, type, event, source))",
+    "CREATE OR REPLACE FUNCTION events_hourly_add() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN INSERT INTO events_hourly (hour, type, event, source, n) "
+    + _ROLLUP_ROWS.format(rows="added")
+    + " ON CONFLICT (hour, type, event, source) DO UPDATE SET n = events_hourly.n + EXCLUDED.n; "
+    "RETURN NULL; END $$",
+    "CREATE OR REPLACE FUNCTION events_hourly_remove() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN UPDATE events_hourly h SET n = h.n - r.n FROM ("
+    + _ROLLUP_ROWS.format(rows="removed")
+    + ") r WHERE h.hour = r.hour AND h.type = r.type AND h.event = r.event "
+    "AND h.source = r.source; "
+    "DELETE FROM events_hourly WHERE n <= 0; RETURN NULL; END $$",
+    "CREATE OR REPLACE TRIGGER events_hourly_insert AFTER INSERT ON events "
+    "REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION events_hourly_add()",
+    "CREATE OR REPLACE TRIGGER events_hourly_delete AFTER DELETE ON events "
+    "REFERENCING OLD TABLE AS removed FOR EACH STATEMENT "
+    "EXECUTE FUNCTION events_hourly_remove()",
+)
+#: Filled from ``events`` once, when the table is made (schema 3 → 4), in the migration's
+#: transaction, which holds a lock that keeps writers out until it commits.
+ROLLUP_BACKFILL = "INSERT INTO events_hourly (hour, type, event, source, n) " + _ROLLUP_ROWS.format(
+    rows="events"
+)
+
+
+def ensure_rollup(connection: Any) -> bool:
+    """Create ``events_hourly`` and its triggers (idempotent), filling the table from
+    ``events`` when it is new; whether it was new. In the caller's transaction: an
+    exclusive lock on ``events`` keeps every writer out until it commits, so no row is
+    counted twice or missed."""
+    if connection.execute(text("SELECT to_regclass('events_hourly')")).scalar() is not None:
+        for statement in ROLLUP_DDL[1:]:  # the functions follow this release's
+            connection.execute(text(statement))
+        return False
+    connection.execute(text("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"))
+    for statement in ROLLUP_DDL:
+        connection.execute(text(statement))
+    connection.execute(text(ROLLUP_BACKFILL))
+    return True
+
+
 # -- partitions ----------------------------------------------------------------------------
 _PARTITIONS_SQL = (
     "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid "
@@ -354,6 +409,8 @@ class PostgresSink(Sink):
                 else:
                     index.drop(connection, checkfirst=True)
             self._migrate_path_indexes(connection)
+            if ensure_rollup(connection):
+                log.info("%s: created the hourly rollup events_hourly", self.name)
             current = connection.execute(text("SELECT max(version) FROM eventrouter_schema"))
             if (current.scalar() or 0) < SCHEMA_VERSION:
                 connection.execute(
@@ -598,6 +655,13 @@ class PostgresSink(Sink):
             with self.engine.begin() as connection:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
                 connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
+                # Dropping a partition fires no trigger: its hours leave the rollup here,
+                # in the same transaction (partitions hold whole UTC days or months).
+                if connection.execute(text("SELECT to_regclass('events_hourly')")).scalar():
+                    connection.execute(
+                        text("DELETE FROM events_hourly WHERE hour >= :start AND hour < :end"),
+                        {"start": start.replace(tzinfo=UTC), "end": end},
+                    )
             with self._partitions_lock:
                 self._partitions.discard(name)
             dropped.append(name)

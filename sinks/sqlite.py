@@ -39,7 +39,12 @@ from eventrouter.columns import JSON_COLUMNS, TIME_COLUMNS
 from eventrouter.events.commands import STORED_COLUMNS, Command
 from eventrouter.files import open_private
 from eventrouter.health import ComponentHealth
-from eventrouter.sinks.sqlite_store import SQLiteStore, sqlite_engine, sqlite_path
+from eventrouter.sinks.sqlite_store import (
+    SQLiteStore,
+    ensure_rollup,
+    sqlite_engine,
+    sqlite_path,
+)
 from eventrouter.store.db import select_one
 from eventrouter.store.schema import LEGACY_INDEXES, OPTIONAL_INDEXES, events, metadata
 
@@ -211,7 +216,12 @@ class SQLiteSink(Sink):
             self._lock_file = open_private(path.with_name(path.name + ".lock"), "a+b")
         with self._exclusive():
             metadata.create_all(self._engine, tables=[events])
-            return self._sync_indexes()
+            changes = self._sync_indexes()
+            with self._engine.begin() as connection:
+                if ensure_rollup(connection):
+                    log.info("%s: created the hourly rollup events_hourly", self.name)
+                    changes.append("created events_hourly")
+            return changes
 
     def store(self) -> SQLiteStore:
         return SQLiteStore(self.url)
