@@ -281,6 +281,70 @@ ROLLUP_DDL = (
     "REFERENCING OLD TABLE AS removed FOR EACH STATEMENT "
     "EXECUTE FUNCTION events_hourly_remove()",
 )
+#: Distinct users per UTC day (``d``), week from Monday (``w``) and month (``m``): one row
+#: per period and user with their events (so that a deletion knows when a user's last
+#: event of a period went), and the users per period. A user is ``user_id``, else
+#: ``anonymous_id``.
+_KINDS = "(VALUES ('d', 'day'), ('w', 'week'), ('m', 'month')) AS k(kind, unit)"
+_USER_PERIODS = (
+    "SELECT k.kind, date_trunc(k.unit, r.timestamp AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' "
+    "AS start, coalesce(r.user_id, r.anonymous_id) AS user_key, count(*) AS n "
+    f"FROM {{rows}} r CROSS JOIN {_KINDS} "
+    "WHERE coalesce(r.user_id, r.anonymous_id) IS NOT NULL {where}"
+    "GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+)
+USERS_DDL = (
+    "CREATE TABLE IF NOT EXISTS users_active (kind char(1) NOT NULL, start timestamptz "
+    "NOT NULL, user_key text NOT NULL, n bigint NOT NULL, PRIMARY KEY (kind, start, user_key))",
+    "CREATE TABLE IF NOT EXISTS users_active_counts (kind char(1) NOT NULL, "
+    "start timestamptz NOT NULL, users bigint NOT NULL, PRIMARY KEY (kind, start))",
+    # Rows whose last event went: found without reading the table.
+    "CREATE INDEX IF NOT EXISTS ix_users_active_gone ON users_active (kind) WHERE n <= 0",
+    "CREATE OR REPLACE FUNCTION users_active_add() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN WITH up AS (INSERT INTO users_active (kind, start, user_key, n) "
+    + _USER_PERIODS.format(rows="added", where="")
+    + " ON CONFLICT (kind, start, user_key) DO UPDATE SET n = users_active.n + EXCLUDED.n "
+    "RETURNING kind, start, (xmax = 0) AS fresh) "
+    "INSERT INTO users_active_counts (kind, start, users) "
+    "SELECT kind, start, count(*) FROM up WHERE fresh GROUP BY 1, 2 ORDER BY 1, 2 "
+    "ON CONFLICT (kind, start) DO UPDATE SET users = users_active_counts.users + "
+    "EXCLUDED.users; RETURN NULL; END $$",
+    "CREATE OR REPLACE FUNCTION users_active_remove() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN UPDATE users_active a SET n = a.n - p.n FROM ("
+    + _USER_PERIODS.format(rows="removed", where="")
+    + ") p WHERE a.kind = p.kind AND a.start = p.start AND a.user_key = p.user_key; "
+    "WITH gone AS (DELETE FROM users_active WHERE n <= 0 RETURNING kind, start) "
+    "UPDATE users_active_counts c SET users = c.users - g.users FROM (SELECT kind, start, "
+    "count(*) AS users FROM gone GROUP BY 1, 2) g WHERE c.kind = g.kind AND c.start = g.start; "
+    "DELETE FROM users_active_counts WHERE users <= 0; RETURN NULL; END $$",
+    "CREATE OR REPLACE TRIGGER users_active_insert AFTER INSERT ON events "
+    "REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION users_active_add()",
+    "CREATE OR REPLACE TRIGGER users_active_delete AFTER DELETE ON events "
+    "REFERENCING OLD TABLE AS removed FOR EACH STATEMENT "
+    "EXECUTE FUNCTION users_active_remove()",
+)
+#: Counting ``users_active`` again from ``events`` for the periods of kind ``:kind``
+#: starting in ``[:low, :high)``: after a whole partition is dropped (retention), the
+#: periods it overlapped lose users only ``events`` can tell.
+USERS_RECOUNT = (
+    "DELETE FROM users_active WHERE kind = :kind AND start >= :low AND start < :high",
+    "INSERT INTO users_active (kind, start, user_key, n) "
+    "SELECT * FROM ("
+    + _USER_PERIODS.format(
+        rows="events",
+        where="AND r.timestamp >= :low AND r.timestamp < :high ",
+    )
+    + ") p WHERE p.kind = :kind",
+    "DELETE FROM users_active_counts WHERE kind = :kind AND start >= :low AND start < :high",
+    "INSERT INTO users_active_counts (kind, start, users) SELECT kind, start, count(*) "
+    "FROM users_active WHERE kind = :kind AND start >= :low AND start < :high GROUP BY 1, 2",
+)
+USERS_BACKFILL = (
+    "INSERT INTO users_active (kind, start, user_key, n) "
+    + _USER_PERIODS.format(rows="events", where=""),
+    "INSERT INTO users_active_counts (kind, start, users) "
+    "SELECT kind, start, count(*) FROM users_active GROUP BY 1, 2",
+)
 #: Filled from ``events`` once, when the table is made (schema 3 → 4), in the migration's
 #: transaction, which holds a lock that keeps writers out until it commits.
 ROLLUP_BACKFILL = "INSERT INTO events_hourly (hour, type, event, source, n) " + _ROLLUP_ROWS.format(
@@ -293,15 +357,43 @@ def ensure_rollup(connection: Any) -> bool:
     ``events`` when it is new; whether it was new. In the caller's transaction: an
     exclusive lock on ``events`` keeps every writer out until it commits, so no row is
     counted twice or missed."""
-    if connection.execute(text("SELECT to_regclass('events_hourly')")).scalar() is not None:
-        for statement in ROLLUP_DDL[1:]:  # the functions follow this release's
+    hourly = connection.execute(text("SELECT to_regclass('events_hourly')")).scalar()
+    users = connection.execute(text("SELECT to_regclass('users_active_counts')")).scalar()
+    if hourly is not None and users is not None:
+        for statement in (*ROLLUP_DDL[1:], *USERS_DDL[3:]):  # this release's functions
             connection.execute(text(statement))
         return False
     connection.execute(text("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"))
-    for statement in ROLLUP_DDL:
-        connection.execute(text(statement))
-    connection.execute(text(ROLLUP_BACKFILL))
+    if hourly is None:
+        for statement in (*ROLLUP_DDL, ROLLUP_BACKFILL):
+            connection.execute(text(statement))
+    if users is None:
+        connection.execute(text("DROP TABLE IF EXISTS users_active"))
+        for statement in (*USERS_DDL, *USERS_BACKFILL):
+            connection.execute(text(statement))
     return True
+
+
+def _recount_users(connection: Any, start: datetime, end: datetime) -> None:
+    """Count the users of every day, week and month that overlaps ``[start, end)`` again
+    from ``events`` (:data:`USERS_RECOUNT`), in the caller's transaction."""
+    for kind, unit in (("d", "day"), ("w", "week"), ("m", "month")):
+        low = connection.execute(
+            text(
+                "SELECT date_trunc(:unit, CAST(:t AS timestamptz) AT TIME ZONE 'UTC') "
+                "AT TIME ZONE 'UTC'"
+            ),
+            {"unit": unit, "t": start},
+        ).scalar()
+        high = connection.execute(
+            text(
+                "SELECT (date_trunc(:unit, CAST(:t AS timestamptz) AT TIME ZONE 'UTC') "
+                "+ CAST('1 ' || :unit AS interval)) AT TIME ZONE 'UTC'"
+            ),
+            {"unit": unit, "t": end - timedelta(microseconds=1)},
+        ).scalar()
+        for statement in USERS_RECOUNT:
+            connection.execute(text(statement), {"kind": kind, "low": low, "high": high})
 
 
 # -- partitions ----------------------------------------------------------------------------
@@ -662,6 +754,8 @@ class PostgresSink(Sink):
                         text("DELETE FROM events_hourly WHERE hour >= :start AND hour < :end"),
                         {"start": start.replace(tzinfo=UTC), "end": end},
                     )
+                if connection.execute(text("SELECT to_regclass('users_active_counts')")).scalar():
+                    _recount_users(connection, start.replace(tzinfo=UTC), end)
             with self._partitions_lock:
                 self._partitions.discard(name)
             dropped.append(name)

@@ -39,7 +39,7 @@ from sqlalchemy.sql.dml import Insert
 
 from eventrouter.store.db import json_options
 from eventrouter.store.interface import Erased, Eraser, QueryDialect
-from eventrouter.store.rollup import events_hourly
+from eventrouter.store.rollup import events_hourly, users_active_counts
 from eventrouter.store.sql import SQLEraser, SQLStore
 
 #: Settings of the query layer's connections. No JIT: compiling a dashboard query whose
@@ -88,6 +88,7 @@ class PostgresStore(SQLStore):
 
 class PostgresDialect(QueryDialect):
     rollup = events_hourly
+    users_rollup = users_active_counts
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -44,7 +44,7 @@ from sqlalchemy.sql.dml import Insert
 from eventrouter.files import is_data_dir, open_private, private_dir, private_sqlite
 from eventrouter.store.db import json_options
 from eventrouter.store.interface import QueryDialect
-from eventrouter.store.rollup import events_hourly
+from eventrouter.store.rollup import events_hourly, users_active_counts
 from eventrouter.store.schema import events, metadata
 from eventrouter.store.sql import SQLStore
 
@@ -166,7 +166,62 @@ ROLLUP_DDL = (
 )
 
 
-ROLLUP_TRIGGERS = ("events_hourly_insert", "events_hourly_delete", "events_hourly_update")
+# -- distinct users per day, week and month (eventrouter.store.rollup) ---------------------
+#: ``(kind, period start)`` of the row ``{row}``: ``d`` its UTC day, ``w`` its week from
+#: Monday, ``m`` its month, each as SQLAlchemy's DateTime text.
+_PERIOD_START = {
+    "d": "substr({row}timestamp, 1, 10) || ' 00:00:00.000000'",
+    "w": "date({row}timestamp, 'weekday 0', '-6 days') || ' 00:00:00.000000'",
+    "m": "substr({row}timestamp, 1, 7) || '-01 00:00:00.000000'",
+}
+_PERIODS = " UNION ALL ".join(
+    f"SELECT '{kind}' AS kind, {start} AS start" for kind, start in _PERIOD_START.items()
+)
+_USER = "coalesce({row}user_id, {row}anonymous_id)"
+USERS_DDL = (
+    # One row per period and user with how many events (so that a deletion knows when
+    # the user's last event of the period went), and the users per period.
+    "CREATE TABLE users_active (kind TEXT NOT NULL, start TEXT NOT NULL, "
+    "user_key TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (kind, start, user_key)) "
+    "WITHOUT ROWID",
+    "CREATE TABLE users_active_counts (kind TEXT NOT NULL, start TEXT NOT NULL, "
+    "users INTEGER NOT NULL, PRIMARY KEY (kind, start)) WITHOUT ROWID",
+    *(
+        "INSERT INTO users_active (kind, start, user_key, n) "
+        f"SELECT '{kind}', {start.format(row='')}, {_USER.format(row='')}, count(*) "
+        f"FROM events WHERE {_USER.format(row='')} IS NOT NULL GROUP BY 2, 3"
+        for kind, start in _PERIOD_START.items()
+    ),
+    "INSERT INTO users_active_counts (kind, start, users) "
+    "SELECT kind, start, count(*) FROM users_active GROUP BY kind, start",
+    # A user's first event of a period counts them in; their last one's deletion out.
+    "CREATE TRIGGER users_active_new AFTER INSERT ON users_active BEGIN "
+    "INSERT INTO users_active_counts (kind, start, users) VALUES (NEW.kind, NEW.start, 1) "
+    "ON CONFLICT (kind, start) DO UPDATE SET users = users + 1; END",
+    "CREATE TRIGGER users_active_gone AFTER DELETE ON users_active BEGIN "
+    "UPDATE users_active_counts SET users = users - 1 "
+    "WHERE kind = OLD.kind AND start = OLD.start; "
+    "DELETE FROM users_active_counts WHERE kind = OLD.kind AND start = OLD.start "
+    "AND users <= 0; END",
+    "CREATE TRIGGER users_active_insert AFTER INSERT ON events "
+    f"WHEN {_USER.format(row='NEW.')} IS NOT NULL BEGIN "
+    "INSERT INTO users_active (kind, start, user_key, n) "
+    f"SELECT kind, start, {_USER.format(row='NEW.')}, 1 FROM ({_PERIODS.format(row='NEW.')}) "
+    "WHERE true ON CONFLICT (kind, start, user_key) DO UPDATE SET n = n + 1; END",
+    "CREATE TRIGGER users_active_delete AFTER DELETE ON events "
+    f"WHEN {_USER.format(row='OLD.')} IS NOT NULL BEGIN "
+    "UPDATE users_active SET n = n - 1 WHERE user_key = "
+    f"{_USER.format(row='OLD.')} AND (kind, start) IN ({_PERIODS.format(row='OLD.')}); "
+    f"DELETE FROM users_active WHERE user_key = {_USER.format(row='OLD.')} "
+    f"AND (kind, start) IN ({_PERIODS.format(row='OLD.')}) AND n <= 0; END",
+)
+ROLLUP_TRIGGERS = (
+    "events_hourly_insert",
+    "events_hourly_delete",
+    "events_hourly_update",
+    "users_active_insert",
+    "users_active_delete",
+)
 
 
 def ensure_rollup(connection: Any) -> bool:
@@ -184,8 +239,9 @@ def ensure_rollup(connection: Any) -> bool:
         return False
     for name in ROLLUP_TRIGGERS:
         connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
-    connection.exec_driver_sql("DROP TABLE IF EXISTS events_hourly")
-    for statement in ROLLUP_DDL:
+    for table in ("events_hourly", "users_active", "users_active_counts"):
+        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+    for statement in (*ROLLUP_DDL, *USERS_DDL):
         connection.exec_driver_sql(statement)
     return True
 
@@ -216,6 +272,7 @@ class SQLiteStore(SQLStore):
 class SQLiteDialect(QueryDialect):
     insert_order = "rowid"
     rollup = events_hourly
+    users_rollup = users_active_counts
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -122,6 +122,9 @@ class QueryDialect(ABC):
     #: The hourly rollup of ``events`` the store keeps (:mod:`eventrouter.store.rollup`),
     #: read whenever a filter allows; None: every aggregate reads ``events``.
     rollup: ClassVar[Table | None] = None
+    #: The distinct users per period the store keeps
+    #: (:data:`eventrouter.store.rollup.users_active_counts`); None: counted from ``events``.
+    users_rollup: ClassVar[Table | None] = None
     #: Whether :meth:`count_distinct` is exact (else an estimate, which the dashboard
     #: says on the page).
     distinct_exact: ClassVar[bool] = True

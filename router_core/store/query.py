@@ -174,10 +174,8 @@ class ActiveUsers(msgspec.Struct, kw_only=True):
     interval: str
     #: Whether the counts are exact (else the store's estimate).
     exact: bool
-    #: ``(period start, users)``, oldest first; periods without events left out.
+    #: ``(period start, users)``, oldest first; periods without users left out.
     series: list[tuple[datetime, int]]
-    #: Distinct users over the whole range.
-    total: int
     by: str | None = None
     #: ``(value, users)`` of ``by`` over the whole range, most users first.
     top: list[tuple[Any, int]] = []
@@ -228,8 +226,8 @@ class EventStore:
         #: Read the store's rollup where it can answer (False: always ``events``, which
         #: gives the same answers; the tests compare the two).
         self.use_rollup = use_rollup
-        self._rollup_found = False
-        self._rollup_checked = -ROLLUP_RECHECK
+        self._tables_found: set[str] = set()
+        self._tables_checked: dict[str, float] = {}
 
     @property
     def engine(self) -> Any:
@@ -500,47 +498,69 @@ class EventStore:
         self, where: EventFilter, interval: str, by: str | None = None, limit: int = 10
     ) -> ActiveUsers:
         """Distinct users among the events matching ``where``: per ``interval`` (daily,
-        weekly or monthly active users), over the whole range, and with ``by`` (a
-        dimension, :meth:`dimension`) per value over the whole range, the ``limit``
-        values with the most users first. A user is the ``user_id``, else the
-        ``anonymous_id`` (no merging through identify or alias)."""
+        weekly or monthly active users) and, with ``by`` (a dimension, :meth:`dimension`),
+        per value, the ``limit`` values with the most users first. A user is the
+        ``user_id``, else the ``anonymous_id`` (no merging through identify or alias).
+
+        Periods are whole: ``where.since`` is moved back to the start of its period (the
+        first day, week or month counts all of its users, as every later one does).
+        Without filters besides the time and without ``by``, the store's per-period
+        counts answer (:mod:`eventrouter.store.rollup`); otherwise ``events``."""
+        if interval not in INTERVALS:
+            raise InvalidQuery("interval", f"{interval!r} is not one of {', '.join(INTERVALS)}")
+        if where.since is not None:
+            where = msgspec.structs.replace(where, since=rollup.period_start(where.since, interval))
         dialect = self.dialect
-        user = dialect.user_key()
-        users = dialect.count_distinct(user).label("users")
+        counts = dialect.users_rollup
+        plain = msgspec.structs.replace(where, since=None) == EventFilter()
+        if (
+            by is None
+            and plain
+            and self.use_rollup
+            and counts is not None
+            and self._has_table(counts.name)
+        ):
+            r = counts.c
+            statement = (
+                select(r.start, r.users)
+                .where(r.kind == rollup.PERIOD_KINDS[interval])
+                .order_by(r.start)
+            )
+            if where.since is not None:
+                statement = statement.where(r.start >= dialect.time(where.since))
+            with self.engine.connect() as connection:
+                rows = connection.execute(statement).all()
+            series = [(_aware(start), int(n)) for start, n in rows if n]
+            return ActiveUsers(interval=interval, exact=True, series=series, by=None)
+        users = dialect.count_distinct(dialect.user_key()).label("users")
         conditions = self.conditions(where)
         period = self.period(interval).label("period")
         series_sql = (
             dialect.select(period, users).where(*conditions).group_by(period).order_by(period)
         )
-        total_sql = dialect.select(users).where(*conditions)
-        top_sql = None
-        if by is not None:
-            value = self.dimension(by).label("value")
-            top_sql = (
-                dialect.select(value, users)
-                .where(*conditions)
-                .group_by(value)
-                .order_by(users.desc(), value)
-                .limit(limit)
-            )
         with self.engine.connect() as connection:
             series = [
                 (datetime.fromtimestamp(int(start), UTC), int(n))
                 for start, n in connection.execute(series_sql).all()
+                if n
             ]
-            total = int(connection.execute(total_sql).scalar() or 0)
-            top = (
-                [(dialect.text_value(v), int(n)) for v, n in connection.execute(top_sql).all()]
-                if top_sql is not None
-                else []
-            )
+            top = []
+            if by is not None:
+                value = self.dimension(by).label("value")
+                top_sql = (
+                    dialect.select(value, users)
+                    .where(*conditions)
+                    .group_by(value)
+                    .order_by(users.desc(), value)
+                    .limit(limit)
+                )
+                top = [
+                    (dialect.text_value(v), int(n))
+                    for v, n in connection.execute(top_sql).all()
+                    if n
+                ]
         return ActiveUsers(
-            interval=interval,
-            exact=dialect.distinct_exact,
-            series=series,
-            total=total,
-            by=by,
-            top=top,
+            interval=interval, exact=dialect.distinct_exact, series=series, by=by, top=top
         )
 
     # -- the rollup (eventrouter.store.rollup) --------------------------------------------
@@ -548,21 +568,27 @@ class EventStore:
     def _hourly(self) -> Table:
         return self.dialect.rollup  # type: ignore[return-value]
 
+    def _has_table(self, name: str) -> bool:
+        """Whether the store's table ``name`` exists: remembered once found; its absence
+        asked again after :data:`ROLLUP_RECHECK` seconds."""
+        if name in self._tables_found:
+            return True
+        now = time.monotonic()
+        if now < self._tables_checked.get(name, -ROLLUP_RECHECK) + ROLLUP_RECHECK:
+            return False
+        self._tables_checked[name] = now
+        with self.engine.connect() as connection:
+            if inspect(connection).has_table(name):
+                self._tables_found.add(name)
+        return name in self._tables_found
+
     def has_rollup(self) -> bool:
         """Whether the store keeps the rollup and its table exists (a store not migrated
         yet has none: every aggregate reads ``events`` until it does). Once found it is
         remembered; its absence is asked again after :data:`ROLLUP_RECHECK` seconds."""
         if self.dialect.rollup is None or not self.use_rollup:
             return False
-        if self._rollup_found:
-            return True
-        now = time.monotonic()
-        if now < self._rollup_checked + ROLLUP_RECHECK:
-            return False
-        self._rollup_checked = now
-        with self.engine.connect() as connection:
-            self._rollup_found = inspect(connection).has_table(self.dialect.rollup.name)
-        return self._rollup_found
+        return self._has_table(self.dialect.rollup.name)
 
     def _rollup_split(self, where: EventFilter) -> rollup.Split | None:
         """How the rollup answers ``where`` (None: it cannot; read ``events``)."""

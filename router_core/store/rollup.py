@@ -14,6 +14,12 @@ transition tables), so it changes in the same transaction as the rows it counts:
   trigger) trims the matching hours in the same transaction (the store's own code);
 - creating the table (a migration) fills it from ``events`` in the same transaction.
 
+Beside it, ``users_active`` and ``users_active_counts`` keep the distinct users (the
+``user_id``, else the ``anonymous_id``) per UTC day, week (from Monday) and month: one
+row per period and user with their events, and the users per period, kept by the same
+triggers; :meth:`EventStore.active_users` reads the counts when it asks for no filter
+and no breakdown.
+
 An event without a name (any call but track) is kept under :data:`NO_EVENT`. Stores
 that keep no such table (ClickHouse: its copies of a redelivered event collapse only
 when parts merge, so a count kept at insert would count them twice) say so with
@@ -54,6 +60,29 @@ events_hourly = Table(
     Column("source", Text, nullable=False),
     Column("n", BigInteger, nullable=False),
 )
+
+
+#: Distinct users per period (:meth:`EventStore.active_users`), kept beside
+#: ``users_active`` (one row per period and user, with their events): ``kind`` is
+#: :data:`PERIOD_KINDS`'s letter, ``start`` the period's first moment (UTC).
+users_active_counts = Table(
+    "users_active_counts",
+    metadata,
+    Column("kind", String(1), nullable=False),
+    Column("start", DateTime, nullable=False),
+    Column("users", BigInteger, nullable=False),
+)
+PERIOD_KINDS = {"day": "d", "week": "w", "month": "m"}
+
+
+def period_start(moment: datetime, interval: str) -> datetime:
+    """The first moment (UTC) of the day, week (from Monday) or month holding ``moment``."""
+    day = moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if interval == "week":
+        return day - timedelta(days=day.weekday())
+    if interval == "month":
+        return day.replace(day=1)
+    return day
 
 
 def floor_hour(moment: datetime) -> datetime:
