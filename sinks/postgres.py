@@ -236,6 +236,11 @@ class PostgresOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     normalise: bool = True
     #: Create or upgrade the schema when the sink starts (else: ``eventrouter migrate``).
     migrate_on_start: bool = True
+    #: Keep the distinct users per day, week and month at write time
+    #: (``users_active``), for the Active users page: read in milliseconds instead of
+    #: counted from ``events``, at the cost of an upsert per user and period in every
+    #: batch (bench: the write rate fell by about half). Off: counted from events.
+    unique_users: bool = False
 
     def __post_init__(self) -> None:
         for parts in self.path_indexes:
@@ -339,6 +344,11 @@ USERS_RECOUNT = (
     "INSERT INTO users_active_counts (kind, start, users) SELECT kind, start, count(*) "
     "FROM users_active WHERE kind = :kind AND start >= :low AND start < :high GROUP BY 1, 2",
 )
+USERS_DROP = (
+    "DROP TRIGGER IF EXISTS users_active_insert ON events",
+    "DROP TRIGGER IF EXISTS users_active_delete ON events",
+    "DROP TABLE IF EXISTS users_active, users_active_counts",
+)
 USERS_BACKFILL = (
     "INSERT INTO users_active (kind, start, user_key, n) "
     + _USER_PERIODS.format(rows="events", where=""),
@@ -352,26 +362,35 @@ ROLLUP_BACKFILL = "INSERT INTO events_hourly (hour, type, event, source, n) " + 
 )
 
 
-def ensure_rollup(connection: Any) -> bool:
+def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
     """Create ``events_hourly`` and its triggers (idempotent), filling the table from
-    ``events`` when it is new; whether it was new. In the caller's transaction: an
-    exclusive lock on ``events`` keeps every writer out until it commits, so no row is
-    counted twice or missed."""
+    ``events`` when it is new; with ``users``, the same for ``users_active`` and
+    ``users_active_counts``, and without, drop those. What changed. In the caller's
+    transaction: an exclusive lock on ``events`` keeps every writer out until it
+    commits, so no row is counted twice or missed."""
     hourly = connection.execute(text("SELECT to_regclass('events_hourly')")).scalar()
-    users = connection.execute(text("SELECT to_regclass('users_active_counts')")).scalar()
-    if hourly is not None and users is not None:
-        for statement in (*ROLLUP_DDL[1:], *USERS_DDL[3:]):  # this release's functions
+    counted = connection.execute(text("SELECT to_regclass('users_active_counts')")).scalar()
+    changes = []
+    if hourly is not None and (counted is not None) == users:
+        # The functions follow this release's.
+        for statement in (*ROLLUP_DDL[1:], *(USERS_DDL[3:] if users else ())):
             connection.execute(text(statement))
-        return False
+        return changes
     connection.execute(text("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"))
     if hourly is None:
         for statement in (*ROLLUP_DDL, ROLLUP_BACKFILL):
             connection.execute(text(statement))
-    if users is None:
+        changes.append("created events_hourly")
+    if users and counted is None:
         connection.execute(text("DROP TABLE IF EXISTS users_active"))
         for statement in (*USERS_DDL, *USERS_BACKFILL):
             connection.execute(text(statement))
-    return True
+        changes.append("created users_active")
+    elif not users and counted is not None:
+        for statement in USERS_DROP:
+            connection.execute(text(statement))
+        changes.append("dropped users_active")
+    return changes
 
 
 def _recount_users(connection: Any, start: datetime, end: datetime) -> None:
@@ -501,8 +520,9 @@ class PostgresSink(Sink):
                 else:
                     index.drop(connection, checkfirst=True)
             self._migrate_path_indexes(connection)
-            if ensure_rollup(connection):
-                log.info("%s: created the hourly rollup events_hourly", self.name)
+            rollups = ensure_rollup(connection, users=self.options.unique_users)
+            for change in rollups:
+                log.info("%s: %s (eventrouter.store.rollup)", self.name, change)
             current = connection.execute(text("SELECT max(version) FROM eventrouter_schema"))
             if (current.scalar() or 0) < SCHEMA_VERSION:
                 connection.execute(
@@ -513,7 +533,7 @@ class PostgresSink(Sink):
         self._claims = True
         self.maintain(force=True)
         done = f"schema version {SCHEMA_VERSION}, {len(self._partitions)} partitions"
-        return f"{done}; {upgraded}" if upgraded else done
+        return "; ".join(filter(None, [done, upgraded, ", ".join(rollups)]))
 
     def _upgrade_primary_key(self) -> str | None:
         """Schema 1 → 2: the primary key ``(message_id, timestamp)`` becomes

@@ -172,6 +172,11 @@ class SQLiteOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: ``(message_id, source)``) makes the store idempotent: a redelivered event is
     #: stored once, and the same id from another source is another event.
     indexes: list[IndexName] = msgspec.field(default_factory=lambda: ["user_id", "event"])
+    #: Keep the distinct users per day, week and month at write time
+    #: (``users_active``), for the Active users page: read in milliseconds instead of
+    #: counted from ``events``, at about three index writes per stored event (bench:
+    #: the write rate fell from ~40-60 k to ~17-20 k events/s). Off: counted from events.
+    unique_users: bool = False
 
 
 class SQLiteSink(Sink):
@@ -218,10 +223,10 @@ class SQLiteSink(Sink):
             metadata.create_all(self._engine, tables=[events])
             changes = self._sync_indexes()
             with self._engine.begin() as connection:
-                if ensure_rollup(connection):
-                    log.info("%s: created the hourly rollup events_hourly", self.name)
-                    changes.append("created events_hourly")
-            return changes
+                rollups = ensure_rollup(connection, users=self.options.unique_users)
+            for change in rollups:
+                log.info("%s: %s (eventrouter.store.rollup)", self.name, change)
+            return changes + rollups
 
     def store(self) -> SQLiteStore:
         return SQLiteStore(self.url)

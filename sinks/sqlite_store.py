@@ -215,35 +215,52 @@ USERS_DDL = (
     f"DELETE FROM users_active WHERE user_key = {_USER.format(row='OLD.')} "
     f"AND (kind, start) IN ({_PERIODS.format(row='OLD.')}) AND n <= 0; END",
 )
-ROLLUP_TRIGGERS = (
-    "events_hourly_insert",
-    "events_hourly_delete",
-    "events_hourly_update",
-    "users_active_insert",
-    "users_active_delete",
-)
+ROLLUP_TRIGGERS = ("events_hourly_insert", "events_hourly_delete", "events_hourly_update")
+USERS_TRIGGERS = ("users_active_insert", "users_active_delete")
+USERS_TABLES = ("users_active", "users_active_counts")
 
 
-def ensure_rollup(connection: Any) -> bool:
+def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
     """Create ``events_hourly``, fill it from ``events`` and create its triggers unless
-    they all exist; whether it did. Run under the writers' lock (no row can arrive
-    meanwhile). Python's sqlite3 may commit the table before the triggers: a rollup
-    found without every trigger (a crash in between) is dropped and made again."""
+    they all exist; with ``users``, the same for ``users_active`` and
+    ``users_active_counts``, and without, drop those. Run under the writers' lock (no row
+    can arrive meanwhile). What changed. Python's sqlite3 may commit a table before its
+    triggers: a rollup found without every trigger (a crash in between) is dropped and
+    made again."""
     found = {
         name
         for (name,) in connection.exec_driver_sql(
             "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
         )
     }
-    if found.issuperset(ROLLUP_TRIGGERS):
-        return False
-    for name in ROLLUP_TRIGGERS:
-        connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
-    for table in ("events_hourly", "users_active", "users_active_counts"):
-        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
-    for statement in (*ROLLUP_DDL, *USERS_DDL):
-        connection.exec_driver_sql(statement)
-    return True
+    changes = []
+    if not found.issuperset(ROLLUP_TRIGGERS):
+        for name in ROLLUP_TRIGGERS:
+            connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+        connection.exec_driver_sql("DROP TABLE IF EXISTS events_hourly")
+        for statement in ROLLUP_DDL:
+            connection.exec_driver_sql(statement)
+        changes.append("created events_hourly")
+    tables = {
+        name
+        for (name,) in connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'users_active%'"
+        )
+    }
+    complete = found.issuperset(USERS_TRIGGERS) and tables.issuperset(USERS_TABLES)
+    leftover = bool(found & set(USERS_TRIGGERS) or tables)
+    if complete != users or (not users and leftover):
+        for name in USERS_TRIGGERS:
+            connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+        for table in USERS_TABLES:
+            connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        if users:
+            for statement in USERS_DDL:
+                connection.exec_driver_sql(statement)
+            changes.append("created users_active")
+        else:
+            changes.append("dropped users_active")
+    return changes
 
 
 class SQLiteStore(SQLStore):

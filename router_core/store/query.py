@@ -518,7 +518,8 @@ class EventStore:
             and plain
             and self.use_rollup
             and counts is not None
-            and self._has_table(counts.name)
+            # Dropped when the sink's unique_users is turned off: asked each time.
+            and self._has_table(counts.name, remember=False)
         ):
             r = counts.c
             statement = (
@@ -568,11 +569,15 @@ class EventStore:
     def _hourly(self) -> Table:
         return self.dialect.rollup  # type: ignore[return-value]
 
-    def _has_table(self, name: str) -> bool:
-        """Whether the store's table ``name`` exists: remembered once found; its absence
-        asked again after :data:`ROLLUP_RECHECK` seconds."""
+    def _has_table(self, name: str, *, remember: bool = True) -> bool:
+        """Whether the store's table ``name`` exists: once found, remembered (``remember``:
+        a table that is never dropped) or asked again each time; its absence asked again
+        after :data:`ROLLUP_RECHECK` seconds."""
         if name in self._tables_found:
-            return True
+            if remember:
+                return True
+            self._tables_found.discard(name)
+            self._tables_checked.pop(name, None)
         now = time.monotonic()
         if now < self._tables_checked.get(name, -ROLLUP_RECHECK) + ROLLUP_RECHECK:
             return False

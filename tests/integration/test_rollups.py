@@ -86,6 +86,8 @@ def fx(request, tmp_path_factory) -> Iterator[Fixture]:
     with store_sink(request.param, tmp_path) as sink:
         if request.param == "sqlite":  # redelivered copies refused, as on the others
             sink["indexes"] = ["message_id", "user_id", "event"]
+        if request.param != "clickhouse":
+            sink["unique_users"] = True
         raw = {"sinks": {"store": sink}, "privacy": {"refresh": "100ms"}}
         server = LiveServer(make_config(tmp_path, raw)).start()
         fixture = Fixture(request.param, sink, server)
@@ -252,7 +254,7 @@ def _drop_rollup(fx: Fixture) -> None:
         engine.dispose()
 
 
-def _migrate(fx: Fixture) -> str:
+def _migrate(fx: Fixture, users: bool = True) -> str:
     """What ``eventrouter migrate`` runs: SQLite's rollup under the writers' lock, or
     the PostgreSQL sink's migration."""
     if fx.kind == "sqlite":
@@ -260,13 +262,14 @@ def _migrate(fx: Fixture) -> str:
 
         def migrate() -> str:
             with engine.begin() as connection:
-                return "created" if ensure_rollup(connection) else "up to date"
+                return ", ".join(ensure_rollup(connection, users=users)) or "up to date"
 
         try:
             return write_retrying(fx.sink["url"], migrate)
         finally:
             engine.dispose()
-    sink = PostgresSink("store", fx.server.config, PostgresOptions(url=fx.sink["url"]))
+    options = PostgresOptions(url=fx.sink["url"], unique_users=users)
+    sink = PostgresSink("store", fx.server.config, options)
     try:
         return sink.migrate()
     finally:
@@ -295,7 +298,8 @@ def test_migration_fills_the_rollup_from_the_stored_events(fx):
 def test_retention_drops_the_hours_of_dropped_partitions(fx):
     if fx.kind != "postgres":
         pytest.skip("only PostgreSQL drops old rows itself (partitions past retention)")
-    sink = PostgresSink("store", fx.server.config, PostgresOptions(url=fx.sink["url"]))
+    options = PostgresOptions(url=fx.sink["url"], unique_users=True)
+    sink = PostgresSink("store", fx.server.config, options)
     try:
         sink.migrate()
         cutoff = NOW - timedelta(days=2)
@@ -313,3 +317,17 @@ def test_retention_drops_the_hours_of_dropped_partitions(fx):
         ).fetchone()[0]
     assert old == 0
     assert got["count"] == fx.scanner.count(EventFilter(since=SINCE))
+
+
+def test_unique_users_off_drops_the_counts_and_reads_events(fx):
+    if fx.kind == "clickhouse":
+        pytest.skip("ClickHouse keeps no rollup (eventrouter.store.rollup)")
+    before = check_same(fx)
+    assert fx.reader._has_table("users_active_counts", remember=False) is True
+    try:
+        assert "dropped users_active" in _migrate(fx, users=False)
+        assert fx.reader._has_table("users_active_counts", remember=False) is False
+        assert check_same(fx) == before  # from events now
+    finally:
+        assert "created users_active" in _migrate(fx, users=True)
+    assert check_same(fx) == before
