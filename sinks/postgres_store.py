@@ -89,6 +89,7 @@ class PostgresStore(SQLStore):
 class PostgresDialect(QueryDialect):
     rollup = events_hourly
     users_rollup = users_active_counts
+    indexed_extremes = True
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -290,6 +290,7 @@ class SQLiteDialect(QueryDialect):
     insert_order = "rowid"
     rollup = events_hourly
     users_rollup = users_active_counts
+    indexed_extremes = True
 
     def __init__(self, url: str) -> None:
         self.url = url

@@ -125,6 +125,10 @@ class QueryDialect(ABC):
     #: The distinct users per period the store keeps
     #: (:data:`eventrouter.store.rollup.users_active_counts`); None: counted from ``events``.
     users_rollup: ClassVar[Table | None] = None
+    #: ``min(timestamp)`` and ``max(timestamp)`` each read one end of an index (SQLite,
+    #: PostgreSQL): :meth:`EventStore.time_span` asks for them apart, not with a count
+    #: that reads every match.
+    indexed_extremes: ClassVar[bool] = False
     #: Whether :meth:`count_distinct` is exact (else an estimate, which the dashboard
     #: says on the page).
     distinct_exact: ClassVar[bool] = True

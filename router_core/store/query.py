@@ -638,14 +638,24 @@ class EventStore:
     def time_span(self, where: EventFilter) -> tuple[datetime, datetime] | None:
         """The oldest and newest ``timestamp`` among events matching ``where``."""
         c = self.table.c
-        statement = self.dialect.select(
-            func.min(c.timestamp).label("oldest"),
-            func.max(c.timestamp).label("newest"),
-            func.count().label("n"),
-        ).where(*self.conditions(where))
+        conditions = self.conditions(where)
+        if self.dialect.indexed_extremes:
+            # Two index probes (the time index, or a filter column's (column, timestamp)
+            # one), where one query with a count would read every match.
+            ends = [
+                self.dialect.select(extreme(c.timestamp)).where(*conditions).scalar_subquery()
+                for extreme in (func.min, func.max)
+            ]
+            statement = select(*ends)
+        else:
+            statement = self.dialect.select(
+                func.min(c.timestamp).label("oldest"),
+                func.max(c.timestamp).label("newest"),
+                func.count().label("n"),
+            ).where(*conditions)
         with self.engine.connect() as connection:
-            oldest, newest, n = connection.execute(statement).one()
-        if not n:
+            oldest, newest, *n = connection.execute(statement).one()
+        if oldest is None or (n and not n[0]):
             return None
         return _aware(oldest), _aware(newest)
 
