@@ -53,8 +53,9 @@ class Chart:
     #: above it); (y, label) ticks from 0 on the baseline up to ``top``.
     peak: int
     y_ticks: list[tuple[float, str]]
-    #: (x, label) under evenly spaced buckets.
-    x_ticks: list[tuple[float, str]]
+    #: (x, label, text-anchor) under evenly spaced buckets (a label near an end of the
+    #: axis is anchored at that end, so that it is not cut off).
+    x_ticks: list[tuple[float, str, str]]
     baseline: float
     top: int = 1
     left: int = LEFT
@@ -89,6 +90,15 @@ def _time_label(start: datetime, step: int) -> str:
 def _y_axis(peak: int, plot_height: float, baseline: float) -> tuple[int, list]:
     top, values = nice_ticks(peak)
     return top, [(round(baseline - plot_height * v / top, 2), f"{v:,}") for v in values]
+
+
+def _x_tick(x: float, label: str) -> tuple[float, str, str]:
+    """A label's (x, text, anchor): labels are up to ~70 px wide at 12 px."""
+    if x > WIDTH - RIGHT - 40:
+        return x, label, "end"
+    if x < LEFT + 40:
+        return x, label, "start"
+    return x, label, "middle"
 
 
 def _x_picks(count: int) -> list[int]:
@@ -131,7 +141,7 @@ def chart_geometry(
             )
         )
     x_ticks = [
-        (round(bars[i].x + bars[i].width / 2, 2), _time_label(bars[i].start, step))
+        _x_tick(round(bars[i].x + bars[i].width / 2, 2), _time_label(bars[i].start, step))
         for i in _x_picks(len(bars))
     ]
     return Chart(bars, WIDTH, HEIGHT, peak, y_ticks, x_ticks, baseline, top=top, y_title=y_title)
@@ -157,7 +167,9 @@ def line_geometry(
         )
         for i, (start, n) in enumerate(buckets)
     ]
-    x_ticks = [(points[i].x, _time_label(points[i].start, step)) for i in _x_picks(len(points))]
+    x_ticks = [
+        _x_tick(points[i].x, _time_label(points[i].start, step)) for i in _x_picks(len(points))
+    ]
     return Chart(
         [],
         WIDTH,

@@ -63,14 +63,15 @@ def test_bars_reach_their_value_on_the_axis():
 
 def test_x_labels_are_spread_and_include_both_ends():
     chart = chart_geometry(buckets(*range(60)), 3600)
-    xs = [x for x, _ in chart.x_ticks]
+    xs = [x for x, _, _ in chart.x_ticks]
     assert 3 <= len(xs) <= X_LABELS
     assert xs == sorted(xs)
     gaps = [b - a for a, b in itertools.pairwise(xs)]
     assert min(gaps) > 60  # no two labels on top of each other
     assert chart.x_ticks[0][1] == "01-05 00:00" and chart.x_ticks[-1][1] == "01-07 11:00"
     days = chart_geometry(buckets(1, 2, step=86400), 86400)
-    assert [label for _, label in days.x_ticks] == ["2026-01-05", "2026-01-06"]
+    assert [label for _, label, _ in days.x_ticks] == ["2026-01-05", "2026-01-06"]
+    assert chart.x_ticks[-1][2] == "end"  # the last label ends at the axis's end
 
 
 def test_an_empty_chart_still_has_an_axis():
