@@ -48,7 +48,7 @@ test: $(TEST_STAMP) services lock-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(PYTHON) .ci/smoke.py
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=30 $(PYTEST_ARGS)
 
 ## test-fast: the edit loop: tests/unit only, with nothing else running (no services,
 ## server processes or browsers, none started), spread over every CPU (pytest-xdist;

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import falcon.asgi
 
-from eventrouter.admin import quality, views
+from eventrouter.admin import analysis, quality, views
 from eventrouter.admin.active_users import ActiveUsersView
 from eventrouter.admin.privacy import PrivacyView
 from eventrouter.admin.render import Renderer, make_environment
@@ -57,6 +57,8 @@ def add_routes(
     app.add_route("/admin/sources", views.SourcesView(d))
     app.add_route("/admin/privacy", PrivacyView(d))
     app.add_route("/admin/active-users", ActiveUsersView(d))
+    app.add_route("/admin/funnels", analysis.FunnelsView(d))
+    app.add_route("/admin/retention", analysis.RetentionView(d))
     quality.add_routes(app, d)
     app.add_static_route("/admin/static", str(STATIC_DIR))
     return d

@@ -1,6 +1,7 @@
 """The edge's per-request costs, each switched on and off: the HTTP protocol (one write
 per response or uvicorn's two), the cyclic GC's threshold, the metrics (multiprocess
-files written per request, or held in memory).
+files written per request, or held in memory), the ingestion fast path (``POST`` answered
+from the protocol without ASGI and Falcon: eventrouter.edge.fastpath).
 
 Serves ``create_app`` (the embedded default, SQLite in a temporary directory) with
 uvicorn on uvloop in one process, with ``PROMETHEUS_MULTIPROC_DIR`` set as under
@@ -12,7 +13,10 @@ variants alternate for ``--rounds`` rounds, so a machine that slows down slows t
     .venv/bin/python bench/edge_costs.py [--seconds 4] [--rounds 3] [--connections 64] \\
         [--variants before:http=uvicorn,gc=700,metrics=direct after:http=ours,gc=10000,metrics=held]
 
-A variant is ``name:http=uvicorn|ours,gc=N,metrics=direct|held``.
+A variant is ``name:http=uvicorn|ours,gc=N,metrics=direct|held[,fast=on|off]`` (``fast``:
+``server.fast_path``, off unless given; only ``http=ours`` can take it). To weigh the fast
+path alone: ``--variants falcon:http=ours,gc=10000,metrics=held
+fast:http=ours,gc=10000,metrics=held,fast=on``.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ DEFAULT_VARIANTS = [
     "gc:http=uvicorn,gc=10000,metrics=direct",
     "metrics:http=uvicorn,gc=700,metrics=held",
     "after:http=ours,gc=10000,metrics=held",
+    "fast:http=ours,gc=10000,metrics=held,fast=on",
 ]
 
 
@@ -56,7 +61,9 @@ def measure(variant: dict[str, str], seconds: float, connections: int) -> dict:
     from eventrouter.server import DrainingHttpProtocol
 
     metrics._metrics = metrics.Metrics(buffered=variant["metrics"] == "held")
-    app = create_app(load(None))
+    config = load(None)
+    config.server.fast_path = variant.get("fast", "off") == "on"
+    app = create_app(config)
     port = ingest.free_port()
     server = uvicorn.Server(
         uvicorn.Config(

@@ -218,6 +218,12 @@ class EventRouterApp(falcon.asgi.App):
     dashboard: Any = None
     tail: Any = None
     lifespan: Lifespan
+    #: The middleware :func:`create_app` installed, the CORS policy among it, and the
+    #: ingestion resources by path: the server's fast path is taken only while these are
+    #: all the app has (:meth:`eventrouter.edge.fastpath.FastIngest.for_app`).
+    builtin_middleware: list[Any]
+    cors: falcon.CORSMiddleware
+    ingestion_routes: dict[str, Any]
 
     async def _call_lifespan_handlers(self, ver: str, scope: Any, receive: Any, send: Any) -> None:
         """Falcon's lifespan handling, except that when a plugin failed to start, the
@@ -323,8 +329,10 @@ def create_app(
         middleware.append(MetricsListener(config_module.parse_bind(config.server.metrics_bind)[1]))
     guarded = _token_checked_paths(config)
     proxies = TrustedProxies(config.server.trusted_proxies)
-    middleware += [BearerThrottle(auth, throttle, proxies, guarded), lifespan, cors]
+    middleware += [BearerThrottle(auth, throttle, proxies, guarded), lifespan, cors, api.JSONOnly()]
     app = EventRouterApp(middleware=middleware)
+    app.builtin_middleware = list(middleware)
+    app.cors = cors
     app.req_options.auto_parse_qs_csv = False
     app.resp_options.secure_cookies_by_default = True
     app.set_error_serializer(_serialize_http_error)
@@ -332,7 +340,7 @@ def create_app(
     app.add_error_handler(APIError, _handle_api_error)
 
     ingestor = ingest.Ingestor(config, bus)
-    ingest.add_routes(app, ingestor)
+    app.ingestion_routes = ingest.add_routes(app, ingestor)
     api.add_routes(app, api.EventsResource(auth, store))
     app.add_route("/health", HealthResource(bus, auth, config.server.health_details))
     app.add_route("/metrics", MetricsResource(bus, auth, config.server.metrics))

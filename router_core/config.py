@@ -141,6 +141,11 @@ class ServerConfig(_Strict):
     #: ``host:port``: serve ``/metrics`` on this listener only (``eventrouter serve``
     #: binds it beside the main one); the main port then answers it 404.
     metrics_bind: str | None = None
+    #: Answer ``POST`` to the ingestion routes from the HTTP protocol, without the ASGI
+    #: and Falcon layers (:mod:`eventrouter.edge.fastpath`; the same checks and
+    #: responses). Taken only while the app has no plugin middleware or routes of its own
+    #: over those paths; ``false`` sends every request through Falcon.
+    fast_path: bool = True
 
 
 class FailureLimit(_Strict):

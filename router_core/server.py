@@ -7,8 +7,10 @@ any of them, as it does for gunicorn's own command (docs/architecture.md).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import multiprocessing
+import weakref
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -17,6 +19,7 @@ from uvicorn_worker import UvicornWorker
 
 from eventrouter import logs
 from eventrouter.config import Config, parse_bind
+from eventrouter.edge.fastpath import FastIngest
 
 #: The worker's cyclic-GC thresholds: a young collection every 10,000 net allocations
 #: of container objects (CPython's default: 700), the older generations as by default.
@@ -95,6 +98,23 @@ def _fixed_length(headers: Any) -> bool:
     return False
 
 
+#: Each app's fast path (None: not taken), worked out at its first request.
+_FAST_PATHS: weakref.WeakKeyDictionary[Any, FastIngest | None] = weakref.WeakKeyDictionary()
+
+
+def fast_path_of(app: Any) -> FastIngest | None:
+    """The ingestion fast path of the ASGI app uvicorn runs, or None when it is not
+    ours (or uvicorn wraps it: its trace logging sees every request) or may not take
+    it (:meth:`FastIngest.for_app`)."""
+    if not hasattr(app, "ingestion_routes"):
+        return None
+    try:
+        return _FAST_PATHS[app]
+    except KeyError:
+        fast = _FAST_PATHS[app] = FastIngest.for_app(app)
+        return fast
+
+
 class DrainingHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, except that a shutdown does not drop a connection
     whose first request has not fully arrived yet.
@@ -133,6 +153,20 @@ class DrainingHttpProtocol(HttpToolsProtocol):
         if self._draining is not None and self.cycle is not None:
             self._draining.cancel()
             self.cycle.keep_alive = False  # answered, then closed
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        """Start answering a request: an ingestion ``POST`` on the fast path
+        (:mod:`eventrouter.edge.fastpath`), anything else through the app as uvicorn
+        does."""
+        fast = fast_path_of(app)
+        handle = fast.handler(cycle.scope) if fast is not None else None
+        if handle is None:
+            super()._start_asgi_task(cycle, app)
+            return
+        context = contextvars.Context() if self.config.reset_contextvars else None
+        task = self.loop.create_task(fast.serve(cycle, handle), context=context)
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
 
     def on_response_complete(self) -> None:
         self._served = True

@@ -65,6 +65,7 @@ from sqlalchemy import (
     literal,
     literal_column,
     null,
+    or_,
     select,
     text,
     tuple_,
@@ -361,6 +362,125 @@ class ClickHouseDialect(QueryDialect):
     def size_bytes(self, connection: Any) -> int | None:
         sql = SIZE_SQL if self.layout is None else cluster_size_sql(self.layout)
         return connection.execute(text(sql)).scalar()
+
+    # -- funnels and retention: each user's path in arrays, in one pass over the events --
+    def _user(self) -> ColumnElement:
+        c = self.table.c
+        return getattr(func, "if")(c.user_id != literal(""), c.user_id, c.anonymous_id)
+
+    def funnel_statement(
+        self,
+        steps: Sequence[ColumnElement],
+        where: Sequence[ColumnElement],
+        window: int,
+        by: ColumnElement | None,
+    ) -> Any:
+        """Per user (``GROUP BY``): the entry (``minIf``), the entry's ``by`` value
+        (``argMinIf``) and each later step's times (``groupArrayIf``); then step k's time
+        is the least of its times strictly after step k - 1's and within the window
+        (``arrayFilter``), 0 when none; then the users counted by value and delays (0: not
+        reached). No ``FINAL``: copies of an event share
+        its time, and a user counts once per step whatever the copies."""
+        user, epoch = self._user(), self.epoch(self.table.c.timestamp)
+        steps = [_not_null(step) for step in steps]
+        columns = [func.minIf(epoch, steps[0]).label("t1")]
+        columns.append(
+            (
+                func.argMinIf(func.ifNull(by, literal("")), epoch, steps[0])
+                if by is not None
+                else literal("")
+            ).label("bv")
+        )
+        columns += [
+            func.groupArrayIf(epoch, step).label(f"a{k}") for k, step in enumerate(steps[1:], 2)
+        ]
+        per_user = (
+            _select_class()(*columns)
+            .select_from(self.table)
+            .where(*where, or_(*steps), user != literal(""))
+            .group_by(user)
+            .having(func.countIf(steps[0]) > 0)
+            .subquery("per_user")
+        )
+        window = int(window)
+        times = [per_user.c.t1, per_user.c.bv]
+        for k in range(2, len(steps) + 1):
+            # Text of our own: column names and an int, never a value from a request.
+            later = (
+                f"arrayReduce('min', arrayFilter(x -> x > t{k - 1} AND x <= t1 + {window}, a{k}))"
+            )
+            expression = later if k == 2 else f"if(t{k - 1} = 0, 0, {later})"
+            times.append(literal_column(expression).label(f"t{k}"))
+        paths = select(*times).select_from(per_user).subquery("paths")
+        delays = [
+            literal_column(f"if(t{k} > 0, t{k} - t{k - 1}, 0)").label(f"d{k}")
+            for k in range(2, len(steps) + 1)
+        ]
+        return (
+            select(paths.c.bv, func.count().label("users"), *delays)
+            .select_from(paths)
+            .group_by(paths.c.bv, *(literal_column(f"d{k}") for k in range(2, len(steps) + 1)))
+        )
+
+    def retention_statement(
+        self,
+        first: ColumnElement,
+        returning: ColumnElement,
+        where: Sequence[ColumnElement],
+        period: int,
+        offset: int,
+        periods: int,
+    ) -> Any:
+        """Per user and period (``GROUP BY``): the earliest ``first`` and the latest
+        ``returning`` second; per user, the entry and arrays of both; then each user's
+        periods k (``arrayFilter``: a returning second at or after the entry) joined out
+        (``arrayJoin``) beside k = -1 for the cohort's size, and counted. No ``FINAL``
+        (as for funnels)."""
+        c = self.table.c
+        user, epoch = self._user(), self.epoch(c.timestamp)
+        period, offset, periods = int(period), int(offset), int(periods)
+        first, returning = _not_null(first), _not_null(returning)
+        bucket = epoch - (epoch - literal_column(str(offset))) % literal_column(str(period))
+        per_period = (
+            _select_class()(
+                user.label("u"),
+                bucket.label("p"),
+                func.minIf(epoch, first).label("a"),
+                func.maxIf(epoch, returning).label("b"),
+            )
+            .select_from(self.table)
+            .where(*where, or_(first, returning), user != literal(""))
+            .group_by(user, bucket)
+            .subquery("per_period")
+        )
+        per_user = (
+            select(
+                literal_column("minIf(a, a > 0)").label("entry"),
+                literal_column("groupArray(p)").label("ps"),
+                literal_column("groupArray(b)").label("bs"),
+            )
+            .select_from(per_period)
+            .group_by(per_period.c.u)
+            .having(literal_column("entry > 0"))
+            .subquery("per_user")
+        )
+        cohort = literal_column(f"entry - (entry - {offset}) % {period}")
+        k = literal_column(
+            f"arrayJoin(arrayPushFront(arrayDistinct(arrayMap(p -> intDiv(p - cohort, {period}), "
+            f"arrayFilter((p, b) -> b >= entry AND p < cohort + {period * periods}, ps, bs))), -1))"
+        )
+        return (
+            select(cohort.label("cohort"), k.label("k"), func.count().label("users"))
+            .select_from(per_user)
+            .group_by(literal_column("cohort"), literal_column("k"))
+        )
+
+
+def _not_null(condition: ColumnElement) -> ColumnElement:
+    """A condition as ``UInt8``, NULL as false: a JSON path of 18.x (``visitParam*``)
+    makes it ``Nullable``, and ``-If`` aggregates then give ``Nullable`` results that
+    ``arrayFilter`` refuses."""
+    return func.ifNull(condition, literal(0))
 
 
 # -- erasing -------------------------------------------------------------------------------

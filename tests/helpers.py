@@ -24,6 +24,7 @@ import uvicorn
 from eventrouter import config as config_module
 from eventrouter.app import create_app
 from eventrouter.config import Config
+from eventrouter.server import DrainingHttpProtocol
 
 #: At least config.MIN_ADMIN_TOKEN_LENGTH (24) characters: a shorter one cannot start.
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef"
@@ -90,7 +91,9 @@ def make_config(data_dir: Path, raw: dict[str, Any] | None = None, **env: str) -
 
 
 class LiveServer:
-    """The app under a real uvicorn server in a thread, spoken to over HTTP."""
+    """The app under a real uvicorn server in a thread, spoken to over HTTP, with the
+    production protocol (``DrainingHttpProtocol`` on uvloop): ingestion requests take the
+    fast path (eventrouter.edge.fastpath) as under ``eventrouter serve``."""
 
     def __init__(self, config: Config, plugins: Sequence[Any] = ()) -> None:
         self.config = config
@@ -102,6 +105,8 @@ class LiveServer:
                 self.app,
                 host="127.0.0.1",
                 port=self.port,
+                loop="uvloop",
+                http=DrainingHttpProtocol,
                 log_level="warning",
                 lifespan="on",
                 proxy_headers=False,  # as in production: the app applies trusted_proxies

@@ -9,11 +9,12 @@ dispatched; the ``200 {"success": true}`` is sent only after the acknowledging s
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -55,6 +56,76 @@ _IDENTITY = ("", "identity")
 #: A JSON text never starts with these bytes; a gzip member always does (RFC 1952).
 _GZIP_MAGIC = b"\x1f\x8b"
 _LEGACY_PROBE = msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+class RequestHead:
+    """What an ingestion request says besides its body: the headers and peer the
+    ingestion code reads. Built from a Falcon request (:meth:`of`) or, on the server's
+    fast path (:mod:`eventrouter.edge.fastpath`), from the raw ASGI scope; every check
+    then runs the same code on either."""
+
+    __slots__ = ("authorization", "content_encoding", "content_length", "forwarded_for", "peer")
+
+    def __init__(
+        self,
+        *,
+        content_length: int | None = None,
+        content_encoding: str | None = None,
+        authorization: str | None = None,
+        peer: str | None = None,
+        forwarded_for: str | None = None,
+    ) -> None:
+        self.content_length = content_length
+        #: The header as sent (None: absent); :meth:`Ingestor.body` normalises it.
+        self.content_encoding = content_encoding
+        self.authorization = authorization
+        #: The TCP peer's address (a trusted proxy's, behind one).
+        self.peer = peer
+        self.forwarded_for = forwarded_for
+
+    @classmethod
+    def of(cls, req: falcon.asgi.Request) -> RequestHead:
+        return cls(
+            content_length=req.content_length,
+            content_encoding=req.get_header("Content-Encoding"),
+            authorization=req.auth,
+            peer=req.remote_addr,
+            forwarded_for=req.get_header("X-Forwarded-For"),
+        )
+
+
+#: Reads a request's body as sent (before any Content-Encoding), at most ``limit`` bytes:
+#: past it, :func:`too_large` is raised (early, from Content-Length, when it says so).
+BodyReader = Callable[[int], Awaitable[bytes]]
+
+
+def falcon_reader(req: falcon.asgi.Request) -> BodyReader:
+    """A :data:`BodyReader` of a Falcon request's stream."""
+
+    async def read(limit: int) -> bytes:
+        length = req.content_length
+        if length is not None:
+            if length > limit:
+                raise too_large(limit)
+            # The stream is bounded by Content-Length: read it in one go.
+            return await req.stream.read()
+        # Chunked: count as it arrives, so an endless body is cut at the limit.
+        chunks = []
+        size = 0
+        async for chunk in req.stream:
+            size += len(chunk)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    return read
+
+
+def media_body(media: Any) -> bytes:
+    """``media`` as the JSON Falcon's default handler writes for ``resp.media`` (so a
+    response reads the same from either path)."""
+    return json.dumps(media, ensure_ascii=False).encode()
 
 
 class Ingestor:
@@ -106,26 +177,13 @@ class Ingestor:
         await self.groups.submit((command,))
 
     # -- body --------------------------------------------------------------------------
-    async def read(self, req: falcon.asgi.Request, limit: int, *, structure: bool = True) -> bytes:
-        """The request body: size-capped, gunzipped, valid UTF-8, and (unless
-        ``structure`` is False: the caller checks it, :meth:`BatchResource.on_post`)
-        within the nesting and keys limits."""
-        length = req.content_length
-        if length is not None:
-            if length > limit:
-                raise _too_large(limit)
-            # The stream is bounded by Content-Length: read it in one go.
-            body = await req.stream.read()
-        else:  # chunked: count as it arrives, so an endless body is cut at the limit
-            chunks = []
-            size = 0
-            async for chunk in req.stream:
-                size += len(chunk)
-                if size > limit:
-                    raise _too_large(limit)
-                chunks.append(chunk)
-            body = b"".join(chunks)
-        encoding = (req.get_header("Content-Encoding") or "").strip().lower()
+    def body(
+        self, body: bytes, content_encoding: str | None, limit: int, *, structure: bool = True
+    ) -> bytes:
+        """The request body as read (:data:`BodyReader`), gunzipped within ``limit``, valid
+        UTF-8, and (unless ``structure`` is False: the caller checks it,
+        :meth:`BatchResource.handle`) within the nesting and keys limits."""
+        encoding = (content_encoding or "").strip().lower()
         if encoding in _GZIP or (not encoding and body.startswith(_GZIP_MAGIC)):
             body = _gunzip(body, limit)
         elif encoding not in _IDENTITY:
@@ -155,12 +213,13 @@ class Ingestor:
         return body
 
     # -- writeKey ----------------------------------------------------------------------
-    def header_key(self, req: falcon.asgi.Request) -> str | None:
-        """The Basic-auth writeKey, read once per request; a wrong one is refused (401)
-        before the body is read. None when absent or when ingestion is open."""
+    def header_key(self, authorization: str | None) -> str | None:
+        """The Basic-auth writeKey of an ``Authorization`` header, read once per request;
+        a wrong one is refused (401) before the body is read. None when absent or when
+        ingestion is open."""
         if not self.sources:
             return None
-        key = _basic_username(req)
+        key = _basic_username(authorization)
         if key and key not in self.sources:
             raise APIError(401, "invalid_write_key", "writeKey: not the key of any source")
         return key
@@ -182,8 +241,8 @@ class Ingestor:
             raise APIError(401, "invalid_write_key", "writeKey: not the key of any source")
         return name
 
-    def envelope(self, req: falcon.asgi.Request, source: str, **batch: Any) -> Arrival:
-        ip = self.proxies.client_ip(req)
+    def envelope(self, head: RequestHead, source: str, **batch: Any) -> Arrival:
+        ip = self.proxies.client_ip_of(head.peer, head.forwarded_for)
         ip_mode = self.ip_modes.get(source, self.ip_default)
         if ip_mode != ipanon.KEEP:
             ip = ipanon.anonymise(ip, ip_mode)
@@ -192,7 +251,7 @@ class Ingestor:
         )
 
 
-def _too_large(limit: int) -> APIError:
+def too_large(limit: int) -> APIError:
     return APIError(413, "payload_too_large", f"body: larger than the {limit // 1024} KB limit")
 
 
@@ -228,8 +287,7 @@ def _gunzip(data: bytes, limit: int) -> bytes:
             return b"".join(parts)
 
 
-def _basic_username(req: falcon.asgi.Request) -> str | None:
-    header = req.auth
+def _basic_username(header: str | None) -> str | None:
     if not header:
         return None
     scheme, _, credentials = header.partition(" ")
@@ -253,9 +311,13 @@ class SingleEventResource:
         self.decoder = model.SINGLE_DECODERS[kind]
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.data = await self.handle(RequestHead.of(req), falcon_reader(req))
+
+    async def handle(self, head: RequestHead, read: BodyReader) -> bytes:
+        """The response body for a request accepted whole (else an :class:`APIError`)."""
         ingestor = self.ingestor
-        header_key = ingestor.header_key(req)
-        body = await ingestor.read(req, MAX_EVENT_BYTES)
+        header_key = ingestor.header_key(head.authorization)
+        body = ingestor.body(await read(MAX_EVENT_BYTES), head.content_encoding, MAX_EVENT_BYTES)
         try:
             message = self.decoder.decode(body)
         except msgspec.MsgspecError as exc:
@@ -263,9 +325,9 @@ class SingleEventResource:
         source = ingestor.source(header_key or message.write_key)
         if ingestor.limiter is not None:
             await ingestor.limiter.admit(source, 1)
-        command = to_command(message, ingestor.envelope(req, source), self.kind)
+        command = to_command(message, ingestor.envelope(head, source), self.kind)
         await ingestor.dispatch_one(command)
-        resp.data = SUCCESS
+        return SUCCESS
 
 
 class BatchResource:
@@ -276,9 +338,15 @@ class BatchResource:
         self.ingestor = ingestor
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.data = await self.handle(RequestHead.of(req), falcon_reader(req))
+
+    async def handle(self, head: RequestHead, read: BodyReader) -> bytes:
+        """The response body when at least one item was accepted (else an
+        :class:`APIError`): success, or the accepted count and each rejected item."""
         ingestor = self.ingestor
-        header_key = ingestor.header_key(req)
-        body = await ingestor.read(req, MAX_BATCH_BYTES, structure=False)
+        header_key = ingestor.header_key(head.authorization)
+        raw = await read(MAX_BATCH_BYTES)
+        body = ingestor.body(raw, head.content_encoding, MAX_BATCH_BYTES, structure=False)
         try:
             envelope = model.BATCH_DECODER.decode(body)
         except msgspec.MsgspecError as exc:
@@ -301,7 +369,7 @@ class BatchResource:
         if ingestor.limiter is not None:  # every item counts, valid or not: all cost us
             await ingestor.limiter.admit(source, len(items))
         env = ingestor.envelope(
-            req,
+            head,
             source,
             context=envelope.context,
             integrations=envelope.integrations,
@@ -347,9 +415,8 @@ class BatchResource:
             raise error
         await ingestor.dispatch(accepted)
         if rejected:
-            resp.media = {"success": True, "accepted": len(accepted), "rejected": rejected}
-        else:
-            resp.data = SUCCESS
+            return media_body({"success": True, "accepted": len(accepted), "rejected": rejected})
+        return SUCCESS
 
 
 class LegacyTrackResource:
@@ -361,25 +428,29 @@ class LegacyTrackResource:
         self.segment = model.SINGLE_DECODERS["track"]
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        resp.data = await self.handle(RequestHead.of(req), falcon_reader(req))
+
+    async def handle(self, head: RequestHead, read: BodyReader) -> bytes:
+        """The response body for a request accepted whole (else an :class:`APIError`)."""
         ingestor = self.ingestor
-        header_key = ingestor.header_key(req)
-        body = await ingestor.read(req, MAX_EVENT_BYTES)
+        header_key = ingestor.header_key(head.authorization)
+        body = ingestor.body(await read(MAX_EVENT_BYTES), head.content_encoding, MAX_EVENT_BYTES)
         try:
             keys = _LEGACY_PROBE.decode(body)
             if "event_type" in keys:
                 message = model.LEGACY_DECODER.decode(body)
                 source = ingestor.source(header_key or message.key)
-                command = legacy_to_command(message, ingestor.envelope(req, source))
+                command = legacy_to_command(message, ingestor.envelope(head, source))
             else:
                 message = self.segment.decode(body)
                 source = ingestor.source(header_key or message.write_key)
-                command = to_command(message, ingestor.envelope(req, source), "track")
+                command = to_command(message, ingestor.envelope(head, source), "track")
         except msgspec.MsgspecError as exc:
             raise from_validation_error(exc) from None
         if ingestor.limiter is not None:
             await ingestor.limiter.admit(source, 1)
         await ingestor.dispatch_one(command)
-        resp.data = SUCCESS
+        return SUCCESS
 
 
 #: ``/v1/<path>`` → event type; the one-letter paths are what @segment/analytics-next uses.
@@ -400,11 +471,16 @@ SINGLE_PATHS = {
 BATCH_PATHS = ("batch", "import", "b")
 
 
-def add_routes(app: falcon.asgi.App, ingestor: Ingestor) -> None:
-    app.add_route("/track", LegacyTrackResource(ingestor))
+def add_routes(app: falcon.asgi.App, ingestor: Ingestor) -> dict[str, Any]:
+    """Mount the ingestion resources; returns them by path (the server's fast path,
+    :mod:`eventrouter.edge.fastpath`, calls their ``handle`` directly)."""
+    routes: dict[str, Any] = {"/track": LegacyTrackResource(ingestor)}
     resources = {kind: SingleEventResource(ingestor, kind) for kind in set(SINGLE_PATHS.values())}
     for path, kind in SINGLE_PATHS.items():
-        app.add_route(f"/v1/{path}", resources[kind])
+        routes[f"/v1/{path}"] = resources[kind]
     batch = BatchResource(ingestor)
     for path in BATCH_PATHS:
-        app.add_route(f"/v1/{path}", batch)
+        routes[f"/v1/{path}"] = batch
+    for path, resource in routes.items():
+        app.add_route(path, resource)
+    return routes

@@ -47,10 +47,12 @@ class TrustedProxies:
     def client_ip(self, req: falcon.asgi.Request) -> str | None:
         """The browser's address: the peer, or, behind trusted proxies, the nearest hop
         of ``X-Forwarded-For`` that is not one of them."""
-        peer = req.remote_addr
+        return self.client_ip_of(req.remote_addr, req.get_header("X-Forwarded-For"))
+
+    def client_ip_of(self, peer: str | None, forwarded: str | None) -> str | None:
+        """:meth:`client_ip` of a peer address and its ``X-Forwarded-For`` header."""
         if not self.trusts(peer):
             return peer
-        forwarded = req.get_header("X-Forwarded-For")
         if not forwarded:
             return peer
         hops = [h.strip() for h in forwarded.split(",") if h.strip()]

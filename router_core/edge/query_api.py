@@ -224,7 +224,7 @@ class EventsResource:
 
 
 def add_routes(app: falcon.asgi.App, resource: EventsResource) -> None:
-    app.add_middleware(JSONOnly())
+    """Mount the query API's routes (the app's middleware includes :class:`JSONOnly`)."""
     app.add_route("/api/v1/events", resource)
     # ``path``: a client-chosen messageId may contain "/" (sent percent-encoded).
     app.add_route("/api/v1/events/{message_id:path}", resource, suffix="one")

@@ -223,6 +223,37 @@ class QueryDialect(ABC):
         """The bytes the events take on disk, or None when the database does not say."""
         return None
 
+    # -- funnels and retention (eventrouter.store.analysis defines what they compute) ----
+    def funnel_statement(
+        self,
+        steps: Sequence[ColumnElement],
+        where: Sequence[ColumnElement],
+        window: int,
+        by: ColumnElement | None,
+    ) -> Select | None:
+        """A funnel in this store's own SQL: rows ``(value, users, delay_2, ...,
+        delay_n)``, the users who entered counted by the entry's value of ``by`` (NULL
+        without it) and their delays, each the seconds from step k - 1 to step k (NULL
+        or 0: step k not reached). ``steps`` are each step's condition, ``where`` the
+        range. None (the default): the query layer's standard SQL
+        (eventrouter.store.analysis)."""
+        return None
+
+    def retention_statement(
+        self,
+        first: ColumnElement,
+        returning: ColumnElement,
+        where: Sequence[ColumnElement],
+        period: int,
+        offset: int,
+        periods: int,
+    ) -> Select | None:
+        """A retention table computed in the store: rows ``(cohort start second, k,
+        users)`` for k = 0 .. ``periods`` - 1, and k = -1 for the cohort's size; periods
+        of ``period`` seconds start at ``offset`` seconds past the epoch. None (the
+        default): the query layer's standard SQL (eventrouter.store.analysis)."""
+        return None
+
 
 # -- erase -------------------------------------------------------------------------------
 #: Statuses of one store's part of a deletion.

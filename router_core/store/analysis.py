@@ -1,0 +1,428 @@
+"""Funnels and retention over any queryable store (the dashboard's ``/admin/funnels`` and
+``/admin/retention``; docs/admin.md, "Funnels" and "Retention", for operators).
+
+A **user** is an event's ``user_id`` when it has one, else its ``anonymous_id`` (events
+with neither are left out). No identity stitching: the anonymous visits of a user who
+later signs in are another user's here, as they are on the user page.
+
+The store does the work, in one statement each: its dialect's own when it has one
+(``QueryDialect.funnel_statement`` and ``retention_statement``: ClickHouse's per-user
+arrays), else the standard SQL here (common table expressions, one ``GROUP BY`` per
+step; SQLite and PostgreSQL). Either gives the same few rows (users counted by
+breakdown value and delays; users counted by cohort and period), finished here into
+conversion rates, exact medians and a cohort table. Every value, event names and JSON
+paths included, is a bound parameter. Times are compared in whole seconds (ClickHouse
+before 20.1 keeps no more).
+
+Copies of one event (a redelivery a store kept twice) change nothing: a user counts once
+per step and per period, and copies share their time.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    func,
+    literal_column,
+    or_,
+    select,
+    union_all,
+)
+
+from eventrouter.store.interface import InvalidQuery
+from eventrouter.store.query import EventStore, PathCondition
+
+MIN_STEPS, MAX_STEPS = 2, 5
+#: The conversion window's bounds, in seconds.
+MIN_WINDOW, MAX_WINDOW = 1, 90 * 86400
+#: Breakdown values shown on their own (most users at step 1 first); the rest are one
+#: :data:`OTHER` row.
+BREAKDOWN_VALUES = 10
+OTHER = "(other)"
+PERIODS = {"day": 86400, "week": 7 * 86400}
+#: Weeks start on Monday (1970-01-01, second 0, was a Thursday: Monday is 4 days later).
+_WEEK_OFFSET = 4 * 86400
+RETENTION_PERIODS = 8
+#: Most cohorts (rows) a retention table holds: the latest ones.
+MAX_COHORTS = 100
+
+
+@dataclass(frozen=True)
+class Step:
+    """One funnel step: an event name and conditions on its JSON paths, all of which
+    must hold (``properties.plan=pro``)."""
+
+    event: str
+    conditions: tuple[PathCondition, ...] = ()
+
+
+@dataclass(frozen=True)
+class StepResult:
+    users: int
+    #: Share of the previous step's users (1.0 at step 1), and of step 1's; None: no
+    #: users to convert.
+    from_previous: float | None
+    from_first: float | None
+    #: Exact median seconds from the previous step to this one, None at step 1 or with
+    #: no users.
+    median_seconds: float | None
+
+
+@dataclass
+class FunnelResult:
+    steps: list[StepResult]
+    #: ``(value, steps)`` per breakdown value (None: the entry event has no value), the
+    #: :data:`BREAKDOWN_VALUES` with most users first, then :data:`OTHER`.
+    breakdown: list[tuple[Any, list[StepResult]]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Cohort:
+    start: datetime
+    users: int
+    #: Per period 0..7: users with a returning event in it, or None when the period
+    #: starts at or after the range's end (not seen yet).
+    returned: list[int | None]
+
+
+@dataclass
+class RetentionResult:
+    period: str
+    cohorts: list[Cohort]
+    #: Cohorts left out beyond :data:`MAX_COHORTS` (the oldest).
+    dropped: int = 0
+
+
+def check_steps(steps: Sequence[Step]) -> None:
+    if not MIN_STEPS <= len(steps) <= MAX_STEPS:
+        raise InvalidQuery("step", f"give {MIN_STEPS} to {MAX_STEPS} steps, not {len(steps)}")
+
+
+def _time_bounds(store: EventStore, since: datetime | None, until: datetime | None) -> list:
+    c, dialect = store.table.c, store.dialect
+    bounds = []
+    if since is not None:
+        bounds.append(c.timestamp >= dialect.time(since))
+    if until is not None:
+        bounds.append(c.timestamp < dialect.time(until))
+    return bounds
+
+
+def _step_condition(store: EventStore, step: Step) -> ColumnElement:
+    dialect, c = store.dialect, store.table.c
+    return and_(
+        dialect.equals(c.event, step.event),
+        *(dialect.equals(dialect.json_text(p.column, p.path), p.value) for p in step.conditions),
+    )
+
+
+# -- funnels ------------------------------------------------------------------------------
+def funnel(
+    store: EventStore,
+    steps: Sequence[Step],
+    window: int,
+    since: datetime | None,
+    until: datetime | None,
+    by: str | None = None,
+) -> FunnelResult:
+    """Users through ``steps`` in order, within ``window`` seconds of their entry.
+
+    Per user: the entry is their first step-1 event in ``[since, until)``; step k is
+    reached at the earliest step-k event strictly later (a later second) than the step
+    reached before it, and no later than the entry plus ``window``; every step's events
+    must be in the range too. A user counts once per step. ``by`` (a filter column or a
+    JSON path) is read from the entry event.
+
+    The store computes it when its dialect can (``QueryDialect.funnel_statement``);
+    otherwise the events are read and each user's path walked here.
+
+    :raises InvalidQuery: a wrong step count or window, an unknown ``by``."""
+    check_steps(steps)
+    if not MIN_WINDOW <= window <= MAX_WINDOW:
+        raise InvalidQuery("window", f"must be {MIN_WINDOW} s to {MAX_WINDOW // 86400} days")
+    dialect = store.dialect
+    conditions = [_step_condition(store, step) for step in steps]
+    where = _time_bounds(store, since, until)
+    dimension = store.dimension(by) if by is not None else None
+    statement = dialect.funnel_statement(conditions, where, window, dimension)
+    if statement is None:
+        statement = _funnel_statement(store, conditions, where, window, dimension)
+    # Rows (value, users, delay 2, ..., delay n): users with the same value and delays
+    # (None or 0: not reached), grouped.
+    groups: dict[Any, tuple[int, list[list[int]]]] = {}
+    with store.engine.connect() as connection:
+        rows = connection.execute(statement).all()
+    for value, users, *delays in rows:
+        value, users = dialect.text_value(value), int(users)
+        entered, deltas = groups.get(value, (0, [[] for _ in delays]))
+        for k, delay in enumerate(delays):
+            if not delay:
+                break
+            deltas[k].extend([int(delay)] * users)
+        groups[value] = (entered + users, deltas)
+    count = len(steps)
+    total_entered = sum(entered for entered, _ in groups.values())
+    total_deltas = [
+        [d for _, deltas in groups.values() for d in deltas[k]] for k in range(count - 1)
+    ]
+    result = FunnelResult(steps=_summarise(total_entered, total_deltas))
+    if by is not None:
+        ranked = sorted(groups.items(), key=lambda kv: (-kv[1][0], str(kv[0])))
+        shown, rest = ranked[:BREAKDOWN_VALUES], ranked[BREAKDOWN_VALUES:]
+        result.breakdown = [(v, _summarise(*group)) for v, group in shown]
+        if rest:
+            entered = sum(group[0] for _, group in rest)
+            deltas = [[d for _, group in rest for d in group[1][k]] for k in range(count - 1)]
+            result.breakdown.append((OTHER, _summarise(entered, deltas)))
+    return result
+
+
+def _funnel_statement(
+    store: EventStore,
+    conditions: list[ColumnElement],
+    where: list[ColumnElement],
+    window: int,
+    dimension: ColumnElement | None,
+) -> Select:
+    """The funnel in standard SQL (``QueryDialect.funnel_statement``'s rows), one
+    ``GROUP BY`` per step over that step's events alone:
+
+    - ``s1``: each user's entry, ``min(second)`` of their step-1 events;
+    - ``s<k>``: the users of ``s<k-1>`` with the earliest step-k second strictly after
+      their step k - 1 and within the window (the events joined to ``s<k-1>`` by user);
+    - ``b``: the entry event's value of ``dimension`` (the least, when several entry
+      events share the second);
+    - then the users counted by value and delays (``s1`` left-joined to the others)."""
+    dialect, table = store.dialect, store.table
+    user = func.coalesce(table.c.user_id, table.c.anonymous_id)
+    second = dialect.epoch(table.c.timestamp)
+    entries = (
+        select(user.label("u"), func.min(second).label("t1"))
+        .select_from(table)
+        .where(conditions[0], user.isnot(None), *where)
+        .group_by(user)
+        .cte("s1")
+    )
+    reached = [entries]
+    for k, condition in enumerate(conditions[1:], 2):
+        previous = reached[-1]
+        step = (
+            select(previous.c.u, previous.c.t1, func.min(second).label(f"t{k}"))
+            .select_from(table.join(previous, user == previous.c.u))
+            .where(
+                condition,
+                *where,
+                second > previous.c[f"t{k - 1}"],
+                second <= previous.c.t1 + literal_column(str(int(window))),
+            )
+            .group_by(previous.c.u, previous.c.t1)
+            .cte(f"s{k}")
+        )
+        reached.append(step)
+    joined = entries
+    for step in reached[1:]:
+        joined = joined.outerjoin(step, step.c.u == entries.c.u)
+    value: ColumnElement = literal_column("NULL")
+    if dimension is not None:
+        values = (
+            select(entries.c.u, func.min(dimension).label("v"))
+            .select_from(table.join(entries, user == entries.c.u))
+            .where(conditions[0], *where, second == entries.c.t1)
+            .group_by(entries.c.u)
+            .cte("b")
+        )
+        joined = joined.outerjoin(values, values.c.u == entries.c.u)
+        value = values.c.v
+    delays = [
+        (step.c[f"t{k}"] - reached[k - 2].c[f"t{k - 1}"]).label(f"d{k}")
+        for k, step in enumerate(reached[1:], 2)
+    ]
+    return (
+        select(value.label("value"), func.count().label("users"), *delays)
+        .select_from(joined)
+        .group_by(*([value] if dimension is not None else []), *delays)
+    )
+
+
+def _summarise(entered: int, deltas: list[list[int]]) -> list[StepResult]:
+    """Step results from the users who entered and, per later step, the delays of the
+    users who reached it."""
+    results = [StepResult(entered, 1.0 if entered else None, 1.0 if entered else None, None)]
+    for delays in deltas:
+        users, previous = len(delays), results[-1].users
+        results.append(
+            StepResult(
+                users=users,
+                from_previous=users / previous if previous else None,
+                from_first=users / entered if entered else None,
+                median_seconds=statistics.median(delays) if delays else None,
+            )
+        )
+    return results
+
+
+# -- retention ----------------------------------------------------------------------------
+def period_start(second: int, period: str) -> int:
+    """The first second of the UTC day or week (from Monday) holding ``second``."""
+    size = PERIODS[period]
+    offset = _WEEK_OFFSET if period == "week" else 0
+    return second - (second - offset) % size
+
+
+def retention(
+    store: EventStore,
+    first: str,
+    returning: str,
+    period: str,
+    since: datetime | None,
+    until: datetime | None,
+    periods: int = RETENTION_PERIODS,
+) -> RetentionResult:
+    """A cohort table: users by the period (UTC day, or week from Monday) of their first
+    ``first`` event in ``[since, until)``; for each period k = 0 .. ``periods`` - 1 from
+    it, how many of them did ``returning`` in period k, at or after their first
+    ``first`` event (period 0 is the cohort's own: with ``first`` = ``returning``, all
+    of them). Returning events count in the range only; a period that starts at or after
+    ``until`` (or now) is None (not yet seen).
+
+    :raises InvalidQuery: an unknown ``period``."""
+    if period not in PERIODS:
+        raise InvalidQuery("period", f"{period!r} is not one of {', '.join(PERIODS)}")
+    dialect, c = store.dialect, store.table.c
+    is_first = dialect.equals(c.event, first)
+    is_returning = dialect.equals(c.event, returning)
+    where = _time_bounds(store, since, until)
+    size = PERIODS[period]
+    offset = _WEEK_OFFSET if period == "week" else 0
+    statement = dialect.retention_statement(is_first, is_returning, where, size, offset, periods)
+    if statement is None:
+        statement = _retention_statement(store, is_first, is_returning, where, period, periods)
+    cohorts: dict[int, list[int]] = defaultdict(lambda: [0] * (periods + 1))
+    with store.engine.connect() as connection:
+        for cohort, k, users in connection.execute(statement):
+            cohorts[int(cohort)][int(k) + 1] += int(users)
+    size_s = size
+    end = int((until or datetime.now(UTC)).timestamp())
+    ordered = sorted(cohorts.items())
+    dropped = max(len(ordered) - MAX_COHORTS, 0)
+    table = [
+        Cohort(
+            start=datetime.fromtimestamp(start, UTC),
+            users=counts[0],
+            returned=[None if start + k * size_s >= end else counts[k + 1] for k in range(periods)],
+        )
+        for start, counts in ordered[dropped:]
+    ]
+    return RetentionResult(period=period, cohorts=table, dropped=dropped)
+
+
+def _retention_statement(
+    store: EventStore,
+    is_first: ColumnElement,
+    is_returning: ColumnElement,
+    where: list[ColumnElement],
+    period: str,
+    periods: int,
+) -> Any:
+    """Retention in standard SQL (``QueryDialect.retention_statement``'s rows):
+
+    - ``pp``: per user and period, the earliest first-event second and the latest
+      returning-event second;
+    - ``pu``: per user, the entry (their earliest first-event second);
+    - the cohort sizes (k = -1), and per cohort and k the users of ``pp`` whose latest
+      returning second in period k is at or after their entry."""
+    dialect, c = store.dialect, store.table.c
+    user = func.coalesce(c.user_id, c.anonymous_id)
+    epoch = dialect.epoch(c.timestamp)
+    size = literal_column(str(PERIODS[period]))
+    # Literal ints in the SQL text, not parameters: PostgreSQL matches a GROUP BY
+    # expression with the selected one only when their texts are identical.
+    offset = literal_column(str(_WEEK_OFFSET if period == "week" else 0))
+    bucket = epoch - (epoch - offset) % size
+    per_period = (
+        select(
+            user.label("u"),
+            bucket.label("p"),
+            func.min(case((is_first, epoch), else_=None)).label("a"),
+            func.max(case((is_returning, epoch), else_=None)).label("b"),
+        )
+        .select_from(store.table)
+        .where(or_(is_first, is_returning), user.isnot(None), *where)
+        .group_by(user, bucket)
+        .cte("pp")
+    )
+    per_user = (
+        select(per_period.c.u, func.min(per_period.c.a).label("entry"))
+        .group_by(per_period.c.u)
+        .having(func.min(per_period.c.a).isnot(None))
+        .cte("pu")
+    )
+    cohort = per_user.c.entry - (per_user.c.entry - offset) % size
+    sizes = select(cohort.label("cohort"), literal_column("-1").label("k"), func.count())
+    sizes = sizes.select_from(per_user).group_by(cohort)
+    k = (per_period.c.p - cohort) / size
+    returns = (
+        select(cohort.label("cohort"), k.label("k"), func.count())
+        .select_from(per_period.join(per_user, per_period.c.u == per_user.c.u))
+        .where(
+            per_period.c.b >= per_user.c.entry,
+            per_period.c.p < cohort + literal_column(str(PERIODS[period] * periods)),
+        )
+        .group_by(cohort, k)
+    )
+    return union_all(sizes, returns)
+
+
+def parse_window(text: str) -> int:
+    """``3600``, ``30m``, ``1h``, ``1d``, ``7d`` → seconds.
+
+    :raises InvalidQuery: anything else, or out of bounds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+    text = text.strip()
+    number, unit = (text[:-1], text[-1]) if text[-1:] in units else (text, "s")
+    if not number.isdigit() or len(number) > 9:
+        raise InvalidQuery("window", f"{text!r}: write seconds or 30m, 1h, 1d, 7d")
+    seconds = int(number) * units[unit]
+    if not MIN_WINDOW <= seconds <= MAX_WINDOW:
+        raise InvalidQuery("window", f"must be {MIN_WINDOW} s to {MAX_WINDOW // 86400} days")
+    return seconds
+
+
+def format_duration(seconds: float | None) -> str:
+    """``200`` → ``3 min 20 s``; ``90061`` → ``1 d 1 h``: the two largest units."""
+    if seconds is None:
+        return ""
+    total = round(seconds)
+    parts = []
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if total >= size or (unit == "s" and not parts):
+            parts.append(f"{total // size} {unit}")
+            total %= size
+    return " ".join(parts[:2])
+
+
+__all__ = [
+    "MAX_STEPS",
+    "MIN_STEPS",
+    "PERIODS",
+    "Cohort",
+    "FunnelResult",
+    "RetentionResult",
+    "Step",
+    "StepResult",
+    "format_duration",
+    "funnel",
+    "parse_window",
+    "period_start",
+    "retention",
+]
