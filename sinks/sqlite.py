@@ -174,8 +174,8 @@ class SQLiteOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     indexes: list[IndexName] = msgspec.field(default_factory=lambda: ["user_id", "event"])
     #: Keep the distinct users per day, week and month at write time
     #: (``users_active``), for the Active users page: read in milliseconds instead of
-    #: counted from ``events``, at about three index writes per stored event (bench:
-    #: the write rate fell from ~40-60 k to ~17-20 k events/s). Off: counted from events.
+    #: counted from ``events``, at about three index writes per stored event
+    #: (bench/rollups.py: 57-65 k → 22-27 k events/s). Off: counted from events.
     unique_users: bool = False
 
 
