@@ -214,7 +214,9 @@ class SQLiteSink(Sink):
             )
             self._checkpointer.start()
 
-    def _open(self) -> list[str]:
+    def _open(self) -> tuple[list[str], list[str]]:
+        """Open the database, create ``events``, sync its indexes and the rollups: what
+        changed in each."""
         self._engine = sqlite_engine(self.url, synchronous=self.options.synchronous.upper())
         path = sqlite_path(self.url)
         if path is not None:
@@ -226,19 +228,21 @@ class SQLiteSink(Sink):
                 rollups = ensure_rollup(connection, users=self.options.unique_users)
             for change in rollups:
                 log.info("%s: %s (eventrouter.store.rollup)", self.name, change)
-            return changes + rollups
+            return changes, rollups
 
     def store(self) -> SQLiteStore:
         return SQLiteStore(self.url)
 
     def migrate(self) -> str:
-        """Create ``events`` and bring its indexes to the configured ones (what the sink
-        does at every start; ``eventrouter migrate`` runs it ahead of time)."""
+        """Create ``events`` and bring its indexes and rollups to the configured ones
+        (what the sink does at every start; ``eventrouter migrate`` runs it ahead of
+        time)."""
         try:
-            changes = self._open()
+            changes, rollups = self._open()
         finally:
             self._close_files()
-        return "indexes " + (", ".join(changes) if changes else "up to date")
+        done = "indexes " + (", ".join(changes) if changes else "up to date")
+        return "; ".join([done, *rollups])
 
     def _sync_indexes(self) -> list[str]:
         """Create the configured optional indexes and drop the ones no longer configured
