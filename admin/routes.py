@@ -12,6 +12,7 @@ from pathlib import Path
 import falcon.asgi
 
 from eventrouter.admin import analysis, quality, views
+from eventrouter.admin.active_users import ActiveUsersView
 from eventrouter.admin.privacy import PrivacyView
 from eventrouter.admin.render import Renderer, make_environment
 from eventrouter.admin.tail import TailHub
@@ -55,6 +56,7 @@ def add_routes(
     app.add_route("/admin/status", views.StatusView(d))
     app.add_route("/admin/sources", views.SourcesView(d))
     app.add_route("/admin/privacy", PrivacyView(d))
+    app.add_route("/admin/active-users", ActiveUsersView(d))
     app.add_route("/admin/funnels", analysis.FunnelsView(d))
     app.add_route("/admin/retention", analysis.RetentionView(d))
     quality.add_routes(app, d)

@@ -274,6 +274,20 @@ class ClickHouseDialect(QueryDialect):
     def epoch(self, column: ColumnElement) -> ColumnElement:
         return func.toUInt32(func.toDateTime(column))
 
+    def month_start(self, column: ColumnElement) -> ColumnElement:
+        # toUInt32 of a Date: days since the epoch.
+        return func.toUInt32(func.toStartOfMonth(column)) * literal_column("86400")
+
+    def user_key(self) -> ColumnElement:
+        """``user_id``, else ``anonymous_id`` (``''`` when absent: NULL, not counted)."""
+        c = self.table.c
+        key = getattr(func, "if")(c.user_id != literal(""), c.user_id, c.anonymous_id)
+        return func.nullIf(key, literal(""))
+
+    def count_distinct(self, expression: ColumnElement) -> ColumnElement:
+        """``uniqExact``: exact (its memory grows with the users counted)."""
+        return func.uniqExact(expression)
+
     def time(self, value: datetime) -> Any:
         """Converted to the column's type: compared with a string, 18.16 fails on a key
         holding ``toDate(timestamp)``, and clickhouse-driver drops the milliseconds of a

@@ -39,6 +39,7 @@ from sqlalchemy.sql.dml import Insert
 
 from eventrouter.store.db import json_options
 from eventrouter.store.interface import Erased, Eraser, QueryDialect
+from eventrouter.store.rollup import events_hourly, users_active_counts
 from eventrouter.store.sql import SQLEraser, SQLStore
 
 #: Settings of the query layer's connections. No JIT: compiling a dashboard query whose
@@ -86,6 +87,10 @@ class PostgresStore(SQLStore):
 
 
 class PostgresDialect(QueryDialect):
+    rollup = events_hourly
+    users_rollup = users_active_counts
+    indexed_extremes = True
+
     def __init__(self, url: str) -> None:
         self.url = url
 
@@ -99,6 +104,10 @@ class PostgresDialect(QueryDialect):
 
     def epoch(self, column: ColumnElement) -> ColumnElement:
         return cast(func.floor(func.extract("epoch", column)), BigInteger)
+
+    def month_start(self, column: ColumnElement) -> ColumnElement:
+        month = func.date_trunc("month", func.timezone("UTC", column))
+        return cast(func.extract("epoch", func.timezone("UTC", month)), BigInteger)
 
     def equals(self, expression: ColumnElement, value: str) -> ColumnElement:
         """PostgreSQL text cannot hold a NUL character, so no stored value has one, and

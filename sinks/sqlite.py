@@ -39,7 +39,12 @@ from eventrouter.columns import JSON_COLUMNS, TIME_COLUMNS
 from eventrouter.events.commands import STORED_COLUMNS, Command
 from eventrouter.files import open_private
 from eventrouter.health import ComponentHealth
-from eventrouter.sinks.sqlite_store import SQLiteStore, sqlite_engine, sqlite_path
+from eventrouter.sinks.sqlite_store import (
+    SQLiteStore,
+    ensure_rollup,
+    sqlite_engine,
+    sqlite_path,
+)
 from eventrouter.store.db import select_one
 from eventrouter.store.schema import LEGACY_INDEXES, OPTIONAL_INDEXES, events, metadata
 
@@ -167,6 +172,11 @@ class SQLiteOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: ``(message_id, source)``) makes the store idempotent: a redelivered event is
     #: stored once, and the same id from another source is another event.
     indexes: list[IndexName] = msgspec.field(default_factory=lambda: ["user_id", "event"])
+    #: Keep the distinct users per day, week and month at write time
+    #: (``users_active``), for the Active users page: read in milliseconds instead of
+    #: counted from ``events``, at about three index writes per stored event
+    #: (bench/rollups.py: 57-65 k → 22-27 k events/s). Off: counted from events.
+    unique_users: bool = False
 
 
 class SQLiteSink(Sink):
@@ -204,26 +214,35 @@ class SQLiteSink(Sink):
             )
             self._checkpointer.start()
 
-    def _open(self) -> list[str]:
+    def _open(self) -> tuple[list[str], list[str]]:
+        """Open the database, create ``events``, sync its indexes and the rollups: what
+        changed in each."""
         self._engine = sqlite_engine(self.url, synchronous=self.options.synchronous.upper())
         path = sqlite_path(self.url)
         if path is not None:
             self._lock_file = open_private(path.with_name(path.name + ".lock"), "a+b")
         with self._exclusive():
             metadata.create_all(self._engine, tables=[events])
-            return self._sync_indexes()
+            changes = self._sync_indexes()
+            with self._engine.begin() as connection:
+                rollups = ensure_rollup(connection, users=self.options.unique_users)
+            for change in rollups:
+                log.info("%s: %s (eventrouter.store.rollup)", self.name, change)
+            return changes, rollups
 
     def store(self) -> SQLiteStore:
         return SQLiteStore(self.url)
 
     def migrate(self) -> str:
-        """Create ``events`` and bring its indexes to the configured ones (what the sink
-        does at every start; ``eventrouter migrate`` runs it ahead of time)."""
+        """Create ``events`` and bring its indexes and rollups to the configured ones
+        (what the sink does at every start; ``eventrouter migrate`` runs it ahead of
+        time)."""
         try:
-            changes = self._open()
+            changes, rollups = self._open()
         finally:
             self._close_files()
-        return "indexes " + (", ".join(changes) if changes else "up to date")
+        done = "indexes " + (", ".join(changes) if changes else "up to date")
+        return "; ".join([done, *rollups])
 
     def _sync_indexes(self) -> list[str]:
         """Create the configured optional indexes and drop the ones no longer configured

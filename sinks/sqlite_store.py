@@ -44,6 +44,7 @@ from sqlalchemy.sql.dml import Insert
 from eventrouter.files import is_data_dir, open_private, private_dir, private_sqlite
 from eventrouter.store.db import json_options
 from eventrouter.store.interface import QueryDialect
+from eventrouter.store.rollup import events_hourly, users_active_counts
 from eventrouter.store.schema import events, metadata
 from eventrouter.store.sql import SQLStore
 
@@ -125,6 +126,143 @@ def write_retrying(url: str, write: Callable[[], T], attempts: int = 50) -> T:
     raise AssertionError("unreachable")
 
 
+# -- the hourly rollup (eventrouter.store.rollup) ------------------------------------------
+#: The hour of a stored ``timestamp`` in the text SQLAlchemy's DateTime keeps
+#: (``YYYY-MM-DD HH:MM:SS.ffffff``): its first 13 characters, then the hour's start.
+_HOUR = "substr({row}timestamp, 1, 13) || ':00:00.000000'"
+_KEY = (
+    "hour = {hour} AND type = {row}type AND event = coalesce({row}event, '') "
+    "AND source = {row}source"
+)
+#: The key of the rollup row an old row counts in (delete and update triggers).
+_OLD_KEY = _KEY.format(hour=_HOUR.format(row="OLD."), row="OLD.")
+ROLLUP_DDL = (
+    "CREATE TABLE events_hourly (hour TEXT NOT NULL, type VARCHAR(16) NOT NULL, "
+    "event TEXT NOT NULL, source TEXT NOT NULL, n INTEGER NOT NULL, "
+    "PRIMARY KEY (hour, type, event, source)) WITHOUT ROWID",
+    # From the rows there already (a database of an earlier release), in the same
+    # transaction as the triggers: no row is counted twice or missed.
+    "INSERT INTO events_hourly (hour, type, event, source, n) "
+    f"SELECT {_HOUR.format(row='')}, type, coalesce(event, ''), source, count(*) "
+    "FROM events GROUP BY 1, 2, 3, 4",
+    # Fired only for rows inserted: INSERT OR IGNORE of a redelivered copy fires nothing.
+    "CREATE TRIGGER events_hourly_insert AFTER INSERT ON events BEGIN "
+    "INSERT INTO events_hourly (hour, type, event, source, n) VALUES "
+    f"({_HOUR.format(row='NEW.')}, NEW.type, coalesce(NEW.event, ''), NEW.source, 1) "
+    "ON CONFLICT (hour, type, event, source) DO UPDATE SET n = n + 1; END",
+    "CREATE TRIGGER events_hourly_delete AFTER DELETE ON events BEGIN "
+    f"UPDATE events_hourly SET n = n - 1 WHERE {_OLD_KEY}; "
+    f"DELETE FROM events_hourly WHERE {_OLD_KEY} "
+    "AND n <= 0; END",
+    # Rows are never updated by eventrouter; should anyone, the counts follow.
+    "CREATE TRIGGER events_hourly_update AFTER UPDATE OF timestamp, type, event, source "
+    "ON events BEGIN "
+    f"UPDATE events_hourly SET n = n - 1 WHERE {_OLD_KEY}; "
+    f"DELETE FROM events_hourly WHERE {_OLD_KEY} "
+    "AND n <= 0; "
+    "INSERT INTO events_hourly (hour, type, event, source, n) VALUES "
+    f"({_HOUR.format(row='NEW.')}, NEW.type, coalesce(NEW.event, ''), NEW.source, 1) "
+    "ON CONFLICT (hour, type, event, source) DO UPDATE SET n = n + 1; END",
+)
+
+
+# -- distinct users per day, week and month (eventrouter.store.rollup) ---------------------
+#: ``(kind, period start)`` of the row ``{row}``: ``d`` its UTC day, ``w`` its week from
+#: Monday, ``m`` its month, each as SQLAlchemy's DateTime text.
+_PERIOD_START = {
+    "d": "substr({row}timestamp, 1, 10) || ' 00:00:00.000000'",
+    "w": "date({row}timestamp, 'weekday 0', '-6 days') || ' 00:00:00.000000'",
+    "m": "substr({row}timestamp, 1, 7) || '-01 00:00:00.000000'",
+}
+_PERIODS = " UNION ALL ".join(
+    f"SELECT '{kind}' AS kind, {start} AS start" for kind, start in _PERIOD_START.items()
+)
+_USER = "coalesce({row}user_id, {row}anonymous_id)"
+USERS_DDL = (
+    # One row per period and user with how many events (so that a deletion knows when
+    # the user's last event of the period went), and the users per period.
+    "CREATE TABLE users_active (kind TEXT NOT NULL, start TEXT NOT NULL, "
+    "user_key TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (kind, start, user_key)) "
+    "WITHOUT ROWID",
+    "CREATE TABLE users_active_counts (kind TEXT NOT NULL, start TEXT NOT NULL, "
+    "users INTEGER NOT NULL, PRIMARY KEY (kind, start)) WITHOUT ROWID",
+    *(
+        "INSERT INTO users_active (kind, start, user_key, n) "
+        f"SELECT '{kind}', {start.format(row='')}, {_USER.format(row='')}, count(*) "
+        f"FROM events WHERE {_USER.format(row='')} IS NOT NULL GROUP BY 2, 3"
+        for kind, start in _PERIOD_START.items()
+    ),
+    "INSERT INTO users_active_counts (kind, start, users) "
+    "SELECT kind, start, count(*) FROM users_active GROUP BY kind, start",
+    # A user's first event of a period counts them in; their last one's deletion out.
+    "CREATE TRIGGER users_active_new AFTER INSERT ON users_active BEGIN "
+    "INSERT INTO users_active_counts (kind, start, users) VALUES (NEW.kind, NEW.start, 1) "
+    "ON CONFLICT (kind, start) DO UPDATE SET users = users + 1; END",
+    "CREATE TRIGGER users_active_gone AFTER DELETE ON users_active BEGIN "
+    "UPDATE users_active_counts SET users = users - 1 "
+    "WHERE kind = OLD.kind AND start = OLD.start; "
+    "DELETE FROM users_active_counts WHERE kind = OLD.kind AND start = OLD.start "
+    "AND users <= 0; END",
+    "CREATE TRIGGER users_active_insert AFTER INSERT ON events "
+    f"WHEN {_USER.format(row='NEW.')} IS NOT NULL BEGIN "
+    "INSERT INTO users_active (kind, start, user_key, n) "
+    f"SELECT kind, start, {_USER.format(row='NEW.')}, 1 FROM ({_PERIODS.format(row='NEW.')}) "
+    "WHERE true ON CONFLICT (kind, start, user_key) DO UPDATE SET n = n + 1; END",
+    "CREATE TRIGGER users_active_delete AFTER DELETE ON events "
+    f"WHEN {_USER.format(row='OLD.')} IS NOT NULL BEGIN "
+    "UPDATE users_active SET n = n - 1 WHERE user_key = "
+    f"{_USER.format(row='OLD.')} AND (kind, start) IN ({_PERIODS.format(row='OLD.')}); "
+    f"DELETE FROM users_active WHERE user_key = {_USER.format(row='OLD.')} "
+    f"AND (kind, start) IN ({_PERIODS.format(row='OLD.')}) AND n <= 0; END",
+)
+ROLLUP_TRIGGERS = ("events_hourly_insert", "events_hourly_delete", "events_hourly_update")
+USERS_TRIGGERS = ("users_active_insert", "users_active_delete")
+USERS_TABLES = ("users_active", "users_active_counts")
+
+
+def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
+    """Create ``events_hourly``, fill it from ``events`` and create its triggers unless
+    they all exist; with ``users``, the same for ``users_active`` and
+    ``users_active_counts``, and without, drop those. Run under the writers' lock (no row
+    can arrive meanwhile). What changed. Python's sqlite3 may commit a table before its
+    triggers: a rollup found without every trigger (a crash in between) is dropped and
+    made again."""
+    found = {
+        name
+        for (name,) in connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
+        )
+    }
+    changes = []
+    if not found.issuperset(ROLLUP_TRIGGERS):
+        for name in ROLLUP_TRIGGERS:
+            connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+        connection.exec_driver_sql("DROP TABLE IF EXISTS events_hourly")
+        for statement in ROLLUP_DDL:
+            connection.exec_driver_sql(statement)
+        changes.append("created events_hourly")
+    tables = {
+        name
+        for (name,) in connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'users_active%'"
+        )
+    }
+    complete = found.issuperset(USERS_TRIGGERS) and tables.issuperset(USERS_TABLES)
+    leftover = bool(found & set(USERS_TRIGGERS) or tables)
+    if complete != users or (not users and leftover):
+        for name in USERS_TRIGGERS:
+            connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+        for table in USERS_TABLES:
+            connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        if users:
+            for statement in USERS_DDL:
+                connection.exec_driver_sql(statement)
+            changes.append("created users_active")
+        else:
+            changes.append("dropped users_active")
+    return changes
+
+
 class SQLiteStore(SQLStore):
     """The SQLite database at ``url`` (an ``sqlite:///`` SQLAlchemy URL)."""
 
@@ -150,6 +288,9 @@ class SQLiteStore(SQLStore):
 
 class SQLiteDialect(QueryDialect):
     insert_order = "rowid"
+    rollup = events_hourly
+    users_rollup = users_active_counts
+    indexed_extremes = True
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -188,6 +329,9 @@ class SQLiteDialect(QueryDialect):
 
     def epoch(self, column: ColumnElement) -> ColumnElement:
         return cast(func.strftime("%s", column), Integer)
+
+    def month_start(self, column: ColumnElement) -> ColumnElement:
+        return cast(func.strftime("%s", column, "start of month"), Integer)
 
     def size_bytes(self, connection: Any) -> int | None:
         page_count = connection.exec_driver_sql("PRAGMA page_count").scalar()

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, NamedTuple
 
-from sqlalchemy import ColumnElement, Engine, Select, Table, select
+from sqlalchemy import ColumnElement, Engine, Select, Table, distinct, func, select
 
 from eventrouter.columns import shown
 from eventrouter.store.schema import events
@@ -119,6 +119,19 @@ class QueryDialect(ABC):
     #: A column whose value grows with every insert (SQLite's ``rowid``), which a live
     #: tail reads by; None: a tail reads by ``received_at`` (EventStore.stored_since).
     insert_order: ClassVar[str | None] = None
+    #: The hourly rollup of ``events`` the store keeps (:mod:`eventrouter.store.rollup`),
+    #: read whenever a filter allows; None: every aggregate reads ``events``.
+    rollup: ClassVar[Table | None] = None
+    #: The distinct users per period the store keeps
+    #: (:data:`eventrouter.store.rollup.users_active_counts`); None: counted from ``events``.
+    users_rollup: ClassVar[Table | None] = None
+    #: ``min(timestamp)`` and ``max(timestamp)`` each read one end of an index (SQLite,
+    #: PostgreSQL): :meth:`EventStore.time_span` asks for them apart, not with a count
+    #: that reads every match.
+    indexed_extremes: ClassVar[bool] = False
+    #: Whether :meth:`count_distinct` is exact (else an estimate, which the dashboard
+    #: says on the page).
+    distinct_exact: ClassVar[bool] = True
 
     @abstractmethod
     def connect(self) -> Engine:
@@ -164,6 +177,23 @@ class QueryDialect(ABC):
     def time(self, value: datetime) -> Any:
         """A time to compare ``timestamp`` with (default: naive UTC)."""
         return naive_utc(value)
+
+    def month_start(self, column: ColumnElement) -> ColumnElement:
+        """The first moment of the UTC month of ``column`` (a time), as whole seconds
+        since the epoch.
+
+        :raises InvalidQuery: the store cannot compute it."""
+        raise InvalidQuery("interval", f"months are not supported on {self.name}")
+
+    def user_key(self) -> ColumnElement:
+        """Who an event is from, for counting users: ``user_id``, else ``anonymous_id``."""
+        c = self.table.c
+        return func.coalesce(c.user_id, c.anonymous_id)
+
+    def count_distinct(self, expression: ColumnElement) -> ColumnElement:
+        """How many distinct non-NULL values of ``expression`` (exact unless
+        :attr:`distinct_exact` says otherwise)."""
+        return func.count(distinct(expression))
 
     def equals(self, expression: ColumnElement, value: str) -> ColumnElement:
         """``expression = value``, bound (a store may know values it can never hold)."""

@@ -13,14 +13,27 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
-from sqlalchemy import ColumnElement, and_, func, literal_column, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    Table,
+    and_,
+    func,
+    inspect,
+    literal_column,
+    or_,
+    select,
+    union_all,
+)
 
 from eventrouter.columns import JSON_COLUMNS, iso_utc
+from eventrouter.store import rollup
 from eventrouter.store.interface import (
     InvalidQuery,
     QueryDialect,
@@ -29,6 +42,8 @@ from eventrouter.store.interface import (
 )
 
 __all__ = [
+    "INTERVALS",
+    "ActiveUsers",
     "AmbiguousEvent",
     "EventFilter",
     "EventStore",
@@ -47,6 +62,10 @@ __all__ = [
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 FILTER_COLUMNS = ("type", "event", "user_id", "anonymous_id", "session_id", "source")
+#: Later than any stored ``timestamp`` (the upper bound of an open range's last hours).
+END = datetime.max.replace(tzinfo=UTC)
+#: Seconds before a store found without its rollup table is asked again.
+ROLLUP_RECHECK = 60.0
 
 
 class AmbiguousEvent(LookupError):
@@ -145,6 +164,23 @@ class TailPosition(msgspec.Struct, kw_only=True):
     seen: dict[tuple[str, str], datetime] = {}
 
 
+#: The periods :meth:`EventStore.active_users` counts users per.
+INTERVALS = ("day", "week", "month")
+
+
+class ActiveUsers(msgspec.Struct, kw_only=True):
+    """Distinct users (:meth:`EventStore.active_users`)."""
+
+    interval: str
+    #: Whether the counts are exact (else the store's estimate).
+    exact: bool
+    #: ``(period start, users)``, oldest first; periods without users left out.
+    series: list[tuple[datetime, int]]
+    by: str | None = None
+    #: ``(value, users)`` of ``by`` over the whole range, most users first.
+    top: list[tuple[Any, int]] = []
+
+
 class Page(msgspec.Struct):
     events: list[dict[str, Any]]
     next_cursor: str | None
@@ -181,12 +217,17 @@ class EventStore:
     :raises ValueError: the store cannot be queried (``Store.query_dialect()`` is None).
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, use_rollup: bool = True) -> None:
         dialect = store.query_dialect()
         if dialect is None:
             raise ValueError(f"{type(store).__name__} cannot be queried")
         self.dialect: QueryDialect = dialect
         self.table = dialect.table
+        #: Read the store's rollup where it can answer (False: always ``events``, which
+        #: gives the same answers; the tests compare the two).
+        self.use_rollup = use_rollup
+        self._tables_found: set[str] = set()
+        self._tables_checked: dict[str, float] = {}
 
     @property
     def engine(self) -> Any:
@@ -347,56 +388,281 @@ class EventStore:
 
     def count_by_time(self, where: EventFilter, step: int) -> list[tuple[datetime, int]]:
         """Events matching ``where`` per ``step`` seconds of ``timestamp``, oldest first;
-        buckets start at multiples of ``step`` since the epoch and empty ones are left out."""
+        buckets start at multiples of ``step`` since the epoch and empty ones are left out.
+
+        Whole hours come from the store's rollup when the filter and the step allow
+        (:mod:`eventrouter.store.rollup`), the rest from ``events``: the same answer."""
         step = int(step)
         if step < 1:
             raise InvalidQuery("step", "must be at least one second")
-        epoch = self.dialect.epoch(self.table.c.timestamp)
         # The step is an int written into the SQL, not a parameter: PostgreSQL matches a
         # GROUP BY expression to the selected one only when their texts are identical.
-        bucket = (epoch - epoch % literal_column(str(step))).label("bucket")
-        statement = (
-            self.dialect.select(bucket, func.count().label("n"))
-            .where(*self.conditions(where))
-            .group_by(bucket)
-            .order_by(bucket)
-        )
+        width = literal_column(str(step))
+
+        def bucket_of(epoch: ColumnElement) -> ColumnElement:
+            return (epoch - epoch % width).label("bucket")
+
+        cut = self._rollup_split(where) if step % rollup.HOUR == 0 else None
+        if cut is None:
+            bucket = bucket_of(self.dialect.epoch(self.table.c.timestamp))
+            statement = (
+                self.dialect.select(bucket, func.count().label("n"))
+                .where(*self.conditions(where))
+                .group_by(bucket)
+                .order_by(bucket)
+            )
+        else:
+            parts = [
+                self._rollup_select(cut, where, bucket_of(self.dialect.epoch(self._hourly.c.hour)))
+            ]
+            for edge in self._edges(cut, where):
+                bucket = bucket_of(self.dialect.epoch(self.table.c.timestamp))
+                parts.append(
+                    self.dialect.select(bucket, func.count().label("n"))
+                    .where(*self.conditions(edge))
+                    .group_by(bucket)
+                )
+            both = union_all(*parts).subquery("parts")
+            statement = (
+                select(both.c.bucket, func.sum(both.c.n).label("n"))
+                .group_by(both.c.bucket)
+                .order_by(both.c.bucket)
+            )
         with self.engine.connect() as connection:
             rows = connection.execute(statement).all()
-        return [(datetime.fromtimestamp(int(start), UTC), int(n)) for start, n in rows]
+        return [(datetime.fromtimestamp(int(start), UTC), int(n)) for start, n in rows if n]
 
     def top(self, where: EventFilter, dimension: str, limit: int = 10) -> list[tuple[Any, int]]:
         """The ``limit`` most frequent values of ``dimension`` among events matching
-        ``where``, with their counts, most frequent first (``None``: no value)."""
+        ``where``, with their counts, most frequent first (``None``: no value). From the
+        rollup where it can answer (``type``, ``event``, ``source``)."""
         value = self.dimension(dimension).label("value")
         count = func.count().label("n")
-        statement = (
-            self.dialect.select(value, count)
-            .where(*self.conditions(where))
-            .group_by(value)
-            .order_by(count.desc(), value)
-            .limit(limit)
-        )
+        cut = self._rollup_split(where) if dimension in rollup.ROLLUP_COLUMNS else None
+        if cut is None:
+            statement = (
+                self.dialect.select(value, count)
+                .where(*self.conditions(where))
+                .group_by(value)
+                .order_by(count.desc(), value)
+                .limit(limit)
+            )
+        else:
+            kept = self._hourly.c[dimension]
+            if dimension == "event":
+                kept = func.nullif(kept, rollup.NO_EVENT)
+            parts = [self._rollup_select(cut, where, kept.label("value"))]
+            parts += [
+                self.dialect.select(value, count).where(*self.conditions(edge)).group_by(value)
+                for edge in self._edges(cut, where)
+            ]
+            both = union_all(*parts).subquery("parts")
+            total = func.sum(both.c.n).label("n")
+            statement = (
+                select(both.c.value, total)
+                .group_by(both.c.value)
+                .order_by(total.desc(), both.c.value)
+                .limit(limit)
+            )
         with self.engine.connect() as connection:
             rows = connection.execute(statement).all()
         return [(self.dialect.text_value(v), int(n)) for v, n in rows]
 
     def count(self, where: EventFilter) -> int:
-        statement = self.dialect.select(func.count().label("n")).where(*self.conditions(where))
+        cut = self._rollup_split(where)
+        if cut is None:
+            statement = self.dialect.select(func.count().label("n")).where(*self.conditions(where))
+        else:
+            parts = [self._rollup_select(cut, where)]
+            parts += [
+                self.dialect.select(func.count().label("n")).where(*self.conditions(edge))
+                for edge in self._edges(cut, where)
+            ]
+            both = union_all(*parts).subquery("parts")
+            statement = select(func.sum(both.c.n))
         with self.engine.connect() as connection:
             return int(connection.execute(statement).scalar() or 0)
+
+    # -- unique users ----------------------------------------------------------------------
+    def period(self, interval: str) -> ColumnElement:
+        """The start of the ``interval`` (``day``, ``week`` from Monday, ``month``)
+        holding each event's ``timestamp``, UTC, as seconds since the epoch.
+
+        :raises InvalidQuery: another interval."""
+        epoch = self.dialect.epoch(self.table.c.timestamp)
+        if interval == "day":
+            day = literal_column("86400")
+            return epoch - epoch % day
+        if interval == "week":
+            # 1970-01-01 was a Thursday: shifted three days, weeks start on Mondays.
+            shifted = epoch + literal_column("259200")
+            return shifted - shifted % literal_column("604800") - literal_column("259200")
+        if interval == "month":
+            return self.dialect.month_start(self.table.c.timestamp)
+        raise InvalidQuery("interval", f"{interval!r} is not one of {', '.join(INTERVALS)}")
+
+    def active_users(
+        self, where: EventFilter, interval: str, by: str | None = None, limit: int = 10
+    ) -> ActiveUsers:
+        """Distinct users among the events matching ``where``: per ``interval`` (daily,
+        weekly or monthly active users) and, with ``by`` (a dimension, :meth:`dimension`),
+        per value, the ``limit`` values with the most users first. A user is the
+        ``user_id``, else the ``anonymous_id`` (no merging through identify or alias).
+
+        Periods are whole: ``where.since`` is moved back to the start of its period (the
+        first day, week or month counts all of its users, as every later one does).
+        Without filters besides the time and without ``by``, the store's per-period
+        counts answer (:mod:`eventrouter.store.rollup`); otherwise ``events``."""
+        if interval not in INTERVALS:
+            raise InvalidQuery("interval", f"{interval!r} is not one of {', '.join(INTERVALS)}")
+        if where.since is not None:
+            where = msgspec.structs.replace(where, since=rollup.period_start(where.since, interval))
+        dialect = self.dialect
+        counts = dialect.users_rollup
+        plain = msgspec.structs.replace(where, since=None) == EventFilter()
+        if (
+            by is None
+            and plain
+            and self.use_rollup
+            and counts is not None
+            # Dropped when the sink's unique_users is turned off: asked each time.
+            and self._has_table(counts.name, remember=False)
+        ):
+            r = counts.c
+            statement = (
+                select(r.start, r.users)
+                .where(r.kind == rollup.PERIOD_KINDS[interval])
+                .order_by(r.start)
+            )
+            if where.since is not None:
+                statement = statement.where(r.start >= dialect.time(where.since))
+            with self.engine.connect() as connection:
+                rows = connection.execute(statement).all()
+            series = [(_aware(start), int(n)) for start, n in rows if n]
+            return ActiveUsers(interval=interval, exact=True, series=series, by=None)
+        users = dialect.count_distinct(dialect.user_key()).label("users")
+        conditions = self.conditions(where)
+        period = self.period(interval).label("period")
+        series_sql = (
+            dialect.select(period, users).where(*conditions).group_by(period).order_by(period)
+        )
+        with self.engine.connect() as connection:
+            series = [
+                (datetime.fromtimestamp(int(start), UTC), int(n))
+                for start, n in connection.execute(series_sql).all()
+                if n
+            ]
+            top = []
+            if by is not None:
+                value = self.dimension(by).label("value")
+                top_sql = (
+                    dialect.select(value, users)
+                    .where(*conditions)
+                    .group_by(value)
+                    .order_by(users.desc(), value)
+                    .limit(limit)
+                )
+                top = [
+                    (dialect.text_value(v), int(n))
+                    for v, n in connection.execute(top_sql).all()
+                    if n
+                ]
+        return ActiveUsers(
+            interval=interval, exact=dialect.distinct_exact, series=series, by=by, top=top
+        )
+
+    # -- the rollup (eventrouter.store.rollup) --------------------------------------------
+    @property
+    def _hourly(self) -> Table:
+        return self.dialect.rollup  # type: ignore[return-value]
+
+    def _has_table(self, name: str, *, remember: bool = True) -> bool:
+        """Whether the store's table ``name`` exists: once found, remembered (``remember``:
+        a table that is never dropped) or asked again each time; its absence asked again
+        after :data:`ROLLUP_RECHECK` seconds."""
+        if name in self._tables_found:
+            if remember:
+                return True
+            self._tables_found.discard(name)
+            self._tables_checked.pop(name, None)
+        now = time.monotonic()
+        if now < self._tables_checked.get(name, -ROLLUP_RECHECK) + ROLLUP_RECHECK:
+            return False
+        self._tables_checked[name] = now
+        with self.engine.connect() as connection:
+            if inspect(connection).has_table(name):
+                self._tables_found.add(name)
+        return name in self._tables_found
+
+    def has_rollup(self) -> bool:
+        """Whether the store keeps the rollup and its table exists (a store not migrated
+        yet has none: every aggregate reads ``events`` until it does). Once found it is
+        remembered; its absence is asked again after :data:`ROLLUP_RECHECK` seconds."""
+        if self.dialect.rollup is None or not self.use_rollup:
+            return False
+        return self._has_table(self.dialect.rollup.name)
+
+    def _rollup_split(self, where: EventFilter) -> rollup.Split | None:
+        """How the rollup answers ``where`` (None: it cannot; read ``events``)."""
+        if not rollup.usable(where):
+            return None
+        cut = rollup.split(where.since, where.until, datetime.now(UTC))
+        if cut is None or not self.has_rollup():
+            return None
+        return cut
+
+    def _edges(self, cut: rollup.Split, where: EventFilter) -> list[EventFilter]:
+        """The parts of ``where`` outside the rollup's whole hours, as filters on
+        ``events``: before ``cut.start`` (from ``since``) and from ``cut.end`` on."""
+        edges = []
+        if cut.start is not None and where.since is not None and where.since < cut.start:
+            edges.append(msgspec.structs.replace(where, until=cut.start))
+        # Bounded on both sides, even when the range is open (no time a datetime can hold
+        # is later): with one bound, SQLite's planner guesses a quarter of the table
+        # matches and reads a whole index on the grouped column instead of the time range.
+        edges.append(msgspec.structs.replace(where, since=cut.end, until=where.until or END))
+        return edges
+
+    def _rollup_select(
+        self, cut: rollup.Split, where: EventFilter, key: ColumnElement | None = None
+    ) -> Select:
+        """``SELECT key, sum(n) AS n`` over the rollup's hours in ``cut`` matching
+        ``where``'s equality filters, grouped by ``key`` (none: one total)."""
+        r, dialect = self._hourly.c, self.dialect
+        conditions = [r.hour < dialect.time(cut.end)]
+        if cut.start is not None:
+            conditions.append(r.hour >= dialect.time(cut.start))
+        conditions += [
+            dialect.equals(r[name], value)
+            for name in rollup.ROLLUP_COLUMNS
+            if (value := getattr(where, name)) is not None
+        ]
+        total = func.sum(r.n).label("n")
+        if key is None:
+            return select(total).select_from(self._hourly).where(*conditions)
+        return select(key, total).select_from(self._hourly).where(*conditions).group_by(key)
 
     def time_span(self, where: EventFilter) -> tuple[datetime, datetime] | None:
         """The oldest and newest ``timestamp`` among events matching ``where``."""
         c = self.table.c
-        statement = self.dialect.select(
-            func.min(c.timestamp).label("oldest"),
-            func.max(c.timestamp).label("newest"),
-            func.count().label("n"),
-        ).where(*self.conditions(where))
+        conditions = self.conditions(where)
+        if self.dialect.indexed_extremes:
+            # Two index probes (the time index, or a filter column's (column, timestamp)
+            # one), where one query with a count would read every match.
+            ends = [
+                self.dialect.select(extreme(c.timestamp)).where(*conditions).scalar_subquery()
+                for extreme in (func.min, func.max)
+            ]
+            statement = select(*ends)
+        else:
+            statement = self.dialect.select(
+                func.min(c.timestamp).label("oldest"),
+                func.max(c.timestamp).label("newest"),
+                func.count().label("n"),
+            ).where(*conditions)
         with self.engine.connect() as connection:
-            oldest, newest, n = connection.execute(statement).one()
-        if not n:
+            oldest, newest, *n = connection.execute(statement).one()
+        if oldest is None or (n and not n[0]):
             return None
         return _aware(oldest), _aware(newest)
 

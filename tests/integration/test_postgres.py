@@ -262,13 +262,13 @@ def test_migrate_command_creates_the_schema_idempotently(pg_url, tmp_path):
     for _ in range(2):
         result = run_eventrouter("migrate", "--config", str(path))
         assert result.returncode == 0, result.stderr
-        assert "warehouse (postgres): schema version 3" in result.stdout
+        assert "warehouse (postgres): schema version 4" in result.stdout
     tables = {row[0] for row in sql(pg_url, "SELECT tablename FROM pg_tables")}
     # No WAL for the claims (docs/postgres.md, "event_claims").
     persistence = sql(pg_url, "SELECT relpersistence FROM pg_class WHERE relname = 'event_claims'")
     assert persistence == [("u",)]
     assert {"events", "events_default", "users", "groups", "identities", "event_claims"} <= tables
-    assert sql(pg_url, "SELECT version FROM eventrouter_schema") == [(3,)]
+    assert sql(pg_url, "SELECT version FROM eventrouter_schema") == [(4,)]
 
 
 def test_through_the_queue_and_worker(amqp_env, pg_url):
@@ -493,8 +493,8 @@ def test_a_schema_2_database_is_written_without_claims_until_migrate_adds_them(p
         sink.write(batch)
         sink.write(batch)  # a redelivery: skipped as before (rows found)
         assert sql(pg_url, "SELECT count(*) FROM events") == [(10,)]
-        assert "schema version 3" in sink.migrate()
-        assert sql(pg_url, "SELECT max(version) FROM eventrouter_schema") == [(3,)]
+        assert "schema version 4" in sink.migrate()
+        assert sql(pg_url, "SELECT max(version) FROM eventrouter_schema") == [(4,)]
         sink.write(_tracks(4))
         assert sql(pg_url, "SELECT count(*) FROM event_claims") == [(4,)]
         assert sql(pg_url, "SELECT count(*) FROM events") == [(14,)]

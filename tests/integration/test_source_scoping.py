@@ -443,7 +443,10 @@ def test_migrate_upgrades_an_old_sqlite_store(tmp_path):
     first = migrate(config)
     assert "dropped ux_events_message_id" in first
     assert "created ux_events_message_id_source" in first
+    assert "created events_hourly" in first  # the rollup, filled from the stored rows
     assert sqlite_rows(path) == before
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT sum(n) FROM events_hourly").fetchone() == (len(rows),)
     indexes = sqlite_indexes(path)
     assert "ux_events_message_id" not in indexes
     assert "(message_id, source)" in indexes["ux_events_message_id_source"]
@@ -502,7 +505,8 @@ def pg_insert(url: str, rows: list[TrackCommand]) -> None:
 PG_ROWS = "SELECT * FROM events ORDER BY source, message_id, timestamp"
 PG_KEYS = (
     "SELECT c.conrelid::regclass::text, pg_get_constraintdef(c.oid) FROM pg_constraint c "
-    "WHERE c.contype = 'p' AND c.conrelid::regclass::text LIKE 'events%' ORDER BY 1"
+    "WHERE c.contype = 'p' AND c.conrelid::regclass::text LIKE 'events%' "
+    "AND c.conrelid::regclass::text <> 'events_hourly' ORDER BY 1"
 )
 
 
@@ -526,9 +530,11 @@ def test_migrate_upgrades_an_old_postgres_store(tmp_path):
         config = tmp_path / "pg.toml"
         config.write_text(to_toml({"sinks": {"warehouse": {**sink, "migrate_on_start": False}}}))
         first = migrate(config)
-        assert "schema version 3" in first
+        assert "schema version 4" in first
         assert "primary key upgraded to (message_id, source, timestamp)" in first
         assert pg(url, PG_ROWS) == before
+        # Schema 4's rollup, filled from the stored rows.
+        assert pg(url, "SELECT sum(n)::int FROM events_hourly") == [(len(before),)]
         keys = pg(url, PG_KEYS)
         partitions = {name for name, _ in keys} - {"events"}
         assert len(partitions) >= 4  # the old ones, the default, those created ahead
@@ -542,10 +548,10 @@ def test_migrate_upgrades_an_old_postgres_store(tmp_path):
             "WHERE i.inhparent = 'events_pkey'::regclass",
         )
         assert attached == [(len(partitions),)]
-        assert pg(url, "SELECT max(version) FROM eventrouter_schema") == [(3,)]
+        assert pg(url, "SELECT max(version) FROM eventrouter_schema") == [(4,)]
 
         second = migrate(config)
-        assert "upgraded" not in second and "schema version 3" in second
+        assert "upgraded" not in second and "schema version 4" in second
         assert pg(url, PG_KEYS) == keys
         assert pg(url, PG_ROWS) == before
 

@@ -449,7 +449,9 @@ def test_event_name_suggestions_are_attribute_values(server, cookie):
 
 
 def test_chart_labels_are_counts_and_times_only(server, cookie):
-    label = re.compile(r"[\d,]+|\d\d-\d\d \d\d:\d\d|[\d-]+|[\d\- :]+ UTC: [\d,]+")
+    label = re.compile(
+        r"[\d,]+|\d\d-\d\d \d\d:\d\d|[\d-]+|[\d\- :]+ UTC: [\d,]+|events|time \(UTC\)"
+    )
     for value in HOSTILE[:5]:
         url = "/admin/chart?" + urlencode({"range": "all", "event": value})
         chart = page_of(server, cookie, url, htmx=True)
@@ -458,6 +460,34 @@ def test_chart_labels_are_counts_and_times_only(server, cookie):
         for node in svg.select("text") + svg.select("title"):
             assert label.fullmatch(node.text()), node.text()
         assert_inert(chart)
+
+
+@pytest.mark.parametrize("by", ["event", "properties.v", "user_id"])
+def test_active_users_values_are_text_and_query_values(server, cookie, by):
+    url = "/admin/active-users?" + urlencode({"range": "all", "interval": "week", "by": by})
+    fragment = page_of(server, cookie, url, True)
+    table = fragment.one("table", "breakdown")
+    assert "hx-disable" in table.attrs
+    links = [a for row in table.one("tbody").select("tr") for a in row.select("a")]
+    assert len(links) >= 5
+    for link in links:
+        value = link.text()
+        assert value in HOSTILE
+        assert_dashboard_url(link.attrs["href"], "/admin/events", [("range", "all"), (by, value)])
+    label = re.compile(r"[\d,]+|[\d-]+|[\d\- :]+ UTC: [\d,]+ users|users|time \(UTC\)")
+    svg = fragment.one("svg")
+    for node in svg.select("text") + svg.select("title"):
+        assert label.fullmatch(node.text()), node.text()
+    assert_inert(fragment)
+
+
+def test_active_users_of_a_hostile_event_name_shows_it_as_text(server, cookie):
+    for value in HOSTILE[-5:]:
+        url = "/admin/active-users?" + urlencode({"range": "all", "event": value})
+        page = page_of(server, cookie, url)
+        assert page.one("code", "event-name").text() == value
+        assert page.one("input", None, name="event").attrs["value"] == value
+        assert_inert(page.one("section", "active-users"))
 
 
 # -- the live tail ---------------------------------------------------------------------------

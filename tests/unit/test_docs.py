@@ -148,6 +148,7 @@ def test_config_keys_are_found():
     assert SQLITE_KEYS == [
         "sinks.<name>.indexes",
         "sinks.<name>.synchronous",
+        "sinks.<name>.unique_users",
         "sinks.<name>.url",
     ]
 

@@ -1,0 +1,200 @@
+"""The dashboard's aggregates with and without the rollups (eventrouter.store.rollup),
+and what keeping them costs the writes.
+
+    .venv/bin/python bench/rollups.py load [--events 1000000] [--stores sqlite,postgres,clickhouse]
+    .venv/bin/python bench/rollups.py migrate [--unique-users]
+    .venv/bin/python bench/rollups.py time [--runs 5] [--stores ...]
+    .venv/bin/python bench/rollups.py ingest [--events 300000] [--stores sqlite,postgres]
+
+``load`` writes ``--events`` events of bench/dashboard.py's :class:`EventFactory`,
+spread over 29.5 days, into databases of this benchmark's own (SQLite
+``/tmp/eventrouter-bench-rollups.db``, PostgreSQL and ClickHouse
+``eventrouter_bench_rollups``; dropped first) through the real sinks driven by the bus,
+as ``eventrouter worker`` writes. The sinks create the rollup as they start; ``time
+--scan`` times the same queries with EventStore(use_rollup=False) instead: the
+"before". ``migrate`` runs the sinks' migration (``--unique-users`` adds the users
+tables). ``time`` prints, per store, the median and the slowest of ``--runs`` calls of
+each aggregate the dashboard makes over the last 7 and 30 days (after one warm-up).
+``ingest`` writes ``--events`` events into a fresh database twice per store, without
+and with the rollup's triggers (and, with ``--unique-users``, the users tables), and
+prints the write rate of each. Only 127.0.0.1 is spoken to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dashboard
+import psycopg
+from clickhouse_driver import Client
+
+import eventrouter.sinks.postgres as postgres_sink
+import eventrouter.sinks.sqlite as sqlite_sink
+from eventrouter import config as config_module
+from eventrouter.admin import explorer
+from eventrouter.bus.bus import WORKER, Bus, make_plugin_manager
+from eventrouter.sinks.clickhouse_store import ClickHouseStore
+from eventrouter.sinks.postgres_store import PostgresStore
+from eventrouter.sinks.sqlite_store import SQLiteStore
+from eventrouter.store.query import EventFilter, EventStore
+
+SPAN = timedelta(days=29.5)
+NAME = "eventrouter_bench_rollups"
+SQLITE_PATH = f"/tmp/{NAME.replace('_', '-')}.db"
+PG_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
+SINKS = {
+    "sqlite": {"type": "sqlite", "url": f"sqlite:///{SQLITE_PATH}"},
+    "postgres": {"type": "postgres", "url": f"postgresql+psycopg://postgres@127.0.0.1/{NAME}"},
+    "clickhouse": {"type": "clickhouse", "url": f"clickhouse+native://default:@127.0.0.1/{NAME}"},
+}
+STORES = {"sqlite": SQLiteStore, "postgres": PostgresStore, "clickhouse": ClickHouseStore}
+BATCH = {"sqlite": 10_000, "postgres": 10_000, "clickhouse": 50_000}
+
+
+def reset(name: str) -> None:
+    """An empty database for ``name``'s store."""
+    if name == "sqlite":
+        for suffix in ("", "-wal", "-shm", ".lock"):
+            Path(SQLITE_PATH + suffix).unlink(missing_ok=True)
+    elif name == "postgres":
+        with psycopg.connect(PG_SERVER, autocommit=True) as connection:
+            connection.execute(f"DROP DATABASE IF EXISTS {NAME} WITH (FORCE)")
+            connection.execute(f"CREATE DATABASE {NAME}")
+    else:
+        client = Client.from_url("clickhouse://default:@127.0.0.1/default")
+        client.execute(f"DROP DATABASE IF EXISTS {NAME}")
+        client.disconnect()
+
+
+async def write(name: str, batches: Sequence[list], unique_users: bool = False) -> float:
+    """Seconds the sink's writes of ``batches`` took, through the bus (role worker)."""
+    sink = {**SINKS[name], "batch": {"max_events": 50_000, "timeout": "1s"}}
+    if unique_users:
+        sink["unique_users"] = True
+    raw = {"sinks": {name: sink}, "server": {"dispatch_timeout": "30m"}}
+    config = config_module.parse(raw, f"bench:rollups:{name}", dict(os.environ))
+    bus = Bus(config, make_plugin_manager(config), role=WORKER, only=[name])
+    await bus.start()
+    try:
+        started = time.perf_counter()
+        for batch in batches:
+            await bus.deliver(name, batch)
+        return time.perf_counter() - started
+    finally:
+        await bus.stop()
+
+
+def batches_of(events: int, size: int) -> list[list]:
+    dashboard.SPAN = SPAN  # EventFactory spreads the events over it
+    factory = dashboard.EventFactory(events, datetime.now(UTC) - SPAN)
+    return [factory.commands(first, min(size, events - first)) for first in range(0, events, size)]
+
+
+def load(args: argparse.Namespace) -> None:
+    for name in args.stores:
+        reset(name)
+        seconds = asyncio.run(write(name, batches_of(args.events, BATCH[name])))
+        print(f"{name}: {args.events:,} events written in {seconds:.1f} s", flush=True)
+        if name == "postgres":
+            with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{NAME}") as connection:
+                connection.autocommit = True
+                connection.execute("VACUUM ANALYZE")
+
+
+def migrate(args: argparse.Namespace) -> None:
+    for name in args.stores:
+        if name == "clickhouse":
+            continue
+        started = time.perf_counter()
+        kind = sqlite_sink.SQLiteSink if name == "sqlite" else postgres_sink.PostgresSink
+        options = kind.Options(url=SINKS[name]["url"], unique_users=args.unique_users)
+        instance = kind(name, None, options)
+        try:
+            print(f"{name}: {instance.migrate()} ({time.perf_counter() - started:.1f} s)")
+        finally:
+            if name == "postgres":
+                instance.stop()
+
+
+def queries(store: EventStore, since: datetime, step: int) -> dict[str, Callable[[], object]]:
+    """The dashboard's aggregates over ``[since, now)``, by name."""
+    where = EventFilter(since=since)
+    one_event = EventFilter(since=since, event=dashboard.FILTER_EVENT)
+    return {
+        "chart": lambda: store.count_by_time(where, step),
+        "chart, one event": lambda: store.count_by_time(one_event, step),
+        "top events": lambda: store.top(where, "event", 11),
+        "top properties.plan": lambda: store.top(where, "properties.plan", 11),
+        "count": lambda: store.count(where),
+        "time span (all)": lambda: store.time_span(EventFilter()),
+        "active users per day": lambda: store.active_users(where, "day"),
+        "active users per week by event": lambda: store.active_users(where, "week", by="event"),
+    }
+
+
+def timings(args: argparse.Namespace) -> None:
+    now = datetime.now(UTC)
+    print("| store | range | query | median ms | max ms |")
+    print("| --- | --- | --- | --- | --- |")
+    for name in args.stores:
+        store = EventStore(STORES[name](SINKS[name]["url"]), use_rollup=not args.scan)
+        for days in (7, 30):
+            since = now - timedelta(days=days)
+            for query, call in queries(store, since, explorer.choose_step(since, now)).items():
+                call()
+                times = []
+                for _ in range(args.runs):
+                    started = time.perf_counter()
+                    call()
+                    times.append(1000 * (time.perf_counter() - started))
+                print(
+                    f"| {name} | {days}d | {query} | {statistics.median(times):.0f} "
+                    f"| {max(times):.0f} |",
+                    flush=True,
+                )
+        store.close()
+
+
+def ingest(args: argparse.Namespace) -> None:
+    real_sqlite, real_postgres = sqlite_sink.ensure_rollup, postgres_sink.ensure_rollup
+
+    def none(connection: object, users: bool = False) -> list[str]:
+        return []
+
+    for name in args.stores:
+        batches = batches_of(args.events, BATCH[name])
+        for rollups in (False, True, False, True):
+            sqlite_sink.ensure_rollup = real_sqlite if rollups else none
+            postgres_sink.ensure_rollup = real_postgres if rollups else none
+            reset(name)
+            seconds = asyncio.run(write(name, batches, unique_users=args.unique_users))
+            what = "with rollups" if rollups else "without"
+            print(f"{name} {what}: {args.events / seconds:,.0f} events/s", flush=True)
+    sqlite_sink.ensure_rollup, postgres_sink.ensure_rollup = real_sqlite, real_postgres
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["load", "migrate", "time", "ingest"])
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--stores", default="sqlite,postgres,clickhouse")
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--scan", action="store_true", help="time: never read the rollups")
+    parser.add_argument("--unique-users", action="store_true")
+    args = parser.parse_args(argv)
+    args.stores = args.stores.split(",")
+    {"load": load, "migrate": migrate, "time": timings, "ingest": ingest}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

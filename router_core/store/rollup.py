@@ -1,0 +1,125 @@
+"""The hourly rollup: event counts per ``(hour, type, event, source)``, kept by the
+database itself so that the dashboard's chart, top values and counts read a few
+thousand rows instead of every event in the range.
+
+``events_hourly`` holds, for each hour of ``timestamp`` (UTC) and each ``type``,
+``event`` and ``source``, how many rows ``events`` holds (``n``). A store keeps it with
+triggers on ``events`` (SQLite: a row trigger; PostgreSQL: statement triggers with
+transition tables), so it changes in the same transaction as the rows it counts:
+
+- an insert counts only the rows actually inserted (a redelivered copy that the unique
+  key refuses fires nothing);
+- a delete (``eventrouter privacy delete``) takes its rows off again;
+- dropping old rows wholesale (PostgreSQL's retention drops a partition, which fires no
+  trigger) trims the matching hours in the same transaction (the store's own code);
+- creating the table (a migration) fills it from ``events`` in the same transaction.
+
+Beside it, ``users_active`` and ``users_active_counts`` keep the distinct users (the
+``user_id``, else the ``anonymous_id``) per UTC day, week (from Monday) and month: one
+row per period and user with their events, and the users per period, kept by the same
+triggers; :meth:`EventStore.active_users` reads the counts when it asks for no filter
+and no breakdown.
+
+An event without a name (any call but track) is kept under :data:`NO_EVENT`. Stores
+that keep no such table (ClickHouse: its copies of a redelivered event collapse only
+when parts merge, so a count kept at insert would count them twice) say so with
+``QueryDialect.rollup = None`` and are read from ``events``.
+
+:class:`eventrouter.store.query.EventStore` reads the rollup whenever a filter allows
+(:func:`usable`: equality on ``type``, ``event``, ``source`` only; buckets of whole
+hours) and reads ``events`` for the rest: the whole hours inside the range come from
+here, the partial hours at its two ends from ``events`` (an index range of at most two
+hours), summed in one statement. The answer is the same either way, which
+tests/integration/test_rollups.py checks on every store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, Text
+
+#: The rollup's bucket, in seconds.
+HOUR = 3600
+#: The ``event`` the rollup keeps for a call without one (its key columns are NOT NULL).
+NO_EVENT = ""
+#: Filter columns the rollup can answer (equality only).
+ROLLUP_COLUMNS = ("type", "event", "source")
+#: Filter columns it cannot: a filter on any of these reads ``events``.
+SCAN_COLUMNS = ("user_id", "anonymous_id", "session_id")
+
+metadata = MetaData()
+events_hourly = Table(
+    "events_hourly",
+    metadata,
+    # The store's own time type: SQLite keeps SQLAlchemy's text, PostgreSQL timestamptz.
+    Column("hour", DateTime, nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("event", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("n", BigInteger, nullable=False),
+)
+
+
+#: Distinct users per period (:meth:`EventStore.active_users`), kept beside
+#: ``users_active`` (one row per period and user, with their events): ``kind`` is
+#: :data:`PERIOD_KINDS`'s letter, ``start`` the period's first moment (UTC).
+users_active_counts = Table(
+    "users_active_counts",
+    metadata,
+    Column("kind", String(1), nullable=False),
+    Column("start", DateTime, nullable=False),
+    Column("users", BigInteger, nullable=False),
+)
+PERIOD_KINDS = {"day": "d", "week": "w", "month": "m"}
+
+
+def period_start(moment: datetime, interval: str) -> datetime:
+    """The first moment (UTC) of the day, week (from Monday) or month holding ``moment``."""
+    day = moment.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if interval == "week":
+        return day - timedelta(days=day.weekday())
+    if interval == "month":
+        return day.replace(day=1)
+    return day
+
+
+def floor_hour(moment: datetime) -> datetime:
+    moment = moment.astimezone(UTC)
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def ceil_hour(moment: datetime) -> datetime:
+    floor = floor_hour(moment)
+    return floor if floor == moment.astimezone(UTC) else floor + timedelta(hours=1)
+
+
+def usable(where: object) -> bool:
+    """Whether the rollup can answer a filter: no JSON path, no filter on a column it does
+    not keep, and no event name it keeps for another meaning (:data:`NO_EVENT`)."""
+    if getattr(where, "paths", None):
+        return False
+    if any(getattr(where, name) is not None for name in SCAN_COLUMNS):
+        return False
+    return getattr(where, "event", None) != NO_EVENT
+
+
+@dataclass(frozen=True)
+class Split:
+    """A time range cut for the rollup: whole hours ``[start, end)`` from the rollup
+    (``start`` None: from the first), the rest from ``events``."""
+
+    start: datetime | None
+    end: datetime
+
+
+def split(since: datetime | None, until: datetime | None, now: datetime) -> Split | None:
+    """Where the whole hours of ``[since, until)`` (``until`` None: up to now, and
+    whatever lies beyond it read from ``events``) begin and end; None: not one whole
+    hour in it (read ``events`` alone)."""
+    start = ceil_hour(since) if since is not None else None
+    end = floor_hour(until if until is not None else now)
+    if start is not None and start >= end:
+        return None
+    return Split(start, end)

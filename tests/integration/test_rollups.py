@@ -1,0 +1,333 @@
+"""The dashboard's aggregates on every SQL store: the hourly rollup (SQLite, PostgreSQL)
+gives the answers a scan of ``events`` gives, and stays right through redeliveries,
+erasure, suppression, retention and the migration of a database that had none; unique
+users per day, week and month, and per value of a dimension (eventrouter.store.rollup,
+EventStore.active_users). The expected numbers are counted by hand from :func:`dataset`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from eventrouter.privacy.suppressions import SuppressionList
+from eventrouter.sinks.postgres import PostgresOptions, PostgresSink
+from eventrouter.sinks.sqlite_store import ensure_rollup, write_retrying
+from eventrouter.store.query import EventFilter, EventStore
+from eventrouter.store.rollup import period_start
+from tests.helpers import ADMIN_TOKEN, LiveServer, eventually, make_config
+from tests.queue_support import unique
+from tests.store_support import STORES, store_of, store_sink
+
+pytestmark = pytest.mark.slow
+
+BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+NOW = datetime.now(UTC)
+#: Not on an hour: the rollup's whole hours, and both partial ends read from events.
+SINCE = NOW - timedelta(days=7)
+MINUTE = timedelta(minutes=1)
+#: (message id, minutes ago, type, event, user id, anonymous id)
+ROWS = [
+    ("r1", 30, "track", "Viewed", "u1", None),
+    ("r2", 95, "track", "Viewed", "u2", None),
+    ("r3", 155, "track", "Bought", "u1", None),
+    ("r4", 205, "track", "Viewed", None, "a3"),
+    ("r5", 26 * 60, "track", "Viewed", "u1", None),
+    ("r6", 50 * 60, "track", "Bought", "u2", None),
+    ("r7", 3 * 1440 + 5, "page", None, "u2", None),
+    ("r8", 4 * 1440, "identify", None, "u1", None),
+    ("r9", 10 * 1440, "track", "Viewed", "u3", None),  # before SINCE
+    ("r10", 6 * 1440, "track", "Viewed", "u1", "a1"),
+]
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event(message_id: str, ago: float, kind: str, name: str | None, user, anon) -> dict:
+    body: dict = {"type": kind, "messageId": message_id, "timestamp": iso(NOW - ago * MINUTE)}
+    if name is not None:
+        body["event"] = name
+    if kind == "page":
+        body["name"] = "Home"
+    if user is not None:
+        body["userId"] = user
+    if anon is not None:
+        body["anonymousId"] = anon
+    body["properties" if kind != "identify" else "traits"] = {"plan": "pro"}
+    return body
+
+
+def dataset() -> list[dict]:
+    return [event(*row) for row in ROWS]
+
+
+class Fixture:
+    def __init__(self, kind: str, sink: dict, server: LiveServer) -> None:
+        self.kind, self.sink, self.server = kind, sink, server
+        self.store = store_of(sink)
+        self.reader = EventStore(self.store)
+        self.scanner = EventStore(self.store, use_rollup=False)
+
+    def post(self, batch: list[dict]) -> None:
+        response = self.server.post("/v1/batch", {"batch": batch})
+        assert response.status_code == 200, response.text
+
+
+@pytest.fixture(scope="module", params=STORES)
+def fx(request, tmp_path_factory) -> Iterator[Fixture]:
+    tmp_path = tmp_path_factory.mktemp(request.param)
+    with store_sink(request.param, tmp_path) as sink:
+        if request.param == "sqlite":  # redelivered copies refused, as on the others
+            sink["indexes"] = ["message_id", "user_id", "event"]
+        if request.param != "clickhouse":
+            sink["unique_users"] = True
+        raw = {"sinks": {"store": sink}, "privacy": {"refresh": "100ms"}}
+        server = LiveServer(make_config(tmp_path, raw)).start()
+        fixture = Fixture(request.param, sink, server)
+        try:
+            fixture.post(dataset())
+            yield fixture
+        finally:
+            fixture.reader.close()
+            fixture.scanner.close()
+            server.stop()
+
+
+def answers(store: EventStore, since: datetime = SINCE) -> dict:
+    """Every aggregate the rollup can answer, over a range with partial hours at both ends."""
+    where = EventFilter(since=since)
+    return {
+        "3h": store.count_by_time(where, 3 * 3600),
+        "12h": store.count_by_time(where, 12 * 3600),
+        "viewed": store.count_by_time(EventFilter(since=since, event="Viewed"), 3 * 3600),
+        "events": store.top(where, "event", 11),
+        "tracks": store.top(EventFilter(since=since, type="track"), "event", 11),
+        "types": store.top(where, "type", 11),
+        "sources": store.top(where, "source", 11),
+        "count": store.count(where),
+        "all": store.count(EventFilter()),
+        "bounded": store.count(EventFilter(since=since, until=NOW - 100 * MINUTE)),
+        **{
+            interval: store.active_users(EventFilter(since=since), interval).series
+            for interval in ("day", "week", "month")
+        },
+    }
+
+
+def check_same(fx: Fixture) -> dict:
+    """The rollup's answers and the scan's, equal; the rollup's."""
+    fast, slow = answers(fx.reader), answers(fx.scanner)
+    assert fast == slow
+    return fast
+
+
+def test_rollup_and_scan_agree_with_the_hand_count(fx):
+    assert fx.reader.has_rollup() is (fx.kind != "clickhouse")
+    assert fx.reader._has_table("users_active_counts") is (fx.kind != "clickhouse")
+    got = check_same(fx)
+    assert got["events"] == [("Viewed", 5), ("Bought", 2), (None, 2)] or got["events"] == [
+        ("Viewed", 5),
+        (None, 2),
+        ("Bought", 2),
+    ]
+    assert got["tracks"] == [("Viewed", 5), ("Bought", 2)]
+    assert dict(got["types"]) == {"track": 7, "page": 1, "identify": 1}
+    assert got["count"] == 9
+    assert got["all"] == 10
+    assert got["bounded"] == 7  # r3 .. r8, r10
+    assert sum(n for _, n in got["3h"]) == 9
+    assert sum(n for _, n in got["viewed"]) == 5
+
+
+def test_a_redelivered_batch_counts_once(fx):
+    before = check_same(fx)
+    fx.post(dataset())
+    assert check_same(fx) == before
+
+
+def test_erasure_takes_the_rows_off_the_rollup(fx):
+    before = check_same(fx)
+    user = unique("erase-")
+    fx.post([event(unique("e"), ago, "track", "Viewed", user, None) for ago in (40, 300, 2000)])
+    grown = check_same(fx)
+    assert grown["count"] == before["count"] + 3
+    eraser = fx.store.eraser()
+    try:
+        erased = eraser.delete({user}, set(), dry_run=False, wait=30)
+    finally:
+        eraser.close()
+    assert erased.events == 3
+    assert check_same(fx) == before
+
+
+def test_suppressed_events_are_never_counted(fx):
+    before = check_same(fx)
+    user = unique("quiet-")
+    suppressions = SuppressionList(fx.store)
+    suppressor = fx.server.app.bus.pm.get_plugin("suppress:store")
+    try:
+        suppressions.add("user_id", user, "test")
+        eventually(lambda: user in suppressor.user_ids, "the server read the list")
+        fx.post([event(unique("s"), 50, "track", "Viewed", user, None)])
+        assert check_same(fx) == before
+    finally:
+        suppressions.remove("user_id", user)
+        suppressions.close()
+
+
+def active(fx: Fixture, interval: str, by: str | None = None):
+    return fx.reader.active_users(EventFilter(since=SINCE), interval, by=by)
+
+
+def by_hand(interval: str) -> list[tuple[datetime, int]]:
+    """Distinct users (user id, else anonymous id) per period, from ROWS."""
+    periods: dict[datetime, set[str]] = {}
+    for _, ago, _, _, user, anon in ROWS:
+        moment = NOW - ago * MINUTE
+        if moment < period_start(SINCE, interval):  # periods are whole
+            continue
+        day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+        start = {
+            "day": day,
+            "week": day - timedelta(days=day.weekday()),
+            "month": day.replace(day=1),
+        }[interval]
+        periods.setdefault(start, set()).add(user or anon)
+    return [(start, len(users)) for start, users in sorted(periods.items())]
+
+
+@pytest.mark.parametrize("interval", ["day", "week", "month"])
+def test_active_users_per_period(fx, interval):
+    got = active(fx, interval)
+    assert got.exact is True
+    assert got.series == by_hand(interval)
+    assert fx.scanner.active_users(EventFilter(since=SINCE), interval) == got
+    of_viewed = fx.reader.active_users(EventFilter(since=SINCE, event="Viewed"), "month")
+    assert sum(n for _, n in of_viewed.series) >= 3  # u1, u2, a3 (u3 too if in the month)
+
+
+def test_active_users_per_value(fx):
+    got = active(fx, "day", by="event")
+    assert sorted(got.top, key=lambda row: (-row[1], str(row[0]))) == [
+        ("Viewed", 3),
+        ("Bought", 2),
+        (None, 2),
+    ]
+    plan = active(fx, "week", by="properties.plan")
+    assert plan.top == [("pro", 3), (None, 1)]  # u1's identify has traits, no properties
+
+
+def test_active_users_page(fx):
+    response = fx.server.client.get(
+        "/admin/active-users",
+        params={"range": "7d", "interval": "day", "by": "event"},
+        headers=BEARER,
+    )
+    assert response.status_code == 200, response.text
+    assert 'data-exact="true"' in response.text
+    rows = re.findall(r'<td class="value">(?:<a [^>]*>)?([^<]+)', response.text)
+    assert rows[:2] == ["Viewed", "Bought"]
+    assert "exact" in response.text
+    bad = fx.server.client.get("/admin/active-users", params={"interval": "year"}, headers=BEARER)
+    assert bad.status_code == 400 and "interval" in bad.text
+
+
+def _drop_rollup(fx: Fixture) -> None:
+    engine = fx.store.engine()
+    try:
+        with engine.begin() as connection:
+            triggers = ["events_hourly_insert", "events_hourly_delete"]
+            triggers += ["users_active_insert", "users_active_delete"]
+            on = "" if fx.kind == "sqlite" else " ON events"
+            for name in triggers:
+                connection.execute(text(f"DROP TRIGGER IF EXISTS {name}{on}"))
+            for table in ("events_hourly", "users_active", "users_active_counts"):
+                connection.execute(text(f"DROP TABLE {table}"))
+    finally:
+        engine.dispose()
+
+
+def _migrate(fx: Fixture, users: bool = True) -> str:
+    """What ``eventrouter migrate`` runs: SQLite's rollup under the writers' lock, or
+    the PostgreSQL sink's migration."""
+    if fx.kind == "sqlite":
+        engine = fx.store.engine()
+
+        def migrate() -> str:
+            with engine.begin() as connection:
+                return ", ".join(ensure_rollup(connection, users=users)) or "up to date"
+
+        try:
+            return write_retrying(fx.sink["url"], migrate)
+        finally:
+            engine.dispose()
+    options = PostgresOptions(url=fx.sink["url"], unique_users=users)
+    sink = PostgresSink("store", fx.server.config, options)
+    try:
+        return sink.migrate()
+    finally:
+        sink.stop()
+
+
+def test_migration_fills_the_rollup_from_the_stored_events(fx):
+    if fx.kind == "clickhouse":
+        pytest.skip("ClickHouse keeps no rollup (eventrouter.store.rollup)")
+    before = check_same(fx)
+    _drop_rollup(fx)
+    fresh = EventStore(fx.store)
+    try:
+        assert fresh.has_rollup() is False
+        assert "created" in _migrate(fx) or fx.kind == "postgres"
+        again = EventStore(fx.store)
+        assert again.has_rollup() is True
+        assert answers(again) == before
+        again.close()
+    finally:
+        fresh.close()
+    fx.post([event(unique("m"), 10, "track", "Viewed", "u9", None)])  # the triggers are back
+    assert check_same(fx)["count"] == before["count"] + 1
+
+
+def test_retention_drops_the_hours_of_dropped_partitions(fx):
+    if fx.kind != "postgres":
+        pytest.skip("only PostgreSQL drops old rows itself (partitions past retention)")
+    options = PostgresOptions(url=fx.sink["url"], unique_users=True)
+    sink = PostgresSink("store", fx.server.config, options)
+    try:
+        sink.migrate()
+        cutoff = NOW - timedelta(days=2)
+        dropped = sink.drop_partitions_before(cutoff)
+        assert dropped
+    finally:
+        sink.stop()
+    got = check_same(fx)
+    day_start = cutoff.replace(hour=0, minute=0, second=0, microsecond=0)
+    assert fx.scanner.count(EventFilter(until=day_start)) == 0
+    url = fx.sink["url"].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url) as connection:
+        old = connection.execute(
+            "SELECT count(*) FROM events_hourly WHERE hour < %s", (day_start,)
+        ).fetchone()[0]
+    assert old == 0
+    assert got["count"] == fx.scanner.count(EventFilter(since=SINCE))
+
+
+def test_unique_users_off_drops_the_counts_and_reads_events(fx):
+    if fx.kind == "clickhouse":
+        pytest.skip("ClickHouse keeps no rollup (eventrouter.store.rollup)")
+    before = check_same(fx)
+    assert fx.reader._has_table("users_active_counts", remember=False) is True
+    try:
+        assert "dropped users_active" in _migrate(fx, users=False)
+        assert fx.reader._has_table("users_active_counts", remember=False) is False
+        assert check_same(fx) == before  # from events now
+    finally:
+        assert "created users_active" in _migrate(fx, users=True)
+    assert check_same(fx) == before
