@@ -2,25 +2,22 @@
 server that takes it and to one that sends everything through Falcon
 (``server.fast_path = false``), get the same status, headers and body, and store the
 same events. Both servers are the app under uvicorn with the production protocol
-(``DrainingHttpProtocol``), in this process."""
+(``DrainingHttpProtocol``, as ``tests.helpers.LiveServer`` runs it), in this process."""
 
 from __future__ import annotations
 
 import base64
 import gzip
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from eventrouter.app import create_app
-from eventrouter.server import DrainingHttpProtocol, fast_path_of
-from tests.helpers import ADMIN_BEARER, free_port, make_config
+from eventrouter.server import fast_path_of
+from tests.helpers import ADMIN_BEARER, LiveServer, make_config
 from tests.ingest_support import uid
 
 pytestmark = pytest.mark.slow
@@ -31,54 +28,27 @@ AUTH = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).d
 VARYING = {"date", "x-request-id"}
 
 
-class ProtocolServer:
-    """The app under uvicorn with ``DrainingHttpProtocol`` in a thread."""
-
-    def __init__(self, data_dir: Any, fast: bool) -> None:
-        raw = {
-            "server": {"fast_path": fast, "cors_origins": ["https://shop.example"]},
-            "sources": [
-                {"name": "web", "write_key": WRITE_KEY},
-                {
-                    "name": "slow",
-                    "write_key": "wk-slow",
-                    "rate_limit": {"events_per_second": 0.01, "burst": 1},
-                },
-            ],
-        }
-        self.app = create_app(make_config(data_dir, raw))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(
-            uvicorn.Config(
-                self.app,
-                host="127.0.0.1",
-                port=self.port,
-                loop="uvloop",
-                http=DrainingHttpProtocol,
-                lifespan="on",
-                log_level="critical",
-                proxy_headers=False,
-            )
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "did not start"
-            time.sleep(0.02)
-        self.client = httpx.Client(base_url=self.url, timeout=30)
-
-    def stop(self) -> None:
-        self.client.close()
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+def protocol_server(data_dir: Any, fast: bool) -> LiveServer:
+    """The app under uvicorn with the production protocol (LiveServer's), keyed
+    sources (one rate-limited), CORS for one origin, the fast path on or off."""
+    raw = {
+        "server": {"fast_path": fast, "cors_origins": ["https://shop.example"]},
+        "sources": [
+            {"name": "web", "write_key": WRITE_KEY},
+            {
+                "name": "slow",
+                "write_key": "wk-slow",
+                "rate_limit": {"events_per_second": 0.01, "burst": 1},
+            },
+        ],
+    }
+    return LiveServer(make_config(data_dir, raw)).start()
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory) -> Iterator[tuple[ProtocolServer, ProtocolServer]]:
-    fast = ProtocolServer(tmp_path_factory.mktemp("fast"), fast=True)
-    falcon = ProtocolServer(tmp_path_factory.mktemp("falcon"), fast=False)
+def servers(tmp_path_factory) -> Iterator[tuple[LiveServer, LiveServer]]:
+    fast = protocol_server(tmp_path_factory.mktemp("fast"), fast=True)
+    falcon = protocol_server(tmp_path_factory.mktemp("falcon"), fast=False)
     yield fast, falcon
     fast.stop()
     falcon.stop()
