@@ -276,9 +276,12 @@ def _migrate(fx: Fixture, users: bool = True) -> str:
         sink.stop()
 
 
+#: The stores that keep rollups (ClickHouse keeps none: eventrouter.store.rollup).
+ROLLUP_STORES = [store for store in STORES if store != "clickhouse"]
+
+
+@pytest.mark.parametrize("fx", ROLLUP_STORES, indirect=True)
 def test_migration_fills_the_rollup_from_the_stored_events(fx):
-    if fx.kind == "clickhouse":
-        pytest.skip("ClickHouse keeps no rollup (eventrouter.store.rollup)")
     before = check_same(fx)
     _drop_rollup(fx)
     fresh = EventStore(fx.store)
@@ -295,9 +298,8 @@ def test_migration_fills_the_rollup_from_the_stored_events(fx):
     assert check_same(fx)["count"] == before["count"] + 1
 
 
+@pytest.mark.parametrize("fx", ["postgres"], indirect=True)  # the store that drops old rows
 def test_retention_drops_the_hours_of_dropped_partitions(fx):
-    if fx.kind != "postgres":
-        pytest.skip("only PostgreSQL drops old rows itself (partitions past retention)")
     options = PostgresOptions(url=fx.sink["url"], unique_users=True)
     sink = PostgresSink("store", fx.server.config, options)
     try:
@@ -319,9 +321,8 @@ def test_retention_drops_the_hours_of_dropped_partitions(fx):
     assert got["count"] == fx.scanner.count(EventFilter(since=SINCE))
 
 
+@pytest.mark.parametrize("fx", ROLLUP_STORES, indirect=True)
 def test_unique_users_off_drops_the_counts_and_reads_events(fx):
-    if fx.kind == "clickhouse":
-        pytest.skip("ClickHouse keeps no rollup (eventrouter.store.rollup)")
     before = check_same(fx)
     assert fx.reader._has_table("users_active_counts", remember=False) is True
     try:
