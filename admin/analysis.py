@@ -54,37 +54,55 @@ def _many(params: Mapping[str, Any], name: str) -> list[str]:
     return value if isinstance(value, list) else [value]
 
 
-def _range(params: Mapping[str, Any], now: datetime) -> tuple[str, datetime | None, datetime]:
-    """``(range, since, until)`` as the explorer reads them (until: now if open)."""
+def _range(params: Mapping[str, Any], now: datetime) -> dict[str, Any]:
+    """The :class:`RangedQuery` fields of ``params``, read as the explorer reads them
+    (``until``: now if open); the ``since``/``until`` texts kept for the URL."""
     given = {k: params[k] for k in ("range", "since", "until") if k in params}
     given.setdefault("range", DEFAULT_RANGE)
     query = explorer.parse(given, now)
-    return query.range, query.where.since, query.where.until or now
+    return {
+        "range": query.range,
+        "since": query.where.since,
+        "until": query.where.until or now,
+        "since_text": _one(params, "since"),
+        "until_text": _one(params, "until"),
+    }
+
+
+@dataclass(kw_only=True)
+class RangedQuery:
+    """What the funnel and retention pages share: the time range, as parsed and as typed."""
+
+    range: str
+    since: datetime | None
+    until: datetime
+    since_text: str = ""
+    until_text: str = ""
+
+    def range_params(self) -> list[tuple[str, str]]:
+        """``range`` and, for a custom range, the ``since``/``until`` given."""
+        pairs = [("range", self.range)]
+        if self.range == "custom":
+            pairs += [
+                (k, v) for k, v in (("since", self.since_text), ("until", self.until_text)) if v
+            ]
+        return pairs
 
 
 def _bad(exc: InvalidQuery) -> APIError:
     return APIError(400, "invalid_param", str(exc))
 
 
-@dataclass
-class FunnelQuery:
-    range: str
-    since: datetime | None
-    until: datetime
+@dataclass(kw_only=True)
+class FunnelQuery(RangedQuery):
     steps: list[analysis.Step]
     window: int
     window_text: str
     by: str | None
-    since_text: str = ""
-    until_text: str = ""
 
     def params(self) -> list[tuple[str, str]]:
         """The canonical query parameters (``whereN`` numbered by the kept steps)."""
-        pairs = [("range", self.range)]
-        if self.range == "custom":
-            pairs += [
-                (k, v) for k, v in (("since", self.since_text), ("until", self.until_text)) if v
-            ]
+        pairs = self.range_params()
         pairs += [("step", step.event) for step in self.steps]
         for n, step in enumerate(self.steps, 1):
             pairs += [(f"where{n}", condition_text(c)) for c in step.conditions]
@@ -120,7 +138,7 @@ def parse_funnel(params: Mapping[str, Any], now: datetime | None = None) -> Funn
 
     :raises APIError: 400 naming the parameter that is wrong."""
     now = now or datetime.now(UTC)
-    range_, since, until = _range(params, now)
+    span = _range(params, now)
     raw_steps = _many(params, "step")
     known = {f"where{n}" for n in range(1, len(raw_steps) + 1)}
     for name in params:
@@ -150,35 +168,22 @@ def parse_funnel(params: Mapping[str, Any], now: datetime | None = None) -> Funn
         except InvalidQuery as exc:
             raise APIError(400, "invalid_param", f"by: {exc}") from None
     return FunnelQuery(
-        range=range_,
-        since=since,
-        until=until,
+        **span,
         steps=steps,
         window=window,
         window_text=window_text,
         by=by,
-        since_text=_one(params, "since"),
-        until_text=_one(params, "until"),
     )
 
 
-@dataclass
-class RetentionQuery:
-    range: str
-    since: datetime | None
-    until: datetime
+@dataclass(kw_only=True)
+class RetentionQuery(RangedQuery):
     first: str
     returning: str
     period: str
-    since_text: str = ""
-    until_text: str = ""
 
     def query_string(self) -> str:
-        pairs = [("range", self.range)]
-        if self.range == "custom":
-            pairs += [
-                (k, v) for k, v in (("since", self.since_text), ("until", self.until_text)) if v
-            ]
+        pairs = self.range_params()
         pairs += [("first", self.first), ("returning", self.returning), ("period", self.period)]
         return urlencode(pairs)
 
@@ -188,7 +193,7 @@ def parse_retention(params: Mapping[str, Any], now: datetime | None = None) -> R
 
     :raises APIError: 400 naming the parameter that is wrong."""
     now = now or datetime.now(UTC)
-    range_, since, until = _range(params, now)
+    span = _range(params, now)
     first, returning = _one(params, "first", strip=False), _one(params, "returning", strip=False)
     for name, value in (("first", first), ("returning", returning)):
         if not value.strip():
@@ -199,14 +204,10 @@ def parse_retention(params: Mapping[str, Any], now: datetime | None = None) -> R
             400, "invalid_param", f"period: {period!r} is not one of {', '.join(analysis.PERIODS)}"
         )
     return RetentionQuery(
-        range=range_,
-        since=since,
-        until=until,
+        **span,
         first=first,
         returning=returning,
         period=period,
-        since_text=_one(params, "since"),
-        until_text=_one(params, "until"),
     )
 
 
