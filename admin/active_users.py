@@ -16,7 +16,7 @@ counts them exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from urllib.parse import urlencode
 
 import falcon
@@ -27,6 +27,7 @@ from eventrouter.admin.charts import line_geometry
 from eventrouter.admin.views import _is_htmx, _one_param, _View
 from eventrouter.errors import APIError
 from eventrouter.store.query import INTERVALS, EventFilter
+from eventrouter.store.rollup import period_start
 
 PATH = "/admin/active-users"
 DEFAULT_RANGE = "30d"
@@ -120,7 +121,11 @@ class ActiveUsersView(_View):
         return {
             "q": query,
             "result": result,
-            "chart": line_geometry(result.series, _STEP[query.interval], y_title="users"),
+            "chart": line_geometry(
+                fill_periods(result.series, query.where.since, datetime.now(UTC), query.interval),
+                _STEP[query.interval],
+                y_title="users",
+            ),
             "label": INTERVAL_LABELS[query.interval],
             "most": max((n for _, n in result.top), default=0),
         }
@@ -145,6 +150,33 @@ class ActiveUsersView(_View):
             session=session,
             **context,
         )
+
+
+def next_period(start: datetime, interval: str) -> datetime:
+    """The start of the day, week or month after the one starting at ``start``."""
+    if interval == "month":
+        return (start + timedelta(days=32)).replace(day=1)
+    return start + timedelta(days=7 if interval == "week" else 1)
+
+
+def fill_periods(
+    series: list[tuple[datetime, int]], since: datetime | None, until: datetime, interval: str
+) -> list[tuple[datetime, int]]:
+    """Every period from the one holding ``since`` (else the first with users) to the one
+    holding ``until``, with 0 for those without users: the store returns only periods
+    that have some, and a line drawn through the others would hide the gaps."""
+    if since is None and not series:
+        return []
+    counts = {start: n for start, n in series}
+    period = period_start(since if since is not None else series[0][0], interval)
+    last = period_start(until, interval)
+    if series and series[-1][0] > last:  # a clock behind the store's: keep every point
+        last = series[-1][0]
+    filled = []
+    while period <= last and len(filled) <= 10 * 366:  # a corrupt span never draws millions
+        filled.append((period, counts.get(period, 0)))
+        period = next_period(period, interval)
+    return filled
 
 
 def _one_value(req: falcon.asgi.Request, name: str) -> str | None:

@@ -82,7 +82,9 @@ def test_active_users_page_shows_hostile_values_as_text(tab, start_server):
     assert [int(v) for v in labels] == sorted(int(v) for v in labels)
     expect(page.locator("svg .axis-title")).to_have_text(["users", "time (UTC)"])
     assert page.locator("svg .x-tick").count() >= 3
-    assert page.locator("svg circle.point").count() >= 5
+    # One point per day of the range (30 days back to today), the days without users at 0.
+    assert page.locator("svg circle.point").count() == 31
+    assert page.locator('svg circle.point[data-count="0"]').count() >= 20
 
     values = page.locator("table.breakdown td.value").all_text_contents()
     assert sorted(values) == sorted(HOSTILE)
