@@ -412,10 +412,37 @@ class Round:
     document: dict[str, Any]  # its JSON document, or {"error": ...}
 
 
+def _idle_seconds() -> float:
+    """Machine-wide idle and I/O-wait CPU seconds so far, summed over all CPUs."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    return (int(fields[4]) + int(fields[5])) / os.sysconf("SC_CLK_TCK")
+
+
+def settle(idle_share: float = 0.85, window: float = 2.0, limit: float = 90.0) -> str:
+    """Wait until the machine is quiet: a ``window`` in which at least ``idle_share`` of
+    every CPU was idle (the previous round's broker or store done with its backlog), for
+    at most ``limit`` seconds. Returns what it saw, for the log: rounds that start on a
+    machine still busy with the round before are what makes an A/B uneven."""
+    cpus = os.cpu_count() or 1
+    started = time.monotonic()
+    share = 0.0
+    while True:
+        before, at = _idle_seconds(), time.monotonic()
+        time.sleep(window)
+        share = (_idle_seconds() - before) / ((time.monotonic() - at) * cpus)
+        waited = time.monotonic() - started
+        if share >= idle_share:
+            return f"quiet after {waited:.0f} s ({share:.0%} idle)"
+        if waited >= limit:
+            return f"still busy after {waited:.0f} s ({share:.0%} idle); starting anyway"
+
+
 def run_all(tree: Tree, options: Sequence[str], number: int, work: Path) -> Round:
     """``tree``'s bench/all.py with ``options``, its full report kept as
     ``compare-latest/<side>-<number>.md``. A run that cannot start or writes no JSON
     becomes ``{"error": ...}``: the table shows it, the comparison goes on."""
+    if not (tree.problem or tree.python is None):
+        sys.stderr.write(f"{tree.side}: round {number}: machine {settle()}\n")
     started = time.monotonic()
     script = tree.root / "bench" / "all.py"
     if tree.problem or tree.python is None:

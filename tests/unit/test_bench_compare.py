@@ -237,3 +237,15 @@ def test_a_tree_older_than_the_locks_borrows_the_heads(compare, tmp_path) -> Non
     for name in ("build.txt", "test.txt"):
         (tmp_path / "requirements" / name).write_text("")
     assert compare.locks_for(tmp_path) == (tmp_path / "requirements", "its own requirements/ locks")
+
+
+def test_rounds_wait_for_a_quiet_machine_but_not_forever(compare, monkeypatch) -> None:
+    cpus = compare.os.cpu_count() or 1
+    busy = iter(range(1000))  # idle time never grows: every CPU busy
+    monkeypatch.setattr(compare, "_idle_seconds", lambda: 0.0 * next(busy))
+    seen = compare.settle(window=0.01, limit=0.05)
+    assert seen.startswith("still busy after") and seen.endswith("starting anyway")
+
+    clock = iter(range(1000))  # idle time grows by more than the window on every CPU
+    monkeypatch.setattr(compare, "_idle_seconds", lambda: float(next(clock)) * cpus)
+    assert compare.settle(window=0.01, limit=5).startswith("quiet after")
