@@ -70,6 +70,9 @@ from sqlalchemy import (
     text,
     tuple_,
 )
+from sqlalchemy import (
+    event as sqlalchemy_event,
+)
 from sqlalchemy.engine import make_url
 
 from eventrouter.columns import OPTIONAL_TEXT_COLUMNS
@@ -92,6 +95,7 @@ from eventrouter.store.interface import (
     Eraser,
     QueryDialect,
     Store,
+    StoreUnavailable,
     UserEvents,
     naive_utc,
 )
@@ -131,7 +135,25 @@ def clickhouse_engine(url: str) -> Engine:
     engine = create_engine(url, pool_pre_ping=True)
     engine.dialect._json_serializer = json_dumps
     engine.dialect._json_deserializer = _json_or_none
+    sqlalchemy_event.listen(engine, "handle_error", _unavailable)
     return engine
+
+
+def _unavailable(context: Any) -> StoreUnavailable | None:
+    """SQLAlchemy's ``handle_error`` hook: clickhouse-sqlalchemy raises its own
+    ``DatabaseException`` (not a PEP 249 error, so SQLAlchemy leaves it unwrapped) for
+    whatever the server or the connection said, e.g. "All connection tries failed"
+    with a shard down. Raised as :class:`StoreUnavailable` instead, with it as the
+    cause, so readers answer 503 as they do for the other stores' ``DBAPIError``."""
+    from clickhouse_driver.errors import Error as DriverError
+    from clickhouse_sqlalchemy.exceptions import DatabaseException
+
+    original = context.original_exception
+    if isinstance(original, DatabaseException | DriverError):
+        unavailable = StoreUnavailable(str(original))
+        unavailable.__cause__ = original
+        return unavailable
+    return None
 
 
 class ClickHouseStore(Store):

@@ -25,6 +25,7 @@ import sqlalchemy.exc
 
 from eventrouter.edge.auth import AdminAuth, Unauthorized
 from eventrouter.errors import APIError
+from eventrouter.store.interface import StoreUnavailable
 from eventrouter.store.query import (
     DEFAULT_LIMIT,
     PATH_COLUMNS,
@@ -177,12 +178,13 @@ async def read_store(method: Any, *args: Any) -> Any:
             f"{exc.summary}: add ?source=NAME",
             extra={"sources": exc.sources},
         ) from None
-    except sqlalchemy.exc.DBAPIError as exc:
+    except (sqlalchemy.exc.DBAPIError, StoreUnavailable) as exc:
         log.error("store read failed: %s", exc)
+        cause = exc.cause if isinstance(exc, StoreUnavailable) else type(exc.orig).__name__
         raise APIError(
             503,
             "store_unavailable",
-            f"the store cannot be read ({type(exc.orig).__name__}); retry later",
+            f"the store cannot be read ({cause}); retry later",
             headers={"Retry-After": "5"},
         ) from None
 

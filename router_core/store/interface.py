@@ -91,6 +91,22 @@ class InvalidQuery(ValueError):
         self.field = field
 
 
+class StoreUnavailable(Exception):
+    """The store could not answer a read: down, unreachable (a ClickHouse shard with no
+    replica left), or its tables not created yet. The query API and the dashboard
+    answer it with 503 and ``Retry-After``, as they answer SQLAlchemy's ``DBAPIError``.
+
+    A store whose driver raises errors that are not PEP 249 ones (which SQLAlchemy
+    leaves unwrapped, so they would otherwise reach the edge as unexpected 500s)
+    raises this instead, with the driver's error as its cause: ClickHouse's engine does
+    so (sinks/clickhouse_store.py ``clickhouse_engine``)."""
+
+    @property
+    def cause(self) -> str:
+        """The driver error's class name, for the response."""
+        return type(self.__cause__).__name__ if self.__cause__ is not None else "unknown"
+
+
 def row_to_event(row: Any) -> dict[str, Any]:
     """A stored row as the API shows it: JSON columns as objects, times ISO 8601 UTC."""
     return shown(dict(row._mapping))

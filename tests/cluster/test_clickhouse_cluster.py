@@ -394,7 +394,9 @@ def test_a_shard_down_for_20s_under_load_loses_and_duplicates_nothing(
             # Half the rows are unreachable: the query API says so, not a partial page.
             read = edge.client.get("/api/v1/events", headers=ADMIN_BEARER)
             print(f"\nquery API with a shard down: {read.status_code} {read.text[:200]}")
-            assert read.status_code >= 500
+            assert read.status_code == 503, read.text
+            assert read.json()["code"] == "store_unavailable"
+            assert read.headers["Retry-After"] == "5"
             time.sleep(OUTAGE)
             sent_during = load.requests
         finally:
