@@ -222,6 +222,8 @@ class EventRouterApp(falcon.asgi.App):
     #: ingestion resources by path: the server's fast path is taken only while these are
     #: all the app has (:meth:`eventrouter.edge.fastpath.FastIngest.for_app`).
     builtin_middleware: list[Any]
+    builtin_error_handlers: dict[type, Any]
+    builtin_error_serializer: Any
     cors: falcon.CORSMiddleware
     ingestion_routes: dict[str, Any]
 
@@ -338,6 +340,10 @@ def create_app(
     app.set_error_serializer(_serialize_http_error)
     app.add_error_handler(Exception, _handle_unexpected)
     app.add_error_handler(APIError, _handle_api_error)
+    # What the ingestion fast path answers errors as; a plugin that changes either
+    # (add_error_handler, set_error_serializer) turns the fast path off.
+    app.builtin_error_handlers = dict(getattr(app, "_error_handlers", {}))
+    app.builtin_error_serializer = _serialize_http_error
 
     ingestor = ingest.Ingestor(config, bus)
     app.ingestion_routes = ingest.add_routes(app, ingestor)

@@ -86,14 +86,23 @@ class FastIngest:
     @classmethod
     def for_app(cls, app: Any) -> FastIngest | None:
         """The fast path of ``app`` (an :class:`eventrouter.app.EventRouterApp`), or None
-        when it may not be taken: switched off, or middleware or routes that are not
-        the built-in ones (a plugin's), which only the Falcon path runs."""
+        when it may not be taken: switched off, or middleware, routes, error handlers
+        or an error serializer that are not the built-in ones (a plugin's), which only
+        the Falcon path runs."""
         config = app.config
         if not config.server.fast_path:
             return None
         middleware = getattr(app, "_unprepared_middleware", None)  # Falcon's own list
         if middleware is None or list(middleware) != list(app.builtin_middleware):
             log.info("ingestion fast path off: the app has middleware of a plugin's")
+            return None
+        error_handlers = getattr(app, "_error_handlers", None)  # Falcon's own dict
+        if (
+            error_handlers is None
+            or error_handlers != app.builtin_error_handlers
+            or getattr(app, "_serialize_error", None) is not app.builtin_error_serializer
+        ):
+            log.info("ingestion fast path off: a plugin changed how errors are answered")
             return None
         handlers: dict[str, Handler] = {}
         router = getattr(app, "_router", None)

@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from eventrouter.app import create_app
+from eventrouter.errors import APIError
 from eventrouter.server import fast_path_of
 from tests.helpers import ADMIN_BEARER, LiveServer, make_config
 from tests.ingest_support import uid
@@ -107,6 +108,38 @@ def test_a_plugins_middleware_turns_it_off(tmp_path):
     app = create_app(make_config(tmp_path))
     app.add_middleware(Stamp())
     assert fast_path_of(app) is None
+
+
+def test_a_plugins_error_handler_or_serializer_turns_it_off(tmp_path):
+    async def teapot(req, resp, ex, params):
+        resp.status = 418
+        resp.media = {"plugin": ex.body()["code"]}
+
+    assert fast_path_of(create_app(make_config(tmp_path))) is not None
+    app = create_app(make_config(tmp_path))
+    app.add_error_handler(APIError, teapot)
+    assert fast_path_of(app) is None
+    app = create_app(make_config(tmp_path))
+    app.set_error_serializer(lambda req, resp, exc: None)
+    assert fast_path_of(app) is None
+
+
+def test_the_plugins_error_handler_answers_what_it_turned_off(tmp_path):
+    async def teapot(req, resp, ex, params):
+        resp.status = 418
+        resp.media = {"plugin": ex.body()["code"]}
+
+    server = LiveServer(
+        make_config(tmp_path, {"sources": [{"name": "web", "write_key": WRITE_KEY}]})
+    )
+    server.app.add_error_handler(APIError, teapot)
+    server.start()
+    try:
+        response = server.client.post("/v1/track", content=b"{}", headers=AUTH)
+    finally:
+        server.stop()
+    assert response.status_code == 418 and response.json() == {"plugin": "missing_field"}
+    assert fast_path_of(server.app) is None
 
 
 @pytest.mark.parametrize(
