@@ -1,0 +1,199 @@
+"""The s3 sink's gzip NDJSON bodies (sinks/s3.py), without a store: what a reader of the
+archive sees in an object's bytes.
+
+Every ``compression_level`` (1-9), through ISA-L or the standard zlib, makes one standard
+gzip member that ``gzip.decompress`` and ``zcat`` read back byte for byte, however many
+pieces it was compressed in; the level mapping is the documented one; without ISA-L
+installed the sink falls back to zlib at the configured level; a client's JSON with line
+breaks between its tokens still makes one line per event. The upload itself is tested
+against moto in tests/integration/test_s3.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+
+import msgspec
+import pytest
+
+from eventrouter.events.commands import STORED_COLUMNS, TrackCommand
+from eventrouter.sinks import s3
+from eventrouter.sinks.s3 import (
+    ISAL_LEVELS,
+    Deflate,
+    ParallelGzip,
+    deflate_for,
+    ndjson_lines,
+    one_line_each,
+)
+
+AT = datetime(2025, 5, 28, 4, 17, 35, 250000, tzinfo=UTC)
+
+
+def ndjson(count: int) -> bytes:
+    """``count`` lines like a shop's track calls: the same keys, a few pages and products,
+    a random id each (so that deflate has work to do)."""
+    lines = []
+    for i in range(count):
+        event = {
+            "message_id": os.urandom(8).hex(),
+            "event": "Product Viewed",
+            "user_id": f"user-{i * 7919 % 100_000}",
+            "properties": {"product_id": f"sku-{i * 31 % 977}", "price": i % 300 + 0.95},
+            "context": {
+                "page": {"path": f"/products/sku-{i * 31 % 977}", "title": "Example Shop"},
+                "userAgent": "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) Chrome/126.0",
+            },
+        }
+        lines.append(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+    return b"".join(lines)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with ThreadPoolExecutor(2) as executor:
+        yield executor
+
+
+def gzip_of(data: bytes, deflate: Deflate, pool: ThreadPoolExecutor, piece: int) -> bytes:
+    gz = ParallelGzip(deflate, pool)
+    for start in range(0, len(data), piece):
+        gz.add(data[start : start + piece])
+    return gz.finish()
+
+
+@pytest.mark.parametrize("level", range(1, 10))
+def test_every_level_is_one_standard_gzip_member(level, pool):
+    data = ndjson(5000)
+    body = gzip_of(data, deflate_for(level), pool, piece=64 * 1024)
+    assert gzip.decompress(body) == data
+    zcat = subprocess.run(["zcat"], input=body, capture_output=True, check=True)
+    assert zcat.stdout == data
+    # One member: a reader that stops after the first member (Athena's) sees everything.
+    reader = zlib.decompressobj(31)
+    assert reader.decompress(body) == data
+    assert reader.eof and reader.unused_data == b""
+    assert body[:10] == ParallelGzip.HEADER
+
+
+@pytest.mark.parametrize("module", [zlib, s3.isal_zlib], ids=["zlib", "isal"])
+def test_pieces_make_the_stream_of_the_whole(module, pool):
+    """Primed with the previous piece's tail, the pieces compress about as well as one
+    stream does, and decompress to the same bytes however the data was cut."""
+    if module is None:
+        pytest.fail("isal is a runtime dependency (setup.cfg): it must be installed")
+    data = ndjson(3000)
+    deflate = Deflate(module, 1)
+    whole = gzip_of(data, deflate, pool, piece=len(data))
+    cut = gzip_of(data, deflate, pool, piece=10_000)
+    assert gzip.decompress(cut) == gzip.decompress(whole) == data
+    assert len(cut) < 1.15 * len(whole)
+    assert gzip.decompress(gzip_of(b"", deflate, pool, piece=1)) == b""
+
+
+def test_levels_map_onto_isal_then_zlib():
+    assert [deflate_for(level) for level in range(1, 10)] == [
+        Deflate(s3.isal_zlib, 0),
+        Deflate(s3.isal_zlib, 1),
+        Deflate(s3.isal_zlib, 1),  # the default
+        Deflate(s3.isal_zlib, 2),
+        Deflate(s3.isal_zlib, 2),
+        Deflate(zlib, 6),
+        Deflate(zlib, 7),
+        Deflate(zlib, 8),
+        Deflate(zlib, 9),
+    ]
+    assert ISAL_LEVELS[3] == 1 and deflate_for(3).name == "ISA-L"
+    assert deflate_for(6).name == deflate_for(9).name == "zlib"
+    # Without ISA-L: zlib at the configured level, as before it was added.
+    assert [deflate_for(level, isal=None) for level in range(1, 10)] == [
+        Deflate(zlib, level) for level in range(1, 10)
+    ]
+
+
+def test_objects_get_smaller_as_the_level_rises(pool):
+    """Sizes fall as the level rises on such events, as docs/s3.md says."""
+    data = ndjson(4000)
+    sizes = [len(gzip_of(data, deflate_for(level), pool, 256 * 1024)) for level in (1, 3, 6, 9)]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_without_isal_the_sink_falls_back_to_zlib():
+    """A platform without isal's wheels: the module imports, and every level is zlib's
+    (a fresh interpreter, in which ``import isal`` fails)."""
+    code = (
+        "import sys, zlib, gzip\n"
+        "sys.modules['isal'] = None\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "from eventrouter.sinks import s3\n"
+        "assert s3.isal_zlib is None and s3._crc32 is zlib.crc32\n"
+        "assert s3.deflate_for(3) == s3.Deflate(zlib, 3)\n"
+        "gz = s3.ParallelGzip(s3.deflate_for(3), ThreadPoolExecutor(1))\n"
+        "gz.add(b'{}\\n' * 1000)\n"
+        "assert gzip.decompress(gz.finish()) == b'{}\\n' * 1000\n"
+        "print('zlib')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "zlib\n"
+
+
+# -- lines -------------------------------------------------------------------------------
+def track(message_id: str, properties: bytes) -> TrackCommand:
+    return TrackCommand(
+        message_id=message_id,
+        source="web",
+        user_id="u1",
+        event="Signed Up",
+        properties=msgspec.Raw(properties),
+        timestamp=AT,
+        received_at=AT,
+    )
+
+
+def test_json_with_line_breaks_between_tokens_is_still_one_line_per_event():
+    commands = [
+        track("a", b'{"plan": "pro"}'),
+        track("b", b'{\n  "plan": "team",\r\n  "seats": 3\n}'),
+        track("c", b'{"note": "two\\nlines"}'),  # an escaped break inside a string stays
+    ]
+    data = ndjson_lines(commands)
+    lines = data.split(b"\n")
+    assert lines[-1] == b"" and len(lines) == 4 and b"\r" not in data
+    rows = [json.loads(line) for line in lines[:-1]]
+    assert [list(row) for row in rows] == [list(STORED_COLUMNS)] * 3
+    assert [row["properties"] for row in rows] == [
+        {"plan": "pro"},
+        {"plan": "team", "seats": 3},
+        {"note": "two\nlines"},
+    ]
+    assert rows[0]["timestamp"] == "2025-05-28T04:17:35.250000Z"
+
+
+def test_compact_json_is_copied_as_sent():
+    raw = b'{"b":1,"a":[1,2,{"c":null}]}'
+    [line] = ndjson_lines([track("a", raw)]).splitlines()
+    assert b'"properties":' + raw + b"," in line
+
+
+@pytest.mark.parametrize(
+    ("data", "lines", "expected"),
+    [
+        (b"", 0, True),
+        (b"{}\n", 1, True),
+        (b"{}\n{}\n", 2, True),
+        (b"{}\n{}\n", 1, False),  # a break too many
+        (b"{}\n{}", 2, False),  # one too few
+        (b"{\n}\n", 1, False),  # a break inside the line
+        (b"{}\n{}\n", 3, False),
+    ],
+)
+def test_one_line_each(data, lines, expected):
+    assert one_line_each(data, lines) is expected
