@@ -1,12 +1,13 @@
-"""The s3 sink's gzip NDJSON bodies (sinks/s3.py), without a store: what a reader of the
-archive sees in an object's bytes.
+"""The s3 sink's objects (sinks/s3.py), without a store: what a reader of the archive sees
+in an object's bytes, and which partition (key) an event lands in.
 
 Every ``compression_level`` (1-9), through ISA-L or the standard zlib, makes one standard
 gzip member that ``gzip.decompress`` and ``zcat`` read back byte for byte, however many
 pieces it was compressed in; the level mapping is the documented one; without ISA-L
 installed the sink falls back to zlib at the configured level; a client's JSON with line
-breaks between its tokens still makes one line per event. The upload itself is tested
-against moto in tests/integration/test_s3.py.
+breaks between its tokens still makes one line per event; every event lands in its
+source's UTC hour. The upload itself is tested against moto in
+tests/integration/test_s3.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import msgspec
 import pytest
@@ -32,6 +33,7 @@ from eventrouter.sinks.s3 import (
     deflate_for,
     ndjson_lines,
     one_line_each,
+    partitions,
 )
 
 AT = datetime(2025, 5, 28, 4, 17, 35, 250000, tzinfo=UTC)
@@ -197,3 +199,41 @@ def test_compact_json_is_copied_as_sent():
 )
 def test_one_line_each(data, lines, expected):
     assert one_line_each(data, lines) is expected
+
+
+# -- partitions ----------------------------------------------------------------------------
+def test_partitions_by_source_and_utc_hour_in_arrival_order():
+    """Whatever the order, offsets and sources of the events (a naive time is UTC), each
+    lands in its (source, UTC day, UTC hour), in arrival order, the partitions in the order
+    of their first event; the last hour there is (9999-12-31 23:00) included."""
+    hour = datetime(2025, 5, 28, 4, 0, tzinfo=UTC)
+    plus2 = timezone(timedelta(hours=2))
+    times = [
+        hour,
+        hour + timedelta(minutes=59, seconds=59, microseconds=999_999),
+        hour + timedelta(hours=1),  # the next hour
+        hour - timedelta(microseconds=1),  # the hour before
+        (hour + timedelta(minutes=5)).astimezone(plus2),  # 06:05+02:00 is 04:05Z
+        (hour + timedelta(minutes=6)).replace(tzinfo=None),  # naive: UTC
+        datetime(9999, 12, 31, 23, 59, tzinfo=UTC),
+        datetime(9999, 12, 31, 23, 30, tzinfo=UTC),
+        hour + timedelta(minutes=7),
+    ]
+    sources = ["web", "web", "web", "web", "web", "web", "web", "web", "ios"]
+    commands = [
+        TrackCommand(
+            message_id=str(i), source=source, user_id="u", event="e", timestamp=at, received_at=at
+        )
+        for i, (at, source) in enumerate(zip(times, sources, strict=True))
+    ]
+    found = [
+        (p.source, p.day.isoformat(), p.hour, [c.message_id for c in p.commands])
+        for p in partitions(commands)
+    ]
+    assert found == [
+        ("web", "2025-05-28", 4, ["0", "1", "4", "5"]),
+        ("web", "2025-05-28", 5, ["2"]),
+        ("web", "2025-05-28", 3, ["3"]),
+        ("web", "9999-12-31", 23, ["6", "7"]),
+        ("ios", "2025-05-28", 4, ["8"]),
+    ]
