@@ -177,6 +177,23 @@ def stored_event(command: Command) -> Any:
     return StoredEvent(*values)
 
 
+def stored_events(commands: Sequence[Command]) -> list[Any]:
+    """:func:`stored_event` of each command. The lines are built first and their times
+    checked after, in one loop over the structs (cheaper than per event, per command);
+    should any time not be in UTC (a plugin set it), every line is built again by
+    :func:`stored_event`, which converts."""
+    events = [StoredEvent(*command.values()) for command in commands]
+    for event in events:
+        if (
+            event.timestamp.tzinfo is not UTC
+            or event.received_at.tzinfo is not UTC
+            or (event.original_timestamp is not None and event.original_timestamp.tzinfo is not UTC)
+            or (event.sent_at is not None and event.sent_at.tzinfo is not UTC)
+        ):
+            return [stored_event(command) for command in commands]
+    return events
+
+
 def ndjson_lines(commands: Sequence[Command]) -> bytes:
     """One JSON object per command, each ended by ``\\n``: exactly the stored columns,
     times in RFC 3339 UTC (``2025-05-28T04:17:35.250000Z``).
@@ -185,7 +202,7 @@ def ndjson_lines(commands: Sequence[Command]) -> bytes:
     (msgspec writes a :class:`msgspec.Raw` by concatenation). Such a text may hold a
     line break between its tokens (never inside a string, where JSON escapes it): then
     the breaks become spaces, which is the same JSON, so each event stays one line."""
-    data = _encoder.encode_lines([stored_event(command) for command in commands])
+    data = _encoder.encode_lines(stored_events(commands))
     if not one_line_each(data, len(commands)) or b"\r" in data:
         lines = (_encoder.encode(stored_event(command)) for command in commands)
         data = b"".join(line.replace(b"\n", b" ").replace(b"\r", b" ") + b"\n" for line in lines)

@@ -236,3 +236,17 @@ def test_partitions_by_source_and_utc_hour_in_arrival_order():
         ("web", "9999-12-31", 23, ["6", "7"]),
         ("ios", "2025-05-28", 4, ["8"]),
     ]
+
+
+def test_every_time_is_written_in_utc_whatever_a_plugin_set():
+    """Commands carry UTC; a plugin may set a time at another offset, or a naive one
+    (taken as UTC): every line's times are UTC with a ``Z`` all the same."""
+    plus2 = timezone(timedelta(hours=2))
+    commands = [track(str(i), b"{}") for i in range(5)]
+    commands[2] = msgspec.structs.replace(commands[2], timestamp=AT.astimezone(plus2))
+    commands[3] = msgspec.structs.replace(commands[3], sent_at=AT.replace(tzinfo=None))
+    commands[4] = msgspec.structs.replace(commands[4], original_timestamp=AT.astimezone(plus2))
+    rows = [json.loads(line) for line in ndjson_lines(commands).splitlines()]
+    assert [row["timestamp"] for row in rows] == ["2025-05-28T04:17:35.250000Z"] * 5
+    assert rows[3]["sent_at"] == rows[4]["original_timestamp"] == "2025-05-28T04:17:35.250000Z"
+    assert rows[0]["sent_at"] is None and rows[0]["original_timestamp"] is None
