@@ -58,11 +58,12 @@ except ImportError:  # a platform without its wheels: the standard zlib does the
     isal_zlib = None
 
 #: How ``compression_level`` (1 fastest ... 9 smallest, zlib's scale) maps onto ISA-L's
-#: levels: 1-5 run ISA-L (about zlib 3's size at level 1, several times faster), 6-9 the
-#: standard zlib at that level, as before ISA-L (smaller objects, at zlib's speed). ISA-L's
-#: level 3 is left out: slower than zlib 3 here, and not always smaller than its level 1.
+#: levels: 1-5 run ISA-L (about zlib 3's size, several times faster), 6-9 the standard
+#: zlib at that level, as before ISA-L (smaller objects, at zlib's speed). ISA-L's level 0
+#: is left out (no faster than its level 1 here, and a third larger), and so is its level
+#: 3 (slower than zlib 3, and not always smaller than its level 1).
 #: Measured in bench/README.md#sink-write-throughput; docs/s3.md#compression.
-ISAL_LEVELS = {1: 0, 2: 1, 3: 1, 4: 2, 5: 2}
+ISAL_LEVELS = {1: 1, 2: 1, 3: 1, 4: 2, 5: 2}
 
 
 @dataclass(frozen=True)
