@@ -410,7 +410,7 @@ def machine_info(results: Sequence[Result]) -> list[str]:
         ).stdout.strip()
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     packages = ", ".join(
-        f"{name} {_version(name)}" for name in ("msgspec", "boto3", "botocore", "pyarrow")
+        f"{name} {_version(name)}" for name in ("msgspec", "boto3", "botocore", "pyarrow", "isal")
     )
     posted = len(msgspec.json.encode(track_event(0, datetime.now(UTC))))
     lines = [

@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
@@ -51,6 +51,48 @@ from eventrouter.store.interface import CannotErase, Eraser, Store
 
 log = logging.getLogger("eventrouter.sinks.s3")
 
+try:
+    # ISA-L's deflate (python-isal): the same format as zlib's, several times faster.
+    from isal import isal_zlib
+except ImportError:  # a platform without its wheels: the standard zlib does the same job
+    isal_zlib = None
+
+#: How ``compression_level`` (1 fastest ... 9 smallest, zlib's scale) maps onto ISA-L's
+#: levels: 1-5 run ISA-L (about zlib 3's size, several times faster), 6-9 the standard
+#: zlib at that level, as before ISA-L (smaller objects, at zlib's speed). ISA-L's level 0
+#: is left out (no faster than its level 1 here, and a third larger), and so is its level
+#: 3 (slower than zlib 3, and not always smaller than its level 1).
+#: Measured in bench/README.md#sink-write-throughput; docs/s3.md#compression.
+ISAL_LEVELS = {1: 1, 2: 1, 3: 1, 4: 2, 5: 2}
+
+
+@dataclass(frozen=True)
+class Deflate:
+    """A deflate implementation and the level to run it at. ``module`` is
+    :mod:`isal.isal_zlib` or :mod:`zlib` (the same API: ``compressobj``, ``crc32``, the
+    flush modes)."""
+
+    module: Any
+    level: int
+
+    @property
+    def name(self) -> str:
+        return "ISA-L" if self.module is not zlib else "zlib"
+
+
+def deflate_for(compression_level: int, isal: Any = isal_zlib) -> Deflate:
+    """The deflate of an NDJSON object at ``compression_level`` (1-9): ISA-L when it is
+    installed and the level is 5 or less (:data:`ISAL_LEVELS`), else the standard zlib at
+    that level. Either way the object is the same standard gzip."""
+    if isal is not None and compression_level in ISAL_LEVELS:
+        return Deflate(isal, ISAL_LEVELS[compression_level])
+    return Deflate(zlib, compression_level)
+
+
+#: ISA-L's CRC-32 when installed: an order of magnitude faster than zlib's, and it runs
+#: in the encoding thread (:meth:`ParallelGzip.add`).
+_crc32 = (isal_zlib or zlib).crc32
+
 MiB = 1024 * 1024
 #: S3's smallest part of a multipart upload (all but the last).
 MIN_PART_SIZE = 5 * MiB
@@ -58,6 +100,8 @@ MIN_PART_SIZE = 5 * MiB
 PIECE_EVENTS = 2000
 #: Timeouts of the health probe (seconds); it is never retried.
 HEALTH_TIMEOUT = 2.0
+#: The span of a partition (``hour=HH``).
+HOUR = timedelta(hours=1)
 #: The namespace of the object names (UUIDv5 of the source and message ids an object holds).
 OBJECT_NAMESPACE = uuid.UUID("5f0c8a52-4c3e-4d7b-9a8e-0e6f1b2c3d4e")
 
@@ -79,7 +123,7 @@ class S3Options(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: ``path`` for stores without virtual-host buckets (MinIO behind one hostname).
     addressing_style: Literal["auto", "path", "virtual"] = "auto"
     format: Literal["ndjson", "parquet"] = "ndjson"
-    #: gzip level of NDJSON objects, 1 (fastest) to 9 (smallest).
+    #: gzip level of NDJSON objects, 1 (fastest) to 9 (smallest); see :func:`deflate_for`.
     compression_level: Annotated[int, msgspec.Meta(ge=1, le=9)] = 3
     #: Codec of Parquet objects.
     parquet_compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
@@ -134,6 +178,23 @@ def stored_event(command: Command) -> Any:
     return StoredEvent(*values)
 
 
+def stored_events(commands: Sequence[Command]) -> list[Any]:
+    """:func:`stored_event` of each command. The lines are built first and their times
+    checked after, in one loop over the structs (cheaper than per event, per command);
+    should any time not be in UTC (a plugin set it), every line is built again by
+    :func:`stored_event`, which converts."""
+    events = [StoredEvent(*command.values()) for command in commands]
+    for event in events:
+        if (
+            event.timestamp.tzinfo is not UTC
+            or event.received_at.tzinfo is not UTC
+            or (event.original_timestamp is not None and event.original_timestamp.tzinfo is not UTC)
+            or (event.sent_at is not None and event.sent_at.tzinfo is not UTC)
+        ):
+            return [stored_event(command) for command in commands]
+    return events
+
+
 def ndjson_lines(commands: Sequence[Command]) -> bytes:
     """One JSON object per command, each ended by ``\\n``: exactly the stored columns,
     times in RFC 3339 UTC (``2025-05-28T04:17:35.250000Z``).
@@ -142,11 +203,26 @@ def ndjson_lines(commands: Sequence[Command]) -> bytes:
     (msgspec writes a :class:`msgspec.Raw` by concatenation). Such a text may hold a
     line break between its tokens (never inside a string, where JSON escapes it): then
     the breaks become spaces, which is the same JSON, so each event stays one line."""
-    data = _encoder.encode_lines([stored_event(command) for command in commands])
-    if data.count(b"\n") != len(commands) or b"\r" in data:
+    data = _encoder.encode_lines(stored_events(commands))
+    if not one_line_each(data, len(commands)) or b"\r" in data:
         lines = (_encoder.encode(stored_event(command)) for command in commands)
         data = b"".join(line.replace(b"\n", b" ").replace(b"\r", b" ") + b"\n" for line in lines)
     return data
+
+
+def one_line_each(data: bytes, lines: int) -> bool:
+    """Whether ``data`` holds exactly ``lines`` line breaks, the last one at its end.
+
+    ``bytes.find`` of one byte is a ``memchr``, faster per byte than ``bytes.count`` (a
+    byte-by-byte loop), and the lines are long (about a kilobyte): one call per line cost
+    half as much as counting every byte (bench/README.md#sink-write-throughput)."""
+    find = data.find
+    at = -1
+    for _ in range(lines):
+        at = find(b"\n", at + 1)
+        if at < 0:
+            return False
+    return at == len(data) - 1
 
 
 def utc(value: datetime) -> datetime:
@@ -175,17 +251,34 @@ class Partition:
 
 def partitions(commands: Sequence[Command]) -> list[Partition]:
     """The commands by (source, UTC day, UTC hour) of their ``timestamp``, each in arrival
-    order."""
+    order.
+
+    Runs per event: an event of the same source and hour as the one before (most of them)
+    is placed by two comparisons of its time with that hour's bounds, without building a
+    key to look up."""
     found: dict[tuple[str, date, int], Partition] = {}
+    source = None
+    start = end = datetime.min.replace(tzinfo=UTC)  # no hour yet
+    current: list[Command] = []
     for command in commands:
         timestamp = command.timestamp
         if timestamp.tzinfo is not UTC:
             timestamp = utc(timestamp)
-        where = (command.source, timestamp.date(), timestamp.hour)
+        if start <= timestamp < end and command.source == source:
+            current.append(command)
+            continue
+        source = command.source
+        start = timestamp.replace(minute=0, second=0, microsecond=0)
+        try:
+            end = start + HOUR
+        except OverflowError:  # the last hour of year 9999: no fast path for it
+            end = start
+        where = (source, start.date(), start.hour)
         partition = found.get(where)
         if partition is None:
             partition = found[where] = Partition(*where)
-        partition.commands.append(command)
+        current = partition.commands
+        current.append(command)
     return list(found.values())
 
 
@@ -203,14 +296,14 @@ class ParallelGzip:
     the ratio is that of one stream) and ended with a sync flush; the pieces, an empty
     final block and the gzip header and trailer make one member that every gzip reader
     takes (some, Athena's among them, stop at the end of the first member of a file).
-    zlib releases the GIL, so pieces compress while the next one is encoded.
+    ISA-L and zlib release the GIL, so pieces compress while the next one is encoded.
     """
 
     HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no name, mtime 0, OS unknown
     WINDOW = 32 * 1024
 
-    def __init__(self, level: int, pool: ThreadPoolExecutor) -> None:
-        self.level = level
+    def __init__(self, deflate: Deflate, pool: ThreadPoolExecutor) -> None:
+        self.deflate = deflate
         self.pool = pool
         self.pieces: list[Future[bytes]] = []
         self.crc = 0
@@ -219,20 +312,21 @@ class ParallelGzip:
 
     def add(self, data: bytes) -> None:
         self.pieces.append(self.pool.submit(self._deflate, data, self._tail))
-        self.crc = zlib.crc32(data, self.crc)
+        self.crc = _crc32(data, self.crc)
         self.size += len(data)
         self._tail = data[-self.WINDOW :]
 
     def _deflate(self, data: bytes, primer: bytes) -> bytes:
+        z, level = self.deflate.module, self.deflate.level
         if primer:
-            compressor = zlib.compressobj(self.level, zlib.DEFLATED, -15, zdict=primer)
+            compressor = z.compressobj(level, z.DEFLATED, -15, zdict=primer)
         else:
-            compressor = zlib.compressobj(self.level, zlib.DEFLATED, -15)
-        return compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            compressor = z.compressobj(level, z.DEFLATED, -15)
+        return compressor.compress(data) + compressor.flush(z.Z_SYNC_FLUSH)
 
     def finish(self) -> bytes:
         """The gzip member (waits for the pieces)."""
-        final = zlib.compressobj(self.level, zlib.DEFLATED, -15).flush(zlib.Z_FINISH)
+        final = zlib.compressobj(1, zlib.DEFLATED, -15).flush(zlib.Z_FINISH)
         trailer = struct.pack("<II", self.crc & 0xFFFFFFFF, self.size & 0xFFFFFFFF)
         return b"".join([self.HEADER, *(piece.result() for piece in self.pieces), final, trailer])
 
@@ -248,14 +342,18 @@ class PlannedObject:
 
 
 def ndjson_objects(
-    partition: Partition, prefix: str, level: int, max_bytes: int | None, pool: ThreadPoolExecutor
+    partition: Partition,
+    prefix: str,
+    deflate: Deflate,
+    max_bytes: int | None,
+    pool: ThreadPoolExecutor,
 ) -> Iterator[PlannedObject]:
     """The gzip NDJSON objects of one partition: one, or several of at most ``max_bytes``
     of NDJSON each (cut between events; an event larger than that gets an object of its
     own)."""
     limit = max_bytes or float("inf")
     ids: list[str] = []
-    gz = ParallelGzip(level, pool)
+    gz = ParallelGzip(deflate, pool)
 
     def close() -> PlannedObject:
         key = partition.key(prefix, f"{object_name(partition.source, ids)}.ndjson.gz")
@@ -276,7 +374,7 @@ def ndjson_objects(
             if cut == 0:
                 if gz.size:  # nothing more fits: the next object takes it
                     yield close()
-                    ids, gz = [], ParallelGzip(level, pool)
+                    ids, gz = [], ParallelGzip(deflate, pool)
                     continue
                 cut = data.index(b"\n") + 1  # one event larger than max_bytes: alone
             count = data.count(b"\n", 0, cut)
@@ -285,7 +383,7 @@ def ndjson_objects(
             done += count
             data = data[cut:]
             yield close()
-            ids, gz = [], ParallelGzip(level, pool)
+            ids, gz = [], ParallelGzip(deflate, pool)
     if ids:
         yield close()
 
@@ -330,6 +428,7 @@ class S3Sink(Sink):
         super().__init__(name, config, options)
         self.prefix = options.prefix.strip("/")
         self.extension = "ndjson.gz" if options.format == "ndjson" else "parquet"
+        self.deflate = deflate_for(options.compression_level)
         self._client: Any = None
         self._probe: Any = None
         self._transfer: Any = None
@@ -360,12 +459,15 @@ class S3Sink(Sink):
         )
         where = options.endpoint_url or f"AWS S3 ({options.region})"
         log.info(
-            "%s: archiving to s3://%s/%s at %s as %s",
+            "%s: archiving to s3://%s/%s at %s as %s%s",
             self.name,
             options.bucket,
             self.prefix,
             where,
             self.extension,
+            f" ({self.deflate.name} level {self.deflate.level})"
+            if options.format == "ndjson"
+            else "",
         )
 
     def _open(self) -> None:
@@ -468,7 +570,7 @@ class S3Sink(Sink):
                 yield from ndjson_objects(
                     partition,
                     self.prefix,
-                    options.compression_level,
+                    self.deflate,
                     self.config.batch.max_bytes,
                     self._pool,
                 )
