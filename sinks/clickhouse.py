@@ -42,7 +42,6 @@ from typing import Any, get_args
 import msgspec
 from clickhouse_driver import Client, defines
 from clickhouse_driver.block import BlockInfo, ColumnOrientedBlock
-from clickhouse_driver.columns.service import write_column
 from clickhouse_driver.protocol import ClientPacketTypes
 from clickhouse_driver.varint import write_varint
 from clickhouse_driver.writer import write_binary_str, write_binary_uint8
@@ -55,7 +54,7 @@ from eventrouter.bus.hookspecs import hookimpl
 from eventrouter.bus.sink import Sink
 from eventrouter.columns import OPTIONAL_TIME_COLUMNS, STORED_COLUMNS, TIME_COLUMNS
 from eventrouter.config import Duration
-from eventrouter.events.commands import AnyCommand, Command
+from eventrouter.events.commands import FREE_FORM, AnyCommand, Command, raw_json_of
 from eventrouter.health import ComponentHealth
 from eventrouter.sinks.clickhouse_cluster import (
     DEFAULT_REPLICA_NAME,
@@ -347,13 +346,10 @@ def columns_of(commands: Sequence[Command], *, datetime64: bool) -> list[list]:
 
 # -- the Native format -------------------------------------------------------------------
 # A batch goes to the server as one block of ClickHouse's Native format, which this
-# module writes itself but for the String columns of many distinct values (ids, JSON):
-# clickhouse-driver writes those in C (``write_strings``), while it checks and converts
-# each value of a time column in a Python loop, and copies every column into chunks
-# before writing it (docs/clickhouse.md, "The Native block", has the figures). The
-# forms: String is each value's length as a LEB128 varint, then its UTF-8 bytes;
-# DateTime a UInt32 and DateTime64 an Int64, little-endian; Nullable(T) one byte per
-# row (1: null), then T's column with 0 in the null rows.
+# module writes itself, every column (docs/clickhouse.md, "The Native block", has the
+# figures). The forms: String is each value's length as a LEB128 varint, then its UTF-8
+# bytes; DateTime a UInt32 and DateTime64 an Int64, little-endian; Nullable(T) one byte
+# per row (1: null), then T's column with 0 in the null rows.
 _TIME_TYPECODES = {False: "I", True: "q"}  # DateTime: UInt32, DateTime64: Int64
 _BIG_ENDIAN = sys.byteorder == "big"
 
@@ -363,6 +359,10 @@ _BIG_ENDIAN = sys.byteorder == "big"
 _FEW_VALUES = frozenset(
     ("type", "event", "name", "group_id", "previous_id", "session_id", "source")
 )
+#: Rows of a String column joined into one piece before it is written: a few hundred
+#: KB for JSON columns. One piece for a whole column (tens of MB) costs more than its
+#: copy: a fresh allocation that the kernel maps page by page, on every batch.
+_CHUNK_ROWS = 2048
 
 
 def _varint(number: int) -> bytes:
@@ -373,6 +373,11 @@ def _varint(number: int) -> bytes:
         number >>= 7
     out.append(number)
     return bytes(out)
+
+
+#: The length prefix of every String value shorter than 16 KB (one or two bytes), by
+#: length: looked up for a whole column with one ``map``.
+_LENGTH_PREFIXES = [_varint(length) for length in range(1 << 14)]
 
 
 class _NativeStrings(dict):
@@ -386,6 +391,38 @@ class _NativeStrings(dict):
 
 def _few_values_column(values: list[str]) -> bytes:
     return b"".join(map(_NativeStrings().__getitem__, values))
+
+
+def _string_column(values: Sequence[bytes | msgspec.Raw]) -> list[bytes]:
+    """A String column of many distinct values (UTF-8 bytes, or raw JSON as it came),
+    in pieces of :data:`_CHUNK_ROWS` rows: each value's length prefix and its bytes,
+    interleaved in a list and joined, with no Python code run per value."""
+    lengths = list(map(len, values))
+    if max(lengths, default=0) < len(_LENGTH_PREFIXES):
+        prefixes = map(_LENGTH_PREFIXES.__getitem__, lengths)
+    else:
+        prefixes = map(_varint, lengths)
+    parts: list[bytes | msgspec.Raw] = [b""] * (2 * len(values))
+    parts[0::2] = prefixes
+    parts[1::2] = values
+    step = 2 * _CHUNK_ROWS
+    return [b"".join(parts[start : start + step]) for start in range(0, len(parts), step)]
+
+
+def _text_column(values: list[str]) -> list[bytes]:
+    """A String column of text: its UTF-8 bytes (strict, as the driver encodes)."""
+    return _string_column(list(map(str.encode, values)))
+
+
+def _json_values(commands: Sequence[Command], name: str) -> list[bytes | msgspec.Raw]:
+    """Free-form field ``name`` of every command as raw JSON, as it came (``b''`` for a
+    command without the field): read by slot for the whole batch when every command
+    has the field, row by row when only some do (a batch of track and identify calls)."""
+    has = _CLASSES_WITH.get(name)
+    if has is None or set(map(type, commands)) <= has:
+        return raw_json_of(commands, name)
+    raw = f"{name}_json"
+    return [getattr(c, raw) if type(c) in has else b"" for c in commands]
 
 
 def _time_column(values: list[int], datetime64: bool) -> bytes:
@@ -411,28 +448,31 @@ def _native_type(name: str, datetime64: bool) -> str | None:
     return "String" if name in STORED_COLUMNS else None
 
 
-def native_columns(commands: Sequence[Command], *, datetime64: bool) -> Iterator[list | bytes]:
+def native_columns(
+    commands: Sequence[Command], *, datetime64: bool
+) -> Iterator[bytes | list[bytes]]:
     """The columns of :func:`columns_of`, in order, each in the Native form of
-    :func:`_native_type`'s type (bytes: the time columns and the text of few values) or
-    as the driver's column writer takes it (the list: ids and JSON). Built one by one as
-    they are asked for, so that the server reads a column while the next is built. A
-    column of a field that no command of the batch has (``traits`` in a batch of
-    ``track`` calls) is all ``''``: a zero length per row, without a pass over the batch."""
+    :func:`_native_type`'s type: bytes, or for a String column of many distinct values
+    (ids, JSON) a list of pieces to be written one after the other. Built one by one as
+    they are asked for, so that the server reads a column while the next is built. The
+    JSON columns are the raw texts as they came, never copied one by one. A column of a
+    field that no command of the batch has (``traits`` in a batch of ``track`` calls) is
+    all ``''``: a zero length per row, without a pass over the batch."""
     builders = _column_builders(commands, datetime64=datetime64)
     kinds = set(map(type, commands))
     for name in STORED_COLUMNS:
         if name in _CLASSES_WITH and kinds.isdisjoint(_CLASSES_WITH[name]):
             yield bytes(len(commands))
-            continue
-        values = builders[name]()
-        if name in OPTIONAL_TIME_COLUMNS:
-            yield _nullable_time_column(values, datetime64)
+        elif name in FREE_FORM:
+            yield _string_column(_json_values(commands, name))
+        elif name in OPTIONAL_TIME_COLUMNS:
+            yield _nullable_time_column(builders[name](), datetime64)
         elif name in TIME_COLUMNS:
-            yield _time_column(values, datetime64)
+            yield _time_column(builders[name](), datetime64)
         elif name in _FEW_VALUES:
-            yield _few_values_column(values)
+            yield _few_values_column(builders[name]())
         else:
-            yield values
+            yield _text_column(builders[name]())
 
 
 def _send_native_block(
@@ -458,7 +498,8 @@ def _send_native_block(
         if isinstance(column, bytes):
             out.write(column)
         else:
-            write_column(connection.context, name, type_, column, out)
+            for piece in column:
+                out.write(piece)
     stream.finalize()
 
 

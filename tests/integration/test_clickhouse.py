@@ -492,8 +492,8 @@ def test_json_columns_of_one_kind_are_each_rows_own_json():
 
 @pytest.mark.parametrize("datetime64", [True, False])
 def test_native_columns_are_the_bytes_the_driver_writes(datetime64):
-    """The sink serialises the time columns itself: byte for byte what clickhouse-driver
-    writes for :func:`columns_of`'s values, for every column."""
+    """The sink serialises every column itself: byte for byte what clickhouse-driver
+    writes for :func:`columns_of`'s values."""
     from clickhouse_driver.bufferedwriter import BufferedSocketWriter
     from clickhouse_driver.columns.service import write_column
 
@@ -504,9 +504,7 @@ def test_native_columns_are_the_bytes_the_driver_writes(datetime64):
         def sendall(self, data: bytes) -> None:
             self.data += data
 
-    def serialised(name: str, values: list | bytes) -> bytes:
-        if isinstance(values, bytes):
-            return values
+    def serialised(name: str, values: list) -> bytes:
         sock = Captured()
         buffer = BufferedSocketWriter(sock, 1 << 20)
         write_column(context, name, sink_module._native_type(name, datetime64), values, buffer)
@@ -524,7 +522,8 @@ def test_native_columns_are_the_bytes_the_driver_writes(datetime64):
         driver = sink_module.columns_of(batch, datetime64=datetime64)
         native = sink_module.native_columns(batch, datetime64=datetime64)
         for name, values, ours in zip(STORED_COLUMNS, driver, native, strict=True):
-            assert serialised(name, ours) == serialised(name, list(values)), name
+            ours = ours if isinstance(ours, bytes) else b"".join(ours)  # a String's pieces
+            assert ours == serialised(name, list(values)), name
 
 
 @pytest.mark.parametrize("native", [True, False])
