@@ -29,6 +29,7 @@ in embedded mode every request becomes an insert of its own.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
 import sys
@@ -37,6 +38,7 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any, get_args
 
 import msgspec
@@ -56,6 +58,7 @@ from eventrouter.columns import OPTIONAL_TIME_COLUMNS, STORED_COLUMNS, TIME_COLU
 from eventrouter.config import Duration
 from eventrouter.events.commands import FREE_FORM, AnyCommand, Command, raw_json_of
 from eventrouter.health import ComponentHealth
+from eventrouter.scan import PURE_ENV
 from eventrouter.sinks.clickhouse_cluster import (
     DEFAULT_REPLICA_NAME,
     DEFAULT_ZOOKEEPER_PATH,
@@ -300,9 +303,13 @@ def _column_builders(
     epoch, since = _EpochCache(unit), _EpochCache.EPOCH
     kinds = set(map(type, commands))
 
-    def optional_text(name: str) -> Callable[[], list]:
-        has = _CLASSES_WITH[name]
-        return lambda: [(getattr(c, name) or "") if type(c) in has else "" for c in commands]
+    def text_of(name: str) -> Callable[[], list]:
+        # attrgetter through map: no Python code run per command where every command
+        # has the field.
+        get, has = attrgetter(name), _CLASSES_WITH.get(name)
+        if has is None or kinds <= has:
+            return lambda: _or_empty(list(map(get, commands)))
+        return lambda: [(get(c) or "") if type(c) in has else "" for c in commands]
 
     def optional_json(name: str) -> Callable[[], list]:
         has = _CLASSES_WITH[name]
@@ -312,16 +319,16 @@ def _column_builders(
         return lambda: [bytes(getattr(c, raw)) if type(c) in has else b"" for c in commands]
 
     return {
-        "message_id": lambda: [c.message_id for c in commands],
-        "type": lambda: [c.kind for c in commands],
-        "event": optional_text("event"),
-        "name": optional_text("name"),
-        "user_id": lambda: [c.user_id or "" for c in commands],
-        "anonymous_id": lambda: [c.anonymous_id or "" for c in commands],
-        "group_id": optional_text("group_id"),
-        "previous_id": optional_text("previous_id"),
-        "session_id": lambda: [c.session_id or "" for c in commands],
-        "source": lambda: [c.source for c in commands],
+        "message_id": text_of("message_id"),
+        "type": text_of("kind"),
+        "event": text_of("event"),
+        "name": text_of("name"),
+        "user_id": text_of("user_id"),
+        "anonymous_id": text_of("anonymous_id"),
+        "group_id": text_of("group_id"),
+        "previous_id": text_of("previous_id"),
+        "session_id": text_of("session_id"),
+        "source": text_of("source"),
         "properties": optional_json("properties"),
         "traits": optional_json("traits"),
         "context": lambda: _json_column([c.context_json for c in commands]),
@@ -332,6 +339,13 @@ def _column_builders(
         "sent_at": lambda: [None if c.sent_at is None else epoch[c.sent_at] for c in commands],
         "received_at": lambda: [epoch[c.received_at] for c in commands],
     }
+
+
+def _or_empty(values: list[str | None]) -> list[str]:
+    """``values`` with ``''`` for None (ClickHouse keeps no null for text)."""
+    if None in values:
+        return ["" if value is None else value for value in values]
+    return values
 
 
 def columns_of(commands: Sequence[Command], *, datetime64: bool) -> list[list]:
@@ -350,6 +364,16 @@ def columns_of(commands: Sequence[Command], *, datetime64: bool) -> list[list]:
 # figures). The forms: String is each value's length as a LEB128 varint, then its UTF-8
 # bytes; DateTime a UInt32 and DateTime64 an Int64, little-endian; Nullable(T) one byte
 # per row (1: null), then T's column with 0 in the null rows.
+#
+# The per-value loops (String columns, the datetimes' conversion) run in C when the
+# optional module eventrouter.sinks._native (sinks/_native.c) is built, and as the pure
+# Python below when it is not, or when EVENTROUTER_PURE_PYTHON=1: the same bytes.
+try:
+    from eventrouter.sinks import _native
+except ImportError:  # built without a C compiler
+    _native = None
+if os.environ.get(PURE_ENV):
+    _native = None
 _TIME_TYPECODES = {False: "I", True: "q"}  # DateTime: UInt32, DateTime64: Int64
 _BIG_ENDIAN = sys.byteorder == "big"
 
@@ -359,10 +383,6 @@ _BIG_ENDIAN = sys.byteorder == "big"
 _FEW_VALUES = frozenset(
     ("type", "event", "name", "group_id", "previous_id", "session_id", "source")
 )
-#: Rows of a String column joined into one piece before it is written: a few hundred
-#: KB for JSON columns. One piece for a whole column (tens of MB) costs more than its
-#: copy: a fresh allocation that the kernel maps page by page, on every batch.
-_CHUNK_ROWS = 2048
 
 
 def _varint(number: int) -> bytes:
@@ -380,23 +400,25 @@ def _varint(number: int) -> bytes:
 _LENGTH_PREFIXES = [_varint(length) for length in range(1 << 14)]
 
 
-class _NativeStrings(dict):
-    """Text → its Native String form (length prefix, UTF-8 bytes), memoised."""
-
-    def __missing__(self, text: str) -> bytes:
-        data = text.encode()
-        self[text] = native = _varint(len(data)) + data
-        return native
-
-
 def _few_values_column(values: list[str]) -> bytes:
-    return b"".join(map(_NativeStrings().__getitem__, values))
+    """A String column of text with few distinct values: the compiled loop, or each
+    distinct value's Native form (length prefix, UTF-8 bytes) made once and joined."""
+    if _native is not None:
+        return _native.string_column(values)
+    forms = {}
+    for value in dict.fromkeys(values):
+        data = value.encode()
+        forms[value] = _varint(len(data)) + data
+    return b"".join(map(forms.__getitem__, values))
 
 
-def _string_column(values: Sequence[bytes | msgspec.Raw]) -> list[bytes]:
-    """A String column of many distinct values (UTF-8 bytes, or raw JSON as it came),
-    in pieces of :data:`_CHUNK_ROWS` rows: each value's length prefix and its bytes,
-    interleaved in a list and joined, with no Python code run per value."""
+def _string_column(values: Sequence[bytes | msgspec.Raw]) -> bytes:
+    """A String column of many distinct values (UTF-8 bytes, or raw JSON as it came):
+    each value's length prefix and its bytes. Compiled: one C loop
+    (:mod:`eventrouter.sinks._native`); else interleaved in a list and joined, with no
+    Python code run per value."""
+    if _native is not None:
+        return _native.string_column(values)
     lengths = list(map(len, values))
     if max(lengths, default=0) < len(_LENGTH_PREFIXES):
         prefixes = map(_LENGTH_PREFIXES.__getitem__, lengths)
@@ -405,12 +427,13 @@ def _string_column(values: Sequence[bytes | msgspec.Raw]) -> list[bytes]:
     parts: list[bytes | msgspec.Raw] = [b""] * (2 * len(values))
     parts[0::2] = prefixes
     parts[1::2] = values
-    step = 2 * _CHUNK_ROWS
-    return [b"".join(parts[start : start + step]) for start in range(0, len(parts), step)]
+    return b"".join(parts)
 
 
-def _text_column(values: list[str]) -> list[bytes]:
+def _text_column(values: list[str]) -> bytes:
     """A String column of text: its UTF-8 bytes (strict, as the driver encodes)."""
+    if _native is not None:
+        return _native.string_column(values)
     return _string_column(list(map(str.encode, values)))
 
 
@@ -448,16 +471,24 @@ def _native_type(name: str, datetime64: bool) -> str | None:
     return "String" if name in STORED_COLUMNS else None
 
 
-def native_columns(
-    commands: Sequence[Command], *, datetime64: bool
-) -> Iterator[bytes | list[bytes]]:
-    """The columns of :func:`columns_of`, in order, each in the Native form of
-    :func:`_native_type`'s type: bytes, or for a String column of many distinct values
-    (ids, JSON) a list of pieces to be written one after the other. Built one by one as
-    they are asked for, so that the server reads a column while the next is built. The
-    JSON columns are the raw texts as they came, never copied one by one. A column of a
-    field that no command of the batch has (``traits`` in a batch of ``track`` calls) is
-    all ``''``: a zero length per row, without a pass over the batch."""
+def _compiled_time_column(
+    commands: Sequence[Command], name: str, datetime64: bool, nullable: bool
+) -> bytes | None:
+    """Time column ``name`` in one C loop over the commands' datetimes; None when the
+    module is missing or a value is not a UTC datetime it converts (the Python code
+    then converts it, or raises as it always did)."""
+    if _native is None:
+        return None
+    return _native.time_column(list(map(attrgetter(name), commands)), datetime64, nullable)
+
+
+def native_columns(commands: Sequence[Command], *, datetime64: bool) -> Iterator[bytes]:
+    """The columns of :func:`columns_of`, in order, each as the bytes of the Native form
+    of :func:`_native_type`'s type. Built one by one as they are asked for, so that the
+    server reads a column while the next is built. The JSON columns are the raw texts as
+    they came, never copied one by one. A column of a field that no command of the batch
+    has (``traits`` in a batch of ``track`` calls) is all ``''``: a zero length per row,
+    without a pass over the batch."""
     builders = _column_builders(commands, datetime64=datetime64)
     kinds = set(map(type, commands))
     for name in STORED_COLUMNS:
@@ -465,10 +496,16 @@ def native_columns(
             yield bytes(len(commands))
         elif name in FREE_FORM:
             yield _string_column(_json_values(commands, name))
-        elif name in OPTIONAL_TIME_COLUMNS:
-            yield _nullable_time_column(builders[name](), datetime64)
         elif name in TIME_COLUMNS:
-            yield _time_column(builders[name](), datetime64)
+            nullable = name in OPTIONAL_TIME_COLUMNS
+            column = _compiled_time_column(commands, name, datetime64, nullable)
+            if column is None:
+                values = builders[name]()
+                if nullable:
+                    column = _nullable_time_column(values, datetime64)
+                else:
+                    column = _time_column(values, datetime64)
+            yield column
         elif name in _FEW_VALUES:
             yield _few_values_column(builders[name]())
         else:
@@ -495,11 +532,7 @@ def _send_native_block(
         write_binary_str(type_, out)
         if revision >= defines.DBMS_MIN_REVISION_WITH_CUSTOM_SERIALIZATION:
             write_binary_uint8(0, out)  # no custom (sparse) serialisation
-        if isinstance(column, bytes):
-            out.write(column)
-        else:
-            for piece in column:
-                out.write(piece)
+        out.write(column)
     stream.finalize()
 
 
