@@ -303,11 +303,13 @@ def _column_builders(
     epoch, since = _EpochCache(unit), _EpochCache.EPOCH
     kinds = set(map(type, commands))
 
-    def text_of(name: str) -> Callable[[], list]:
-        # attrgetter through map: no Python code run per command where every command
-        # has the field.
-        get, has = attrgetter(name), _CLASSES_WITH.get(name)
-        if has is None or kinds <= has:
+    def optional_text(name: str) -> Callable[[], list]:
+        # A field only some command classes have: attrgetter through map when every
+        # command of the batch has it. (The fields every command has are read by list
+        # comprehensions below: Python 3.11 specialises ``c.field`` on a slot, which
+        # beats both attrgetter and getattr.)
+        get, has = attrgetter(name), _CLASSES_WITH[name]
+        if kinds <= has:
             return lambda: _or_empty(list(map(get, commands)))
         return lambda: [(get(c) or "") if type(c) in has else "" for c in commands]
 
@@ -319,16 +321,16 @@ def _column_builders(
         return lambda: [bytes(getattr(c, raw)) if type(c) in has else b"" for c in commands]
 
     return {
-        "message_id": text_of("message_id"),
-        "type": text_of("kind"),
-        "event": text_of("event"),
-        "name": text_of("name"),
-        "user_id": text_of("user_id"),
-        "anonymous_id": text_of("anonymous_id"),
-        "group_id": text_of("group_id"),
-        "previous_id": text_of("previous_id"),
-        "session_id": text_of("session_id"),
-        "source": text_of("source"),
+        "message_id": lambda: [c.message_id for c in commands],
+        "type": lambda: [c.kind for c in commands],
+        "event": optional_text("event"),
+        "name": optional_text("name"),
+        "user_id": lambda: [c.user_id or "" for c in commands],
+        "anonymous_id": lambda: [c.anonymous_id or "" for c in commands],
+        "group_id": optional_text("group_id"),
+        "previous_id": optional_text("previous_id"),
+        "session_id": lambda: [c.session_id or "" for c in commands],
+        "source": lambda: [c.source for c in commands],
         "properties": optional_json("properties"),
         "traits": optional_json("traits"),
         "context": lambda: _json_column([c.context_json for c in commands]),
@@ -479,7 +481,16 @@ def _compiled_time_column(
     then converts it, or raises as it always did)."""
     if _native is None:
         return None
-    return _native.time_column(list(map(attrgetter(name), commands)), datetime64, nullable)
+    return _native.time_column(_DATETIMES[name](commands), datetime64, nullable)
+
+
+#: Each time column's datetimes (every command has the four fields).
+_DATETIMES: dict[str, Callable[[Sequence[Command]], list]] = {
+    "timestamp": lambda commands: [c.timestamp for c in commands],
+    "original_timestamp": lambda commands: [c.original_timestamp for c in commands],
+    "sent_at": lambda commands: [c.sent_at for c in commands],
+    "received_at": lambda commands: [c.received_at for c in commands],
+}
 
 
 def native_columns(commands: Sequence[Command], *, datetime64: bool) -> Iterator[bytes]:
