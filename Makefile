@@ -21,13 +21,13 @@ RUNTIME_DEPS ?= ../shared/tools/runtime-deps
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python $(LOCKS)/build.txt $(LOCKS)/runtime.txt setup.cfg setup.py pyproject.toml router_core/_scan.c
+$(STAMP): $(BIN)/python $(LOCKS)/build.txt $(LOCKS)/runtime.txt setup.cfg setup.py pyproject.toml router_core/_scan.c sinks/_native.c
 	$(PIP_LOCKED) -r $(LOCKS)/build.txt
 	$(PIP_LOCKED) -r $(LOCKS)/runtime.txt
 	$(PIP_SELF)
 	touch $@
 
-$(TEST_STAMP): $(BIN)/python $(LOCKS)/build.txt $(LOCKS)/test.txt setup.cfg setup.py pyproject.toml router_core/_scan.c
+$(TEST_STAMP): $(BIN)/python $(LOCKS)/build.txt $(LOCKS)/test.txt setup.cfg setup.py pyproject.toml router_core/_scan.c sinks/_native.c
 	$(PIP_LOCKED) -r $(LOCKS)/build.txt
 	$(PIP_LOCKED) -r $(LOCKS)/test.txt
 	$(PIP_SELF)

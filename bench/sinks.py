@@ -204,7 +204,7 @@ def clickhouse_target(args: argparse.Namespace, stack: ExitStack) -> Target:
     version = admin.execute("SELECT version()")[0][0]
     return Target(
         sink={"type": "clickhouse", "url": f"clickhouse+native://default:@{HOST}:9000/{database}"},
-        goal=200_000,
+        goal=400_000,  # issue 20, item 5
         columns=lambda sink: {"inserts": f"{sink.inserts:,}"},
         store_pids=lambda: _processes("clickhouse-serv"),  # comm holds 15 characters
         store=f"ClickHouse {version} (this machine's server), "

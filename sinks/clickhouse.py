@@ -29,6 +29,7 @@ in embedded mode every request becomes an insert of its own.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
 import sys
@@ -37,12 +38,12 @@ from array import array
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from operator import attrgetter
 from typing import Any, get_args
 
 import msgspec
 from clickhouse_driver import Client, defines
 from clickhouse_driver.block import BlockInfo, ColumnOrientedBlock
-from clickhouse_driver.columns.service import write_column
 from clickhouse_driver.protocol import ClientPacketTypes
 from clickhouse_driver.varint import write_varint
 from clickhouse_driver.writer import write_binary_str, write_binary_uint8
@@ -55,8 +56,9 @@ from eventrouter.bus.hookspecs import hookimpl
 from eventrouter.bus.sink import Sink
 from eventrouter.columns import OPTIONAL_TIME_COLUMNS, STORED_COLUMNS, TIME_COLUMNS
 from eventrouter.config import Duration
-from eventrouter.events.commands import AnyCommand, Command
+from eventrouter.events.commands import FREE_FORM, AnyCommand, Command, raw_json_of
 from eventrouter.health import ComponentHealth
+from eventrouter.scan import PURE_ENV
 from eventrouter.sinks.clickhouse_cluster import (
     DEFAULT_REPLICA_NAME,
     DEFAULT_ZOOKEEPER_PATH,
@@ -302,8 +304,14 @@ def _column_builders(
     kinds = set(map(type, commands))
 
     def optional_text(name: str) -> Callable[[], list]:
-        has = _CLASSES_WITH[name]
-        return lambda: [(getattr(c, name) or "") if type(c) in has else "" for c in commands]
+        # A field only some command classes have: attrgetter through map when every
+        # command of the batch has it. (The fields every command has are read by list
+        # comprehensions below: Python 3.11 specialises ``c.field`` on a slot, which
+        # beats both attrgetter and getattr.)
+        get, has = attrgetter(name), _CLASSES_WITH[name]
+        if kinds <= has:
+            return lambda: _or_empty(list(map(get, commands)))
+        return lambda: [(get(c) or "") if type(c) in has else "" for c in commands]
 
     def optional_json(name: str) -> Callable[[], list]:
         has = _CLASSES_WITH[name]
@@ -335,6 +343,13 @@ def _column_builders(
     }
 
 
+def _or_empty(values: list[str | None]) -> list[str]:
+    """``values`` with ``''`` for None (ClickHouse keeps no null for text)."""
+    if None in values:
+        return ["" if value is None else value for value in values]
+    return values
+
+
 def columns_of(commands: Sequence[Command], *, datetime64: bool) -> list[list]:
     """The batch as one list per column of ``events``, in :data:`STORED_COLUMNS` order
     and in the form the driver writes without converting: text with ``''`` for absent,
@@ -347,13 +362,20 @@ def columns_of(commands: Sequence[Command], *, datetime64: bool) -> list[list]:
 
 # -- the Native format -------------------------------------------------------------------
 # A batch goes to the server as one block of ClickHouse's Native format, which this
-# module writes itself but for the String columns of many distinct values (ids, JSON):
-# clickhouse-driver writes those in C (``write_strings``), while it checks and converts
-# each value of a time column in a Python loop, and copies every column into chunks
-# before writing it (docs/clickhouse.md, "The Native block", has the figures). The
-# forms: String is each value's length as a LEB128 varint, then its UTF-8 bytes;
-# DateTime a UInt32 and DateTime64 an Int64, little-endian; Nullable(T) one byte per
-# row (1: null), then T's column with 0 in the null rows.
+# module writes itself, every column (docs/clickhouse.md, "The Native block", has the
+# figures). The forms: String is each value's length as a LEB128 varint, then its UTF-8
+# bytes; DateTime a UInt32 and DateTime64 an Int64, little-endian; Nullable(T) one byte
+# per row (1: null), then T's column with 0 in the null rows.
+#
+# The per-value loops (String columns, the datetimes' conversion) run in C when the
+# optional module eventrouter.sinks._native (sinks/_native.c) is built, and as the pure
+# Python below when it is not, or when EVENTROUTER_PURE_PYTHON=1: the same bytes.
+try:
+    from eventrouter.sinks import _native
+except ImportError:  # built without a C compiler
+    _native = None
+if os.environ.get(PURE_ENV):
+    _native = None
 _TIME_TYPECODES = {False: "I", True: "q"}  # DateTime: UInt32, DateTime64: Int64
 _BIG_ENDIAN = sys.byteorder == "big"
 
@@ -375,17 +397,57 @@ def _varint(number: int) -> bytes:
     return bytes(out)
 
 
-class _NativeStrings(dict):
-    """Text → its Native String form (length prefix, UTF-8 bytes), memoised."""
-
-    def __missing__(self, text: str) -> bytes:
-        data = text.encode()
-        self[text] = native = _varint(len(data)) + data
-        return native
+#: The length prefix of every String value shorter than 16 KB (one or two bytes), by
+#: length: looked up for a whole column with one ``map``.
+_LENGTH_PREFIXES = [_varint(length) for length in range(1 << 14)]
 
 
 def _few_values_column(values: list[str]) -> bytes:
-    return b"".join(map(_NativeStrings().__getitem__, values))
+    """A String column of text with few distinct values: the compiled loop, or each
+    distinct value's Native form (length prefix, UTF-8 bytes) made once and joined."""
+    if _native is not None:
+        return _native.string_column(values)
+    forms = {}
+    for value in dict.fromkeys(values):
+        data = value.encode()
+        forms[value] = _varint(len(data)) + data
+    return b"".join(map(forms.__getitem__, values))
+
+
+def _string_column(values: Sequence[bytes | msgspec.Raw]) -> bytes:
+    """A String column of many distinct values (UTF-8 bytes, or raw JSON as it came):
+    each value's length prefix and its bytes. Compiled: one C loop
+    (:mod:`eventrouter.sinks._native`); else interleaved in a list and joined, with no
+    Python code run per value."""
+    if _native is not None:
+        return _native.string_column(values)
+    lengths = list(map(len, values))
+    if max(lengths, default=0) < len(_LENGTH_PREFIXES):
+        prefixes = map(_LENGTH_PREFIXES.__getitem__, lengths)
+    else:
+        prefixes = map(_varint, lengths)
+    parts: list[bytes | msgspec.Raw] = [b""] * (2 * len(values))
+    parts[0::2] = prefixes
+    parts[1::2] = values
+    return b"".join(parts)
+
+
+def _text_column(values: list[str]) -> bytes:
+    """A String column of text: its UTF-8 bytes (strict, as the driver encodes)."""
+    if _native is not None:
+        return _native.string_column(values)
+    return _string_column(list(map(str.encode, values)))
+
+
+def _json_values(commands: Sequence[Command], name: str) -> list[bytes | msgspec.Raw]:
+    """Free-form field ``name`` of every command as raw JSON, as it came (``b''`` for a
+    command without the field): read by slot for the whole batch when every command
+    has the field, row by row when only some do (a batch of track and identify calls)."""
+    has = _CLASSES_WITH.get(name)
+    if has is None or set(map(type, commands)) <= has:
+        return raw_json_of(commands, name)
+    raw = f"{name}_json"
+    return [getattr(c, raw) if type(c) in has else b"" for c in commands]
 
 
 def _time_column(values: list[int], datetime64: bool) -> bytes:
@@ -411,28 +473,54 @@ def _native_type(name: str, datetime64: bool) -> str | None:
     return "String" if name in STORED_COLUMNS else None
 
 
-def native_columns(commands: Sequence[Command], *, datetime64: bool) -> Iterator[list | bytes]:
-    """The columns of :func:`columns_of`, in order, each in the Native form of
-    :func:`_native_type`'s type (bytes: the time columns and the text of few values) or
-    as the driver's column writer takes it (the list: ids and JSON). Built one by one as
-    they are asked for, so that the server reads a column while the next is built. A
-    column of a field that no command of the batch has (``traits`` in a batch of
-    ``track`` calls) is all ``''``: a zero length per row, without a pass over the batch."""
+def _compiled_time_column(
+    commands: Sequence[Command], name: str, datetime64: bool, nullable: bool
+) -> bytes | None:
+    """Time column ``name`` in one C loop over the commands' datetimes; None when the
+    module is missing or a value is not a UTC datetime it converts (the Python code
+    then converts it, or raises as it always did)."""
+    if _native is None:
+        return None
+    return _native.time_column(_DATETIMES[name](commands), datetime64, nullable)
+
+
+#: Each time column's datetimes (every command has the four fields).
+_DATETIMES: dict[str, Callable[[Sequence[Command]], list]] = {
+    "timestamp": lambda commands: [c.timestamp for c in commands],
+    "original_timestamp": lambda commands: [c.original_timestamp for c in commands],
+    "sent_at": lambda commands: [c.sent_at for c in commands],
+    "received_at": lambda commands: [c.received_at for c in commands],
+}
+
+
+def native_columns(commands: Sequence[Command], *, datetime64: bool) -> Iterator[bytes]:
+    """The columns of :func:`columns_of`, in order, each as the bytes of the Native form
+    of :func:`_native_type`'s type. Built one by one as they are asked for, so that the
+    server reads a column while the next is built. The JSON columns are the raw texts as
+    they came, never copied one by one. A column of a field that no command of the batch
+    has (``traits`` in a batch of ``track`` calls) is all ``''``: a zero length per row,
+    without a pass over the batch."""
     builders = _column_builders(commands, datetime64=datetime64)
     kinds = set(map(type, commands))
     for name in STORED_COLUMNS:
         if name in _CLASSES_WITH and kinds.isdisjoint(_CLASSES_WITH[name]):
             yield bytes(len(commands))
-            continue
-        values = builders[name]()
-        if name in OPTIONAL_TIME_COLUMNS:
-            yield _nullable_time_column(values, datetime64)
+        elif name in FREE_FORM:
+            yield _string_column(_json_values(commands, name))
         elif name in TIME_COLUMNS:
-            yield _time_column(values, datetime64)
+            nullable = name in OPTIONAL_TIME_COLUMNS
+            column = _compiled_time_column(commands, name, datetime64, nullable)
+            if column is None:
+                values = builders[name]()
+                if nullable:
+                    column = _nullable_time_column(values, datetime64)
+                else:
+                    column = _time_column(values, datetime64)
+            yield column
         elif name in _FEW_VALUES:
-            yield _few_values_column(values)
+            yield _few_values_column(builders[name]())
         else:
-            yield values
+            yield _text_column(builders[name]())
 
 
 def _send_native_block(
@@ -455,10 +543,7 @@ def _send_native_block(
         write_binary_str(type_, out)
         if revision >= defines.DBMS_MIN_REVISION_WITH_CUSTOM_SERIALIZATION:
             write_binary_uint8(0, out)  # no custom (sparse) serialisation
-        if isinstance(column, bytes):
-            out.write(column)
-        else:
-            write_column(connection.context, name, type_, column, out)
+        out.write(column)
     stream.finalize()
 
 

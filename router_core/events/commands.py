@@ -56,6 +56,7 @@ __all__ = [
     "decode_many_v1",
     "encode",
     "encode_many",
+    "raw_json_of",
 ]
 
 #: ``{}`` as raw JSON: the value of a free-form field an event did not send.
@@ -204,6 +205,18 @@ class _FreeForm:
 _CONTEXT = _FreeForm(Command, "context").slot
 _PROPERTIES = _FreeForm(_WithProperties, "properties").slot
 _TRAITS = _FreeForm(_WithTraits, "traits").slot
+_SLOTS = {"context": _CONTEXT, "properties": _PROPERTIES, "traits": _TRAITS}
+
+
+def raw_json_of(commands: Sequence[Command], name: str) -> list[msgspec.Raw]:
+    """The raw JSON text of free-form field ``name`` of every command, in order: what
+    ``command.<name>_json`` gives, read for the whole batch at once (the field's slot
+    through ``map``, no Python call per command). Every command must have the field; a
+    dict a stage put there is encoded, as the property does."""
+    values = list(map(_SLOTS[name].__get__, commands))
+    if set(map(type, values)) - {msgspec.Raw}:
+        values = list(map(as_raw, values))
+    return values
 
 
 class TrackCommand(_WithProperties, tag="track"):

@@ -490,10 +490,74 @@ def test_json_columns_of_one_kind_are_each_rows_own_json():
     ]
 
 
+#: Text no store may change: quotes and backslashes, NUL and other control characters,
+#: line breaks, non-ASCII, emoji (four UTF-8 bytes), and the empty string.
+HOSTILE = ["'; DROP TABLE events; --", '"\\', "nul\x00byte", "\n\r\t\x1b", "é\u2028🙂", ""]
+#: A value of 1 MB (a length prefix of three bytes).
+MEGABYTE = "🙂" * 262_144
+
+
+def _hostile() -> list[Command]:
+    """Commands with hostile values in every kind of column: each text of
+    :data:`HOSTILE` and a 1 MB one as ids, names and inside the JSON, raw JSON texts
+    kept exactly as a client sent them (whitespace, newlines, escapes, key order),
+    absent fields (no user_id, no sent_at, no properties), and times at the edges of a
+    millisecond and of a second."""
+    commands: list[Command] = []
+    texts = [*HOSTILE, MEGABYTE]
+    for i, value in enumerate(texts):
+        raw = msgspec.Raw(
+            b'{ "z" : 1,\n  "a": ' + msgspec.json.encode(value) + b', "\\u00e9": [null, -0.0] }'
+        )
+        moment = BASE + timedelta(microseconds=999 * i)
+        commands.append(
+            TrackCommand(
+                message_id=f"h{i}-{value[:40]}",
+                source="web",
+                user_id=value or None,
+                anonymous_id=value,
+                session_id=value,
+                event=value,
+                properties=raw,
+                context=raw if i % 2 else msgspec.Raw(b"{}"),
+                timestamp=moment,
+                original_timestamp=moment - timedelta(microseconds=1) if i % 2 else None,
+                sent_at=moment if i % 3 else None,
+                received_at=moment,
+            )
+        )
+    commands.append(
+        IdentifyCommand(
+            message_id="h-identify", source="ios", anonymous_id="a", traits={"q": HOSTILE},
+            timestamp=BASE, received_at=BASE,
+        )
+    )  # fmt: skip
+    commands.append(
+        AliasCommand(
+            message_id="h-alias", source="web", user_id=MEGABYTE, previous_id="\x00",
+            timestamp=datetime(1970, 1, 1, 0, 0, 1, 999, tzinfo=UTC), received_at=BASE,
+        )
+    )  # fmt: skip
+    return commands
+
+
+@pytest.fixture(params=["compiled", "pure"])
+def native_module(request, monkeypatch) -> str:
+    """Each Native-format test runs with the C module (eventrouter.sinks._native) and
+    with the pure-Python code alone."""
+    if request.param == "compiled":
+        if sink_module._native is None:
+            pytest.fail("eventrouter.sinks._native was not built (a C compiler is needed)")
+    else:
+        monkeypatch.setattr(sink_module, "_native", None)
+    return request.param
+
+
+@pytest.mark.parametrize("sample", ["_sample", "_hostile"])
 @pytest.mark.parametrize("datetime64", [True, False])
-def test_native_columns_are_the_bytes_the_driver_writes(datetime64):
-    """The sink serialises the time columns itself: byte for byte what clickhouse-driver
-    writes for :func:`columns_of`'s values, for every column."""
+def test_native_columns_are_the_bytes_the_driver_writes(datetime64, sample, native_module):
+    """The sink serialises every column itself: byte for byte what clickhouse-driver
+    writes for :func:`columns_of`'s values."""
     from clickhouse_driver.bufferedwriter import BufferedSocketWriter
     from clickhouse_driver.columns.service import write_column
 
@@ -504,9 +568,7 @@ def test_native_columns_are_the_bytes_the_driver_writes(datetime64):
         def sendall(self, data: bytes) -> None:
             self.data += data
 
-    def serialised(name: str, values: list | bytes) -> bytes:
-        if isinstance(values, bytes):
-            return values
+    def serialised(name: str, values: list) -> bytes:
         sock = Captured()
         buffer = BufferedSocketWriter(sock, 1 << 20)
         write_column(context, name, sink_module._native_type(name, datetime64), values, buffer)
@@ -514,7 +576,7 @@ def test_native_columns_are_the_bytes_the_driver_writes(datetime64):
         return sock.data
 
     context = Client("127.0.0.1").connection.context
-    commands = _sample()
+    commands = globals()[sample]()
     commands[0] = msgspec.structs.replace(commands[0], sent_at=BASE, original_timestamp=BASE)
     # UTF-8, and a length prefix of two bytes (a value of 128 bytes or more).
     commands[1] = msgspec.structs.replace(commands[1], event="Réservé ✓ " * 20)
@@ -524,7 +586,7 @@ def test_native_columns_are_the_bytes_the_driver_writes(datetime64):
         driver = sink_module.columns_of(batch, datetime64=datetime64)
         native = sink_module.native_columns(batch, datetime64=datetime64)
         for name, values, ours in zip(STORED_COLUMNS, driver, native, strict=True):
-            assert serialised(name, ours) == serialised(name, list(values)), name
+            assert ours == serialised(name, list(values)), name
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -555,6 +617,42 @@ def test_a_written_batch_reads_back_as_command_values(
                 assert got == (None if value is None else truncated(value, datetime64)), name
             else:
                 assert got == ("" if value is None else value), name
+
+
+@pytest.mark.parametrize("path", ["native", "driver"])
+def test_hostile_values_read_back_exactly(
+    ch_url, tmp_path, version, path, native_module, monkeypatch
+):
+    """Every value of :func:`_hostile` (quotes, NUL, line breaks, emoji, 1 MB, empty,
+    absent) is stored exactly: text as given, JSON as the raw text the client sent, byte
+    for byte, times to the millisecond (the second on 18.16); on the Native path (C or
+    pure Python) and on the driver's."""
+    datetime64 = version >= sink_module.DATETIME64_SINCE
+    if path == "driver":
+        monkeypatch.setattr(sink_module, "_native_type", lambda name, datetime64: "Other")
+    commands = _hostile()
+    sink = make_sink(ch_url, tmp_path)
+    sink.migrate()
+    sink.write(commands)
+    url = driver_url(ch_url)
+    client = Client.from_url(url + ("&" if "?" in url else "?") + "strings_as_bytes=true")
+    try:
+        rows = client.execute(f"SELECT {', '.join(STORED_COLUMNS)} FROM events")
+    finally:
+        client.disconnect()
+    stored = {row[0].decode(): row for row in rows}
+    assert len(stored) == len(rows) == len(commands)
+    for command in commands:
+        row = stored[command.message_id]
+        for name, got, value in zip(STORED_COLUMNS, row, command.values(), strict=True):
+            if name in ("properties", "traits", "context"):
+                assert got == (b"" if value is None else bytes(value)), name
+            elif name in ("timestamp", "original_timestamp", "sent_at", "received_at"):
+                assert got == (None if value is None else truncated(value, datetime64)), name
+            else:
+                assert got == ("" if value is None else value).encode(), name
+    # The raw texts were not re-encoded: whitespace, key order and escapes as sent.
+    assert b'{ "z" : 1,\n  "a": ' in stored["h1-" + HOSTILE[1]][10]
 
 
 def test_split_keys():
