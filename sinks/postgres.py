@@ -266,8 +266,8 @@ _ROLLUP_ROWS = (
 #: statement deleted (erasure) off it. The rows a batch inserts are counted by the sink
 #: itself, in the batch's transaction (:func:`_add_hourly`): since schema version 5 no
 #: insert trigger, whose transition table (a copy of every inserted row, jsonb and all)
-#: and aggregate cost PostgreSQL about 7 µs of its 36 per row (bench/README.md,
-#: "PostgreSQL: where the server's time goes").
+#: and aggregate cost PostgreSQL 2.4-3.7 µs of its 30-36 per row, for about 1 µs of the
+#: sink's (bench/README.md, "PostgreSQL: where the server's time goes").
 ROLLUP_DDL = (
     "CREATE TABLE IF NOT EXISTS events_hourly (hour timestamptz NOT NULL, "
     "type varchar(16) NOT NULL, event text NOT NULL, source text NOT NULL, "
