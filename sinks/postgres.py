@@ -284,7 +284,7 @@ ROLLUP_DDL = (
 )
 #: The insert trigger of schema version 4, which a sink of this version finds (one of
 #: the older version recreated it at its start, during a rolling upgrade) and leaves the
-#: counting to (:func:`_counts_hourly`); ``migrate`` drops it.
+#: counting to (:data:`_COUNTS_HOURLY`); ``migrate`` drops it.
 ROLLUP_INSERT_TRIGGER = "events_hourly_insert"
 ROLLUP_RETIRED = (
     f"DROP TRIGGER IF EXISTS {ROLLUP_INSERT_TRIGGER} ON events",
