@@ -75,7 +75,8 @@ log = logging.getLogger("eventrouter.sinks.postgres")
 #: 2: the primary key holds ``source`` (a messageId is unique per source).
 #: 3: ``event_claims``, which serialises concurrent writers of one event.
 #: 4: ``events_hourly``, the hourly rollup kept by triggers (eventrouter.store.rollup).
-SCHEMA_VERSION = 4
+#: 5: the sink counts the rows it inserts into ``events_hourly`` (no insert trigger).
+SCHEMA_VERSION = 5
 #: Seconds between partition maintenance runs (ahead-of-time creation, retention).
 MAINTENANCE_INTERVAL = 3600.0
 #: On-demand partitions are created for events at most this far from now; events
@@ -261,30 +262,51 @@ _ROLLUP_ROWS = (
     f"SELECT {_HOUR} AS hour, type, coalesce(event, '') AS event, source, count(*) AS n "
     "FROM {rows} GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
 )
-#: Statement triggers with transition tables: one upsert per statement (a COPY of
-#: 10,000 rows is one), of the rows the statement actually inserted or deleted. The
-#: rows go in key order, so two writers' transactions lock them in one order (one
-#: waits for the other's commit; they cannot deadlock).
+#: The table, and the statement trigger (with a transition table) that takes the rows a
+#: statement deleted (erasure) off it. The rows a batch inserts are counted by the sink
+#: itself, in the batch's transaction (:func:`_add_hourly`): since schema version 5 no
+#: insert trigger, whose transition table (a copy of every inserted row, jsonb and all)
+#: and aggregate cost PostgreSQL 2.4-3.7 µs of its 30-36 per row, for about 1 µs of the
+#: sink's (bench/README.md, "PostgreSQL: where the server's time goes").
 ROLLUP_DDL = (
     "CREATE TABLE IF NOT EXISTS events_hourly (hour timestamptz NOT NULL, "
     "type varchar(16) NOT NULL, event text NOT NULL, source text NOT NULL, "
     "n bigint NOT NULL, PRIMARY KEY (hour, type, event, source))",
-    "CREATE OR REPLACE FUNCTION events_hourly_add() RETURNS trigger LANGUAGE plpgsql AS $$ "
-    "BEGIN INSERT INTO events_hourly (hour, type, event, source, n) "
-    + _ROLLUP_ROWS.format(rows="added")
-    + " ON CONFLICT (hour, type, event, source) DO UPDATE SET n = events_hourly.n + EXCLUDED.n; "
-    "RETURN NULL; END $$",
     "CREATE OR REPLACE FUNCTION events_hourly_remove() RETURNS trigger LANGUAGE plpgsql AS $$ "
     "BEGIN UPDATE events_hourly h SET n = h.n - r.n FROM ("
     + _ROLLUP_ROWS.format(rows="removed")
     + ") r WHERE h.hour = r.hour AND h.type = r.type AND h.event = r.event "
     "AND h.source = r.source; "
     "DELETE FROM events_hourly WHERE n <= 0; RETURN NULL; END $$",
-    "CREATE OR REPLACE TRIGGER events_hourly_insert AFTER INSERT ON events "
-    "REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION events_hourly_add()",
     "CREATE OR REPLACE TRIGGER events_hourly_delete AFTER DELETE ON events "
     "REFERENCING OLD TABLE AS removed FOR EACH STATEMENT "
     "EXECUTE FUNCTION events_hourly_remove()",
+)
+#: The insert trigger of schema version 4, which a sink of this version finds (one of
+#: the older version recreated it at its start, during a rolling upgrade) and leaves the
+#: counting to (:data:`_COUNTS_HOURLY`); ``migrate`` drops it.
+ROLLUP_INSERT_TRIGGER = "events_hourly_insert"
+ROLLUP_RETIRED = (
+    f"DROP TRIGGER IF EXISTS {ROLLUP_INSERT_TRIGGER} ON events",
+    "DROP FUNCTION IF EXISTS events_hourly_add()",
+)
+#: The sink's own count of the rows a part inserted: one upsert of a few rows per hour,
+#: type, event and source, in key order, so that two writers' transactions lock them in
+#: one order (one waits for the other's commit; they cannot deadlock).
+_ADD_HOURLY = (
+    "INSERT INTO events_hourly (hour, type, event, source, n) "
+    "SELECT * FROM unnest(%s::timestamptz[], %s::text[], %s::text[], %s::text[], "
+    "%s::bigint[]) AS r(hour, type, event, source, n) ORDER BY 1, 2, 3, 4 "
+    "ON CONFLICT (hour, type, event, source) DO UPDATE SET n = events_hourly.n + EXCLUDED.n"
+)
+#: Whether this transaction counts its rows into ``events_hourly`` itself: the table
+#: exists (a database not yet migrated to schema version 4 has none) and no insert
+#: trigger of schema version 4 does. Asked once ``events`` is locked against DDL (a
+#: ``migrate`` creating the table or an older writer recreating the trigger waits for
+#: this transaction, and this one for theirs), so the answer holds until it commits.
+_COUNTS_HOURLY = (
+    "SELECT to_regclass('events_hourly') IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
+    f"pg_trigger WHERE tgrelid = 'events'::regclass AND tgname = '{ROLLUP_INSERT_TRIGGER}')"
 )
 #: Distinct users per UTC day (``d``), week from Monday (``w``) and month (``m``): one row
 #: per period and user with their events (so that a deletion knows when a user's last
@@ -363,14 +385,24 @@ ROLLUP_BACKFILL = "INSERT INTO events_hourly (hour, type, event, source, n) " + 
 
 
 def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
-    """Create ``events_hourly`` and its triggers (idempotent), filling the table from
-    ``events`` when it is new; with ``users``, the same for ``users_active`` and
-    ``users_active_counts``, and without, drop those. What changed. In the caller's
+    """Create ``events_hourly`` and its delete trigger (idempotent), filling the table
+    from ``events`` when it is new, and drop schema version 4's insert trigger; with
+    ``users``, the same for ``users_active`` and ``users_active_counts``, and without,
+    drop those. What changed. In the caller's
     transaction: an exclusive lock on ``events`` keeps every writer out until it
     commits, so no row is counted twice or missed."""
     hourly = connection.execute(text("SELECT to_regclass('events_hourly')")).scalar()
     counted = connection.execute(text("SELECT to_regclass('users_active_counts')")).scalar()
     changes = []
+    insert_trigger = connection.execute(
+        text("SELECT 1 FROM pg_trigger WHERE tgrelid = 'events'::regclass AND tgname = :name"),
+        {"name": ROLLUP_INSERT_TRIGGER},
+    ).scalar()
+    if insert_trigger:
+        # Schema 4 → 5: writers count their rows from now on (see _COUNTS_HOURLY).
+        for statement in ROLLUP_RETIRED:
+            connection.execute(text(statement))
+        changes.append("the sink counts events_hourly (insert trigger dropped)")
     if hourly is not None and (counted is not None) == users:
         # The functions follow this release's.
         for statement in (*ROLLUP_DDL[1:], *(USERS_DDL[3:] if users else ())):
@@ -826,6 +858,9 @@ class PostgresSink(Sink):
         raw = self.engine.raw_connection()
         try:
             with raw.cursor() as cursor:
+                # Locked before anything is read: see _COUNTS_HOURLY.
+                cursor.execute("LOCK TABLE ONLY events IN ROW EXCLUSIVE MODE")
+                counting = cursor.execute(_COUNTS_HOURLY).fetchone()[0]
                 stored = _already_stored(cursor, fresh)
                 if stored:
                     fresh = [c for c in fresh if (c.source, c.message_id) not in stored]
@@ -842,12 +877,14 @@ class PostgresSink(Sink):
                     # partitions.
                     with raw.driver_connection.transaction():
                         copy_rows(cursor, _copy_sql("events"), fresh)
-                    inserted = len(fresh)
                 except psycopg.errors.UniqueViolation:
                     # A writer that claims nothing (an older version, during a rolling
                     # upgrade) stored some of them meanwhile: through the staging table,
                     # skipping those.
-                    inserted, raced = _insert_skipping_stored(cursor, fresh), True
+                    fresh, raced = _insert_skipping_stored(cursor, fresh), True
+                inserted = len(fresh)
+                if counting:
+                    _add_hourly(cursor, fresh)
                 if identities:
                     _upsert_identities(cursor, identities)
             raw.commit()
@@ -914,7 +951,8 @@ _ALREADY_STORED = (
     "AND timestamp BETWEEN %s AND %s"
 )
 _MOVE_STAGED = (
-    f"INSERT INTO events ({_COLUMNS}) SELECT {_COLUMNS} FROM events_staging ON CONFLICT DO NOTHING"
+    f"INSERT INTO events ({_COLUMNS}) SELECT {_COLUMNS} FROM events_staging ON CONFLICT DO NOTHING "
+    "RETURNING source, message_id"
 )
 
 
@@ -978,7 +1016,9 @@ def _claim(cursor: Any, commands: Sequence[Command]) -> set[tuple[str, str]] | N
     return set(cursor.fetchall())
 
 
-def _insert_skipping_stored(cursor: Any, commands: Sequence[Command]) -> int:
+def _insert_skipping_stored(cursor: Any, commands: Sequence[Command]) -> list[Command]:
+    """Insert ``commands`` (no source and message id twice) but those stored already,
+    through a staging table; the ones inserted."""
     cursor.execute(
         "CREATE TEMP TABLE IF NOT EXISTS events_staging "
         "(LIKE events INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
@@ -986,7 +1026,35 @@ def _insert_skipping_stored(cursor: Any, commands: Sequence[Command]) -> int:
     cursor.execute("TRUNCATE events_staging")
     copy_rows(cursor, _copy_sql("events_staging"), commands)
     cursor.execute(_MOVE_STAGED)
-    return cursor.rowcount
+    inserted = set(cursor.fetchall())
+    return [c for c in commands if (c.source, c.message_id) in inserted]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_HOUR = timedelta(hours=1)
+
+
+def hourly_counts(commands: Iterable[Command]) -> dict[tuple[int, str, str, str], int]:
+    """How many of ``commands`` fall in each ``events_hourly`` row: by (UTC hour as hours
+    since 1970, ``type``, ``event`` or ``''``, ``source``), the grouping of
+    :data:`_ROLLUP_ROWS`. Exact integer arithmetic on the time (no float rounding at an
+    hour's edge)."""
+    counts: dict[tuple[int, str, str, str], int] = {}
+    for c in commands:
+        hour = (c.timestamp - _EPOCH) // _ONE_HOUR
+        key = (hour, c.kind, getattr(c, "event", None) or "", c.source)
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _add_hourly(cursor: Any, commands: Sequence[Command]) -> None:
+    """Add the rows of ``commands`` (just inserted, in the cursor's transaction) to
+    ``events_hourly``: one upsert (:data:`_ADD_HOURLY`)."""
+    counts = hourly_counts(commands)
+    if not counts:
+        return
+    rows = [(_EPOCH + hour * _ONE_HOUR, *rest, n) for (hour, *rest), n in counts.items()]
+    cursor.execute(_ADD_HOURLY, _columns(rows))
 
 
 #: jsonb's binary form: a version byte, then the JSON text.

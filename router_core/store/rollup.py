@@ -3,9 +3,10 @@ database itself so that the dashboard's chart, top values and counts read a few
 thousand rows instead of every event in the range.
 
 ``events_hourly`` holds, for each hour of ``timestamp`` (UTC) and each ``type``,
-``event`` and ``source``, how many rows ``events`` holds (``n``). A store keeps it with
-triggers on ``events`` (SQLite: a row trigger; PostgreSQL: statement triggers with
-transition tables), so it changes in the same transaction as the rows it counts:
+``event`` and ``source``, how many rows ``events`` holds (``n``). A store keeps it in
+the same transaction as the rows it counts (SQLite: row triggers on ``events``;
+PostgreSQL: the sink counts the rows each transaction inserted, and a statement trigger
+with a transition table takes deleted rows off):
 
 - an insert counts only the rows actually inserted (a redelivered copy that the unique
   key refuses fires nothing);

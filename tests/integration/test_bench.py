@@ -337,6 +337,26 @@ def test_sink_bench_writes_every_row_and_counts_the_store_backends_cpu(bench) ->
     assert result.cpu_store > 0.05
 
 
+def test_sink_bench_counts_its_own_database_backends_not_others(bench) -> None:
+    """On a shared machine other programs' PostgreSQL backends run beside the benchmark:
+    the store's CPU counts the backends of the benchmark's database and the server's
+    WAL writer, never another database's backend."""
+    import psycopg
+
+    admin = "postgresql://postgres@127.0.0.1:5432/test"
+    with psycopg.connect(admin) as first, psycopg.connect(admin) as second:
+        backends = {
+            first.execute("SELECT pg_backend_pid()").fetchone()[0],
+            second.execute("SELECT pg_backend_pid()").fetchone()[0],
+        }
+        # "test" stands for the benchmark's database; a made-up name for another's.
+        counted = bench.sink_bench._postgres_processes("test")
+        elsewhere = bench.sink_bench._postgres_processes("bench_no_such_database")
+    assert backends <= set(counted)
+    assert not backends & set(elsewhere)
+    assert elsewhere and set(elsewhere) <= set(counted)  # the shared writers, in both
+
+
 def test_the_prototype_validates_and_publishes_the_raw_body() -> None:
     """bench/prototype_app.py, the reference the queue mode is compared with: a valid
     body is answered 200 once RabbitMQ holds it, byte for byte; an invalid one 400; and

@@ -262,13 +262,13 @@ def test_migrate_command_creates_the_schema_idempotently(pg_url, tmp_path):
     for _ in range(2):
         result = run_eventrouter("migrate", "--config", str(path))
         assert result.returncode == 0, result.stderr
-        assert "warehouse (postgres): schema version 4" in result.stdout
+        assert "warehouse (postgres): schema version 5" in result.stdout
     tables = {row[0] for row in sql(pg_url, "SELECT tablename FROM pg_tables")}
     # No WAL for the claims (docs/postgres.md, "event_claims").
     persistence = sql(pg_url, "SELECT relpersistence FROM pg_class WHERE relname = 'event_claims'")
     assert persistence == [("u",)]
     assert {"events", "events_default", "users", "groups", "identities", "event_claims"} <= tables
-    assert sql(pg_url, "SELECT version FROM eventrouter_schema") == [(4,)]
+    assert sql(pg_url, "SELECT version FROM eventrouter_schema") == [(5,)]
 
 
 def test_through_the_queue_and_worker(amqp_env, pg_url):
@@ -493,11 +493,89 @@ def test_a_schema_2_database_is_written_without_claims_until_migrate_adds_them(p
         sink.write(batch)
         sink.write(batch)  # a redelivery: skipped as before (rows found)
         assert sql(pg_url, "SELECT count(*) FROM events") == [(10,)]
-        assert "schema version 4" in sink.migrate()
-        assert sql(pg_url, "SELECT max(version) FROM eventrouter_schema") == [(4,)]
+        assert "schema version 5" in sink.migrate()
+        assert sql(pg_url, "SELECT max(version) FROM eventrouter_schema") == [(5,)]
         sink.write(_tracks(4))
         assert sql(pg_url, "SELECT count(*) FROM event_claims") == [(4,)]
         assert sql(pg_url, "SELECT count(*) FROM events") == [(14,)]
+    finally:
+        sink.stop()
+
+
+#: ``events_hourly`` as it should be: counted from ``events``.
+_HOURLY_FROM_EVENTS = (
+    "SELECT date_trunc('hour', timestamp AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', type, "
+    "coalesce(event, ''), source, count(*) FROM events GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4"
+)
+_HOURLY = "SELECT hour, type, event, source, n FROM events_hourly ORDER BY 1, 2, 3, 4"
+#: Schema version 4's insert trigger, as a writer of that version (re)creates it at its
+#: start during a rolling upgrade.
+_V4_INSERT_TRIGGER = (
+    "CREATE OR REPLACE FUNCTION events_hourly_add() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN INSERT INTO events_hourly (hour, type, event, source, n) "
+    "SELECT date_trunc('hour', timestamp AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', type, "
+    "coalesce(event, ''), source, count(*) FROM added GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4 "
+    "ON CONFLICT (hour, type, event, source) DO UPDATE SET n = events_hourly.n + EXCLUDED.n; "
+    "RETURN NULL; END $$; "
+    "CREATE OR REPLACE TRIGGER events_hourly_insert AFTER INSERT ON events "
+    "REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION events_hourly_add()"
+)
+
+
+def _spread(commands: list, hours: int) -> list:
+    """``commands`` moved back 0 to ``hours - 1`` hours, in turn, half of them named "f"."""
+    return [
+        msgspec.structs.replace(
+            c,
+            timestamp=c.timestamp - timedelta(hours=i % hours),
+            event="f" if i % 2 else c.event,
+        )
+        for i, c in enumerate(commands)
+    ]
+
+
+def test_the_sink_counts_events_hourly_once_whoever_else_writes(pg_url, tmp_path, monkeypatch):
+    """Schema version 5: the sink counts the rows it inserts into ``events_hourly`` (no
+    insert trigger): the rollup equals a count of ``events`` after plain writes, a
+    redelivery, a write beside schema version 4's trigger (an older writer recreated
+    it: counted by the trigger, not twice), a write that met rows another writer
+    committed (the staging way: only the rows inserted count), and after ``migrate``
+    dropped that trigger again."""
+    from eventrouter.sinks import postgres
+
+    config = make_config(tmp_path, {"sinks": {"warehouse": pg_sink(pg_url)}})
+    sink = Bus(config, make_plugin_manager(config)).sinks["warehouse"]
+    sink.migrate()
+    triggers = "SELECT tgname FROM pg_trigger WHERE tgrelid = 'events'::regclass ORDER BY 1"
+    try:
+        assert [name for (name,) in sql(pg_url, triggers)] == ["events_hourly_delete"]
+        first = _spread(_tracks(12_000), 3)  # two parallel parts
+        sink.write(first)
+        sink.write(first)  # a redelivery: nothing inserted, nothing counted
+        assert sql(pg_url, "SELECT count(*) FROM events") == [(12_000,)]
+        assert sql(pg_url, _HOURLY) == sql(pg_url, _HOURLY_FROM_EVENTS)
+        assert len(sql(pg_url, _HOURLY)) == 6
+
+        execute(pg_url, _V4_INSERT_TRIGGER)
+        sink.write(_spread(_tracks(300, event="g"), 2))
+        assert sql(pg_url, "SELECT count(*) FROM events") == [(12_300,)]
+        assert sql(pg_url, _HOURLY) == sql(pg_url, _HOURLY_FROM_EVENTS)
+
+        assert "insert trigger dropped" in sink.migrate()
+        assert [name for (name,) in sql(pg_url, triggers)] == ["events_hourly_delete"]
+        assert "insert trigger" not in sink.migrate()  # once
+
+        # Rows committed by a writer that claims nothing after this one's check: the
+        # COPY meets them and the rest go the staging way.
+        third = _spread(_tracks(400, event="h"), 4)
+        sink.write(third[:150])
+        monkeypatch.setattr(postgres, "_already_stored", lambda cursor, commands: set())
+        sink._claims = False
+        before = sink.races
+        sink.write(third)
+        assert sink.races == before + 1
+        assert sql(pg_url, "SELECT count(*) FROM events") == [(12_700,)]
+        assert sql(pg_url, _HOURLY) == sql(pg_url, _HOURLY_FROM_EVENTS)
     finally:
         sink.stop()
 

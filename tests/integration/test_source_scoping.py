@@ -530,7 +530,7 @@ def test_migrate_upgrades_an_old_postgres_store(tmp_path):
         config = tmp_path / "pg.toml"
         config.write_text(to_toml({"sinks": {"warehouse": {**sink, "migrate_on_start": False}}}))
         first = migrate(config)
-        assert "schema version 4" in first
+        assert "schema version 5" in first
         assert "primary key upgraded to (message_id, source, timestamp)" in first
         assert pg(url, PG_ROWS) == before
         # Schema 4's rollup, filled from the stored rows.
@@ -548,10 +548,10 @@ def test_migrate_upgrades_an_old_postgres_store(tmp_path):
             "WHERE i.inhparent = 'events_pkey'::regclass",
         )
         assert attached == [(len(partitions),)]
-        assert pg(url, "SELECT max(version) FROM eventrouter_schema") == [(4,)]
+        assert pg(url, "SELECT max(version) FROM eventrouter_schema") == [(5,)]
 
         second = migrate(config)
-        assert "upgraded" not in second and "schema version 4" in second
+        assert "upgraded" not in second and "schema version 5" in second
         assert pg(url, PG_KEYS) == keys
         assert pg(url, PG_ROWS) == before
 
