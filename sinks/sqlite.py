@@ -4,8 +4,9 @@ The framework group-commits on a writer thread of its own (``dedicated_writer``;
 ``eventrouter.bus.outlet``: every request that arrives while a commit runs joins the
 next one, per ``batch``) and retries a failed commit (per ``retry``;
 :meth:`SQLiteSink.is_retryable` says which errors may pass). Each write builds its row
-values, takes the write lock, inserts them in one transaction and commits; only then
-does the write return: a request's ``200``
+values, takes the write lock, inserts them in one transaction, counts the rows it
+inserted into the rollups (one statement per rollup, not a trigger per row) and commits;
+only then does the write return: a request's ``200``
 means its events are committed (in the OS with ``synchronous = "normal"``, fsynced with
 ``"full"``). Several gunicorn workers write the same file; an exclusive ``flock`` on
 ``<db>.lock`` serialises their transactions in the kernel, waking the next writer the
@@ -40,7 +41,9 @@ from eventrouter.events.commands import STORED_COLUMNS, Command
 from eventrouter.files import open_private
 from eventrouter.health import ComponentHealth
 from eventrouter.sinks.sqlite_store import (
+    LAST_ROWID,
     SQLiteStore,
+    count_statements,
     ensure_rollup,
     sqlite_engine,
     sqlite_path,
@@ -359,7 +362,12 @@ class SQLiteSink(Sink):
                 locked = time.monotonic()
                 cursor = connection.cursor()
                 try:
+                    counts = self._count_statements(cursor)
+                    if counts:
+                        (last,) = cursor.execute(LAST_ROWID).fetchone()
                     insert_values(cursor, values, rows)
+                    for sql in counts:
+                        cursor.execute(sql, (last,))
                 finally:
                     cursor.close()
                 inserted = time.monotonic()
@@ -382,6 +390,18 @@ class SQLiteSink(Sink):
         self.commits += 1
         self.committed_events += rows
         return None
+
+    def _count_statements(self, cursor: Any) -> tuple[str, ...]:
+        """The statements that count this commit's inserts into the rollups
+        (:func:`eventrouter.sinks.sqlite_store.count_statements`), looked up again only
+        when the schema changed (a migration, another process's start); read under the
+        writers' lock, which every schema change takes too."""
+        (version,) = cursor.execute("PRAGMA schema_version").fetchone()
+        local = self._local
+        if getattr(local, "schema_version", None) != version:
+            local.counts = count_statements(cursor)
+            local.schema_version = version
+        return local.counts
 
     def _checkpoint_loop(self) -> None:
         """Keep the WAL short and flushed without making commits pay for either.

@@ -3,12 +3,13 @@ database itself so that the dashboard's chart, top values and counts read a few
 thousand rows instead of every event in the range.
 
 ``events_hourly`` holds, for each hour of ``timestamp`` (UTC) and each ``type``,
-``event`` and ``source``, how many rows ``events`` holds (``n``). A store keeps it with
-triggers on ``events`` (SQLite: a row trigger; PostgreSQL: statement triggers with
-transition tables), so it changes in the same transaction as the rows it counts:
+``event`` and ``source``, how many rows ``events`` holds (``n``). A store keeps it in
+the same transaction as the rows it counts (SQLite: the sink counts each commit's
+inserts in one statement, and row triggers take deleted rows off; PostgreSQL: statement
+triggers with transition tables):
 
 - an insert counts only the rows actually inserted (a redelivered copy that the unique
-  key refuses fires nothing);
+  key refuses is not counted);
 - a delete (``eventrouter privacy delete``) takes its rows off again;
 - dropping old rows wholesale (PostgreSQL's retention drops a partition, which fires no
   trigger) trims the matching hours in the same transaction (the store's own code);
@@ -16,8 +17,8 @@ transition tables), so it changes in the same transaction as the rows it counts:
 
 Beside it, ``users_active`` and ``users_active_counts`` keep the distinct users (the
 ``user_id``, else the ``anonymous_id``) per UTC day, week (from Monday) and month: one
-row per period and user with their events, and the users per period, kept by the same
-triggers; :meth:`EventStore.active_users` reads the counts when it asks for no filter
+row per period and user with their events, and the users per period, kept the same
+way; :meth:`EventStore.active_users` reads the counts when it asks for no filter
 and no breakdown.
 
 An event without a name (any call but track) is kept under :data:`NO_EVENT`. Stores
