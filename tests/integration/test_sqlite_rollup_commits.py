@@ -277,3 +277,21 @@ def test_the_batch_statement_keeps_every_json_column_as_sent(keyed):
     keyed.write(command)
     assert keyed.rows("SELECT properties FROM events") == [('{"plan": "pro", "n": 1}',)]
     assert sum(keyed.hourly().values()) == 1
+
+
+def test_missing_values_are_stored_as_sql_null(keyed):
+    """The write path binds a float NaN for a missing value (sinks/sqlite.py, NULL):
+    SQLite stores it as NULL, as a bound None would be, in every column."""
+    keyed.write(identify("j1", 0, user="u1"), page("j2", 0, "anon-3"))
+    rows = keyed.rows(
+        "SELECT message_id, typeof(event), typeof(name), typeof(user_id), "
+        "typeof(anonymous_id), typeof(group_id), typeof(previous_id), typeof(session_id), "
+        "typeof(properties), typeof(traits), typeof(original_timestamp), typeof(sent_at), "
+        "typeof(timestamp) FROM events ORDER BY message_id"
+    )
+    null = "null"
+    assert rows == [
+        ("j1", null, null, "text", null, null, null, null, null, "text", null, null, "text"),
+        ("j2", null, "text", null, "text", null, null, null, "text", null, null, null, "text"),
+    ]
+    assert keyed.rows("SELECT count(*) FROM events WHERE user_id IS NULL") == [(1,)]
