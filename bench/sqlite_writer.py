@@ -8,9 +8,10 @@ The embedded edge's writer thread calls ``SQLiteSink.write`` with each group of
 requests; this script calls it directly, in commits of ``--commit`` events (bench/sinks.py's
 783-byte track events, each commit with message ids of its own), into a fresh database
 under /tmp with the sink's defaults (indexes ``user_id`` and ``event``, the hourly
-rollup; ``--unique-users`` adds ``users_active``). It prints one JSON line: events/s,
-the process's CPU µs per event (the writer and the sink's checkpoint thread), the bytes
-the process wrote (``wchar``: WAL, checkpoints) and the database's bytes per event.
+rollup; ``--unique-users`` adds ``users_active``, ``--no-rollups`` keeps none). It
+prints one JSON line: events/s, the process's CPU µs per event (the writer and the
+sink's checkpoint thread), the bytes the process wrote (``wchar``: WAL, checkpoints) and
+the database's bytes per event.
 
 ``--callgrind`` counts instead of timing, so that an A/B holds on a busy machine: a
 child runs under ``valgrind --tool=callgrind`` (Debian's ``valgrind``), writes five
@@ -39,6 +40,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
+import eventrouter.sinks.sqlite as sqlite_sink  # noqa: E402
 from eventrouter.sinks.sqlite import SQLiteOptions, SQLiteSink  # noqa: E402
 from sinks import base_commands, batch_of  # noqa: E402
 
@@ -47,6 +49,8 @@ WARM_UP = 5
 
 
 def make_sink(directory: str, args: argparse.Namespace) -> SQLiteSink:
+    if args.no_rollups:  # as bench/rollups.py ingest does: the store keeps no rollup
+        sqlite_sink.ensure_rollup = lambda connection, users=False: []
     indexes = [name for name in args.indexes.split(",") if name]
     options = SQLiteOptions(
         url=f"sqlite:///{directory}/events.db", indexes=indexes, unique_users=args.unique_users
@@ -123,6 +127,7 @@ def counted(args: argparse.Namespace) -> dict:
         out = work / "callgrind.out"
         options = ["--reps", str(args.reps), "--commit", str(args.commit)]
         options += ["--indexes", args.indexes] + (["--unique-users"] if args.unique_users else [])
+        options += ["--no-rollups"] if args.no_rollups else []
         subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
              "--dump-before=getppid", sys.executable, __file__, "--child", *options],
@@ -149,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit", type=int, default=1000, help="events per commit [1000]")
     parser.add_argument("--unique-users", action="store_true", help="keep users_active too")
     parser.add_argument("--indexes", default="user_id,event", help="the sink's indexes")
+    parser.add_argument("--no-rollups", action="store_true", help="keep no rollup at all")
     parser.add_argument("--callgrind", action="store_true", help="count instructions instead")
     parser.add_argument("--reps", type=int, default=2, help="--callgrind: commits, then 3x [2]")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -157,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         child(args)
         return 0
     result = counted(args) if args.callgrind else timed(args)
-    print(json.dumps({**result, "unique_users": args.unique_users, "indexes": args.indexes}))
+    options = {"unique_users": args.unique_users, "rollups": not args.no_rollups}
+    print(json.dumps({**result, **options, "indexes": args.indexes}))
     return 0
 
 

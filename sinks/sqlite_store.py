@@ -277,17 +277,22 @@ def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
     ``users_active_counts``, and without, drop those. Run under the writers' lock (no row
     can arrive meanwhile). What changed. Python's sqlite3 may commit a table before its
     triggers: a rollup found without every trigger (a crash in between) is dropped and
-    made again. The triggers keep deletes and updates; inserts are counted by the sink
-    once per commit (:func:`count_statements`), and an earlier release's insert trigger
-    is dropped where found."""
+    made again, and so is a rollup whose table was dropped (the way to count it again
+    from ``events``, e.g. after rows were written there by other means than the sink).
+    The triggers keep deletes and updates; inserts are counted by the sink once per
+    commit (:func:`count_statements`), and an earlier release's insert trigger is
+    dropped where found."""
     found = {
         name
         for (name,) in connection.exec_driver_sql(
             "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
         )
     }
+    hourly = connection.exec_driver_sql(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events_hourly'"
+    ).first()
     changes = []
-    if not found.issuperset(ROLLUP_TRIGGERS):
+    if hourly is None or not found.issuperset(ROLLUP_TRIGGERS):
         for name in (*ROLLUP_TRIGGERS, INSERT_TRIGGERS["events_hourly"]):
             connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
         connection.exec_driver_sql("DROP TABLE IF EXISTS events_hourly")

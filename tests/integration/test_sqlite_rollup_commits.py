@@ -295,3 +295,33 @@ def test_missing_values_are_stored_as_sql_null(keyed):
         ("j2", null, "text", null, "text", null, null, null, "text", null, null, null, "text"),
     ]
     assert keyed.rows("SELECT count(*) FROM events WHERE user_id IS NULL") == [(1,)]
+
+
+def test_rows_written_by_other_means_are_counted_again_by_dropping_the_rollup(tmp_path):
+    """Only the sink counts inserts: a row written into ``events`` by hand is not in the
+    rollup until the operator drops ``events_hourly`` and migrates (here: a restart)."""
+    path = tmp_path / "by-hand.db"
+    store = Store(path)
+    store.write(track("k1", 0), track("k2", 3))
+    store.stop()
+    with sqlite3.connect(path) as connection:
+        connection.execute(
+            "INSERT INTO events (message_id, type, event, source, user_id, timestamp, "
+            "received_at) VALUES ('k3', 'track', 'Viewed', 'web', 'u1', "
+            "'2026-01-01 10:05:00.000000', '2026-01-01 10:05:00.000000')"
+        )
+        assert connection.execute("SELECT sum(n) FROM events_hourly").fetchone() == (2,)
+        connection.execute("DROP TABLE events_hourly")
+    store = Store(path)
+    try:
+        assert sum(store.hourly().values()) == 3
+        store.write(track("k4", 0))
+        assert sum(store.hourly().values()) == 4
+        eraser = store.sink.store().eraser()  # the delete trigger finds its table again
+        try:
+            assert eraser.delete({"u1"}, set(), dry_run=False, wait=30).events == 4
+        finally:
+            eraser.close()
+        assert store.hourly() == {}
+    finally:
+        store.stop()
