@@ -145,11 +145,7 @@ ROLLUP_DDL = (
     "INSERT INTO events_hourly (hour, type, event, source, n) "
     f"SELECT {_HOUR.format(row='')}, type, coalesce(event, ''), source, count(*) "
     "FROM events GROUP BY 1, 2, 3, 4",
-    # Fired only for rows inserted: INSERT OR IGNORE of a redelivered copy fires nothing.
-    "CREATE TRIGGER events_hourly_insert AFTER INSERT ON events BEGIN "
-    "INSERT INTO events_hourly (hour, type, event, source, n) VALUES "
-    f"({_HOUR.format(row='NEW.')}, NEW.type, coalesce(NEW.event, ''), NEW.source, 1) "
-    "ON CONFLICT (hour, type, event, source) DO UPDATE SET n = n + 1; END",
+    # Inserts are counted by the sink, once per commit (ROLLUP_COUNT), not by a trigger.
     "CREATE TRIGGER events_hourly_delete AFTER DELETE ON events BEGIN "
     f"UPDATE events_hourly SET n = n - 1 WHERE {_OLD_KEY}; "
     f"DELETE FROM events_hourly WHERE {_OLD_KEY} "
@@ -203,11 +199,7 @@ USERS_DDL = (
     "WHERE kind = OLD.kind AND start = OLD.start; "
     "DELETE FROM users_active_counts WHERE kind = OLD.kind AND start = OLD.start "
     "AND users <= 0; END",
-    "CREATE TRIGGER users_active_insert AFTER INSERT ON events "
-    f"WHEN {_USER.format(row='NEW.')} IS NOT NULL BEGIN "
-    "INSERT INTO users_active (kind, start, user_key, n) "
-    f"SELECT kind, start, {_USER.format(row='NEW.')}, 1 FROM ({_PERIODS.format(row='NEW.')}) "
-    "WHERE true ON CONFLICT (kind, start, user_key) DO UPDATE SET n = n + 1; END",
+    # Inserts are counted by the sink, once per commit (USERS_COUNT), not by a trigger.
     "CREATE TRIGGER users_active_delete AFTER DELETE ON events "
     f"WHEN {_USER.format(row='OLD.')} IS NOT NULL BEGIN "
     "UPDATE users_active SET n = n - 1 WHERE user_key = "
@@ -215,9 +207,68 @@ USERS_DDL = (
     f"DELETE FROM users_active WHERE user_key = {_USER.format(row='OLD.')} "
     f"AND (kind, start) IN ({_PERIODS.format(row='OLD.')}) AND n <= 0; END",
 )
-ROLLUP_TRIGGERS = ("events_hourly_insert", "events_hourly_delete", "events_hourly_update")
-USERS_TRIGGERS = ("users_active_insert", "users_active_delete")
+ROLLUP_TRIGGERS = ("events_hourly_delete", "events_hourly_update")
+USERS_TRIGGERS = ("users_active_delete",)
 USERS_TABLES = ("users_active", "users_active_counts")
+#: The per-row insert triggers of earlier releases, by the table they counted into:
+#: dropped by :func:`ensure_rollup` (the counts they kept stay right; the sink counts
+#: from then on), and while one is found the sink leaves that table to it.
+INSERT_TRIGGERS = {"events_hourly": "events_hourly_insert", "users_active": "users_active_insert"}
+
+# -- counting a commit's inserts ---------------------------------------------------------
+# The sink counts the rows it inserted once per commit, in the same transaction, instead
+# of a trigger per row (which ran an upsert for every event: about 4-5 µs of the
+# writer's time each, bench/README.md "Per-commit rollups"). The rows a commit inserted
+# are exactly those past the largest ``rowid`` before its first insert: SQLite gives a
+# new row the largest rowid + 1, the writers' lock keeps every other writer out, and a
+# redelivered copy that the unique key refuses (INSERT OR IGNORE) is no row at all, so
+# it is not counted. (Only a table whose largest rowid reached 2**63 - 1 would get
+# random rowids; at a million events a second that takes 290,000 years.)
+#: The largest rowid of ``events`` before a commit's inserts (0: an empty table).
+LAST_ROWID = "SELECT coalesce(max(rowid), 0) FROM events"
+#: The hourly counts of the rows past rowid ``?``, added into ``events_hourly``.
+ROLLUP_COUNT = (
+    "INSERT INTO events_hourly (hour, type, event, source, n) "
+    f"SELECT {_HOUR.format(row='')}, type, coalesce(event, ''), source, count(*) "
+    "FROM events WHERE rowid > ?1 GROUP BY 1, 2, 3, 4 "
+    "ON CONFLICT (hour, type, event, source) DO UPDATE SET n = n + excluded.n"
+)
+#: The users of the rows past rowid ``?`` with their events, per day, week and month,
+#: added into ``users_active``; a user new to a period fires ``users_active_new``
+#: (an upsert that updates fires no insert trigger), which counts them in.
+USERS_COUNT = (
+    "INSERT INTO users_active (kind, start, user_key, n) "
+    "SELECT kind, start, user_key, count(*) FROM ("
+    + " UNION ALL ".join(
+        f"SELECT '{kind}' AS kind, {start.format(row='')} AS start, "
+        f"{_USER.format(row='')} AS user_key FROM events "
+        f"WHERE rowid > ?1 AND {_USER.format(row='')} IS NOT NULL"
+        for kind, start in _PERIOD_START.items()
+    )
+    + ") WHERE true GROUP BY 1, 2, 3 "
+    "ON CONFLICT (kind, start, user_key) DO UPDATE SET n = n + excluded.n"
+)
+_COUNTS = {"events_hourly": ROLLUP_COUNT, "users_active": USERS_COUNT}
+
+
+def count_statements(connection: Any) -> tuple[str, ...]:
+    """The statements that count a commit's inserts into the rollups this database keeps
+    (:data:`ROLLUP_COUNT`, :data:`USERS_COUNT`), each run with the rowid
+    :data:`LAST_ROWID` read before the commit's first insert. A rollup still kept by an
+    earlier release's insert trigger (a process of that release created it again) is
+    left to its trigger: counted once, never twice. ``connection``: a DB-API one."""
+    schema = {
+        name
+        for (name,) in connection.execute(
+            "SELECT name FROM sqlite_master WHERE name IN (?, ?, ?, ?)",
+            (*_COUNTS, *INSERT_TRIGGERS.values()),
+        )
+    }
+    return tuple(
+        sql
+        for table, sql in _COUNTS.items()
+        if table in schema and INSERT_TRIGGERS[table] not in schema
+    )
 
 
 def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
@@ -226,21 +277,31 @@ def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
     ``users_active_counts``, and without, drop those. Run under the writers' lock (no row
     can arrive meanwhile). What changed. Python's sqlite3 may commit a table before its
     triggers: a rollup found without every trigger (a crash in between) is dropped and
-    made again."""
+    made again, and so is a rollup whose table was dropped (the way to count it again
+    from ``events``, e.g. after rows were written there by other means than the sink).
+    The triggers keep deletes and updates; inserts are counted by the sink once per
+    commit (:func:`count_statements`), and an earlier release's insert trigger is
+    dropped where found."""
     found = {
         name
         for (name,) in connection.exec_driver_sql(
             "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
         )
     }
+    hourly = connection.exec_driver_sql(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events_hourly'"
+    ).first()
     changes = []
-    if not found.issuperset(ROLLUP_TRIGGERS):
-        for name in ROLLUP_TRIGGERS:
+    if hourly is None or not found.issuperset(ROLLUP_TRIGGERS):
+        for name in (*ROLLUP_TRIGGERS, INSERT_TRIGGERS["events_hourly"]):
             connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
         connection.exec_driver_sql("DROP TABLE IF EXISTS events_hourly")
         for statement in ROLLUP_DDL:
             connection.exec_driver_sql(statement)
         changes.append("created events_hourly")
+    elif INSERT_TRIGGERS["events_hourly"] in found:
+        connection.exec_driver_sql(f"DROP TRIGGER {INSERT_TRIGGERS['events_hourly']}")
+        changes.append("events_hourly counted per commit")
     tables = {
         name
         for (name,) in connection.exec_driver_sql(
@@ -248,9 +309,9 @@ def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
         )
     }
     complete = found.issuperset(USERS_TRIGGERS) and tables.issuperset(USERS_TABLES)
-    leftover = bool(found & set(USERS_TRIGGERS) or tables)
+    leftover = bool(found & {*USERS_TRIGGERS, INSERT_TRIGGERS["users_active"]} or tables)
     if complete != users or (not users and leftover):
-        for name in USERS_TRIGGERS:
+        for name in (*USERS_TRIGGERS, INSERT_TRIGGERS["users_active"]):
             connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
         for table in USERS_TABLES:
             connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
@@ -260,6 +321,9 @@ def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
             changes.append("created users_active")
         else:
             changes.append("dropped users_active")
+    elif users and INSERT_TRIGGERS["users_active"] in found:
+        connection.exec_driver_sql(f"DROP TRIGGER {INSERT_TRIGGERS['users_active']}")
+        changes.append("users_active counted per commit")
     return changes
 
 

@@ -4,12 +4,13 @@ thousand rows instead of every event in the range.
 
 ``events_hourly`` holds, for each hour of ``timestamp`` (UTC) and each ``type``,
 ``event`` and ``source``, how many rows ``events`` holds (``n``). A store keeps it in
-the same transaction as the rows it counts (SQLite: row triggers on ``events``;
-PostgreSQL: the sink counts the rows each transaction inserted, and a statement trigger
-with a transition table takes deleted rows off):
+the same transaction as the rows it counts (SQLite: the sink counts each commit's
+inserts in one statement, and row triggers take deleted rows off; PostgreSQL: the sink
+counts the rows each transaction inserted, and a statement trigger with a transition
+table takes deleted rows off):
 
 - an insert counts only the rows actually inserted (a redelivered copy that the unique
-  key refuses fires nothing);
+  key refuses is not counted);
 - a delete (``eventrouter privacy delete``) takes its rows off again;
 - dropping old rows wholesale (PostgreSQL's retention drops a partition, which fires no
   trigger) trims the matching hours in the same transaction (the store's own code);
@@ -17,8 +18,8 @@ with a transition table takes deleted rows off):
 
 Beside it, ``users_active`` and ``users_active_counts`` keep the distinct users (the
 ``user_id``, else the ``anonymous_id``) per UTC day, week (from Monday) and month: one
-row per period and user with their events, and the users per period, kept by the same
-triggers; :meth:`EventStore.active_users` reads the counts when it asks for no filter
+row per period and user with their events, and the users per period, kept the same
+way; :meth:`EventStore.active_users` reads the counts when it asks for no filter
 and no breakdown.
 
 An event without a name (any call but track) is kept under :data:`NO_EVENT`. Stores
