@@ -1,6 +1,7 @@
-"""The compiled scanner (``eventrouter._scan``, router_core/_scan.c) is optional: setup.py
-builds it where a C compiler is, and a build without one still succeeds, leaving the
-module out (eventrouter.scan then runs its pure-Python code). Both builds run here, in a
+"""The compiled modules (``eventrouter._scan``, router_core/_scan.c, and
+``eventrouter.sinks._native``, sinks/_native.c) are optional: setup.py builds them where
+a C compiler is, and a build without one still succeeds, leaving them out (eventrouter.scan
+and the ClickHouse sink then run their pure-Python code). Both builds run here, in a
 copy of what the build reads, with the venv's locked setuptools and no network."""
 
 from __future__ import annotations
@@ -18,15 +19,15 @@ from tests.unit.test_packaging import ROOT
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    """What ``setup.py build_ext`` reads: setup.py, setup.cfg and the core's folder."""
+    """What ``setup.py build_ext`` reads: setup.py, setup.cfg, the core's and the sinks'
+    folders."""
     tree = tmp_path_factory.mktemp("build")
     for name in ("setup.py", "setup.cfg", "pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, tree / name)
-    shutil.copytree(
-        ROOT / "router_core",
-        tree / "router_core",
-        ignore=shutil.ignore_patterns("*.so", "__pycache__"),
-    )
+    for folder in ("router_core", "sinks"):
+        shutil.copytree(
+            ROOT / folder, tree / folder, ignore=shutil.ignore_patterns("*.so", "__pycache__")
+        )
     return tree
 
 
@@ -54,6 +55,15 @@ def test_the_extension_builds_where_a_compiler_is(source):
     )
     ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert ran.stdout.strip() == "(True, True)"
+    (native,) = (source / "out" / "eventrouter" / "sinks").glob("_native.*.so")
+    probe = (
+        "import importlib.util; spec = importlib.util.spec_from_file_location("
+        f"'eventrouter.sinks._native', {str(native)!r}); "
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
+        "print(module.string_column([b'ab', b'']).hex())"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert ran.stdout.strip() == "0261620" + "0"  # length 2, "ab", then length 0
 
 
 def test_a_failed_compile_leaves_the_module_out_and_the_build_succeeds(source):
@@ -61,5 +71,6 @@ def test_a_failed_compile_leaves_the_module_out_and_the_build_succeeds(source):
     shutil.rmtree(source / "tmp", ignore_errors=True)
     result = build(source, CC="false", LDSHARED="false")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "eventrouter._scan" in result.stdout + result.stderr  # the warning names it
-    assert not list(source.rglob("_scan.*.so"))
+    for name in ("eventrouter._scan", "eventrouter.sinks._native"):
+        assert name in result.stdout + result.stderr  # the warning names each
+    assert not list(source.rglob("*.so"))

@@ -216,29 +216,32 @@ def module_path(module: str) -> Path:
     return path / "__init__.py" if (ROOT / path).is_dir() else path.with_suffix(".py")
 
 
-def test_the_compiled_scanner_is_an_optional_extension() -> None:
-    """setup.py builds router_core/_scan.c as ``eventrouter._scan`` and may fail to: a
-    machine without a C compiler still installs (eventrouter.scan's pure-Python code runs).
-    tests/integration/test_packaging_build.py builds it both ways."""
+def test_the_compiled_modules_are_optional_extensions() -> None:
+    """setup.py builds router_core/_scan.c as ``eventrouter._scan`` and sinks/_native.c as
+    ``eventrouter.sinks._native``, and may fail to: a machine without a C compiler still
+    installs (eventrouter.scan's and the ClickHouse sink's pure-Python code runs).
+    tests/integration/test_packaging_build.py builds them both ways."""
     tree = ast.parse((ROOT / "setup.py").read_text())
     extensions = [
         node
         for node in ast.walk(tree)
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "Extension"
     ]
-    assert len(extensions) == 1
-    (extension,) = extensions
-    assert [ast.literal_eval(arg) for arg in extension.args] == [
-        "eventrouter._scan",
-        ["router_core/_scan.c"],
-    ]
-    assert {k.arg: ast.literal_eval(k.value) for k in extension.keywords} == {"optional": True}
-    assert (ROOT / "router_core" / "_scan.c").is_file()
-    # An edit of the C source or of setup.py rebuilds the module in the venv (make).
+    sources = {
+        "eventrouter._scan": "router_core/_scan.c",
+        "eventrouter.sinks._native": "sinks/_native.c",
+    }
+    assert [ast.literal_eval(e.args[0]) for e in extensions] == list(sources)
+    for extension in extensions:
+        name, files = (ast.literal_eval(arg) for arg in extension.args)
+        assert files == [sources[name]]
+        assert {k.arg: ast.literal_eval(k.value) for k in extension.keywords} == {"optional": True}
+        assert (ROOT / sources[name]).is_file()
+    # An edit of a C source or of setup.py rebuilds the modules in the venv (make).
     makefile = (ROOT / "Makefile").read_text()
     for stamp in ("$(STAMP):", "$(TEST_STAMP):"):
         (rule,) = [line for line in makefile.splitlines() if line.startswith(stamp)]
-        assert "setup.py" in rule.split() and "router_core/_scan.c" in rule.split(), rule
-    # The editable install builds it in place: never committed, never sent to docker.
+        assert {"setup.py", *sources.values()} <= set(rule.split()), rule
+    # The editable install builds them in place: never committed, never sent to docker.
     assert "*.so" in (ROOT / ".gitignore").read_text().split()
     assert "**/*.so" in (ROOT / ".dockerignore").read_text().split()
