@@ -112,10 +112,10 @@ def junk(n: int):
             yield f"{i}:" * 12  # longer than any address
 
 
-def test_a_million_junk_addresses_are_not_cached():
+def test_junk_addresses_are_not_cached():
     ipanon._truncate.cache_clear()
     context: dict = {}
-    for value in junk(1_000_000):
+    for value in junk(100_000):
         context["ip"] = value
         ipanon.apply(context, ipanon.TRUNCATE)
         assert "ip" not in context  # junk cannot be truncated: dropped
