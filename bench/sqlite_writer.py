@@ -31,7 +31,6 @@ import json
 import os
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,8 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
+
+from steps_callgrind import callgrind_parts  # noqa: E402
 
 import eventrouter.sinks.sqlite as sqlite_sink  # noqa: E402
 from eventrouter.sinks.sqlite import SQLiteOptions, SQLiteSink  # noqa: E402
@@ -124,21 +125,10 @@ def counted(args: argparse.Namespace) -> dict:
         raise SystemExit("valgrind is not installed (apt-get install -y valgrind)")
     work = Path(tempfile.mkdtemp(prefix="bench-sqlite-writer-cg-"))
     try:
-        out = work / "callgrind.out"
         options = ["--reps", str(args.reps), "--commit", str(args.commit)]
         options += ["--indexes", args.indexes] + (["--unique-users"] if args.unique_users else [])
         options += ["--no-rollups"] if args.no_rollups else []
-        subprocess.run(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-             "--dump-before=getppid", sys.executable, __file__, "--child", *options],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        totals = {}
-        for path in work.glob("callgrind.out.*"):
-            part = int(path.name.rsplit(".", 1)[1])
-            for line in path.read_text().splitlines():
-                if line.startswith("summary:"):
-                    totals[part] = int(line.split()[1])
+        totals = callgrind_parts([__file__, "--child", *options], work)
     finally:
         shutil.rmtree(work)
     events = 2 * args.reps * args.commit

@@ -171,16 +171,16 @@ def eventrouter_of(tree: Path, into: Path) -> Path:
     return into
 
 
-def count(
-    reps: int, env: dict[str, str], work: Path, steps: tuple[str, ...] = STEPS
-) -> list[float]:
-    """Instructions per event of each step, from one child under callgrind."""
+def callgrind_parts(
+    argv: list[str], work: Path, env: dict[str, str] | None = None
+) -> dict[int, int]:
+    """Run ``python argv...`` under callgrind, its counters dumped each time the child
+    calls ``os.getppid()`` (the marker between its runs): instructions of each part,
+    numbered from 1. The dump files in ``work`` are removed."""
     out = work / "callgrind.out"
-    mode = ["--context"] if steps is CONTEXT_STEPS else []
     subprocess.run(
         ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-         "--dump-before=getppid", sys.executable, __file__, "--child", "--reps", str(reps),
-         *mode],
+         "--dump-before=getppid", sys.executable, *argv],
         env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     totals = {}
@@ -191,6 +191,15 @@ def count(
                 totals[part] = int(line.split()[1])
         path.unlink()
     out.unlink(missing_ok=True)
+    return totals
+
+
+def count(
+    reps: int, env: dict[str, str], work: Path, steps: tuple[str, ...] = STEPS
+) -> list[float]:
+    """Instructions per event of each step, from one child under callgrind."""
+    mode = ["--context"] if steps is CONTEXT_STEPS else []
+    totals = callgrind_parts([__file__, "--child", "--reps", str(reps), *mode], work, env)
     # Part 1 is the start and the warm-up; then each step's N run, then its 3N run.
     events = 2 * reps * 100
     return [(totals[3 + 2 * step] - totals[2 + 2 * step]) / events for step in range(len(steps))]
