@@ -21,9 +21,12 @@ triggers; :meth:`EventStore.active_users` reads the counts when it asks for no f
 and no breakdown.
 
 An event without a name (any call but track) is kept under :data:`NO_EVENT`. Stores
-that keep no such table (ClickHouse: its copies of a redelivered event collapse only
-when parts merge, so a count kept at insert would count them twice) say so with
-``QueryDialect.rollup = None`` and are read from ``events``.
+that keep no such table say so with ``QueryDialect.rollup = None`` and are read from
+``events``. ClickHouse keeps it differently (its copies of a redelivered event collapse
+only when parts merge, so a count kept at insert would count them twice): a compactor
+recounts the days that changed, and until it has, those days are *gaps*
+(``QueryDialect.rollup_gaps``) read from ``events`` like the partial hours
+(sinks/clickhouse_rollup.py).
 
 :class:`eventrouter.store.query.EventStore` reads the rollup whenever a filter allows
 (:func:`usable`: equality on ``type``, ``event``, ``source`` only; buckets of whole
@@ -108,10 +111,12 @@ def usable(where: object) -> bool:
 @dataclass(frozen=True)
 class Split:
     """A time range cut for the rollup: whole hours ``[start, end)`` from the rollup
-    (``start`` None: from the first), the rest from ``events``."""
+    (``start`` None: from the first), the rest from ``events``, and so are the ``gaps``
+    inside it (ranges the store's rollup does not hold yet: ``QueryDialect.rollup_gaps``)."""
 
     start: datetime | None
     end: datetime
+    gaps: tuple[tuple[datetime, datetime], ...] = ()
 
 
 def split(since: datetime | None, until: datetime | None, now: datetime) -> Split | None:
