@@ -75,7 +75,11 @@ CLOCK_MARGIN = 5
 hourly_table = Table(
     HOURLY,
     MetaData(),
-    *(column.copy() for column in rollup.events_hourly.columns if column.name != "n"),
+    *(
+        Column(column.name, column.type, nullable=False)
+        for column in rollup.events_hourly.columns
+        if column.name != "n"
+    ),
     Column("n_events", BigInteger, nullable=False, key="n"),
 )
 #: The sorting key item that makes a day the unit of change (the default key's first).

@@ -227,6 +227,8 @@ def _select_class() -> type:
     return type("ClickHouseSelect", (Select,), {"inherit_cache": False})
 
 
+#: The last second a ``DateTime`` holds (2106-02-07 06:28:15 UTC), minus a margin.
+LAST_DATETIME = datetime(2105, 12, 31, 23, 59, 59)
 #: The most separate runs of days not compacted yet that a count reads from ``events``
 #: beside the rollup (more: it reads ``events`` alone).
 MAX_GAPS = 8
@@ -236,6 +238,10 @@ class ClickHouseDialect(QueryDialect):
     page_windows = PAGE_WINDOWS
     #: Kept by a compactor (sinks/clickhouse_rollup.py), read with ``FINAL``.
     rollup = hourly_table
+    #: 18.16 filters each copy before ``FINAL`` collapses them: a range read apart from
+    #: its neighbour counts an event whose copies straddle the boundary on both sides.
+    #: Copies share a day (the sorting key's): the rollup's part begins and ends on one.
+    rollup_unit = 86400
     #: A missing ``event`` is ``''`` in ``events`` as in the rollup.
     null_event = False
 
@@ -347,8 +353,9 @@ class ClickHouseDialect(QueryDialect):
     def time(self, value: datetime) -> Any:
         """Converted to the column's type: compared with a string, 18.16 fails on a key
         holding ``toDate(timestamp)``, and clickhouse-driver drops the milliseconds of a
-        ``datetime`` parameter."""
-        value = naive_utc(value)
+        ``datetime`` parameter. A later time than ``DateTime`` holds (the query layer's
+        open end, year 9999) is its last second: converted, it would wrap around."""
+        value = min(naive_utc(value), LAST_DATETIME)
         if self.flavour().datetime64:
             moment = literal(value.isoformat(sep=" ", timespec="milliseconds"))
             return func.toDateTime64(moment, 3, "UTC")

@@ -138,6 +138,11 @@ class QueryDialect(ABC):
     #: The hourly rollup of ``events`` the store keeps (:mod:`eventrouter.store.rollup`),
     #: read whenever a filter allows; None: every aggregate reads ``events``.
     rollup: ClassVar[Table | None] = None
+    #: Where the rollup's part of a range may begin and end (seconds, a whole number of
+    #: hours dividing a day): reading ``events`` on either side of such a boundary must
+    #: count each event as reading across it does. ClickHouse: a day (the copies of a
+    #: redelivered event share a day, not always an hour).
+    rollup_unit: ClassVar[int] = 3600
     #: ``events`` keeps a missing ``event`` as NULL, where the rollup keeps
     #: :data:`eventrouter.store.rollup.NO_EVENT` (False: as that, ClickHouse's ``''``).
     null_event: ClassVar[bool] = True

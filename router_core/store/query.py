@@ -609,7 +609,7 @@ class EventStore:
         """How the rollup answers ``where`` (None: it cannot; read ``events``)."""
         if not rollup.usable(where):
             return None
-        cut = rollup.split(where.since, where.until, datetime.now(UTC))
+        cut = rollup.split(where.since, where.until, datetime.now(UTC), self.dialect.rollup_unit)
         if cut is None or not self.has_rollup():
             return None
         gaps = self.dialect.rollup_gaps(cut.start, cut.end)

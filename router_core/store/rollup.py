@@ -88,14 +88,16 @@ def period_start(moment: datetime, interval: str) -> datetime:
     return day
 
 
-def floor_hour(moment: datetime) -> datetime:
+def floor_hour(moment: datetime, unit: int = HOUR) -> datetime:
+    """The start of the ``unit`` (seconds: an hour, a day) holding ``moment``, UTC."""
     moment = moment.astimezone(UTC)
-    return moment.replace(minute=0, second=0, microsecond=0)
+    start = moment.replace(minute=0, second=0, microsecond=0)
+    return start - timedelta(hours=start.hour % (unit // HOUR))
 
 
-def ceil_hour(moment: datetime) -> datetime:
-    floor = floor_hour(moment)
-    return floor if floor == moment.astimezone(UTC) else floor + timedelta(hours=1)
+def ceil_hour(moment: datetime, unit: int = HOUR) -> datetime:
+    floor = floor_hour(moment, unit)
+    return floor if floor == moment.astimezone(UTC) else floor + timedelta(seconds=unit)
 
 
 def usable(where: object) -> bool:
@@ -119,12 +121,15 @@ class Split:
     gaps: tuple[tuple[datetime, datetime], ...] = ()
 
 
-def split(since: datetime | None, until: datetime | None, now: datetime) -> Split | None:
+def split(
+    since: datetime | None, until: datetime | None, now: datetime, unit: int = HOUR
+) -> Split | None:
     """Where the whole hours of ``[since, until)`` (``until`` None: up to now, and
     whatever lies beyond it read from ``events``) begin and end; None: not one whole
-    hour in it (read ``events`` alone)."""
-    start = ceil_hour(since) if since is not None else None
-    end = floor_hour(until if until is not None else now)
+    hour in it (read ``events`` alone). With a ``unit`` of a day
+    (``QueryDialect.rollup_unit``), the whole days."""
+    start = ceil_hour(since, unit) if since is not None else None
+    end = floor_hour(until if until is not None else now, unit)
     if start is not None and start >= end:
         return None
     return Split(start, end)
