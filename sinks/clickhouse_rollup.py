@@ -19,9 +19,12 @@ one. Instead, four objects (created by ``eventrouter migrate``, :func:`ddl`):
 - ``events_hourly`` (``hour``, ``type``, ``event``, ``source``, ``n_events``,
   ``version``; the count is not named ``n`` as on the other stores: ClickHouse would
   read ``sum(n) AS n`` as an aggregate of itself): a
-  ``ReplacingMergeTree(version)`` read with ``FINAL`` (it is small): the newest
-  compaction's count of each key. A key that vanished from a day (erased) is written
-  again with a count of 0.
+  ``ReplacingMergeTree(version)``: each compaction writes every key of the day with
+  ``version = through``, and readers take the rows of the day's latest recorded
+  ``through`` alone (:data:`RECORDED`), with ``FINAL`` (two runs of the same second
+  write the same version). A key that vanished from a day (erased) is simply not in
+  the newest version; the rows of a run that failed before recording are never read
+  (the day stays dirty until a later run records a later version).
 
 A day is **clean** when its latest ``through`` is later than its latest ``mark``; the
 query layer reads clean days' whole hours from ``events_hourly`` and the rest (dirty
@@ -34,8 +37,8 @@ days, and the partial hours at both ends of a range) from ``events FINAL``
    the servers of a cluster), and no later than the creation of any mutation of
    ``events`` still running (a delete whose rows are not gone yet);
 2. the dirty days: each recounted from ``events FINAL WHERE toDate(timestamp) = day``
-   (a key prefix: it reads that day alone), written with ``version = through``, zeros
-   for the keys gone from the day, then ``(day, through)`` recorded.
+   (a key prefix: it reads that day alone), written with ``version = through``, then
+   ``(day, through)`` recorded.
 
 It is idempotent and safe from several processes at once: every count it writes holds
 every insert whose part was visible before ``through`` (a mark is evaluated after its
@@ -43,7 +46,7 @@ part is visible, and ``through`` is at or before the compactor's reads), and an 
 that lands while it runs carries a mark at or after ``through``: its day stays dirty,
 and is read from ``events`` until the next run recounts it. Two runs that record the
 same day write the same counts for everything marked before their ``through``; the
-later ``through`` wins in ``events_compacted`` and ``events_hourly`` alike.
+later ``through`` wins, and readers take its rows alone.
 """
 
 from __future__ import annotations
@@ -63,6 +66,12 @@ log = logging.getLogger("eventrouter.sinks.clickhouse")
 DIRTY = "events_dirty"
 COMPACTED = "events_compacted"
 HOURLY = "events_hourly"
+#: The condition on ``events_hourly`` that keeps the rows of each day's latest recorded
+#: compaction (``version`` is that compaction's ``through``, in seconds).
+RECORDED = (
+    f"(toDate({HOURLY}.hour), {HOURLY}.version) IN "
+    f"(SELECT day, toUInt64(toUInt32(max(through))) FROM {COMPACTED} GROUP BY day)"
+)
 #: The materialized view that marks the days of every insert into ``events``.
 MARKER = "events_dirty_mv"
 #: The rollup's tables, in the order they are created.
@@ -226,19 +235,9 @@ def _compact_day(client: Any, day: date, through: int, moment: datetime) -> None
         "GROUP BY hour, type, event, source",
         params,
     )
-    start = int(datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp())
-    bounds = {"since": start, "until": start + DAY}
-    kept = client.execute(
-        f"SELECT toUInt32(hour), type, event, source FROM {HOURLY} FINAL WHERE "
-        "hour >= toDateTime(%(since)s, 'UTC') AND hour < toDateTime(%(until)s, 'UTC') "
-        "AND n_events > 0",
-        bounds,
-    )
-    fresh = {(hour, kind, name, source): n for hour, kind, name, source, n in counts}
-    gone = [key for key in map(tuple, kept) if key not in fresh]
     rows = [
         (datetime.fromtimestamp(hour, UTC), kind, name, source, n, through)
-        for (hour, kind, name, source), n in [*fresh.items(), *((key, 0) for key in gone)]
+        for hour, kind, name, source, n in counts
     ]
     if rows:
         columns = "hour, type, event, source, n_events, version"

@@ -82,7 +82,12 @@ from eventrouter.sinks.clickhouse_cluster import (
     ClusterLayout,
     quote_string,
 )
-from eventrouter.sinks.clickhouse_rollup import dirty_days_sql, hourly_table, mark_days_sql
+from eventrouter.sinks.clickhouse_rollup import (
+    RECORDED,
+    dirty_days_sql,
+    hourly_table,
+    mark_days_sql,
+)
 from eventrouter.store.db import json_dumps
 from eventrouter.store.interface import (
     CONFIRMATIONS_USED,
@@ -280,8 +285,10 @@ class ClickHouseDialect(QueryDialect):
         return _select_class()(self.table).final()
 
     def rollup_select(self, *columns: Any) -> Any:
-        """``FROM events_hourly FINAL``: the newest compaction's count of each key."""
-        return _select_class()(*columns).select_from(self.rollup).final()
+        """``FROM events_hourly FINAL``, the rows of each day's latest recorded
+        compaction alone (sinks/clickhouse_rollup.py)."""
+        recorded = literal_column(RECORDED)
+        return _select_class()(*columns).select_from(self.rollup).final().where(recorded)
 
     def rollup_gaps(
         self, start: datetime | None, end: datetime

@@ -224,6 +224,41 @@ def test_two_compactions_at_once_leave_the_right_counts(stored):
     assert hourly == expected["all"]
 
 
+def test_rows_of_a_late_or_failed_compaction_are_never_read(stored):
+    """A run that wrote its rows after a later run recorded its own (an older version),
+    and one that failed between writing its rows and recording them: neither is read."""
+    sink, stores = stored
+    rng = random.Random(13)
+    sink.write(random_events(rng, 400, days=3))
+    stores.compact()
+    expected = stores.same()
+    day = (NOW - timedelta(days=2)).replace(hour=5, minute=0, second=0, microsecond=0)
+    with sink.client() as client:
+        [(recorded,)] = client.execute("SELECT toUInt32(max(through)) FROM events_compacted")
+        bogus = [(day, "track", "Viewed", "web", 1000, int(recorded) - 60)]
+        client.execute(
+            "INSERT INTO events_hourly (hour, type, event, source, n_events, version) VALUES",
+            bogus,
+        )
+    assert stores.gaps() == []
+    assert stores.same() == expected
+    # A failed run: the day changed (marked), rows of a later version, nothing recorded.
+    sink.write([command(rng, unique("f"), day + timedelta(minutes=5), day)])
+    time.sleep(1.05)
+    with sink.client() as client:
+        [(now,)] = client.execute("SELECT toUInt32(now())")
+        failed = [(day, "track", "Viewed", "web", 1000, int(now))]
+        client.execute(
+            "INSERT INTO events_hourly (hour, type, event, source, n_events, version) VALUES",
+            failed,
+        )
+    grown = stores.same()
+    assert grown["all"] == expected["all"] + 1
+    stores.compact()
+    assert stores.gaps() == []
+    assert stores.same() == grown
+
+
 class InsertingClient:
     """A client that writes one more event into the day being recounted right after the
     compactor has read that day's events."""
