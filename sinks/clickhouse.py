@@ -14,8 +14,10 @@ on), and with the exact time in the key the two copies would never collapse. The
 must hold ``source`` as well as ``message_id``: a messageId is unique per source, and
 one source must not replace another's event by reusing its id. A table whose key lacks
 ``source`` (schema version 1 allowed it) is rebuilt by ``migrate``
-(:meth:`ClickHouseSink._rebuild`). docs/clickhouse.md explains each choice and the
-differences between server versions.
+(:meth:`ClickHouseSink._rebuild`). Beside ``events``, ``migrate`` creates the hourly
+rollup the dashboard's counts read, and the sink recounts its changed days every
+``rollup_interval`` in a thread of its own (sinks/clickhouse_rollup.py).
+docs/clickhouse.md explains each choice and the differences between server versions.
 
 A write is one ``INSERT ... VALUES`` with the batch as one block of columns, sent over
 clickhouse-driver's connection in the Native format that this module serialises (see

@@ -189,6 +189,12 @@ class QueryDialect(ABC):
         may hold several versions of a key reads the newest)."""
         return select(*columns).select_from(self.rollup)
 
+    def range_hint(self, since: datetime, until: datetime | None) -> list[ColumnElement]:
+        """Conditions implied by ``since <= timestamp < until`` that let the store's
+        index bound a range read beside the rollup (the rollup's edges and gaps).
+        Default: none."""
+        return []
+
     def rollup_gaps(
         self, start: datetime | None, end: datetime
     ) -> list[tuple[datetime, datetime]] | None:

@@ -420,7 +420,7 @@ class EventStore:
                 bucket = bucket_of(self.dialect.epoch(self.table.c.timestamp))
                 parts.append(
                     self.dialect.select(bucket, func.count().label("n"))
-                    .where(*self.conditions(edge))
+                    .where(*self._edge_conditions(edge))
                     .group_by(bucket)
                 )
             both = union_all(*parts).subquery("parts")
@@ -454,7 +454,9 @@ class EventStore:
                 kept = func.nullif(kept, rollup.NO_EVENT)
             parts = [self._rollup_select(cut, where, kept.label("value"))]
             parts += [
-                self.dialect.select(value, count).where(*self.conditions(edge)).group_by(value)
+                self.dialect.select(value, count)
+                .where(*self._edge_conditions(edge))
+                .group_by(value)
                 for edge in self._edges(cut, where)
             ]
             both = union_all(*parts).subquery("parts")
@@ -478,7 +480,7 @@ class EventStore:
         else:
             parts = [self._rollup_select(cut, where)]
             parts += [
-                self.dialect.select(func.count().label("n")).where(*self.conditions(edge))
+                self.dialect.select(func.count().label("n")).where(*self._edge_conditions(edge))
                 for edge in self._edges(cut, where)
             ]
             both = union_all(*parts).subquery("parts")
@@ -634,6 +636,12 @@ class EventStore:
         # matches and reads a whole index on the grouped column instead of the time range.
         edges.append(msgspec.structs.replace(where, since=cut.end, until=where.until or END))
         return edges
+
+    def _edge_conditions(self, edge: EventFilter) -> list[ColumnElement]:
+        """``edge``'s conditions, and the store's hint that bounds its time range for
+        the index (``QueryDialect.range_hint``)."""
+        hint = self.dialect.range_hint(edge.since, edge.until) if edge.since else []
+        return [*self.conditions(edge), *hint]
 
     def _rollup_select(
         self, cut: rollup.Split, where: EventFilter, key: ColumnElement | None = None
