@@ -4,7 +4,8 @@ and what keeping them costs the writes.
     .venv/bin/python bench/rollups.py load [--events 1000000] [--stores sqlite,postgres,clickhouse]
     .venv/bin/python bench/rollups.py migrate [--unique-users]
     .venv/bin/python bench/rollups.py time [--runs 5] [--stores ...]
-    .venv/bin/python bench/rollups.py ingest [--events 300000] [--stores sqlite,postgres]
+    .venv/bin/python bench/rollups.py ingest [--events 300000] [--stores ...] [--rounds 2]
+    .venv/bin/python bench/rollups.py compact [--stores clickhouse]
 
 ``load`` writes ``--events`` events of bench/dashboard.py's :class:`EventFactory`,
 spread over 29.5 days, into databases of this benchmark's own (SQLite
@@ -15,9 +16,14 @@ as ``eventrouter worker`` writes. The sinks create the rollup as they start; ``t
 "before". ``migrate`` runs the sinks' migration (``--unique-users`` adds the users
 tables). ``time`` prints, per store, the median and the slowest of ``--runs`` calls of
 each aggregate the dashboard makes over the last 7 and 30 days (after one warm-up).
-``ingest`` writes ``--events`` events into a fresh database twice per store, without
-and with the rollup's triggers (and, with ``--unique-users``, the users tables), and
-prints the write rate of each. Only 127.0.0.1 is spoken to.
+``ingest`` writes ``--events`` events into a fresh database ``--rounds`` times per
+store, without and with the rollup's triggers (ClickHouse: the materialized view that
+marks changed days; and, with ``--unique-users``, the users tables), alternated, and
+prints the write rate of each (on ClickHouse also the server's CPU per event, from
+/proc). ``compact`` runs ClickHouse's compactor (sinks/clickhouse_rollup.py) once on
+the loaded database with every day marked changed (as ``migrate`` leaves a new rollup),
+then once more with nothing to do, and prints how long each took. Only 127.0.0.1 is
+spoken to.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -75,11 +82,16 @@ def reset(name: str) -> None:
         client.disconnect()
 
 
-async def write(name: str, batches: Sequence[list], unique_users: bool = False) -> float:
+async def write(
+    name: str, batches: Sequence[list], unique_users: bool = False, rollup: bool = True
+) -> float:
     """Seconds the sink's writes of ``batches`` took, through the bus (role worker)."""
     sink = {**SINKS[name], "batch": {"max_events": 50_000, "timeout": "1s"}}
     if unique_users:
         sink["unique_users"] = True
+    if name == "clickhouse":
+        sink["rollup"] = rollup
+        sink["rollup_interval"] = "1h"  # compacted by the ``compact`` command, not here
     raw = {"sinks": {name: sink}, "server": {"dispatch_timeout": "30m"}}
     config = config_module.parse(raw, f"bench:rollups:{name}", dict(os.environ))
     bus = Bus(config, make_plugin_manager(config), role=WORKER, only=[name])
@@ -164,6 +176,13 @@ def timings(args: argparse.Namespace) -> None:
         store.close()
 
 
+def clickhouse_cpu() -> float:
+    """CPU seconds the local clickhouse-server has used (user + system, /proc)."""
+    pid = subprocess.run(["pidof", "-s", "clickhouse-server"], capture_output=True, text=True)
+    fields = Path(f"/proc/{pid.stdout.strip()}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ingest(args: argparse.Namespace) -> None:
     real_sqlite, real_postgres = sqlite_sink.ensure_rollup, postgres_sink.ensure_rollup
 
@@ -172,27 +191,55 @@ def ingest(args: argparse.Namespace) -> None:
 
     for name in args.stores:
         batches = batches_of(args.events, BATCH[name])
-        for rollups in (False, True, False, True):
+        for rollups in (False, True) * args.rounds:
             sqlite_sink.ensure_rollup = real_sqlite if rollups else none
             postgres_sink.ensure_rollup = real_postgres if rollups else none
             reset(name)
-            seconds = asyncio.run(write(name, batches, unique_users=args.unique_users))
+            cpu = clickhouse_cpu() if name == "clickhouse" else 0.0
+            seconds = asyncio.run(
+                write(name, batches, unique_users=args.unique_users, rollup=rollups)
+            )
             what = "with rollups" if rollups else "without"
-            print(f"{name} {what}: {args.events / seconds:,.0f} events/s", flush=True)
+            line = f"{name} {what}: {args.events / seconds:,.0f} events/s"
+            if name == "clickhouse":
+                per_event = (clickhouse_cpu() - cpu) / args.events * 1e6
+                line += f", server CPU {per_event:.2f} µs/event"
+            print(line, flush=True)
     sqlite_sink.ensure_rollup, postgres_sink.ensure_rollup = real_sqlite, real_postgres
+
+
+def compact(args: argparse.Namespace) -> None:
+    from eventrouter.sinks.clickhouse_rollup import BACKFILL_SQL
+    from eventrouter.sinks.clickhouse_rollup import compact as compact_rollup
+    from eventrouter.sinks.clickhouse_store import client_for
+
+    client = client_for(SINKS["clickhouse"]["url"])
+    try:
+        client.execute(BACKFILL_SQL)  # every day changed, as a new rollup starts
+        for what in ("every day dirty", "nothing dirty"):
+            time.sleep(1.05)
+            started = time.perf_counter()
+            days = compact_rollup(client, margin=0)
+            seconds = time.perf_counter() - started
+            print(f"clickhouse compaction, {what}: {len(days)} days in {seconds:.2f} s")
+    finally:
+        client.disconnect()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["load", "migrate", "time", "ingest"])
+    parser.add_argument("command", choices=["load", "migrate", "time", "ingest", "compact"])
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--stores", default="sqlite,postgres,clickhouse")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--scan", action="store_true", help="time: never read the rollups")
     parser.add_argument("--unique-users", action="store_true")
+    parser.add_argument("--rounds", type=int, default=2, help="ingest: rounds of each")
     args = parser.parse_args(argv)
     args.stores = args.stores.split(",")
-    {"load": load, "migrate": migrate, "time": timings, "ingest": ingest}[args.command](args)
+    commands = {"load": load, "migrate": migrate, "time": timings, "ingest": ingest}
+    commands["compact"] = compact
+    commands[args.command](args)
     return 0
 
 

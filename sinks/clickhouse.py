@@ -14,8 +14,10 @@ on), and with the exact time in the key the two copies would never collapse. The
 must hold ``source`` as well as ``message_id``: a messageId is unique per source, and
 one source must not replace another's event by reusing its id. A table whose key lacks
 ``source`` (schema version 1 allowed it) is rebuilt by ``migrate``
-(:meth:`ClickHouseSink._rebuild`). docs/clickhouse.md explains each choice and the
-differences between server versions.
+(:meth:`ClickHouseSink._rebuild`). Beside ``events``, ``migrate`` creates the hourly
+rollup the dashboard's counts read, and the sink recounts its changed days every
+``rollup_interval`` in a thread of its own (sinks/clickhouse_rollup.py).
+docs/clickhouse.md explains each choice and the differences between server versions.
 
 A write is one ``INSERT ... VALUES`` with the batch as one block of columns, sent over
 clickhouse-driver's connection in the Native format that this module serialises (see
@@ -33,6 +35,7 @@ import os
 import queue
 import re
 import sys
+import threading
 import time
 from array import array
 from collections.abc import Callable, Iterator, Sequence
@@ -67,6 +70,16 @@ from eventrouter.sinks.clickhouse_cluster import (
     ClusterLayout,
     check_cluster_options,
 )
+from eventrouter.sinks.clickhouse_rollup import (
+    BACKFILL_SQL,
+    DAY_KEY,
+    MARKER,
+    compact,
+    has_rollup,
+    keeps_days,
+    marker_ddl,
+)
+from eventrouter.sinks.clickhouse_rollup import ddl as rollup_ddl
 from eventrouter.sinks.clickhouse_store import (
     ClickHouseStore,
     clickhouse_engine,
@@ -161,6 +174,12 @@ class ClickHouseOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     ttl: Duration | None = None
     #: Create or upgrade the schema when the sink starts (else: ``eventrouter migrate``).
     migrate_on_start: bool = True
+    #: Keep the hourly rollup ``events_hourly`` (sinks/clickhouse_rollup.py) that the
+    #: dashboard's counts read: ``migrate`` creates it, the sink compacts it.
+    rollup: bool = True
+    #: Seconds between two compactions of the rollup where the sink runs (``"30s"``):
+    #: the days changed since are read from ``events`` until then.
+    rollup_interval: Duration = 30.0
     #: ClickHouse settings sent with every insert, e.g. ``{ async_insert = 1 }`` on 21.11+.
     insert_settings: dict[str, int | float | str | bool] = {}
     #: A cluster of ``<remote_servers>``: the tables are created ``ON CLUSTER`` it, local
@@ -190,6 +209,8 @@ class ClickHouseOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
             )
         if self.ttl is not None and self.ttl < 1:
             raise ValueError("ttl: at least 1s")
+        if self.rollup_interval < 1:
+            raise ValueError("rollup_interval: at least 1s")
         check_cluster_options(self.cluster, self.replicated, self.zookeeper_path, self.replica_name)
 
     def layout(self) -> ClusterLayout | None:
@@ -593,6 +614,11 @@ class ClickHouseSink(Sink):
         self.written = 0
         self.inserts = 0
         self.last_error: str | None = None
+        #: The rollup's tables exist (``migrate`` made them, or found them).
+        self.rollup = False
+        self._compactor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.compactions = 0
 
     # -- connections ---------------------------------------------------------------------
     @contextmanager
@@ -633,8 +659,21 @@ class ClickHouseSink(Sink):
             self.migrate()
         else:
             self._detect()
+            if self.options.rollup:
+                with self.client() as client:
+                    self.rollup = has_rollup(client)
+        if self.rollup:
+            self._stopping.clear()
+            self._compactor = threading.Thread(
+                target=self._compact_periodically, name=f"{self.name}-rollup", daemon=True
+            )
+            self._compactor.start()
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._compactor is not None:
+            self._compactor.join(timeout=60)
+            self._compactor = None
         while True:
             try:
                 self._clients.get_nowait().disconnect()
@@ -697,12 +736,13 @@ class ClickHouseSink(Sink):
                 self._check_table(connection)
         finally:
             engine.dispose()
+        rolled = self._ensure_rollup()
         time_type = "DateTime64(3)" if self.datetime64 else "DateTime"
         done = (
             f"schema version {SCHEMA_VERSION}, ReplacingMergeTree, {time_type}, "
             f"ClickHouse {'.'.join(map(str, self.version))}"
         )
-        return "; ".join(filter(None, [done, recovered, rebuilt]))
+        return "; ".join(filter(None, [done, recovered, rebuilt, rolled]))
 
     def _migrate_cluster(self, layout: ClusterLayout) -> str:
         """``CREATE ... ON CLUSTER``: the database, then each table of the one-server
@@ -757,13 +797,76 @@ class ClickHouseSink(Sink):
                 self._check_table(connection)
         finally:
             engine.dispose()
+        rolled = self._ensure_rollup()
         kind = "ReplicatedReplacingMergeTree" if layout.replicated else "ReplacingMergeTree"
         time_type = "DateTime64(3)" if self.datetime64 else "DateTime"
-        return (
+        done = (
             f"schema version {SCHEMA_VERSION}, {kind} events_local ON CLUSTER "
             f"{layout.cluster} under Distributed events by {SHARDING_KEYS['events']}, "
             f"{time_type}, ClickHouse {'.'.join(map(str, self.version))}"
         )
+        return "; ".join(filter(None, [done, rolled]))
+
+    # -- the hourly rollup (sinks/clickhouse_rollup.py) ----------------------------------
+    def _ensure_rollup(self) -> str | None:
+        """Create the rollup's tables and the view that marks changed days, if missing;
+        a new rollup marks every day of ``events`` dirty (the first compaction counts
+        them). What was done (None: the rollup is turned off)."""
+        self.rollup = False
+        if not self.options.rollup:
+            return None
+        if not keeps_days(self.options.order_by, split_keys):
+            log.warning(
+                "%s: no rollup: the sorting key does not start with %s, so copies of an "
+                "event may span days; the dashboard's counts read events",
+                self.name,
+                DAY_KEY,
+            )
+            return f"no rollup (the sorting key lacks {DAY_KEY})"
+        layout = self.layout
+        client = client_for(self.url, layout)
+        try:
+            existed = client.execute(
+                "SELECT count() FROM system.tables WHERE database = currentDatabase() "
+                "AND name = %(name)s",
+                {"name": MARKER},
+            )[0][0]
+            for statement in rollup_ddl(self.options.ttl):
+                for sql in [statement] if layout is None else layout.create(statement):
+                    client.execute(sql)
+            client.execute(marker_ddl(layout))
+            if not existed:
+                # After the view exists: a day written meanwhile is marked either way.
+                client.execute(BACKFILL_SQL)
+        finally:
+            client.disconnect()
+        self.rollup = True
+        if existed:
+            return "rollup events_hourly"
+        return "rollup events_hourly created (every stored day counted at the next compaction)"
+
+    def compact_rollup(self) -> int:
+        """Recount the days changed since their last compaction into ``events_hourly``
+        (sinks/clickhouse_rollup.py); how many."""
+        client = client_for(self.url, self.layout)
+        try:
+            days = compact(client, self.layout)
+        finally:
+            client.disconnect()
+        self.compactions += 1
+        return len(days)
+
+    def _compact_periodically(self) -> None:
+        """The compactor's thread: every ``rollup_interval`` until :meth:`stop`. A failed
+        run (the server away) is logged and tried again at the next."""
+        while not self._stopping.wait(self.options.rollup_interval):
+            try:
+                days = self.compact_rollup()
+            except Exception as exc:  # the next run tries again
+                log.warning("%s: rollup compaction failed: %s", self.name, exc)
+            else:
+                if days:
+                    log.debug("%s: rollup: %d days recounted", self.name, days)
 
     def _events_table(self, metadata: MetaData, name: str = "events") -> Table:
         """``events`` (or a table like it) as configured, with the existing time type."""

@@ -37,6 +37,10 @@ SHARDING_KEYS = {
     "suppressions": "sipHash64(id)",
     "admin_revoked_sessions": "sipHash64(sid)",
     "confirmations_used": "sipHash64(nonce)",
+    # The rollup (sinks/clickhouse_rollup.py): each key's versions on one shard (FINAL).
+    "events_dirty": "rand()",
+    "events_compacted": "rand()",
+    "events_hourly": "toUInt32(hour)",
 }
 #: Sent with every insert through a Distributed table: it returns once every shard
 #: has its rows (else the server queues them on its disk and answers at once).

@@ -82,6 +82,12 @@ from eventrouter.sinks.clickhouse_cluster import (
     ClusterLayout,
     quote_string,
 )
+from eventrouter.sinks.clickhouse_rollup import (
+    RECORDED,
+    dirty_days_sql,
+    hourly_table,
+    mark_days_sql,
+)
 from eventrouter.store.db import json_dumps
 from eventrouter.store.interface import (
     CONFIRMATIONS_USED,
@@ -102,6 +108,8 @@ from eventrouter.store.interface import (
 
 #: ClickHouse's UNKNOWN_DATABASE: the store's database is not created yet.
 UNKNOWN_DATABASE = 81
+#: ClickHouse's UNKNOWN_TABLE: a database migrated without the rollup.
+UNKNOWN_TABLE = 60
 
 
 def driver_url(url: str) -> str:
@@ -224,8 +232,23 @@ def _select_class() -> type:
     return type("ClickHouseSelect", (Select,), {"inherit_cache": False})
 
 
+#: The last second a ``DateTime`` holds (2106-02-07 06:28:15 UTC), minus a margin.
+LAST_DATETIME = datetime(2105, 12, 31, 23, 59, 59)
+#: The most separate runs of days not compacted yet that a count reads from ``events``
+#: beside the rollup (more: it reads ``events`` alone).
+MAX_GAPS = 8
+
+
 class ClickHouseDialect(QueryDialect):
     page_windows = PAGE_WINDOWS
+    #: Kept by a compactor (sinks/clickhouse_rollup.py), read with ``FINAL``.
+    rollup = hourly_table
+    #: 18.16 filters each copy before ``FINAL`` collapses them: a range read apart from
+    #: its neighbour counts an event whose copies straddle the boundary on both sides.
+    #: Copies share a day (the sorting key's): the rollup's part begins and ends on one.
+    rollup_unit = 86400
+    #: A missing ``event`` is ``''`` in ``events`` as in the rollup.
+    null_event = False
 
     def __init__(self, url: str, layout: ClusterLayout | None = None) -> None:
         self.url = url
@@ -260,6 +283,41 @@ class ClickHouseDialect(QueryDialect):
         if columns:
             return _select_class()(*columns).select_from(self.table).final()
         return _select_class()(self.table).final()
+
+    def rollup_select(self, *columns: Any) -> Any:
+        """``FROM events_hourly FINAL``, the rows of each day's latest recorded
+        compaction alone (sinks/clickhouse_rollup.py)."""
+        recorded = literal_column(RECORDED)
+        return _select_class()(*columns).select_from(self.rollup).final().where(recorded)
+
+    def range_hint(self, since: datetime, until: datetime | None) -> list[ColumnElement]:
+        """``toDate(timestamp)`` between the two ends' days: 18.16 does not bound the
+        sorting key's ``toDate(timestamp)`` from conditions on ``timestamp`` alone under
+        ``FINAL`` (a partial day of 1,000,000 events over 30 days read in 125-200 ms,
+        with this in 9-13 ms)."""
+        day = func.toDate(self.table.c.timestamp)
+        hint = [day >= func.toDate(self.time(since))]
+        if until is not None:
+            hint.append(day <= func.toDate(self.time(until)))
+        return hint
+
+    def rollup_gaps(
+        self, start: datetime | None, end: datetime
+    ) -> list[tuple[datetime, datetime]] | None:
+        """The days changed since their last compaction (sinks/clickhouse_rollup.py),
+        consecutive ones as one range; None: more than :data:`MAX_GAPS` ranges."""
+        first = start.astimezone(UTC).date() if start is not None else None
+        last = end.astimezone(UTC).date()
+        with self.engine.connect() as connection:
+            days = connection.execute(text(dirty_days_sql(first, last))).scalars().all()
+        gaps: list[tuple[datetime, datetime]] = []
+        for day in days:
+            low = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            if gaps and gaps[-1][1] == low:
+                gaps[-1] = (gaps[-1][0], low + timedelta(days=1))
+            else:
+                gaps.append((low, low + timedelta(days=1)))
+        return gaps if len(gaps) <= MAX_GAPS else None
 
     def json_text(self, column: str, path: Sequence[str]) -> ColumnElement:
         """Strings unquoted, numbers and booleans as the stored JSON writes them, NULL for
@@ -313,8 +371,9 @@ class ClickHouseDialect(QueryDialect):
     def time(self, value: datetime) -> Any:
         """Converted to the column's type: compared with a string, 18.16 fails on a key
         holding ``toDate(timestamp)``, and clickhouse-driver drops the milliseconds of a
-        ``datetime`` parameter."""
-        value = naive_utc(value)
+        ``datetime`` parameter. A later time than ``DateTime`` holds (the query layer's
+        open end, year 9999) is its last second: converted, it would wrap around."""
+        value = min(naive_utc(value), LAST_DATETIME)
         if self.flavour().datetime64:
             moment = literal(value.isoformat(sep=" ", timespec="milliseconds"))
             return func.toDateTime64(moment, 3, "UTC")
@@ -558,6 +617,19 @@ class ClickHouseEraser(Eraser):
         )
         return {source: n for source, n in rows}
 
+    def _mark_days(self, where: str, params: dict[str, Any]) -> bool:
+        """Mark the days of the rows matching ``where`` changed, in the rollup's
+        ``events_dirty``; False: the database keeps no rollup."""
+        from clickhouse_driver.errors import ServerException
+
+        try:
+            self.client.execute(mark_days_sql(where), params)
+        except ServerException as exc:
+            if exc.code != UNKNOWN_TABLE:
+                raise
+            return False
+        return True
+
     def delete(
         self, user_ids: set[str], anonymous_ids: set[str], *, dry_run: bool, wait: float
     ) -> Erased:
@@ -573,6 +645,10 @@ class ClickHouseEraser(Eraser):
             result.status = WOULD_DELETE if dry_run else DELETED
             return result
         layout = self.layout
+        # The rollup's days of these rows, marked changed before the mutation (readers
+        # count them from events at once) and after it is created (the compactor
+        # recounts them once it is done: sinks/clickhouse_rollup.py).
+        marked = self._mark_days(where, params)
         if layout is None:
             client.execute(f"ALTER TABLE events DELETE WHERE {where}", params)
             mutations = (
@@ -588,6 +664,8 @@ class ClickHouseEraser(Eraser):
                 f"{quote_string(layout.database)} AND table = "
                 f"{quote_string(layout.local('events'))} AND is_done = 0"
             )
+        if marked:
+            self._mark_days(where, params)
         result.status = PENDING
         deadline = time.monotonic() + wait
         while True:

@@ -138,6 +138,14 @@ class QueryDialect(ABC):
     #: The hourly rollup of ``events`` the store keeps (:mod:`eventrouter.store.rollup`),
     #: read whenever a filter allows; None: every aggregate reads ``events``.
     rollup: ClassVar[Table | None] = None
+    #: Where the rollup's part of a range may begin and end (seconds, a whole number of
+    #: hours dividing a day): reading ``events`` on either side of such a boundary must
+    #: count each event as reading across it does. ClickHouse: a day (the copies of a
+    #: redelivered event share a day, not always an hour).
+    rollup_unit: ClassVar[int] = 3600
+    #: ``events`` keeps a missing ``event`` as NULL, where the rollup keeps
+    #: :data:`eventrouter.store.rollup.NO_EVENT` (False: as that, ClickHouse's ``''``).
+    null_event: ClassVar[bool] = True
     #: The distinct users per period the store keeps
     #: (:data:`eventrouter.store.rollup.users_active_counts`); None: counted from ``events``.
     users_rollup: ClassVar[Table | None] = None
@@ -175,6 +183,26 @@ class QueryDialect(ABC):
         """``SELECT columns`` (default: every column) ``FROM`` :attr:`table`, each event
         once (a store that may hold copies of one event reads them as one)."""
         return select(*columns).select_from(self.table) if columns else select(self.table)
+
+    def rollup_select(self, *columns: Any) -> Select:
+        """``SELECT columns FROM`` :attr:`rollup`, each key once (a store whose rollup
+        may hold several versions of a key reads the newest)."""
+        return select(*columns).select_from(self.rollup)
+
+    def range_hint(self, since: datetime, until: datetime | None) -> list[ColumnElement]:
+        """Conditions implied by ``since <= timestamp < until`` that let the store's
+        index bound a range read beside the rollup (the rollup's edges and gaps).
+        Default: none."""
+        return []
+
+    def rollup_gaps(
+        self, start: datetime | None, end: datetime
+    ) -> list[tuple[datetime, datetime]] | None:
+        """The time ranges inside ``[start, end)`` (``start`` None: from the first) whose
+        counts :attr:`rollup` does not hold yet, oldest first, to be read from
+        ``events`` (a store that brings its rollup up to date later, ClickHouse);
+        None: too many to be worth it (read ``events`` alone). Default: none."""
+        return []
 
     def json_text(self, column: str, path: Sequence[str]) -> ColumnElement:
         """The JSON value at ``path`` in ``column`` as text: strings as they are, numbers

@@ -12,6 +12,7 @@ event is named by its source and its id (:meth:`EventStore.get`).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 import time
 from collections.abc import Sequence
@@ -419,12 +420,12 @@ class EventStore:
                 bucket = bucket_of(self.dialect.epoch(self.table.c.timestamp))
                 parts.append(
                     self.dialect.select(bucket, func.count().label("n"))
-                    .where(*self.conditions(edge))
+                    .where(*self._edge_conditions(edge))
                     .group_by(bucket)
                 )
             both = union_all(*parts).subquery("parts")
             statement = (
-                select(both.c.bucket, func.sum(both.c.n).label("n"))
+                select(both.c.bucket, func.sum(both.c.n).label("total"))
                 .group_by(both.c.bucket)
                 .order_by(both.c.bucket)
             )
@@ -449,18 +450,22 @@ class EventStore:
             )
         else:
             kept = self._hourly.c[dimension]
-            if dimension == "event":
+            if dimension == "event" and self.dialect.null_event:
                 kept = func.nullif(kept, rollup.NO_EVENT)
             parts = [self._rollup_select(cut, where, kept.label("value"))]
             parts += [
-                self.dialect.select(value, count).where(*self.conditions(edge)).group_by(value)
+                self.dialect.select(value, count)
+                .where(*self._edge_conditions(edge))
+                .group_by(value)
                 for edge in self._edges(cut, where)
             ]
             both = union_all(*parts).subquery("parts")
-            total = func.sum(both.c.n).label("n")
+            total = func.sum(both.c.n).label("total")
             statement = (
                 select(both.c.value, total)
                 .group_by(both.c.value)
+                # A rollup may keep a key at 0 (ClickHouse's, for a key erased from an hour).
+                .having(total > 0)
                 .order_by(total.desc(), both.c.value)
                 .limit(limit)
             )
@@ -475,7 +480,7 @@ class EventStore:
         else:
             parts = [self._rollup_select(cut, where)]
             parts += [
-                self.dialect.select(func.count().label("n")).where(*self.conditions(edge))
+                self.dialect.select(func.count().label("n")).where(*self._edge_conditions(edge))
                 for edge in self._edges(cut, where)
             ]
             both = union_all(*parts).subquery("parts")
@@ -606,22 +611,37 @@ class EventStore:
         """How the rollup answers ``where`` (None: it cannot; read ``events``)."""
         if not rollup.usable(where):
             return None
-        cut = rollup.split(where.since, where.until, datetime.now(UTC))
+        cut = rollup.split(where.since, where.until, datetime.now(UTC), self.dialect.rollup_unit)
         if cut is None or not self.has_rollup():
             return None
-        return cut
+        gaps = self.dialect.rollup_gaps(cut.start, cut.end)
+        if gaps is None:
+            return None
+        clipped = tuple(
+            (max(low, cut.start) if cut.start is not None else low, min(high, cut.end))
+            for low, high in gaps
+        )
+        return dataclasses.replace(cut, gaps=tuple((a, b) for a, b in clipped if a < b))
 
     def _edges(self, cut: rollup.Split, where: EventFilter) -> list[EventFilter]:
         """The parts of ``where`` outside the rollup's whole hours, as filters on
-        ``events``: before ``cut.start`` (from ``since``) and from ``cut.end`` on."""
+        ``events``: before ``cut.start`` (from ``since``), the rollup's gaps inside the
+        cut, and from ``cut.end`` on."""
         edges = []
         if cut.start is not None and where.since is not None and where.since < cut.start:
             edges.append(msgspec.structs.replace(where, until=cut.start))
+        edges += [msgspec.structs.replace(where, since=low, until=high) for low, high in cut.gaps]
         # Bounded on both sides, even when the range is open (no time a datetime can hold
         # is later): with one bound, SQLite's planner guesses a quarter of the table
         # matches and reads a whole index on the grouped column instead of the time range.
         edges.append(msgspec.structs.replace(where, since=cut.end, until=where.until or END))
         return edges
+
+    def _edge_conditions(self, edge: EventFilter) -> list[ColumnElement]:
+        """``edge``'s conditions, and the store's hint that bounds its time range for
+        the index (``QueryDialect.range_hint``)."""
+        hint = self.dialect.range_hint(edge.since, edge.until) if edge.since else []
+        return [*self.conditions(edge), *hint]
 
     def _rollup_select(
         self, cut: rollup.Split, where: EventFilter, key: ColumnElement | None = None
@@ -633,14 +653,17 @@ class EventStore:
         if cut.start is not None:
             conditions.append(r.hour >= dialect.time(cut.start))
         conditions += [
+            or_(r.hour < dialect.time(low), r.hour >= dialect.time(high)) for low, high in cut.gaps
+        ]
+        conditions += [
             dialect.equals(r[name], value)
             for name in rollup.ROLLUP_COLUMNS
             if (value := getattr(where, name)) is not None
         ]
         total = func.sum(r.n).label("n")
         if key is None:
-            return select(total).select_from(self._hourly).where(*conditions)
-        return select(key, total).select_from(self._hourly).where(*conditions).group_by(key)
+            return dialect.rollup_select(total).where(*conditions)
+        return dialect.rollup_select(key, total).where(*conditions).group_by(key)
 
     def time_span(self, where: EventFilter) -> tuple[datetime, datetime] | None:
         """The oldest and newest ``timestamp`` among events matching ``where``."""

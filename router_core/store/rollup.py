@@ -23,9 +23,12 @@ way; :meth:`EventStore.active_users` reads the counts when it asks for no filter
 and no breakdown.
 
 An event without a name (any call but track) is kept under :data:`NO_EVENT`. Stores
-that keep no such table (ClickHouse: its copies of a redelivered event collapse only
-when parts merge, so a count kept at insert would count them twice) say so with
-``QueryDialect.rollup = None`` and are read from ``events``.
+that keep no such table say so with ``QueryDialect.rollup = None`` and are read from
+``events``. ClickHouse keeps it differently (its copies of a redelivered event collapse
+only when parts merge, so a count kept at insert would count them twice): a compactor
+recounts the days that changed, and until it has, those days are *gaps*
+(``QueryDialect.rollup_gaps``) read from ``events`` like the partial hours
+(sinks/clickhouse_rollup.py).
 
 :class:`eventrouter.store.query.EventStore` reads the rollup whenever a filter allows
 (:func:`usable`: equality on ``type``, ``event``, ``source`` only; buckets of whole
@@ -87,14 +90,16 @@ def period_start(moment: datetime, interval: str) -> datetime:
     return day
 
 
-def floor_hour(moment: datetime) -> datetime:
+def floor_hour(moment: datetime, unit: int = HOUR) -> datetime:
+    """The start of the ``unit`` (seconds: an hour, a day) holding ``moment``, UTC."""
     moment = moment.astimezone(UTC)
-    return moment.replace(minute=0, second=0, microsecond=0)
+    start = moment.replace(minute=0, second=0, microsecond=0)
+    return start - timedelta(hours=start.hour % (unit // HOUR))
 
 
-def ceil_hour(moment: datetime) -> datetime:
-    floor = floor_hour(moment)
-    return floor if floor == moment.astimezone(UTC) else floor + timedelta(hours=1)
+def ceil_hour(moment: datetime, unit: int = HOUR) -> datetime:
+    floor = floor_hour(moment, unit)
+    return floor if floor == moment.astimezone(UTC) else floor + timedelta(seconds=unit)
 
 
 def usable(where: object) -> bool:
@@ -110,18 +115,23 @@ def usable(where: object) -> bool:
 @dataclass(frozen=True)
 class Split:
     """A time range cut for the rollup: whole hours ``[start, end)`` from the rollup
-    (``start`` None: from the first), the rest from ``events``."""
+    (``start`` None: from the first), the rest from ``events``, and so are the ``gaps``
+    inside it (ranges the store's rollup does not hold yet: ``QueryDialect.rollup_gaps``)."""
 
     start: datetime | None
     end: datetime
+    gaps: tuple[tuple[datetime, datetime], ...] = ()
 
 
-def split(since: datetime | None, until: datetime | None, now: datetime) -> Split | None:
+def split(
+    since: datetime | None, until: datetime | None, now: datetime, unit: int = HOUR
+) -> Split | None:
     """Where the whole hours of ``[since, until)`` (``until`` None: up to now, and
     whatever lies beyond it read from ``events``) begin and end; None: not one whole
-    hour in it (read ``events`` alone)."""
-    start = ceil_hour(since) if since is not None else None
-    end = floor_hour(until if until is not None else now)
+    hour in it (read ``events`` alone). With a ``unit`` of a day
+    (``QueryDialect.rollup_unit``), the whole days."""
+    start = ceil_hour(since, unit) if since is not None else None
+    end = floor_hour(until if until is not None else now, unit)
     if start is not None and start >= end:
         return None
     return Split(start, end)

@@ -24,7 +24,11 @@ import pytest
 
 from eventrouter.bus.bus import Bus, make_plugin_manager
 from eventrouter.privacy import erasure
+from eventrouter.sinks.clickhouse_cluster import ClusterLayout
+from eventrouter.sinks.clickhouse_rollup import compact
+from eventrouter.sinks.clickhouse_store import ClickHouseStore, client_for
 from eventrouter.store.interface import ADMIN_TABLES
+from eventrouter.store.query import EventFilter, EventStore
 from tests.cluster.clickhouse_support import (
     REPLICAS,
     SHARDS,
@@ -40,6 +44,7 @@ from tests.helpers import (
     make_config,
     run_eventrouter,
 )
+from tests.ingest_support import iso
 from tests.queue_support import WorkerThread, amqp_env, to_toml, unique  # noqa: F401
 
 # ruff: noqa: F811 - pytest fixtures are parameters
@@ -142,6 +147,15 @@ def test_migrate_creates_local_and_distributed_tables_on_both_servers(
             "events_local": kind,
             "eventrouter_schema": "Distributed",
             "eventrouter_schema_local": kind.replace("Replacing", ""),
+            # The hourly rollup (sinks/clickhouse_rollup.py): each server's view marks
+            # the days of the rows inserted into its events_local.
+            "events_dirty": "Distributed",
+            "events_dirty_local": kind,
+            "events_compacted": "Distributed",
+            "events_compacted_local": kind,
+            "events_hourly": "Distributed",
+            "events_hourly_local": kind,
+            "events_dirty_mv": "MaterializedView",
         }
         [(partition_key, sorting_key, create)] = server.query(
             "SELECT partition_key, sorting_key, engine_full FROM system.tables "
@@ -225,8 +239,46 @@ def test_events_spread_over_the_shards_read_once_and_erased_on_both(
             )
             assert rows == [(0,)]
         assert sum(local_counts(clickhouse_cluster, database)) == 35
+
+        # The hourly rollup through the Distributed tables: events of earlier days (the
+        # rollup holds whole days), counted the same before and after a compaction.
+        older = [
+            {
+                **track(users[i % 3]),
+                "timestamp": iso(datetime.now(UTC) - timedelta(days=2, minutes=30 * i)),
+            }
+            for i in range(30)
+        ]
+        response = server.post("/v1/batch", {"batch": older})
+        assert response.status_code == 200, response.text
+        layout = ClusterLayout(cluster=SHARDS, database=database)
+        assert rollup_matches_scan(ClickHouseStore(sink["url"], layout)) == 35 + 30
     finally:
         server.stop()
+
+
+def rollup_matches_scan(store: ClickHouseStore) -> int:
+    """The counts read through the rollup and from events agree, with the days dirty and
+    once compacted (every day then from the rollup); the count of the last three days."""
+    reader, scanner = EventStore(store), EventStore(store, use_rollup=False)
+    where = EventFilter(since=datetime.now(UTC) - timedelta(days=3, minutes=7))
+    try:
+        assert reader.has_rollup() is True
+        for _ in range(2):
+            assert reader.count(where) == scanner.count(where)
+            assert reader.top(where, "event") == scanner.top(where, "event")
+            assert reader.count_by_time(where, 3600) == scanner.count_by_time(where, 3600)
+            time.sleep(1.05)  # marks of the second a compaction starts keep their day dirty
+            client = client_for(store.url, store.layout)
+            try:
+                compact(client, store.layout, margin=0)
+            finally:
+                client.disconnect()
+        assert reader.dialect.rollup_gaps(None, datetime.now(UTC)) == []
+        return reader.count(where)
+    finally:
+        reader.close()
+        scanner.close()
 
 
 def test_the_privacy_command_erases_on_the_cluster(clickhouse_cluster, database, tmp_path):

@@ -1,0 +1,245 @@
+"""The hourly rollup on ClickHouse: ``events_hourly`` kept exactly equal to what
+``events FINAL`` counts, through redeliveries, erasure and concurrent writers.
+
+Why not a plain materialized view: a view counts what is inserted, and a redelivered
+copy is inserted like any event, so it would count the copies that ``FINAL`` reads as
+one. Instead, four objects (created by ``eventrouter migrate``, :func:`ddl`):
+
+- ``events_dirty`` (``day``, ``mark``): a ``ReplacingMergeTree(mark)`` ordered by
+  ``day``, written by the materialized view ``events_dirty_mv`` on ``events``: each
+  inserted block writes, per UTC day of its ``timestamp``, the server's ``now()``
+  (evaluated after the block's part is visible). "This day changed at ``mark``." The
+  unit is the *day* because the sorting key holds ``toDate(timestamp)``: all copies of
+  one event share a day (they may not share an hour, an SDK's retry gets another
+  skew-corrected timestamp), so recounting a day from ``events FINAL`` is exact whatever
+  copy wins. The eraser marks the days of the rows it deletes (:func:`mark_days_sql`).
+- ``events_compacted`` (``day``, ``through``): a ``ReplacingMergeTree(through)``; the
+  compactor's record that the day's counts in ``events_hourly`` hold every change
+  marked before ``through``.
+- ``events_hourly`` (``hour``, ``type``, ``event``, ``source``, ``n_events``,
+  ``version``; the count is not named ``n`` as on the other stores: ClickHouse would
+  read ``sum(n) AS n`` as an aggregate of itself): a
+  ``ReplacingMergeTree(version)``: each compaction writes every key of the day with
+  ``version = through``, and readers take the rows of the day's latest recorded
+  ``through`` alone (:data:`RECORDED`), with ``FINAL`` (two runs of the same second
+  write the same version). A key that vanished from a day (erased) is simply not in
+  the newest version; the rows of a run that failed before recording are never read
+  (the day stays dirty until a later run records a later version).
+
+A day is **clean** when its latest ``through`` is later than its latest ``mark``; the
+query layer reads clean days' whole hours from ``events_hourly`` and the rest (dirty
+days, and the partial hours at both ends of a range) from ``events FINAL``
+(:func:`dirty_days_sql`, ``ClickHouseDialect.rollup_gaps``).
+
+**The compactor** (:func:`compact`; the sink runs it every ``rollup_interval``):
+
+1. ``through`` = the server's ``now()`` minus :data:`CLOCK_MARGIN` (clock skew between
+   the servers of a cluster), and no later than the creation of any mutation of
+   ``events`` still running (a delete whose rows are not gone yet);
+2. the dirty days: each recounted from ``events FINAL WHERE toDate(timestamp) = day``
+   (a key prefix: it reads that day alone), written with ``version = through``, then
+   ``(day, through)`` recorded.
+
+It is idempotent and safe from several processes at once: every count it writes holds
+every insert whose part was visible before ``through`` (a mark is evaluated after its
+part is visible, and ``through`` is at or before the compactor's reads), and an insert
+that lands while it runs carries a mark at or after ``through``: its day stays dirty,
+and is read from ``events`` until the next run recounts it. Two runs that record the
+same day write the same counts for everything marked before their ``through``; the
+later ``through`` wins, and readers take its rows alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Column, MetaData, Table
+
+from eventrouter.sinks.clickhouse_cluster import ClusterLayout, quote_string
+from eventrouter.store import rollup
+
+log = logging.getLogger("eventrouter.sinks.clickhouse")
+
+DIRTY = "events_dirty"
+COMPACTED = "events_compacted"
+HOURLY = "events_hourly"
+#: The condition on ``events_hourly`` that keeps the rows of each day's latest recorded
+#: compaction (``version`` is that compaction's ``through``, in seconds).
+RECORDED = (
+    f"(toDate({HOURLY}.hour), {HOURLY}.version) IN "
+    f"(SELECT day, toUInt64(toUInt32(max(through))) FROM {COMPACTED} GROUP BY day)"
+)
+#: The materialized view that marks the days of every insert into ``events``.
+MARKER = "events_dirty_mv"
+#: The rollup's tables, in the order they are created.
+TABLES = (DIRTY, COMPACTED, HOURLY)
+#: Seconds ``through`` stays behind the server's clock: the servers of a cluster mark
+#: with their own clocks.
+CLOCK_MARGIN = 5
+#: ``events_hourly`` as the query layer reads it: the generic rollup's columns
+#: (:data:`eventrouter.store.rollup.events_hourly`), its count under ``n_events``.
+hourly_table = Table(
+    HOURLY,
+    MetaData(),
+    *(
+        Column(column.name, column.type, nullable=False)
+        for column in rollup.events_hourly.columns
+        if column.name != "n"
+    ),
+    Column("n_events", BigInteger, nullable=False, key="n"),
+)
+#: The sorting key item that makes a day the unit of change (the default key's first).
+DAY_KEY = "toDate(timestamp)"
+#: Seconds in a day.
+DAY = 86400
+
+DIRTY_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {DIRTY} (day Date, mark DateTime('UTC')) "
+    "ENGINE = ReplacingMergeTree(mark) ORDER BY day"
+)
+COMPACTED_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {COMPACTED} (day Date, through DateTime('UTC')) "
+    "ENGINE = ReplacingMergeTree(through) ORDER BY day"
+)
+HOURLY_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {HOURLY} (hour DateTime('UTC'), type String, event String, "
+    "source String, n_events UInt64, version UInt64) ENGINE = ReplacingMergeTree(version) "
+    "PARTITION BY toYYYYMM(hour) ORDER BY (hour, type, event, source)"
+)
+#: The view's query (the source table named by :func:`marker_ddl`).
+MARKER_SELECT = "SELECT toDate(timestamp) AS day, max(now()) AS mark FROM {source} GROUP BY day"
+
+
+def ttl_clause(column: str, seconds: float | None) -> str:
+    """The rollup table's ``TTL``: the same retention as ``events`` (None: none)."""
+    if not seconds:
+        return ""
+    return f" TTL toDateTime({column}) + INTERVAL {int(seconds)} SECOND"
+
+
+def ddl(ttl: float | None = None) -> list[str]:
+    """The one-server ``CREATE TABLE`` statements of the rollup's tables (the view
+    apart: :func:`marker_ddl`)."""
+    return [
+        DIRTY_DDL + ttl_clause("day", ttl),
+        COMPACTED_DDL + ttl_clause("day", ttl),
+        HOURLY_DDL + ttl_clause("hour", ttl),
+    ]
+
+
+def marker_ddl(layout: ClusterLayout | None = None) -> str:
+    """``CREATE MATERIALIZED VIEW events_dirty_mv``: on one server on ``events``, on a
+    cluster on each server's ``events_local`` into its ``events_dirty_local``."""
+    if layout is None:
+        select = MARKER_SELECT.format(source="events")
+        return f"CREATE MATERIALIZED VIEW IF NOT EXISTS {MARKER} TO {DIRTY} AS {select}"
+    select = MARKER_SELECT.format(source=layout.qualified(layout.local("events")))
+    return (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {layout.qualified(MARKER)} "
+        f"{layout.on_cluster} TO {layout.qualified(layout.local(DIRTY))} AS {select}"
+    )
+
+
+def keeps_days(order_by: str, split_keys: Any) -> bool:
+    """Whether a sorting key lets the rollup recount by day (its copies share a day)."""
+    return any(item.replace(" ", "") == DAY_KEY for item in split_keys(order_by))
+
+
+#: Every day marked before this insert, as changed now (the backfill of ``migrate``).
+BACKFILL_SQL = (
+    f"INSERT INTO {DIRTY} (day, mark) SELECT DISTINCT toDate(timestamp), now() FROM events"
+)
+
+
+def dirty_days_sql(first: date | None = None, last: date | None = None) -> str:
+    """The days (``first`` to ``last``, inclusive; None: unbounded) whose latest mark is
+    not older than their latest compaction, oldest first."""
+    bounds = []
+    if first is not None:
+        bounds.append(f"day >= toDate({quote_string(first.isoformat())})")
+    if last is not None:
+        bounds.append(f"day <= toDate({quote_string(last.isoformat())})")
+    where = f" WHERE {' AND '.join(bounds)}" if bounds else ""
+    return (
+        f"SELECT d.day FROM (SELECT day, max(mark) AS m FROM {DIRTY}{where} GROUP BY day) AS d "
+        f"ANY LEFT JOIN (SELECT day, max(through) AS t FROM {COMPACTED}{where} GROUP BY day) "
+        "AS c USING day WHERE m >= t ORDER BY day"
+    )
+
+
+def mark_days_sql(where: str) -> str:
+    """Mark the days of the ``events`` rows matching ``where`` as changed now."""
+    return (
+        f"INSERT INTO {DIRTY} (day, mark) SELECT DISTINCT toDate(timestamp), now() "
+        f"FROM events WHERE {where}"
+    )
+
+
+def has_rollup(client: Any) -> bool:
+    """Whether the database holds the rollup's tables (``migrate`` created them)."""
+    rows = client.execute(
+        "SELECT count() FROM system.tables WHERE database = currentDatabase() "
+        f"AND name IN ({', '.join(map(quote_string, TABLES))})"
+    )
+    return rows[0][0] == len(TABLES)
+
+
+def _through(client: Any, layout: ClusterLayout | None, margin: int) -> int:
+    """The compaction's ``through``, seconds since the epoch (see the module's doc)."""
+    [(now,)] = client.execute("SELECT toUInt32(now())")
+    if layout is None:
+        mutations = (
+            "SELECT min(toUInt32(create_time)), count() FROM system.mutations "
+            "WHERE database = currentDatabase() AND table = 'events' AND is_done = 0"
+        )
+    else:
+        mutations = (
+            f"SELECT min(toUInt32(create_time)), count() FROM {layout.everywhere('mutations')} "
+            f"WHERE database = {quote_string(layout.database)} AND table = "
+            f"{quote_string(layout.local('events'))} AND is_done = 0"
+        )
+    [(oldest, running)] = client.execute(mutations)
+    through = int(now) - margin
+    if running:
+        through = min(through, int(oldest))
+    return through
+
+
+def compact(
+    client: Any,
+    layout: ClusterLayout | None = None,
+    days: Sequence[date] | None = None,
+    *,
+    margin: int = CLOCK_MARGIN,
+) -> list[date]:
+    """Recount the dirty days (or ``days``) from ``events FINAL`` into ``events_hourly``
+    and record them compacted; the days recounted. See the module's doc (``margin``:
+    :data:`CLOCK_MARGIN`; 0 is safe on one server)."""
+    through = _through(client, layout, margin)
+    if days is None:
+        days = [row[0] for row in client.execute(dirty_days_sql())]
+    moment = datetime.fromtimestamp(through, UTC)
+    for day in days:
+        _compact_day(client, day, through, moment)
+    return list(days)
+
+
+def _compact_day(client: Any, day: date, through: int, moment: datetime) -> None:
+    params = {"day": day.isoformat()}
+    counts = client.execute(
+        "SELECT toUInt32(toStartOfHour(toDateTime(timestamp))) AS hour, type, event, source, "
+        "count() FROM events FINAL WHERE toDate(timestamp) = toDate(%(day)s) "
+        "GROUP BY hour, type, event, source",
+        params,
+    )
+    rows = [
+        (datetime.fromtimestamp(hour, UTC), kind, name, source, n, through)
+        for hour, kind, name, source, n in counts
+    ]
+    if rows:
+        columns = "hour, type, event, source, n_events, version"
+        client.execute(f"INSERT INTO {HOURLY} ({columns}) VALUES", rows)
+    client.execute(f"INSERT INTO {COMPACTED} (day, through) VALUES", [(day, moment)])

@@ -1,0 +1,72 @@
+"""ClickHouse's hourly rollup without a server (sinks/clickhouse_rollup.py): where a
+range is cut between the rollup and ``events`` (whole days on ClickHouse, whole hours
+elsewhere), which sorting keys allow it, and its statements on a cluster (local tables
+under Distributed ones sharded so that every version of a key is on one shard; the view
+on each server's ``events_local``). tests/integration/test_clickhouse_rollup.py runs them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from eventrouter.sinks.clickhouse import split_keys
+from eventrouter.sinks.clickhouse_cluster import ClusterLayout
+from eventrouter.sinks.clickhouse_rollup import ddl as rollup_ddl
+from eventrouter.sinks.clickhouse_rollup import (
+    dirty_days_sql,
+    keeps_days,
+    marker_ddl,
+)
+from eventrouter.store import rollup
+
+NOW = datetime(2026, 12, 7, 3, 25, 10, tzinfo=UTC)
+
+
+def test_a_range_is_cut_on_whole_hours_or_whole_days():
+    since = datetime(2026, 12, 1, 22, 30, tzinfo=UTC)
+    hours = rollup.split(since, None, NOW)
+    assert (hours.start, hours.end) == (
+        datetime(2026, 12, 1, 23, tzinfo=UTC),
+        datetime(2026, 12, 7, 3, tzinfo=UTC),
+    )
+    days = rollup.split(since, None, NOW, unit=86400)
+    assert (days.start, days.end) == (
+        datetime(2026, 12, 2, tzinfo=UTC),
+        datetime(2026, 12, 7, tzinfo=UTC),
+    )
+    midnight = datetime(2026, 12, 2, tzinfo=UTC)
+    assert rollup.split(midnight, None, NOW, unit=86400).start == midnight
+    # Not one whole day inside: events alone.
+    assert rollup.split(NOW.replace(hour=1), None, NOW, unit=86400) is None
+
+
+def test_only_a_sorting_key_holding_the_day_gets_a_rollup():
+    assert keeps_days("toDate(timestamp), source, type, event, message_id", split_keys)
+    assert keeps_days("source, toDate( timestamp ), message_id", split_keys)
+    assert not keeps_days("source, message_id", split_keys)
+    assert not keeps_days("toStartOfHour(timestamp), source, message_id", split_keys)
+
+
+def test_dirty_days_bounds_are_literals_of_dates():
+    sql = dirty_days_sql(datetime(2026, 12, 1).date(), datetime(2026, 12, 7).date())
+    assert "day >= toDate('2026-12-01') AND day <= toDate('2026-12-07')" in sql
+    assert "WHERE m >= t" in sql
+    assert " WHERE day" not in dirty_days_sql()
+
+
+def test_the_rollup_on_a_cluster():
+    layout = ClusterLayout(cluster="er_shards", database="analytics", replicated=True)
+    statements = [sql for table in rollup_ddl(ttl=86400 * 30) for sql in layout.create(table)]
+    assert len(statements) == 6
+    hourly_local, hourly = statements[4], statements[5]
+    assert (
+        "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/analytics.events_hourly_local'"
+        in hourly_local
+    )
+    assert "TTL toDateTime(hour) + INTERVAL 2592000 SECOND" in hourly_local
+    assert hourly.endswith("`events_hourly_local`, toUInt32(hour))")
+    view = marker_ddl(layout)
+    assert view.startswith(
+        "CREATE MATERIALIZED VIEW IF NOT EXISTS `analytics`.`events_dirty_mv` ON CLUSTER "
+        "`er_shards` TO `analytics`.`events_dirty_local` AS SELECT"
+    )
+    assert view.endswith("FROM `analytics`.`events_local` GROUP BY day")
