@@ -77,6 +77,10 @@ SOURCES = [
 KEYS = {SOURCE_A: ("wk-a", ""), SOURCE_B: ("wk-b", "")}
 
 
+#: What the ClickHouse sink's hourly rollup adds beside ``events`` (sinks/clickhouse_rollup.py).
+CLICKHOUSE_ROLLUP_TABLES = {"events_hourly", "events_compacted", "events_dirty", "events_dirty_mv"}
+
+
 def at_second(moment: datetime) -> datetime:
     return moment.replace(microsecond=0)  # what every store keeps (18.16: seconds)
 
@@ -682,7 +686,12 @@ def test_migrate_rebuilds_an_old_clickhouse_table_whose_key_lacks_source(tmp_pat
             "events",
             "events_before_v2",
             "eventrouter_schema",
+            *CLICKHOUSE_ROLLUP_TABLES,
         }
+        # The rollup's view watches the rebuilt table: an insert marks its day changed.
+        marks = ch(url, "SELECT count() FROM events_dirty")[0][0]
+        ch_insert(url, [during], datetime64)
+        assert ch(url, "SELECT count() FROM events_dirty")[0][0] == marks + 1
 
 
 def test_migrate_keeps_an_old_clickhouse_table_whose_key_has_source(tmp_path):
@@ -699,7 +708,7 @@ def test_migrate_keeps_an_old_clickhouse_table_whose_key_has_source(tmp_path):
             assert "schema version 2" in out and "rebuilt" not in out
         assert ch_rows(url, "events") == before
         tables = {row[0] for row in ch(url, "SHOW TABLES")}
-        assert tables == {"events", "eventrouter_schema"}
+        assert tables == {"events", "eventrouter_schema", *CLICKHOUSE_ROLLUP_TABLES}
         assert ch(url, "SELECT version FROM eventrouter_schema ORDER BY version") == [(1,), (2,)]
 
 
