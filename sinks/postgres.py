@@ -37,6 +37,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -1039,12 +1040,10 @@ def hourly_counts(commands: Iterable[Command]) -> dict[tuple[int, str, str, str]
     since 1970, ``type``, ``event`` or ``''``, ``source``), the grouping of
     :data:`_ROLLUP_ROWS`. Exact integer arithmetic on the time (no float rounding at an
     hour's edge)."""
-    counts: dict[tuple[int, str, str, str], int] = {}
-    for c in commands:
-        hour = (c.timestamp - _EPOCH) // _ONE_HOUR
-        key = (hour, c.kind, getattr(c, "event", None) or "", c.source)
-        counts[key] = counts.get(key, 0) + 1
-    return counts
+    return Counter(
+        ((c.timestamp - _EPOCH) // _ONE_HOUR, c.kind, getattr(c, "event", None) or "", c.source)
+        for c in commands
+    )
 
 
 def _add_hourly(cursor: Any, commands: Sequence[Command]) -> None:
