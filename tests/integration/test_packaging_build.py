@@ -43,27 +43,29 @@ def build(tree: Path, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+def run_built(path: Path, name: str, call: str) -> str:
+    """What ``module.<call>`` prints, the module ``name`` loaded from the built ``path``
+    in a fresh interpreter."""
+    probe = (
+        "import importlib.util; "
+        f"spec = importlib.util.spec_from_file_location({name!r}, {str(path)!r}); "
+        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
+        f"print(module.{call})"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return ran.stdout.strip()
+
+
 def test_the_extension_builds_where_a_compiler_is(source):
     result = build(source)
     assert result.returncode == 0, result.stdout + result.stderr
     (built,) = (source / "out" / "eventrouter").glob("_scan.*.so")
-    probe = (
-        "import importlib.util, sys; "
-        f"spec = importlib.util.spec_from_file_location('eventrouter._scan', {str(built)!r}); "
-        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
-        "print(module.scan_body(b'{\"a\":[1e400]}', 2, 1))"
+    assert run_built(built, "eventrouter._scan", "scan_body(b'{\"a\":[1e400]}', 2, 1)") == (
+        "(True, True)"
     )
-    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert ran.stdout.strip() == "(True, True)"
     (native,) = (source / "out" / "eventrouter" / "sinks").glob("_native.*.so")
-    probe = (
-        "import importlib.util; spec = importlib.util.spec_from_file_location("
-        f"'eventrouter.sinks._native', {str(native)!r}); "
-        "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module); "
-        "print(module.string_column([b'ab', b'']).hex())"
-    )
-    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert ran.stdout.strip() == "0261620" + "0"  # length 2, "ab", then length 0
+    ran = run_built(native, "eventrouter.sinks._native", "string_column([b'ab', b'']).hex()")
+    assert ran == "0261620" + "0"  # length 2, "ab", then length 0
 
 
 def test_a_failed_compile_leaves_the_module_out_and_the_build_succeeds(source):
