@@ -10,10 +10,13 @@ import asyncio
 import contextvars
 import gc
 import multiprocessing
+import sys
 import weakref
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn_worker import UvicornWorker
 
@@ -223,6 +226,37 @@ def default_workers() -> int:
     return max(1, multiprocessing.cpu_count())
 
 
+class HaltingArbiter(Arbiter):
+    """gunicorn's arbiter, except that a second worker failing to boot while the
+    arbiter is already halting for the first does not escape as a traceback.
+
+    With several workers and a sink that cannot start, every worker exits with
+    ``WORKER_BOOT_ERROR``. gunicorn halts on the first; its ``stop()`` then reaps the
+    others, and ``reap_workers`` raises ``HaltServer`` again for the next one, out of
+    ``halt()`` and past the main loop's handler: the operator saw a gunicorn traceback
+    instead of the one line naming the sink (docs/plugins.md, "When a plugin cannot
+    start"), and the rest of ``halt()`` (pidfile, ``on_exit``) was skipped. While
+    halting, the reason is already chosen; the other workers are reaped and the halt
+    goes on.
+    """
+
+    halting = False
+
+    def halt(self, reason: str | None = None, exit_status: int = 0) -> None:
+        self.halting = True
+        super().halt(reason, exit_status)
+
+    def reap_workers(self) -> None:
+        while True:
+            try:
+                super().reap_workers()
+            except HaltServer:
+                if not self.halting:
+                    raise
+                continue  # that worker is popped; reap the rest
+            return
+
+
 class Server(BaseApplication):
     """gunicorn's arbiter serving ``create_app(config)`` in each worker (built after
     the fork, so each process opens its own connections and writer threads)."""
@@ -242,6 +276,14 @@ class Server(BaseApplication):
         for key, value in vars(overrides).items():
             if value is not None and key != "args":
                 self.cfg.set(key.lower(), value)
+
+    def run(self) -> None:
+        # BaseApplication.run, with our arbiter.
+        try:
+            HaltingArbiter(self).run()
+        except RuntimeError as exc:
+            print(f"\nError: {exc}\n", file=sys.stderr, flush=True)
+            sys.exit(1)
 
     def load(self) -> Any:
         from eventrouter.app import create_app
