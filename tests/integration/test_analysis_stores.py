@@ -251,6 +251,20 @@ def test_the_retention_page_shows_the_cohorts(served):
     assert "100.0 %" in _text(response.text)
 
 
+def test_one_user_is_one_user_not_one_users(served):
+    server, _ = served
+    params = [("range", "30d"), ("step", "Viewed"), ("step", "Added")]
+    params += [("where1", "properties.plan=enterprise")]  # u7 alone enters
+    response = server.client.get("/admin/funnels", params=params, headers=ADMIN_BEARER)
+    assert response.status_code == 200, response.text
+    assert "1 user entered" in _text(response.text)
+    params = {"range": "30d", "interval": "day", "event": HOSTILE}  # h1 alone, on T's day
+    response = server.client.get("/admin/active-users", params=params, headers=ADMIN_BEARER)
+    assert response.status_code == 200, response.text
+    assert f"{T:%Y-%m-%d} 00:00:00 UTC: 1 user</title>" in response.text, response.text
+    assert "1 users" not in response.text
+
+
 def test_an_htmx_request_gets_the_fragment_and_the_canonical_url(served):
     server, _ = served
     params = [
