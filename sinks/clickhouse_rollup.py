@@ -26,6 +26,15 @@ one. Instead, four objects (created by ``eventrouter migrate``, :func:`ddl`):
   the newest version; the rows of a run that failed before recording are never read
   (the day stays dirty until a later run records a later version).
 
+- ``events_users`` (``day``, ``users``, ``n_users``, ``version``): a
+  ``ReplacingMergeTree(version)`` written by the same compaction with the same
+  ``version``: the day's distinct users (``user_id``, else ``anonymous_id``) as a
+  ``uniqExact`` state (the set of their 128-bit hashes) and their number. Daily active
+  users read ``n_users``; weekly and monthly ones merge the days' states
+  (``uniqExactMerge``: the union of the sets), so a user active on several days counts
+  once (``ClickHouseDialect.users_statement``). Exact, and read in the same time
+  whatever the events: it grows with the users per day, not with the events.
+
 A day is **clean** when its latest ``through`` is later than its latest ``mark``; the
 query layer reads clean days' whole hours from ``events_hourly`` and the rest (dirty
 days, and the partial hours at both ends of a range) from ``events FINAL``
@@ -37,8 +46,9 @@ days, and the partial hours at both ends of a range) from ``events FINAL``
    the servers of a cluster), and no later than the creation of any mutation of
    ``events`` still running (a delete whose rows are not gone yet);
 2. the dirty days: each recounted from ``events FINAL WHERE toDate(timestamp) = day``
-   (a key prefix: it reads that day alone), written with ``version = through``, then
-   ``(day, through)`` recorded.
+   (a key prefix: it reads that day alone), written with ``version = through``, its
+   distinct users from ``events`` (no ``FINAL``: copies of an event carry one user)
+   into ``events_users`` with the same version, then ``(day, through)`` recorded.
 
 It is idempotent and safe from several processes at once: every count it writes holds
 every insert whose part was visible before ``through`` (a mark is evaluated after its
@@ -56,7 +66,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, MetaData, Table
+from sqlalchemy import BigInteger, Column, Date, MetaData, Table
 
 from eventrouter.sinks.clickhouse_cluster import ClusterLayout, quote_string
 from eventrouter.store import rollup
@@ -66,16 +76,22 @@ log = logging.getLogger("eventrouter.sinks.clickhouse")
 DIRTY = "events_dirty"
 COMPACTED = "events_compacted"
 HOURLY = "events_hourly"
+USERS = "events_users"
 #: The condition on ``events_hourly`` that keeps the rows of each day's latest recorded
 #: compaction (``version`` is that compaction's ``through``, in seconds).
 RECORDED = (
     f"(toDate({HOURLY}.hour), {HOURLY}.version) IN "
     f"(SELECT day, toUInt64(toUInt32(max(through))) FROM {COMPACTED} GROUP BY day)"
 )
+#: The same condition on ``events_users``.
+USERS_RECORDED = (
+    f"(day, version) IN "
+    f"(SELECT day, toUInt64(toUInt32(max(through))) FROM {COMPACTED} GROUP BY day)"
+)
 #: The materialized view that marks the days of every insert into ``events``.
 MARKER = "events_dirty_mv"
 #: The rollup's tables, in the order they are created.
-TABLES = (DIRTY, COMPACTED, HOURLY)
+TABLES = (DIRTY, COMPACTED, HOURLY, USERS)
 #: Seconds ``through`` stays behind the server's clock: the servers of a cluster mark
 #: with their own clocks.
 CLOCK_MARGIN = 5
@@ -91,6 +107,9 @@ hourly_table = Table(
     ),
     Column("n_events", BigInteger, nullable=False, key="n"),
 )
+#: ``events_users`` for the query layer (which asks whether it exists); read by SQL
+#: of its own (``ClickHouseDialect.users_statement``).
+users_table = Table(USERS, MetaData(), Column("day", Date), Column("n_users", BigInteger))
 #: The sorting key item that makes a day the unit of change (the default key's first).
 DAY_KEY = "toDate(timestamp)"
 #: Seconds in a day.
@@ -108,6 +127,19 @@ HOURLY_DDL = (
     f"CREATE TABLE IF NOT EXISTS {HOURLY} (hour DateTime('UTC'), type String, event String, "
     "source String, n_events UInt64, version UInt64) ENGINE = ReplacingMergeTree(version) "
     "PARTITION BY toYYYYMM(hour) ORDER BY (hour, type, event, source)"
+)
+USERS_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {USERS} (day Date, users AggregateFunction(uniqExact, String), "
+    "n_users UInt64, version UInt64) ENGINE = ReplacingMergeTree(version) "
+    "PARTITION BY toYYYYMM(day) ORDER BY day"
+)
+#: Who an ``events`` row is from, ``''`` for nobody (as ``ClickHouseDialect.user_key``).
+USER_KEY = "if(user_id != '', user_id, anonymous_id)"
+#: One day's distinct users, written by a compaction.
+USERS_SQL = (
+    f"INSERT INTO {USERS} (day, users, n_users, version) SELECT toDate(%(day)s), "
+    "uniqExactState(u), uniqExact(u), toUInt64(%(version)s) FROM (SELECT "
+    f"{USER_KEY} AS u FROM events WHERE toDate(timestamp) = toDate(%(day)s)) WHERE u != ''"
 )
 #: The view's query (the source table named by :func:`marker_ddl`).
 MARKER_SELECT = "SELECT toDate(timestamp) AS day, max(now()) AS mark FROM {source} GROUP BY day"
@@ -127,6 +159,7 @@ def ddl(ttl: float | None = None) -> list[str]:
         DIRTY_DDL + ttl_clause("day", ttl),
         COMPACTED_DDL + ttl_clause("day", ttl),
         HOURLY_DDL + ttl_clause("hour", ttl),
+        USERS_DDL + ttl_clause("day", ttl),
     ]
 
 
@@ -242,4 +275,5 @@ def _compact_day(client: Any, day: date, through: int, moment: datetime) -> None
     if rows:
         columns = "hour, type, event, source, n_events, version"
         client.execute(f"INSERT INTO {HOURLY} ({columns}) VALUES", rows)
+    client.execute(USERS_SQL, {**params, "version": through})
     client.execute(f"INSERT INTO {COMPACTED} (day, through) VALUES", [(day, moment)])

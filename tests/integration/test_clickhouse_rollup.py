@@ -113,6 +113,12 @@ def answers(store: EventStore) -> dict:
         "count": store.count(since),
         "all": store.count(EventFilter()),
         "day": store.count(EventFilter(since=NOW - timedelta(days=1))),
+        # events_users (the reader) or a count of events (the scanner): distinct users.
+        **{
+            f"users by {interval}": store.active_users(since, interval)
+            for interval in ("day", "week", "month")
+        },
+        "users all time": store.active_users(EventFilter(), "week").series,
     }
 
 
@@ -330,7 +336,7 @@ def test_migrate_backfills_a_database_that_had_no_rollup(ch_url, tmp_path):
 
 def test_dropping_old_partitions_drops_their_hours(stored):
     """Retention on a server without TTL (18.16): the old month's partition of
-    ``events`` and of ``events_hourly`` dropped (docs/clickhouse.md)."""
+    ``events``, ``events_hourly`` and ``events_users`` dropped (docs/clickhouse.md)."""
     sink, stores = stored
     rng = random.Random(5)
     old = NOW - timedelta(days=70)  # always another month
@@ -342,6 +348,7 @@ def test_dropping_old_partitions_drops_their_hours(stored):
     with sink.client() as client:
         client.execute(f"ALTER TABLE events DROP PARTITION {month}")
         client.execute(f"ALTER TABLE events_hourly DROP PARTITION {month}")
+        client.execute(f"ALTER TABLE events_users DROP PARTITION {month}")
     assert stores.reader.count(EventFilter(until=NOW - timedelta(days=60))) == 0
     assert stores.same()["all"] == 200
     stores.compact()
@@ -461,9 +468,14 @@ def test_rollup_ddl_compaction_and_reads_run_on_a_current_clickhouse(ch_url, tmp
                 store.count_by_time(where, 3600)
                 store.top(where, "event", 10)
                 store.count(where)
+                # events_users (ClickHouseDialect.users_statement), or events.
+                store.active_users(where, "day")
+                store.active_users(where, "week")
             finally:
                 store.close()
-        assert all("UNION ALL" in sql for sql in sent[True])
+        assert all("UNION ALL" in sql for sql in sent[True][:3])
+        assert all("events_users" in sql for sql in sent[True][3:])
+        assert len(sent[True]) == len(sent[False]) == 5
         answers = {
             kind: [
                 msgspec.json.decode(db.query(sql, "JSONCompact").bytes())["data"] for sql in sqls
@@ -472,5 +484,6 @@ def test_rollup_ddl_compaction_and_reads_run_on_a_current_clickhouse(ch_url, tmp
         }
         assert answers[True] == answers[False]
         assert answers[True][2] in ([[6]], [["6"]])
+        assert answers[True][4]  # the week's users
     finally:
         db.close()
