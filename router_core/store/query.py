@@ -527,19 +527,8 @@ class EventStore:
         counts = dialect.users_rollup
         plain = msgspec.structs.replace(where, since=None) == EventFilter()
         days = dialect.users_days
-        if (
-            by is None
-            and plain
-            and self.use_rollup
-            and days is not None
-            and self._has_table(days.name)
-        ):
-            with self.engine.connect() as connection:
-                rows = connection.execute(dialect.users_statement(interval, where.since)).all()
-            series = [(datetime.fromtimestamp(int(start), UTC), int(n)) for start, n in rows if n]
-            return ActiveUsers(
-                interval=interval, exact=dialect.distinct_exact, series=series, by=None
-            )
+        # The store's per-day distinct users answer the series, with or without ``by``.
+        from_days = plain and self.use_rollup and days is not None and self._has_table(days.name)
         if (
             by is None
             and plain
@@ -563,14 +552,17 @@ class EventStore:
         users = dialect.count_distinct(dialect.user_key()).label("users")
         conditions = self.conditions(where)
         period = self.period(interval).label("period")
-        # copies_select: distinct users are the same whether or not a redelivered event's
-        # copies are read as one (ClickHouse then skips FINAL).
-        series_sql = (
-            dialect.copies_select(period, users)
-            .where(*conditions)
-            .group_by(period)
-            .order_by(period)
-        )
+        if from_days:
+            series_sql = dialect.users_statement(interval, where.since)
+        else:
+            # copies_select: distinct users are the same whether or not a redelivered
+            # event's copies are read as one (ClickHouse then skips FINAL).
+            series_sql = (
+                dialect.copies_select(period, users)
+                .where(*conditions)
+                .group_by(period)
+                .order_by(period)
+            )
         with self.engine.connect() as connection:
             series = [
                 (datetime.fromtimestamp(int(start), UTC), int(n))

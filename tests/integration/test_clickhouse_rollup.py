@@ -119,6 +119,8 @@ def answers(store: EventStore) -> dict:
             for interval in ("day", "week", "month")
         },
         "users all time": store.active_users(EventFilter(), "week").series,
+        "users by source": store.active_users(since, "day", "source"),
+        "users of web": store.active_users(EventFilter(since=SINCE, source="web"), "day"),
     }
 
 
