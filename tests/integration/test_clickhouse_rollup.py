@@ -336,6 +336,34 @@ def test_migrate_backfills_a_database_that_had_no_rollup(ch_url, tmp_path):
         stores.close()
 
 
+def test_migrate_counts_the_users_of_a_rollup_made_before_events_users(ch_url, tmp_path):
+    """A rollup compacted before ``events_users`` existed: migrate creates it and marks
+    every day changed, so no compacted day is read without its users."""
+    sink = make_sink(ch_url, tmp_path)
+    sink.migrate()
+    stores = Stores(ch_url)
+    try:
+        sink.write(random_events(random.Random(9), 800))
+        stores.compact()
+        expected = stores.same()
+        with sink.client() as client:
+            client.execute("DROP TABLE events_users")
+            assert rollup_module.has_rollup(client) is False  # the compactor waits
+        assert "created" in sink.migrate()
+        fresh = Stores(ch_url)
+        try:
+            assert fresh.gaps()  # every day, until the next compaction
+            assert fresh.same() == expected
+            fresh.compact()
+            assert fresh.gaps() == []
+            assert fresh.same() == expected
+        finally:
+            fresh.close()
+    finally:
+        stores.close()
+        sink.stop()
+
+
 def test_dropping_old_partitions_drops_their_hours(stored):
     """Retention on a server without TTL (18.16): the old month's partition of
     ``events``, ``events_hourly`` and ``events_users`` dropped (docs/clickhouse.md)."""
