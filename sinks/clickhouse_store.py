@@ -57,6 +57,8 @@ from typing import Any
 
 import msgspec
 from sqlalchemy import (
+    BindParameter,
+    Column,
     ColumnElement,
     Engine,
     case,
@@ -74,6 +76,7 @@ from sqlalchemy import (
     event as sqlalchemy_event,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.sql import operators
 
 from eventrouter.columns import OPTIONAL_TEXT_COLUMNS
 from eventrouter.sinks.clickhouse_cluster import (
@@ -145,6 +148,7 @@ def clickhouse_engine(url: str) -> Engine:
     hooks: JSON columns are ``String`` there (``''`` when absent), decoded by the generic
     JSON type with the dialect's ``_json_deserializer``, which that dialect leaves unset."""
     engine = create_engine(url, pool_pre_ping=True)
+    engine.dialect.statement_compiler = _compiler_class()
     engine.dialect._json_serializer = json_dumps
     engine.dialect._json_deserializer = _json_or_none
     sqlalchemy_event.listen(engine, "handle_error", _unavailable)
@@ -243,6 +247,59 @@ USERS_PERIODS = {
     "week": "toUInt32(toMonday(day)) * 86400",
     "month": "toUInt32(toStartOfMonth(day)) * 86400",
 }
+#: Columns every copy of a redelivered event holds alike (the default sorting key's),
+#: whose equality conditions under ``FINAL`` are also read as ``PREWHERE``.
+PREWHERE_COLUMNS = frozenset({"type", "event", "source"})
+
+
+def _prewhere(condition: Any) -> bool:
+    """Whether ``condition`` is ``events.<PREWHERE_COLUMNS> = <bound value>``."""
+    left, right = getattr(condition, "left", None), getattr(condition, "right", None)
+    return (
+        getattr(condition, "operator", None) is operators.eq
+        and isinstance(left, Column)
+        and getattr(left.table, "name", None) == "events"
+        and left.name in PREWHERE_COLUMNS
+        and isinstance(right, BindParameter)
+    )
+
+
+@functools.cache
+def _compiler_class() -> type:
+    """clickhouse-sqlalchemy's compiler, with ``FINAL`` followed by ``PREWHERE`` and the
+    select's equality conditions on :data:`PREWHERE_COLUMNS` (they stay in ``WHERE``).
+
+    18.16 moves no condition to ``PREWHERE`` under ``FINAL``: it reads every column the
+    query names for every row in range and merges them all, then filters. With the
+    condition in ``PREWHERE`` it reads the rest of the columns for the matching rows
+    alone (the chart of one event and a property over 30 days of 1,000,000 events:
+    bench/clickhouse_views.py). The answers are the same: copies of one event share
+    these columns, so every copy or none passes, before ``FINAL`` as after it."""
+    from clickhouse_sqlalchemy.drivers.compilers.sqlcompiler import ClickHouseSQLCompiler
+
+    class PrewhereCompiler(ClickHouseSQLCompiler):
+        def _compose_select_body(self, text: str, select: Any, *args: Any) -> Any:
+            # The select being written, for final_clause (subqueries nest).
+            selects = self.__dict__.setdefault("_selects", [])
+            selects.append(select)
+            try:
+                return super()._compose_select_body(text, select, *args)
+            finally:
+                selects.pop()
+
+        def final_clause(self) -> str:
+            clause = super().final_clause()
+            selects = self.__dict__.get("_selects")
+            if not selects:
+                return clause
+            shared = [c for c in selects[-1]._where_criteria if _prewhere(c)]
+            if shared:
+                clause += " \nPREWHERE " + " AND ".join(self.process(c) for c in shared)
+            return clause
+
+    return PrewhereCompiler
+
+
 #: The last second a ``DateTime`` holds (2106-02-07 06:28:15 UTC), minus a margin.
 LAST_DATETIME = datetime(2105, 12, 31, 23, 59, 59)
 #: The most separate runs of days not compacted yet that a count reads from ``events``
