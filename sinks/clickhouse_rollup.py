@@ -3,7 +3,7 @@
 
 Why not a plain materialized view: a view counts what is inserted, and a redelivered
 copy is inserted like any event, so it would count the copies that ``FINAL`` reads as
-one. Instead, four objects (created by ``eventrouter migrate``, :func:`ddl`):
+one. Instead, five objects (created by ``eventrouter migrate``, :func:`ddl`):
 
 - ``events_dirty`` (``day``, ``mark``): a ``ReplacingMergeTree(mark)`` ordered by
   ``day``, written by the materialized view ``events_dirty_mv`` on ``events``: each
@@ -29,11 +29,16 @@ one. Instead, four objects (created by ``eventrouter migrate``, :func:`ddl`):
 - ``events_users`` (``day``, ``users``, ``n_users``, ``version``): a
   ``ReplacingMergeTree(version)`` written by the same compaction with the same
   ``version``: the day's distinct users (``user_id``, else ``anonymous_id``) as a
-  ``uniqExact`` state (the set of their 128-bit hashes) and their number. Daily active
-  users read ``n_users``; weekly and monthly ones merge the days' states
-  (``uniqExactMerge``: the union of the sets), so a user active on several days counts
-  once (``ClickHouseDialect.users_statement``). Exact, and read in the same time
-  whatever the events: it grows with the users per day, not with the events.
+  ``uniqExact`` state of their ``sipHash64`` (the set of 64-bit hashes) and their number
+  (``uniqExact`` of the text, as a scan counts). Daily active users read ``n_users``;
+  weekly and monthly ones merge the days' states (``uniqExactMerge``: the union of the
+  sets), so a user active on several days counts once
+  (``ClickHouseDialect.users_statement``). Read in the same time whatever the events:
+  it grows with the users per day, not with the events. 64-bit hashes, not the 128-bit
+  ones ``uniqExact`` keeps of a ``String``: merging 30 days' sets took a third of the
+  time (45 against 130 ms on 1,000,000 events), and two of N users share a hash with a
+  chance of about N² / 2⁶⁵ (10,000,000 users in a month: 3 in a million), when a week or
+  a month would count one user fewer.
 
 A day is **clean** when its latest ``through`` is later than its latest ``mark``; the
 query layer reads clean days' whole hours from ``events_hourly`` and the rest (dirty
@@ -129,7 +134,7 @@ HOURLY_DDL = (
     "PARTITION BY toYYYYMM(hour) ORDER BY (hour, type, event, source)"
 )
 USERS_DDL = (
-    f"CREATE TABLE IF NOT EXISTS {USERS} (day Date, users AggregateFunction(uniqExact, String), "
+    f"CREATE TABLE IF NOT EXISTS {USERS} (day Date, users AggregateFunction(uniqExact, UInt64), "
     "n_users UInt64, version UInt64) ENGINE = ReplacingMergeTree(version) "
     "PARTITION BY toYYYYMM(day) ORDER BY day"
 )
@@ -138,7 +143,7 @@ USER_KEY = "if(user_id != '', user_id, anonymous_id)"
 #: One day's distinct users, written by a compaction.
 USERS_SQL = (
     f"INSERT INTO {USERS} (day, users, n_users, version) SELECT toDate(%(day)s), "
-    "uniqExactState(u), uniqExact(u), toUInt64(%(version)s) FROM (SELECT "
+    "uniqExactState(sipHash64(u)), uniqExact(u), toUInt64(%(version)s) FROM (SELECT "
     f"{USER_KEY} AS u FROM events WHERE toDate(timestamp) = toDate(%(day)s)) WHERE u != ''"
 )
 #: The view's query (the source table named by :func:`marker_ddl`).

@@ -407,7 +407,8 @@ class ClickHouseDialect(QueryDialect):
         """Clean days from ``events_users`` (the latest recorded compaction's row), the
         days changed since (:func:`dirty_days_sql`) from ``events``, as one series:
         daily, each day's ``n_users``; weekly and monthly, ``uniqExactMerge`` of the
-        days' ``uniqExact`` states, the union of their users (sinks/clickhouse_rollup.py).
+        days' ``uniqExact`` states of ``sipHash64(user)``, the union of their users
+        (sinks/clickhouse_rollup.py).
         Over 1,000,000 events in 30 days: bench/README.md, "Dashboard queries". The SQL
         holds no request text: dates formatted here, the interval one of three."""
         period = USERS_PERIODS[interval]
@@ -423,7 +424,7 @@ class ClickHouseDialect(QueryDialect):
         if interval == "day":
             kept, counted, total = "n_users", "uniqExact(u)", "max(n)"
         else:
-            kept, counted, total = "users", "uniqExactState(u)", "uniqExactMerge(n)"
+            kept, counted, total = "users", "uniqExactState(sipHash64(u))", "uniqExactMerge(n)"
         parts = [f"SELECT day, {kept} AS n FROM {USERS} WHERE {' AND '.join(bounds)}"]
         if dirty:
             parts.append(
