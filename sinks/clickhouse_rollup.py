@@ -50,10 +50,12 @@ days, and the partial hours at both ends of a range) from ``events FINAL``
 1. ``through`` = the server's ``now()`` minus :data:`CLOCK_MARGIN` (clock skew between
    the servers of a cluster), and no later than the creation of any mutation of
    ``events`` still running (a delete whose rows are not gone yet);
-2. the dirty days: each recounted from ``events FINAL WHERE toDate(timestamp) = day``
-   (a key prefix: it reads that day alone), written with ``version = through``, its
-   distinct users from ``events`` (no ``FINAL``: copies of an event carry one user)
-   into ``events_users`` with the same version, then ``(day, through)`` recorded.
+2. the dirty days (and those a compactor of an earlier release recorded without their
+   users, :func:`users_missing_sql`): each recounted from ``events FINAL WHERE
+   toDate(timestamp) = day`` (a key prefix: it reads that day alone), written with
+   ``version = through``, its distinct users from ``events`` (no ``FINAL``: copies of
+   an event carry one user) into ``events_users`` with the same version, then ``(day,
+   through)`` recorded.
 
 It is idempotent and safe from several processes at once: every count it writes holds
 every insert whose part was visible before ``through`` (a mark is evaluated after its
@@ -208,6 +210,18 @@ def dirty_days_sql(first: date | None = None, last: date | None = None) -> str:
     )
 
 
+def users_missing_sql(first: date | None = None) -> str:
+    """The days (from ``first``; None: all) whose latest recorded compaction wrote no
+    ``events_users`` row: recorded by a compactor of a release before ``events_users``
+    (a process not upgraded yet). Read from ``events`` like the dirty days."""
+    where = f" WHERE day >= toDate({quote_string(first.isoformat())})" if first else ""
+    return (
+        f"SELECT d.day FROM (SELECT day, toUInt64(toUInt32(max(through))) AS v FROM "
+        f"{COMPACTED}{where} GROUP BY day) AS d WHERE (d.day, d.v) NOT IN "
+        f"(SELECT day, version FROM {USERS}{where})"
+    )
+
+
 def mark_days_sql(where: str) -> str:
     """Mark the days of the ``events`` rows matching ``where`` as changed now."""
     return (
@@ -258,7 +272,10 @@ def compact(
     :data:`CLOCK_MARGIN`; 0 is safe on one server)."""
     through = _through(client, layout, margin)
     if days is None:
-        days = [row[0] for row in client.execute(dirty_days_sql())]
+        # And the days a compactor of an earlier release recorded without their users.
+        changed = {row[0] for row in client.execute(dirty_days_sql())}
+        changed |= {row[0] for row in client.execute(users_missing_sql())}
+        days = sorted(changed)
     moment = datetime.fromtimestamp(through, UTC)
     for day in days:
         _compact_day(client, day, through, moment)

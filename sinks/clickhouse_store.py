@@ -93,6 +93,7 @@ from eventrouter.sinks.clickhouse_rollup import (
     dirty_days_sql,
     hourly_table,
     mark_days_sql,
+    users_missing_sql,
     users_table,
 )
 from eventrouter.store.db import json_dumps
@@ -405,7 +406,8 @@ class ClickHouseDialect(QueryDialect):
 
     def users_statement(self, interval: str, since: datetime | None) -> Any:
         """Clean days from ``events_users`` (the latest recorded compaction's row), the
-        days changed since (:func:`dirty_days_sql`) from ``events``, as one series:
+        days changed since (:func:`dirty_days_sql`) or compacted without their users
+        (:func:`users_missing_sql`) from ``events``, as one series:
         daily, each day's ``n_users``; weekly and monthly, ``uniqExactMerge`` of the
         days' ``uniqExact`` states of ``sipHash64(user)``, the union of their users
         (sinks/clickhouse_rollup.py).
@@ -414,7 +416,9 @@ class ClickHouseDialect(QueryDialect):
         period = USERS_PERIODS[interval]
         first = since.astimezone(UTC).date() if since is not None else None
         with self.engine.connect() as connection:
-            dirty = connection.execute(text(dirty_days_sql(first, None))).scalars().all()
+            changed = set(connection.execute(text(dirty_days_sql(first, None))).scalars())
+            changed |= set(connection.execute(text(users_missing_sql(first))).scalars())
+        dirty = sorted(changed)
         bounds = [USERS_RECORDED]
         if first is not None:
             bounds.append(f"day >= toDate({quote_string(first.isoformat())})")

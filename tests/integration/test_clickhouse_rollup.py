@@ -364,6 +364,41 @@ def test_migrate_counts_the_users_of_a_rollup_made_before_events_users(ch_url, t
         sink.stop()
 
 
+class OldCompactorClient:
+    """A compactor of a release before ``events_users``: it writes no users."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        if query.startswith("INSERT INTO events_users"):
+            return []
+        return self.client.execute(query, *args, **kwargs)
+
+
+def test_days_an_old_compactor_recorded_without_users_are_counted_from_events(stored):
+    """During an upgrade, a process of the previous release compacts: its days have no
+    users row at their latest version, and are read from events until recompacted."""
+    sink, stores = stored
+    sink.write(random_events(random.Random(17), 600, days=4))
+    stores.compact()
+    expected = stores.same()
+    sink.write(random_events(random.Random(18), 300, days=4))
+    time.sleep(1.05)
+    client = client_for(stores.url)
+    try:
+        assert compact(OldCompactorClient(client), margin=0)
+    finally:
+        client.disconnect()
+    assert stores.gaps() == []  # the hours are compacted; the users are not
+    grown = stores.same()
+    assert grown["all"] == expected["all"] + 300
+    assert stores.compact()  # this release's compactor recounts those days
+    with sink.client() as client:
+        assert client.execute(rollup_module.users_missing_sql()) == []
+    assert stores.same() == grown
+
+
 def test_dropping_old_partitions_drops_their_hours(stored):
     """Retention on a server without TTL (18.16): the old month's partition of
     ``events``, ``events_hourly`` and ``events_users`` dropped (docs/clickhouse.md)."""
