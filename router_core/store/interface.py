@@ -197,8 +197,9 @@ class QueryDialect(ABC):
 
     def each_event(self, columns: Sequence[Any], where: Sequence[ColumnElement]) -> Select:
         """``SELECT columns`` of the events matching ``where``, each event once (its
-        copy received last), by the store's cheapest way when few rows match (use it
-        as a subquery). Default: :meth:`select`."""
+        copy received last), by the store's cheapest way when *few* rows match, such as
+        one user's (use it as a subquery; ClickHouse sorts every match, which costs more
+        than ``FINAL`` over a whole table). Default: :meth:`select`."""
         return self.select(*columns).where(*where)
 
     def rollup_select(self, *columns: Any) -> Select:

@@ -689,14 +689,21 @@ class EventStore:
                 for extreme in (func.min, func.max)
             ]
             statement = select(*ends)
-        else:
-            # Each event once, its copy received last (a store holding copies: ClickHouse).
+        elif where.user_id is not None or where.anonymous_id is not None:
+            # One user's rows (the user page): few, each event once by the store's way
+            # for few rows (ClickHouse: LIMIT 1 BY, where FINAL merges the whole table).
             times = self.dialect.each_event([c.timestamp.label("t")], conditions).subquery("t")
             statement = select(
                 func.min(times.c.t).label("oldest"),
                 func.max(times.c.t).label("newest"),
                 func.count().label("n"),
             )
+        else:
+            statement = self.dialect.select(
+                func.min(c.timestamp).label("oldest"),
+                func.max(c.timestamp).label("newest"),
+                func.count().label("n"),
+            ).where(*conditions)
         with self.engine.connect() as connection:
             oldest, newest, *n = connection.execute(statement).one()
         if oldest is None or (n and not n[0]):

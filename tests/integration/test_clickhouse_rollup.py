@@ -591,3 +591,31 @@ def test_equality_on_shared_columns_is_read_as_prewhere_with_the_same_answers(st
         assert any("FINAL" in sql and "PREWHERE events.event =" in sql for sql in sent)
     finally:
         plain.close()
+
+
+def test_a_users_times_and_traits_are_those_final_gives_with_copies_unmerged(stored):
+    """The user page's reads without ``FINAL`` (``LIMIT 1 BY``): each event's copy
+    received last, as ``FINAL`` keeps it, with copies in other hours of their day."""
+    sink, stores = stored
+    rng = random.Random(41)
+    first = random_events(rng, 800)
+    sink.write(first)
+    sink.write(redelivered(rng, first, 0.5))
+    with sink.client() as client:
+        for user in ("u1", "u7", "u23", "nobody"):
+            [(oldest, newest, n)] = client.execute(
+                "SELECT min(timestamp), max(timestamp), count() FROM events FINAL "
+                "WHERE user_id = %(u)s",
+                {"u": user},
+            )
+            span = stores.reader.time_span(EventFilter(user_id=user))
+            if not n:
+                assert span is None
+                continue
+            assert span == (oldest.replace(tzinfo=UTC), newest.replace(tzinfo=UTC))
+            traits = client.execute(
+                "SELECT traits FROM events FINAL WHERE user_id = %(u)s AND type = 'identify'",
+                {"u": user},
+            )
+            expected = {} if not traits else {"plan": "pro"}
+            assert stores.reader.identify_traits(user) == expected
