@@ -650,9 +650,18 @@ class UserView(_View):
         where = EventFilter(user_id=user_id)
         try:
             store = self.d.store_or_error()
-            page = await self.d.read(store.query, where, explorer.PAGE_SIZE, cursor)
-            traits = await self.d.read(store.identify_traits, user_id)
-            span = await self.d.read(store.time_span, where)
+            # Three independent reads at once: the page waits for the slowest, not the sum
+            # (each failure collected, so none is left unretrieved; the first is shown).
+            results = await asyncio.gather(
+                self.d.read(store.query, where, explorer.PAGE_SIZE, cursor),
+                self.d.read(store.identify_traits, user_id),
+                self.d.read(store.time_span, where),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            page, traits, span = results
         except APIError as exc:
             self.error(req, resp, exc, session)
             return

@@ -74,6 +74,7 @@ from eventrouter.sinks.clickhouse_rollup import (
     BACKFILL_SQL,
     DAY_KEY,
     MARKER,
+    USERS,
     compact,
     has_rollup,
     keeps_days,
@@ -826,11 +827,14 @@ class ClickHouseSink(Sink):
         layout = self.layout
         client = client_for(self.url, layout)
         try:
-            existed = client.execute(
+            found = client.execute(
                 "SELECT count() FROM system.tables WHERE database = currentDatabase() "
-                "AND name = %(name)s",
-                {"name": MARKER},
+                "AND name IN %(names)s",
+                {"names": (MARKER, USERS)},
             )[0][0]
+            # The view and, since events_users was added, the users' table: a rollup
+            # without the latter recounts every day (its compacted days hold no users).
+            existed = found == 2
             for statement in rollup_ddl(self.options.ttl):
                 for sql in [statement] if layout is None else layout.create(statement):
                     client.execute(sql)

@@ -41,6 +41,7 @@ SHARDING_KEYS = {
     "events_dirty": "rand()",
     "events_compacted": "rand()",
     "events_hourly": "toUInt32(hour)",
+    "events_users": "toUInt32(day)",
 }
 #: Sent with every insert through a Distributed table: it returns once every shard
 #: has its rows (else the server queues them on its disk and answers at once).

@@ -3,7 +3,7 @@
 
 Why not a plain materialized view: a view counts what is inserted, and a redelivered
 copy is inserted like any event, so it would count the copies that ``FINAL`` reads as
-one. Instead, four objects (created by ``eventrouter migrate``, :func:`ddl`):
+one. Instead, five objects (created by ``eventrouter migrate``, :func:`ddl`):
 
 - ``events_dirty`` (``day``, ``mark``): a ``ReplacingMergeTree(mark)`` ordered by
   ``day``, written by the materialized view ``events_dirty_mv`` on ``events``: each
@@ -26,6 +26,20 @@ one. Instead, four objects (created by ``eventrouter migrate``, :func:`ddl`):
   the newest version; the rows of a run that failed before recording are never read
   (the day stays dirty until a later run records a later version).
 
+- ``events_users`` (``day``, ``users``, ``n_users``, ``version``): a
+  ``ReplacingMergeTree(version)`` written by the same compaction with the same
+  ``version``: the day's distinct users (``user_id``, else ``anonymous_id``) as a
+  ``uniqExact`` state of their ``sipHash64`` (the set of 64-bit hashes) and their number
+  (``uniqExact`` of the text, as a scan counts). Daily active users read ``n_users``;
+  weekly and monthly ones merge the days' states (``uniqExactMerge``: the union of the
+  sets), so a user active on several days counts once
+  (``ClickHouseDialect.users_statement``). Read in the same time whatever the events:
+  it grows with the users per day, not with the events. 64-bit hashes, not the 128-bit
+  ones ``uniqExact`` keeps of a ``String``: merging 30 days' sets took a third of the
+  time (45 against 130 ms on 1,000,000 events), and two of N users share a hash with a
+  chance of about N² / 2⁶⁵ (10,000,000 users in a month: 3 in a million), when a week or
+  a month would count one user fewer.
+
 A day is **clean** when its latest ``through`` is later than its latest ``mark``; the
 query layer reads clean days' whole hours from ``events_hourly`` and the rest (dirty
 days, and the partial hours at both ends of a range) from ``events FINAL``
@@ -36,9 +50,12 @@ days, and the partial hours at both ends of a range) from ``events FINAL``
 1. ``through`` = the server's ``now()`` minus :data:`CLOCK_MARGIN` (clock skew between
    the servers of a cluster), and no later than the creation of any mutation of
    ``events`` still running (a delete whose rows are not gone yet);
-2. the dirty days: each recounted from ``events FINAL WHERE toDate(timestamp) = day``
-   (a key prefix: it reads that day alone), written with ``version = through``, then
-   ``(day, through)`` recorded.
+2. the dirty days (and those a compactor of an earlier release recorded without their
+   users, :func:`users_missing_sql`): each recounted from ``events FINAL WHERE
+   toDate(timestamp) = day`` (a key prefix: it reads that day alone), written with
+   ``version = through``, its distinct users from ``events`` (no ``FINAL``: copies of
+   an event carry one user) into ``events_users`` with the same version, then ``(day,
+   through)`` recorded.
 
 It is idempotent and safe from several processes at once: every count it writes holds
 every insert whose part was visible before ``through`` (a mark is evaluated after its
@@ -56,7 +73,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, MetaData, Table
+from sqlalchemy import BigInteger, Column, Date, MetaData, Table
 
 from eventrouter.sinks.clickhouse_cluster import ClusterLayout, quote_string
 from eventrouter.store import rollup
@@ -66,16 +83,22 @@ log = logging.getLogger("eventrouter.sinks.clickhouse")
 DIRTY = "events_dirty"
 COMPACTED = "events_compacted"
 HOURLY = "events_hourly"
+USERS = "events_users"
 #: The condition on ``events_hourly`` that keeps the rows of each day's latest recorded
 #: compaction (``version`` is that compaction's ``through``, in seconds).
 RECORDED = (
     f"(toDate({HOURLY}.hour), {HOURLY}.version) IN "
     f"(SELECT day, toUInt64(toUInt32(max(through))) FROM {COMPACTED} GROUP BY day)"
 )
+#: The same condition on ``events_users``.
+USERS_RECORDED = (
+    f"(day, version) IN "
+    f"(SELECT day, toUInt64(toUInt32(max(through))) FROM {COMPACTED} GROUP BY day)"
+)
 #: The materialized view that marks the days of every insert into ``events``.
 MARKER = "events_dirty_mv"
 #: The rollup's tables, in the order they are created.
-TABLES = (DIRTY, COMPACTED, HOURLY)
+TABLES = (DIRTY, COMPACTED, HOURLY, USERS)
 #: Seconds ``through`` stays behind the server's clock: the servers of a cluster mark
 #: with their own clocks.
 CLOCK_MARGIN = 5
@@ -91,6 +114,9 @@ hourly_table = Table(
     ),
     Column("n_events", BigInteger, nullable=False, key="n"),
 )
+#: ``events_users`` for the query layer (which asks whether it exists); read by SQL
+#: of its own (``ClickHouseDialect.users_statement``).
+users_table = Table(USERS, MetaData(), Column("day", Date), Column("n_users", BigInteger))
 #: The sorting key item that makes a day the unit of change (the default key's first).
 DAY_KEY = "toDate(timestamp)"
 #: Seconds in a day.
@@ -108,6 +134,19 @@ HOURLY_DDL = (
     f"CREATE TABLE IF NOT EXISTS {HOURLY} (hour DateTime('UTC'), type String, event String, "
     "source String, n_events UInt64, version UInt64) ENGINE = ReplacingMergeTree(version) "
     "PARTITION BY toYYYYMM(hour) ORDER BY (hour, type, event, source)"
+)
+USERS_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {USERS} (day Date, users AggregateFunction(uniqExact, UInt64), "
+    "n_users UInt64, version UInt64) ENGINE = ReplacingMergeTree(version) "
+    "PARTITION BY toYYYYMM(day) ORDER BY day"
+)
+#: Who an ``events`` row is from, ``''`` for nobody (as ``ClickHouseDialect.user_key``).
+USER_KEY = "if(user_id != '', user_id, anonymous_id)"
+#: One day's distinct users, written by a compaction.
+USERS_SQL = (
+    f"INSERT INTO {USERS} (day, users, n_users, version) SELECT toDate(%(day)s), "
+    "uniqExactState(sipHash64(u)), uniqExact(u), toUInt64(%(version)s) FROM (SELECT "
+    f"{USER_KEY} AS u FROM events WHERE toDate(timestamp) = toDate(%(day)s)) WHERE u != ''"
 )
 #: The view's query (the source table named by :func:`marker_ddl`).
 MARKER_SELECT = "SELECT toDate(timestamp) AS day, max(now()) AS mark FROM {source} GROUP BY day"
@@ -127,6 +166,7 @@ def ddl(ttl: float | None = None) -> list[str]:
         DIRTY_DDL + ttl_clause("day", ttl),
         COMPACTED_DDL + ttl_clause("day", ttl),
         HOURLY_DDL + ttl_clause("hour", ttl),
+        USERS_DDL + ttl_clause("day", ttl),
     ]
 
 
@@ -167,6 +207,18 @@ def dirty_days_sql(first: date | None = None, last: date | None = None) -> str:
         f"SELECT d.day FROM (SELECT day, max(mark) AS m FROM {DIRTY}{where} GROUP BY day) AS d "
         f"ANY LEFT JOIN (SELECT day, max(through) AS t FROM {COMPACTED}{where} GROUP BY day) "
         "AS c USING day WHERE m >= t ORDER BY day"
+    )
+
+
+def users_missing_sql(first: date | None = None) -> str:
+    """The days (from ``first``; None: all) whose latest recorded compaction wrote no
+    ``events_users`` row: recorded by a compactor of a release before ``events_users``
+    (a process not upgraded yet). Read from ``events`` like the dirty days."""
+    where = f" WHERE day >= toDate({quote_string(first.isoformat())})" if first else ""
+    return (
+        f"SELECT d.day FROM (SELECT day, toUInt64(toUInt32(max(through))) AS v FROM "
+        f"{COMPACTED}{where} GROUP BY day) AS d WHERE (d.day, d.v) NOT IN "
+        f"(SELECT day, version FROM {USERS}{where})"
     )
 
 
@@ -220,7 +272,10 @@ def compact(
     :data:`CLOCK_MARGIN`; 0 is safe on one server)."""
     through = _through(client, layout, margin)
     if days is None:
-        days = [row[0] for row in client.execute(dirty_days_sql())]
+        # And the days a compactor of an earlier release recorded without their users.
+        changed = {row[0] for row in client.execute(dirty_days_sql())}
+        changed |= {row[0] for row in client.execute(users_missing_sql())}
+        days = sorted(changed)
     moment = datetime.fromtimestamp(through, UTC)
     for day in days:
         _compact_day(client, day, through, moment)
@@ -242,4 +297,5 @@ def _compact_day(client: Any, day: date, through: int, moment: datetime) -> None
     if rows:
         columns = "hour, type, event, source, n_events, version"
         client.execute(f"INSERT INTO {HOURLY} ({columns}) VALUES", rows)
+    client.execute(USERS_SQL, {**params, "version": through})
     client.execute(f"INSERT INTO {COMPACTED} (day, through) VALUES", [(day, moment)])

@@ -149,6 +149,9 @@ class QueryDialect(ABC):
     #: The distinct users per period the store keeps
     #: (:data:`eventrouter.store.rollup.users_active_counts`); None: counted from ``events``.
     users_rollup: ClassVar[Table | None] = None
+    #: The distinct users per day the store keeps, read by :meth:`users_statement`
+    #: (ClickHouse's ``events_users``); None: none.
+    users_days: ClassVar[Table | None] = None
     #: ``min(timestamp)`` and ``max(timestamp)`` each read one end of an index (SQLite,
     #: PostgreSQL): :meth:`EventStore.time_span` asks for them apart, not with a count
     #: that reads every match.
@@ -183,6 +186,21 @@ class QueryDialect(ABC):
         """``SELECT columns`` (default: every column) ``FROM`` :attr:`table`, each event
         once (a store that may hold copies of one event reads them as one)."""
         return select(*columns).select_from(self.table) if columns else select(self.table)
+
+    def copies_select(self, *columns: Any) -> Select:
+        """``SELECT columns FROM`` :attr:`table` where the copies of a redelivered event
+        that a store keeps apart until it merges them (ClickHouse) may each be a row: for
+        aggregates that copies cannot change, such as distinct users or distinct values
+        of a user (copies of one event differ only in their times, and share a day).
+        Default: :meth:`select`."""
+        return self.select(*columns)
+
+    def each_event(self, columns: Sequence[Any], where: Sequence[ColumnElement]) -> Select:
+        """``SELECT columns`` of the events matching ``where``, each event once (its
+        copy received last), by the store's cheapest way when *few* rows match, such as
+        one user's (use it as a subquery; ClickHouse sorts every match, which costs more
+        than ``FINAL`` over a whole table). Default: :meth:`select`."""
+        return self.select(*columns).where(*where)
 
     def rollup_select(self, *columns: Any) -> Select:
         """``SELECT columns FROM`` :attr:`rollup`, each key once (a store whose rollup
@@ -233,6 +251,14 @@ class QueryDialect(ABC):
         """Who an event is from, for counting users: ``user_id``, else ``anonymous_id``."""
         c = self.table.c
         return func.coalesce(c.user_id, c.anonymous_id)
+
+    def users_statement(self, interval: str, since: datetime | None) -> Any:
+        """Rows ``(period start, users)``: every event's distinct users per ``interval``
+        (``day``, ``week`` from Monday, ``month``) from ``since`` (a period's start;
+        None: from the first) on, oldest first, the period's start in seconds since the
+        epoch; read from :attr:`users_days` (and ``events`` where it is behind). Only
+        called when :attr:`users_days` is set and exists."""
+        raise NotImplementedError
 
     def count_distinct(self, expression: ColumnElement) -> ColumnElement:
         """How many distinct non-NULL values of ``expression`` (exact unless

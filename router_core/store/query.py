@@ -517,7 +517,8 @@ class EventStore:
         Periods are whole: ``where.since`` is moved back to the start of its period (the
         first day, week or month counts all of its users, as every later one does).
         Without filters besides the time and without ``by``, the store's per-period
-        counts answer (:mod:`eventrouter.store.rollup`); otherwise ``events``."""
+        counts answer (:mod:`eventrouter.store.rollup`), or its per-day distinct users
+        (``QueryDialect.users_days``, ClickHouse); otherwise ``events``."""
         if interval not in INTERVALS:
             raise InvalidQuery("interval", f"{interval!r} is not one of {', '.join(INTERVALS)}")
         if where.since is not None:
@@ -525,6 +526,9 @@ class EventStore:
         dialect = self.dialect
         counts = dialect.users_rollup
         plain = msgspec.structs.replace(where, since=None) == EventFilter()
+        days = dialect.users_days
+        # The store's per-day distinct users answer the series, with or without ``by``.
+        from_days = plain and self.use_rollup and days is not None and self._has_table(days.name)
         if (
             by is None
             and plain
@@ -548,9 +552,17 @@ class EventStore:
         users = dialect.count_distinct(dialect.user_key()).label("users")
         conditions = self.conditions(where)
         period = self.period(interval).label("period")
-        series_sql = (
-            dialect.select(period, users).where(*conditions).group_by(period).order_by(period)
-        )
+        if from_days:
+            series_sql = dialect.users_statement(interval, where.since)
+        else:
+            # copies_select: distinct users are the same whether or not a redelivered
+            # event's copies are read as one (ClickHouse then skips FINAL).
+            series_sql = (
+                dialect.copies_select(period, users)
+                .where(*conditions)
+                .group_by(period)
+                .order_by(period)
+            )
         with self.engine.connect() as connection:
             series = [
                 (datetime.fromtimestamp(int(start), UTC), int(n))
@@ -561,7 +573,7 @@ class EventStore:
             if by is not None:
                 value = self.dimension(by).label("value")
                 top_sql = (
-                    dialect.select(value, users)
+                    dialect.copies_select(value, users)
                     .where(*conditions)
                     .group_by(value)
                     .order_by(users.desc(), value)
@@ -677,6 +689,15 @@ class EventStore:
                 for extreme in (func.min, func.max)
             ]
             statement = select(*ends)
+        elif where.user_id is not None or where.anonymous_id is not None:
+            # One user's rows (the user page): few, each event once by the store's way
+            # for few rows (ClickHouse: LIMIT 1 BY, where FINAL merges the whole table).
+            times = self.dialect.each_event([c.timestamp.label("t")], conditions).subquery("t")
+            statement = select(
+                func.min(times.c.t).label("oldest"),
+                func.max(times.c.t).label("newest"),
+                func.count().label("n"),
+            )
         else:
             statement = self.dialect.select(
                 func.min(c.timestamp).label("oldest"),
@@ -701,12 +722,11 @@ class EventStore:
         """A user's traits: the ``traits`` of their identify calls merged oldest first,
         as every store has them (PostgreSQL's ``users`` table is one store's copy)."""
         c = self.table.c
-        statement = (
-            self.dialect.select(c.traits)
-            .where(self.dialect.equals(c.user_id, user_id), c.type == "identify")
-            .order_by(c.timestamp.desc())
-            .limit(limit)
-        )
+        calls = self.dialect.each_event(
+            [c.traits.label("traits"), c.timestamp.label("t")],
+            [self.dialect.equals(c.user_id, user_id), c.type == "identify"],
+        ).subquery("calls")
+        statement = select(calls.c.traits).order_by(calls.c.t.desc()).limit(limit)
         with self.engine.connect() as connection:
             rows = connection.execute(statement).all()
         traits: dict[str, Any] = {}

@@ -155,6 +155,8 @@ def test_migrate_creates_local_and_distributed_tables_on_both_servers(
             "events_compacted_local": kind,
             "events_hourly": "Distributed",
             "events_hourly_local": kind,
+            "events_users": "Distributed",
+            "events_users_local": kind,
             "events_dirty_mv": "MaterializedView",
         }
         [(partition_key, sorting_key, create)] = server.query(
@@ -268,6 +270,12 @@ def rollup_matches_scan(store: ClickHouseStore) -> int:
             assert reader.count(where) == scanner.count(where)
             assert reader.top(where, "event") == scanner.top(where, "event")
             assert reader.count_by_time(where, 3600) == scanner.count_by_time(where, 3600)
+            # events_users (a uniqExact state per day), and FINAL with PREWHERE event = ...
+            for interval in ("day", "week"):
+                users = reader.active_users(where, interval)
+                assert users == scanner.active_users(where, interval) and users.series
+            viewed = EventFilter(since=where.since, event="Viewed")
+            assert reader.count(viewed) == scanner.count(viewed)
             time.sleep(1.05)  # marks of the second a compaction starts keep their day dirty
             client = client_for(store.url, store.layout)
             try:

@@ -113,6 +113,14 @@ def answers(store: EventStore) -> dict:
         "count": store.count(since),
         "all": store.count(EventFilter()),
         "day": store.count(EventFilter(since=NOW - timedelta(days=1))),
+        # events_users (the reader) or a count of events (the scanner): distinct users.
+        **{
+            f"users by {interval}": store.active_users(since, interval)
+            for interval in ("day", "week", "month")
+        },
+        "users all time": store.active_users(EventFilter(), "week").series,
+        "users by source": store.active_users(since, "day", "source"),
+        "users of web": store.active_users(EventFilter(since=SINCE, source="web"), "day"),
     }
 
 
@@ -328,9 +336,72 @@ def test_migrate_backfills_a_database_that_had_no_rollup(ch_url, tmp_path):
         stores.close()
 
 
+def test_migrate_counts_the_users_of_a_rollup_made_before_events_users(ch_url, tmp_path):
+    """A rollup compacted before ``events_users`` existed: migrate creates it and marks
+    every day changed, so no compacted day is read without its users."""
+    sink = make_sink(ch_url, tmp_path)
+    sink.migrate()
+    stores = Stores(ch_url)
+    try:
+        sink.write(random_events(random.Random(9), 800))
+        stores.compact()
+        expected = stores.same()
+        with sink.client() as client:
+            client.execute("DROP TABLE events_users")
+            assert rollup_module.has_rollup(client) is False  # the compactor waits
+        assert "created" in sink.migrate()
+        fresh = Stores(ch_url)
+        try:
+            assert fresh.gaps()  # every day, until the next compaction
+            assert fresh.same() == expected
+            fresh.compact()
+            assert fresh.gaps() == []
+            assert fresh.same() == expected
+        finally:
+            fresh.close()
+    finally:
+        stores.close()
+        sink.stop()
+
+
+class OldCompactorClient:
+    """A compactor of a release before ``events_users``: it writes no users."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
+        if query.startswith("INSERT INTO events_users"):
+            return []
+        return self.client.execute(query, *args, **kwargs)
+
+
+def test_days_an_old_compactor_recorded_without_users_are_counted_from_events(stored):
+    """During an upgrade, a process of the previous release compacts: its days have no
+    users row at their latest version, and are read from events until recompacted."""
+    sink, stores = stored
+    sink.write(random_events(random.Random(17), 600, days=4))
+    stores.compact()
+    expected = stores.same()
+    sink.write(random_events(random.Random(18), 300, days=4))
+    time.sleep(1.05)
+    client = client_for(stores.url)
+    try:
+        assert compact(OldCompactorClient(client), margin=0)
+    finally:
+        client.disconnect()
+    assert stores.gaps() == []  # the hours are compacted; the users are not
+    grown = stores.same()
+    assert grown["all"] == expected["all"] + 300
+    assert stores.compact()  # this release's compactor recounts those days
+    with sink.client() as client:
+        assert client.execute(rollup_module.users_missing_sql()) == []
+    assert stores.same() == grown
+
+
 def test_dropping_old_partitions_drops_their_hours(stored):
     """Retention on a server without TTL (18.16): the old month's partition of
-    ``events`` and of ``events_hourly`` dropped (docs/clickhouse.md)."""
+    ``events``, ``events_hourly`` and ``events_users`` dropped (docs/clickhouse.md)."""
     sink, stores = stored
     rng = random.Random(5)
     old = NOW - timedelta(days=70)  # always another month
@@ -342,6 +413,7 @@ def test_dropping_old_partitions_drops_their_hours(stored):
     with sink.client() as client:
         client.execute(f"ALTER TABLE events DROP PARTITION {month}")
         client.execute(f"ALTER TABLE events_hourly DROP PARTITION {month}")
+        client.execute(f"ALTER TABLE events_users DROP PARTITION {month}")
     assert stores.reader.count(EventFilter(until=NOW - timedelta(days=60))) == 0
     assert stores.same()["all"] == 200
     stores.compact()
@@ -461,9 +533,14 @@ def test_rollup_ddl_compaction_and_reads_run_on_a_current_clickhouse(ch_url, tmp
                 store.count_by_time(where, 3600)
                 store.top(where, "event", 10)
                 store.count(where)
+                # events_users (ClickHouseDialect.users_statement), or events.
+                store.active_users(where, "day")
+                store.active_users(where, "week")
             finally:
                 store.close()
-        assert all("UNION ALL" in sql for sql in sent[True])
+        assert all("UNION ALL" in sql for sql in sent[True][:3])
+        assert all("events_users" in sql for sql in sent[True][3:])
+        assert len(sent[True]) == len(sent[False]) == 5
         answers = {
             kind: [
                 msgspec.json.decode(db.query(sql, "JSONCompact").bytes())["data"] for sql in sqls
@@ -472,5 +549,73 @@ def test_rollup_ddl_compaction_and_reads_run_on_a_current_clickhouse(ch_url, tmp
         }
         assert answers[True] == answers[False]
         assert answers[True][2] in ([[6]], [["6"]])
+        assert answers[True][4]  # the week's users
     finally:
         db.close()
+
+
+def test_equality_on_shared_columns_is_read_as_prewhere_with_the_same_answers(stored):
+    """``FINAL`` reads with ``event``/``type``/``source`` conditions also get them as
+    ``PREWHERE`` (sinks/clickhouse_store.py, ``_compiler_class``): each event counted
+    once, copies included, as clickhouse-sqlalchemy's own compiler counts it."""
+    from clickhouse_sqlalchemy.drivers.compilers.sqlcompiler import ClickHouseSQLCompiler
+
+    from eventrouter.store.query import PathCondition
+
+    sink, stores = stored
+    rng = random.Random(31)
+    first = random_events(rng, 1500)
+    sink.write(first)
+    sink.write(redelivered(rng, first, 0.2))  # not merged: read through FINAL
+    plain = EventStore(ClickHouseStore(stores.url), use_rollup=False)
+    plain.engine.dialect.statement_compiler = ClickHouseSQLCompiler
+    sent: list[str] = []
+    event.listen(
+        stores.scanner.engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *rest: sent.append(statement),
+    )
+    try:
+        n = [PathCondition("properties", ("n",), "1")]
+        for where in (
+            EventFilter(since=SINCE, event="Viewed", paths=n),
+            EventFilter(since=SINCE, type="track", source="web"),
+            EventFilter(event="Bought"),
+        ):
+            got = stores.scanner.count_by_time(where, 3600)
+            assert got == plain.count_by_time(where, 3600)
+            assert stores.scanner.count(where) == plain.count(where) == sum(c for _, c in got)
+        # All time (a copy may sit on the other side of SINCE): every Viewed once.
+        by_hand = sum(1 for c in first if getattr(c, "event", None) == "Viewed")
+        assert stores.scanner.count(EventFilter(event="Viewed", paths=n)) == by_hand
+        assert any("FINAL" in sql and "PREWHERE events.event =" in sql for sql in sent)
+    finally:
+        plain.close()
+
+
+def test_a_users_times_and_traits_are_those_final_gives_with_copies_unmerged(stored):
+    """The user page's reads without ``FINAL`` (``LIMIT 1 BY``): each event's copy
+    received last, as ``FINAL`` keeps it, with copies in other hours of their day."""
+    sink, stores = stored
+    rng = random.Random(41)
+    first = random_events(rng, 800)
+    sink.write(first)
+    sink.write(redelivered(rng, first, 0.5))
+    with sink.client() as client:
+        for user in ("u1", "u7", "u23", "nobody"):
+            [(oldest, newest, n)] = client.execute(
+                "SELECT min(timestamp), max(timestamp), count() FROM events FINAL "
+                "WHERE user_id = %(u)s",
+                {"u": user},
+            )
+            span = stores.reader.time_span(EventFilter(user_id=user))
+            if not n:
+                assert span is None
+                continue
+            assert span == (oldest.replace(tzinfo=UTC), newest.replace(tzinfo=UTC))
+            traits = client.execute(
+                "SELECT traits FROM events FINAL WHERE user_id = %(u)s AND type = 'identify'",
+                {"u": user},
+            )
+            expected = {} if not traits else {"plan": "pro"}
+            assert stores.reader.identify_traits(user) == expected

@@ -78,7 +78,13 @@ KEYS = {SOURCE_A: ("wk-a", ""), SOURCE_B: ("wk-b", "")}
 
 
 #: What the ClickHouse sink's hourly rollup adds beside ``events`` (sinks/clickhouse_rollup.py).
-CLICKHOUSE_ROLLUP_TABLES = {"events_hourly", "events_compacted", "events_dirty", "events_dirty_mv"}
+CLICKHOUSE_ROLLUP_TABLES = {
+    "events_hourly",
+    "events_users",
+    "events_compacted",
+    "events_dirty",
+    "events_dirty_mv",
+}
 
 
 def at_second(moment: datetime) -> datetime:
