@@ -436,10 +436,19 @@ class EventStore:
     def top(self, where: EventFilter, dimension: str, limit: int = 10) -> list[tuple[Any, int]]:
         """The ``limit`` most frequent values of ``dimension`` among events matching
         ``where``, with their counts, most frequent first (``None``: no value). From the
-        rollup where it can answer (``type``, ``event``, ``source``)."""
+        rollup where it can answer (``type``, ``event``, ``source``, and a JSON path the
+        store keeps complete: :meth:`_path_kept`)."""
         value = self.dimension(dimension).label("value")
         count = func.count().label("n")
-        cut = self._rollup_split(where) if dimension in rollup.ROLLUP_COLUMNS else None
+        kept: ColumnElement | None = None
+        cut = None
+        if dimension in rollup.ROLLUP_COLUMNS:
+            cut = self._rollup_split(where)
+            kept = self._hourly.c[dimension]
+            if dimension == "event" and self.dialect.null_event:
+                kept = func.nullif(kept, rollup.NO_EVENT)
+        elif dimension not in FILTER_COLUMNS and self._path_kept(dimension):
+            cut = self._rollup_split(where)
         if cut is None:
             statement = (
                 self.dialect.select(value, count)
@@ -449,10 +458,18 @@ class EventStore:
                 .limit(limit)
             )
         else:
-            kept = self._hourly.c[dimension]
-            if dimension == "event" and self.dialect.null_event:
-                kept = func.nullif(kept, rollup.NO_EVENT)
-            parts = [self._rollup_select(cut, where, kept.label("value"))]
+            if kept is not None:
+                first = self._rollup_select(cut, where, kept.label("value"))
+            else:
+                paths = self.dialect.path_rollup
+                first = self._rollup_select(
+                    cut,
+                    where,
+                    self.dialect.path_rollup_value(paths.c.value).label("value"),
+                    table=paths,
+                    path=dimension,
+                )
+            parts = [first]
             parts += [
                 self.dialect.select(value, count)
                 .where(*self._edge_conditions(edge))
@@ -643,13 +660,38 @@ class EventStore:
         hint = self.dialect.range_hint(edge.since, edge.until) if edge.since else []
         return [*self.conditions(edge), *hint]
 
+    def _path_kept(self, dimension: str) -> bool:
+        """Whether the store keeps the JSON path ``dimension`` in its path rollup, complete
+        (listed in :data:`eventrouter.store.rollup.rollup_paths_kept`, which the sink
+        writes in the transaction that fills the path's counts): asked each time, since
+        a migration may add or remove a path."""
+        table = self.dialect.path_rollup
+        kept = rollup.rollup_paths_kept
+        if table is None or not self.use_rollup or not self.has_rollup():
+            return False
+        if not self._has_table(kept.name, remember=False):
+            return False
+        statement = select(kept.c.path).where(kept.c.path == dimension)
+        with self.engine.connect() as connection:
+            return connection.execute(statement).first() is not None
+
     def _rollup_select(
-        self, cut: rollup.Split, where: EventFilter, key: ColumnElement | None = None
+        self,
+        cut: rollup.Split,
+        where: EventFilter,
+        key: ColumnElement | None = None,
+        *,
+        table: Table | None = None,
+        path: str | None = None,
     ) -> Select:
         """``SELECT key, sum(n) AS n`` over the rollup's hours in ``cut`` matching
-        ``where``'s equality filters, grouped by ``key`` (none: one total)."""
-        r, dialect = self._hourly.c, self.dialect
+        ``where``'s equality filters, grouped by ``key`` (none: one total); from
+        ``table`` (default: the hourly rollup; the path rollup with ``path``)."""
+        table = self._hourly if table is None else table
+        r, dialect = table.c, self.dialect
         conditions = [r.hour < dialect.time(cut.end)]
+        if path is not None:
+            conditions.append(r.path == path)
         if cut.start is not None:
             conditions.append(r.hour >= dialect.time(cut.start))
         conditions += [
@@ -661,6 +703,8 @@ class EventStore:
             if (value := getattr(where, name)) is not None
         ]
         total = func.sum(r.n).label("n")
+        if table is not self._hourly:
+            return select(key, total).select_from(table).where(*conditions).group_by(key)
         if key is None:
             return dialect.rollup_select(total).where(*conditions)
         return dialect.rollup_select(key, total).where(*conditions).group_by(key)
