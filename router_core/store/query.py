@@ -663,16 +663,16 @@ class EventStore:
     def _path_kept(self, dimension: str) -> bool:
         """Whether the store keeps the JSON path ``dimension`` in its path rollup, complete
         (listed in :data:`eventrouter.store.rollup.rollup_paths_kept`, which the sink
-        writes in the transaction that fills the path's counts): asked each time, since
-        a migration may add or remove a path."""
+        writes in the transaction that fills the path's counts): asked each time (two
+        primary-key lookups), since a migration may add or remove a path."""
         table = self.dialect.path_rollup
         kept = rollup.rollup_paths_kept
         if table is None or not self.use_rollup or not self.has_rollup():
             return False
-        if not self._has_table(kept.name, remember=False):
-            return False
         statement = select(kept.c.path).where(kept.c.path == dimension)
         with self.engine.connect() as connection:
+            if not inspect(connection).has_table(kept.name):
+                return False
             return connection.execute(statement).first() is not None
 
     def _rollup_select(
