@@ -476,6 +476,9 @@ class SQLiteDialect(QueryDialect):
         """``''`` (no value) as NULL, ``'v' || text`` as the text (:data:`PATHS_DDL`)."""
         return case((column == "", None), else_=func.substr(column, 2))
 
+    def path_rollup_match(self, column: ColumnElement, value: str) -> ColumnElement:
+        return column == "v" + value
+
     def ensure_schema(self) -> None:
         """Create ``events`` if it is missing: a queued edge may serve queries before any
         worker created it."""

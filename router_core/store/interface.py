@@ -197,6 +197,11 @@ class QueryDialect(ABC):
         keeps it encoded decodes it here). Default: as kept."""
         return column
 
+    def path_rollup_match(self, column: ColumnElement, value: str) -> ColumnElement:
+        """:attr:`path_rollup`'s ``value`` is the text ``value`` (a path condition).
+        Default: :meth:`equals`."""
+        return self.equals(column, value)
+
     def range_hint(self, since: datetime, until: datetime | None) -> list[ColumnElement]:
         """Conditions implied by ``since <= timestamp < until`` that let the store's
         index bound a range read beside the rollup (the rollup's edges and gaps).

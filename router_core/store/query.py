@@ -403,7 +403,11 @@ class EventStore:
         def bucket_of(epoch: ColumnElement) -> ColumnElement:
             return (epoch - epoch % width).label("bucket")
 
-        cut = self._rollup_split(where) if step % rollup.HOUR == 0 else None
+        cut, kept = None, None
+        if step % rollup.HOUR == 0:
+            cut = self._rollup_split(where)
+            if cut is None and (kept := self._path_filter(where)) is not None:
+                cut = self._rollup_split(kept[0])
         if cut is None:
             bucket = bucket_of(self.dialect.epoch(self.table.c.timestamp))
             statement = (
@@ -413,9 +417,13 @@ class EventStore:
                 .order_by(bucket)
             )
         else:
-            parts = [
-                self._rollup_select(cut, where, bucket_of(self.dialect.epoch(self._hourly.c.hour)))
-            ]
+            table = self._hourly if kept is None else self.dialect.path_rollup
+            key = bucket_of(self.dialect.epoch(table.c.hour))
+            if kept is None:
+                parts = [self._rollup_select(cut, where, key)]
+            else:
+                rest, path, value = kept
+                parts = [self._rollup_select(cut, rest, key, table=table, path=path, value=value)]
             for edge in self._edges(cut, where):
                 bucket = bucket_of(self.dialect.epoch(self.table.c.timestamp))
                 parts.append(
@@ -491,11 +499,20 @@ class EventStore:
         return [(self.dialect.text_value(v), int(n)) for v, n in rows]
 
     def count(self, where: EventFilter) -> int:
-        cut = self._rollup_split(where)
+        """Events matching ``where``: from the rollup where it can answer (as
+        :meth:`count_by_time`), else from ``events``."""
+        cut, kept = self._rollup_split(where), None
+        if cut is None and (kept := self._path_filter(where)) is not None:
+            cut = self._rollup_split(kept[0])
         if cut is None:
             statement = self.dialect.select(func.count().label("n")).where(*self.conditions(where))
         else:
-            parts = [self._rollup_select(cut, where)]
+            if kept is None:
+                parts = [self._rollup_select(cut, where)]
+            else:
+                rest, path, value = kept
+                table = self.dialect.path_rollup
+                parts = [self._rollup_select(cut, rest, table=table, path=path, value=value)]
             parts += [
                 self.dialect.select(func.count().label("n")).where(*self._edge_conditions(edge))
                 for edge in self._edges(cut, where)
@@ -675,6 +692,19 @@ class EventStore:
                 return False
             return connection.execute(statement).first() is not None
 
+    def _path_filter(self, where: EventFilter) -> tuple[EventFilter, str, str] | None:
+        """For a filter whose one path condition is on a path the store keeps complete
+        (:meth:`_path_kept`) and whose other conditions the rollup can answer: ``(the
+        filter without it, the path, the value)``; else None."""
+        if len(where.paths) != 1 or self.dialect.path_rollup is None or not self.use_rollup:
+            return None
+        condition = where.paths[0]
+        rest = msgspec.structs.replace(where, paths=[])
+        path = ".".join((condition.column, *condition.path))
+        if not rollup.usable(rest) or not self._path_kept(path):
+            return None
+        return rest, path, condition.value
+
     def _rollup_select(
         self,
         cut: rollup.Split,
@@ -683,15 +713,19 @@ class EventStore:
         *,
         table: Table | None = None,
         path: str | None = None,
+        value: str | None = None,
     ) -> Select:
         """``SELECT key, sum(n) AS n`` over the rollup's hours in ``cut`` matching
         ``where``'s equality filters, grouped by ``key`` (none: one total); from
-        ``table`` (default: the hourly rollup; the path rollup with ``path``)."""
+        ``table`` (default: the hourly rollup; the path rollup with ``path``, and only
+        that path's ``value`` with one)."""
         table = self._hourly if table is None else table
         r, dialect = table.c, self.dialect
         conditions = [r.hour < dialect.time(cut.end)]
         if path is not None:
             conditions.append(r.path == path)
+        if value is not None:
+            conditions.append(dialect.path_rollup_match(r.value, value))
         if cut.start is not None:
             conditions.append(r.hour >= dialect.time(cut.start))
         conditions += [
@@ -704,6 +738,8 @@ class EventStore:
         ]
         total = func.sum(r.n).label("n")
         if table is not self._hourly:
+            if key is None:
+                return select(total).select_from(table).where(*conditions)
             return select(key, total).select_from(table).where(*conditions).group_by(key)
         if key is None:
             return dialect.rollup_select(total).where(*conditions)

@@ -24,7 +24,7 @@ from eventrouter.privacy.suppressions import SuppressionList
 from eventrouter.sinks.postgres import PostgresOptions, PostgresSink
 from eventrouter.sinks.sqlite import SQLiteOptions
 from eventrouter.sinks.sqlite_store import ensure_rollup, write_retrying
-from eventrouter.store.query import EventFilter, EventStore
+from eventrouter.store.query import EventFilter, EventStore, PathCondition
 from tests.helpers import ADMIN_TOKEN, LiveServer, eventually, make_config
 from tests.queue_support import unique
 from tests.store_support import store_of, store_sink
@@ -178,8 +178,17 @@ def fx(request, tmp_path_factory) -> Iterator[Fixture]:
             server.stop()
 
 
+#: Values a chart or count filters ``properties.plan`` by (``dimension=value``).
+FILTER_VALUES = ["pro", "true", "", "v", "1.5", "null", LONG, "'; DROP TABLE events; --", "x\x00"]
+
+
+def on(value: str, path: str = "properties.plan") -> PathCondition:
+    return PathCondition.parse(path, value)
+
+
 def answers(store: EventStore, dimension: str = "properties.plan") -> dict:
-    """Every breakdown the path rollup can answer, over ranges with partial hours."""
+    """Every breakdown the path rollup can answer, over ranges with partial hours, and
+    the counts and charts filtered by a value of ``properties.plan``."""
     return {
         "7d": store.top(EventFilter(since=SINCE), dimension, 50),
         "10h": store.top(EventFilter(since=NOW - 10 * HOUR), dimension, 50),
@@ -189,6 +198,19 @@ def answers(store: EventStore, dimension: str = "properties.plan") -> dict:
         "bounded": store.top(EventFilter(since=SINCE, until=NOW - 5.2 * HOUR), dimension, 50),
         "all": store.top(EventFilter(), dimension, 50),
         "top3": store.top(EventFilter(since=SINCE), dimension, 3),
+        **{
+            f"count {value!r}": store.count(EventFilter(since=SINCE, paths=[on(value)]))
+            for value in FILTER_VALUES
+        },
+        **{
+            f"chart {value!r}": store.count_by_time(
+                EventFilter(since=SINCE, event="Viewed", paths=[on(value)]), 3 * 3600
+            )
+            for value in FILTER_VALUES
+        },
+        "chart, two paths": store.count_by_time(
+            EventFilter(since=SINCE, paths=[on("pro"), on("/p/1", "context.page.path")]), 3600
+        ),
     }
 
 
@@ -212,6 +234,8 @@ def test_rollup_and_scan_agree_with_the_hand_count(fx):
     assert values[""] == 1 and values["v"] == 1 and values["null"] == 1
     assert values[LONG] == 1
     assert check_same(fx, "context.page.path")["all"] != []
+    assert got["count 'pro'"] == 3 and got["count 'true'"] == 2 and got["count ''"] == 1
+    assert sum(n for _, n in got["chart 'pro'"]) == 3
     # The rollup holds the counts (whole hours in range), so they are not the scan's.
     rows = fx.sql("SELECT count(*), sum(n) FROM events_hourly_paths")
     assert rows[0][1] == 2 * len(PLANS)
@@ -334,8 +358,12 @@ def test_a_reader_never_reads_a_path_whose_counts_are_not_complete(fx):
     try:
         assert ("planted", 7) not in fx.reader.top(EventFilter(since=SINCE), "properties.fake")
         check_same(fx, "properties.fake")
+        planted = EventFilter(since=SINCE, paths=[on("planted", "properties.fake")])
+        assert fx.reader.count(planted) == 0
         fx.sql(listed)
         assert ("planted", 7) in fx.reader.top(EventFilter(since=SINCE), "properties.fake")
+        assert fx.reader.count(planted) == 7  # the count reads it too
+        assert sum(n for _, n in fx.reader.count_by_time(planted, 3600)) == 7
     finally:
         fx.sql("DELETE FROM events_hourly_paths_kept WHERE path = 'properties.fake'")
         fx.sql("DELETE FROM events_hourly_paths WHERE path = 'properties.fake'")
