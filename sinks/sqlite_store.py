@@ -257,7 +257,17 @@ PATHS_DDL = (
     "CREATE TRIGGER IF NOT EXISTS events_hourly_paths_delete AFTER DELETE ON events BEGIN "
     f"UPDATE events_hourly_paths SET n = n - 1 WHERE {_OLD_PATHS}; "
     f"DELETE FROM events_hourly_paths WHERE {_OLD_PATHS} AND n <= 0; END",
+    # Rows are never updated by eventrouter; should anyone, the counts follow.
+    "CREATE TRIGGER IF NOT EXISTS events_hourly_paths_update AFTER UPDATE OF "
+    f"timestamp, type, event, source, {', '.join(JSON_COLUMNS)} ON events BEGIN "
+    f"UPDATE events_hourly_paths SET n = n - 1 WHERE {_OLD_PATHS}; "
+    f"DELETE FROM events_hourly_paths WHERE {_OLD_PATHS} AND n <= 0; "
+    "INSERT INTO events_hourly_paths (path, hour, type, event, source, value, n) "
+    f"SELECT k.path, {_HOUR.format(row='NEW.')}, NEW.type, coalesce(NEW.event, ''), "
+    f"NEW.source, {_path_value('NEW.')}, 1 FROM events_hourly_paths_kept k WHERE true "
+    "ON CONFLICT (path, hour, type, event, source, value) DO UPDATE SET n = n + 1; END",
 )
+PATHS_TRIGGERS = ("events_hourly_paths_delete", "events_hourly_paths_update")
 PATHS_TABLES = ("events_hourly_paths", "events_hourly_paths_kept")
 
 
@@ -271,7 +281,7 @@ def ensure_paths(connection: Any, paths: Sequence[str]) -> list[str]:
     a path not kept yet is listed in ``events_hourly_paths_kept`` and counted from
     ``events`` in one transaction (after any rows an interrupted run left are cleared),
     a path no longer wanted loses its rows and its listing, and no path at all drops
-    both tables and the trigger. Under the writers' lock; what changed."""
+    both tables and the triggers. Under the writers' lock; what changed."""
     tables = {
         name
         for (name,) in connection.exec_driver_sql(
@@ -281,7 +291,8 @@ def ensure_paths(connection: Any, paths: Sequence[str]) -> list[str]:
     if not paths:
         if not tables:
             return []
-        connection.exec_driver_sql("DROP TRIGGER IF EXISTS events_hourly_paths_delete")
+        for trigger in PATHS_TRIGGERS:
+            connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {trigger}")
         for table in PATHS_TABLES:
             connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
         return ["dropped events_hourly_paths"]

@@ -381,6 +381,20 @@ def test_sqlite_old_rows_deleted_leave_the_rollup(fx):
     assert "ancient" not in dict(check_same(fx)["all"])
 
 
+@pytest.mark.parametrize("fx", ["sqlite"], indirect=True)
+def test_sqlite_rows_updated_by_hand_move_their_counts(fx):
+    """eventrouter never updates a stored row; should an operator, the counts follow."""
+    fx.post([event(unique("upd"), 2, "before-update", "u-upd")])
+    fx.sql(
+        "UPDATE events SET properties = json_set(properties, '$.plan', 'after-update') "
+        "WHERE user_id = 'u-upd'"
+    )
+    got = dict(check_same(fx)["all"])
+    assert got["after-update"] == 1 and "before-update" not in got
+    fx.sql("DELETE FROM events WHERE user_id = 'u-upd'")
+    assert "after-update" not in dict(check_same(fx)["all"])
+
+
 @pytest.mark.parametrize("fx", ["postgres"], indirect=True)
 def test_retention_drops_the_hours_of_dropped_partitions(fx):
     fx.post([event(unique("old"), 24 * 20, "ancient", "u-old")])
