@@ -423,7 +423,9 @@ class EventStore:
                 parts = [self._rollup_select(cut, where, key)]
             else:
                 rest, path, value = kept
-                parts = [self._rollup_select(cut, rest, key, table=table, path=path, value=value)]
+                parts = [
+                    self._rollup_select(cut, rest, key, table=table, path=path, path_value=value)
+                ]
             for edge in self._edges(cut, where):
                 bucket = bucket_of(self.dialect.epoch(self.table.c.timestamp))
                 parts.append(
@@ -455,7 +457,9 @@ class EventStore:
             kept = self._hourly.c[dimension]
             if dimension == "event" and self.dialect.null_event:
                 kept = func.nullif(kept, rollup.NO_EVENT)
-        elif dimension not in FILTER_COLUMNS and self._path_kept(dimension):
+        elif (
+            dimension not in FILTER_COLUMNS and rollup.usable(where) and self._path_kept(dimension)
+        ):
             cut = self._rollup_split(where)
         if cut is None:
             statement = (
@@ -512,7 +516,7 @@ class EventStore:
             else:
                 rest, path, value = kept
                 table = self.dialect.path_rollup
-                parts = [self._rollup_select(cut, rest, table=table, path=path, value=value)]
+                parts = [self._rollup_select(cut, rest, table=table, path=path, path_value=value)]
             parts += [
                 self.dialect.select(func.count().label("n")).where(*self._edge_conditions(edge))
                 for edge in self._edges(cut, where)
@@ -713,19 +717,19 @@ class EventStore:
         *,
         table: Table | None = None,
         path: str | None = None,
-        value: str | None = None,
+        path_value: str | None = None,
     ) -> Select:
         """``SELECT key, sum(n) AS n`` over the rollup's hours in ``cut`` matching
         ``where``'s equality filters, grouped by ``key`` (none: one total); from
         ``table`` (default: the hourly rollup; the path rollup with ``path``, and only
-        that path's ``value`` with one)."""
+        that path's ``path_value`` with one)."""
         table = self._hourly if table is None else table
         r, dialect = table.c, self.dialect
         conditions = [r.hour < dialect.time(cut.end)]
         if path is not None:
             conditions.append(r.path == path)
-        if value is not None:
-            conditions.append(dialect.path_rollup_match(r.value, value))
+        if path_value is not None:
+            conditions.append(dialect.path_rollup_match(r.value, path_value))
         if cut.start is not None:
             conditions.append(r.hour >= dialect.time(cut.start))
         conditions += [
