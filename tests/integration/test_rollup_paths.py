@@ -11,6 +11,8 @@ numbers are counted by hand from :data:`PLANS`; every time is relative to now.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -20,9 +22,10 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
+from eventrouter.events.commands import TrackCommand
 from eventrouter.privacy.suppressions import SuppressionList
 from eventrouter.sinks.postgres import PostgresOptions, PostgresSink
-from eventrouter.sinks.sqlite import SQLiteOptions
+from eventrouter.sinks.sqlite import SQLiteOptions, SQLiteSink
 from eventrouter.sinks.sqlite_store import ensure_rollup, write_retrying
 from eventrouter.store.query import EventFilter, EventStore, PathCondition
 from tests.helpers import ADMIN_TOKEN, LiveServer, eventually, make_config
@@ -61,11 +64,14 @@ PLANS = [
     "v",
     "null",
     "true",  # the text "true" and the boolean true: one value, as json_text gives them
+    'quote " back \\ slash \n tab \t \u2028 \U0001f600',
+    {"plan": "nested"},
     "pro",
 ]
 #: The object's and the array's text as each store's json_text spells it.
 OBJECT_TEXT = {"sqlite": '{"a":[1,"x"]}', "postgres": '{"a": [1, "x"]}'}
 ARRAY_TEXT = {"sqlite": "[1,2]", "postgres": "[1, 2]"}
+NESTED_TEXT = {"sqlite": '{"plan":"nested"}', "postgres": '{"plan": "nested"}'}
 PATHS = ["properties.plan", "context.page.path"]
 
 
@@ -86,7 +92,11 @@ def event(message_id: str, hours_ago: float, plan: object, user: str = "u1") -> 
 
 
 def dataset() -> list[dict]:
-    return [event(f"p{i}", 0.4 + 1.5 * i, plan) for i, plan in enumerate(PLANS)]
+    events = [event(f"p{i}", 0.4 + 1.5 * i, plan) for i, plan in enumerate(PLANS)]
+    # context.page.path through an array and through a string: no value on either store
+    events[1]["context"] = {"page": ["/p/1"]}
+    events[2]["context"] = {"page": "/p/2"}
+    return events
 
 
 def by_hand(kind: str, since_hours: float) -> Counter:
@@ -100,6 +110,8 @@ def by_hand(kind: str, since_hours: float) -> Counter:
             value = None
         elif plan is True or plan is False:
             value = "true" if plan else "false"
+        elif plan == {"plan": "nested"}:
+            value = NESTED_TEXT[kind]
         elif isinstance(plan, dict):
             value = OBJECT_TEXT[kind]
         elif isinstance(plan, list):
@@ -239,6 +251,8 @@ def test_rollup_and_scan_agree_with_the_hand_count(fx):
     # The rollup holds the counts (whole hours in range), so they are not the scan's.
     rows = fx.sql("SELECT count(*), sum(n) FROM events_hourly_paths")
     assert rows[0][1] == 2 * len(PLANS)
+    paths = dict(check_same(fx, "context.page.path")["all"])
+    assert paths[None] == 2  # through the array and the string
 
 
 def test_a_redelivered_batch_counts_once(fx):
@@ -431,3 +445,83 @@ def test_rollup_paths_are_validated_as_the_dimension_is(options, paths, error):
     raw = {"url": "sqlite:///x.db", "rollup_paths": paths}
     with pytest.raises(msgspec.ValidationError, match=error):
         msgspec.convert(raw, options)
+
+
+def _sink(kind: str, url: str, paths: list[str]):
+    """A started sink of ``kind`` on ``url`` keeping ``paths``."""
+    if kind == "sqlite":
+        options = SQLiteOptions(url=url, indexes=["message_id"], rollup_paths=paths)
+        sink = SQLiteSink("store", None, options)
+        asyncio.run(sink.start(None))
+        return sink
+    sink = PostgresSink("store", None, PostgresOptions(url=url, rollup_paths=paths))
+    sink.start(None)
+    return sink
+
+
+def _stop(sink) -> None:
+    if isinstance(sink, SQLiteSink):
+        asyncio.run(sink.stop())
+    else:
+        sink.stop()
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_path_added_while_a_writer_writes_is_counted_exactly(kind, tmp_path):
+    """A writer configured without the path counts it from the moment a migration lists
+    it (the writers count what the store lists), and the migration's backfill and the
+    writer's counts neither miss a row nor count one twice."""
+    plans = ["pro", "free", 7, None, "ü"]
+
+    def batch(number: int) -> list[TrackCommand]:
+        moment = NOW - timedelta(hours=number % 40, minutes=number)
+        return [
+            TrackCommand(
+                message_id=f"w{number}-{i}",
+                source="web",
+                user_id=f"u{i % 7}",
+                event="Viewed",
+                timestamp=moment,
+                received_at=moment,
+                properties={"plan": plans[(number + i) % len(plans)]},
+            )
+            for i in range(50)
+        ]
+
+    with store_sink(kind, tmp_path) as table:
+        writer = _sink(kind, table["url"], [])
+        written, migrated = threading.Event(), threading.Event()
+
+        def write() -> None:
+            # Batches before the migration, beside it, and (from 30 on) after it.
+            for number in range(60):
+                if number == 30:
+                    migrated.wait(60)
+                writer.write(batch(number))
+                if number == 10:
+                    written.set()
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        try:
+            written.wait(60)
+            migrator = _sink(kind, table["url"], ["properties.plan"])
+            _stop(migrator)
+        finally:
+            migrated.set()
+            thread.join()
+        writer.write(batch(3))  # a redelivery: counted once
+        _stop(writer)
+        store = store_of(table)
+        fast, slow = EventStore(store), EventStore(store, use_rollup=False)
+        try:
+            assert fast._path_kept("properties.plan") is True
+            where = EventFilter(since=NOW - timedelta(days=3))
+            got = fast.top(where, "properties.plan", 10)
+            assert got == slow.top(where, "properties.plan", 10)
+            assert sum(n for _, n in got) == 60 * 50
+            pro = EventFilter(since=NOW - timedelta(days=3), paths=[on("pro")])
+            assert fast.count(pro) == slow.count(pro) == 60 * 50 // len(plans)
+        finally:
+            fast.close()
+            slow.close()
