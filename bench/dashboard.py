@@ -3,6 +3,7 @@ SQLite, PostgreSQL and ClickHouse (issue 24's targets).
 
     .venv/bin/python bench/dashboard.py [--events 10000000] [--stores sqlite,postgres,clickhouse]
                                         [--requests 20] [--reload] [--json FILE]
+                                        [--no-rollup-paths]
 
 For each store, one after the other (SQLite, PostgreSQL, then ClickHouse):
 
@@ -22,6 +23,8 @@ For each store, one after the other (SQLite, PostgreSQL, then ClickHouse):
    the store would have done by itself before anyone looked: SQLite a WAL checkpoint,
    PostgreSQL ``VACUUM (ANALYZE)`` (this machine's server runs with ``autovacuum =
    off``), ClickHouse ``OPTIMIZE TABLE events FINAL`` (background merges).
+   The SQLite and PostgreSQL sinks keep ``rollup_paths = ["properties.plan"]``
+   (:data:`ROLLUP_PATHS`; ``--no-rollup-paths``: none, for an A/B on the same data).
 2. **Server.** ``eventrouter serve --workers 1`` on a free loopback port with a config
    of ``[sinks.warehouse]`` (the store) and ``[admin] store = "warehouse"``, no
    ``[queue]`` (so no broker), ready once ``GET /health`` answers 200; stopped with
@@ -125,7 +128,8 @@ SINK_NAME = "warehouse"
 
 SQLITE_DIR = RESULTS_DIR / "dashboard-sqlite"
 SQLITE_URL = f"sqlite:///{SQLITE_DIR / 'events.db'}"
-PG_DATABASE = "eventrouter_bench_dashboard"
+#: ``EVENTROUTER_BENCH_DASHBOARD_PG``: another database name (two runs side by side).
+PG_DATABASE = os.environ.get("EVENTROUTER_BENCH_DASHBOARD_PG") or "eventrouter_bench_dashboard"
 PG_SERVER = f"postgresql://postgres@{HOST}:5432/postgres"
 PG_URL = f"postgresql+psycopg://postgres@{HOST}:5432/{PG_DATABASE}"
 #: What docs/postgres.md has an operator index for the dashboard's filters: the sink's
@@ -134,6 +138,10 @@ PG_INDEXES = ["user_id", "anonymous_id", "event"]
 #: And, as docs/postgres.md advises for the pair of filters a dashboard is used with
 #: most, a path index on the measured pair: ``(event, properties #>> '{plan}', timestamp)``.
 PG_PATH_INDEXES = [["event", "properties.plan"]]
+#: The JSON paths the SQLite and PostgreSQL sinks count per hour (``rollup_paths``): the
+#: breakdown by ``properties.plan`` reads them. ``--no-rollup-paths`` turns them off
+#: (the server's start drops the counts, and the breakdown scans ``events``).
+ROLLUP_PATHS = ["properties.plan"]
 CH_DATABASE = "bench_dashboard"
 CH_URL = f"clickhouse+native://default:@{HOST}:9000/{CH_DATABASE}"
 
@@ -431,7 +439,7 @@ def sqlite_store() -> Store:
 
     return Store(
         name="sqlite",
-        sink={"type": "sqlite", "url": SQLITE_URL},
+        sink={"type": "sqlite", "url": SQLITE_URL, "rollup_paths": list(ROLLUP_PATHS)},
         batch_events=10_000,
         create=create,
         drop=drop,
@@ -498,6 +506,7 @@ def postgres_store() -> Store:
             "url": PG_URL,
             "indexes": PG_INDEXES,
             "path_indexes": PG_PATH_INDEXES,
+            "rollup_paths": list(ROLLUP_PATHS),
         },
         batch_events=10_000,
         create=create,
@@ -1191,6 +1200,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--reload", action="store_true", help="drop the stored events and load them again"
     )
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
+    parser.add_argument(
+        "--no-rollup-paths",
+        action="store_true",
+        help="SQLite, PostgreSQL: keep no rollup_paths (the A of an A/B; the default "
+        f"keeps {', '.join(ROLLUP_PATHS)})",
+    )
     # The generator process of a load (PayloadReader): not for people.
     parser.add_argument("--emit-payloads", type=int, metavar="TOTAL", help=argparse.SUPPRESS)
     parser.add_argument("--start", help=argparse.SUPPRESS)
@@ -1235,6 +1250,8 @@ def run(args: argparse.Namespace) -> DashboardRun:
         workdir = Path(tmp)
         for name in args.stores:
             store = STORES[name]()
+            if getattr(args, "no_rollup_paths", False) and "rollup_paths" in store.sink:
+                store.sink["rollup_paths"] = []
             loaded = ensure_data(store, args)
             marker = read_marker(name)
             if loaded is None:

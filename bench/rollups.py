@@ -2,9 +2,10 @@
 and what keeping them costs the writes.
 
     .venv/bin/python bench/rollups.py load [--events 1000000] [--stores sqlite,postgres,clickhouse]
-    .venv/bin/python bench/rollups.py migrate [--unique-users]
+    .venv/bin/python bench/rollups.py migrate [--unique-users] [--paths properties.plan]
     .venv/bin/python bench/rollups.py time [--runs 5] [--stores ...]
     .venv/bin/python bench/rollups.py ingest [--events 300000] [--stores ...] [--rounds 2]
+                                      [--paths properties.plan]
     .venv/bin/python bench/rollups.py compact [--stores clickhouse]
 
 ``load`` writes ``--events`` events of bench/dashboard.py's :class:`EventFactory`,
@@ -20,10 +21,11 @@ each aggregate the dashboard makes over the last 7 and 30 days (after one warm-u
 store, without and with the rollup's triggers (ClickHouse: the materialized view that
 marks changed days; and, with ``--unique-users``, the users tables), alternated, and
 prints the write rate of each (on ClickHouse also the server's CPU per event, from
-/proc). ``compact`` runs ClickHouse's compactor (sinks/clickhouse_rollup.py) once on
-the loaded database with every day marked changed (as ``migrate`` leaves a new rollup),
-then once more with nothing to do, and prints how long each took. Only 127.0.0.1 is
-spoken to.
+/proc); with ``--paths``, with the rollups every time, without and with those
+``rollup_paths``, alternated: the paths' own cost. ``compact`` runs ClickHouse's
+compactor (sinks/clickhouse_rollup.py) once on the loaded database with every day
+marked changed (as ``migrate`` leaves a new rollup), then once more with nothing to
+do, and prints how long each took. Only 127.0.0.1 is spoken to.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ from eventrouter.sinks.sqlite_store import SQLiteStore
 from eventrouter.store.query import EventFilter, EventStore
 
 SPAN = timedelta(days=29.5)
-NAME = "eventrouter_bench_rollups"
+#: ``EVENTROUTER_BENCH_ROLLUPS_NAME``: another name (two runs side by side).
+NAME = os.environ.get("EVENTROUTER_BENCH_ROLLUPS_NAME") or "eventrouter_bench_rollups"
 SQLITE_PATH = f"/tmp/{NAME.replace('_', '-')}.db"
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 SINKS = {
@@ -83,12 +86,18 @@ def reset(name: str) -> None:
 
 
 async def write(
-    name: str, batches: Sequence[list], unique_users: bool = False, rollup: bool = True
+    name: str,
+    batches: Sequence[list],
+    unique_users: bool = False,
+    rollup: bool = True,
+    paths: Sequence[str] = (),
 ) -> float:
     """Seconds the sink's writes of ``batches`` took, through the bus (role worker)."""
     sink = {**SINKS[name], "batch": {"max_events": 50_000, "timeout": "1s"}}
     if unique_users:
         sink["unique_users"] = True
+    if paths:
+        sink["rollup_paths"] = list(paths)
     if name == "clickhouse":
         sink["rollup"] = rollup
         sink["rollup_interval"] = "1h"  # compacted by the ``compact`` command, not here
@@ -128,7 +137,9 @@ def migrate(args: argparse.Namespace) -> None:
             continue
         started = time.perf_counter()
         kind = sqlite_sink.SQLiteSink if name == "sqlite" else postgres_sink.PostgresSink
-        options = kind.Options(url=SINKS[name]["url"], unique_users=args.unique_users)
+        options = kind.Options(
+            url=SINKS[name]["url"], unique_users=args.unique_users, rollup_paths=args.paths
+        )
         instance = kind(name, None, options)
         try:
             print(f"{name}: {instance.migrate()} ({time.perf_counter() - started:.1f} s)")
@@ -186,20 +197,24 @@ def clickhouse_cpu() -> float:
 def ingest(args: argparse.Namespace) -> None:
     real_sqlite, real_postgres = sqlite_sink.ensure_rollup, postgres_sink.ensure_rollup
 
-    def none(connection: object, users: bool = False) -> list[str]:
+    def none(connection: object, users: bool = False, paths: Sequence[str] = ()) -> list[str]:
         return []
 
+    # With --paths: the rollups both times, without and with the paths (their own cost).
+    variants = [(True, ()), (True, tuple(args.paths))] if args.paths else [(False, ()), (True, ())]
     for name in args.stores:
         batches = batches_of(args.events, BATCH[name])
-        for rollups in (False, True) * args.rounds:
+        for rollups, paths in variants * args.rounds:
             sqlite_sink.ensure_rollup = real_sqlite if rollups else none
             postgres_sink.ensure_rollup = real_postgres if rollups else none
             reset(name)
             cpu = clickhouse_cpu() if name == "clickhouse" else 0.0
             seconds = asyncio.run(
-                write(name, batches, unique_users=args.unique_users, rollup=rollups)
+                write(name, batches, unique_users=args.unique_users, rollup=rollups, paths=paths)
             )
             what = "with rollups" if rollups else "without"
+            if args.paths:
+                what += f" and rollup_paths = {list(paths)}"
             line = f"{name} {what}: {args.events / seconds:,.0f} events/s"
             if name == "clickhouse":
                 per_event = (clickhouse_cpu() - cpu) / args.events * 1e6
@@ -235,8 +250,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scan", action="store_true", help="time: never read the rollups")
     parser.add_argument("--unique-users", action="store_true")
     parser.add_argument("--rounds", type=int, default=2, help="ingest: rounds of each")
+    parser.add_argument(
+        "--paths",
+        default="",
+        help="comma-separated rollup_paths (properties.plan); ingest: every round with the "
+        "rollups, alternately without and with these paths; migrate: keep these",
+    )
     args = parser.parse_args(argv)
     args.stores = args.stores.split(",")
+    args.paths = [p for p in args.paths.split(",") if p]
     commands = {"load": load, "migrate": migrate, "time": timings, "ingest": ingest}
     commands["compact"] = compact
     commands[args.command](args)

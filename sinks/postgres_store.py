@@ -39,7 +39,7 @@ from sqlalchemy.sql.dml import Insert
 
 from eventrouter.store.db import json_options
 from eventrouter.store.interface import Erased, Eraser, QueryDialect
-from eventrouter.store.rollup import events_hourly, users_active_counts
+from eventrouter.store.rollup import events_hourly, events_hourly_paths, users_active_counts
 from eventrouter.store.sql import SQLEraser, SQLStore
 
 #: Settings of the query layer's connections. No JIT: compiling a dashboard query whose
@@ -88,6 +88,7 @@ class PostgresStore(SQLStore):
 
 class PostgresDialect(QueryDialect):
     rollup = events_hourly
+    path_rollup = events_hourly_paths
     users_rollup = users_active_counts
     indexed_extremes = True
 

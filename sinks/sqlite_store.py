@@ -41,10 +41,16 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.dml import Insert
 
+from eventrouter.columns import JSON_COLUMNS
 from eventrouter.files import is_data_dir, open_private, private_dir, private_sqlite
 from eventrouter.store.db import json_options
 from eventrouter.store.interface import QueryDialect
-from eventrouter.store.rollup import events_hourly, users_active_counts
+from eventrouter.store.rollup import (
+    check_rollup_paths,
+    events_hourly,
+    events_hourly_paths,
+    users_active_counts,
+)
 from eventrouter.store.schema import events, metadata
 from eventrouter.store.sql import SQLStore
 
@@ -207,6 +213,115 @@ USERS_DDL = (
     f"DELETE FROM users_active WHERE user_key = {_USER.format(row='OLD.')} "
     f"AND (kind, start) IN ({_PERIODS.format(row='OLD.')}) AND n <= 0; END",
 )
+# -- hourly counts per value of configured JSON paths (eventrouter.store.rollup) ----------
+#: A kept path's value in the row ``{row}`` as ``QueryDialect.json_text`` gives it
+#: (:meth:`SQLiteDialect.json_text`, with the path read from the kept path ``k``),
+#: encoded for a NOT NULL key: ``''`` for no value (a missing key, a JSON null), else
+#: ``'v'`` and the text.
+_DOCUMENT = "CASE k.col " + " ".join(f"WHEN '{c}' THEN {{row}}{c}" for c in JSON_COLUMNS) + " END"
+_PATH_VALUE = (
+    "coalesce('v' || CASE json_type({doc}, k.json_path) WHEN 'true' THEN 'true' "
+    "WHEN 'false' THEN 'false' ELSE CAST(json_extract({doc}, k.json_path) AS TEXT) END, '')"
+)
+
+
+def _path_value(row: str) -> str:
+    return _PATH_VALUE.format(doc=_DOCUMENT.format(row=row))
+
+
+#: The counts per kept path of the rows of ``events e`` matching ``{where}``, added in.
+#: ``CROSS JOIN`` keeps the (few) kept paths the outer loop: ``events`` is read by the
+#: condition's index (the rowid range, or every row for a backfill) once per path.
+_PATHS_ADD = (
+    "INSERT INTO events_hourly_paths (path, hour, type, event, source, value, n) "
+    f"SELECT k.path, {_HOUR.format(row='e.')}, e.type, coalesce(e.event, ''), e.source, "
+    f"{_path_value('e.')}, count(*) "
+    "FROM events_hourly_paths_kept k CROSS JOIN events e WHERE {where} "
+    "GROUP BY 1, 2, 3, 4, 5, 6 "
+    "ON CONFLICT (path, hour, type, event, source, value) DO UPDATE SET n = n + excluded.n"
+)
+#: A commit's inserts (the rows past rowid ``?``), as :data:`ROLLUP_COUNT`.
+PATHS_COUNT = _PATHS_ADD.format(where="e.rowid > ?1")
+_OLD_PATHS = (
+    f"{_OLD_KEY} AND (path, value) IN "
+    f"(SELECT k.path, {_path_value('OLD.')} FROM events_hourly_paths_kept k)"
+)
+PATHS_DDL = (
+    "CREATE TABLE IF NOT EXISTS events_hourly_paths (path TEXT NOT NULL, hour TEXT NOT NULL, "
+    "type VARCHAR(16) NOT NULL, event TEXT NOT NULL, source TEXT NOT NULL, "
+    "value TEXT NOT NULL, n INTEGER NOT NULL, "
+    "PRIMARY KEY (path, hour, type, event, source, value)) WITHOUT ROWID",
+    # ``json_path``: the path as json_extract takes it (SQLiteDialect.json_text's).
+    "CREATE TABLE IF NOT EXISTS events_hourly_paths_kept (path TEXT PRIMARY KEY, "
+    "col TEXT NOT NULL, json_path TEXT NOT NULL) WITHOUT ROWID",
+    "CREATE TRIGGER IF NOT EXISTS events_hourly_paths_delete AFTER DELETE ON events BEGIN "
+    f"UPDATE events_hourly_paths SET n = n - 1 WHERE {_OLD_PATHS}; "
+    f"DELETE FROM events_hourly_paths WHERE {_OLD_PATHS} AND n <= 0; END",
+    # Rows are never updated by eventrouter; should anyone, the counts follow.
+    "CREATE TRIGGER IF NOT EXISTS events_hourly_paths_update AFTER UPDATE OF "
+    f"timestamp, type, event, source, {', '.join(JSON_COLUMNS)} ON events BEGIN "
+    f"UPDATE events_hourly_paths SET n = n - 1 WHERE {_OLD_PATHS}; "
+    f"DELETE FROM events_hourly_paths WHERE {_OLD_PATHS} AND n <= 0; "
+    "INSERT INTO events_hourly_paths (path, hour, type, event, source, value, n) "
+    f"SELECT k.path, {_HOUR.format(row='NEW.')}, NEW.type, coalesce(NEW.event, ''), "
+    f"NEW.source, {_path_value('NEW.')}, 1 FROM events_hourly_paths_kept k WHERE true "
+    "ON CONFLICT (path, hour, type, event, source, value) DO UPDATE SET n = n + 1; END",
+)
+PATHS_TRIGGERS = ("events_hourly_paths_delete", "events_hourly_paths_update")
+PATHS_TABLES = ("events_hourly_paths", "events_hourly_paths_kept")
+
+
+def json_path_of(segments: Sequence[str]) -> str:
+    """The JSON path ``json_extract`` takes for ``segments`` (:meth:`SQLiteDialect.json_text`)."""
+    return "$" + "".join(f'."{segment}"' for segment in segments)
+
+
+def ensure_paths(connection: Any, paths: Sequence[str]) -> list[str]:
+    """Keep hourly counts of exactly the JSON ``paths`` (``rollup_paths``, validated):
+    a path not kept yet is listed in ``events_hourly_paths_kept`` and counted from
+    ``events`` in one transaction (after any rows an interrupted run left are cleared),
+    a path no longer wanted loses its rows and its listing, and no path at all drops
+    both tables and the triggers. Under the writers' lock; what changed."""
+    tables = {
+        name
+        for (name,) in connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE name LIKE 'events_hourly_paths%'"
+        )
+    }
+    if not paths:
+        if not tables:
+            return []
+        for trigger in PATHS_TRIGGERS:
+            connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {trigger}")
+        for table in PATHS_TABLES:
+            connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        return ["dropped events_hourly_paths"]
+    # DDL first: Python's sqlite3 commits it on its own; the rows below are one
+    # transaction, so a path is listed exactly when its counts are complete.
+    for statement in PATHS_DDL:
+        connection.exec_driver_sql(statement)
+    kept = {
+        path for (path,) in connection.exec_driver_sql("SELECT path FROM events_hourly_paths_kept")
+    }
+    wanted = dict(zip(paths, check_rollup_paths(list(paths)), strict=True))
+    changes = []
+    for path in sorted(kept - set(wanted)):
+        connection.exec_driver_sql("DELETE FROM events_hourly_paths WHERE path = ?", (path,))
+        connection.exec_driver_sql("DELETE FROM events_hourly_paths_kept WHERE path = ?", (path,))
+        changes.append(f"events_hourly_paths: dropped {path}")
+    for path, (column, segments) in wanted.items():
+        if path in kept:
+            continue
+        connection.exec_driver_sql("DELETE FROM events_hourly_paths WHERE path = ?", (path,))
+        connection.exec_driver_sql(
+            "INSERT INTO events_hourly_paths_kept (path, col, json_path) VALUES (?, ?, ?)",
+            (path, column, json_path_of(segments)),
+        )
+        connection.exec_driver_sql(_PATHS_ADD.format(where="k.path = ?"), (path,))
+        changes.append(f"events_hourly_paths: counted {path}")
+    return changes
+
+
 ROLLUP_TRIGGERS = ("events_hourly_delete", "events_hourly_update")
 USERS_TRIGGERS = ("users_active_delete",)
 USERS_TABLES = ("users_active", "users_active_counts")
@@ -248,33 +363,38 @@ USERS_COUNT = (
     + ") WHERE true GROUP BY 1, 2, 3 "
     "ON CONFLICT (kind, start, user_key) DO UPDATE SET n = n + excluded.n"
 )
-_COUNTS = {"events_hourly": ROLLUP_COUNT, "users_active": USERS_COUNT}
+_COUNTS = {
+    "events_hourly": ROLLUP_COUNT,
+    "users_active": USERS_COUNT,
+    "events_hourly_paths_kept": PATHS_COUNT,
+}
 
 
 def count_statements(connection: Any) -> tuple[str, ...]:
     """The statements that count a commit's inserts into the rollups this database keeps
-    (:data:`ROLLUP_COUNT`, :data:`USERS_COUNT`), each run with the rowid
+    (:data:`ROLLUP_COUNT`, :data:`USERS_COUNT`, :data:`PATHS_COUNT`), each run with the rowid
     :data:`LAST_ROWID` read before the commit's first insert. A rollup still kept by an
     earlier release's insert trigger (a process of that release created it again) is
     left to its trigger: counted once, never twice. ``connection``: a DB-API one."""
     schema = {
         name
         for (name,) in connection.execute(
-            "SELECT name FROM sqlite_master WHERE name IN (?, ?, ?, ?)",
+            "SELECT name FROM sqlite_master WHERE name IN (?, ?, ?, ?, ?)",
             (*_COUNTS, *INSERT_TRIGGERS.values()),
         )
     }
     return tuple(
         sql
         for table, sql in _COUNTS.items()
-        if table in schema and INSERT_TRIGGERS[table] not in schema
+        if table in schema and INSERT_TRIGGERS.get(table) not in schema
     )
 
 
-def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
+def ensure_rollup(connection: Any, users: bool = False, paths: Sequence[str] = ()) -> list[str]:
     """Create ``events_hourly``, fill it from ``events`` and create its triggers unless
     they all exist; with ``users``, the same for ``users_active`` and
-    ``users_active_counts``, and without, drop those. Run under the writers' lock (no row
+    ``users_active_counts``, and without, drop those; the JSON ``paths`` kept in
+    ``events_hourly_paths`` made those (:func:`ensure_paths`). Run under the writers' lock (no row
     can arrive meanwhile). What changed. Python's sqlite3 may commit a table before its
     triggers: a rollup found without every trigger (a crash in between) is dropped and
     made again, and so is a rollup whose table was dropped (the way to count it again
@@ -324,7 +444,7 @@ def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
     elif users and INSERT_TRIGGERS["users_active"] in found:
         connection.exec_driver_sql(f"DROP TRIGGER {INSERT_TRIGGERS['users_active']}")
         changes.append("users_active counted per commit")
-    return changes
+    return changes + ensure_paths(connection, paths)
 
 
 class SQLiteStore(SQLStore):
@@ -353,6 +473,7 @@ class SQLiteStore(SQLStore):
 class SQLiteDialect(QueryDialect):
     insert_order = "rowid"
     rollup = events_hourly
+    path_rollup = events_hourly_paths
     users_rollup = users_active_counts
     indexed_extremes = True
 
@@ -361,6 +482,13 @@ class SQLiteDialect(QueryDialect):
 
     def connect(self) -> Engine:
         return sqlite_engine(self.url)
+
+    def path_rollup_value(self, column: ColumnElement) -> ColumnElement:
+        """``''`` (no value) as NULL, ``'v' || text`` as the text (:data:`PATHS_DDL`)."""
+        return case((column == "", None), else_=func.substr(column, 2))
+
+    def path_rollup_match(self, column: ColumnElement, value: str) -> ColumnElement:
+        return column == "v" + value
 
     def ensure_schema(self) -> None:
         """Create ``events`` if it is missing: a queued edge may serve queries before any
@@ -383,7 +511,7 @@ class SQLiteDialect(QueryDialect):
         """``json_extract`` with a JSON-path string (a bound parameter), booleans spelled
         as JSON spells them (``json_extract`` alone gives 1 and 0)."""
         target = self.table.c[column]
-        json_path = literal("$" + "".join(f'."{segment}"' for segment in path))
+        json_path = literal(json_path_of(path))
         kind = func.json_type(target, json_path)
         return case(
             (kind == "true", "true"),

@@ -138,6 +138,9 @@ class QueryDialect(ABC):
     #: The hourly rollup of ``events`` the store keeps (:mod:`eventrouter.store.rollup`),
     #: read whenever a filter allows; None: every aggregate reads ``events``.
     rollup: ClassVar[Table | None] = None
+    #: The hourly counts per value of configured JSON paths the store may keep
+    #: (:data:`eventrouter.store.rollup.events_hourly_paths`); None: never kept.
+    path_rollup: ClassVar[Table | None] = None
     #: Where the rollup's part of a range may begin and end (seconds, a whole number of
     #: hours dividing a day): reading ``events`` on either side of such a boundary must
     #: count each event as reading across it does. ClickHouse: a day (the copies of a
@@ -206,6 +209,16 @@ class QueryDialect(ABC):
         """``SELECT columns FROM`` :attr:`rollup`, each key once (a store whose rollup
         may hold several versions of a key reads the newest)."""
         return select(*columns).select_from(self.rollup)
+
+    def path_rollup_value(self, column: ColumnElement) -> ColumnElement:
+        """:attr:`path_rollup`'s ``value`` as :meth:`json_text` gives it (a store that
+        keeps it encoded decodes it here). Default: as kept."""
+        return column
+
+    def path_rollup_match(self, column: ColumnElement, value: str) -> ColumnElement:
+        """:attr:`path_rollup`'s ``value`` is the text ``value`` (a path condition).
+        Default: :meth:`equals`."""
+        return self.equals(column, value)
 
     def range_hint(self, since: datetime, until: datetime | None) -> list[ColumnElement]:
         """Conditions implied by ``since <= timestamp < until`` that let the store's

@@ -403,7 +403,11 @@ class EventStore:
         def bucket_of(epoch: ColumnElement) -> ColumnElement:
             return (epoch - epoch % width).label("bucket")
 
-        cut = self._rollup_split(where) if step % rollup.HOUR == 0 else None
+        cut, kept = None, None
+        if step % rollup.HOUR == 0:
+            cut = self._rollup_split(where)
+            if cut is None and (kept := self._path_filter(where)) is not None:
+                cut = self._rollup_split(kept[0])
         if cut is None:
             bucket = bucket_of(self.dialect.epoch(self.table.c.timestamp))
             statement = (
@@ -413,9 +417,15 @@ class EventStore:
                 .order_by(bucket)
             )
         else:
-            parts = [
-                self._rollup_select(cut, where, bucket_of(self.dialect.epoch(self._hourly.c.hour)))
-            ]
+            table = self._hourly if kept is None else self.dialect.path_rollup
+            key = bucket_of(self.dialect.epoch(table.c.hour))
+            if kept is None:
+                parts = [self._rollup_select(cut, where, key)]
+            else:
+                rest, path, value = kept
+                parts = [
+                    self._rollup_select(cut, rest, key, table=table, path=path, path_value=value)
+                ]
             for edge in self._edges(cut, where):
                 bucket = bucket_of(self.dialect.epoch(self.table.c.timestamp))
                 parts.append(
@@ -436,10 +446,21 @@ class EventStore:
     def top(self, where: EventFilter, dimension: str, limit: int = 10) -> list[tuple[Any, int]]:
         """The ``limit`` most frequent values of ``dimension`` among events matching
         ``where``, with their counts, most frequent first (``None``: no value). From the
-        rollup where it can answer (``type``, ``event``, ``source``)."""
+        rollup where it can answer (``type``, ``event``, ``source``, and a JSON path the
+        store keeps complete: :meth:`_path_kept`)."""
         value = self.dimension(dimension).label("value")
         count = func.count().label("n")
-        cut = self._rollup_split(where) if dimension in rollup.ROLLUP_COLUMNS else None
+        kept: ColumnElement | None = None
+        cut = None
+        if dimension in rollup.ROLLUP_COLUMNS:
+            cut = self._rollup_split(where)
+            kept = self._hourly.c[dimension]
+            if dimension == "event" and self.dialect.null_event:
+                kept = func.nullif(kept, rollup.NO_EVENT)
+        elif (
+            dimension not in FILTER_COLUMNS and rollup.usable(where) and self._path_kept(dimension)
+        ):
+            cut = self._rollup_split(where)
         if cut is None:
             statement = (
                 self.dialect.select(value, count)
@@ -449,10 +470,18 @@ class EventStore:
                 .limit(limit)
             )
         else:
-            kept = self._hourly.c[dimension]
-            if dimension == "event" and self.dialect.null_event:
-                kept = func.nullif(kept, rollup.NO_EVENT)
-            parts = [self._rollup_select(cut, where, kept.label("value"))]
+            if kept is not None:
+                first = self._rollup_select(cut, where, kept.label("value"))
+            else:
+                paths = self.dialect.path_rollup
+                first = self._rollup_select(
+                    cut,
+                    where,
+                    self.dialect.path_rollup_value(paths.c.value).label("value"),
+                    table=paths,
+                    path=dimension,
+                )
+            parts = [first]
             parts += [
                 self.dialect.select(value, count)
                 .where(*self._edge_conditions(edge))
@@ -474,11 +503,20 @@ class EventStore:
         return [(self.dialect.text_value(v), int(n)) for v, n in rows]
 
     def count(self, where: EventFilter) -> int:
-        cut = self._rollup_split(where)
+        """Events matching ``where``: from the rollup where it can answer (as
+        :meth:`count_by_time`), else from ``events``."""
+        cut, kept = self._rollup_split(where), None
+        if cut is None and (kept := self._path_filter(where)) is not None:
+            cut = self._rollup_split(kept[0])
         if cut is None:
             statement = self.dialect.select(func.count().label("n")).where(*self.conditions(where))
         else:
-            parts = [self._rollup_select(cut, where)]
+            if kept is None:
+                parts = [self._rollup_select(cut, where)]
+            else:
+                rest, path, value = kept
+                table = self.dialect.path_rollup
+                parts = [self._rollup_select(cut, rest, table=table, path=path, path_value=value)]
             parts += [
                 self.dialect.select(func.count().label("n")).where(*self._edge_conditions(edge))
                 for edge in self._edges(cut, where)
@@ -655,13 +693,55 @@ class EventStore:
         hint = self.dialect.range_hint(edge.since, edge.until) if edge.since else []
         return [*self.conditions(edge), *hint]
 
+    def _path_kept(self, dimension: str) -> bool:
+        """Whether the store keeps the JSON path ``dimension`` in its path rollup, complete
+        (listed in :data:`eventrouter.store.rollup.rollup_paths_kept`, which the sink
+        writes in the transaction that fills the path's counts): asked each time (two
+        primary-key lookups), since a migration may add or remove a path."""
+        table = self.dialect.path_rollup
+        kept = rollup.rollup_paths_kept
+        if table is None or not self.use_rollup or not self.has_rollup():
+            return False
+        statement = select(kept.c.path).where(kept.c.path == dimension)
+        with self.engine.connect() as connection:
+            if not inspect(connection).has_table(kept.name):
+                return False
+            return connection.execute(statement).first() is not None
+
+    def _path_filter(self, where: EventFilter) -> tuple[EventFilter, str, str] | None:
+        """For a filter whose one path condition is on a path the store keeps complete
+        (:meth:`_path_kept`) and whose other conditions the rollup can answer: ``(the
+        filter without it, the path, the value)``; else None."""
+        if len(where.paths) != 1 or self.dialect.path_rollup is None or not self.use_rollup:
+            return None
+        condition = where.paths[0]
+        rest = msgspec.structs.replace(where, paths=[])
+        path = ".".join((condition.column, *condition.path))
+        if not rollup.usable(rest) or not self._path_kept(path):
+            return None
+        return rest, path, condition.value
+
     def _rollup_select(
-        self, cut: rollup.Split, where: EventFilter, key: ColumnElement | None = None
+        self,
+        cut: rollup.Split,
+        where: EventFilter,
+        key: ColumnElement | None = None,
+        *,
+        table: Table | None = None,
+        path: str | None = None,
+        path_value: str | None = None,
     ) -> Select:
         """``SELECT key, sum(n) AS n`` over the rollup's hours in ``cut`` matching
-        ``where``'s equality filters, grouped by ``key`` (none: one total)."""
-        r, dialect = self._hourly.c, self.dialect
+        ``where``'s equality filters, grouped by ``key`` (none: one total); from
+        ``table`` (default: the hourly rollup; the path rollup with ``path``, and only
+        that path's ``path_value`` with one)."""
+        table = self._hourly if table is None else table
+        r, dialect = table.c, self.dialect
         conditions = [r.hour < dialect.time(cut.end)]
+        if path is not None:
+            conditions.append(r.path == path)
+        if path_value is not None:
+            conditions.append(dialect.path_rollup_match(r.value, path_value))
         if cut.start is not None:
             conditions.append(r.hour >= dialect.time(cut.start))
         conditions += [
@@ -673,6 +753,10 @@ class EventStore:
             if (value := getattr(where, name)) is not None
         ]
         total = func.sum(r.n).label("n")
+        if table is not self._hourly:
+            if key is None:
+                return select(total).select_from(table).where(*conditions)
+            return select(key, total).select_from(table).where(*conditions).group_by(key)
         if key is None:
             return dialect.rollup_select(total).where(*conditions)
         return dialect.rollup_select(key, total).where(*conditions).group_by(key)

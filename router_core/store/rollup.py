@@ -22,6 +22,25 @@ row per period and user with their events, and the users per period, kept the sa
 way; :meth:`EventStore.active_users` reads the counts when it asks for no filter
 and no breakdown.
 
+Beside it, a store may keep ``events_hourly_paths``: the same counts per value of a
+few configured JSON paths (the sinks' ``rollup_paths``, e.g. ``properties.plan``), so
+that the dashboard's breakdown by such a path reads the rollup too
+(:meth:`EventStore.top`). Its ``value`` is exactly what ``QueryDialect.json_text`` gives
+for the path on that store (strings as they are, numbers and booleans as the store
+spells them, objects and arrays as JSON text); a missing key and a JSON null are both
+"no value" (SQL NULL, as ``json_text`` gives them), which the key columns keep apart
+from every text: SQLite keeps ``''`` for no value and ``'v' || text`` otherwise
+(:meth:`QueryDialect.path_rollup_value` reads it back), PostgreSQL keeps the text as is
+beside a ``digest`` key (sha-256 of the text, empty for no value: a btree key cannot
+hold a long string). It is kept exactly as ``events_hourly`` is (inserts counted by the
+sink, deletes by a trigger, retention's partition drops trimmed), for the paths listed
+in ``events_hourly_paths_kept`` (:data:`rollup_paths_kept`): a path is listed there in
+the same transaction as its counts are filled from ``events`` (at start or ``eventrouter
+migrate``, with every writer kept out), writers count exactly the listed paths, and a
+reader reads only a listed path (:meth:`EventStore.top`), so never one whose backfill
+has not completed. A path taken out of the configuration loses its rows and its listing
+at the next start or migrate; no path configured drops both tables.
+
 An event without a name (any call but track) is kept under :data:`NO_EVENT`. Stores
 that keep no such table say so with ``QueryDialect.rollup = None`` and are read from
 ``events``. ClickHouse keeps it differently (its copies of a redelivered event collapse
@@ -34,7 +53,8 @@ recounts the days that changed, and until it has, those days are *gaps*
 (:func:`usable`: equality on ``type``, ``event``, ``source`` only; buckets of whole
 hours) and reads ``events`` for the rest: the whole hours inside the range come from
 here, the partial hours at its two ends from ``events`` (an index range of at most two
-hours), summed in one statement. The answer is the same either way, which
+hours), summed in one statement; a breakdown by a kept JSON path reads
+``events_hourly_paths`` the same way. The answer is the same either way, which
 tests/integration/test_rollups.py checks on every store.
 """
 
@@ -65,6 +85,50 @@ events_hourly = Table(
     Column("source", Text, nullable=False),
     Column("n", BigInteger, nullable=False),
 )
+
+
+#: Most JSON paths a store keeps hourly counts of (the sinks' ``rollup_paths``): each one
+#: costs the writer an aggregate over its rows and the rollup's rows per hour.
+MAX_ROLLUP_PATHS = 8
+#: Hourly counts per value of the kept JSON paths (the columns every store has; a store
+#: may keep more, PostgreSQL's ``digest``). ``value``: see the module's docstring.
+events_hourly_paths = Table(
+    "events_hourly_paths",
+    metadata,
+    Column("path", Text, nullable=False),
+    Column("hour", DateTime, nullable=False),
+    Column("type", String(16), nullable=False),
+    Column("event", Text, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("value", Text),
+    Column("n", BigInteger, nullable=False),
+)
+#: The paths whose counts ``events_hourly_paths`` holds complete (backfilled): the only
+#: ones writers count and readers read.
+rollup_paths_kept = Table(
+    "events_hourly_paths_kept", metadata, Column("path", Text, nullable=False)
+)
+
+
+def check_rollup_paths(paths: list[str]) -> list[tuple[str, tuple[str, ...]]]:
+    """``rollup_paths`` as ``(column, segments)``, validated as the breakdown's
+    ``dimension`` is (``PathCondition.parse``).
+
+    :raises ValueError: too many, a repeated one, or one the dimension would refuse."""
+    from eventrouter.store.query import InvalidQuery, PathCondition
+
+    if len(paths) > MAX_ROLLUP_PATHS:
+        raise ValueError(f"rollup_paths: at most {MAX_ROLLUP_PATHS} paths")
+    if len(set(paths)) != len(paths):
+        raise ValueError("rollup_paths: a path is listed twice")
+    parsed = []
+    for path in paths:
+        try:
+            condition = PathCondition.parse(path, "")
+        except InvalidQuery as exc:
+            raise ValueError(f"rollup_paths: {path!r}: {exc}") from None
+        parsed.append((condition.column, condition.path))
+    return parsed
 
 
 #: Distinct users per period (:meth:`EventStore.active_users`), kept beside

@@ -147,6 +147,7 @@ def test_config_keys_are_found():
         assert key in CONFIG_KEYS
     assert SQLITE_KEYS == [
         "sinks.<name>.indexes",
+        "sinks.<name>.rollup_paths",
         "sinks.<name>.synchronous",
         "sinks.<name>.unique_users",
         "sinks.<name>.url",

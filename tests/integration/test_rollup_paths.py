@@ -1,0 +1,527 @@
+"""The hourly counts per value of configured JSON paths (``rollup_paths``:
+``events_hourly_paths``, eventrouter.store.rollup) on SQLite and PostgreSQL: the
+breakdown by a kept path reads them and answers exactly as a scan of ``events`` does,
+on hostile values (numbers, booleans, JSON null against a missing key, objects,
+unicode, a long string, SQL and markup, ``""`` and ``"v"``, which SQLite's encoding of
+the key must keep apart), through redeliveries, erasure, suppression and retention; a
+path added to the configuration is counted from the stored events, one removed loses
+its rows, and a reader never reads a path whose counts are not complete. The expected
+numbers are counted by hand from :data:`PLANS`; every time is relative to now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from eventrouter.events.commands import TrackCommand
+from eventrouter.privacy.suppressions import SuppressionList
+from eventrouter.sinks.postgres import PostgresOptions, PostgresSink
+from eventrouter.sinks.sqlite import SQLiteOptions, SQLiteSink
+from eventrouter.sinks.sqlite_store import ensure_rollup, write_retrying
+from eventrouter.store.query import EventFilter, EventStore, PathCondition
+from tests.helpers import ADMIN_TOKEN, LiveServer, eventually, make_config
+from tests.queue_support import unique
+from tests.store_support import store_of, store_sink
+
+pytestmark = pytest.mark.slow
+
+STORES = ["sqlite", "postgres"]
+BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+NOW = datetime.now(UTC)
+#: Not on an hour: whole hours from the rollup, both partial ends from events.
+SINCE = NOW - timedelta(days=7)
+HOUR = timedelta(hours=1)
+LONG = "ü" * 3000
+MISSING = object()
+#: ``properties.plan`` of each stored event, one event per entry, each an hour and a
+#: half apart (the last ones before SINCE).
+PLANS = [
+    "pro",
+    "pro",
+    "free",
+    1,
+    1.5,
+    True,
+    False,
+    None,  # a JSON null: no value, as a missing key
+    MISSING,
+    {"a": [1, "x"]},
+    [1, 2],
+    "ünï 🙂",
+    LONG,
+    "'; DROP TABLE events; --",
+    "<script>alert(1)</script>",
+    "",
+    "v",
+    "null",
+    "true",  # the text "true" and the boolean true: one value, as json_text gives them
+    'quote " back \\ slash \n tab \t \u2028 \U0001f600',
+    {"plan": "nested"},
+    "pro",
+]
+#: The object's and the array's text as each store's json_text spells it.
+OBJECT_TEXT = {"sqlite": '{"a":[1,"x"]}', "postgres": '{"a": [1, "x"]}'}
+ARRAY_TEXT = {"sqlite": "[1,2]", "postgres": "[1, 2]"}
+NESTED_TEXT = {"sqlite": '{"plan":"nested"}', "postgres": '{"plan": "nested"}'}
+PATHS = ["properties.plan", "context.page.path"]
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def event(message_id: str, hours_ago: float, plan: object, user: str = "u1") -> dict:
+    return {
+        "type": "track",
+        "event": "Viewed",
+        "messageId": message_id,
+        "userId": user,
+        "timestamp": iso(NOW - hours_ago * HOUR),
+        "properties": {} if plan is MISSING else {"plan": plan},
+        "context": {"page": {"path": f"/p/{int(hours_ago) % 3}"}},
+    }
+
+
+def dataset() -> list[dict]:
+    events = [event(f"p{i}", 0.4 + 1.5 * i, plan) for i, plan in enumerate(PLANS)]
+    # context.page.path through an array and through a string: no value on either store
+    events[1]["context"] = {"page": ["/p/1"]}
+    events[2]["context"] = {"page": "/p/2"}
+    return events
+
+
+def by_hand(kind: str, since_hours: float) -> Counter:
+    """``properties.plan``'s values as the store's json_text gives them, counted from
+    :data:`PLANS` among the events newer than ``since_hours`` ago."""
+    spelled = Counter()
+    for i, plan in enumerate(PLANS):
+        if 0.4 + 1.5 * i > since_hours:
+            continue
+        if plan is None or plan is MISSING:
+            value = None
+        elif plan is True or plan is False:
+            value = "true" if plan else "false"
+        elif plan == {"plan": "nested"}:
+            value = NESTED_TEXT[kind]
+        elif isinstance(plan, dict):
+            value = OBJECT_TEXT[kind]
+        elif isinstance(plan, list):
+            value = ARRAY_TEXT[kind]
+        else:
+            value = str(plan)
+        spelled[value] += 1
+    return spelled
+
+
+class Fixture:
+    def __init__(self, kind: str, sink: dict, server: LiveServer) -> None:
+        self.kind, self.sink, self.server = kind, sink, server
+        self.store = store_of(sink)
+        self.reader = EventStore(self.store)
+        self.scanner = EventStore(self.store, use_rollup=False)
+
+    def post(self, batch: list[dict]) -> None:
+        response = self.server.post("/v1/batch", {"batch": batch})
+        assert response.status_code == 200, response.text
+
+    def sql(self, statement: str, params: dict | None = None) -> list[tuple]:
+        """Run ``statement`` on the store (under SQLite's writers' lock)."""
+        engine = self.store.engine()
+
+        def run() -> list[tuple]:
+            with engine.begin() as connection:
+                result = connection.execute(text(statement), params or {})
+                return [tuple(row) for row in result] if result.returns_rows else []
+
+        try:
+            if self.kind == "sqlite":
+                return write_retrying(self.sink["url"], run)
+            return run()
+        finally:
+            engine.dispose()
+
+    def migrate(self, paths: list[str]) -> str:
+        """What ``eventrouter migrate`` runs with ``rollup_paths = paths``."""
+        if self.kind == "sqlite":
+            engine = self.store.engine()
+
+            def migrate() -> str:
+                with engine.begin() as connection:
+                    changes = ensure_rollup(connection, users=False, paths=paths)
+                    return ", ".join(changes) or "up to date"
+
+            try:
+                return write_retrying(self.sink["url"], migrate)
+            finally:
+                engine.dispose()
+        options = PostgresOptions(url=self.sink["url"], rollup_paths=paths)
+        sink = PostgresSink("store", self.server.config, options)
+        try:
+            return sink.migrate()
+        finally:
+            sink.stop()
+
+
+@pytest.fixture(scope="module", params=STORES)
+def fx(request, tmp_path_factory) -> Iterator[Fixture]:
+    tmp_path = tmp_path_factory.mktemp(request.param)
+    with store_sink(request.param, tmp_path) as sink:
+        if request.param == "sqlite":  # redelivered copies refused, as on PostgreSQL
+            sink["indexes"] = ["message_id", "user_id", "event"]
+        sink["rollup_paths"] = PATHS
+        raw = {"sinks": {"store": sink}, "privacy": {"refresh": "100ms"}}
+        server = LiveServer(make_config(tmp_path, raw)).start()
+        fixture = Fixture(request.param, sink, server)
+        try:
+            fixture.post(dataset())
+            yield fixture
+        finally:
+            fixture.reader.close()
+            fixture.scanner.close()
+            server.stop()
+
+
+#: Values a chart or count filters ``properties.plan`` by (``dimension=value``).
+FILTER_VALUES = ["pro", "true", "", "v", "1.5", "null", LONG, "'; DROP TABLE events; --", "x\x00"]
+
+
+def on(value: str, path: str = "properties.plan") -> PathCondition:
+    return PathCondition.parse(path, value)
+
+
+def answers(store: EventStore, dimension: str = "properties.plan") -> dict:
+    """Every breakdown the path rollup can answer, over ranges with partial hours, and
+    the counts and charts filtered by a value of ``properties.plan``."""
+    return {
+        "7d": store.top(EventFilter(since=SINCE), dimension, 50),
+        "10h": store.top(EventFilter(since=NOW - 10 * HOUR), dimension, 50),
+        "track": store.top(EventFilter(since=SINCE, type="track"), dimension, 50),
+        "viewed": store.top(EventFilter(since=SINCE, event="Viewed"), dimension, 50),
+        "bought": store.top(EventFilter(since=SINCE, event="Bought"), dimension, 50),
+        "bounded": store.top(EventFilter(since=SINCE, until=NOW - 5.2 * HOUR), dimension, 50),
+        "all": store.top(EventFilter(), dimension, 50),
+        "top3": store.top(EventFilter(since=SINCE), dimension, 3),
+        **{
+            f"count {value!r}": store.count(EventFilter(since=SINCE, paths=[on(value)]))
+            for value in FILTER_VALUES
+        },
+        **{
+            f"chart {value!r}": store.count_by_time(
+                EventFilter(since=SINCE, event="Viewed", paths=[on(value)]), 3 * 3600
+            )
+            for value in FILTER_VALUES
+        },
+        "chart, two paths": store.count_by_time(
+            EventFilter(since=SINCE, paths=[on("pro"), on("/p/1", "context.page.path")]), 3600
+        ),
+    }
+
+
+def check_same(fx: Fixture, dimension: str = "properties.plan") -> dict:
+    """The rollup's answers and the scan's, equal (order and all); the rollup's."""
+    fast = answers(fx.reader, dimension)
+    assert fast == answers(fx.scanner, dimension)
+    return fast
+
+
+def test_rollup_and_scan_agree_with_the_hand_count(fx):
+    assert fx.reader._path_kept("properties.plan") is True
+    assert fx.reader._path_kept("properties.other") is False
+    got = check_same(fx)
+    assert Counter(dict(got["all"])) == by_hand(fx.kind, 1e9)
+    assert Counter(dict(got["10h"])) == by_hand(fx.kind, 10)
+    assert got["7d"][0] == ("pro", 3)
+    values = dict(got["all"])
+    assert values[None] == 2  # the JSON null and the missing key
+    assert values["true"] == 2  # the boolean and the text
+    assert values[""] == 1 and values["v"] == 1 and values["null"] == 1
+    assert values[LONG] == 1
+    assert check_same(fx, "context.page.path")["all"] != []
+    assert got["count 'pro'"] == 3 and got["count 'true'"] == 2 and got["count ''"] == 1
+    assert sum(n for _, n in got["chart 'pro'"]) == 3
+    # The rollup holds the counts (whole hours in range), so they are not the scan's.
+    rows = fx.sql("SELECT count(*), sum(n) FROM events_hourly_paths")
+    assert rows[0][1] == 2 * len(PLANS)
+    paths = dict(check_same(fx, "context.page.path")["all"])
+    assert paths[None] == 2  # through the array and the string
+
+
+def test_a_redelivered_batch_counts_once(fx):
+    before = check_same(fx)
+    fx.post(dataset())
+    assert check_same(fx) == before
+
+
+def test_erasure_takes_the_rows_off(fx):
+    before = check_same(fx)
+    user = unique("erase-")
+    fx.post([event(unique("e"), ago, "gone", user) for ago in (0.5, 5, 30)])
+    grown = check_same(fx)
+    assert dict(grown["all"])["gone"] == 3
+    eraser = fx.store.eraser()
+    try:
+        erased = eraser.delete({user}, set(), dry_run=False, wait=30)
+    finally:
+        eraser.close()
+    assert erased.events == 3
+    assert check_same(fx) == before
+    gone = fx.sql("SELECT count(*) FROM events_hourly_paths WHERE value LIKE '%gone'")
+    assert gone == [(0,)]
+
+
+def test_suppressed_events_are_never_counted(fx):
+    before = check_same(fx)
+    user = unique("quiet-")
+    suppressions = SuppressionList(fx.store)
+    suppressor = fx.server.app.bus.pm.get_plugin("suppress:store")
+    try:
+        suppressions.add("user_id", user, "test")
+        eventually(lambda: user in suppressor.user_ids, "the server read the list")
+        fx.post([event(unique("s"), 3, "quiet", user)])
+        assert check_same(fx) == before
+    finally:
+        suppressions.remove("user_id", user)
+        suppressions.close()
+
+
+def test_the_breakdown_page_reads_the_kept_path(fx):
+    response = fx.server.client.get(
+        "/admin/breakdown",
+        params={"dimension": "properties.plan", "range": "7d"},
+        headers=BEARER,
+    )
+    assert response.status_code == 200, response.text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in response.text
+    assert "<script>alert(1)</script>" not in response.text
+
+
+def test_a_path_added_is_counted_from_the_stored_events_and_one_removed_dropped(fx):
+    before = check_same(fx)
+    tier = check_same(fx, "properties.tier")  # no such property: all None
+    assert fx.reader._path_kept("properties.tier") is False
+    try:
+        assert "counted properties.tier" in fx.migrate([*PATHS, "properties.tier"])
+        assert fx.reader._path_kept("properties.tier") is True
+        assert check_same(fx, "properties.tier") == tier
+        gold = event(unique("t"), 2, "pro")
+        gold["properties"]["tier"] = "gold"
+        fx.post([gold])  # counted by the writer too
+        assert dict(check_same(fx, "properties.tier")["7d"])["gold"] == 1
+        assert "dropped context.page.path" in fx.migrate(["properties.plan", "properties.tier"])
+        assert fx.reader._path_kept("context.page.path") is False
+        left = fx.sql("SELECT count(*) FROM events_hourly_paths WHERE path = 'context.page.path'")
+        assert left == [(0,)]
+        check_same(fx, "context.page.path")  # from events now
+    finally:
+        fx.migrate(PATHS)
+    assert fx.reader._path_kept("context.page.path") is True
+    assert fx.reader._path_kept("properties.tier") is False
+    assert dict(check_same(fx)["7d"])["pro"] == dict(before["7d"])["pro"] + 1
+    check_same(fx, "context.page.path")
+
+
+def test_no_path_configured_drops_the_tables(fx):
+    before = check_same(fx)
+    try:
+        assert "dropped events_hourly_paths" in fx.migrate([])
+        assert fx.reader._path_kept("properties.plan") is False
+        fx.post([event(unique("n"), 1, "while-off")])  # a writer counts no path now
+        assert dict(check_same(fx)["7d"])["while-off"] == 1
+    finally:
+        assert "counted properties.plan" in fx.migrate(PATHS)
+    assert fx.reader._path_kept("properties.plan") is True
+    assert dict(check_same(fx)["7d"])["while-off"] == 1
+    assert dict(check_same(fx)["all"])["pro"] == dict(before["all"])["pro"]
+
+
+def test_a_reader_never_reads_a_path_whose_counts_are_not_complete(fx):
+    """Rows of a path not listed as kept (a backfill not committed, or left by a run
+    that failed) are never read; listed, they are."""
+    hour = NOW.replace(minute=0, second=0, microsecond=0) - 5 * HOUR
+    if fx.kind == "sqlite":
+        row = (
+            "INSERT INTO events_hourly_paths (path, hour, type, event, source, value, n) "
+            "VALUES ('properties.fake', :hour, 'track', 'Viewed', 'planted', 'vplanted', 7)"
+        )
+        listed = (
+            "INSERT INTO events_hourly_paths_kept (path, col, json_path) "
+            "VALUES ('properties.fake', 'properties', '$.\"fake\"')"
+        )
+        at = hour.strftime("%Y-%m-%d %H:%M:%S.000000")
+    else:
+        row = (
+            "INSERT INTO events_hourly_paths (path, hour, type, event, source, digest, "
+            "value, n) VALUES ('properties.fake', :hour, 'track', 'Viewed', 'planted', "
+            "'\\x01', 'planted', 7)"
+        )
+        listed = (
+            "INSERT INTO events_hourly_paths_kept (path, col, segs) "
+            "VALUES ('properties.fake', 'properties', '{fake}')"
+        )
+        at = hour
+    fx.sql(row, {"hour": at})
+    try:
+        assert ("planted", 7) not in fx.reader.top(EventFilter(since=SINCE), "properties.fake")
+        check_same(fx, "properties.fake")
+        planted = EventFilter(since=SINCE, paths=[on("planted", "properties.fake")])
+        assert fx.reader.count(planted) == 0
+        fx.sql(listed)
+        assert ("planted", 7) in fx.reader.top(EventFilter(since=SINCE), "properties.fake")
+        assert fx.reader.count(planted) == 7  # the count reads it too
+        assert sum(n for _, n in fx.reader.count_by_time(planted, 3600)) == 7
+    finally:
+        fx.sql("DELETE FROM events_hourly_paths_kept WHERE path = 'properties.fake'")
+        fx.sql("DELETE FROM events_hourly_paths WHERE path = 'properties.fake'")
+    check_same(fx, "properties.fake")
+
+
+@pytest.mark.parametrize("fx", ["sqlite"], indirect=True)
+def test_sqlite_old_rows_deleted_leave_the_rollup(fx):
+    """SQLite keeps no retention of its own: an operator's delete of old rows (the
+    delete trigger) takes their counts off."""
+    fx.post([event(unique("old"), 24 * 6.5, "ancient", "u-old")])
+    assert dict(check_same(fx)["all"])["ancient"] == 1
+    cutoff = (NOW - 24 * 6 * HOUR).strftime("%Y-%m-%d %H:%M:%S")
+    fx.sql("DELETE FROM events WHERE user_id = 'u-old' AND timestamp < :cutoff", {"cutoff": cutoff})
+    assert "ancient" not in dict(check_same(fx)["all"])
+
+
+@pytest.mark.parametrize("fx", ["sqlite"], indirect=True)
+def test_sqlite_rows_updated_by_hand_move_their_counts(fx):
+    """eventrouter never updates a stored row; should an operator, the counts follow."""
+    fx.post([event(unique("upd"), 2, "before-update", "u-upd")])
+    fx.sql(
+        "UPDATE events SET properties = json_set(properties, '$.plan', 'after-update') "
+        "WHERE user_id = 'u-upd'"
+    )
+    got = dict(check_same(fx)["all"])
+    assert got["after-update"] == 1 and "before-update" not in got
+    fx.sql("DELETE FROM events WHERE user_id = 'u-upd'")
+    assert "after-update" not in dict(check_same(fx)["all"])
+
+
+@pytest.mark.parametrize("fx", ["postgres"], indirect=True)
+def test_retention_drops_the_hours_of_dropped_partitions(fx):
+    fx.post([event(unique("old"), 24 * 20, "ancient", "u-old")])
+    assert dict(check_same(fx)["all"])["ancient"] == 1
+    options = PostgresOptions(url=fx.sink["url"], rollup_paths=PATHS)
+    sink = PostgresSink("store", fx.server.config, options)
+    cutoff = NOW - timedelta(days=15)
+    try:
+        sink.migrate()
+        assert sink.drop_partitions_before(cutoff)
+    finally:
+        sink.stop()
+    day_start = cutoff.replace(hour=0, minute=0, second=0, microsecond=0)
+    url = fx.sink["url"].replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(url) as connection:
+        old = connection.execute(
+            "SELECT count(*) FROM events_hourly_paths WHERE hour < %s", (day_start,)
+        ).fetchone()[0]
+    assert old == 0
+    assert "ancient" not in dict(check_same(fx)["all"])
+
+
+@pytest.mark.parametrize("options", [SQLiteOptions, PostgresOptions])
+@pytest.mark.parametrize(
+    ("paths", "error"),
+    [
+        (["plan"], "properties.KEY"),
+        (["properties.a b"], "path segment"),
+        (["properties.plan", "properties.plan"], "twice"),
+        ([f"properties.p{i}" for i in range(9)], "at most 8"),
+    ],
+)
+def test_rollup_paths_are_validated_as_the_dimension_is(options, paths, error):
+    raw = {"url": "sqlite:///x.db", "rollup_paths": paths}
+    with pytest.raises(msgspec.ValidationError, match=error):
+        msgspec.convert(raw, options)
+
+
+def _sink(kind: str, url: str, paths: list[str]):
+    """A started sink of ``kind`` on ``url`` keeping ``paths``."""
+    if kind == "sqlite":
+        options = SQLiteOptions(url=url, indexes=["message_id"], rollup_paths=paths)
+        sink = SQLiteSink("store", None, options)
+        asyncio.run(sink.start(None))
+        return sink
+    sink = PostgresSink("store", None, PostgresOptions(url=url, rollup_paths=paths))
+    sink.start(None)
+    return sink
+
+
+def _stop(sink) -> None:
+    if isinstance(sink, SQLiteSink):
+        asyncio.run(sink.stop())
+    else:
+        sink.stop()
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_path_added_while_a_writer_writes_is_counted_exactly(kind, tmp_path):
+    """A writer configured without the path counts it from the moment a migration lists
+    it (the writers count what the store lists), and the migration's backfill and the
+    writer's counts neither miss a row nor count one twice."""
+    plans = ["pro", "free", 7, None, "ü"]
+
+    def batch(number: int) -> list[TrackCommand]:
+        moment = NOW - timedelta(hours=number % 40, minutes=number)
+        return [
+            TrackCommand(
+                message_id=f"w{number}-{i}",
+                source="web",
+                user_id=f"u{i % 7}",
+                event="Viewed",
+                timestamp=moment,
+                received_at=moment,
+                properties={"plan": plans[(number + i) % len(plans)]},
+            )
+            for i in range(50)
+        ]
+
+    with store_sink(kind, tmp_path) as table:
+        writer = _sink(kind, table["url"], [])
+        written, migrated = threading.Event(), threading.Event()
+
+        def write() -> None:
+            # Batches before the migration, beside it, and (from 30 on) after it.
+            for number in range(60):
+                if number == 30:
+                    migrated.wait(60)
+                writer.write(batch(number))
+                if number == 10:
+                    written.set()
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        try:
+            written.wait(60)
+            migrator = _sink(kind, table["url"], ["properties.plan"])
+            _stop(migrator)
+        finally:
+            migrated.set()
+            thread.join()
+        writer.write(batch(3))  # a redelivery: counted once
+        _stop(writer)
+        store = store_of(table)
+        fast, slow = EventStore(store), EventStore(store, use_rollup=False)
+        try:
+            assert fast._path_kept("properties.plan") is True
+            where = EventFilter(since=NOW - timedelta(days=3))
+            got = fast.top(where, "properties.plan", 10)
+            assert got == slow.top(where, "properties.plan", 10)
+            assert sum(n for _, n in got) == 60 * 50
+            pro = EventFilter(since=NOW - timedelta(days=3), paths=[on("pro")])
+            assert fast.count(pro) == slow.count(pro) == 60 * 50 // len(plans)
+        finally:
+            fast.close()
+            slow.close()
