@@ -37,8 +37,6 @@ import pytest
 from clickhouse_driver import Client
 
 ZOOKEEPER_PORT = 2191
-#: The servers' ZooKeeper session timeout: a killed server's ephemeral nodes last this long.
-ZOOKEEPER_SESSION_MS = 10000
 ZOOKEEPER_CLASSPATH = ":".join(
     ["/usr/share/java/zookeeper.jar", "/usr/share/java/zookeeper-jute.jar"]
 )
@@ -226,7 +224,7 @@ def server_config(root: Path, index: int) -> str:
     {remote_servers()}
     <zookeeper>
         <node><host>127.0.0.1</host><port>{ZOOKEEPER_PORT}</port></node>
-        <session_timeout_ms>{ZOOKEEPER_SESSION_MS}</session_timeout_ms>
+        <session_timeout_ms>10000</session_timeout_ms>
     </zookeeper>
     <macros><shard>01</shard><replica>r{index + 1}</replica></macros>
     <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
