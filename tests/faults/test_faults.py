@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from eventrouter.queue.worker import SINK_DOWN_POLL
 from tests.faults.support import Load, assert_exactly_once, report, settle, stored
 from tests.helpers import LiveServer, ServeProcess, eventually, make_config
 from tests.integration.test_metrics import samples, value
@@ -42,8 +43,14 @@ pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
 # ruff: noqa: F811 - pytest fixtures are parameters
 
-#: How long each outage lasts, as the issue asks.
-OUTAGE = 20.0
+#: An outage lasts until it has done what the case is about (the broker's spool taking
+#: the load, a worker holding its batches, dedup reporting its store down), and until at
+#: least this many events were acknowledged while it lasted: it is measured (``outage_s``
+#: in the report), not waited out. A fixed 20 s outage exercised nothing more and cost
+#: the suite a minute.
+ACKNOWLEDGED_DURING = 1000
+#: Batches the Redis case's clients send twice while dedup's store is cut off.
+RESENT_DURING = 50
 
 
 def serve(env: QueueEnv, raw: dict[str, Any], workers: int = 2) -> ServeProcess:
@@ -82,7 +89,7 @@ def restartable_rabbitmq(amqp_env):
 
 
 # -- RabbitMQ stopped ------------------------------------------------------------------
-def test_rabbitmq_stopped_for_20s_during_load(restartable_rabbitmq, fault_report):
+def test_rabbitmq_stopped_during_load(restartable_rabbitmq, fault_report):
     """The edge (gunicorn, 2 workers) spools while RabbitMQ is stopped and answers 200
     throughout; the spool is replayed once it is back; the worker reconnects."""
     env = restartable_rabbitmq
@@ -93,10 +100,15 @@ def test_rabbitmq_stopped_for_20s_during_load(restartable_rabbitmq, fault_report
     load = Load(api.url).start()
     try:
         load.wait_acknowledged(500)
+        [consumer] = worker.worker.consumers
+        assert consumer.last_error is None, consumer.last_error
         rabbitmqctl("stop_app")
         stopped = time.monotonic()
         before = len(load.acknowledged)
-        time.sleep(OUTAGE)  # the clients keep sending
+        # The clients keep sending, into the edge's spool; the worker has lost its
+        # connection and is reconnecting with backoff.
+        load.wait_acknowledged(before + ACKNOWLEDGED_DURING)
+        eventually(lambda: consumer.last_error is not None, "the worker losing the broker")
         during = len(load.acknowledged) - before
         rabbitmqctl("start_app")
         outage = time.monotonic() - stopped
@@ -119,7 +131,7 @@ def test_rabbitmq_stopped_for_20s_during_load(restartable_rabbitmq, fault_report
     assert replayed == spooled
     report(
         fault_report,
-        "RabbitMQ stopped 20 s (edge: 2 gunicorn workers, spool on)",
+        "RabbitMQ stopped (edge: 2 gunicorn workers, spool on)",
         load,
         outage_s=round(outage, 1),
         acknowledged_during_outage=during,
@@ -171,9 +183,10 @@ def test_worker_killed_with_sigkill_mid_batch(amqp_env, tmp_path, fault_report):
 
 
 # -- the stores unreachable ------------------------------------------------------------
-def test_postgres_and_clickhouse_unreachable_for_20s(amqp_env, tmp_path, fault_report):
-    """Both stores cut off from the worker for 20 s: the worker retries, then holds its
-    batches (unacknowledged) until each store answers again; nothing is dead-lettered."""
+def test_postgres_and_clickhouse_unreachable_under_load(amqp_env, tmp_path, fault_report):
+    """Both stores cut off from the worker for longer than its retry window: the worker
+    retries, then holds its batches (unacknowledged) until each store answers again;
+    nothing is dead-lettered."""
     env = amqp_env
     pg_proxy = TcpProxy(5432).start()
     ch_proxy = TcpProxy(9000).start()
@@ -196,14 +209,21 @@ def test_postgres_and_clickhouse_unreachable_for_20s(amqp_env, tmp_path, fault_r
             pg_proxy.stop()
             ch_proxy.stop()
             cut = time.monotonic()
-            time.sleep(OUTAGE)
+            before = len(load.acknowledged)
+            consumers = {c.sink: c for c in worker.worker.consumers}
+            # Past the retry window (``fast``): each consumer's retries are spent, its
+            # store's probe says down, and it holds its batch ...
+            eventually(lambda: all(c.held for c in consumers.values()), "both batches held")
+            # ... and keeps holding it through more than one probe of the store, while
+            # the edge goes on acknowledging into the queue.
+            time.sleep(2 * SINK_DOWN_POLL)  # a duration the case needs, not an assertion
+            load.wait_acknowledged(before + ACKNOWLEDGED_DURING)
             pg_proxy.start()
             ch_proxy.start()
             outage = time.monotonic() - cut
             load.wait_acknowledged(len(load.acknowledged) + 500)
             load.stop()
             took = settle(load, sinks)
-            consumers = {c.sink: c for c in worker.worker.consumers}
         finally:
             load.stop()
             worker.stop()
@@ -217,7 +237,7 @@ def test_postgres_and_clickhouse_unreachable_for_20s(amqp_env, tmp_path, fault_r
         assert consumer.dead_lettered == 0, f"{name}: dead-lettered during an outage"
     report(
         fault_report,
-        "PostgreSQL and ClickHouse unreachable 20 s (worker holds its batches)",
+        "PostgreSQL and ClickHouse unreachable (worker holds its batches)",
         load,
         outage_s=round(outage, 1),
         batches_held={name: c.held for name, c in consumers.items()},
@@ -267,7 +287,7 @@ def test_api_sigterm_during_load_drains_gracefully(amqp_env, mode, fault_report)
 
 # -- Redis down ------------------------------------------------------------------------
 def test_redis_down_dedup_degrades_to_the_stores_own(amqp_env, tmp_path, fault_report):
-    """Dedup's Redis cut off for 20 s while clients resend some batches (a lost 200):
+    """Dedup's Redis cut off while clients resend some batches (a lost 200):
     ingestion goes on, and the store's own ``message_id`` dedup keeps each event once."""
     env = amqp_env
     proxy = TcpProxy(6379).start()
@@ -284,9 +304,19 @@ def test_redis_down_dedup_degrades_to_the_stores_own(amqp_env, tmp_path, fault_r
             proxy.stop()
             cut = time.monotonic()
             before = (len(load.acknowledged), load.resent)
-            time.sleep(OUTAGE)
+            found: dict[str, Any] = {}
+
+            def dedup_down() -> bool:
+                found.update(api.health().json()["components"]["dedup"])
+                return found["status"] == "down"
+
+            eventually(dedup_down, "/health showing dedup down")
+            health = dict(found)
+            # Ingestion goes on, and batches are sent twice past a dedup that cannot
+            # mark them: only the store's own key keeps them once.
+            load.wait_acknowledged(before[0] + ACKNOWLEDGED_DURING)
+            eventually(lambda: load.resent - before[1] >= RESENT_DURING, "batches resent")
             during = (len(load.acknowledged) - before[0], load.resent - before[1])
-            health = api.health().json()["components"]["dedup"]
             proxy.start()
             outage = time.monotonic() - cut
             load.wait_acknowledged(len(load.acknowledged) + 500)
@@ -303,7 +333,7 @@ def test_redis_down_dedup_degrades_to_the_stores_own(amqp_env, tmp_path, fault_r
     assert during[0] > 0 and during[1] > 0, during
     report(
         fault_report,
-        "Redis (dedup) unreachable 20 s, 1 batch in 5 sent twice",
+        "Redis (dedup) unreachable, 1 batch in 5 sent twice",
         load,
         outage_s=round(outage, 1),
         acknowledged_during_outage=during[0],

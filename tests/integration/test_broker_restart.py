@@ -42,6 +42,10 @@ def broker_accepts_connections(env) -> bool:
         return False
 
 
+def spooled_events(server: LiveServer) -> int:
+    return server.health().json()["components"]["spool"]["stats"]["spooled_events"]
+
+
 @pytest.fixture
 def restartable_broker(amqp_env):
     """The RabbitMQ of this machine, started again after the test whatever happens."""
@@ -96,7 +100,11 @@ def test_events_acknowledged_across_a_broker_restart_are_all_stored_once(restart
                 thread.start()
             eventually(lambda: len(acknowledged) >= 100, "100 events acknowledged")
             rabbitmqctl("stop_app")
-            time.sleep(2)  # clients keep sending into a stopped broker
+            # Clients keep sending into a stopped broker, and the spool answers for it.
+            eventually(
+                lambda: spooled_events(server) > 0,
+                "events acknowledged into the spool while the broker is stopped",
+            )
             rabbitmqctl("start_app")
             for thread in threads:
                 thread.join(HANG_GUARD * 2)
