@@ -23,14 +23,13 @@ import pytest
 from sqlalchemy import text
 
 from eventrouter.events.commands import TrackCommand
-from eventrouter.privacy.suppressions import SuppressionList
 from eventrouter.sinks.postgres import PostgresOptions, PostgresSink
 from eventrouter.sinks.sqlite import SQLiteOptions, SQLiteSink
-from eventrouter.sinks.sqlite_store import ensure_rollup, write_retrying
+from eventrouter.sinks.sqlite_store import write_retrying
 from eventrouter.store.query import EventFilter, EventStore, PathCondition
-from tests.helpers import ADMIN_TOKEN, LiveServer, eventually, make_config
+from tests.helpers import ADMIN_TOKEN
 from tests.queue_support import unique
-from tests.store_support import store_of, store_sink
+from tests.store_support import ServedStore, served_store, store_of, store_sink
 
 pytestmark = pytest.mark.slow
 
@@ -122,17 +121,7 @@ def by_hand(kind: str, since_hours: float) -> Counter:
     return spelled
 
 
-class Fixture:
-    def __init__(self, kind: str, sink: dict, server: LiveServer) -> None:
-        self.kind, self.sink, self.server = kind, sink, server
-        self.store = store_of(sink)
-        self.reader = EventStore(self.store)
-        self.scanner = EventStore(self.store, use_rollup=False)
-
-    def post(self, batch: list[dict]) -> None:
-        response = self.server.post("/v1/batch", {"batch": batch})
-        assert response.status_code == 200, response.text
-
+class Fixture(ServedStore):
     def sql(self, statement: str, params: dict | None = None) -> list[tuple]:
         """Run ``statement`` on the store (under SQLite's writers' lock)."""
         engine = self.store.engine()
@@ -149,45 +138,12 @@ class Fixture:
         finally:
             engine.dispose()
 
-    def migrate(self, paths: list[str]) -> str:
-        """What ``eventrouter migrate`` runs with ``rollup_paths = paths``."""
-        if self.kind == "sqlite":
-            engine = self.store.engine()
-
-            def migrate() -> str:
-                with engine.begin() as connection:
-                    changes = ensure_rollup(connection, users=False, paths=paths)
-                    return ", ".join(changes) or "up to date"
-
-            try:
-                return write_retrying(self.sink["url"], migrate)
-            finally:
-                engine.dispose()
-        options = PostgresOptions(url=self.sink["url"], rollup_paths=paths)
-        sink = PostgresSink("store", self.server.config, options)
-        try:
-            return sink.migrate()
-        finally:
-            sink.stop()
-
 
 @pytest.fixture(scope="module", params=STORES)
 def fx(request, tmp_path_factory) -> Iterator[Fixture]:
     tmp_path = tmp_path_factory.mktemp(request.param)
-    with store_sink(request.param, tmp_path) as sink:
-        if request.param == "sqlite":  # redelivered copies refused, as on PostgreSQL
-            sink["indexes"] = ["message_id", "user_id", "event"]
-        sink["rollup_paths"] = PATHS
-        raw = {"sinks": {"store": sink}, "privacy": {"refresh": "100ms"}}
-        server = LiveServer(make_config(tmp_path, raw)).start()
-        fixture = Fixture(request.param, sink, server)
-        try:
-            fixture.post(dataset())
-            yield fixture
-        finally:
-            fixture.reader.close()
-            fixture.scanner.close()
-            server.stop()
+    with served_store(request.param, tmp_path, dataset(), Fixture, rollup_paths=PATHS) as served:
+        yield served
 
 
 #: Values a chart or count filters ``properties.plan`` by (``dimension=value``).
@@ -281,16 +237,9 @@ def test_erasure_takes_the_rows_off(fx):
 def test_suppressed_events_are_never_counted(fx):
     before = check_same(fx)
     user = unique("quiet-")
-    suppressions = SuppressionList(fx.store)
-    suppressor = fx.server.app.bus.pm.get_plugin("suppress:store")
-    try:
-        suppressions.add("user_id", user, "test")
-        eventually(lambda: user in suppressor.user_ids, "the server read the list")
+    with fx.suppressing(user):
         fx.post([event(unique("s"), 3, "quiet", user)])
-        assert check_same(fx) == before
-    finally:
-        suppressions.remove("user_id", user)
-        suppressions.close()
+    assert check_same(fx) == before
 
 
 def test_the_breakdown_page_reads_the_kept_path(fx):
@@ -309,20 +258,22 @@ def test_a_path_added_is_counted_from_the_stored_events_and_one_removed_dropped(
     tier = check_same(fx, "properties.tier")  # no such property: all None
     assert fx.reader._path_kept("properties.tier") is False
     try:
-        assert "counted properties.tier" in fx.migrate([*PATHS, "properties.tier"])
+        assert "counted properties.tier" in fx.migrate(paths=[*PATHS, "properties.tier"])
         assert fx.reader._path_kept("properties.tier") is True
         assert check_same(fx, "properties.tier") == tier
         gold = event(unique("t"), 2, "pro")
         gold["properties"]["tier"] = "gold"
         fx.post([gold])  # counted by the writer too
         assert dict(check_same(fx, "properties.tier")["7d"])["gold"] == 1
-        assert "dropped context.page.path" in fx.migrate(["properties.plan", "properties.tier"])
+        assert "dropped context.page.path" in fx.migrate(
+            paths=["properties.plan", "properties.tier"]
+        )
         assert fx.reader._path_kept("context.page.path") is False
         left = fx.sql("SELECT count(*) FROM events_hourly_paths WHERE path = 'context.page.path'")
         assert left == [(0,)]
         check_same(fx, "context.page.path")  # from events now
     finally:
-        fx.migrate(PATHS)
+        fx.migrate(paths=PATHS)
     assert fx.reader._path_kept("context.page.path") is True
     assert fx.reader._path_kept("properties.tier") is False
     assert dict(check_same(fx)["7d"])["pro"] == dict(before["7d"])["pro"] + 1
@@ -332,12 +283,12 @@ def test_a_path_added_is_counted_from_the_stored_events_and_one_removed_dropped(
 def test_no_path_configured_drops_the_tables(fx):
     before = check_same(fx)
     try:
-        assert "dropped events_hourly_paths" in fx.migrate([])
+        assert "dropped events_hourly_paths" in fx.migrate(paths=[])
         assert fx.reader._path_kept("properties.plan") is False
         fx.post([event(unique("n"), 1, "while-off")])  # a writer counts no path now
         assert dict(check_same(fx)["7d"])["while-off"] == 1
     finally:
-        assert "counted properties.plan" in fx.migrate(PATHS)
+        assert "counted properties.plan" in fx.migrate(paths=PATHS)
     assert fx.reader._path_kept("properties.plan") is True
     assert dict(check_same(fx)["7d"])["while-off"] == 1
     assert dict(check_same(fx)["all"])["pro"] == dict(before["all"])["pro"]

@@ -18,16 +18,14 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from eventrouter.privacy.suppressions import SuppressionList
 from eventrouter.sinks.clickhouse_rollup import compact
 from eventrouter.sinks.clickhouse_store import client_for
 from eventrouter.sinks.postgres import PostgresOptions, PostgresSink
-from eventrouter.sinks.sqlite_store import ensure_rollup, write_retrying
 from eventrouter.store.query import EventFilter, EventStore
 from eventrouter.store.rollup import period_start
-from tests.helpers import ADMIN_TOKEN, LiveServer, eventually, make_config
+from tests.helpers import ADMIN_TOKEN
 from tests.queue_support import unique
-from tests.store_support import STORES, store_of, store_sink
+from tests.store_support import STORES, ServedStore, served_store
 
 pytestmark = pytest.mark.slow
 
@@ -73,38 +71,13 @@ def dataset() -> list[dict]:
     return [event(*row) for row in ROWS]
 
 
-class Fixture:
-    def __init__(self, kind: str, sink: dict, server: LiveServer) -> None:
-        self.kind, self.sink, self.server = kind, sink, server
-        self.store = store_of(sink)
-        self.reader = EventStore(self.store)
-        self.scanner = EventStore(self.store, use_rollup=False)
-
-    def post(self, batch: list[dict]) -> None:
-        response = self.server.post("/v1/batch", {"batch": batch})
-        assert response.status_code == 200, response.text
-
-
 @pytest.fixture(scope="module", params=STORES)
-def fx(request, tmp_path_factory) -> Iterator[Fixture]:
+def fx(request, tmp_path_factory) -> Iterator[ServedStore]:
     tmp_path = tmp_path_factory.mktemp(request.param)
-    with store_sink(request.param, tmp_path) as sink:
-        if request.param == "sqlite":  # redelivered copies refused, as on the others
-            sink["indexes"] = ["message_id", "user_id", "event"]
-        if request.param != "clickhouse":
-            sink["unique_users"] = True
-        else:  # the tests compact when they mean to (check_same)
-            sink["rollup_interval"] = "1h"
-        raw = {"sinks": {"store": sink}, "privacy": {"refresh": "100ms"}}
-        server = LiveServer(make_config(tmp_path, raw)).start()
-        fixture = Fixture(request.param, sink, server)
-        try:
-            fixture.post(dataset())
-            yield fixture
-        finally:
-            fixture.reader.close()
-            fixture.scanner.close()
-            server.stop()
+    # ClickHouse: the tests compact when they mean to (check_same).
+    options = {"rollup_interval": "1h"} if request.param == "clickhouse" else {"unique_users": True}
+    with served_store(request.param, tmp_path, dataset(), **options) as fixture:
+        yield fixture
 
 
 def answers(store: EventStore, since: datetime = SINCE) -> dict:
@@ -128,7 +101,7 @@ def answers(store: EventStore, since: datetime = SINCE) -> dict:
     }
 
 
-def compact_clickhouse(fx: Fixture) -> list:
+def compact_clickhouse(fx: ServedStore) -> list:
     """Run ClickHouse's compactor once (the sink's thread waits an hour here), a second
     after the last insert: a day marked in the second the compactor starts stays dirty
     (one server: no margin for clocks)."""
@@ -140,7 +113,7 @@ def compact_clickhouse(fx: Fixture) -> list:
         client.disconnect()
 
 
-def check_same(fx: Fixture) -> dict:
+def check_same(fx: ServedStore) -> dict:
     """The rollup's answers and the scan's, equal; the rollup's. On ClickHouse, with
     the days changed since the last compaction read from events, then compacted."""
     fast, slow = answers(fx.reader), answers(fx.scanner)
@@ -202,19 +175,12 @@ def test_erasure_takes_the_rows_off_the_rollup(fx):
 def test_suppressed_events_are_never_counted(fx):
     before = check_same(fx)
     user = unique("quiet-")
-    suppressions = SuppressionList(fx.store)
-    suppressor = fx.server.app.bus.pm.get_plugin("suppress:store")
-    try:
-        suppressions.add("user_id", user, "test")
-        eventually(lambda: user in suppressor.user_ids, "the server read the list")
+    with fx.suppressing(user):
         fx.post([event(unique("s"), 50, "track", "Viewed", user, None)])
-        assert check_same(fx) == before
-    finally:
-        suppressions.remove("user_id", user)
-        suppressions.close()
+    assert check_same(fx) == before
 
 
-def active(fx: Fixture, interval: str, by: str | None = None):
+def active(fx: ServedStore, interval: str, by: str | None = None):
     return fx.reader.active_users(EventFilter(since=SINCE), interval, by=by)
 
 
@@ -271,7 +237,7 @@ def test_active_users_page(fx):
     assert bad.status_code == 400 and "interval" in bad.text
 
 
-def _drop_rollup(fx: Fixture) -> None:
+def _drop_rollup(fx: ServedStore) -> None:
     engine = fx.store.engine()
     try:
         with engine.begin() as connection:
@@ -286,28 +252,6 @@ def _drop_rollup(fx: Fixture) -> None:
         engine.dispose()
 
 
-def _migrate(fx: Fixture, users: bool = True) -> str:
-    """What ``eventrouter migrate`` runs: SQLite's rollup under the writers' lock, or
-    the PostgreSQL sink's migration."""
-    if fx.kind == "sqlite":
-        engine = fx.store.engine()
-
-        def migrate() -> str:
-            with engine.begin() as connection:
-                return ", ".join(ensure_rollup(connection, users=users)) or "up to date"
-
-        try:
-            return write_retrying(fx.sink["url"], migrate)
-        finally:
-            engine.dispose()
-    options = PostgresOptions(url=fx.sink["url"], unique_users=users)
-    sink = PostgresSink("store", fx.server.config, options)
-    try:
-        return sink.migrate()
-    finally:
-        sink.stop()
-
-
 #: The stores that keep rollups (ClickHouse keeps none: eventrouter.store.rollup).
 ROLLUP_STORES = [store for store in STORES if store != "clickhouse"]
 
@@ -319,7 +263,7 @@ def test_migration_fills_the_rollup_from_the_stored_events(fx):
     fresh = EventStore(fx.store)
     try:
         assert fresh.has_rollup() is False
-        assert "created" in _migrate(fx) or fx.kind == "postgres"
+        assert "created" in fx.migrate(users=True) or fx.kind == "postgres"
         again = EventStore(fx.store)
         assert again.has_rollup() is True
         assert answers(again) == before
@@ -358,9 +302,9 @@ def test_unique_users_off_drops_the_counts_and_reads_events(fx):
     before = check_same(fx)
     assert fx.reader._has_table("users_active_counts", remember=False) is True
     try:
-        assert "dropped users_active" in _migrate(fx, users=False)
+        assert "dropped users_active" in fx.migrate(users=False)
         assert fx.reader._has_table("users_active_counts", remember=False) is False
         assert check_same(fx) == before  # from events now
     finally:
-        assert "created users_active" in _migrate(fx, users=True)
+        assert "created users_active" in fx.migrate(users=True)
     assert check_same(fx) == before
