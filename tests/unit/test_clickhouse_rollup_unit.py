@@ -56,8 +56,15 @@ def test_dirty_days_bounds_are_literals_of_dates():
 def test_the_rollup_on_a_cluster():
     layout = ClusterLayout(cluster="er_shards", database="analytics", replicated=True)
     statements = [sql for table in rollup_ddl(ttl=86400 * 30) for sql in layout.create(table)]
-    assert len(statements) == 6
+    assert len(statements) == 8
     hourly_local, hourly = statements[4], statements[5]
+    users_local, users = statements[6], statements[7]
+    assert (
+        "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/analytics.events_users_local'"
+        in users_local
+    )
+    assert "TTL toDateTime(day) + INTERVAL 2592000 SECOND" in users_local
+    assert users.endswith("`events_users_local`, toUInt32(day))")
     assert (
         "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/analytics.events_hourly_local'"
         in hourly_local
