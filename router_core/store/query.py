@@ -403,11 +403,7 @@ class EventStore:
         def bucket_of(epoch: ColumnElement) -> ColumnElement:
             return (epoch - epoch % width).label("bucket")
 
-        cut, kept = None, None
-        if step % rollup.HOUR == 0:
-            cut = self._rollup_split(where)
-            if cut is None and (kept := self._path_filter(where)) is not None:
-                cut = self._rollup_split(kept[0])
+        cut, kept = self._rollup_cut(where) if step % rollup.HOUR == 0 else (None, None)
         if cut is None:
             bucket = bucket_of(self.dialect.epoch(self.table.c.timestamp))
             statement = (
@@ -418,14 +414,9 @@ class EventStore:
             )
         else:
             table = self._hourly if kept is None else self.dialect.path_rollup
-            key = bucket_of(self.dialect.epoch(table.c.hour))
-            if kept is None:
-                parts = [self._rollup_select(cut, where, key)]
-            else:
-                rest, path, value = kept
-                parts = [
-                    self._rollup_select(cut, rest, key, table=table, path=path, path_value=value)
-                ]
+            parts = [
+                self._rollup_part(cut, where, kept, bucket_of(self.dialect.epoch(table.c.hour)))
+            ]
             for edge in self._edges(cut, where):
                 bucket = bucket_of(self.dialect.epoch(self.table.c.timestamp))
                 parts.append(
@@ -505,18 +496,11 @@ class EventStore:
     def count(self, where: EventFilter) -> int:
         """Events matching ``where``: from the rollup where it can answer (as
         :meth:`count_by_time`), else from ``events``."""
-        cut, kept = self._rollup_split(where), None
-        if cut is None and (kept := self._path_filter(where)) is not None:
-            cut = self._rollup_split(kept[0])
+        cut, kept = self._rollup_cut(where)
         if cut is None:
             statement = self.dialect.select(func.count().label("n")).where(*self.conditions(where))
         else:
-            if kept is None:
-                parts = [self._rollup_select(cut, where)]
-            else:
-                rest, path, value = kept
-                table = self.dialect.path_rollup
-                parts = [self._rollup_select(cut, rest, table=table, path=path, path_value=value)]
+            parts = [self._rollup_part(cut, where, kept)]
             parts += [
                 self.dialect.select(func.count().label("n")).where(*self._edge_conditions(edge))
                 for edge in self._edges(cut, where)
@@ -707,6 +691,32 @@ class EventStore:
             if not inspect(connection).has_table(kept.name):
                 return False
             return connection.execute(statement).first() is not None
+
+    def _rollup_cut(
+        self, where: EventFilter
+    ) -> tuple[rollup.Split | None, tuple[EventFilter, str, str] | None]:
+        """How a count answers ``where`` from a rollup: the hourly rollup's split, else
+        the path rollup's with :meth:`_path_filter`'s ``kept`` (``(None, None)``: read
+        ``events``)."""
+        cut = self._rollup_split(where)
+        if cut is None and (kept := self._path_filter(where)) is not None:
+            return self._rollup_split(kept[0]), kept
+        return cut, None
+
+    def _rollup_part(
+        self,
+        cut: rollup.Split,
+        where: EventFilter,
+        kept: tuple[EventFilter, str, str] | None,
+        key: ColumnElement | None = None,
+    ) -> Select:
+        """:meth:`_rollup_select` over the hourly rollup, or with ``kept`` (from
+        :meth:`_rollup_cut`) over the path rollup's rows of that path and value."""
+        if kept is None:
+            return self._rollup_select(cut, where, key)
+        rest, path, value = kept
+        table = self.dialect.path_rollup
+        return self._rollup_select(cut, rest, key, table=table, path=path, path_value=value)
 
     def _path_filter(self, where: EventFilter) -> tuple[EventFilter, str, str] | None:
         """For a filter whose one path condition is on a path the store keeps complete
