@@ -24,7 +24,8 @@ For each store, one after the other (SQLite, PostgreSQL, then ClickHouse):
    PostgreSQL ``VACUUM (ANALYZE)`` (this machine's server runs with ``autovacuum =
    off``), ClickHouse ``OPTIMIZE TABLE events FINAL`` (background merges).
    The SQLite and PostgreSQL sinks keep ``rollup_paths = ["properties.plan"]``
-   (:data:`ROLLUP_PATHS`; ``--no-rollup-paths``: none, for an A/B on the same data).
+   (:data:`ROLLUP_PATHS`; ``--no-rollup-paths``: none, for an A/B on the same data);
+   the PostgreSQL sink lists the ``event_user`` index too (:data:`PG_INDEXES`).
 2. **Server.** ``eventrouter serve --workers 1`` on a free loopback port with a config
    of ``[sinks.warehouse]`` (the store) and ``[admin] store = "warehouse"``, no
    ``[queue]`` (so no broker), ready once ``GET /health`` answers 200; stopped with
@@ -133,8 +134,9 @@ PG_DATABASE = os.environ.get("EVENTROUTER_BENCH_DASHBOARD_PG") or "eventrouter_b
 PG_SERVER = f"postgresql://postgres@{HOST}:5432/postgres"
 PG_URL = f"postgresql+psycopg://postgres@{HOST}:5432/{PG_DATABASE}"
 #: What docs/postgres.md has an operator index for the dashboard's filters: the sink's
-#: default ``(column, timestamp)`` indexes, ``event`` among them (stated in the config).
-PG_INDEXES = ["user_id", "anonymous_id", "event"]
+#: default ``(column, timestamp)`` indexes, ``event`` among them (stated in the config),
+#: and ``event_user`` for funnels and retention (docs/postgres.md, "Indexes").
+PG_INDEXES = ["user_id", "anonymous_id", "event", "event_user"]
 #: And, as docs/postgres.md advises for the pair of filters a dashboard is used with
 #: most, a path index on the measured pair: ``(event, properties #>> '{plan}', timestamp)``.
 PG_PATH_INDEXES = [["event", "properties.plan"]]

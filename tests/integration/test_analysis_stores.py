@@ -118,11 +118,20 @@ def _batch() -> list[dict[str, Any]]:
     return out
 
 
-@pytest.fixture(scope="module", params=STORES)
+#: PostgreSQL reads retention per user through one of two indexes
+#: (``PostgresDialect.retention_statement``): ``user_id`` with ``anonymous_id`` (the
+#: default), or ``event_user``; the second store has the latter.
+EVENT_USER = "postgres-event_user"
+
+
+@pytest.fixture(scope="module", params=[*STORES, EVENT_USER])
 def served(request, tmp_path_factory) -> Iterator[tuple[LiveServer, EventStore]]:
     """A server on one store holding both data sets, and the store's query layer."""
     tmp_path = tmp_path_factory.mktemp(request.param)
-    with store_sink(request.param, tmp_path) as sink:
+    kind = "postgres" if request.param == EVENT_USER else request.param
+    with store_sink(kind, tmp_path) as sink:
+        if request.param == EVENT_USER:
+            sink["indexes"] = ["event", "event_user"]
         server = LiveServer(make_config(tmp_path, {"sinks": {"store": sink}})).start()
         store = EventStore(store_of(sink))
         try:

@@ -15,6 +15,7 @@ from sqlalchemy import event
 from eventrouter.bus.bus import Bus, make_plugin_manager
 from eventrouter.config import ConfigError
 from eventrouter.sinks.postgres_store import PostgresStore
+from eventrouter.store.analysis import retention
 from eventrouter.store.query import EventFilter, EventStore, PathCondition
 from tests.helpers import LiveServer, make_config, recent, run_eventrouter
 from tests.ingest_support import AUTH
@@ -744,11 +745,82 @@ def test_path_indexes_are_created_used_by_the_query_layer_and_dropped(pg_url, tm
     assert path_indexes() == {}
 
 
+def test_the_event_user_index_is_created_read_by_retention_and_dropped(pg_url, tmp_path):
+    """``indexes = [..., "event_user"]`` makes ``(event, coalesce(user_id, anonymous_id),
+    timestamp)`` holding both ids, which retention's per-user reads use (the statement
+    planned as the store sends it); unconfigured, it is dropped and retention reads the
+    standard SQL again, with the same answer."""
+
+    def migrate(indexes):
+        config = make_config(tmp_path, {"sinks": {"w": pg_sink(pg_url, indexes=indexes)}})
+        sink = Bus(config, make_plugin_manager(config)).sinks["w"]
+        sink.migrate()
+        sink.stop()
+
+    def definition() -> str | None:
+        rows = sql(
+            pg_url,
+            "SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_events_event_user'",
+        )
+        return rows[0][0] if rows else None
+
+    migrate(["event", "event_user"])
+    now = datetime.now(UTC).replace(microsecond=0)
+    events = [
+        ("Signed Up", "u1", None, now - timedelta(days=2)),
+        ("Viewed", "u1", None, now - timedelta(days=1)),
+        ("Signed Up", None, "a'; DROP TABLE events; --", now - timedelta(days=2)),
+        ("Viewed", None, "a'; DROP TABLE events; --", now - timedelta(days=2)),
+    ]
+    execute(
+        pg_url,
+        "INSERT INTO events (message_id, source, type, event, user_id, anonymous_id, "
+        "timestamp, received_at) VALUES "
+        + ", ".join(f"('m{i}', 's', 'track', %s, %s, %s, %s, %s)" for i in range(len(events))),
+        *[
+            v
+            for name, user, anonymous, moment in events
+            for v in (name, user, anonymous, moment, now)
+        ],
+    )
+    assert 'COALESCE(user_id, anonymous_id), "timestamp") INCLUDE (user_id, anonymous_id)' in (
+        definition() or ""
+    )
+    since = now - timedelta(days=7)
+
+    def cohorts() -> tuple[list[tuple[int, list[int | None]]], list[str]]:
+        store = EventStore(PostgresStore(pg_url))
+        sent: list[str] = []
+
+        def capture(conn, cursor, statement, parameters, context, executemany):
+            sent.append(statement)
+
+        event.listen(store.engine, "before_cursor_execute", capture)
+        try:
+            result = retention(store, "Signed Up", "Viewed", "day", since, None)
+        finally:
+            event.remove(store.engine, "before_cursor_execute", capture)
+            store.close()
+        return [(c.users, c.returned[:3]) for c in result.cohorts], sent
+
+    with_index, sent = cohorts()
+    # Two users signed up two days ago: one viewed then (the same second counts), the
+    # other the next day; neither today.
+    assert with_index == [(2, [1, 1, 0])]
+    assert any("LATERAL" in statement for statement in sent), sent
+    migrate(["event"])
+    assert definition() is None
+    without_index, sent = cohorts()
+    assert without_index == with_index
+    assert not any("LATERAL" in statement for statement in sent), sent
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
         (["event"], "holds no JSON path"),
         (["properties.plan", "nope"], "neither a column"),
+        (["event_user", "properties.plan"], "neither a column"),
         (["properties.bad key"], "neither a column"),
         ([], "1 to 4"),
     ],
