@@ -3,7 +3,7 @@ SQLite, PostgreSQL and ClickHouse (issue 24's targets).
 
     .venv/bin/python bench/dashboard.py [--events 10000000] [--stores sqlite,postgres,clickhouse]
                                         [--requests 20] [--reload] [--json FILE]
-                                        [--no-rollup-paths]
+                                        [--no-rollup-paths] [--no-unique-users]
 
 For each store, one after the other (SQLite, PostgreSQL, then ClickHouse):
 
@@ -25,7 +25,8 @@ For each store, one after the other (SQLite, PostgreSQL, then ClickHouse):
    off``), ClickHouse ``OPTIMIZE TABLE events FINAL`` (background merges).
    The SQLite and PostgreSQL sinks keep ``rollup_paths = ["properties.plan"]``
    (:data:`ROLLUP_PATHS`; ``--no-rollup-paths``: none, for an A/B on the same data);
-   the PostgreSQL sink lists the ``event_user`` index too (:data:`PG_INDEXES`).
+   the PostgreSQL sink lists the ``event_user`` index too (:data:`PG_INDEXES`); both keep
+   ``unique_users`` (``--no-unique-users``: off), which the Active users page reads.
 2. **Server.** ``eventrouter serve --workers 1`` on a free loopback port with a config
    of ``[sinks.warehouse]`` (the store) and ``[admin] store = "warehouse"``, no
    ``[queue]`` (so no broker), ready once ``GET /health`` answers 200; stopped with
@@ -441,7 +442,12 @@ def sqlite_store() -> Store:
 
     return Store(
         name="sqlite",
-        sink={"type": "sqlite", "url": SQLITE_URL, "rollup_paths": list(ROLLUP_PATHS)},
+        sink={
+            "type": "sqlite",
+            "url": SQLITE_URL,
+            "rollup_paths": list(ROLLUP_PATHS),
+            "unique_users": True,
+        },
         batch_events=10_000,
         create=create,
         drop=drop,
@@ -509,6 +515,7 @@ def postgres_store() -> Store:
             "indexes": PG_INDEXES,
             "path_indexes": PG_PATH_INDEXES,
             "rollup_paths": list(ROLLUP_PATHS),
+            "unique_users": True,
         },
         batch_events=10_000,
         create=create,
@@ -1208,6 +1215,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="SQLite, PostgreSQL: keep no rollup_paths (the A of an A/B; the default "
         f"keeps {', '.join(ROLLUP_PATHS)})",
     )
+    parser.add_argument(
+        "--no-unique-users",
+        action="store_true",
+        help="SQLite, PostgreSQL: unique_users off (the A of an A/B; the default keeps the "
+        "distinct users per day, week and month for the Active users page)",
+    )
     # The generator process of a load (PayloadReader): not for people.
     parser.add_argument("--emit-payloads", type=int, metavar="TOTAL", help=argparse.SUPPRESS)
     parser.add_argument("--start", help=argparse.SUPPRESS)
@@ -1254,6 +1267,8 @@ def run(args: argparse.Namespace) -> DashboardRun:
             store = STORES[name]()
             if getattr(args, "no_rollup_paths", False) and "rollup_paths" in store.sink:
                 store.sink["rollup_paths"] = []
+            if getattr(args, "no_unique_users", False) and "unique_users" in store.sink:
+                store.sink["unique_users"] = False
             loaded = ensure_data(store, args)
             marker = read_marker(name)
             if loaded is None:

@@ -538,9 +538,10 @@ class EventStore:
 
         Periods are whole: ``where.since`` is moved back to the start of its period (the
         first day, week or month counts all of its users, as every later one does).
-        Without filters besides the time and without ``by``, the store's per-period
-        counts answer (:mod:`eventrouter.store.rollup`), or its per-day distinct users
-        (``QueryDialect.users_days``, ClickHouse); otherwise ``events``."""
+        Without filters besides the time, the store's per-period counts answer the series
+        (:mod:`eventrouter.store.rollup`), or its per-day distinct users
+        (``QueryDialect.users_days``, ClickHouse); otherwise ``events``. The top values
+        of ``by`` are always counted from ``events``."""
         if interval not in INTERVALS:
             raise InvalidQuery("interval", f"{interval!r} is not one of {', '.join(INTERVALS)}")
         if where.since is not None:
@@ -551,46 +552,48 @@ class EventStore:
         days = dialect.users_days
         # The store's per-day distinct users answer the series, with or without ``by``.
         from_days = plain and self.use_rollup and days is not None and self._has_table(days.name)
-        if (
-            by is None
-            and plain
+        # So do its per-period counts (``by`` is the top values': counted apart, below).
+        from_counts = (
+            plain
             and self.use_rollup
             and counts is not None
             # Dropped when the sink's unique_users is turned off: asked each time.
             and self._has_table(counts.name, remember=False)
-        ):
-            r = counts.c
-            statement = (
-                select(r.start, r.users)
-                .where(r.kind == rollup.PERIOD_KINDS[interval])
-                .order_by(r.start)
-            )
-            if where.since is not None:
-                statement = statement.where(r.start >= dialect.time(where.since))
-            with self.engine.connect() as connection:
-                rows = connection.execute(statement).all()
-            series = [(_aware(start), int(n)) for start, n in rows if n]
-            return ActiveUsers(interval=interval, exact=True, series=series, by=None)
+        )
         users = dialect.count_distinct(dialect.user_key()).label("users")
         conditions = self.conditions(where)
-        period = self.period(interval).label("period")
-        if from_days:
-            series_sql = dialect.users_statement(interval, where.since)
-        else:
-            # copies_select: distinct users are the same whether or not a redelivered
-            # event's copies are read as one (ClickHouse then skips FINAL).
-            series_sql = (
-                dialect.copies_select(period, users)
-                .where(*conditions)
-                .group_by(period)
-                .order_by(period)
-            )
         with self.engine.connect() as connection:
-            series = [
-                (datetime.fromtimestamp(int(start), UTC), int(n))
-                for start, n in connection.execute(series_sql).all()
-                if n
-            ]
+            if from_counts:
+                r = counts.c  # type: ignore[union-attr]
+                statement = (
+                    select(r.start, r.users)
+                    .where(r.kind == rollup.PERIOD_KINDS[interval])
+                    .order_by(r.start)
+                )
+                if where.since is not None:
+                    statement = statement.where(r.start >= dialect.time(where.since))
+                series = [
+                    (_aware(start), int(n)) for start, n in connection.execute(statement).all() if n
+                ]
+            else:
+                if from_days:
+                    series_sql = dialect.users_statement(interval, where.since)
+                else:
+                    # copies_select: distinct users are the same whether or not a
+                    # redelivered event's copies are read as one (ClickHouse then skips
+                    # FINAL).
+                    period = self.period(interval).label("period")
+                    series_sql = (
+                        dialect.copies_select(period, users)
+                        .where(*conditions)
+                        .group_by(period)
+                        .order_by(period)
+                    )
+                series = [
+                    (datetime.fromtimestamp(int(start), UTC), int(n))
+                    for start, n in connection.execute(series_sql).all()
+                    if n
+                ]
             top = []
             if by is not None:
                 value = self.dimension(by).label("value")
@@ -606,9 +609,9 @@ class EventStore:
                     for v, n in connection.execute(top_sql).all()
                     if n
                 ]
-        return ActiveUsers(
-            interval=interval, exact=dialect.distinct_exact, series=series, by=by, top=top
-        )
+        # The per-period counts are exact on every store that keeps them.
+        exact = from_counts or dialect.distinct_exact
+        return ActiveUsers(interval=interval, exact=exact, series=series, by=by, top=top)
 
     # -- the rollup (eventrouter.store.rollup) --------------------------------------------
     @property

@@ -220,6 +220,10 @@ def test_active_users_per_value(fx):
     ]
     plan = active(fx, "week", by="properties.plan")
     assert plan.top == [("pro", 3), (None, 1)]  # u1's identify has traits, no properties
+    # With a breakdown, the series is the same as without (the store's per-period
+    # counts answer it, the top values are counted from events), and the same as a scan.
+    assert got.series == by_hand("day") and plan.series == by_hand("week")
+    assert fx.scanner.active_users(EventFilter(since=SINCE), "week", by="properties.plan") == plan
 
 
 def test_active_users_page(fx):
