@@ -15,6 +15,8 @@ from eventrouter.sinks.clickhouse_rollup import (
     dirty_days_sql,
     keeps_days,
     marker_ddl,
+    paths_array,
+    paths_missing_sql,
 )
 from eventrouter.store import rollup
 
@@ -56,9 +58,21 @@ def test_dirty_days_bounds_are_literals_of_dates():
 def test_the_rollup_on_a_cluster():
     layout = ClusterLayout(cluster="er_shards", database="analytics", replicated=True)
     statements = [sql for table in rollup_ddl(ttl=86400 * 30) for sql in layout.create(table)]
-    assert len(statements) == 8
+    assert len(statements) == 12
     hourly_local, hourly = statements[4], statements[5]
     users_local, users = statements[6], statements[7]
+    paths_local, paths = statements[8], statements[9]
+    recorded_local, recorded = statements[10], statements[11]
+    assert (
+        "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/analytics.events_hourly_paths"
+        "_local', '{replica}', version) PARTITION BY toYYYYMM(hour) "
+        "ORDER BY (path, hour, type, event, source, value) "
+        "TTL toDateTime(hour) + INTERVAL 2592000 SECOND" in paths_local
+    )
+    # Every version of a key on one shard (FINAL), as events_hourly.
+    assert paths.endswith("`events_hourly_paths_local`, toUInt32(hour))")
+    assert "ORDER BY (day, path) TTL toDateTime(day) + INTERVAL 2592000 SECOND" in recorded_local
+    assert recorded.endswith("`events_paths_compacted_local`, rand())")
     assert (
         "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/analytics.events_users_local'"
         in users_local
@@ -77,3 +91,13 @@ def test_the_rollup_on_a_cluster():
         "`er_shards` TO `analytics`.`events_dirty_local` AS SELECT"
     )
     assert view.endswith("FROM `analytics`.`events_local` GROUP BY day")
+
+
+def test_paths_missing_quotes_every_path_and_bounds_by_date():
+    """Paths are validated (``check_rollup_paths``) and quoted anyway."""
+    listed = paths_array(["properties.plan", "properties.a'b\\"])
+    assert listed == "['properties.plan', 'properties.a\\'b\\\\']"
+    sql = paths_missing_sql(listed, datetime(2026, 12, 1).date(), datetime(2026, 12, 7).date())
+    assert f"ARRAY JOIN {listed} AS p" in sql and f"has({listed}, path)" in sql
+    assert sql.count("day >= toDate('2026-12-01') AND day <= toDate('2026-12-07')") == 2
+    assert "WHERE day" not in paths_missing_sql("[:path]")
