@@ -3,7 +3,7 @@
 
 Why not a plain materialized view: a view counts what is inserted, and a redelivered
 copy is inserted like any event, so it would count the copies that ``FINAL`` reads as
-one. Instead, five objects (created by ``eventrouter migrate``, :func:`ddl`):
+one. Instead, seven objects (created by ``eventrouter migrate``, :func:`ddl`):
 
 - ``events_dirty`` (``day``, ``mark``): a ``ReplacingMergeTree(mark)`` ordered by
   ``day``, written by the materialized view ``events_dirty_mv`` on ``events``: each
