@@ -101,3 +101,31 @@ def test_paths_missing_quotes_every_path_and_bounds_by_date():
     assert f"ARRAY JOIN {listed} AS p" in sql and f"has({listed}, path)" in sql
     assert sql.count("day >= toDate('2026-12-01') AND day <= toDate('2026-12-07')") == 2
     assert "WHERE day" not in paths_missing_sql("[:path]")
+
+
+def test_an_edge_that_ends_at_midnight_is_bounded_by_the_day_before():
+    """``range_hint``: ``timestamp < until`` bounds ``toDate(timestamp)`` by the day of
+    the last moment before ``until`` (a range ending at midnight reads no day more)."""
+    from clickhouse_sqlalchemy.drivers.native.base import dialect
+
+    from eventrouter.sinks.clickhouse_store import ClickHouseDialect, Flavour
+
+    store = ClickHouseDialect("clickhouse+native://default:@127.0.0.1:9000/x")
+
+    def hint(since: datetime, until: datetime, datetime64: bool) -> list[str]:
+        store._flavour = Flavour(datetime64=datetime64, json_extract=False)
+        compiled = [
+            str(c.compile(dialect=dialect(), compile_kwargs={"literal_binds": True}))
+            for c in store.range_hint(since, until)
+        ]
+        return [sql.split("toDate(")[-1] for sql in compiled]
+
+    since = datetime(2026, 11, 7, 9, 58, 54, tzinfo=UTC)
+    midnight = datetime(2026, 11, 8, tzinfo=UTC)
+    assert hint(since, midnight, False) == [
+        "toDateTime('2026-11-07 09:58:54', 'UTC'))",
+        "toDateTime('2026-11-07 23:59:59', 'UTC'))",
+    ]
+    assert hint(since, midnight, True)[1] == "toDateTime64('2026-11-07 23:59:59.999', 3, 'UTC'))"
+    later = datetime(2026, 11, 8, 0, 0, 1, tzinfo=UTC)
+    assert hint(since, later, False)[1] == "toDateTime('2026-11-08 00:00:00', 'UTC'))"
