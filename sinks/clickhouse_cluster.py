@@ -42,6 +42,8 @@ SHARDING_KEYS = {
     "events_compacted": "rand()",
     "events_hourly": "toUInt32(hour)",
     "events_users": "toUInt32(day)",
+    "events_hourly_paths": "toUInt32(hour)",
+    "events_paths_compacted": "rand()",
 }
 #: Sent with every insert through a Distributed table: it returns once every shard
 #: has its rows (else the server queues them on its disk and answers at once).

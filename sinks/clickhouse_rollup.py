@@ -3,7 +3,7 @@
 
 Why not a plain materialized view: a view counts what is inserted, and a redelivered
 copy is inserted like any event, so it would count the copies that ``FINAL`` reads as
-one. Instead, five objects (created by ``eventrouter migrate``, :func:`ddl`):
+one. Instead, seven objects (created by ``eventrouter migrate``, :func:`ddl`):
 
 - ``events_dirty`` (``day``, ``mark``): a ``ReplacingMergeTree(mark)`` ordered by
   ``day``, written by the materialized view ``events_dirty_mv`` on ``events``: each
@@ -40,10 +40,26 @@ one. Instead, five objects (created by ``eventrouter migrate``, :func:`ddl`):
   chance of about N² / 2⁶⁵ (10,000,000 users in a month: 3 in a million), when a week or
   a month would count one user fewer.
 
+- ``events_hourly_paths`` (``path``, ``hour``, ``type``, ``event``, ``source``,
+  ``value``, ``n_events``, ``version``): the sink's ``rollup_paths`` (a few JSON paths,
+  ``properties.plan``), counted per hour and value by the same compaction with the same
+  ``version``, ordered by ``(path, hour, ...)``: a breakdown by one path reads its own
+  rows. ``value`` is ``''`` for no value (a missing key or a JSON null) and ``'v'`` and
+  the text otherwise, the text exactly what ``ClickHouseDialect.json_text`` gives for
+  the path (18.16 allows no ``Nullable`` in a sorting key; SQLite keeps the same
+  encoding). Beside it ``events_paths_compacted`` (``day``, ``path``, ``version``): the
+  compaction's record that it wrote that path's rows of the day with that version.
+
 A day is **clean** when its latest ``through`` is later than its latest ``mark``; the
 query layer reads clean days' whole hours from ``events_hourly`` and the rest (dirty
 days, and the partial hours at both ends of a range) from ``events FINAL``
-(:func:`dirty_days_sql`, ``ClickHouseDialect.rollup_gaps``).
+(:func:`dirty_days_sql`, ``ClickHouseDialect.rollup_gaps``). A path's day is read from
+``events_hourly_paths`` when the day is clean *and* its latest ``through`` has that
+path's record in ``events_paths_compacted`` (:func:`paths_missing_sql`); otherwise it is
+a gap of that path, read from ``events``. The reader needs no knowledge of the sink's
+configuration: a path taken out of ``rollup_paths`` is not recorded for the days
+compacted after that (they become its gaps), and a path added is missing from every
+compacted day until the next compaction counts them.
 
 **The compactor** (:func:`compact`; the sink runs it every ``rollup_interval``):
 
@@ -51,11 +67,14 @@ days, and the partial hours at both ends of a range) from ``events FINAL``
    the servers of a cluster), and no later than the creation of any mutation of
    ``events`` still running (a delete whose rows are not gone yet);
 2. the dirty days (and those a compactor of an earlier release recorded without their
-   users, :func:`users_missing_sql`): each recounted from ``events FINAL WHERE
-   toDate(timestamp) = day`` (a key prefix: it reads that day alone), written with
-   ``version = through``, its distinct users from ``events`` (no ``FINAL``: copies of
-   an event carry one user) into ``events_users`` with the same version, then ``(day,
-   through)`` recorded.
+   users, :func:`users_missing_sql`, and those whose latest compaction counted not every
+   configured path, :func:`paths_missing_sql`: a path just added): each recounted from
+   ``events FINAL WHERE toDate(timestamp) = day`` (a key prefix: it reads that day
+   alone), written with ``version = through``, its distinct users from ``events`` (no
+   ``FINAL``: copies of an event carry one user) into ``events_users`` with the same
+   version, every configured path's counts (one more read of the day for all of them)
+   into ``events_hourly_paths`` and ``(day, path, through)`` into
+   ``events_paths_compacted``, then ``(day, through)`` recorded.
 
 It is idempotent and safe from several processes at once: every count it writes holds
 every insert whose part was visible before ``through`` (a mark is evaluated after its
@@ -73,7 +92,7 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Date, MetaData, Table
+from sqlalchemy import BigInteger, Column, Date, MetaData, Table, func, literal
 
 from eventrouter.sinks.clickhouse_cluster import ClusterLayout, quote_string
 from eventrouter.store import rollup
@@ -84,6 +103,8 @@ DIRTY = "events_dirty"
 COMPACTED = "events_compacted"
 HOURLY = "events_hourly"
 USERS = "events_users"
+PATHS = "events_hourly_paths"
+PATHS_COMPACTED = "events_paths_compacted"
 #: The condition on ``events_hourly`` that keeps the rows of each day's latest recorded
 #: compaction (``version`` is that compaction's ``through``, in seconds).
 RECORDED = (
@@ -95,10 +116,14 @@ USERS_RECORDED = (
     f"(day, version) IN "
     f"(SELECT day, toUInt64(toUInt32(max(through))) FROM {COMPACTED} GROUP BY day)"
 )
+#: The same condition on ``events_hourly_paths``: the rows of each day's latest recorded
+#: compaction (a day whose latest compaction did not count a path is that path's gap,
+#: ``ClickHouseDialect.rollup_gaps``, and not read here).
+PATHS_RECORDED = RECORDED.replace(HOURLY, PATHS)
 #: The materialized view that marks the days of every insert into ``events``.
 MARKER = "events_dirty_mv"
 #: The rollup's tables, in the order they are created.
-TABLES = (DIRTY, COMPACTED, HOURLY, USERS)
+TABLES = (DIRTY, COMPACTED, HOURLY, USERS, PATHS, PATHS_COMPACTED)
 #: Seconds ``through`` stays behind the server's clock: the servers of a cluster mark
 #: with their own clocks.
 CLOCK_MARGIN = 5
@@ -110,6 +135,19 @@ hourly_table = Table(
     *(
         Column(column.name, column.type, nullable=False)
         for column in rollup.events_hourly.columns
+        if column.name != "n"
+    ),
+    Column("n_events", BigInteger, nullable=False, key="n"),
+)
+#: ``events_hourly_paths`` as the query layer reads it: the generic path rollup's
+#: columns (:data:`eventrouter.store.rollup.events_hourly_paths`; ``value`` encoded, see
+#: the module's doc), its count under ``n_events``.
+hourly_paths_table = Table(
+    PATHS,
+    MetaData(),
+    *(
+        Column(column.name, column.type, nullable=False)
+        for column in rollup.events_hourly_paths.columns
         if column.name != "n"
     ),
     Column("n_events", BigInteger, nullable=False, key="n"),
@@ -140,6 +178,16 @@ USERS_DDL = (
     "n_users UInt64, version UInt64) ENGINE = ReplacingMergeTree(version) "
     "PARTITION BY toYYYYMM(day) ORDER BY day"
 )
+PATHS_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {PATHS} (path String, hour DateTime('UTC'), type String, "
+    "event String, source String, value String, n_events UInt64, version UInt64) "
+    "ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(hour) "
+    "ORDER BY (path, hour, type, event, source, value)"
+)
+PATHS_COMPACTED_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {PATHS_COMPACTED} (day Date, path String, version UInt64) "
+    "ENGINE = ReplacingMergeTree(version) ORDER BY (day, path)"
+)
 #: Who an ``events`` row is from, ``''`` for nobody (as ``ClickHouseDialect.user_key``).
 USER_KEY = "if(user_id != '', user_id, anonymous_id)"
 #: One day's distinct users, written by a compaction.
@@ -167,6 +215,8 @@ def ddl(ttl: float | None = None) -> list[str]:
         COMPACTED_DDL + ttl_clause("day", ttl),
         HOURLY_DDL + ttl_clause("hour", ttl),
         USERS_DDL + ttl_clause("day", ttl),
+        PATHS_DDL + ttl_clause("hour", ttl),
+        PATHS_COMPACTED_DDL + ttl_clause("day", ttl),
     ]
 
 
@@ -222,6 +272,36 @@ def users_missing_sql(first: date | None = None) -> str:
     )
 
 
+def paths_array(paths: Sequence[str]) -> str:
+    """``paths`` as a ClickHouse array of quoted literals, for :func:`paths_missing_sql`
+    run by the native client (the SQL goes through no other parser)."""
+    if not paths:
+        raise ValueError("paths_array: no path")
+    return "[" + ", ".join(map(quote_string, paths)) + "]"
+
+
+def paths_missing_sql(paths: str, first: date | None = None, last: date | None = None) -> str:
+    """The days (``first`` to ``last``, inclusive; None: unbounded) whose latest recorded
+    compaction did not count every path of ``paths`` (an SQL array: :func:`paths_array`,
+    or a bound parameter's placeholder) into ``events_hourly_paths`` (no
+    ``events_paths_compacted`` record of that day, path and version): the compactor
+    recounts them (a path just configured), and a reader of one path reads them from
+    ``events`` (``ClickHouseDialect.rollup_gaps``)."""
+    bounds = []
+    if first is not None:
+        bounds.append(f"day >= toDate({quote_string(first.isoformat())})")
+    if last is not None:
+        bounds.append(f"day <= toDate({quote_string(last.isoformat())})")
+    where = f" WHERE {' AND '.join(bounds)}" if bounds else ""
+    recorded = " AND ".join([*bounds, f"has({paths}, path)"])
+    return (
+        f"SELECT DISTINCT d.day FROM (SELECT day, toUInt64(toUInt32(max(through))) AS v FROM "
+        f"{COMPACTED}{where} GROUP BY day) AS d ARRAY JOIN {paths} AS p "
+        f"WHERE (d.day, p, d.v) NOT IN (SELECT day, path, version FROM {PATHS_COMPACTED} "
+        f"WHERE {recorded}) ORDER BY d.day"
+    )
+
+
 def mark_days_sql(where: str) -> str:
     """Mark the days of the ``events`` rows matching ``where`` as changed now."""
     return (
@@ -260,31 +340,77 @@ def _through(client: Any, layout: ClusterLayout | None, margin: int) -> int:
     return through
 
 
+def paths_counts_sql(client: Any, paths: Sequence[str]) -> tuple[str, dict[str, Any]]:
+    """The statement that writes one day's counts of every path of ``paths`` (validated
+    ``rollup_paths``) into ``events_hourly_paths``, and its parameters (``day`` and
+    ``version`` to add): one read of the day from ``events FINAL``, each row joined to
+    its ``(path, value)`` pairs. Each value is ``ClickHouseDialect.json_text``'s
+    expression for the path on this server (``JSONExtract*``, or ``visitParamExtract*``
+    before 19.x), compiled with every path and segment a bound parameter, and encoded
+    (``''`` no value, ``'v' || text``). An ``INSERT ... SELECT``: the values never leave
+    the server (nor are decoded on the way)."""
+    from clickhouse_sqlalchemy.drivers.native.base import dialect
+
+    from eventrouter.sinks.clickhouse_store import JSON_EXTRACT_SQL, json_text_of
+    from eventrouter.store.schema import events
+
+    [(functions,)] = client.execute(JSON_EXTRACT_SQL)
+    pairs = []
+    for path, (column, segments) in zip(paths, rollup.check_rollup_paths(list(paths)), strict=True):
+        text = json_text_of(events.c[column], segments, json_extract=bool(functions))
+        value = func.ifNull(func.concat(literal("v"), text), literal(""))
+        pairs.append(func.tuple(literal(path), value))
+    compiled = func.array(*pairs).compile(dialect=dialect())
+    sql = (
+        f"INSERT INTO {PATHS} (path, hour, type, event, source, value, n_events, version) "
+        "SELECT pv.1 AS path, toStartOfHour(toDateTime(timestamp)) AS hour, type, event, "
+        "source, pv.2 AS value, count(), toUInt64(%(version)s) FROM events FINAL "
+        f"ARRAY JOIN {compiled} AS pv WHERE toDate(timestamp) = toDate(%(day)s) "
+        "GROUP BY path, hour, type, event, source, value"
+    )
+    return sql, dict(compiled.params)
+
+
 def compact(
     client: Any,
     layout: ClusterLayout | None = None,
     days: Sequence[date] | None = None,
     *,
     margin: int = CLOCK_MARGIN,
+    paths: Sequence[str] = (),
 ) -> list[date]:
-    """Recount the dirty days (or ``days``) from ``events FINAL`` into ``events_hourly``
-    and record them compacted; the days recounted. See the module's doc (``margin``:
+    """Recount the dirty days (or ``days``) from ``events FINAL`` into ``events_hourly``,
+    and into ``events_hourly_paths`` the counts of ``paths`` (the sink's validated
+    ``rollup_paths``), and record them compacted; the days recounted. Without ``days``,
+    the days whose latest compaction counted not every path of ``paths`` too (each such
+    day recounted once, for every path). See the module's doc (``margin``:
     :data:`CLOCK_MARGIN`; 0 is safe on one server)."""
     through = _through(client, layout, margin)
     if days is None:
         # And the days a compactor of an earlier release recorded without their users.
         changed = {row[0] for row in client.execute(dirty_days_sql())}
         changed |= {row[0] for row in client.execute(users_missing_sql())}
+        if paths:
+            # And those counted before a path was configured (or by a process without it).
+            changed |= {row[0] for row in client.execute(paths_missing_sql(paths_array(paths)))}
         days = sorted(changed)
     moment = datetime.fromtimestamp(through, UTC)
+    counts = paths_counts_sql(client, paths) if paths and days else None
     for day in days:
-        _compact_day(client, day, through, moment)
+        _compact_day(client, day, through, moment, paths, counts)
     return list(days)
 
 
-def _compact_day(client: Any, day: date, through: int, moment: datetime) -> None:
+def _compact_day(
+    client: Any,
+    day: date,
+    through: int,
+    moment: datetime,
+    paths: Sequence[str],
+    counts: tuple[str, dict[str, Any]] | None,
+) -> None:
     params = {"day": day.isoformat()}
-    counts = client.execute(
+    hourly = client.execute(
         "SELECT toUInt32(toStartOfHour(toDateTime(timestamp))) AS hour, type, event, source, "
         "count() FROM events FINAL WHERE toDate(timestamp) = toDate(%(day)s) "
         "GROUP BY hour, type, event, source",
@@ -292,10 +418,17 @@ def _compact_day(client: Any, day: date, through: int, moment: datetime) -> None
     )
     rows = [
         (datetime.fromtimestamp(hour, UTC), kind, name, source, n, through)
-        for hour, kind, name, source, n in counts
+        for hour, kind, name, source, n in hourly
     ]
     if rows:
         columns = "hour, type, event, source, n_events, version"
         client.execute(f"INSERT INTO {HOURLY} ({columns}) VALUES", rows)
     client.execute(USERS_SQL, {**params, "version": through})
+    if counts is not None:
+        sql, values = counts
+        client.execute(sql, {**values, **params, "version": through})
+        client.execute(
+            f"INSERT INTO {PATHS_COMPACTED} (day, path, version) VALUES",
+            [(day, path, through) for path in paths],
+        )
     client.execute(f"INSERT INTO {COMPACTED} (day, through) VALUES", [(day, moment)])

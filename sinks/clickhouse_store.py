@@ -86,13 +86,18 @@ from eventrouter.sinks.clickhouse_cluster import (
     quote_string,
 )
 from eventrouter.sinks.clickhouse_rollup import (
+    PATHS,
+    PATHS_COMPACTED,
+    PATHS_RECORDED,
     RECORDED,
     USER_KEY,
     USERS,
     USERS_RECORDED,
     dirty_days_sql,
+    hourly_paths_table,
     hourly_table,
     mark_days_sql,
+    paths_missing_sql,
     users_missing_sql,
     users_table,
 )
@@ -202,6 +207,11 @@ TIME_TYPE_SQL = (
     "AND table = 'events' AND name = 'timestamp'"
 )
 JSON_EXTRACT_SQL = "SELECT count() FROM system.functions WHERE name = 'JSONExtractRaw'"
+#: How many of the path rollup's two tables exist (a database migrated before them has none).
+PATHS_TABLES_SQL = (
+    "SELECT count() FROM system.tables WHERE database = currentDatabase() "
+    f"AND name IN ({quote_string(PATHS)}, {quote_string(PATHS_COMPACTED)})"
+)
 SIZE_SQL = (
     "SELECT sum(bytes) FROM system.parts WHERE database = currentDatabase() "
     "AND table = 'events' AND active"
@@ -301,6 +311,35 @@ def _compiler_class() -> type:
     return PrewhereCompiler
 
 
+def json_text_of(
+    target: ColumnElement, path: Sequence[str], *, json_extract: bool
+) -> ColumnElement:
+    """The JSON value at ``path`` in ``target`` as text (``ClickHouseDialect.json_text``),
+    on a server with ``JSONExtract*`` (``json_extract``) or only ``visitParamExtract*``;
+    every segment a bound parameter."""
+    segments = [literal(segment) for segment in path]
+    if json_extract:
+        kind = func.JSONType(target, *segments)
+        return case(
+            (kind == literal("String"), func.JSONExtractString(target, *segments)),
+            (kind == literal("Null"), null()),
+            else_=func.JSONExtractRaw(target, *segments),
+        )
+    parent = target
+    for segment in segments[:-1]:
+        parent = func.visitParamExtractRaw(parent, segment)
+    raw = func.visitParamExtractRaw(parent, segments[-1])
+    string = func.visitParamExtractString(parent, segments[-1])
+    return case(
+        (func.substring(raw, 1, 1) == literal('"'), string),
+        (raw == literal("null"), null()),
+        # Empty: a missing key, or a string whose raw extraction failed (18.x finds
+        # no end to ``"\\"``, a string ending in a backslash) but which unescapes fine.
+        (raw == literal(""), func.nullIf(string, literal(""))),
+        else_=raw,
+    )
+
+
 #: The last second a ``DateTime`` holds (2106-02-07 06:28:15 UTC), minus a margin.
 LAST_DATETIME = datetime(2105, 12, 31, 23, 59, 59)
 #: The most separate runs of days not compacted yet that a count reads from ``events``
@@ -320,11 +359,16 @@ class ClickHouseDialect(QueryDialect):
     null_event = False
     #: Kept by the same compactor: each day's distinct users (``users_statement``).
     users_days = users_table
+    #: Kept by the same compactor for the sink's ``rollup_paths``, each day and path
+    #: recorded apart (``rollup_gaps`` with a path).
+    path_rollup = hourly_paths_table
 
     def __init__(self, url: str, layout: ClusterLayout | None = None) -> None:
         self.url = url
         self.layout = layout
         self._flavour: Flavour | None = None
+        #: Paths found with counts in ``events_hourly_paths`` (``path_rollup_kept``).
+        self._paths_found: set[str] = set()
 
     def connect(self) -> Engine:
         if self.layout is None:
@@ -375,6 +419,42 @@ class ClickHouseDialect(QueryDialect):
         recorded = literal_column(RECORDED)
         return _select_class()(*columns).select_from(self.rollup).final().where(recorded)
 
+    def path_rollup_select(self, *columns: Any) -> Any:
+        """``FROM events_hourly_paths FINAL``, the rows of each day's latest recorded
+        compaction alone (a day whose latest compaction did not count the path is a
+        gap of that path, read from ``events``: ``rollup_gaps``)."""
+        recorded = literal_column(PATHS_RECORDED)
+        return _select_class()(*columns).select_from(self.path_rollup).final().where(recorded)
+
+    def path_rollup_kept(self, path: str) -> bool:
+        """Whether some compaction counted ``path`` (a record in
+        ``events_paths_compacted``): the days whose latest compaction did not are that
+        path's gaps (``rollup_gaps``), so no more is needed here, nor the sink's
+        configuration. Once found, remembered (records go with their days only); a path
+        never counted (a breakdown by any other JSON path) is asked again each time,
+        a lookup in a table of a row per day and path."""
+        if path in self._paths_found:
+            return True
+        with self.engine.connect() as connection:
+            tables = connection.execute(text(PATHS_TABLES_SQL)).scalar()
+            if tables != 2:
+                return False
+            found = connection.execute(
+                text(f"SELECT 1 FROM {PATHS_COMPACTED} WHERE path = :path LIMIT 1"),
+                {"path": path},
+            ).first()
+        if found is not None:
+            self._paths_found.add(path)
+        return found is not None
+
+    def path_rollup_value(self, column: ColumnElement) -> ColumnElement:
+        """``''`` (no value) as NULL, ``'v' || text`` as the text (sinks/clickhouse_rollup.py)."""
+        return case((column == literal(""), null()), else_=func.substring(column, 2))
+
+    def path_rollup_match(self, column: ColumnElement, value: str) -> ColumnElement:
+        """``value = 'v' || :value``, the concatenation bound as one parameter."""
+        return column == "v" + value
+
     def range_hint(self, since: datetime, until: datetime | None) -> list[ColumnElement]:
         """``toDate(timestamp)`` between the two ends' days: 18.16 does not bound the
         sorting key's ``toDate(timestamp)`` from conditions on ``timestamp`` alone under
@@ -383,20 +463,29 @@ class ClickHouseDialect(QueryDialect):
         day = func.toDate(self.table.c.timestamp)
         hint = [day >= func.toDate(self.time(since))]
         if until is not None:
-            hint.append(day <= func.toDate(self.time(until)))
+            # The day of the last moment before ``until`` (a millisecond, the column's
+            # finest unit, before it): the rollup's edges end at midnight, and a bound
+            # on that midnight's own day read a whole day more (the first partial day of
+            # a 30-day breakdown on 10,000,000 events: 100 ms, bounded so 12 ms).
+            hint.append(day <= func.toDate(self.time(until - timedelta(milliseconds=1))))
         return hint
 
     def rollup_gaps(
-        self, start: datetime | None, end: datetime
+        self, start: datetime | None, end: datetime, path: str | None = None
     ) -> list[tuple[datetime, datetime]] | None:
         """The days changed since their last compaction (sinks/clickhouse_rollup.py),
-        consecutive ones as one range; None: more than :data:`MAX_GAPS` ranges."""
+        and with ``path`` those whose latest compaction did not count that path
+        (:func:`paths_missing_sql`), consecutive ones as one range; None: more than
+        :data:`MAX_GAPS` ranges."""
         first = start.astimezone(UTC).date() if start is not None else None
         last = end.astimezone(UTC).date()
         with self.engine.connect() as connection:
-            days = connection.execute(text(dirty_days_sql(first, last))).scalars().all()
+            days = set(connection.execute(text(dirty_days_sql(first, last))).scalars())
+            if path is not None:
+                missing = text(paths_missing_sql("[:path]", first, last))
+                days |= set(connection.execute(missing, {"path": path}).scalars())
         gaps: list[tuple[datetime, datetime]] = []
-        for day in days:
+        for day in sorted(days):
             low = datetime(day.year, day.month, day.day, tzinfo=UTC)
             if gaps and gaps[-1][1] == low:
                 gaps[-1] = (gaps[-1][0], low + timedelta(days=1))
@@ -449,29 +538,9 @@ class ClickHouseDialect(QueryDialect):
         ``visitParamExtract*`` looks a key up at any depth and takes its first
         occurrence: ``properties.id`` of ``{"items": [{"id": 1}], "id": 2}`` is 1 there.
         Nested segments are a chain of ``visitParamExtractRaw``, each searching the
-        object text the previous one returned."""
-        target = self.table.c[column]
-        segments = [literal(segment) for segment in path]
-        if self.flavour().json_extract:
-            kind = func.JSONType(target, *segments)
-            return case(
-                (kind == literal("String"), func.JSONExtractString(target, *segments)),
-                (kind == literal("Null"), null()),
-                else_=func.JSONExtractRaw(target, *segments),
-            )
-        parent = target
-        for segment in segments[:-1]:
-            parent = func.visitParamExtractRaw(parent, segment)
-        raw = func.visitParamExtractRaw(parent, segments[-1])
-        string = func.visitParamExtractString(parent, segments[-1])
-        return case(
-            (func.substring(raw, 1, 1) == literal('"'), string),
-            (raw == literal("null"), null()),
-            # Empty: a missing key, or a string whose raw extraction failed (18.x finds
-            # no end to ``"\\"``, a string ending in a backslash) but which unescapes fine.
-            (raw == literal(""), func.nullIf(string, literal(""))),
-            else_=raw,
-        )
+        object text the previous one returned. The compactor counts
+        ``events_hourly_paths`` with the same expression (:func:`json_text_of`)."""
+        return json_text_of(self.table.c[column], path, json_extract=self.flavour().json_extract)
 
     def epoch(self, column: ColumnElement) -> ColumnElement:
         return func.toUInt32(func.toDateTime(column))

@@ -41,9 +41,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, NamedTuple
 
-from sqlalchemy import ColumnElement, Engine, Select, Table, distinct, func, select
+from sqlalchemy import ColumnElement, Engine, Select, Table, distinct, func, inspect, select
 
 from eventrouter.columns import shown
+from eventrouter.store.rollup import rollup_paths_kept
 from eventrouter.store.schema import events
 
 
@@ -210,6 +211,25 @@ class QueryDialect(ABC):
         may hold several versions of a key reads the newest)."""
         return select(*columns).select_from(self.rollup)
 
+    def path_rollup_select(self, *columns: Any) -> Select:
+        """``SELECT columns FROM`` :attr:`path_rollup`, each key once (as
+        :meth:`rollup_select`)."""
+        return select(*columns).select_from(self.path_rollup)
+
+    def path_rollup_kept(self, path: str) -> bool:
+        """Whether :attr:`path_rollup` keeps the JSON path ``path`` (``properties.plan``):
+        its counts are complete over every range :meth:`rollup_gaps` with that ``path``
+        leaves out. Default: the path is listed in
+        :data:`eventrouter.store.rollup.rollup_paths_kept`, which the sink writes in the
+        transaction that fills the path's counts (asked each time, two primary-key
+        lookups: a migration may add or remove a path)."""
+        kept = rollup_paths_kept
+        statement = select(kept.c.path).where(kept.c.path == path)
+        with self.engine.connect() as connection:
+            if not inspect(connection).has_table(kept.name):
+                return False
+            return connection.execute(statement).first() is not None
+
     def path_rollup_value(self, column: ColumnElement) -> ColumnElement:
         """:attr:`path_rollup`'s ``value`` as :meth:`json_text` gives it (a store that
         keeps it encoded decodes it here). Default: as kept."""
@@ -227,12 +247,13 @@ class QueryDialect(ABC):
         return []
 
     def rollup_gaps(
-        self, start: datetime | None, end: datetime
+        self, start: datetime | None, end: datetime, path: str | None = None
     ) -> list[tuple[datetime, datetime]] | None:
         """The time ranges inside ``[start, end)`` (``start`` None: from the first) whose
-        counts :attr:`rollup` does not hold yet, oldest first, to be read from
-        ``events`` (a store that brings its rollup up to date later, ClickHouse);
-        None: too many to be worth it (read ``events`` alone). Default: none."""
+        counts :attr:`rollup` does not hold yet (with ``path``: whose counts of that JSON
+        path :attr:`path_rollup` does not hold), oldest first, to be read from ``events``
+        (a store that brings its rollups up to date later, ClickHouse); None: too many to
+        be worth it (read ``events`` alone). Default: none."""
         return []
 
     def json_text(self, column: str, path: Sequence[str]) -> ColumnElement:

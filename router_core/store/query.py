@@ -439,7 +439,9 @@ class EventStore:
         ``where``, with their counts, most frequent first (``None``: no value). From the
         rollup where it can answer (``type``, ``event``, ``source``, and a JSON path the
         store keeps complete: :meth:`_path_kept`)."""
-        value = self.dimension(dimension).label("value")
+        # Not labelled ``value``: ClickHouse (18.16) would read the path rollup's own
+        # ``value`` column, inside the expression that decodes it, as this alias.
+        value = self.dimension(dimension).label("shown")
         count = func.count().label("n")
         kept: ColumnElement | None = None
         cut = None
@@ -451,7 +453,7 @@ class EventStore:
         elif (
             dimension not in FILTER_COLUMNS and rollup.usable(where) and self._path_kept(dimension)
         ):
-            cut = self._rollup_split(where)
+            cut = self._rollup_split(where, dimension)
         if cut is None:
             statement = (
                 self.dialect.select(value, count)
@@ -462,13 +464,13 @@ class EventStore:
             )
         else:
             if kept is not None:
-                first = self._rollup_select(cut, where, kept.label("value"))
+                first = self._rollup_select(cut, where, kept.label("shown"))
             else:
                 paths = self.dialect.path_rollup
                 first = self._rollup_select(
                     cut,
                     where,
-                    self.dialect.path_rollup_value(paths.c.value).label("value"),
+                    self.dialect.path_rollup_value(paths.c.value).label("shown"),
                     table=paths,
                     path=dimension,
                 )
@@ -482,11 +484,11 @@ class EventStore:
             both = union_all(*parts).subquery("parts")
             total = func.sum(both.c.n).label("total")
             statement = (
-                select(both.c.value, total)
-                .group_by(both.c.value)
+                select(both.c.shown, total)
+                .group_by(both.c.shown)
                 # A rollup may keep a key at 0 (ClickHouse's, for a key erased from an hour).
                 .having(total > 0)
-                .order_by(total.desc(), both.c.value)
+                .order_by(total.desc(), both.c.shown)
                 .limit(limit)
             )
         with self.engine.connect() as connection:
@@ -644,14 +646,15 @@ class EventStore:
             return False
         return self._has_table(self.dialect.rollup.name)
 
-    def _rollup_split(self, where: EventFilter) -> rollup.Split | None:
-        """How the rollup answers ``where`` (None: it cannot; read ``events``)."""
+    def _rollup_split(self, where: EventFilter, path: str | None = None) -> rollup.Split | None:
+        """How the rollup answers ``where`` (None: it cannot; read ``events``); with
+        ``path``, the path rollup's counts of that JSON path (its own gaps)."""
         if not rollup.usable(where):
             return None
         cut = rollup.split(where.since, where.until, datetime.now(UTC), self.dialect.rollup_unit)
         if cut is None or not self.has_rollup():
             return None
-        gaps = self.dialect.rollup_gaps(cut.start, cut.end)
+        gaps = self.dialect.rollup_gaps(cut.start, cut.end, path)
         if gaps is None:
             return None
         clipped = tuple(
@@ -682,18 +685,11 @@ class EventStore:
 
     def _path_kept(self, dimension: str) -> bool:
         """Whether the store keeps the JSON path ``dimension`` in its path rollup, complete
-        (listed in :data:`eventrouter.store.rollup.rollup_paths_kept`, which the sink
-        writes in the transaction that fills the path's counts): asked each time (two
-        primary-key lookups), since a migration may add or remove a path."""
-        table = self.dialect.path_rollup
-        kept = rollup.rollup_paths_kept
-        if table is None or not self.use_rollup or not self.has_rollup():
+        outside the path's gaps (``QueryDialect.path_rollup_kept``; SQLite, PostgreSQL:
+        listed in :data:`eventrouter.store.rollup.rollup_paths_kept`)."""
+        if self.dialect.path_rollup is None or not self.use_rollup or not self.has_rollup():
             return False
-        statement = select(kept.c.path).where(kept.c.path == dimension)
-        with self.engine.connect() as connection:
-            if not inspect(connection).has_table(kept.name):
-                return False
-            return connection.execute(statement).first() is not None
+        return self.dialect.path_rollup_kept(dimension)
 
     def _rollup_cut(
         self, where: EventFilter
@@ -703,7 +699,7 @@ class EventStore:
         ``events``)."""
         cut = self._rollup_split(where)
         if cut is None and (kept := self._path_filter(where)) is not None:
-            return self._rollup_split(kept[0]), kept
+            return self._rollup_split(kept[0], kept[1]), kept
         return cut, None
 
     def _rollup_part(
@@ -766,13 +762,10 @@ class EventStore:
             if (value := getattr(where, name)) is not None
         ]
         total = func.sum(r.n).label("n")
-        if table is not self._hourly:
-            if key is None:
-                return select(total).select_from(table).where(*conditions)
-            return select(key, total).select_from(table).where(*conditions).group_by(key)
+        chosen = dialect.rollup_select if table is self._hourly else dialect.path_rollup_select
         if key is None:
-            return dialect.rollup_select(total).where(*conditions)
-        return dialect.rollup_select(key, total).where(*conditions).group_by(key)
+            return chosen(total).where(*conditions)
+        return chosen(key, total).where(*conditions).group_by(key)
 
     def time_span(self, where: EventFilter) -> tuple[datetime, datetime] | None:
         """The oldest and newest ``timestamp`` among events matching ``where``."""

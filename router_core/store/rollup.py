@@ -47,7 +47,11 @@ that keep no such table say so with ``QueryDialect.rollup = None`` and are read 
 only when parts merge, so a count kept at insert would count them twice): a compactor
 recounts the days that changed, and until it has, those days are *gaps*
 (``QueryDialect.rollup_gaps``) read from ``events`` like the partial hours
-(sinks/clickhouse_rollup.py).
+(sinks/clickhouse_rollup.py). It keeps ``events_hourly_paths`` the same way, encoded as
+SQLite's, and records per day and path which compaction counted it: a path's gaps
+(``rollup_gaps`` with the path) are the dirty days and the days whose latest compaction
+did not count it, and ``QueryDialect.path_rollup_kept`` says whether it was ever counted
+(instead of :data:`rollup_paths_kept`).
 
 :class:`eventrouter.store.query.EventStore` reads the rollup whenever a filter allows
 (:func:`usable`: equality on ``type``, ``event``, ``source`` only; buckets of whole

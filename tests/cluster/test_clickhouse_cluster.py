@@ -29,7 +29,7 @@ from eventrouter.sinks.clickhouse_cluster import ClusterLayout
 from eventrouter.sinks.clickhouse_rollup import compact
 from eventrouter.sinks.clickhouse_store import ClickHouseStore, client_for
 from eventrouter.store.interface import ADMIN_TABLES
-from eventrouter.store.query import EventFilter, EventStore
+from eventrouter.store.query import EventFilter, EventStore, PathCondition
 from tests.cluster.clickhouse_support import (
     REPLICAS,
     SHARDS,
@@ -163,6 +163,10 @@ def test_migrate_creates_local_and_distributed_tables_on_both_servers(
             "events_hourly_local": kind,
             "events_users": "Distributed",
             "events_users_local": kind,
+            "events_hourly_paths": "Distributed",
+            "events_hourly_paths_local": kind,
+            "events_paths_compacted": "Distributed",
+            "events_paths_compacted_local": kind,
             "events_dirty_mv": "MaterializedView",
         }
         [(partition_key, sorting_key, create)] = server.query(
@@ -267,9 +271,11 @@ def test_events_spread_over_the_shards_read_once_and_erased_on_both(
 
 def rollup_matches_scan(store: ClickHouseStore) -> int:
     """The counts read through the rollup and from events agree, with the days dirty and
-    once compacted (every day then from the rollup); the count of the last three days."""
+    once compacted (every day then from the rollup, ``properties.plan``'s from the path
+    rollup, its ``rollup_paths``); the count of the last three days."""
     reader, scanner = EventStore(store), EventStore(store, use_rollup=False)
     where = EventFilter(since=datetime.now(UTC) - timedelta(days=3, minutes=7))
+    pro = EventFilter(since=where.since, paths=[PathCondition.parse("properties.plan", "pro")])
     try:
         assert reader.has_rollup() is True
         for _ in range(2):
@@ -282,13 +288,19 @@ def rollup_matches_scan(store: ClickHouseStore) -> int:
                 assert users == scanner.active_users(where, interval) and users.series
             viewed = EventFilter(since=where.since, event="Viewed")
             assert reader.count(viewed) == scanner.count(viewed)
+            plans = reader.top(where, "properties.plan")
+            assert plans == scanner.top(where, "properties.plan") and plans
+            assert reader.count(pro) == scanner.count(pro) == sum(n for _, n in plans)
             time.sleep(1.05)  # marks of the second a compaction starts keep their day dirty
             client = client_for(store.url, store.layout)
             try:
-                compact(client, store.layout, margin=0)
+                compact(client, store.layout, margin=0, paths=["properties.plan"])
             finally:
                 client.disconnect()
-        assert reader.dialect.rollup_gaps(None, datetime.now(UTC)) == []
+        now = datetime.now(UTC)
+        assert reader.dialect.rollup_gaps(None, now) == []
+        assert reader.dialect.rollup_gaps(None, now, "properties.plan") == []
+        assert reader._path_kept("properties.plan") is True
         return reader.count(where)
     finally:
         reader.close()

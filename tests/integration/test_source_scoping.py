@@ -81,6 +81,8 @@ KEYS = {SOURCE_A: ("wk-a", ""), SOURCE_B: ("wk-b", "")}
 CLICKHOUSE_ROLLUP_TABLES = {
     "events_hourly",
     "events_users",
+    "events_hourly_paths",
+    "events_paths_compacted",
     "events_compacted",
     "events_dirty",
     "events_dirty_mv",

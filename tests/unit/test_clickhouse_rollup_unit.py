@@ -15,6 +15,8 @@ from eventrouter.sinks.clickhouse_rollup import (
     dirty_days_sql,
     keeps_days,
     marker_ddl,
+    paths_array,
+    paths_missing_sql,
 )
 from eventrouter.store import rollup
 
@@ -56,9 +58,21 @@ def test_dirty_days_bounds_are_literals_of_dates():
 def test_the_rollup_on_a_cluster():
     layout = ClusterLayout(cluster="er_shards", database="analytics", replicated=True)
     statements = [sql for table in rollup_ddl(ttl=86400 * 30) for sql in layout.create(table)]
-    assert len(statements) == 8
+    assert len(statements) == 12
     hourly_local, hourly = statements[4], statements[5]
     users_local, users = statements[6], statements[7]
+    paths_local, paths = statements[8], statements[9]
+    recorded_local, recorded = statements[10], statements[11]
+    assert (
+        "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/analytics.events_hourly_paths"
+        "_local', '{replica}', version) PARTITION BY toYYYYMM(hour) "
+        "ORDER BY (path, hour, type, event, source, value) "
+        "TTL toDateTime(hour) + INTERVAL 2592000 SECOND" in paths_local
+    )
+    # Every version of a key on one shard (FINAL), as events_hourly.
+    assert paths.endswith("`events_hourly_paths_local`, toUInt32(hour))")
+    assert "ORDER BY (day, path) TTL toDateTime(day) + INTERVAL 2592000 SECOND" in recorded_local
+    assert recorded.endswith("`events_paths_compacted_local`, rand())")
     assert (
         "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/analytics.events_users_local'"
         in users_local
@@ -77,3 +91,41 @@ def test_the_rollup_on_a_cluster():
         "`er_shards` TO `analytics`.`events_dirty_local` AS SELECT"
     )
     assert view.endswith("FROM `analytics`.`events_local` GROUP BY day")
+
+
+def test_paths_missing_quotes_every_path_and_bounds_by_date():
+    """Paths are validated (``check_rollup_paths``) and quoted anyway."""
+    listed = paths_array(["properties.plan", "properties.a'b\\"])
+    assert listed == "['properties.plan', 'properties.a\\'b\\\\']"
+    sql = paths_missing_sql(listed, datetime(2026, 12, 1).date(), datetime(2026, 12, 7).date())
+    assert f"ARRAY JOIN {listed} AS p" in sql and f"has({listed}, path)" in sql
+    assert sql.count("day >= toDate('2026-12-01') AND day <= toDate('2026-12-07')") == 2
+    assert "WHERE day" not in paths_missing_sql("[:path]")
+
+
+def test_an_edge_that_ends_at_midnight_is_bounded_by_the_day_before():
+    """``range_hint``: ``timestamp < until`` bounds ``toDate(timestamp)`` by the day of
+    the last moment before ``until`` (a range ending at midnight reads no day more)."""
+    from clickhouse_sqlalchemy.drivers.native.base import dialect
+
+    from eventrouter.sinks.clickhouse_store import ClickHouseDialect, Flavour
+
+    store = ClickHouseDialect("clickhouse+native://default:@127.0.0.1:9000/x")
+
+    def hint(since: datetime, until: datetime, datetime64: bool) -> list[str]:
+        store._flavour = Flavour(datetime64=datetime64, json_extract=False)
+        compiled = [
+            str(c.compile(dialect=dialect(), compile_kwargs={"literal_binds": True}))
+            for c in store.range_hint(since, until)
+        ]
+        return [sql.split("toDate(")[-1] for sql in compiled]
+
+    since = datetime(2026, 11, 7, 9, 58, 54, tzinfo=UTC)
+    midnight = datetime(2026, 11, 8, tzinfo=UTC)
+    assert hint(since, midnight, False) == [
+        "toDateTime('2026-11-07 09:58:54', 'UTC'))",
+        "toDateTime('2026-11-07 23:59:59', 'UTC'))",
+    ]
+    assert hint(since, midnight, True)[1] == "toDateTime64('2026-11-07 23:59:59.999', 3, 'UTC'))"
+    later = datetime(2026, 11, 8, 0, 0, 1, tzinfo=UTC)
+    assert hint(since, later, False)[1] == "toDateTime('2026-11-08 00:00:00', 'UTC'))"

@@ -1,0 +1,179 @@
+"""ClickHouse's path rollup (``rollup_paths``, ``events_hourly_paths``), A/B in one run:
+the dashboard's reads of a JSON path without it (every statement on ``events FINAL``,
+as before) against the reads through it, alternated call by call so that a busy
+machine slows both alike; and what it costs the compactor.
+
+    .venv/bin/python bench/clickhouse_paths.py [--runs 10] [--compactions 3]
+
+It works on bench/dashboard.py's ClickHouse database (``bench_dashboard``, or the name
+in ``EVENTROUTER_BENCH_DASHBOARD_CH``: load it first with ``bench/dashboard.py --stores
+clickhouse --events N``), in this process, through
+:class:`eventrouter.store.query.EventStore`:
+
+1. **The compactor.** Every stored day recounted (``compact(days=...)``, as after
+   ``migrate`` or an upgrade) ``--compactions`` times without a path and with
+   :data:`dashboard.ROLLUP_PATHS`, alternated (the last with them, so that step 2 reads
+   a complete path rollup): the median of each, and the difference per day.
+2. **The reads**: per view, one warm-up call of each reading, then ``--runs`` timed
+   calls, A and B alternated: the median and the slowest of each, B's median over A's,
+   and whether both answered the same.
+
+   - **A, without**: :class:`WithoutPaths`, the ClickHouse dialect with no path rollup
+     (``path_rollup = None``, as before this change): the breakdown and the filtered
+     chart read ``events FINAL`` beside the hourly rollup where they can.
+   - **B, with**: the store as it is.
+
+The views are the dashboard's (bench/dashboard.py): the breakdown by
+``properties.plan`` over 24 h, 7 d and 30 d (``/admin/breakdown``, the top 11), the
+chart filtered by an event and a plan over 30 days in the explorer's step, and the
+count of that filter. Only 127.0.0.1 is spoken to; the compactor writes its own tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dashboard
+from clickhouse_driver import Client
+
+from eventrouter.admin import explorer
+from eventrouter.sinks.clickhouse_rollup import compact
+from eventrouter.sinks.clickhouse_store import ClickHouseDialect, ClickHouseStore
+from eventrouter.store.query import EventFilter, EventStore, PathCondition
+
+#: The breakdown's ranges, as the dashboard's (bench/dashboard.py ``RANGES``).
+RANGES = {"24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+
+
+class WithoutPaths(ClickHouseDialect):
+    """The reads before the path rollup: no ``events_hourly_paths``."""
+
+    path_rollup = None
+
+
+class WithoutPathsStore(ClickHouseStore):
+    def query_dialect(self) -> WithoutPaths:
+        return WithoutPaths(self.url, self.layout)
+
+
+def views(now: datetime) -> dict[str, Callable[[EventStore], Any]]:
+    since = now - dashboard.RANGE_SPAN
+    plan = [PathCondition("properties", ("plan",), dashboard.FILTER_PLAN)]
+    filtered = EventFilter(since=since, event=dashboard.FILTER_EVENT, paths=plan)
+    step = explorer.choose_step(since, now)
+    return {
+        **{
+            f"breakdown by properties.plan {name}": (
+                lambda store, s=span: store.top(EventFilter(since=now - s), "properties.plan", 11)
+            )
+            for name, span in RANGES.items()
+        },
+        "chart, event + property filter 30d": lambda store: store.count_by_time(filtered, step),
+        "count, event + property filter 30d": lambda store: store.count(filtered),
+    }
+
+
+def timed(call: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    answer = call()
+    return (time.perf_counter() - started) * 1000, answer
+
+
+def compactions(rounds: int) -> list[str]:
+    """Step 1: every stored day recounted without and with the paths, alternated."""
+    client = Client(dashboard.HOST, database=dashboard.CH_DATABASE)
+    try:
+        days = [row[0] for row in client.execute("SELECT DISTINCT toDate(timestamp) FROM events")]
+        seconds: dict[str, list[float]] = {"without": [], "with": []}
+        for _ in range(rounds):
+            for kind, paths in (("without", []), ("with", dashboard.ROLLUP_PATHS)):
+                started = time.perf_counter()
+                compact(client, days=sorted(days), margin=0, paths=paths)
+                seconds[kind].append(time.perf_counter() - started)
+                print(f"compaction {kind} paths: {seconds[kind][-1]:.2f} s", file=sys.stderr)
+    finally:
+        client.disconnect()
+    without, with_ = (statistics.median(seconds[kind]) for kind in ("without", "with"))
+    per_day = (with_ - without) / max(len(days), 1) * 1000
+    return [
+        "| compaction of every stored day | days | without paths, median s | with "
+        f"{', '.join(dashboard.ROLLUP_PATHS)}, median s | extra per day, ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
+        f"| {rounds} of each, alternated (all: {' / '.join(f'{s:.2f}' for s in seconds['without'])}"
+        f" and {' / '.join(f'{s:.2f}' for s in seconds['with'])} s) | {len(days)} | "
+        f"{without:.2f} | {with_:.2f} | {per_day:.0f} |",
+    ]
+
+
+def reads(runs: int) -> list[str]:
+    """Step 2: each view through A and B, alternated call by call."""
+    url = dashboard.CH_URL
+    readers = {"A": EventStore(WithoutPathsStore(url)), "B": EventStore(ClickHouseStore(url))}
+    lines = [
+        "| view | A: without, median ms | B: with, median ms | B / A | slowest A / B "
+        "| same answer |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
+    ]
+    try:
+        for name, view in views(datetime.now(UTC)).items():
+            times: dict[str, list[float]] = {"A": [], "B": []}
+            answers = {kind: view(readers[kind]) for kind in times}  # warm-up
+            for _ in range(runs):
+                for kind in times:
+                    ms, _ = timed(lambda v=view, k=kind: v(readers[k]))
+                    times[kind].append(ms)
+            median = {kind: statistics.median(values) for kind, values in times.items()}
+            slowest = " / ".join(f"{max(times[kind]):.0f}" for kind in times)
+            same = "yes" if answers["A"] == answers["B"] else "NO"
+            lines.append(
+                f"| {name} | {median['A']:.0f} | {median['B']:.0f} | "
+                f"{median['B'] / median['A']:.2f} | {slowest} | {same} |"
+            )
+            print(lines[-1], file=sys.stderr, flush=True)
+    finally:
+        for reader in readers.values():
+            reader.close()
+    return lines
+
+
+def run(runs: int, rounds: int) -> str:
+    with open("/proc/loadavg") as f:
+        load_before = " ".join(f.read().split()[:3])
+    lines = [*compactions(rounds), "", *reads(runs)]
+    client = Client(dashboard.HOST, database=dashboard.CH_DATABASE)
+    try:
+        [(rows,)] = client.execute("SELECT count() FROM events")
+        [(version,)] = client.execute("SELECT version()")
+    finally:
+        client.disconnect()
+    with open("/proc/loadavg") as f:
+        load = " ".join(f.read().split()[:3])
+    lines.append("")
+    lines.append(
+        f"- {rows:,} events in `{dashboard.CH_DATABASE}`, ClickHouse {version}; {runs} runs "
+        f"per reading after one warm-up, alternated; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
+        f"load average {load_before} at the start, {load} at the end (2 cores, shared "
+        "with other sessions)"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=10, help="timed calls per reading [10]")
+    parser.add_argument("--compactions", type=int, default=3, help="compactions of each kind [3]")
+    args = parser.parse_args(argv)
+    print(run(args.runs, args.compactions))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
