@@ -796,10 +796,11 @@ def test_a_running_query_is_told_from_a_finished_one():
     client = Client.from_url(CLICKHOUSE_ADMIN)
     probe = Client.from_url(CLICKHOUSE_ADMIN)
     try:
-        thread = threading.Thread(target=client.execute, args=(f"SELECT sleep(2), '{marker}'",))
+        # sleep(3): the longest ClickHouse allows; the probe looks for as long as the
+        # query runs (a busy machine may start it late), not for a fixed time.
+        thread = threading.Thread(target=client.execute, args=(f"SELECT sleep(3), '{marker}'",))
         thread.start()
-        deadline = time.monotonic() + 2
-        while not clickhouse_sink._running(probe, marker) and time.monotonic() < deadline:
+        while not clickhouse_sink._running(probe, marker) and thread.is_alive():
             time.sleep(0.05)
         assert clickhouse_sink._running(probe, marker)
         thread.join()
