@@ -42,6 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dashboard
+from alternation import alternate, clickhouse_footer, load_average
 from clickhouse_driver import Client
 
 from eventrouter.admin import explorer
@@ -81,12 +82,6 @@ def views(now: datetime) -> dict[str, Callable[[EventStore], Any]]:
     }
 
 
-def timed(call: Callable[[], Any]) -> tuple[float, Any]:
-    started = time.perf_counter()
-    answer = call()
-    return (time.perf_counter() - started) * 1000, answer
-
-
 def compactions(rounds: int) -> list[str]:
     """Step 1: every stored day recounted without and with the paths, alternated."""
     client = Client(dashboard.HOST, database=dashboard.CH_DATABASE)
@@ -124,18 +119,11 @@ def reads(runs: int) -> list[str]:
     ]
     try:
         for name, view in views(datetime.now(UTC)).items():
-            times: dict[str, list[float]] = {"A": [], "B": []}
-            answers = {kind: view(readers[kind]) for kind in times}  # warm-up
-            for _ in range(runs):
-                for kind in times:
-                    ms, _ = timed(lambda v=view, k=kind: v(readers[k]))
-                    times[kind].append(ms)
-            median = {kind: statistics.median(values) for kind, values in times.items()}
-            slowest = " / ".join(f"{max(times[kind]):.0f}" for kind in times)
-            same = "yes" if answers["A"] == answers["B"] else "NO"
+            result = alternate(view, readers, ("A", "B"), runs)
+            median = result.median
             lines.append(
                 f"| {name} | {median['A']:.0f} | {median['B']:.0f} | "
-                f"{median['B'] / median['A']:.2f} | {slowest} | {same} |"
+                f"{median['B'] / median['A']:.2f} | {result.slowest()} | {result.same()} |"
             )
             print(lines[-1], file=sys.stderr, flush=True)
     finally:
@@ -145,24 +133,10 @@ def reads(runs: int) -> list[str]:
 
 
 def run(runs: int, rounds: int) -> str:
-    with open("/proc/loadavg") as f:
-        load_before = " ".join(f.read().split()[:3])
+    load_before = load_average()
     lines = [*compactions(rounds), "", *reads(runs)]
-    client = Client(dashboard.HOST, database=dashboard.CH_DATABASE)
-    try:
-        [(rows,)] = client.execute("SELECT count() FROM events")
-        [(version,)] = client.execute("SELECT version()")
-    finally:
-        client.disconnect()
-    with open("/proc/loadavg") as f:
-        load = " ".join(f.read().split()[:3])
     lines.append("")
-    lines.append(
-        f"- {rows:,} events in `{dashboard.CH_DATABASE}`, ClickHouse {version}; {runs} runs "
-        f"per reading after one warm-up, alternated; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
-        f"load average {load_before} at the start, {load} at the end (2 cores, shared "
-        "with other sessions)"
-    )
+    lines.append(clickhouse_footer(dashboard.CH_DATABASE, runs, load_before))
     return "\n".join(lines)
 
 

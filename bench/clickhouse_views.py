@@ -27,9 +27,7 @@ Only 127.0.0.1 is spoken to; nothing is written.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dashboard
-from clickhouse_driver import Client
+from alternation import alternate, clickhouse_footer
 from clickhouse_sqlalchemy.drivers.compilers.sqlcompiler import ClickHouseSQLCompiler
 from sqlalchemy import Engine
 
@@ -92,12 +90,6 @@ def views(since: datetime) -> dict[str, Callable[[EventStore], Any]]:
     }
 
 
-def timed(call: Callable[[], Any]) -> tuple[float, Any]:
-    started = time.perf_counter()
-    answer = call()
-    return (time.perf_counter() - started) * 1000, answer
-
-
 def comparable(answer: Any) -> Any:
     """An answer without what differs between two correct reads (nothing, so far)."""
     return answer
@@ -119,38 +111,19 @@ def run(runs: int) -> str:
     try:
         for name, view in views(since).items():
             kinds: Sequence[str] = ("A", "B", "scan") if "active" in name else ("A", "B")
-            times: dict[str, list[float]] = {kind: [] for kind in kinds}
-            answers = {kind: comparable(view(readers[kind])) for kind in kinds}  # warm-up
-            for _ in range(runs):
-                for kind in kinds:
-                    ms, _ = timed(lambda v=view, k=kind: v(readers[k]))
-                    times[kind].append(ms)
-            median = {kind: statistics.median(values) for kind, values in times.items()}
-            slowest = " / ".join(f"{max(times[kind]):.0f}" for kind in kinds)
+            result = alternate(lambda store, v=view: comparable(v(store)), readers, kinds, runs)
+            median = result.median
             scan = f"{median['scan']:.0f}" if "scan" in median else "-"
-            same = "yes" if all(answers[kind] == answers["A"] for kind in kinds) else "NO"
             lines.append(
                 f"| {name} | {median['A']:.0f} | {median['B']:.0f} | "
-                f"{median['B'] / median['A']:.2f} | {scan} | {slowest} | {same} |"
+                f"{median['B'] / median['A']:.2f} | {scan} | {result.slowest()} | {result.same()} |"
             )
             print(lines[-1], file=sys.stderr, flush=True)
     finally:
         for reader in readers.values():
             reader.close()
-    client = Client(dashboard.HOST, database=dashboard.CH_DATABASE)
-    try:
-        [(rows,)] = client.execute("SELECT count() FROM events")
-        [(version,)] = client.execute("SELECT version()")
-    finally:
-        client.disconnect()
-    with open("/proc/loadavg") as f:
-        load = " ".join(f.read().split()[:3])
     lines.append("")
-    lines.append(
-        f"- {rows:,} events in `{dashboard.CH_DATABASE}`, ClickHouse {version}; {runs} runs "
-        f"per reading after one warm-up, alternated; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
-        f"load average at the end {load} (2 cores, shared with other sessions)"
-    )
+    lines.append(clickhouse_footer(dashboard.CH_DATABASE, runs))
     return "\n".join(lines)
 
 

@@ -30,10 +30,8 @@ Only 127.0.0.1 is spoken to; nothing is written but that index.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dashboard
 import psycopg
+from alternation import alternate, footer
 from sqlalchemy import and_, or_
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import BinaryExpression
@@ -98,12 +97,6 @@ def reader(dialect: type[PostgresDialect]) -> EventStore:
     return EventStore(Store(dashboard.PG_URL))
 
 
-def timed(call: Callable[[], Any]) -> tuple[float, Any]:
-    started = time.perf_counter()
-    answer = call()
-    return (time.perf_counter() - started) * 1000, answer
-
-
 def run(runs: int, create_index: bool) -> str:
     engine = postgres_engine(dashboard.PG_URL, {})
     with engine.begin() as connection:
@@ -134,24 +127,18 @@ def run(runs: int, create_index: bool) -> str:
             view = lambda store, p=period: retention(  # noqa: E731
                 store, FIRST, RETURNING, p, since, None
             )
-            times: dict[str, list[float]] = {kind: [] for kind in kinds}
-            answers = {kind: view(readers[kind]) for kind in kinds}  # warm-up
-            for _ in range(runs):
-                for kind in kinds:
-                    ms, _ = timed(lambda v=view, k=kind: v(readers[k]))
-                    times[kind].append(ms)
-            median = {kind: statistics.median(values) for kind, values in times.items()}
+            result = alternate(view, readers, kinds, runs)
+            median = result.median
             shown = {
                 kind: (f"{median[kind]:.0f}", f"{median[kind] / median['A']:.2f}")
                 if kind in median
                 else ("-", "-")
                 for kind in ("B", "C")
             }
-            slowest = " / ".join(f"{max(times[kind]):.0f}" for kind in kinds)
-            same = "yes" if all(answers[kind] == answers["A"] for kind in kinds) else "NO"
             lines.append(
                 f"| retention by {period} | {median['A']:.0f} | {shown['B'][0]} | "
-                f"{shown['C'][0]} | {shown['B'][1]} | {shown['C'][1]} | {slowest} | {same} |"
+                f"{shown['C'][0]} | {shown['B'][1]} | {shown['C'][1]} | "
+                f"{result.slowest()} | {result.same()} |"
             )
             print(lines[-1], file=sys.stderr, flush=True)
     finally:
@@ -160,14 +147,8 @@ def run(runs: int, create_index: bool) -> str:
     with psycopg.connect(dashboard.PG_URL.replace("+psycopg", "")) as connection:
         [(rows,)] = connection.execute("SELECT count(*) FROM events").fetchall()
         [(version,)] = connection.execute("SHOW server_version").fetchall()
-    with open("/proc/loadavg") as f:
-        load = " ".join(f.read().split()[:3])
     lines.append("")
-    lines.append(
-        f"- {rows:,} events in `{dashboard.PG_DATABASE}`, PostgreSQL {version}; {runs} runs "
-        f"per reading after one warm-up, alternated; {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; "
-        f"load average at the end {load} (2 cores, shared with other sessions)"
-    )
+    lines.append(footer(rows, dashboard.PG_DATABASE, f"PostgreSQL {version}", runs))
     return "\n".join(lines)
 
 

@@ -127,31 +127,30 @@ TABLES = (DIRTY, COMPACTED, HOURLY, USERS, PATHS, PATHS_COMPACTED)
 #: Seconds ``through`` stays behind the server's clock: the servers of a cluster mark
 #: with their own clocks.
 CLOCK_MARGIN = 5
-#: ``events_hourly`` as the query layer reads it: the generic rollup's columns
-#: (:data:`eventrouter.store.rollup.events_hourly`), its count under ``n_events``.
-hourly_table = Table(
-    HOURLY,
-    MetaData(),
-    *(
-        Column(column.name, column.type, nullable=False)
-        for column in rollup.events_hourly.columns
-        if column.name != "n"
-    ),
-    Column("n_events", BigInteger, nullable=False, key="n"),
-)
-#: ``events_hourly_paths`` as the query layer reads it: the generic path rollup's
-#: columns (:data:`eventrouter.store.rollup.events_hourly_paths`; ``value`` encoded, see
-#: the module's doc), its count under ``n_events``.
-hourly_paths_table = Table(
-    PATHS,
-    MetaData(),
-    *(
-        Column(column.name, column.type, nullable=False)
-        for column in rollup.events_hourly_paths.columns
-        if column.name != "n"
-    ),
-    Column("n_events", BigInteger, nullable=False, key="n"),
-)
+
+
+def _counts_table(name: str, generic: Table) -> Table:
+    """``generic`` (a rollup table of :mod:`eventrouter.store.rollup`) as ClickHouse
+    keeps it under ``name``: the same columns, NOT NULL, the count under ``n_events``
+    (read as ``n``)."""
+    return Table(
+        name,
+        MetaData(),
+        *(
+            Column(column.name, column.type, nullable=False)
+            for column in generic.columns
+            if column.name != "n"
+        ),
+        Column("n_events", BigInteger, nullable=False, key="n"),
+    )
+
+
+#: ``events_hourly`` as the query layer reads it (:data:`eventrouter.store.rollup.events_hourly`).
+hourly_table = _counts_table(HOURLY, rollup.events_hourly)
+#: ``events_hourly_paths`` as the query layer reads it
+#: (:data:`eventrouter.store.rollup.events_hourly_paths`; ``value`` encoded, see the
+#: module's doc).
+hourly_paths_table = _counts_table(PATHS, rollup.events_hourly_paths)
 #: ``events_users`` for the query layer (which asks whether it exists); read by SQL
 #: of its own (``ClickHouseDialect.users_statement``).
 users_table = Table(USERS, MetaData(), Column("day", Date), Column("n_users", BigInteger))
@@ -244,14 +243,20 @@ BACKFILL_SQL = (
 )
 
 
-def dirty_days_sql(first: date | None = None, last: date | None = None) -> str:
-    """The days (``first`` to ``last``, inclusive; None: unbounded) whose latest mark is
-    not older than their latest compaction, oldest first."""
+def _day_bounds(first: date | None, last: date | None) -> list[str]:
+    """``day`` from ``first`` to ``last`` (inclusive; None: unbounded), as conditions."""
     bounds = []
     if first is not None:
         bounds.append(f"day >= toDate({quote_string(first.isoformat())})")
     if last is not None:
         bounds.append(f"day <= toDate({quote_string(last.isoformat())})")
+    return bounds
+
+
+def dirty_days_sql(first: date | None = None, last: date | None = None) -> str:
+    """The days (``first`` to ``last``, inclusive; None: unbounded) whose latest mark is
+    not older than their latest compaction, oldest first."""
+    bounds = _day_bounds(first, last)
     where = f" WHERE {' AND '.join(bounds)}" if bounds else ""
     return (
         f"SELECT d.day FROM (SELECT day, max(mark) AS m FROM {DIRTY}{where} GROUP BY day) AS d "
@@ -287,11 +292,7 @@ def paths_missing_sql(paths: str, first: date | None = None, last: date | None =
     ``events_paths_compacted`` record of that day, path and version): the compactor
     recounts them (a path just configured), and a reader of one path reads them from
     ``events`` (``ClickHouseDialect.rollup_gaps``)."""
-    bounds = []
-    if first is not None:
-        bounds.append(f"day >= toDate({quote_string(first.isoformat())})")
-    if last is not None:
-        bounds.append(f"day <= toDate({quote_string(last.isoformat())})")
+    bounds = _day_bounds(first, last)
     where = f" WHERE {' AND '.join(bounds)}" if bounds else ""
     recorded = " AND ".join([*bounds, f"has({paths}, path)"])
     return (
