@@ -409,10 +409,20 @@ def test_sighup_puts_a_changed_plan_in_force_in_eventrouter_serve(tmp_path):
                 plan.read_text().replace('on_violation = "reject"', 'on_violation = "allow"')
             )
             server.process.send_signal(signal.SIGHUP)
-            eventually(
-                lambda: client.post("/v1/track", json=event, headers=headers).status_code == 200,
-                "the workers reloaded the plan",
-            )
+
+            def allowed() -> bool:
+                # A new connection each try: gunicorn's SIGHUP replaces the workers, and
+                # an old worker closes its idle keep-alive connections as it leaves (a
+                # request sent on one meets a reset, as any client's would at a reload).
+                try:
+                    response = httpx.post(
+                        f"{server.url}/v1/track", json=event, headers=headers, timeout=30
+                    )
+                except httpx.TransportError:
+                    return False
+                return response.status_code == 200
+
+            eventually(allowed, "the workers reloaded the plan")
     finally:
         server.stop()
 
