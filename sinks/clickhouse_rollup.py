@@ -105,21 +105,29 @@ HOURLY = "events_hourly"
 USERS = "events_users"
 PATHS = "events_hourly_paths"
 PATHS_COMPACTED = "events_paths_compacted"
+
+
+def latest_versions_sql(where: str = "") -> str:
+    """Each day (of ``events_compacted``, ``where`` a ``WHERE`` clause or empty) with its
+    latest recorded compaction's ``through`` as the ``version`` its rows carry
+    (seconds): ``SELECT day, v``."""
+    return f"SELECT day, toUInt64(toUInt32(max(through))) AS v FROM {COMPACTED}{where} GROUP BY day"
+
+
+def _recorded(day: str, version: str) -> str:
+    """The condition that keeps a rollup table's rows of each day's latest recorded
+    compaction (its ``day`` and ``version`` expressions)."""
+    return f"({day}, {version}) IN ({latest_versions_sql()})"
+
+
 #: The condition on ``events_hourly`` that keeps the rows of each day's latest recorded
 #: compaction (``version`` is that compaction's ``through``, in seconds).
-RECORDED = (
-    f"(toDate({HOURLY}.hour), {HOURLY}.version) IN "
-    f"(SELECT day, toUInt64(toUInt32(max(through))) FROM {COMPACTED} GROUP BY day)"
-)
+RECORDED = _recorded(f"toDate({HOURLY}.hour)", f"{HOURLY}.version")
 #: The same condition on ``events_users``.
-USERS_RECORDED = (
-    f"(day, version) IN "
-    f"(SELECT day, toUInt64(toUInt32(max(through))) FROM {COMPACTED} GROUP BY day)"
-)
-#: The same condition on ``events_hourly_paths``: the rows of each day's latest recorded
-#: compaction (a day whose latest compaction did not count a path is that path's gap,
-#: ``ClickHouseDialect.rollup_gaps``, and not read here).
-PATHS_RECORDED = RECORDED.replace(HOURLY, PATHS)
+USERS_RECORDED = _recorded("day", "version")
+#: The same condition on ``events_hourly_paths`` (a day whose latest compaction did not
+#: count a path is that path's gap, ``ClickHouseDialect.rollup_gaps``, and not read here).
+PATHS_RECORDED = _recorded(f"toDate({PATHS}.hour)", f"{PATHS}.version")
 #: The materialized view that marks the days of every insert into ``events``.
 MARKER = "events_dirty_mv"
 #: The rollup's tables, in the order they are created.
@@ -271,8 +279,7 @@ def users_missing_sql(first: date | None = None) -> str:
     (a process not upgraded yet). Read from ``events`` like the dirty days."""
     where = f" WHERE day >= toDate({quote_string(first.isoformat())})" if first else ""
     return (
-        f"SELECT d.day FROM (SELECT day, toUInt64(toUInt32(max(through))) AS v FROM "
-        f"{COMPACTED}{where} GROUP BY day) AS d WHERE (d.day, d.v) NOT IN "
+        f"SELECT d.day FROM ({latest_versions_sql(where)}) AS d WHERE (d.day, d.v) NOT IN "
         f"(SELECT day, version FROM {USERS}{where})"
     )
 
@@ -296,8 +303,7 @@ def paths_missing_sql(paths: str, first: date | None = None, last: date | None =
     where = f" WHERE {' AND '.join(bounds)}" if bounds else ""
     recorded = " AND ".join([*bounds, f"has({paths}, path)"])
     return (
-        f"SELECT DISTINCT d.day FROM (SELECT day, toUInt64(toUInt32(max(through))) AS v FROM "
-        f"{COMPACTED}{where} GROUP BY day) AS d ARRAY JOIN {paths} AS p "
+        f"SELECT DISTINCT d.day FROM ({latest_versions_sql(where)}) AS d ARRAY JOIN {paths} AS p "
         f"WHERE (d.day, p, d.v) NOT IN (SELECT day, path, version FROM {PATHS_COMPACTED} "
         f"WHERE {recorded}) ORDER BY d.day"
     )

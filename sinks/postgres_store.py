@@ -170,7 +170,7 @@ class PostgresDialect(QueryDialect):
         instead (``user_id = u OR (user_id IS NULL AND anonymous_id = u)``, every event
         of the user read to check its name) it was 2x faster by day but 1.2x slower by
         week than the standard SQL, so it is not used. Over 1,000,000 events:
-        bench/README.md, "Retention on PostgreSQL"."""
+        bench/README.md, "Funnels and retention on PostgreSQL"."""
         if "ix_events_event_user" not in self._indexes():
             return None
         c = self.table.c

@@ -471,7 +471,6 @@ class EventStore:
                     cut,
                     where,
                     self.dialect.path_rollup_value(paths.c.value).label("shown"),
-                    table=paths,
                     path=dimension,
                 )
             parts = [first]
@@ -564,38 +563,33 @@ class EventStore:
         )
         users = dialect.count_distinct(dialect.user_key()).label("users")
         conditions = self.conditions(where)
+        if from_counts:
+            r = counts.c  # type: ignore[union-attr]
+            series_sql = (
+                select(r.start, r.users)
+                .where(r.kind == rollup.PERIOD_KINDS[interval])
+                .order_by(r.start)
+            )
+            if where.since is not None:
+                series_sql = series_sql.where(r.start >= dialect.time(where.since))
+        elif from_days:
+            series_sql = dialect.users_statement(interval, where.since)
+        else:
+            # copies_select: distinct users are the same whether or not a redelivered
+            # event's copies are read as one (ClickHouse then skips FINAL).
+            period = self.period(interval).label("period")
+            series_sql = (
+                dialect.copies_select(period, users)
+                .where(*conditions)
+                .group_by(period)
+                .order_by(period)
+            )
+        # The counts keep each period's start as a time, the others as epoch seconds.
+        start_of = _aware if from_counts else (lambda s: datetime.fromtimestamp(int(s), UTC))
         with self.engine.connect() as connection:
-            if from_counts:
-                r = counts.c  # type: ignore[union-attr]
-                statement = (
-                    select(r.start, r.users)
-                    .where(r.kind == rollup.PERIOD_KINDS[interval])
-                    .order_by(r.start)
-                )
-                if where.since is not None:
-                    statement = statement.where(r.start >= dialect.time(where.since))
-                series = [
-                    (_aware(start), int(n)) for start, n in connection.execute(statement).all() if n
-                ]
-            else:
-                if from_days:
-                    series_sql = dialect.users_statement(interval, where.since)
-                else:
-                    # copies_select: distinct users are the same whether or not a
-                    # redelivered event's copies are read as one (ClickHouse then skips
-                    # FINAL).
-                    period = self.period(interval).label("period")
-                    series_sql = (
-                        dialect.copies_select(period, users)
-                        .where(*conditions)
-                        .group_by(period)
-                        .order_by(period)
-                    )
-                series = [
-                    (datetime.fromtimestamp(int(start), UTC), int(n))
-                    for start, n in connection.execute(series_sql).all()
-                    if n
-                ]
+            series = [
+                (start_of(start), int(n)) for start, n in connection.execute(series_sql).all() if n
+            ]
             top = []
             if by is not None:
                 value = self.dimension(by).label("value")
@@ -714,8 +708,7 @@ class EventStore:
         if kept is None:
             return self._rollup_select(cut, where, key)
         rest, path, value = kept
-        table = self.dialect.path_rollup
-        return self._rollup_select(cut, rest, key, table=table, path=path, path_value=value)
+        return self._rollup_select(cut, rest, key, path=path, path_value=value)
 
     def _path_filter(self, where: EventFilter) -> tuple[EventFilter, str, str] | None:
         """For a filter whose one path condition is on a path the store keeps complete
@@ -736,16 +729,18 @@ class EventStore:
         where: EventFilter,
         key: ColumnElement | None = None,
         *,
-        table: Table | None = None,
         path: str | None = None,
         path_value: str | None = None,
     ) -> Select:
         """``SELECT key, sum(n) AS n`` over the rollup's hours in ``cut`` matching
-        ``where``'s equality filters, grouped by ``key`` (none: one total); from
-        ``table`` (default: the hourly rollup; the path rollup with ``path``, and only
-        that path's ``path_value`` with one)."""
-        table = self._hourly if table is None else table
-        r, dialect = table.c, self.dialect
+        ``where``'s equality filters, grouped by ``key`` (none: one total); from the
+        hourly rollup, or with ``path`` from the path rollup's rows of that JSON path
+        (and only its ``path_value`` with one)."""
+        dialect = self.dialect
+        if path is None:
+            r, chosen = self._hourly.c, dialect.rollup_select
+        else:
+            r, chosen = dialect.path_rollup.c, dialect.path_rollup_select  # type: ignore[union-attr]
         conditions = [r.hour < dialect.time(cut.end)]
         if path is not None:
             conditions.append(r.path == path)
@@ -762,7 +757,6 @@ class EventStore:
             if (value := getattr(where, name)) is not None
         ]
         total = func.sum(r.n).label("n")
-        chosen = dialect.rollup_select if table is self._hourly else dialect.path_rollup_select
         if key is None:
             return chosen(total).where(*conditions)
         return chosen(key, total).where(*conditions).group_by(key)
