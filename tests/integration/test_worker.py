@@ -469,7 +469,10 @@ def test_a_write_that_times_out_is_retried_not_dead_lettered(queue_env):
 
     def hang_once(commands: Sequence[Command]) -> str | None:
         if plugin.writes == 1:
-            time.sleep(0.6)  # past write_timeout: the worker has given up on this write
+            # Past write_timeout (the worker gives up on this write at 0.3 s), and over well
+            # before the retry's own timeout ends (about 0.61 s): the sink's writes run on
+            # one thread, so the retry waits for this one. 0.6 s left 10 ms for it.
+            time.sleep(0.4)
             return "hung, then failed"
         return None
 
