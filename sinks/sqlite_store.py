@@ -50,6 +50,7 @@ from eventrouter.store.rollup import (
     events_hourly,
     events_hourly_paths,
     users_active_counts,
+    users_seen,
 )
 from eventrouter.store.schema import events, metadata
 from eventrouter.store.sql import SQLStore
@@ -270,6 +271,131 @@ PATHS_DDL = (
 PATHS_TRIGGERS = ("events_hourly_paths_delete", "events_hourly_paths_update")
 PATHS_TABLES = ("events_hourly_paths", "events_hourly_paths_kept")
 
+# -- when each user was last seen with each value of a kept path (rollup.users_seen) -------
+#: The paths ``users_seen`` keeps: listed in ``users_seen_kept`` and still kept hourly.
+_SEEN_PATHS = "users_seen_kept u JOIN events_hourly_paths_kept k ON k.path = u.path"
+#: Each event counts in two rows: every event's (``''``) and its own event's.
+_SCOPES = "(SELECT 0 AS own UNION ALL SELECT 1)"
+_SCOPE = "CASE s.own WHEN 0 THEN '' ELSE 'e' || coalesce({row}event, '') END"
+#: Adds the rows of ``events e`` matching ``{where}`` into ``users_seen``: the latest
+#: time per path, scope, value and user, and how many.
+_SEEN_ADD = (
+    "INSERT INTO users_seen (path, event, value, user_key, last, n) "
+    f"SELECT k.path, {_SCOPE.format(row='e.')}, {_path_value('e.')}, "
+    f"{_USER.format(row='e.')}, max(e.timestamp), count(*) "
+    f"FROM {_SEEN_PATHS} CROSS JOIN events e CROSS JOIN {_SCOPES} s "
+    f"WHERE {{where}} AND {_USER.format(row='e.')} IS NOT NULL "
+    "GROUP BY 1, 2, 3, 4 "
+    "ON CONFLICT (path, event, value, user_key) DO UPDATE SET "
+    "last = max(last, excluded.last), n = n + excluded.n"
+)
+#: A commit's inserts (the rows past rowid ``?``), as :data:`ROLLUP_COUNT`.
+SEEN_COUNT = _SEEN_ADD.format(where="e.rowid > ?1")
+#: The ``users_seen`` rows the old row ``OLD`` counts in.
+_OLD_SEEN = (
+    f"user_key = {_USER.format(row='OLD.')} AND (path, event, value) IN "
+    f"(SELECT k.path, {_SCOPE.format(row='OLD.')}, {_path_value('OLD.')} "
+    f"FROM {_SEEN_PATHS} CROSS JOIN {_SCOPES} s)"
+)
+#: The times of a ``users_seen`` row's events whose user is ``{who}``.
+_TIMES_OF = (
+    "SELECT e.timestamp AS t FROM events e, events_hourly_paths_kept k "
+    "WHERE k.path = users_seen.path AND {who} "
+    "AND (users_seen.event = '' OR 'e' || coalesce(e.event, '') = users_seen.event) "
+    f"AND {_path_value('e.')} = users_seen.value"
+)
+#: The latest time of the rows the old row ``OLD`` counts in, read again where it was
+#: the latest: through the ``user_id`` index, and the anonymous ids (``anonymous_id``'s
+#: index, where kept) of the events without one (the user is their coalesce).
+_RECOUNT_LAST = (
+    "UPDATE users_seen SET last = (SELECT max(t) FROM ("
+    + " UNION ALL ".join(
+        _TIMES_OF.format(who=who)
+        for who in (
+            "e.user_id = users_seen.user_key",
+            "e.user_id IS NULL AND e.anonymous_id = users_seen.user_key",
+        )
+    )
+    + f")) WHERE {_OLD_SEEN} AND last <= OLD.timestamp"
+)
+#: Taking the old row ``OLD`` off: one event fewer; a row without events goes; a row
+#: whose latest event it was reads its latest time again.
+_SEEN_REMOVE = (
+    f"UPDATE users_seen SET n = n - 1 WHERE {_OLD_SEEN}; "
+    f"DELETE FROM users_seen WHERE {_OLD_SEEN} AND n <= 0; "
+    f"{_RECOUNT_LAST}; "
+)
+SEEN_DDL = (
+    "CREATE TABLE IF NOT EXISTS users_seen (path TEXT NOT NULL, event TEXT NOT NULL, "
+    "value TEXT NOT NULL, user_key TEXT NOT NULL, last TEXT NOT NULL, n INTEGER NOT NULL, "
+    "PRIMARY KEY (path, event, value, user_key)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS users_seen_kept (path TEXT PRIMARY KEY) WITHOUT ROWID",
+    "CREATE TRIGGER IF NOT EXISTS users_seen_delete AFTER DELETE ON events "
+    f"WHEN {_USER.format(row='OLD.')} IS NOT NULL BEGIN {_SEEN_REMOVE}END",
+    # Rows are never updated by eventrouter; should anyone, the rows follow.
+    "CREATE TRIGGER IF NOT EXISTS users_seen_update AFTER UPDATE OF timestamp, event, "
+    f"user_id, anonymous_id, {', '.join(JSON_COLUMNS)} ON events BEGIN "
+    + _SEEN_REMOVE  # an old row without a user matches none (user_key = NULL)
+    + "INSERT INTO users_seen (path, event, value, user_key, last, n) "
+    f"SELECT k.path, {_SCOPE.format(row='NEW.')}, {_path_value('NEW.')}, "
+    f"{_USER.format(row='NEW.')}, NEW.timestamp, 1 FROM {_SEEN_PATHS} CROSS JOIN {_SCOPES} s "
+    f"WHERE {_USER.format(row='NEW.')} IS NOT NULL "
+    "ON CONFLICT (path, event, value, user_key) DO UPDATE SET "
+    "last = max(last, excluded.last), n = n + 1; END",
+)
+SEEN_TRIGGERS = ("users_seen_delete", "users_seen_update")
+SEEN_TABLES = ("users_seen", "users_seen_kept")
+
+
+def _forget_seen(connection: Any, path: str) -> None:
+    """Unlist ``path`` from ``users_seen`` and drop its rows, where kept (a path whose
+    hourly counts are dropped or made again: :func:`ensure_seen` fills it again)."""
+    if connection.exec_driver_sql(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'users_seen_kept'"
+    ).first():
+        connection.exec_driver_sql("DELETE FROM users_seen WHERE path = ?", (path,))
+        connection.exec_driver_sql("DELETE FROM users_seen_kept WHERE path = ?", (path,))
+
+
+def drop_seen(connection: Any) -> list[str]:
+    """Drop ``users_seen``, its listing and its triggers, if there."""
+    found = {
+        name
+        for (name,) in connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE name IN (?, ?, ?, ?)",
+            (*SEEN_TRIGGERS, *SEEN_TABLES),
+        )
+    }
+    if not found:
+        return []
+    for trigger in SEEN_TRIGGERS:
+        connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {trigger}")
+    for table in SEEN_TABLES:
+        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+    return ["dropped users_seen"]
+
+
+def ensure_seen(connection: Any, paths: Sequence[str]) -> list[str]:
+    """Keep ``users_seen`` for exactly the kept JSON ``paths`` (after :func:`ensure_paths`
+    listed them): a path not listed yet is listed and filled from ``events`` in one
+    transaction (rows an interrupted run left cleared first), one no longer kept loses
+    its rows and its listing. Under the writers' lock; what changed."""
+    for statement in SEEN_DDL:
+        connection.exec_driver_sql(statement)
+    listed = {path for (path,) in connection.exec_driver_sql("SELECT path FROM users_seen_kept")}
+    changes = []
+    for path in sorted(listed - set(paths)):
+        _forget_seen(connection, path)
+        changes.append(f"users_seen: dropped {path}")
+    for path in paths:
+        if path in listed:
+            continue
+        connection.exec_driver_sql("DELETE FROM users_seen WHERE path = ?", (path,))
+        connection.exec_driver_sql("INSERT INTO users_seen_kept (path) VALUES (?)", (path,))
+        connection.exec_driver_sql(_SEEN_ADD.format(where="u.path = ?"), (path,))
+        changes.append(f"users_seen: filled {path}")
+    return changes
+
 
 def json_path_of(segments: Sequence[str]) -> str:
     """The JSON path ``json_extract`` takes for ``segments`` (:meth:`SQLiteDialect.json_text`)."""
@@ -306,12 +432,14 @@ def ensure_paths(connection: Any, paths: Sequence[str]) -> list[str]:
     wanted = dict(zip(paths, check_rollup_paths(list(paths)), strict=True))
     changes = []
     for path in sorted(kept - set(wanted)):
+        _forget_seen(connection, path)
         connection.exec_driver_sql("DELETE FROM events_hourly_paths WHERE path = ?", (path,))
         connection.exec_driver_sql("DELETE FROM events_hourly_paths_kept WHERE path = ?", (path,))
         changes.append(f"events_hourly_paths: dropped {path}")
     for path, (column, segments) in wanted.items():
         if path in kept:
             continue
+        _forget_seen(connection, path)
         connection.exec_driver_sql("DELETE FROM events_hourly_paths WHERE path = ?", (path,))
         connection.exec_driver_sql(
             "INSERT INTO events_hourly_paths_kept (path, col, json_path) VALUES (?, ?, ?)",
@@ -367,6 +495,7 @@ _COUNTS = {
     "events_hourly": ROLLUP_COUNT,
     "users_active": USERS_COUNT,
     "events_hourly_paths_kept": PATHS_COUNT,
+    "users_seen_kept": SEEN_COUNT,
 }
 
 
@@ -379,7 +508,8 @@ def count_statements(connection: Any) -> tuple[str, ...]:
     schema = {
         name
         for (name,) in connection.execute(
-            "SELECT name FROM sqlite_master WHERE name IN (?, ?, ?, ?, ?)",
+            "SELECT name FROM sqlite_master WHERE name IN "
+            f"({', '.join('?' * (len(_COUNTS) + len(INSERT_TRIGGERS)))})",
             (*_COUNTS, *INSERT_TRIGGERS.values()),
         )
     }
@@ -444,7 +574,12 @@ def ensure_rollup(connection: Any, users: bool = False, paths: Sequence[str] = (
     elif users and INSERT_TRIGGERS["users_active"] in found:
         connection.exec_driver_sql(f"DROP TRIGGER {INSERT_TRIGGERS['users_active']}")
         changes.append("users_active counted per commit")
-    return changes + ensure_paths(connection, paths)
+    # users_seen's triggers read the paths' listing: dropped before it may go.
+    seen = users and bool(paths)
+    if not seen:
+        changes += drop_seen(connection)
+    changes += ensure_paths(connection, paths)
+    return changes + (ensure_seen(connection, paths) if seen else [])
 
 
 class SQLiteStore(SQLStore):
@@ -475,6 +610,7 @@ class SQLiteDialect(QueryDialect):
     rollup = events_hourly
     path_rollup = events_hourly_paths
     users_rollup = users_active_counts
+    users_seen = users_seen
     indexed_extremes = True
 
     def __init__(self, url: str) -> None:

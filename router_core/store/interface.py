@@ -44,7 +44,7 @@ from typing import Any, ClassVar, NamedTuple
 from sqlalchemy import ColumnElement, Engine, Select, Table, distinct, func, inspect, select
 
 from eventrouter.columns import shown
-from eventrouter.store.rollup import rollup_paths_kept
+from eventrouter.store.rollup import rollup_paths_kept, users_seen_kept
 from eventrouter.store.schema import events
 
 
@@ -153,6 +153,10 @@ class QueryDialect(ABC):
     #: The distinct users per period the store keeps
     #: (:data:`eventrouter.store.rollup.users_active_counts`); None: counted from ``events``.
     users_rollup: ClassVar[Table | None] = None
+    #: When each user was last seen with each value of a kept JSON path
+    #: (:data:`eventrouter.store.rollup.users_seen`), for the active users per value;
+    #: None: counted from ``events``.
+    users_seen: ClassVar[Table | None] = None
     #: The distinct users per day the store keeps, read by :meth:`users_statement`
     #: (ClickHouse's ``events_users``); None: none.
     users_days: ClassVar[Table | None] = None
@@ -223,12 +227,27 @@ class QueryDialect(ABC):
         :data:`eventrouter.store.rollup.rollup_paths_kept`, which the sink writes in the
         transaction that fills the path's counts (asked each time, two primary-key
         lookups: a migration may add or remove a path)."""
-        kept = rollup_paths_kept
-        statement = select(kept.c.path).where(kept.c.path == path)
+        return self._listed(path, rollup_paths_kept)
+
+    def users_seen_kept(self, path: str) -> bool:
+        """Whether :attr:`users_seen` holds the JSON path ``path`` complete: listed in
+        :data:`eventrouter.store.rollup.users_seen_kept` and in
+        :data:`eventrouter.store.rollup.rollup_paths_kept` (writers count the paths
+        listed in both; asked each time, as :meth:`path_rollup_kept`)."""
+        return self.users_seen is not None and self._listed(
+            path, users_seen_kept, rollup_paths_kept
+        )
+
+    def _listed(self, path: str, *tables: Table) -> bool:
+        """Whether ``path`` is listed in each of ``tables`` (each a ``path`` column)."""
         with self.engine.connect() as connection:
-            if not inspect(connection).has_table(kept.name):
-                return False
-            return connection.execute(statement).first() is not None
+            found = inspect(connection)
+            return all(
+                found.has_table(table.name)
+                and connection.execute(select(table.c.path).where(table.c.path == path)).first()
+                is not None
+                for table in tables
+            )
 
     def path_rollup_value(self, column: ColumnElement) -> ColumnElement:
         """:attr:`path_rollup`'s ``value`` as :meth:`json_text` gives it (a store that

@@ -542,7 +542,8 @@ class EventStore:
         Without filters besides the time, the store's per-period counts answer the series
         (:mod:`eventrouter.store.rollup`), or its per-day distinct users
         (``QueryDialect.users_days``, ClickHouse); otherwise ``events``. The top values
-        of ``by`` are always counted from ``events``."""
+        of ``by`` come from the store's last-seen rows when ``by`` is a path it keeps
+        them for (:meth:`_users_seen_select`), else from ``events``."""
         if interval not in INTERVALS:
             raise InvalidQuery("interval", f"{interval!r} is not one of {', '.join(INTERVALS)}")
         if where.since is not None:
@@ -591,7 +592,12 @@ class EventStore:
                 (start_of(start), int(n)) for start, n in connection.execute(series_sql).all() if n
             ]
             top = []
-            if by is not None:
+            seen = self._users_seen_select(where, by, limit) if by is not None else None
+            if seen is not None:
+                top = [
+                    (dialect.text_value(v), int(n)) for v, n in connection.execute(seen).all() if n
+                ]
+            elif by is not None:
                 value = self.dimension(by).label("value")
                 top_sql = (
                     dialect.copies_select(value, users)
@@ -608,6 +614,39 @@ class EventStore:
         # The per-period counts are exact on every store that keeps them.
         exact = from_counts or dialect.distinct_exact
         return ActiveUsers(interval=interval, exact=exact, series=series, by=by, top=top)
+
+    def _users_seen_select(self, where: EventFilter, by: str, limit: int) -> Select | None:
+        """The top values of the JSON path ``by`` by distinct users, from the store's
+        :attr:`QueryDialect.users_seen` (a user counts for a value when last seen with
+        it at ``where.since`` or later), when it can answer: a range ending now, no
+        filter but one event, and a path it keeps complete; else None (count ``events``)."""
+        dialect = self.dialect
+        seen = dialect.users_seen
+        plain = msgspec.structs.replace(where, since=None, event=None) == EventFilter()
+        if (
+            seen is None
+            or not plain
+            or where.event == rollup.NO_EVENT
+            or by in FILTER_COLUMNS
+            or not self.use_rollup
+            or not dialect.users_seen_kept(by)
+        ):
+            return None
+        c = seen.c
+        scope = rollup.ALL_EVENTS if where.event is None else rollup.event_scope(where.event)
+        users = func.count().label("users")
+        # One row per user and value (the key), so a count is their distinct users; kept
+        # values sort as the decoded ones do (SQLite's 'v' || text).
+        statement = (
+            select(dialect.path_rollup_value(c.value).label("value"), users)
+            .where(c.path == by, c.event == scope)
+            .group_by(c.value)
+            .order_by(users.desc(), c.value)
+            .limit(limit)
+        )
+        if where.since is not None:
+            statement = statement.where(c.last >= dialect.time(where.since))
+        return statement
 
     # -- the rollup (eventrouter.store.rollup) --------------------------------------------
     @property

@@ -135,6 +135,43 @@ def check_rollup_paths(paths: list[str]) -> list[tuple[str, tuple[str, ...]]]:
     return parsed
 
 
+#: The ``event`` key of :data:`users_seen`'s rows that count every event.
+ALL_EVENTS = ""
+
+
+def event_scope(name: str | None) -> str:
+    """:data:`users_seen`'s ``event`` key of the rows that count only the events named
+    ``name`` (None: those without one): ``'e'`` and the name, apart from
+    :data:`ALL_EVENTS` whatever the name."""
+    return "e" + (name or "")
+
+
+#: When each user was last seen with each value of a kept JSON path (the sinks'
+#: ``rollup_paths``, with ``unique_users``): one row per path, ``event`` scope (every
+#: event, :data:`ALL_EVENTS`, or one event's, :func:`event_scope`), value (encoded as
+#: in ``events_hourly_paths``) and user (the ``user_id``, else the ``anonymous_id``),
+#: with the latest ``timestamp`` of their events there (``last``) and how many (``n``,
+#: so that a deletion knows when the last one went). The Active users page's
+#: breakdown by such a path over a range ending now is then the rows with
+#: ``last >= since`` per value (:meth:`EventStore.active_users`): one row per user
+#: and value, not one per event. A store may keep more columns (PostgreSQL's
+#: ``digest``, as in ``events_hourly_paths``).
+users_seen = Table(
+    "users_seen",
+    metadata,
+    Column("path", Text, nullable=False),
+    Column("event", Text, nullable=False),
+    Column("value", Text),
+    Column("user_key", Text, nullable=False),
+    Column("last", DateTime, nullable=False),
+    Column("n", BigInteger, nullable=False),
+)
+#: The paths whose rows ``users_seen`` holds complete (filled from ``events`` in the
+#: transaction that lists them): a reader reads a path only while it is listed here and
+#: in :data:`rollup_paths_kept`.
+users_seen_kept = Table("users_seen_kept", metadata, Column("path", Text, nullable=False))
+
+
 #: Distinct users per period (:meth:`EventStore.active_users`), kept beside
 #: ``users_active`` (one row per period and user, with their events): ``kind`` is
 #: :data:`PERIOD_KINDS`'s letter, ``start`` the period's first moment (UTC).
