@@ -5,7 +5,7 @@ and what keeping them costs the writes.
     .venv/bin/python bench/rollups.py migrate [--unique-users] [--paths properties.plan]
     .venv/bin/python bench/rollups.py time [--runs 5] [--stores ...]
     .venv/bin/python bench/rollups.py ingest [--events 300000] [--stores ...] [--rounds 2]
-                                      [--paths properties.plan]
+                                      [--paths properties.plan] [--unique-users --seen]
     .venv/bin/python bench/rollups.py compact [--stores clickhouse]
 
 ``load`` writes ``--events`` events of bench/dashboard.py's :class:`EventFactory`,
@@ -22,7 +22,9 @@ store, without and with the rollup's triggers (ClickHouse: the materialized view
 marks changed days; and, with ``--unique-users``, the users tables), alternated, and
 prints the write rate of each (on ClickHouse also the server's CPU per event, from
 /proc); with ``--paths``, with the rollups every time, without and with those
-``rollup_paths``, alternated: the paths' own cost. ``compact`` runs ClickHouse's
+``rollup_paths``, alternated: the paths' own cost; with ``--unique-users --paths P
+--seen``, with both every time, without and with ``users_seen``: its own cost.
+``compact`` runs ClickHouse's
 compactor (sinks/clickhouse_rollup.py) once on the loaded database with every day
 marked changed (as ``migrate`` leaves a new rollup), then once more with nothing to
 do, and prints how long each took. Only 127.0.0.1 is spoken to.
@@ -48,6 +50,7 @@ from clickhouse_driver import Client
 
 import eventrouter.sinks.postgres as postgres_sink
 import eventrouter.sinks.sqlite as sqlite_sink
+import eventrouter.sinks.sqlite_store as sqlite_store
 from eventrouter import config as config_module
 from eventrouter.admin import explorer
 from eventrouter.bus.bus import WORKER, Bus, make_plugin_manager
@@ -57,6 +60,8 @@ from eventrouter.sinks.sqlite_store import SQLiteStore
 from eventrouter.store.query import EventFilter, EventStore
 
 SPAN = timedelta(days=29.5)
+#: Where each store's sink keeps users_seen (``ensure_seen``: ``--seen`` turns it off).
+SEEN = {"sqlite": sqlite_store}
 #: ``EVENTROUTER_BENCH_ROLLUPS_NAME``: another name (two runs side by side).
 NAME = os.environ.get("EVENTROUTER_BENCH_ROLLUPS_NAME") or "eventrouter_bench_rollups"
 SQLITE_PATH = f"/tmp/{NAME.replace('_', '-')}.db"
@@ -200,13 +205,22 @@ def ingest(args: argparse.Namespace) -> None:
     def none(connection: object, users: bool = False, paths: Sequence[str] = ()) -> list[str]:
         return []
 
-    # With --paths: the rollups both times, without and with the paths (their own cost).
+    # With --paths: the rollups both times, without and with the paths (their own cost);
+    # with --seen too: the paths both times, without and with users_seen (its own).
     variants = [(True, ()), (True, tuple(args.paths))] if args.paths else [(False, ()), (True, ())]
+    if args.seen:
+        variants = [(True, tuple(args.paths), False), (True, tuple(args.paths), True)]
+    else:
+        variants = [(*variant, True) for variant in variants]
+    real_seen = {store: getattr(module, "ensure_seen", None) for store, module in SEEN.items()}
     for name in args.stores:
         batches = batches_of(args.events, BATCH[name])
-        for rollups, paths in variants * args.rounds:
+        for rollups, paths, seen in variants * args.rounds:
             sqlite_sink.ensure_rollup = real_sqlite if rollups else none
             postgres_sink.ensure_rollup = real_postgres if rollups else none
+            for store, module in SEEN.items():
+                if real_seen[store] is not None:
+                    module.ensure_seen = real_seen[store] if seen else lambda *_: []
             reset(name)
             cpu = clickhouse_cpu() if name == "clickhouse" else 0.0
             seconds = asyncio.run(
@@ -215,12 +229,17 @@ def ingest(args: argparse.Namespace) -> None:
             what = "with rollups" if rollups else "without"
             if args.paths:
                 what += f" and rollup_paths = {list(paths)}"
+            if args.seen:
+                what += ", with users_seen" if seen else ", without users_seen"
             line = f"{name} {what}: {args.events / seconds:,.0f} events/s"
             if name == "clickhouse":
                 per_event = (clickhouse_cpu() - cpu) / args.events * 1e6
                 line += f", server CPU {per_event:.2f} µs/event"
             print(line, flush=True)
     sqlite_sink.ensure_rollup, postgres_sink.ensure_rollup = real_sqlite, real_postgres
+    for store, module in SEEN.items():
+        if real_seen[store] is not None:
+            module.ensure_seen = real_seen[store]
 
 
 def compact(args: argparse.Namespace) -> None:
@@ -256,7 +275,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="comma-separated rollup_paths (properties.plan); ingest: every round with the "
         "rollups, alternately without and with these paths; migrate: keep these",
     )
+    parser.add_argument(
+        "--seen",
+        action="store_true",
+        help="ingest, with --unique-users and --paths: alternately without and with "
+        "users_seen (the active users per path value)",
+    )
     args = parser.parse_args(argv)
+    if args.seen and not (args.unique_users and args.paths):
+        parser.error("--seen needs --unique-users and --paths")
     args.stores = args.stores.split(",")
     args.paths = [p for p in args.paths.split(",") if p]
     commands = {"load": load, "migrate": migrate, "time": timings, "ingest": ingest}
