@@ -30,8 +30,8 @@ For each store, one after the other (SQLite, PostgreSQL, then ClickHouse):
    within its ``rollup_interval`` (:func:`clickhouse_store`'s ``prepare``: migrate, and
    one compaction, which counts a path added on every stored day); with no path, the
    path rollup's tables are emptied, as the reader would otherwise read what an earlier
-   run counted. The PostgreSQL sink lists the ``event_user`` index too
-   (:data:`PG_INDEXES`); SQLite and PostgreSQL keep ``unique_users``
+   run counted. The PostgreSQL and SQLite sinks list the ``event_user`` index(es) too
+   (:data:`PG_INDEXES`, :data:`SQLITE_INDEXES`); SQLite and PostgreSQL keep ``unique_users``
    (``--no-unique-users``: off), which the Active users page reads.
 2. **Server.** ``eventrouter serve --workers 1`` on a free loopback port with a config
    of ``[sinks.warehouse]`` (the store) and ``[admin] store = "warehouse"``, no
@@ -144,6 +144,9 @@ PG_URL = f"postgresql+psycopg://postgres@{HOST}:5432/{PG_DATABASE}"
 #: default ``(column, timestamp)`` indexes, ``event`` among them (stated in the config),
 #: and ``event_user`` for funnels and retention (docs/postgres.md, "Indexes").
 PG_INDEXES = ["user_id", "anonymous_id", "event", "event_user"]
+#: SQLite's default indexes (``user_id``, ``event``) and ``event_user`` for retention
+#: (docs/configuration.md, the sqlite sink's ``indexes``).
+SQLITE_INDEXES = ["user_id", "event", "event_user"]
 #: And, as docs/postgres.md advises for the pair of filters a dashboard is used with
 #: most, a path index on the measured pair: ``(event, properties #>> '{plan}', timestamp)``.
 PG_PATH_INDEXES = [["event", "properties.plan"]]
@@ -456,6 +459,7 @@ def sqlite_store() -> Store:
         sink={
             "type": "sqlite",
             "url": SQLITE_URL,
+            "indexes": SQLITE_INDEXES,
             "rollup_paths": list(ROLLUP_PATHS),
             "unique_users": True,
         },

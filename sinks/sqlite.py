@@ -50,7 +50,13 @@ from eventrouter.sinks.sqlite_store import (
 )
 from eventrouter.store.db import select_one
 from eventrouter.store.rollup import check_rollup_paths
-from eventrouter.store.schema import LEGACY_INDEXES, OPTIONAL_INDEXES, events, metadata
+from eventrouter.store.schema import (
+    EVENT_USER_INDEXES,
+    LEGACY_INDEXES,
+    OPTIONAL_INDEXES,
+    events,
+    metadata,
+)
 
 log = logging.getLogger("eventrouter.sinks.sqlite")
 
@@ -206,7 +212,7 @@ def flat_values(commands: Sequence[Command]) -> list:
 
 
 IndexName = Literal[
-    "message_id", "user_id", "anonymous_id", "session_id", "event", "type", "source"
+    "message_id", "user_id", "anonymous_id", "session_id", "event", "type", "source", "event_user"
 ]
 
 
@@ -223,6 +229,9 @@ class SQLiteOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: (about 10-25 µs per event for random keys); ``message_id`` (a unique index on
     #: ``(message_id, source)``) makes the store idempotent: a redelivered event is
     #: stored once, and the same id from another source is another event.
+    #: ``event_user``: two indexes (``(event, user_id, timestamp)``, and ``(event,
+    #: anonymous_id, timestamp)`` of events without a user id) through which retention
+    #: reads each cohort user's returning events instead of every returning event.
     indexes: list[IndexName] = msgspec.field(default_factory=lambda: ["user_id", "event"])
     #: Keep the distinct users per day, week and month at write time
     #: (``users_active``), for the Active users page: read in milliseconds instead of
@@ -332,7 +341,9 @@ class SQLiteSink(Sink):
                     log.info("%s: dropping index %s (earlier schema)", self.name, name)
                     connection.exec_driver_sql(f"DROP INDEX {name}")
                     changes.append(f"dropped {name}")
-            for column, index in OPTIONAL_INDEXES.items():
+            optional = [*OPTIONAL_INDEXES.items()]
+            optional += [("event_user", index) for index in EVENT_USER_INDEXES]
+            for column, index in optional:
                 if column in wanted and index.name not in existing:
                     log.info("%s: creating index %s", self.name, index.name)
                     index.create(connection)

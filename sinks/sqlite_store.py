@@ -29,12 +29,17 @@ from sqlalchemy import (
     Integer,
     Table,
     Text,
+    and_,
     case,
     cast,
     create_engine,
     event,
     func,
     literal,
+    literal_column,
+    select,
+    union,
+    union_all,
 )
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
@@ -44,7 +49,7 @@ from sqlalchemy.sql.dml import Insert
 from eventrouter.columns import JSON_COLUMNS
 from eventrouter.files import is_data_dir, open_private, private_dir, private_sqlite
 from eventrouter.store.db import json_options
-from eventrouter.store.interface import QueryDialect
+from eventrouter.store.interface import IndexNames, QueryDialect
 from eventrouter.store.rollup import (
     check_rollup_paths,
     events_hourly,
@@ -52,7 +57,7 @@ from eventrouter.store.rollup import (
     users_active_counts,
     users_seen,
 )
-from eventrouter.store.schema import events, metadata
+from eventrouter.store.schema import EVENT_USER_INDEXES, events, metadata
 from eventrouter.store.sql import SQLStore
 
 T = TypeVar("T")
@@ -615,9 +620,84 @@ class SQLiteDialect(QueryDialect):
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._indexes = IndexNames(
+            lambda connection: connection.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'"
+            ).scalars()
+        )
 
     def connect(self) -> Engine:
         return sqlite_engine(self.url)
+
+    def retention_statement(
+        self,
+        first: ColumnElement,
+        returning: ColumnElement,
+        where: Sequence[ColumnElement],
+        period: int,
+        offset: int,
+        periods: int,
+    ) -> Any:
+        """Retention that reads the returning events of the cohorts' users alone, where
+        the standard SQL reads every returning event in the range: each user's entry
+        (their first ``first`` event), then their returning events from the entry (to
+        the second, as the other stores compare) to the cohort's last period, through
+        the ``event_user`` indexes (the sink's ``indexes`` option): ``(event, user_id,
+        timestamp)`` for a user id, and ``(event, anonymous_id, timestamp)`` of the
+        events without one for an anonymous id, an index range per user each. Without
+        them, the standard SQL (None). Over 1,000,000 events: bench/README.md,
+        "Retention on SQLite: the event_user indexes"."""
+        if not {index.name for index in EVENT_USER_INDEXES} <= self._indexes.get(self.engine):
+            return None
+        c = self.table.c
+        user = func.coalesce(c.user_id, c.anonymous_id)
+        # Literal ints in the SQL text, as the standard SQL's.
+        size, shift = literal_column(str(int(period))), literal_column(str(int(offset)))
+        entries = (
+            select(user.label("u"), func.min(c.timestamp).label("t"))
+            .where(first, user.isnot(None), *where)
+            .group_by(user)
+            .subquery("entries")
+        )
+        entry_second = self.epoch(entries.c.t)
+        cohort = entry_second - (entry_second - shift) % size
+        cohorts = (
+            select(
+                entries.c.u,
+                # The entry's second as text: a time in it compares >= (a longer text).
+                func.substr(entries.c.t, 1, 19).label("entry"),
+                cohort.label("cohort"),
+                func.datetime(
+                    cohort + literal_column(str(int(period) * int(periods))), "unixepoch"
+                ).label("last"),
+            )
+            .cte("cohorts")
+            .prefix_with("MATERIALIZED")
+        )
+        second = self.epoch(c.timestamp)
+        in_periods = [
+            returning,
+            *where,
+            c.timestamp >= cohorts.c.entry,
+            c.timestamp < cohorts.c.last,
+        ]
+        back = union(
+            *(
+                select(
+                    cohorts.c.u,
+                    cohorts.c.cohort,
+                    (second - (second - shift) % size).label("p"),
+                ).select_from(cohorts.join(self.table, and_(who, *in_periods)))
+                for who in (
+                    c.user_id == cohorts.c.u,
+                    and_(c.user_id.is_(None), c.anonymous_id == cohorts.c.u),
+                )
+            )
+        ).subquery("back")
+        k = ((back.c.p - back.c.cohort) / size).label("k")
+        sizes = select(cohorts.c.cohort, literal_column("-1").label("k"), func.count())
+        returned = select(back.c.cohort, k, func.count()).group_by(back.c.cohort, k)
+        return union_all(sizes.group_by(cohorts.c.cohort), returned)
 
     def path_rollup_value(self, column: ColumnElement) -> ColumnElement:
         """``''`` (no value) as NULL, ``'v' || text`` as the text (:data:`PATHS_DDL`)."""

@@ -35,8 +35,10 @@ first used and closes them in ``close()``.
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, NamedTuple
@@ -116,6 +118,30 @@ def row_to_event(row: Any) -> dict[str, Any]:
 def naive_utc(value: datetime) -> datetime:
     """An aware time as the naive UTC one that stores compare with."""
     return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+#: Seconds :class:`IndexNames` trusts what it last read (``migrate`` may add or drop an
+#: index while a server runs).
+INDEXES_RECHECK = 60.0
+
+
+class IndexNames:
+    """The names of the indexes on ``events`` (``read``: from a connection), read again
+    after :data:`INDEXES_RECHECK` seconds: for a dialect whose statements depend on an
+    optional index."""
+
+    def __init__(self, read: Callable[[Any], Iterable[str]]) -> None:
+        self._read = read
+        self._lock = threading.Lock()
+        self._names: tuple[float, frozenset[str]] | None = None
+
+    def get(self, engine: Engine) -> frozenset[str]:
+        with self._lock:
+            now = time.monotonic()
+            if self._names is None or now - self._names[0] > INDEXES_RECHECK:
+                with engine.connect() as connection:
+                    self._names = (now, frozenset(self._read(connection)))
+            return self._names[1]
 
 
 class QueryDialect(ABC):

@@ -67,11 +67,26 @@ OPTIONAL_INDEXES: dict[str, Index] = {
     "type": Index("ix_events_type", events.c.type, events.c.timestamp),
     "source": Index("ix_events_source", events.c.source, events.c.timestamp),
 }
+#: ``event_user`` (SQLite's ``indexes`` option): the indexes through which retention
+#: reads each cohort user's returning events (``SQLiteDialect.retention_statement``):
+#: ``(event, user_id, timestamp)``, and ``(event, anonymous_id, timestamp)`` of the
+#: events without a user id (the user is ``coalesce(user_id, anonymous_id)``: two plain
+#: columns, no index on the expression).
+EVENT_USER_INDEXES: tuple[Index, ...] = (
+    Index("ix_events_event_user_id", events.c.event, events.c.user_id, events.c.timestamp),
+    Index(
+        "ix_events_event_anonymous_id",
+        events.c.event,
+        events.c.anonymous_id,
+        events.c.timestamp,
+        sqlite_where=events.c.user_id.is_(None),
+    ),
+)
 #: Indexes of earlier schema versions, dropped wherever they are found: the unique index
 #: on ``message_id`` alone let one source's event hide another's of the same id.
 LEGACY_INDEXES = ("ux_events_message_id",)
 # Building an Index from the table's columns attaches it to the table, and create_all
 # would then create every one of them on a fresh database (only for the store to drop
 # the unwanted ones at once). Detached, each is created when a store asks for it.
-for _index in OPTIONAL_INDEXES.values():
+for _index in (*OPTIONAL_INDEXES.values(), *EVENT_USER_INDEXES):
     events.indexes.discard(_index)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import true
 
 from eventrouter.store.analysis import Step, funnel, period_start, retention
 from eventrouter.store.query import EventStore, PathCondition
@@ -81,6 +82,9 @@ RETENTION_EVENTS: list[tuple[str | None, str | None, str, datetime]] = [
     (None, "r4", "Signed Up", D + timedelta(days=1)),
     (None, "r4", "Returned", D + timedelta(days=1, seconds=10)),
     ("r5", None, "Returned", D + timedelta(hours=1)),  # never signed up
+    # r6 returns in the second of their entry, 300 ms before it: times are whole seconds.
+    ("r6", None, "Signed Up", D + timedelta(days=3, milliseconds=500)),
+    ("r6", None, "Returned", D + timedelta(days=3, milliseconds=200)),
     ("w1", None, "Trial Started", W + timedelta(hours=1)),
     ("w1", None, "Trial Used", W + timedelta(days=7, hours=1)),
     ("w2", None, "Trial Started", W + timedelta(days=6, hours=23)),
@@ -118,19 +122,19 @@ def _batch() -> list[dict[str, Any]]:
     return out
 
 
-#: PostgreSQL reads retention per user through one of two indexes
-#: (``PostgresDialect.retention_statement``): ``user_id`` with ``anonymous_id`` (the
-#: default), or ``event_user``; the second store has the latter.
-EVENT_USER = "postgres-event_user"
+#: PostgreSQL and SQLite read retention per user with their ``event_user`` indexes
+#: (``PostgresDialect.retention_statement``, ``SQLiteDialect.retention_statement``),
+#: else in the standard SQL: these stores have them.
+EVENT_USER = {"postgres-event_user": "postgres", "sqlite-event_user": "sqlite"}
 
 
-@pytest.fixture(scope="module", params=[*STORES, EVENT_USER])
+@pytest.fixture(scope="module", params=[*STORES, *EVENT_USER])
 def served(request, tmp_path_factory) -> Iterator[tuple[LiveServer, EventStore]]:
     """A server on one store holding both data sets, and the store's query layer."""
     tmp_path = tmp_path_factory.mktemp(request.param)
-    kind = "postgres" if request.param == EVENT_USER else request.param
+    kind = EVENT_USER.get(request.param, request.param)
     with store_sink(kind, tmp_path) as sink:
-        if request.param == EVENT_USER:
+        if request.param in EVENT_USER:
             sink["indexes"] = ["event", "event_user"]
         server = LiveServer(make_config(tmp_path, {"sinks": {"store": sink}})).start()
         store = EventStore(store_of(sink))
@@ -214,6 +218,7 @@ def test_retention_by_day(served):
     assert cohorts == {
         D: (2, [1, 1, 1, 1, 0, 0, 0, None]),
         D + timedelta(days=1): (2, [1, 1, 0, 0, 0, 0, None, None]),
+        D + timedelta(days=3): (1, [1, 0, 0, 0, None, None, None, None]),
     }
 
 
@@ -225,6 +230,18 @@ def test_retention_by_week_and_the_same_event_twice(served):
     assert (first.users, first.returned[:3]) == (2, [1, 1, 1])
     same = retention(store, "Trial Started", "Trial Started", "week", SINCE, None)
     assert [(c.users, c.returned[0]) for c in same.cohorts] == [(2, 2)]
+
+
+def test_retention_reads_per_user_only_with_the_event_user_indexes(served, request):
+    """The cases above ran through the per-user statement on the ``event_user`` stores,
+    and through the standard SQL on SQLite's and PostgreSQL's defaults."""
+    _, store = served
+    name = request.node.callspec.params["served"]
+    statement = store.dialect.retention_statement(true(), true(), [], 86400, 0, 8)
+    if name in EVENT_USER:
+        assert statement is not None
+    elif name in ("sqlite", "postgres"):
+        assert statement is None
 
 
 def test_a_hostile_event_name_is_a_value(served):

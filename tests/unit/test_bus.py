@@ -338,3 +338,13 @@ def test_sqlite_indexes_follow_the_config(start_server, tmp_path):
     assert _indexes(database) == {"ix_events_timestamp", "ix_events_user_id"}
     assert server.post("/v1/track", EVENT).status_code == 200
     assert len(server.events(user_id="u1")) == 1
+    server.stop()
+    server = start_server(sink(["event_user"]))  # two indexes for one entry
+    assert _indexes(database) == {
+        "ix_events_timestamp",
+        "ix_events_event_user_id",
+        "ix_events_event_anonymous_id",
+    }
+    server.stop()
+    server = start_server(sink([]))
+    assert _indexes(database) == {"ix_events_timestamp"}
