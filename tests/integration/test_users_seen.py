@@ -158,10 +158,24 @@ def test_the_breakdown_reads_users_seen_and_matches_the_scan_and_the_hand_count(
     assert month.get("free", 0) == by_hand("month")["free"]
 
 
+def seen_rows(fx: ServedStore) -> list[tuple]:
+    """Every ``users_seen`` row: path, event scope, value, user, last, n."""
+    engine = fx.store.engine()
+    try:
+        with engine.connect() as connection:
+            statement = (
+                "SELECT path, event, value, user_key, last, n FROM users_seen ORDER BY 1, 2, 3, 4"
+            )
+            return [tuple(row) for row in connection.execute(text(statement))]
+    finally:
+        engine.dispose()
+
+
 def test_a_redelivered_batch_counts_once(fx):
-    before = check_same(fx)
+    before, rows = check_same(fx), seen_rows(fx)
     fx.post(DATASET)
     assert check_same(fx) == before
+    assert seen_rows(fx) == rows  # n too: a later erasure must find it right
 
 
 def test_erasing_a_users_latest_event_reads_their_last_time_again(fx):
