@@ -5,7 +5,7 @@ and what keeping them costs the writes.
     .venv/bin/python bench/rollups.py migrate [--unique-users] [--paths properties.plan]
     .venv/bin/python bench/rollups.py time [--runs 5] [--stores ...]
     .venv/bin/python bench/rollups.py ingest [--events 300000] [--stores ...] [--rounds 2]
-                                      [--paths properties.plan]
+                                      [--paths properties.plan [--unique-users --seen]]
     .venv/bin/python bench/rollups.py compact [--stores clickhouse]
 
 ``load`` writes ``--events`` events of bench/dashboard.py's :class:`EventFactory`,
@@ -22,7 +22,9 @@ store, without and with the rollup's triggers (ClickHouse: the materialized view
 marks changed days; and, with ``--unique-users``, the users tables), alternated, and
 prints the write rate of each (on ClickHouse also the server's CPU per event, from
 /proc); with ``--paths``, with the rollups every time, without and with those
-``rollup_paths``, alternated: the paths' own cost. ``compact`` runs ClickHouse's
+``rollup_paths``, alternated: the paths' own cost; with ``--paths``, ``--unique-users``
+and ``--seen`` (PostgreSQL), with all of those every time, without and with
+``users_seen``, alternated: its own cost. ``compact`` runs ClickHouse's
 compactor (sinks/clickhouse_rollup.py) once on the loaded database with every day
 marked changed (as ``migrate`` leaves a new rollup), then once more with nothing to
 do, and prints how long each took. Only 127.0.0.1 is spoken to.
@@ -196,15 +198,28 @@ def clickhouse_cpu() -> float:
 
 def ingest(args: argparse.Namespace) -> None:
     real_sqlite, real_postgres = sqlite_sink.ensure_rollup, postgres_sink.ensure_rollup
+    real_seen = postgres_sink.ensure_seen
 
     def none(connection: object, users: bool = False, paths: Sequence[str] = ()) -> list[str]:
         return []
 
-    # With --paths: the rollups both times, without and with the paths (their own cost).
-    variants = [(True, ()), (True, tuple(args.paths))] if args.paths else [(False, ()), (True, ())]
+    # With --paths: the rollups both times, without and with the paths (their own cost);
+    # with --seen too: the paths both times, without and with users_seen (its own cost).
+    if args.seen:
+        if not (args.paths and args.unique_users) or args.stores != ["postgres"]:
+            raise SystemExit("--seen: with --paths, --unique-users and --stores postgres")
+        variants = [(False, tuple(args.paths)), (True, tuple(args.paths))]
+    elif args.paths:
+        variants = [(True, ()), (True, tuple(args.paths))]
+    else:
+        variants = [(False, ()), (True, ())]
     for name in args.stores:
         batches = batches_of(args.events, BATCH[name])
         for rollups, paths in variants * args.rounds:
+            if args.seen:
+                # The rollups every time; users_seen made (or not) by the migration.
+                postgres_sink.ensure_seen = real_seen if rollups else none
+                rollups = True
             sqlite_sink.ensure_rollup = real_sqlite if rollups else none
             postgres_sink.ensure_rollup = real_postgres if rollups else none
             reset(name)
@@ -213,7 +228,10 @@ def ingest(args: argparse.Namespace) -> None:
                 write(name, batches, unique_users=args.unique_users, rollup=rollups, paths=paths)
             )
             what = "with rollups" if rollups else "without"
-            if args.paths:
+            if args.seen:
+                what = "with users_seen" if postgres_sink.ensure_seen is real_seen else "without"
+                what += " (unique_users and rollup_paths every time)"
+            elif args.paths:
                 what += f" and rollup_paths = {list(paths)}"
             line = f"{name} {what}: {args.events / seconds:,.0f} events/s"
             if name == "clickhouse":
@@ -221,6 +239,7 @@ def ingest(args: argparse.Namespace) -> None:
                 line += f", server CPU {per_event:.2f} µs/event"
             print(line, flush=True)
     sqlite_sink.ensure_rollup, postgres_sink.ensure_rollup = real_sqlite, real_postgres
+    postgres_sink.ensure_seen = real_seen
 
 
 def compact(args: argparse.Namespace) -> None:
@@ -250,6 +269,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scan", action="store_true", help="time: never read the rollups")
     parser.add_argument("--unique-users", action="store_true")
     parser.add_argument("--rounds", type=int, default=2, help="ingest: rounds of each")
+    parser.add_argument(
+        "--seen",
+        action="store_true",
+        help="ingest (postgres, with --paths and --unique-users): alternately without and "
+        "with users_seen",
+    )
     parser.add_argument(
         "--paths",
         default="",

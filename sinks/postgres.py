@@ -264,6 +264,10 @@ class PostgresOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: (``users_active``), for the Active users page: read in milliseconds instead of
     #: counted from ``events``, at the cost of an upsert per user and period in every
     #: batch (bench/rollups.py: 35-54 k → 19-21 k events/s). Off: counted from events.
+    #: With ``rollup_paths`` too, also when each user was last seen with each value of
+    #: those paths (``users_seen``), for the page's breakdown by one: an upsert per
+    #: user, value and scope (every event's, the event's own) in every batch
+    #: (docs/postgres.md, "users_seen").
     unique_users: bool = False
     #: JSON paths (``properties.plan``, ``context.page.path``: as the breakdown's
     #: ``dimension`` takes them, at most 8) whose values are counted per hour at write
@@ -616,37 +620,45 @@ _SEEN_LAST = (
 )
 
 
-def _take_seen(groups: str) -> tuple[str, str]:
-    """The two statements that take rows gone from ``events`` off ``users_seen``, given
-    their :data:`_SEEN_GROUPS` as the relation ``groups`` (aliased ``c``): each row's
-    ``n`` less theirs; a row whose latest event may have gone (its ``last`` at or before
-    theirs) and keeps others reads its ``last`` again from ``events`` (which no longer
-    holds them); then rows left without events go (through ``ix_users_seen_gone``)."""
+def _take_seen(groups: str) -> str:
+    """The statement that takes rows gone from ``events`` off ``users_seen``, given
+    their :data:`_SEEN_GROUPS` as ``groups`` (a query): a row all of whose events went
+    is deleted; any other has its ``n`` lowered, and, where its latest event may have
+    gone (its ``last`` at or before theirs), reads its ``last`` again from ``events``
+    (which no longer holds them). Rows are found by key (no index on ``n``, which would
+    make every upsert of the writers a non-HOT update); the two parts touch different
+    rows, as a statement's parts must."""
+    key = (
+        "s.path = c.path AND s.event = c.event AND s.digest = c.digest AND s.user_key = c.user_key"
+    )
     return (
-        f"UPDATE users_seen s SET n = s.n - c.n, last = CASE WHEN s.n > c.n AND "
-        f"s.last <= c.last THEN coalesce({_SEEN_LAST}, s.last) ELSE s.last END "
-        f"FROM {groups} JOIN events_hourly_paths_kept k ON k.path = c.path "
-        "WHERE s.path = c.path AND s.event = c.event AND s.digest = c.digest "
-        "AND s.user_key = c.user_key",
-        "DELETE FROM users_seen WHERE n <= 0",
+        f"WITH c AS MATERIALIZED ({groups}), "
+        f"gone AS (DELETE FROM users_seen s USING c WHERE {key} AND s.n <= c.n) "
+        "UPDATE users_seen s SET n = s.n - c.n, last = CASE WHEN s.last <= c.last "
+        f"THEN coalesce({_SEEN_LAST}, s.last) ELSE s.last END "
+        f"FROM c JOIN events_hourly_paths_kept k ON k.path = c.path WHERE {key} AND s.n > c.n"
     )
 
 
+#: ``users_seen``'s fillfactor (see :data:`SEEN_DDL`).
+SEEN_FILLFACTOR = 85
 #: The delete trigger's function: takes the deleted rows off (erasure may delete some
 #: of a user's events only: an anonymous id's events without a user id).
 _SEEN_FUNCTION = (
     "CREATE OR REPLACE FUNCTION users_seen_remove() RETURNS trigger LANGUAGE plpgsql AS $$ "
-    "BEGIN "
-    + "; ".join(_take_seen("(" + _SEEN_GROUPS.format(rows="removed r", where="") + ") c"))
-    + "; RETURN NULL; END $$"
+    "BEGIN " + _take_seen(_SEEN_GROUPS.format(rows="removed r", where="")) + "; RETURN NULL; END $$"
 )
 SEEN_DDL = (
-    "CREATE TABLE IF NOT EXISTS users_seen (path text NOT NULL, event text NOT NULL, "
-    "digest bytea NOT NULL, value text, user_key text NOT NULL, last timestamptz NOT NULL, "
-    f"n bigint NOT NULL, PRIMARY KEY {_SEEN_KEY})",
+    # Room on each page for the upserts' new row versions (HOT updates: no new index
+    # entry when the row's new version fits on its page).
+    # The key's text compared bytewise (COLLATE "C": memcmp, where a database's
+    # C.UTF-8 or en_US calls strcoll on PostgreSQL before 17); it is only matched
+    # for equality. ``value`` keeps the database's collation (the reader sorts by it).
+    'CREATE TABLE IF NOT EXISTS users_seen (path text COLLATE "C" NOT NULL, '
+    'event text COLLATE "C" NOT NULL, digest bytea NOT NULL, value text, '
+    'user_key text COLLATE "C" NOT NULL, last timestamptz NOT NULL, '
+    f"n bigint NOT NULL, PRIMARY KEY {_SEEN_KEY}) WITH (fillfactor = {SEEN_FILLFACTOR})",
     "CREATE TABLE IF NOT EXISTS users_seen_kept (path text PRIMARY KEY)",
-    # Rows whose last event went (erasure, retention): found without reading the table.
-    "CREATE INDEX IF NOT EXISTS ix_users_seen_gone ON users_seen (path) WHERE n <= 0",
     _SEEN_FUNCTION,
     "CREATE OR REPLACE TRIGGER users_seen_delete AFTER DELETE ON events "
     "REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION users_seen_remove()",
@@ -658,24 +670,35 @@ SEEN_DROP = (
 )
 #: Filling a path just listed in ``users_seen_kept`` from ``events``.
 SEEN_BACKFILL = _SEEN_INSERT + _SEEN_GROUPS.format(rows="events r", where=" AND k.path = :path")
-#: The batch's rows (:func:`_add_seen`), grouped by the sink per path, scope, value it
-#: read (``doc`` NULL) or JSON text for PostgreSQL to read (as :data:`_ADD_PATHS`) and
-#: user; grouped again after that (two documents may give one value) and upserted in
-#: key order (two writers cannot deadlock).
+#: Where a part's ``users_seen`` rows go first (:func:`_add_seen`): its own session's
+#: table, emptied at commit. A binary COPY costs the sink about 0.7 µs per row where
+#: the same rows as ``unnest`` arrays cost 10 (psycopg adapts each array element).
+_SEEN_STAGING = (
+    'CREATE TEMP TABLE IF NOT EXISTS users_seen_batch (path text COLLATE "C", '
+    'event text COLLATE "C", digest bytea, value text, doc text, user_key text COLLATE "C", '
+    "last timestamptz, n bigint) ON COMMIT DELETE ROWS"
+)
+_SEEN_COPY = (
+    "COPY users_seen_batch (path, event, digest, value, doc, user_key, last, n) "
+    "FROM STDIN (FORMAT BINARY)"
+)
+_SEEN_COPY_TYPES = ("text", "text", "bytea", "text", "text", "text", "timestamptz", "int8")
+#: The staged rows, grouped by the sink per path, scope, value it read (``doc`` NULL)
+#: or JSON text for PostgreSQL to read (as :data:`_ADD_PATHS`) and user; grouped again
+#: after that (two documents may give one value) and upserted in key order (two
+#: writers cannot deadlock).
 _ADD_SEEN = (
     _SEEN_INSERT + f"SELECT path, event, {_VALUE_DIGEST} AS digest, value, user_key, "
     "max(last) AS last, sum(n) AS n FROM (SELECT r.path, r.event, r.user_key, r.last, r.n, "
     "CASE WHEN r.doc IS NULL THEN r.value ELSE r.doc::jsonb #>> k.segs END AS value "
-    "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], "
-    "%s::timestamptz[], %s::bigint[]) AS r(path, event, value, doc, user_key, last, n) "
-    "JOIN events_hourly_paths_kept k ON k.path = r.path) x "
+    "FROM users_seen_batch r JOIN events_hourly_paths_kept k ON k.path = r.path) x "
     "GROUP BY path, event, value, user_key ORDER BY 1, 2, 3, 5 " + _SEEN_UPSERT
 )
-#: :data:`_ADD_SEEN` when the sink read every value itself: its rows, one per key with
-#: the ``digest`` computed by the sink, upserted as they are.
+#: :data:`_ADD_SEEN` when the sink read every value itself: the staged rows, one per
+#: key with the ``digest`` computed by the sink, upserted as they are.
 _ADD_SEEN_READ = (
-    _SEEN_INSERT + "SELECT * FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::text[], "
-    "%s::text[], %s::timestamptz[], %s::bigint[]) ORDER BY 1, 2, 3, 5 " + _SEEN_UPSERT
+    _SEEN_INSERT + "SELECT path, event, digest, value, user_key, last, n "
+    "FROM users_seen_batch ORDER BY 1, 2, 3, 5 " + _SEEN_UPSERT
 )
 
 
@@ -754,8 +777,7 @@ def _drop_seen_partition(connection: Any, partition: str) -> None:
         connection.execute(text(f"CREATE TEMP TABLE users_seen_dropped ON COMMIT DROP AS {groups}"))
     connection.execute(text(f"DROP TABLE IF EXISTS {partition}"))
     if exists is not None:
-        for statement in _take_seen("users_seen_dropped c"):
-            connection.execute(text(statement))
+        connection.execute(text(_take_seen("SELECT * FROM users_seen_dropped")))
         connection.execute(text("DROP TABLE users_seen_dropped"))
 
 
@@ -1549,18 +1571,19 @@ def _add_paths(cursor: Any, commands: Sequence[Command], seen: bool = False) -> 
 
 
 def _add_seen(cursor: Any, users: dict[tuple, list]) -> None:
-    """Upsert a batch's ``users_seen`` rows, grouped by :func:`_add_paths`: one
-    statement, :data:`_ADD_SEEN_READ` when the sink read every value (the common case),
-    else :data:`_ADD_SEEN` (PostgreSQL reads the values the sink left to it)."""
-    if any(doc is not None for (*_, doc, _) in users):
-        rows = [(*group, last, n) for group, (last, n) in users.items()]
-        cursor.execute(_ADD_SEEN, _columns(rows))
-        return
-    rows = [
-        (path, scope, _digest(text), text, user, last, n)
-        for (path, scope, text, _, user), (last, n) in users.items()
-    ]
-    cursor.execute(_ADD_SEEN_READ, _columns(rows))
+    """Upsert a batch's ``users_seen`` rows, grouped by :func:`_add_paths` (``(path,
+    scope, value, doc, user)`` → ``[latest time, events]``): COPYed into
+    :data:`_SEEN_STAGING`, then one statement, :data:`_ADD_SEEN_READ` when the sink
+    read every value (the common case), else :data:`_ADD_SEEN` (PostgreSQL reads the
+    values the sink left to it)."""
+    read = all(doc is None for (*_, doc, _) in users)
+    cursor.execute(_SEEN_STAGING)
+    with cursor.copy(_SEEN_COPY) as copy:
+        copy.set_types(_SEEN_COPY_TYPES)
+        for (path, scope, text, doc, user), (last, n) in users.items():
+            digest = _digest(text) if read else None
+            copy.write_row((path, scope, digest, text, doc, user, last, n))
+    cursor.execute(_ADD_SEEN_READ if read else _ADD_SEEN)
 
 
 def _digest(text: str | None) -> bytes:
