@@ -61,7 +61,7 @@ from eventrouter.store.query import EventFilter, EventStore
 
 SPAN = timedelta(days=29.5)
 #: Where each store's sink keeps users_seen (``ensure_seen``: ``--seen`` turns it off).
-SEEN = {"sqlite": sqlite_store}
+SEEN = {"sqlite": sqlite_store, "postgres": postgres_sink}
 #: ``EVENTROUTER_BENCH_ROLLUPS_NAME``: another name (two runs side by side).
 NAME = os.environ.get("EVENTROUTER_BENCH_ROLLUPS_NAME") or "eventrouter_bench_rollups"
 SQLITE_PATH = f"/tmp/{NAME.replace('_', '-')}.db"

@@ -70,7 +70,7 @@ from eventrouter.health import ComponentHealth
 from eventrouter.sinks.postgres_store import PostgresStore, postgres_engine
 from eventrouter.store.db import select_one
 from eventrouter.store.query import InvalidQuery, PathCondition
-from eventrouter.store.rollup import check_rollup_paths
+from eventrouter.store.rollup import ALL_EVENTS, check_rollup_paths, event_scope
 from eventrouter.store.schema import event_columns
 
 log = logging.getLogger("eventrouter.sinks.postgres")
@@ -264,6 +264,10 @@ class PostgresOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: (``users_active``), for the Active users page: read in milliseconds instead of
     #: counted from ``events``, at the cost of an upsert per user and period in every
     #: batch (bench/rollups.py: 35-54 k → 19-21 k events/s). Off: counted from events.
+    #: With ``rollup_paths`` too, also when each user was last seen with each value of
+    #: those paths (``users_seen``), for the page's breakdown by one: an upsert per
+    #: user, value and scope (every event's, the event's own) in every batch
+    #: (docs/postgres.md, "users_seen").
     unique_users: bool = False
     #: JSON paths (``properties.plan``, ``context.page.path``: as the breakdown's
     #: ``dimension`` takes them, at most 8) whose values are counted per hour at write
@@ -337,11 +341,14 @@ _ADD_HOURLY = (
 #: this transaction, and this one for theirs), so the answer holds until it commits.
 #: The second column: whether ``events_hourly_paths_kept`` exists (then the transaction
 #: counts its rows for the paths listed there, read after the same lock: a migration
-#: that lists a path holds a lock on ``events`` that excludes this one's).
+#: that lists a path holds a lock on ``events`` that excludes this one's). The third:
+#: whether ``users_seen_kept`` exists (then it keeps ``users_seen`` for the paths listed
+#: in both, the same way: :func:`_add_paths`).
 _COUNTS_HOURLY = (
     "SELECT to_regclass('events_hourly') IS NOT NULL AND NOT EXISTS (SELECT 1 FROM "
     f"pg_trigger WHERE tgrelid = 'events'::regclass AND tgname = '{ROLLUP_INSERT_TRIGGER}'), "
-    "to_regclass('events_hourly_paths_kept') IS NOT NULL"
+    "to_regclass('events_hourly_paths_kept') IS NOT NULL, "
+    "to_regclass('users_seen_kept') IS NOT NULL"
 )
 #: Distinct users per UTC day (``d``), week from Monday (``w``) and month (``m``): one row
 #: per period and user with their events (so that a deletion knows when a user's last
@@ -498,11 +505,17 @@ _ADD_PATHS_READ = (
     "%s::text[], %s::text[], %s::bytea[], %s::text[], %s::bigint[]) ORDER BY 1, 2, 3, 4, 5, 6 "
     f"ON CONFLICT {_PATHS_KEY} DO UPDATE SET n = events_hourly_paths.n + EXCLUDED.n"
 )
-#: The kept paths, with the column and segments each reads; and no JIT for the rest of
-#: the transaction: the planner cannot know how many rows the batch's arrays hold, and
-#: with JIT, compiling :data:`_ADD_PATHS` took 0.6 s of a 0.9 s statement over 5,000
-#: rows (EXPLAIN ANALYZE), 120 µs per event.
-_KEPT_PATHS = "SELECT path, col, segs, set_config('jit', 'off', true) FROM events_hourly_paths_kept"
+#: The kept paths, with the column and segments each reads and whether ``users_seen``
+#: keeps it too (``{seen}``: ``false`` where there is no ``users_seen_kept``,
+#: :data:`_SEEN_LISTED` where there is); and no JIT for the rest of the transaction:
+#: the planner cannot know how many rows the batch's arrays hold, and with JIT,
+#: compiling :data:`_ADD_PATHS` took 0.6 s of a 0.9 s statement over 5,000 rows
+#: (EXPLAIN ANALYZE), 120 µs per event.
+_KEPT_PATHS = (
+    "SELECT k.path, k.col, k.segs, {seen}, set_config('jit', 'off', true) "
+    "FROM events_hourly_paths_kept k"
+)
+_SEEN_LISTED = "EXISTS (SELECT 1 FROM users_seen_kept u WHERE u.path = k.path)"
 
 
 def ensure_paths(connection: Any, paths: Sequence[str]) -> list[str]:
@@ -537,12 +550,14 @@ def ensure_paths(connection: Any, paths: Sequence[str]) -> list[str]:
         connection.execute(text(statement))
     changes = []
     for path in sorted(kept - set(wanted)):
+        _forget_seen(connection, path)
         for table in ("events_hourly_paths", "events_hourly_paths_kept"):
             connection.execute(text(f"DELETE FROM {table} WHERE path = :path"), {"path": path})
         changes.append(f"events_hourly_paths: dropped {path}")
     for path, (column, segments) in wanted.items():
         if path in kept:
             continue
+        _forget_seen(connection, path)  # filled again by ensure_seen, after this
         connection.execute(
             text("DELETE FROM events_hourly_paths WHERE path = :path"), {"path": path}
         )
@@ -555,6 +570,215 @@ def ensure_paths(connection: Any, paths: Sequence[str]) -> list[str]:
         connection.execute(text(PATHS_BACKFILL), {"path": path})
         changes.append(f"events_hourly_paths: counted {path}")
     return changes
+
+
+# -- when each user was last seen with each value of a kept path (rollup.users_seen) -------
+#: The user a row ``r`` counts for (none: the row counts nowhere).
+_USER_KEY = "coalesce(r.user_id, r.anonymous_id)"
+#: The paths ``users_seen`` keeps: listed in ``users_seen_kept`` and kept hourly (whose
+#: listing says which column and segments a path reads).
+_SEEN_PATHS = "users_seen_kept u JOIN events_hourly_paths_kept k ON k.path = u.path"
+#: Each row counts in two scopes: every event's (rollup.ALL_EVENTS) and its own event's
+#: (rollup.event_scope).
+_SCOPES = "LATERAL (VALUES (''), ('e' || coalesce(r.event, ''))) AS s(event)"
+#: ``digest`` as ``events_hourly_paths`` keeps it (:data:`_PATH_COUNTS`, :func:`_digest`).
+_VALUE_DIGEST = "coalesce(sha256(convert_to(value, 'UTF8')), ''::bytea)"
+_SEEN_KEY = "(path, event, digest, user_key)"
+_SEEN_INSERT = "INSERT INTO users_seen (path, event, digest, value, user_key, last, n) "
+_SEEN_UPSERT = (
+    f"ON CONFLICT {_SEEN_KEY} DO UPDATE SET last = greatest(users_seen.last, EXCLUDED.last), "
+    "n = users_seen.n + EXCLUDED.n"
+)
+#: Per kept path, scope, value and user, the latest time and the number of the rows of
+#: ``{rows}`` (a relation ``r`` with the stored columns' names: ``events``, a trigger's
+#: transition table, a partition) matching ``{where}``, in key order; ``value`` and
+#: ``digest`` as in :data:`_PATH_COUNTS`.
+_SEEN_GROUPS = (
+    f"SELECT path, event, {_VALUE_DIGEST} AS digest, value, user_key, max(t) AS last, "
+    "count(*) AS n FROM (SELECT k.path, s.event, "
+    f"({_PATH_DOCUMENT}) #>> k.segs AS value, {_USER_KEY} AS user_key, r.timestamp AS t "
+    f"FROM {{rows}} CROSS JOIN {_SEEN_PATHS} CROSS JOIN {_SCOPES} "
+    f"WHERE {_USER_KEY} IS NOT NULL{{where}}) x "
+    "GROUP BY path, event, value, user_key ORDER BY 1, 2, 3, 5"
+)
+#: The latest time of the events a ``users_seen`` row ``s`` counts (its path's listing
+#: ``k``), read from ``events``: its user's through the ``user_id`` index, and the
+#: anonymous id's events without a user id through the ``anonymous_id`` index (the
+#: user is their coalesce); then the scope and the value.
+_SEEN_LAST = (
+    "greatest("
+    + ", ".join(
+        f"(SELECT max(r.timestamp) FROM events r WHERE {who} "
+        "AND (s.event = '' OR 'e' || coalesce(r.event, '') = s.event) "
+        f"AND ({_PATH_DOCUMENT}) #>> k.segs IS NOT DISTINCT FROM s.value)"
+        for who in (
+            "r.user_id = s.user_key",
+            "r.user_id IS NULL AND r.anonymous_id = s.user_key",
+        )
+    )
+    + ")"
+)
+
+
+def _take_seen(groups: str) -> str:
+    """The statement that takes rows gone from ``events`` off ``users_seen``, given
+    their :data:`_SEEN_GROUPS` as ``groups`` (a query): a row all of whose events went
+    is deleted; any other has its ``n`` lowered, and, where its latest event may have
+    gone (its ``last`` at or before theirs), reads its ``last`` again from ``events``
+    (which no longer holds them). Rows are found by key (no index on ``n``, which would
+    make every upsert of the writers a non-HOT update); the two parts touch different
+    rows, as a statement's parts must."""
+    key = (
+        "s.path = c.path AND s.event = c.event AND s.digest = c.digest AND s.user_key = c.user_key"
+    )
+    return (
+        f"WITH c AS MATERIALIZED ({groups}), "
+        f"gone AS (DELETE FROM users_seen s USING c WHERE {key} AND s.n <= c.n) "
+        "UPDATE users_seen s SET n = s.n - c.n, last = CASE WHEN s.last <= c.last "
+        f"THEN coalesce({_SEEN_LAST}, s.last) ELSE s.last END "
+        f"FROM c JOIN events_hourly_paths_kept k ON k.path = c.path WHERE {key} AND s.n > c.n"
+    )
+
+
+#: ``users_seen``'s fillfactor (see :data:`SEEN_DDL`).
+SEEN_FILLFACTOR = 85
+#: The delete trigger's function: takes the deleted rows off (erasure may delete some
+#: of a user's events only: an anonymous id's events without a user id).
+_SEEN_FUNCTION = (
+    "CREATE OR REPLACE FUNCTION users_seen_remove() RETURNS trigger LANGUAGE plpgsql AS $$ "
+    "BEGIN " + _take_seen(_SEEN_GROUPS.format(rows="removed r", where="")) + "; RETURN NULL; END $$"
+)
+SEEN_DDL = (
+    # Room on each page for the upserts' new row versions (HOT updates: no new index
+    # entry when the row's new version fits on its page).
+    # The key's text compared bytewise (COLLATE "C": memcmp, where a database's
+    # C.UTF-8 or en_US calls strcoll on PostgreSQL before 17); it is only matched
+    # for equality. ``value`` keeps the database's collation (the reader sorts by it).
+    'CREATE TABLE IF NOT EXISTS users_seen (path text COLLATE "C" NOT NULL, '
+    'event text COLLATE "C" NOT NULL, digest bytea NOT NULL, value text, '
+    'user_key text COLLATE "C" NOT NULL, last timestamptz NOT NULL, '
+    f"n bigint NOT NULL, PRIMARY KEY {_SEEN_KEY}) WITH (fillfactor = {SEEN_FILLFACTOR})",
+    "CREATE TABLE IF NOT EXISTS users_seen_kept (path text PRIMARY KEY)",
+    _SEEN_FUNCTION,
+    "CREATE OR REPLACE TRIGGER users_seen_delete AFTER DELETE ON events "
+    "REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION users_seen_remove()",
+)
+SEEN_DROP = (
+    "DROP TRIGGER IF EXISTS users_seen_delete ON events",
+    "DROP FUNCTION IF EXISTS users_seen_remove()",
+    "DROP TABLE IF EXISTS users_seen, users_seen_kept",
+)
+#: Filling a path just listed in ``users_seen_kept`` from ``events``.
+SEEN_BACKFILL = _SEEN_INSERT + _SEEN_GROUPS.format(rows="events r", where=" AND k.path = :path")
+#: Where a part's ``users_seen`` rows go first (:func:`_add_seen`): its own session's
+#: table, emptied at commit. A binary COPY costs the sink about 0.7 µs per row where
+#: the same rows as ``unnest`` arrays cost 10 (psycopg adapts each array element).
+_SEEN_STAGING = (
+    'CREATE TEMP TABLE IF NOT EXISTS users_seen_batch (path text COLLATE "C", '
+    'event text COLLATE "C", digest bytea, value text, doc text, user_key text COLLATE "C", '
+    "last timestamptz, n bigint) ON COMMIT DELETE ROWS"
+)
+_SEEN_COPY = (
+    "COPY users_seen_batch (path, event, digest, value, doc, user_key, last, n) "
+    "FROM STDIN (FORMAT BINARY)"
+)
+_SEEN_COPY_TYPES = ("text", "text", "bytea", "text", "text", "text", "timestamptz", "int8")
+#: The staged rows, grouped by the sink per path, scope, value it read (``doc`` NULL)
+#: or JSON text for PostgreSQL to read (as :data:`_ADD_PATHS`) and user; grouped again
+#: after that (two documents may give one value) and upserted in key order (two
+#: writers cannot deadlock).
+_ADD_SEEN = (
+    _SEEN_INSERT + f"SELECT path, event, {_VALUE_DIGEST} AS digest, value, user_key, "
+    "max(last) AS last, sum(n) AS n FROM (SELECT r.path, r.event, r.user_key, r.last, r.n, "
+    "CASE WHEN r.doc IS NULL THEN r.value ELSE r.doc::jsonb #>> k.segs END AS value "
+    "FROM users_seen_batch r JOIN events_hourly_paths_kept k ON k.path = r.path) x "
+    "GROUP BY path, event, value, user_key ORDER BY 1, 2, 3, 5 " + _SEEN_UPSERT
+)
+#: :data:`_ADD_SEEN` when the sink read every value itself: the staged rows, one per
+#: key with the ``digest`` computed by the sink, upserted as they are.
+_ADD_SEEN_READ = (
+    _SEEN_INSERT + "SELECT path, event, digest, value, user_key, last, n "
+    "FROM users_seen_batch ORDER BY 1, 2, 3, 5 " + _SEEN_UPSERT
+)
+
+
+def _forget_seen(connection: Any, path: str) -> None:
+    """Unlist ``path`` from ``users_seen`` and drop its rows, where kept (a path whose
+    hourly counts are dropped or made again: :func:`ensure_seen` fills it again)."""
+    if connection.execute(text("SELECT to_regclass('users_seen_kept')")).scalar():
+        for table in ("users_seen", "users_seen_kept"):
+            connection.execute(text(f"DELETE FROM {table} WHERE path = :path"), {"path": path})
+
+
+def drop_seen(connection: Any) -> list[str]:
+    """Drop ``users_seen``, its listing, its trigger and function, if there (no
+    ``unique_users`` or no ``rollup_paths``); what changed."""
+    found = connection.execute(
+        text(
+            "SELECT to_regclass('users_seen') IS NOT NULL OR to_regclass('users_seen_kept') "
+            "IS NOT NULL OR to_regprocedure('users_seen_remove()') IS NOT NULL"
+        )
+    ).scalar()
+    if not found:
+        return []
+    connection.execute(text("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"))
+    for statement in SEEN_DROP:
+        connection.execute(text(statement))
+    return ["dropped users_seen"]
+
+
+def ensure_seen(connection: Any, paths: Sequence[str]) -> list[str]:
+    """Keep ``users_seen`` for exactly the kept JSON ``paths`` (``unique_users`` on and
+    ``rollup_paths``, after :func:`ensure_paths` listed them): a path not listed in
+    ``users_seen_kept`` yet is listed and filled from ``events`` in the caller's
+    transaction (rows an interrupted run left cleared first), one no longer kept loses
+    its rows and its listing. Every change first takes the lock on ``events`` that
+    :func:`ensure_paths` takes (writers count the paths listed in both, read after they
+    lock ``events``: see :data:`_COUNTS_HOURLY`). What changed."""
+    listed_table = connection.execute(text("SELECT to_regclass('users_seen_kept')")).scalar()
+    table = connection.execute(text("SELECT to_regclass('users_seen')")).scalar()
+    listed = set()
+    if listed_table is not None:
+        listed = set(connection.execute(text("SELECT path FROM users_seen_kept")).scalars())
+    if listed_table is not None and table is not None and listed == set(paths):
+        connection.execute(text(_SEEN_FUNCTION))  # the function follows this release's
+        return []
+    connection.execute(text("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"))
+    for statement in SEEN_DDL:
+        connection.execute(text(statement))
+    changes = []
+    for path in sorted(listed - set(paths)):
+        _forget_seen(connection, path)
+        changes.append(f"users_seen: dropped {path}")
+    for path in paths:
+        if path in listed:
+            continue
+        connection.execute(text("DELETE FROM users_seen WHERE path = :path"), {"path": path})
+        connection.execute(
+            text("INSERT INTO users_seen_kept (path) VALUES (:path)"), {"path": path}
+        )
+        connection.execute(text(SEEN_BACKFILL), {"path": path})
+        changes.append(f"users_seen: filled {path}")
+    return changes
+
+
+def _drop_seen_partition(connection: Any, partition: str) -> None:
+    """Drop ``partition`` (retention: no trigger fires), taking its rows off
+    ``users_seen`` in the caller's transaction: grouped before the drop, under a lock
+    on ``events`` that keeps writers out until the transaction commits (a row a writer
+    added to it meanwhile would stay counted), then taken off as erasure takes rows
+    off (:func:`_take_seen`). The rows left are all later than the partition's but for
+    ``events_default``'s strays, so a ``last`` is read again only for those."""
+    connection.execute(text("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"))
+    exists = connection.execute(text("SELECT to_regclass(:name)"), {"name": partition}).scalar()
+    if exists is not None:
+        # The name is one partition_name made (digits), never input.
+        groups = _SEEN_GROUPS.format(rows=f"{partition} r", where="")
+        connection.execute(text(f"CREATE TEMP TABLE users_seen_dropped ON COMMIT DROP AS {groups}"))
+    connection.execute(text(f"DROP TABLE IF EXISTS {partition}"))
+    if exists is not None:
+        connection.execute(text(_take_seen("SELECT * FROM users_seen_dropped")))
+        connection.execute(text("DROP TABLE users_seen_dropped"))
 
 
 def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
@@ -726,7 +950,15 @@ class PostgresSink(Sink):
                     index.drop(connection, checkfirst=True)
             self._migrate_path_indexes(connection)
             rollups = ensure_rollup(connection, users=self.options.unique_users)
-            rollups += ensure_paths(connection, self.options.rollup_paths)
+            paths = self.options.rollup_paths
+            # users_seen: with unique_users, for the rollup_paths (its trigger reads
+            # their listing: dropped before that may go).
+            seen = paths if self.options.unique_users else []
+            if not seen:
+                rollups += drop_seen(connection)
+            rollups += ensure_paths(connection, paths)
+            if seen:
+                rollups += ensure_seen(connection, seen)
             for change in rollups:
                 log.info("%s: %s (eventrouter.store.rollup)", self.name, change)
             current = connection.execute(text("SELECT max(version) FROM eventrouter_schema"))
@@ -972,7 +1204,10 @@ class PostgresSink(Sink):
                 continue
             with self.engine.begin() as connection:
                 connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _LOCK_KEY})
-                connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
+                if connection.execute(text("SELECT to_regclass('users_seen_kept')")).scalar():
+                    _drop_seen_partition(connection, name)
+                else:
+                    connection.execute(text(f"DROP TABLE IF EXISTS {name}"))
                 # Dropping a partition fires no trigger: its hours leave the rollup here,
                 # in the same transaction (partitions hold whole UTC days or months).
                 if connection.execute(text("SELECT to_regclass('events_hourly')")).scalar():
@@ -1041,7 +1276,7 @@ class PostgresSink(Sink):
             with raw.cursor() as cursor:
                 # Locked before anything is read: see _COUNTS_HOURLY.
                 cursor.execute("LOCK TABLE ONLY events IN ROW EXCLUSIVE MODE")
-                counting, paths = cursor.execute(_COUNTS_HOURLY).fetchone()
+                counting, paths, seen = cursor.execute(_COUNTS_HOURLY).fetchone()
                 stored = _already_stored(cursor, fresh)
                 if stored:
                     fresh = [c for c in fresh if (c.source, c.message_id) not in stored]
@@ -1067,7 +1302,7 @@ class PostgresSink(Sink):
                 if counting:
                     _add_hourly(cursor, fresh)
                 if paths:
-                    _add_paths(cursor, fresh)
+                    _add_paths(cursor, fresh, seen)
                 if identities:
                     _upsert_identities(cursor, identities)
             raw.commit()
@@ -1240,6 +1475,8 @@ def _add_hourly(cursor: Any, commands: Sequence[Command]) -> None:
 
 _STORED_INDEX = {name: i for i, name in enumerate(STORED_COLUMNS)}
 _EVENT = _STORED_INDEX["event"]
+_USER_ID = _STORED_INDEX["user_id"]
+_ANONYMOUS_ID = _STORED_INDEX["anonymous_id"]
 #: A JSON object's members, each value left as JSON text.
 _OBJECT = msgspec.json.Decoder(dict[str, msgspec.Raw])
 
@@ -1273,38 +1510,80 @@ def path_value(document: Any, segments: Sequence[str]) -> tuple[str | None, bool
     return None, False
 
 
-def _add_paths(cursor: Any, commands: Sequence[Command]) -> None:
+def _add_paths(cursor: Any, commands: Sequence[Command], seen: bool = False) -> None:
     """Add the rows of ``commands`` (just inserted, in the cursor's transaction) to
     ``events_hourly_paths``, per kept path: counted here by hour, type, event, source
     and value, then one statement (:data:`_ADD_PATHS`). A string value (the common
     case) is read here from the batch's JSON (:func:`path_value`); any other goes as the
     column's JSON text, which PostgreSQL parses as it parsed the stored copy, so the
     value is ``#>>``'s text either way. (Sending every row's JSON for PostgreSQL to
-    parse and group cost the writes about half their rate: bench/README.md.)"""
+    parse and group cost the writes about half their rate: bench/README.md.)
+
+    With ``seen`` (``users_seen_kept`` exists), the same values also go to
+    ``users_seen`` for the paths listed there, grouped here per path, scope, value and
+    user (:func:`_add_seen`)."""
     if not commands:
         return
-    kept = [(path, _STORED_INDEX[col], segs) for path, col, segs, _ in cursor.execute(_KEPT_PATHS)]
+    query = _KEPT_PATHS.format(seen=_SEEN_LISTED if seen else "false")
+    kept = [
+        (path, _STORED_INDEX[col], segs, listed)
+        for path, col, segs, listed, _ in cursor.execute(query)
+    ]
     if not kept:
         return
     counts: Counter = Counter()
+    #: (path, scope, value, doc, user) → [latest time, events]
+    users: dict[tuple, list] = {}
     for command in commands:
         row = command.values()
         hour = (command.timestamp - _EPOCH) // _ONE_HOUR
-        key = (hour, command.kind, row[_EVENT] or "", command.source)
-        for path, column, segments in kept:
+        name = row[_EVENT]
+        key = (hour, command.kind, name or "", command.source)
+        user = row[_USER_ID] if row[_USER_ID] is not None else row[_ANONYMOUS_ID]
+        moment = command.timestamp
+        for path, column, segments, listed in kept:
             document = row[column]
             text, certain = path_value(document, segments)
             doc = None if certain else bytes(document).decode()
             counts[(*key, path, text, doc)] += 1
+            if not listed or user is None:
+                continue
+            for scope in (ALL_EVENTS, event_scope(name)):
+                group = (path, scope, text, doc, user)
+                found = users.get(group)
+                if found is None:
+                    users[group] = [moment, 1]
+                else:
+                    found[1] += 1
+                    if moment > found[0]:
+                        found[0] = moment
     if any(doc is not None for *_, doc in counts):
         rows = [(_EPOCH + hour * _ONE_HOUR, *rest, n) for (hour, *rest), n in counts.items()]
         cursor.execute(_ADD_PATHS, _columns(rows))
-        return
-    rows = [
-        (path, _EPOCH + hour * _ONE_HOUR, kind, event, source, _digest(text), text, n)
-        for (hour, kind, event, source, path, text, _), n in counts.items()
-    ]
-    cursor.execute(_ADD_PATHS_READ, _columns(rows))
+    else:
+        rows = [
+            (path, _EPOCH + hour * _ONE_HOUR, kind, event, source, _digest(text), text, n)
+            for (hour, kind, event, source, path, text, _), n in counts.items()
+        ]
+        cursor.execute(_ADD_PATHS_READ, _columns(rows))
+    if users:
+        _add_seen(cursor, users)
+
+
+def _add_seen(cursor: Any, users: dict[tuple, list]) -> None:
+    """Upsert a batch's ``users_seen`` rows, grouped by :func:`_add_paths` (``(path,
+    scope, value, doc, user)`` → ``[latest time, events]``): COPYed into
+    :data:`_SEEN_STAGING`, then one statement, :data:`_ADD_SEEN_READ` when the sink
+    read every value (the common case), else :data:`_ADD_SEEN` (PostgreSQL reads the
+    values the sink left to it)."""
+    read = all(doc is None for (*_, doc, _) in users)
+    cursor.execute(_SEEN_STAGING)
+    with cursor.copy(_SEEN_COPY) as copy:
+        copy.set_types(_SEEN_COPY_TYPES)
+        for (path, scope, text, doc, user), (last, n) in users.items():
+            digest = _digest(text) if read else None
+            copy.write_row((path, scope, digest, text, doc, user, last, n))
+    cursor.execute(_ADD_SEEN_READ if read else _ADD_SEEN)
 
 
 def _digest(text: str | None) -> bytes:

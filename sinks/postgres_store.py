@@ -45,7 +45,12 @@ from sqlalchemy.sql.dml import Insert
 
 from eventrouter.store.db import json_options
 from eventrouter.store.interface import Erased, Eraser, QueryDialect
-from eventrouter.store.rollup import events_hourly, events_hourly_paths, users_active_counts
+from eventrouter.store.rollup import (
+    events_hourly,
+    events_hourly_paths,
+    users_active_counts,
+    users_seen,
+)
 from eventrouter.store.sql import SQLEraser, SQLStore
 
 #: Settings of the query layer's connections. No JIT: compiling a dashboard query whose
@@ -103,6 +108,7 @@ class PostgresDialect(QueryDialect):
     rollup = events_hourly
     path_rollup = events_hourly_paths
     users_rollup = users_active_counts
+    users_seen = users_seen
     indexed_extremes = True
 
     def __init__(self, url: str) -> None:

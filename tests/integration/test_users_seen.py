@@ -15,10 +15,12 @@ import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import text
 
+from eventrouter.sinks.postgres import PostgresOptions, PostgresSink
 from eventrouter.store.query import EventFilter
 from eventrouter.store.rollup import period_start
 from tests.helpers import ADMIN_TOKEN
@@ -28,7 +30,7 @@ from tests.store_support import ServedStore, served_store
 pytestmark = pytest.mark.slow
 
 #: The stores that keep ``users_seen`` (ClickHouse counts the values from ``events``).
-STORES = ["sqlite"]
+STORES = ["sqlite", "postgres"]
 BEARER = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 NOW = datetime.now(UTC)
 MINUTE = timedelta(minutes=1)
@@ -110,13 +112,14 @@ def since(days: int) -> datetime:
     return NOW - timedelta(days=days)
 
 
-def check_same(fx: ServedStore, by: str = PATH, *, seen: bool = True) -> dict:
-    """The reader's and the scan's active users by ``by``, equal for every interval and
-    event filter; the reader read ``users_seen`` (``seen``) or not. The reader's."""
+def check_same(fx: ServedStore, by: str = PATH, *, seen: bool = True, days: int = 7) -> dict:
+    """The reader's and the scan's active users by ``by`` over the last ``days``, equal
+    for every interval and event filter; the reader read ``users_seen`` (``seen``) or
+    not. The reader's."""
     got = {}
     for interval in ("day", "week", "month"):
         for name in (None, "Viewed", HOSTILE_EVENT):
-            where = EventFilter(since=since(7), event=name)
+            where = EventFilter(since=since(days), event=name)
             with statements(fx) as sent:
                 fast = fx.reader.active_users(where, interval, by=by, limit=50)
             slow = fx.scanner.active_users(where, interval, by=by, limit=50)
@@ -155,10 +158,24 @@ def test_the_breakdown_reads_users_seen_and_matches_the_scan_and_the_hand_count(
     assert month.get("free", 0) == by_hand("month")["free"]
 
 
+def seen_rows(fx: ServedStore) -> list[tuple]:
+    """Every ``users_seen`` row: path, event scope, value, user, last, n."""
+    engine = fx.store.engine()
+    try:
+        with engine.connect() as connection:
+            statement = (
+                "SELECT path, event, value, user_key, last, n FROM users_seen ORDER BY 1, 2, 3, 4"
+            )
+            return [tuple(row) for row in connection.execute(text(statement))]
+    finally:
+        engine.dispose()
+
+
 def test_a_redelivered_batch_counts_once(fx):
-    before = check_same(fx)
+    before, rows = check_same(fx), seen_rows(fx)
     fx.post(DATASET)
     assert check_same(fx) == before
+    assert seen_rows(fx) == rows  # n too: a later erasure must find it right
 
 
 def test_erasing_a_users_latest_event_reads_their_last_time_again(fx):
@@ -218,13 +235,15 @@ def test_rows_of_an_unlisted_path_are_never_read(fx):
     engine = fx.store.engine()
     try:
         with engine.begin() as connection:
-            connection.execute(
-                text(
-                    "INSERT INTO users_seen (path, event, value, user_key, last, n) "
-                    "VALUES (:path, '', 'vfake', 'ghost', :last, 1)"
-                ),
-                {"path": planted, "last": NOW.replace(tzinfo=None)},
+            # SQLite keeps 'v' || text, PostgreSQL the text beside its digest.
+            plant = (
+                "INSERT INTO users_seen (path, event, value, user_key, last, n) "
+                "VALUES (:path, '', 'vfake', 'ghost', :last, 1)"
+                if fx.kind == "sqlite"
+                else "INSERT INTO users_seen (path, event, digest, value, user_key, last, n) "
+                "VALUES (:path, '', sha256('fake'), 'fake', 'ghost', :last, 1)"
             )
+            connection.execute(text(plant), {"path": planted, "last": NOW.replace(tzinfo=None)})
         top = check_same(fx, planted, seen=False)
         assert "fake" not in dict(top["day", None])
     finally:
@@ -265,3 +284,47 @@ def test_the_page_escapes_every_value(fx):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in response.text
     values = re.findall(r'<td class="value">(?:<a [^>]*>)?([^<]+)', response.text)
     assert "pro" in values
+
+
+def test_retention_takes_the_dropped_partitions_off(tmp_path):
+    """PostgreSQL's retention drops whole partitions, which fires no trigger: their
+    events leave users_seen in the same transaction. A user seen with "team" 10 and 9
+    days ago and an hour ago keeps one event there (erasing it then removes their row);
+    one seen only 10 days ago leaves no row."""
+    key, gone = unique("ret-"), unique("gone-")
+    batch = [
+        *DATASET,
+        event(10 * 1440, "Viewed", key, None, "team"),
+        event(9 * 1440, "Bought", key, None, "team"),
+        event(60, "Viewed", key, None, "team"),
+        event(10 * 1440, "Viewed", gone, None, "solo"),
+    ]
+    with served_store("postgres", tmp_path, batch, unique_users=True, rollup_paths=[PATH]) as fx:
+        assert ("solo", 1) in check_same(fx, days=30)["day", None]
+        options = PostgresOptions(url=fx.sink["url"], unique_users=True, rollup_paths=[PATH])
+        sink = PostgresSink("store", fx.server.config, options)
+        try:
+            sink.migrate()
+            assert sink.drop_partitions_before(NOW - timedelta(days=2))
+        finally:
+            sink.stop()
+        assert fx.scanner.count(EventFilter(until=since(3))) == 0
+        got = check_same(fx, days=30)
+        assert "solo" not in dict(got["day", None])
+        assert dict(got["day", None])["team"] == 1
+        url = fx.sink["url"].replace("postgresql+psycopg://", "postgresql://")
+        seen_sql = "SELECT event, n FROM users_seen WHERE user_key = %s AND path = %s"
+        with psycopg.connect(url) as connection:
+            assert dict(connection.execute(seen_sql, (key, PATH)).fetchall()) == {
+                "": 1,
+                "eViewed": 1,
+            }
+            assert connection.execute(seen_sql, (gone, PATH)).fetchall() == []
+        eraser = fx.store.eraser()
+        try:
+            assert eraser.delete({key}, set(), dry_run=False, wait=30).events == 1
+        finally:
+            eraser.close()
+        with psycopg.connect(url) as connection:
+            assert connection.execute(seen_sql, (key, PATH)).fetchall() == []
+        assert "team" not in dict(check_same(fx, days=30)["day", None])
