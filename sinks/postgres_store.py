@@ -17,8 +17,6 @@ The sink (``sinks/postgres.py``) writes and migrates; this module is the rest:
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +42,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql.dml import Insert
 
 from eventrouter.store.db import json_options
-from eventrouter.store.interface import Erased, Eraser, QueryDialect
+from eventrouter.store.interface import Erased, Eraser, IndexNames, QueryDialect
 from eventrouter.store.rollup import (
     events_hourly,
     events_hourly_paths,
@@ -67,9 +65,6 @@ SIZE_SQL = (
 INDEXES_SQL = (
     "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema() AND tablename = 'events'"
 )
-#: Seconds the dialect trusts what it last read of the indexes (``migrate`` may add or
-#: drop one while a server runs).
-INDEXES_RECHECK = 60.0
 
 
 def postgres_engine(url: str, settings: dict[str, str] | None = None) -> Engine:
@@ -113,8 +108,9 @@ class PostgresDialect(QueryDialect):
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._indexes_lock = threading.Lock()
-        self._indexes_read: tuple[float, frozenset[str]] | None = None
+        self._index_names = IndexNames(
+            lambda connection: connection.execute(text(INDEXES_SQL)).scalars()
+        )
 
     def connect(self) -> Engine:
         return postgres_engine(self.url, READER_SETTINGS)
@@ -145,14 +141,8 @@ class PostgresDialect(QueryDialect):
 
     def _indexes(self) -> frozenset[str]:
         """The names of the indexes on ``events``, read again after
-        :data:`INDEXES_RECHECK` seconds."""
-        with self._indexes_lock:
-            now = time.monotonic()
-            if self._indexes_read is None or now - self._indexes_read[0] > INDEXES_RECHECK:
-                with self.engine.connect() as connection:
-                    names = frozenset(connection.execute(text(INDEXES_SQL)).scalars())
-                self._indexes_read = (now, names)
-            return self._indexes_read[1]
+        :data:`eventrouter.store.interface.INDEXES_RECHECK` seconds."""
+        return self._index_names.get(self.engine)
 
     def retention_statement(
         self,
