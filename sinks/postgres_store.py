@@ -173,12 +173,7 @@ class PostgresDialect(QueryDialect):
         user = func.coalesce(c.user_id, c.anonymous_id)
         # Literal ints in the SQL text (GROUP BY matches expressions by their text).
         size, shift = literal_column(str(int(period))), literal_column(str(int(offset)))
-        entries = (
-            select(user.label("u"), func.min(c.timestamp).label("t"))
-            .where(first, user.isnot(None), *where)
-            .group_by(user)
-            .subquery("entries")
-        )
+        entries = self.retention_entries(first, where)
         entry_second = self.epoch(entries.c.t)
         cohorts = (
             select(

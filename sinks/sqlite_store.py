@@ -373,11 +373,16 @@ def drop_seen(connection: Any) -> list[str]:
     }
     if not found:
         return []
-    for trigger in SEEN_TRIGGERS:
-        connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {trigger}")
-    for table in SEEN_TABLES:
-        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+    _drop(connection, SEEN_TRIGGERS, SEEN_TABLES)
     return ["dropped users_seen"]
+
+
+def _drop(connection: Any, triggers: Sequence[str], tables: Sequence[str]) -> None:
+    """Drop ``triggers``, then ``tables``, those that exist."""
+    for trigger in triggers:
+        connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {trigger}")
+    for table in tables:
+        connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
 
 
 def ensure_seen(connection: Any, paths: Sequence[str]) -> list[str]:
@@ -422,10 +427,7 @@ def ensure_paths(connection: Any, paths: Sequence[str]) -> list[str]:
     if not paths:
         if not tables:
             return []
-        for trigger in PATHS_TRIGGERS:
-            connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {trigger}")
-        for table in PATHS_TABLES:
-            connection.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        _drop(connection, PATHS_TRIGGERS, PATHS_TABLES)
         return ["dropped events_hourly_paths"]
     # DDL first: Python's sqlite3 commits it on its own; the rows below are one
     # transaction, so a path is listed exactly when its counts are complete.
@@ -650,15 +652,9 @@ class SQLiteDialect(QueryDialect):
         if not {index.name for index in EVENT_USER_INDEXES} <= self._indexes.get(self.engine):
             return None
         c = self.table.c
-        user = func.coalesce(c.user_id, c.anonymous_id)
         # Literal ints in the SQL text, as the standard SQL's.
         size, shift = literal_column(str(int(period))), literal_column(str(int(offset)))
-        entries = (
-            select(user.label("u"), func.min(c.timestamp).label("t"))
-            .where(first, user.isnot(None), *where)
-            .group_by(user)
-            .subquery("entries")
-        )
+        entries = self.retention_entries(first, where)
         entry_second = self.epoch(entries.c.t)
         cohort = entry_second - (entry_second - shift) % size
         cohorts = (

@@ -403,6 +403,19 @@ class QueryDialect(ABC):
         default): the query layer's standard SQL (eventrouter.store.analysis)."""
         return None
 
+    def retention_entries(self, first: ColumnElement, where: Sequence[ColumnElement]) -> Any:
+        """For a :meth:`retention_statement` that reads per user: each user's entry, the
+        subquery ``entries`` of ``u`` (``coalesce(user_id, anonymous_id)``) and ``t``
+        (the time of their first ``first`` event matching ``where``)."""
+        c = self.table.c
+        user = func.coalesce(c.user_id, c.anonymous_id)
+        return (
+            select(user.label("u"), func.min(c.timestamp).label("t"))
+            .where(first, user.isnot(None), *where)
+            .group_by(user)
+            .subquery("entries")
+        )
+
 
 # -- erase -------------------------------------------------------------------------------
 #: Statuses of one store's part of a deletion.
