@@ -1,7 +1,10 @@
-"""PostgreSQL's retention views, A/B/C in one run: retention as the standard SQL computes
-it (every returning event in the range grouped by user and period) against per-user
-reads (``PostgresDialect.retention_statement``) through either of two indexes,
-alternated call by call so that a busy machine slows all alike.
+"""PostgreSQL's funnel and retention views, A/B in one run: retention as the standard SQL
+computes it (every returning event in the range grouped by user and period, from the
+table) against the join of the cohorts' users to the returning events read from the
+``event_user`` index alone (``PostgresDialect.retention_statement``), and the funnel's
+statement as the planner joins it against hash joins only
+(``PostgresDialect.before_analysis``), alternated call by call so that a busy machine
+slows both alike.
 
     .venv/bin/python bench/postgres_analysis.py [--runs 15] [--create-index]
 
@@ -9,17 +12,15 @@ It reads bench/dashboard.py's PostgreSQL database (``eventrouter_bench_dashboard
 ``EVENTROUTER_BENCH_DASHBOARD_PG``: load it first with ``bench/dashboard.py --stores
 postgres --events N``) in this process, through :class:`eventrouter.store.query.EventStore`
 and :func:`eventrouter.store.analysis.retention`, with the dashboard's parameters
-(``Signed Up`` then ``Product Viewed``, by day and by week, the last 30 days). Per view
+(``Signed Up`` then ``Product Viewed``, by day and by week; the 3-step funnel with a
+one-day window, and by ``properties.plan``; the last 30 days). Per view
 and reading, one warm-up call then ``--runs`` timed ones, and prints the median and the
-slowest of each, each reading's median over A's, and whether all gave the same table.
+slowest of each, B's median over A's, and whether both gave the same table.
 
 - **A, standard SQL**: the dialect answers None (the query layer's common table
-  expressions, as before this change).
-- **B, user_id + anonymous_id**: the same per-user reads through the two default
-  indexes (``user_id = u OR (user_id IS NULL AND anonymous_id = u)``; :class:`Either`),
-  the alternative the dialect does not take (it lost by week).
-- **C, event_user**: the per-user reads through ``ix_events_event_user`` (the sink's
-  ``indexes`` option ``event_user``); measured when the index exists, which
+  expressions), and leaves the planner's settings as they are.
+- **B, event_user**: the dialect's statement through ``ix_events_event_user`` (the
+  sink's ``indexes`` option ``event_user``); measured when the index exists, which
   ``--create-index`` makes sure of (``CREATE INDEX`` on the benchmark's own database:
   the dashboard's next load keeps it only if its sink lists it, as bench/dashboard.py's
   does).
@@ -34,52 +35,20 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import dashboard
 import psycopg
 from alternation import alternate, footer
-from sqlalchemy import and_, or_
-from sqlalchemy.sql import operators
-from sqlalchemy.sql.elements import BinaryExpression
-from sqlalchemy.sql.functions import FunctionElement
-from sqlalchemy.sql.visitors import replacement_traverse
 
 from eventrouter.sinks.postgres import OPTIONAL_INDEXES
 from eventrouter.sinks.postgres_store import PostgresDialect, PostgresStore, postgres_engine
-from eventrouter.store.analysis import retention
+from eventrouter.store.analysis import Step, funnel, parse_window, retention
 from eventrouter.store.query import EventStore
 
 FIRST, RETURNING = "Signed Up", "Product Viewed"
+FUNNEL_WINDOW = parse_window(dashboard.FUNNEL_WINDOW)
 EVENT_USER = OPTIONAL_INDEXES["event_user"].name
-USER_INDEXES = frozenset({"ix_events_user_id", "ix_events_anonymous_id"})
-
-
-class Either(PostgresDialect):
-    """Reading B: the user matched by ``user_id = u OR (user_id IS NULL AND
-    anonymous_id = u)``, which the ``user_id`` and ``anonymous_id`` indexes answer
-    together (a bitmap of both per partition), instead of ``coalesce(...) = u``."""
-
-    def _indexes(self) -> frozenset[str]:
-        return frozenset({EVENT_USER})
-
-    def retention_statement(self, *args: Any, **kwargs: Any) -> Any:
-        statement = super().retention_statement(*args, **kwargs)
-        c = self.table.c
-
-        def either(element: Any) -> Any:
-            if (
-                isinstance(element, BinaryExpression)
-                and isinstance(element.left, FunctionElement)
-                and element.left.name == "coalesce"
-                and element.operator is operators.eq
-            ):
-                u = element.right
-                return or_(c.user_id == u, and_(c.user_id.is_(None), c.anonymous_id == u))
-            return None
-
-        return replacement_traverse(statement, {}, either)
 
 
 class Standard(PostgresDialect):
@@ -111,34 +80,38 @@ def run(runs: int, create_index: bool) -> str:
         }
     engine.dispose()
     readers = {"A": reader(Standard)}
-    if present >= USER_INDEXES:
-        readers["B"] = reader(Either)
     if EVENT_USER in present:
-        readers["C"] = reader(PostgresDialect)
+        readers["B"] = reader(PostgresDialect)
     since = datetime.now(UTC) - dashboard.RANGE_SPAN
     kinds = list(readers)
     lines = [
-        "| view | A: standard SQL, median ms | B: user_id + anonymous_id | C: event_user "
-        "| B / A | C / A | slowest A / B / C | same answer |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| view | A: standard SQL, planner's joins, median ms | B: event_user, hash joins "
+        "| B / A | slowest A / B "
+        "| same answer |",
+        "| --- | ---: | ---: | ---: | --- | --- |",
     ]
     try:
-        for period in ("day", "week"):
-            view = lambda store, p=period: retention(  # noqa: E731
+        steps = [Step(name) for name in dashboard.FUNNEL_STEPS]
+        views = {
+            f"retention by {period}": lambda store, p=period: retention(
                 store, FIRST, RETURNING, p, since, None
             )
+            for period in ("day", "week")
+        }
+        views[f"funnel, {len(steps)} steps"] = lambda store: funnel(
+            store, steps, FUNNEL_WINDOW, since, None
+        )
+        views["funnel by properties.plan"] = lambda store: funnel(
+            store, steps, FUNNEL_WINDOW, since, None, "properties.plan"
+        )
+        for label, view in views.items():
             result = alternate(view, readers, kinds, runs)
             median = result.median
-            shown = {
-                kind: (f"{median[kind]:.0f}", f"{median[kind] / median['A']:.2f}")
-                if kind in median
-                else ("-", "-")
-                for kind in ("B", "C")
-            }
+            b = median.get("B")
             lines.append(
-                f"| retention by {period} | {median['A']:.0f} | {shown['B'][0]} | "
-                f"{shown['C'][0]} | {shown['B'][1]} | {shown['C'][1]} | "
-                f"{result.slowest()} | {result.same()} |"
+                f"| {label} | {median['A']:.0f} | "
+                + (f"{b:.0f} | {b / median['A']:.2f}" if b is not None else "- | -")
+                + f" | {result.slowest()} | {result.same()} |"
             )
             print(lines[-1], file=sys.stderr, flush=True)
     finally:

@@ -161,6 +161,7 @@ def funnel(
     # (None or 0: not reached), grouped.
     groups: dict[Any, tuple[int, list[list[int]]]] = {}
     with store.engine.connect() as connection:
+        dialect.before_analysis(connection, "funnel")
         rows = connection.execute(statement).all()
     for value, users, *delays in rows:
         value, users = dialect.text_value(value), int(users)
@@ -309,6 +310,7 @@ def retention(
         statement = _retention_statement(store, is_first, is_returning, where, period, periods)
     cohorts: dict[int, list[int]] = defaultdict(lambda: [0] * (periods + 1))
     with store.engine.connect() as connection:
+        dialect.before_analysis(connection, "retention")
         for cohort, k, users in connection.execute(statement):
             cohorts[int(cohort)][int(k) + 1] += int(users)
     size_s = size

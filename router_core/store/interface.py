@@ -403,6 +403,12 @@ class QueryDialect(ABC):
         default): the query layer's standard SQL (eventrouter.store.analysis)."""
         return None
 
+    def before_analysis(self, connection: Any, view: str) -> None:
+        """Run in the transaction that reads a funnel or retention (``view``: ``funnel``,
+        ``retention``) before its statement: settings for this store's planner.
+        Default: nothing."""
+        return None
+
     def retention_entries(self, first: ColumnElement, where: Sequence[ColumnElement]) -> Any:
         """For a :meth:`retention_statement` that reads per user: each user's entry, the
         subquery ``entries`` of ``u`` (``coalesce(user_id, anonymous_id)``) and ``t``

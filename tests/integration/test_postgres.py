@@ -15,7 +15,7 @@ from sqlalchemy import event
 from eventrouter.bus.bus import Bus, make_plugin_manager
 from eventrouter.config import ConfigError
 from eventrouter.sinks.postgres_store import PostgresStore
-from eventrouter.store.analysis import retention
+from eventrouter.store.analysis import Step, funnel, retention
 from eventrouter.store.query import EventFilter, EventStore, PathCondition
 from tests.helpers import LiveServer, make_config, recent, run_eventrouter
 from tests.ingest_support import AUTH
@@ -747,9 +747,9 @@ def test_path_indexes_are_created_used_by_the_query_layer_and_dropped(pg_url, tm
 
 def test_the_event_user_index_is_created_read_by_retention_and_dropped(pg_url, tmp_path):
     """``indexes = [..., "event_user"]`` makes ``(event, coalesce(user_id, anonymous_id),
-    timestamp)`` holding both ids, which retention's per-user reads use (the statement
-    planned as the store sends it); unconfigured, it is dropped and retention reads the
-    standard SQL again, with the same answer."""
+    timestamp)`` holding both ids, which retention's join of the cohorts to the returning
+    events reads (the statement planned as the store sends it); unconfigured, it is
+    dropped and retention reads the standard SQL again, with the same answer."""
 
     def migrate(indexes):
         config = make_config(tmp_path, {"sinks": {"w": pg_sink(pg_url, indexes=indexes)}})
@@ -798,21 +798,28 @@ def test_the_event_user_index_is_created_read_by_retention_and_dropped(pg_url, t
         event.listen(store.engine, "before_cursor_execute", capture)
         try:
             result = retention(store, "Signed Up", "Viewed", "day", since, None)
+            steps = funnel(store, [Step("Signed Up"), Step("Viewed")], 7 * 86400, since, None)
         finally:
             event.remove(store.engine, "before_cursor_execute", capture)
             store.close()
+        # u1 viewed a day after signing up; the anonymous user in the same second (not
+        # later: not a step).
+        assert [s.users for s in steps.steps] == [2, 1]
         return [(c.users, c.returned[:3]) for c in result.cohorts], sent
 
     with_index, sent = cohorts()
     # Two users signed up two days ago: one viewed then (the same second counts), the
     # other the next day; neither today.
     assert with_index == [(2, [1, 1, 0])]
-    assert any("LATERAL" in statement for statement in sent), sent
+    # The join to the cohorts, planned as a hash join (no nested loop, no merge join).
+    assert any("WITH cohorts AS MATERIALIZED" in statement for statement in sent), sent
+    settings = [s for s in sent if "set_config('enable_nestloop', 'off', true)" in s]
+    assert len(settings) == 2, sent  # retention's transaction and the funnel's
     migrate(["event"])
     assert definition() is None
     without_index, sent = cohorts()
     assert without_index == with_index
-    assert not any("LATERAL" in statement for statement in sent), sent
+    assert not any("cohorts" in statement or "set_config" in statement for statement in sent)
 
 
 @pytest.mark.parametrize(
