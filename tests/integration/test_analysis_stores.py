@@ -65,6 +65,14 @@ FUNNEL_EVENTS: list[tuple[str | None, str | None, str, int, dict[str, Any]]] = [
     ("u8", "a8", "Added", 30, {"color": "red"}),
     # Neither id: left out.
     (None, None, "Viewed", 0, {}),
+    # e1: a step exactly at the window's end counts; e2: an anonymous id only, its step
+    # a second past the window's end; e3: a step in the next second counts.
+    ("e1", None, "Edge Entered", 0, {}),
+    ("e1", None, "Edge Reached", 3600, {}),
+    (None, "e2", "Edge Entered", 100, {}),
+    (None, "e2", "Edge Reached", 3701, {}),
+    ("e3", None, "Edge Entered", 200, {}),
+    ("e3", None, "Edge Reached", 201, {}),
 ]
 
 # (user_id, anonymous_id, event, time)
@@ -169,6 +177,14 @@ def test_a_funnel_counts_users_in_order_within_the_window(served):
     assert result.steps[2].from_first == 3 / 8
 
 
+def test_a_step_at_the_windows_end_counts_and_one_a_second_later_does_not(served):
+    _, store = served
+    steps = [Step("Edge Entered"), Step("Edge Reached")]
+    assert _shape(funnel(store, steps, 3600, SINCE, None).steps) == [(3, None), (2, 1800.5)]
+    assert _shape(funnel(store, steps, 3601, SINCE, None).steps) == [(3, None), (3, 3600)]
+    assert _shape(funnel(store, steps, 3599, SINCE, None).steps) == [(3, None), (1, 1)]
+
+
 def test_a_longer_window_lets_a_late_step_count(served):
     _, store = served
     result = funnel(store, [Step("Viewed"), Step("Added")], 7200, SINCE, None)
@@ -233,15 +249,18 @@ def test_retention_by_week_and_the_same_event_twice(served):
 
 
 def test_retention_reads_per_user_only_with_the_event_user_indexes(served, request):
-    """The cases above ran through the per-user statement on the ``event_user`` stores,
-    and through the standard SQL on SQLite's and PostgreSQL's defaults."""
+    """The cases above ran through the per-user statements on the ``event_user`` stores
+    (SQLite's funnel too), and through the standard SQL on SQLite's and PostgreSQL's
+    defaults."""
     _, store = served
     name = request.node.callspec.params["served"]
     statement = store.dialect.retention_statement(true(), true(), [], 86400, 0, 8)
+    steps = store.dialect.funnel_statement([true(), true()], [], 3600, None)
     if name in EVENT_USER:
         assert statement is not None
+        assert (steps is not None) is (name == "sqlite-event_user")
     elif name in ("sqlite", "postgres"):
-        assert statement is None
+        assert statement is None and steps is None
 
 
 def test_a_hostile_event_name_is_a_value(served):
