@@ -37,7 +37,6 @@ from sqlalchemy import (
     func,
     literal,
     literal_column,
-    or_,
     select,
     union,
     union_all,
@@ -590,12 +589,6 @@ def ensure_rollup(connection: Any, users: bool = False, paths: Sequence[str] = (
     return changes + (ensure_seen(connection, paths) if seen else [])
 
 
-def _least(a: ColumnElement, b: ColumnElement) -> ColumnElement:
-    """The smaller of ``a`` and ``b`` that is not NULL, as ``min()`` orders values
-    (SQLite's two-argument ``min`` is NULL when either is)."""
-    return case((a.is_(None), b), (b.is_(None), a), (a < b, a), else_=b)
-
-
 class SQLiteStore(SQLStore):
     """The SQLite database at ``url`` (an ``sqlite:///`` SQLAlchemy URL)."""
 
@@ -638,109 +631,6 @@ class SQLiteDialect(QueryDialect):
     def connect(self) -> Engine:
         return sqlite_engine(self.url)
 
-    def _event_user(self) -> bool:
-        """Whether the ``event_user`` indexes exist (the sink's ``indexes`` option)."""
-        return {index.name for index in EVENT_USER_INDEXES} <= self._indexes.get(self.engine)
-
-    def _per_user(
-        self, value: ColumnElement, condition: ColumnElement, user: ColumnElement, low, high
-    ) -> list[Any]:
-        """``min(value)`` of the events matching ``condition`` of the user ``user`` (an
-        outer column) from ``low`` to ``high`` (``timestamp`` texts), each half as a
-        correlated subquery through its ``event_user`` index: events with that user id,
-        and events without one with that anonymous id (the user is their coalesce)."""
-        c = self.table.c
-        return [
-            select(func.min(value))
-            .where(condition, match, c.timestamp >= low, c.timestamp < high)
-            .scalar_subquery()
-            for match in (c.user_id == user, and_(c.user_id.is_(None), c.anonymous_id == user))
-        ]
-
-    def funnel_statement(
-        self,
-        steps: Sequence[ColumnElement],
-        where: Sequence[ColumnElement],
-        window: int,
-        by: ColumnElement | None,
-    ) -> Any:
-        """The funnel through the ``event_user`` indexes (the standard SQL's rows, the
-        same answer): the entries grouped from each index apart, in its order (users
-        with a user id, then anonymous ones: no table read unless a step has property
-        conditions), then for each later step, per user who reached the one before, the
-        earliest event of the step from the next second to the end of the window, an
-        index range per user and half; ``by`` read from the entry events the same way.
-        The standard SQL reads every event of each step in the range and its row in the
-        table (8.0 s of the 3-step funnel's 7.6 at 10,000,000 events went to the first
-        step alone). Without the indexes, the standard SQL (None)."""
-        if not self._event_user():
-            return None
-        c = self.table.c
-        user_index, anonymous_index = (index.name for index in EVENT_USER_INDEXES)
-        halves = (
-            (c.user_id, user_index, c.user_id.isnot(None)),
-            (
-                c.anonymous_id,
-                anonymous_index,
-                and_(c.user_id.is_(None), c.anonymous_id.isnot(None)),
-            ),
-        )
-        entered = union_all(
-            *(
-                select(key.label("u"), func.min(c.timestamp).label("t"))
-                .with_hint(self.table, f"INDEXED BY {index}", "sqlite")
-                .where(steps[0], has_key, *where)
-                .group_by(key)
-                for key, index, has_key in halves
-            )
-        ).subquery("entered")
-        entry = self.epoch(func.min(entered.c.t))
-        first = (
-            select(entered.c.u, entry.label("t1"), entry.label("t"))
-            .group_by(entered.c.u)
-            .cte("s1")
-            .prefix_with("MATERIALIZED")
-        )
-        second = self.epoch(c.timestamp)
-        reached = [first]
-        for k, condition in enumerate(steps[1:], 2):
-            previous = reached[-1]
-            low = func.datetime(previous.c.t + 1, "unixepoch")
-            high = func.datetime(previous.c.t1 + literal_column(str(int(window) + 1)), "unixepoch")
-            a, b = self._per_user(second, and_(condition, *where), previous.c.u, low, high)
-            found = (
-                select(previous.c.u, previous.c.t1, a.label("a"), b.label("b"))
-                .cte(f"p{k}")
-                .prefix_with("MATERIALIZED")
-            )
-            reached.append(
-                select(found.c.u, found.c.t1, _least(found.c.a, found.c.b).label("t"))
-                .where(or_(found.c.a.isnot(None), found.c.b.isnot(None)))
-                .cte(f"s{k}")
-                .prefix_with("MATERIALIZED")
-            )
-        joined = first
-        for step in reached[1:]:
-            joined = joined.outerjoin(step, step.c.u == first.c.u)
-        value: ColumnElement = literal_column("NULL")
-        if by is not None:
-            low = func.datetime(first.c.t1, "unixepoch")
-            high = func.datetime(first.c.t1 + 1, "unixepoch")
-            a, b = self._per_user(by, and_(steps[0], *where), first.c.u, low, high)
-            values = (
-                select(first.c.u, a.label("a"), b.label("b")).cte("b").prefix_with("MATERIALIZED")
-            )
-            joined = joined.outerjoin(values, values.c.u == first.c.u)
-            value = _least(values.c.a, values.c.b)
-        delays = [
-            (step.c.t - reached[k - 2].c.t).label(f"d{k}") for k, step in enumerate(reached[1:], 2)
-        ]
-        return (
-            select(value.label("value"), func.count().label("users"), *delays)
-            .select_from(joined)
-            .group_by(*([value] if by is not None else []), *delays)
-        )
-
     def retention_statement(
         self,
         first: ColumnElement,
@@ -759,7 +649,7 @@ class SQLiteDialect(QueryDialect):
         events without one for an anonymous id, an index range per user each. Without
         them, the standard SQL (None). Over 1,000,000 events: bench/README.md,
         "Retention on SQLite: the event_user indexes"."""
-        if not self._event_user():
+        if not {index.name for index in EVENT_USER_INDEXES} <= self._indexes.get(self.engine):
             return None
         c = self.table.c
         # Literal ints in the SQL text, as the standard SQL's.
