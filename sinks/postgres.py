@@ -702,12 +702,17 @@ _ADD_SEEN_READ = (
 )
 
 
+def _unlist_seen(connection: Any, path: str) -> None:
+    """Unlist ``path`` from ``users_seen`` and drop its rows."""
+    for table in ("users_seen", "users_seen_kept"):
+        connection.execute(text(f"DELETE FROM {table} WHERE path = :path"), {"path": path})
+
+
 def _forget_seen(connection: Any, path: str) -> None:
-    """Unlist ``path`` from ``users_seen`` and drop its rows, where kept (a path whose
-    hourly counts are dropped or made again: :func:`ensure_seen` fills it again)."""
+    """:func:`_unlist_seen`, where ``users_seen`` is kept (a path whose hourly counts
+    are dropped or made again: :func:`ensure_seen` fills it again)."""
     if connection.execute(text("SELECT to_regclass('users_seen_kept')")).scalar():
-        for table in ("users_seen", "users_seen_kept"):
-            connection.execute(text(f"DELETE FROM {table} WHERE path = :path"), {"path": path})
+        _unlist_seen(connection, path)
 
 
 def drop_seen(connection: Any) -> list[str]:
@@ -748,12 +753,12 @@ def ensure_seen(connection: Any, paths: Sequence[str]) -> list[str]:
         connection.execute(text(statement))
     changes = []
     for path in sorted(listed - set(paths)):
-        _forget_seen(connection, path)
+        _unlist_seen(connection, path)
         changes.append(f"users_seen: dropped {path}")
     for path in paths:
         if path in listed:
             continue
-        connection.execute(text("DELETE FROM users_seen WHERE path = :path"), {"path": path})
+        _unlist_seen(connection, path)  # rows an interrupted run left
         connection.execute(
             text("INSERT INTO users_seen_kept (path) VALUES (:path)"), {"path": path}
         )

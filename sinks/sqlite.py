@@ -41,6 +41,7 @@ from eventrouter.events.commands import STORED_COLUMNS, Command
 from eventrouter.files import open_private
 from eventrouter.health import ComponentHealth
 from eventrouter.sinks.sqlite_store import (
+    INDEXES_SQL,
     LAST_ROWID,
     SQLiteStore,
     count_statements,
@@ -330,12 +331,7 @@ class SQLiteSink(Sink):
         wanted = set(self.options.indexes)
         changes = []
         with self._engine.begin() as connection:
-            existing = {
-                row[0]
-                for row in connection.exec_driver_sql(
-                    "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'"
-                )
-            }
+            existing = set(connection.exec_driver_sql(INDEXES_SQL).scalars())
             for name in LEGACY_INDEXES:
                 if name in existing:
                     log.info("%s: dropping index %s (earlier schema)", self.name, name)

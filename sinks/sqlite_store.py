@@ -61,6 +61,10 @@ from eventrouter.store.schema import EVENT_USER_INDEXES, events, metadata
 from eventrouter.store.sql import SQLStore
 
 T = TypeVar("T")
+#: The names of the indexes on ``events``.
+INDEXES_SQL = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'"
+#: The ``event_user`` option's indexes (:meth:`SQLiteDialect.retention_statement`).
+EVENT_USER_NAMES = frozenset(index.name for index in EVENT_USER_INDEXES)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -352,14 +356,19 @@ SEEN_TRIGGERS = ("users_seen_delete", "users_seen_update")
 SEEN_TABLES = ("users_seen", "users_seen_kept")
 
 
+def _unlist_seen(connection: Any, path: str) -> None:
+    """Unlist ``path`` from ``users_seen`` and drop its rows."""
+    connection.exec_driver_sql("DELETE FROM users_seen WHERE path = ?", (path,))
+    connection.exec_driver_sql("DELETE FROM users_seen_kept WHERE path = ?", (path,))
+
+
 def _forget_seen(connection: Any, path: str) -> None:
-    """Unlist ``path`` from ``users_seen`` and drop its rows, where kept (a path whose
-    hourly counts are dropped or made again: :func:`ensure_seen` fills it again)."""
+    """:func:`_unlist_seen`, where ``users_seen`` is kept (a path whose hourly counts
+    are dropped or made again: :func:`ensure_seen` fills it again)."""
     if connection.exec_driver_sql(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'users_seen_kept'"
     ).first():
-        connection.exec_driver_sql("DELETE FROM users_seen WHERE path = ?", (path,))
-        connection.exec_driver_sql("DELETE FROM users_seen_kept WHERE path = ?", (path,))
+        _unlist_seen(connection, path)
 
 
 def drop_seen(connection: Any) -> list[str]:
@@ -395,12 +404,12 @@ def ensure_seen(connection: Any, paths: Sequence[str]) -> list[str]:
     listed = {path for (path,) in connection.exec_driver_sql("SELECT path FROM users_seen_kept")}
     changes = []
     for path in sorted(listed - set(paths)):
-        _forget_seen(connection, path)
+        _unlist_seen(connection, path)
         changes.append(f"users_seen: dropped {path}")
     for path in paths:
         if path in listed:
             continue
-        connection.exec_driver_sql("DELETE FROM users_seen WHERE path = ?", (path,))
+        _unlist_seen(connection, path)  # rows an interrupted run left
         connection.exec_driver_sql("INSERT INTO users_seen_kept (path) VALUES (?)", (path,))
         connection.exec_driver_sql(_SEEN_ADD.format(where="u.path = ?"), (path,))
         changes.append(f"users_seen: filled {path}")
@@ -623,9 +632,7 @@ class SQLiteDialect(QueryDialect):
     def __init__(self, url: str) -> None:
         self.url = url
         self._indexes = IndexNames(
-            lambda connection: connection.exec_driver_sql(
-                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'"
-            ).scalars()
+            lambda connection: connection.exec_driver_sql(INDEXES_SQL).scalars()
         )
 
     def connect(self) -> Engine:
@@ -649,7 +656,7 @@ class SQLiteDialect(QueryDialect):
         events without one for an anonymous id, an index range per user each. Without
         them, the standard SQL (None). Over 1,000,000 events: bench/README.md,
         "Retention on SQLite: the event_user indexes"."""
-        if not {index.name for index in EVENT_USER_INDEXES} <= self._indexes.get(self.engine):
+        if not self._indexes.get(self.engine) >= EVENT_USER_NAMES:
             return None
         c = self.table.c
         # Literal ints in the SQL text, as the standard SQL's.

@@ -592,20 +592,17 @@ class EventStore:
                 (start_of(start), int(n)) for start, n in connection.execute(series_sql).all() if n
             ]
             top = []
-            seen = self._users_seen_select(where, by, limit) if by is not None else None
-            if seen is not None:
-                top = [
-                    (dialect.text_value(v), int(n)) for v, n in connection.execute(seen).all() if n
-                ]
-            elif by is not None:
-                value = self.dimension(by).label("value")
-                top_sql = (
-                    dialect.copies_select(value, users)
-                    .where(*conditions)
-                    .group_by(value)
-                    .order_by(users.desc(), value)
-                    .limit(limit)
-                )
+            if by is not None:
+                top_sql = self._users_seen_select(where, by, limit)
+                if top_sql is None:
+                    value = self.dimension(by).label("value")
+                    top_sql = (
+                        dialect.copies_select(value, users)
+                        .where(*conditions)
+                        .group_by(value)
+                        .order_by(users.desc(), value)
+                        .limit(limit)
+                    )
                 top = [
                     (dialect.text_value(v), int(n))
                     for v, n in connection.execute(top_sql).all()
