@@ -422,6 +422,31 @@ class Store:
         return EventStore(stores[self.sink["type"]](self.url))
 
 
+def migrate_first(sink: dict[str, Any]) -> Callable[[], str]:
+    """A :attr:`Store.prepare` for SQLite and PostgreSQL: what an operator runs after
+    an upgrade, ``eventrouter migrate`` (the sink's ``migrate``: indexes and rollups
+    brought to the configuration, a new rollup filled from the stored events), so that
+    the server's start does not do it while the run waits for it."""
+
+    def prepare() -> str:
+        from eventrouter.sinks.postgres import PostgresSink
+        from eventrouter.sinks.sqlite import SQLiteSink
+
+        kind = {"sqlite": SQLiteSink, "postgres": PostgresSink}[sink["type"]]
+        options = kind.Options(**{k: v for k, v in sink.items() if k != "type"})
+        writer = kind(SINK_NAME, None, options)
+        started = time.perf_counter()
+        try:
+            changes = writer.migrate()
+        finally:
+            stopped = writer.stop()  # SQLite's is a coroutine (the sink's task)
+            if asyncio.iscoroutine(stopped):
+                asyncio.run(stopped)
+        return f"before serving: migrate ({changes}; {time.perf_counter() - started:.1f} s)"
+
+    return prepare
+
+
 def sqlite_store() -> Store:
     import sqlite3
 
@@ -454,20 +479,22 @@ def sqlite_store() -> Store:
         size = sum(p.stat().st_size for p in SQLITE_DIR.iterdir() if p.name.startswith("events.db"))
         return f"SQLite {sqlite3.sqlite_version}, {size / 1e6:,.0f} MB on disk; indexes: {indexes}"
 
+    sink = {
+        "type": "sqlite",
+        "url": SQLITE_URL,
+        "indexes": SQLITE_INDEXES,
+        "rollup_paths": list(ROLLUP_PATHS),
+        "unique_users": True,
+    }
     return Store(
         name="sqlite",
-        sink={
-            "type": "sqlite",
-            "url": SQLITE_URL,
-            "indexes": SQLITE_INDEXES,
-            "rollup_paths": list(ROLLUP_PATHS),
-            "unique_users": True,
-        },
+        sink=sink,
         batch_events=10_000,
         create=create,
         drop=drop,
         settle=settle,
         facts=facts,
+        prepare=migrate_first(sink),
     )
 
 
@@ -522,21 +549,23 @@ def postgres_store() -> Store:
             f"{partitions} partitions; indexes: {indexes}"
         )
 
+    sink = {
+        "type": "postgres",
+        "url": PG_URL,
+        "indexes": PG_INDEXES,
+        "path_indexes": PG_PATH_INDEXES,
+        "rollup_paths": list(ROLLUP_PATHS),
+        "unique_users": True,
+    }
     return Store(
         name="postgres",
-        sink={
-            "type": "postgres",
-            "url": PG_URL,
-            "indexes": PG_INDEXES,
-            "path_indexes": PG_PATH_INDEXES,
-            "rollup_paths": list(ROLLUP_PATHS),
-            "unique_users": True,
-        },
+        sink=sink,
         batch_events=10_000,
         create=create,
         drop=drop,
         settle=settle,
         facts=facts,
+        prepare=migrate_first(sink),
     )
 
 

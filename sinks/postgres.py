@@ -419,6 +419,63 @@ USERS_BACKFILL = (
     "INSERT INTO users_active_counts (kind, start, users) "
     "SELECT kind, start, count(*) FROM users_active GROUP BY 1, 2",
 )
+# -- each user's first and last event per event name and day (rollup.event_users_daily) --
+#: The groups of the rows of ``{rows}`` (a relation ``r``): per event name, user and UTC
+#: day, the first and last time and how many, in key order.
+_DAILY_GROUPS = (
+    "SELECT r.event, coalesce(r.user_id, r.anonymous_id) AS user_key, "
+    "(r.timestamp AT TIME ZONE 'UTC')::date AS day, min(r.timestamp) AS first, "
+    "max(r.timestamp) AS last, count(*) AS n FROM {rows} r WHERE r.event IS NOT NULL "
+    "AND coalesce(r.user_id, r.anonymous_id) IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+)
+_DAILY_ADD = (
+    "INSERT INTO event_users_daily (event, user_key, day, first, last, n) {groups} "
+    "ON CONFLICT (event, user_key, day) DO UPDATE SET "
+    "first = least(event_users_daily.first, EXCLUDED.first), "
+    "last = greatest(event_users_daily.last, EXCLUDED.last), "
+    "n = event_users_daily.n + EXCLUDED.n"
+)
+_DAILY_KEY = "d.event = x.event AND d.user_key = x.user_key AND d.day = x.day"
+#: The groups a statement deleted from, counted again from the events left (their
+#: first and last times may have gone with them): ``event_user`` finds a group's events
+#: where kept, else the day's events of that name.
+_DAILY_REMOVE = (
+    "CREATE OR REPLACE FUNCTION event_users_daily_remove() RETURNS trigger "
+    "LANGUAGE plpgsql AS $$ BEGIN "
+    "WITH c AS (SELECT DISTINCT event, user_key, day FROM ("
+    + _DAILY_GROUPS.format(rows="removed")
+    + ") g), x AS (SELECT c.event, c.user_key, c.day, min(e.timestamp) AS first, "
+    "max(e.timestamp) AS last, count(e.timestamp) AS n FROM c LEFT JOIN events e "
+    "ON e.event = c.event AND coalesce(e.user_id, e.anonymous_id) = c.user_key "
+    "AND e.timestamp >= c.day AT TIME ZONE 'UTC' "
+    "AND e.timestamp < (c.day + 1) AT TIME ZONE 'UTC' GROUP BY 1, 2, 3), "
+    f"gone AS (DELETE FROM event_users_daily d USING x WHERE {_DAILY_KEY} AND x.n = 0) "
+    "UPDATE event_users_daily d SET first = x.first, last = x.last, n = x.n FROM x "
+    f"WHERE {_DAILY_KEY} AND x.n > 0; RETURN NULL; END $$"
+)
+DAILY_DDL = (
+    "CREATE TABLE IF NOT EXISTS event_users_daily (event text NOT NULL, "
+    "user_key text NOT NULL, day date NOT NULL, first timestamptz NOT NULL, "
+    "last timestamptz NOT NULL, n bigint NOT NULL, PRIMARY KEY (event, user_key, day))",
+    "CREATE OR REPLACE FUNCTION event_users_daily_add() RETURNS trigger LANGUAGE plpgsql "
+    "AS $$ BEGIN "
+    + _DAILY_ADD.format(groups=_DAILY_GROUPS.format(rows="added"))
+    + "; RETURN NULL; END $$",
+    _DAILY_REMOVE,
+    "CREATE OR REPLACE TRIGGER event_users_daily_insert AFTER INSERT ON events "
+    "REFERENCING NEW TABLE AS added FOR EACH STATEMENT "
+    "EXECUTE FUNCTION event_users_daily_add()",
+    "CREATE OR REPLACE TRIGGER event_users_daily_delete AFTER DELETE ON events "
+    "REFERENCING OLD TABLE AS removed FOR EACH STATEMENT "
+    "EXECUTE FUNCTION event_users_daily_remove()",
+)
+DAILY_BACKFILL = _DAILY_ADD.format(groups=_DAILY_GROUPS.format(rows="events"))
+DAILY_DROP = (
+    "DROP TRIGGER IF EXISTS event_users_daily_insert ON events",
+    "DROP TRIGGER IF EXISTS event_users_daily_delete ON events",
+    "DROP FUNCTION IF EXISTS event_users_daily_add(), event_users_daily_remove()",
+    "DROP TABLE IF EXISTS event_users_daily",
+)
 #: Filled from ``events`` once, when the table is made (schema 3 → 4), in the migration's
 #: transaction, which holds a lock that keeps writers out until it commits.
 ROLLUP_BACKFILL = "INSERT INTO events_hourly (hour, type, event, source, n) " + _ROLLUP_ROWS.format(
@@ -795,6 +852,7 @@ def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
     commits, so no row is counted twice or missed."""
     hourly = connection.execute(text("SELECT to_regclass('events_hourly')")).scalar()
     counted = connection.execute(text("SELECT to_regclass('users_active_counts')")).scalar()
+    daily = connection.execute(text("SELECT to_regclass('event_users_daily')")).scalar()
     changes = []
     insert_trigger = connection.execute(
         text("SELECT 1 FROM pg_trigger WHERE tgrelid = 'events'::regclass AND tgname = :name"),
@@ -805,9 +863,9 @@ def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
         for statement in ROLLUP_RETIRED:
             connection.execute(text(statement))
         changes.append("the sink counts events_hourly (insert trigger dropped)")
-    if hourly is not None and (counted is not None) == users:
+    if hourly is not None and (counted is not None) == users and (daily is not None) == users:
         # The functions follow this release's.
-        for statement in (*ROLLUP_DDL[1:], *(USERS_DDL[3:] if users else ())):
+        for statement in (*ROLLUP_DDL[1:], *((*USERS_DDL[3:], *DAILY_DDL[1:]) if users else ())):
             connection.execute(text(statement))
         return changes
     connection.execute(text("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"))
@@ -824,6 +882,17 @@ def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
         for statement in USERS_DROP:
             connection.execute(text(statement))
         changes.append("dropped users_active")
+    if users and daily is None:
+        for statement in (*DAILY_DDL, DAILY_BACKFILL):
+            connection.execute(text(statement))
+        changes.append("created event_users_daily")
+    elif users:
+        for statement in DAILY_DDL[1:]:
+            connection.execute(text(statement))
+    elif daily is not None:
+        for statement in DAILY_DROP:
+            connection.execute(text(statement))
+        changes.append("dropped event_users_daily")
     return changes
 
 
@@ -1229,6 +1298,11 @@ class PostgresSink(Sink):
                     )
                 if connection.execute(text("SELECT to_regclass('users_active_counts')")).scalar():
                     _recount_users(connection, start.replace(tzinfo=UTC), end)
+                if connection.execute(text("SELECT to_regclass('event_users_daily')")).scalar():
+                    connection.execute(
+                        text("DELETE FROM event_users_daily WHERE day >= :start AND day < :end"),
+                        {"start": start.date(), "end": end.date()},
+                    )
             with self._partitions_lock:
                 self._partitions.discard(name)
             dropped.append(name)

@@ -43,6 +43,7 @@ from sqlalchemy.sql.dml import Insert
 from eventrouter.store.db import json_options
 from eventrouter.store.interface import Erased, Eraser, IndexNames, QueryDialect
 from eventrouter.store.rollup import (
+    event_users_daily,
     events_hourly,
     events_hourly_paths,
     users_active_counts,
@@ -103,6 +104,7 @@ class PostgresDialect(QueryDialect):
     path_rollup = events_hourly_paths
     users_rollup = users_active_counts
     users_seen = users_seen
+    event_users_daily = event_users_daily
     indexed_extremes = True
 
     def __init__(self, url: str) -> None:

@@ -52,6 +52,7 @@ from eventrouter.store.db import json_options
 from eventrouter.store.interface import IndexNames, QueryDialect
 from eventrouter.store.rollup import (
     check_rollup_paths,
+    event_users_daily,
     events_hourly,
     events_hourly_paths,
     users_active_counts,
@@ -356,6 +357,91 @@ SEEN_TRIGGERS = ("users_seen_delete", "users_seen_update")
 SEEN_TABLES = ("users_seen", "users_seen_kept")
 
 
+# -- each user's first and last event per event name and day (rollup.event_users_daily) --
+#: The group of the row ``{row}``: its event, user and UTC day (the text's first 10
+#: characters, as SQLAlchemy's Date keeps a day).
+_DAILY_KEY = (
+    "event = {row}event AND user_key = " + _USER + " AND day = substr({row}timestamp, 1, 10)"
+)
+#: Adds the rows of ``events`` matching ``{where}`` into ``event_users_daily``.
+_DAILY_ADD = (
+    "INSERT INTO event_users_daily (event, user_key, day, first, last, n) "
+    f"SELECT event, {_USER.format(row='')}, substr(timestamp, 1, 10), min(timestamp), "
+    "max(timestamp), count(*) FROM events "
+    f"WHERE {{where}} AND event IS NOT NULL AND {_USER.format(row='')} IS NOT NULL "
+    "GROUP BY 1, 2, 3 "
+    "ON CONFLICT (event, user_key, day) DO UPDATE SET first = min(first, excluded.first), "
+    "last = max(last, excluded.last), n = n + excluded.n"
+)
+#: A commit's inserts (the rows past rowid ``?``), as :data:`ROLLUP_COUNT`.
+DAILY_COUNT = _DAILY_ADD.format(where="rowid > ?1")
+#: The times of a group's events, through the ``event_user`` indexes where kept: the
+#: ``user_id`` half, and the events without one whose ``anonymous_id`` is the user.
+_DAILY_TIMES = " UNION ALL ".join(
+    "SELECT e.timestamp AS t FROM events e WHERE e.event = event_users_daily.event "
+    f"AND {who} AND e.timestamp >= event_users_daily.day "
+    "AND e.timestamp < date(event_users_daily.day, '+1 day')"
+    for who in (
+        "e.user_id = event_users_daily.user_key",
+        "e.user_id IS NULL AND e.anonymous_id = event_users_daily.user_key",
+    )
+)
+#: Taking the old row ``OLD`` off: one event fewer; a group without events goes; a
+#: group whose first or last event it was reads that time again.
+_DAILY_REMOVE = (
+    "UPDATE event_users_daily SET n = n - 1 WHERE {key}; "
+    "DELETE FROM event_users_daily WHERE {key} AND n <= 0; "
+    f"UPDATE event_users_daily SET first = (SELECT min(t) FROM ({_DAILY_TIMES})), "
+    f"last = (SELECT max(t) FROM ({_DAILY_TIMES})) "
+    "WHERE {key} AND (first >= OLD.timestamp OR last <= OLD.timestamp); "
+).format(key=_DAILY_KEY.format(row="OLD."))
+DAILY_DDL = (
+    "CREATE TABLE event_users_daily (event TEXT NOT NULL, user_key TEXT NOT NULL, "
+    "day TEXT NOT NULL, first TEXT NOT NULL, last TEXT NOT NULL, n INTEGER NOT NULL, "
+    "PRIMARY KEY (event, user_key, day)) WITHOUT ROWID",
+    # From the rows there already, in the same transaction as the triggers.
+    _DAILY_ADD.format(where="true"),
+    "CREATE TRIGGER event_users_daily_delete AFTER DELETE ON events "
+    f"WHEN OLD.event IS NOT NULL AND {_USER.format(row='OLD.')} IS NOT NULL "
+    f"BEGIN {_DAILY_REMOVE}END",
+    # Rows are never updated by eventrouter; should anyone, the groups follow.
+    "CREATE TRIGGER event_users_daily_update AFTER UPDATE OF timestamp, event, user_id, "
+    "anonymous_id ON events BEGIN "
+    + _DAILY_REMOVE  # an old row without a name or a user matches no group
+    + "INSERT INTO event_users_daily (event, user_key, day, first, last, n) "
+    f"SELECT NEW.event, {_USER.format(row='NEW.')}, substr(NEW.timestamp, 1, 10), "
+    "NEW.timestamp, NEW.timestamp, 1 "
+    f"WHERE NEW.event IS NOT NULL AND {_USER.format(row='NEW.')} IS NOT NULL "
+    "ON CONFLICT (event, user_key, day) DO UPDATE SET first = min(first, excluded.first), "
+    "last = max(last, excluded.last), n = n + 1; END",
+)
+DAILY_TRIGGERS = ("event_users_daily_delete", "event_users_daily_update")
+
+
+def ensure_daily(connection: Any, keep: bool) -> list[str]:
+    """Keep ``event_users_daily`` (with ``keep``: created and filled from ``events``
+    with its triggers, unless all of them exist; a table found without every trigger,
+    a crash between Python's sqlite3 committing the table and its triggers, is made
+    again), or drop it. Under the writers' lock; what changed."""
+    found = {
+        name
+        for (name,) in connection.exec_driver_sql(
+            "SELECT name FROM sqlite_master WHERE name IN (?, ?, ?)",
+            ("event_users_daily", *DAILY_TRIGGERS),
+        )
+    }
+    if keep and found == {"event_users_daily", *DAILY_TRIGGERS}:
+        return []
+    if not keep and not found:
+        return []
+    _drop(connection, DAILY_TRIGGERS, ("event_users_daily",))
+    if not keep:
+        return ["dropped event_users_daily"]
+    for statement in DAILY_DDL:
+        connection.exec_driver_sql(statement)
+    return ["created event_users_daily"]
+
+
 def _unlist_seen(connection: Any, path: str) -> None:
     """Unlist ``path`` from ``users_seen`` and drop its rows."""
     connection.exec_driver_sql("DELETE FROM users_seen WHERE path = ?", (path,))
@@ -512,6 +598,7 @@ _COUNTS = {
     "users_active": USERS_COUNT,
     "events_hourly_paths_kept": PATHS_COUNT,
     "users_seen_kept": SEEN_COUNT,
+    "event_users_daily": DAILY_COUNT,
 }
 
 
@@ -591,6 +678,7 @@ def ensure_rollup(connection: Any, users: bool = False, paths: Sequence[str] = (
         connection.exec_driver_sql(f"DROP TRIGGER {INSERT_TRIGGERS['users_active']}")
         changes.append("users_active counted per commit")
     # users_seen's triggers read the paths' listing: dropped before it may go.
+    changes += ensure_daily(connection, users)
     seen = users and bool(paths)
     if not seen:
         changes += drop_seen(connection)
@@ -627,6 +715,7 @@ class SQLiteDialect(QueryDialect):
     path_rollup = events_hourly_paths
     users_rollup = users_active_counts
     users_seen = users_seen
+    event_users_daily = event_users_daily
     indexed_extremes = True
 
     def __init__(self, url: str) -> None:
@@ -701,6 +790,31 @@ class SQLiteDialect(QueryDialect):
         sizes = select(cohorts.c.cohort, literal_column("-1").label("k"), func.count())
         returned = select(back.c.cohort, k, func.count()).group_by(back.c.cohort, k)
         return union_all(sizes.group_by(cohorts.c.cohort), returned)
+
+    def user_probes(
+        self,
+        user: ColumnElement,
+        what: ColumnElement,
+        conditions: Sequence[ColumnElement],
+        start: ColumnElement,
+        end: ColumnElement,
+    ) -> list[ColumnElement] | None:
+        """Through the ``event_user`` indexes (none: None): the user id's events, a
+        range of ``(event, user_id, timestamp)``, and the events without one whose
+        anonymous id is the user, of ``(event, anonymous_id, timestamp) WHERE user_id IS
+        NULL``. Seconds are compared as times (the stored text against
+        ``datetime(second, 'unixepoch')``: a time within a second sorts after it), so
+        that the index range ends at them."""
+        if not self._indexes.get(self.engine) >= EVENT_USER_NAMES:
+            return None
+        c = self.table.c
+        lo, hi = func.datetime(start, "unixepoch"), func.datetime(end, "unixepoch")
+        return [
+            select(func.min(what))
+            .where(who, *conditions, c.timestamp >= lo, c.timestamp < hi)
+            .scalar_subquery()
+            for who in (user == c.user_id, and_(c.user_id.is_(None), c.anonymous_id == user))
+        ]
 
     def path_rollup_value(self, column: ColumnElement) -> ColumnElement:
         """``''`` (no value) as NULL, ``'v' || text`` as the text (:data:`PATHS_DDL`)."""

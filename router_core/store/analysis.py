@@ -24,7 +24,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -36,6 +36,7 @@ from sqlalchemy import (
     literal_column,
     or_,
     select,
+    union,
     union_all,
 )
 
@@ -126,6 +127,85 @@ def _step_condition(store: EventStore, step: Step) -> ColumnElement:
     )
 
 
+# -- the whole days from event_users_daily -----------------------------------------------
+@dataclass(frozen=True)
+class DailySpan:
+    """A range cut for :data:`eventrouter.store.rollup.event_users_daily`: its whole
+    UTC days ``[first_day, end_day)`` (None: unbounded) read from the rollup, and the
+    ``edges`` (conditions on ``events``: the partial days at either end) read from
+    ``events``."""
+
+    days: tuple[ColumnElement, ...]
+    edges: tuple[ColumnElement, ...]
+
+
+def daily_span(
+    store: EventStore, since: datetime | None, until: datetime | None
+) -> DailySpan | None:
+    """How ``event_users_daily`` answers ``[since, until)``: None when the store keeps
+    none (or the reader is told not to read rollups) or the range holds no whole day."""
+    dialect = store.dialect
+    daily = dialect.event_users_daily
+    if not store.keeps(daily):
+        return None
+    r, c = daily.c, store.table.c
+    day = timedelta(days=1)
+    start = since.astimezone(UTC) if since is not None else None
+    first_day = None
+    if start is not None:
+        first_day = start.replace(hour=0, minute=0, second=0, microsecond=0)
+        if first_day < start:
+            first_day += day
+    end_day = None
+    if until is not None:
+        end_day = until.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if first_day is not None and end_day is not None and first_day >= end_day:
+        return None
+    days, edges = [], []
+    if first_day is not None:
+        days.append(r.day >= first_day.date())
+        if start is not None and start < first_day:
+            edges.append(
+                and_(c.timestamp >= dialect.time(start), c.timestamp < dialect.time(first_day))
+            )
+    if end_day is not None and until is not None:
+        days.append(r.day < end_day.date())
+        if end_day < until:
+            edges.append(
+                and_(c.timestamp >= dialect.time(end_day), c.timestamp < dialect.time(until))
+            )
+    return DailySpan(days=tuple(days), edges=tuple(edges))
+
+
+def _daily_times(store: EventStore, span: DailySpan, event: str) -> Any:
+    """The subquery ``(u, t)``: the users of ``event`` and a time of theirs, each group's
+    first one from ``event_users_daily`` for the whole days, every event's own for the
+    partial days; a user's least ``t`` is their first ``event`` in the range."""
+    dialect, c = store.dialect, store.table.c
+    r = dialect.event_users_daily.c  # type: ignore[union-attr]
+    user = func.coalesce(c.user_id, c.anonymous_id)
+    parts = [
+        select(r.user_key.label("u"), r.first.label("t")).where(
+            dialect.equals(r.event, event), *span.days
+        )
+    ]
+    if span.edges:
+        parts.append(
+            select(user.label("u"), c.timestamp.label("t")).where(
+                dialect.equals(c.event, event), user.isnot(None), or_(*span.edges)
+            )
+        )
+    return (union_all(*parts) if len(parts) > 1 else parts[0]).subquery("times")
+
+
+def _least(values: Sequence[ColumnElement]) -> ColumnElement:
+    """The least non-NULL of one or two values (NULL: none), in standard SQL."""
+    if len(values) == 1:
+        return values[0]
+    a, b = values
+    return case((a.is_(None), b), (or_(b.is_(None), a <= b), a), else_=b)
+
+
 # -- funnels ------------------------------------------------------------------------------
 def funnel(
     store: EventStore,
@@ -156,7 +236,10 @@ def funnel(
     dimension = store.dimension(by) if by is not None else None
     statement = dialect.funnel_statement(conditions, where, window, dimension)
     if statement is None:
-        statement = _funnel_statement(store, conditions, where, window, dimension)
+        # The entries from event_users_daily when the entry step is an event name alone.
+        span = daily_span(store, since, until) if not steps[0].conditions else None
+        entries = _daily_entries(store, span, steps[0].event) if span is not None else None
+        statement = _funnel_statement(store, conditions, where, window, dimension, entries)
     # Rows (value, users, delay 2, ..., delay n): users with the same value and delays
     # (None or 0: not reached), grouped.
     groups: dict[Any, tuple[int, list[list[int]]]] = {}
@@ -188,61 +271,93 @@ def funnel(
     return result
 
 
+def _daily_entries(store: EventStore, span: DailySpan, event: str) -> Select:
+    """Each user's entry ``(u, t1)``, the second of their first ``event`` in the range,
+    from ``event_users_daily`` (:func:`_daily_times`)."""
+    times = _daily_times(store, span, event)
+    return select(times.c.u, func.min(store.dialect.epoch(times.c.t)).label("t1")).group_by(
+        times.c.u
+    )
+
+
 def _funnel_statement(
     store: EventStore,
     conditions: list[ColumnElement],
     where: list[ColumnElement],
     window: int,
     dimension: ColumnElement | None,
+    entries: Select | None = None,
 ) -> Select:
-    """The funnel in standard SQL (``QueryDialect.funnel_statement``'s rows), one
-    ``GROUP BY`` per step over that step's events alone:
+    """The funnel in standard SQL (``QueryDialect.funnel_statement``'s rows):
 
-    - ``s1``: each user's entry, ``min(second)`` of their step-1 events;
+    - ``s1``: each user's entry, ``min(second)`` of their step-1 events (``entries``:
+      the same rows, read elsewhere: :func:`_daily_entries`);
     - ``s<k>``: the users of ``s<k-1>`` with the earliest step-k second strictly after
-      their step k - 1 and within the window (the events joined to ``s<k-1>`` by user);
+      their step k - 1 and within the window: read for each user alone where the store
+      can (``QueryDialect.user_probes``: ``p<k>`` holds each index's answer), else by
+      one ``GROUP BY`` over the step's events joined to ``s<k-1>`` by user;
     - ``b``: the entry event's value of ``dimension`` (the least, when several entry
-      events share the second);
+      events share the second), read the same way;
     - then the users counted by value and delays (``s1`` left-joined to the others)."""
     dialect, table = store.dialect, store.table
     user = func.coalesce(table.c.user_id, table.c.anonymous_id)
     second = dialect.epoch(table.c.timestamp)
-    entries = (
-        select(user.label("u"), func.min(second).label("t1"))
-        .select_from(table)
-        .where(conditions[0], user.isnot(None), *where)
-        .group_by(user)
-        .cte("s1")
-    )
-    reached = [entries]
+    if entries is None:
+        entries = (
+            select(user.label("u"), func.min(second).label("t1"))
+            .select_from(table)
+            .where(conditions[0], user.isnot(None), *where)
+            .group_by(user)
+        )
+    entries_cte = entries.cte("s1")
+    reached = [entries_cte]
+    one = literal_column("1")
     for k, condition in enumerate(conditions[1:], 2):
         previous = reached[-1]
-        step = (
-            select(previous.c.u, previous.c.t1, func.min(second).label(f"t{k}"))
-            .select_from(table.join(previous, user == previous.c.u))
-            .where(
-                condition,
-                *where,
-                second > previous.c[f"t{k - 1}"],
-                second <= previous.c.t1 + literal_column(str(int(window))),
-            )
-            .group_by(previous.c.u, previous.c.t1)
-            .cte(f"s{k}")
+        after, last = previous.c[f"t{k - 1}"], previous.c.t1 + literal_column(str(int(window)))
+        probes = dialect.user_probes(
+            previous.c.u, table.c.timestamp, [condition, *where], after + one, last + one
         )
+        if probes is not None:
+            found = _probed(previous, [previous.c.u, previous.c.t1], probes, f"p{k}")
+            earliest = _least([found.c[f"h{i}"] for i in range(len(probes))])
+            step = (
+                select(found.c.u, found.c.t1, dialect.epoch(earliest).label(f"t{k}"))
+                .where(earliest.isnot(None))
+                .cte(f"s{k}")
+            )
+        else:
+            step = (
+                select(previous.c.u, previous.c.t1, func.min(second).label(f"t{k}"))
+                .select_from(table.join(previous, user == previous.c.u))
+                .where(condition, *where, second > after, second <= last)
+                .group_by(previous.c.u, previous.c.t1)
+                .cte(f"s{k}")
+            )
         reached.append(step)
-    joined = entries
+    joined = entries_cte
     for step in reached[1:]:
-        joined = joined.outerjoin(step, step.c.u == entries.c.u)
+        joined = joined.outerjoin(step, step.c.u == entries_cte.c.u)
     value: ColumnElement = literal_column("NULL")
     if dimension is not None:
-        values = (
-            select(entries.c.u, func.min(dimension).label("v"))
-            .select_from(table.join(entries, user == entries.c.u))
-            .where(conditions[0], *where, second == entries.c.t1)
-            .group_by(entries.c.u)
-            .cte("b")
+        t1 = entries_cte.c.t1
+        probes = dialect.user_probes(
+            entries_cte.c.u, dimension, [conditions[0], *where], t1, t1 + one
         )
-        joined = joined.outerjoin(values, values.c.u == entries.c.u)
+        if probes is not None:
+            found = _probed(entries_cte, [entries_cte.c.u], probes, "pb")
+            values = select(
+                found.c.u, _least([found.c[f"h{i}"] for i in range(len(probes))]).label("v")
+            ).cte("b")
+        else:
+            values = (
+                select(entries_cte.c.u, func.min(dimension).label("v"))
+                .select_from(table.join(entries_cte, user == entries_cte.c.u))
+                .where(conditions[0], *where, second == t1)
+                .group_by(entries_cte.c.u)
+                .cte("b")
+            )
+        joined = joined.outerjoin(values, values.c.u == entries_cte.c.u)
         value = values.c.v
     delays = [
         (step.c[f"t{k}"] - reached[k - 2].c[f"t{k - 1}"]).label(f"d{k}")
@@ -252,6 +367,17 @@ def _funnel_statement(
         select(value.label("value"), func.count().label("users"), *delays)
         .select_from(joined)
         .group_by(*([value] if dimension is not None else []), *delays)
+    )
+
+
+def _probed(previous: Any, keep: Sequence[ColumnElement], probes: Sequence[Any], name: str) -> Any:
+    """The CTE ``name``: ``keep`` and each probe's answer (``h0``, ``h1``, ...) per row of
+    ``previous``, materialised so that each probe runs once per user."""
+    return (
+        select(*keep, *(probe.label(f"h{i}") for i, probe in enumerate(probes)))
+        .select_from(previous)
+        .cte(name)
+        .prefix_with("MATERIALIZED")
     )
 
 
@@ -305,7 +431,13 @@ def retention(
     where = _time_bounds(store, since, until)
     size = PERIODS[period]
     offset = _WEEK_OFFSET if period == "week" else 0
-    statement = dialect.retention_statement(is_first, is_returning, where, size, offset, periods)
+    span = daily_span(store, since, until)
+    if span is not None:
+        statement = _retention_daily(store, span, first, returning, size, offset, periods)
+    else:
+        statement = dialect.retention_statement(
+            is_first, is_returning, where, size, offset, periods
+        )
     if statement is None:
         statement = _retention_statement(store, is_first, is_returning, where, period, periods)
     cohorts: dict[int, list[int]] = defaultdict(lambda: [0] * (periods + 1))
@@ -383,6 +515,72 @@ def _retention_statement(
         .group_by(cohort, k)
     )
     return union_all(sizes, returns)
+
+
+def _retention_daily(
+    store: EventStore,
+    span: DailySpan,
+    first: str,
+    returning: str,
+    size: int,
+    offset: int,
+    periods: int,
+) -> Any:
+    """Retention from ``event_users_daily`` (``QueryDialect.retention_statement``'s
+    rows): each user's entry from their groups of ``first`` (:func:`_daily_times`), then
+    their groups of ``returning`` from the entry's second to the cohort's last period
+    (a group counts in its day's period when its last event is at or after the entry),
+    and the partial days' returning events from ``events``. A user's groups are one
+    index range each (the rollup's key leads with the event and the user)."""
+    dialect, c = store.dialect, store.table.c
+    r = dialect.event_users_daily.c  # type: ignore[union-attr]
+    # Literal ints in the SQL text, as the standard SQL's.
+    size_sql, shift = literal_column(str(int(size))), literal_column(str(int(offset)))
+    times = _daily_times(store, span, first)
+    entry = func.min(dialect.epoch(times.c.t))
+    cohorts = (
+        select(
+            times.c.u,
+            entry.label("entry"),
+            (entry - (entry - shift) % size_sql).label("cohort"),
+        )
+        .group_by(times.c.u)
+        .cte("cohorts")
+        .prefix_with("MATERIALIZED")
+    )
+    end = cohorts.c.cohort + literal_column(str(int(size) * int(periods)))
+
+    def period_of(second: ColumnElement) -> ColumnElement:
+        return (second - (second - shift) % size_sql).label("p")
+
+    day = dialect.epoch(r.day)
+    parts = [
+        select(cohorts.c.u, cohorts.c.cohort, period_of(day))
+        .select_from(cohorts)
+        .join(
+            dialect.event_users_daily,  # type: ignore[arg-type]
+            and_(dialect.equals(r.event, returning), r.user_key == cohorts.c.u),
+        )
+        .where(*span.days, dialect.epoch(r.last) >= cohorts.c.entry, day < end)
+    ]
+    if span.edges:
+        user, second = func.coalesce(c.user_id, c.anonymous_id), dialect.epoch(c.timestamp)
+        parts.append(
+            select(cohorts.c.u, cohorts.c.cohort, period_of(second))
+            .select_from(cohorts)
+            .join(store.table, user == cohorts.c.u)
+            .where(
+                dialect.equals(c.event, returning),
+                or_(*span.edges),
+                second >= cohorts.c.entry,
+                second < end,
+            )
+        )
+    back = (union(*parts) if len(parts) > 1 else parts[0].distinct()).subquery("back")
+    k = ((back.c.p - back.c.cohort) / size_sql).label("k")
+    sizes = select(cohorts.c.cohort, literal_column("-1").label("k"), func.count())
+    returned = select(back.c.cohort, k, func.count()).group_by(back.c.cohort, k)
+    return union_all(sizes.group_by(cohorts.c.cohort), returned)
 
 
 def parse_window(text: str) -> int:

@@ -186,6 +186,10 @@ class QueryDialect(ABC):
     #: The distinct users per day the store keeps, read by :meth:`users_statement`
     #: (ClickHouse's ``events_users``); None: none.
     users_days: ClassVar[Table | None] = None
+    #: Each user's first and last event per event name and UTC day
+    #: (:data:`eventrouter.store.rollup.event_users_daily`), from which funnels and
+    #: retention read the whole days of their range; None: read from ``events``.
+    event_users_daily: ClassVar[Table | None] = None
     #: ``min(timestamp)`` and ``max(timestamp)`` each read one end of an index (SQLite,
     #: PostgreSQL): :meth:`EventStore.time_span` asks for them apart, not with a count
     #: that reads every match.
@@ -401,6 +405,22 @@ class QueryDialect(ABC):
         users)`` for k = 0 .. ``periods`` - 1, and k = -1 for the cohort's size; periods
         of ``period`` seconds start at ``offset`` seconds past the epoch. None (the
         default): the query layer's standard SQL (eventrouter.store.analysis)."""
+        return None
+
+    def user_probes(
+        self,
+        user: ColumnElement,
+        what: ColumnElement,
+        conditions: Sequence[ColumnElement],
+        start: ColumnElement,
+        end: ColumnElement,
+    ) -> list[ColumnElement] | None:
+        """For a funnel that reads each user's events alone: scalar subqueries, one per
+        index through which the store finds one user's events, each the least ``what``
+        among the events of ``user`` (a column of the enclosing query: the user key)
+        matching ``conditions`` whose second is in ``[start, end)`` (epoch seconds). The
+        answer is the least of their non-NULL results. None (the default): the store
+        has no such index, and funnels join each step's events to its users."""
         return None
 
     def before_analysis(self, connection: Any, view: str) -> None:

@@ -512,12 +512,14 @@ class EventStore:
             return int(connection.execute(statement).scalar() or 0)
 
     # -- unique users ----------------------------------------------------------------------
-    def period(self, interval: str) -> ColumnElement:
+    def period(self, interval: str, column: ColumnElement | None = None) -> ColumnElement:
         """The start of the ``interval`` (``day``, ``week`` from Monday, ``month``)
-        holding each event's ``timestamp``, UTC, as seconds since the epoch.
+        holding each event's ``timestamp`` (or the time ``column``), UTC, as seconds
+        since the epoch.
 
         :raises InvalidQuery: another interval."""
-        epoch = self.dialect.epoch(self.table.c.timestamp)
+        column = self.table.c.timestamp if column is None else column
+        epoch = self.dialect.epoch(column)
         if interval == "day":
             day = literal_column("86400")
             return epoch - epoch % day
@@ -526,7 +528,7 @@ class EventStore:
             shifted = epoch + literal_column("259200")
             return shifted - shifted % literal_column("604800") - literal_column("259200")
         if interval == "month":
-            return self.dialect.month_start(self.table.c.timestamp)
+            return self.dialect.month_start(column)
         raise InvalidQuery("interval", f"{interval!r} is not one of {', '.join(INTERVALS)}")
 
     def active_users(
@@ -575,6 +577,8 @@ class EventStore:
                 series_sql = series_sql.where(r.start >= dialect.time(where.since))
         elif from_days:
             series_sql = dialect.users_statement(interval, where.since)
+        elif (daily_sql := self._daily_users_select(where, interval)) is not None:
+            series_sql = daily_sql
         else:
             # copies_select: distinct users are the same whether or not a redelivered
             # event's copies are read as one (ClickHouse then skips FINAL).
@@ -611,6 +615,33 @@ class EventStore:
         # The per-period counts are exact on every store that keeps them.
         exact = from_counts or dialect.distinct_exact
         return ActiveUsers(interval=interval, exact=exact, series=series, by=by, top=top)
+
+    def _daily_users_select(self, where: EventFilter, interval: str) -> Select | None:
+        """The distinct users per period of one event's calls, from the store's
+        :attr:`QueryDialect.event_users_daily` (one row per event, user and day: a
+        period's users are its days' distinct user keys), when it can answer: a filter
+        on the event name and whole periods from ``where.since`` (already a period's
+        start) to now; else None (count ``events``)."""
+        daily = self.dialect.event_users_daily
+        plain = msgspec.structs.replace(where, since=None, event=None) == EventFilter()
+        if (
+            not plain
+            or where.event is None
+            or where.event == rollup.NO_EVENT
+            or not self.keeps(daily)
+        ):
+            return None
+        r = daily.c  # type: ignore[union-attr]
+        period = self.period(interval, r.first).label("period")
+        statement = (
+            select(period, self.dialect.count_distinct(r.user_key))
+            .where(self.dialect.equals(r.event, where.event))
+            .group_by(period)
+            .order_by(period)
+        )
+        if where.since is not None:
+            statement = statement.where(r.day >= where.since.astimezone(UTC).date())
+        return statement
 
     def _users_seen_select(self, where: EventFilter, by: str, limit: int) -> Select | None:
         """The top values of the JSON path ``by`` by distinct users, from the store's
@@ -667,6 +698,12 @@ class EventStore:
             if inspect(connection).has_table(name):
                 self._tables_found.add(name)
         return name in self._tables_found
+
+    def keeps(self, table: Table | None) -> bool:
+        """Whether the store keeps the rollup ``table`` (one its dialect names: None,
+        not kept) and it exists now, asked each time (a sink drops some when told to
+        stop keeping them); False when this reader is told to read ``events`` alone."""
+        return table is not None and self.use_rollup and self._has_table(table.name, remember=False)
 
     def has_rollup(self) -> bool:
         """Whether the store keeps the rollup and its table exists (a store not migrated

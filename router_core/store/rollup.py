@@ -67,7 +67,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import BigInteger, Column, DateTime, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, Date, DateTime, MetaData, String, Table, Text
 
 #: The rollup's bucket, in seconds.
 HOUR = 3600
@@ -171,6 +171,28 @@ users_seen = Table(
 #: in :data:`rollup_paths_kept`.
 users_seen_kept = Table("users_seen_kept", metadata, Column("path", Text, nullable=False))
 
+
+#: Each user's events per event name and UTC day (the sinks' ``unique_users``): one row
+#: per ``event`` (a name: events without one are not kept), user (the ``user_id``, else
+#: the ``anonymous_id``: events with neither are not kept) and ``day``, with the times
+#: of their ``first`` and ``last`` event that day and how many (``n``, so that a
+#: deletion knows when the group empties; where it took the first or last event, the
+#: store reads that time again from ``events``). Funnels and retention read their
+#: entries and returning users from it for the whole days of their range, and
+#: ``events`` only for the partial days at its ends (eventrouter.store.analysis): a
+#: user active on a day is one row there, however many events they sent. Copies of one
+#: event change neither time. Kept like ``users_active``: inserts counted by the sink in
+#: the same transaction, deletes by a trigger, retention's partition drops by the day.
+event_users_daily = Table(
+    "event_users_daily",
+    metadata,
+    Column("event", Text, nullable=False),
+    Column("user_key", Text, nullable=False),
+    Column("day", Date, nullable=False),
+    Column("first", DateTime, nullable=False),
+    Column("last", DateTime, nullable=False),
+    Column("n", BigInteger, nullable=False),
+)
 
 #: Distinct users per period (:meth:`EventStore.active_users`), kept beside
 #: ``users_active`` (one row per period and user, with their events): ``kind`` is

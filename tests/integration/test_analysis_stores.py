@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import true
 
 from eventrouter.store.analysis import Step, funnel, period_start, retention
@@ -90,6 +91,10 @@ RETENTION_EVENTS: list[tuple[str | None, str | None, str, datetime]] = [
     (None, "r4", "Signed Up", D + timedelta(days=1)),
     (None, "r4", "Returned", D + timedelta(days=1, seconds=10)),
     ("r5", None, "Returned", D + timedelta(hours=1)),  # never signed up
+    # r7 returns before signing up and after, the same day: period 0.
+    ("r7", None, "Returned", D + timedelta(days=2, hours=1)),
+    ("r7", None, "Signed Up", D + timedelta(days=2, hours=2)),
+    ("r7", None, "Returned", D + timedelta(days=2, hours=3)),
     # r6 returns in the second of their entry, 300 ms before it: times are whole seconds.
     ("r6", None, "Signed Up", D + timedelta(days=3, milliseconds=500)),
     ("r6", None, "Returned", D + timedelta(days=3, milliseconds=200)),
@@ -134,18 +139,32 @@ def _batch() -> list[dict[str, Any]]:
 #: (``PostgresDialect.retention_statement``, ``SQLiteDialect.retention_statement``),
 #: else in the standard SQL: these stores have them.
 EVENT_USER = {"postgres-event_user": "postgres", "sqlite-event_user": "sqlite"}
+#: With ``unique_users``, the store keeps ``event_users_daily``, from which funnels and
+#: retention read the whole days of their range: with the ``event_user`` indexes
+#: (SQLite then reads each user's later steps alone) and without.
+DAILY = {
+    "sqlite-daily": "sqlite",
+    "sqlite-daily-event_user": "sqlite",
+    "postgres-daily": "postgres",
+    "postgres-daily-event_user": "postgres",
+}
+VARIANTS = {**EVENT_USER, **DAILY}
 
 
-@pytest.fixture(scope="module", params=[*STORES, *EVENT_USER])
-def served(request, tmp_path_factory) -> Iterator[tuple[LiveServer, EventStore]]:
-    """A server on one store holding both data sets, and the store's query layer."""
+@pytest.fixture(scope="module", params=[*STORES, *VARIANTS])
+def served(request, tmp_path_factory) -> Iterator[tuple[LiveServer, EventStore, EventStore]]:
+    """A server on one store holding both data sets, the store's query layer, and one
+    that reads ``events`` alone (no rollup)."""
     tmp_path = tmp_path_factory.mktemp(request.param)
-    kind = EVENT_USER.get(request.param, request.param)
+    kind = VARIANTS.get(request.param, request.param)
     with store_sink(kind, tmp_path) as sink:
-        if request.param in EVENT_USER:
+        if request.param.endswith("event_user"):
             sink["indexes"] = ["event", "event_user"]
+        if request.param in DAILY:
+            sink["unique_users"] = True
         server = LiveServer(make_config(tmp_path, {"sinks": {"store": sink}})).start()
         store = EventStore(store_of(sink))
+        scanner = EventStore(store_of(sink), use_rollup=False)
         try:
             events = _batch()
             # One event without any id is refused by the edge: the rest go in a batch.
@@ -153,8 +172,9 @@ def served(request, tmp_path_factory) -> Iterator[tuple[LiveServer, EventStore]]
             response = server.post("/v1/batch", {"batch": valid})
             assert response.status_code == 200, response.text
             assert len(server.events()) == len(valid)
-            yield server, store
+            yield server, store, scanner
         finally:
+            scanner.close()
             store.close()
             server.stop()
 
@@ -167,7 +187,7 @@ SINCE = TODAY - timedelta(days=30)
 
 
 def test_a_funnel_counts_users_in_order_within_the_window(served):
-    _, store = served
+    _, store, _ = served
     steps = [Step("Viewed"), Step("Added"), Step("Bought")]
     result = funnel(store, steps, 3600, SINCE, None)
     # Entered: u1 u2 u3 u4 u5 a6 u7 a8; Added: u1 60, u2 120, u3 300, u5 200, a6 90;
@@ -178,7 +198,7 @@ def test_a_funnel_counts_users_in_order_within_the_window(served):
 
 
 def test_a_step_at_the_windows_end_counts_and_one_a_second_later_does_not(served):
-    _, store = served
+    _, store, _ = served
     steps = [Step("Edge Entered"), Step("Edge Reached")]
     assert _shape(funnel(store, steps, 3600, SINCE, None).steps) == [(3, None), (2, 1800.5)]
     assert _shape(funnel(store, steps, 3601, SINCE, None).steps) == [(3, None), (3, 3600)]
@@ -186,13 +206,13 @@ def test_a_step_at_the_windows_end_counts_and_one_a_second_later_does_not(served
 
 
 def test_a_longer_window_lets_a_late_step_count(served):
-    _, store = served
+    _, store, _ = served
     result = funnel(store, [Step("Viewed"), Step("Added")], 7200, SINCE, None)
     assert _shape(result.steps) == [(8, None), (6, 160)]  # u4's 4000 s joins
 
 
 def test_step_conditions_pick_the_events_that_count(served):
-    _, store = served
+    _, store, _ = served
     red = (PathCondition("properties", ("color",), "red"),)
     steps = [Step("Viewed"), Step("Added", red), Step("Bought")]
     result = funnel(store, steps, 3600, SINCE, None)
@@ -201,7 +221,7 @@ def test_step_conditions_pick_the_events_that_count(served):
 
 
 def test_a_condition_on_the_first_step_picks_the_entry(served):
-    _, store = served
+    _, store, _ = served
     pro = (PathCondition("properties", ("plan",), "pro"),)
     steps = [Step("Viewed", pro), Step("Added"), Step("Bought")]
     result = funnel(store, steps, 3600, SINCE, None)
@@ -210,7 +230,7 @@ def test_a_condition_on_the_first_step_picks_the_entry(served):
 
 
 def test_a_breakdown_reads_the_entry_event(served):
-    _, store = served
+    _, store, _ = served
     steps = [Step("Viewed"), Step("Added"), Step("Bought")]
     result = funnel(store, steps, 3600, SINCE, None, by="properties.plan")
     rows = {value: [s.users for s in steps] for value, steps in result.breakdown}
@@ -220,26 +240,27 @@ def test_a_breakdown_reads_the_entry_event(served):
 
 
 def test_a_range_that_ends_before_the_entry_has_no_users(served):
-    _, store = served
+    _, store, _ = served
     result = funnel(store, [Step("Viewed"), Step("Added")], 3600, SINCE, T)
     assert _shape(result.steps) == [(0, None), (0, None)]
     assert result.steps[1].from_previous is None
 
 
 def test_retention_by_day(served):
-    _, store = served
+    _, store, _ = served
     result = retention(store, "Signed Up", "Returned", "day", SINCE, None)
     cohorts = {c.start: (c.users, c.returned) for c in result.cohorts}
     # Today is D + 6 days: cohort D sees periods 0..6, cohort D+1 periods 0..5.
     assert cohorts == {
         D: (2, [1, 1, 1, 1, 0, 0, 0, None]),
         D + timedelta(days=1): (2, [1, 1, 0, 0, 0, 0, None, None]),
+        D + timedelta(days=2): (1, [1, 0, 0, 0, 0, None, None, None]),
         D + timedelta(days=3): (1, [1, 0, 0, 0, None, None, None, None]),
     }
 
 
 def test_retention_by_week_and_the_same_event_twice(served):
-    _, store = served
+    _, store, _ = served
     result = retention(store, "Trial Started", "Trial Used", "week", SINCE, None)
     first = next(c for c in result.cohorts if c.start == W)
     # w1: week 1; w2 (Sunday night of week 0): week 0, and day 15 is week 2.
@@ -251,7 +272,7 @@ def test_retention_by_week_and_the_same_event_twice(served):
 def test_retention_reads_per_user_only_with_the_event_user_indexes(served, request):
     """The cases above ran through the per-user statement on the ``event_user`` stores,
     and through the standard SQL on SQLite's and PostgreSQL's defaults."""
-    _, store = served
+    _, store, _ = served
     name = request.node.callspec.params["served"]
     statement = store.dialect.retention_statement(true(), true(), [], 86400, 0, 8)
     if name in EVENT_USER:
@@ -260,8 +281,61 @@ def test_retention_reads_per_user_only_with_the_event_user_indexes(served, reque
         assert statement is None
 
 
+#: Ranges whose ends cut days, and the funnel's and retention's events, anywhere: the
+#: whole days inside come from ``event_users_daily`` where kept, the partial ones at
+#: either end from ``events``.
+CUTS = [
+    (SINCE, None),
+    (T - timedelta(hours=1), None),  # the funnel's whole day partial
+    (T + timedelta(seconds=45), None),  # after some entries: later ones enter
+    (T - timedelta(days=2, hours=3), T + timedelta(seconds=150)),  # ends mid-funnel
+    (D + timedelta(minutes=90), None),  # after r1's sign-up, before r2's
+    (D - timedelta(hours=12), D + timedelta(days=2, hours=3)),  # ends mid-day
+    (D + timedelta(days=1, minutes=30), TODAY - timedelta(hours=20)),
+    (W + timedelta(hours=12), TODAY - timedelta(days=2, hours=-7)),
+    (T + timedelta(hours=3), T + timedelta(hours=5)),  # not one whole day
+]
+
+
+@pytest.mark.parametrize("cut", range(len(CUTS)))
+def test_any_range_gives_the_answers_events_give(served, request, cut):
+    """Funnels and retention over ranges cut anywhere: the same answers as a reader of
+    ``events`` alone; the stores that keep ``event_users_daily`` read it."""
+    _, store, scanner = served
+    since, until = CUTS[cut]
+    sent: list[str] = []
+    listen = lambda _c, _cur, statement, *_a: sent.append(statement)  # noqa: E731
+    sqlalchemy_event.listen(store.engine, "before_cursor_execute", listen)
+    try:
+        for steps, by in (
+            ([Step("Viewed"), Step("Added"), Step("Bought")], None),
+            ([Step("Viewed"), Step("Added"), Step("Bought")], "properties.plan"),
+            (
+                [Step("Viewed"), Step("Added", (PathCondition("properties", ("color",), "red"),))],
+                None,
+            ),
+            ([Step("Edge Entered"), Step("Edge Reached")], None),
+        ):
+            got = funnel(store, steps, 3600, since, until, by=by)
+            assert got == funnel(scanner, steps, 3600, since, until, by=by), (steps, by)
+        for first, returning, period in (
+            ("Signed Up", "Returned", "day"),
+            ("Signed Up", "Returned", "week"),
+            ("Trial Started", "Trial Used", "week"),
+            ("Trial Started", "Trial Started", "day"),
+        ):
+            got = retention(store, first, returning, period, since, until)
+            assert got == retention(scanner, first, returning, period, since, until)
+    finally:
+        sqlalchemy_event.remove(store.engine, "before_cursor_execute", listen)
+    name = request.node.callspec.params["served"]
+    whole_days = until is None or (until - since) > timedelta(days=2)
+    read = any("FROM event_users_daily" in s for s in sent)
+    assert read is (name in DAILY and whole_days)
+
+
 def test_a_hostile_event_name_is_a_value(served):
-    _, store = served
+    _, store, _ = served
     result = retention(store, HOSTILE, "Returned", "day", SINCE, None)
     assert [(c.users, c.returned[0]) for c in result.cohorts] == [(1, 1)]
 
@@ -271,7 +345,7 @@ def _text(html: str) -> str:
 
 
 def test_the_funnel_page_shows_the_numbers(served):
-    server, _ = served
+    server, _, _ = served
     params = [("range", "30d"), ("step", "Viewed"), ("step", "Added"), ("step", "Bought")]
     params += [("window", "1h"), ("where2", "properties.color=red"), ("by", "properties.plan")]
     response = server.client.get("/admin/funnels", params=params, headers=ADMIN_BEARER)
@@ -284,7 +358,7 @@ def test_the_funnel_page_shows_the_numbers(served):
 
 
 def test_the_retention_page_shows_the_cohorts(served):
-    server, _ = served
+    server, _, _ = served
     params = {"range": "30d", "first": HOSTILE, "returning": "Returned", "period": "day"}
     response = server.client.get("/admin/retention", params=params, headers=ADMIN_BEARER)
     assert response.status_code == 200, response.text
@@ -294,7 +368,7 @@ def test_the_retention_page_shows_the_cohorts(served):
 
 
 def test_one_user_is_one_user_not_one_users(served):
-    server, _ = served
+    server, _, _ = served
     params = [("range", "30d"), ("step", "Viewed"), ("step", "Added")]
     params += [("where1", "properties.plan=enterprise")]  # u7 alone enters
     response = server.client.get("/admin/funnels", params=params, headers=ADMIN_BEARER)
@@ -308,7 +382,7 @@ def test_one_user_is_one_user_not_one_users(served):
 
 
 def test_an_htmx_request_gets_the_fragment_and_the_canonical_url(served):
-    server, _ = served
+    server, _, _ = served
     params = [
         ("step", "Viewed"),
         ("step", ""),
@@ -333,7 +407,7 @@ def test_an_htmx_request_gets_the_fragment_and_the_canonical_url(served):
     ],
 )
 def test_a_bad_parameter_is_400_naming_it(served, path, params, message):
-    server, _ = served
+    server, _, _ = served
     response = server.client.get(path, params=params, headers=ADMIN_BEARER)
     assert response.status_code == 400
     assert message in response.text.replace("&#39;", "'")

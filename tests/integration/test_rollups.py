@@ -113,11 +113,50 @@ def compact_clickhouse(fx: ServedStore) -> list:
         client.disconnect()
 
 
+#: ``event_users_daily`` counted again from ``events``, per store that keeps it.
+DAILY_RECOUNT = {
+    "sqlite": (
+        "SELECT event, coalesce(user_id, anonymous_id), substr(timestamp, 1, 10), "
+        "min(timestamp), max(timestamp), count(*) FROM events WHERE event IS NOT NULL "
+        "AND coalesce(user_id, anonymous_id) IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    ),
+    "postgres": (
+        "SELECT event, coalesce(user_id, anonymous_id), (timestamp AT TIME ZONE 'UTC')::date, "
+        "min(timestamp), max(timestamp), count(*) FROM events WHERE event IS NOT NULL "
+        "AND coalesce(user_id, anonymous_id) IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+    ),
+}
+
+
+def daily_rows(fx: ServedStore) -> list[tuple]:
+    """``event_users_daily`` as kept, after checking it equals its recount from
+    ``events`` (every group's first and last time and its events)."""
+    if not fx.reader.keeps(fx.reader.dialect.event_users_daily):
+        return []
+    engine = fx.store.engine()
+    try:
+        with engine.connect() as connection:
+            kept = connection.execute(
+                text(
+                    "SELECT event, user_key, day, first, last, n FROM event_users_daily "
+                    "ORDER BY 1, 2, 3"
+                )
+            ).all()
+            recount = connection.execute(text(DAILY_RECOUNT[fx.kind])).all()
+    finally:
+        engine.dispose()
+    assert [tuple(row) for row in kept] == [tuple(row) for row in recount]
+    return [tuple(row) for row in kept]
+
+
 def check_same(fx: ServedStore) -> dict:
     """The rollup's answers and the scan's, equal; the rollup's. On ClickHouse, with
-    the days changed since the last compaction read from events, then compacted."""
+    the days changed since the last compaction read from events, then compacted.
+    ``event_users_daily``, where kept, equals its recount (:func:`daily_rows`)."""
     fast, slow = answers(fx.reader), answers(fx.scanner)
     assert fast == slow
+    if fx.kind in DAILY_RECOUNT:
+        daily_rows(fx)
     if fx.kind == "clickhouse":
         compact_clickhouse(fx)
         assert fx.reader.dialect.rollup_gaps(None, NOW) == []  # every day from the rollup
@@ -129,6 +168,17 @@ def test_rollup_and_scan_agree_with_the_hand_count(fx):
     assert fx.reader.has_rollup() is True
     assert fx.reader._has_table("users_active_counts") is (fx.kind != "clickhouse")
     got = check_same(fx)
+    if fx.kind in DAILY_RECOUNT:
+        # r1..r10 less the calls without a name (r7, r8): one group per event, user, day.
+        groups = {(row[0], row[1]) for row in daily_rows(fx)}
+        assert groups == {
+            ("Viewed", "u1"),
+            ("Viewed", "u2"),
+            ("Bought", "u1"),
+            ("Viewed", "a3"),
+            ("Bought", "u2"),
+            ("Viewed", "u3"),
+        }
     assert got["events"] == [("Viewed", 5), ("Bought", 2), (None, 2)] or got["events"] == [
         ("Viewed", 5),
         (None, 2),
@@ -184,10 +234,13 @@ def active(fx: ServedStore, interval: str, by: str | None = None):
     return fx.reader.active_users(EventFilter(since=SINCE), interval, by=by)
 
 
-def by_hand(interval: str) -> list[tuple[datetime, int]]:
-    """Distinct users (user id, else anonymous id) per period, from ROWS."""
+def by_hand(interval: str, name: str | None = None) -> list[tuple[datetime, int]]:
+    """Distinct users (user id, else anonymous id) per period, from ROWS (those of the
+    event ``name`` alone, if given)."""
     periods: dict[datetime, set[str]] = {}
-    for _, ago, _, _, user, anon in ROWS:
+    for _, ago, _, event_name, user, anon in ROWS:
+        if name is not None and event_name != name:
+            continue
         moment = NOW - ago * MINUTE
         if moment < period_start(SINCE, interval):  # periods are whole
             continue
@@ -207,8 +260,14 @@ def test_active_users_per_period(fx, interval):
     assert got.exact is True
     assert got.series == by_hand(interval)
     assert fx.scanner.active_users(EventFilter(since=SINCE), interval) == got
-    of_viewed = fx.reader.active_users(EventFilter(since=SINCE, event="Viewed"), "month")
-    assert sum(n for _, n in of_viewed.series) >= 3  # u1, u2, a3 (u3 too if in the month)
+    for name in ("Viewed", "Bought", "'; DROP TABLE event_users_daily; --"):
+        where = EventFilter(since=SINCE, event=name)
+        of_one = fx.reader.active_users(where, interval)
+        assert of_one.series == by_hand(interval, name)
+        assert fx.scanner.active_users(where, interval) == of_one
+    # SQLite and PostgreSQL read one event's users from event_users_daily.
+    daily = fx.reader._daily_users_select(EventFilter(since=SINCE, event="Viewed"), interval)
+    assert (daily is not None) is (fx.kind in DAILY_RECOUNT)
 
 
 def test_active_users_per_value(fx):
@@ -306,9 +365,100 @@ def test_unique_users_off_drops_the_counts_and_reads_events(fx):
     before = check_same(fx)
     assert fx.reader._has_table("users_active_counts", remember=False) is True
     try:
-        assert "dropped users_active" in fx.migrate(users=False)
+        changes = fx.migrate(users=False)
+        assert "dropped users_active" in changes
         assert fx.reader._has_table("users_active_counts", remember=False) is False
+        if fx.kind in DAILY_RECOUNT:
+            assert "dropped event_users_daily" in changes
+            assert fx.reader.keeps(fx.reader.dialect.event_users_daily) is False
         assert check_same(fx) == before  # from events now
     finally:
         assert "created users_active" in fx.migrate(users=True)
+    assert check_same(fx) == before
+
+
+def _three_a_day(fx: ServedStore) -> tuple[datetime, dict[str, dict[int, str]]]:
+    """A user id and an anonymous id with a ``Viewed`` at 10:00, 11:00 and 12:00 UTC
+    three days ago: the day, and each key's message id per hour."""
+    day = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    day -= timedelta(days=3)
+    ids: dict[str, dict[int, str]] = {}
+    batch = []
+    for field in ("userId", "anonymousId"):
+        key = unique(f"{field}-")
+        ids[key] = {}
+        for hour in (10, 11, 12):
+            body = event(unique("d"), 0, "track", "Viewed", None, None)
+            body.update({field: key}, timestamp=iso(day + timedelta(hours=hour)))
+            ids[key][hour] = body["messageId"]
+            batch.append(body)
+    fx.post(batch)
+    return day, ids
+
+
+def _group(fx: ServedStore, key: str) -> tuple:
+    """``(first hour, last hour, n)`` of ``key``'s one group in ``event_users_daily``."""
+    engine = fx.store.engine()
+    try:
+        with engine.connect() as connection:
+            first, last, n = connection.execute(
+                text("SELECT first, last, n FROM event_users_daily WHERE user_key = :k"),
+                {"k": key},
+            ).one()
+    finally:
+        engine.dispose()
+    hour = lambda t: int(str(t)[11:13])  # noqa: E731  (SQLite's text, PostgreSQL's time)
+    return hour(first), hour(last), n
+
+
+def _run(fx: ServedStore, sql: str, **params) -> None:
+    engine = fx.store.engine()
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(sql), params)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("fx", list(DAILY_RECOUNT), indirect=True)
+def test_a_deleted_first_or_last_event_is_read_again(fx):
+    """``event_users_daily`` keeps each group's first and last time through deletes of
+    either: read again from the events left, for a user id and for an anonymous id."""
+    before = check_same(fx)
+    _, ids = _three_a_day(fx)
+    check_same(fx)
+    gone = "DELETE FROM events WHERE message_id = :m"
+    try:
+        for key, hours in ids.items():
+            assert _group(fx, key) == (10, 12, 3)
+            _run(fx, gone, m=hours[10])
+            assert _group(fx, key) == (11, 12, 2)
+            _run(fx, gone, m=hours[12])
+            assert _group(fx, key) == (11, 11, 1)
+            check_same(fx)
+    finally:
+        for hours in ids.values():
+            for message_id in hours.values():
+                _run(fx, gone, m=message_id)
+    assert check_same(fx) == before
+
+
+@pytest.mark.parametrize("fx", ["sqlite"], indirect=True)
+def test_an_updated_event_moves_its_group(fx):
+    """Updates (eventrouter makes none; SQLite's triggers follow anyone's): an event
+    moved two hours later takes its group's first and last time with it."""
+    before = check_same(fx)
+    _, ids = _three_a_day(fx)
+    moved = "UPDATE events SET timestamp = replace(timestamp, ' 11:', ' 13:') WHERE message_id = :m"
+    try:
+        for key, hours in ids.items():
+            _run(fx, moved, m=hours[11])
+            assert _group(fx, key) == (10, 13, 3)
+            _run(fx, "DELETE FROM events WHERE message_id IN (:a, :b)", a=hours[10], b=hours[12])
+            assert _group(fx, key) == (13, 13, 1)
+        check_same(fx)
+    finally:
+        for hours in ids.values():
+            for message_id in hours.values():
+                _run(fx, "DELETE FROM events WHERE message_id = :m", m=message_id)
     assert check_same(fx) == before
