@@ -238,6 +238,9 @@ class SQLiteOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: (``users_active``), for the Active users page: read in milliseconds instead of
     #: counted from ``events``, at about three index writes per stored event
     #: (bench/rollups.py: 57-65 k → 22-27 k events/s). Off: counted from events.
+    #: With the ``event_user`` indexes too, also each user's first and last event per
+    #: event name and day (``event_users_daily``), from which funnels and retention
+    #: read the whole days of their range.
     unique_users: bool = False
     #: JSON paths (``properties.plan``, ``context.page.path``: as the breakdown's
     #: ``dimension`` takes them, at most 8) whose values are counted per hour at write
@@ -301,6 +304,7 @@ class SQLiteSink(Sink):
                     connection,
                     users=self.options.unique_users,
                     paths=self.options.rollup_paths,
+                    daily=self.options.unique_users and "event_user" in self.options.indexes,
                 )
             for change in rollups:
                 log.info("%s: %s (eventrouter.store.rollup)", self.name, change)

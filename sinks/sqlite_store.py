@@ -422,7 +422,13 @@ def ensure_daily(connection: Any, keep: bool) -> list[str]:
     """Keep ``event_users_daily`` (with ``keep``: created and filled from ``events``
     with its triggers, unless all of them exist; a table found without every trigger,
     a crash between Python's sqlite3 committing the table and its triggers, is made
-    again), or drop it. Under the writers' lock; what changed."""
+    again), or drop it. Under the writers' lock; what changed.
+
+    The sink keeps it with ``unique_users`` and the ``event_user`` indexes: a deleted
+    row that was its group's first or last reads the group's times again (erasure
+    deletes a user's rows oldest first: nearly every row does), and those indexes make
+    that two index ranges; without them, the anonymous half would read every event of
+    the name that day."""
     found = {
         name
         for (name,) in connection.exec_driver_sql(
@@ -623,11 +629,14 @@ def count_statements(connection: Any) -> tuple[str, ...]:
     )
 
 
-def ensure_rollup(connection: Any, users: bool = False, paths: Sequence[str] = ()) -> list[str]:
+def ensure_rollup(
+    connection: Any, users: bool = False, paths: Sequence[str] = (), daily: bool = False
+) -> list[str]:
     """Create ``events_hourly``, fill it from ``events`` and create its triggers unless
     they all exist; with ``users``, the same for ``users_active`` and
     ``users_active_counts``, and without, drop those; the JSON ``paths`` kept in
-    ``events_hourly_paths`` made those (:func:`ensure_paths`). Run under the writers' lock (no row
+    ``events_hourly_paths`` made those (:func:`ensure_paths`); with ``daily``,
+    ``event_users_daily`` (:func:`ensure_daily`), else none. Run under the writers' lock (no row
     can arrive meanwhile). What changed. Python's sqlite3 may commit a table before its
     triggers: a rollup found without every trigger (a crash in between) is dropped and
     made again, and so is a rollup whose table was dropped (the way to count it again
@@ -678,7 +687,7 @@ def ensure_rollup(connection: Any, users: bool = False, paths: Sequence[str] = (
         connection.exec_driver_sql(f"DROP TRIGGER {INSERT_TRIGGERS['users_active']}")
         changes.append("users_active counted per commit")
     # users_seen's triggers read the paths' listing: dropped before it may go.
-    changes += ensure_daily(connection, users)
+    changes += ensure_daily(connection, daily)
     seen = users and bool(paths)
     if not seen:
         changes += drop_seen(connection)

@@ -94,14 +94,16 @@ class ServedStore:
 
     def migrate(self, *, users: bool = False, paths: Sequence[str] = ()) -> str:
         """What ``eventrouter migrate`` runs with ``unique_users = users`` and
-        ``rollup_paths = paths``: SQLite's rollups under the writers' lock, or the
+        ``rollup_paths = paths``: SQLite's rollups under the writers' lock (with the
+        sink's ``indexes``: ``event_users_daily`` with ``event_user``), or the
         PostgreSQL sink's migration."""
         if self.kind == "sqlite":
             engine = self.store.engine()
+            daily = users and "event_user" in self.sink.get("indexes", ())
 
             def migrate() -> str:
                 with engine.begin() as connection:
-                    changes = ensure_rollup(connection, users=users, paths=paths)
+                    changes = ensure_rollup(connection, users=users, paths=paths, daily=daily)
                     return ", ".join(changes) or "up to date"
 
             try:

@@ -140,15 +140,15 @@ def _batch() -> list[dict[str, Any]]:
 #: else in the standard SQL: these stores have them.
 EVENT_USER = {"postgres-event_user": "postgres", "sqlite-event_user": "sqlite"}
 #: With ``unique_users``, the store keeps ``event_users_daily``, from which funnels and
-#: retention read the whole days of their range: with the ``event_user`` indexes
-#: (SQLite then reads each user's later steps alone) and without.
+#: retention read the whole days of their range: PostgreSQL with the ``event_user``
+#: index and without, SQLite with its ``event_user`` indexes (and then reads each
+#: user's later steps alone); SQLite without them keeps none.
 DAILY = {
-    "sqlite-daily": "sqlite",
     "sqlite-daily-event_user": "sqlite",
     "postgres-daily": "postgres",
     "postgres-daily-event_user": "postgres",
 }
-VARIANTS = {**EVENT_USER, **DAILY}
+VARIANTS = {**EVENT_USER, **DAILY, "sqlite-unique_users": "sqlite"}
 
 
 @pytest.fixture(scope="module", params=[*STORES, *VARIANTS])
@@ -160,7 +160,7 @@ def served(request, tmp_path_factory) -> Iterator[tuple[LiveServer, EventStore, 
     with store_sink(kind, tmp_path) as sink:
         if request.param.endswith("event_user"):
             sink["indexes"] = ["event", "event_user"]
-        if request.param in DAILY:
+        if request.param in DAILY or request.param.endswith("unique_users"):
             sink["unique_users"] = True
         server = LiveServer(make_config(tmp_path, {"sinks": {"store": sink}})).start()
         store = EventStore(store_of(sink))

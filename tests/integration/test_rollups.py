@@ -75,7 +75,11 @@ def dataset() -> list[dict]:
 def fx(request, tmp_path_factory) -> Iterator[ServedStore]:
     tmp_path = tmp_path_factory.mktemp(request.param)
     # ClickHouse: the tests compact when they mean to (check_same).
-    options = {"rollup_interval": "1h"} if request.param == "clickhouse" else {"unique_users": True}
+    options: dict = {"unique_users": True}
+    if request.param == "clickhouse":
+        options = {"rollup_interval": "1h"}
+    elif request.param == "sqlite":  # with event_user, SQLite keeps event_users_daily
+        options["indexes"] = ["message_id", "user_id", "event", "event_user"]
     with served_store(request.param, tmp_path, dataset(), **options) as fixture:
         yield fixture
 
