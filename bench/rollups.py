@@ -6,6 +6,7 @@ and what keeping them costs the writes.
     .venv/bin/python bench/rollups.py time [--runs 5] [--stores ...]
     .venv/bin/python bench/rollups.py ingest [--events 300000] [--stores ...] [--rounds 2]
                                       [--paths properties.plan] [--unique-users --seen]
+                                      [--unique-users --daily]
     .venv/bin/python bench/rollups.py compact [--stores clickhouse]
 
 ``load`` writes ``--events`` events of bench/dashboard.py's :class:`EventFactory`,
@@ -23,7 +24,9 @@ marks changed days; and, with ``--unique-users``, the users tables), alternated,
 prints the write rate of each (on ClickHouse also the server's CPU per event, from
 /proc); with ``--paths``, with the rollups every time, without and with those
 ``rollup_paths``, alternated: the paths' own cost; with ``--unique-users --paths P
---seen``, with both every time, without and with ``users_seen``: its own cost.
+--seen``, with both every time, without and with ``users_seen``: its own cost; with
+``--unique-users --daily``, the same for ``event_users_daily`` (the ``event_user``
+indexes both times).
 ``compact`` runs ClickHouse's
 compactor (sinks/clickhouse_rollup.py) once on the loaded database with every day
 marked changed (as ``migrate`` leaves a new rollup), then once more with nothing to
@@ -60,7 +63,8 @@ from eventrouter.sinks.sqlite_store import SQLiteStore
 from eventrouter.store.query import EventFilter, EventStore
 
 SPAN = timedelta(days=29.5)
-#: Where each store's sink keeps users_seen (``ensure_seen``: ``--seen`` turns it off).
+#: Where each store's sink keeps users_seen (``ensure_seen``: ``--seen`` turns it off) and
+#: event_users_daily (``ensure_daily``: ``--daily`` turns it off).
 SEEN = {"sqlite": sqlite_store, "postgres": postgres_sink}
 #: ``EVENTROUTER_BENCH_ROLLUPS_NAME``: another name (two runs side by side).
 NAME = os.environ.get("EVENTROUTER_BENCH_ROLLUPS_NAME") or "eventrouter_bench_rollups"
@@ -96,9 +100,16 @@ async def write(
     unique_users: bool = False,
     rollup: bool = True,
     paths: Sequence[str] = (),
+    event_user: bool = False,
 ) -> float:
-    """Seconds the sink's writes of ``batches`` took, through the bus (role worker)."""
+    """Seconds the sink's writes of ``batches`` took, through the bus (role worker);
+    ``event_user``: SQLite's and PostgreSQL's sinks keep the ``event_user`` index(es)
+    (with ``unique_users``, SQLite keeps ``event_users_daily`` only with them)."""
     sink = {**SINKS[name], "batch": {"max_events": 50_000, "timeout": "1s"}}
+    if event_user and name == "sqlite":
+        sink["indexes"] = ["user_id", "event", "event_user"]
+    elif event_user and name == "postgres":
+        sink["indexes"] = ["user_id", "anonymous_id", "event", "event_user"]
     if unique_users:
         sink["unique_users"] = True
     if paths:
@@ -202,35 +213,49 @@ def clickhouse_cpu() -> float:
 def ingest(args: argparse.Namespace) -> None:
     real_sqlite, real_postgres = sqlite_sink.ensure_rollup, postgres_sink.ensure_rollup
 
-    def none(connection: object, users: bool = False, paths: Sequence[str] = ()) -> list[str]:
+    def none(connection: object, **_: object) -> list[str]:
         return []
 
     # With --paths: the rollups both times, without and with the paths (their own cost);
-    # with --seen too: the paths both times, without and with users_seen (its own).
+    # with --seen too: the paths both times, without and with users_seen (its own); with
+    # --daily: the rollups both times, without and with event_users_daily (its own).
     variants = [(True, ()), (True, tuple(args.paths))] if args.paths else [(False, ()), (True, ())]
     if args.seen:
-        variants = [(True, tuple(args.paths), False), (True, tuple(args.paths), True)]
+        variants = [(True, tuple(args.paths), False, True), (True, tuple(args.paths), True, True)]
+    elif args.daily:
+        variants = [(True, tuple(args.paths), True, False), (True, tuple(args.paths), True, True)]
     else:
-        variants = [(*variant, True) for variant in variants]
+        variants = [(*variant, True, True) for variant in variants]
     real_seen = {store: getattr(module, "ensure_seen", None) for store, module in SEEN.items()}
+    real_daily = {store: module.ensure_daily for store, module in SEEN.items()}
     for name in args.stores:
         batches = batches_of(args.events, BATCH[name])
-        for rollups, paths, seen in variants * args.rounds:
+        for rollups, paths, seen, daily in variants * args.rounds:
             sqlite_sink.ensure_rollup = real_sqlite if rollups else none
             postgres_sink.ensure_rollup = real_postgres if rollups else none
             for store, module in SEEN.items():
                 if real_seen[store] is not None:
                     module.ensure_seen = real_seen[store] if seen else lambda *_: []
+                module.ensure_daily = real_daily[store] if daily else lambda *_: []
             reset(name)
             cpu = clickhouse_cpu() if name == "clickhouse" else 0.0
             seconds = asyncio.run(
-                write(name, batches, unique_users=args.unique_users, rollup=rollups, paths=paths)
+                write(
+                    name,
+                    batches,
+                    unique_users=args.unique_users,
+                    rollup=rollups,
+                    paths=paths,
+                    event_user=args.daily,
+                )
             )
             what = "with rollups" if rollups else "without"
             if args.paths:
                 what += f" and rollup_paths = {list(paths)}"
             if args.seen:
                 what += ", with users_seen" if seen else ", without users_seen"
+            if args.daily:
+                what += ", with event_users_daily" if daily else ", without event_users_daily"
             line = f"{name} {what}: {args.events / seconds:,.0f} events/s"
             if name == "clickhouse":
                 per_event = (clickhouse_cpu() - cpu) / args.events * 1e6
@@ -240,6 +265,7 @@ def ingest(args: argparse.Namespace) -> None:
     for store, module in SEEN.items():
         if real_seen[store] is not None:
             module.ensure_seen = real_seen[store]
+        module.ensure_daily = real_daily[store]
 
 
 def compact(args: argparse.Namespace) -> None:
@@ -281,9 +307,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="ingest, with --unique-users and --paths: alternately without and with "
         "users_seen (the active users per path value)",
     )
+    parser.add_argument(
+        "--daily",
+        action="store_true",
+        help="ingest, with --unique-users: alternately without and with event_users_daily "
+        "(each user's first and last event per name and day), the event_user indexes both "
+        "times",
+    )
     args = parser.parse_args(argv)
     if args.seen and not (args.unique_users and args.paths):
         parser.error("--seen needs --unique-users and --paths")
+    if args.daily and (args.seen or not args.unique_users):
+        parser.error("--daily needs --unique-users (and no --seen)")
     args.stores = args.stores.split(",")
     args.paths = [p for p in args.paths.split(",") if p]
     commands = {"load": load, "migrate": migrate, "time": timings, "ingest": ingest}

@@ -51,7 +51,7 @@ WARM_UP = 5
 
 def make_sink(directory: str, args: argparse.Namespace) -> SQLiteSink:
     if args.no_rollups:  # as bench/rollups.py ingest does: the store keeps no rollup
-        sqlite_sink.ensure_rollup = lambda connection, users=False: []
+        sqlite_sink.ensure_rollup = lambda connection, **_: []
     indexes = [name for name in args.indexes.split(",") if name]
     options = SQLiteOptions(
         url=f"sqlite:///{directory}/events.db", indexes=indexes, unique_users=args.unique_users

@@ -852,7 +852,6 @@ def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
     commits, so no row is counted twice or missed."""
     hourly = connection.execute(text("SELECT to_regclass('events_hourly')")).scalar()
     counted = connection.execute(text("SELECT to_regclass('users_active_counts')")).scalar()
-    daily = connection.execute(text("SELECT to_regclass('event_users_daily')")).scalar()
     changes = []
     insert_trigger = connection.execute(
         text("SELECT 1 FROM pg_trigger WHERE tgrelid = 'events'::regclass AND tgname = :name"),
@@ -863,11 +862,11 @@ def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
         for statement in ROLLUP_RETIRED:
             connection.execute(text(statement))
         changes.append("the sink counts events_hourly (insert trigger dropped)")
-    if hourly is not None and (counted is not None) == users and (daily is not None) == users:
+    if hourly is not None and (counted is not None) == users:
         # The functions follow this release's.
-        for statement in (*ROLLUP_DDL[1:], *((*USERS_DDL[3:], *DAILY_DDL[1:]) if users else ())):
+        for statement in (*ROLLUP_DDL[1:], *(USERS_DDL[3:] if users else ())):
             connection.execute(text(statement))
-        return changes
+        return changes + ensure_daily(connection, users)
     connection.execute(text("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"))
     if hourly is None:
         for statement in (*ROLLUP_DDL, ROLLUP_BACKFILL):
@@ -882,18 +881,28 @@ def ensure_rollup(connection: Any, users: bool = False) -> list[str]:
         for statement in USERS_DROP:
             connection.execute(text(statement))
         changes.append("dropped users_active")
-    if users and daily is None:
+    return changes + ensure_daily(connection, users)
+
+
+def ensure_daily(connection: Any, keep: bool) -> list[str]:
+    """Keep ``event_users_daily`` (with ``keep``: created and filled from ``events``
+    with every writer locked out, else its functions and triggers brought to this
+    release's), or drop it. In the caller's transaction; what changed."""
+    daily = connection.execute(text("SELECT to_regclass('event_users_daily')")).scalar()
+    if keep and daily is None:
+        connection.execute(text("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"))
         for statement in (*DAILY_DDL, DAILY_BACKFILL):
             connection.execute(text(statement))
-        changes.append("created event_users_daily")
-    elif users:
+        return ["created event_users_daily"]
+    if keep:
         for statement in DAILY_DDL[1:]:
             connection.execute(text(statement))
-    elif daily is not None:
-        for statement in DAILY_DROP:
-            connection.execute(text(statement))
-        changes.append("dropped event_users_daily")
-    return changes
+        return []
+    if daily is None:
+        return []
+    for statement in DAILY_DROP:
+        connection.execute(text(statement))
+    return ["dropped event_users_daily"]
 
 
 def _recount_users(connection: Any, start: datetime, end: datetime) -> None:
