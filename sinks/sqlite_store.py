@@ -44,7 +44,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql import operators
 from sqlalchemy.sql.dml import Insert
+from sqlalchemy.sql.elements import BinaryExpression, UnaryExpression
 
 from eventrouter.columns import JSON_COLUMNS
 from eventrouter.files import is_data_dir, open_private, private_dir, private_sqlite
@@ -695,6 +697,20 @@ def ensure_rollup(
     return changes + (ensure_seen(connection, paths) if seen else [])
 
 
+def _whole_seconds(column: ColumnElement) -> ColumnElement:
+    """A stored time's text (``YYYY-MM-DD HH:MM:SS.ffffff``) without its fraction."""
+    return func.substr(column, 1, 19)
+
+
+def _unindexed(condition: ColumnElement, column: ColumnElement) -> ColumnElement:
+    """``condition`` (``column <op> value``) on ``+column``, which SQLite's planner reads
+    by no index (any other condition as it is)."""
+    if isinstance(condition, BinaryExpression) and condition.left is column:
+        plus = UnaryExpression(column, operator=operators.custom_op("+"), type_=column.type)
+        return condition.operator(plus, condition.right)
+    return condition
+
+
 class SQLiteStore(SQLStore):
     """The SQLite database at ``url`` (an ``sqlite:///`` SQLAlchemy URL)."""
 
@@ -805,6 +821,7 @@ class SQLiteDialect(QueryDialect):
         user: ColumnElement,
         what: ColumnElement,
         conditions: Sequence[ColumnElement],
+        where: Sequence[ColumnElement],
         start: ColumnElement,
         end: ColumnElement,
     ) -> list[ColumnElement] | None:
@@ -813,14 +830,18 @@ class SQLiteDialect(QueryDialect):
         anonymous id is the user, of ``(event, anonymous_id, timestamp) WHERE user_id IS
         NULL``. Seconds are compared as times (the stored text against
         ``datetime(second, 'unixepoch')``: a time within a second sorts after it), so
-        that the index range ends at them."""
+        that the index range ends at them. The range's bounds are compared on
+        ``+timestamp``, which no index serves: given a constant bound, SQLite's planner
+        took it for the index range (a month of events per user) over the per-user one,
+        or ``(event, timestamp)`` over ``event_user`` for a breakdown's value."""
         if not self._indexes.get(self.engine) >= EVENT_USER_NAMES:
             return None
         c = self.table.c
         lo, hi = func.datetime(start, "unixepoch"), func.datetime(end, "unixepoch")
+        bounds = [_unindexed(bound, c.timestamp) for bound in where]
         return [
             select(func.min(what))
-            .where(who, *conditions, c.timestamp >= lo, c.timestamp < hi)
+            .where(who, *conditions, *bounds, c.timestamp >= lo, c.timestamp < hi)
             .scalar_subquery()
             for who in (user == c.user_id, and_(c.user_id.is_(None), c.anonymous_id == user))
         ]
@@ -862,10 +883,14 @@ class SQLiteDialect(QueryDialect):
         )
 
     def epoch(self, column: ColumnElement) -> ColumnElement:
-        return cast(func.strftime("%s", column), Integer)
+        """Whole seconds, the fraction cut off as the other stores do: ``strftime('%s')``
+        of the full text rounds it to milliseconds first, so that ``…:59.9997`` counted
+        in the next second (hour, day) while ``substr`` puts it in its own (as the
+        rollups and the per-user reads compare the text)."""
+        return cast(func.strftime("%s", _whole_seconds(column)), Integer)
 
     def month_start(self, column: ColumnElement) -> ColumnElement:
-        return cast(func.strftime("%s", column, "start of month"), Integer)
+        return cast(func.strftime("%s", _whole_seconds(column), "start of month"), Integer)
 
     def size_bytes(self, connection: Any) -> int | None:
         page_count = connection.exec_driver_sql("PRAGMA page_count").scalar()

@@ -316,7 +316,7 @@ def _funnel_statement(
         previous = reached[-1]
         after, last = previous.c[f"t{k - 1}"], previous.c.t1 + literal_column(str(int(window)))
         probes = dialect.user_probes(
-            previous.c.u, table.c.timestamp, [condition, *where], after + one, last + one
+            previous.c.u, table.c.timestamp, [condition], where, after + one, last + one
         )
         if probes is not None:
             found = _probed(previous, [previous.c.u, previous.c.t1], probes, f"p{k}")
@@ -342,7 +342,7 @@ def _funnel_statement(
     if dimension is not None:
         t1 = entries_cte.c.t1
         probes = dialect.user_probes(
-            entries_cte.c.u, dimension, [conditions[0], *where], t1, t1 + one
+            entries_cte.c.u, dimension, [conditions[0]], where, t1, t1 + one
         )
         if probes is not None:
             found = _probed(entries_cte, [entries_cte.c.u], probes, "pb")

@@ -412,15 +412,18 @@ class QueryDialect(ABC):
         user: ColumnElement,
         what: ColumnElement,
         conditions: Sequence[ColumnElement],
+        where: Sequence[ColumnElement],
         start: ColumnElement,
         end: ColumnElement,
     ) -> list[ColumnElement] | None:
         """For a funnel that reads each user's events alone: scalar subqueries, one per
         index through which the store finds one user's events, each the least ``what``
         among the events of ``user`` (a column of the enclosing query: the user key)
-        matching ``conditions`` whose second is in ``[start, end)`` (epoch seconds). The
-        answer is the least of their non-NULL results. None (the default): the store
-        has no such index, and funnels join each step's events to its users."""
+        matching ``conditions`` and the range's bounds ``where`` whose second is in
+        ``[start, end)`` (epoch seconds, always narrower than the range, which the store
+        may check on the rows found rather than read by). The answer is the least of
+        their non-NULL results. None (the default): the store has no such index, and
+        funnels join each step's events to its users."""
         return None
 
     def before_analysis(self, connection: Any, view: str) -> None:

@@ -32,7 +32,7 @@ W = datetime.fromtimestamp(period_start(int((TODAY - timedelta(days=16)).timesta
 HOSTILE = '"><svg onload=alert(1)>{{7*7}}'
 
 # (user_id, anonymous_id, event, seconds after T, properties)
-FUNNEL_EVENTS: list[tuple[str | None, str | None, str, int, dict[str, Any]]] = [
+FUNNEL_EVENTS: list[tuple[str | None, str | None, str, float, dict[str, Any]]] = [
     # u1: the whole funnel.
     ("u1", "a1", "Viewed", 0, {"plan": "pro"}),
     ("u1", "a1", "Added", 60, {"color": "red"}),
@@ -74,6 +74,10 @@ FUNNEL_EVENTS: list[tuple[str | None, str | None, str, int, dict[str, Any]]] = [
     (None, "e2", "Edge Reached", 3701, {}),
     ("e3", None, "Edge Entered", 200, {}),
     ("e3", None, "Edge Reached", 201, {}),
+    # f1: a step 999.7 ms into the window's last second is in that second (SQLite's
+    # strftime('%s') once rounded it into the next).
+    ("f1", None, "Frac Entered", 400, {}),
+    ("f1", None, "Frac Reached", 4000.9997, {}),
 ]
 
 # (user_id, anonymous_id, event, time)
@@ -203,6 +207,12 @@ def test_a_step_at_the_windows_end_counts_and_one_a_second_later_does_not(served
     assert _shape(funnel(store, steps, 3600, SINCE, None).steps) == [(3, None), (2, 1800.5)]
     assert _shape(funnel(store, steps, 3601, SINCE, None).steps) == [(3, None), (3, 3600)]
     assert _shape(funnel(store, steps, 3599, SINCE, None).steps) == [(3, None), (1, 1)]
+
+
+def test_a_step_late_in_the_windows_last_second_counts(served):
+    _, store, _ = served
+    steps = [Step("Frac Entered"), Step("Frac Reached")]
+    assert _shape(funnel(store, steps, 3600, SINCE, None).steps) == [(1, None), (1, 3600)]
 
 
 def test_a_longer_window_lets_a_late_step_count(served):
