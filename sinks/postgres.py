@@ -70,7 +70,7 @@ from eventrouter.health import ComponentHealth
 from eventrouter.sinks.postgres_store import PostgresStore, postgres_engine
 from eventrouter.store.db import select_one
 from eventrouter.store.query import InvalidQuery, PathCondition
-from eventrouter.store.rollup import ALL_EVENTS, check_rollup_paths, event_scope
+from eventrouter.store.rollup import ALL_EVENTS, check_rollup_paths, day_number, event_scope
 from eventrouter.store.schema import event_columns
 
 log = logging.getLogger("eventrouter.sinks.postgres")
@@ -424,7 +424,8 @@ USERS_BACKFILL = (
 #: day, the first and last time and how many, in key order.
 _DAILY_GROUPS = (
     "SELECT r.event, coalesce(r.user_id, r.anonymous_id) AS user_key, "
-    "(r.timestamp AT TIME ZONE 'UTC')::date AS day, min(r.timestamp) AS first, "
+    "(r.timestamp AT TIME ZONE 'UTC')::date - DATE '1970-01-01' AS day, "
+    "min(r.timestamp) AS first, "
     "max(r.timestamp) AS last, count(*) AS n FROM {rows} r WHERE r.event IS NOT NULL "
     "AND coalesce(r.user_id, r.anonymous_id) IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
 )
@@ -447,15 +448,15 @@ _DAILY_REMOVE = (
     + ") g), x AS (SELECT c.event, c.user_key, c.day, min(e.timestamp) AS first, "
     "max(e.timestamp) AS last, count(e.timestamp) AS n FROM c LEFT JOIN events e "
     "ON e.event = c.event AND coalesce(e.user_id, e.anonymous_id) = c.user_key "
-    "AND e.timestamp >= c.day AT TIME ZONE 'UTC' "
-    "AND e.timestamp < (c.day + 1) AT TIME ZONE 'UTC' GROUP BY 1, 2, 3), "
+    "AND e.timestamp >= (DATE '1970-01-01' + c.day) AT TIME ZONE 'UTC' "
+    "AND e.timestamp < (DATE '1970-01-01' + c.day + 1) AT TIME ZONE 'UTC' GROUP BY 1, 2, 3), "
     f"gone AS (DELETE FROM event_users_daily d USING x WHERE {_DAILY_KEY} AND x.n = 0) "
     "UPDATE event_users_daily d SET first = x.first, last = x.last, n = x.n FROM x "
     f"WHERE {_DAILY_KEY} AND x.n > 0; RETURN NULL; END $$"
 )
 DAILY_DDL = (
     "CREATE TABLE IF NOT EXISTS event_users_daily (event text NOT NULL, "
-    "user_key text NOT NULL, day date NOT NULL, first timestamptz NOT NULL, "
+    "user_key text NOT NULL, day integer NOT NULL, first timestamptz NOT NULL, "
     "last timestamptz NOT NULL, n bigint NOT NULL, PRIMARY KEY (event, user_key, day))",
     "CREATE OR REPLACE FUNCTION event_users_daily_add() RETURNS trigger LANGUAGE plpgsql "
     "AS $$ BEGIN "
@@ -1310,7 +1311,7 @@ class PostgresSink(Sink):
                 if connection.execute(text("SELECT to_regclass('event_users_daily')")).scalar():
                     connection.execute(
                         text("DELETE FROM event_users_daily WHERE day >= :start AND day < :end"),
-                        {"start": start.date(), "end": end.date()},
+                        {"start": day_number(start), "end": day_number(end)},
                     )
             with self._partitions_lock:
                 self._partitions.discard(name)

@@ -360,18 +360,24 @@ SEEN_TABLES = ("users_seen", "users_seen_kept")
 
 
 # -- each user's first and last event per event name and day (rollup.event_users_daily) --
-#: The group of the row ``{row}``: its event, user and UTC day (the text's first 10
-#: characters, as SQLAlchemy's Date keeps a day).
+#: The UTC day (days since 1970-01-01) of the date ``{date}`` (``YYYY-MM-DD``).
+_DAY_NUMBER = "CAST(julianday({date}) - 2440587.5 AS INTEGER)"
+#: The group of the row ``{row}``: its event, user and UTC day.
 _DAILY_KEY = (
-    "event = {row}event AND user_key = " + _USER + " AND day = substr({row}timestamp, 1, 10)"
+    "event = {row}event AND user_key = "
+    + _USER
+    + " AND day = "
+    + _DAY_NUMBER.format(date="substr({row}timestamp, 1, 10)")
 )
-#: Adds the rows of ``events`` matching ``{where}`` into ``event_users_daily``.
+#: Adds the rows of ``events`` matching ``{where}`` into ``event_users_daily``: grouped
+#: by the day's text, each group's day number computed once.
 _DAILY_ADD = (
     "INSERT INTO event_users_daily (event, user_key, day, first, last, n) "
-    f"SELECT event, {_USER.format(row='')}, substr(timestamp, 1, 10), min(timestamp), "
-    "max(timestamp), count(*) FROM events "
+    f"SELECT event, user_key, {_DAY_NUMBER.format(date='d')}, first, last, n FROM ("
+    f"SELECT event, {_USER.format(row='')} AS user_key, substr(timestamp, 1, 10) AS d, "
+    "min(timestamp) AS first, max(timestamp) AS last, count(*) AS n FROM events "
     f"WHERE {{where}} AND event IS NOT NULL AND {_USER.format(row='')} IS NOT NULL "
-    "GROUP BY 1, 2, 3 "
+    "GROUP BY 1, 2, 3) WHERE true "
     "ON CONFLICT (event, user_key, day) DO UPDATE SET first = min(first, excluded.first), "
     "last = max(last, excluded.last), n = n + excluded.n"
 )
@@ -381,8 +387,8 @@ DAILY_COUNT = _DAILY_ADD.format(where="rowid > ?1")
 #: ``user_id`` half, and the events without one whose ``anonymous_id`` is the user.
 _DAILY_TIMES = " UNION ALL ".join(
     "SELECT e.timestamp AS t FROM events e WHERE e.event = event_users_daily.event "
-    f"AND {who} AND e.timestamp >= event_users_daily.day "
-    "AND e.timestamp < date(event_users_daily.day, '+1 day')"
+    f"AND {who} AND e.timestamp >= date(event_users_daily.day * 86400, 'unixepoch') "
+    "AND e.timestamp < date((event_users_daily.day + 1) * 86400, 'unixepoch')"
     for who in (
         "e.user_id = event_users_daily.user_key",
         "e.user_id IS NULL AND e.anonymous_id = event_users_daily.user_key",
@@ -399,7 +405,7 @@ _DAILY_REMOVE = (
 ).format(key=_DAILY_KEY.format(row="OLD."))
 DAILY_DDL = (
     "CREATE TABLE event_users_daily (event TEXT NOT NULL, user_key TEXT NOT NULL, "
-    "day TEXT NOT NULL, first TEXT NOT NULL, last TEXT NOT NULL, n INTEGER NOT NULL, "
+    "day INTEGER NOT NULL, first TEXT NOT NULL, last TEXT NOT NULL, n INTEGER NOT NULL, "
     "PRIMARY KEY (event, user_key, day)) WITHOUT ROWID",
     # From the rows there already, in the same transaction as the triggers.
     _DAILY_ADD.format(where="true"),
@@ -411,8 +417,8 @@ DAILY_DDL = (
     "anonymous_id ON events BEGIN "
     + _DAILY_REMOVE  # an old row without a name or a user matches no group
     + "INSERT INTO event_users_daily (event, user_key, day, first, last, n) "
-    f"SELECT NEW.event, {_USER.format(row='NEW.')}, substr(NEW.timestamp, 1, 10), "
-    "NEW.timestamp, NEW.timestamp, 1 "
+    f"SELECT NEW.event, {_USER.format(row='NEW.')}, "
+    f"{_DAY_NUMBER.format(date='substr(NEW.timestamp, 1, 10)')}, NEW.timestamp, NEW.timestamp, 1 "
     f"WHERE NEW.event IS NOT NULL AND {_USER.format(row='NEW.')} IS NOT NULL "
     "ON CONFLICT (event, user_key, day) DO UPDATE SET first = min(first, excluded.first), "
     "last = max(last, excluded.last), n = n + 1; END",

@@ -42,6 +42,7 @@ from sqlalchemy import (
 
 from eventrouter.store.interface import InvalidQuery
 from eventrouter.store.query import EventStore, PathCondition
+from eventrouter.store.rollup import day_number
 
 MIN_STEPS, MAX_STEPS = 2, 5
 #: The conversion window's bounds, in seconds.
@@ -50,7 +51,8 @@ MIN_WINDOW, MAX_WINDOW = 1, 90 * 86400
 #: :data:`OTHER` row.
 BREAKDOWN_VALUES = 10
 OTHER = "(other)"
-PERIODS = {"day": 86400, "week": 7 * 86400}
+DAY = 86400
+PERIODS = {"day": DAY, "week": 7 * DAY}
 #: Weeks start on Monday (1970-01-01, second 0, was a Thursday: Monday is 4 days later).
 _WEEK_OFFSET = 4 * 86400
 RETENTION_PERIODS = 8
@@ -143,7 +145,12 @@ def daily_span(
     store: EventStore, since: datetime | None, until: datetime | None
 ) -> DailySpan | None:
     """How ``event_users_daily`` answers ``[since, until)``: None when the store keeps
-    none (or the reader is told not to read rollups) or the range holds no whole day."""
+    none (or the reader is told not to read rollups) or the range holds no whole day.
+
+    A day the range cuts is read whole from the rollup all the same when the part of it
+    left out holds no event at all (one index lookup each): a range starting before the
+    first stored event, or ending now with nothing stored later that day, is the same
+    range with that day whole."""
     dialect = store.dialect
     daily = dialect.event_users_daily
     if not store.keeps(daily):
@@ -154,27 +161,42 @@ def daily_span(
     first_day = None
     if start is not None:
         first_day = start.replace(hour=0, minute=0, second=0, microsecond=0)
-        if first_day < start:
+        if first_day < start and _holds_events(store, first_day, start):
             first_day += day
     end_day = None
     if until is not None:
         end_day = until.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        if end_day < until and not _holds_events(store, until, end_day + day):
+            end_day += day
     if first_day is not None and end_day is not None and first_day >= end_day:
         return None
     days, edges = [], []
     if first_day is not None:
-        days.append(r.day >= first_day.date())
+        days.append(r.day >= day_number(first_day))
         if start is not None and start < first_day:
             edges.append(
                 and_(c.timestamp >= dialect.time(start), c.timestamp < dialect.time(first_day))
             )
     if end_day is not None and until is not None:
-        days.append(r.day < end_day.date())
-        if end_day < until:
+        days.append(r.day < day_number(end_day))
+        if end_day < until.astimezone(UTC):
             edges.append(
                 and_(c.timestamp >= dialect.time(end_day), c.timestamp < dialect.time(until))
             )
     return DailySpan(days=tuple(days), edges=tuple(edges))
+
+
+def _holds_events(store: EventStore, start: datetime, end: datetime) -> bool:
+    """Whether ``events`` holds any row with a time in ``[start, end)``."""
+    c, dialect = store.table.c, store.dialect
+    statement = (
+        select(literal_column("1"))
+        .select_from(store.table)
+        .where(c.timestamp >= dialect.time(start), c.timestamp < dialect.time(end))
+        .limit(1)
+    )
+    with store.engine.connect() as connection:
+        return connection.execute(statement).first() is not None
 
 
 def _daily_times(store: EventStore, span: DailySpan, event: str) -> Any:
@@ -275,7 +297,8 @@ def _daily_entries(store: EventStore, span: DailySpan, event: str) -> Select:
     """Each user's entry ``(u, t1)``, the second of their first ``event`` in the range,
     from ``event_users_daily`` (:func:`_daily_times`)."""
     times = _daily_times(store, span, event)
-    return select(times.c.u, func.min(store.dialect.epoch(times.c.t)).label("t1")).group_by(
+    # The least time, then its second: one conversion per user, not per row.
+    return select(times.c.u, store.dialect.epoch(func.min(times.c.t)).label("t1")).group_by(
         times.c.u
     )
 
@@ -537,23 +560,38 @@ def _retention_daily(
     # Literal ints in the SQL text, as the standard SQL's.
     size_sql, shift = literal_column(str(int(size))), literal_column(str(int(offset)))
     times = _daily_times(store, span, first)
-    entry = func.min(dialect.epoch(times.c.t))
+    entries = (
+        select(times.c.u, dialect.epoch(func.min(times.c.t)).label("entry"))
+        .group_by(times.c.u)
+        .subquery("entries")
+    )
+    entry, day_size = entries.c.entry, literal_column(str(DAY))
     cohorts = (
         select(
-            times.c.u,
+            entries.c.u,
             entry.label("entry"),
+            (entry // day_size).label("entry_day"),
             (entry - (entry - shift) % size_sql).label("cohort"),
         )
-        .group_by(times.c.u)
+        .subquery("entered")
+    )
+    span_seconds = literal_column(str(int(size) * int(periods)))
+    cohorts = (
+        select(
+            *cohorts.c,
+            # The day after the cohort's last period: the end of each user's index range.
+            ((cohorts.c.cohort + span_seconds) // day_size).label("end_day"),
+        )
         .cte("cohorts")
         .prefix_with("MATERIALIZED")
     )
-    end = cohorts.c.cohort + literal_column(str(int(size) * int(periods)))
+    end = cohorts.c.cohort + span_seconds
 
     def period_of(second: ColumnElement) -> ColumnElement:
         return (second - (second - shift) % size_sql).label("p")
 
-    day = dialect.epoch(r.day)
+    # Days since 1970 as seconds: integer arithmetic per row, no time parsed.
+    day = r.day * day_size
     parts = [
         select(cohorts.c.u, cohorts.c.cohort, period_of(day))
         .select_from(cohorts)
@@ -561,7 +599,13 @@ def _retention_daily(
             dialect.event_users_daily,  # type: ignore[arg-type]
             and_(dialect.equals(r.event, returning), r.user_key == cohorts.c.u),
         )
-        .where(*span.days, dialect.epoch(r.last) >= cohorts.c.entry, day < end)
+        .where(
+            *span.days,
+            r.day >= cohorts.c.entry_day,
+            r.day < cohorts.c.end_day,
+            # On the entry's own day, a group counts if its last event is not earlier.
+            or_(r.day > cohorts.c.entry_day, dialect.epoch(r.last) >= cohorts.c.entry),
+        )
     ]
     if span.edges:
         user, second = func.coalesce(c.user_id, c.anonymous_id), dialect.epoch(c.timestamp)

@@ -512,14 +512,19 @@ class EventStore:
             return int(connection.execute(statement).scalar() or 0)
 
     # -- unique users ----------------------------------------------------------------------
-    def period(self, interval: str, column: ColumnElement | None = None) -> ColumnElement:
+    def period(
+        self,
+        interval: str,
+        column: ColumnElement | None = None,
+        epoch: ColumnElement | None = None,
+    ) -> ColumnElement:
         """The start of the ``interval`` (``day``, ``week`` from Monday, ``month``)
-        holding each event's ``timestamp`` (or the time ``column``), UTC, as seconds
-        since the epoch.
+        holding each event's ``timestamp`` (or the time ``column``, whose second is
+        ``epoch`` when given), UTC, as seconds since the epoch.
 
         :raises InvalidQuery: another interval."""
         column = self.table.c.timestamp if column is None else column
-        epoch = self.dialect.epoch(column)
+        epoch = self.dialect.epoch(column) if epoch is None else epoch
         if interval == "day":
             day = literal_column("86400")
             return epoch - epoch % day
@@ -632,15 +637,19 @@ class EventStore:
         ):
             return None
         r = daily.c  # type: ignore[union-attr]
-        period = self.period(interval, r.first).label("period")
+        # A day's rows are its users (one per user): counted, not told apart.
+        users = func.count() if interval == "day" else self.dialect.count_distinct(r.user_key)
+        # The day's first second from its number, not from a time (month: its first's).
+        day = r.day * literal_column("86400")
+        period = self.period(interval, r.first, epoch=day).label("period")
         statement = (
-            select(period, self.dialect.count_distinct(r.user_key))
+            select(period, users)
             .where(self.dialect.equals(r.event, where.event))
             .group_by(period)
             .order_by(period)
         )
         if where.since is not None:
-            statement = statement.where(r.day >= where.since.astimezone(UTC).date())
+            statement = statement.where(r.day >= rollup.day_number(where.since))
         return statement
 
     def _users_seen_select(self, where: EventFilter, by: str, limit: int) -> Select | None:

@@ -65,9 +65,9 @@ tests/integration/test_rollups.py checks on every store.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
-from sqlalchemy import BigInteger, Column, Date, DateTime, MetaData, String, Table, Text
+from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, String, Table, Text
 
 #: The rollup's bucket, in seconds.
 HOUR = 3600
@@ -174,7 +174,8 @@ users_seen_kept = Table("users_seen_kept", metadata, Column("path", Text, nullab
 
 #: Each user's events per event name and UTC day (the sinks' ``unique_users``): one row
 #: per ``event`` (a name: events without one are not kept), user (the ``user_id``, else
-#: the ``anonymous_id``: events with neither are not kept) and ``day``, with the times
+#: the ``anonymous_id``: events with neither are not kept) and ``day`` (days since
+#: 1970-01-01, :func:`day_number`: periods are integer arithmetic on it), with the times
 #: of their ``first`` and ``last`` event that day and how many (``n``, so that a
 #: deletion knows when the group empties; where it took the first or last event, the
 #: store reads that time again from ``events``). Funnels and retention read their
@@ -188,7 +189,7 @@ event_users_daily = Table(
     metadata,
     Column("event", Text, nullable=False),
     Column("user_key", Text, nullable=False),
-    Column("day", Date, nullable=False),
+    Column("day", Integer, nullable=False),
     Column("first", DateTime, nullable=False),
     Column("last", DateTime, nullable=False),
     Column("n", BigInteger, nullable=False),
@@ -205,6 +206,14 @@ users_active_counts = Table(
     Column("users", BigInteger, nullable=False),
 )
 PERIOD_KINDS = {"day": "d", "week": "w", "month": "m"}
+
+
+def day_number(moment: datetime) -> int:
+    """The UTC day holding ``moment`` (a naive one is UTC), as days since 1970-01-01:
+    :data:`event_users_daily`'s ``day``."""
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return (moment.date() - date(1970, 1, 1)).days
 
 
 def period_start(moment: datetime, interval: str) -> datetime:

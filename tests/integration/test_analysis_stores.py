@@ -304,6 +304,9 @@ CUTS = [
     (D + timedelta(days=1, minutes=30), TODAY - timedelta(hours=20)),
     (W + timedelta(hours=12), TODAY - timedelta(days=2, hours=-7)),
     (T + timedelta(hours=3), T + timedelta(hours=5)),  # not one whole day
+    # Days whose cut-off parts hold no event: read whole from event_users_daily.
+    (W - timedelta(hours=12), D + timedelta(days=3, hours=20)),
+    (W - timedelta(hours=12), datetime.now(UTC)),
 ]
 
 

@@ -120,12 +120,14 @@ def compact_clickhouse(fx: ServedStore) -> list:
 #: ``event_users_daily`` counted again from ``events``, per store that keeps it.
 DAILY_RECOUNT = {
     "sqlite": (
-        "SELECT event, coalesce(user_id, anonymous_id), substr(timestamp, 1, 10), "
+        "SELECT event, coalesce(user_id, anonymous_id), "
+        "CAST(julianday(substr(timestamp, 1, 10)) - 2440587.5 AS INTEGER), "
         "min(timestamp), max(timestamp), count(*) FROM events WHERE event IS NOT NULL "
         "AND coalesce(user_id, anonymous_id) IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
     ),
     "postgres": (
-        "SELECT event, coalesce(user_id, anonymous_id), (timestamp AT TIME ZONE 'UTC')::date, "
+        "SELECT event, coalesce(user_id, anonymous_id), "
+        "(timestamp AT TIME ZONE 'UTC')::date - DATE '1970-01-01', "
         "min(timestamp), max(timestamp), count(*) FROM events WHERE event IS NOT NULL "
         "AND coalesce(user_id, anonymous_id) IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
     ),
