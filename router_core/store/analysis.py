@@ -566,15 +566,12 @@ def _retention_daily(
         .subquery("entries")
     )
     entry, day_size = entries.c.entry, literal_column(str(DAY))
-    cohorts = (
-        select(
-            entries.c.u,
-            entry.label("entry"),
-            (entry // day_size).label("entry_day"),
-            (entry - (entry - shift) % size_sql).label("cohort"),
-        )
-        .subquery("entered")
-    )
+    cohorts = select(
+        entries.c.u,
+        entry.label("entry"),
+        (entry // day_size).label("entry_day"),
+        (entry - (entry - shift) % size_sql).label("cohort"),
+    ).subquery("entered")
     span_seconds = literal_column(str(int(size) * int(periods)))
     cohorts = (
         select(
