@@ -617,7 +617,12 @@ def _retention_daily(
                 second < end,
             )
         )
-    back = (union(*parts) if len(parts) > 1 else parts[0].distinct()).subquery("back")
+    if len(parts) > 1:
+        back = union(*parts).subquery("back")
+    elif size == DAY:  # one row per user and day: already one per user and period
+        back = parts[0].subquery("back")
+    else:
+        back = parts[0].distinct().subquery("back")
     k = ((back.c.p - back.c.cohort) / size_sql).label("k")
     sizes = select(cohorts.c.cohort, literal_column("-1").label("k"), func.count())
     returned = select(back.c.cohort, k, func.count()).group_by(back.c.cohort, k)
