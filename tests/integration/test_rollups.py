@@ -468,3 +468,37 @@ def test_an_updated_event_moves_its_group(fx):
             for message_id in hours.values():
                 _run(fx, "DELETE FROM events WHERE message_id = :m", m=message_id)
     assert check_same(fx) == before
+
+
+@pytest.mark.parametrize("fx", ["sqlite"], indirect=True)
+def test_migrate_makes_an_earlier_releases_trigger_again(fx):
+    """A trigger whose SQL is an earlier release's (here ``users_active_delete`` reading
+    the periods through a row-value ``IN``, which read the whole table per deleted
+    event) is made again by ``migrate``; the counts stay right through an erasure."""
+    from eventrouter.sinks.sqlite_store import USERS_DELETE_TRIGGER
+
+    earlier = USERS_DELETE_TRIGGER.replace("n = n - 1 WHERE", "n = n - 1 WHERE 1 = 1 AND (", 1)
+    earlier = earlier.replace("; DELETE FROM users_active", "); DELETE FROM users_active", 1)
+    _run(fx, "DROP TRIGGER users_active_delete")
+    _run(fx, earlier)
+    changes = fx.migrate(users=True)
+    assert "users_active: trigger users_active_delete made again" in changes
+    engine = fx.store.engine()
+    try:
+        with engine.connect() as connection:
+            stored = connection.execute(
+                text("SELECT sql FROM sqlite_master WHERE name = 'users_active_delete'")
+            ).scalar()
+    finally:
+        engine.dispose()
+    assert stored == USERS_DELETE_TRIGGER
+    assert "made again" not in fx.migrate(users=True)
+    before = check_same(fx)
+    user = unique("again-")
+    fx.post([event(unique("g"), ago, "track", "Viewed", user, None) for ago in (45, 3000)])
+    eraser = fx.store.eraser()
+    try:
+        assert eraser.delete({user}, set(), dry_run=False, wait=30).events == 2
+    finally:
+        eraser.close()
+    assert check_same(fx) == before
