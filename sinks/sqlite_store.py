@@ -198,6 +198,12 @@ _OLD_PERIODS = " OR ".join(
     f"AND user_key = {_USER.format(row='OLD.')})"
     for kind, start in _PERIOD_START.items()
 )
+USERS_DELETE_TRIGGER = (
+    "CREATE TRIGGER users_active_delete AFTER DELETE ON events "
+    f"WHEN {_USER.format(row='OLD.')} IS NOT NULL BEGIN "
+    f"UPDATE users_active SET n = n - 1 WHERE {_OLD_PERIODS}; "
+    f"DELETE FROM users_active WHERE ({_OLD_PERIODS}) AND n <= 0; END"
+)
 USERS_DDL = (
     # One row per period and user with how many events (so that a deletion knows when
     # the user's last event of the period went), and the users per period.
@@ -224,12 +230,7 @@ USERS_DDL = (
     "DELETE FROM users_active_counts WHERE kind = OLD.kind AND start = OLD.start "
     "AND users <= 0; END",
     # Inserts are counted by the sink, once per commit (USERS_COUNT), not by a trigger.
-    USERS_DELETE_TRIGGER := (
-        "CREATE TRIGGER users_active_delete AFTER DELETE ON events "
-        f"WHEN {_USER.format(row='OLD.')} IS NOT NULL BEGIN "
-        f"UPDATE users_active SET n = n - 1 WHERE {_OLD_PERIODS}; "
-        f"DELETE FROM users_active WHERE ({_OLD_PERIODS}) AND n <= 0; END"
-    ),
+    USERS_DELETE_TRIGGER,
 )
 # -- hourly counts per value of configured JSON paths (eventrouter.store.rollup) ----------
 #: A kept path's value in the row ``{row}`` as ``QueryDialect.json_text`` gives it

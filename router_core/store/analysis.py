@@ -32,6 +32,7 @@ from sqlalchemy import (
     Select,
     and_,
     case,
+    exists,
     func,
     literal_column,
     or_,
@@ -158,45 +159,50 @@ def daily_span(
     r, c = daily.c, store.table.c
     day = timedelta(days=1)
     start = since.astimezone(UTC) if since is not None else None
-    first_day = None
-    if start is not None:
-        first_day = start.replace(hour=0, minute=0, second=0, microsecond=0)
-        if first_day < start and _holds_events(store, first_day, start):
-            first_day += day
-    end_day = None
-    if until is not None:
-        end_day = until.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        if end_day < until and not _holds_events(store, until, end_day + day):
-            end_day += day
+    end = until.astimezone(UTC) if until is not None else None
+    first_day = start.replace(hour=0, minute=0, second=0, microsecond=0) if start else None
+    end_day = end.replace(hour=0, minute=0, second=0, microsecond=0) if end else None
+    # The cut-off parts of the two cut days: a day whose part holds no event is whole.
+    lower = (first_day, start) if start is not None and first_day < start else None
+    upper = (end, end_day + day) if end is not None and end_day < end else None
+    held = _hold_events(store, [part for part in (lower, upper) if part is not None])
+    if lower is not None and held[lower]:
+        first_day += day
+    if upper is not None and not held[upper]:
+        end_day += day
     if first_day is not None and end_day is not None and first_day >= end_day:
         return None
     days, edges = [], []
     if first_day is not None:
         days.append(r.day >= day_number(first_day))
-        if start is not None and start < first_day:
+        if start < first_day:
             edges.append(
                 and_(c.timestamp >= dialect.time(start), c.timestamp < dialect.time(first_day))
             )
-    if end_day is not None and until is not None:
+    if end_day is not None:
         days.append(r.day < day_number(end_day))
-        if end_day < until.astimezone(UTC):
+        if end_day < end:
             edges.append(
-                and_(c.timestamp >= dialect.time(end_day), c.timestamp < dialect.time(until))
+                and_(c.timestamp >= dialect.time(end_day), c.timestamp < dialect.time(end))
             )
     return DailySpan(days=tuple(days), edges=tuple(edges))
 
 
-def _holds_events(store: EventStore, start: datetime, end: datetime) -> bool:
-    """Whether ``events`` holds any row with a time in ``[start, end)``."""
+def _hold_events(
+    store: EventStore, parts: Sequence[tuple[datetime, datetime]]
+) -> dict[tuple[datetime, datetime], bool]:
+    """Whether ``events`` holds any row with a time in each ``[start, end)`` of
+    ``parts``: one statement (an index lookup each), none for no part."""
+    if not parts:
+        return {}
     c, dialect = store.table.c, store.dialect
-    statement = (
-        select(literal_column("1"))
-        .select_from(store.table)
-        .where(c.timestamp >= dialect.time(start), c.timestamp < dialect.time(end))
-        .limit(1)
-    )
+    checks = [
+        exists().where(c.timestamp >= dialect.time(start), c.timestamp < dialect.time(end))
+        for start, end in parts
+    ]
     with store.engine.connect() as connection:
-        return connection.execute(statement).first() is not None
+        row = connection.execute(select(*checks)).one()
+    return {part: bool(held) for part, held in zip(parts, row, strict=True)}
 
 
 def _daily_times(store: EventStore, span: DailySpan, event: str) -> Any:
@@ -342,8 +348,7 @@ def _funnel_statement(
             previous.c.u, table.c.timestamp, [condition], where, after + one, last + one
         )
         if probes is not None:
-            found = _probed(previous, [previous.c.u, previous.c.t1], probes, f"p{k}")
-            earliest = _least([found.c[f"h{i}"] for i in range(len(probes))])
+            found, earliest = _probed(previous, [previous.c.u, previous.c.t1], probes, f"p{k}")
             step = (
                 select(found.c.u, found.c.t1, dialect.epoch(earliest).label(f"t{k}"))
                 .where(earliest.isnot(None))
@@ -368,10 +373,8 @@ def _funnel_statement(
             entries_cte.c.u, dimension, [conditions[0]], where, t1, t1 + one
         )
         if probes is not None:
-            found = _probed(entries_cte, [entries_cte.c.u], probes, "pb")
-            values = select(
-                found.c.u, _least([found.c[f"h{i}"] for i in range(len(probes))]).label("v")
-            ).cte("b")
+            found, least = _probed(entries_cte, [entries_cte.c.u], probes, "pb")
+            values = select(found.c.u, least.label("v")).cte("b")
         else:
             values = (
                 select(entries_cte.c.u, func.min(dimension).label("v"))
@@ -393,15 +396,19 @@ def _funnel_statement(
     )
 
 
-def _probed(previous: Any, keep: Sequence[ColumnElement], probes: Sequence[Any], name: str) -> Any:
+def _probed(
+    previous: Any, keep: Sequence[ColumnElement], probes: Sequence[Any], name: str
+) -> tuple[Any, ColumnElement]:
     """The CTE ``name``: ``keep`` and each probe's answer (``h0``, ``h1``, ...) per row of
-    ``previous``, materialised so that each probe runs once per user."""
-    return (
+    ``previous``, materialised so that each probe runs once per user; and the least of
+    its answers (the probes' result)."""
+    found = (
         select(*keep, *(probe.label(f"h{i}") for i, probe in enumerate(probes)))
         .select_from(previous)
         .cte(name)
         .prefix_with("MATERIALIZED")
     )
+    return found, _least([found.c[f"h{i}"] for i in range(len(probes))])
 
 
 def _summarise(entered: int, deltas: list[list[int]]) -> list[StepResult]:

@@ -562,13 +562,8 @@ class EventStore:
         # The store's per-day distinct users answer the series, with or without ``by``.
         from_days = plain and self.use_rollup and days is not None and self._has_table(days.name)
         # So do its per-period counts (``by`` is the top values': counted apart, below).
-        from_counts = (
-            plain
-            and self.use_rollup
-            and counts is not None
-            # Dropped when the sink's unique_users is turned off: asked each time.
-            and self._has_table(counts.name, remember=False)
-        )
+        # Dropped when the sink's unique_users is turned off: asked each time.
+        from_counts = plain and self.keeps(counts)
         users = dialect.count_distinct(dialect.user_key()).label("users")
         conditions = self.conditions(where)
         if from_counts:
