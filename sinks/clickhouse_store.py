@@ -228,8 +228,12 @@ def cluster_size_sql(layout: ClusterLayout) -> str:
 
 
 #: How far back from a page's newest possible event each page query looks before it
-#: looks further (EventStore.query); the last window is unbounded.
-PAGE_WINDOWS = (timedelta(days=1), timedelta(days=7), timedelta(days=35))
+#: looks further (EventStore.query); the last window is unbounded. The first is an hour:
+#: a page's keys come from every event in the window (18.16 sorts them all before
+#: ``LIMIT``), and on 10,000,000 events over 30 days a day's window (333,000 events)
+#: made the unfiltered explorer page take 600 ms, an hour's 150 (bench/README.md,
+#: "ClickHouse at 10,000,000 events"). A sparse filter pays one more small query.
+PAGE_WINDOWS = (timedelta(hours=1), timedelta(days=1), timedelta(days=7), timedelta(days=35))
 
 
 class Flavour(msgspec.Struct, frozen=True):
