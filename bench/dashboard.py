@@ -617,7 +617,7 @@ def clickhouse_store() -> Store:
         configured is counted on every stored day by this compaction). Without paths,
         empty the path rollup: its reader reads whatever a compaction counted."""
         from eventrouter.sinks.clickhouse import ClickHouseOptions, ClickHouseSink
-        from eventrouter.sinks.clickhouse_rollup import PATHS, PATHS_COMPACTED
+        from eventrouter.sinks.clickhouse_rollup import PATHS, PATHS_COMPACTED, USERS_PATHS
 
         paths = sink.get("rollup_paths", [])
         options = ClickHouseOptions(**{k: v for k, v in sink.items() if k != "type"})
@@ -626,7 +626,7 @@ def clickhouse_store() -> Store:
             database = Client(HOST, database=CH_DATABASE)
             try:
                 if not paths:
-                    for table in (PATHS_COMPACTED, PATHS):
+                    for table in (PATHS_COMPACTED, PATHS, USERS_PATHS):
                         database.execute(f"DROP TABLE IF EXISTS {table}")
             finally:
                 database.disconnect()

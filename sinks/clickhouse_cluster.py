@@ -44,6 +44,7 @@ SHARDING_KEYS = {
     "events_users": "toUInt32(day)",
     "events_hourly_paths": "toUInt32(hour)",
     "events_paths_compacted": "rand()",
+    "events_users_paths": "toUInt32(day)",
 }
 #: Sent with every insert through a Distributed table: it returns once every shard
 #: has its rows (else the server queues them on its disk and answers at once).

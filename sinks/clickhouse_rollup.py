@@ -3,7 +3,7 @@
 
 Why not a plain materialized view: a view counts what is inserted, and a redelivered
 copy is inserted like any event, so it would count the copies that ``FINAL`` reads as
-one. Instead, seven objects (created by ``eventrouter migrate``, :func:`ddl`):
+one. Instead, eight objects (created by ``eventrouter migrate``, :func:`ddl`):
 
 - ``events_dirty`` (``day``, ``mark``): a ``ReplacingMergeTree(mark)`` ordered by
   ``day``, written by the materialized view ``events_dirty_mv`` on ``events``: each
@@ -50,6 +50,17 @@ one. Instead, seven objects (created by ``eventrouter migrate``, :func:`ddl`):
   encoding). Beside it ``events_paths_compacted`` (``day``, ``path``, ``version``): the
   compaction's record that it wrote that path's rows of the day with that version.
 
+- ``events_users_paths`` (``path``, ``day``, ``value``, ``users``, ``version``): with
+  ``rollup_paths``, each day's distinct users per path and value (the value encoded as
+  in ``events_hourly_paths``; the users a ``uniqExact`` state of their ``sipHash64``, as
+  in ``events_users``), written by the same compaction with the same ``version`` from
+  ``events`` without ``FINAL`` (as the scan it replaces: a user counts for each value
+  their events carry). The Active users page's top values of a kept path merge the
+  states of the range's days (``ClickHouseDialect.users_per_value``). Optional: a
+  compactor writes it when the table exists (``migrate`` creates it), and a day whose
+  latest compaction had events but wrote no row of a configured path
+  (:func:`users_paths_missing_sql`: compacted before the table existed) is recounted.
+
 A day is **clean** when its latest ``through`` is later than its latest ``mark``; the
 query layer reads clean days' whole hours from ``events_hourly`` and the rest (dirty
 days, and the partial hours at both ends of a range) from ``events FINAL``
@@ -92,7 +103,8 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Date, MetaData, Table, func, literal
+from sqlalchemy import BigInteger, Column, Date, MetaData, String, Table, func, literal
+from sqlalchemy.types import NullType
 
 from eventrouter.sinks.clickhouse_cluster import ClusterLayout, quote_string
 from eventrouter.store import rollup
@@ -105,6 +117,7 @@ HOURLY = "events_hourly"
 USERS = "events_users"
 PATHS = "events_hourly_paths"
 PATHS_COMPACTED = "events_paths_compacted"
+USERS_PATHS = "events_users_paths"
 
 
 def latest_versions_sql(where: str = "") -> str:
@@ -128,9 +141,12 @@ USERS_RECORDED = _recorded("day", "version")
 #: The same condition on ``events_hourly_paths`` (a day whose latest compaction did not
 #: count a path is that path's gap, ``ClickHouseDialect.rollup_gaps``, and not read here).
 PATHS_RECORDED = _recorded(f"toDate({PATHS}.hour)", f"{PATHS}.version")
+#: The same condition on ``events_users_paths``.
+USERS_PATHS_RECORDED = _recorded("day", "version")
 #: The materialized view that marks the days of every insert into ``events``.
 MARKER = "events_dirty_mv"
-#: The rollup's tables, in the order they are created.
+#: The rollup's tables, in the order they are created; a rollup holds them all (a
+#: compactor writes :data:`USERS_PATHS`, created after them, when it exists).
 TABLES = (DIRTY, COMPACTED, HOURLY, USERS, PATHS, PATHS_COMPACTED)
 #: Seconds ``through`` stays behind the server's clock: the servers of a cluster mark
 #: with their own clocks.
@@ -195,6 +211,21 @@ PATHS_COMPACTED_DDL = (
     f"CREATE TABLE IF NOT EXISTS {PATHS_COMPACTED} (day Date, path String, version UInt64) "
     "ENGINE = ReplacingMergeTree(version) ORDER BY (day, path)"
 )
+USERS_PATHS_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {USERS_PATHS} (path String, day Date, value String, "
+    "users AggregateFunction(uniqExact, UInt64), version UInt64) "
+    "ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(day) ORDER BY (path, day, value)"
+)
+#: ``events_users_paths`` for the query layer; its ``users`` states are only merged.
+users_paths_table = Table(
+    USERS_PATHS,
+    MetaData(),
+    Column("path", String),
+    Column("day", Date),
+    Column("value", String),
+    Column("users", NullType),
+    Column("version", BigInteger),
+)
 #: Who an ``events`` row is from, ``''`` for nobody (as ``ClickHouseDialect.user_key``).
 USER_KEY = "if(user_id != '', user_id, anonymous_id)"
 #: One day's distinct users, written by a compaction.
@@ -224,6 +255,7 @@ def ddl(ttl: float | None = None) -> list[str]:
         USERS_DDL + ttl_clause("day", ttl),
         PATHS_DDL + ttl_clause("hour", ttl),
         PATHS_COMPACTED_DDL + ttl_clause("day", ttl),
+        USERS_PATHS_DDL + ttl_clause("day", ttl),
     ]
 
 
@@ -309,6 +341,20 @@ def paths_missing_sql(paths: str, first: date | None = None, last: date | None =
     )
 
 
+def users_paths_missing_sql(paths: str) -> str:
+    """The days whose latest recorded compaction counted events (``events_hourly`` holds
+    rows of its version) but wrote no ``events_users_paths`` row of some path of
+    ``paths`` (an SQL array, :func:`paths_array`) with its version: compacted before the
+    table existed, or by a process without the path. A day without events writes no
+    row, and is not listed (it would be, at every compaction)."""
+    return (
+        f"SELECT DISTINCT d.day FROM ({latest_versions_sql()}) AS d ARRAY JOIN {paths} AS p "
+        f"WHERE (d.day, d.v) IN (SELECT toDate(hour), version FROM {HOURLY}) "
+        f"AND (d.day, p, d.v) NOT IN (SELECT day, path, version FROM {USERS_PATHS} "
+        f"WHERE has({paths}, path)) ORDER BY d.day"
+    )
+
+
 def mark_days_sql(where: str) -> str:
     """Mark the days of the ``events`` rows matching ``where`` as changed now."""
     return (
@@ -347,7 +393,19 @@ def _through(client: Any, layout: ClusterLayout | None, margin: int) -> int:
     return through
 
 
-def paths_counts_sql(client: Any, paths: Sequence[str]) -> tuple[str, dict[str, Any]]:
+def has_users_paths(client: Any) -> bool:
+    """Whether the database holds ``events_users_paths`` (a ``migrate`` of this release
+    created it)."""
+    rows = client.execute(
+        "SELECT count() FROM system.tables WHERE database = currentDatabase() "
+        f"AND name = {quote_string(USERS_PATHS)}"
+    )
+    return rows[0][0] == 1
+
+
+def paths_counts_sql(
+    client: Any, paths: Sequence[str], users: bool = False
+) -> tuple[str, str | None, dict[str, Any]]:
     """The statement that writes one day's counts of every path of ``paths`` (validated
     ``rollup_paths``) into ``events_hourly_paths``, and its parameters (``day`` and
     ``version`` to add): one read of the day from ``events FINAL``, each row joined to
@@ -355,7 +413,9 @@ def paths_counts_sql(client: Any, paths: Sequence[str]) -> tuple[str, dict[str, 
     expression for the path on this server (``JSONExtract*``, or ``visitParamExtract*``
     before 19.x), compiled with every path and segment a bound parameter, and encoded
     (``''`` no value, ``'v' || text``). An ``INSERT ... SELECT``: the values never leave
-    the server (nor are decoded on the way)."""
+    the server (nor are decoded on the way). With ``users``, also the statement that
+    writes the day's distinct users per path and value into ``events_users_paths`` (no
+    ``FINAL``; else None), with the same parameters."""
     from clickhouse_sqlalchemy.drivers.native.base import dialect
 
     from eventrouter.sinks.clickhouse_store import JSON_EXTRACT_SQL, json_text_of
@@ -375,7 +435,16 @@ def paths_counts_sql(client: Any, paths: Sequence[str]) -> tuple[str, dict[str, 
         f"ARRAY JOIN {compiled} AS pv WHERE toDate(timestamp) = toDate(%(day)s) "
         "GROUP BY path, hour, type, event, source, value"
     )
-    return sql, dict(compiled.params)
+    users_sql = None
+    if users:
+        users_sql = (
+            f"INSERT INTO {USERS_PATHS} (path, day, value, users, version) SELECT pv.1 AS path, "
+            "toDate(%(day)s), pv.2 AS value, uniqExactState(sipHash64(u)), "
+            f"toUInt64(%(version)s) FROM (SELECT {USER_KEY} AS u, {compiled} AS pvs "
+            "FROM events WHERE toDate(timestamp) = toDate(%(day)s)) ARRAY JOIN pvs AS pv "
+            "WHERE u != '' GROUP BY path, value"
+        )
+    return sql, users_sql, dict(compiled.params)
 
 
 def compact(
@@ -393,6 +462,7 @@ def compact(
     day recounted once, for every path). See the module's doc (``margin``:
     :data:`CLOCK_MARGIN`; 0 is safe on one server)."""
     through = _through(client, layout, margin)
+    users = bool(paths) and has_users_paths(client)
     if days is None:
         # And the days a compactor of an earlier release recorded without their users.
         changed = {row[0] for row in client.execute(dirty_days_sql())}
@@ -400,9 +470,13 @@ def compact(
         if paths:
             # And those counted before a path was configured (or by a process without it).
             changed |= {row[0] for row in client.execute(paths_missing_sql(paths_array(paths)))}
+        if users:
+            # And those whose users per value a compactor before the table did not count.
+            missing = users_paths_missing_sql(paths_array(paths))
+            changed |= {row[0] for row in client.execute(missing)}
         days = sorted(changed)
     moment = datetime.fromtimestamp(through, UTC)
-    counts = paths_counts_sql(client, paths) if paths and days else None
+    counts = paths_counts_sql(client, paths, users) if paths and days else None
     for day in days:
         _compact_day(client, day, through, moment, paths, counts)
     return list(days)
@@ -414,7 +488,7 @@ def _compact_day(
     through: int,
     moment: datetime,
     paths: Sequence[str],
-    counts: tuple[str, dict[str, Any]] | None,
+    counts: tuple[str, str | None, dict[str, Any]] | None,
 ) -> None:
     params = {"day": day.isoformat()}
     hourly = client.execute(
@@ -432,8 +506,10 @@ def _compact_day(
         client.execute(f"INSERT INTO {HOURLY} ({columns}) VALUES", rows)
     client.execute(USERS_SQL, {**params, "version": through})
     if counts is not None:
-        sql, values = counts
+        sql, users_sql, values = counts
         client.execute(sql, {**values, **params, "version": through})
+        if users_sql is not None:
+            client.execute(users_sql, {**values, **params, "version": through})
         client.execute(
             f"INSERT INTO {PATHS_COMPACTED} (day, path, version) VALUES",
             [(day, path, through) for path in paths],

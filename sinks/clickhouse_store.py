@@ -71,6 +71,7 @@ from sqlalchemy import (
     select,
     text,
     tuple_,
+    union_all,
 )
 from sqlalchemy import (
     event as sqlalchemy_event,
@@ -86,12 +87,15 @@ from eventrouter.sinks.clickhouse_cluster import (
     quote_string,
 )
 from eventrouter.sinks.clickhouse_rollup import (
+    DIRTY,
     PATHS,
     PATHS_COMPACTED,
     PATHS_RECORDED,
     RECORDED,
     USER_KEY,
     USERS,
+    USERS_PATHS,
+    USERS_PATHS_RECORDED,
     USERS_RECORDED,
     dirty_days_sql,
     hourly_paths_table,
@@ -99,6 +103,7 @@ from eventrouter.sinks.clickhouse_rollup import (
     mark_days_sql,
     paths_missing_sql,
     users_missing_sql,
+    users_paths_table,
     users_table,
 )
 from eventrouter.store.db import json_dumps
@@ -532,6 +537,75 @@ class ClickHouseDialect(QueryDialect):
         return text(
             f"SELECT {period} AS start, {total} AS users FROM "
             f"({' UNION ALL '.join(parts)}) GROUP BY start ORDER BY start"
+        )
+
+    def users_per_value(
+        self, path: str, value: ColumnElement, since: datetime, limit: int
+    ) -> Any | None:
+        """The days from ``since`` whose latest recorded compaction wrote
+        ``events_users_paths`` rows of ``path`` and that have not changed since, from
+        their ``uniqExact`` states of ``sipHash64(user)`` per value; every other day
+        with events (a mark in ``events_dirty``) from ``events`` (no ``FINAL``, as the
+        scan); merged per value (``uniqExactMerge``: a user counts once per value across
+        days). None when the table is missing or no day of the range holds ``path``'s
+        rows (the path is not kept): the caller scans. Exact up to the 64-bit hashes, as
+        weekly and monthly users (sinks/clickhouse_rollup.py)."""
+        first = since.astimezone(UTC).date()
+        bound = {"first": first, "path": path}
+        with self.engine.connect() as connection:
+            found = connection.execute(
+                text(
+                    "SELECT count() FROM system.tables WHERE database = currentDatabase() "
+                    "AND name = :name"
+                ),
+                {"name": USERS_PATHS},
+            ).scalar()
+            if not found:
+                return None
+            kept = set(
+                connection.execute(
+                    text(
+                        f"SELECT DISTINCT day FROM {USERS_PATHS} WHERE path = :path "
+                        f"AND day >= :first AND {USERS_PATHS_RECORDED}"
+                    ),
+                    bound,
+                ).scalars()
+            )
+            if not kept:
+                return None
+            kept -= set(connection.execute(text(dirty_days_sql(first, None))).scalars())
+            marked = connection.execute(
+                text(f"SELECT DISTINCT day FROM {DIRTY} WHERE day >= :first"), bound
+            ).scalars()
+            gaps = sorted(set(marked) - kept)
+        r, c = users_paths_table.c, self.table.c
+        parts = [
+            select(r.value.label("value"), r.users.label("s")).where(
+                r.path == path, r.day.in_(sorted(kept)), text(USERS_PATHS_RECORDED)
+            )
+        ]
+        if gaps:
+            rows = (
+                select(
+                    self._user().label("u"),
+                    func.ifNull(func.concat(literal("v"), value), literal("")).label("value"),
+                )
+                .where(func.toDate(c.timestamp).in_(gaps))
+                .subquery("gap_rows")
+            )
+            parts.append(
+                select(rows.c.value, func.uniqExactState(func.sipHash64(rows.c.u)).label("s"))
+                .where(rows.c.u != literal(""))
+                .group_by(rows.c.value)
+            )
+        both = (union_all(*parts) if len(parts) > 1 else parts[0]).subquery("per_day")
+        decoded = self.path_rollup_value(both.c.value).label("value")
+        users = func.uniqExactMerge(both.c.s).label("users")
+        return (
+            select(decoded, users)
+            .group_by(both.c.value)
+            .order_by(users.desc(), decoded)
+            .limit(limit)
         )
 
     def json_text(self, column: str, path: Sequence[str]) -> ColumnElement:

@@ -119,6 +119,8 @@ def _time_bounds(store: EventStore, since: datetime | None, until: datetime | No
         bounds.append(c.timestamp >= dialect.time(since))
     if until is not None:
         bounds.append(c.timestamp < dialect.time(until))
+    if since is not None:
+        bounds += dialect.range_hint(since, until)
     return bounds
 
 

@@ -291,8 +291,8 @@ class QueryDialect(ABC):
 
     def range_hint(self, since: datetime, until: datetime | None) -> list[ColumnElement]:
         """Conditions implied by ``since <= timestamp < until`` that let the store's
-        index bound a range read beside the rollup (the rollup's edges and gaps).
-        Default: none."""
+        index bound a range read (every read of ``events`` with a start: filters,
+        the rollup's edges and gaps, funnels and retention). Default: none."""
         return []
 
     def rollup_gaps(
@@ -342,6 +342,17 @@ class QueryDialect(ABC):
         epoch; read from :attr:`users_days` (and ``events`` where it is behind). Only
         called when :attr:`users_days` is set and exists."""
         raise NotImplementedError
+
+    def users_per_value(
+        self, path: str, value: ColumnElement, since: datetime, limit: int
+    ) -> Any | None:
+        """Rows ``(value, users)``: the ``limit`` values of the JSON path ``path``
+        (``value``: its expression on ``events``) with the most distinct users among
+        every event from ``since`` (a UTC day's start) on, most first, then by value,
+        as the scan orders them: read from per-day users per value the store keeps for
+        ``path``, and ``events`` where they are behind. None (the default): the store
+        keeps none for ``path`` (the caller counts ``events``)."""
+        return None
 
     def count_distinct(self, expression: ColumnElement) -> ColumnElement:
         """How many distinct non-NULL values of ``expression`` (exact unless

@@ -262,6 +262,9 @@ class EventStore:
             conditions.append(c.timestamp >= dialect.time(where.since))
         if where.until is not None:
             conditions.append(c.timestamp < dialect.time(where.until))
+        if where.since is not None:
+            # What the time bounds imply, for the store's index (ClickHouse: the days).
+            conditions += dialect.range_hint(where.since, where.until)
         return conditions
 
     def query(
@@ -421,7 +424,7 @@ class EventStore:
                 bucket = bucket_of(self.dialect.epoch(self.table.c.timestamp))
                 parts.append(
                     self.dialect.select(bucket, func.count().label("n"))
-                    .where(*self._edge_conditions(edge))
+                    .where(*self.conditions(edge))
                     .group_by(bucket)
                 )
             both = union_all(*parts).subquery("parts")
@@ -475,9 +478,7 @@ class EventStore:
                 )
             parts = [first]
             parts += [
-                self.dialect.select(value, count)
-                .where(*self._edge_conditions(edge))
-                .group_by(value)
+                self.dialect.select(value, count).where(*self.conditions(edge)).group_by(value)
                 for edge in self._edges(cut, where)
             ]
             both = union_all(*parts).subquery("parts")
@@ -503,7 +504,7 @@ class EventStore:
         else:
             parts = [self._rollup_part(cut, where, kept)]
             parts += [
-                self.dialect.select(func.count().label("n")).where(*self._edge_conditions(edge))
+                self.dialect.select(func.count().label("n")).where(*self.conditions(edge))
                 for edge in self._edges(cut, where)
             ]
             both = union_all(*parts).subquery("parts")
@@ -550,7 +551,8 @@ class EventStore:
         (:mod:`eventrouter.store.rollup`), or its per-day distinct users
         (``QueryDialect.users_days``, ClickHouse); otherwise ``events``. The top values
         of ``by`` come from the store's last-seen rows when ``by`` is a path it keeps
-        them for (:meth:`_users_seen_select`), else from ``events``."""
+        them for (:meth:`_users_seen_select`), or per-day users per value
+        (``QueryDialect.users_per_value``, ClickHouse), else from ``events``."""
         if interval not in INTERVALS:
             raise InvalidQuery("interval", f"{interval!r} is not one of {', '.join(INTERVALS)}")
         if where.since is not None:
@@ -598,6 +600,9 @@ class EventStore:
             top = []
             if by is not None:
                 top_sql = self._users_seen_select(where, by, limit)
+                per_value = plain and self.use_rollup and by not in FILTER_COLUMNS
+                if top_sql is None and per_value and where.since is not None:
+                    top_sql = dialect.users_per_value(by, self.dimension(by), where.since, limit)
                 if top_sql is None:
                     value = self.dimension(by).label("value")
                     top_sql = (
@@ -747,12 +752,6 @@ class EventStore:
         # matches and reads a whole index on the grouped column instead of the time range.
         edges.append(msgspec.structs.replace(where, since=cut.end, until=where.until or END))
         return edges
-
-    def _edge_conditions(self, edge: EventFilter) -> list[ColumnElement]:
-        """``edge``'s conditions, and the store's hint that bounds its time range for
-        the index (``QueryDialect.range_hint``)."""
-        hint = self.dialect.range_hint(edge.since, edge.until) if edge.since else []
-        return [*self.conditions(edge), *hint]
 
     def _path_kept(self, dimension: str) -> bool:
         """Whether the store keeps the JSON path ``dimension`` in its path rollup, complete

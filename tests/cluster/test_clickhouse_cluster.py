@@ -167,6 +167,8 @@ def test_migrate_creates_local_and_distributed_tables_on_both_servers(
             "events_hourly_paths_local": kind,
             "events_paths_compacted": "Distributed",
             "events_paths_compacted_local": kind,
+            "events_users_paths": "Distributed",
+            "events_users_paths_local": kind,
             "events_dirty_mv": "MaterializedView",
         }
         [(partition_key, sorting_key, create)] = server.query(
@@ -286,6 +288,10 @@ def rollup_matches_scan(store: ClickHouseStore) -> int:
             for interval in ("day", "week"):
                 users = reader.active_users(where, interval)
                 assert users == scanner.active_users(where, interval) and users.series
+                # events_users_paths: each day's users per value, merged over the shards'.
+                users = reader.active_users(where, interval, "properties.plan")
+                assert users == scanner.active_users(where, interval, "properties.plan")
+                assert users.top
             viewed = EventFilter(since=where.since, event="Viewed")
             assert reader.count(viewed) == scanner.count(viewed)
             plans = reader.top(where, "properties.plan")
@@ -301,6 +307,9 @@ def rollup_matches_scan(store: ClickHouseStore) -> int:
         assert reader.dialect.rollup_gaps(None, now) == []
         assert reader.dialect.rollup_gaps(None, now, "properties.plan") == []
         assert reader._path_kept("properties.plan") is True
+        day = now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=3)
+        plan = reader.dimension("properties.plan")
+        assert reader.dialect.users_per_value("properties.plan", plan, day, 5) is not None
         return reader.count(where)
     finally:
         reader.close()

@@ -244,7 +244,20 @@ def answers(store: EventStore, dimension: str = "properties.plan") -> dict:
         "chart, two paths": store.count_by_time(
             EventFilter(since=SINCE, paths=[on("pro"), on("/p/1", "context.page.path")]), 3600
         ),
+        # Active users per value (ClickHouse: events_users_paths, merged across days).
+        **{
+            f"users {interval}": active(store, interval, dimension)
+            for interval in ("day", "week", "month")
+        },
+        "users top2": active(store, "day", dimension, limit=2),
     }
+
+
+def active(store: EventStore, interval: str, dimension: str, limit: int = 50) -> tuple:
+    """The Active users page's series and top values of ``dimension`` from :data:`SINCE`
+    (moved back to its period's start)."""
+    got = store.active_users(EventFilter(since=SINCE), interval, dimension, limit)
+    return got.series, got.top
 
 
 def check_same(fx: Fixture, dimension: str = "properties.plan") -> dict:
@@ -629,6 +642,57 @@ def test_clickhouse_a_path_added_is_read_from_events_until_compacted_and_one_rem
         fx.paths = PATHS
     check_same(fx, "context.page.path")  # counted again on that day: no gap left
     check_same(fx, "properties.tier")
+
+
+@CLICKHOUSE
+def test_clickhouse_active_users_per_value_merge_each_days_users(fx):
+    """The Active users page's top values of a kept path on ClickHouse: each day's
+    distinct users per value (``events_users_paths``) merged across the days, a user
+    once per value whatever their days, the days changed since their compaction read
+    from ``events``: the scan's answer and the hand count, before and after a
+    compaction. Days compacted before the table existed (its rows gone) are read from
+    ``events`` too, and counted again by the next compaction."""
+    hostile = "'; DROP TABLE events_users_paths; -- <b>"
+    bodies = [
+        event(unique("au"), 1, hostile, user="ua"),
+        event(unique("au"), 30, hostile, user="ua"),  # another day, the same user
+        event(unique("au"), 2, hostile, user="ub"),
+        event(unique("au"), 3, hostile, user="ua"),
+        event(unique("au"), 50, "<b>gold</b>", user="uc"),
+        event(unique("au"), 4, hostile, user=None),
+    ]
+    del bodies[-1]["userId"]
+    bodies[-1]["anonymousId"] = "anon-au"
+    fx.post(bodies)
+    since = SINCE.replace(hour=0, minute=0, second=0, microsecond=0)
+    dimension = fx.reader.dimension("properties.plan")
+    sent: list[str] = []
+    sqlalchemy_event.listen(
+        fx.reader.engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, *rest: sent.append(statement),
+    )
+
+    def top() -> dict:
+        got = active(fx.reader, "week", "properties.plan")
+        assert got == active(fx.scanner, "week", "properties.plan")
+        return dict(got[1])
+
+    assert top()[hostile] == 3 and top()["<b>gold</b>"] == 1  # ua, ub and anon-au
+    fx.compact()
+    sent.clear()
+    assert top()[hostile] == 3 and top()["<b>gold</b>"] == 1
+    assert any("events_users_paths" in statement for statement in sent)
+    # As a compactor of a release before the table left it: no row of any day.
+    fx.sql("TRUNCATE TABLE events_users_paths")
+    assert fx.reader.dialect.users_per_value("properties.plan", dimension, since, 5) is None
+    assert top()[hostile] == 3
+    days = fx.compact()
+    assert len(days) >= 3  # every stored day, though none changed
+    assert fx.reader.dialect.users_per_value("properties.plan", dimension, since, 5) is not None
+    assert top()[hostile] == 3
+    assert fx.compact() == []  # none missing now
+    check_same(fx)
 
 
 @CLICKHOUSE

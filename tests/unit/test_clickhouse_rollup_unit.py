@@ -58,11 +58,12 @@ def test_dirty_days_bounds_are_literals_of_dates():
 def test_the_rollup_on_a_cluster():
     layout = ClusterLayout(cluster="er_shards", database="analytics", replicated=True)
     statements = [sql for table in rollup_ddl(ttl=86400 * 30) for sql in layout.create(table)]
-    assert len(statements) == 12
+    assert len(statements) == 14
     hourly_local, hourly = statements[4], statements[5]
     users_local, users = statements[6], statements[7]
     paths_local, paths = statements[8], statements[9]
     recorded_local, recorded = statements[10], statements[11]
+    users_paths_local, users_paths = statements[12], statements[13]
     assert (
         "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/analytics.events_hourly_paths"
         "_local', '{replica}', version) PARTITION BY toYYYYMM(hour) "
@@ -73,6 +74,13 @@ def test_the_rollup_on_a_cluster():
     assert paths.endswith("`events_hourly_paths_local`, toUInt32(hour))")
     assert "ORDER BY (day, path) TTL toDateTime(day) + INTERVAL 2592000 SECOND" in recorded_local
     assert recorded.endswith("`events_paths_compacted_local`, rand())")
+    assert (
+        "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/analytics.events_users_paths"
+        "_local', '{replica}', version) PARTITION BY toYYYYMM(day) ORDER BY (path, day, value) "
+        "TTL toDateTime(day) + INTERVAL 2592000 SECOND" in users_paths_local
+    )
+    # A day's states of one path and value on one shard (FINAL), as events_users.
+    assert users_paths.endswith("`events_users_paths_local`, toUInt32(day))")
     assert (
         "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/analytics.events_users_local'"
         in users_local
