@@ -4,6 +4,7 @@ A/B in one run on SQLite and PostgreSQL, alternated call by call so that a busy 
 slows both alike.
 
     .venv/bin/python bench/daily_analysis.py [--stores sqlite,postgres] [--runs 5]
+    .venv/bin/python bench/daily_analysis.py --stores postgres --compare work_mem
 
 It reads bench/dashboard.py's databases (load them first with ``bench/dashboard.py
 --stores sqlite,postgres --events N``, whose sinks keep ``unique_users`` and the
@@ -20,6 +21,12 @@ answer.
   per-user reads for a funnel's later steps (``QueryDialect.user_probes`` answers None):
   what this tree did before ``event_users_daily``.
 - **B, event_users_daily**: the reader as the dashboard builds it.
+
+``--compare work_mem`` (PostgreSQL) compares instead, on the funnels and retention:
+
+- **A, the server's work_mem**: ``PostgresDialect.analysis_work_mem`` None, so the
+  statements run with the server's setting (4 MB unless configured);
+- **B, as served**: at least ``ANALYSIS_WORK_MEM`` for the statement's transaction.
 
 Nothing is written. Only 127.0.0.1 is spoken to.
 """
@@ -64,11 +71,16 @@ def views(since: datetime, until: datetime) -> list[tuple[str, Callable[[EventSt
     ]
 
 
-def run(store_name: str, runs: int) -> str:
+def run(store_name: str, runs: int, compare: str = "daily") -> str:
     store = dashboard.STORES[store_name]()
     before, after = store.reader(), store.reader()
-    before.use_rollup = False
-    before.dialect.user_probes = lambda *args, **kwargs: None  # this reader's only
+    if compare == "work_mem":
+        before.dialect.analysis_work_mem = None  # this reader's only
+        heading = "A: the server's work_mem, median ms | B: at least 64 MB"
+    else:
+        before.use_rollup = False
+        before.dialect.user_probes = lambda *args, **kwargs: None  # this reader's only
+        heading = "A: before, median ms | B: event_users_daily"
     readers = {"A": before, "B": after}
     load_before = load_average()
     now = datetime.now(UTC)
@@ -76,14 +88,16 @@ def run(store_name: str, runs: int) -> str:
     lines = [
         f"**{store_name}**",
         "",
-        "| view | A: before, median ms | B: event_users_daily | B / A | slowest A / B "
-        "| same answer |",
+        f"| view | {heading} | B / A | slowest A / B | same answer |",
         "| --- | ---: | ---: | ---: | --- | --- |",
     ]
+    chosen = views(since, now)
+    if compare == "work_mem":
+        chosen = [(name, view) for name, view in chosen if not name.startswith("active")]
     try:
         if not after.keeps(after.dialect.event_users_daily):
             return f"{store_name}: no event_users_daily (load with bench/dashboard.py)"
-        for name, view in views(since, now):
+        for name, view in chosen:
             result = alternate(view, readers, ["A", "B"], runs)
             median = result.median
             lines.append(
@@ -104,9 +118,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stores", default="sqlite,postgres", help="[sqlite,postgres]")
     parser.add_argument("--runs", type=int, default=5, help="timed calls per reading [5]")
+    parser.add_argument(
+        "--compare",
+        choices=("daily", "work_mem"),
+        default="daily",
+        help="what A leaves out: event_users_daily and per-user reads, or PostgreSQL's "
+        "work_mem for funnels and retention [daily]",
+    )
     args = parser.parse_args(argv)
+    if args.compare == "work_mem" and args.stores != "postgres":
+        parser.error("--compare work_mem: --stores postgres")
     for name in args.stores.split(","):
-        print(run(name, args.runs))
+        print(run(name, args.runs, args.compare))
         print()
     return 0
 

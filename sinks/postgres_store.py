@@ -55,6 +55,11 @@ from eventrouter.store.sql import SQLEraser, SQLStore
 #: cost estimate passes jit_above_cost adds 60-75 ms to a query of ~250 (bench/README.md,
 #: "Dashboard queries"); the store's reads are short, and JIT never pays for itself here.
 READER_SETTINGS = {"jit": "off"}
+#: The least ``work_mem`` a funnel or retention runs with (its transaction alone: a
+#: server's larger setting stays): their hash joins and aggregates hold a row per user
+#: of the range, and spill to temporary files under PostgreSQL's default 4 MB
+#: (bench/README.md, "PostgreSQL: work_mem for funnels and retention").
+ANALYSIS_WORK_MEM = "64MB"
 
 SIZE_SQL = (
     "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
@@ -106,6 +111,8 @@ class PostgresDialect(QueryDialect):
     users_seen = users_seen
     event_users_daily = event_users_daily
     indexed_extremes = True
+    #: :data:`ANALYSIS_WORK_MEM` (None: the server's own, whatever it is).
+    analysis_work_mem: str | None = ANALYSIS_WORK_MEM
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -214,7 +221,18 @@ class PostgresDialect(QueryDialect):
         event for a merge join. On 1,000,000 events over 30 days, retention by week took
         500 ms (nested loop) and 370 (merge join) where the hash join takes 120
         (EXPLAIN ANALYZE); the 3-step funnel 576 → 369 ms, by ``properties.plan`` 1,953
-        → 1,186 (alternated in one process; the same answers)."""
+        → 1,186 (alternated in one process; the same answers).
+
+        And ``work_mem`` at least :attr:`analysis_work_mem` for this transaction."""
+        if view in ("funnel", "retention") and self.analysis_work_mem is not None:
+            connection.execute(
+                text(
+                    "SELECT set_config('work_mem', (greatest(pg_size_bytes("
+                    "current_setting('work_mem')), pg_size_bytes(:least)) / 1024)::bigint "
+                    "|| 'kB', true)"
+                ),
+                {"least": self.analysis_work_mem},
+            )
         if view in ("funnel", "retention") and "ix_events_event_user" in self._indexes():
             connection.execute(
                 text(

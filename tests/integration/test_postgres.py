@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import psycopg
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from eventrouter.bus.bus import Bus, make_plugin_manager
 from eventrouter.config import ConfigError
@@ -819,7 +819,36 @@ def test_the_event_user_index_is_created_read_by_retention_and_dropped(pg_url, t
     assert definition() is None
     without_index, sent = cohorts()
     assert without_index == with_index
-    assert not any("cohorts" in statement or "set_config" in statement for statement in sent)
+    assert not any("cohorts" in statement or "enable_nestloop" in statement for statement in sent)
+
+
+def test_funnels_and_retention_run_with_work_mem_of_64mb_at_least(pg_url):
+    """Their hash joins and aggregates hold a row per user of the range: under the
+    default 4 MB they spill to temporary files. The setting is the transaction's own,
+    and never lowers a larger one."""
+    store = EventStore(PostgresStore(pg_url))
+    show = text("SHOW work_mem")
+    try:
+        with store.engine.connect() as connection:
+            before = connection.execute(show).scalar()
+        assert before != "64MB"
+        for view in ("funnel", "retention"):
+            with store.engine.connect() as connection:
+                store.dialect.before_analysis(connection, view)
+                assert connection.execute(show).scalar() == "64MB"
+            with store.engine.connect() as connection:
+                assert connection.execute(show).scalar() == before  # the transaction's alone
+        with store.engine.connect() as connection:
+            connection.execute(text("SET work_mem = '256MB'"))  # as a server's own setting
+            try:
+                store.dialect.before_analysis(connection, "funnel")
+                assert connection.execute(show).scalar() == "256MB"
+            finally:
+                connection.rollback()
+                connection.execute(text("RESET work_mem"))
+                connection.commit()
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize(
