@@ -236,8 +236,9 @@ def cluster_size_sql(layout: ClusterLayout) -> str:
 #: looks further (EventStore.query); the last window is unbounded. The first is an hour:
 #: a page's keys come from every event in the window (18.16 sorts them all before
 #: ``LIMIT``), and on 10,000,000 events over 30 days a day's window (333,000 events)
-#: made the unfiltered explorer page take 600 ms, an hour's 150 (bench/README.md,
-#: "ClickHouse at 10,000,000 events"). A sparse filter pays one more small query.
+#: made the unfiltered explorer page take 774 ms in one process, an hour's 209 (bench/README.md,
+#: "PostgreSQL and ClickHouse at 10,000,000 events, again"). A sparse filter pays one
+#: more small query.
 PAGE_WINDOWS = (timedelta(hours=1), timedelta(days=1), timedelta(days=7), timedelta(days=35))
 
 
@@ -789,7 +790,8 @@ class ClickHouseDialect(QueryDialect):
 
         One ``GROUP BY`` by the user's text: grouping by user and period first, then by
         user, took twice as long on 10,000,000 events (2.1 M rows of the two events in
-        30 days; bench/README.md, "ClickHouse at 10,000,000 events")."""
+        30 days; bench/README.md, "PostgreSQL and ClickHouse at 10,000,000 events,
+        again")."""
         c = self.table.c
         user, epoch = self._user(), self.epoch(c.timestamp)
         period, offset, periods = int(period), int(offset), int(periods)

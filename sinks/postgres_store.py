@@ -58,7 +58,7 @@ READER_SETTINGS = {"jit": "off"}
 #: The least ``work_mem`` a funnel or retention runs with (its transaction alone: a
 #: server's larger setting stays): their hash joins and aggregates hold a row per user
 #: of the range, and spill to temporary files under PostgreSQL's default 4 MB
-#: (bench/README.md, "PostgreSQL: work_mem for funnels and retention").
+#: (bench/README.md, "PostgreSQL and ClickHouse at 10,000,000 events, again").
 ANALYSIS_WORK_MEM = "64MB"
 
 SIZE_SQL = (
