@@ -83,6 +83,7 @@ CLICKHOUSE_ROLLUP_TABLES = {
     "events_users",
     "events_hourly_paths",
     "events_paths_compacted",
+    "events_users_paths",
     "events_compacted",
     "events_dirty",
     "events_dirty_mv",
