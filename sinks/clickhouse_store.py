@@ -233,13 +233,16 @@ def cluster_size_sql(layout: ClusterLayout) -> str:
 
 
 #: How far back from a page's newest possible event each page query looks before it
-#: looks further (EventStore.query); the last window is unbounded. The first is an hour:
-#: a page's keys come from every event in the window (18.16 sorts them all before
-#: ``LIMIT``), and on 10,000,000 events over 30 days a day's window (333,000 events)
-#: made the unfiltered explorer page take 774 ms in one process, an hour's 209 (bench/README.md,
-#: "PostgreSQL and ClickHouse at 10,000,000 events, again"). A sparse filter pays one
-#: more small query.
-PAGE_WINDOWS = (timedelta(hours=1), timedelta(days=1), timedelta(days=7), timedelta(days=35))
+#: looks further (EventStore.query); the last window is unbounded. They grow about
+#: threefold from an hour: a page's keys come from every event in the window (18.16
+#: sorts them all before ``LIMIT``), so a window should hold not much more than a
+#: page, wherever the newest events are. On 10,000,000 events over 30 days a day's
+#: window (333,000 events) made the unfiltered explorer page take 774 ms in one process,
+#: an hour's 209; with the newest events two hours old, the hour's window is empty and
+#: the next one decides: a day's 596 ms, three hours' 193 (bench/README.md,
+#: "PostgreSQL and ClickHouse at 10,000,000 events, again"). An empty window costs one
+#: small query.
+PAGE_WINDOWS = tuple(timedelta(hours=hours) for hours in (1, 3, 9, 24, 72, 168, 840))
 
 
 class Flavour(msgspec.Struct, frozen=True):

@@ -314,15 +314,17 @@ def test_the_query_api_filters_and_pages_over_clickhouse(ch_server):
 
 
 def test_pages_come_newest_first_across_the_time_windows(ch_server):
-    """ClickHouse pages are read a time window at a time (the last hour, day, week,
-    five weeks, then the rest): events in each window, one in the future and two at the
-    same second across a page boundary all come out once, newest first, page by page."""
+    """ClickHouse pages are read a time window at a time (the last hour, 3 and 9 hours,
+    a day, 3 days, a week, five weeks, then the rest): events in several windows, one in
+    the future and two at the same second across a page boundary all come out once,
+    newest first, page by page."""
     server, _ = ch_server
     now = datetime.now(UTC).replace(microsecond=0)
     ages = {  # message id -> how long before now
         "future": -timedelta(hours=2),
         "minutes": timedelta(minutes=30),
         "hour": timedelta(hours=1),
+        "hours": timedelta(hours=5),
         "day-a": timedelta(days=1, seconds=30),
         "day-b": timedelta(days=1, seconds=30),
         "week": timedelta(days=6),
@@ -352,12 +354,12 @@ def test_pages_come_newest_first_across_the_time_windows(ch_server):
     def flat(found: list[list[str]]) -> list[str]:
         return [message_id for page in found for message_id in page]
 
-    assert pages() == [newest_first[0:3], newest_first[3:6], newest_first[6:9]]
+    assert pages() == [newest_first[0:3], newest_first[3:6], newest_first[6:9], newest_first[9:]]
     since = iso(now - timedelta(days=30))
-    assert flat(pages(since=since)) == newest_first[:7]
+    assert flat(pages(since=since)) == newest_first[:8]
     until = iso(now - timedelta(hours=12))
-    assert flat(pages(until=until)) == newest_first[3:]
-    assert flat(pages(since=since, until=until)) == newest_first[3:7]
+    assert flat(pages(until=until)) == newest_first[4:]
+    assert flat(pages(since=since, until=until)) == newest_first[4:8]
 
 
 # -- queue mode --------------------------------------------------------------------------
