@@ -372,6 +372,7 @@ class ClickHouseDialect(QueryDialect):
     null_event = False
     #: Kept by the same compactor: each day's distinct users (``users_statement``).
     users_days = users_table
+    users_paths = users_paths_table
     #: Kept by the same compactor for the sink's ``rollup_paths``, each day and path
     #: recorded apart (``rollup_gaps`` with a path).
     path_rollup = hourly_paths_table
@@ -551,21 +552,12 @@ class ClickHouseDialect(QueryDialect):
         their ``uniqExact`` states of ``sipHash64(user)`` per value; every other day
         with events (a mark in ``events_dirty``) from ``events`` (no ``FINAL``, as the
         scan); merged per value (``uniqExactMerge``: a user counts once per value across
-        days). None when the table is missing or no day of the range holds ``path``'s
+        days). None when no day of the range holds ``path``'s
         rows (the path is not kept): the caller scans. Exact up to the 64-bit hashes, as
         weekly and monthly users (sinks/clickhouse_rollup.py)."""
         first = since.astimezone(UTC).date()
         bound = {"first": first, "path": path}
         with self.engine.connect() as connection:
-            found = connection.execute(
-                text(
-                    "SELECT count() FROM system.tables WHERE database = currentDatabase() "
-                    "AND name = :name"
-                ),
-                {"name": USERS_PATHS},
-            ).scalar()
-            if not found:
-                return None
             kept = set(
                 connection.execute(
                     text(

@@ -186,6 +186,9 @@ class QueryDialect(ABC):
     #: The distinct users per day the store keeps, read by :meth:`users_statement`
     #: (ClickHouse's ``events_users``); None: none.
     users_days: ClassVar[Table | None] = None
+    #: Per-day users per value of kept JSON paths, read by :meth:`users_per_value`
+    #: (ClickHouse's ``events_users_paths``); None: not kept.
+    users_paths: ClassVar[Table | None] = None
     #: Each user's first and last event per event name and UTC day
     #: (:data:`eventrouter.store.rollup.event_users_daily`), from which funnels and
     #: retention read the whole days of their range; None: read from ``events``.
@@ -350,8 +353,9 @@ class QueryDialect(ABC):
         (``value``: its expression on ``events``) with the most distinct users among
         every event from ``since`` (a UTC day's start) on, most first, then by value,
         as the scan orders them: read from per-day users per value the store keeps for
-        ``path``, and ``events`` where they are behind. None (the default): the store
-        keeps none for ``path`` (the caller counts ``events``)."""
+        ``path``, and ``events`` where they are behind. Called when :attr:`users_paths`
+        exists. None (the default): the store keeps none for ``path`` (the caller counts
+        ``events``)."""
         return None
 
     def count_distinct(self, expression: ColumnElement) -> ColumnElement:

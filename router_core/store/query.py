@@ -603,7 +603,7 @@ class EventStore:
             top = []
             if by is not None:
                 top_sql = self._users_seen_select(where, by, limit)
-                per_value = plain and self.use_rollup and by not in FILTER_COLUMNS
+                per_value = plain and by not in FILTER_COLUMNS and self.keeps(dialect.users_paths)
                 if top_sql is None and per_value and where.since is not None:
                     top_sql = dialect.users_per_value(by, self.dimension(by), where.since, limit)
                 if top_sql is None:
