@@ -292,11 +292,20 @@ class QueryDialect(ABC):
         Default: :meth:`equals`."""
         return self.equals(column, value)
 
-    def range_hint(self, since: datetime, until: datetime | None) -> list[ColumnElement]:
-        """Conditions implied by ``since <= timestamp < until`` that let the store's
-        index bound a range read (every read of ``events`` with a start: filters,
-        the rollup's edges and gaps, funnels and retention). Default: none."""
+    def range_hint(self, since: datetime | None, until: datetime | None) -> list[ColumnElement]:
+        """Conditions implied by ``since <= timestamp < until`` (None: unbounded) that
+        let the store's index bound a range read (every read of ``events`` with a
+        start: filters, the rollup's edges and gaps, funnels and retention; page
+        windows). Default: none."""
         return []
+
+    def oldest_hint(self, connection: Any) -> datetime | None:
+        """A time no stored event is older than, found without reading ``events``
+        (ClickHouse: the parts' partition ranges), from which one user's first event
+        is looked for window by window (:meth:`EventStore.time_span`); None: none
+        known, or every store whose :attr:`page_windows` are empty. Only a hint: an
+        older event is still found, in the first window, which has no lower bound."""
+        return None
 
     def rollup_gaps(
         self, start: datetime | None, end: datetime, path: str | None = None
@@ -366,6 +375,19 @@ class QueryDialect(ABC):
     def equals(self, expression: ColumnElement, value: str) -> ColumnElement:
         """``expression = value``, bound (a store may know values it can never hold)."""
         return expression == value
+
+    def page_keys(self, conditions: Sequence[ColumnElement], count: int) -> Select | None:
+        """For a store that reads a page in two steps, each a query: the keys of the
+        first ``count`` events matching ``conditions``, newest first (rows
+        :meth:`page_rows` takes); EventStore.query takes them window by window
+        (:attr:`page_windows`), then the rows of all at once. None (the default): a
+        window's rows are :meth:`page`'s."""
+        return None
+
+    def page_rows(self, keys: Sequence[Any]) -> Select:
+        """The events of ``keys`` (rows of :meth:`page_keys`), newest first by
+        ``(timestamp, message_id, source)``: every column, as :meth:`page`'s rows."""
+        raise NotImplementedError(f"{self.name} reads a page in one query")
 
     def page(self, conditions: Sequence[ColumnElement], count: int) -> Select:
         """The first ``count`` events matching ``conditions``, newest first by

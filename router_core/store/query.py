@@ -15,7 +15,7 @@ import base64
 import dataclasses
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -326,30 +326,59 @@ class EventStore:
         fills in the first window (any busy filter) reads that window's data, not the
         whole range; a sparse filter costs a few more queries. The windows are disjoint
         and taken newest first, so the rows come out in the same order as from one query.
+        A store that reads a page in two steps (``QueryDialect.page_keys``) takes the
+        keys window by window and the rows of all of them at once, at the end.
         """
         dialect = self.dialect
-        column = self.table.c.timestamp
         rows: list[Any] = []
-        newer: datetime | None = None  # the previous window's lower bound
+        keyed = False
         with self.engine.connect() as connection:
-            for width in (*dialect.page_windows, None):
-                lower = None if width is None else anchor - width
-                last = lower is None or (since is not None and lower <= since)
-                if last:
-                    lower = since  # the range's own start bounds the last window
-                window = list(conditions)
-                if lower is not None:
-                    window.append(column >= dialect.time(lower))
-                    # The window's days for the index (ClickHouse: a cursor's condition
-                    # reads message_id of every row the key range leaves).
-                    window += dialect.range_hint(lower, newer)
-                if newer is not None:
-                    window.append(column < dialect.time(newer))
-                rows += connection.execute(dialect.page(window, count - len(rows))).all()
+            for window, _, last in self._windows(conditions, since, anchor):
+                statement = dialect.page_keys(window, count - len(rows))
+                keyed = statement is not None
+                if statement is None:
+                    statement = dialect.page(window, count - len(rows))
+                rows += connection.execute(statement).all()
                 if len(rows) >= count or last:
-                    return rows
-                newer = lower
+                    break
+            if keyed and rows:
+                rows = connection.execute(dialect.page_rows(rows)).all()
         return rows
+
+    def _windows(
+        self, conditions: Sequence[ColumnElement], since: datetime | None, anchor: datetime
+    ) -> Iterator[tuple[list[ColumnElement], datetime | None, bool]]:
+        """``conditions`` cut into :meth:`_page`'s windows, newest first: each window's
+        conditions, its lower bound (None: unbounded) and whether it is the last."""
+        newer: datetime | None = None  # the previous window's lower bound
+        for width in (*self.dialect.page_windows, None):
+            lower = None if width is None else anchor - width
+            last = lower is None or (since is not None and lower <= since)
+            if last:
+                lower = since  # the range's own start bounds the last window
+            yield self._between(conditions, lower, newer), lower, last
+            if last:
+                return
+            newer = lower
+
+    def _between(
+        self,
+        conditions: Sequence[ColumnElement],
+        lower: datetime | None,
+        upper: datetime | None,
+    ) -> list[ColumnElement]:
+        """``conditions`` and ``lower <= timestamp < upper`` (None: unbounded), with what
+        the bounds imply for the store's index (ClickHouse: the days; a cursor's
+        condition alone read ``message_id`` of every row the key range left)."""
+        dialect, column = self.dialect, self.table.c.timestamp
+        window = list(conditions)
+        if lower is not None:
+            window.append(column >= dialect.time(lower))
+        if upper is not None:
+            window.append(column < dialect.time(upper))
+        if lower is not None or upper is not None:
+            window += dialect.range_hint(lower, upper)
+        return window
 
     def get(self, message_id: str, source: str | None = None) -> dict[str, Any] | None:
         """The event of ``message_id`` from ``source``; None if there is none.
@@ -853,14 +882,9 @@ class EventStore:
             ]
             statement = select(*ends)
         elif where.user_id is not None or where.anonymous_id is not None:
-            # One user's rows (the user page): few, each event once by the store's way
-            # for few rows (ClickHouse: LIMIT 1 BY, where FINAL merges the whole table).
-            times = self.dialect.each_event([c.timestamp.label("t")], conditions).subquery("t")
-            statement = select(
-                func.min(times.c.t).label("oldest"),
-                func.max(times.c.t).label("newest"),
-                func.count().label("n"),
-            )
+            if self.dialect.page_windows:
+                return self._user_span(where)
+            statement = self._span_of(conditions)
         else:
             statement = self.dialect.select(
                 func.min(c.timestamp).label("oldest"),
@@ -872,6 +896,57 @@ class EventStore:
         if oldest is None or (n and not n[0]):
             return None
         return _aware(oldest), _aware(newest)
+
+    def _span_of(self, conditions: Sequence[ColumnElement]) -> Select:
+        """The oldest and newest time of one user's rows matching ``conditions`` and
+        their count: few rows, each event once by the store's way for few rows
+        (ClickHouse: ``LIMIT 1 BY``, where ``FINAL`` merges the whole table)."""
+        c = self.table.c
+        times = self.dialect.each_event([c.timestamp.label("t")], conditions).subquery("t")
+        return select(
+            func.min(times.c.t).label("oldest"),
+            func.max(times.c.t).label("newest"),
+            func.count().label("n"),
+        )
+
+    def _user_span(self, where: EventFilter) -> tuple[datetime, datetime] | None:
+        """:meth:`time_span` of one user's events on a store that reads every row its
+        filters leave (``QueryDialect.page_windows``), by windows: the newest in the
+        page windows back from the range's end (or now), the first window holding any;
+        the oldest in windows of the same widths forward from the range's start (or
+        ``QueryDialect.oldest_hint``), up to that window. A user who is busy at either
+        end (the busiest reads an hour or so of each) costs a few small queries where
+        one read the user's events over every granule of the table (ClickHouse, the
+        busiest of 50,000 users in 10,000,000 events: ~700 ms); a quiet user's windows
+        together read the range once, as one query would."""
+        conditions = self.conditions(msgspec.structs.replace(where, since=None))
+        anchor = where.until or datetime.now(UTC)
+        with self.engine.connect() as connection:
+
+            def span(window: list[ColumnElement]) -> tuple[datetime, datetime] | None:
+                oldest, newest, n = connection.execute(self._span_of(window)).one()
+                return (_aware(oldest), _aware(newest)) if n else None
+
+            for window, lower, last in self._windows(conditions, where.since, anchor):
+                found = span(window)
+                if found is None and not last:
+                    continue
+                if found is None or last or lower is None:
+                    return found
+                # The oldest: windows forward from the start, up to the one found above.
+                start = where.since or self.dialect.oldest_hint(connection)
+                older = where.since  # the previous window's upper bound
+                for width in (*self.dialect.page_windows, None):
+                    upper = None if width is None or start is None else start + width
+                    end = upper is None or upper >= lower
+                    first = span(self._between(conditions, older, lower if end else upper))
+                    if first is not None:
+                        return first[0], found[1]
+                    if end:
+                        break
+                    older = upper
+                return found
+        return None
 
     def event_names(self, since: datetime | None = None, limit: int = 500) -> list[str]:
         """Distinct ``event`` names of track calls, most frequent first."""

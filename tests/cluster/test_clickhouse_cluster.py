@@ -267,6 +267,20 @@ def test_events_spread_over_the_shards_read_once_and_erased_on_both(
         assert response.status_code == 200, response.text
         layout = ClusterLayout(cluster=SHARDS, database=database)
         assert rollup_matches_scan(ClickHouseStore(sink["url"], layout)) == 35 + 30
+
+        # A user's first and last seen (the user page), window by window through the
+        # Distributed table, forward from the oldest part of any shard.
+        times = sorted(
+            datetime.fromisoformat(e["timestamp"]) for e in server.events(user_id=users[1])
+        )
+        reader = EventStore(ClickHouseStore(sink["url"], layout))
+        try:
+            with reader.engine.connect() as connection:
+                hint = reader.dialect.oldest_hint(connection)
+            assert hint is not None and hint <= times[0]
+            assert reader.time_span(EventFilter(user_id=users[1])) == (times[0], times[-1])
+        finally:
+            reader.close()
     finally:
         server.stop()
 

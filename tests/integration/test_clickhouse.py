@@ -362,6 +362,64 @@ def test_pages_come_newest_first_across_the_time_windows(ch_server):
     assert flat(pages(since=since, until=until)) == newest_first[4:8]
 
 
+def test_a_users_first_and_last_seen_come_from_the_time_windows(ch_server):
+    """One user's first and last event (the user page's "first seen" and "last seen")
+    are read window by window, back from now and forward from the oldest stored part:
+    users busy at both ends, seen in the middle only, seen once, with a range, and
+    with a hint of the oldest part that is wrong (later than the oldest event: the
+    first forward window has no lower bound) all get their real first and last
+    times; a user with no event gets none, and each event counts once however many
+    copies the store holds."""
+    server, url = ch_server
+    now = datetime.now(UTC).replace(microsecond=0)
+    ages = {  # user -> how long before now each of their events was sent
+        "w": [-timedelta(hours=2), timedelta(minutes=30), timedelta(days=6), timedelta(days=400)],
+        "mid": [timedelta(days=6), timedelta(days=20), timedelta(days=9)],
+        "once": [timedelta(days=100)],
+        "fresh": [timedelta(minutes=5), timedelta(minutes=50)],
+    }
+    items = [
+        {
+            "type": "track",
+            "event": "Win",
+            "messageId": f"{user}-{i}",
+            "timestamp": iso(now - a),
+            **({"anonymousId": user} if user == "fresh" else {"userId": user}),
+        }
+        for user, times in ages.items()
+        for i, a in enumerate(times)
+    ]
+    assert server.post("/v1/batch", {"batch": items}).status_code == 200
+    # A redelivery of two of "mid"'s events: their copies, received later.
+    assert server.post("/v1/batch", {"batch": items[4:6]}).status_code == 200
+
+    store = EventStore(ClickHouseStore(url))
+    try:
+
+        def span(user: str, **bounds) -> tuple[timedelta, timedelta] | None:
+            column = "anonymous_id" if user == "fresh" else "user_id"
+            found = store.time_span(EventFilter(**{column: user}, **bounds))
+            return None if found is None else (now - found[0], now - found[1])
+
+        for user, times in ages.items():
+            assert span(user) == (max(times), min(times)), user
+        assert span("nobody") is None
+        month, half_day = now - timedelta(days=30), now - timedelta(hours=12)
+        assert span("w", since=month) == (timedelta(days=6), -timedelta(hours=2))
+        assert span("w", until=half_day) == (timedelta(days=400), timedelta(days=6))
+        assert span("mid", since=now - timedelta(days=10), until=now - timedelta(days=7)) == (
+            timedelta(days=9),
+            timedelta(days=9),
+        )
+        assert span("once", until=now - timedelta(days=101)) is None
+        # A wrong hint: the oldest part said to begin 50 days ago.
+        store.dialect.oldest_hint = lambda connection: now - timedelta(days=50)
+        assert span("w") == (timedelta(days=400), -timedelta(hours=2))
+        assert span("once") == (timedelta(days=100), timedelta(days=100))
+    finally:
+        store.close()
+
+
 # -- queue mode --------------------------------------------------------------------------
 def test_through_the_queue_and_a_worker_in_one_insert(amqp_env, ch_url):
     batch = {"max_events": 50000, "timeout": "1s"}
@@ -766,10 +824,21 @@ def _chdb_rows(commands: list[Command], datetime64: bool) -> str:
     return "\n".join(lines)
 
 
+def _substituted(store: EventStore, statement) -> str:
+    """``statement`` as this store sends it, parameters substituted as clickhouse-driver
+    substitutes them."""
+    client = Client("127.0.0.1")
+    compiled = statement.compile(
+        dialect=store.engine.dialect, compile_kwargs={"render_postcompile": True}
+    )
+    return client.substitute_params(str(compiled), compiled.params, client.connection.context)
+
+
 def captured_selects(store: EventStore, cases: list) -> list[list[str]]:
     """The SELECTs the store layer sends for each of ``cases``, parameters substituted as
     clickhouse-driver substitutes them, without running them on this server. Every
-    statement finds nothing here, so a page query sends one per time window."""
+    statement finds nothing here, so a page query sends one per time window: the page's
+    keys (the test reads the rows of those it finds: :func:`_substituted`)."""
     client = Client("127.0.0.1")
     sent: list[str] = []
 
@@ -830,10 +899,14 @@ def test_ddl_and_dashboard_queries_run_on_a_current_clickhouse(flavour, ch_url, 
             "INSERT INTO events FORMAT JSONEachRow\n" + _chdb_rows(_sample(), settings.datetime64)
         )
         for sqls, (_, _, expected) in zip(selects, cases, strict=True):
-            ids = []  # the time windows' rows, newest window first
+            keys = []  # the time windows' keys, newest window first
             for sql in sqls:
                 result = db.query(sql, "JSONCompact")
-                ids += [row[0] for row in msgspec.json.decode(result.bytes())["data"]]
+                keys += msgspec.json.decode(result.bytes())["data"]
+            ids = []
+            if keys:  # then the rows of the page's keys, as EventStore.query reads them
+                rows = db.query(_substituted(store, store.dialect.page_rows(keys)), "JSONCompact")
+                ids = [row[0] for row in msgspec.json.decode(rows.bytes())["data"]]
             assert ids == expected, sqls
         # What the sink and the store ask the server, besides inserts.
         for probe in (
