@@ -42,8 +42,8 @@ from sqlalchemy import (
 )
 
 from eventrouter.store.interface import InvalidQuery
-from eventrouter.store.query import EventStore, PathCondition
-from eventrouter.store.rollup import day_number
+from eventrouter.store.query import FILTER_COLUMNS, EventStore, PathCondition
+from eventrouter.store.rollup import day_number, event_scope
 
 MIN_STEPS, MAX_STEPS = 2, 5
 #: The conversion window's bounds, in seconds.
@@ -269,7 +269,8 @@ def funnel(
         # The entries from event_users_daily when the entry step is an event name alone.
         span = daily_span(store, since, until) if not steps[0].conditions else None
         entries = _daily_entries(store, span, steps[0].event) if span is not None else None
-        statement = _funnel_statement(store, conditions, where, window, dimension, entries)
+        seen = _seen_values(store, by, steps[0].event) if by is not None else None
+        statement = _funnel_statement(store, conditions, where, window, dimension, entries, seen)
     # Rows (value, users, delay 2, ..., delay n): users with the same value and delays
     # (None or 0: not reached), grouped.
     groups: dict[Any, tuple[int, list[list[int]]]] = {}
@@ -311,6 +312,24 @@ def _daily_entries(store: EventStore, span: DailySpan, event: str) -> Select:
     )
 
 
+def _seen_values(store: EventStore, by: str, event: str) -> Any:
+    """Each user's values of the JSON path ``by`` among their ``event`` events, from
+    the store's :attr:`QueryDialect.users_seen` (one row per value and user): the
+    subquery ``(u, v, n)``, ``v`` the least value as kept and ``n`` how many; None when
+    the store does not keep ``by`` there complete (or a filter column)."""
+    dialect = store.dialect
+    seen = dialect.users_seen
+    if by in FILTER_COLUMNS or not store.keeps(seen) or not dialect.users_seen_kept(by):
+        return None
+    r = seen.c  # type: ignore[union-attr]
+    return (
+        select(r.user_key.label("u"), func.min(r.value).label("v"), func.count().label("n"))
+        .where(r.path == by, r.event == event_scope(event))
+        .group_by(r.user_key)
+        .subquery("seen")
+    )
+
+
 def _funnel_statement(
     store: EventStore,
     conditions: list[ColumnElement],
@@ -318,6 +337,7 @@ def _funnel_statement(
     window: int,
     dimension: ColumnElement | None,
     entries: Select | None = None,
+    seen: Any = None,
 ) -> Select:
     """The funnel in standard SQL (``QueryDialect.funnel_statement``'s rows):
 
@@ -328,7 +348,10 @@ def _funnel_statement(
       can (``QueryDialect.user_probes``: ``p<k>`` holds each index's answer), else by
       one ``GROUP BY`` over the step's events joined to ``s<k-1>`` by user;
     - ``b``: the entry event's value of ``dimension`` (the least, when several entry
-      events share the second), read the same way;
+      events share the second), read the same way; or, given ``seen``
+      (:func:`_seen_values`), the one value of a user whose step-1 events all have
+      the same (every entry event has it, whatever the range), and only the others'
+      entry events read, each user's alone;
     - then the users counted by value and delays (``s1`` left-joined to the others)."""
     dialect, table = store.dialect, store.table
     user = func.coalesce(table.c.user_id, table.c.anonymous_id)
@@ -374,7 +397,25 @@ def _funnel_statement(
         probes = dialect.user_probes(
             entries_cte.c.u, dimension, [conditions[0]], where, t1, t1 + one
         )
-        if probes is not None:
+        if seen is not None:
+            # The entry event read (a correlated subquery: each user's events alone,
+            # through the store's index of users' events) only for a user of several
+            # values; CASE reads it for no one else.
+            if probes is not None:
+                entry_value = _least(probes)
+            else:
+                entry_value = (
+                    select(func.min(dimension))
+                    .where(conditions[0], user == entries_cte.c.u, *where, second == t1)
+                    .scalar_subquery()
+                )
+            value_of = case((seen.c.n == 1, dialect.path_rollup_value(seen.c.v)), else_=entry_value)
+            values = (
+                select(entries_cte.c.u, value_of.label("v"))
+                .select_from(entries_cte.outerjoin(seen, seen.c.u == entries_cte.c.u))
+                .cte("b")
+            )
+        elif probes is not None:
             found, least = _probed(entries_cte, [entries_cte.c.u], probes, "pb")
             values = select(found.c.u, least.label("v")).cte("b")
         else:

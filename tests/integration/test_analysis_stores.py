@@ -152,7 +152,11 @@ DAILY = {
     "postgres-daily": "postgres",
     "postgres-daily-event_user": "postgres",
 }
-VARIANTS = {**EVENT_USER, **DAILY, "sqlite-unique_users": "sqlite"}
+#: With ``rollup_paths`` too, the store keeps ``users_seen`` (each user's values of
+#: ``properties.plan`` per event name), from which a breakdown by it reads the value of
+#: a user with one (u5's two values of Viewed: its entry event is read).
+SEEN = {"postgres-seen": "postgres", "sqlite-seen-event_user": "sqlite", "sqlite-seen": "sqlite"}
+VARIANTS = {**EVENT_USER, **DAILY, **SEEN, "sqlite-unique_users": "sqlite"}
 
 
 @pytest.fixture(scope="module", params=[*STORES, *VARIANTS])
@@ -166,6 +170,9 @@ def served(request, tmp_path_factory) -> Iterator[tuple[LiveServer, EventStore, 
             sink["indexes"] = ["event", "event_user"]
         if request.param in DAILY or request.param.endswith("unique_users"):
             sink["unique_users"] = True
+        if request.param in SEEN:
+            sink["unique_users"] = True
+            sink["rollup_paths"] = ["properties.plan"]
         server = LiveServer(make_config(tmp_path, {"sinks": {"store": sink}})).start()
         store = EventStore(store_of(sink))
         scanner = EventStore(store_of(sink), use_rollup=False)
@@ -239,14 +246,23 @@ def test_a_condition_on_the_first_step_picks_the_entry(served):
     assert _shape(result.steps) == [(3, None), (3, 200), (2, 160)]
 
 
-def test_a_breakdown_reads_the_entry_event(served):
+def test_a_breakdown_reads_the_entry_event(served, request):
     _, store, _ = served
     steps = [Step("Viewed"), Step("Added"), Step("Bought")]
-    result = funnel(store, steps, 3600, SINCE, None, by="properties.plan")
+    sent: list[str] = []
+    listen = lambda _c, _cur, statement, *_a: sent.append(statement)  # noqa: E731
+    sqlalchemy_event.listen(store.engine, "before_cursor_execute", listen)
+    try:
+        result = funnel(store, steps, 3600, SINCE, None, by="properties.plan")
+    finally:
+        sqlalchemy_event.remove(store.engine, "before_cursor_execute", listen)
     rows = {value: [s.users for s in steps] for value, steps in result.breakdown}
     # u5's entry says pro (its second Viewed says free).
     assert rows == {"pro": [3, 3, 2], "free": [2, 1, 0], None: [2, 1, 1], "enterprise": [1, 0, 0]}
     assert result.breakdown[0][0] == "pro"
+    # The stores keeping users_seen read the values of the users of one value there.
+    read = any("FROM users_seen" in statement for statement in sent)
+    assert read is (request.node.callspec.params["served"] in SEEN)
 
 
 def test_a_range_that_ends_before_the_entry_has_no_users(served):
@@ -344,7 +360,7 @@ def test_any_range_gives_the_answers_events_give(served, request, cut):
     name = request.node.callspec.params["served"]
     whole_days = until is None or (until - since) > timedelta(days=2)
     read = any("FROM event_users_daily" in s for s in sent)
-    assert read is (name in DAILY and whole_days)
+    assert read is (name in (*DAILY, "postgres-seen", "sqlite-seen-event_user") and whole_days)
 
 
 def test_a_hostile_event_name_is_a_value(served):
