@@ -5,6 +5,7 @@ slows both alike.
 
     .venv/bin/python bench/daily_analysis.py [--stores sqlite,postgres] [--runs 5]
     .venv/bin/python bench/daily_analysis.py --stores postgres --compare work_mem
+    .venv/bin/python bench/daily_analysis.py --compare users_seen
 
 It reads bench/dashboard.py's databases (load them first with ``bench/dashboard.py
 --stores sqlite,postgres --events N``, whose sinks keep ``unique_users`` and the
@@ -27,6 +28,14 @@ answer.
 - **A, the server's work_mem**: ``PostgresDialect.analysis_work_mem`` None, so the
   statements run with the server's setting (4 MB unless configured);
 - **B, as served**: at least ``ANALYSIS_WORK_MEM`` for the statement's transaction.
+
+``--compare users_seen`` compares instead, on the funnel by ``properties.plan``:
+
+- **A, entry events**: no ``users_seen`` for this reader (``QueryDialect.users_seen``
+  None), so each user's value is read from their entry event;
+- **B, as served**: a user whose ``Product Viewed`` events have one value of
+  ``properties.plan`` takes it from ``users_seen``; only the others' entry events are
+  read.
 
 Nothing is written. Only 127.0.0.1 is spoken to.
 """
@@ -77,6 +86,9 @@ def run(store_name: str, runs: int, compare: str = "daily") -> str:
     if compare == "work_mem":
         before.dialect.analysis_work_mem = None  # this reader's only
         heading = "A: the server's work_mem, median ms | B: at least 64 MB"
+    elif compare == "users_seen":
+        before.dialect.users_seen = None  # this reader's only
+        heading = "A: entry events read, median ms | B: users_seen"
     else:
         before.use_rollup = False
         before.dialect.user_probes = lambda *args, **kwargs: None  # this reader's only
@@ -94,6 +106,8 @@ def run(store_name: str, runs: int, compare: str = "daily") -> str:
     chosen = views(since, now)
     if compare == "work_mem":
         chosen = [(name, view) for name, view in chosen if not name.startswith("active")]
+    elif compare == "users_seen":
+        chosen = [(name, view) for name, view in chosen if name == "funnel by properties.plan"]
     try:
         if not after.keeps(after.dialect.event_users_daily):
             return f"{store_name}: no event_users_daily (load with bench/dashboard.py)"
@@ -120,10 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5, help="timed calls per reading [5]")
     parser.add_argument(
         "--compare",
-        choices=("daily", "work_mem"),
+        choices=("daily", "work_mem", "users_seen"),
         default="daily",
-        help="what A leaves out: event_users_daily and per-user reads, or PostgreSQL's "
-        "work_mem for funnels and retention [daily]",
+        help="what A leaves out: event_users_daily and per-user reads, PostgreSQL's "
+        "work_mem for funnels and retention, or users_seen for a funnel's breakdown "
+        "[daily]",
     )
     args = parser.parse_args(argv)
     if args.compare == "work_mem" and args.stores != "postgres":

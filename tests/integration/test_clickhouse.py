@@ -315,9 +315,10 @@ def test_the_query_api_filters_and_pages_over_clickhouse(ch_server):
 
 def test_pages_come_newest_first_across_the_time_windows(ch_server):
     """ClickHouse pages are read a time window at a time (the last hour, 3 and 9 hours,
-    a day, 3 days, a week, five weeks, then the rest): events in several windows, one in
-    the future and two at the same second across a page boundary all come out once,
-    newest first, page by page."""
+    a day, 3 days, a week, five weeks, then the rest), then the rows of the page's keys:
+    events in several windows, one in the future, one with a hostile name and two at
+    the same second across a page boundary all come out once, newest first, page by
+    page."""
     server, _ = ch_server
     now = datetime.now(UTC).replace(microsecond=0)
     ages = {  # message id -> how long before now
@@ -325,6 +326,7 @@ def test_pages_come_newest_first_across_the_time_windows(ch_server):
         "minutes": timedelta(minutes=30),
         "hour": timedelta(hours=1),
         "hours": timedelta(hours=5),
+        "hostile": timedelta(hours=7),
         "day-a": timedelta(days=1, seconds=30),
         "day-b": timedelta(days=1, seconds=30),
         "week": timedelta(days=6),
@@ -332,8 +334,17 @@ def test_pages_come_newest_first_across_the_time_windows(ch_server):
         "old": timedelta(days=100),
         "older": timedelta(days=400),
     }
+    # A page's rows are read by their keys, each a bound parameter: one event's name
+    # is as hostile as a name gets.
+    hostile = "W'in\\' OR 1=1) -- \"><svg onload=alert(1)>\u2028{{7*7}}"
     items = [
-        {"type": "track", "userId": "w", "event": "Win", "messageId": m, "timestamp": iso(now - a)}
+        {
+            "type": "track",
+            "userId": "w",
+            "event": hostile if m == "hostile" else "Win",
+            "messageId": m,
+            "timestamp": iso(now - a),
+        }
         for m, a in ages.items()
     ]
     assert server.post("/v1/batch", {"batch": items}).status_code == 200
@@ -354,12 +365,14 @@ def test_pages_come_newest_first_across_the_time_windows(ch_server):
     def flat(found: list[list[str]]) -> list[str]:
         return [message_id for page in found for message_id in page]
 
-    assert pages() == [newest_first[0:3], newest_first[3:6], newest_first[6:9], newest_first[9:]]
+    assert pages() == [newest_first[i : i + 3] for i in range(0, len(newest_first), 3)]
     since = iso(now - timedelta(days=30))
-    assert flat(pages(since=since)) == newest_first[:8]
+    assert flat(pages(since=since)) == newest_first[:9]
     until = iso(now - timedelta(hours=12))
-    assert flat(pages(until=until)) == newest_first[4:]
-    assert flat(pages(since=since, until=until)) == newest_first[4:8]
+    assert flat(pages(until=until)) == newest_first[5:]
+    assert flat(pages(since=since, until=until)) == newest_first[5:9]
+    response = server.client.get("/api/v1/events", params={"event": hostile}, headers=AUTH)
+    assert [e["event"] for e in response.json()["events"]] == [hostile]
 
 
 def test_a_users_first_and_last_seen_come_from_the_time_windows(ch_server):
