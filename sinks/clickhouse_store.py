@@ -362,6 +362,9 @@ MAX_GAPS = 8
 
 class ClickHouseDialect(QueryDialect):
     page_windows = PAGE_WINDOWS
+    #: Copies of one event share their UTC day (the first item of the sorting key that
+    #: names an event, :meth:`sort_key`).
+    copies_unit = timedelta(days=1)
     #: Kept by a compactor (sinks/clickhouse_rollup.py), read with ``FINAL``.
     rollup = hourly_table
     #: 18.16 filters each copy before ``FINAL`` collapses them: a range read apart from

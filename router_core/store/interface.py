@@ -159,6 +159,11 @@ class QueryDialect(ABC):
     #: looks further, the last window unbounded (EventStore.query). Empty: one query.
     #: For a store that reads every row the filters leave before it applies ``LIMIT``.
     page_windows: ClassVar[tuple[timedelta, ...]] = ()
+    #: The unit of time (a whole number of hours dividing a day, UTC) within which the
+    #: times of one event's copies (a redelivery the store keeps until it merges them)
+    #: all are: a user's first and last seen read by windows (EventStore.time_span)
+    #: read whole units. None: unknown (one query reads them).
+    copies_unit: ClassVar[timedelta | None] = None
     #: A column whose value grows with every insert (SQLite's ``rowid``), which a live
     #: tail reads by; None: a tail reads by ``received_at`` (EventStore.stored_since).
     insert_order: ClassVar[str | None] = None

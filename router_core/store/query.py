@@ -333,7 +333,7 @@ class EventStore:
         rows: list[Any] = []
         keyed = False
         with self.engine.connect() as connection:
-            for window, _, last in self._windows(conditions, since, anchor):
+            for window, _, _, last in self._windows(conditions, since, anchor):
                 statement = dialect.page_keys(window, count - len(rows))
                 keyed = statement is not None
                 if statement is None:
@@ -347,16 +347,17 @@ class EventStore:
 
     def _windows(
         self, conditions: Sequence[ColumnElement], since: datetime | None, anchor: datetime
-    ) -> Iterator[tuple[list[ColumnElement], datetime | None, bool]]:
+    ) -> Iterator[tuple[list[ColumnElement], datetime | None, datetime | None, bool]]:
         """``conditions`` cut into :meth:`_page`'s windows, newest first: each window's
-        conditions, its lower bound (None: unbounded) and whether it is the last."""
+        conditions, its lower and upper bounds (None: unbounded) and whether it is the
+        last."""
         newer: datetime | None = None  # the previous window's lower bound
         for width in (*self.dialect.page_windows, None):
             lower = None if width is None else anchor - width
             last = lower is None or (since is not None and lower <= since)
             if last:
                 lower = since  # the range's own start bounds the last window
-            yield self._between(conditions, lower, newer), lower, last
+            yield self._between(conditions, lower, newer), lower, newer, last
             if last:
                 return
             newer = lower
@@ -911,41 +912,71 @@ class EventStore:
 
     def _user_span(self, where: EventFilter) -> tuple[datetime, datetime] | None:
         """:meth:`time_span` of one user's events on a store that reads every row its
-        filters leave (``QueryDialect.page_windows``), by windows: the newest in the
-        page windows back from the range's end (or now), the first window holding any;
-        the oldest in windows of the same widths forward from the range's start (or
-        ``QueryDialect.oldest_hint``), up to that window. A user who is busy at either
-        end (the busiest reads an hour or so of each) costs a few small queries where
-        one read the user's events over every granule of the table (ClickHouse, the
-        busiest of 50,000 users in 10,000,000 events: ~700 ms); a quiet user's windows
-        together read the range once, as one query would."""
+        filters leave (``QueryDialect.page_windows``), by windows: the newest from the
+        first of the page windows back from the range's end (or now) holding any copy
+        of an event, the oldest from the first of windows of the same widths forward
+        from the range's start (or ``QueryDialect.oldest_hint``); each read exactly
+        (each event at its latest copy's time) over that window widened to whole
+        ``QueryDialect.copies_unit`` (which hold all copies of their events: an
+        event's latest copy may be outside the window).
+        A user busy at either end (the busiest reads an hour and a day or so of each)
+        costs a few small queries where one read the user's events over every granule
+        of the table (ClickHouse, the busiest of 50,000 users in 10,000,000 events:
+        ~700 ms); a quiet user's windows together read the range once, as one query
+        would, and two days more."""
+        dialect = self.dialect
+        unit = dialect.copies_unit
         conditions = self.conditions(msgspec.structs.replace(where, since=None))
+        if unit is None:
+            with self.engine.connect() as connection:
+                oldest, newest, n = connection.execute(self._span_of(conditions)).one()
+            return (_aware(oldest), _aware(newest)) if n else None
+        seconds = int(unit.total_seconds())
+        since = where.since
         anchor = where.until or datetime.now(UTC)
         with self.engine.connect() as connection:
 
-            def span(window: list[ColumnElement]) -> tuple[datetime, datetime] | None:
-                oldest, newest, n = connection.execute(self._span_of(window)).one()
-                return (_aware(oldest), _aware(newest)) if n else None
+            def holds(window: list[ColumnElement]) -> bool:
+                statement = dialect.copies_select(self.table.c.timestamp).where(*window)
+                return connection.execute(statement.limit(1)).first() is not None
 
-            for window, lower, last in self._windows(conditions, where.since, anchor):
-                found = span(window)
-                if found is None and not last:
-                    continue
-                if found is None or last or lower is None:
-                    return found
-                # The oldest: windows forward from the start, up to the one found above.
-                start = where.since or self.dialect.oldest_hint(connection)
-                older = where.since  # the previous window's upper bound
-                for width in (*self.dialect.page_windows, None):
-                    upper = None if width is None or start is None else start + width
-                    end = upper is None or upper >= lower
-                    first = span(self._between(conditions, older, lower if end else upper))
-                    if first is not None:
-                        return first[0], found[1]
+            def span(lower: datetime | None, upper: datetime | None) -> tuple[datetime, datetime]:
+                """The span of the events in ``[lower, upper)``, bounds the caller made
+                whole units (or beyond every copy), so that each event there is read
+                with all its copies."""
+                if since is not None and (lower is None or lower < since):
+                    lower = since
+                window = self._between(conditions, lower, upper)
+                oldest, newest, _ = connection.execute(self._span_of(window)).one()
+                return _aware(oldest), _aware(newest)
+
+            def around(
+                lower: datetime | None, upper: datetime | None, last: bool
+            ) -> tuple[datetime, datetime]:
+                """The span, given the newest window holding a copy, ``[lower, upper)``."""
+                if last or lower is None:  # the window reaches back to the range's start
+                    return span(since, upper)
+                # An event there is at its latest copy's time, in its unit: the newest
+                # is an event with a copy from the start of the window's first unit.
+                newest = span(rollup.floor_hour(lower, seconds), upper)
+                # The oldest: windows forward from the start, up to the one found.
+                start = since or dialect.oldest_hint(connection)
+                older = since  # the previous window's upper bound
+                for width in (*dialect.page_windows, None):
+                    bound = None if width is None or start is None else start + width
+                    end = bound is None or bound >= lower
+                    reach = lower if end or bound is None else bound
+                    if holds(self._between(conditions, older, reach)):
+                        # And the oldest an event with a copy before its unit's end.
+                        return span(older, rollup.ceil_hour(reach, seconds))[0], newest[1]
                     if end:
                         break
-                    older = upper
-                return found
+                    older = bound
+                return newest
+
+            for window, lower, upper, last in self._windows(conditions, since, anchor):
+                if holds(window):
+                    return around(lower, upper, last)
         return None
 
     def event_names(self, since: datetime | None = None, limit: int = 500) -> list[str]:
