@@ -47,6 +47,21 @@ RANGE_LABELS = {
 }
 DEFAULT_RANGE = "24h"
 PAGE_SIZE = 50
+#: The stored columns a page's rows show (``_event_row.html``): an opened row fetches
+#: the whole event (``/admin/event``), so a page reads no JSON column (on ClickHouse,
+#: the busiest user's page read 210 ms of ``context`` and ``properties``, 40 without).
+ROW_COLUMNS = (
+    "message_id",
+    "source",
+    "timestamp",
+    "type",
+    "event",
+    "name",
+    "group_id",
+    "previous_id",
+    "user_id",
+    "anonymous_id",
+)
 #: Bucket widths the chart chooses from, in seconds: the smallest that gives at most
 #: :data:`MAX_BUCKETS` bars over the range.
 STEPS = (

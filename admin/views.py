@@ -288,7 +288,11 @@ class EventsView(_View):
             return
         try:
             page = await self.d.read(
-                self.d.store_or_error().query, query.where, query.limit, query.cursor
+                self.d.store_or_error().query,
+                query.where,
+                query.limit,
+                query.cursor,
+                explorer.ROW_COLUMNS,
             )
         except APIError as exc:
             if htmx:
@@ -653,7 +657,7 @@ class UserView(_View):
             # Three independent reads at once: the page waits for the slowest, not the sum
             # (each failure collected, so none is left unretrieved; the first is shown).
             results = await asyncio.gather(
-                self.d.read(store.query, where, explorer.PAGE_SIZE, cursor),
+                self.d.read(store.query, where, explorer.PAGE_SIZE, cursor, explorer.ROW_COLUMNS),
                 self.d.read(store.identify_traits, user_id),
                 self.d.read(store.time_span, where),
                 return_exceptions=True,

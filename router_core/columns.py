@@ -78,5 +78,6 @@ def iso_utc(value: datetime | None) -> str | None:
 def shown(event: dict[str, Any]) -> dict[str, Any]:
     """An event's columns as the API shows them (times as :func:`iso_utc`), in place."""
     for column in TIME_COLUMNS:
-        event[column] = iso_utc(event[column])
+        if column in event:  # a page of some columns (EventStore.query's ``columns``)
+            event[column] = iso_utc(event[column])
     return event

@@ -389,17 +389,21 @@ class QueryDialect(ABC):
         window's rows are :meth:`page`'s."""
         return None
 
-    def page_rows(self, keys: Sequence[Any]) -> Select:
+    def page_rows(self, keys: Sequence[Any], columns: Sequence[str] = ()) -> Select:
         """The events of ``keys`` (rows of :meth:`page_keys`), newest first by
-        ``(timestamp, message_id, source)``: every column, as :meth:`page`'s rows."""
+        ``(timestamp, message_id, source)``: ``columns`` (none: every column), as
+        :meth:`page`'s rows."""
         raise NotImplementedError(f"{self.name} reads a page in one query")
 
-    def page(self, conditions: Sequence[ColumnElement], count: int) -> Select:
+    def page(
+        self, conditions: Sequence[ColumnElement], count: int, columns: Sequence[str] = ()
+    ) -> Select:
         """The first ``count`` events matching ``conditions``, newest first by
-        ``(timestamp, message_id, source)``."""
+        ``(timestamp, message_id, source)``: the stored ``columns`` (none: every
+        column)."""
         c = self.table.c
         return (
-            self.select()
+            self.select(*(c[name] for name in columns))
             .where(*conditions)
             .order_by(c.timestamp.desc(), c.message_id.desc(), c.source.desc())
             .limit(count)

@@ -268,8 +268,15 @@ class EventStore:
         return conditions
 
     def query(
-        self, where: EventFilter, limit: int = DEFAULT_LIMIT, cursor: str | None = None
+        self,
+        where: EventFilter,
+        limit: int = DEFAULT_LIMIT,
+        cursor: str | None = None,
+        columns: Sequence[str] = (),
     ) -> Page:
+        """A page of the events matching ``where``, newest first, after ``cursor``:
+        each event's stored ``columns`` (none: all; ``message_id``, ``source`` and
+        ``timestamp`` always: the keyset's), as the API shows them."""
         if not 1 <= limit <= MAX_LIMIT:
             raise InvalidQuery("limit", f"must be between 1 and {MAX_LIMIT}")
         # ``since`` bounds the last page window instead (:meth:`_page`): each window adds
@@ -281,7 +288,12 @@ class EventStore:
             moment, message_id, source = decode_cursor(cursor)
             conditions.append(self._after(moment, message_id, source))
         anchor = moment or where.until or datetime.now(UTC)  # no page event is newer
-        rows = self._page(conditions, limit + 1, where.since, anchor)
+        if columns:
+            unknown = set(columns) - set(self.table.c.keys())
+            if unknown:
+                raise ValueError(f"no such column: {', '.join(sorted(unknown))}")
+            columns = list(dict.fromkeys(["message_id", "source", "timestamp", *columns]))
+        rows = self._page(conditions, limit + 1, where.since, anchor, columns)
         more = len(rows) > limit
         rows = rows[:limit]
         next_cursor = None
@@ -313,10 +325,11 @@ class EventStore:
         count: int,
         since: datetime | None,
         anchor: datetime,
+        columns: Sequence[str] = (),
     ) -> list[Any]:
-        """The first ``count`` rows matching ``conditions`` and ``timestamp >= since``,
-        newest first, read window by window (``QueryDialect.page_windows``; none: one
-        query).
+        """The first ``count`` rows (``columns``; none: all) matching ``conditions`` and
+        ``timestamp >= since``, newest first, read window by window
+        (``QueryDialect.page_windows``; none: one query).
 
         Some stores (ClickHouse, 18.x and 19.x at least) cannot stop reading at ``LIMIT``
         in sort order: they read every row the filters leave, however old, then sort. So
@@ -337,12 +350,12 @@ class EventStore:
                 statement = dialect.page_keys(window, count - len(rows))
                 keyed = statement is not None
                 if statement is None:
-                    statement = dialect.page(window, count - len(rows))
+                    statement = dialect.page(window, count - len(rows), columns)
                 rows += connection.execute(statement).all()
                 if len(rows) >= count or last:
                     break
             if keyed and rows:
-                rows = connection.execute(dialect.page_rows(rows)).all()
+                rows = connection.execute(dialect.page_rows(rows, columns)).all()
         return rows
 
     def _windows(

@@ -11,10 +11,12 @@ from html import unescape
 
 import pytest
 
+from eventrouter.admin import explorer
+from eventrouter.store.query import EventFilter, EventStore
 from tests.admin_support import live_ids, open_tail, receive_until, sign_in
 from tests.helpers import ADMIN_TOKEN, LiveServer, make_config
 from tests.queue_support import unique
-from tests.store_support import STORES, store_sink
+from tests.store_support import STORES, store_of, store_sink
 
 pytestmark = pytest.mark.slow  # make test-fast leaves it out (pyproject.toml)
 
@@ -127,3 +129,36 @@ def test_live_tail_reads_new_rows_from_the_store(server):
         assert server.post("/v1/track", body).status_code == 200
         message = receive_until(ws, lambda m: message_id in live_ids(m), "the stored event")
         assert live_ids(message) == [message_id]
+
+
+@pytest.mark.parametrize("kind", STORES)
+def test_a_page_of_the_rows_columns_reads_those_alone(kind, tmp_path):
+    """The explorer's and the user page's rows read the columns they show
+    (``explorer.ROW_COLUMNS``, an opened row fetches the whole event): the same events,
+    those columns and no other, times as the API shows them, the same cursor; a column
+    the store has not is refused."""
+    with store_sink(kind, tmp_path) as sink:
+        server = LiveServer(make_config(tmp_path, {"sinks": {"store": sink}})).start()
+        try:
+            response = server.post("/v1/batch", {"batch": dataset()})
+            assert response.status_code == 200, response.text
+        finally:
+            server.stop()
+        store = EventStore(store_of(sink))
+        try:
+            where = EventFilter(user_id="u-a")
+            full = store.query(where, 4)
+            rows = store.query(where, 4, None, explorer.ROW_COLUMNS)
+            assert [set(e) for e in rows.events] == [set(explorer.ROW_COLUMNS)] * 4
+            assert rows.events == [
+                {name: e[name] for name in explorer.ROW_COLUMNS} for e in full.events
+            ]
+            assert rows.next_cursor == full.next_cursor and rows.next_cursor
+            later = store.query(where, 4, rows.next_cursor, explorer.ROW_COLUMNS)
+            assert [e["message_id"] for e in later.events] == [
+                e["message_id"] for e in store.query(where, 4, full.next_cursor).events
+            ]
+            with pytest.raises(ValueError, match="no such column: nope"):
+                store.query(where, 4, None, ["nope"])
+        finally:
+            store.close()
