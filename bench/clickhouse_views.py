@@ -67,7 +67,7 @@ class BeforeStore(ClickHouseStore):
 def user_page(store: EventStore) -> Any:
     """What ``/admin/user`` asks (admin/views.py, UserView)."""
     where = EventFilter(user_id=dashboard.BUSY_USER)
-    page = store.query(where, explorer.PAGE_SIZE)
+    page = store.query(where, explorer.PAGE_SIZE, None, explorer.ROW_COLUMNS)
     return page, store.identify_traits(dashboard.BUSY_USER), store.time_span(where)
 
 

@@ -684,6 +684,9 @@ class ClickHouseDialect(QueryDialect):
         events). The page's rows are read once for all its windows: in a day's part
         of the sort order, one user's events are spread over every granule of the day
         (reading their ``context`` cost ~100 ms per window on 10,000,000 events)."""
+        return self._keys(conditions, count)
+
+    def _keys(self, conditions: Sequence[ColumnElement], count: int) -> Any:
         key = self.sort_key()
         copies = self.latest(
             [k.label(f"k{i}") for i, k in enumerate(key)] + [self.table.c.timestamp.label("t")],
@@ -716,7 +719,7 @@ class ClickHouseDialect(QueryDialect):
     ) -> Any:
         """:meth:`page_keys` and :meth:`page_rows` in one statement (a page of one
         window)."""
-        keys = self.page_keys(conditions, count).subquery("keys")
+        keys = self._keys(conditions, count).subquery("keys")
         key = self.sort_key()
         chosen = [self.table.c[name] for name in columns] or [self.table]
         rows = self.latest(
