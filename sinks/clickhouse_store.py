@@ -223,6 +223,17 @@ SIZE_SQL = (
 )
 
 
+def parts_of(layout: ClusterLayout | None, table: str) -> tuple[str, str]:
+    """Where the active parts of ``table`` are listed: ``system.parts`` of this server
+    (on a cluster, of every server, for the local table) and the condition that picks
+    them, as SQL text."""
+    if layout is None:
+        where = f"database = currentDatabase() AND table = {quote_string(table)}"
+        return "system.parts", where + " AND active"
+    where = f"database = {quote_string(layout.database)} AND table = "
+    return layout.everywhere("parts"), where + f"{quote_string(layout.local(table))} AND active"
+
+
 def cluster_size_sql(layout: ClusterLayout) -> str:
     """The size of ``events_local`` on every shard (one replica each)."""
     return (
@@ -707,12 +718,7 @@ class ClickHouseDialect(QueryDialect):
         ``properties`` there are most of what a page's rows cost (a page of the busiest
         user on 10,000,000 events: 210 ms with them, 40 without)."""
         key = self.sort_key()
-        wanted = [tuple(row[: len(key)]) for row in keys]
-        chosen = [self.table.c[name] for name in columns] or [self.table]
-        rows = self.latest(chosen, [tuple_(*key).in_(wanted)]).subquery("page")
-        return select(rows).order_by(
-            rows.c.timestamp.desc(), rows.c.message_id.desc(), rows.c.source.desc()
-        )
+        return self._rows_of([tuple(row[: len(key)]) for row in keys], columns)
 
     def page(
         self, conditions: Sequence[ColumnElement], count: int, columns: Sequence[str] = ()
@@ -720,11 +726,15 @@ class ClickHouseDialect(QueryDialect):
         """:meth:`page_keys` and :meth:`page_rows` in one statement (a page of one
         window)."""
         keys = self._keys(conditions, count).subquery("keys")
-        key = self.sort_key()
+        return self._rows_of(
+            select(*(keys.c[f"k{i}"] for i in range(len(self.sort_key())))), columns
+        )
+
+    def _rows_of(self, keys: Any, columns: Sequence[str]) -> Any:
+        """``columns`` (none: all) of the latest copy of each event whose sorting key is
+        in ``keys`` (a list of tuples or a query of them), newest first."""
         chosen = [self.table.c[name] for name in columns] or [self.table]
-        rows = self.latest(
-            chosen, [tuple_(*key).in_(select(*(keys.c[f"k{i}"] for i in range(len(key)))))]
-        ).subquery("page")
+        rows = self.latest(chosen, [tuple_(*self.sort_key()).in_(keys)]).subquery("page")
         return select(rows).order_by(
             rows.c.timestamp.desc(), rows.c.message_id.desc(), rows.c.source.desc()
         )
@@ -744,17 +754,9 @@ class ClickHouseDialect(QueryDialect):
         a cluster): the partition key's range of each part, kept by the server, no
         row read (``min(timestamp)`` reads the column: 40 ms on 10,000,000 events).
         None when no part has one (a ``partition_by`` without ``timestamp``: 0)."""
-        if self.layout is None:
-            parts, database, table = "system.parts", "currentDatabase()", "'events'"
-        else:
-            parts = self.layout.everywhere("parts")
-            database = quote_string(self.layout.database)
-            table = quote_string(self.layout.local("events"))
+        parts, where = parts_of(self.layout, "events")
         oldest = connection.execute(
-            text(
-                f"SELECT toUInt32(min(min_time)) FROM {parts} "
-                f"WHERE database = {database} AND table = {table} AND active"
-            )
+            text(f"SELECT toUInt32(min(min_time)) FROM {parts} WHERE {where}")
         ).scalar()
         return datetime.fromtimestamp(oldest, UTC) if oldest else None
 
@@ -1141,17 +1143,8 @@ class ClickHouseAdminTables(AdminTables):
         local tables of every server)."""
         cutoff = int((datetime.now(UTC) - timedelta(days=1)).strftime("%Y%m%d"))
         layout = self.layout
-        if layout is None:
-            parts, where = "system.parts", "database = currentDatabase()"
-            table = CONFIRMATIONS_USED
-        else:
-            parts = layout.everywhere("parts")
-            where = f"database = {quote_string(layout.database)}"
-            table = layout.local(CONFIRMATIONS_USED)
-        partitions = client.execute(
-            f"SELECT DISTINCT partition FROM {parts} WHERE {where} "
-            f"AND table = {quote_string(table)} AND active"
-        )
+        parts, where = parts_of(layout, CONFIRMATIONS_USED)
+        partitions = client.execute(f"SELECT DISTINCT partition FROM {parts} WHERE {where}")
         for (partition,) in partitions:
             if partition.isdigit() and int(partition) < cutoff:
                 action = f"DROP PARTITION {int(partition)}"

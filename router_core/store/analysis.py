@@ -319,7 +319,10 @@ def _seen_values(store: EventStore, by: str, event: str) -> Any:
     the store does not keep ``by`` there complete (or a filter column)."""
     dialect = store.dialect
     seen = dialect.users_seen
-    if by in FILTER_COLUMNS or not store.keeps(seen) or not dialect.users_seen_kept(by):
+    # users_seen_kept() asks the listing, which goes with the table: no check of its own.
+    if seen is None or by in FILTER_COLUMNS or not store.use_rollup:
+        return None
+    if not dialect.users_seen_kept(by):
         return None
     r = seen.c  # type: ignore[union-attr]
     return (

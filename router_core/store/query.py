@@ -258,14 +258,7 @@ class EventStore:
         conditions += [
             dialect.equals(dialect.json_text(p.column, p.path), p.value) for p in where.paths
         ]
-        if where.since is not None:
-            conditions.append(c.timestamp >= dialect.time(where.since))
-        if where.until is not None:
-            conditions.append(c.timestamp < dialect.time(where.until))
-        if where.since is not None:
-            # What the time bounds imply, for the store's index (ClickHouse: the days).
-            conditions += dialect.range_hint(where.since, where.until)
-        return conditions
+        return self._between(conditions, where.since, where.until)
 
     def query(
         self,
@@ -382,8 +375,9 @@ class EventStore:
         upper: datetime | None,
     ) -> list[ColumnElement]:
         """``conditions`` and ``lower <= timestamp < upper`` (None: unbounded), with what
-        the bounds imply for the store's index (ClickHouse: the days; a cursor's
-        condition alone read ``message_id`` of every row the key range left)."""
+        the bounds imply for the store's index (``QueryDialect.range_hint``, ClickHouse:
+        the days; a cursor's condition alone read ``message_id`` of every row the key
+        range left): the time part of every filter and page window."""
         dialect, column = self.dialect, self.table.c.timestamp
         window = list(conditions)
         if lower is not None:
