@@ -9,6 +9,7 @@ a busy machine slows them alike. :func:`footer` is the line each report ends wit
 from __future__ import annotations
 
 import statistics
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,17 @@ class Alternated:
         """``yes`` when every reading gave the first one's answer, else ``NO``."""
         first, *rest = self.answers.values()
         return "yes" if all(answer == first for answer in rest) else "NO"
+
+    def row(self, name: str) -> str:
+        """The markdown row of an A/B: ``| name | A's median | B's median | B / A |
+        slowest A / B | same answer |``, printed to stderr as it comes."""
+        median = self.median
+        line = (
+            f"| {name} | {median['A']:.0f} | {median['B']:.0f} | "
+            f"{median['B'] / median['A']:.2f} | {self.slowest()} | {self.same()} |"
+        )
+        print(line, file=sys.stderr, flush=True)
+        return line
 
 
 def alternate(

@@ -145,13 +145,7 @@ def reads(runs: int) -> list[str]:
     ]
     try:
         for name, view in views(datetime.now(UTC)).items():
-            result = alternate(view, readers, ("A", "B"), runs)
-            median = result.median
-            lines.append(
-                f"| {name} | {median['A']:.0f} | {median['B']:.0f} | "
-                f"{median['B'] / median['A']:.2f} | {result.slowest()} | {result.same()} |"
-            )
-            print(lines[-1], file=sys.stderr, flush=True)
+            lines.append(alternate(view, readers, ("A", "B"), runs).row(name))
     finally:
         for reader in readers.values():
             reader.close()

@@ -122,13 +122,7 @@ def run(runs: int) -> str:
                 kind = "A" if store is readers["A"] else "B"
                 return comparable(v(store, columns[kind]))
 
-            result = alternate(call, readers, ("A", "B"), runs)
-            median = result.median
-            lines.append(
-                f"| {name} | {median['A']:.0f} | {median['B']:.0f} | "
-                f"{median['B'] / median['A']:.2f} | {result.slowest()} | {result.same()} |"
-            )
-            print(lines[-1], file=sys.stderr, flush=True)
+            lines.append(alternate(call, readers, ("A", "B"), runs).row(name))
     finally:
         for reader in readers.values():
             reader.close()

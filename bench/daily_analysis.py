@@ -112,13 +112,7 @@ def run(store_name: str, runs: int, compare: str = "daily") -> str:
         if not after.keeps(after.dialect.event_users_daily):
             return f"{store_name}: no event_users_daily (load with bench/dashboard.py)"
         for name, view in chosen:
-            result = alternate(view, readers, ["A", "B"], runs)
-            median = result.median
-            lines.append(
-                f"| {name} | {median['A']:.0f} | {median['B']:.0f} | "
-                f"{median['B'] / median['A']:.2f} | {result.slowest()} | {result.same()} |"
-            )
-            print(lines[-1], file=sys.stderr, flush=True)
+            lines.append(alternate(view, readers, ["A", "B"], runs).row(name))
         rows = after.count(EventFilter())
     finally:
         before.close()

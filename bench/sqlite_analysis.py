@@ -60,13 +60,7 @@ def run(runs: int) -> str:
             view = lambda store, p=period: retention(  # noqa: E731
                 store, FIRST, RETURNING, p, since, None
             )
-            result = alternate(view, readers, ["A", "B"], runs)
-            median = result.median
-            lines.append(
-                f"| retention by {period} | {median['A']:.0f} | {median['B']:.0f} | "
-                f"{median['B'] / median['A']:.2f} | {result.slowest()} | {result.same()} |"
-            )
-            print(lines[-1], file=sys.stderr, flush=True)
+            lines.append(alternate(view, readers, ["A", "B"], runs).row(f"retention by {period}"))
     finally:
         for store in readers.values():
             store.close()
