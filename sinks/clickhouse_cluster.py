@@ -45,6 +45,8 @@ SHARDING_KEYS = {
     "events_hourly_paths": "toUInt32(hour)",
     "events_paths_compacted": "rand()",
     "events_users_paths": "toUInt32(day)",
+    "events_user_days": "toUInt32(day)",
+    "events_user_days_compacted": "rand()",
 }
 #: Sent with every insert through a Distributed table: it returns once every shard
 #: has its rows (else the server queues them on its disk and answers at once).

@@ -3,7 +3,7 @@
 
 Why not a plain materialized view: a view counts what is inserted, and a redelivered
 copy is inserted like any event, so it would count the copies that ``FINAL`` reads as
-one. Instead, eight objects (created by ``eventrouter migrate``, :func:`ddl`):
+one. Instead, ten objects (created by ``eventrouter migrate``, :func:`ddl`):
 
 - ``events_dirty`` (``day``, ``mark``): a ``ReplacingMergeTree(mark)`` ordered by
   ``day``, written by the materialized view ``events_dirty_mv`` on ``events``: each
@@ -61,6 +61,18 @@ one. Instead, eight objects (created by ``eventrouter migrate``, :func:`ddl`):
   latest compaction had events but wrote no row of a configured path
   (:func:`users_paths_missing_sql`: compacted before the table existed) is recounted.
 
+- ``events_user_days`` (``day``, ``event``, ``user_hash``, ``first``, ``last``,
+  ``version``): each day's users per event name (``sipHash64`` of the user's key) with
+  the second of their first and last event of that name, written by the same
+  compaction with the same ``version`` from ``events`` without ``FINAL`` (as retention
+  read ``events``: every copy's time counts), ordered by ``(day, event, user_hash)``;
+  beside it ``events_user_days_compacted`` (``day``, ``version``), the compaction's
+  record that it wrote the day. Retention reads the clean whole days of its range
+  whose latest compaction has that record from here, each user's groups instead of
+  their events, grouped by an 8-byte key (``ClickHouseDialect.retention_days``); a day
+  compacted without it (before the table existed) is recounted
+  (:func:`user_days_sql` with ``missing``) and read from ``events`` until then.
+
 A day is **clean** when its latest ``through`` is later than its latest ``mark``; the
 query layer reads clean days' whole hours from ``events_hourly`` and the rest (dirty
 days, and the partial hours at both ends of a range) from ``events FINAL``
@@ -85,7 +97,9 @@ compacted day until the next compaction counts them.
    ``FINAL``: copies of an event carry one user) into ``events_users`` with the same
    version, every configured path's counts (one more read of the day for all of them)
    into ``events_hourly_paths`` and ``(day, path, through)`` into
-   ``events_paths_compacted``, then ``(day, through)`` recorded.
+   ``events_paths_compacted``, its users' first and last second per event name into
+   ``events_user_days`` and ``(day, through)`` into ``events_user_days_compacted``
+   (when the tables exist), then ``(day, through)`` recorded.
 
 It is idempotent and safe from several processes at once: every count it writes holds
 every insert whose part was visible before ``through`` (a mark is evaluated after its
@@ -103,7 +117,17 @@ from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Column, Date, MetaData, String, Table, func, literal
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Date,
+    DateTime,
+    MetaData,
+    String,
+    Table,
+    func,
+    literal,
+)
 from sqlalchemy.types import NullType
 
 from eventrouter.sinks.clickhouse_cluster import ClusterLayout, quote_string
@@ -118,6 +142,8 @@ USERS = "events_users"
 PATHS = "events_hourly_paths"
 PATHS_COMPACTED = "events_paths_compacted"
 USERS_PATHS = "events_users_paths"
+USER_DAYS = "events_user_days"
+USER_DAYS_COMPACTED = "events_user_days_compacted"
 
 
 def latest_versions_sql(where: str = "") -> str:
@@ -143,10 +169,13 @@ USERS_RECORDED = _recorded("day", "version")
 PATHS_RECORDED = _recorded(f"toDate({PATHS}.hour)", f"{PATHS}.version")
 #: The same condition on ``events_users_paths``.
 USERS_PATHS_RECORDED = _recorded("day", "version")
+#: The same condition on ``events_user_days``.
+USER_DAYS_RECORDED = _recorded(f"{USER_DAYS}.day", f"{USER_DAYS}.version")
 #: The materialized view that marks the days of every insert into ``events``.
 MARKER = "events_dirty_mv"
 #: The rollup's tables, in the order they are created; a rollup holds them all (a
-#: compactor writes :data:`USERS_PATHS`, created after them, when it exists).
+#: compactor writes :data:`USERS_PATHS` and :data:`USER_DAYS`, created after them, when
+#: they exist).
 TABLES = (DIRTY, COMPACTED, HOURLY, USERS, PATHS, PATHS_COMPACTED)
 #: Seconds ``through`` stays behind the server's clock: the servers of a cluster mark
 #: with their own clocks.
@@ -216,6 +245,27 @@ USERS_PATHS_DDL = (
     "users AggregateFunction(uniqExact, UInt64), version UInt64) "
     "ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(day) ORDER BY (path, day, value)"
 )
+USER_DAYS_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {USER_DAYS} (day Date, event String, user_hash UInt64, "
+    "first DateTime('UTC'), last DateTime('UTC'), version UInt64) "
+    "ENGINE = ReplacingMergeTree(version) PARTITION BY toYYYYMM(day) "
+    "ORDER BY (day, event, user_hash)"
+)
+USER_DAYS_COMPACTED_DDL = (
+    f"CREATE TABLE IF NOT EXISTS {USER_DAYS_COMPACTED} (day Date, version UInt64) "
+    "ENGINE = ReplacingMergeTree(version) ORDER BY day"
+)
+#: ``events_user_days`` for the query layer (``ClickHouseDialect.retention_days``).
+user_days_table = Table(
+    USER_DAYS,
+    MetaData(),
+    Column("day", Date),
+    Column("event", String),
+    Column("user_hash", BigInteger),
+    Column("first", DateTime),
+    Column("last", DateTime),
+    Column("version", BigInteger),
+)
 #: ``events_users_paths`` for the query layer; its ``users`` states are only merged.
 users_paths_table = Table(
     USERS_PATHS,
@@ -233,6 +283,14 @@ USERS_SQL = (
     f"INSERT INTO {USERS} (day, users, n_users, version) SELECT toDate(%(day)s), "
     "uniqExactState(sipHash64(u)), uniqExact(u), toUInt64(%(version)s) FROM (SELECT "
     f"{USER_KEY} AS u FROM events WHERE toDate(timestamp) = toDate(%(day)s)) WHERE u != ''"
+)
+#: One day's users per event name, written by a compaction (no ``FINAL``, as retention
+#: read ``events``: every copy's time counts).
+USER_DAYS_SQL = (
+    f"INSERT INTO {USER_DAYS} (day, event, user_hash, first, last, version) SELECT "
+    "toDate(%(day)s), event, h, min(t), max(t), toUInt64(%(version)s) FROM (SELECT event, "
+    f"sipHash64({USER_KEY}) AS h, toDateTime(timestamp) AS t FROM events WHERE "
+    f"toDate(timestamp) = toDate(%(day)s) AND {USER_KEY} != '') GROUP BY event, h"
 )
 #: The view's query (the source table named by :func:`marker_ddl`).
 MARKER_SELECT = "SELECT toDate(timestamp) AS day, max(now()) AS mark FROM {source} GROUP BY day"
@@ -256,6 +314,8 @@ def ddl(ttl: float | None = None) -> list[str]:
         PATHS_DDL + ttl_clause("hour", ttl),
         PATHS_COMPACTED_DDL + ttl_clause("day", ttl),
         USERS_PATHS_DDL + ttl_clause("day", ttl),
+        USER_DAYS_DDL + ttl_clause("day", ttl),
+        USER_DAYS_COMPACTED_DDL + ttl_clause("day", ttl),
     ]
 
 
@@ -355,6 +415,23 @@ def users_paths_missing_sql(paths: str) -> str:
     )
 
 
+def user_days_sql(
+    first: date | None = None, last: date | None = None, *, missing: bool = False
+) -> str:
+    """The days (``first`` to ``last``, inclusive; None: unbounded) whose latest recorded
+    compaction wrote ``events_user_days`` (an ``events_user_days_compacted`` record of
+    its version), oldest first; with ``missing``, those whose latest compaction did not
+    (compacted before the table existed: the compactor recounts them, and retention
+    reads them from ``events``)."""
+    bounds = _day_bounds(first, last)
+    where = f" WHERE {' AND '.join(bounds)}" if bounds else ""
+    operator = "NOT IN" if missing else "IN"
+    return (
+        f"SELECT d.day FROM ({latest_versions_sql(where)}) AS d WHERE (d.day, d.v) {operator} "
+        f"(SELECT day, version FROM {USER_DAYS_COMPACTED}{where}) ORDER BY d.day"
+    )
+
+
 def mark_days_sql(where: str) -> str:
     """Mark the days of the ``events`` rows matching ``where`` as changed now."""
     return (
@@ -401,6 +478,16 @@ def has_users_paths(client: Any) -> bool:
         f"AND name = {quote_string(USERS_PATHS)}"
     )
     return rows[0][0] == 1
+
+
+def has_user_days(client: Any) -> bool:
+    """Whether the database holds ``events_user_days`` and its record (a ``migrate`` of
+    this release created them)."""
+    rows = client.execute(
+        "SELECT count() FROM system.tables WHERE database = currentDatabase() "
+        f"AND name IN ({quote_string(USER_DAYS)}, {quote_string(USER_DAYS_COMPACTED)})"
+    )
+    return rows[0][0] == 2
 
 
 def paths_counts_sql(
@@ -463,6 +550,7 @@ def compact(
     :data:`CLOCK_MARGIN`; 0 is safe on one server)."""
     through = _through(client, layout, margin)
     users = bool(paths) and has_users_paths(client)
+    user_days = has_user_days(client)
     if days is None:
         # And the days a compactor of an earlier release recorded without their users.
         changed = {row[0] for row in client.execute(dirty_days_sql())}
@@ -474,11 +562,14 @@ def compact(
             # And those whose users per value a compactor before the table did not count.
             missing = users_paths_missing_sql(paths_array(paths))
             changed |= {row[0] for row in client.execute(missing)}
+        if user_days:
+            # And those compacted before events_user_days existed.
+            changed |= {row[0] for row in client.execute(user_days_sql(missing=True))}
         days = sorted(changed)
     moment = datetime.fromtimestamp(through, UTC)
     counts = paths_counts_sql(client, paths, users) if paths and days else None
     for day in days:
-        _compact_day(client, day, through, moment, paths, counts)
+        _compact_day(client, day, through, moment, paths, counts, user_days)
     return list(days)
 
 
@@ -489,6 +580,7 @@ def _compact_day(
     moment: datetime,
     paths: Sequence[str],
     counts: tuple[str, str | None, dict[str, Any]] | None,
+    user_days: bool = False,
 ) -> None:
     params = {"day": day.isoformat()}
     hourly = client.execute(
@@ -505,6 +597,9 @@ def _compact_day(
         columns = "hour, type, event, source, n_events, version"
         client.execute(f"INSERT INTO {HOURLY} ({columns}) VALUES", rows)
     client.execute(USERS_SQL, {**params, "version": through})
+    if user_days:
+        client.execute(USER_DAYS_SQL, {**params, "version": through})
+        client.execute(f"INSERT INTO {USER_DAYS_COMPACTED} (day, version) VALUES", [(day, through)])
     if counts is not None:
         sql, users_sql, values = counts
         client.execute(sql, {**values, **params, "version": through})

@@ -52,7 +52,7 @@ import secrets
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -92,6 +92,7 @@ from eventrouter.sinks.clickhouse_rollup import (
     PATHS_COMPACTED,
     PATHS_RECORDED,
     RECORDED,
+    USER_DAYS_RECORDED,
     USER_KEY,
     USERS,
     USERS_PATHS,
@@ -102,6 +103,8 @@ from eventrouter.sinks.clickhouse_rollup import (
     hourly_table,
     mark_days_sql,
     paths_missing_sql,
+    user_days_sql,
+    user_days_table,
     users_missing_sql,
     users_paths_table,
     users_table,
@@ -387,6 +390,9 @@ class ClickHouseDialect(QueryDialect):
     #: Kept by the same compactor: each day's distinct users (``users_statement``).
     users_days = users_table
     users_paths = users_paths_table
+    #: Kept by the same compactor: each user's first and last event per event name and
+    #: day (``retention_days``).
+    user_days = user_days_table
     #: Kept by the same compactor for the sink's ``rollup_paths``, each day and path
     #: recorded apart (``rollup_gaps`` with a path).
     path_rollup = hourly_paths_table
@@ -857,18 +863,119 @@ class ClickHouseDialect(QueryDialect):
             .having(func.countIf(first) > 0)
             .subquery("per_user")
         )
-        # Text of our own: column names and ints, never a value from a request.
-        cohort = literal_column(f"entry - (entry - {offset}) % {period}")
-        k = literal_column(
-            f"arrayJoin(arrayPushFront(arrayDistinct(arrayMap("
-            f"x -> intDiv(x - (x - {offset}) % {period} - cohort, {period}), "
-            f"arrayFilter(x -> x >= entry AND x < cohort + {period * periods}, ts))), -1))"
+        return _cohorts(per_user, period, offset, periods)
+
+    def retention_days(
+        self,
+        first: str,
+        returning: str,
+        since: datetime | None,
+        until: datetime | None,
+        where: Sequence[ColumnElement],
+        period: int,
+        offset: int,
+        periods: int,
+    ) -> Any:
+        """As :meth:`retention_statement`, each user a ``sipHash64`` of their key: the
+        whole days of the range that ``events_user_days`` holds up to date (rows of the
+        day's latest recorded compaction, the day not changed since) give each user's
+        groups of the two events per day (the entry from a group's ``first``, a
+        returning group's period from its ``last``: the day's returning events count
+        when the latest is at or after the entry), the other days (the range's partial
+        ends, days changed or compacted before the table) every event from ``events``;
+        only the users with a ``first`` group or event are grouped. None when the
+        range holds no such day. Exact up to the 64-bit hashes (two users sharing one
+        would count once: about N² / 2⁶⁵ for N users, as weekly active users), and
+        ``GROUP BY`` over 8-byte keys: 3-4 times faster than :meth:`retention_statement`
+        on 10,000,000 events (bench/README.md)."""
+        start = since.astimezone(UTC) if since is not None else None
+        end = until.astimezone(UTC) if until is not None else None
+        day = timedelta(days=1)
+        # The range's whole days [low, high), None: unbounded.
+        low = (start + day - timedelta(microseconds=1)).date() if start is not None else None
+        high = end.date() if end is not None else None
+        if low is not None and high is not None and low >= high:
+            return None
+        r, c = user_days_table.c, self.table.c
+        names = sorted({first, returning})
+        kept = self.user_days_kept(low, high - day if high is not None else None)
+        if not kept:
+            return None
+        kept_days = sorted(kept)
+        event_day = func.toDate(c.timestamp)
+        rest_days: ColumnElement | None = event_day.notin_(kept_days)
+        if start is not None:
+            # The range's other days by name: an index range each, where NOT IN reads all.
+            span = ((end or datetime.now(UTC)).date() - start.date()).days
+            rest = [start.date() + timedelta(days=n) for n in range(span + 1)]
+            rest = [d for d in rest if d not in kept]
+            rest_days = event_day.in_(rest) if rest else None
+        user, epoch = func.sipHash64(self._user()), self.epoch(c.timestamp)
+        kept_rows = [r.day.in_(kept_days), text(USER_DAYS_RECORDED)]
+        rows = [
+            select(
+                r.user_hash.label("u"),
+                (r.event == first).label("a"),
+                func.toUInt32(r.first).label("at"),
+                (r.event == returning).label("b"),
+                func.toUInt32(r.last).label("bt"),
+            ).where(*kept_rows, r.event.in_(names))
+        ]
+        entrants = [select(r.user_hash.label("u")).where(*kept_rows, r.event == first)]
+        if rest_days is not None:
+            events_rows = [*where, rest_days, self._user() != literal("")]
+            rows.append(
+                select(
+                    user.label("u"),
+                    (c.event == first).label("a"),
+                    epoch.label("at"),
+                    (c.event == returning).label("b"),
+                    epoch.label("bt"),
+                ).where(*events_rows, c.event.in_(names))
+            )
+            entrants.append(select(user.label("u")).where(*events_rows, c.event == first))
+        both = union_all(*rows).subquery("groups")
+        entered = union_all(*entrants) if len(entrants) > 1 else entrants[0]
+        per_user = (
+            _select_class()(
+                func.minIf(both.c.at, both.c.a).label("entry"),
+                func.groupArrayIf(both.c.bt, both.c.b).label("ts"),
+            )
+            .select_from(both)
+            .where(both.c.u.in_(entered))
+            .group_by(both.c.u)
+            .having(func.countIf(both.c.a) > 0)
+            .subquery("per_user")
         )
-        return (
-            select(cohort.label("cohort"), k.label("k"), func.count().label("users"))
-            .select_from(per_user)
-            .group_by(literal_column("cohort"), literal_column("k"))
-        )
+        return _cohorts(per_user, int(period), int(offset), int(periods))
+
+    def user_days_kept(self, first: date | None, last: date | None) -> set[date]:
+        """The days from ``first`` to ``last`` (inclusive; None: unbounded) that
+        ``events_user_days`` holds up to date: their latest recorded compaction wrote
+        it, and they have not changed since."""
+        with self.engine.connect() as connection:
+            kept = set(connection.execute(text(user_days_sql(first, last))).scalars())
+            kept -= set(connection.execute(text(dirty_days_sql(first, last))).scalars())
+        return kept
+
+
+def _cohorts(per_user: Any, period: int, offset: int, periods: int) -> Any:
+    """Retention's rows from ``per_user`` (each user's ``entry`` second and the seconds
+    ``ts`` that count as returning): each user's periods k (``arrayFilter``: a second at
+    or after the entry and before the cohort's last period ends) joined out
+    (``arrayJoin``) beside k = -1 for the cohort's size, and counted."""
+    # Text of our own: column names and ints, never a value from a request.
+    cohort = literal_column(f"entry - (entry - {offset}) % {period}")
+    k = literal_column(
+        f"arrayJoin(arrayPushFront(arrayDistinct(arrayMap("
+        f"x -> intDiv(x - (x - {offset}) % {period} - cohort, {period}), "
+        f"arrayFilter(x -> x >= entry AND x < cohort + {period * periods}, ts))), -1))"
+    )
+    return (
+        select(cohort.label("cohort"), k.label("k"), func.count().label("users"))
+        .select_from(per_user)
+        .group_by(literal_column("cohort"), literal_column("k"))
+    )
 
 
 def _not_null(condition: ColumnElement) -> ColumnElement:

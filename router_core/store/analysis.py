@@ -511,9 +511,15 @@ def retention(
     if span is not None:
         statement = _retention_daily(store, span, first, returning, size, offset, periods)
     else:
-        statement = dialect.retention_statement(
-            is_first, is_returning, where, size, offset, periods
-        )
+        statement = None
+        if store.keeps(dialect.user_days):
+            statement = dialect.retention_days(
+                first, returning, since, until, where, size, offset, periods
+            )
+        if statement is None:
+            statement = dialect.retention_statement(
+                is_first, is_returning, where, size, offset, periods
+            )
     if statement is None:
         statement = _retention_statement(store, is_first, is_returning, where, period, periods)
     cohorts: dict[int, list[int]] = defaultdict(lambda: [0] * (periods + 1))

@@ -194,6 +194,9 @@ class QueryDialect(ABC):
     #: Per-day users per value of kept JSON paths, read by :meth:`users_per_value`
     #: (ClickHouse's ``events_users_paths``); None: not kept.
     users_paths: ClassVar[Table | None] = None
+    #: Each user's first and last event per event name and UTC day, kept for
+    #: :meth:`retention_days` (ClickHouse's ``events_user_days``); None: not kept.
+    user_days: ClassVar[Table | None] = None
     #: Each user's first and last event per event name and UTC day
     #: (:data:`eventrouter.store.rollup.event_users_daily`), from which funnels and
     #: retention read the whole days of their range; None: read from ``events``.
@@ -451,6 +454,24 @@ class QueryDialect(ABC):
         users)`` for k = 0 .. ``periods`` - 1, and k = -1 for the cohort's size; periods
         of ``period`` seconds start at ``offset`` seconds past the epoch. None (the
         default): the query layer's standard SQL (eventrouter.store.analysis)."""
+        return None
+
+    def retention_days(
+        self,
+        first: str,
+        returning: str,
+        since: datetime | None,
+        until: datetime | None,
+        where: Sequence[ColumnElement],
+        period: int,
+        offset: int,
+        periods: int,
+    ) -> Select | None:
+        """:meth:`retention_statement`'s rows for the events named ``first`` and
+        ``returning`` in ``[since, until)`` (``where``: those bounds on ``events``),
+        read from :attr:`user_days` for the days it holds up to date and from
+        ``events`` for the rest. Called when :attr:`user_days` exists; None (the
+        default, or no day of the range kept): :meth:`retention_statement`."""
         return None
 
     def user_probes(

@@ -28,6 +28,7 @@ from eventrouter.privacy import erasure
 from eventrouter.sinks.clickhouse_cluster import ClusterLayout
 from eventrouter.sinks.clickhouse_rollup import compact
 from eventrouter.sinks.clickhouse_store import ClickHouseStore, client_for
+from eventrouter.store.analysis import retention
 from eventrouter.store.interface import ADMIN_TABLES
 from eventrouter.store.query import EventFilter, EventStore, PathCondition
 from tests.cluster.clickhouse_support import (
@@ -169,6 +170,10 @@ def test_migrate_creates_local_and_distributed_tables_on_both_servers(
             "events_paths_compacted_local": kind,
             "events_users_paths": "Distributed",
             "events_users_paths_local": kind,
+            "events_user_days": "Distributed",
+            "events_user_days_local": kind,
+            "events_user_days_compacted": "Distributed",
+            "events_user_days_compacted_local": kind,
             "events_dirty_mv": "MaterializedView",
         }
         [(partition_key, sorting_key, create)] = server.query(
@@ -311,6 +316,10 @@ def rollup_matches_scan(store: ClickHouseStore) -> int:
             plans = reader.top(where, "properties.plan")
             assert plans == scanner.top(where, "properties.plan") and plans
             assert reader.count(pro) == scanner.count(pro) == sum(n for _, n in plans)
+            # events_user_days over the shards (a day's rows on one), or events.
+            cohorts = retention(reader, "Viewed", "Viewed", "day", where.since, None)
+            assert cohorts == retention(scanner, "Viewed", "Viewed", "day", where.since, None)
+            assert cohorts.cohorts
             time.sleep(1.05)  # marks of the second a compaction starts keep their day dirty
             client = client_for(store.url, store.layout)
             try:
@@ -321,6 +330,7 @@ def rollup_matches_scan(store: ClickHouseStore) -> int:
         assert reader.dialect.rollup_gaps(None, now) == []
         assert reader.dialect.rollup_gaps(None, now, "properties.plan") == []
         assert reader._path_kept("properties.plan") is True
+        assert reader.dialect.user_days_kept(None, None)
         day = now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=3)
         plan = reader.dimension("properties.plan")
         assert reader.dialect.users_per_value("properties.plan", plan, day, 5) is not None

@@ -28,6 +28,7 @@ from eventrouter.sinks.clickhouse import ClickHouseSink, events_table
 from eventrouter.sinks.clickhouse_cluster import quote_string
 from eventrouter.sinks.clickhouse_rollup import compact, dirty_days_sql
 from eventrouter.sinks.clickhouse_store import ClickHouseStore, Flavour, client_for
+from eventrouter.store.analysis import retention
 from eventrouter.store.query import EventFilter, EventStore, PathCondition
 from tests.helpers import eventually, make_config
 from tests.integration.test_clickhouse import _chdb_rows
@@ -121,6 +122,12 @@ def answers(store: EventStore) -> dict:
         "users all time": store.active_users(EventFilter(), "week").series,
         "users by source": store.active_users(since, "day", "source"),
         "users of web": store.active_users(EventFilter(since=SINCE, source="web"), "day"),
+        # events_user_days (the reader's whole days) or events (the scanner): retention.
+        "retention": retention(store, "Signed Up", "Viewed", "day", SINCE, None),
+        "retention weekly": retention(
+            store, "Viewed", "Bought", "week", SINCE, NOW - timedelta(hours=5)
+        ),
+        "retention of one event": retention(store, "Bought", "Bought", "day", None, None),
     }
 
 
@@ -367,13 +374,14 @@ def test_migrate_counts_the_users_of_a_rollup_made_before_events_users(ch_url, t
 
 
 class OldCompactorClient:
-    """A compactor of a release before ``events_users``: it writes no users."""
+    """A compactor of a release before ``events_users`` (or, with ``table``, another
+    of the rollup's tables): it writes none of its rows."""
 
-    def __init__(self, client: Client) -> None:
-        self.client = client
+    def __init__(self, client: Client, table: str = "events_users") -> None:
+        self.client, self.table = client, table
 
     def execute(self, query: str, *args: Any, **kwargs: Any) -> Any:
-        if query.startswith("INSERT INTO events_users"):
+        if query.startswith(f"INSERT INTO {self.table}"):
             return []
         return self.client.execute(query, *args, **kwargs)
 
@@ -401,6 +409,77 @@ def test_days_an_old_compactor_recorded_without_users_are_counted_from_events(st
     assert stores.same() == grown
 
 
+def test_retention_from_user_days_counts_a_returning_day_by_its_last_event(stored):
+    """Hand-counted: on the entry's own day, a user's returning events count when the
+    latest of them is at or after the entry (``events_user_days`` keeps that day's first
+    and last); the reader and the scanner agree."""
+    sink, stores = stored
+    day = (NOW - timedelta(days=4)).replace(hour=0, minute=0, second=0, microsecond=0)
+    rows = [
+        ("x", "Viewed", 8),  # x viewed before signing up only: not back on day 0
+        ("x", "Signed Up", 10),
+        ("y", "Signed Up", 10),
+        ("y", "Viewed", 12),
+        ("z", "Viewed", 9),
+        ("z", "Signed Up", 11),
+        ("z", "Viewed", 13),  # z's last view of day 0 is after the entry: back
+        ("x", "Viewed", 24 + 5),  # day 1
+        ("z", "Viewed", 48 + 1),  # day 2
+        ("w", "Viewed", 48 + 2),  # never signed up
+    ]
+    sink.write(
+        [
+            TrackCommand(
+                event=name,
+                properties={},
+                message_id=unique("h"),
+                source="web",
+                user_id=f"user {user}'\"",
+                timestamp=day + timedelta(hours=hours),
+                received_at=day + timedelta(hours=hours),
+            )
+            for user, name, hours in rows
+        ]
+    )
+    stores.compact()
+    assert day.date() in stores.reader.dialect.user_days_kept(None, None)
+    since, until = day - timedelta(hours=6), day + timedelta(days=3)
+    fast = retention(stores.reader, "Signed Up", "Viewed", "day", since, until)
+    assert fast == retention(stores.scanner, "Signed Up", "Viewed", "day", since, until)
+    assert [(c.start, c.users, c.returned) for c in fast.cohorts] == [
+        (day, 3, [2, 1, 1, None, None, None, None, None])
+    ]
+
+
+def test_days_compacted_without_user_days_are_read_from_events(stored):
+    """A compactor of a release before ``events_user_days`` (as after an upgrade):
+    retention reads its days from events until this release's compactor recounts them;
+    the answers never change."""
+    sink, stores = stored
+    sink.write(random_events(random.Random(27), 600, days=4))
+    stores.compact()
+    expected = stores.same()
+    kept = stores.reader.dialect.user_days_kept(None, None)
+    assert len(kept) >= 3
+    sink.write(random_events(random.Random(28), 300, days=4))
+    time.sleep(1.05)
+    client = client_for(stores.url)
+    try:
+        recounted = compact(OldCompactorClient(client, "events_user_days"), margin=0)
+    finally:
+        client.disconnect()
+    assert recounted
+    assert stores.gaps() == []  # the hours are compacted; the users' days are not
+    assert not kept & set(recounted) & stores.reader.dialect.user_days_kept(None, None)
+    grown = stores.same()
+    assert grown["all"] == expected["all"] + 300
+    assert stores.compact()  # this release's compactor recounts those days
+    with sink.client() as client:
+        assert client.execute(rollup_module.user_days_sql(missing=True)) == []
+    assert stores.reader.dialect.user_days_kept(None, None) >= set(recounted)
+    assert stores.same() == grown
+
+
 def test_dropping_old_partitions_drops_their_hours(stored):
     """Retention on a server without TTL (18.16): the old month's partition of
     ``events``, ``events_hourly`` and ``events_users`` dropped (docs/clickhouse.md)."""
@@ -416,6 +495,7 @@ def test_dropping_old_partitions_drops_their_hours(stored):
         client.execute(f"ALTER TABLE events DROP PARTITION {month}")
         client.execute(f"ALTER TABLE events_hourly DROP PARTITION {month}")
         client.execute(f"ALTER TABLE events_users DROP PARTITION {month}")
+        client.execute(f"ALTER TABLE events_user_days DROP PARTITION {month}")
     assert stores.reader.count(EventFilter(until=NOW - timedelta(days=60))) == 0
     assert stores.same()["all"] == 200
     stores.compact()
@@ -534,6 +614,20 @@ def test_rollup_ddl_compaction_and_reads_run_on_a_current_clickhouse(ch_url, tmp
         ]
         missing = rollup_module.paths_missing_sql(rollup_module.paths_array(["properties.plan"]))
         assert client.execute(missing) == []
+        # Each user's first and last event per name and day (no FINAL: e2's copies too).
+        user_days = client.execute(
+            "SELECT event, count(), toUInt32(min(first)), toUInt32(max(last)) "
+            "FROM events_user_days GROUP BY event ORDER BY event"
+        )
+        [(base,)] = client.execute("SELECT toUInt32(min(timestamp)) FROM events WHERE event != ''")
+        seconds = int(base) - 1  # e1, one second after the sample's base
+        assert [(e, int(n), int(a), int(b)) for e, n, a, b in user_days] == [
+            ("", 3, seconds - 86400, seconds + 4),  # e6 the day before; e4, e5
+            ("Bought", 1, seconds + 3, seconds + 3),
+            ("Viewed", 2, seconds + 1, seconds + 2),
+        ]
+        assert client.execute(rollup_module.user_days_sql(missing=True)) == []
+        compacted = [row[0] for row in client.execute(rollup_module.user_days_sql())]
         # The reads: the rollup's statements and the scan's give the same answers.
         sent: dict[bool, list[str]] = {True: [], False: []}
         substitute = Client("127.0.0.1")
@@ -542,6 +636,11 @@ def test_rollup_ddl_compaction_and_reads_run_on_a_current_clickhouse(ch_url, tmp
             store.dialect._flavour = Flavour(datetime64=True, json_extract=True)
             # Counted on chdb, not on 18.16 (whose probes and gaps find nothing missing).
             store.dialect._paths_found = {"properties.plan"}
+            store.dialect.user_days_kept = lambda first, last: {  # type: ignore[method-assign]
+                day
+                for day in compacted
+                if (first is None or day >= first) and (last is None or day <= last)
+            }
 
             def capture(
                 connection, cursor, statement, parameters, context, executemany, ur=use_rollup
@@ -566,12 +665,15 @@ def test_rollup_ddl_compaction_and_reads_run_on_a_current_clickhouse(ch_url, tmp
                 store.top(where, "properties.plan", 10)
                 pro = PathCondition("properties", ("plan",), "pro")
                 store.count(EventFilter(since=where.since, paths=[pro]))
+                # events_user_days (ClickHouseDialect.retention_days), or events.
+                retention(store, "Viewed", "Bought", "day", None, None)
             finally:
                 store.close()
         assert all("UNION ALL" in sql for sql in sent[True][:3])
         assert all("events_users" in sql for sql in sent[True][3:5])
-        assert all("events_hourly_paths" in sql for sql in sent[True][5:])
-        assert len(sent[True]) == len(sent[False]) == 7
+        assert all("events_hourly_paths" in sql for sql in sent[True][5:7])
+        assert "events_user_days" in sent[True][7]
+        assert len(sent[True]) == len(sent[False]) == 8
         answers = {
             kind: [
                 msgspec.json.decode(db.query(sql, "JSONCompact").bytes())["data"] for sql in sqls
@@ -582,6 +684,11 @@ def test_rollup_ddl_compaction_and_reads_run_on_a_current_clickhouse(ch_url, tmp
         assert answers[True][2] in ([[6]], [["6"]])
         assert answers[True][4]  # the week's users
         assert answers[True][6] in ([[2]], [["2"]])  # e1 and e3
+        # Retention: u1 and u2 viewed (the cohort), u1 bought after (back in period 0).
+        assert sorted(row[1:] for row in answers[True][7]) in (
+            [[-1, 2], [0, 1]],
+            [["-1", "2"], ["0", "1"]],
+        )
     finally:
         db.close()
 

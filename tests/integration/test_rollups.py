@@ -21,6 +21,7 @@ from sqlalchemy import text
 from eventrouter.sinks.clickhouse_rollup import compact
 from eventrouter.sinks.clickhouse_store import client_for
 from eventrouter.sinks.postgres import PostgresOptions, PostgresSink
+from eventrouter.store.analysis import retention
 from eventrouter.store.query import EventFilter, EventStore
 from eventrouter.store.rollup import period_start
 from tests.helpers import ADMIN_TOKEN
@@ -102,6 +103,9 @@ def answers(store: EventStore, since: datetime = SINCE) -> dict:
             interval: store.active_users(EventFilter(since=since), interval).series
             for interval in ("day", "week", "month")
         },
+        # event_users_daily (SQLite, PostgreSQL), events_user_days (ClickHouse) or events.
+        "retention": retention(store, "Viewed", "Bought", "day", since, None),
+        "retention weekly": retention(store, "Viewed", "Viewed", "week", since, None),
     }
 
 
@@ -166,6 +170,8 @@ def check_same(fx: ServedStore) -> dict:
     if fx.kind == "clickhouse":
         compact_clickhouse(fx)
         assert fx.reader.dialect.rollup_gaps(None, NOW) == []  # every day from the rollup
+        # Retention reads the whole days from events_user_days.
+        assert fx.reader.dialect.user_days_kept(SINCE.date(), None)
         assert answers(fx.reader) == slow
     return fast
 

@@ -84,6 +84,8 @@ CLICKHOUSE_ROLLUP_TABLES = {
     "events_hourly_paths",
     "events_paths_compacted",
     "events_users_paths",
+    "events_user_days",
+    "events_user_days_compacted",
     "events_compacted",
     "events_dirty",
     "events_dirty_mv",

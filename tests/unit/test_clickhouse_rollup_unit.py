@@ -58,12 +58,14 @@ def test_dirty_days_bounds_are_literals_of_dates():
 def test_the_rollup_on_a_cluster():
     layout = ClusterLayout(cluster="er_shards", database="analytics", replicated=True)
     statements = [sql for table in rollup_ddl(ttl=86400 * 30) for sql in layout.create(table)]
-    assert len(statements) == 14
+    assert len(statements) == 18
     hourly_local, hourly = statements[4], statements[5]
     users_local, users = statements[6], statements[7]
     paths_local, paths = statements[8], statements[9]
     recorded_local, recorded = statements[10], statements[11]
     users_paths_local, users_paths = statements[12], statements[13]
+    user_days_local, user_days = statements[14], statements[15]
+    user_days_record_local, user_days_record = statements[16], statements[17]
     assert (
         "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/analytics.events_hourly_paths"
         "_local', '{replica}', version) PARTITION BY toYYYYMM(hour) "
@@ -81,6 +83,16 @@ def test_the_rollup_on_a_cluster():
     )
     # A day's states of one path and value on one shard (FINAL), as events_users.
     assert users_paths.endswith("`events_users_paths_local`, toUInt32(day))")
+    assert (
+        "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/analytics.events_user_days"
+        "_local', '{replica}', version) PARTITION BY toYYYYMM(day) "
+        "ORDER BY (day, event, user_hash) TTL toDateTime(day) + INTERVAL 2592000 SECOND"
+        in user_days_local
+    )
+    # Every version of a day's rows on one shard, as events_users.
+    assert user_days.endswith("`events_user_days_local`, toUInt32(day))")
+    assert "ORDER BY day TTL toDateTime(day) + INTERVAL 2592000 SECOND" in user_days_record_local
+    assert user_days_record.endswith("`events_user_days_compacted_local`, rand())")
     assert (
         "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/analytics.events_users_local'"
         in users_local
