@@ -905,11 +905,14 @@ class ClickHouseDialect(QueryDialect):
         event_day = func.toDate(c.timestamp)
         rest_days: ColumnElement | None = event_day.notin_(kept_days)
         if start is not None:
-            # The range's other days by name: an index range each, where NOT IN reads all.
-            span = ((end or datetime.now(UTC)).date() - start.date()).days
-            rest = [start.date() + timedelta(days=n) for n in range(span + 1)]
-            rest = [d for d in rest if d not in kept]
-            rest_days = event_day.in_(rest) if rest else None
+            first_day, last_day = start.date(), (end or datetime.now(UTC)).date()
+            if (last_day - first_day).days <= MAX_NAMED_DAYS:
+                # The other days by name: an index range each, where NOT IN reads all.
+                rest = [
+                    first_day + timedelta(days=n) for n in range((last_day - first_day).days + 1)
+                ]
+                rest = [d for d in rest if d not in kept]
+                rest_days = event_day.in_(rest) if rest else None
         user, epoch = func.sipHash64(self._user()), self.epoch(c.timestamp)
         kept_rows = [r.day.in_(kept_days), text(USER_DAYS_RECORDED)]
         rows = [
@@ -957,6 +960,10 @@ class ClickHouseDialect(QueryDialect):
             kept = set(connection.execute(text(user_days_sql(first, last))).scalars())
             kept -= set(connection.execute(text(dirty_days_sql(first, last))).scalars())
         return kept
+
+
+#: The most days of a range that retention names one by one (``retention_days``).
+MAX_NAMED_DAYS = 400
 
 
 def _cohorts(per_user: Any, period: int, offset: int, periods: int) -> Any:
