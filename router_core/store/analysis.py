@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     ColumnElement,
     Select,
     and_,
@@ -617,21 +618,21 @@ def _retention_daily(
     dialect, c = store.dialect, store.table.c
     r = dialect.event_users_daily.c  # type: ignore[union-attr]
     # Literal ints in the SQL text, as the standard SQL's.
-    size_sql, shift = literal_column(str(int(size))), literal_column(str(int(offset)))
+    size_sql, shift = _integer(size), _integer(offset)
     times = _daily_times(store, span, first)
     entries = (
         select(times.c.u, dialect.epoch(func.min(times.c.t)).label("entry"))
         .group_by(times.c.u)
         .subquery("entries")
     )
-    entry, day_size = entries.c.entry, literal_column(str(DAY))
+    entry, day_size = entries.c.entry, _integer(DAY)
     cohorts = select(
         entries.c.u,
         entry.label("entry"),
         (entry // day_size).label("entry_day"),
         (entry - (entry - shift) % size_sql).label("cohort"),
     ).subquery("entered")
-    span_seconds = literal_column(str(int(size) * int(periods)))
+    span_seconds = _integer(int(size) * int(periods))
     cohorts = (
         select(
             *cohorts.c,
@@ -682,10 +683,17 @@ def _retention_daily(
         back = parts[0].subquery("back")
     else:
         back = parts[0].distinct().subquery("back")
-    k = ((back.c.p - back.c.cohort) / size_sql).label("k")
+    k = ((back.c.p - back.c.cohort) // size_sql).label("k")
     sizes = select(cohorts.c.cohort, literal_column("-1").label("k"), func.count())
     returned = select(back.c.cohort, k, func.count()).group_by(back.c.cohort, k)
     return union_all(sizes.group_by(cohorts.c.cohort), returned)
+
+
+def _integer(value: int) -> ColumnElement:
+    """``value`` as literal SQL text typed as an integer: divisions by it (``//``) are
+    the stores' integer divisions, not ``FLOOR`` of a float or ``numeric`` one (which
+    also made PostgreSQL compare and hash days as ``double precision``)."""
+    return literal_column(str(int(value)), BigInteger)
 
 
 def parse_window(text: str) -> int:
