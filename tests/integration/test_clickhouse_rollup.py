@@ -414,14 +414,16 @@ def test_retention_from_user_days_counts_a_returning_day_by_its_last_event(store
     latest of them is at or after the entry (``events_user_days`` keeps that day's first
     and last); the reader and the scanner agree."""
     sink, stores = stored
+    # A hostile first event's name: a bound parameter wherever it goes.
+    signed = "Signed ' Up\"; DROP TABLE events_user_days; -- \\ é"
     day = (NOW - timedelta(days=4)).replace(hour=0, minute=0, second=0, microsecond=0)
     rows = [
         ("x", "Viewed", 8),  # x viewed before signing up only: not back on day 0
-        ("x", "Signed Up", 10),
-        ("y", "Signed Up", 10),
+        ("x", signed, 10),
+        ("y", signed, 10),
         ("y", "Viewed", 12),
         ("z", "Viewed", 9),
-        ("z", "Signed Up", 11),
+        ("z", signed, 11),
         ("z", "Viewed", 13),  # z's last view of day 0 is after the entry: back
         ("x", "Viewed", 24 + 5),  # day 1
         ("z", "Viewed", 48 + 1),  # day 2
@@ -444,8 +446,8 @@ def test_retention_from_user_days_counts_a_returning_day_by_its_last_event(store
     stores.compact()
     assert day.date() in stores.reader.dialect.user_days_kept(None, None)
     since, until = day - timedelta(hours=6), day + timedelta(days=3)
-    fast = retention(stores.reader, "Signed Up", "Viewed", "day", since, until)
-    assert fast == retention(stores.scanner, "Signed Up", "Viewed", "day", since, until)
+    fast = retention(stores.reader, signed, "Viewed", "day", since, until)
+    assert fast == retention(stores.scanner, signed, "Viewed", "day", since, until)
     assert [(c.start, c.users, c.returned) for c in fast.cohorts] == [
         (day, 3, [2, 1, 1, None, None, None, None, None])
     ]
