@@ -561,10 +561,10 @@ def _retention_statement(
     dialect, c = store.dialect, store.table.c
     user = func.coalesce(c.user_id, c.anonymous_id)
     epoch = dialect.epoch(c.timestamp)
-    size = literal_column(str(PERIODS[period]))
+    size = _integer(PERIODS[period])
     # Literal ints in the SQL text, not parameters: PostgreSQL matches a GROUP BY
     # expression with the selected one only when their texts are identical.
-    offset = literal_column(str(_WEEK_OFFSET if period == "week" else 0))
+    offset = _integer(_WEEK_OFFSET if period == "week" else 0)
     bucket = epoch - (epoch - offset) % size
     per_period = (
         select(
@@ -587,7 +587,7 @@ def _retention_statement(
     cohort = per_user.c.entry - (per_user.c.entry - offset) % size
     sizes = select(cohort.label("cohort"), literal_column("-1").label("k"), func.count())
     sizes = sizes.select_from(per_user).group_by(cohort)
-    k = (per_period.c.p - cohort) / size
+    k = (per_period.c.p - cohort) // size
     returns = (
         select(cohort.label("cohort"), k.label("k"), func.count())
         .select_from(per_period.join(per_user, per_period.c.u == per_user.c.u))
