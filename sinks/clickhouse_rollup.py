@@ -440,13 +440,18 @@ def mark_days_sql(where: str) -> str:
     )
 
 
-def has_rollup(client: Any) -> bool:
-    """Whether the database holds the rollup's tables (``migrate`` created them)."""
+def _holds(client: Any, names: Sequence[str]) -> bool:
+    """Whether the client's database holds every table of ``names``."""
     rows = client.execute(
         "SELECT count() FROM system.tables WHERE database = currentDatabase() "
-        f"AND name IN ({', '.join(map(quote_string, TABLES))})"
+        f"AND name IN ({', '.join(map(quote_string, names))})"
     )
-    return rows[0][0] == len(TABLES)
+    return rows[0][0] == len(names)
+
+
+def has_rollup(client: Any) -> bool:
+    """Whether the database holds the rollup's tables (``migrate`` created them)."""
+    return _holds(client, TABLES)
 
 
 def _through(client: Any, layout: ClusterLayout | None, margin: int) -> int:
@@ -473,21 +478,13 @@ def _through(client: Any, layout: ClusterLayout | None, margin: int) -> int:
 def has_users_paths(client: Any) -> bool:
     """Whether the database holds ``events_users_paths`` (a ``migrate`` of this release
     created it)."""
-    rows = client.execute(
-        "SELECT count() FROM system.tables WHERE database = currentDatabase() "
-        f"AND name = {quote_string(USERS_PATHS)}"
-    )
-    return rows[0][0] == 1
+    return _holds(client, [USERS_PATHS])
 
 
 def has_user_days(client: Any) -> bool:
     """Whether the database holds ``events_user_days`` and its record (a ``migrate`` of
     this release created them)."""
-    rows = client.execute(
-        "SELECT count() FROM system.tables WHERE database = currentDatabase() "
-        f"AND name IN ({quote_string(USER_DAYS)}, {quote_string(USER_DAYS_COMPACTED)})"
-    )
-    return rows[0][0] == 2
+    return _holds(client, [USER_DAYS, USER_DAYS_COMPACTED])
 
 
 def paths_counts_sql(
